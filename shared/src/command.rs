@@ -1,0 +1,262 @@
+//! Commands (control plane → data plane) and events (data plane → control plane).
+//!
+//! These are the only values the two planes exchange; neither holds a reference into the other.
+//! They travel over the shared-memory [`crate::ring`] encoded with postcard. Every message
+//! fits in [`MAX_MESSAGE`] bytes: a snapshot is streamed as one event per session, never as one
+//! large message.
+//!
+//! Security contract: the ring is a local, trusted channel (a file under /dev/shm owned by the
+//! node's user). Session specs carry SRTP master keys in the clear for that reason; nothing
+//! here is ever sent over the network.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest encoded command or event, in bytes. A session spec with keys and addresses is
+/// about 200 bytes; the margin leaves room for the WebRTC fields the next issues add.
+pub const MAX_MESSAGE: usize = 2048;
+
+/// Most tracks (SSRCs) one published stream carries: audio, video, and room for RTX or
+/// simulcast layers later. Fixed so per-stream state is a flat array, never a map.
+pub const MAX_TRACKS: usize = 4;
+
+/// Control-plane-assigned session id, unique per node for the node's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// SRTP protection profiles (RFC 5764 §4.1.2, RFC 7714 §14.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SrtpProfile {
+    /// SRTP_AES128_CM_HMAC_SHA1_80: 16-byte key, 14-byte salt, 10-byte tag.
+    #[serde(rename = "AES_CM_128_HMAC_SHA1_80")]
+    AesCm128HmacSha1_80,
+    /// SRTP_AEAD_AES_128_GCM: 16-byte key, 12-byte salt, 16-byte tag.
+    #[serde(rename = "AEAD_AES_128_GCM")]
+    AeadAes128Gcm,
+}
+
+impl SrtpProfile {
+    /// Master key length in bytes.
+    pub const fn key_len(self) -> usize {
+        16
+    }
+
+    /// Master salt length in bytes.
+    pub const fn salt_len(self) -> usize {
+        match self {
+            SrtpProfile::AesCm128HmacSha1_80 => 14,
+            SrtpProfile::AeadAes128Gcm => 12,
+        }
+    }
+
+    /// Key and salt together, as SDES `inline:` and DTLS-SRTP key export lay them out.
+    pub const fn master_len(self) -> usize {
+        self.key_len() + self.salt_len()
+    }
+
+    /// The name used in configs, JSON and SDP.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SrtpProfile::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            SrtpProfile::AeadAes128Gcm => "AEAD_AES_128_GCM",
+        }
+    }
+}
+
+/// SRTP master key material for both directions of one session.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrtpKeys {
+    pub profile: SrtpProfile,
+    /// Master key || master salt the peer protects with (what the node unprotects).
+    pub remote: Vec<u8>,
+    /// Master key || master salt the node protects with (what the peer unprotects).
+    pub local: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    // Keys never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpKeys")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a session does with its stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Sends RTP for `stream`. `ssrcs` lists the tracks it will send, in track order; an
+    /// empty list lets the data plane learn up to [`MAX_TRACKS`] SSRCs from authenticated
+    /// packets, in the order they first arrive.
+    Publisher { ssrcs: Vec<u32> },
+    /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
+    /// track `i`; the control plane fills all [`MAX_TRACKS`] entries.
+    Subscriber { ssrcs: Vec<u32> },
+}
+
+/// Everything the data plane needs to run one session, and everything the control plane
+/// needs to rebuild its view of it after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSpec {
+    pub id: SessionId,
+    /// Worker that owns the session; its media port is `media_port + worker`.
+    pub worker: u16,
+    /// Stream name, `room/stream` by convention.
+    pub stream: String,
+    pub role: Role,
+    /// The peer's address. `None` for a publisher means "latch the source of the first
+    /// packet that authenticates" (comedia); subscribers always have one.
+    pub remote: Option<SocketAddr>,
+    pub srtp: SrtpKeys,
+    /// Unix milliseconds when the control plane created the session.
+    pub created_ms: u64,
+}
+
+/// Control plane → data plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Start a session. Answered by [`Event::SessionAdded`] or [`Event::CommandFailed`].
+    AddSession(SessionSpec),
+    /// End a session. Answered by [`Event::SessionRemoved`] (or `CommandFailed` if unknown).
+    RemoveSession { id: SessionId },
+    /// Stream every live session as [`Event::SnapshotSession`], then
+    /// [`Event::SnapshotDone`] with the same `request`.
+    Snapshot { request: u64 },
+}
+
+/// Why a command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error("no such session")]
+    UnknownSession,
+    #[error("a session with this id already exists")]
+    DuplicateSession,
+    #[error("worker index out of range")]
+    NoSuchWorker,
+    #[error("SRTP key material has the wrong length for the profile")]
+    BadKey,
+    #[error("SSRC already used by another publisher on this node")]
+    SsrcConflict,
+    #[error("the remote address is already used by another session")]
+    AddressConflict,
+    #[error("the data plane has no room for more sessions")]
+    Capacity,
+    #[error("invalid session spec")]
+    Invalid,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// A `RemoveSession` command.
+    Removed,
+}
+
+/// Data plane → control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Sent when the data plane attaches to the ring (at start). `boot` changes every time
+    /// the data plane process starts, so a control plane can tell a restart from a reattach.
+    Hello {
+        boot: u64,
+        pid: u32,
+        workers: u16,
+        media_port: u16,
+    },
+    SessionAdded {
+        id: SessionId,
+    },
+    SessionRemoved {
+        id: SessionId,
+        reason: CloseReason,
+    },
+    CommandFailed {
+        id: SessionId,
+        error: CommandError,
+    },
+    /// A comedia publisher latched onto its first authenticated source address.
+    RemoteLatched {
+        id: SessionId,
+        remote: SocketAddr,
+    },
+    SnapshotSession {
+        request: u64,
+        spec: SessionSpec,
+    },
+    SnapshotDone {
+        request: u64,
+        sessions: u32,
+    },
+}
+
+/// Encoding or decoding a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("message does not fit in {MAX_MESSAGE} bytes")]
+    TooLarge,
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Encode into `buf` (cleared first); errors if the result exceeds [`MAX_MESSAGE`].
+pub fn encode<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    buf.clear();
+    let out = postcard::to_extend(msg, std::mem::take(buf))?;
+    *buf = out;
+    if buf.len() > MAX_MESSAGE {
+        return Err(CodecError::TooLarge);
+    }
+    Ok(())
+}
+
+/// Decode one message.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SessionSpec {
+        SessionSpec {
+            id: SessionId(7),
+            worker: 1,
+            stream: "room/cam".into(),
+            role: Role::Subscriber {
+                ssrcs: vec![1, 2, 3, 4],
+            },
+            remote: Some("127.0.0.1:5000".parse().expect("literal")),
+            srtp: SrtpKeys {
+                profile: SrtpProfile::AeadAes128Gcm,
+                remote: vec![1; 28],
+                local: vec![2; 28],
+            },
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        let cmd = Command::AddSession(spec());
+        encode(&cmd, &mut buf).expect("encode");
+        assert!(buf.len() < 200, "spec is {} bytes", buf.len());
+        let back: Command = decode(&buf).expect("decode");
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bytes in [&[][..], &[0xff; 3][..], &[0, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
+            assert!(decode::<Command>(bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        let s = format!("{:?}", spec().srtp);
+        assert!(!s.contains("remote"), "{s}");
+    }
+}

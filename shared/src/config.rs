@@ -1,0 +1,243 @@
+//! Node configuration: embedded defaults, overridden by a TOML file, then by environment
+//! variables (`SWITCHYARD_*`), then by command-line flags (the binary applies the last two).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which receive/send engine the workers run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// io_uring if the kernel allows it, else mmsg; the choice is logged.
+    #[default]
+    Auto,
+    /// io_uring only; refuse to start without it.
+    Uring,
+    /// recvmmsg/sendmmsg with epoll.
+    Mmsg,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" => Ok(Self::Uring),
+            "mmsg" => Ok(Self::Mmsg),
+            other => Err(format!("unknown engine {other:?} (auto, uring or mmsg)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node id, unique in a cluster. Also names the shared-memory files.
+    pub id: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: "node-1".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSection {
+    /// Address the worker sockets bind to.
+    pub bind: IpAddr,
+    /// Worker `i` listens on `port + i`.
+    pub port: u16,
+    /// Worker threads; 0 means available cores − 1, at least 1.
+    pub workers: u16,
+    /// Pin worker `i` to core `(first_core + i) % cores`.
+    pub pin: bool,
+    pub first_core: u16,
+    pub engine: EngineKind,
+    /// SO_RCVBUF / SO_SNDBUF per worker socket, bytes. A deep receive queue rides out the
+    /// bursts of a keyframe fanned out to many subscribers.
+    pub recv_buffer: usize,
+    pub send_buffer: usize,
+    /// Sessions one worker holds at most; its tables are sized once from this.
+    pub max_sessions_per_worker: u32,
+    /// Packets kept per published track for NACK retransmission (a power of two).
+    pub nack_cache: u16,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 10000,
+            workers: 0,
+            pin: true,
+            first_core: 1,
+            engine: EngineKind::Auto,
+            recv_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+            max_sessions_per_worker: 4096,
+            nack_cache: 512,
+        }
+    }
+}
+
+impl MediaSection {
+    /// Resolve `workers = 0` against the machine.
+    pub fn worker_count(&self) -> u16 {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).clamp(1, u16::MAX as usize) as u16
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingSection {
+    /// Directory of the shared-memory files; default `/dev/shm`.
+    pub dir: Option<PathBuf>,
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub media: MediaSection,
+    pub http: HttpSection,
+    pub ring: RingSection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Load a TOML file over the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reject values the planes cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.node.id.is_empty()
+            || !self
+                .node
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("node.id must be non-empty [A-Za-z0-9_-]");
+        }
+        let workers = u32::from(self.media.worker_count());
+        if u32::from(self.media.port) + workers > 65536 || self.media.port == 0 {
+            return bad("media.port + workers must stay within 1..=65535");
+        }
+        if !self.media.nack_cache.is_power_of_two() {
+            return bad("media.nack_cache must be a power of two");
+        }
+        if self.media.max_sessions_per_worker == 0 {
+            return bad("media.max_sessions_per_worker must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn shm_dir(&self) -> PathBuf {
+        self.ring
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+    }
+
+    /// The command/event ring file.
+    pub fn ring_path(&self) -> PathBuf {
+        self.shm_dir()
+            .join(format!("switchyard-{}.ring", self.node.id))
+    }
+
+    /// The per-worker counters file.
+    pub fn stats_path(&self) -> PathBuf {
+        self.shm_dir()
+            .join(format!("switchyard-{}.stats", self.node.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().expect("defaults");
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.media.port, 10000);
+    }
+
+    #[test]
+    fn partial_file_overrides() {
+        let c = Config::parse("[media]\nport = 20000\nworkers = 2\n").expect("parse");
+        assert_eq!(c.media.port, 20000);
+        assert_eq!(c.media.worker_count(), 2);
+        assert_eq!(c.http, HttpSection::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::parse("[media]\nprot = 1\n").is_err());
+    }
+
+    #[test]
+    fn invalid_values_are_caught() {
+        let mut c = Config::default();
+        c.media.nack_cache = 100;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.node.id = "../etc".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Pieces both planes (and the bench) share.
+//!
+//! - [`packet`]: zero-copy views over RTP, RTCP and STUN, and the RFC 7983 demultiplexer.
+//!   Every parser here faces the network: it returns an error on any input, never panics.
+//! - [`srtp`]: SRTP/SRTCP protect and unprotect in place (AES_CM_128_HMAC_SHA1_80,
+//!   AEAD_AES_128_GCM) with replay protection.
+//! - [`ring`]: the shared-memory command/event rings between the control and data planes.
+//! - [`stats`]: per-worker counters in shared memory, written by workers, read by `/metrics`.
+//! - [`command`]: the typed commands and events that travel over the rings.
+//! - [`config`]: the node configuration (TOML, env, flags).
+
+pub mod command;
+pub mod config;
+pub mod packet;
+pub mod ring;
+pub mod srtp;
+pub mod stats;

@@ -1,0 +1,1 @@
+//! STUN message view (RFC 8489).

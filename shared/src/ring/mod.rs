@@ -1,0 +1,1 @@
+//! Shared-memory SPSC rings between the control plane and the data plane.

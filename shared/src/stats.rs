@@ -1,0 +1,390 @@
+//! Per-worker counters in shared memory.
+//!
+//! Each worker owns one cache-line-aligned block of `AtomicU64`s and only ever adds to its
+//! own (relaxed stores, no contention, no syscalls); the control plane maps the same file and
+//! reads every block for `/metrics`. Because the file outlives either process, counters
+//! survive a control-plane restart, and a data-plane restart is visible as a new `boot`.
+//!
+//! Layout (`#[repr(C)]`, little-endian host order): a [`Header`], then `workers` blocks of
+//! [`WorkerCounters`]. The version field changes whenever the layout does.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
+/// Bump when [`Counter`] or the layout changes.
+pub const VERSION: u32 = 1;
+
+/// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    RxPackets,
+    RxBytes,
+    TxPackets,
+    TxBytes,
+    /// RTP packets sent to subscribers (after rewrite and protect).
+    Forwarded,
+    /// Packets handed to another worker's queue (one per packet per worker, not per subscriber).
+    CrossWorkerOut,
+    CrossWorkerIn,
+    NacksReceived,
+    Retransmitted,
+    PliForwarded,
+    PliThrottled,
+    /// Gauge: live sessions on this worker.
+    Sessions,
+    /// Gauge: kernel receive-queue drops on this worker's socket (SO_RXQ_OVFL, cumulative).
+    KernelRxDrops,
+    /// Loop turns; with RxPackets it gives the mean receive batch.
+    LoopTurns,
+    // Drop reasons, in DropReason order.
+    DropOversize,
+    DropMalformed,
+    DropUnknownSource,
+    DropSrtpAuth,
+    DropReplay,
+    DropStun,
+    DropDtls,
+    DropUnknownKind,
+    DropQueueFull,
+    DropSendFailed,
+    DropNoRoute,
+}
+
+impl Counter {
+    pub const COUNT: usize = Counter::DropNoRoute as usize + 1;
+
+    pub const ALL: [Counter; Counter::COUNT] = [
+        Counter::RxPackets,
+        Counter::RxBytes,
+        Counter::TxPackets,
+        Counter::TxBytes,
+        Counter::Forwarded,
+        Counter::CrossWorkerOut,
+        Counter::CrossWorkerIn,
+        Counter::NacksReceived,
+        Counter::Retransmitted,
+        Counter::PliForwarded,
+        Counter::PliThrottled,
+        Counter::Sessions,
+        Counter::KernelRxDrops,
+        Counter::LoopTurns,
+        Counter::DropOversize,
+        Counter::DropMalformed,
+        Counter::DropUnknownSource,
+        Counter::DropSrtpAuth,
+        Counter::DropReplay,
+        Counter::DropStun,
+        Counter::DropDtls,
+        Counter::DropUnknownKind,
+        Counter::DropQueueFull,
+        Counter::DropSendFailed,
+        Counter::DropNoRoute,
+    ];
+
+    /// Prometheus-style name (without the `switchyard_` prefix).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::RxPackets => "rx_packets_total",
+            Counter::RxBytes => "rx_bytes_total",
+            Counter::TxPackets => "tx_packets_total",
+            Counter::TxBytes => "tx_bytes_total",
+            Counter::Forwarded => "forwarded_packets_total",
+            Counter::CrossWorkerOut => "cross_worker_out_total",
+            Counter::CrossWorkerIn => "cross_worker_in_total",
+            Counter::NacksReceived => "nacks_received_total",
+            Counter::Retransmitted => "retransmitted_packets_total",
+            Counter::PliForwarded => "pli_forwarded_total",
+            Counter::PliThrottled => "pli_throttled_total",
+            Counter::Sessions => "sessions",
+            Counter::KernelRxDrops => "kernel_rx_drops_total",
+            Counter::LoopTurns => "loop_turns_total",
+            _ => "drops_total",
+        }
+    }
+
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Counter::Sessions)
+    }
+
+    /// The drop reason label, for the drop counters.
+    pub fn drop_reason(self) -> Option<DropReason> {
+        DropReason::ALL
+            .iter()
+            .copied()
+            .find(|r| r.counter() as usize == self as usize)
+    }
+}
+
+/// Why a worker dropped a datagram. Small and `Copy`: the hot path counts these, it never
+/// formats them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Datagram larger than the 1500-byte MTU we forward.
+    Oversize,
+    /// Failed to parse as RTP/RTCP.
+    Malformed,
+    /// No session for the source address (and no comedia publisher it authenticates for).
+    UnknownSource,
+    /// SRTP/SRTCP authentication failed.
+    SrtpAuth,
+    /// SRTP replay check rejected the packet.
+    Replay,
+    /// STUN that this node does not answer (or malformed STUN).
+    Stun,
+    /// DTLS that this node does not expect.
+    Dtls,
+    /// First byte in no RFC 7983 range.
+    UnknownKind,
+    /// A bounded queue (cross-worker or send) was full.
+    QueueFull,
+    /// The kernel refused the send.
+    SendFailed,
+    /// RTCP feedback for an SSRC the node does not forward.
+    NoRoute,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 11] = [
+        DropReason::Oversize,
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::SrtpAuth,
+        DropReason::Replay,
+        DropReason::Stun,
+        DropReason::Dtls,
+        DropReason::UnknownKind,
+        DropReason::QueueFull,
+        DropReason::SendFailed,
+        DropReason::NoRoute,
+    ];
+
+    pub const fn counter(self) -> Counter {
+        match self {
+            DropReason::Oversize => Counter::DropOversize,
+            DropReason::Malformed => Counter::DropMalformed,
+            DropReason::UnknownSource => Counter::DropUnknownSource,
+            DropReason::SrtpAuth => Counter::DropSrtpAuth,
+            DropReason::Replay => Counter::DropReplay,
+            DropReason::Stun => Counter::DropStun,
+            DropReason::Dtls => Counter::DropDtls,
+            DropReason::UnknownKind => Counter::DropUnknownKind,
+            DropReason::QueueFull => Counter::DropQueueFull,
+            DropReason::SendFailed => Counter::DropSendFailed,
+            DropReason::NoRoute => Counter::DropNoRoute,
+        }
+    }
+
+    /// The `reason` label in `/metrics`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            DropReason::Oversize => "oversize",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::SrtpAuth => "srtp_auth",
+            DropReason::Replay => "replay",
+            DropReason::Stun => "stun",
+            DropReason::Dtls => "dtls",
+            DropReason::UnknownKind => "unknown_kind",
+            DropReason::QueueFull => "queue_full",
+            DropReason::SendFailed => "send_failed",
+            DropReason::NoRoute => "no_route",
+        }
+    }
+}
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    version: u32,
+    workers: u32,
+    /// Random per data-plane start.
+    boot: AtomicU64,
+    _pad: [u64; 5],
+}
+
+/// One worker's counters; 64-byte aligned so two workers never share a cache line.
+#[repr(C, align(64))]
+pub struct WorkerCounters {
+    values: [AtomicU64; Counter::COUNT],
+}
+
+impl WorkerCounters {
+    /// Add to a counter. Only the owning worker calls this, so a relaxed load+store is
+    /// enough and avoids a locked read-modify-write on the hot path.
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        let v = &self.values[c as usize];
+        v.store(v.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn set(&self, c: Counter, n: u64) {
+        self.values[c as usize].store(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.add(reason.counter(), 1);
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("stats file {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("stats file is not a Switchyard stats file or has another layout version")]
+    Incompatible,
+}
+
+/// A mapped stats file.
+pub struct Stats {
+    map: MmapMut,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+const HEADER: usize = std::mem::size_of::<Header>();
+const BLOCK: usize = std::mem::size_of::<WorkerCounters>();
+
+impl Stats {
+    /// Create (or truncate and re-create) the file for `workers` workers; the data plane
+    /// calls this at start, so counters begin at zero each boot.
+    pub fn create(path: &Path, workers: usize, boot: u64) -> Result<Self, StatsError> {
+        let err = |e| StatsError::Io(path.display().to_string(), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(err)?;
+        let len = HEADER + workers * BLOCK;
+        file.set_len(len as u64).map_err(err)?;
+        // SAFETY: the file was just sized to `len`; no one else truncates it while mapped
+        // (only a later data plane, which makes a new file first via truncate+set_len to the
+        // same or a larger size). Zeroed memory is a valid value for every field.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(err)?;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            workers: workers as u32,
+            boot: AtomicU64::new(boot),
+            _pad: [0; 5],
+        };
+        // SAFETY: the mapping is page-aligned and at least HEADER bytes long; we are the only
+        // writer during creation.
+        unsafe { std::ptr::write(map.as_mut_ptr().cast::<Header>(), header) };
+        Ok(Self { map, workers })
+    }
+
+    /// Map an existing file (the control plane).
+    pub fn open(path: &Path) -> Result<Self, StatsError> {
+        let err = |e| StatsError::Io(path.display().to_string(), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
+        // SAFETY: see `create`; the length is checked against the header before use.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(err)?;
+        if map.len() < HEADER {
+            return Err(StatsError::Incompatible);
+        }
+        // SAFETY: length checked above; the mapping is page-aligned.
+        let h = unsafe { &*map.as_ptr().cast::<Header>() };
+        if h.magic != MAGIC || h.version != VERSION {
+            return Err(StatsError::Incompatible);
+        }
+        let workers = h.workers as usize;
+        if map.len() < HEADER + workers * BLOCK {
+            return Err(StatsError::Incompatible);
+        }
+        Ok(Self { map, workers })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn boot(&self) -> u64 {
+        self.header().boot.load(Ordering::Relaxed)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: validated in create/open.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    /// Worker `i`'s counters, or `None` when out of range.
+    pub fn worker(&self, i: usize) -> Option<&WorkerCounters> {
+        if i >= self.workers {
+            return None;
+        }
+        // SAFETY: HEADER is a multiple of 64 (asserted below) and the mapping is page-aligned,
+        // so the block is aligned; the length was validated; AtomicU64 is valid for any bits.
+        Some(unsafe { &*self.map.as_ptr().add(HEADER + i * BLOCK).cast::<WorkerCounters>() })
+    }
+}
+
+const _: () = assert!(HEADER % 64 == 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_share_counters() {
+        let dir = std::env::temp_dir().join(format!("swy-stats-{}", std::process::id()));
+        let s = Stats::create(&dir, 3, 42).expect("create");
+        s.worker(1).expect("w1").add(Counter::RxPackets, 5);
+        s.worker(2)
+            .expect("w2")
+            .drop(DropReason::SrtpAuth);
+        let r = Stats::open(&dir).expect("open");
+        assert_eq!(r.workers(), 3);
+        assert_eq!(r.boot(), 42);
+        assert_eq!(r.worker(1).expect("w1").get(Counter::RxPackets), 5);
+        assert_eq!(r.worker(2).expect("w2").get(Counter::DropSrtpAuth), 1);
+        assert!(r.worker(3).is_none());
+        std::fs::remove_file(&dir).ok();
+    }
+
+    #[test]
+    fn reasons_map_to_distinct_counters() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.counter().drop_reason(), Some(*r));
+            assert_eq!(
+                r.counter() as usize,
+                Counter::DropOversize as usize + i,
+                "DropReason and Counter order differ"
+            );
+        }
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn garbage_file_is_rejected() {
+        let p = std::env::temp_dir().join(format!("swy-stats-bad-{}", std::process::id()));
+        std::fs::write(&p, [7u8; 4096]).expect("write");
+        assert!(matches!(Stats::open(&p), Err(StatsError::Incompatible)));
+        std::fs::remove_file(&p).ok();
+    }
+}
