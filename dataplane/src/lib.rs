@@ -9,3 +9,12 @@
 //!   state, and runs the loop. [`node`] wires workers, the slow path and the command ring.
 
 pub mod io;
+
+use switchyard_shared::config::Config;
+
+/// Run the data plane until SIGINT/SIGTERM: create the stats file and the command ring,
+/// start the workers and the slow path, and serve commands. Blocks the calling thread.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let _ = config;
+    anyhow::bail!("data plane not built yet")
+}

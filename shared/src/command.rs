@@ -163,6 +163,8 @@ pub enum Event {
         pid: u32,
         workers: u16,
         media_port: u16,
+        /// The I/O engine the workers run (uring or mmsg, never auto).
+        engine: crate::config::EngineKind,
     },
     SessionAdded {
         id: SessionId,

@@ -51,6 +51,9 @@ impl Default for NodeSection {
 pub struct MediaSection {
     /// Address the worker sockets bind to.
     pub bind: IpAddr,
+    /// Address advertised to peers (session answers, ICE candidates). Default: `bind`, or
+    /// 127.0.0.1 when `bind` is unspecified (0.0.0.0 / ::).
+    pub announce: Option<IpAddr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
@@ -73,6 +76,7 @@ impl Default for MediaSection {
     fn default() -> Self {
         Self {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            announce: None,
             port: 10000,
             workers: 0,
             pin: true,
@@ -87,6 +91,15 @@ impl Default for MediaSection {
 }
 
 impl MediaSection {
+    /// The address peers should send media to.
+    pub fn announce_ip(&self) -> IpAddr {
+        match self.announce {
+            Some(ip) => ip,
+            None if self.bind.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None => self.bind,
+        }
+    }
+
     /// Resolve `workers = 0` against the machine.
     pub fn worker_count(&self) -> u16 {
         if self.workers > 0 {
