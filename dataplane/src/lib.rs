@@ -8,13 +8,10 @@
 //! - [`worker`]: the thread that pins itself, owns one socket, one io engine and one engine
 //!   state, and runs the loop. [`node`] wires workers, the slow path and the command ring.
 
+pub mod engine;
 pub mod io;
+pub mod node;
+pub mod slowpath;
+pub mod worker;
 
-use switchyard_shared::config::Config;
-
-/// Run the data plane until SIGINT/SIGTERM: create the stats file and the command ring,
-/// start the workers and the slow path, and serve commands. Blocks the calling thread.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    let _ = config;
-    anyhow::bail!("data plane not built yet")
-}
+pub use node::{run, run_until};

@@ -142,6 +142,8 @@ pub enum CommandError {
     AddressConflict,
     #[error("the data plane has no room for more sessions")]
     Capacity,
+    #[error("the stream already has a publisher")]
+    StreamBusy,
     #[error("invalid session spec")]
     Invalid,
 }

@@ -1,0 +1,852 @@
+//! The per-worker media engine, sans-IO.
+//!
+//! An [`Engine`] owns the sessions placed on one worker. It is fed datagrams (with the
+//! `Instant` the socket received them), commands from the slow path and messages from other
+//! workers, and writes what it sends through an [`Output`]. It never touches a socket, a
+//! clock or a thread, so every path — SRTP, fan-out, NACK, PLI — is tested without I/O.
+//!
+//! Per publisher RTP packet: one copy into a pooled buffer, one SRTP unprotect, one parse;
+//! then per local subscriber one copy, an in-place header rewrite and one protect; per other
+//! worker with subscribers one refcounted handle. Nothing is allocated per packet: tables are
+//! sized when sessions are added.
+
+pub mod nack;
+pub mod pool;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{CommandError, SessionId, SrtpKeys, MAX_TRACKS};
+use switchyard_shared::packet::{self, rtcp, rtp, Kind};
+use switchyard_shared::srtp;
+use switchyard_shared::stats::{Counter, DropReason, Stats};
+
+use self::pool::{Handle, Pool, PACKET_CAP};
+pub use self::session::SessionKey;
+use self::session::{Publisher, Session, Slab, Subscriber};
+
+/// Largest datagram accepted on a media port (Ethernet MTU); longer ones are dropped.
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// A keyframe request reaches a publisher at most this often per track, however many
+/// subscribers ask: a burst of new viewers costs the publisher one keyframe, not N.
+pub const PLI_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Dense per-node stream index assigned by the slow path (stream names stay off the hot path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u32);
+
+/// Slow path → worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    AddPublisher {
+        id: SessionId,
+        stream: StreamId,
+        remote: Option<SocketAddr>,
+        ssrcs: Vec<u32>,
+        srtp: SrtpKeys,
+    },
+    AddSubscriber {
+        id: SessionId,
+        stream: StreamId,
+        remote: SocketAddr,
+        ssrcs: [u32; MAX_TRACKS],
+        srtp: SrtpKeys,
+    },
+    Remove {
+        id: SessionId,
+    },
+    /// Sent to the publisher's worker: bit `i` set = worker `i` has subscribers of `stream`.
+    SetRemoteWorkers { stream: StreamId, mask: u64 },
+    /// Sent to subscribers' workers: where the stream's publisher runs now.
+    SetPublisherWorker {
+        stream: StreamId,
+        worker: Option<u16>,
+    },
+}
+
+/// Worker → slow path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    Added { id: SessionId },
+    Failed { id: SessionId, error: CommandError },
+    Removed { id: SessionId },
+    Latched { id: SessionId, remote: SocketAddr },
+}
+
+/// Worker → worker.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A decrypted packet for this worker's subscribers of `packet.stream`.
+    Media(Handle),
+    /// A cached packet to retransmit to one subscriber here.
+    Retransmit { session: SessionKey, packet: Handle },
+    /// A subscriber on worker `from` lost `seq` (publisher numbering) of `stream`/`track`.
+    Nack {
+        from: u16,
+        session: SessionKey,
+        stream: StreamId,
+        track: u8,
+        seq: u16,
+    },
+    /// A subscriber wants a keyframe of `stream`/`track`.
+    Pli { stream: StreamId, track: u8 },
+    /// A handle going home to the worker whose pool owns it.
+    Return(Handle),
+}
+
+/// Why a send did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No free transmit buffer.
+    Full,
+    /// `fill` declined (protect failed).
+    Cancelled,
+}
+
+/// Where the engine's output goes: the worker's socket and the other workers' queues.
+pub trait Output {
+    /// Send one datagram to `dst`, written in place by `fill` into a buffer of at least
+    /// `MAX_DATAGRAM + srtp::MAX_OVERHEAD` bytes; `fill` returns the length or `None` to cancel.
+    fn send(
+        &mut self,
+        dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError>;
+
+    /// Queue a message to another worker; gives it back when that queue is full.
+    fn to_worker(&mut self, worker: u16, msg: Inbound) -> Result<(), Inbound>;
+}
+
+/// Per-stream state on one worker.
+#[derive(Default)]
+struct LocalStream {
+    publisher: Option<u32>,
+    subscribers: Vec<u32>,
+    /// Other workers with subscribers (publisher's worker only).
+    remote_workers: u64,
+    /// Worker of the publisher, for feedback from subscribers here.
+    publisher_worker: Option<u16>,
+}
+
+/// Engine sizing, from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_sessions: usize,
+    /// Packets cached per published track for NACK (power of two).
+    pub nack_cache: usize,
+    /// Extra pooled buffers per publisher for packets in flight to other workers.
+    pub in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 4096,
+            nack_cache: 512,
+            in_flight: 256,
+        }
+    }
+}
+
+pub struct Engine {
+    worker: u16,
+    limits: Limits,
+    sessions: Slab,
+    by_addr: HashMap<SocketAddr, u32>,
+    by_id: HashMap<SessionId, u32>,
+    /// Comedia publishers not yet latched, tried in order against unknown sources.
+    unlatched: Vec<u32>,
+    streams: HashMap<StreamId, LocalStream>,
+    pool: Pool,
+    stats: Arc<Stats>,
+    events: Vec<WorkerEvent>,
+    /// Source of per-subscriber sequence/timestamp offsets; not security relevant.
+    rng: u64,
+    /// SSRC this worker uses as the sender of the RTCP it originates (PLI, FIR).
+    rtcp_ssrc: u32,
+}
+
+impl Engine {
+    pub fn new(worker: u16, limits: Limits, stats: Arc<Stats>, seed: u64) -> Self {
+        Self {
+            worker,
+            limits,
+            sessions: Slab::with_capacity(limits.max_sessions),
+            by_addr: HashMap::with_capacity(limits.max_sessions),
+            by_id: HashMap::with_capacity(limits.max_sessions),
+            unlatched: Vec::new(),
+            streams: HashMap::with_capacity(limits.max_sessions),
+            pool: Pool::new(),
+            stats,
+            events: Vec::new(),
+            rng: seed | 1,
+            rtcp_ssrc: (seed as u32) | 1,
+        }
+    }
+
+    pub fn worker(&self) -> u16 {
+        self.worker
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Next event for the slow path.
+    pub fn poll_event(&mut self) -> Option<WorkerEvent> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    fn count(&self, c: Counter, n: u64) {
+        if let Some(w) = self.stats.worker(usize::from(self.worker)) {
+            w.add(c, n);
+        }
+    }
+
+    fn drop_packet(&self, r: DropReason) {
+        self.count(r.counter(), 1);
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: offsets only need to differ between subscribers.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    // ---- control -------------------------------------------------------------------------
+
+    /// Apply a slow-path command; the answer comes out of [`Engine::poll_event`].
+    pub fn handle_command(&mut self, cmd: WorkerCommand, out: &mut dyn Output) {
+        match cmd {
+            WorkerCommand::AddPublisher {
+                id,
+                stream,
+                remote,
+                ssrcs,
+                srtp,
+            } => {
+                let r = self.add_publisher(id, stream, remote, ssrcs, &srtp);
+                self.answer(id, r);
+            }
+            WorkerCommand::AddSubscriber {
+                id,
+                stream,
+                remote,
+                ssrcs,
+                srtp,
+            } => {
+                let r = self.add_subscriber(id, stream, remote, ssrcs, &srtp);
+                self.answer(id, r);
+            }
+            WorkerCommand::Remove { id } => match self.remove(id, out) {
+                Ok(()) => self.events.push(WorkerEvent::Removed { id }),
+                Err(error) => self.events.push(WorkerEvent::Failed { id, error }),
+            },
+            WorkerCommand::SetRemoteWorkers { stream, mask } => {
+                let mask = mask & !(1u64 << (self.worker % 64));
+                self.streams.entry(stream).or_default().remote_workers = mask;
+                self.gc_stream(stream);
+            }
+            WorkerCommand::SetPublisherWorker { stream, worker } => {
+                self.streams.entry(stream).or_default().publisher_worker = worker;
+                self.gc_stream(stream);
+            }
+        }
+        self.count_sessions();
+    }
+
+    fn answer(&mut self, id: SessionId, r: Result<(), CommandError>) {
+        self.events.push(match r {
+            Ok(()) => WorkerEvent::Added { id },
+            Err(error) => WorkerEvent::Failed { id, error },
+        });
+    }
+
+    fn count_sessions(&self) {
+        if let Some(w) = self.stats.worker(usize::from(self.worker)) {
+            w.set(Counter::Sessions, self.by_id.len() as u64);
+        }
+    }
+
+    fn contexts(keys: &SrtpKeys) -> Result<(srtp::Context, srtp::Context), CommandError> {
+        let inbound =
+            srtp::Context::new(keys.profile, &keys.remote).map_err(|_| CommandError::BadKey)?;
+        let outbound =
+            srtp::Context::new(keys.profile, &keys.local).map_err(|_| CommandError::BadKey)?;
+        Ok((inbound, outbound))
+    }
+
+    fn check_new(&self, id: SessionId, remote: Option<SocketAddr>) -> Result<(), CommandError> {
+        if self.by_id.contains_key(&id) {
+            return Err(CommandError::DuplicateSession);
+        }
+        if remote.is_some_and(|r| self.by_addr.contains_key(&r)) {
+            return Err(CommandError::AddressConflict);
+        }
+        if self.by_id.len() >= self.limits.max_sessions {
+            return Err(CommandError::Capacity);
+        }
+        Ok(())
+    }
+
+    fn add_publisher(
+        &mut self,
+        id: SessionId,
+        stream: StreamId,
+        remote: Option<SocketAddr>,
+        ssrcs: Vec<u32>,
+        keys: &SrtpKeys,
+    ) -> Result<(), CommandError> {
+        self.check_new(id, remote)?;
+        if ssrcs.len() > MAX_TRACKS {
+            return Err(CommandError::Invalid);
+        }
+        if self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.publisher.is_some())
+        {
+            return Err(CommandError::StreamBusy);
+        }
+        let (inbound, outbound) = Self::contexts(keys)?;
+        let mut tracks = [None; MAX_TRACKS];
+        for (t, s) in tracks.iter_mut().zip(&ssrcs) {
+            *t = Some(*s);
+        }
+        let publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        self.pool
+            .grow(self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight);
+        let idx = self.sessions.insert(Session {
+            id,
+            remote,
+            inbound,
+            outbound,
+            role: session::Role::Publisher(publisher),
+        });
+        self.by_id.insert(id, idx);
+        match remote {
+            Some(r) => {
+                self.by_addr.insert(r, idx);
+            }
+            None => self.unlatched.push(idx),
+        }
+        self.streams.entry(stream).or_default().publisher = Some(idx);
+        Ok(())
+    }
+
+    fn add_subscriber(
+        &mut self,
+        id: SessionId,
+        stream: StreamId,
+        remote: SocketAddr,
+        ssrcs: [u32; MAX_TRACKS],
+        keys: &SrtpKeys,
+    ) -> Result<(), CommandError> {
+        self.check_new(id, Some(remote))?;
+        let (inbound, outbound) = Self::contexts(keys)?;
+        let mut offsets = [(0u16, 0u32); MAX_TRACKS];
+        for o in &mut offsets {
+            let r = self.next_rand();
+            *o = (r as u16, (r >> 32) as u32);
+        }
+        let idx = self.sessions.insert(Session {
+            id,
+            remote: Some(remote),
+            inbound,
+            outbound,
+            role: session::Role::Subscriber(Subscriber {
+                stream,
+                ssrcs,
+                offsets,
+                wants_keyframe: true,
+            }),
+        });
+        self.by_id.insert(id, idx);
+        self.by_addr.insert(remote, idx);
+        self.streams.entry(stream).or_default().subscribers.push(idx);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: SessionId, _out: &mut dyn Output) -> Result<(), CommandError> {
+        let idx = self
+            .by_id
+            .remove(&id)
+            .ok_or(CommandError::UnknownSession)?;
+        let Some(s) = self.sessions.remove(idx) else {
+            return Err(CommandError::UnknownSession);
+        };
+        if let Some(r) = s.remote {
+            self.by_addr.remove(&r);
+        }
+        self.unlatched.retain(|&i| i != idx);
+        match s.role {
+            session::Role::Publisher(mut p) => {
+                for c in &mut p.caches {
+                    c.clear(&mut self.pool);
+                }
+                if let Some(st) = self.streams.get_mut(&p.stream) {
+                    st.publisher = None;
+                }
+                self.gc_stream(p.stream);
+            }
+            session::Role::Subscriber(sub) => {
+                if let Some(st) = self.streams.get_mut(&sub.stream) {
+                    st.subscribers.retain(|&i| i != idx);
+                }
+                self.gc_stream(sub.stream);
+            }
+        }
+        Ok(())
+    }
+
+    fn gc_stream(&mut self, stream: StreamId) {
+        if self.streams.get(&stream).is_some_and(|s| {
+            s.publisher.is_none()
+                && s.subscribers.is_empty()
+                && s.remote_workers == 0
+                && s.publisher_worker.is_none()
+        }) {
+            self.streams.remove(&stream);
+        }
+    }
+
+    // ---- datagrams -----------------------------------------------------------------------
+
+    /// A datagram the socket truncated because it exceeded [`MAX_DATAGRAM`].
+    pub fn oversize(&mut self) {
+        self.count(Counter::RxPackets, 1);
+        self.drop_packet(DropReason::Oversize);
+    }
+
+    /// One datagram from the worker's socket. `data` may be modified in place.
+    pub fn handle_datagram(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.count(Counter::RxPackets, 1);
+        self.count(Counter::RxBytes, data.len() as u64);
+        if data.len() > MAX_DATAGRAM {
+            return self.drop_packet(DropReason::Oversize);
+        }
+        match packet::demux(data) {
+            // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
+            // STUN and DTLS are counted and dropped.
+            Kind::Stun => self.drop_packet(DropReason::Stun),
+            Kind::Dtls => self.drop_packet(DropReason::Dtls),
+            Kind::Unknown => self.drop_packet(DropReason::UnknownKind),
+            Kind::Rtp => self.on_rtp(data, src, at, out),
+            Kind::Rtcp => self.on_rtcp(data, src, at, out),
+        }
+    }
+
+    fn on_rtp(&mut self, data: &[u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+        let Some(mut h) = self.pool.take() else {
+            return self.drop_packet(DropReason::QueueFull);
+        };
+        let Some(pkt) = Arc::get_mut(&mut h) else {
+            // `take` only returns unshared buffers; if that ever changed we drop, not panic.
+            return self.drop_packet(DropReason::QueueFull);
+        };
+        let decrypted = match self.by_addr.get(&src) {
+            Some(&idx) => self.unprotect_into(idx, data, &mut pkt.data),
+            None => self.latch(data, src, &mut pkt.data),
+        };
+        let (idx, len) = match decrypted {
+            Ok(found) => found,
+            Err(reason) => {
+                self.pool.put(h);
+                return self.drop_packet(reason);
+            }
+        };
+        let Ok(hdr) = rtp::Header::parse(&pkt.data[..len]) else {
+            self.pool.put(h);
+            return self.drop_packet(DropReason::Malformed);
+        };
+        let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role)
+        else {
+            // Subscribers send RTCP only.
+            self.pool.put(h);
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        let Some(track) = p.track_for(hdr.ssrc) else {
+            self.pool.put(h);
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        pkt.stream = p.stream;
+        pkt.track = track;
+        pkt.len = len as u16;
+        pkt.at = at;
+        let stream = p.stream;
+        p.caches[usize::from(track)].insert(hdr.sequence, h.clone(), &mut self.pool);
+        self.fan_out(stream, &h, out);
+        self.pool.put(h);
+    }
+
+    /// Copy `data` into `buf` and unprotect it with session `idx`'s inbound context.
+    fn unprotect_into(
+        &mut self,
+        idx: u32,
+        data: &[u8],
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        let s = self
+            .sessions
+            .get_mut(idx)
+            .ok_or(DropReason::UnknownSource)?;
+        let n = data.len();
+        let dst = buf.get_mut(..n).ok_or(DropReason::Oversize)?;
+        dst.copy_from_slice(data);
+        let len = s.inbound.unprotect_rtp(dst).map_err(srtp_drop)?;
+        Ok((idx, len))
+    }
+
+    /// A packet from an unknown source: the first comedia publisher whose key authenticates
+    /// it owns `src` from now on. A failed trial leaves a context untouched (SRTP state only
+    /// moves after authentication), so trying several is safe; each trial starts from a
+    /// fresh copy because a failed AEAD open leaves the buffer undefined.
+    fn latch(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        for k in 0..self.unlatched.len() {
+            let idx = self.unlatched[k];
+            let Ok(found) = self.unprotect_into(idx, data, buf) else {
+                continue;
+            };
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            s.remote = Some(src);
+            let id = s.id;
+            self.unlatched.remove(k);
+            self.by_addr.insert(src, idx);
+            self.events.push(WorkerEvent::Latched { id, remote: src });
+            return Ok(found);
+        }
+        Err(DropReason::UnknownSource)
+    }
+
+    /// Send `h` to every subscriber here and one handle to every other worker with some.
+    fn fan_out(&mut self, stream: StreamId, h: &Handle, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        let mut mask = st.remote_workers;
+        while mask != 0 {
+            let w = mask.trailing_zeros() as u16;
+            mask &= mask - 1;
+            match out.to_worker(w, Inbound::Media(h.clone())) {
+                Ok(()) => self.count(Counter::CrossWorkerOut, 1),
+                Err(Inbound::Media(back)) => {
+                    self.pool.put(back);
+                    self.drop_packet(DropReason::QueueFull);
+                }
+                Err(_) => {}
+            }
+        }
+        self.forward_local(stream, h, out);
+    }
+
+    fn forward_local(&mut self, stream: StreamId, h: &Handle, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        let mut full = 0u64;
+        for &idx in &st.subscribers {
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            match forward_to(s, h, out) {
+                Ok(n) => {
+                    sent += 1;
+                    bytes += n as u64;
+                }
+                Err(_) => full += 1,
+            }
+        }
+        self.count(Counter::Forwarded, sent);
+        self.count(Counter::TxPackets, sent);
+        self.count(Counter::TxBytes, bytes);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+
+    fn on_rtcp(&mut self, data: &mut [u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+        let Some(&idx) = self.by_addr.get(&src) else {
+            return self.drop_packet(DropReason::UnknownSource);
+        };
+        let Some(s) = self.sessions.get_mut(idx) else {
+            return self.drop_packet(DropReason::UnknownSource);
+        };
+        let len = match s.inbound.unprotect_rtcp(data) {
+            Ok(len) => len,
+            Err(e) => return self.drop_packet(srtp_drop(e)),
+        };
+        let plain = &data[..len];
+        let key = SessionKey {
+            idx,
+            gen: self.sessions.generation(idx),
+        };
+        let session::Role::Subscriber(sub) = &mut s.role else {
+            // Publisher RTCP (sender reports, SDES): parsed for validity only for now.
+            if rtcp::compound(plain).any(|r| r.is_err()) {
+                self.drop_packet(DropReason::Malformed);
+            }
+            return;
+        };
+        let stream = sub.stream;
+        // Collect feedback first: acting on it needs `self` mutably.
+        let mut nacks = [(0u8, 0u16); 64];
+        let mut n_nacks = 0;
+        let mut plis = [false; MAX_TRACKS];
+        for p in rtcp::compound(plain) {
+            match p {
+                Ok(rtcp::Packet::Nack(nack)) => {
+                    let Some(track) = sub.track_of(nack.media_ssrc) else {
+                        continue;
+                    };
+                    for seq in nack.lost() {
+                        if n_nacks < nacks.len() {
+                            nacks[n_nacks] = (track, sub.original_seq(track, seq));
+                            n_nacks += 1;
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
+                    if let Some(t) = sub.track_of(media_ssrc) {
+                        plis[usize::from(t)] = true;
+                    }
+                }
+                Ok(rtcp::Packet::Fir(fir)) => {
+                    for (ssrc, _) in fir.entries() {
+                        if let Some(t) = sub.track_of(ssrc) {
+                            plis[usize::from(t)] = true;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.drop_packet(DropReason::Malformed);
+                    break;
+                }
+            }
+        }
+        self.count(Counter::NacksReceived, n_nacks as u64);
+        for &(track, seq) in &nacks[..n_nacks] {
+            self.nack(stream, track, seq, key, out);
+        }
+        for (t, &want) in plis.iter().enumerate() {
+            if want {
+                self.request_keyframe(stream, t as u8, at, out);
+            }
+        }
+    }
+
+    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq`.
+    fn nack(&mut self, stream: StreamId, track: u8, seq: u16, to: SessionKey, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&stream) else {
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        if let Some(pidx) = st.publisher {
+            if let Some(h) = self.cached(pidx, track, seq) {
+                self.retransmit_to(to, h, out);
+            }
+        } else if let Some(w) = st.publisher_worker {
+            let msg = Inbound::Nack {
+                from: self.worker,
+                session: to,
+                stream,
+                track,
+                seq,
+            };
+            if out.to_worker(w, msg).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+    }
+
+    fn cached(&self, publisher: u32, track: u8, seq: u16) -> Option<Handle> {
+        let s = self.sessions.get(publisher)?;
+        let session::Role::Publisher(p) = &s.role else {
+            return None;
+        };
+        p.caches.get(usize::from(track))?.get(seq).cloned()
+    }
+
+    /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
+    fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
+        if let Some(s) = self.sessions.get_key_mut(to) {
+            if forward_to(s, &h, out).is_ok() {
+                self.count(Counter::Retransmitted, 1);
+                self.count(Counter::TxPackets, 1);
+            }
+        }
+        self.pool.put(h);
+    }
+
+    /// Ask the publisher of `stream` for a keyframe of `track`, at most once per
+    /// [`PLI_INTERVAL`].
+    fn request_keyframe(&mut self, stream: StreamId, track: u8, now: Instant, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        if let Some(pidx) = st.publisher {
+            let sender = self.rtcp_ssrc;
+            let Some(s) = self.sessions.get_mut(pidx) else {
+                return;
+            };
+            let (Some(remote), session::Role::Publisher(p)) = (s.remote, &mut s.role) else {
+                return;
+            };
+            let Some(media) = p.tracks.get(usize::from(track)).copied().flatten() else {
+                return;
+            };
+            let t = &mut p.last_pli[usize::from(track)];
+            if t.is_some_and(|last| now.saturating_duration_since(last) < PLI_INTERVAL) {
+                return self.count(Counter::PliThrottled, 1);
+            }
+            *t = Some(now);
+            let ctx = &mut s.outbound;
+            let r = out.send(remote, &mut |buf| {
+                let n = rtcp::write_pli(buf, sender, media).ok()?;
+                ctx.protect_rtcp(buf, n).ok()
+            });
+            match r {
+                Ok(()) => {
+                    self.count(Counter::PliForwarded, 1);
+                    self.count(Counter::TxPackets, 1);
+                }
+                Err(_) => self.drop_packet(DropReason::QueueFull),
+            }
+        } else if let Some(w) = st.publisher_worker {
+            if out.to_worker(w, Inbound::Pli { stream, track }).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+    }
+
+    // ---- other workers -------------------------------------------------------------------
+
+    /// A message from another worker.
+    pub fn handle_inbound(&mut self, msg: Inbound, now: Instant, out: &mut dyn Output) {
+        match msg {
+            Inbound::Media(h) => {
+                self.count(Counter::CrossWorkerIn, 1);
+                let stream = h.stream;
+                self.forward_local(stream, &h, out);
+                self.send_home(h, out);
+            }
+            Inbound::Retransmit { session, packet } => {
+                if let Some(s) = self.sessions.get_key_mut(session) {
+                    if forward_to(s, &packet, out).is_ok() {
+                        self.count(Counter::Retransmitted, 1);
+                        self.count(Counter::TxPackets, 1);
+                    }
+                }
+                self.send_home(packet, out);
+            }
+            Inbound::Nack {
+                from,
+                session,
+                stream,
+                track,
+                seq,
+            } => {
+                let publisher = self.streams.get(&stream).and_then(|s| s.publisher);
+                let Some(h) = publisher.and_then(|p| self.cached(p, track, seq)) else {
+                    return;
+                };
+                if let Err(back) = out.to_worker(from, Inbound::Retransmit { session, packet: h })
+                {
+                    if let Inbound::Retransmit { packet, .. } = back {
+                        self.pool.put(packet);
+                    }
+                    self.drop_packet(DropReason::QueueFull);
+                }
+            }
+            Inbound::Pli { stream, track } => self.request_keyframe(stream, track, now, out),
+            Inbound::Return(h) => self.pool.put(h),
+        }
+    }
+
+    /// Give a handle back to the worker whose pool it came from. The publisher's worker is
+    /// the only one that may drop it (see [`pool`]).
+    fn send_home(&mut self, h: Handle, out: &mut dyn Output) {
+        let home = self
+            .streams
+            .get(&h.stream)
+            .and_then(|s| s.publisher_worker);
+        match home {
+            Some(w) if w != self.worker => {
+                if let Err(Inbound::Return(h)) = out.to_worker(w, Inbound::Return(h)) {
+                    // The owner's queue is full: dropping our clone is safe (the owner's
+                    // strong-count check still sees it gone), the buffer is just not recycled
+                    // until the owner's last clone goes.
+                    drop(h);
+                }
+            }
+            _ => drop(h),
+        }
+    }
+
+    pub fn pool_stats(&self) -> (usize, usize) {
+        (self.pool.free(), self.pool.total())
+    }
+}
+
+/// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it.
+fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize, SendError> {
+    let (Some(remote), session::Role::Subscriber(sub)) = (s.remote, &s.role) else {
+        return Err(SendError::Cancelled);
+    };
+    let track = usize::from(h.track);
+    let (Some(&ssrc), Some(&(seq_off, ts_off))) = (sub.ssrcs.get(track), sub.offsets.get(track))
+    else {
+        return Err(SendError::Cancelled);
+    };
+    let src = h.bytes();
+    let ctx = &mut s.outbound;
+    let mut sent = 0;
+    out.send(remote, &mut |buf| {
+        let n = src.len();
+        buf.get_mut(..n)?.copy_from_slice(src);
+        let seq = u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(seq_off);
+        let ts = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]).wrapping_add(ts_off);
+        rtp::set_ssrc(buf, ssrc).ok()?;
+        rtp::set_sequence(buf, seq).ok()?;
+        rtp::set_timestamp(buf, ts).ok()?;
+        let len = ctx.protect_rtp(buf, n).ok()?;
+        sent = len;
+        Some(len)
+    })?;
+    Ok(sent)
+}
+
+fn srtp_drop(e: srtp::Error) -> DropReason {
+    match e {
+        srtp::Error::AuthFailed => DropReason::SrtpAuth,
+        srtp::Error::Replayed => DropReason::Replay,
+        _ => DropReason::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

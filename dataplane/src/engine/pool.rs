@@ -1,0 +1,127 @@
+//! Refcounted packet buffers that cross worker boundaries without allocating.
+//!
+//! A publisher's worker decrypts each RTP packet once into a [`Packet`] taken from its
+//! [`Pool`], keeps one handle in the NACK cache, and hands one clone to every other worker
+//! that has subscribers (one per worker, not one per subscriber). Consumers never drop a
+//! handle: they send it back through the owner's return queue, and only the owning worker
+//! drops or recycles. That makes `Arc::strong_count(&p) == 1` on the owner a proof that no
+//! one else holds the packet, so it can be rewritten in place — no `unsafe`, no allocation
+//! per packet, and a buffer that is still in use elsewhere is never reused.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::StreamId;
+
+/// Plaintext RTP at most this long (a 1500-byte datagram minus the shortest SRTP tag).
+pub const PACKET_CAP: usize = 1500;
+
+/// One decrypted RTP packet and where it belongs.
+#[derive(Clone)]
+pub struct Packet {
+    pub stream: StreamId,
+    /// Track index in the publisher's stream.
+    pub track: u8,
+    pub len: u16,
+    /// When the datagram was received (stamped at the socket).
+    pub at: Instant,
+    pub data: [u8; PACKET_CAP],
+}
+
+impl Packet {
+    fn empty() -> Self {
+        Self {
+            stream: StreamId(0),
+            track: 0,
+            len: 0,
+            at: Instant::now(),
+            data: [0; PACKET_CAP],
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..usize::from(self.len).min(PACKET_CAP)]
+    }
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packet")
+            .field("stream", &self.stream)
+            .field("track", &self.track)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+pub type Handle = Arc<Packet>;
+
+/// The owning worker's free list. Other workers send handles home as `Inbound::Return`.
+#[derive(Default)]
+pub struct Pool {
+    free: Vec<Handle>,
+    /// Buffers created so far; the pool only grows at control time.
+    total: usize,
+}
+
+impl Pool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `n` buffers. Called when a publisher is added (control time), never per packet.
+    pub fn grow(&mut self, n: usize) {
+        self.free.reserve(n);
+        for _ in 0..n {
+            self.free.push(Arc::new(Packet::empty()));
+        }
+        self.total += n;
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// A buffer nobody else holds, or `None` when all are in use.
+    pub fn take(&mut self) -> Option<Handle> {
+        loop {
+            let h = self.free.pop()?;
+            if Arc::strong_count(&h) == 1 {
+                return Some(h);
+            }
+            // Still held elsewhere (only possible if a handle was recycled while a clone was in
+            // flight); dropping ours leaves the other holder's clone to come back later.
+        }
+    }
+
+    /// Hand a handle back (from the NACK cache, a finished fan-out, or a return queue).
+    /// Recycles it when this was the last reference, else just drops this clone.
+    pub fn put(&mut self, h: Handle) {
+        if Arc::strong_count(&h) == 1 {
+            self.free.push(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycles_only_last_reference() {
+        let mut pool = Pool::new();
+        pool.grow(2);
+        let a = pool.take().expect("a");
+        let elsewhere = a.clone();
+        pool.put(a);
+        assert_eq!(pool.free(), 1, "a is still held elsewhere");
+        pool.put(elsewhere);
+        assert_eq!(pool.free(), 2);
+        let mut b = pool.take().expect("b");
+        assert!(Arc::get_mut(&mut b).is_some(), "a recycled buffer is exclusively ours");
+    }
+}

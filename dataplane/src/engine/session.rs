@@ -1,0 +1,146 @@
+//! Sessions on one worker and the slab that holds them.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use switchyard_shared::command::{SessionId, MAX_TRACKS};
+use switchyard_shared::srtp;
+
+use super::nack::Cache;
+use super::StreamId;
+
+/// A session's slot and generation: stays valid across workers and queues, and stops
+/// matching once the slot is reused, so a late retransmission never reaches a new session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKey {
+    pub idx: u32,
+    pub gen: u32,
+}
+
+pub struct Session {
+    pub id: SessionId,
+    /// `None` until a comedia publisher latches.
+    pub remote: Option<SocketAddr>,
+    /// Unprotects what the peer sends.
+    pub inbound: srtp::Context,
+    /// Protects what the node sends to the peer.
+    pub outbound: srtp::Context,
+    pub role: Role,
+}
+
+pub enum Role {
+    Publisher(Publisher),
+    Subscriber(Subscriber),
+}
+
+pub struct Publisher {
+    pub stream: StreamId,
+    /// SSRC of each track, declared or learned in arrival order.
+    pub tracks: [Option<u32>; MAX_TRACKS],
+    pub caches: Vec<Cache>,
+    pub last_pli: [Option<Instant>; MAX_TRACKS],
+}
+
+impl Publisher {
+    pub fn new(stream: StreamId, tracks: [Option<u32>; MAX_TRACKS], nack_cache: usize) -> Self {
+        Self {
+            stream,
+            tracks,
+            caches: (0..MAX_TRACKS).map(|_| Cache::new(nack_cache)).collect(),
+            last_pli: [None; MAX_TRACKS],
+        }
+    }
+
+    /// Track index of `ssrc`, learning it if a slot is free. Only authenticated packets get
+    /// here, so a stranger cannot fill the slots.
+    pub fn track_for(&mut self, ssrc: u32) -> Option<u8> {
+        let mut free = None;
+        for (i, t) in self.tracks.iter().enumerate() {
+            match t {
+                Some(s) if *s == ssrc => return Some(i as u8),
+                None if free.is_none() => free = Some(i),
+                _ => {}
+            }
+        }
+        let i = free?;
+        self.tracks[i] = Some(ssrc);
+        Some(i as u8)
+    }
+}
+
+pub struct Subscriber {
+    pub stream: StreamId,
+    /// SSRC the subscriber sees for each publisher track.
+    pub ssrcs: [u32; MAX_TRACKS],
+    /// (sequence, timestamp) offsets added per track, so each subscriber's numbering is its
+    /// own and stays continuous across retransmissions.
+    pub offsets: [(u16, u32); MAX_TRACKS],
+    pub wants_keyframe: bool,
+}
+
+impl Subscriber {
+    /// Track whose rewritten SSRC is `ssrc`.
+    pub fn track_of(&self, ssrc: u32) -> Option<u8> {
+        self.ssrcs.iter().position(|&s| s == ssrc).map(|i| i as u8)
+    }
+
+    /// Undo the sequence rewrite: the publisher's number for this subscriber's `seq`.
+    pub fn original_seq(&self, track: u8, seq: u16) -> u16 {
+        let off = self.offsets.get(usize::from(track)).map_or(0, |o| o.0);
+        seq.wrapping_sub(off)
+    }
+}
+
+/// Dense storage: a session index is a plain array index on the hot path.
+pub struct Slab {
+    slots: Vec<(u32, Option<Session>)>,
+    free: Vec<u32>,
+}
+
+impl Slab {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(n),
+            free: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn insert(&mut self, s: Session) -> u32 {
+        if let Some(i) = self.free.pop() {
+            if let Some(slot) = self.slots.get_mut(i as usize) {
+                slot.0 = slot.0.wrapping_add(1);
+                slot.1 = Some(s);
+                return i;
+            }
+        }
+        self.slots.push((0, Some(s)));
+        (self.slots.len() - 1) as u32
+    }
+
+    pub fn remove(&mut self, i: u32) -> Option<Session> {
+        let s = self.slots.get_mut(i as usize)?.1.take()?;
+        self.free.push(i);
+        Some(s)
+    }
+
+    pub fn get(&self, i: u32) -> Option<&Session> {
+        self.slots.get(i as usize)?.1.as_ref()
+    }
+
+    pub fn get_mut(&mut self, i: u32) -> Option<&mut Session> {
+        self.slots.get_mut(i as usize)?.1.as_mut()
+    }
+
+    pub fn generation(&self, i: u32) -> u32 {
+        self.slots.get(i as usize).map_or(0, |s| s.0)
+    }
+
+    /// The session `key` names, if its slot was not reused since.
+    pub fn get_key_mut(&mut self, key: SessionKey) -> Option<&mut Session> {
+        let slot = self.slots.get_mut(key.idx as usize)?;
+        if slot.0 != key.gen {
+            return None;
+        }
+        slot.1.as_mut()
+    }
+}

@@ -1,0 +1,398 @@
+//! Engine tests on virtual time and in-memory outputs: no sockets, no threads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
+use switchyard_shared::packet::{rtcp, rtp};
+use switchyard_shared::srtp::Context;
+use switchyard_shared::stats::{Counter, Stats};
+
+use super::*;
+
+/// Records what an engine sends.
+#[derive(Default)]
+struct Capture {
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    to_workers: Vec<(u16, Inbound)>,
+    /// When set, `to_worker` refuses (a full queue).
+    refuse: bool,
+}
+
+impl Output for Capture {
+    fn send(
+        &mut self,
+        dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        let mut buf = vec![0u8; 1536];
+        let n = fill(&mut buf).ok_or(SendError::Cancelled)?;
+        buf.truncate(n);
+        self.sent.push((dst, buf));
+        Ok(())
+    }
+
+    fn to_worker(&mut self, worker: u16, msg: Inbound) -> Result<(), Inbound> {
+        if self.refuse {
+            return Err(msg);
+        }
+        self.to_workers.push((worker, msg));
+        Ok(())
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn keys(profile: SrtpProfile, a: u8, b: u8) -> SrtpKeys {
+    SrtpKeys {
+        profile,
+        remote: vec![a; profile.master_len()],
+        local: vec![b; profile.master_len()],
+    }
+}
+
+struct Fixture {
+    engines: Vec<Engine>,
+    stats: Arc<Stats>,
+    _dir: TempPath,
+}
+
+struct TempPath(std::path::PathBuf);
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn fixture(workers: u16) -> Fixture {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("swy-engine-{}-{n}", std::process::id()));
+    let stats = Arc::new(Stats::create(&path, usize::from(workers), 1).expect("stats"));
+    let limits = Limits {
+        max_sessions: 64,
+        nack_cache: 64,
+        in_flight: 16,
+    };
+    let engines = (0..workers)
+        .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w)))
+        .collect();
+    Fixture {
+        engines,
+        stats,
+        _dir: TempPath(path),
+    }
+}
+
+const STREAM: StreamId = StreamId(1);
+const PUB_SSRC: u32 = 0x1111_1111;
+
+fn sub_ssrcs(base: u32) -> [u32; MAX_TRACKS] {
+    [base, base + 1, base + 2, base + 3]
+}
+
+fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpProfile) {
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(id),
+            stream: STREAM,
+            remote,
+            ssrcs: vec![PUB_SSRC],
+            srtp: keys(profile, 1, 2),
+        },
+        &mut out,
+    );
+    assert_eq!(e.poll_event(), Some(WorkerEvent::Added { id: SessionId(id) }));
+}
+
+fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(id),
+            stream: STREAM,
+            remote: addr(port),
+            ssrcs: sub_ssrcs(id as u32 * 16),
+            srtp: keys(profile, 3, id as u8),
+        },
+        &mut out,
+    );
+    assert_eq!(e.poll_event(), Some(WorkerEvent::Added { id: SessionId(id) }));
+}
+
+/// A publisher-side SRTP packet with sequence `seq` and a recognisable payload.
+fn srtp_packet(ctx: &mut Context, seq: u16, payload_len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; 12 + payload_len + 32];
+    buf[0] = 0x80;
+    buf[1] = 96;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+    for (i, b) in buf[12..12 + payload_len].iter_mut().enumerate() {
+        *b = (i as u8) ^ (seq as u8);
+    }
+    let n = ctx
+        .protect_rtp(&mut buf, 12 + payload_len)
+        .expect("protect");
+    buf.truncate(n);
+    buf
+}
+
+fn get(stats: &Stats, w: usize, c: Counter) -> u64 {
+    stats.worker(w).expect("worker").get(c)
+}
+
+#[test]
+fn fans_out_to_local_subscribers_with_rewrite() {
+    for profile in [SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80] {
+        let mut f = fixture(1);
+        let e = &mut f.engines[0];
+        add_pub(e, 1, Some(addr(5000)), profile);
+        add_sub(e, 2, 6002, profile);
+        add_sub(e, 3, 6003, profile);
+        let mut publisher = Context::new(profile, &[1; 30][..profile.master_len()]).expect("ctx");
+        let mut out = Capture::default();
+        let now = Instant::now();
+        for seq in 65530..=65535u16 {
+            let mut p = srtp_packet(&mut publisher, seq, 1000);
+            e.handle_datagram(&mut p, addr(5000), now, &mut out);
+        }
+        for seq in 0..4u16 {
+            let mut p = srtp_packet(&mut publisher, seq, 1000);
+            e.handle_datagram(&mut p, addr(5000), now, &mut out);
+        }
+        assert_eq!(out.sent.len(), 20, "10 packets × 2 subscribers");
+        for (sub, port) in [(2u64, 6002u16), (3, 6003)] {
+            let mut ctx =
+                Context::new(profile, &vec![sub as u8; profile.master_len()]).expect("ctx");
+            let mut last: Option<u16> = None;
+            for (dst, bytes) in out.sent.iter().filter(|(d, _)| d.port() == port) {
+                assert_eq!(*dst, addr(port));
+                let mut b = bytes.clone();
+                let n = ctx.unprotect_rtp(&mut b).expect("subscriber key decrypts");
+                let h = rtp::Header::parse(&b[..n]).expect("rtp");
+                assert_eq!(h.ssrc, sub as u32 * 16, "rewritten SSRC");
+                if let Some(l) = last {
+                    assert_eq!(h.sequence, l.wrapping_add(1), "continuous sequence");
+                }
+                last = Some(h.sequence);
+                assert_eq!(n, 1012);
+            }
+        }
+        assert_eq!(get(&f.stats, 0, Counter::Forwarded), 20);
+    }
+}
+
+#[test]
+fn hands_one_packet_per_remote_worker() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(3);
+    add_pub(&mut f.engines[0], 1, Some(addr(5000)), profile);
+    let mut out = Capture::default();
+    f.engines[0].handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream: STREAM,
+            mask: 0b110,
+        },
+        &mut out,
+    );
+    for (w, id) in [(1usize, 10u64), (1, 11), (2, 12)] {
+        let e = &mut f.engines[w];
+        e.handle_command(
+            WorkerCommand::SetPublisherWorker {
+                stream: STREAM,
+                worker: Some(0),
+            },
+            &mut out,
+        );
+        add_sub(e, id, 6000 + id as u16, profile);
+    }
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 1, 500);
+    f.engines[0].handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    assert!(out.sent.is_empty(), "no subscribers on worker 0");
+    let msgs: Vec<_> = std::mem::take(&mut out.to_workers);
+    assert_eq!(msgs.len(), 2, "one handle per worker, not per subscriber");
+    let mut delivered = Capture::default();
+    for (w, msg) in msgs {
+        f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut delivered);
+    }
+    assert_eq!(delivered.sent.len(), 3);
+    // Handles went home to worker 0.
+    let returns = delivered
+        .to_workers
+        .iter()
+        .filter(|(w, m)| *w == 0 && matches!(m, Inbound::Return(_)))
+        .count();
+    assert_eq!(returns, 2);
+}
+
+#[test]
+fn nack_is_answered_from_the_cache() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    for seq in 100..110u16 {
+        let mut p = srtp_packet(&mut publisher, seq, 200);
+        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    }
+    // Learn the subscriber's numbering of seq 105.
+    let mut sub_rx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = out.sent[5].1.clone();
+    let n = sub_rx.unprotect_rtp(&mut b).expect("decrypt");
+    let lost = rtp::Header::parse(&b[..n]).expect("rtp").sequence;
+
+    let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
+    let mut fb = vec![0u8; 200];
+    let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[lost]).expect("nack");
+    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    let mut out = Capture::default();
+    e.handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+    assert_eq!(out.sent.len(), 1, "one retransmission");
+    let mut b = out.sent[0].1.clone();
+    // The original was already received: a real subscriber would not have it; a fresh
+    // context shows the retransmission carries the same rewritten numbering.
+    let mut fresh = Context::new(profile, &[2; 28]).expect("ctx");
+    let n = fresh.unprotect_rtp(&mut b).expect("decrypt");
+    assert_eq!(rtp::Header::parse(&b[..n]).expect("rtp").sequence, lost);
+    assert_eq!(get(&f.stats, 0, Counter::Retransmitted), 1);
+}
+
+#[test]
+fn pli_is_throttled() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
+    let t0 = Instant::now();
+    let mut out = Capture::default();
+    for dt in [0u64, 100, 200, 600] {
+        let mut fb = vec![0u8; 100];
+        let n = rtcp::write_pli(&mut fb, 0xabc, 2 * 16).expect("pli");
+        let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+        fb.truncate(n);
+        e.handle_datagram(&mut fb, addr(6002), t0 + Duration::from_millis(dt), &mut out);
+    }
+    assert_eq!(out.sent.len(), 2, "at 0 ms and 600 ms only");
+    let mut pub_rx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = out.sent[0].1.clone();
+    assert_eq!(out.sent[0].0, addr(5000));
+    let n = pub_rx.unprotect_rtcp(&mut b).expect("publisher decrypts PLI");
+    assert!(matches!(
+        rtcp::compound(&b[..n]).next(),
+        Some(Ok(rtcp::Packet::Pli { media_ssrc: PUB_SSRC, .. }))
+    ));
+    assert_eq!(get(&f.stats, 0, Counter::PliThrottled), 2);
+}
+
+#[test]
+fn bad_input_is_counted_and_dropped() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut out = Capture::default();
+    let now = Instant::now();
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let good = srtp_packet(&mut publisher, 1, 100);
+
+    let mut wrong = Context::new(profile, &[9; 28]).expect("ctx");
+    let cases: Vec<(Vec<u8>, SocketAddr, DropReason)> = vec![
+        (vec![0x80, 96, 0, 1], addr(5000), DropReason::Malformed),
+        (srtp_packet(&mut wrong, 2, 100), addr(5000), DropReason::SrtpAuth),
+        (good.clone(), addr(5000), DropReason::Oversize), // replaced below
+        (vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], addr(5000), DropReason::Stun),
+        (vec![22, 254, 253, 0, 0], addr(5000), DropReason::Dtls),
+        (vec![0x50; 40], addr(5000), DropReason::UnknownKind),
+        (good.clone(), addr(7777), DropReason::UnknownSource),
+    ];
+    let mut first = good.clone();
+    e.handle_datagram(&mut first, addr(5000), now, &mut out);
+    assert_eq!(out.sent.len(), 1);
+    for (i, (mut bytes, src, reason)) in cases.into_iter().enumerate() {
+        if i == 2 {
+            // A replay of the packet already accepted.
+            bytes = good.clone();
+            let before = get(&f.stats, 0, DropReason::Replay.counter());
+            e.handle_datagram(&mut bytes, src, now, &mut out);
+            assert_eq!(get(&f.stats, 0, DropReason::Replay.counter()), before + 1);
+            continue;
+        }
+        let before = get(&f.stats, 0, reason.counter());
+        e.handle_datagram(&mut bytes, src, now, &mut out);
+        assert_eq!(
+            get(&f.stats, 0, reason.counter()),
+            before + 1,
+            "case {i} should count {reason:?}"
+        );
+    }
+    let mut big = vec![0x80u8; 1600];
+    e.handle_datagram(&mut big, addr(5000), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropOversize), 1);
+    assert_eq!(out.sent.len(), 1, "nothing bad was forwarded");
+}
+
+#[test]
+fn comedia_publisher_latches_on_first_authenticated_packet() {
+    let profile = SrtpProfile::AesCm128HmacSha1_80;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, None, profile);
+    add_sub(e, 2, 6002, profile);
+    let mut out = Capture::default();
+    let mut stranger = Context::new(profile, &[8; 30][..30]).expect("ctx");
+    let mut p = srtp_packet(&mut stranger, 1, 100);
+    e.handle_datagram(&mut p, addr(4444), Instant::now(), &mut out);
+    assert!(out.sent.is_empty());
+    assert_eq!(e.poll_event(), None);
+    let mut publisher = Context::new(profile, &[1; 30]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 1, 100);
+    e.handle_datagram(&mut p, addr(5555), Instant::now(), &mut out);
+    assert_eq!(out.sent.len(), 1, "the latching packet is forwarded too");
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Latched {
+            id: SessionId(1),
+            remote: addr(5555)
+        })
+    );
+}
+
+#[test]
+fn remove_frees_everything() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    for seq in 0..100u16 {
+        let mut p = srtp_packet(&mut publisher, seq, 100);
+        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    }
+    for id in [1, 2] {
+        e.handle_command(WorkerCommand::Remove { id: SessionId(id) }, &mut out);
+        assert_eq!(e.poll_event(), Some(WorkerEvent::Removed { id: SessionId(id) }));
+    }
+    assert_eq!(e.session_count(), 0);
+    let (free, total) = e.pool_stats();
+    assert_eq!(free, total, "every pooled buffer came back");
+    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, &mut out);
+    assert!(matches!(e.poll_event(), Some(WorkerEvent::Failed { .. })));
+    let mut p = srtp_packet(&mut publisher, 200, 100);
+    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    assert_eq!(out.sent.len(), 100);
+}

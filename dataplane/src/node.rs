@@ -1,0 +1,151 @@
+//! Wires one node's data plane: stats file, command ring, worker sockets and threads, the
+//! slow path, and signal handling.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use switchyard_shared::command::Event;
+use switchyard_shared::config::{Config, EngineKind};
+use switchyard_shared::ring;
+use switchyard_shared::stats::Stats;
+
+use crate::engine::Limits;
+use crate::io::IoConfig;
+use crate::slowpath::SlowPath;
+use crate::worker::{self, Mailbox, WorkerSetup};
+
+/// Cross-worker messages queued per worker. At 1 packet per message, this absorbs a
+/// keyframe burst of a few hundred packets from every other worker.
+const INBOUND_QUEUE: usize = 16384;
+
+/// Run the data plane until SIGINT/SIGTERM (or until `stop` is set by the caller).
+pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    config.validate()?;
+    let workers = config.media.worker_count();
+    let boot = random_u64()?;
+    let stats_path = config.stats_path();
+    let stats = Arc::new(
+        Stats::create(&stats_path, usize::from(workers), boot)
+            .with_context(|| format!("creating {}", stats_path.display()))?,
+    );
+    let ring_path = config.ring_path();
+    let side = ring::attach_data(&ring_path, ring::DEFAULT_SLOTS)
+        .with_context(|| format!("attaching command ring {}", ring_path.display()))?;
+
+    let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+    let mailboxes: Arc<[Arc<Mailbox>]> = (0..workers)
+        .map(|_| Arc::new(Mailbox::new(INBOUND_QUEUE)))
+        .collect();
+    let limits = Limits {
+        max_sessions: config.media.max_sessions_per_worker as usize,
+        nack_cache: usize::from(config.media.nack_cache),
+        ..Limits::default()
+    };
+    let io = IoConfig {
+        recv_buffer: config.media.recv_buffer,
+        send_buffer: config.media.send_buffer,
+        rx_batch: 32,
+        tx_slots: 16384,
+    };
+
+    let mut threads = Vec::new();
+    let mut ready = Vec::new();
+    for i in 0..workers {
+        let addr = SocketAddr::new(config.media.bind, config.media.port + i);
+        let socket =
+            UdpSocket::bind(addr).with_context(|| format!("binding media socket {addr}"))?;
+        let core = (config.media.pin && cores > 0)
+            .then(|| (usize::from(config.media.first_core) + usize::from(i)) % cores);
+        let setup = WorkerSetup {
+            index: i,
+            socket,
+            engine: config.media.engine,
+            io: io.clone(),
+            core,
+            limits,
+            stats: stats.clone(),
+            mailboxes: mailboxes.clone(),
+            stop: stop.clone(),
+            seed: boot ^ (u64::from(i) << 48) ^ 0x9e37_79b9_7f4a_7c15,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        ready.push(rx);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("swy-worker-{i}"))
+                .spawn(move || worker::run(setup, tx))
+                .context("spawning worker thread")?,
+        );
+    }
+    let mut engine = EngineKind::Auto;
+    let mut failure = None;
+    for (i, rx) in ready.into_iter().enumerate() {
+        match rx.recv() {
+            Ok(Ok(kind)) => {
+                tracing::info!(worker = i, engine = ?kind, port = config.media.port + i as u16, core = ?core_of(&config, i, cores), "worker started");
+                engine = kind;
+            }
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(format!("worker {i} exited before starting")),
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::SeqCst);
+        for m in mailboxes.iter() {
+            m.wake_now();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        bail!("data plane failed to start: {e}");
+    }
+
+    let mut slow = SlowPath::new(side, mailboxes.clone());
+    slow.emit(&Event::Hello {
+        boot,
+        pid: std::process::id(),
+        workers,
+        media_port: config.media.port,
+        engine,
+    });
+    tracing::info!(
+        workers,
+        engine = ?engine,
+        ring = %ring_path.display(),
+        "data plane up"
+    );
+    slow.run(&stop);
+
+    tracing::info!("data plane stopping");
+    for m in mailboxes.iter() {
+        m.wake_now();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn core_of(config: &Config, i: usize, cores: usize) -> Option<usize> {
+    (config.media.pin && cores > 0).then(|| (usize::from(config.media.first_core) + i) % cores)
+}
+
+/// Run until SIGINT or SIGTERM.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    run_until(config, stop)
+}
+
+fn random_u64() -> anyhow::Result<u64> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("system random source failed"))?;
+    Ok(u64::from_le_bytes(b))
+}

@@ -1,0 +1,420 @@
+//! The data plane's slow path: reads commands from the ring, keeps the node-wide routing
+//! table (which worker publishes a stream, which workers subscribe to it), tells workers what
+//! changed, and turns worker answers into ring events.
+//!
+//! It is the only writer of the routing table, so workers never coordinate with each other
+//! about it. It is also the authority on which sessions exist: a control plane that restarts
+//! rebuilds its view from the snapshot this module streams.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_shared::command::{
+    self, CloseReason, Command, CommandError, Event, Role, SessionId, SessionSpec, MAX_TRACKS,
+};
+use switchyard_shared::ring::DataSide;
+
+use crate::engine::{StreamId, WorkerCommand, WorkerEvent};
+use crate::worker::Mailbox;
+
+/// How long the slow path sleeps on the command ring between looks at worker events.
+const TICK: Duration = Duration::from_millis(2);
+/// Longest stream name accepted (the control plane enforces a shorter one).
+const MAX_STREAM_NAME: usize = 256;
+
+struct StreamEntry {
+    id: StreamId,
+    publisher: Option<(SessionId, u16)>,
+    subscribers: Vec<u32>,
+    /// Sessions (publisher and subscribers, live or pending) naming this stream.
+    refs: usize,
+}
+
+impl StreamEntry {
+    /// Workers other than `except` with at least one subscriber, as a bit mask.
+    fn subscriber_mask(&self) -> u64 {
+        self.subscribers
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .fold(0, |m, (w, _)| m | 1u64 << (w % 64))
+    }
+}
+
+pub struct SlowPath {
+    ring: DataSide,
+    mailboxes: Arc<[Arc<Mailbox>]>,
+    sessions: BTreeMap<SessionId, SessionSpec>,
+    /// Sent to a worker, not yet answered.
+    pending_add: HashMap<SessionId, SessionSpec>,
+    pending_remove: HashMap<SessionId, SessionSpec>,
+    streams: HashMap<String, StreamEntry>,
+    next_stream: u32,
+    /// Encoded events waiting for room in the event ring: a full ring delays events, it
+    /// never loses one.
+    backlog: VecDeque<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl SlowPath {
+    pub fn new(ring: DataSide, mailboxes: Arc<[Arc<Mailbox>]>) -> Self {
+        Self {
+            ring,
+            mailboxes,
+            sessions: BTreeMap::new(),
+            pending_add: HashMap::new(),
+            pending_remove: HashMap::new(),
+            streams: HashMap::new(),
+            next_stream: 1,
+            backlog: VecDeque::new(),
+            buf: Vec::with_capacity(command::MAX_MESSAGE),
+        }
+    }
+
+    /// Queue an event for the control plane.
+    pub fn emit(&mut self, ev: &Event) {
+        let mut buf = Vec::new();
+        match command::encode(ev, &mut buf) {
+            Ok(()) => self.backlog.push_back(buf),
+            Err(e) => tracing::error!(error = %e, ?ev, "event does not encode; dropped"),
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while let Some(msg) = self.backlog.front() {
+            if self.ring.events.push(msg).is_err() {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Serve until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.turn(TICK);
+        }
+    }
+
+    /// One pass: wait up to `wait` for a command, apply all that are there, collect worker
+    /// answers, push events.
+    pub fn turn(&mut self, wait: Duration) {
+        self.ring.commands.wait(wait);
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            let got = self.ring.commands.pop(&mut buf);
+            let more = match got {
+                Ok(true) => {
+                    match command::decode::<Command>(&buf) {
+                        Ok(cmd) => self.command(cmd),
+                        Err(e) => tracing::warn!(error = %e, "undecodable command dropped"),
+                    }
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "command ring is corrupt");
+                    false
+                }
+            };
+            self.buf = buf;
+            if !more {
+                break;
+            }
+        }
+        for w in 0..self.mailboxes.len() {
+            while let Some(ev) = self.mailboxes.get(w).and_then(|m| m.events.pop()) {
+                self.worker_event(ev);
+            }
+        }
+        self.flush();
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddSession(spec) => {
+                let id = spec.id;
+                if let Err(error) = self.add(spec) {
+                    self.emit(&Event::CommandFailed { id, error });
+                }
+            }
+            Command::RemoveSession { id } => {
+                let Some(spec) = self.sessions.remove(&id) else {
+                    return self.emit(&Event::CommandFailed {
+                        id,
+                        error: CommandError::UnknownSession,
+                    });
+                };
+                let w = spec.worker;
+                self.pending_remove.insert(id, spec);
+                self.to_worker(w, WorkerCommand::Remove { id });
+            }
+            Command::Snapshot { request } => {
+                let specs: Vec<SessionSpec> = self.sessions.values().cloned().collect();
+                let n = specs.len() as u32;
+                for spec in specs {
+                    self.emit(&Event::SnapshotSession { request, spec });
+                }
+                self.emit(&Event::SnapshotDone {
+                    request,
+                    sessions: n,
+                });
+            }
+        }
+    }
+
+    fn validate(&self, spec: &SessionSpec) -> Result<(), CommandError> {
+        if usize::from(spec.worker) >= self.mailboxes.len() {
+            return Err(CommandError::NoSuchWorker);
+        }
+        let len = spec.srtp.profile.master_len();
+        if spec.srtp.remote.len() != len || spec.srtp.local.len() != len {
+            return Err(CommandError::BadKey);
+        }
+        if spec.stream.is_empty() || spec.stream.len() > MAX_STREAM_NAME {
+            return Err(CommandError::Invalid);
+        }
+        if self.sessions.contains_key(&spec.id)
+            || self.pending_add.contains_key(&spec.id)
+            || self.pending_remove.contains_key(&spec.id)
+        {
+            return Err(CommandError::DuplicateSession);
+        }
+        match &spec.role {
+            Role::Publisher { ssrcs } => {
+                if ssrcs.len() > MAX_TRACKS {
+                    return Err(CommandError::Invalid);
+                }
+                if self
+                    .streams
+                    .get(&spec.stream)
+                    .is_some_and(|s| s.publisher.is_some())
+                {
+                    return Err(CommandError::StreamBusy);
+                }
+            }
+            Role::Subscriber { ssrcs } => {
+                if ssrcs.len() != MAX_TRACKS || spec.remote.is_none() {
+                    return Err(CommandError::Invalid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, spec: SessionSpec) -> Result<(), CommandError> {
+        self.validate(&spec)?;
+        let workers = self.mailboxes.len();
+        let next = &mut self.next_stream;
+        let entry = self
+            .streams
+            .entry(spec.stream.clone())
+            .or_insert_with(|| {
+                let id = StreamId(*next);
+                *next = next.wrapping_add(1).max(1);
+                StreamEntry {
+                    id,
+                    publisher: None,
+                    subscribers: vec![0; workers],
+                    refs: 0,
+                }
+            });
+        entry.refs += 1;
+        let stream = entry.id;
+        let w = spec.worker;
+        let mut sends = Vec::new();
+        match &spec.role {
+            Role::Publisher { ssrcs } => {
+                entry.publisher = Some((spec.id, w));
+                sends.push((
+                    w,
+                    WorkerCommand::AddPublisher {
+                        id: spec.id,
+                        stream,
+                        remote: spec.remote,
+                        ssrcs: ssrcs.clone(),
+                        srtp: spec.srtp.clone(),
+                    },
+                ));
+                sends.push((
+                    w,
+                    WorkerCommand::SetRemoteWorkers {
+                        stream,
+                        mask: entry.subscriber_mask(),
+                    },
+                ));
+                for (sw, &n) in entry.subscribers.iter().enumerate() {
+                    if n > 0 {
+                        sends.push((
+                            sw as u16,
+                            WorkerCommand::SetPublisherWorker {
+                                stream,
+                                worker: Some(w),
+                            },
+                        ));
+                    }
+                }
+            }
+            Role::Subscriber { ssrcs } => {
+                let mut out = [0u32; MAX_TRACKS];
+                out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
+                let Some(remote) = spec.remote else {
+                    return Err(CommandError::Invalid);
+                };
+                if let Some(n) = entry.subscribers.get_mut(usize::from(w)) {
+                    *n += 1;
+                }
+                sends.push((
+                    w,
+                    WorkerCommand::SetPublisherWorker {
+                        stream,
+                        worker: entry.publisher.map(|p| p.1),
+                    },
+                ));
+                sends.push((
+                    w,
+                    WorkerCommand::AddSubscriber {
+                        id: spec.id,
+                        stream,
+                        remote,
+                        ssrcs: out,
+                        srtp: spec.srtp.clone(),
+                    },
+                ));
+                if let Some((_, pw)) = entry.publisher {
+                    sends.push((
+                        pw,
+                        WorkerCommand::SetRemoteWorkers {
+                            stream,
+                            mask: entry.subscriber_mask(),
+                        },
+                    ));
+                }
+            }
+        }
+        self.pending_add.insert(spec.id, spec);
+        for (w, cmd) in sends {
+            self.to_worker(w, cmd);
+        }
+        Ok(())
+    }
+
+    fn to_worker(&mut self, w: u16, cmd: WorkerCommand) {
+        let Some(mb) = self.mailboxes.get(usize::from(w)) else {
+            return;
+        };
+        // The queue holds 4096 commands; the control plane waits for each answer, so it
+        // only fills if a worker is stuck, and then waiting here is the right back-pressure.
+        let mut cmd = cmd;
+        loop {
+            match mb.commands.push(cmd) {
+                Ok(()) => break,
+                Err(back) => {
+                    cmd = back;
+                    mb.wake_now();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        mb.wake_now();
+    }
+
+    /// Undo the routing-table entries of a session that failed or ended.
+    fn forget(&mut self, spec: &SessionSpec) {
+        let Some(entry) = self.streams.get_mut(&spec.stream) else {
+            return;
+        };
+        let stream = entry.id;
+        let mut sends = Vec::new();
+        match spec.role {
+            Role::Publisher { .. } => {
+                if entry.publisher.is_some_and(|(id, _)| id == spec.id) {
+                    entry.publisher = None;
+                    for (sw, &n) in entry.subscribers.iter().enumerate() {
+                        if n > 0 {
+                            sends.push((
+                                sw as u16,
+                                WorkerCommand::SetPublisherWorker {
+                                    stream,
+                                    worker: None,
+                                },
+                            ));
+                        }
+                    }
+                    sends.push((spec.worker, WorkerCommand::SetRemoteWorkers { stream, mask: 0 }));
+                }
+            }
+            Role::Subscriber { .. } => {
+                if let Some(n) = entry.subscribers.get_mut(usize::from(spec.worker)) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        sends.push((
+                            spec.worker,
+                            WorkerCommand::SetPublisherWorker {
+                                stream,
+                                worker: None,
+                            },
+                        ));
+                        if let Some((_, pw)) = entry.publisher {
+                            sends.push((
+                                pw,
+                                WorkerCommand::SetRemoteWorkers {
+                                    stream,
+                                    mask: entry.subscriber_mask(),
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        entry.refs = entry.refs.saturating_sub(1);
+        if entry.refs == 0 {
+            self.streams.remove(&spec.stream);
+        }
+        for (w, cmd) in sends {
+            self.to_worker(w, cmd);
+        }
+    }
+
+    fn worker_event(&mut self, ev: WorkerEvent) {
+        match ev {
+            WorkerEvent::Added { id } => {
+                if let Some(spec) = self.pending_add.remove(&id) {
+                    self.sessions.insert(id, spec);
+                    self.emit(&Event::SessionAdded { id });
+                }
+            }
+            WorkerEvent::Failed { id, error } => {
+                if let Some(spec) = self.pending_add.remove(&id) {
+                    self.forget(&spec);
+                } else if let Some(spec) = self.pending_remove.remove(&id) {
+                    self.forget(&spec);
+                }
+                self.emit(&Event::CommandFailed { id, error });
+            }
+            WorkerEvent::Removed { id } => {
+                if let Some(spec) = self.pending_remove.remove(&id) {
+                    self.forget(&spec);
+                }
+                self.emit(&Event::SessionRemoved {
+                    id,
+                    reason: CloseReason::Removed,
+                });
+            }
+            WorkerEvent::Latched { id, remote } => {
+                if let Some(spec) = self.sessions.get_mut(&id) {
+                    spec.remote = Some(remote);
+                }
+                self.emit(&Event::RemoteLatched { id, remote });
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}

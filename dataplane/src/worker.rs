@@ -1,0 +1,233 @@
+//! One worker thread: pinned to a core, one socket, one I/O engine, one [`Engine`].
+//!
+//! Each loop turn: apply slow-path commands, handle messages from other workers, then one
+//! `Io::poll` that submits the sends queued so far, waits (only when there is nothing else to
+//! do), and hands a batch of datagrams to the engine. Other workers are woken at most once per
+//! turn, and only when they said they were about to sleep.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use switchyard_shared::config::EngineKind;
+use switchyard_shared::stats::{Counter, Stats};
+
+use crate::engine::{Engine, Inbound, Limits, Output, SendError, WorkerCommand, WorkerEvent};
+use crate::io::{Io, IoConfig, RxEvent, Tx, Waker};
+
+/// Longest sleep of an idle worker; bounds how stale its gauges in /metrics get.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Messages from other workers handled per turn before the socket gets a turn again.
+const INBOUND_BUDGET: usize = 1024;
+
+/// What other threads share with one worker.
+pub struct Mailbox {
+    /// Slow path → worker.
+    pub commands: ArrayQueue<WorkerCommand>,
+    /// Worker → slow path.
+    pub events: ArrayQueue<WorkerEvent>,
+    /// Other workers → worker.
+    pub inbound: ArrayQueue<Inbound>,
+    waker: OnceLock<Waker>,
+    /// Set by the worker just before it may block in poll.
+    parked: AtomicBool,
+}
+
+impl Mailbox {
+    pub fn new(inbound_capacity: usize) -> Self {
+        Self {
+            commands: ArrayQueue::new(4096),
+            events: ArrayQueue::new(4096),
+            inbound: ArrayQueue::new(inbound_capacity),
+            waker: OnceLock::new(),
+            parked: AtomicBool::new(false),
+        }
+    }
+
+    /// Wake the worker if it may be blocked. Cheap when it is busy (no syscall).
+    pub fn wake(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(w) = self.waker.get() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Wake unconditionally (slow path and shutdown: rare, so the syscall is fine).
+    pub fn wake_now(&self) {
+        if let Some(w) = self.waker.get() {
+            w.wake();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.commands.is_empty() || !self.inbound.is_empty()
+    }
+}
+
+/// Everything a worker thread needs.
+pub struct WorkerSetup {
+    pub index: u16,
+    pub socket: UdpSocket,
+    pub engine: EngineKind,
+    pub io: IoConfig,
+    pub core: Option<usize>,
+    pub limits: Limits,
+    pub stats: Arc<Stats>,
+    pub mailboxes: Arc<[Arc<Mailbox>]>,
+    pub stop: Arc<AtomicBool>,
+    pub seed: u64,
+}
+
+/// The worker's view of its outputs: its socket's send half and the other workers.
+struct WorkerOutput<'a> {
+    tx: &'a mut Tx,
+    mailboxes: &'a [Arc<Mailbox>],
+    /// Workers sent to this turn, to wake once at the end of it.
+    wake: &'a mut u64,
+}
+
+impl Output for WorkerOutput<'_> {
+    fn send(
+        &mut self,
+        dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        let b = self.tx.alloc().ok_or(SendError::Full)?;
+        match fill(&mut self.tx.buf_mut(b)[..]) {
+            Some(len) => {
+                self.tx.queue(b, len, dst);
+                Ok(())
+            }
+            None => {
+                self.tx.release(b);
+                Err(SendError::Cancelled)
+            }
+        }
+    }
+
+    fn to_worker(&mut self, worker: u16, msg: Inbound) -> Result<(), Inbound> {
+        let Some(mb) = self.mailboxes.get(usize::from(worker)) else {
+            return Err(msg);
+        };
+        mb.inbound.push(msg)?;
+        *self.wake |= 1u64 << (worker % 64);
+        Ok(())
+    }
+}
+
+/// Run a worker until `stop` is set. `ready` gets the engine kind that actually runs (or
+/// the error that kept the worker from starting).
+pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind, String>>) {
+    let WorkerSetup {
+        index,
+        socket,
+        engine: kind,
+        io: io_config,
+        core,
+        limits,
+        stats,
+        mailboxes,
+        stop,
+        seed,
+    } = setup;
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!(worker = index, core, "could not pin worker to core");
+        }
+    }
+    let Some(me) = mailboxes.get(usize::from(index)).cloned() else {
+        let _ = ready.send(Err(format!("no mailbox for worker {index}")));
+        return;
+    };
+    let mut io = match Io::new(kind, socket, &io_config) {
+        Ok(io) => io,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {index}: {e}")));
+            return;
+        }
+    };
+    let _ = me.waker.set(io.waker());
+    let _ = ready.send(Ok(io.kind()));
+    drop(ready);
+
+    let mut engine = Engine::new(index, limits, stats.clone(), seed);
+    let counters = stats.worker(usize::from(index));
+    let mut wake = 0u64;
+    let mut events = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        {
+            let mut out = WorkerOutput {
+                tx: io.tx(),
+                mailboxes: &mailboxes,
+                wake: &mut wake,
+            };
+            while let Some(cmd) = me.commands.pop() {
+                engine.handle_command(cmd, &mut out);
+            }
+            for _ in 0..INBOUND_BUDGET {
+                let Some(msg) = me.inbound.pop() else { break };
+                engine.handle_inbound(msg, now, &mut out);
+            }
+        }
+        while let Some(ev) = engine.poll_event() {
+            events.push(ev);
+        }
+        // Events the slow path has no room for yet wait here, in order.
+        while !events.is_empty() {
+            if me.events.push(events.remove(0)).is_err() {
+                break;
+            }
+        }
+
+        // Announce the sleep, then look once more, so a message pushed in between is seen
+        // either by this check or through the waker.
+        me.parked.store(true, Ordering::SeqCst);
+        let timeout = if me.has_work() || !events.is_empty() {
+            Duration::ZERO
+        } else {
+            IDLE_WAIT
+        };
+        let polled = io.poll(timeout, &mut |ev, tx| {
+            let mut out = WorkerOutput {
+                tx,
+                mailboxes: &mailboxes,
+                wake: &mut wake,
+            };
+            match ev {
+                RxEvent::Datagram { data, src, at } => {
+                    engine.handle_datagram(data, src, at, &mut out)
+                }
+                RxEvent::Oversize { .. } => engine.oversize(),
+            }
+        });
+        me.parked.store(false, Ordering::SeqCst);
+        if let Err(e) = polled {
+            tracing::error!(worker = index, error = %e, "I/O engine failed; worker stops");
+            break;
+        }
+        wake_peers(&mailboxes, &mut wake);
+        if let Some(c) = counters {
+            c.add(Counter::LoopTurns, 1);
+            c.set(Counter::KernelRxDrops, io.kernel_drops());
+            c.set(Counter::DropSendFailed, io.send_errors());
+        }
+    }
+    if let Err(e) = io.flush() {
+        tracing::warn!(worker = index, error = %e, "final flush failed");
+    }
+    tracing::info!(worker = index, "worker stopped");
+}
+
+fn wake_peers(mailboxes: &[Arc<Mailbox>], mask: &mut u64) {
+    while *mask != 0 {
+        let w = mask.trailing_zeros() as usize;
+        *mask &= *mask - 1;
+        if let Some(mb) = mailboxes.get(w) {
+            mb.wake();
+        }
+    }
+}
