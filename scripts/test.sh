@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every Switchyard test: formatting and lints, unit and integration tests (real node
+# processes on loopback), the loom model of the command ring, and bounded fuzzing of every
+# packet parser. Installs what it needs on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+cargo test --workspace
+if [ -f .ci/loom.sh ]; then
+  echo "== loom"
+  bash .ci/loom.sh
+fi
+if [ -f .ci/fuzz.sh ] && [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz (${FUZZ_SECONDS:-20}s per target)"
+  FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash .ci/fuzz.sh
+fi
+echo "== all tests passed"
