@@ -1,0 +1,186 @@
+//! Steady-state forwarding allocates nothing: a counting global allocator watches the engine
+//! decrypt, cache, fan out (locally and to another worker), rewrite and re-protect packets,
+//! answer NACKs and PLIs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchyard_dataplane::engine::{
+    Engine, Inbound, Limits, Output, SendError, StreamId, WorkerCommand, WorkerEvent,
+};
+use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile};
+use switchyard_shared::packet::rtcp;
+use switchyard_shared::srtp::Context;
+use switchyard_shared::stats::{Counter, Stats};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ARMED.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if ARMED.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// An output with preallocated storage: it overwrites one buffer and keeps messages for
+/// other workers in a vector with reserved capacity.
+struct FixedOutput {
+    buf: Vec<u8>,
+    sent: u64,
+    queued: Vec<(u16, Inbound)>,
+}
+
+impl Output for FixedOutput {
+    fn send(
+        &mut self,
+        _dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        fill(&mut self.buf).ok_or(SendError::Cancelled)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn to_worker(&mut self, worker: u16, msg: Inbound) -> Result<(), Inbound> {
+        if self.queued.len() == self.queued.capacity() {
+            return Err(msg);
+        }
+        self.queued.push((worker, msg));
+        Ok(())
+    }
+}
+
+fn keys(a: u8, b: u8) -> SrtpKeys {
+    let p = SrtpProfile::AeadAes128Gcm;
+    SrtpKeys {
+        profile: p,
+        remote: vec![a; p.master_len()],
+        local: vec![b; p.master_len()],
+    }
+}
+
+#[test]
+fn steady_state_forwarding_allocates_nothing() {
+    let path = std::env::temp_dir().join(format!("swy-noalloc-{}", std::process::id()));
+    let stats = Arc::new(Stats::create(&path, 2, 1).expect("stats"));
+    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1);
+    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2);
+    let stream = StreamId(1);
+    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let mut out = FixedOutput {
+        buf: vec![0; 2048],
+        sent: 0,
+        queued: Vec::with_capacity(1024),
+    };
+    w0.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream,
+            remote: Some(publisher),
+            ssrcs: vec![42],
+            srtp: keys(1, 2),
+        },
+        &mut out,
+    );
+    w0.handle_command(WorkerCommand::SetRemoteWorkers { stream, mask: 0b10 }, &mut out);
+    w1.handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream,
+            worker: Some(0),
+        },
+        &mut out,
+    );
+    let mut subs = Vec::new();
+    for id in 2..12u64 {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        let remote: SocketAddr = format!("127.0.0.1:{}", 6000 + id).parse().expect("addr");
+        w.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(id),
+                stream,
+                remote,
+                ssrcs: [id as u32 * 10, 0, 0, 0],
+                srtp: keys(3, 4),
+            },
+            &mut out,
+        );
+        subs.push((id, remote));
+    }
+    while let Some(ev) = w0.poll_event() {
+        assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+    }
+    while let Some(ev) = w1.poll_event() {
+        assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+    }
+
+    let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+    let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
+    let mut pkt = vec![0u8; 1400];
+    let mut fb = vec![0u8; 256];
+    let mut run = |seq_from: u16, count: u16, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
+        let now = Instant::now();
+        for seq in seq_from..seq_from + count {
+            pkt[0] = 0x80;
+            pkt[1] = 96;
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+            pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+            let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
+            w0.handle_datagram(&mut pkt[..n], publisher, now, out);
+            // Deliver cross-worker messages both ways (media to w1, returns to w0).
+            while let Some((w, msg)) = out.queued.pop() {
+                let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                e.handle_inbound(msg, now, out);
+            }
+            if seq % 10 == 0 {
+                // A NACK and a PLI from the subscriber on worker 0 (id 2, SSRC 20).
+                let n = rtcp::write_nack(&mut fb, 7, 20, &[1, 2, 3]).expect("nack");
+                let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+                w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
+                let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+                w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+            }
+        }
+    };
+    // Warm up: fills the NACK cache ring once so steady state is reached.
+    run(1, 1000, &mut w0, &mut w1, &mut out);
+    let sent_before = out.sent;
+    ARMED.store(true, Ordering::SeqCst);
+    run(1001, 5000, &mut w0, &mut w1, &mut out);
+    ARMED.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let forwarded = out.sent - sent_before;
+    assert!(forwarded >= 50_000, "forwarded {forwarded}");
+    assert_eq!(
+        stats.worker(1).expect("w1").get(Counter::CrossWorkerIn),
+        6000,
+        "one handle per packet reached worker 1"
+    );
+    assert_eq!(allocs, 0, "{allocs} allocations while forwarding {forwarded} packets");
+    let _ = std::fs::remove_file(&path);
+}
