@@ -78,7 +78,7 @@ pub(crate) struct CmsgBuf(pub(crate) [u8; CMSG_LEN]);
 
 const fn cmsg_align(n: usize) -> usize {
     let a = std::mem::size_of::<usize>();
-    (n + a - 1) & !(a - 1)
+    n.saturating_add(a - 1) & !(a - 1)
 }
 
 /// The SO_RXQ_OVFL drop counter in a control buffer the kernel filled (`buf` = the valid
@@ -98,6 +98,7 @@ pub(crate) fn parse_rxq_ovfl(buf: &[u8]) -> Option<u32> {
             let data = buf.get(off + hdr..off + hdr + 4)?;
             return Some(u32::from_ne_bytes(data.try_into().ok()?));
         }
+        // A kernel-written length near usize::MAX saturates and ends the walk.
         off = off.checked_add(cmsg_align(len))?;
     }
     None

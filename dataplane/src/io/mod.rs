@@ -293,8 +293,9 @@ mod tests {
         d.observe(5);
         d.observe(3);
         assert_eq!(d.total(), 5);
-        d.observe(u32::MAX);
+        d.observe(2_000_000_000);
+        d.observe(4_000_000_000);
         d.observe(2);
-        assert_eq!(d.total(), u64::from(u32::MAX) + 3);
+        assert_eq!(d.total(), (1u64 << 32) + 2);
     }
 }
