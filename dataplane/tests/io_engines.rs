@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use switchyard_dataplane::io::{probe_uring, EngineKind, Io, IoConfig, RxEvent, MAX_DATAGRAM, TX_BUF};
+use switchyard_dataplane::io::{
+    probe_uring, EngineKind, Io, IoConfig, RxEvent, MAX_DATAGRAM, TX_BUF,
+};
 
 const _: () = {
     const fn assert_send<T: Send>() {}
@@ -56,7 +58,11 @@ fn payload(seq: u32) -> Vec<u8> {
 }
 
 /// Run an echo server on `io` in a thread until `stop`; returns (datagrams, max batch).
-fn spawn_echo(mut io: Io, peer: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usize, usize)> {
+fn spawn_echo(
+    mut io: Io,
+    peer: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(usize, usize)> {
     thread::spawn(move || {
         let (mut total, mut max_batch) = (0usize, 0usize);
         while !stop.load(Ordering::Relaxed) {
@@ -80,7 +86,8 @@ fn spawn_echo(mut io: Io, peer: SocketAddr, stop: Arc<AtomicBool>) -> thread::Jo
 fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
     let (io, local) = io_on(kind, local_addr, &cfg());
     let peer = bind(local_addr);
-    peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    peer.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let stop = Arc::new(AtomicBool::new(false));
     let waker = io.waker();
     let h = spawn_echo(io, peer.local_addr().expect("peer addr"), stop.clone());
@@ -95,9 +102,9 @@ fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
             peer.send_to(&payload(sent), local).expect("send");
             sent += 1;
         }
-        let (n, from) = peer.recv_from(&mut buf).unwrap_or_else(|e| {
-            panic!("{kind:?}: echo {got}/{count} did not arrive: {e}")
-        });
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{kind:?}: echo {got}/{count} did not arrive: {e}"));
         assert_eq!(from, local, "echo comes from the engine's socket");
         let seq = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
         assert_eq!(&buf[..n], &payload(seq)[..], "content intact");
@@ -148,7 +155,10 @@ fn batches_larger_than_one() {
                     }
                 })
                 .expect("poll");
-            assert!(stamps.windows(2).all(|w| w[0] == w[1]), "one Instant per batch");
+            assert!(
+                stamps.windows(2).all(|w| w[0] == w[1]),
+                "one Instant per batch"
+            );
             total += n;
             max_batch = max_batch.max(n);
         }
@@ -160,10 +170,14 @@ fn batches_larger_than_one() {
 #[test]
 fn tx_pool_exhaustion_recovers() {
     for kind in engines("tx_pool_exhaustion_recovers") {
-        let c = IoConfig { tx_slots: 4, ..cfg() };
+        let c = IoConfig {
+            tx_slots: 4,
+            ..cfg()
+        };
         let (mut io, _) = io_on(kind, "127.0.0.1:0", &c);
         let peer = bind("127.0.0.1:0");
-        peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let dst = peer.local_addr().expect("peer addr");
         let mut bufs = Vec::new();
         while let Some(b) = io.tx().alloc() {
@@ -180,7 +194,8 @@ fn tx_pool_exhaustion_recovers() {
         // Completions are reaped by poll; the pool must come back quickly.
         let deadline = Instant::now() + Duration::from_secs(5);
         let b = loop {
-            io.poll(Duration::from_millis(10), &mut |_, _| {}).expect("poll");
+            io.poll(Duration::from_millis(10), &mut |_, _| {})
+                .expect("poll");
             if let Some(b) = io.tx().alloc() {
                 break b;
             }
@@ -207,7 +222,9 @@ fn waker_interrupts_long_poll() {
         let waker = io.waker();
         let h = thread::spawn(move || {
             let start = Instant::now();
-            let n = io.poll(Duration::from_secs(10), &mut |_, _| {}).expect("poll");
+            let n = io
+                .poll(Duration::from_secs(10), &mut |_, _| {})
+                .expect("poll");
             (n, Instant::now(), start)
         });
         thread::sleep(Duration::from_millis(200));
@@ -232,7 +249,8 @@ fn oversize_then_normal() {
         let peer = bind("127.0.0.1:0");
         let peer_addr = peer.local_addr().expect("peer addr");
         peer.send_to(&[7u8; 2000], local).expect("send big");
-        peer.send_to(&[8u8; MAX_DATAGRAM + 100], local).expect("send a bit big");
+        peer.send_to(&[8u8; MAX_DATAGRAM + 100], local)
+            .expect("send a bit big");
         peer.send_to(&[9u8; MAX_DATAGRAM], local).expect("send max");
         peer.send_to(&[1u8; 100], local).expect("send small");
         let mut events = Vec::new();
@@ -277,7 +295,8 @@ fn kernel_drops_reported() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while io.kernel_drops() == 0 {
             assert!(Instant::now() < deadline, "{kind:?}: no drops reported");
-            io.poll(Duration::from_millis(20), &mut |_, _| {}).expect("poll");
+            io.poll(Duration::from_millis(20), &mut |_, _| {})
+                .expect("poll");
             peer.send_to(&[0u8; 10], local).expect("probe");
         }
         assert!(io.kernel_drops() < 2000, "{kind:?}: {}", io.kernel_drops());
@@ -302,7 +321,8 @@ fn send_to_wrong_family_is_counted_not_fatal() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while io.send_errors() == 0 {
             assert!(Instant::now() < deadline, "{kind:?}: error not counted");
-            io.poll(Duration::from_millis(10), &mut |_, _| {}).expect("poll");
+            io.poll(Duration::from_millis(10), &mut |_, _| {})
+                .expect("poll");
         }
         assert!(io.tx().alloc().is_some());
     }

@@ -146,7 +146,8 @@ mod tests {
     fn finds_rxq_ovfl() {
         let mut b = [0u8; CMSG_LEN];
         let w = std::mem::size_of::<usize>();
-        b[0..w].copy_from_slice(&(cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + 4).to_ne_bytes());
+        b[0..w]
+            .copy_from_slice(&(cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + 4).to_ne_bytes());
         b[w..w + 4].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         b[w + 4..w + 8].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
         let h = cmsg_align(std::mem::size_of::<libc::cmsghdr>());

@@ -61,8 +61,20 @@ impl Mmsg {
         }
         // SAFETY: a fresh descriptor we own exclusively.
         let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
-        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_SOCKET)?;
-        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, waker.fd(), libc::EPOLLIN as u32, TOKEN_WAKER)?;
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_SOCKET,
+        )?;
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            waker.fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_WAKER,
+        )?;
 
         let n = cfg.rx_batch.max(1);
         // SAFETY: iovec/mmsghdr are plain C structs; all-zero is valid.
@@ -121,12 +133,19 @@ impl Mmsg {
         while self.tx.queued_len() > 0 {
             let n = self.tx.queued_len().min(self.tx_hdrs.len());
             for k in 0..n {
-                let Some(i) = self.tx.peek_queued(k) else { break };
+                let Some(i) = self.tx.peek_queued(k) else {
+                    break;
+                };
                 // SAFETY: slot i is Queued, so its header is initialised and not written;
                 // the copy keeps pointing at the slot's iovec and address.
                 let h = unsafe { *self.tx.hdr_ptr(i) };
                 // SAFETY: tx_hdrs is only used inside this function, synchronously.
-                unsafe { *self.tx_hdrs.get_mut(k) = MsgHdr(libc::mmsghdr { msg_hdr: h, msg_len: 0 }) };
+                unsafe {
+                    *self.tx_hdrs.get_mut(k) = MsgHdr(libc::mmsghdr {
+                        msg_hdr: h,
+                        msg_len: 0,
+                    })
+                };
             }
             // SAFETY: tx_hdrs[0..n] are valid mmsghdrs whose pointers reference queued Tx
             // slots, which stay untouched for the duration of the call.
@@ -165,8 +184,18 @@ impl Mmsg {
         }
         let want_out = self.tx.queued_len() > 0;
         if want_out != self.want_out {
-            let ev = if want_out { libc::EPOLLIN | libc::EPOLLOUT } else { libc::EPOLLIN };
-            epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, self.socket.as_raw_fd(), ev as u32, TOKEN_SOCKET)?;
+            let ev = if want_out {
+                libc::EPOLLIN | libc::EPOLLOUT
+            } else {
+                libc::EPOLLIN
+            };
+            epoll_ctl(
+                &self.epoll,
+                libc::EPOLL_CTL_MOD,
+                self.socket.as_raw_fd(),
+                ev as u32,
+                TOKEN_SOCKET,
+            )?;
             self.want_out = want_out;
         }
         Ok(())
@@ -185,7 +214,12 @@ impl Mmsg {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
         // SAFETY: events is a live array of 2 entries and we pass its length.
         let rc = unsafe {
-            libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, timeout_ms(timeout))
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                2,
+                timeout_ms(timeout),
+            )
         };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
@@ -211,13 +245,16 @@ impl Mmsg {
     }
 
     /// One recvmmsg of up to rx_batch datagrams, handed to `on_rx`.
-    fn recv_batch(&mut self, on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx)) -> Result<usize, IoError> {
+    fn recv_batch(
+        &mut self,
+        on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+    ) -> Result<usize, IoError> {
         let n = self.rx_hdrs.len();
         for i in 0..n {
             // SAFETY: no receive is in flight outside recvmmsg below; single reference.
             let h = unsafe { self.rx_hdrs.get_mut(i) };
             h.0.msg_hdr.msg_namelen = RAW_ADDR_LEN as u32;
-            h.0.msg_hdr.msg_controllen = CMSG_LEN;
+            h.0.msg_hdr.msg_controllen = CMSG_LEN as _;
             h.0.msg_hdr.msg_flags = 0;
             h.0.msg_len = 0;
         }
@@ -253,6 +290,7 @@ impl Mmsg {
             let h = unsafe { *self.rx_hdrs.get(i) }.0;
             // SAFETY: as above.
             let cmsg = unsafe { self.rx_cmsgs.get(i) };
+            #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
             let clen = (h.msg_hdr.msg_controllen as usize).min(CMSG_LEN);
             if let Some(d) = parse_rxq_ovfl(&cmsg.0[..clen]) {
                 self.drops.observe(d);

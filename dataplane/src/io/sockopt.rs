@@ -8,10 +8,20 @@ use super::{IoConfig, IoError};
 /// Buffer sizes (forced past rmem_max/wmem_max when CAP_NET_ADMIN allows) and SO_RXQ_OVFL.
 pub(crate) fn configure(socket: &UdpSocket, cfg: &IoConfig) -> Result<(), IoError> {
     if cfg.recv_buffer > 0 {
-        set_buffer(socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, cfg.recv_buffer)?;
+        set_buffer(
+            socket,
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            cfg.recv_buffer,
+        )?;
     }
     if cfg.send_buffer > 0 {
-        set_buffer(socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, cfg.send_buffer)?;
+        set_buffer(
+            socket,
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            cfg.send_buffer,
+        )?;
     }
     set_int(socket, libc::SO_RXQ_OVFL, 1).map_err(|e| IoError::sys("setsockopt(SO_RXQ_OVFL)", e))
 }

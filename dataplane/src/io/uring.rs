@@ -48,6 +48,8 @@ const UD_WAKER: u64 = 2 << 62;
 const UD_SEND: u64 = 3 << 62;
 const UD_TAG: u64 = 3 << 62;
 
+type OnRx<'a> = &'a mut dyn FnMut(RxEvent<'_>, &mut Tx);
+
 /// `io_uring_recvmsg_out`: the header the kernel writes before name, control and payload.
 const RECVMSG_OUT: usize = 16;
 const PAYLOAD_OFF: usize = RECVMSG_OUT + RAW_ADDR_LEN + CMSG_LEN;
@@ -78,9 +80,8 @@ impl BufRing {
             .map_err(|e| IoError::Unsupported(format!("buffer ring layout: {e}")))?;
         // SAFETY: layout has non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        let base = NonNull::new(p).ok_or_else(|| {
-            IoError::Io(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
-        })?;
+        let base = NonNull::new(p)
+            .ok_or_else(|| IoError::Io(std::io::Error::from(std::io::ErrorKind::OutOfMemory)))?;
         Ok(Self {
             base,
             layout,
@@ -192,7 +193,9 @@ impl Uring {
         let (ring, disabled) = build_ring(u32::try_from(cq).unwrap_or(1 << 20))?;
 
         if !ring.params().is_feature_ext_arg() {
-            return Err(IoError::Unsupported("IORING_FEAT_EXT_ARG (5.11) missing".into()));
+            return Err(IoError::Unsupported(
+                "IORING_FEAT_EXT_ARG (5.11) missing".into(),
+            ));
         }
         let mut probe = io_uring::Probe::new();
         ring.submitter()
@@ -205,7 +208,10 @@ impl Uring {
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
             // SEND_ZC arrived in 6.0 together with multishot recvmsg, which has no opcode
             // of its own to probe; without this check the first recv would fail with EINVAL.
-            (opcode::SendZc::CODE, "SEND_ZC (proxy for multishot recvmsg, 6.0)"),
+            (
+                opcode::SendZc::CODE,
+                "SEND_ZC (proxy for multishot recvmsg, 6.0)",
+            ),
         ] {
             if !probe.is_supported(code) {
                 return Err(IoError::Unsupported(format!("opcode {name} not supported")));
@@ -234,7 +240,7 @@ impl Uring {
         // SAFETY: msghdr is a plain C struct; all-zero is valid.
         let mut tpl: libc::msghdr = unsafe { std::mem::zeroed() };
         tpl.msg_namelen = RAW_ADDR_LEN as u32;
-        tpl.msg_controllen = CMSG_LEN;
+        tpl.msg_controllen = CMSG_LEN as _;
 
         Ok(Self {
             ring,
@@ -369,10 +375,7 @@ impl Uring {
 
     /// Handle every completion ready now. With `on_rx` None (shutdown) datagrams are
     /// dropped and their buffers recycled.
-    fn drain(
-        &mut self,
-        mut on_rx: Option<&mut dyn FnMut(RxEvent<'_>, &mut Tx)>,
-    ) -> Result<usize, IoError> {
+    fn drain(&mut self, mut on_rx: Option<OnRx<'_>>) -> Result<usize, IoError> {
         let at = Instant::now();
         let mut handed = 0usize;
         let mut fatal = None;
@@ -389,22 +392,37 @@ impl Uring {
                     if res < 0 {
                         // ENOBUFS: ring ran dry, re-armed next turn once buffers are back.
                         // ECANCELED at shutdown. ICMP errors are not the socket breaking.
-                        if matches!(-res, libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT) {
+                        if matches!(
+                            -res,
+                            libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT
+                        ) {
                             fatal = Some(std::io::Error::from_raw_os_error(-res));
                         }
                         continue;
                     }
-                    let Some(bid) = cqueue::buffer_select(flags) else { continue };
+                    let Some(bid) = cqueue::buffer_select(flags) else {
+                        continue;
+                    };
                     if bid >= BUF_COUNT {
                         continue; // not a buffer we registered: cannot happen, never panic
                     }
                     let len = (res as usize).min(BUF_SIZE);
                     if let Some(f) = on_rx.as_mut() {
-                        if deliver(&mut self.bufs, &mut self.tx, &mut self.drops, &self.msghdr.0, bid, len, at, f) {
+                        if deliver(
+                            &mut self.bufs,
+                            &mut self.tx,
+                            &mut self.drops,
+                            &self.msghdr.0,
+                            bid,
+                            len,
+                            at,
+                            f,
+                        ) {
                             handed += 1;
                         }
                     }
-                    self.buf_ring.push(bid, self.bufs.ptr(usize::from(bid)).cast());
+                    self.buf_ring
+                        .push(bid, self.bufs.ptr(usize::from(bid)).cast());
                 }
                 UD_WAKER => {
                     if !cqueue::more(flags) {
@@ -438,7 +456,11 @@ impl Uring {
             return true; // never enabled: nothing was ever submitted
         }
         for ud in [UD_RECV, UD_WAKER] {
-            let armed = if ud == UD_RECV { self.recv_armed } else { self.waker_armed };
+            let armed = if ud == UD_RECV {
+                self.recv_armed
+            } else {
+                self.waker_armed
+            };
             if armed {
                 let e = opcode::AsyncCancel::new(ud).build().user_data(UD_CANCEL);
                 if !matches!(self.push(&e), Ok(true)) {
@@ -508,7 +530,10 @@ fn deliver(
 
 /// Errors of io_uring_enter that mean "try again next turn", not a broken ring.
 fn transient(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+    )
 }
 
 impl Drop for Uring {
@@ -531,5 +556,12 @@ impl Drop for Uring {
 /// and diagnostics.
 pub fn probe() -> Result<(), IoError> {
     let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| IoError::sys("bind", e))?;
-    Uring::new(s, &IoConfig { tx_slots: 1, ..IoConfig::default() }).map(drop)
+    Uring::new(
+        s,
+        &IoConfig {
+            tx_slots: 1,
+            ..IoConfig::default()
+        },
+    )
+    .map(drop)
 }
