@@ -168,7 +168,9 @@ fn recv_uring_multishot(sock: UdpSocket, start: Arc<Barrier>) -> (u64, Duration,
             if cqe.result() < 0 {
                 continue;
             }
-            let Some(bid) = cqueue::buffer_select(cqe.flags()) else { continue };
+            let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                continue;
+            };
             let off = bid as usize * BUF_SIZE;
             let b = &bufs[off..off + cqe.result() as usize];
             if let Ok(out) = types::RecvMsgOut::parse(b, &tpl) {
@@ -190,7 +192,7 @@ fn recv_uring_multishot(sock: UdpSocket, start: Arc<Barrier>) -> (u64, Duration,
     }
     let r = (count, t0.elapsed(), thread_cpu() - c0);
     drop(ring); // closes the ring before buffers/ring memory are freed
-    // SAFETY: allocated above with this layout; the ring is closed.
+                // SAFETY: allocated above with this layout; the ring is closed.
     unsafe { std::alloc::dealloc(ring_mem, layout) };
     r
 }
@@ -301,12 +303,19 @@ fn main() {
         }
     }
     let loops: [(char, &str, Loop); 3] = [
-        ('a', "io-uring multishot recvmsg + buf ring", recv_uring_multishot),
+        (
+            'a',
+            "io-uring multishot recvmsg + buf ring",
+            recv_uring_multishot,
+        ),
         ('b', "tokio-uring UdpSocket::recv_from", recv_tokio_uring),
         ('c', "recvmmsg batch 64", recv_mmsg),
     ];
     println!("payload {PAYLOAD} B, {secs} s per run, median of {runs} runs (by packets/s)");
-    println!("{:<42} {:>12} {:>14} {:>12} {:>12}", "loop", "packets/s", "cpu ns/packet", "received", "sent");
+    println!(
+        "{:<42} {:>12} {:>14} {:>12} {:>12}",
+        "loop", "packets/s", "cpu ns/packet", "received", "sent"
+    );
     for (key, name, f) in loops {
         if !only.contains(key) {
             continue;

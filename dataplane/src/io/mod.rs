@@ -34,10 +34,10 @@
 //!
 //! # Engines
 //!
-//! - [`uring`]: one ring per worker, created disabled and enabled by the first `poll`, so the
+//! - `uring`: one ring per worker, created disabled and enabled by the first `poll`, so the
 //!   thread that polls is the ring's single issuer (`IORING_SETUP_SINGLE_ISSUER |
 //!   DEFER_TASKRUN` where the kernel has them): call `poll`/`flush` from one thread only.
-//! - [`mmsg`]: `recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`, `epoll_wait` only when the socket
+//! - `mmsg`: `recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`, `epoll_wait` only when the socket
 //!   is empty.
 //!
 //! [`EngineKind::Auto`] tries io_uring and falls back to mmsg when the kernel (or a seccomp
