@@ -2,76 +2,300 @@
 //! sends queued as SQEs and submitted once per loop turn) and a recvmmsg/sendmmsg + epoll
 //! fallback. All unsafe code of the data plane lives under this module.
 //!
-//! CONTRACT (implemented by the io helper; the worker loop codes against exactly this):
+//! # Contract
+//!
+//! One [`Io`] per worker thread, owning one bound UDP socket. The worker loop is:
 //!
 //! ```ignore
-//! pub use switchyard_shared::config::EngineKind;
-//!
-//! /// Largest datagram the worker accepts; anything longer is dropped (and counted by the
-//! /// caller through `RxEvent::Oversize`). 1500 = Ethernet MTU.
-//! pub const MAX_DATAGRAM: usize = 1500;
-//! /// Room for a full datagram plus SRTP/SRTCP overhead (16-byte GCM tag + 4-byte SRTCP
-//! /// index) when a packet is re-protected in place.
-//! pub const TX_BUF: usize = 1536;
-//!
-//! #[derive(Debug, thiserror::Error)] pub enum IoError { ... io::Error wrapping, Unsupported(String) }
-//!
-//! pub struct IoConfig { pub recv_buffer: usize, pub send_buffer: usize,
-//!                       pub rx_batch: usize /* e.g. 64 */, pub tx_slots: usize /* e.g. 1024 */ }
-//!
-//! /// What `Io::poll` hands the caller per received datagram.
-//! pub enum RxEvent<'a> {
-//!     Datagram { data: &'a mut [u8], src: std::net::SocketAddr, at: std::time::Instant },
-//!     /// Datagram longer than MAX_DATAGRAM (MSG_TRUNC), already discarded.
-//!     Oversize { src: std::net::SocketAddr },
+//! loop {
+//!     io.poll(next_timeout, &mut |ev, tx| engine.handle(ev, tx))?;
+//!     // drain cross-worker queues, run timers, queue sends on io.tx()
 //! }
-//!
-//! /// Wakes a worker blocked in `Io::poll` from another thread (eventfd). Clone + Send + Sync.
-//! /// `wake()` is cheap and may be called often; the engine coalesces.
-//! #[derive(Clone)] pub struct Waker { .. }
-//! impl Waker { pub fn wake(&self); }
-//!
-//! pub struct Io { .. }   // Send (moved into the worker thread), not Sync
-//! impl Io {
-//!     /// Build the engine for `socket` (already bound, non-blocking set by Io).
-//!     /// `EngineKind::Auto` tries io_uring and falls back to mmsg, logging the choice
-//!     /// (tracing::info!) and the reason io_uring failed. Sets SO_RCVBUF/SO_SNDBUF
-//!     /// (SO_RCVBUFFORCE when root, else plain) and SO_RXQ_OVFL.
-//!     pub fn new(kind: EngineKind, socket: std::net::UdpSocket, cfg: &IoConfig) -> Result<Io, IoError>;
-//!     /// Which engine actually runs (never Auto).
-//!     pub fn kind(&self) -> EngineKind;
-//!     pub fn waker(&self) -> Waker;
-//!     /// Submit queued sends, then wait until at least one datagram arrives, the waker fires
-//!     /// or `timeout` passes; then call `on_rx` for every datagram that is ready (a batch),
-//!     /// stamping each with the receive Instant (taken once per batch). `on_rx` gets the
-//!     /// send half so it can queue replies and fan-out copies. Returns how many datagrams
-//!     /// were handed over. Errors only on a broken ring / socket, never on a packet.
-//!     pub fn poll(&mut self, timeout: std::time::Duration,
-//!                 on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx)) -> Result<usize, IoError>;
-//!     /// The send half, for sends outside `poll` (cross-worker packets, timers).
-//!     pub fn tx(&mut self) -> &mut Tx;
-//!     /// Submit everything queued now (poll also does it first thing).
-//!     pub fn flush(&mut self) -> Result<(), IoError>;
-//!     /// Cumulative kernel receive-queue drops (SO_RXQ_OVFL) seen so far.
-//!     pub fn kernel_drops(&self) -> u64;
-//!     /// Sends the kernel refused so far (counted, never retried).
-//!     pub fn send_errors(&self) -> u64;
-//! }
-//!
-//! /// The send half: a fixed pool of `tx_slots` buffers of TX_BUF bytes, allocated once.
-//! pub struct Tx { .. }
-//! impl Tx {
-//!     /// A free buffer, or None when every slot is queued or in flight (the caller counts
-//!     /// a QueueFull drop).
-//!     pub fn alloc(&mut self) -> Option<TxBuf>;
-//!     pub fn buf_mut(&mut self, b: TxBuf) -> &mut [u8; TX_BUF];
-//!     /// Queue `len` bytes of `b` for `dst`; sent at the next flush/poll.
-//!     pub fn queue(&mut self, b: TxBuf, len: usize, dst: std::net::SocketAddr);
-//!     /// Give back a buffer that will not be sent.
-//!     pub fn release(&mut self, b: TxBuf);
-//!     /// Convenience: alloc + copy + queue; false when no slot was free.
-//!     pub fn send_copy(&mut self, data: &[u8], dst: std::net::SocketAddr) -> bool;
-//! }
-//! #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-//! pub struct TxBuf(u32); // index into the engine's fixed TX buffer pool
 //! ```
+//!
+//! - [`Io::poll`] first submits every send queued on [`Tx`], then waits until a datagram
+//!   arrives, the [`Waker`] fires or the timeout passes, then hands every ready datagram to
+//!   `on_rx` with one receive [`Instant`](std::time::Instant) per batch. The datagram bytes
+//!   are only borrowed for the call: the buffer goes back to the kernel when `on_rx` returns.
+//! - Sends go through a fixed pool of `tx_slots` buffers of [`TX_BUF`] bytes ([`Tx`]): `alloc`,
+//!   write, `queue`. A slot is busy from `alloc` until the kernel has completed the send, so
+//!   `alloc` returning `None` is back-pressure: the caller drops the packet and counts it.
+//! - Nothing is allocated per packet: every buffer, header and address of both engines is
+//!   allocated in [`Io::new`].
+//! - Errors from `poll`/`flush` mean a broken ring or socket; a bad packet or a refused send
+//!   never is one (oversize datagrams are reported as [`RxEvent::Oversize`], refused sends are
+//!   counted in [`Io::send_errors`]).
+//!
+//! # Addresses
+//!
+//! On an IPv6 socket, IPv4-mapped source addresses (`::ffff:a.b.c.d`) are reported as plain
+//! IPv4 [`SocketAddr`]s, and IPv4 destinations are mapped back when sending, so a peer has one
+//! spelling whatever the socket family.
+//!
+//! # Engines
+//!
+//! - `uring`: one ring per worker, created disabled and enabled by the first `poll`, so the
+//!   thread that polls is the ring's single issuer (`IORING_SETUP_SINGLE_ISSUER |
+//!   DEFER_TASKRUN` where the kernel has them): call `poll`/`flush` from one thread only.
+//! - `mmsg`: `recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`, `epoll_wait` only when the socket
+//!   is empty.
+//!
+//! [`EngineKind::Auto`] tries io_uring and falls back to mmsg when the kernel (or a seccomp
+//! policy) refuses it, logging why.
+
+mod addr;
+mod mmsg;
+mod raw;
+mod sockopt;
+mod tx;
+mod uring;
+mod waker;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+pub use switchyard_shared::config::EngineKind;
+pub use tx::{Tx, TxBuf};
+pub use waker::Waker;
+
+/// Largest datagram the worker accepts; anything longer is dropped (and counted by the
+/// caller through `RxEvent::Oversize`). 1500 = Ethernet MTU.
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Room for a full datagram plus SRTP/SRTCP overhead (16-byte GCM tag + 4-byte SRTCP
+/// index) when a packet is re-protected in place.
+pub const TX_BUF: usize = 1536;
+
+/// Errors of the I/O layer: a socket or ring that no longer works, or an engine the kernel
+/// does not support. Never raised for a single packet.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A system call failed; `call` names it for the log.
+    #[error("{call}: {source}")]
+    Sys {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel lacks a feature the engine needs (or a policy forbids it).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl IoError {
+    /// The error of the last failed system call, named for the log.
+    pub(crate) fn last_os(call: &'static str) -> Self {
+        Self::Sys {
+            call,
+            source: std::io::Error::last_os_error(),
+        }
+    }
+
+    pub(crate) fn sys(call: &'static str, source: std::io::Error) -> Self {
+        Self::Sys { call, source }
+    }
+}
+
+/// Sizes of one worker's engine; everything is allocated once from these in [`Io::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoConfig {
+    /// SO_RCVBUF in bytes (0 leaves the system default).
+    pub recv_buffer: usize,
+    /// SO_SNDBUF in bytes (0 leaves the system default).
+    pub send_buffer: usize,
+    /// Datagrams per recvmmsg call (mmsg engine); at least 1.
+    pub rx_batch: usize,
+    /// Send buffers of [`TX_BUF`] bytes, queued or in flight at once; at least 1.
+    pub tx_slots: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            recv_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+            rx_batch: 64,
+            tx_slots: 1024,
+        }
+    }
+}
+
+/// What [`Io::poll`] hands the caller per received datagram.
+#[derive(Debug)]
+pub enum RxEvent<'a> {
+    /// A datagram of at most [`MAX_DATAGRAM`] bytes; `data` may be modified in place (e.g.
+    /// decrypted) but is only valid during the callback.
+    Datagram {
+        data: &'a mut [u8],
+        src: SocketAddr,
+        at: std::time::Instant,
+    },
+    /// Datagram longer than MAX_DATAGRAM (MSG_TRUNC), already discarded.
+    Oversize { src: SocketAddr },
+}
+
+/// One worker's UDP engine. `Send` (built on one thread, moved into the worker), not `Sync`.
+pub struct Io {
+    engine: Engine,
+}
+
+enum Engine {
+    Uring(Box<uring::Uring>),
+    Mmsg(Box<mmsg::Mmsg>),
+}
+
+// Moving Io across threads must stay possible: the node builds it, the worker runs it.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Io>();
+};
+
+impl Io {
+    /// Build the engine for `socket` (already bound; Io sets the blocking mode it needs).
+    /// `EngineKind::Auto` tries io_uring and falls back to mmsg, logging the choice
+    /// (tracing::info!) and the reason io_uring failed. Sets SO_RCVBUF/SO_SNDBUF
+    /// (SO_RCVBUFFORCE when permitted, else plain) and SO_RXQ_OVFL.
+    pub fn new(kind: EngineKind, socket: UdpSocket, cfg: &IoConfig) -> Result<Io, IoError> {
+        let cfg = IoConfig {
+            rx_batch: cfg.rx_batch.clamp(1, 1024),
+            tx_slots: cfg.tx_slots.clamp(1, tx::MAX_SLOTS),
+            ..cfg.clone()
+        };
+        sockopt::configure(&socket, &cfg)?;
+        let engine = match kind {
+            EngineKind::Uring => Engine::Uring(Box::new(uring::Uring::new(socket, &cfg)?)),
+            EngineKind::Mmsg => Engine::Mmsg(Box::new(mmsg::Mmsg::new(socket, &cfg)?)),
+            EngineKind::Auto => {
+                // The socket is needed again if io_uring is refused.
+                let spare = socket.try_clone().map_err(|e| IoError::sys("dup", e))?;
+                match uring::Uring::new(socket, &cfg) {
+                    Ok(u) => {
+                        drop(spare);
+                        tracing::info!("io engine: io_uring");
+                        Engine::Uring(Box::new(u))
+                    }
+                    Err(e) => {
+                        tracing::info!(reason = %e, "io engine: mmsg (io_uring unavailable)");
+                        Engine::Mmsg(Box::new(mmsg::Mmsg::new(spare, &cfg)?))
+                    }
+                }
+            }
+        };
+        Ok(Io { engine })
+    }
+
+    /// Which engine actually runs (never Auto).
+    pub fn kind(&self) -> EngineKind {
+        match self.engine {
+            Engine::Uring(_) => EngineKind::Uring,
+            Engine::Mmsg(_) => EngineKind::Mmsg,
+        }
+    }
+
+    /// A handle that wakes this engine's `poll` from any thread.
+    pub fn waker(&self) -> Waker {
+        match &self.engine {
+            Engine::Uring(u) => u.waker(),
+            Engine::Mmsg(m) => m.waker(),
+        }
+    }
+
+    /// Submit queued sends, then wait until at least one datagram arrives, the waker fires
+    /// or `timeout` passes (zero: do not wait); then call `on_rx` for every datagram that
+    /// is ready (a batch), stamping each with the receive Instant (taken once per batch).
+    /// `on_rx` gets the send half so it can queue replies and fan-out copies; those are
+    /// submitted at the next `poll`/`flush`. Returns how many datagrams (oversize ones
+    /// included) were handed over. Errors only on a broken ring / socket, never on a packet.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+    ) -> Result<usize, IoError> {
+        match &mut self.engine {
+            Engine::Uring(u) => u.poll(timeout, on_rx),
+            Engine::Mmsg(m) => m.poll(timeout, on_rx),
+        }
+    }
+
+    /// The send half, for sends outside `poll` (cross-worker packets, timers).
+    pub fn tx(&mut self) -> &mut Tx {
+        match &mut self.engine {
+            Engine::Uring(u) => u.tx(),
+            Engine::Mmsg(m) => m.tx(),
+        }
+    }
+
+    /// Submit everything queued now (poll also does it first thing). Never blocks: the
+    /// mmsg engine keeps what the socket cannot take yet for the next flush.
+    pub fn flush(&mut self) -> Result<(), IoError> {
+        match &mut self.engine {
+            Engine::Uring(u) => u.flush(),
+            Engine::Mmsg(m) => m.flush(),
+        }
+    }
+
+    /// Cumulative kernel receive-queue drops (SO_RXQ_OVFL) seen so far. The kernel reports
+    /// the count with the next datagram it does queue, so it lags until one arrives.
+    pub fn kernel_drops(&self) -> u64 {
+        match &self.engine {
+            Engine::Uring(u) => u.kernel_drops(),
+            Engine::Mmsg(m) => m.kernel_drops(),
+        }
+    }
+
+    /// Sends the kernel refused so far (counted, never retried).
+    pub fn send_errors(&self) -> u64 {
+        match &self.engine {
+            Engine::Uring(u) => u.send_errors(),
+            Engine::Mmsg(m) => m.send_errors(),
+        }
+    }
+}
+
+/// Whether this kernel (and its seccomp policy) lets the io_uring engine start; the error
+/// says what is missing. Builds and tears down a throwaway engine on a loopback socket.
+pub fn probe_uring() -> Result<(), IoError> {
+    uring::probe()
+}
+
+/// Tracks the kernel's cumulative u32 drop counter (SO_RXQ_OVFL) as a u64 that survives
+/// wrap-around.
+#[derive(Debug, Default)]
+pub(crate) struct DropCounter {
+    last: u32,
+    total: u64,
+}
+
+impl DropCounter {
+    pub(crate) fn observe(&mut self, cumulative: u32) {
+        let delta = cumulative.wrapping_sub(self.last);
+        // The counter only grows; a "negative" delta is a reordered older report.
+        if delta < u32::MAX / 2 {
+            self.total += u64::from(delta);
+            self.last = cumulative;
+        }
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_counter_wraps_and_ignores_stale() {
+        let mut d = DropCounter::default();
+        d.observe(5);
+        d.observe(3);
+        assert_eq!(d.total(), 5);
+        d.observe(2_000_000_000);
+        d.observe(4_000_000_000);
+        d.observe(2);
+        assert_eq!(d.total(), (1u64 << 32) + 2);
+    }
+}

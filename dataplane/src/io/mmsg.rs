@@ -1,0 +1,352 @@
+//! Fallback engine: `recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`, `epoll_wait` only when the
+//! socket has nothing ready.
+//!
+//! `poll` tries a receive batch first, so a loaded worker never pays for epoll; only an
+//! empty socket leads to `epoll_wait` on the socket and the waker's eventfd. Sends the
+//! socket cannot take (EAGAIN/ENOBUFS) stay queued and EPOLLOUT is watched until they drain.
+
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::addr::{parse_rxq_ovfl, parse_sockaddr, CmsgBuf, RawAddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::raw::RawArray;
+use super::tx::Tx;
+use super::waker::Waker;
+use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
+
+const TOKEN_SOCKET: u64 = 1;
+const TOKEN_WAKER: u64 = 2;
+
+/// `mmsghdr` holding pointers into this engine's own arrays.
+#[derive(Clone, Copy)]
+struct MsgHdr(libc::mmsghdr);
+
+// SAFETY: the pointers point into arrays owned by the same Mmsg, which move with it.
+unsafe impl Send for MsgHdr {}
+
+pub(crate) struct Mmsg {
+    socket: UdpSocket,
+    epoll: OwnedFd,
+    waker: Waker,
+    tx: Tx,
+    /// Receive side, one entry per batch slot; headers point at buffer/name/cmsg slot i.
+    rx_bufs: RawArray<[u8; MAX_DATAGRAM]>,
+    rx_names: RawArray<RawAddr>,
+    rx_cmsgs: RawArray<CmsgBuf>,
+    rx_iovs: RawArray<libc::iovec>,
+    rx_hdrs: RawArray<MsgHdr>,
+    /// Send batch: copies of queued slots' headers.
+    tx_hdrs: RawArray<MsgHdr>,
+    /// EPOLLOUT is registered (sends are waiting for socket space).
+    want_out: bool,
+    drops: DropCounter,
+    send_errors: u64,
+}
+
+// SAFETY: the raw iovecs point into rx_bufs of the same Mmsg and move with it.
+unsafe impl Send for Mmsg {}
+
+impl Mmsg {
+    pub(crate) fn new(socket: UdpSocket, cfg: &IoConfig) -> Result<Self, IoError> {
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+        let v6 = sockopt::is_v6(&socket)?;
+        let waker = Waker::new()?;
+        // SAFETY: no pointers; result checked.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(IoError::last_os("epoll_create1"));
+        }
+        // SAFETY: a fresh descriptor we own exclusively.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_SOCKET,
+        )?;
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            waker.fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_WAKER,
+        )?;
+
+        let n = cfg.rx_batch.max(1);
+        // SAFETY: iovec/mmsghdr are plain C structs; all-zero is valid.
+        let zero_iov: libc::iovec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let zero_hdr = MsgHdr(unsafe { std::mem::zeroed() });
+        let mut m = Self {
+            socket,
+            epoll,
+            waker,
+            tx: Tx::new(cfg.tx_slots, v6),
+            rx_bufs: RawArray::new(n, [0; MAX_DATAGRAM]),
+            rx_names: RawArray::new(n, RawAddr::ZERO),
+            rx_cmsgs: RawArray::new(n, CmsgBuf([0; CMSG_LEN])),
+            rx_iovs: RawArray::new(n, zero_iov),
+            rx_hdrs: RawArray::new(n, zero_hdr),
+            tx_hdrs: RawArray::new(cfg.tx_slots.clamp(1, 1024), zero_hdr),
+            want_out: false,
+            drops: DropCounter::default(),
+            send_errors: 0,
+        };
+        for i in 0..n {
+            let iov = libc::iovec {
+                iov_base: m.rx_bufs.ptr(i).cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            // SAFETY: nothing is in flight yet; single reference.
+            unsafe { *m.rx_iovs.get_mut(i) = iov };
+            // SAFETY: nothing is in flight yet; single reference.
+            let h = unsafe { m.rx_hdrs.get_mut(i) };
+            h.0.msg_hdr.msg_iov = m.rx_iovs.ptr(i);
+            h.0.msg_hdr.msg_iovlen = 1;
+            h.0.msg_hdr.msg_name = m.rx_names.ptr(i).cast();
+            h.0.msg_hdr.msg_control = m.rx_cmsgs.ptr(i).cast();
+        }
+        Ok(m)
+    }
+
+    pub(crate) fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    pub(crate) fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+
+    pub(crate) fn kernel_drops(&self) -> u64 {
+        self.drops.total()
+    }
+
+    pub(crate) fn send_errors(&self) -> u64 {
+        self.send_errors
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        while self.tx.queued_len() > 0 {
+            let n = self.tx.queued_len().min(self.tx_hdrs.len());
+            for k in 0..n {
+                let Some(i) = self.tx.peek_queued(k) else {
+                    break;
+                };
+                // SAFETY: slot i is Queued, so its header is initialised and not written;
+                // the copy keeps pointing at the slot's iovec and address.
+                let h = unsafe { *self.tx.hdr_ptr(i) };
+                // SAFETY: tx_hdrs is only used inside this function, synchronously.
+                unsafe {
+                    *self.tx_hdrs.get_mut(k) = MsgHdr(libc::mmsghdr {
+                        msg_hdr: h,
+                        msg_len: 0,
+                    })
+                };
+            }
+            // SAFETY: tx_hdrs[0..n] are valid mmsghdrs whose pointers reference queued Tx
+            // slots, which stay untouched for the duration of the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.socket.as_raw_fd(),
+                    self.tx_hdrs.ptr(0).cast(),
+                    n as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc >= 0 {
+                for _ in 0..rc {
+                    if let Some(i) = self.tx.pop_queued() {
+                        self.tx.complete(i);
+                    }
+                }
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The socket is full: keep the rest for the next flush, never block.
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => break,
+                Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EFAULT) => {
+                    return Err(IoError::sys("sendmmsg", err))
+                }
+                // The first message was refused (unreachable, bad address, ...): drop it.
+                _ => {
+                    self.send_errors += 1;
+                    if let Some(i) = self.tx.pop_queued() {
+                        self.tx.complete(i);
+                    }
+                }
+            }
+        }
+        let want_out = self.tx.queued_len() > 0;
+        if want_out != self.want_out {
+            let ev = if want_out {
+                libc::EPOLLIN | libc::EPOLLOUT
+            } else {
+                libc::EPOLLIN
+            };
+            epoll_ctl(
+                &self.epoll,
+                libc::EPOLL_CTL_MOD,
+                self.socket.as_raw_fd(),
+                ev as u32,
+                TOKEN_SOCKET,
+            )?;
+            self.want_out = want_out;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        timeout: Duration,
+        on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+    ) -> Result<usize, IoError> {
+        self.flush()?;
+        let got = self.recv_batch(on_rx)?;
+        if got > 0 || timeout.is_zero() {
+            return Ok(got);
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: events is a live array of 2 entries and we pass its length.
+        let rc = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                2,
+                timeout_ms(timeout),
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                return Ok(0);
+            }
+            return Err(IoError::sys("epoll_wait", err));
+        }
+        let mut sock = false;
+        for ev in events.iter().take(rc as usize) {
+            match ev.u64 {
+                TOKEN_WAKER => self.waker.consume(),
+                _ => sock = true,
+            }
+        }
+        if !sock {
+            return Ok(0);
+        }
+        if self.want_out {
+            self.flush()?;
+        }
+        self.recv_batch(on_rx)
+    }
+
+    /// One recvmmsg of up to rx_batch datagrams, handed to `on_rx`.
+    fn recv_batch(
+        &mut self,
+        on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+    ) -> Result<usize, IoError> {
+        let n = self.rx_hdrs.len();
+        for i in 0..n {
+            // SAFETY: no receive is in flight outside recvmmsg below; single reference.
+            let h = unsafe { self.rx_hdrs.get_mut(i) };
+            h.0.msg_hdr.msg_namelen = RAW_ADDR_LEN as u32;
+            h.0.msg_hdr.msg_controllen = CMSG_LEN as _;
+            h.0.msg_hdr.msg_flags = 0;
+            h.0.msg_len = 0;
+        }
+        let rc = loop {
+            // SAFETY: rx_hdrs[0..n] point at this engine's buffers, names and control
+            // buffers with the lengths set above; all live and unborrowed during the call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.socket.as_raw_fd(),
+                    self.rx_hdrs.ptr(0).cast(),
+                    n as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(0),
+                // Errors queued by ICMP on the socket are not ours to fail on.
+                Some(libc::ECONNREFUSED) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
+                    return Ok(0)
+                }
+                _ => return Err(IoError::sys("recvmmsg", err)),
+            }
+        };
+        let at = Instant::now();
+        for i in 0..rc {
+            // SAFETY: recvmmsg returned; the kernel no longer writes slot i.
+            let h = unsafe { *self.rx_hdrs.get(i) }.0;
+            // SAFETY: as above.
+            let cmsg = unsafe { self.rx_cmsgs.get(i) };
+            #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
+            let clen = (h.msg_hdr.msg_controllen as usize).min(CMSG_LEN);
+            if let Some(d) = parse_rxq_ovfl(&cmsg.0[..clen]) {
+                self.drops.observe(d);
+            }
+            // SAFETY: as above.
+            let name = unsafe { self.rx_names.get(i) };
+            let nlen = (h.msg_hdr.msg_namelen as usize).min(RAW_ADDR_LEN);
+            let Some(src) = parse_sockaddr(&name.0[..nlen]) else {
+                continue;
+            };
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                on_rx(RxEvent::Oversize { src }, &mut self.tx);
+                continue;
+            }
+            let len = (h.msg_len as usize).min(MAX_DATAGRAM);
+            // SAFETY: the kernel is done with buffer i and no other reference to it exists
+            // (the borrow ends with on_rx).
+            let buf = unsafe { self.rx_bufs.get_mut(i) };
+            on_rx(
+                RxEvent::Datagram {
+                    data: &mut buf[..len],
+                    src,
+                    at,
+                },
+                &mut self.tx,
+            );
+        }
+        Ok(rc)
+    }
+}
+
+/// epoll wants milliseconds; round up so a 0.3 ms timer does not spin, cap at i32::MAX.
+fn timeout_ms(t: Duration) -> i32 {
+    let ms = t.as_nanos().div_ceil(1_000_000);
+    i32::try_from(ms).unwrap_or(i32::MAX)
+}
+
+fn epoll_ctl(ep: &OwnedFd, op: i32, fd: i32, events: u32, token: u64) -> Result<(), IoError> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: both fds are live; ev is a local the kernel only reads during the call.
+    let rc = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
+    if rc < 0 {
+        return Err(IoError::last_os("epoll_ctl"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_rounds_up() {
+        assert_eq!(timeout_ms(Duration::ZERO), 0);
+        assert_eq!(timeout_ms(Duration::from_micros(300)), 1);
+        assert_eq!(timeout_ms(Duration::from_millis(5)), 5);
+        assert_eq!(timeout_ms(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+}

@@ -1,0 +1,268 @@
+//! The send half shared by both engines: a fixed pool of TX_BUF-byte buffers, each with the
+//! `msghdr`, `iovec` and destination address the kernel needs to send it.
+//!
+//! A slot goes Free → Owned (`alloc`) → Queued (`queue`) → InFlight (engine took it) →
+//! Free (kernel completed it), or Owned → Free (`release`). The headers live next to the
+//! buffer so they stay valid until io_uring's completion, with no allocation per send.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use super::addr::RawAddr;
+use super::raw::RawArray;
+use super::TX_BUF;
+
+/// Upper bound on `tx_slots`: slot indices are packed into io_uring user_data.
+pub(crate) const MAX_SLOTS: usize = 1 << 20;
+
+/// A buffer of the pool, from [`Tx::alloc`]; give it back with [`Tx::queue`] or
+/// [`Tx::release`] exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxBuf(u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Free,
+    Owned,
+    Queued,
+    InFlight,
+}
+
+/// Raw send header; only ever handed to the kernel (through a pointer cast, hence
+/// transparent and never read as a field).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+#[allow(dead_code)]
+pub(crate) struct Hdr(pub(crate) libc::msghdr);
+
+// SAFETY: the pointers in a Hdr point into the same Tx's arrays, which move with it.
+unsafe impl Send for Hdr {}
+
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+#[allow(dead_code)]
+struct Iov(libc::iovec);
+
+// SAFETY: as for Hdr, the iovec points into the owning Tx's buffer array.
+unsafe impl Send for Iov {}
+
+/// The send half: a fixed pool of `tx_slots` buffers of TX_BUF bytes, allocated once.
+pub struct Tx {
+    bufs: RawArray<[u8; TX_BUF]>,
+    addrs: RawArray<RawAddr>,
+    iovs: RawArray<Iov>,
+    hdrs: RawArray<Hdr>,
+    state: Box<[State]>,
+    free: Vec<u32>,
+    queued: VecDeque<u32>,
+    in_flight: usize,
+    v6: bool,
+    /// Handed out by `buf_mut` for a buffer the caller no longer owns (a caller bug), so
+    /// that bug cannot scribble over a buffer the kernel is sending.
+    scratch: Box<[u8; TX_BUF]>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("slots", &self.state.len())
+            .field("free", &self.free.len())
+            .field("queued", &self.queued.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Tx {
+    pub(crate) fn new(slots: usize, v6: bool) -> Self {
+        let slots = slots.clamp(1, MAX_SLOTS);
+        // SAFETY: msghdr/iovec are plain C structs for which all-zero is a valid value.
+        let zero_hdr = Hdr(unsafe { std::mem::zeroed() });
+        // SAFETY: as above.
+        let zero_iov = Iov(unsafe { std::mem::zeroed() });
+        Self {
+            bufs: RawArray::new(slots, [0; TX_BUF]),
+            addrs: RawArray::new(slots, RawAddr::ZERO),
+            iovs: RawArray::new(slots, zero_iov),
+            hdrs: RawArray::new(slots, zero_hdr),
+            state: vec![State::Free; slots].into_boxed_slice(),
+            // Pop from the end: hand out low indices first (warmer cache lines).
+            free: (0..slots as u32).rev().collect(),
+            queued: VecDeque::with_capacity(slots),
+            in_flight: 0,
+            v6,
+            scratch: Box::new([0; TX_BUF]),
+        }
+    }
+
+    /// A free buffer, or None when every slot is queued or in flight (the caller counts
+    /// a QueueFull drop).
+    pub fn alloc(&mut self) -> Option<TxBuf> {
+        let i = self.free.pop()?;
+        self.state[i as usize] = State::Owned;
+        Some(TxBuf(i))
+    }
+
+    fn owned(&self, b: TxBuf) -> bool {
+        self.state.get(b.0 as usize) == Some(&State::Owned)
+    }
+
+    /// The bytes of an owned buffer. A buffer already queued or released gets a scratch
+    /// buffer instead (a caller bug, caught by a debug assertion).
+    pub fn buf_mut(&mut self, b: TxBuf) -> &mut [u8; TX_BUF] {
+        if !self.owned(b) {
+            debug_assert!(false, "buf_mut on a TxBuf not owned by the caller: {b:?}");
+            return &mut self.scratch;
+        }
+        // SAFETY: the slot is Owned, so no send of it is queued or in flight (the kernel does
+        // not touch it) and the &mut self borrow makes this the only reference.
+        unsafe { self.bufs.get_mut(b.0 as usize) }
+    }
+
+    /// Queue `len` bytes of `b` for `dst`; sent at the next flush/poll. `len` is clamped to
+    /// TX_BUF.
+    pub fn queue(&mut self, b: TxBuf, len: usize, dst: SocketAddr) {
+        if !self.owned(b) {
+            debug_assert!(false, "queue of a TxBuf not owned by the caller: {b:?}");
+            return;
+        }
+        debug_assert!(len <= TX_BUF, "queue len {len} > TX_BUF");
+        let i = b.0 as usize;
+        let len = len.min(TX_BUF);
+        // SAFETY: the slot is Owned: neither its address, iovec nor header is in use by the
+        // kernel, and &mut self makes these the only references.
+        let namelen = unsafe { self.addrs.get_mut(i) }.write(dst, self.v6);
+        let iov = libc::iovec {
+            iov_base: self.bufs.ptr(i).cast(),
+            iov_len: len,
+        };
+        // SAFETY: as above.
+        unsafe { *self.iovs.get_mut(i) = Iov(iov) };
+        // SAFETY: msghdr is a plain C struct; all-zero is valid (no control data, flags 0).
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = self.addrs.ptr(i).cast();
+        h.msg_namelen = namelen;
+        h.msg_iov = self.iovs.ptr(i).cast();
+        h.msg_iovlen = 1;
+        // SAFETY: as above.
+        unsafe { *self.hdrs.get_mut(i) = Hdr(h) };
+        self.state[i] = State::Queued;
+        // Cannot reallocate: at most `slots` indices are ever queued.
+        self.queued.push_back(b.0);
+    }
+
+    /// Give back a buffer that will not be sent.
+    pub fn release(&mut self, b: TxBuf) {
+        if !self.owned(b) {
+            debug_assert!(false, "release of a TxBuf not owned by the caller: {b:?}");
+            return;
+        }
+        self.state[b.0 as usize] = State::Free;
+        self.free.push(b.0);
+    }
+
+    /// Convenience: alloc + copy + queue; false when no slot was free (or `data` is longer
+    /// than TX_BUF).
+    pub fn send_copy(&mut self, data: &[u8], dst: SocketAddr) -> bool {
+        if data.len() > TX_BUF {
+            return false;
+        }
+        let Some(b) = self.alloc() else {
+            return false;
+        };
+        self.buf_mut(b)[..data.len()].copy_from_slice(data);
+        self.queue(b, data.len(), dst);
+        true
+    }
+
+    // ---- engine side ----
+
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Take the oldest queued send; the engine now owns it until `complete`.
+    pub(crate) fn pop_queued(&mut self) -> Option<u32> {
+        let i = self.queued.pop_front()?;
+        self.state[i as usize] = State::InFlight;
+        self.in_flight += 1;
+        Some(i)
+    }
+
+    /// The `n`-th queued send (not taken).
+    pub(crate) fn peek_queued(&self, n: usize) -> Option<u32> {
+        self.queued.get(n).copied()
+    }
+
+    /// Pointer to slot `i`'s send header, valid while the slot is Queued or InFlight.
+    pub(crate) fn hdr_ptr(&self, i: u32) -> *const libc::msghdr {
+        self.hdrs.ptr(i as usize).cast()
+    }
+
+    /// The kernel is done with slot `i` (sent or refused): free it.
+    pub(crate) fn complete(&mut self, i: u32) {
+        if self.state.get(i as usize) != Some(&State::InFlight) {
+            debug_assert!(false, "completion for slot {i} not in flight");
+            return;
+        }
+        self.state[i as usize] = State::Free;
+        self.in_flight -= 1;
+        self.free.push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dst() -> SocketAddr {
+        "127.0.0.1:9".parse().expect("addr")
+    }
+
+    #[test]
+    fn pool_exhausts_and_recovers() {
+        let mut tx = Tx::new(2, false);
+        let a = tx.alloc().expect("a");
+        let b = tx.alloc().expect("b");
+        assert_eq!(tx.alloc(), None);
+        tx.release(a);
+        tx.buf_mut(b)[0] = 7;
+        tx.queue(b, 1, dst());
+        let c = tx.alloc().expect("released slot comes back");
+        assert_eq!(tx.alloc(), None);
+        let i = tx.pop_queued().expect("queued");
+        assert_eq!(i, b.0);
+        assert_eq!(tx.in_flight(), 1);
+        tx.complete(i);
+        assert!(tx.alloc().is_some());
+        tx.release(c);
+    }
+
+    #[test]
+    fn header_points_at_slot() {
+        let mut tx = Tx::new(4, false);
+        assert!(tx.send_copy(b"hello", dst()));
+        let i = tx.peek_queued(0).expect("queued");
+        // SAFETY: the slot is queued and we only read the header we just wrote.
+        let h = unsafe { &*tx.hdr_ptr(i) };
+        assert_eq!(h.msg_iovlen, 1);
+        assert_eq!(h.msg_namelen, 16);
+        // SAFETY: msg_iov points at the slot's iovec, initialised by queue.
+        let iov = unsafe { &*h.msg_iov };
+        assert_eq!(iov.iov_len, 5);
+        // SAFETY: iov_base points at the slot's buffer with at least iov_len bytes.
+        let data = unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) };
+        assert_eq!(data, b"hello");
+    }
+
+    #[test]
+    fn oversized_send_copy_is_refused() {
+        let mut tx = Tx::new(1, false);
+        assert!(!tx.send_copy(&[0; TX_BUF + 1], dst()));
+        assert!(tx.alloc().is_some(), "slot not leaked");
+    }
+}

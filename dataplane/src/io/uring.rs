@@ -1,0 +1,567 @@
+//! io_uring engine: one ring per worker, multishot recvmsg into a provided buffer ring,
+//! one SENDMSG SQE per queued datagram, everything submitted by one `io_uring_enter` per
+//! loop turn that also waits (with a timeout) for completions.
+//!
+//! Lifetimes the kernel relies on:
+//! - receive buffers and the buffer ring: allocated in `new`, registered as group 0; a buffer
+//!   the kernel filled is ours from its CQE until `recycle` puts it back in the ring;
+//! - send headers, iovecs, addresses and data: in the `Tx` slot, which stays InFlight until
+//!   the SENDMSG CQE;
+//! - on drop, outstanding operations are cancelled and awaited; if that fails the memory is
+//!   leaked rather than freed under the kernel's feet.
+//!
+//! The ring is created disabled (`IORING_SETUP_R_DISABLED`) and enabled by the first
+//! `poll`/`flush`, so with `SINGLE_ISSUER` the worker thread (not the thread that built the
+//! engine) becomes the ring's only submitter.
+
+use std::alloc::Layout;
+use std::mem::ManuallyDrop;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::addr::{parse_rxq_ovfl, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::raw::RawArray;
+use super::tx::Tx;
+use super::waker::Waker;
+use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
+
+/// Submission queue entries: room for a loop turn's sends without an extra submit.
+const SQ_ENTRIES: u32 = 4096;
+/// Receive buffer size: recvmsg header (16) + name (28) + control (24) + a full datagram,
+/// rounded up; datagrams between MAX_DATAGRAM and the room left are reported Oversize too.
+const BUF_SIZE: usize = 2048;
+/// Receive buffers in the provided ring (power of two): 2 MiB per worker, enough to absorb
+/// a burst while the worker processes the previous batch.
+const BUF_COUNT: u16 = 1024;
+const BUF_GROUP: u16 = 0;
+
+/// user_data tags (top two bits); sends carry their Tx slot in the low bits.
+const UD_CANCEL: u64 = 0;
+const UD_RECV: u64 = 1 << 62;
+const UD_WAKER: u64 = 2 << 62;
+const UD_SEND: u64 = 3 << 62;
+const UD_TAG: u64 = 3 << 62;
+
+type OnRx<'a> = &'a mut dyn FnMut(RxEvent<'_>, &mut Tx);
+
+/// `io_uring_recvmsg_out`: the header the kernel writes before name, control and payload.
+const RECVMSG_OUT: usize = 16;
+const PAYLOAD_OFF: usize = RECVMSG_OUT + RAW_ADDR_LEN + CMSG_LEN;
+
+/// The buffer ring shared with the kernel: BUF_COUNT `io_uring_buf` entries, page aligned.
+/// The ring's tail is the `resv` field of entry 0, so entries are written field by field.
+struct BufRing {
+    base: NonNull<u8>,
+    layout: Layout,
+    /// Our copy of the tail; published with a release store.
+    tail: u16,
+}
+
+#[repr(C)]
+struct BufEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const BUF_ENTRY_TAIL_OFF: usize = 14;
+
+impl BufRing {
+    fn new() -> Result<Self, IoError> {
+        let size = std::mem::size_of::<BufEntry>() * usize::from(BUF_COUNT);
+        let layout = Layout::from_size_align(size, 4096)
+            .map_err(|e| IoError::Unsupported(format!("buffer ring layout: {e}")))?;
+        // SAFETY: layout has non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(p)
+            .ok_or_else(|| IoError::Io(std::io::Error::from(std::io::ErrorKind::OutOfMemory)))?;
+        Ok(Self {
+            base,
+            layout,
+            tail: 0,
+        })
+    }
+
+    /// Append buffer `bid` at `addr` (not yet visible to the kernel: see `publish`).
+    fn push(&mut self, bid: u16, addr: *mut u8) {
+        let idx = usize::from(self.tail & (BUF_COUNT - 1));
+        // SAFETY: idx < BUF_COUNT, inside the allocation; we write only addr/len/bid, never
+        // the tail aliasing entry 0's resv, and the kernel does not read entries past the
+        // published tail, so nothing reads these fields concurrently.
+        unsafe {
+            let e = self.base.as_ptr().cast::<BufEntry>().add(idx);
+            std::ptr::addr_of_mut!((*e).addr).write(addr as u64);
+            std::ptr::addr_of_mut!((*e).len).write(BUF_SIZE as u32);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Make every pushed entry visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail is a u16 at offset 14 of the page-aligned allocation (so aligned
+        // for AtomicU16); the kernel reads it concurrently, which is why it is only accessed
+        // atomically. Release orders the entry writes before it.
+        let tail = unsafe {
+            AtomicU16::from_ptr(self.base.as_ptr().add(BUF_ENTRY_TAIL_OFF).cast::<u16>())
+        };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new with this layout, freed only here.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// The msghdr given to the multishot recvmsg: only its name/control lengths matter.
+struct RecvTemplate(libc::msghdr);
+
+// SAFETY: holds no pointers (all null); only lengths.
+unsafe impl Send for RecvTemplate {}
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    socket: UdpSocket,
+    waker: Waker,
+    /// Ring created with R_DISABLED and not yet enabled by the polling thread.
+    disabled: bool,
+    recv_armed: bool,
+    waker_armed: bool,
+    msghdr: Box<RecvTemplate>,
+    bufs: ManuallyDrop<RawArray<[u8; BUF_SIZE]>>,
+    buf_ring: ManuallyDrop<BufRing>,
+    tx: ManuallyDrop<Tx>,
+    drops: DropCounter,
+    send_errors: u64,
+}
+
+// SAFETY: the raw pointers (buffer ring, buffers) are owned by this value and move with it;
+// the ring fd may be used from any thread (SINGLE_ISSUER is bound at enable time, in the
+// thread that polls).
+unsafe impl Send for Uring {}
+
+fn unsupported(what: &str, e: std::io::Error) -> IoError {
+    IoError::Unsupported(format!("{what}: {e}"))
+}
+
+fn build_ring(cq_entries: u32) -> Result<(IoUring, bool), IoError> {
+    // Newest first: single issuer + deferred task work (6.1) keep completions on the worker
+    // thread; coop taskrun (5.19) avoids IPIs; plain works from 5.1.
+    let mut b = IoUring::builder();
+    b.setup_cqsize(cq_entries)
+        .setup_r_disabled()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun();
+    if let Ok(r) = b.build(SQ_ENTRIES) {
+        return Ok((r, true));
+    }
+    let mut b = IoUring::builder();
+    b.setup_cqsize(cq_entries).setup_coop_taskrun();
+    if let Ok(r) = b.build(SQ_ENTRIES) {
+        return Ok((r, false));
+    }
+    let mut b = IoUring::builder();
+    b.setup_cqsize(cq_entries);
+    b.build(SQ_ENTRIES)
+        .map(|r| (r, false))
+        .map_err(|e| unsupported("io_uring_setup", e))
+}
+
+impl Uring {
+    pub(crate) fn new(socket: UdpSocket, cfg: &IoConfig) -> Result<Self, IoError> {
+        // io_uring waits on the socket internally; a blocking socket keeps the kernel from
+        // failing ops with EAGAIN instead of arming its poll.
+        socket
+            .set_nonblocking(false)
+            .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+        let v6 = sockopt::is_v6(&socket)?;
+        let waker = Waker::new()?;
+        let cq = (usize::from(BUF_COUNT) + cfg.tx_slots + 16)
+            .next_power_of_two()
+            .max(2 * SQ_ENTRIES as usize);
+        let (ring, disabled) = build_ring(u32::try_from(cq).unwrap_or(1 << 20))?;
+
+        if !ring.params().is_feature_ext_arg() {
+            return Err(IoError::Unsupported(
+                "IORING_FEAT_EXT_ARG (5.11) missing".into(),
+            ));
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| unsupported("IORING_REGISTER_PROBE", e))?;
+        for (code, name) in [
+            (opcode::RecvMsgMulti::CODE, "RECVMSG"),
+            (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::PollAdd::CODE, "POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+            // SEND_ZC arrived in 6.0 together with multishot recvmsg, which has no opcode
+            // of its own to probe; without this check the first recv would fail with EINVAL.
+            (
+                opcode::SendZc::CODE,
+                "SEND_ZC (proxy for multishot recvmsg, 6.0)",
+            ),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(IoError::Unsupported(format!("opcode {name} not supported")));
+            }
+        }
+
+        let bufs = RawArray::new(usize::from(BUF_COUNT), [0u8; BUF_SIZE]);
+        let mut buf_ring = BufRing::new()?;
+        for bid in 0..BUF_COUNT {
+            buf_ring.push(bid, bufs.ptr(usize::from(bid)).cast());
+        }
+        buf_ring.publish();
+        // SAFETY: the ring memory is page aligned, BUF_COUNT entries long and lives (in
+        // ManuallyDrop, only freed after the kernel is done or leaked) until we unregister
+        // or the ring is closed; the buffers it points at likewise.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buf_ring.base.as_ptr() as u64,
+                BUF_COUNT,
+                BUF_GROUP,
+                0,
+            )
+        }
+        .map_err(|e| unsupported("IORING_REGISTER_PBUF_RING", e))?;
+
+        // SAFETY: msghdr is a plain C struct; all-zero is valid.
+        let mut tpl: libc::msghdr = unsafe { std::mem::zeroed() };
+        tpl.msg_namelen = RAW_ADDR_LEN as u32;
+        tpl.msg_controllen = CMSG_LEN as _;
+
+        Ok(Self {
+            ring,
+            socket,
+            waker,
+            disabled,
+            recv_armed: false,
+            waker_armed: false,
+            msghdr: Box::new(RecvTemplate(tpl)),
+            bufs: ManuallyDrop::new(bufs),
+            buf_ring: ManuallyDrop::new(buf_ring),
+            tx: ManuallyDrop::new(Tx::new(cfg.tx_slots, v6)),
+            drops: DropCounter::default(),
+            send_errors: 0,
+        })
+    }
+
+    pub(crate) fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    pub(crate) fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+
+    pub(crate) fn kernel_drops(&self) -> u64 {
+        self.drops.total()
+    }
+
+    pub(crate) fn send_errors(&self) -> u64 {
+        self.send_errors
+    }
+
+    fn enable(&mut self) -> Result<(), IoError> {
+        if self.disabled {
+            self.ring
+                .submitter()
+                .register_enable_rings()
+                .map_err(|e| IoError::sys("IORING_REGISTER_ENABLE_RINGS", e))?;
+            self.disabled = false;
+        }
+        Ok(())
+    }
+
+    /// Push one SQE, submitting first if the queue is full. False if it stays full.
+    fn push(&mut self, e: &squeue::Entry) -> Result<bool, IoError> {
+        for _ in 0..2 {
+            // SAFETY: every SQE we build references memory that outlives its completion:
+            // the recv template (boxed, lives with self), Tx slots (InFlight until CQE),
+            // the eventfd and socket (owned by self, closed after the ring on drop).
+            if unsafe { self.ring.submission().push(e) }.is_ok() {
+                return Ok(true);
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if transient(&e) => return Ok(false),
+                Err(e) => return Err(IoError::sys("io_uring_enter", e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Re-arm the multishot ops if they ended and queue every pending send.
+    fn prepare(&mut self) -> Result<(), IoError> {
+        self.enable()?;
+        if !self.recv_armed {
+            let e = opcode::RecvMsgMulti::new(
+                Fd(self.socket.as_raw_fd()),
+                &self.msghdr.0 as *const libc::msghdr,
+                BUF_GROUP,
+            )
+            .build()
+            .user_data(UD_RECV);
+            self.recv_armed = self.push(&e)?;
+        }
+        if !self.waker_armed {
+            let e = opcode::PollAdd::new(Fd(self.waker.fd()), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(UD_WAKER);
+            self.waker_armed = self.push(&e)?;
+        }
+        let fd = Fd(self.socket.as_raw_fd());
+        while self.tx.queued_len() > 0 {
+            if self.ring.submission().is_full() {
+                match self.ring.submit() {
+                    Ok(_) if !self.ring.submission().is_full() => {}
+                    Ok(_) => break,
+                    Err(e) if transient(&e) => break,
+                    Err(e) => return Err(IoError::sys("io_uring_enter", e)),
+                }
+            }
+            let Some(i) = self.tx.pop_queued() else { break };
+            let e = opcode::SendMsg::new(fd, self.tx.hdr_ptr(i))
+                .build()
+                .user_data(UD_SEND | u64::from(i));
+            // SAFETY: slot i is InFlight until its CQE, so its header, iovec, address and
+            // data stay valid and untouched; the queue has room (checked above).
+            if unsafe { self.ring.submission().push(&e) }.is_err() {
+                // Not reachable (room checked); complete the slot rather than leak it.
+                self.send_errors += 1;
+                self.tx.complete(i);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        self.prepare()?;
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) => Ok(()),
+            Err(e) => Err(IoError::sys("io_uring_enter", e)),
+        }
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        timeout: Duration,
+        on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+    ) -> Result<usize, IoError> {
+        self.prepare()?;
+        let ts = Timespec::from(timeout);
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => return Err(IoError::sys("io_uring_enter", e)),
+        }
+        self.drain(Some(on_rx))
+    }
+
+    /// Handle every completion ready now. With `on_rx` None (shutdown) datagrams are
+    /// dropped and their buffers recycled.
+    fn drain(&mut self, mut on_rx: Option<OnRx<'_>>) -> Result<usize, IoError> {
+        let at = Instant::now();
+        let mut handed = 0usize;
+        let mut fatal = None;
+        let mut cq = self.ring.completion();
+        for cqe in &mut cq {
+            let ud = cqe.user_data();
+            let res = cqe.result();
+            let flags = cqe.flags();
+            match ud & UD_TAG {
+                UD_RECV => {
+                    if !cqueue::more(flags) {
+                        self.recv_armed = false;
+                    }
+                    if res < 0 {
+                        // ENOBUFS: ring ran dry, re-armed next turn once buffers are back.
+                        // ECANCELED at shutdown. ICMP errors are not the socket breaking.
+                        if matches!(
+                            -res,
+                            libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT
+                        ) {
+                            fatal = Some(std::io::Error::from_raw_os_error(-res));
+                        }
+                        continue;
+                    }
+                    let Some(bid) = cqueue::buffer_select(flags) else {
+                        continue;
+                    };
+                    if bid >= BUF_COUNT {
+                        continue; // not a buffer we registered: cannot happen, never panic
+                    }
+                    let len = (res as usize).min(BUF_SIZE);
+                    if let Some(f) = on_rx.as_mut() {
+                        if deliver(
+                            &mut self.bufs,
+                            &mut self.tx,
+                            &mut self.drops,
+                            &self.msghdr.0,
+                            bid,
+                            len,
+                            at,
+                            f,
+                        ) {
+                            handed += 1;
+                        }
+                    }
+                    self.buf_ring
+                        .push(bid, self.bufs.ptr(usize::from(bid)).cast());
+                }
+                UD_WAKER => {
+                    if !cqueue::more(flags) {
+                        self.waker_armed = false;
+                    }
+                    if res > 0 {
+                        self.waker.consume();
+                    }
+                }
+                UD_SEND => {
+                    if res < 0 {
+                        self.send_errors += 1;
+                    }
+                    self.tx.complete((ud & !UD_TAG) as u32);
+                }
+                _ => {} // UD_CANCEL
+            }
+        }
+        drop(cq);
+        self.buf_ring.publish();
+        match fatal {
+            Some(e) => Err(IoError::sys("recvmsg (io_uring)", e)),
+            None => Ok(handed),
+        }
+    }
+
+    /// Cancel the multishot ops and wait for everything in flight. True when the kernel no
+    /// longer references any of our memory.
+    fn quiesce(&mut self) -> bool {
+        if self.disabled {
+            return true; // never enabled: nothing was ever submitted
+        }
+        for ud in [UD_RECV, UD_WAKER] {
+            let armed = if ud == UD_RECV {
+                self.recv_armed
+            } else {
+                self.waker_armed
+            };
+            if armed {
+                let e = opcode::AsyncCancel::new(ud).build().user_data(UD_CANCEL);
+                if !matches!(self.push(&e), Ok(true)) {
+                    return false;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.recv_armed || self.waker_armed || self.tx.in_flight() > 0 {
+            let ts = Timespec::from(Duration::from_millis(50));
+            let args = SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(_) => return false, // e.g. EEXIST: dropped on a thread that is not the issuer
+            }
+            let _ = self.drain(None);
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+        self.ring.submitter().unregister_buf_ring(BUF_GROUP).is_ok()
+    }
+}
+
+/// Hand the datagram in buffer `bid` (`len` bytes filled) to `on_rx`. True if handed over.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    bufs: &mut RawArray<[u8; BUF_SIZE]>,
+    tx: &mut Tx,
+    drops: &mut DropCounter,
+    tpl: &libc::msghdr,
+    bid: u16,
+    len: usize,
+    at: Instant,
+    on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+) -> bool {
+    let (src, oversize, payload_len) = {
+        // SAFETY: the CQE handed buffer bid to us; the kernel will not write it until we
+        // recycle it, and no mutable reference exists during this block.
+        let buf = unsafe { bufs.get(usize::from(bid)) };
+        let Ok(out) = RecvMsgOut::parse(&buf[..len], tpl) else {
+            return false;
+        };
+        if let Some(d) = parse_rxq_ovfl(out.control_data()) {
+            drops.observe(d);
+        }
+        let Some(src) = parse_sockaddr(out.name_data()) else {
+            return false;
+        };
+        let oversize =
+            out.is_payload_truncated() || out.incoming_payload_len() as usize > MAX_DATAGRAM;
+        (src, oversize, out.payload_data().len())
+    };
+    if oversize {
+        on_rx(RxEvent::Oversize { src }, tx);
+        return true;
+    }
+    // SAFETY: as above; the shared borrow ended, this is the only reference until on_rx
+    // returns, and the buffer is recycled only after that.
+    let buf = unsafe { bufs.get_mut(usize::from(bid)) };
+    let end = (PAYLOAD_OFF + payload_len).min(BUF_SIZE);
+    let data = &mut buf[PAYLOAD_OFF.min(end)..end];
+    on_rx(RxEvent::Datagram { data, src, at }, tx);
+    true
+}
+
+/// Errors of io_uring_enter that mean "try again next turn", not a broken ring.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+    )
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        if self.quiesce() {
+            // SAFETY: quiesce confirmed no operation is in flight and the buffer ring is
+            // unregistered; these fields are dropped exactly once, here.
+            unsafe {
+                ManuallyDrop::drop(&mut self.tx);
+                ManuallyDrop::drop(&mut self.buf_ring);
+                ManuallyDrop::drop(&mut self.bufs);
+            }
+        } else {
+            tracing::warn!("io_uring: could not quiesce the ring on drop; leaking its buffers");
+        }
+    }
+}
+
+/// Whether this kernel (and seccomp policy) lets us build the io_uring engine; for tests
+/// and diagnostics.
+pub fn probe() -> Result<(), IoError> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| IoError::sys("bind", e))?;
+    Uring::new(
+        s,
+        &IoConfig {
+            tx_slots: 1,
+            ..IoConfig::default()
+        },
+    )
+    .map(drop)
+}

@@ -1,0 +1,329 @@
+//! Both I/O engines against a std UdpSocket peer on loopback. io_uring cases are skipped
+//! (with a message) when the kernel or a seccomp policy refuses io_uring.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use switchyard_dataplane::io::{
+    probe_uring, EngineKind, Io, IoConfig, RxEvent, MAX_DATAGRAM, TX_BUF,
+};
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Io>();
+};
+
+/// The engines this machine can run: mmsg always, uring when the probe passes.
+fn engines(test: &str) -> Vec<EngineKind> {
+    let mut v = vec![EngineKind::Mmsg];
+    match probe_uring() {
+        Ok(()) => v.push(EngineKind::Uring),
+        Err(e) => println!("{test}: io_uring engine skipped: {e}"),
+    }
+    v
+}
+
+fn cfg() -> IoConfig {
+    IoConfig {
+        recv_buffer: 4 << 20,
+        send_buffer: 4 << 20,
+        rx_batch: 64,
+        tx_slots: 1024,
+    }
+}
+
+fn bind(addr: &str) -> UdpSocket {
+    UdpSocket::bind(addr).expect("bind loopback")
+}
+
+fn io_on(kind: EngineKind, addr: &str, cfg: &IoConfig) -> (Io, SocketAddr) {
+    let s = bind(addr);
+    let local = s.local_addr().expect("local addr");
+    let io = Io::new(kind, s, cfg).expect("engine");
+    assert_eq!(io.kind(), kind);
+    (io, local)
+}
+
+fn payload(seq: u32) -> Vec<u8> {
+    let len = 8 + (seq as usize * 37) % 1192;
+    let mut v = vec![0u8; len];
+    v[..4].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in v.iter_mut().enumerate().skip(4) {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    v
+}
+
+/// Run an echo server on `io` in a thread until `stop`; returns (datagrams, max batch).
+fn spawn_echo(
+    mut io: Io,
+    peer: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(usize, usize)> {
+    thread::spawn(move || {
+        let (mut total, mut max_batch) = (0usize, 0usize);
+        while !stop.load(Ordering::Relaxed) {
+            let n = io
+                .poll(Duration::from_millis(100), &mut |ev, tx| match ev {
+                    RxEvent::Datagram { data, src, .. } => {
+                        assert_eq!(src, peer, "source address");
+                        assert!(tx.send_copy(data, src), "tx pool exhausted in echo");
+                    }
+                    RxEvent::Oversize { .. } => panic!("unexpected oversize"),
+                })
+                .expect("poll");
+            total += n;
+            max_batch = max_batch.max(n);
+        }
+        io.flush().expect("flush");
+        (total, max_batch)
+    })
+}
+
+fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
+    let (io, local) = io_on(kind, local_addr, &cfg());
+    let peer = bind(local_addr);
+    peer.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = io.waker();
+    let h = spawn_echo(io, peer.local_addr().expect("peer addr"), stop.clone());
+
+    // Windowed so neither side's receive buffer can overflow.
+    const WINDOW: u32 = 32;
+    let (mut sent, mut got) = (0u32, 0u32);
+    let mut seen = vec![false; count as usize];
+    let mut buf = [0u8; 2048];
+    while got < count {
+        while sent < count && sent - got < WINDOW {
+            peer.send_to(&payload(sent), local).expect("send");
+            sent += 1;
+        }
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{kind:?}: echo {got}/{count} did not arrive: {e}"));
+        assert_eq!(from, local, "echo comes from the engine's socket");
+        let seq = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+        assert_eq!(&buf[..n], &payload(seq)[..], "content intact");
+        assert!(!seen[seq as usize], "duplicate {seq}");
+        seen[seq as usize] = true;
+        got += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    let (total, _) = h.join().expect("echo thread");
+    assert_eq!(total, count as usize);
+}
+
+#[test]
+fn echo_10k_datagrams() {
+    for kind in engines("echo_10k_datagrams") {
+        echo_many(kind, "127.0.0.1:0", 10_000);
+    }
+}
+
+#[test]
+fn ipv6_loopback_echo() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        println!("ipv6_loopback_echo: skipped, no IPv6 loopback");
+        return;
+    }
+    for kind in engines("ipv6_loopback_echo") {
+        echo_many(kind, "[::1]:0", 500);
+    }
+}
+
+#[test]
+fn batches_larger_than_one() {
+    for kind in engines("batches_larger_than_one") {
+        let (mut io, local) = io_on(kind, "127.0.0.1:0", &cfg());
+        let peer = bind("127.0.0.1:0");
+        for i in 0..50u32 {
+            peer.send_to(&payload(i), local).expect("send");
+        }
+        let (mut total, mut max_batch) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while total < 50 && Instant::now() < deadline {
+            let mut stamps = Vec::new();
+            let n = io
+                .poll(Duration::from_millis(200), &mut |ev, _| {
+                    if let RxEvent::Datagram { at, .. } = ev {
+                        stamps.push(at);
+                    }
+                })
+                .expect("poll");
+            assert!(
+                stamps.windows(2).all(|w| w[0] == w[1]),
+                "one Instant per batch"
+            );
+            total += n;
+            max_batch = max_batch.max(n);
+        }
+        assert_eq!(total, 50, "{kind:?}");
+        assert!(max_batch > 1, "{kind:?}: max batch {max_batch}");
+    }
+}
+
+#[test]
+fn tx_pool_exhaustion_recovers() {
+    for kind in engines("tx_pool_exhaustion_recovers") {
+        let c = IoConfig {
+            tx_slots: 4,
+            ..cfg()
+        };
+        let (mut io, _) = io_on(kind, "127.0.0.1:0", &c);
+        let peer = bind("127.0.0.1:0");
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let dst = peer.local_addr().expect("peer addr");
+        let mut bufs = Vec::new();
+        while let Some(b) = io.tx().alloc() {
+            bufs.push(b);
+        }
+        assert_eq!(bufs.len(), 4, "{kind:?}");
+        assert!(!io.tx().send_copy(b"x", dst), "send_copy refuses when full");
+        for (i, b) in bufs.into_iter().enumerate() {
+            let buf = io.tx().buf_mut(b);
+            assert_eq!(buf.len(), TX_BUF);
+            buf[0] = i as u8;
+            io.tx().queue(b, 1, dst);
+        }
+        // Completions are reaped by poll; the pool must come back quickly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let b = loop {
+            io.poll(Duration::from_millis(10), &mut |_, _| {})
+                .expect("poll");
+            if let Some(b) = io.tx().alloc() {
+                break b;
+            }
+            assert!(Instant::now() < deadline, "{kind:?}: pool never recovered");
+        };
+        io.tx().release(b);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        for _ in 0..4 {
+            let (n, _) = peer.recv_from(&mut buf).expect("queued sends arrive");
+            assert_eq!(n, 1);
+            got.push(buf[0]);
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        assert_eq!(io.send_errors(), 0);
+    }
+}
+
+#[test]
+fn waker_interrupts_long_poll() {
+    for kind in engines("waker_interrupts_long_poll") {
+        let (mut io, _) = io_on(kind, "127.0.0.1:0", &cfg());
+        let waker = io.waker();
+        let h = thread::spawn(move || {
+            let start = Instant::now();
+            let n = io
+                .poll(Duration::from_secs(10), &mut |_, _| {})
+                .expect("poll");
+            (n, Instant::now(), start)
+        });
+        thread::sleep(Duration::from_millis(200));
+        let woke = Instant::now();
+        waker.wake();
+        waker.wake(); // coalesced
+        let (n, returned, start) = h.join().expect("poll thread");
+        assert_eq!(n, 0);
+        let latency = returned.saturating_duration_since(woke);
+        assert!(
+            latency < Duration::from_millis(500),
+            "{kind:?}: poll returned {latency:?} after wake (blocked {:?})",
+            returned - start
+        );
+    }
+}
+
+#[test]
+fn oversize_then_normal() {
+    for kind in engines("oversize_then_normal") {
+        let (mut io, local) = io_on(kind, "127.0.0.1:0", &cfg());
+        let peer = bind("127.0.0.1:0");
+        let peer_addr = peer.local_addr().expect("peer addr");
+        peer.send_to(&[7u8; 2000], local).expect("send big");
+        peer.send_to(&[8u8; MAX_DATAGRAM + 100], local)
+            .expect("send a bit big");
+        peer.send_to(&[9u8; MAX_DATAGRAM], local).expect("send max");
+        peer.send_to(&[1u8; 100], local).expect("send small");
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.len() < 4 && Instant::now() < deadline {
+            io.poll(Duration::from_millis(200), &mut |ev, _| match ev {
+                RxEvent::Oversize { src } => events.push(("oversize", 0, src)),
+                RxEvent::Datagram { data, src, .. } => {
+                    assert!(data.iter().all(|&b| b == data[0]));
+                    events.push(("datagram", data.len(), src));
+                }
+            })
+            .expect("poll");
+        }
+        assert_eq!(
+            events,
+            vec![
+                ("oversize", 0, peer_addr),
+                ("oversize", 0, peer_addr),
+                ("datagram", MAX_DATAGRAM, peer_addr),
+                ("datagram", 100, peer_addr),
+            ],
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn kernel_drops_reported() {
+    for kind in engines("kernel_drops_reported") {
+        let c = IoConfig {
+            recv_buffer: 1, // the kernel rounds up to its minimum (a few KiB)
+            ..cfg()
+        };
+        let (mut io, local) = io_on(kind, "127.0.0.1:0", &c);
+        let peer = bind("127.0.0.1:0");
+        for _ in 0..2000 {
+            peer.send_to(&[0u8; 1000], local).expect("flood");
+        }
+        assert_eq!(io.kernel_drops(), 0, "nothing seen before polling");
+        // The count rides on the next datagram the kernel does queue.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.kernel_drops() == 0 {
+            assert!(Instant::now() < deadline, "{kind:?}: no drops reported");
+            io.poll(Duration::from_millis(20), &mut |_, _| {})
+                .expect("poll");
+            peer.send_to(&[0u8; 10], local).expect("probe");
+        }
+        assert!(io.kernel_drops() < 2000, "{kind:?}: {}", io.kernel_drops());
+    }
+}
+
+#[test]
+fn auto_picks_a_real_engine() {
+    let io = Io::new(EngineKind::Auto, bind("127.0.0.1:0"), &cfg()).expect("auto");
+    assert_ne!(io.kind(), EngineKind::Auto);
+    if probe_uring().is_ok() {
+        assert_eq!(io.kind(), EngineKind::Uring);
+    }
+}
+
+#[test]
+fn send_to_wrong_family_is_counted_not_fatal() {
+    for kind in engines("send_to_wrong_family_is_counted_not_fatal") {
+        let (mut io, _) = io_on(kind, "127.0.0.1:0", &cfg());
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().expect("addr");
+        assert!(io.tx().send_copy(b"x", v6));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.send_errors() == 0 {
+            assert!(Instant::now() < deadline, "{kind:?}: error not counted");
+            io.poll(Duration::from_millis(10), &mut |_, _| {})
+                .expect("poll");
+        }
+        assert!(io.tx().alloc().is_some());
+    }
+}
