@@ -122,7 +122,8 @@ impl Header {
         self.slot_size.store(SLOT_SIZE as u32, Ordering::Relaxed);
         self.slots.store(slots, Ordering::Relaxed);
         self.creation_id.store(creation_id, Ordering::Relaxed);
-        self.file_len.store(file_len(slots) as u64, Ordering::Relaxed);
+        self.file_len
+            .store(file_len(slots) as u64, Ordering::Relaxed);
         self.magic.store(MAGIC, Ordering::Release);
     }
 
@@ -136,11 +137,15 @@ impl Header {
         }
         let version = self.version.load(Ordering::Relaxed);
         if version != VERSION {
-            return bad(format!("layout version {version}, this build speaks {VERSION}"));
+            return bad(format!(
+                "layout version {version}, this build speaks {VERSION}"
+            ));
         }
         let slot_size = self.slot_size.load(Ordering::Relaxed);
         if slot_size as usize != SLOT_SIZE {
-            return bad(format!("slot size {slot_size}, this build uses {SLOT_SIZE}"));
+            return bad(format!(
+                "slot size {slot_size}, this build uses {SLOT_SIZE}"
+            ));
         }
         let slots = self.slots.load(Ordering::Relaxed);
         check_slots(slots)?;

@@ -17,7 +17,13 @@ pub(crate) fn try_lock(file: &File, byte: i64) -> io::Result<bool> {
     fl.l_len = 1;
     // l_pid must be 0 for OFD locks.
     // SAFETY: the fd is open for the call's duration and `fl` is a valid, live flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl as *const libc::flock) };
+    let rc = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            &fl as *const libc::flock,
+        )
+    };
     if rc == 0 {
         return Ok(true);
     }

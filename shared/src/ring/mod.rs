@@ -10,7 +10,7 @@
 //!   nothing is dropped or overwritten.
 //! - **Restarts**: the indices live in the file, so either process can die at any moment and
 //!   a restarted one continues where its predecessor stopped, with no loss and no duplicate.
-//!   A message is published only after it is completely written (see [`spsc`]).
+//!   A message is published only after it is completely written (see `spsc.rs`).
 //! - **One process per side**: each side holds an OFD lock on the file; a second attach of
 //!   the same side gets [`RingError::Busy`] until the holder exits or dies.
 //! - **Sleeping**: [`Consumer::wait`] sleeps on a shared futex; a producer makes the wake
@@ -31,6 +31,8 @@ mod futex;
 mod layout;
 #[cfg(not(loom))]
 mod lock;
+// Under loom only the protocol and its model tests are built; the mmap users are not.
+#[cfg_attr(loom, allow(dead_code))]
 mod spsc;
 mod sync;
 #[cfg(all(test, not(loom)))]
@@ -66,7 +68,7 @@ pub enum PushError {
     /// The ring holds `capacity` unread messages; retry after the consumer catches up.
     #[error("ring full")]
     Full,
-    /// The message is longer than [`MAX_MESSAGE`](crate::command::MAX_MESSAGE).
+    /// The message is longer than [`crate::command::MAX_MESSAGE`].
     #[error("message too large for a ring slot")]
     TooLarge,
 }
@@ -136,7 +138,11 @@ impl Producer {
 
     /// Messages pushed and not yet popped.
     pub fn len(&self) -> usize {
-        spsc::occupied(&self.map.indices(self.dir), self.tail, self.capacity() as u64) as usize
+        spsc::occupied(
+            &self.map.indices(self.dir),
+            self.tail,
+            self.capacity() as u64,
+        ) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,7 +232,11 @@ impl Consumer {
 
     /// Messages waiting to be popped.
     pub fn len(&self) -> usize {
-        spsc::available(&self.map.indices(self.dir), self.head, self.capacity() as u64) as usize
+        spsc::available(
+            &self.map.indices(self.dir),
+            self.head,
+            self.capacity() as u64,
+        ) as usize
     }
 
     pub fn is_empty(&self) -> bool {

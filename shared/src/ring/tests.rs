@@ -34,7 +34,8 @@ impl TempRing {
             .write(true)
             .open(&self.0)
             .expect("open ring file");
-        f.write_all_at(bytes, offset as u64).expect("write ring file");
+        f.write_all_at(bytes, offset as u64)
+            .expect("write ring file");
     }
 }
 
@@ -84,7 +85,11 @@ fn full_ring_is_back_pressure() {
     assert_eq!(pop_one(&mut data.commands), Some(vec![0]));
     control.commands.push(&[4]).expect("room again");
     for i in 1..5u8 {
-        assert_eq!(pop_one(&mut data.commands), Some(vec![i]), "nothing overwritten");
+        assert_eq!(
+            pop_one(&mut data.commands),
+            Some(vec![i]),
+            "nothing overwritten"
+        );
     }
     assert_eq!(pop_one(&mut data.commands), None);
 }
@@ -118,8 +123,14 @@ fn too_large_is_refused_whole() {
     let big = vec![7u8; MAX_MESSAGE + 1];
     assert_eq!(control.commands.push(&big), Err(PushError::TooLarge));
     assert!(control.commands.is_empty());
-    control.commands.push(&big[..MAX_MESSAGE]).expect("exactly max fits");
-    assert_eq!(pop_one(&mut data.commands).map(|m| m.len()), Some(MAX_MESSAGE));
+    control
+        .commands
+        .push(&big[..MAX_MESSAGE])
+        .expect("exactly max fits");
+    assert_eq!(
+        pop_one(&mut data.commands).map(|m| m.len()),
+        Some(MAX_MESSAGE)
+    );
 }
 
 #[test]
@@ -229,12 +240,18 @@ fn corrupt_indices_are_rejected() {
         Err(RingError::Corrupt(_))
     ));
     drop(control);
-    assert!(matches!(attach_control(t.path()), Err(RingError::Corrupt(_))));
+    assert!(matches!(
+        attach_control(t.path()),
+        Err(RingError::Corrupt(_))
+    ));
 
     // A head ahead of the tail makes the producer see a full ring, never overwrite.
     t.write_at(tail_offset(Dir::Commands), &1u64.to_ne_bytes());
     t.write_at(COMMANDS_OFFSET, &7u64.to_ne_bytes());
-    assert!(matches!(attach_control(t.path()), Err(RingError::Corrupt(_))));
+    assert!(matches!(
+        attach_control(t.path()),
+        Err(RingError::Corrupt(_))
+    ));
     drop(data);
     let data = attach_data(t.path(), 4).expect("corrupt file is replaced");
     assert!(data.commands.is_empty());
@@ -290,7 +307,10 @@ fn wait_is_woken_by_a_push() {
     });
     let start = Instant::now();
     data.commands.wait(Duration::from_secs(10));
-    assert!(start.elapsed() < Duration::from_secs(5), "woken, not timed out");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "woken, not timed out"
+    );
     assert_eq!(pop_one(&mut data.commands), Some(b"wake".to_vec()));
     pusher.join().expect("pusher");
 }
