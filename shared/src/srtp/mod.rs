@@ -11,6 +11,8 @@
 //! rate 0, 64-packet replay window per SSRC.
 
 mod cm;
+#[cfg(test)]
+mod fuzz_tests;
 mod gcm;
 mod header;
 mod kdf;
