@@ -142,9 +142,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn random_u64() -> anyhow::Result<u64> {
-    use ring::rand::SecureRandom;
+    use ::ring::rand::SecureRandom;
     let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new()
+    ::ring::rand::SystemRandom::new()
         .fill(&mut b)
         .map_err(|_| anyhow::anyhow!("system random source failed"))?;
     Ok(u64::from_le_bytes(b))

@@ -209,19 +209,16 @@ impl SlowPath {
         self.validate(&spec)?;
         let workers = self.mailboxes.len();
         let next = &mut self.next_stream;
-        let entry = self
-            .streams
-            .entry(spec.stream.clone())
-            .or_insert_with(|| {
-                let id = StreamId(*next);
-                *next = next.wrapping_add(1).max(1);
-                StreamEntry {
-                    id,
-                    publisher: None,
-                    subscribers: vec![0; workers],
-                    refs: 0,
-                }
-            });
+        let entry = self.streams.entry(spec.stream.clone()).or_insert_with(|| {
+            let id = StreamId(*next);
+            *next = next.wrapping_add(1).max(1);
+            StreamEntry {
+                id,
+                publisher: None,
+                subscribers: vec![0; workers],
+                refs: 0,
+            }
+        });
         entry.refs += 1;
         let stream = entry.id;
         let w = spec.worker;
@@ -344,7 +341,10 @@ impl SlowPath {
                             ));
                         }
                     }
-                    sends.push((spec.worker, WorkerCommand::SetRemoteWorkers { stream, mask: 0 }));
+                    sends.push((
+                        spec.worker,
+                        WorkerCommand::SetRemoteWorkers { stream, mask: 0 },
+                    ));
                 }
             }
             Role::Subscriber { .. } => {

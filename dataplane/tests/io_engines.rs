@@ -102,9 +102,14 @@ fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
             peer.send_to(&payload(sent), local).expect("send");
             sent += 1;
         }
-        let (n, from) = peer
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("{kind:?}: echo {got}/{count} did not arrive: {e}"));
+        // EINTR is a signal landing on this thread (the test harness), not a lost echo.
+        let (n, from) = loop {
+            match peer.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        }
+        .unwrap_or_else(|e| panic!("{kind:?}: echo {got}/{count} did not arrive: {e}"));
         assert_eq!(from, local, "echo comes from the engine's socket");
         let seq = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
         assert_eq!(&buf[..n], &payload(seq)[..], "content intact");

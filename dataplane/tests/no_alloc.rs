@@ -106,7 +106,10 @@ fn steady_state_forwarding_allocates_nothing() {
         },
         &mut out,
     );
-    w0.handle_command(WorkerCommand::SetRemoteWorkers { stream, mask: 0b10 }, &mut out);
+    w0.handle_command(
+        WorkerCommand::SetRemoteWorkers { stream, mask: 0b10 },
+        &mut out,
+    );
     w1.handle_command(
         WorkerCommand::SetPublisherWorker {
             stream,
@@ -141,32 +144,33 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
     let mut pkt = vec![0u8; 1400];
     let mut fb = vec![0u8; 256];
-    let mut run = |seq_from: u16, count: u16, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
-        let now = Instant::now();
-        for seq in seq_from..seq_from + count {
-            pkt[0] = 0x80;
-            pkt[1] = 96;
-            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-            pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
-            pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
-            let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
-            w0.handle_datagram(&mut pkt[..n], publisher, now, out);
-            // Deliver cross-worker messages both ways (media to w1, returns to w0).
-            while let Some((w, msg)) = out.queued.pop() {
-                let e = if w == 0 { &mut *w0 } else { &mut *w1 };
-                e.handle_inbound(msg, now, out);
+    let mut run =
+        |seq_from: u16, count: u16, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
+            let now = Instant::now();
+            for seq in seq_from..seq_from + count {
+                pkt[0] = 0x80;
+                pkt[1] = 96;
+                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+                pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+                let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
+                w0.handle_datagram(&mut pkt[..n], publisher, now, out);
+                // Deliver cross-worker messages both ways (media to w1, returns to w0).
+                while let Some((w, msg)) = out.queued.pop() {
+                    let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                    e.handle_inbound(msg, now, out);
+                }
+                if seq % 10 == 0 {
+                    // A NACK and a PLI from the subscriber on worker 0 (id 2, SSRC 20).
+                    let n = rtcp::write_nack(&mut fb, 7, 20, &[1, 2, 3]).expect("nack");
+                    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
+                    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                }
             }
-            if seq % 10 == 0 {
-                // A NACK and a PLI from the subscriber on worker 0 (id 2, SSRC 20).
-                let n = rtcp::write_nack(&mut fb, 7, 20, &[1, 2, 3]).expect("nack");
-                let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
-                let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
-                let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
-            }
-        }
-    };
+        };
     // Warm up: fills the NACK cache ring once so steady state is reached.
     run(1, 1000, &mut w0, &mut w1, &mut out);
     let sent_before = out.sent;
@@ -181,6 +185,9 @@ fn steady_state_forwarding_allocates_nothing() {
         6000,
         "one handle per packet reached worker 1"
     );
-    assert_eq!(allocs, 0, "{allocs} allocations while forwarding {forwarded} packets");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations while forwarding {forwarded} packets"
+    );
     let _ = std::fs::remove_file(&path);
 }

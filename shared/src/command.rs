@@ -253,7 +253,11 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        for bytes in [&[][..], &[0xff; 3][..], &[0, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
+        for bytes in [
+            &[][..],
+            &[0xff; 3][..],
+            &[0, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
             assert!(decode::<Command>(bytes).is_err());
         }
     }

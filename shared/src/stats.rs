@@ -338,7 +338,13 @@ impl Stats {
         }
         // SAFETY: HEADER is a multiple of 64 (asserted below) and the mapping is page-aligned,
         // so the block is aligned; the length was validated; AtomicU64 is valid for any bits.
-        Some(unsafe { &*self.map.as_ptr().add(HEADER + i * BLOCK).cast::<WorkerCounters>() })
+        Some(unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(HEADER + i * BLOCK)
+                .cast::<WorkerCounters>()
+        })
     }
 }
 
@@ -353,9 +359,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("swy-stats-{}", std::process::id()));
         let s = Stats::create(&dir, 3, 42).expect("create");
         s.worker(1).expect("w1").add(Counter::RxPackets, 5);
-        s.worker(2)
-            .expect("w2")
-            .drop(DropReason::SrtpAuth);
+        s.worker(2).expect("w2").drop(DropReason::SrtpAuth);
         let r = Stats::open(&dir).expect("open");
         assert_eq!(r.workers(), 3);
         assert_eq!(r.boot(), 42);

@@ -60,7 +60,10 @@ pub enum WorkerCommand {
         id: SessionId,
     },
     /// Sent to the publisher's worker: bit `i` set = worker `i` has subscribers of `stream`.
-    SetRemoteWorkers { stream: StreamId, mask: u64 },
+    SetRemoteWorkers {
+        stream: StreamId,
+        mask: u64,
+    },
     /// Sent to subscribers' workers: where the stream's publisher runs now.
     SetPublisherWorker {
         stream: StreamId,
@@ -368,20 +371,20 @@ impl Engine {
                 stream,
                 ssrcs,
                 offsets,
-                wants_keyframe: true,
             }),
         });
         self.by_id.insert(id, idx);
         self.by_addr.insert(remote, idx);
-        self.streams.entry(stream).or_default().subscribers.push(idx);
+        self.streams
+            .entry(stream)
+            .or_default()
+            .subscribers
+            .push(idx);
         Ok(())
     }
 
     fn remove(&mut self, id: SessionId, _out: &mut dyn Output) -> Result<(), CommandError> {
-        let idx = self
-            .by_id
-            .remove(&id)
-            .ok_or(CommandError::UnknownSession)?;
+        let idx = self.by_id.remove(&id).ok_or(CommandError::UnknownSession)?;
         let Some(s) = self.sessions.remove(idx) else {
             return Err(CommandError::UnknownSession);
         };
@@ -593,6 +596,10 @@ impl Engine {
         let Some(&idx) = self.by_addr.get(&src) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
+        let key = SessionKey {
+            idx,
+            gen: self.sessions.generation(idx),
+        };
         let Some(s) = self.sessions.get_mut(idx) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
@@ -601,10 +608,6 @@ impl Engine {
             Err(e) => return self.drop_packet(srtp_drop(e)),
         };
         let plain = &data[..len];
-        let key = SessionKey {
-            idx,
-            gen: self.sessions.generation(idx),
-        };
         let session::Role::Subscriber(sub) = &mut s.role else {
             // Publisher RTCP (sender reports, SDES): parsed for validity only for now.
             if rtcp::compound(plain).any(|r| r.is_err()) {
@@ -661,7 +664,14 @@ impl Engine {
     }
 
     /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq`.
-    fn nack(&mut self, stream: StreamId, track: u8, seq: u16, to: SessionKey, out: &mut dyn Output) {
+    fn nack(
+        &mut self,
+        stream: StreamId,
+        track: u8,
+        seq: u16,
+        to: SessionKey,
+        out: &mut dyn Output,
+    ) {
         let Some(st) = self.streams.get(&stream) else {
             return self.drop_packet(DropReason::NoRoute);
         };
@@ -704,7 +714,13 @@ impl Engine {
 
     /// Ask the publisher of `stream` for a keyframe of `track`, at most once per
     /// [`PLI_INTERVAL`].
-    fn request_keyframe(&mut self, stream: StreamId, track: u8, now: Instant, out: &mut dyn Output) {
+    fn request_keyframe(
+        &mut self,
+        stream: StreamId,
+        track: u8,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
         let Some(st) = self.streams.get(&stream) else {
             return;
         };
@@ -774,8 +790,7 @@ impl Engine {
                 let Some(h) = publisher.and_then(|p| self.cached(p, track, seq)) else {
                     return;
                 };
-                if let Err(back) = out.to_worker(from, Inbound::Retransmit { session, packet: h })
-                {
+                if let Err(back) = out.to_worker(from, Inbound::Retransmit { session, packet: h }) {
                     if let Inbound::Retransmit { packet, .. } = back {
                         self.pool.put(packet);
                     }
@@ -790,10 +805,7 @@ impl Engine {
     /// Give a handle back to the worker whose pool it came from. The publisher's worker is
     /// the only one that may drop it (see [`pool`]).
     fn send_home(&mut self, h: Handle, out: &mut dyn Output) {
-        let home = self
-            .streams
-            .get(&h.stream)
-            .and_then(|s| s.publisher_worker);
+        let home = self.streams.get(&h.stream).and_then(|s| s.publisher_worker);
         match home {
             Some(w) if w != self.worker => {
                 if let Err(Inbound::Return(h)) = out.to_worker(w, Inbound::Return(h)) {

@@ -122,6 +122,9 @@ mod tests {
         pool.put(elsewhere);
         assert_eq!(pool.free(), 2);
         let mut b = pool.take().expect("b");
-        assert!(Arc::get_mut(&mut b).is_some(), "a recycled buffer is exclusively ours");
+        assert!(
+            Arc::get_mut(&mut b).is_some(),
+            "a recycled buffer is exclusively ours"
+        );
     }
 }

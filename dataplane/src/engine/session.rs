@@ -75,7 +75,6 @@ pub struct Subscriber {
     /// (sequence, timestamp) offsets added per track, so each subscriber's numbering is its
     /// own and stays continuous across retransmissions.
     pub offsets: [(u16, u32); MAX_TRACKS],
-    pub wants_keyframe: bool,
 }
 
 impl Subscriber {

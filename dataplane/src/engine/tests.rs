@@ -106,7 +106,10 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
         },
         &mut out,
     );
-    assert_eq!(e.poll_event(), Some(WorkerEvent::Added { id: SessionId(id) }));
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(id) })
+    );
 }
 
 fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
@@ -121,7 +124,10 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
         },
         &mut out,
     );
-    assert_eq!(e.poll_event(), Some(WorkerEvent::Added { id: SessionId(id) }));
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(id) })
+    );
 }
 
 /// A publisher-side SRTP packet with sequence `seq` and a recognisable payload.
@@ -282,16 +288,26 @@ fn pli_is_throttled() {
         let n = rtcp::write_pli(&mut fb, 0xabc, 2 * 16).expect("pli");
         let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
         fb.truncate(n);
-        e.handle_datagram(&mut fb, addr(6002), t0 + Duration::from_millis(dt), &mut out);
+        e.handle_datagram(
+            &mut fb,
+            addr(6002),
+            t0 + Duration::from_millis(dt),
+            &mut out,
+        );
     }
     assert_eq!(out.sent.len(), 2, "at 0 ms and 600 ms only");
     let mut pub_rx = Context::new(profile, &[2; 28]).expect("ctx");
     let mut b = out.sent[0].1.clone();
     assert_eq!(out.sent[0].0, addr(5000));
-    let n = pub_rx.unprotect_rtcp(&mut b).expect("publisher decrypts PLI");
+    let n = pub_rx
+        .unprotect_rtcp(&mut b)
+        .expect("publisher decrypts PLI");
     assert!(matches!(
         rtcp::compound(&b[..n]).next(),
-        Some(Ok(rtcp::Packet::Pli { media_ssrc: PUB_SSRC, .. }))
+        Some(Ok(rtcp::Packet::Pli {
+            media_ssrc: PUB_SSRC,
+            ..
+        }))
     ));
     assert_eq!(get(&f.stats, 0, Counter::PliThrottled), 2);
 }
@@ -311,9 +327,19 @@ fn bad_input_is_counted_and_dropped() {
     let mut wrong = Context::new(profile, &[9; 28]).expect("ctx");
     let cases: Vec<(Vec<u8>, SocketAddr, DropReason)> = vec![
         (vec![0x80, 96, 0, 1], addr(5000), DropReason::Malformed),
-        (srtp_packet(&mut wrong, 2, 100), addr(5000), DropReason::SrtpAuth),
+        (
+            srtp_packet(&mut wrong, 2, 100),
+            addr(5000),
+            DropReason::SrtpAuth,
+        ),
         (good.clone(), addr(5000), DropReason::Oversize), // replaced below
-        (vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], addr(5000), DropReason::Stun),
+        (
+            vec![
+                0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            ],
+            addr(5000),
+            DropReason::Stun,
+        ),
         (vec![22, 254, 253, 0, 0], addr(5000), DropReason::Dtls),
         (vec![0x50; 40], addr(5000), DropReason::UnknownKind),
         (good.clone(), addr(7777), DropReason::UnknownSource),
@@ -385,7 +411,10 @@ fn remove_frees_everything() {
     }
     for id in [1, 2] {
         e.handle_command(WorkerCommand::Remove { id: SessionId(id) }, &mut out);
-        assert_eq!(e.poll_event(), Some(WorkerEvent::Removed { id: SessionId(id) }));
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Removed { id: SessionId(id) })
+        );
     }
     assert_eq!(e.session_count(), 0);
     let (free, total) = e.pool_stats();

@@ -389,7 +389,10 @@ pub fn write_binding_request(
     let mut w = Writer::new(out, Class::Request, METHOD_BINDING, transaction_id)?;
     w.attribute(attr::USERNAME, username.as_bytes())?;
     w.attribute(attr::PRIORITY, &priority.to_be_bytes())?;
-    w.attribute(attr::ICE_CONTROLLING, &ice_controlling_tiebreaker.to_be_bytes())?;
+    w.attribute(
+        attr::ICE_CONTROLLING,
+        &ice_controlling_tiebreaker.to_be_bytes(),
+    )?;
     if use_candidate {
         w.attribute(attr::USE_CANDIDATE, &[])?;
     }
