@@ -1,4 +1,5 @@
-//! CPU time of the process (or thread) under test, from `/proc/.../stat`.
+//! CPU time of the process (or thread) under test: the kernel's CPU-time clock (ns), or
+//! utime + stime from `/proc/.../stat` (10 ms ticks) where that clock cannot be read.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,8 @@ use crate::sys;
 /// Reads utime + stime of one process or thread.
 #[derive(Debug, Clone)]
 pub struct CpuProbe {
+    id: i32,
+    thread: bool,
     path: PathBuf,
     ns_per_tick: u64,
 }
@@ -14,16 +17,18 @@ pub struct CpuProbe {
 impl CpuProbe {
     /// The whole process `pid` (all its threads).
     pub fn process(pid: i32) -> CpuProbe {
-        Self::at(PathBuf::from(format!("/proc/{pid}/stat")))
+        Self::at(pid, false, PathBuf::from(format!("/proc/{pid}/stat")))
     }
 
     /// One thread of this process.
     pub fn own_thread(tid: i32) -> CpuProbe {
-        Self::at(PathBuf::from(format!("/proc/self/task/{tid}/stat")))
+        Self::at(tid, true, PathBuf::from(format!("/proc/self/task/{tid}/stat")))
     }
 
-    fn at(path: PathBuf) -> CpuProbe {
+    fn at(id: i32, thread: bool, path: PathBuf) -> CpuProbe {
         CpuProbe {
+            id,
+            thread,
             path,
             ns_per_tick: 1_000_000_000 / sys::clock_ticks_per_sec().max(1),
         }
@@ -31,6 +36,9 @@ impl CpuProbe {
 
     /// CPU time used so far in ns, or None if the process is gone or the file is unreadable.
     pub fn cpu_ns(&self) -> Option<u64> {
+        if let Some(ns) = sys::cpu_clock_ns(self.id, self.thread) {
+            return Some(ns);
+        }
         let stat = std::fs::read_to_string(&self.path).ok()?;
         parse_stat_ticks(&stat).map(|t| t * self.ns_per_tick)
     }

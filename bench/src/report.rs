@@ -31,6 +31,8 @@ pub struct Errors {
     pub send: u64,
     /// SRTP protect failed at a publisher.
     pub protect: u64,
+    /// Datagrams that were not RTP (RTCP, STUN, DTLS) at a subscriber; not an error as such.
+    pub ignored: u64,
 }
 
 /// One fan-out (or reflector) run.
