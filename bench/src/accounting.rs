@@ -129,7 +129,10 @@ mod tests {
             let a = t.record(s);
             assert_eq!(a == Arrival::OutOfRange, !(10..20).contains(&s));
         }
-        assert_eq!((t.expected(), t.received, t.lost(), t.reordered), (10, 10, 0, 0));
+        assert_eq!(
+            (t.expected(), t.received, t.lost(), t.reordered),
+            (10, 10, 0, 0)
+        );
     }
 
     #[test]

@@ -158,7 +158,8 @@ mod tests {
         assert_eq!(s.local_key_bytes().expect("b64"), vec![4, 5]);
         assert_eq!((s.id, s.ssrc()), (3, 1));
         let h: Health =
-            serde_json::from_str(r#"{"status":"ok","dataplanePid":42,"workers":1,"x":0}"#).expect("parses");
+            serde_json::from_str(r#"{"status":"ok","dataplanePid":42,"workers":1,"x":0}"#)
+                .expect("parses");
         assert_eq!(h.dataplane_pid, Some(42));
     }
 }

@@ -22,7 +22,11 @@ impl CpuProbe {
 
     /// One thread of this process.
     pub fn own_thread(tid: i32) -> CpuProbe {
-        Self::at(tid, true, PathBuf::from(format!("/proc/self/task/{tid}/stat")))
+        Self::at(
+            tid,
+            true,
+            PathBuf::from(format!("/proc/self/task/{tid}/stat")),
+        )
     }
 
     fn at(id: i32, thread: bool, path: PathBuf) -> CpuProbe {

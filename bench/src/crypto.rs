@@ -7,10 +7,10 @@
 
 pub use switchyard_shared::command::SrtpProfile as Profile;
 
-#[cfg(feature = "srtp")]
-use switchyard_shared::srtp::Context;
 #[cfg(not(feature = "srtp"))]
 use stub::Context;
+#[cfg(feature = "srtp")]
+use switchyard_shared::srtp::Context;
 
 /// Why a packet could not be protected or unprotected. Counted per packet, never a String.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +37,10 @@ pub const fn tag_len(profile: Profile) -> usize {
 pub enum Cipher {
     /// Plain RTP: the reflector reference run.
     Plain,
-    Srtp { profile: Profile, ctx: Box<Context> },
+    Srtp {
+        profile: Profile,
+        ctx: Box<Context>,
+    },
 }
 
 impl std::fmt::Debug for Cipher {

@@ -84,7 +84,8 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or(HttpError::Malformed("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| HttpError::Malformed("non-UTF-8 headers"))?;
+    let head =
+        std::str::from_utf8(&raw[..end]).map_err(|_| HttpError::Malformed("non-UTF-8 headers"))?;
     let rest = &raw[end + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -171,13 +172,17 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
         ] {
-            assert!(matches!(parse_response(raw), Err(HttpError::Malformed(_))), "{raw:?}");
+            assert!(
+                matches!(parse_response(raw), Err(HttpError::Malformed(_))),
+                "{raw:?}"
+            );
         }
     }
 
     #[test]
     fn error_status_carries_json_message() {
-        let raw = b"HTTP/1.1 404 Not Found\r\nContent-Length: 25\r\n\r\n{\"error\":\"no such thing\"}";
+        let raw =
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 25\r\n\r\n{\"error\":\"no such thing\"}";
         match check_status(parse_response(raw).expect("valid")) {
             Err(HttpError::Status { status, message }) => {
                 assert_eq!((status, message.as_str()), (404, "no such thing"))
@@ -197,7 +202,10 @@ mod tests {
             split_url("http://127.0.0.1:8080/v1/sessions").expect("ok"),
             ("127.0.0.1:8080".into(), "/v1/sessions".into())
         );
-        assert_eq!(split_url("http://localhost").expect("ok"), ("localhost:80".into(), "/".into()));
+        assert_eq!(
+            split_url("http://localhost").expect("ok"),
+            ("localhost:80".into(), "/".into())
+        );
         assert!(split_url("https://x/").is_err());
         assert!(split_url("http:///x").is_err());
     }
@@ -222,7 +230,8 @@ mod tests {
                 .expect("write");
             req
         });
-        let r = request("POST", &format!("http://{addr}/v1/x"), Some(b"{\"k\":1}")).expect("request");
+        let r =
+            request("POST", &format!("http://{addr}/v1/x"), Some(b"{\"k\":1}")).expect("request");
         assert_eq!(r.body, b"{}");
         let req = server.join().expect("server");
         assert!(req.starts_with("POST /v1/x HTTP/1.1\r\n"), "{req}");

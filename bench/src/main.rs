@@ -11,7 +11,10 @@ use switchyard_bench::pacing::rate_for_bitrate;
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
 #[derive(Parser)]
-#[command(name = "switchyard-bench", about = "Load generator for a Switchyard node")]
+#[command(
+    name = "switchyard-bench",
+    about = "Load generator for a Switchyard node"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -132,7 +135,8 @@ struct LoadArgs {
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("--{what} must be a non-negative number"))
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("--{what} must be a non-negative number"))
 }
 
 impl LoadArgs {
@@ -156,7 +160,11 @@ impl LoadArgs {
             },
             size: self.size,
             keyframe_every,
-            keyframe_packets: if keyframe_every.is_zero() { 0 } else { self.keyframe_packets },
+            keyframe_packets: if keyframe_every.is_zero() {
+                0
+            } else {
+                self.keyframe_packets
+            },
             sockets: self.sockets,
             bench_cores,
             ..LoadSpec::default()
@@ -195,7 +203,8 @@ fn main() -> anyhow::Result<()> {
             write_json(&load.json, &report)?;
         }
         Cmd::Reflector { core, load } => {
-            let report = switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
+            let report =
+                switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
             print!("{}", report.table());
             write_json(&load.json, &report)?;
         }

@@ -150,7 +150,10 @@ mod tests {
         write_rtp_header(&mut buf, 1, 2, 3, false);
         buf[0] = 0x80 | 0x10 | 1; // X=1, one CSRC
         buf[16..20].copy_from_slice(&[0xbe, 0xde, 0, 1]); // one-byte ext, 1 word
-        assert_eq!(parse_rtp(&buf).expect("valid").payload_offset, 12 + 4 + 4 + 4);
+        assert_eq!(
+            parse_rtp(&buf).expect("valid").payload_offset,
+            12 + 4 + 4 + 4
+        );
         assert_eq!(parse_rtp(&buf[..18]), Err(ParseError::Truncated));
         buf[0] = 0x40;
         assert_eq!(parse_rtp(&buf), Err(ParseError::Version));

@@ -45,7 +45,12 @@ pub fn passes(r: &Report, loss: f64, p99_us: u64) -> bool {
 
 /// Runs steps until one fails (or `max` is reached), printing each step's table to stdout
 /// when `verbose`.
-pub fn ramp(base: &LoadSpec, target: &Target, ramp: &RampSpec, verbose: bool) -> Result<RampReport, Error> {
+pub fn ramp(
+    base: &LoadSpec,
+    target: &Target,
+    ramp: &RampSpec,
+    verbose: bool,
+) -> Result<RampReport, Error> {
     if !(ramp.step > 1.0) {
         return Err(Error::Config("--step must be > 1".into()));
     }

@@ -133,7 +133,8 @@ mod tests {
         let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
         stranger.send_to(b"nope", r.addr()).expect("send");
         for s in &subs {
-            s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
             let mut buf = [0u8; 16];
             let (n, from) = s.recv_from(&mut buf).expect("reflected");
             assert_eq!((&buf[..n], from), (&b"hello"[..], r.addr()));

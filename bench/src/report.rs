@@ -150,7 +150,8 @@ impl Report {
             "  cpu      {} cores  {} ns/packet  (pid {})",
             opt(self.dataplane_cpu, 3),
             opt(self.cpu_ns_per_packet, 0),
-            self.dataplane_pid.map_or_else(|| "-".into(), |p| p.to_string())
+            self.dataplane_pid
+                .map_or_else(|| "-".into(), |p| p.to_string())
         );
         if self.errors != Errors::default() {
             let _ = writeln!(s, "  errors   {:?}", self.errors);

@@ -18,8 +18,8 @@ use crate::accounting::{Arrival, Jitter, SeqTracker};
 use crate::api::{Node, SessionRequest};
 use crate::cpu::CpuProbe;
 use crate::crypto::{tag_len, Cipher, Profile};
-use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::pacing::{Pacer, Schedule};
+use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
 use crate::report::{Errors, Latency, Report};
 use crate::sys::{self, RecvBatch, MAX_BATCH};
@@ -242,7 +242,8 @@ fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error>
             cipher: Cipher::Plain,
         });
     }
-    let reflector = Reflector::start(routes, core).map_err(|e| Error::io("starting the reflector", e))?;
+    let reflector =
+        Reflector::start(routes, core).map_err(|e| Error::io("starting the reflector", e))?;
     for p in &mut pubs {
         p.dest = reflector.addr();
     }
@@ -440,7 +441,9 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
         _ => None,
     };
     let dataplane_cpu = cpu.map(|c| c as f64 / (wall1 - wall0) as f64);
-    let cpu_ns_per_packet = cpu.filter(|_| received > 0).map(|c| c as f64 / received as f64);
+    let cpu_ns_per_packet = cpu
+        .filter(|_| received > 0)
+        .map(|c| c as f64 / received as f64);
     let latency_us = if hist.is_empty() {
         Latency::default()
     } else {
@@ -534,7 +537,13 @@ fn send(
                 let buf = &mut bufs[n];
                 let send_ns = sys::monotonic_ns();
                 let ts = ts_base.wrapping_add((u128::from(send_ns) * 90 / 1_000_000) as u32);
-                packet::write_rtp_header(buf, seq_base.wrapping_add(seq as u16), ts, pe.ssrc, due.marker);
+                packet::write_rtp_header(
+                    buf,
+                    seq_base.wrapping_add(seq as u16),
+                    ts,
+                    pe.ssrc,
+                    due.marker,
+                );
                 Payload {
                     publisher: p as u32,
                     sequence: seq,
@@ -555,10 +564,8 @@ fn send(
                     (0..n).map(|i| (&bufs[i][..lens[i]], pe.dest)).collect();
                 let ok = sys::send_batch(&pe.sock, &msgs).unwrap_or(0);
                 out.errors.send += (n - ok) as u64;
-                out.sent_in_window[p] += seqs[..ok]
-                    .iter()
-                    .filter(|s| ranges[p].contains(s))
-                    .count() as u64;
+                out.sent_in_window[p] +=
+                    seqs[..ok].iter().filter(|s| ranges[p].contains(s)).count() as u64;
             }
             if sched.sent() < stop_at[p] {
                 next_wake = next_wake.min(sched.next_deadline());
@@ -591,7 +598,8 @@ fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error>
     let mut batch = RecvBatch::default();
     let mut ready = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
-        ep.wait(&mut ready, 20).map_err(|e| Error::io("epoll_wait", e))?;
+        ep.wait(&mut ready, 20)
+            .map_err(|e| Error::io("epoll_wait", e))?;
         for &tok in &ready {
             let Some(s) = subs.get_mut(tok as usize) else {
                 continue;

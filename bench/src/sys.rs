@@ -38,7 +38,10 @@ pub fn pin_current_thread(cores: &[usize]) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { zeroed() };
     for &c in cores {
         if c >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "core index too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "core index too large",
+            ));
         }
         // SAFETY: `c` is below CPU_SETSIZE, checked above.
         unsafe { libc::CPU_SET(c, &mut set) };
@@ -215,9 +218,9 @@ impl RecvBatch {
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::TimedOut => {
-                    Ok(0)
-                }
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::Interrupted
+                | io::ErrorKind::TimedOut => Ok(0),
                 _ => Err(e),
             };
         }
@@ -281,7 +284,8 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(&[u8], SocketAddr)]) -> io::Result<
 /// [`MAX_BATCH`] destinations per sendmmsg call. Returns how many were sent.
 pub fn send_to_all(sock: &UdpSocket, data: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
     let mut sent = 0;
-    let mut msgs: [(&[u8], SocketAddr); MAX_BATCH] = [(data, SocketAddr::from(([0, 0, 0, 0], 0))); MAX_BATCH];
+    let mut msgs: [(&[u8], SocketAddr); MAX_BATCH] =
+        [(data, SocketAddr::from(([0, 0, 0, 0], 0))); MAX_BATCH];
     for chunk in dests.chunks(MAX_BATCH) {
         for (m, d) in msgs.iter_mut().zip(chunk) {
             m.1 = *d;
