@@ -221,7 +221,7 @@ fn main() -> anyhow::Result<()> {
             grow_publishers,
             load,
         } => {
-            if !(step > 1.0) {
+            if step.is_nan() || step <= 1.0 {
                 bail!("--step must be > 1");
             }
             let mut spec = load.spec()?;

@@ -51,7 +51,7 @@ pub fn ramp(
     ramp: &RampSpec,
     verbose: bool,
 ) -> Result<RampReport, Error> {
-    if !(ramp.step > 1.0) {
+    if ramp.step.is_nan() || ramp.step <= 1.0 {
         return Err(Error::Config("--step must be > 1".into()));
     }
     let mut steps = Vec::new();

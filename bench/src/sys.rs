@@ -225,8 +225,8 @@ impl RecvBatch {
             };
         }
         let n = n as usize;
-        for i in 0..n {
-            self.lens[i] = hdrs[i].msg_len as usize;
+        for (len, h) in self.lens.iter_mut().zip(&hdrs[..n]) {
+            *len = h.msg_len as usize;
         }
         Ok(n)
     }
