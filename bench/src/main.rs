@@ -1,1 +1,248 @@
-fn main() {}
+//! Switchyard packet generator: `fanout`, `ramp` and `reflector` (see docs/bench.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use switchyard_bench::crypto::Profile;
+use switchyard_bench::pacing::rate_for_bitrate;
+use switchyard_bench::{LoadSpec, RampSpec, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard-bench",
+    about = "Load generator for a Switchyard node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fan-out through a node: P publishers, S subscribers each, SRTP.
+    Fanout {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// The same load through an in-process plain UDP fan-out thread (the reference).
+    Reflector {
+        /// Core the reflector thread is pinned to.
+        #[arg(long, default_value_t = 1)]
+        core: usize,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Growing load until loss or p99 latency crosses a threshold; reports the capacity.
+    Ramp {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Ramp the in-process reflector instead of a node.
+        #[arg(long)]
+        reflector: bool,
+        /// Core of the reflector thread (with --reflector).
+        #[arg(long, default_value_t = 1)]
+        core: usize,
+        /// Subscribers per publisher (or publishers, with --grow-publishers) at step 1.
+        #[arg(long, default_value_t = 10)]
+        start: usize,
+        /// Growth factor per step.
+        #[arg(long, default_value_t = 1.5)]
+        step: f64,
+        /// Largest count tried.
+        #[arg(long, default_value_t = 5000)]
+        max: usize,
+        /// Measured seconds per step.
+        #[arg(long, default_value_t = 5.0)]
+        step_duration: f64,
+        /// Loss ratio a step may have and pass.
+        #[arg(long, default_value_t = 0.001)]
+        loss: f64,
+        /// p99 latency (µs) a step may have and pass.
+        #[arg(long, default_value_t = 5000)]
+        p99_us: u64,
+        /// Grow publishers (each with --subscribers) instead of subscribers.
+        #[arg(long)]
+        grow_publishers: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The node's control API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    #[arg(long, value_enum, default_value_t = ProfileArg::Gcm)]
+    profile: ProfileArg,
+    /// Process whose CPU is measured (default: dataplanePid from /health).
+    #[arg(long)]
+    cpu_pid: Option<i32>,
+    /// Place every session on this worker (default: the node decides).
+    #[arg(long)]
+    worker: Option<u32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    /// AEAD_AES_128_GCM
+    Gcm,
+    /// AES_CM_128_HMAC_SHA1_80
+    Cm,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers per publisher.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Packets per second per publisher.
+    #[arg(long, default_value_t = 1000, conflicts_with = "bitrate")]
+    rate: u64,
+    /// Bits per second per publisher (sets --rate from --size).
+    #[arg(long)]
+    bitrate: Option<u64>,
+    /// Datagram size in bytes, RTP header and SRTP tag included.
+    #[arg(long, default_value_t = 1200)]
+    size: usize,
+    /// Seconds between keyframe bursts (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    keyframe_every: f64,
+    /// Extra packets per keyframe burst.
+    #[arg(long, default_value_t = 20)]
+    keyframe_packets: u64,
+    /// Receive threads (subscriber sockets are spread over them).
+    #[arg(long, default_value_t = 1)]
+    sockets: usize,
+    /// Cores for the bench's own threads, comma separated ("" = unpinned).
+    #[arg(long, default_value = "0")]
+    bench_cores: String,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("--{what} must be a non-negative number"))
+}
+
+impl LoadArgs {
+    fn spec(&self) -> anyhow::Result<LoadSpec> {
+        let bench_cores = self
+            .bench_cores
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("--bench-cores wants a comma-separated list of core numbers")?;
+        let keyframe_every = secs(self.keyframe_every, "keyframe-every")?;
+        Ok(LoadSpec {
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            duration: secs(self.duration, "duration")?,
+            warmup: secs(self.warmup, "warmup")?,
+            rate: match self.bitrate {
+                Some(b) => rate_for_bitrate(b, self.size),
+                None => self.rate,
+            },
+            size: self.size,
+            keyframe_every,
+            keyframe_packets: if keyframe_every.is_zero() {
+                0
+            } else {
+                self.keyframe_packets
+            },
+            sockets: self.sockets,
+            bench_cores,
+            ..LoadSpec::default()
+        })
+    }
+}
+
+impl NodeArgs {
+    fn target(&self) -> Target {
+        Target::Node {
+            api: self.api.clone(),
+            profile: match self.profile {
+                ProfileArg::Gcm => Profile::AeadAes128Gcm,
+                ProfileArg::Cm => Profile::AesCm128HmacSha1_80,
+            },
+            cpu_pid: self.cpu_pid,
+            worker: self.worker,
+        }
+    }
+}
+
+fn write_json<T: Serialize>(path: &Option<PathBuf>, value: &T) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Fanout { node, load } => {
+            let report = switchyard_bench::run(&load.spec()?, &node.target())?;
+            print!("{}", report.table());
+            write_json(&load.json, &report)?;
+        }
+        Cmd::Reflector { core, load } => {
+            let report =
+                switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
+            print!("{}", report.table());
+            write_json(&load.json, &report)?;
+        }
+        Cmd::Ramp {
+            node,
+            reflector,
+            core,
+            start,
+            step,
+            max,
+            step_duration,
+            loss,
+            p99_us,
+            grow_publishers,
+            load,
+        } => {
+            if step.is_nan() || step <= 1.0 {
+                bail!("--step must be > 1");
+            }
+            let mut spec = load.spec()?;
+            spec.duration = secs(step_duration, "step-duration")?;
+            let target = if reflector {
+                Target::Reflector { core: Some(core) }
+            } else {
+                node.target()
+            };
+            let ramp = RampSpec {
+                start,
+                step,
+                max,
+                loss,
+                p99_us,
+                grow_publishers,
+            };
+            let report = switchyard_bench::ramp(&spec, &target, &ramp, true)?;
+            print!("{}", report.table());
+            write_json(&load.json, &report)?;
+        }
+    }
+    Ok(())
+}

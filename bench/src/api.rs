@@ -1,0 +1,165 @@
+//! The node's control API, as far as the bench uses it: health, create and delete sessions.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Profile;
+use crate::http::{self, HttpError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("unexpected JSON from {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("session {id}: {field} is not valid base64")]
+    Key { id: u64, field: &'static str },
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub status: String,
+    pub dataplane_pid: Option<i32>,
+    pub workers: Option<u32>,
+}
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRequest {
+    pub role: &'static str,
+    pub stream: String,
+    pub remote: SocketAddr,
+    pub profile: Profile,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u32>,
+}
+
+/// The 201 answer to `POST /v1/sessions` (fields the bench reads).
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub id: u64,
+    pub worker: u32,
+    pub media_address: SocketAddr,
+    /// Base64 master key || salt the bench protects with.
+    pub remote_key: String,
+    /// Base64 master key || salt the node protects with (the bench unprotects with it).
+    pub local_key: String,
+    pub ssrcs: Vec<u32>,
+}
+
+impl std::fmt::Debug for Session {
+    // Keys never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("worker", &self.worker)
+            .field("media_address", &self.media_address)
+            .field("ssrcs", &self.ssrcs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn remote_key_bytes(&self) -> Result<Vec<u8>, ApiError> {
+        decode_key(self.id, "remoteKey", &self.remote_key)
+    }
+
+    pub fn local_key_bytes(&self) -> Result<Vec<u8>, ApiError> {
+        decode_key(self.id, "localKey", &self.local_key)
+    }
+
+    /// SSRC of track 0, the one the bench sends and expects.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrcs.first().copied().unwrap_or(0)
+    }
+}
+
+fn decode_key(id: u64, field: &'static str, b64: &str) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| ApiError::Key { id, field })
+}
+
+/// A node's control API base URL, e.g. `http://127.0.0.1:8080`.
+#[derive(Debug, Clone)]
+pub struct Node {
+    base: String,
+}
+
+impl Node {
+    pub fn new(api: &str) -> Node {
+        Node {
+            base: api.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn health(&self) -> Result<Health, ApiError> {
+        let r = http::request("GET", &format!("{}/health", self.base), None)?;
+        serde_json::from_slice(&r.body).map_err(|source| ApiError::Json {
+            what: "/health",
+            source,
+        })
+    }
+
+    pub fn create_session(&self, req: &SessionRequest) -> Result<Session, ApiError> {
+        let body = serde_json::to_vec(req).map_err(|source| ApiError::Json {
+            what: "session request",
+            source,
+        })?;
+        let r = http::request("POST", &format!("{}/v1/sessions", self.base), Some(&body))?;
+        serde_json::from_slice(&r.body).map_err(|source| ApiError::Json {
+            what: "POST /v1/sessions",
+            source,
+        })
+    }
+
+    pub fn delete_session(&self, id: u64) -> Result<(), ApiError> {
+        http::request("DELETE", &format!("{}/v1/sessions/{id}", self.base), None)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_shape() {
+        let req = SessionRequest {
+            role: "subscriber",
+            stream: "bench/s0".into(),
+            remote: "127.0.0.1:40000".parse().expect("addr"),
+            profile: Profile::AeadAes128Gcm,
+            worker: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&req).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"role":"subscriber","stream":"bench/s0",
+                "remote":"127.0.0.1:40000","profile":"AEAD_AES_128_GCM"})
+        );
+    }
+
+    #[test]
+    fn session_answer_parses() {
+        let body = r#"{"id":3,"worker":1,"mediaAddress":"127.0.0.1:10001","stream":"bench/s0",
+            "role":"publisher","profile":"AEAD_AES_128_GCM","remote":"127.0.0.1:40000",
+            "remoteKey":"AAECAw==","localKey":"BAU=","ssrcs":[1,2,3,4]}"#;
+        let s: Session = serde_json::from_str(body).expect("parses");
+        assert_eq!(s.remote_key_bytes().expect("b64"), vec![0, 1, 2, 3]);
+        assert_eq!(s.local_key_bytes().expect("b64"), vec![4, 5]);
+        assert_eq!((s.id, s.ssrc()), (3, 1));
+        let h: Health =
+            serde_json::from_str(r#"{"status":"ok","dataplanePid":42,"workers":1,"x":0}"#)
+                .expect("parses");
+        assert_eq!(h.dataplane_pid, Some(42));
+    }
+}

@@ -1,0 +1,202 @@
+//! What a run reports: JSON (field meanings in docs/bench.md) and a human table.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Latency percentiles in µs (recv time at recvmmsg return − send time in the payload).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Packets that did not make it into the statistics, by reason.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Errors {
+    /// SRTP unprotect failed at a subscriber.
+    pub decrypt: u64,
+    /// SSRC differs from the one the session announced.
+    pub ssrc_mismatch: u64,
+    /// Not RTP, or not a bench payload.
+    pub bad_payload: u64,
+    /// A subscriber got another publisher's packet.
+    pub misrouted: u64,
+    /// Datagrams sendmmsg refused.
+    pub send: u64,
+    /// SRTP protect failed at a publisher.
+    pub protect: u64,
+    /// Datagrams that were not RTP (RTCP, STUN, DTLS) at a subscriber; not an error as such.
+    pub ignored: u64,
+}
+
+/// One fan-out (or reflector) run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// "fanout" (a node) or "reflector" (the plain in-process reference).
+    pub scenario: String,
+    /// SRTP profile name, or "plain" for the reflector.
+    pub profile: String,
+    pub publishers: usize,
+    /// Subscribers per publisher.
+    pub subscribers: usize,
+    pub subscribers_total: usize,
+    /// Packets per second per publisher.
+    pub rate_pps: u64,
+    /// Datagram size in bytes, headers and tag included.
+    pub size: usize,
+    pub warmup_s: f64,
+    /// Length of the measured window.
+    pub duration_s: f64,
+    /// Publisher packets in the measured window that were sent.
+    pub sent_packets: u64,
+    /// Distinct packets of the measured window received by subscribers.
+    pub received_packets: u64,
+    /// Sum over subscribers of their publisher's measured-window packet count.
+    pub expected_packets: u64,
+    pub lost_packets: u64,
+    pub loss_ratio: f64,
+    /// Packets that arrived behind a later one.
+    pub reorder: u64,
+    pub duplicates: u64,
+    /// received_packets / duration_s: what the system under test delivered.
+    pub out_pps: f64,
+    /// sent_packets / duration_s: what it was offered.
+    pub in_pps: f64,
+    pub latency_us: Latency,
+    /// RFC 3550 interarrival jitter, mean over subscribers, µs.
+    pub jitter_us: f64,
+    /// Worst lateness of a publisher packet against its pacing deadline, µs.
+    pub pacing_late_max_us: u64,
+    pub dataplane_pid: Option<i32>,
+    /// Cores the data plane (or reflector thread) used over the measured window.
+    pub dataplane_cpu: Option<f64>,
+    /// Its CPU ns per forwarded (received) packet.
+    pub cpu_ns_per_packet: Option<f64>,
+    pub errors: Errors,
+}
+
+/// A ramp: steps of growing load until one fails the thresholds.
+#[derive(Debug, Clone, Serialize)]
+pub struct RampReport {
+    pub scenario: String,
+    /// "fanout" or "reflector".
+    pub target: String,
+    pub loss_threshold: f64,
+    pub p99_threshold_us: u64,
+    /// out_pps of the last passing step (0 if none passed).
+    pub capacity_pps: f64,
+    pub capacity_subscribers_total: usize,
+    /// The last passing step, in full.
+    pub capacity: Option<Report>,
+    pub steps: Vec<RampStep>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampStep {
+    pub pass: bool,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// A few lines for a terminal.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let l = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "{} ({}) {} pub x {} sub, {} pps/pub, {} B, {:.1} s measured",
+            self.scenario,
+            self.profile,
+            self.publishers,
+            self.subscribers,
+            self.rate_pps,
+            self.size,
+            self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "  packets  sent {:>10}  expected {:>10}  received {:>10}  lost {} ({:.4}%)  reorder {}  dup {}",
+            self.sent_packets,
+            self.expected_packets,
+            self.received_packets,
+            self.lost_packets,
+            self.loss_ratio * 100.0,
+            self.reorder,
+            self.duplicates
+        );
+        let _ = writeln!(
+            s,
+            "  rate     in {:.0} pps  out {:.0} pps",
+            self.in_pps, self.out_pps
+        );
+        let _ = writeln!(
+            s,
+            "  latency  p50 {} µs  p90 {}  p99 {}  p99.9 {}  max {}  jitter {:.1} µs  (pacing late max {} µs)",
+            l.p50, l.p90, l.p99, l.p999, l.max, self.jitter_us, self.pacing_late_max_us
+        );
+        let _ = writeln!(
+            s,
+            "  cpu      {} cores  {} ns/packet  (pid {})",
+            opt(self.dataplane_cpu, 3),
+            opt(self.cpu_ns_per_packet, 0),
+            self.dataplane_pid
+                .map_or_else(|| "-".into(), |p| p.to_string())
+        );
+        if self.errors != Errors::default() {
+            let _ = writeln!(s, "  errors   {:?}", self.errors);
+        }
+        s
+    }
+}
+
+impl RampReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "ramp ({}) thresholds: loss <= {:.3}%, p99 <= {} µs\n{:>5} {:>6} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10}  pass\n",
+            self.target,
+            self.loss_threshold * 100.0,
+            self.p99_threshold_us,
+            "pubs",
+            "subs",
+            "out_pps",
+            "loss%",
+            "p50us",
+            "p99us",
+            "cpu",
+            "ns/pkt",
+        );
+        for st in &self.steps {
+            let r = &st.report;
+            let _ = writeln!(
+                s,
+                "{:>5} {:>6} {:>12.0} {:>10.4} {:>8} {:>8} {:>8} {:>10}  {}",
+                r.publishers,
+                r.subscribers_total,
+                r.out_pps,
+                r.loss_ratio * 100.0,
+                r.latency_us.p50,
+                r.latency_us.p99,
+                opt(r.dataplane_cpu, 3),
+                opt(r.cpu_ns_per_packet, 0),
+                if st.pass { "yes" } else { "NO" }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "capacity: {:.0} pps out ({} subscribers)",
+            self.capacity_pps, self.capacity_subscribers_total
+        );
+        s
+    }
+}
