@@ -1,15 +1,8 @@
-//! The bench's view of SRTP: plain RTP (reflector runs) or `switchyard_shared::srtp::Context`.
-//!
-//! The real calls sit behind the `srtp` cargo feature while the shared SRTP module is being
-//! written in another branch; without the feature a stub with the same signatures stands in
-//! (so these call sites are type-checked against the contract) and key setup fails at run
-//! time with [`CryptoError::Unavailable`]. Plain RTP works either way.
+//! The bench's view of SRTP: plain RTP (reflector runs) or `switchyard_shared::srtp::Context`,
+//! the same in-place transform the data plane runs (itself cross-checked against webrtc-srtp).
 
 pub use switchyard_shared::command::SrtpProfile as Profile;
 
-#[cfg(not(feature = "srtp"))]
-use stub::Context;
-#[cfg(feature = "srtp")]
 use switchyard_shared::srtp::Context;
 
 /// Why a packet could not be protected or unprotected. Counted per packet, never a String.
@@ -21,8 +14,6 @@ pub enum CryptoError {
     Protect,
     #[error("SRTP unprotect failed (authentication or replay)")]
     Unprotect,
-    #[error("this bench was built without the `srtp` feature; only plain RTP (reflector) works")]
-    Unavailable,
 }
 
 /// Authentication tag bytes a profile adds to each RTP packet.
@@ -56,9 +47,6 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// An SRTP context for `master` = master key || master salt.
     pub fn srtp(profile: Profile, master: &[u8]) -> Result<Cipher, CryptoError> {
-        if cfg!(not(feature = "srtp")) {
-            return Err(CryptoError::Unavailable);
-        }
         let ctx = Context::new(profile, master).map_err(|_| CryptoError::Key)?;
         Ok(Cipher::Srtp {
             profile,
@@ -92,35 +80,6 @@ impl Cipher {
     }
 }
 
-/// Stand-in with the contract's signatures, used until `switchyard_shared::srtp` lands.
-#[cfg(not(feature = "srtp"))]
-mod stub {
-    use super::Profile;
-
-    #[derive(Clone, Copy, Debug)]
-    pub struct Error;
-
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("SRTP unavailable")
-        }
-    }
-
-    pub struct Context;
-
-    impl Context {
-        pub fn new(_profile: Profile, _master: &[u8]) -> Result<Context, Error> {
-            Err(Error)
-        }
-        pub fn protect_rtp(&mut self, _buf: &mut [u8], _len: usize) -> Result<usize, Error> {
-            Err(Error)
-        }
-        pub fn unprotect_rtp(&mut self, _buf: &mut [u8]) -> Result<usize, Error> {
-            Err(Error)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +99,6 @@ mod tests {
         assert_eq!(tag_len(Profile::AesCm128HmacSha1_80), 10);
     }
 
-    #[cfg(feature = "srtp")]
     #[test]
     fn srtp_round_trip() {
         for profile in [Profile::AeadAes128Gcm, Profile::AesCm128HmacSha1_80] {
@@ -153,14 +111,5 @@ mod tests {
             assert_eq!(n, 60 + tx.overhead());
             assert_eq!(rx.unprotect(&mut buf[..n]), Ok(60));
         }
-    }
-
-    #[cfg(not(feature = "srtp"))]
-    #[test]
-    fn srtp_unavailable_without_feature() {
-        assert_eq!(
-            Cipher::srtp(Profile::AeadAes128Gcm, &[0; 28]).err(),
-            Some(CryptoError::Unavailable)
-        );
     }
 }
