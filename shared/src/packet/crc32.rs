@@ -22,9 +22,9 @@ const TABLE: [u32; 256] = {
 
 /// CRC-32 of `data`.
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, &b| {
-        TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8)
-    })
+    !data
+        .iter()
+        .fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
 }
 
 #[cfg(test)]

@@ -130,7 +130,10 @@ pub enum Packet<'a> {
         fci: &'a [u8],
     },
     /// PSFB fmt 1 (RFC 4585 §6.3.1).
-    Pli { sender_ssrc: u32, media_ssrc: u32 },
+    Pli {
+        sender_ssrc: u32,
+        media_ssrc: u32,
+    },
     /// PSFB fmt 4 (RFC 5104 §4.3.1).
     Fir(Fir<'a>),
     /// PSFB fmt 15 with the "REMB" identifier (draft-alvestrand-rmcat-remb-03).
@@ -156,7 +159,11 @@ impl<'a> Packet<'a> {
         let feedback = || -> Result<(u32, u32, &'a [u8]), ParseError> {
             let sender = be32(body, 0).ok_or(ParseError::TooShort)?;
             let media = be32(body, 4).ok_or(ParseError::TooShort)?;
-            Ok((sender, media, body.get(FEEDBACK_HEADER_LEN..).unwrap_or(&[])))
+            Ok((
+                sender,
+                media,
+                body.get(FEEDBACK_HEADER_LEN..).unwrap_or(&[]),
+            ))
         };
         Ok(match (packet_type, count) {
             (PT_SR, _) => {
@@ -260,9 +267,16 @@ impl ReportBlock {
     }
 
     fn write(&self, out: &mut [u8], at: usize) -> Result<(), ParseError> {
-        let lost = self.cumulative_lost.clamp(-0x80_0000, 0x7f_ffff).to_be_bytes();
+        let lost = self
+            .cumulative_lost
+            .clamp(-0x80_0000, 0x7f_ffff)
+            .to_be_bytes();
         put(out, at, &self.ssrc.to_be_bytes())?;
-        put(out, at + 4, &[self.fraction_lost, lost[1], lost[2], lost[3]])?;
+        put(
+            out,
+            at + 4,
+            &[self.fraction_lost, lost[1], lost[2], lost[3]],
+        )?;
         put(out, at + 8, &self.highest_seq.to_be_bytes())?;
         put(out, at + 12, &self.jitter.to_be_bytes())?;
         put(out, at + 16, &self.lsr.to_be_bytes())?;
@@ -324,9 +338,12 @@ pub struct Nack<'a> {
 impl<'a> Nack<'a> {
     /// The (PID, BLP) pairs as sent.
     pub fn pairs(&self) -> impl Iterator<Item = (u16, u16)> + 'a {
-        self.fci
-            .chunks_exact(4)
-            .map(|c| (u16::from_be_bytes([c[0], c[1]]), u16::from_be_bytes([c[2], c[3]])))
+        self.fci.chunks_exact(4).map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u16::from_be_bytes([c[2], c[3]]),
+            )
+        })
     }
 
     /// Every lost sequence number: each PID, then PID+i+1 for each bit i set in its BLP.

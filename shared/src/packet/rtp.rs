@@ -312,10 +312,7 @@ mod tests {
         assert_eq!(h.padding_len, 2);
         assert_eq!(h.payload(&p), b"hi");
         let ext: Vec<_> = extensions(&p, &h).collect();
-        assert_eq!(
-            ext,
-            vec![Ok((1, &[0xaa][..])), Ok((3, &[0xbb, 0xcc][..]))]
-        );
+        assert_eq!(ext, vec![Ok((1, &[0xaa][..])), Ok((3, &[0xbb, 0xcc][..]))]);
         assert_eq!(find_extension(&p, &h, 3), Some(23..25));
         assert_eq!(find_extension(&p, &h, 2), None);
     }
@@ -361,7 +358,10 @@ mod tests {
         let p = sample();
         let h = Header::parse(&p).expect("valid");
         assert_eq!(h.payload(&p[..5]), b"");
-        assert_eq!(extensions(&p[..5], &h).collect::<Vec<_>>(), vec![Err(ParseError::BadExtension)]);
+        assert_eq!(
+            extensions(&p[..5], &h).collect::<Vec<_>>(),
+            vec![Err(ParseError::BadExtension)]
+        );
     }
 
     #[test]
@@ -372,7 +372,10 @@ mod tests {
         set_timestamp(&mut p, 9).expect("long enough");
         set_payload_type(&mut p, 0xff).expect("long enough");
         let h = Header::parse(&p).expect("still valid");
-        assert_eq!((h.ssrc, h.sequence, h.timestamp, h.payload_type), (7, 8, 9, 0x7f));
+        assert_eq!(
+            (h.ssrc, h.sequence, h.timestamp, h.payload_type),
+            (7, 8, 9, 0x7f)
+        );
         assert!(h.marker, "marker kept");
         set_payload_type(&mut p, 96).expect("long enough");
         assert_eq!(p[1], 0x80 | 96);

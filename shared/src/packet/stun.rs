@@ -218,6 +218,9 @@ fn xor_key(transaction_id: &[u8; 12]) -> [u8; 16] {
     k
 }
 
+/// An attribute with the offset of its header in the message.
+type Located<'a> = (usize, u16, &'a [u8]);
+
 /// Iterator over attributes; see [`Message::attributes`].
 #[derive(Clone, Debug)]
 pub struct AttrIter<'a> {
@@ -227,7 +230,7 @@ pub struct AttrIter<'a> {
 
 impl<'a> AttrIter<'a> {
     /// Next attribute as (offset of its header, type, value).
-    fn next_at(&mut self) -> Option<Result<(usize, u16, &'a [u8]), ParseError>> {
+    fn next_at(&mut self) -> Option<Result<Located<'a>, ParseError>> {
         let at = self.pos;
         if at >= self.raw.len() {
             return None;
@@ -389,7 +392,10 @@ pub fn write_binding_request(
     let mut w = Writer::new(out, Class::Request, METHOD_BINDING, transaction_id)?;
     w.attribute(attr::USERNAME, username.as_bytes())?;
     w.attribute(attr::PRIORITY, &priority.to_be_bytes())?;
-    w.attribute(attr::ICE_CONTROLLING, &ice_controlling_tiebreaker.to_be_bytes())?;
+    w.attribute(
+        attr::ICE_CONTROLLING,
+        &ice_controlling_tiebreaker.to_be_bytes(),
+    )?;
     if use_candidate {
         w.attribute(attr::USE_CANDIDATE, &[])?;
     }

@@ -29,14 +29,28 @@ fn block(n: u32) -> ReportBlock {
 fn sender_report_round_trip() {
     let mut out = [0u8; 200];
     let blocks = [block(1), block(2)];
-    let n = write_sender_report(&mut out, 0x1234, 0x0102_0304_0506_0708, 90_000, 10, 1000, &blocks)
-        .expect("fits");
+    let n = write_sender_report(
+        &mut out,
+        0x1234,
+        0x0102_0304_0506_0708,
+        90_000,
+        10,
+        1000,
+        &blocks,
+    )
+    .expect("fits");
     assert_eq!(n, 28 + 48);
     let Packet::SenderReport(sr) = one(&out[..n]) else {
         panic!("not an SR")
     };
     assert_eq!(
-        (sr.ssrc, sr.ntp, sr.rtp_timestamp, sr.packet_count, sr.octet_count),
+        (
+            sr.ssrc,
+            sr.ntp,
+            sr.rtp_timestamp,
+            sr.packet_count,
+            sr.octet_count
+        ),
         (0x1234, 0x0102_0304_0506_0708, 90_000, 10, 1000)
     );
     assert_eq!(sr.reports().collect::<Vec<_>>(), blocks);
@@ -63,9 +77,18 @@ fn receiver_report_round_trip() {
     assert_eq!(rr.ssrc, 77);
     assert_eq!(rr.reports().collect::<Vec<_>>(), blocks);
     let too_many: Vec<_> = (0..32).map(block).collect();
-    assert_eq!(write_receiver_report(&mut out, 1, &too_many), Err(ParseError::BadCount));
-    assert_eq!(write_receiver_report(&mut out[..7], 1, &[]), Err(ParseError::TooShort));
-    assert_eq!(set_sender_report_ssrc(&mut out[..n], 1), Err(ParseError::BadType));
+    assert_eq!(
+        write_receiver_report(&mut out, 1, &too_many),
+        Err(ParseError::BadCount)
+    );
+    assert_eq!(
+        write_receiver_report(&mut out[..7], 1, &[]),
+        Err(ParseError::TooShort)
+    );
+    assert_eq!(
+        set_sender_report_ssrc(&mut out[..n], 1),
+        Err(ParseError::BadType)
+    );
 }
 
 #[test]
@@ -117,7 +140,10 @@ fn pli_and_fir_round_trip() {
     };
     assert_eq!((fir.sender_ssrc, fir.media_ssrc), (5, 0));
     assert_eq!(fir.entries().collect::<Vec<_>>(), vec![(6, 7)]);
-    assert_eq!(write_fir(&mut out[..19], 1, 2, 3), Err(ParseError::TooShort));
+    assert_eq!(
+        write_fir(&mut out[..19], 1, 2, 3),
+        Err(ParseError::TooShort)
+    );
 }
 
 #[test]
@@ -140,8 +166,14 @@ fn nack_round_trip_packs_pairs() {
     );
     assert_eq!(n, 12 + 12);
     assert_eq!(write_nack(&mut out, 1, 2, &[]), Err(ParseError::BadCount));
-    assert_eq!(write_nack(&mut out[..15], 1, 2, &[1]), Err(ParseError::TooShort));
-    assert_eq!(write_nack(&mut out[..19], 1, 2, &[1, 100]), Err(ParseError::TooShort));
+    assert_eq!(
+        write_nack(&mut out[..15], 1, 2, &[1]),
+        Err(ParseError::TooShort)
+    );
+    assert_eq!(
+        write_nack(&mut out[..19], 1, 2, &[1, 100]),
+        Err(ParseError::TooShort)
+    );
 }
 
 #[test]
@@ -153,13 +185,18 @@ fn compound_sr_sdes_remb_tcc() {
     // SDES: one chunk, CNAME "ab", end, padded to a word.
     b.extend_from_slice(&hex("81ca000300000001010261620000000000"[..32].as_ref()));
     // REMB: 2 SSRCs, exp 3, mantissa 0x1_0000 -> 524288 bps.
-    b.extend_from_slice(&hex("8fce00060000000a0000000052454d42020d00000000000b0000000c"));
+    b.extend_from_slice(&hex(
+        "8fce00060000000a0000000052454d42020d00000000000b0000000c",
+    ));
     // transport-cc with a 4-byte FCI.
     b.extend_from_slice(&hex("8fcd00030000000a0000000b01020304"));
     let mut it = compound(&b);
     assert!(matches!(it.next(), Some(Ok(Packet::SenderReport(_)))));
     assert_eq!(it.offset(), 28);
-    assert_eq!(it.next(), Some(Ok(Packet::Sdes(&hex("00000001010261620000000000")[..12]))));
+    assert_eq!(
+        it.next(),
+        Some(Ok(Packet::Sdes(&hex("00000001010261620000000000")[..12])))
+    );
     let Some(Ok(Packet::Remb(remb))) = it.next() else {
         panic!("not a REMB")
     };
@@ -235,15 +272,30 @@ fn malformed_yields_one_error_then_stops() {
     // Nothing after the error, even a valid packet.
     let mut b = hex("a0c9000100000000");
     b.extend_from_slice(&rr);
-    assert_eq!(compound(&b).collect::<Vec<_>>(), vec![Err(ParseError::BadPadding)]);
+    assert_eq!(
+        compound(&b).collect::<Vec<_>>(),
+        vec![Err(ParseError::BadPadding)]
+    );
 }
 
 #[test]
 fn rewrites_check_the_packet() {
-    assert_eq!(set_sender_report_ssrc(&mut [], 1), Err(ParseError::TooShort));
-    assert_eq!(set_sender_report_ssrc(&mut [0x80, 200, 0, 0], 1), Err(ParseError::TooShort));
-    assert_eq!(set_sender_report_ssrc(&mut [0x40, 200, 0, 0], 1), Err(ParseError::BadVersion));
-    assert_eq!(set_feedback_ssrcs(&mut [0x81, 200, 0, 0], 1, 2), Err(ParseError::BadType));
+    assert_eq!(
+        set_sender_report_ssrc(&mut [], 1),
+        Err(ParseError::TooShort)
+    );
+    assert_eq!(
+        set_sender_report_ssrc(&mut [0x80, 200, 0, 0], 1),
+        Err(ParseError::TooShort)
+    );
+    assert_eq!(
+        set_sender_report_ssrc(&mut [0x40, 200, 0, 0], 1),
+        Err(ParseError::BadVersion)
+    );
+    assert_eq!(
+        set_feedback_ssrcs(&mut [0x81, 200, 0, 0], 1, 2),
+        Err(ParseError::BadType)
+    );
 }
 
 fn iterate_all(b: &[u8]) -> Result<usize, ParseError> {
