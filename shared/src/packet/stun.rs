@@ -340,11 +340,15 @@ impl<'a> Writer<'a> {
 
     /// Append MESSAGE-INTEGRITY over everything written so far, keyed with `key`.
     pub fn message_integrity(&mut self, key: &[u8]) -> Result<(), ParseError> {
+        self.message_integrity_key(&hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key))
+    }
+
+    /// [`message_integrity`](Self::message_integrity) with a prepared key.
+    pub fn message_integrity_key(&mut self, key: &hmac::Key) -> Result<(), ParseError> {
         let at = self.len;
         // Reserve the attribute first so the header length already counts it.
         self.attribute(attr::MESSAGE_INTEGRITY, &[0; INTEGRITY_LEN])?;
-        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-        let tag = integrity(self.out, at, &key).ok_or(ParseError::BadAttribute)?;
+        let tag = integrity(self.out, at, key).ok_or(ParseError::BadAttribute)?;
         put(self.out, at + 4, tag.as_ref())
     }
 
