@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(rtp::set_sequence(&mut copy, 2).is_ok());
         assert!(rtp::set_timestamp(&mut copy, 3).is_ok());
         assert!(rtp::set_payload_type(&mut copy, 4).is_ok());
-        assert_eq!(rtp::Header::parse(&copy).map(|h| h.payload_offset), Ok(h.payload_offset));
+        assert_eq!(
+            rtp::Header::parse(&copy).map(|h| h.payload_offset),
+            Ok(h.payload_offset)
+        );
     }
 });

@@ -218,6 +218,9 @@ fn xor_key(transaction_id: &[u8; 12]) -> [u8; 16] {
     k
 }
 
+/// An attribute with the offset of its header in the message.
+type Located<'a> = (usize, u16, &'a [u8]);
+
 /// Iterator over attributes; see [`Message::attributes`].
 #[derive(Clone, Debug)]
 pub struct AttrIter<'a> {
@@ -227,7 +230,7 @@ pub struct AttrIter<'a> {
 
 impl<'a> AttrIter<'a> {
     /// Next attribute as (offset of its header, type, value).
-    fn next_at(&mut self) -> Option<Result<(usize, u16, &'a [u8]), ParseError>> {
+    fn next_at(&mut self) -> Option<Result<Located<'a>, ParseError>> {
         let at = self.pos;
         if at >= self.raw.len() {
             return None;
@@ -337,11 +340,15 @@ impl<'a> Writer<'a> {
 
     /// Append MESSAGE-INTEGRITY over everything written so far, keyed with `key`.
     pub fn message_integrity(&mut self, key: &[u8]) -> Result<(), ParseError> {
+        self.message_integrity_key(&hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key))
+    }
+
+    /// [`message_integrity`](Self::message_integrity) with a prepared key.
+    pub fn message_integrity_key(&mut self, key: &hmac::Key) -> Result<(), ParseError> {
         let at = self.len;
         // Reserve the attribute first so the header length already counts it.
         self.attribute(attr::MESSAGE_INTEGRITY, &[0; INTEGRITY_LEN])?;
-        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-        let tag = integrity(self.out, at, &key).ok_or(ParseError::BadAttribute)?;
+        let tag = integrity(self.out, at, key).ok_or(ParseError::BadAttribute)?;
         put(self.out, at + 4, tag.as_ref())
     }
 
