@@ -21,7 +21,9 @@ fn rtp_packet() -> Vec<u8> {
 }
 
 fn master(p: Profile) -> Vec<u8> {
-    (0..p.master_len() as u8).map(|i| i.wrapping_mul(7)).collect()
+    (0..p.master_len() as u8)
+        .map(|i| i.wrapping_mul(7))
+        .collect()
 }
 
 fn set_seq(buf: &mut [u8], seq: u16) {

@@ -230,7 +230,15 @@ fn rtcp_replayed_tampered_and_wrong_key_rejected() {
         let plain = rtcp(SSRCS[1], 1);
         let srtcp = their_tx.encrypt_rtcp(&plain).expect("encrypt").to_vec();
         assert_eq!(unprotect_rtcp(&mut wrong, &srtcp), Err(Error::AuthFailed));
-        for i in [1usize, 5, 9, 20, srtcp.len() - 12, srtcp.len() - 3, srtcp.len() - 1] {
+        for i in [
+            1usize,
+            5,
+            9,
+            20,
+            srtcp.len() - 12,
+            srtcp.len() - 3,
+            srtcp.len() - 1,
+        ] {
             let mut bad = srtcp.clone();
             bad[i] ^= 0x02;
             assert!(
@@ -249,6 +257,9 @@ fn rtcp_replayed_tampered_and_wrong_key_rejected() {
         assert!(their_rx.decrypt_rtcp(&bad).is_err());
         assert!(oracle(p, &master(p, 98)).decrypt_rtcp(&srtcp).is_err());
         assert!(their_rx.decrypt_rtcp(&srtcp).is_ok());
-        assert!(their_rx.decrypt_rtcp(&srtcp).is_err(), "oracle replay check");
+        assert!(
+            their_rx.decrypt_rtcp(&srtcp).is_err(),
+            "oracle replay check"
+        );
     }
 }

@@ -100,12 +100,7 @@ impl Cm {
     pub(crate) fn new(kdf: &Kdf) -> Result<Cm, Error> {
         Ok(Cm {
             rtp: Keys::derive(kdf, Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt)?,
-            rtcp: Keys::derive(
-                kdf,
-                Label::RtcpEncryption,
-                Label::RtcpAuth,
-                Label::RtcpSalt,
-            )?,
+            rtcp: Keys::derive(kdf, Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt)?,
         })
     }
 
@@ -160,7 +155,9 @@ impl Cm {
         self.rtcp.apply_keystream(ssrc, u64::from(index), payload);
         let trailer = buf.get_mut(len..len + 4).ok_or(Error::BufferTooSmall)?;
         trailer.copy_from_slice(&(0x8000_0000 | index).to_be_bytes());
-        let tag = self.rtcp.tag(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
+        let tag = self
+            .rtcp
+            .tag(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
         buf.get_mut(len + 4..len + 4 + TAG_LEN)
             .ok_or(Error::BufferTooSmall)?
             .copy_from_slice(&tag);

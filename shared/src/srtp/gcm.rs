@@ -27,8 +27,7 @@ impl Keys {
     }
 
     fn from_session(key: &[u8; 16], salt: &[u8; SALT_LEN]) -> Result<Keys, Error> {
-        let unbound =
-            UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| Error::BadKeyLength)?;
+        let unbound = UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| Error::BadKeyLength)?;
         Ok(Keys {
             aead: LessSafeKey::new(unbound),
             salt: *salt,

@@ -95,7 +95,11 @@ mod tests {
         assert_eq!(w.check(4), Err(Error::Replayed));
         w.accept(100);
         assert_eq!(w.top(), Some(100));
-        assert_eq!(w.check(36), Err(Error::Replayed), "64 behind is outside the window");
+        assert_eq!(
+            w.check(36),
+            Err(Error::Replayed),
+            "64 behind is outside the window"
+        );
         assert_eq!(w.check(37), Ok(()));
         w.accept(37);
         assert_eq!(w.check(37), Err(Error::Replayed));
@@ -111,8 +115,17 @@ mod tests {
         assert_eq!(estimate(Some(65535), 0), Some(65536));
         assert_eq!(estimate(Some(65536), 65535), Some(65535));
         assert_eq!(estimate(Some(10), 65530), None, "ROC -1");
-        assert_eq!(estimate(Some((3 << 16) | 40000), 100), Some((4 << 16) | 100));
-        assert_eq!(estimate(Some((3 << 16) | 100), 30000), Some((3 << 16) | 30000));
-        assert_eq!(estimate(Some((3 << 16) | 100), 60000), Some((2 << 16) | 60000));
+        assert_eq!(
+            estimate(Some((3 << 16) | 40000), 100),
+            Some((4 << 16) | 100)
+        );
+        assert_eq!(
+            estimate(Some((3 << 16) | 100), 30000),
+            Some((3 << 16) | 30000)
+        );
+        assert_eq!(
+            estimate(Some((3 << 16) | 100), 60000),
+            Some((2 << 16) | 60000)
+        );
     }
 }
