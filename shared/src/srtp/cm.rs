@@ -1,12 +1,14 @@
 //! AES_CM_128_HMAC_SHA1_80 (RFC 3711 §4.1.1, §4.2.1): AES-128 in counter mode keyed per
 //! packet by SSRC and index, authenticated with HMAC-SHA1 truncated to 80 bits.
 //!
-//! Counter mode is RustCrypto `aes` + `ctr` (AES-NI; ring has no raw CTR); HMAC-SHA1 is
-//! ring's, measurably faster (docs/crypto.md).
+//! Counter mode is RustCrypto `aes` + `ctr` (AES-NI; ring has no raw CTR). HMAC-SHA1 is
+//! RustCrypto `hmac` + `sha1` too: it uses SHA-NI where ring's SHA-1 is portable code, about
+//! 4x faster on 1200 bytes (docs/crypto.md).
 
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
 use aes::Aes128Enc;
-use ring::hmac;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
 
 use super::kdf::{Kdf, Label};
 use super::Error;
@@ -23,11 +25,12 @@ type CtrCore<'a> = ctr::CtrCore<&'a Aes128Enc, ctr::flavors::Ctr128BE>;
 struct Keys {
     aes: Aes128Enc,
     salt: [u8; SALT_LEN],
-    auth: hmac::Key,
+    /// Keyed once; cloning it per packet reuses the precomputed inner/outer pad state.
+    auth: Hmac<Sha1>,
 }
 
 impl Keys {
-    fn derive(kdf: &Kdf, enc: Label, auth: Label, salt: Label) -> Keys {
+    fn derive(kdf: &Kdf, enc: Label, auth: Label, salt: Label) -> Result<Keys, Error> {
         let mut k = [0u8; 16];
         kdf.derive(enc, &mut k);
         let mut s = [0u8; SALT_LEN];
@@ -37,12 +40,13 @@ impl Keys {
         Keys::from_session(&k, &s, &a)
     }
 
-    fn from_session(key: &[u8; 16], salt: &[u8; SALT_LEN], auth: &[u8]) -> Keys {
-        Keys {
+    fn from_session(key: &[u8; 16], salt: &[u8; SALT_LEN], auth: &[u8]) -> Result<Keys, Error> {
+        Ok(Keys {
             aes: Aes128Enc::new(key.into()),
             salt: *salt,
-            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth),
-        }
+            // HMAC accepts keys of any length, so this never fails in practice.
+            auth: <Hmac<Sha1> as Mac>::new_from_slice(auth).map_err(|_| Error::BadKeyLength)?,
+        })
     }
 
     /// XORs the keystream for (`ssrc`, `index`) into `data`. RFC 3711 §4.1.1:
@@ -62,26 +66,29 @@ impl Keys {
     }
 
     /// Full HMAC-SHA1 over `data` followed by `trailer` (the ROC for SRTP, nothing for SRTCP).
-    fn mac(&self, data: &[u8], trailer: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.auth);
-        ctx.update(data);
-        ctx.update(trailer);
-        ctx.sign()
+    fn mac(&self, data: &[u8], trailer: &[u8]) -> Hmac<Sha1> {
+        let mut mac = self.auth.clone();
+        mac.update(data);
+        mac.update(trailer);
+        mac
     }
 
+    fn tag(&self, data: &[u8], trailer: &[u8]) -> [u8; TAG_LEN] {
+        let full = self.mac(data, trailer).finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+
+    /// Constant-time check of the truncated tag, so timing tells a forger nothing.
     fn verify(&self, data: &[u8], trailer: &[u8], tag: &[u8]) -> Result<(), Error> {
-        let full = self.mac(data, trailer);
-        if ct_eq(&full.as_ref()[..TAG_LEN], tag) {
-            Ok(())
-        } else {
-            Err(Error::AuthFailed)
+        if tag.len() != TAG_LEN {
+            return Err(Error::TooShort);
         }
+        self.mac(data, trailer)
+            .verify_truncated_left(tag)
+            .map_err(|_| Error::AuthFailed)
     }
-}
-
-/// Constant-time comparison, so a forger learns nothing from timing about the tag's prefix.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub(crate) struct Cm {
@@ -90,11 +97,19 @@ pub(crate) struct Cm {
 }
 
 impl Cm {
+<<<<<<< HEAD
     pub(crate) fn new(kdf: &Kdf) -> Cm {
         Cm {
             rtp: Keys::derive(kdf, Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt),
             rtcp: Keys::derive(kdf, Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt),
         }
+=======
+    pub(crate) fn new(kdf: &Kdf) -> Result<Cm, Error> {
+        Ok(Cm {
+            rtp: Keys::derive(kdf, Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt)?,
+            rtcp: Keys::derive(kdf, Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt)?,
+        })
+>>>>>>> srtp
     }
 
     /// Encrypts `buf[hdr..len]` and appends the tag at `buf[len..len + TAG_LEN]`.
@@ -110,10 +125,10 @@ impl Cm {
         let payload = buf.get_mut(hdr..len).ok_or(Error::Malformed)?;
         self.rtp.apply_keystream(ssrc, index, payload);
         let roc = ((index >> 16) as u32).to_be_bytes();
-        let tag = self.rtp.mac(buf.get(..len).ok_or(Error::Malformed)?, &roc);
+        let tag = self.rtp.tag(buf.get(..len).ok_or(Error::Malformed)?, &roc);
         buf.get_mut(len..len + TAG_LEN)
             .ok_or(Error::BufferTooSmall)?
-            .copy_from_slice(&tag.as_ref()[..TAG_LEN]);
+            .copy_from_slice(&tag);
         Ok(len + TAG_LEN)
     }
 
@@ -150,10 +165,14 @@ impl Cm {
         trailer.copy_from_slice(&(0x8000_0000 | index).to_be_bytes());
         let tag = self
             .rtcp
+<<<<<<< HEAD
             .mac(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
+=======
+            .tag(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
+>>>>>>> srtp
         buf.get_mut(len + 4..len + 4 + TAG_LEN)
             .ok_or(Error::BufferTooSmall)?
-            .copy_from_slice(&tag.as_ref()[..TAG_LEN]);
+            .copy_from_slice(&tag);
         Ok(len + 4 + TAG_LEN)
     }
 
@@ -192,7 +211,7 @@ mod tests {
         let salt: [u8; SALT_LEN] = unhex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD")
             .try_into()
             .expect("14 bytes");
-        let keys = Keys::from_session(&key, &salt, &[0; 20]);
+        let keys = Keys::from_session(&key, &salt, &[0; 20]).expect("keys");
         let mut stream = [0u8; 48];
         keys.apply_keystream(0, 0, &mut stream);
         assert_eq!(
@@ -214,12 +233,5 @@ mod tests {
                  6A2CC3787889374FBEB4C81B17BA6C44"
             )
         );
-    }
-
-    #[test]
-    fn ct_eq_works() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
     }
 }
