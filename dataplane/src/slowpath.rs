@@ -150,7 +150,7 @@ impl SlowPath {
                 };
                 let w = spec.worker;
                 self.pending_remove.insert(id, spec);
-                self.to_worker(w, WorkerCommand::Remove { id });
+                self.command_worker(w, WorkerCommand::Remove { id });
             }
             Command::Snapshot { request } => {
                 let specs: Vec<SessionSpec> = self.sessions.values().cloned().collect();
@@ -294,12 +294,12 @@ impl SlowPath {
         }
         self.pending_add.insert(spec.id, spec);
         for (w, cmd) in sends {
-            self.to_worker(w, cmd);
+            self.command_worker(w, cmd);
         }
         Ok(())
     }
 
-    fn to_worker(&mut self, w: u16, cmd: WorkerCommand) {
+    fn command_worker(&mut self, w: u16, cmd: WorkerCommand) {
         let Some(mb) = self.mailboxes.get(usize::from(w)) else {
             return;
         };
@@ -376,7 +376,7 @@ impl SlowPath {
             self.streams.remove(&spec.stream);
         }
         for (w, cmd) in sends {
-            self.to_worker(w, cmd);
+            self.command_worker(w, cmd);
         }
     }
 

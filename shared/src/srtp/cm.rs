@@ -97,19 +97,11 @@ pub(crate) struct Cm {
 }
 
 impl Cm {
-<<<<<<< HEAD
-    pub(crate) fn new(kdf: &Kdf) -> Cm {
-        Cm {
-            rtp: Keys::derive(kdf, Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt),
-            rtcp: Keys::derive(kdf, Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt),
-        }
-=======
     pub(crate) fn new(kdf: &Kdf) -> Result<Cm, Error> {
         Ok(Cm {
             rtp: Keys::derive(kdf, Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt)?,
             rtcp: Keys::derive(kdf, Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt)?,
         })
->>>>>>> srtp
     }
 
     /// Encrypts `buf[hdr..len]` and appends the tag at `buf[len..len + TAG_LEN]`.
@@ -165,11 +157,7 @@ impl Cm {
         trailer.copy_from_slice(&(0x8000_0000 | index).to_be_bytes());
         let tag = self
             .rtcp
-<<<<<<< HEAD
-            .mac(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
-=======
             .tag(buf.get(..len + 4).ok_or(Error::Malformed)?, &[]);
->>>>>>> srtp
         buf.get_mut(len + 4..len + 4 + TAG_LEN)
             .ok_or(Error::BufferTooSmall)?
             .copy_from_slice(&tag);
