@@ -1,1 +1,81 @@
-//! Switchyard control plane.
+//! The Switchyard control plane: the node's REST API (sessions, health, metrics) in front of
+//! the data plane, which it drives over the shared-memory command ring.
+//!
+//! - [`state`]: the sans-IO view of the node (sessions, pending commands, data plane boot).
+//! - `link`: the thread that attaches to the ring and feeds events into the state.
+//! - `api`: the axum routes; `metrics`: Prometheus text from the shared stats file.
+//!
+//! The control plane holds no media state: it can be killed and restarted at any time while
+//! media flows, and rebuilds its view from the data plane's snapshot.
+
+mod api;
+mod link;
+mod metrics;
+pub mod state;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use switchyard_shared::config::Config;
+use tokio::net::TcpListener;
+
+pub use api::MAX_BODY;
+
+/// Run the control plane until SIGINT or SIGTERM.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("swy-control")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener {}", config.http.listen))?;
+        serve(config, listener, shutdown_signal()).await
+    })
+}
+
+/// Serve the API on `listener` until `shutdown` completes. The ring link runs on its own
+/// thread and stops with it.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("listener address")?;
+    let shared = Arc::new(link::Shared::new(config));
+    let stop = Arc::new(AtomicBool::new(false));
+    let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
+    tracing::info!(http = %addr, node = %shared.config.node.id, "control plane listening");
+    let result = axum::serve(listener, api::router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server");
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || link.join()).await;
+    tracing::info!("control plane stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = tokio::signal::ctrl_c();
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = int.await;
+        }
+    }
+}

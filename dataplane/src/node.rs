@@ -103,7 +103,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
 
     let mut slow = SlowPath::new(side, mailboxes.clone());
-    slow.emit(&Event::Hello {
+    slow.announce(Event::Hello {
         boot,
         pid: std::process::id(),
         workers,

@@ -56,6 +56,9 @@ pub struct SlowPath {
     /// never loses one.
     backlog: VecDeque<Vec<u8>>,
     buf: Vec<u8>,
+    /// The `Hello` this process announced, repeated at the head of every snapshot so a
+    /// control plane that attaches later still learns the boot id, pid and engine.
+    hello: Option<Event>,
 }
 
 impl SlowPath {
@@ -70,7 +73,14 @@ impl SlowPath {
             next_stream: 1,
             backlog: VecDeque::new(),
             buf: Vec::with_capacity(command::MAX_MESSAGE),
+            hello: None,
         }
+    }
+
+    /// Emit `hello` now and again before every snapshot.
+    pub fn announce(&mut self, hello: Event) {
+        self.emit(&hello);
+        self.hello = Some(hello);
     }
 
     /// Queue an event for the control plane.
@@ -153,6 +163,9 @@ impl SlowPath {
                 self.command_worker(w, WorkerCommand::Remove { id });
             }
             Command::Snapshot { request } => {
+                if let Some(hello) = self.hello.clone() {
+                    self.emit(&hello);
+                }
                 let specs: Vec<SessionSpec> = self.sessions.values().cloned().collect();
                 let n = specs.len() as u32;
                 for spec in specs {

@@ -343,6 +343,12 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         );
     }
     node.send(&Command::Snapshot { request: 42 });
+    // A snapshot starts by repeating the Hello, for control planes that attach late.
+    let hello = node.next_event();
+    assert!(
+        matches!(hello, Event::Hello { workers: 1, .. }),
+        "{hello:?}"
+    );
     match node.next_event() {
         Event::SnapshotSession { request: 42, spec } => {
             assert_eq!(spec.id, SessionId(5));

@@ -9,8 +9,8 @@
 //! across restarts, that one check proves order, no loss and no duplicate across processes.
 //! Children report on stdout in lines starting with `@ring`.
 
-// Under --cfg loom the mmap-backed ring is compiled out (see .ci/loom.sh).
-#![cfg(not(loom))]
+// Under --cfg switchyard_loom the mmap-backed ring is compiled out (see .ci/loom.sh).
+#![cfg(not(switchyard_loom))]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

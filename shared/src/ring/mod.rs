@@ -23,27 +23,27 @@
 //! cannot prevent: someone truncating the file under a live mapping (the kernel then sends
 //! SIGBUS).
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 mod file;
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 mod futex;
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 mod layout;
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 mod lock;
 // Under loom only the protocol and its model tests are built; the mmap users are not.
-#[cfg_attr(loom, allow(dead_code))]
+#[cfg_attr(switchyard_loom, allow(dead_code))]
 mod spsc;
 mod sync;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(switchyard_loom)))]
 mod tests;
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 use std::{path::Path, sync::Arc, time::Duration, time::Instant};
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 use self::{file::Mapping, layout::Dir};
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 use crate::command::MAX_MESSAGE;
 
 /// Why attaching to or reading from the ring file failed.
@@ -78,7 +78,7 @@ pub enum PushError {
 pub const DEFAULT_SLOTS: u32 = 1024;
 
 /// The writing end of one ring.
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 pub struct Producer {
     map: Arc<Mapping>,
     dir: Dir,
@@ -87,7 +87,7 @@ pub struct Producer {
 }
 
 /// The reading end of one ring.
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 pub struct Consumer {
     map: Arc<Mapping>,
     dir: Dir,
@@ -95,7 +95,7 @@ pub struct Consumer {
     head: u64,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
@@ -105,7 +105,7 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 impl Producer {
     fn new(map: Arc<Mapping>, dir: Dir) -> Self {
         let tail = map
@@ -165,6 +165,12 @@ impl Producer {
         self.tail
     }
 
+    /// Whether the data plane replaced the ring file since this end attached (see
+    /// [`ControlSide::replaced`]); lets a control plane that split its `ControlSide` notice.
+    pub fn replaced(&self) -> bool {
+        self.map.replaced()
+    }
+
     /// Random id of the file's creation; changes when the data plane recreates the file.
     pub fn creation_id(&self) -> u64 {
         self.map
@@ -174,7 +180,7 @@ impl Producer {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 impl Consumer {
     fn new(map: Arc<Mapping>, dir: Dir) -> Self {
         let head = map
@@ -254,6 +260,12 @@ impl Consumer {
         self.head
     }
 
+    /// Whether the data plane replaced the ring file since this end attached (see
+    /// [`ControlSide::replaced`]); lets a control plane that split its `ControlSide` notice.
+    pub fn replaced(&self) -> bool {
+        self.map.replaced()
+    }
+
     /// Random id of the file's creation; changes when the data plane recreates the file.
     pub fn creation_id(&self) -> u64 {
         self.map
@@ -265,7 +277,7 @@ impl Consumer {
 
 /// The data plane's ends. Creates the file if missing (or if incompatible: recreate it),
 /// re-attaches to a compatible one otherwise.
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 #[derive(Debug)]
 pub struct DataSide {
     pub commands: Consumer,
@@ -279,7 +291,7 @@ pub struct DataSide {
 /// control plane still mapping the old one is not disturbed and can notice with
 /// [`ControlSide::replaced`]). Otherwise the data plane continues where its predecessor
 /// stopped. [`RingError::Busy`] while another live process holds the data side.
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 pub fn attach_data(path: &Path, slots: u32) -> Result<DataSide, RingError> {
     let map = Arc::new(file::attach_data(path, slots)?);
     Ok(DataSide {
@@ -290,14 +302,14 @@ pub fn attach_data(path: &Path, slots: u32) -> Result<DataSide, RingError> {
 
 /// The control plane's ends. Attaches to an existing file created by the data plane (Err if
 /// missing/incompatible).
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 #[derive(Debug)]
 pub struct ControlSide {
     pub commands: Producer,
     pub events: Consumer,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 impl ControlSide {
     /// Whether the data plane replaced the file since we attached; our mapping is then an
     /// orphan nobody reads, and the control plane should drop this and attach again.
@@ -309,7 +321,7 @@ impl ControlSide {
 /// Attach the control plane to the ring file at `path`, which the data plane created.
 /// `Io` (NotFound) when missing, `Incompatible` when not (yet) a valid ring, `Corrupt` on
 /// impossible indices, `Busy` while another live process holds the control side.
-#[cfg(not(loom))]
+#[cfg(not(switchyard_loom))]
 pub fn attach_control(path: &Path) -> Result<ControlSide, RingError> {
     let map = Arc::new(file::attach_control(path)?);
     Ok(ControlSide {

@@ -165,7 +165,7 @@ pub(crate) fn finish_wait(idx: &Indices<'_>) {
     idx.waiting.store(0, Ordering::Relaxed);
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, switchyard_loom))]
 mod loom_tests {
     //! Model-checks the index protocol: order, content, no overwrite of unread slots (loom's
     //! `UnsafeCell` flags a slot write racing its read) and no lost wake-up.

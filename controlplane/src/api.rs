@@ -1,0 +1,516 @@
+//! The REST API: health, metrics and sessions. See docs/api.md for the reference.
+//!
+//! Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status, including
+//! malformed JSON, oversized bodies, unknown paths and wrong methods.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use switchyard_shared::command::{
+    CommandError, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
+};
+
+use crate::link::{SendError, Shared};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// How long a request waits for the data plane to answer a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_STREAM: usize = 128;
+
+/// A JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        let status = match e {
+            SendError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SendError::Detached | SendError::Full => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+fn command_error(e: CommandError) -> ApiError {
+    let status = match e {
+        CommandError::StreamBusy
+        | CommandError::SsrcConflict
+        | CommandError::AddressConflict
+        | CommandError::DuplicateSession => StatusCode::CONFLICT,
+        CommandError::Capacity => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::UnknownSession => StatusCode::NOT_FOUND,
+        CommandError::NoSuchWorker | CommandError::BadKey | CommandError::Invalid => {
+            StatusCode::BAD_REQUEST
+        }
+    };
+    let text = match e {
+        CommandError::StreamBusy => "stream busy: the stream already has a publisher".to_owned(),
+        e => e.to_string(),
+    };
+    ApiError::new(status, text)
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/sessions", get(list_sessions).post(create_session))
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
+        .with_state(shared)
+}
+
+async fn count_requests(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    shared.http.count_status(resp.status().as_u16());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such resource")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this resource",
+    )
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let g = shared.lock();
+    let dp = g.node.dataplane();
+    let mut body = json!({
+        "status": "ok",
+        "node": shared.config.node.id,
+        "sessions": g.node.session_count(),
+    });
+    if let Some(d) = dp {
+        body["workers"] = json!(d.workers);
+        body["engine"] = json!(format!("{:?}", d.engine).to_lowercase());
+        body["dataplanePid"] = json!(d.pid);
+        body["mediaPort"] = json!(d.media_port);
+    }
+    match g.node.ready() {
+        Ok(()) => (StatusCode::OK, Json(body)).into_response(),
+        Err(e) => {
+            body["status"] = json!("unavailable");
+            body["error"] = json!(e.to_string());
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = {
+        let g = shared.lock();
+        crate::metrics::render(&g, &shared.http)
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateSession {
+    role: RoleName,
+    stream: String,
+    #[serde(default)]
+    remote: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    remote_key: Option<String>,
+    #[serde(default)]
+    local_key: Option<String>,
+    #[serde(default)]
+    ssrcs: Option<Vec<u32>>,
+    #[serde(default)]
+    worker: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RoleName {
+    Publisher,
+    Subscriber,
+}
+
+/// A session as the API shows it. Keys appear only in the answer to the POST that made it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionView {
+    id: u64,
+    worker: u16,
+    media_address: SocketAddr,
+    stream: String,
+    role: &'static str,
+    profile: &'static str,
+    remote: Option<SocketAddr>,
+    ssrcs: Vec<u32>,
+    created_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_key: Option<String>,
+}
+
+fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
+    let media = &shared.config.media;
+    let (role, ssrcs) = match &spec.role {
+        Role::Publisher { ssrcs } => ("publisher", ssrcs.clone()),
+        Role::Subscriber { ssrcs } => ("subscriber", ssrcs.clone()),
+    };
+    let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+    SessionView {
+        id: spec.id.0,
+        worker: spec.worker,
+        media_address: SocketAddr::new(media.announce_ip(), media.port.saturating_add(spec.worker)),
+        stream: spec.stream.clone(),
+        role,
+        profile: spec.srtp.profile.name(),
+        remote: spec.remote,
+        ssrcs,
+        created_ms: spec.created_ms,
+        remote_key: keys.then(|| b64(&spec.srtp.remote)),
+        local_key: keys.then(|| b64(&spec.srtp.local)),
+    }
+}
+
+/// Parse a JSON body ourselves so every failure is a JSON error (and the content type is
+/// not required: curl users forget it).
+fn parse_body<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::new(status, format!("cannot read request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+fn validate_stream(stream: &str) -> Result<(), ApiError> {
+    let ok = !stream.is_empty()
+        && stream.len() <= MAX_STREAM
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "stream: 1 to {MAX_STREAM} characters of A-Z a-z 0-9 _ . / -"
+        )))
+    }
+}
+
+fn parse_profile(name: Option<&str>) -> Result<SrtpProfile, ApiError> {
+    match name {
+        None => Ok(SrtpProfile::AeadAes128Gcm),
+        Some(n) => [SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80]
+            .into_iter()
+            .find(|p| p.name() == n)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "profile: {n:?} is not one of AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80"
+                ))
+            }),
+    }
+}
+
+fn random_bytes(out: &mut [u8]) -> Result<(), ApiError> {
+    use ring::rand::SecureRandom as _;
+    ring::rand::SystemRandom::new()
+        .fill(out)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "system RNG failed"))
+}
+
+fn key(field: &str, given: Option<&str>, profile: SrtpProfile) -> Result<Vec<u8>, ApiError> {
+    let len = profile.master_len();
+    match given {
+        Some(b64) => {
+            let k = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ApiError::bad_request(format!("{field}: not valid base64")))?;
+            if k.len() != len {
+                return Err(ApiError::bad_request(format!(
+                    "{field}: {} bytes; {} needs {len} (master key || salt)",
+                    k.len(),
+                    profile.name()
+                )));
+            }
+            Ok(k)
+        }
+        None => {
+            let mut k = vec![0; len];
+            random_bytes(&mut k)?;
+            Ok(k)
+        }
+    }
+}
+
+fn ssrcs(role: RoleName, given: Option<Vec<u32>>) -> Result<Vec<u32>, ApiError> {
+    let mut list = given.unwrap_or_default();
+    if list.len() > MAX_TRACKS {
+        return Err(ApiError::bad_request(format!(
+            "ssrcs: at most {MAX_TRACKS} tracks"
+        )));
+    }
+    if list.contains(&0) {
+        return Err(ApiError::bad_request("ssrcs: 0 is not a usable SSRC"));
+    }
+    let mut sorted = list.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != list.len() {
+        return Err(ApiError::bad_request("ssrcs: duplicate SSRC"));
+    }
+    if role == RoleName::Subscriber {
+        // A subscriber gets an SSRC for every track the publisher may have.
+        while list.len() < MAX_TRACKS {
+            let mut b = [0u8; 4];
+            random_bytes(&mut b)?;
+            let s = u32::from_be_bytes(b);
+            if s != 0 && !list.contains(&s) {
+                list.push(s);
+            }
+        }
+    }
+    Ok(list)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn create_session(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CreateSession = parse_body(body)?;
+    validate_stream(&req.stream)?;
+    let remote = match req.remote.as_deref() {
+        Some(r) => Some(r.parse::<SocketAddr>().map_err(|_| {
+            ApiError::bad_request(format!("remote: {r:?} is not an ip:port address"))
+        })?),
+        None => None,
+    };
+    if let Some(r) = remote {
+        if r.port() == 0 || r.ip().is_unspecified() || r.ip().is_multicast() {
+            return Err(ApiError::bad_request(
+                "remote: needs a unicast address and a non-zero port",
+            ));
+        }
+    }
+    if req.role == RoleName::Subscriber && remote.is_none() {
+        return Err(ApiError::bad_request(
+            "remote: a subscriber needs the address to send to",
+        ));
+    }
+    let profile = parse_profile(req.profile.as_deref())?;
+    let srtp = SrtpKeys {
+        profile,
+        remote: key("remoteKey", req.remote_key.as_deref(), profile)?,
+        local: key("localKey", req.local_key.as_deref(), profile)?,
+    };
+    let ssrcs = ssrcs(req.role, req.ssrcs)?;
+    let role = match req.role {
+        RoleName::Publisher => Role::Publisher { ssrcs },
+        RoleName::Subscriber => Role::Subscriber { ssrcs },
+    };
+
+    let (spec, rx) = {
+        let mut g = shared.lock();
+        g.node
+            .ready()
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let workers = g.node.dataplane().map_or(1, |d| d.workers);
+        let load = g.node.load(workers);
+        let max = shared.config.media.max_sessions_per_worker;
+        let worker = match req.worker {
+            Some(w) if w >= workers => {
+                return Err(ApiError::bad_request(format!(
+                    "worker: {w} is out of range; the data plane has {workers}"
+                )))
+            }
+            Some(w) => w,
+            None => (0..workers)
+                .min_by_key(|&w| load.get(usize::from(w)).copied().unwrap_or(u32::MAX))
+                .unwrap_or(0),
+        };
+        if load.get(usize::from(worker)).copied().unwrap_or(0) >= max {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("worker {worker} is at its limit of {max} sessions"),
+            ));
+        }
+        let spec = SessionSpec {
+            id: g.node.allocate_id(),
+            worker,
+            stream: req.stream,
+            role,
+            remote,
+            srtp,
+            created_ms: now_ms(),
+        };
+        let (cmd, rx) = g.node.begin_add(spec.clone());
+        if let Err(e) = g.send(&cmd) {
+            g.node.cancel_add(spec.id);
+            shared.http.sessions_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        (spec, rx)
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()))) => {
+            shared.http.sessions_created.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(id = spec.id.0, stream = %spec.stream, worker = spec.worker, role = ?req.role, "session created");
+            let location = format!("/v1/sessions/{}", spec.id.0);
+            let body = view(&shared, &spec, true);
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(body),
+            )
+                .into_response())
+        }
+        Ok(Ok(Err(e))) => {
+            shared.http.sessions_refused.fetch_add(1, Ordering::Relaxed);
+            Err(command_error(e))
+        }
+        Ok(Err(_)) | Err(_) => {
+            shared.lock().node.abandon_add(spec.id);
+            shared.http.sessions_refused.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the data plane did not answer in time",
+            ))
+        }
+    }
+}
+
+async fn list_sessions(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let g = shared.lock();
+    let list: Vec<SessionView> = g.node.sessions().map(|s| view(&shared, s, false)).collect();
+    Ok(Json(json!({ "sessions": list })).into_response())
+}
+
+fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
+    raw.parse::<u64>()
+        .map(SessionId)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+async fn get_session(
+    State(shared): State<Arc<Shared>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let g = shared.lock();
+    let spec = g
+        .node
+        .session(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    Ok(Json(view(&shared, spec, false)).into_response())
+}
+
+async fn delete_session(
+    State(shared): State<Arc<Shared>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let rx = {
+        let mut g = shared.lock();
+        g.node
+            .ready()
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let (cmd, rx) = g
+            .node
+            .begin_remove(id)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+        if let Some(cmd) = cmd {
+            if let Err(e) = g.send(&cmd) {
+                g.node.cancel_remove(id);
+                return Err(e.into());
+            }
+        }
+        rx
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()))) => {
+            shared.http.sessions_removed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(id = id.0, "session removed");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Ok(Ok(Err(e))) => Err(command_error(e)),
+        Ok(Err(_)) | Err(_) => {
+            // Forget the waiters so a retried DELETE sends the command again; a late
+            // answer to this one still removes the session from the table.
+            shared.lock().node.cancel_remove(id);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the data plane did not answer in time; the removal is still queued",
+            ))
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The ring link: one thread that attaches to the data plane's command ring, feeds every
+//! event into [`NodeState`](crate::state::NodeState) and pushes the commands it asks for.
+//!
+//! The data plane creates the ring, so the link retries attaching every 200 ms until one is
+//! there, and again whenever the data plane replaces the file. API handlers push their own
+//! commands directly (under the same lock), so a full ring is an error they can answer with;
+//! the link's own commands (snapshot requests, re-provisioning) wait in a local backlog
+//! instead, because nobody could act on that error.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use switchyard_shared::command::{self, Command, Event};
+use switchyard_shared::config::Config;
+use switchyard_shared::ring::{self, ControlSide, Producer, PushError};
+use switchyard_shared::stats::Stats;
+
+use crate::metrics::HttpMetrics;
+use crate::state::NodeState;
+
+const ATTACH_RETRY: Duration = Duration::from_millis(200);
+/// Longest the link sleeps on the event ring; also how often it checks the data plane pid.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Everything the API handlers and the link share.
+pub struct Shared {
+    pub config: Config,
+    pub inner: Mutex<Inner>,
+    pub http: HttpMetrics,
+}
+
+pub struct Inner {
+    pub node: NodeState,
+    producer: Option<Producer>,
+    pub stats: Option<Stats>,
+}
+
+/// Why a command did not reach the ring.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("not attached to the data plane's command ring")]
+    Detached,
+    #[error("command ring is full; the data plane is not keeping up")]
+    Full,
+    #[error("command does not encode: {0}")]
+    Encode(#[from] command::CodecError),
+}
+
+impl Inner {
+    /// Push one command now.
+    pub fn send(&mut self, cmd: &Command) -> Result<(), SendError> {
+        let mut buf = Vec::with_capacity(256);
+        command::encode(cmd, &mut buf)?;
+        let p = self.producer.as_mut().ok_or(SendError::Detached)?;
+        p.push(&buf).map_err(|e| match e {
+            PushError::Full => SendError::Full,
+            PushError::TooLarge => SendError::Encode(command::CodecError::TooLarge),
+        })
+    }
+
+    /// Commands pushed but not yet read by the data plane.
+    pub fn ring_depth(&self) -> Option<usize> {
+        self.producer.as_ref().map(Producer::len)
+    }
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            inner: Mutex::new(Inner {
+                node: NodeState::new(),
+                producer: None,
+                stats: None,
+            }),
+            http: HttpMetrics::default(),
+        }
+    }
+
+    /// The lock is only held for table updates and ring pushes, never across an await; a
+    /// panic while holding it cannot leave the table half-updated in a way worse than the
+    /// panic itself, so a poisoned lock is used as is.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Start the link thread; it runs until `stop` is set.
+pub fn spawn(
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("swy-ring-link".into())
+        .spawn(move || run(&shared, &stop))
+}
+
+fn run(shared: &Shared, stop: &AtomicBool) {
+    let path = shared.config.ring_path();
+    let mut waiting_logged = false;
+    while !stop.load(Ordering::Relaxed) {
+        let side = match ring::attach_control(&path) {
+            Ok(side) => side,
+            Err(e) => {
+                if !waiting_logged {
+                    tracing::info!(ring = %path.display(), error = %e, "waiting for the data plane's command ring");
+                    waiting_logged = true;
+                }
+                std::thread::sleep(ATTACH_RETRY);
+                continue;
+            }
+        };
+        waiting_logged = false;
+        tracing::info!(ring = %path.display(), "attached to the data plane");
+        serve(shared, stop, side);
+    }
+}
+
+/// Serve one attachment until the file is replaced or `stop` is set.
+fn serve(shared: &Shared, stop: &AtomicBool, side: ControlSide) {
+    let ControlSide {
+        commands,
+        mut events,
+    } = side;
+    let mut backlog = VecDeque::new();
+    {
+        let mut g = shared.lock();
+        g.producer = Some(commands);
+        backlog.push_back(g.node.attached());
+    }
+    let mut buf = Vec::with_capacity(command::MAX_MESSAGE);
+    let mut alive_before = true;
+    while !stop.load(Ordering::Relaxed) {
+        events.wait(POLL);
+        let mut g = shared.lock();
+        loop {
+            match events.pop(&mut buf) {
+                Ok(true) => match command::decode::<Event>(&buf) {
+                    Ok(ev) => {
+                        tracing::debug!(?ev, "event");
+                        let fx = g.node.apply(ev);
+                        if fx.reopen_stats {
+                            g.stats = open_stats(&shared.config.stats_path());
+                        }
+                        backlog.extend(fx.commands);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable event dropped"),
+                },
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "event ring is corrupt");
+                    break;
+                }
+            }
+        }
+        while let Some(cmd) = backlog.front() {
+            match g.send(cmd) {
+                Ok(()) => {
+                    backlog.pop_front();
+                }
+                Err(SendError::Full) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, ?cmd, "command dropped");
+                    backlog.pop_front();
+                }
+            }
+        }
+        let alive = g
+            .node
+            .dataplane()
+            .is_none_or(|d| Path::new(&format!("/proc/{}", d.pid)).exists());
+        if alive != alive_before {
+            if alive {
+                tracing::info!("data plane is back");
+            } else {
+                tracing::warn!("data plane process is gone; waiting for it to restart");
+            }
+            alive_before = alive;
+        }
+        g.node.set_alive(alive);
+        if g.producer.as_ref().is_some_and(Producer::replaced) {
+            tracing::warn!("the data plane replaced the command ring; attaching again");
+            g.producer = None;
+            g.node.detached();
+            return;
+        }
+    }
+}
+
+fn open_stats(path: &Path) -> Option<Stats> {
+    match Stats::open(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "stats file unavailable; /metrics has no worker counters");
+            None
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4).
+//!
+//! The data plane's counters live in the shared stats file and are read here, at scrape time,
+//! straight from the workers' blocks; nothing is copied or aggregated in between, so a scrape
+//! costs the data plane nothing. The control plane's own counters are atomics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use switchyard_shared::command::Role;
+use switchyard_shared::stats::{Counter, DropReason, Stats};
+
+use crate::link::Inner;
+
+/// HTTP and command counters of the control plane itself.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    pub requests: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub sessions_created: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub sessions_removed: AtomicU64,
+}
+
+impl HttpMetrics {
+    pub fn count_status(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if (400..500).contains(&status) {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP switchyard_{name} {help}");
+    let _ = writeln!(out, "# TYPE switchyard_{name} {kind}");
+}
+
+fn help(c: Counter) -> &'static str {
+    match c {
+        Counter::RxPackets => "Datagrams received by the worker.",
+        Counter::RxBytes => "Bytes received by the worker.",
+        Counter::TxPackets => "Datagrams sent by the worker.",
+        Counter::TxBytes => "Bytes sent by the worker.",
+        Counter::Forwarded => "RTP packets forwarded to subscribers.",
+        Counter::CrossWorkerOut => "Packets handed to other workers (one per packet per worker).",
+        Counter::CrossWorkerIn => "Packets received from other workers.",
+        Counter::NacksReceived => "NACKed packets requested by subscribers.",
+        Counter::Retransmitted => "Packets retransmitted from the NACK cache.",
+        Counter::PliForwarded => "PLI/FIR passed to publishers.",
+        Counter::PliThrottled => "PLI/FIR suppressed by the throttle.",
+        Counter::Sessions => "Live sessions on the worker.",
+        Counter::KernelRxDrops => "Datagrams the kernel dropped on a full receive queue.",
+        Counter::LoopTurns => "Worker loop turns.",
+        _ => "Datagrams dropped, by reason.",
+    }
+}
+
+/// Render everything.
+pub fn render(inner: &Inner, http: &HttpMetrics) -> String {
+    let mut out = String::with_capacity(8192);
+    let node = &inner.node;
+    header(
+        &mut out,
+        "dataplane_up",
+        "gauge",
+        "1 when the control plane is attached to a live data plane and in sync.",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_dataplane_up {}",
+        u8::from(node.ready().is_ok())
+    );
+    if let Some(stats) = &inner.stats {
+        workers(&mut out, stats);
+    }
+    header(
+        &mut out,
+        "control_sessions",
+        "gauge",
+        "Sessions in the control plane's table, by role.",
+    );
+    let (mut publishers, mut subscribers) = (0u64, 0u64);
+    for s in node.sessions() {
+        match s.role {
+            Role::Publisher { .. } => publishers += 1,
+            Role::Subscriber { .. } => subscribers += 1,
+        }
+    }
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"publisher\"}} {publishers}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"subscriber\"}} {subscribers}"
+    );
+    header(
+        &mut out,
+        "command_ring_depth",
+        "gauge",
+        "Commands pushed and not yet read by the data plane.",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_command_ring_depth {}",
+        inner.ring_depth().unwrap_or(0)
+    );
+    let counters = [
+        (
+            "http_requests_total",
+            "HTTP requests answered.",
+            &http.requests,
+        ),
+        (
+            "http_client_errors_total",
+            "HTTP requests answered with 4xx.",
+            &http.client_errors,
+        ),
+        (
+            "http_server_errors_total",
+            "HTTP requests answered with 5xx.",
+            &http.server_errors,
+        ),
+        (
+            "sessions_created_total",
+            "Sessions created through the API.",
+            &http.sessions_created,
+        ),
+        (
+            "sessions_refused_total",
+            "Session requests the data plane refused or that timed out.",
+            &http.sessions_refused,
+        ),
+        (
+            "sessions_removed_total",
+            "Sessions removed through the API.",
+            &http.sessions_removed,
+        ),
+    ];
+    for (name, text, value) in counters {
+        header(&mut out, name, "counter", text);
+        let _ = writeln!(out, "switchyard_{name} {}", value.load(Ordering::Relaxed));
+    }
+    out
+}
+
+fn workers(out: &mut String, stats: &Stats) {
+    let blocks: Vec<_> = (0..stats.workers())
+        .filter_map(|w| stats.worker(w))
+        .collect();
+    for c in Counter::ALL {
+        if c.drop_reason().is_some() {
+            continue;
+        }
+        let kind = if c.is_gauge() { "gauge" } else { "counter" };
+        header(out, c.name(), kind, help(c));
+        for (w, block) in blocks.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchyard_{}{{worker=\"{w}\"}} {}",
+                c.name(),
+                block.get(c)
+            );
+        }
+    }
+    header(
+        out,
+        "drops_total",
+        "counter",
+        "Datagrams dropped, by reason.",
+    );
+    for (w, block) in blocks.iter().enumerate() {
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "switchyard_drops_total{{worker=\"{w}\",reason=\"{}\"}} {}",
+                r.label(),
+                block.get(r.counter())
+            );
+        }
+    }
+}
