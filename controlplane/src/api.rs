@@ -244,7 +244,15 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
             ApiError::new(status, format!("cannot read request body: {e}"))
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("invalid JSON: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("invalid JSON at {path}: {}", e.inner()))
+        }
+    })
 }
 
 fn validate_stream(stream: &str) -> Result<(), ApiError> {

@@ -456,6 +456,11 @@ impl Engine {
     }
 
     fn on_rtp(&mut self, data: &[u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+        // Decide "nobody we know" before taking a buffer: the pool only holds buffers for
+        // the sessions there are, so with none it is empty, and the drop must say why.
+        if self.unlatched.is_empty() && !self.by_addr.contains_key(&src) {
+            return self.drop_packet(DropReason::UnknownSource);
+        }
         let Some(mut h) = self.pool.take() else {
             return self.drop_packet(DropReason::QueueFull);
         };

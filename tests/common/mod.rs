@@ -1,0 +1,217 @@
+//! Real node processes for integration tests: `switchyard dataplane` and `switchyard
+//! controlplane` from this build, on loopback, with their shared-memory files in a private
+//! directory, killed when the test ends.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A response: status and body.
+#[derive(Debug)]
+pub struct Http {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Http {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Http> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    // A server may answer (413) before reading a large body and close; that is fine.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // Bodies here are small and not chunked except axum's streaming ones, which we don't use.
+    Ok(Http {
+        status,
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free TCP port")
+}
+
+/// `n` consecutive free UDP ports on 127.0.0.1.
+pub fn free_udp_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let base = probe.local_addr().expect("addr").port();
+        drop(probe);
+        if base > 65000 - n {
+            continue;
+        }
+        let held: Vec<_> = (0..n)
+            .map_while(|i| UdpSocket::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free UDP ports");
+}
+
+/// A node: data plane and control plane processes.
+pub struct Node {
+    pub api: String,
+    pub http_addr: String,
+    pub media_port: u16,
+    pub workers: u16,
+    pub shm: PathBuf,
+    pub dataplane: Option<Child>,
+    pub controlplane: Option<Child>,
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Node {
+    pub fn start(workers: u16) -> Node {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&shm).expect("shm dir");
+        let http_addr = format!("127.0.0.1:{}", free_tcp_port());
+        let mut node = Node {
+            api: format!("http://{http_addr}"),
+            http_addr,
+            media_port: free_udp_ports(workers),
+            workers,
+            shm,
+            dataplane: None,
+            controlplane: None,
+        };
+        node.start_dataplane();
+        node.start_controlplane();
+        node.wait_healthy();
+        node
+    }
+
+    fn command(&self, role: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(role)
+            .args(["--node-id", "test"])
+            .arg("--shm-dir")
+            .arg(&self.shm)
+            .args(["--http-listen", &self.http_addr])
+            .args(["--media-bind", "127.0.0.1"])
+            .args(["--media-port", &self.media_port.to_string()])
+            .args(["--workers", &self.workers.to_string()])
+            .args(["--pin", "false"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn start_dataplane(&mut self) {
+        self.dataplane = Some(self.command("dataplane").spawn().expect("spawn dataplane"));
+    }
+
+    pub fn start_controlplane(&mut self) {
+        self.controlplane = Some(
+            self.command("controlplane")
+                .spawn()
+                .expect("spawn controlplane"),
+        );
+    }
+
+    pub fn kill_controlplane(&mut self) {
+        if let Some(mut c) = self.controlplane.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_dataplane(&mut self) {
+        if let Some(mut c) = self.dataplane.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Http {
+        http(&self.http_addr, "GET", path, None).expect("GET")
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Http {
+        http(&self.http_addr, "POST", path, Some(body.as_bytes())).expect("POST")
+    }
+
+    pub fn delete(&self, path: &str) -> Http {
+        http(&self.http_addr, "DELETE", path, None).expect("DELETE")
+    }
+
+    /// Wait until /health answers 200; returns its JSON.
+    pub fn wait_healthy(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http(&self.http_addr, "GET", "/health", None) {
+                if r.status == 200 {
+                    return r.json();
+                }
+            }
+            assert!(Instant::now() < deadline, "node did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sum over workers of a metric line's values, e.g. `switchyard_sessions{`.
+    pub fn metric_sum(&self, prefix: &str) -> u64 {
+        self.get("/metrics")
+            .body
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Node {
+    /// Packets forwarded so far, read from the data plane's stats file directly (works with
+    /// no control plane running).
+    pub fn forwarded_direct(&self) -> u64 {
+        use switchyard_shared::stats::{Counter, Stats};
+        let stats = Stats::open(&self.shm.join("switchyard-test.stats")).expect("stats file");
+        (0..stats.workers())
+            .filter_map(|w| stats.worker(w))
+            .map(|c| c.get(Counter::Forwarded))
+            .sum()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_controlplane();
+        self.kill_dataplane();
+        let _ = std::fs::remove_dir_all(&self.shm);
+    }
+}

@@ -1,0 +1,408 @@
+//! A whole node as users run it: the `switchyard` binary's two processes on loopback, driven
+//! through the public surfaces (REST API, SRTP media from the bundled generator, /metrics).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::{Node, BIN};
+use switchyard_bench::crypto::Profile;
+use switchyard_bench::{run, LoadSpec, Target};
+
+fn load(subscribers: usize, duration: Duration) -> LoadSpec {
+    LoadSpec {
+        publishers: 1,
+        subscribers,
+        duration,
+        warmup: Duration::from_millis(500),
+        rate: 200,
+        size: 1000,
+        bench_cores: Vec::new(),
+        drain: Duration::from_millis(800),
+        ..LoadSpec::default()
+    }
+}
+
+#[test]
+fn media_keeps_flowing_while_the_control_plane_restarts() {
+    let mut node = Node::start(2);
+    let target = Target::Node {
+        api: node.api.clone(),
+        profile: Profile::AeadAes128Gcm,
+        cpu_pid: None,
+        worker: None,
+    };
+    let spec = load(30, Duration::from_secs(4));
+    let bench = std::thread::spawn(move || run(&spec, &target));
+
+    // Let the bench create its 31 sessions and start sending, then kill the control plane.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.metric_sum("switchyard_forwarded_packets_total{") < 1000 {
+        assert!(Instant::now() < deadline, "media did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.kill_controlplane();
+    let forwarded = node.forwarded_direct();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        node.forwarded_direct() > forwarded,
+        "media must flow with no control plane"
+    );
+    node.start_controlplane();
+    node.wait_healthy();
+
+    // The restarted control plane rebuilt its view from the data plane's snapshot.
+    let list = node.get("/v1/sessions").json();
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 31, "{list}");
+    assert_eq!(
+        sessions.iter().filter(|s| s["role"] == "publisher").count(),
+        1
+    );
+    assert!(
+        sessions.iter().all(|s| s.get("localKey").is_none()),
+        "keys are shown only at creation"
+    );
+
+    let report = bench.join().expect("bench thread").expect("bench run");
+    assert!(report.sent_packets > 500, "{report:?}");
+    assert_eq!(report.lost_packets, 0, "{report:?}");
+    assert_eq!(report.errors.decrypt, 0, "{report:?}");
+    assert_eq!(report.errors.ssrc_mismatch, 0, "{report:?}");
+    assert_eq!(report.errors.misrouted, 0, "{report:?}");
+    assert_eq!(report.duplicates, 0, "{report:?}");
+
+    // The bench deleted its sessions through the restarted control plane.
+    assert_eq!(
+        node.get("/v1/sessions").json()["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 0);
+}
+
+#[test]
+fn a_restarted_data_plane_gets_its_sessions_back() {
+    let mut node = Node::start(2);
+    let p = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"room/cam","ssrcs":[1111]}"#,
+    );
+    assert_eq!(p.status, 201, "{}", p.body);
+    let s = node.post(
+        "/v1/sessions",
+        r#"{"role":"subscriber","stream":"room/cam","remote":"127.0.0.1:9"}"#,
+    );
+    assert_eq!(s.status, 201, "{}", s.body);
+    let pid_before = node.wait_healthy()["dataplanePid"].clone();
+
+    node.kill_dataplane();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/health").status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "health must report the data plane down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"room/other"}"#,
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    node.start_dataplane();
+    let health = node.wait_healthy();
+    assert_ne!(health["dataplanePid"], pid_before);
+    // Both sessions were provisioned again, with the same ids and keys.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric_sum("switchyard_sessions{") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "sessions were not re-provisioned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let list = node.get("/v1/sessions").json();
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(
+        node.delete(&format!("/v1/sessions/{}", p.json()["id"]))
+            .status,
+        204
+    );
+    assert_eq!(
+        node.delete(&format!("/v1/sessions/{}", s.json()["id"]))
+            .status,
+        204
+    );
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 0);
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_change_nothing() {
+    let node = Node::start(1);
+    let ok = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"a/b","profile":"AES_CM_128_HMAC_SHA1_80"}"#,
+    );
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    assert!(ok
+        .headers
+        .to_ascii_lowercase()
+        .contains("location: /v1/sessions/"));
+    let created = ok.json();
+    assert_eq!(created["profile"], "AES_CM_128_HMAC_SHA1_80");
+    assert_eq!(
+        created["localKey"].as_str().map(str::len),
+        Some(40),
+        "30 bytes in base64"
+    );
+
+    let big = format!(
+        r#"{{"role":"publisher","stream":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let cases: Vec<(&str, &str, &str, u16, &str)> = vec![
+        ("POST", "/v1/sessions", "{not json", 400, "invalid JSON"),
+        ("POST", "/v1/sessions", "", 400, "invalid JSON"),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"king","stream":"a"}"#,
+            400,
+            "role",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"a b"}"#,
+            400,
+            "stream",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":""}"#,
+            400,
+            "stream",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"subscriber","stream":"a/b"}"#,
+            400,
+            "remote",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"subscriber","stream":"a/b","remote":"nowhere"}"#,
+            400,
+            "remote",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"subscriber","stream":"a/b","remote":"0.0.0.0:5"}"#,
+            400,
+            "remote",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","profile":"NULL"}"#,
+            400,
+            "profile",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","remoteKey":"AAAA"}"#,
+            400,
+            "remoteKey",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","localKey":"!!"}"#,
+            400,
+            "localKey",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","ssrcs":[0]}"#,
+            400,
+            "ssrcs",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","ssrcs":[5,5]}"#,
+            400,
+            "ssrcs",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","ssrcs":[1,2,3,4,5]}"#,
+            400,
+            "ssrcs",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","worker":7}"#,
+            400,
+            "worker",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"c","extra":1}"#,
+            400,
+            "extra",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"role":"publisher","stream":"a/b"}"#,
+            409,
+            "stream busy",
+        ),
+        ("POST", "/v1/sessions", &big, 413, "larger than"),
+        ("GET", "/v1/sessions/999", "", 404, "no such session"),
+        ("GET", "/v1/sessions/abc", "", 404, "no such session"),
+        ("DELETE", "/v1/sessions/999", "", 404, "no such session"),
+        ("GET", "/nope", "", 404, "no such resource"),
+        ("PUT", "/v1/sessions", "", 405, "method not allowed"),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let r = common::http(&node.http_addr, method, path, Some(body.as_bytes())).expect("http");
+        assert_eq!(r.status, status, "{method} {path} {body:.80}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            err.contains(needle),
+            "{method} {path}: {err:?} lacks {needle:?}"
+        );
+    }
+    // Nothing changed: one session, in the table and in the data plane.
+    let list = node.get("/v1/sessions").json();
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 1);
+    assert_eq!(node.metric_sum("switchyard_dataplane_up"), 1);
+}
+
+#[test]
+fn metrics_count_drops_by_reason() {
+    let node = Node::start(1);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let media = ("127.0.0.1", node.media_port);
+    // Oversize, unknown source (valid RTP from nobody we know), not a known packet kind.
+    sock.send_to(&[0x80; 1600], media).expect("send");
+    let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0x12, 0x34];
+    rtp.extend_from_slice(&[0; 100]);
+    sock.send_to(&rtp, media).expect("send");
+    sock.send_to(&[0xff; 40], media).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = [
+        r#"switchyard_drops_total{worker="0",reason="oversize"}"#,
+        r#"switchyard_drops_total{worker="0",reason="unknown_source"}"#,
+        r#"switchyard_drops_total{worker="0",reason="unknown_kind"}"#,
+    ];
+    while want.iter().any(|w| node.metric_sum(w) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "drops not counted:\n{}",
+            node.get("/metrics").body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = node.get("/metrics").body;
+    for family in [
+        "# TYPE switchyard_rx_packets_total counter",
+        "# TYPE switchyard_sessions gauge",
+        "# TYPE switchyard_command_ring_depth gauge",
+        r#"switchyard_drops_total{worker="0",reason="srtp_auth"} 0"#,
+    ] {
+        assert!(text.contains(family), "missing {family}");
+    }
+    assert_eq!(
+        node.metric_sum(r#"switchyard_rx_packets_total{worker="0"}"#),
+        3
+    );
+}
+
+#[test]
+fn up_starts_a_node_and_stops_on_sigterm() {
+    let shm = std::env::temp_dir().join(format!("swy-up-{}", std::process::id()));
+    std::fs::create_dir_all(&shm).expect("dir");
+    let http_addr = format!("127.0.0.1:{}", common::free_tcp_port());
+    let port = common::free_udp_ports(1);
+    let mut up = std::process::Command::new(BIN)
+        .arg("up")
+        .arg("--shm-dir")
+        .arg(&shm)
+        .args([
+            "--http-listen",
+            &http_addr,
+            "--workers",
+            "1",
+            "--pin",
+            "false",
+        ])
+        .args([
+            "--media-bind",
+            "127.0.0.1",
+            "--media-port",
+            &port.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = common::http(&http_addr, "GET", "/health", None) {
+            if r.status == 200 {
+                assert_eq!(r.json()["workers"], 1);
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "up did not become healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = up.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = up.kill();
+            panic!("up did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    // Both children are gone: the port is free again.
+    assert!(std::net::TcpListener::bind(&http_addr).is_ok());
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+#[test]
+fn bad_config_exits_with_status_2() {
+    let out = std::process::Command::new(BIN)
+        .args(["dataplane", "--node-id", "bad id!"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node.id"));
+    let out = std::process::Command::new(BIN)
+        .args(["controlplane", "--config", "/nonexistent/switchyard.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
