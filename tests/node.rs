@@ -406,3 +406,47 @@ fn bad_config_exits_with_status_2() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/switchyard.toml");
+    let c = switchyard_shared::config::Config::load(std::path::Path::new(path)).expect("parse");
+    c.validate().expect("valid");
+    assert_eq!(c, switchyard_shared::config::Config::default(), "the example shows the defaults");
+    let out = std::process::Command::new(BIN)
+        .args(["--config", path, "config"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("port = 10000"));
+}
+
+#[test]
+fn bench_cleans_up_when_setup_fails_halfway() {
+    let node = Node::start(1);
+    // Stream bench/s1 already has a publisher, so the bench's second publisher gets 409
+    // after it created the first publisher and its subscribers.
+    let taken = node.post("/v1/sessions", r#"{"role":"publisher","stream":"bench/s1"}"#);
+    assert_eq!(taken.status, 201, "{}", taken.body);
+    let spec = LoadSpec {
+        publishers: 2,
+        subscribers: 3,
+        duration: Duration::from_secs(1),
+        bench_cores: Vec::new(),
+        ..LoadSpec::default()
+    };
+    let target = Target::Node {
+        api: node.api.clone(),
+        profile: Profile::AeadAes128Gcm,
+        cpu_pid: None,
+        worker: None,
+    };
+    let err = run(&spec, &target).expect_err("setup must fail");
+    assert!(err.to_string().contains("stream busy"), "{err}");
+    // Everything the bench created is gone; the other publisher is untouched.
+    let list = node.get("/v1/sessions").json();
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions[0]["id"], taken.json()["id"]);
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 1);
+}
