@@ -419,6 +419,7 @@ async fn create_session(
             role,
             remote,
             srtp,
+            ice: None,
             created_ms: now_ms(),
         };
         let (cmd, rx) = g.node.begin_add(spec.clone());

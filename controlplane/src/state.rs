@@ -335,6 +335,7 @@ mod tests {
                 remote: vec![1; 28],
                 local: vec![2; 28],
             },
+            ice: None,
             created_ms: 1,
         }
     }

@@ -50,6 +50,8 @@ pub struct SlowPath {
     /// Sent to a worker, not yet answered.
     pending_add: HashMap<SessionId, SessionSpec>,
     pending_remove: HashMap<SessionId, SessionSpec>,
+    /// Why a pending removal happens, when it is not a RemoveSession command.
+    close_reasons: HashMap<SessionId, CloseReason>,
     streams: HashMap<String, StreamEntry>,
     next_stream: u32,
     /// Encoded events waiting for room in the event ring: a full ring delays events, it
@@ -69,6 +71,7 @@ impl SlowPath {
             sessions: BTreeMap::new(),
             pending_add: HashMap::new(),
             pending_remove: HashMap::new(),
+            close_reasons: HashMap::new(),
             streams: HashMap::new(),
             next_stream: 1,
             backlog: VecDeque::new(),
@@ -247,6 +250,7 @@ impl SlowPath {
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
                         srtp: spec.srtp.clone(),
+                        ice: spec.ice.clone(),
                     },
                 ));
                 sends.push((
@@ -271,9 +275,10 @@ impl SlowPath {
             Role::Subscriber { ssrcs } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
-                let Some(remote) = spec.remote else {
+                let remote = spec.remote;
+                if remote.is_none() && spec.ice.is_none() {
                     return Err(CommandError::Invalid);
-                };
+                }
                 if let Some(n) = entry.subscribers.get_mut(usize::from(w)) {
                     *n += 1;
                 }
@@ -292,6 +297,7 @@ impl SlowPath {
                         remote,
                         ssrcs: out,
                         srtp: spec.srtp.clone(),
+                        ice: spec.ice.clone(),
                     },
                 ));
                 if let Some((_, pw)) = entry.publisher {
@@ -413,10 +419,21 @@ impl SlowPath {
                 if let Some(spec) = self.pending_remove.remove(&id) {
                     self.forget(&spec);
                 }
-                self.emit(&Event::SessionRemoved {
-                    id,
-                    reason: CloseReason::Removed,
-                });
+                let reason = self
+                    .close_reasons
+                    .remove(&id)
+                    .unwrap_or(CloseReason::Removed);
+                self.emit(&Event::SessionRemoved { id, reason });
+            }
+            WorkerEvent::ConsentExpired { id } => {
+                // The same path as a RemoveSession command, with its own reason.
+                if let Some(spec) = self.sessions.remove(&id) {
+                    tracing::info!(id = id.0, stream = %spec.stream, "ICE consent expired; removing the session");
+                    let w = spec.worker;
+                    self.pending_remove.insert(id, spec);
+                    self.close_reasons.insert(id, CloseReason::ConsentExpired);
+                    self.command_worker(w, WorkerCommand::Remove { id });
+                }
             }
             WorkerEvent::Latched { id, remote } => {
                 if let Some(spec) = self.sessions.get_mut(&id) {

@@ -173,6 +173,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
                 engine.handle_inbound(msg, now, &mut out);
             }
         }
+        engine.tick(now);
         while let Some(ev) = engine.poll_event() {
             events.push(ev);
         }

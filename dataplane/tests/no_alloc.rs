@@ -103,6 +103,7 @@ fn steady_state_forwarding_allocates_nothing() {
             remote: Some(publisher),
             ssrcs: vec![42],
             srtp: keys(1, 2),
+            ice: None,
         },
         &mut out,
     );
@@ -125,9 +126,10 @@ fn steady_state_forwarding_allocates_nothing() {
             WorkerCommand::AddSubscriber {
                 id: SessionId(id),
                 stream,
-                remote,
+                remote: Some(remote),
                 ssrcs: [id as u32 * 10, 0, 0, 0],
                 srtp: keys(3, 4),
+                ice: None,
             },
             &mut out,
         );

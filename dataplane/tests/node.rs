@@ -175,6 +175,7 @@ fn forwards_across_workers_and_counts_bad_input() {
         role: Role::Publisher { ssrcs: vec![] },
         remote: Some(publisher.local_addr().expect("addr")),
         srtp: keys(1, 2),
+        ice: None,
         created_ms: 0,
     });
     let mut subs = Vec::new();
@@ -188,6 +189,7 @@ fn forwards_across_workers_and_counts_bad_input() {
             role: Role::Subscriber { ssrcs },
             remote: Some(s.local_addr().expect("addr")),
             srtp: keys(3, 20 + i as u8),
+            ice: None,
             created_ms: 0,
         });
         subs.push(s);
@@ -316,6 +318,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         role: Role::Publisher { ssrcs: vec![1] },
         remote: Some(p.local_addr().expect("addr")),
         srtp: keys(1, 2),
+        ice: None,
         created_ms: 7,
     });
     let bad = [
@@ -334,6 +337,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
             role: Role::Publisher { ssrcs: vec![] },
             remote: None,
             srtp: k,
+            ice: None,
             created_ms: 0,
         }));
         let ev = node.next_event();

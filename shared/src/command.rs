@@ -95,6 +95,25 @@ pub enum Role {
     Subscriber { ssrcs: Vec<u32> },
 }
 
+/// ICE-lite short-term credentials of a WebRTC session (RFC 8445 §7.2.2): the peer's checks
+/// carry `USERNAME = local_ufrag:remote_ufrag` and are signed with `local_pwd`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCredentials {
+    pub local_ufrag: String,
+    pub local_pwd: String,
+    pub remote_ufrag: String,
+}
+
+impl std::fmt::Debug for IceCredentials {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceCredentials")
+            .field("local_ufrag", &self.local_ufrag)
+            .field("remote_ufrag", &self.remote_ufrag)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the data plane needs to run one session, and everything the control plane
 /// needs to rebuild its view of it after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +128,19 @@ pub struct SessionSpec {
     /// packet that authenticates" (comedia); subscribers always have one.
     pub remote: Option<SocketAddr>,
     pub srtp: SrtpKeys,
+    /// ICE-lite credentials for a WebRTC session: the worker answers connectivity checks
+    /// and takes `remote` from the first valid one (a nominated one moves it). `None`: a
+    /// plain RTP/SRTP session addressed by `remote` alone.
+    pub ice: Option<IceCredentials>,
     /// Unix milliseconds when the control plane created the session.
     pub created_ms: u64,
 }
 
 /// Control plane → data plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// Control messages, a handful per session lifetime and encoded at once: boxing the spec
+// would buy nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Start a session. Answered by [`Event::SessionAdded`] or [`Event::CommandFailed`].
     AddSession(SessionSpec),
@@ -153,10 +179,13 @@ pub enum CommandError {
 pub enum CloseReason {
     /// A `RemoveSession` command.
     Removed,
+    /// No valid ICE connectivity check for the consent timeout (RFC 7675: 30 s).
+    ConsentExpired,
 }
 
 /// Data plane → control plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // as for Command
 pub enum Event {
     /// Sent when the data plane attaches to the ring (at start). `boot` changes every time
     /// the data plane process starts, so a control plane can tell a restart from a reattach.
@@ -179,7 +208,8 @@ pub enum Event {
         id: SessionId,
         error: CommandError,
     },
-    /// A comedia publisher latched onto its first authenticated source address.
+    /// A comedia publisher latched onto its first authenticated source address, or an ICE
+    /// session's peer was validated (or nominated) at this address.
     RemoteLatched {
         id: SessionId,
         remote: SocketAddr,
@@ -237,6 +267,7 @@ mod tests {
                 remote: vec![1; 28],
                 local: vec![2; 28],
             },
+            ice: None,
             created_ms: 1,
         }
     }

@@ -10,6 +10,7 @@
 //! worker with subscribers one refcounted handle. Nothing is allocated per packet: tables are
 //! sized when sessions are added.
 
+pub mod ice;
 pub mod nack;
 pub mod pool;
 mod session;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{CommandError, SessionId, SrtpKeys, MAX_TRACKS};
+use switchyard_shared::command::{CommandError, IceCredentials, SessionId, SrtpKeys, MAX_TRACKS};
 use switchyard_shared::packet::{self, rtcp, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
@@ -48,13 +49,16 @@ pub enum WorkerCommand {
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
         srtp: SrtpKeys,
+        ice: Option<IceCredentials>,
     },
     AddSubscriber {
         id: SessionId,
         stream: StreamId,
-        remote: SocketAddr,
+        /// `None` only with `ice`: the address comes from the first valid check.
+        remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
         srtp: SrtpKeys,
+        ice: Option<IceCredentials>,
     },
     Remove {
         id: SessionId,
@@ -74,11 +78,28 @@ pub enum WorkerCommand {
 /// Worker → slow path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerEvent {
-    Added { id: SessionId },
-    Failed { id: SessionId, error: CommandError },
-    Removed { id: SessionId },
-    Latched { id: SessionId, remote: SocketAddr },
+    Added {
+        id: SessionId,
+    },
+    Failed {
+        id: SessionId,
+        error: CommandError,
+    },
+    Removed {
+        id: SessionId,
+    },
+    Latched {
+        id: SessionId,
+        remote: SocketAddr,
+    },
+    /// An ICE session's consent lapsed (RFC 7675); the slow path removes it.
+    ConsentExpired {
+        id: SessionId,
+    },
 }
+
+/// How often the engine looks for lapsed ICE consent.
+const CONSENT_SWEEP: Duration = Duration::from_secs(1);
 
 /// Worker → worker.
 #[derive(Debug)]
@@ -163,6 +184,9 @@ pub struct Engine {
     by_id: HashMap<SessionId, u32>,
     /// Comedia publishers not yet latched, tried in order against unknown sources.
     unlatched: Vec<u32>,
+    /// ICE sessions by their local ufrag, for incoming connectivity checks.
+    by_ufrag: HashMap<Box<[u8]>, u32>,
+    next_sweep: Option<Instant>,
     streams: HashMap<StreamId, LocalStream>,
     pool: Pool,
     stats: Arc<Stats>,
@@ -182,6 +206,8 @@ impl Engine {
             by_addr: HashMap::with_capacity(limits.max_sessions),
             by_id: HashMap::with_capacity(limits.max_sessions),
             unlatched: Vec::new(),
+            by_ufrag: HashMap::new(),
+            next_sweep: None,
             streams: HashMap::with_capacity(limits.max_sessions),
             pool: Pool::new(),
             stats,
@@ -237,8 +263,9 @@ impl Engine {
                 remote,
                 ssrcs,
                 srtp,
+                ice,
             } => {
-                let r = self.add_publisher(id, stream, remote, ssrcs, &srtp);
+                let r = self.add_publisher(id, stream, remote, ssrcs, &srtp, ice.as_ref());
                 self.answer(id, r);
             }
             WorkerCommand::AddSubscriber {
@@ -247,8 +274,9 @@ impl Engine {
                 remote,
                 ssrcs,
                 srtp,
+                ice,
             } => {
-                let r = self.add_subscriber(id, stream, remote, ssrcs, &srtp);
+                let r = self.add_subscriber(id, stream, remote, ssrcs, &srtp, ice.as_ref());
                 self.answer(id, r);
             }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
@@ -289,9 +317,26 @@ impl Engine {
         Ok((inbound, outbound))
     }
 
-    fn check_new(&self, id: SessionId, remote: Option<SocketAddr>) -> Result<(), CommandError> {
+    fn check_new(
+        &self,
+        id: SessionId,
+        remote: Option<SocketAddr>,
+        ice: Option<&IceCredentials>,
+    ) -> Result<(), CommandError> {
         if self.by_id.contains_key(&id) {
             return Err(CommandError::DuplicateSession);
+        }
+        if let Some(c) = ice {
+            if c.local_ufrag.is_empty()
+                || c.local_ufrag.contains(':')
+                || self.by_ufrag.contains_key(c.local_ufrag.as_bytes())
+            {
+                return Err(CommandError::Invalid);
+            }
+            if remote.is_some() {
+                // ICE decides the address; a given one would bypass the check.
+                return Err(CommandError::Invalid);
+            }
         }
         if remote.is_some_and(|r| self.by_addr.contains_key(&r)) {
             return Err(CommandError::AddressConflict);
@@ -309,8 +354,9 @@ impl Engine {
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
         keys: &SrtpKeys,
+        ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
-        self.check_new(id, remote)?;
+        self.check_new(id, remote, ice)?;
         if ssrcs.len() > MAX_TRACKS {
             return Err(CommandError::Invalid);
         }
@@ -335,13 +381,17 @@ impl Engine {
             inbound,
             outbound,
             role: session::Role::Publisher(publisher),
+            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
         });
         self.by_id.insert(id, idx);
-        match remote {
-            Some(r) => {
+        match (remote, ice) {
+            (_, Some(c)) => {
+                self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
+            }
+            (Some(r), None) => {
                 self.by_addr.insert(r, idx);
             }
-            None => self.unlatched.push(idx),
+            (None, None) => self.unlatched.push(idx),
         }
         self.streams.entry(stream).or_default().publisher = Some(idx);
         Ok(())
@@ -351,11 +401,15 @@ impl Engine {
         &mut self,
         id: SessionId,
         stream: StreamId,
-        remote: SocketAddr,
+        remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
         keys: &SrtpKeys,
+        ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
-        self.check_new(id, Some(remote))?;
+        if remote.is_none() && ice.is_none() {
+            return Err(CommandError::Invalid);
+        }
+        self.check_new(id, remote, ice)?;
         let (inbound, outbound) = Self::contexts(keys)?;
         let mut offsets = [(0u16, 0u32); MAX_TRACKS];
         for o in &mut offsets {
@@ -364,7 +418,7 @@ impl Engine {
         }
         let idx = self.sessions.insert(Session {
             id,
-            remote: Some(remote),
+            remote,
             inbound,
             outbound,
             role: session::Role::Subscriber(Subscriber {
@@ -372,9 +426,15 @@ impl Engine {
                 ssrcs,
                 offsets,
             }),
+            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
         });
         self.by_id.insert(id, idx);
-        self.by_addr.insert(remote, idx);
+        if let Some(r) = remote {
+            self.by_addr.insert(r, idx);
+        }
+        if let Some(c) = ice {
+            self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
+        }
         self.streams
             .entry(stream)
             .or_default()
@@ -390,6 +450,9 @@ impl Engine {
         };
         if let Some(r) = s.remote {
             self.by_addr.remove(&r);
+        }
+        if let Some(a) = &s.ice {
+            self.by_ufrag.remove(a.local_ufrag().as_bytes());
         }
         self.unlatched.retain(|&i| i != idx);
         match s.role {
@@ -447,11 +510,81 @@ impl Engine {
         match packet::demux(data) {
             // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
             // STUN and DTLS are counted and dropped.
-            Kind::Stun => self.drop_packet(DropReason::Stun),
+            Kind::Stun => self.on_stun(data, src, at, out),
             Kind::Dtls => self.drop_packet(DropReason::Dtls),
             Kind::Unknown => self.drop_packet(DropReason::UnknownKind),
             Kind::Rtp => self.on_rtp(data, src, at, out),
             Kind::Rtcp => self.on_rtcp(data, src, at, out),
+        }
+    }
+
+    /// An ICE connectivity check: answer it if it authenticates, and move the session's
+    /// address when ICE says so. Anything else STUN is counted and dropped unanswered.
+    fn on_stun(&mut self, data: &[u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+        let Ok(msg) = packet::stun::Message::parse(data) else {
+            return self.drop_packet(DropReason::Stun);
+        };
+        let Some(&idx) = ice::addressed_ufrag(&msg).and_then(|u| self.by_ufrag.get(u)) else {
+            return self.drop_packet(DropReason::Stun);
+        };
+        let (id, verdict, sent) = {
+            let Some(s) = self.sessions.get_mut(idx) else {
+                return self.drop_packet(DropReason::Stun);
+            };
+            let current = s.remote;
+            let id = s.id;
+            let Some(agent) = s.ice.as_mut() else {
+                return self.drop_packet(DropReason::Stun);
+            };
+            let Ok(verdict) = agent.validate(&msg, current, src, at) else {
+                return self.drop_packet(DropReason::Stun);
+            };
+            let agent: &ice::IceAgent = agent;
+            let mut len = 0usize;
+            let r = out.send(src, &mut |buf| {
+                let n = agent.write_success(&msg, src, buf)?;
+                len = n;
+                Some(n)
+            });
+            (id, verdict, r.map(|()| len))
+        };
+        match sent {
+            Ok(len) => {
+                self.count(Counter::TxPackets, 1);
+                self.count(Counter::TxBytes, len as u64);
+            }
+            Err(_) => self.drop_packet(DropReason::QueueFull),
+        }
+        if verdict != ice::Validated::Moved {
+            return;
+        }
+        if self.by_addr.get(&src).is_some_and(|&other| other != idx) {
+            // Another session already owns this 5-tuple: keep both as they are rather
+            // than steal its media.
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(idx) else {
+            return;
+        };
+        if let Some(old) = s.remote.replace(src) {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(src, idx);
+        self.events.push(WorkerEvent::Latched { id, remote: src });
+    }
+
+    /// Periodic work: ICE consent expiry. Cheap to call every loop turn.
+    pub fn tick(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
+            return;
+        }
+        self.next_sweep = Some(now + CONSENT_SWEEP);
+        for &idx in self.by_ufrag.values() {
+            if let Some(s) = self.sessions.get_mut(idx) {
+                if s.ice.as_mut().is_some_and(|a| a.expire(now)) {
+                    self.events.push(WorkerEvent::ConsentExpired { id: s.id });
+                }
+            }
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Session {
     /// Protects what the node sends to the peer.
     pub outbound: srtp::Context,
     pub role: Role,
+    /// ICE-lite state of a WebRTC session; `None` for plain RTP/SRTP sessions.
+    pub ice: Option<super::ice::IceAgent>,
 }
 
 pub enum Role {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
+use switchyard_shared::command::{IceCredentials, SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
 use switchyard_shared::packet::{rtcp, rtp};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
@@ -103,6 +103,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             remote,
             ssrcs: vec![PUB_SSRC],
             srtp: keys(profile, 1, 2),
+            ice: None,
         },
         &mut out,
     );
@@ -118,9 +119,10 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
         WorkerCommand::AddSubscriber {
             id: SessionId(id),
             stream: STREAM,
-            remote: addr(port),
+            remote: Some(addr(port)),
             ssrcs: sub_ssrcs(id as u32 * 16),
             srtp: keys(profile, 3, id as u8),
+            ice: None,
         },
         &mut out,
     );
@@ -424,4 +426,187 @@ fn remove_frees_everything() {
     let mut p = srtp_packet(&mut publisher, 200, 100);
     e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
     assert_eq!(out.sent.len(), 100);
+}
+
+fn ice_creds(ufrag: &str) -> IceCredentials {
+    IceCredentials {
+        local_ufrag: ufrag.into(),
+        local_pwd: format!("{ufrag}-password-0123456789"),
+        remote_ufrag: "peer".into(),
+    }
+}
+
+fn check(ufrag: &str, pwd: &str, nominate: bool) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = ice::write_binding_request(
+        &mut buf,
+        &[3; 12],
+        &format!("{ufrag}:peer"),
+        pwd.as_bytes(),
+        nominate,
+        100,
+        5,
+    )
+    .expect("request");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn ice_lite_validates_answers_and_latches() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream: STREAM,
+            remote: None,
+            ssrcs: vec![PUB_SSRC],
+            srtp: keys(profile, 1, 2),
+            ice: Some(ice_creds("pubU")),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(1) })
+    );
+    add_sub(e, 2, 6002, profile);
+    let now = Instant::now();
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+
+    // Before ICE: media from the peer is from an unknown source, even with the right key
+    // (no comedia latching for ICE sessions).
+    let mut p = srtp_packet(&mut publisher, 1, 100);
+    e.handle_datagram(&mut p, addr(5000), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropUnknownSource), 1);
+
+    // A check with the wrong password: dropped, unanswered, nothing latched.
+    let mut bad = check("pubU", "nope", true);
+    e.handle_datagram(&mut bad, addr(5000), now, &mut out);
+    assert!(out.sent.is_empty());
+    assert_eq!(get(&f.stats, 0, Counter::DropStun), 1);
+    assert_eq!(e.poll_event(), None);
+    // A check for an unknown ufrag: the same.
+    let mut unknown = check("nobody", "nobody-password-0123456789", true);
+    e.handle_datagram(&mut unknown, addr(5000), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropStun), 2);
+
+    // A valid check: answered (signed, with the mapped address) and latched.
+    let mut good = check("pubU", "pubU-password-0123456789", false);
+    e.handle_datagram(&mut good, addr(5000), now, &mut out);
+    assert_eq!(out.sent.len(), 1);
+    let (dst, answer) = &out.sent[0];
+    assert_eq!(*dst, addr(5000));
+    let m = switchyard_shared::packet::stun::Message::parse(answer).expect("answer parses");
+    assert_eq!(m.xor_mapped_address(), Some(addr(5000)));
+    assert!(m.check_integrity(b"pubU-password-0123456789"));
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Latched {
+            id: SessionId(1),
+            remote: addr(5000)
+        })
+    );
+    out.sent.clear();
+    let mut p = srtp_packet(&mut publisher, 2, 100);
+    e.handle_datagram(&mut p, addr(5000), now, &mut out);
+    assert_eq!(
+        out.sent.len(),
+        1,
+        "media flows once ICE validated the address"
+    );
+
+    // A valid check from elsewhere without nomination: answered, address unchanged.
+    out.sent.clear();
+    let mut other = check("pubU", "pubU-password-0123456789", false);
+    e.handle_datagram(&mut other, addr(5001), now, &mut out);
+    assert_eq!(out.sent.len(), 1);
+    assert_eq!(e.poll_event(), None);
+    // Nominated there: the session moves; the old address is unknown from now on.
+    let mut nominated = check("pubU", "pubU-password-0123456789", true);
+    e.handle_datagram(&mut nominated, addr(5001), now, &mut out);
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Latched {
+            id: SessionId(1),
+            remote: addr(5001)
+        })
+    );
+    let before = get(&f.stats, 0, Counter::DropUnknownSource);
+    let mut p = srtp_packet(&mut publisher, 3, 100);
+    e.handle_datagram(&mut p, addr(5000), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropUnknownSource), before + 1);
+
+    // Consent: checks keep it; 30 s of silence ends it, reported once.
+    e.tick(now + Duration::from_secs(29));
+    assert_eq!(e.poll_event(), None);
+    e.tick(now + Duration::from_secs(31));
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::ConsentExpired { id: SessionId(1) })
+    );
+    e.tick(now + Duration::from_secs(40));
+    assert_eq!(e.poll_event(), None);
+}
+
+#[test]
+fn ice_sessions_refuse_bad_specs() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    let add = |e: &mut Engine, id: u64, remote: Option<SocketAddr>, ice: Option<IceCredentials>| {
+        let mut out = Capture::default();
+        e.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(id),
+                stream: STREAM,
+                remote,
+                ssrcs: sub_ssrcs(40),
+                srtp: keys(profile, 3, 4),
+                ice,
+            },
+            &mut out,
+        );
+        e.poll_event()
+    };
+    let failed = |id| {
+        Some(WorkerEvent::Failed {
+            id: SessionId(id),
+            error: CommandError::Invalid,
+        })
+    };
+    assert_eq!(add(e, 1, None, None), failed(1), "no address and no ICE");
+    assert_eq!(
+        add(e, 2, Some(addr(1)), Some(ice_creds("u2"))),
+        failed(2),
+        "ICE decides the address"
+    );
+    assert_eq!(
+        add(e, 3, None, Some(ice_creds("a:b"))),
+        failed(3),
+        "a colon cannot be in a ufrag"
+    );
+    assert_eq!(
+        add(e, 4, None, Some(ice_creds("u4"))),
+        Some(WorkerEvent::Added { id: SessionId(4) })
+    );
+    assert_eq!(
+        add(e, 5, None, Some(ice_creds("u4"))),
+        failed(5),
+        "ufrag in use"
+    );
+    // Removing frees the ufrag.
+    e.handle_command(WorkerCommand::Remove { id: SessionId(4) }, &mut out);
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Removed { id: SessionId(4) })
+    );
+    assert_eq!(
+        add(e, 6, None, Some(ice_creds("u4"))),
+        Some(WorkerEvent::Added { id: SessionId(6) })
+    );
 }
