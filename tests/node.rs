@@ -33,7 +33,8 @@ fn media_keeps_flowing_while_the_control_plane_restarts() {
         cpu_pid: None,
         worker: None,
     };
-    let spec = load(30, Duration::from_secs(4));
+    // The issue's acceptance run: 1 publisher → 50 subscribers over 2 workers for 5 s.
+    let spec = load(50, Duration::from_secs(5));
     let bench = std::thread::spawn(move || run(&spec, &target));
 
     // Let the bench create its 31 sessions and start sending, then kill the control plane.
@@ -55,7 +56,12 @@ fn media_keeps_flowing_while_the_control_plane_restarts() {
     // The restarted control plane rebuilt its view from the data plane's snapshot.
     let list = node.get("/v1/sessions").json();
     let sessions = list["sessions"].as_array().expect("sessions");
-    assert_eq!(sessions.len(), 31, "{list}");
+    assert_eq!(sessions.len(), 51, "{list}");
+    let workers: std::collections::BTreeSet<u64> = sessions
+        .iter()
+        .filter_map(|s| s["worker"].as_u64())
+        .collect();
+    assert_eq!(workers.len(), 2, "sessions are spread over both workers");
     assert_eq!(
         sessions.iter().filter(|s| s["role"] == "publisher").count(),
         1
@@ -71,7 +77,14 @@ fn media_keeps_flowing_while_the_control_plane_restarts() {
     assert_eq!(report.errors.decrypt, 0, "{report:?}");
     assert_eq!(report.errors.ssrc_mismatch, 0, "{report:?}");
     assert_eq!(report.errors.misrouted, 0, "{report:?}");
+    assert_eq!(report.errors.sequence_breaks, 0, "{report:?}");
+    assert_eq!(report.errors.bad_payload, 0, "{report:?}");
     assert_eq!(report.duplicates, 0, "{report:?}");
+    assert_eq!(report.subscribers_total, 50);
+    assert_eq!(
+        report.received_packets, report.expected_packets,
+        "{report:?}"
+    );
 
     // The bench deleted its sessions through the restarted control plane.
     assert_eq!(
@@ -296,26 +309,91 @@ fn bad_requests_get_json_errors_and_change_nothing() {
 }
 
 #[test]
-fn metrics_count_drops_by_reason() {
+fn every_kind_of_bad_input_is_counted_under_its_reason() {
+    use switchyard_shared::command::SrtpProfile;
+    use switchyard_shared::srtp::Context;
+
     let node = Node::start(1);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let me = sock.local_addr().expect("addr");
     let media = ("127.0.0.1", node.media_port);
-    // Oversize, unknown source (valid RTP from nobody we know), not a known packet kind.
-    sock.send_to(&[0x80; 1600], media).expect("send");
-    let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0x12, 0x34];
-    rtp.extend_from_slice(&[0; 100]);
-    sock.send_to(&rtp, media).expect("send");
-    sock.send_to(&[0xff; 40], media).expect("send");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let want = [
-        r#"switchyard_drops_total{worker="0",reason="oversize"}"#,
-        r#"switchyard_drops_total{worker="0",reason="unknown_source"}"#,
-        r#"switchyard_drops_total{worker="0",reason="unknown_kind"}"#,
+    // A publisher at our address with a key we know.
+    let key = [7u8; 28];
+    let b64 = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBw=="; // 28 × 0x07
+    let body = format!(
+        r#"{{"role":"publisher","stream":"bad/input","remote":"{me}","remoteKey":"{b64}","ssrcs":[4242]}}"#
+    );
+    let created = node.post("/v1/sessions", &body);
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let rtp = |ctx: &mut Context, seq: u16| {
+        let mut buf = vec![0u8; 12 + 100 + 16];
+        buf[0] = 0x80;
+        buf[1] = 96;
+        buf[2..4].copy_from_slice(&seq.to_be_bytes());
+        buf[8..12].copy_from_slice(&4242u32.to_be_bytes());
+        let n = ctx.protect_rtp(&mut buf, 112).expect("protect");
+        buf.truncate(n);
+        buf
+    };
+    let mut good = Context::new(SrtpProfile::AeadAes128Gcm, &key).expect("ctx");
+    let mut wrong = Context::new(SrtpProfile::AeadAes128Gcm, &[9; 28]).expect("ctx");
+    let first = rtp(&mut good, 1);
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut random = vec![0u8; 300];
+    for b in &mut random {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Keep the first byte out of the RTP/STUN/DTLS ranges: "unknown kind".
+        *b = rng as u8;
+    }
+    random[0] = 0xff;
+    let stun_garbage = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
     ];
-    while want.iter().any(|w| node.metric_sum(w) == 0) {
+    let sent: Vec<(&str, Vec<u8>)> = vec![
+        ("oversize", vec![0x80; 1600]),
+        ("unknown_kind", random),
+        ("malformed", vec![0x80, 96, 0]),
+        ("srtp_auth", rtp(&mut wrong, 2)),
+        ("replay", first.clone()),
+        ("stun", stun_garbage.to_vec()),
+        (
+            "dtls",
+            vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff],
+        ),
+    ];
+    // The good packet first (accepted), then each bad one; the replay is the good one again.
+    sock.send_to(&first, media).expect("send");
+    for (_, bytes) in &sent {
+        sock.send_to(bytes, media).expect("send");
+    }
+    let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    stranger.send_to(&rtp(&mut good, 3), media).expect("send");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reasons: Vec<&str> = sent
+        .iter()
+        .map(|(r, _)| *r)
+        .chain(["unknown_source"])
+        .collect();
+    loop {
+        let missing: Vec<&str> = reasons
+            .iter()
+            .copied()
+            .filter(|r| {
+                node.metric_sum(&format!(
+                    r#"switchyard_drops_total{{worker="0",reason="{r}"}}"#
+                )) != 1
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "drops not counted:\n{}",
+            "not counted exactly once: {missing:?}\n{}",
             node.get("/metrics").body
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -325,14 +403,16 @@ fn metrics_count_drops_by_reason() {
         "# TYPE switchyard_rx_packets_total counter",
         "# TYPE switchyard_sessions gauge",
         "# TYPE switchyard_command_ring_depth gauge",
-        r#"switchyard_drops_total{worker="0",reason="srtp_auth"} 0"#,
     ] {
         assert!(text.contains(family), "missing {family}");
     }
     assert_eq!(
         node.metric_sum(r#"switchyard_rx_packets_total{worker="0"}"#),
-        3
+        sent.len() as u64 + 2
     );
+    // The worker survived all of it: the node is healthy and the session still there.
+    assert_eq!(node.get("/health").status, 200);
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 1);
 }
 
 #[test]

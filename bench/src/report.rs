@@ -27,6 +27,9 @@ pub struct Errors {
     pub bad_payload: u64,
     /// A subscriber got another publisher's packet.
     pub misrouted: u64,
+    /// Packets whose rewritten RTP sequence number is not the publisher's plus the
+    /// subscriber's constant offset: the node's numbering is not continuous.
+    pub sequence_breaks: u64,
     /// Datagrams sendmmsg refused.
     pub send: u64,
     /// SRTP protect failed at a publisher.

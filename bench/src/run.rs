@@ -300,6 +300,9 @@ struct SubState {
     end: SubEnd,
     tracker: SeqTracker,
     jitter: Jitter,
+    /// RTP sequence minus the publisher's, fixed by the first packet: a subscriber's
+    /// numbering must follow the publisher's exactly, whatever its starting point.
+    seq_offset: Option<u16>,
 }
 
 struct RecvOut {
@@ -369,6 +372,7 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
             end: end_,
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
+            seq_offset: None,
         });
     }
     let mut receivers = Vec::new();
@@ -424,6 +428,7 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
         errors.ssrc_mismatch += o.errors.ssrc_mismatch;
         errors.bad_payload += o.errors.bad_payload;
         errors.misrouted += o.errors.misrouted;
+        errors.sequence_breaks += o.errors.sequence_breaks;
         errors.ignored += o.errors.ignored;
         for (t, j) in &o.subs {
             expected += t.expected();
@@ -659,6 +664,12 @@ fn account(
     if payload.publisher as usize != s.end.publisher {
         errors.misrouted += 1;
         return;
+    }
+    let offset = info.sequence.wrapping_sub(payload.sequence as u16);
+    match s.seq_offset {
+        None => s.seq_offset = Some(offset),
+        Some(o) if o != offset => errors.sequence_breaks += 1,
+        Some(_) => {}
     }
     match s.tracker.record(payload.sequence) {
         Arrival::InOrder | Arrival::Reordered => {
