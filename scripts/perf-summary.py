@@ -14,8 +14,9 @@ def load(pattern):
 
 
 variants = [
-    ("node, AEAD_AES_128_GCM, io_uring", "fanout-gcm-[0-9]*.json"),
-    ("node, AES_CM_128_HMAC_SHA1_80, io_uring", "fanout-cm-[0-9]*.json"),
+    ("node, AEAD_AES_128_GCM, io_uring + sendmmsg (default)", "fanout-gcm-[0-9]*.json"),
+    ("node, AES_CM_128_HMAC_SHA1_80, io_uring + sendmmsg (default)", "fanout-cm-[0-9]*.json"),
+    ("node, AEAD_AES_128_GCM, io_uring, one SENDMSG SQE per datagram", "fanout-gcm-sqe-*.json"),
     ("node, AEAD_AES_128_GCM, recvmmsg/sendmmsg", "fanout-gcm-mmsg-*.json"),
     ("reflector (plain, no crypto)", "reflector-*.json"),
 ]

@@ -48,6 +48,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         send_buffer: config.media.send_buffer,
         rx_batch: 32,
         tx_slots: 16384,
+        uring_sendmmsg: config.media.uring_sendmmsg,
     };
 
     let mut threads = Vec::new();

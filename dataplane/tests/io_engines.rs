@@ -32,6 +32,7 @@ fn cfg() -> IoConfig {
         send_buffer: 4 << 20,
         rx_batch: 64,
         tx_slots: 1024,
+        uring_sendmmsg: true,
     }
 }
 
@@ -84,7 +85,11 @@ fn spawn_echo(
 }
 
 fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
-    let (io, local) = io_on(kind, local_addr, &cfg());
+    echo_many_with(kind, local_addr, count, &cfg());
+}
+
+fn echo_many_with(kind: EngineKind, local_addr: &str, count: u32, cfg: &IoConfig) {
+    let (io, local) = io_on(kind, local_addr, cfg);
     let peer = bind(local_addr);
     peer.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -127,6 +132,18 @@ fn echo_many(kind: EngineKind, local_addr: &str, count: u32) {
 fn echo_10k_datagrams() {
     for kind in engines("echo_10k_datagrams") {
         echo_many(kind, "127.0.0.1:0", 10_000);
+    }
+}
+
+#[test]
+fn echo_with_one_sqe_per_send() {
+    // The io_uring engine's other send mode (the default sends with sendmmsg first).
+    if engines("echo_with_one_sqe_per_send").contains(&EngineKind::Uring) {
+        let c = IoConfig {
+            uring_sendmmsg: false,
+            ..cfg()
+        };
+        echo_many_with(EngineKind::Uring, "127.0.0.1:0", 5_000, &c);
     }
 }
 

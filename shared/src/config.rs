@@ -62,6 +62,9 @@ pub struct MediaSection {
     pub pin: bool,
     pub first_core: u16,
     pub engine: EngineKind,
+    /// io_uring engine: send each loop turn's datagrams with one sendmmsg and queue only
+    /// what the socket cannot take as SQEs (true), or one SENDMSG SQE per datagram (false).
+    pub uring_sendmmsg: bool,
     /// SO_RCVBUF / SO_SNDBUF per worker socket, bytes. A deep receive queue rides out the
     /// bursts of a keyframe fanned out to many subscribers.
     pub recv_buffer: usize,
@@ -82,6 +85,7 @@ impl Default for MediaSection {
             pin: true,
             first_core: 1,
             engine: EngineKind::Auto,
+            uring_sendmmsg: true,
             recv_buffer: 8 << 20,
             send_buffer: 8 << 20,
             max_sessions_per_worker: 4096,

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::addr::{parse_rxq_ovfl, parse_sockaddr, CmsgBuf, RawAddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::batch::{send_queued, MsgHdr};
 use super::raw::RawArray;
 use super::tx::Tx;
 use super::waker::Waker;
@@ -17,13 +18,6 @@ use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_WAKER: u64 = 2;
-
-/// `mmsghdr` holding pointers into this engine's own arrays.
-#[derive(Clone, Copy)]
-struct MsgHdr(libc::mmsghdr);
-
-// SAFETY: the pointers point into arrays owned by the same Mmsg, which move with it.
-unsafe impl Send for MsgHdr {}
 
 pub(crate) struct Mmsg {
     socket: UdpSocket,
@@ -91,7 +85,7 @@ impl Mmsg {
             rx_cmsgs: RawArray::new(n, CmsgBuf([0; CMSG_LEN])),
             rx_iovs: RawArray::new(n, zero_iov),
             rx_hdrs: RawArray::new(n, zero_hdr),
-            tx_hdrs: RawArray::new(cfg.tx_slots.clamp(1, 1024), zero_hdr),
+            tx_hdrs: super::batch::headers(cfg.tx_slots),
             want_out: false,
             drops: DropCounter::default(),
             send_errors: 0,
@@ -130,58 +124,12 @@ impl Mmsg {
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
-        while self.tx.queued_len() > 0 {
-            let n = self.tx.queued_len().min(self.tx_hdrs.len());
-            for k in 0..n {
-                let Some(i) = self.tx.peek_queued(k) else {
-                    break;
-                };
-                // SAFETY: slot i is Queued, so its header is initialised and not written;
-                // the copy keeps pointing at the slot's iovec and address.
-                let h = unsafe { *self.tx.hdr_ptr(i) };
-                // SAFETY: tx_hdrs is only used inside this function, synchronously.
-                unsafe {
-                    *self.tx_hdrs.get_mut(k) = MsgHdr(libc::mmsghdr {
-                        msg_hdr: h,
-                        msg_len: 0,
-                    })
-                };
-            }
-            // SAFETY: tx_hdrs[0..n] are valid mmsghdrs whose pointers reference queued Tx
-            // slots, which stay untouched for the duration of the call.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    self.tx_hdrs.ptr(0).cast(),
-                    n as u32,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if rc >= 0 {
-                for _ in 0..rc {
-                    if let Some(i) = self.tx.pop_queued() {
-                        self.tx.complete(i);
-                    }
-                }
-                continue;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // The socket is full: keep the rest for the next flush, never block.
-                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => break,
-                Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EFAULT) => {
-                    return Err(IoError::sys("sendmmsg", err))
-                }
-                // The first message was refused (unreachable, bad address, ...): drop it.
-                _ => {
-                    self.send_errors += 1;
-                    if let Some(i) = self.tx.pop_queued() {
-                        self.tx.complete(i);
-                    }
-                }
-            }
-        }
+        send_queued(
+            self.socket.as_raw_fd(),
+            &mut self.tx,
+            &mut self.tx_hdrs,
+            &mut self.send_errors,
+        )?;
         let want_out = self.tx.queued_len() > 0;
         if want_out != self.want_out {
             let ev = if want_out {

@@ -26,6 +26,7 @@ use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::addr::{parse_rxq_ovfl, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::batch::{self, MsgHdr};
 use super::raw::RawArray;
 use super::tx::Tx;
 use super::waker::Waker;
@@ -141,6 +142,8 @@ pub(crate) struct Uring {
     bufs: ManuallyDrop<RawArray<[u8; BUF_SIZE]>>,
     buf_ring: ManuallyDrop<BufRing>,
     tx: ManuallyDrop<Tx>,
+    /// Scratch headers for the sendmmsg fast path; `None` when sends go as SQEs only.
+    tx_hdrs: Option<RawArray<MsgHdr>>,
     drops: DropCounter,
     send_errors: u64,
 }
@@ -253,6 +256,7 @@ impl Uring {
             bufs: ManuallyDrop::new(bufs),
             buf_ring: ManuallyDrop::new(buf_ring),
             tx: ManuallyDrop::new(Tx::new(cfg.tx_slots, v6)),
+            tx_hdrs: cfg.uring_sendmmsg.then(|| batch::headers(cfg.tx_slots)),
             drops: DropCounter::default(),
             send_errors: 0,
         })
@@ -322,6 +326,18 @@ impl Uring {
                 .build()
                 .user_data(UD_WAKER);
             self.waker_armed = self.push(&e)?;
+        }
+        // Fast path: one sendmmsg for the turn. Only while no SQE send is in flight, so a
+        // datagram never overtakes an earlier one still waiting in io_uring for socket space.
+        if let Some(hdrs) = self.tx_hdrs.as_mut() {
+            if self.tx.in_flight() == 0 {
+                batch::send_queued(
+                    self.socket.as_raw_fd(),
+                    &mut self.tx,
+                    hdrs,
+                    &mut self.send_errors,
+                )?;
+            }
         }
         let fd = Fd(self.socket.as_raw_fd());
         while self.tx.queued_len() > 0 {
