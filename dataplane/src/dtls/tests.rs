@@ -35,6 +35,10 @@ struct Client {
     ends: PipeEnds,
     outcome: oneshot::Receiver<Result<ClientView, String>>,
     result: Option<Result<ClientView, String>>,
+    /// Drop the client's CertificateVerify on its way to the server.
+    strip_certificate_verify: bool,
+    /// Datagrams that lost a CertificateVerify that way.
+    stripped: usize,
 }
 
 fn client_cert() -> Certificate {
@@ -104,41 +108,86 @@ fn client(
         ends,
         outcome,
         result: None,
+        strip_certificate_verify: false,
+        stripped: 0,
     }
 }
 
-/// Move datagrams both ways until `done`, returning every datagram the server sent, in
-/// order, and the server's first event.
+/// What one test link has seen so far.
+#[derive(Default)]
+struct Seen {
+    from_server: Vec<Vec<u8>>,
+    from_client: Vec<Vec<u8>>,
+    event: Option<DtlsEvent>,
+}
+
+/// One turn of the test "worker": move what is queued both ways, collect the server event.
+fn step(session: &mut DtlsSession, client: &mut Client, seen: &mut Seen) {
+    while let Ok(d) = client.ends.outbound.try_recv() {
+        let d = if client.strip_certificate_verify {
+            let stripped = strip_certificate_verify(&d);
+            client.stripped += usize::from(stripped.len() < d.len());
+            stripped
+        } else {
+            d
+        };
+        session.handle_datagram(&d, Instant::now());
+        seen.from_client.push(d);
+    }
+    while let Some(d) = session.poll_transmit() {
+        seen.from_server.push(d.clone());
+        let _ = client.ends.inbound.try_send(d);
+    }
+    if let Some(ev) = session.poll_event() {
+        assert!(
+            seen.event.is_none(),
+            "second event {ev:?} after {:?}",
+            seen.event
+        );
+        seen.event = Some(ev);
+    }
+    if client.result.is_none() {
+        client.result = client.outcome.try_recv().ok();
+    }
+}
+
+/// Move datagrams both ways until `done`, returning every datagram each side sent, in
+/// order, and the server's event.
 fn drive(
     session: &mut DtlsSession,
     client: &mut Client,
     done: impl Fn(&Option<DtlsEvent>, &Client) -> bool,
 ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Option<DtlsEvent>) {
     let start = Instant::now();
-    let (mut from_server, mut from_client) = (Vec::new(), Vec::new());
-    let mut event = None;
+    let mut seen = Seen::default();
     while start.elapsed() < WALL {
-        while let Ok(d) = client.ends.outbound.try_recv() {
-            session.handle_datagram(&d, Instant::now());
-            from_client.push(d);
-        }
-        while let Some(d) = session.poll_transmit() {
-            from_server.push(d.clone());
-            let _ = client.ends.inbound.try_send(d);
-        }
-        if let Some(ev) = session.poll_event() {
-            assert!(event.is_none(), "second event {ev:?} after {event:?}");
-            event = Some(ev);
-        }
-        if client.result.is_none() {
-            client.result = client.outcome.try_recv().ok();
-        }
-        if done(&event, client) {
+        step(session, client, &mut seen);
+        if done(&seen.event, client) {
             break;
         }
         sleep(Duration::from_millis(1));
     }
-    (from_server, from_client, event)
+    (seen.from_server, seen.from_client, seen.event)
+}
+
+/// The datagram without its plaintext CertificateVerify record(s): a client that presents a
+/// certificate but never proves it holds the key (CVE-2022-29222).
+fn strip_certificate_verify(d: &[u8]) -> Vec<u8> {
+    const CERTIFICATE_VERIFY: u8 = 15;
+    let mut out = Vec::with_capacity(d.len());
+    let mut rest = d;
+    while rest.len() >= 13 {
+        let len = u16::from_be_bytes([rest[11], rest[12]]) as usize;
+        let end = (13 + len).min(rest.len());
+        let epoch0 = rest[3..5] == [0, 0];
+        let is_cv = rest[0] == HANDSHAKE && epoch0 && rest.get(13) == Some(&CERTIFICATE_VERIFY);
+        if !is_cv {
+            out.extend_from_slice(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 fn both_done(ev: &Option<DtlsEvent>, c: &Client) -> bool {
@@ -381,9 +430,9 @@ fn garbage_never_panics_and_handshake_still_completes() {
 
 #[test]
 fn sessions_share_one_driver() {
-    // Several handshakes at once on one config: all complete on its single driver thread.
+    // Handshakes interleaved on one config: all complete on its single driver thread.
     let cfg = DtlsConfig::generate().unwrap();
-    let mut pairs: Vec<(DtlsSession, Client)> = (0..8)
+    let mut links: Vec<(DtlsSession, Client, Seen)> = (0..16)
         .map(|_| {
             let cert = client_cert();
             let fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
@@ -392,13 +441,52 @@ fn sessions_share_one_driver() {
                 Some(cert),
                 cfg.fingerprint(),
             );
-            (DtlsSession::new(&cfg, &fp, Instant::now()).unwrap(), c)
+            let s = DtlsSession::new(&cfg, &fp, Instant::now()).unwrap();
+            (s, c, Seen::default())
         })
         .collect();
-    for (s, c) in &mut pairs {
-        let (_, _, event) = drive(s, c, both_done);
-        assert!(matches!(event, Some(DtlsEvent::Connected(_))), "{event:?}");
+    let start = Instant::now();
+    while start.elapsed() < WALL && !links.iter().all(|(_, c, seen)| both_done(&seen.event, c)) {
+        for (s, c, seen) in &mut links {
+            step(s, c, seen);
+        }
+        sleep(Duration::from_millis(1));
     }
+    for (_, c, seen) in &links {
+        assert!(
+            matches!(seen.event, Some(DtlsEvent::Connected(_))),
+            "{:?}",
+            seen.event
+        );
+        assert!(matches!(c.result, Some(Ok(_))));
+    }
+}
+
+#[test]
+fn certificate_without_certificate_verify_never_connects() {
+    let cfg = DtlsConfig::generate().unwrap();
+    let cert = client_cert();
+    let fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
+    let mut c = client(
+        vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
+        Some(cert),
+        cfg.fingerprint(),
+    );
+    c.strip_certificate_verify = true;
+    let t0 = Instant::now();
+    let mut s = DtlsSession::new(&cfg, &fp, t0).unwrap();
+    // Long enough for the client's full flight 5 and one retransmission (1 s interval).
+    let (_, from_client, event) = drive(&mut s, &mut c, |_, _| false_after(t0, 1500));
+    assert!(from_client.len() >= 3, "client got as far as flight 5");
+    assert!(c.stripped >= 1, "a CertificateVerify was sent and dropped");
+    assert_eq!(event, None, "connected or failed without CertificateVerify");
+    s.handle_timeout(t0 + HANDSHAKE_TIMEOUT);
+    assert_eq!(s.poll_event(), Some(DtlsEvent::Failed(Failure::Timeout)));
+}
+
+/// A `drive` stop condition: true once `ms` of wall time have passed since `t0`.
+fn false_after(t0: Instant, ms: u64) -> bool {
+    t0.elapsed() >= Duration::from_millis(ms)
 }
 
 #[test]
