@@ -87,6 +87,8 @@ pub enum DtlsError {
     Fingerprint(String),
     #[error("starting the DTLS driver thread: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("the DTLS driver has stopped")]
+    DriverStopped,
     #[error(transparent)]
     Dtls(#[from] webrtc_dtls::Error),
 }
@@ -267,7 +269,7 @@ impl DtlsSession {
         let expected = Fingerprint::parse(remote_fingerprint)?;
         let Some(rt) = cfg.driver.rt.as_ref() else {
             // Only `Driver::drop` takes the runtime, and `cfg` holds the driver.
-            return Err(DtlsError::Certificate("driver stopped".into()));
+            return Err(DtlsError::DriverStopped);
         };
         let check = Arc::new(AtomicU8::new(CHECK_NOT_RUN));
         let hook_check = Arc::clone(&check);
