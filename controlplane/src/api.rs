@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_shared::command::{
-    CommandError, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
+    CommandError, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
 };
 
 use crate::link::{SendError, Shared};
@@ -196,7 +196,8 @@ struct SessionView {
     media_address: SocketAddr,
     stream: String,
     role: &'static str,
-    profile: &'static str,
+    /// The SRTP profile; `None` while a DTLS-keyed session has not negotiated one.
+    profile: Option<&'static str>,
     remote: Option<SocketAddr>,
     ssrcs: Vec<u32>,
     created_ms: u64,
@@ -219,12 +220,12 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
         media_address: SocketAddr::new(media.announce_ip(), media.port.saturating_add(spec.worker)),
         stream: spec.stream.clone(),
         role,
-        profile: spec.srtp.profile.name(),
+        profile: spec.keying.keys().map(|k| k.profile.name()),
         remote: spec.remote,
         ssrcs,
         created_ms: spec.created_ms,
-        remote_key: keys.then(|| b64(&spec.srtp.remote)),
-        local_key: keys.then(|| b64(&spec.srtp.local)),
+        remote_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.remote)),
+        local_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.local)),
     }
 }
 
@@ -418,7 +419,7 @@ async fn create_session(
             stream: req.stream,
             role,
             remote,
-            srtp,
+            keying: Keying::Static(srtp),
             ice: None,
             created_ms: now_ms(),
         };

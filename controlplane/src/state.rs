@@ -18,13 +18,15 @@ use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
 
 /// What the data plane said about itself in its last `Hello`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataplaneInfo {
     pub boot: u64,
     pub pid: u32,
     pub workers: u16,
     pub media_port: u16,
     pub engine: EngineKind,
+    /// DTLS certificate fingerprint for SDP answers.
+    pub fingerprint: String,
 }
 
 /// The answer a waiting API request gets.
@@ -111,8 +113,8 @@ impl NodeState {
         }
     }
 
-    pub fn dataplane(&self) -> Option<DataplaneInfo> {
-        self.dataplane
+    pub fn dataplane(&self) -> Option<&DataplaneInfo> {
+        self.dataplane.as_ref()
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &SessionSpec> {
@@ -200,6 +202,7 @@ impl NodeState {
                 workers,
                 media_port,
                 engine,
+                fingerprint,
             } => {
                 let previous = self.dataplane.replace(DataplaneInfo {
                     boot,
@@ -207,13 +210,26 @@ impl NodeState {
                     workers,
                     media_port,
                     engine,
+                    fingerprint,
                 });
                 self.alive = true;
-                if previous.is_some_and(|p| p.boot != boot) {
+                if previous.as_ref().is_some_and(|p| p.boot != boot) {
+                    // WebRTC sessions cannot come back: their DTLS association died with
+                    // the old process (and its certificate). Their peers must signal again.
+                    let lost: Vec<SessionId> = self
+                        .sessions
+                        .values()
+                        .filter(|s| s.ice.is_some())
+                        .map(|s| s.id)
+                        .collect();
+                    for id in &lost {
+                        self.sessions.remove(id);
+                    }
                     tracing::warn!(
                         boot,
                         pid,
                         sessions = self.sessions.len(),
+                        webrtc_sessions_ended = lost.len(),
                         "data plane restarted; provisioning its sessions again"
                     );
                     fx.reopen_stats = true;
@@ -266,6 +282,16 @@ impl NodeState {
                 }
             }
             Event::RemoteLatched { id, remote } => self.latched(id, remote),
+            Event::DtlsConnected { id, profile } => {
+                tracing::info!(
+                    id = id.0,
+                    profile = profile.name(),
+                    "session connected (DTLS)"
+                );
+            }
+            Event::DtlsFailed { id, reason } => {
+                tracing::warn!(id = id.0, %reason, "DTLS handshake failed; the data plane ends the session");
+            }
             Event::SnapshotSession { request, spec } => {
                 if let Some((r, specs)) = &mut self.snapshot {
                     if *r == request {
@@ -309,7 +335,7 @@ impl NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_shared::command::{Role, SrtpKeys, SrtpProfile};
+    use switchyard_shared::command::{Keying, Role, SrtpKeys, SrtpProfile};
 
     fn hello(boot: u64) -> Event {
         Event::Hello {
@@ -318,6 +344,7 @@ mod tests {
             workers: 2,
             media_port: 10000,
             engine: EngineKind::Uring,
+            fingerprint: "sha-256 00".into(),
         }
     }
 
@@ -330,11 +357,11 @@ mod tests {
                 ssrcs: vec![1, 2, 3, 4],
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
-            srtp: SrtpKeys {
+            keying: Keying::Static(SrtpKeys {
                 profile: SrtpProfile::AeadAes128Gcm,
                 remote: vec![1; 28],
                 local: vec![2; 28],
-            },
+            }),
             ice: None,
             created_ms: 1,
         }

@@ -10,6 +10,7 @@
 
 pub mod dtls;
 pub mod engine;
+pub mod handshakes;
 pub mod io;
 pub mod node;
 pub mod slowpath;

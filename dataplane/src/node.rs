@@ -11,7 +11,9 @@ use switchyard_shared::config::{Config, EngineKind};
 use switchyard_shared::ring;
 use switchyard_shared::stats::Stats;
 
+use crate::dtls::DtlsConfig;
 use crate::engine::Limits;
+use crate::handshakes::Handshakes;
 use crate::io::IoConfig;
 use crate::slowpath::SlowPath;
 use crate::worker::{self, Mailbox, WorkerSetup};
@@ -23,6 +25,8 @@ const INBOUND_QUEUE: usize = 16384;
 /// Run the data plane until SIGINT/SIGTERM (or until `stop` is set by the caller).
 pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     config.validate()?;
+    // Before any thread starts: a bad certificate stops the start cleanly.
+    let handshakes = Handshakes::new(dtls_config(&config)?);
     let workers = config.media.worker_count();
     let boot = random_u64()?;
     let stats_path = config.stats_path();
@@ -103,8 +107,10 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         bail!("data plane failed to start: {e}");
     }
 
-    let mut slow = SlowPath::new(side, mailboxes.clone());
+    let fingerprint = handshakes.fingerprint();
+    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes);
     slow.announce(Event::Hello {
+        fingerprint,
         boot,
         pid: std::process::id(),
         workers,
@@ -134,6 +140,20 @@ fn core_of(config: &Config, i: usize, cores: usize) -> Option<usize> {
 }
 
 /// Run until SIGINT or SIGTERM.
+/// Our DTLS identity: the configured certificate, or a fresh self-signed one.
+fn dtls_config(config: &Config) -> anyhow::Result<DtlsConfig> {
+    match (&config.webrtc.certificate, &config.webrtc.private_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            DtlsConfig::from_pem(&read(cert)?, &read(key)?)
+                .with_context(|| format!("loading the DTLS certificate {}", cert.display()))
+        }
+        _ => DtlsConfig::generate().context("generating the DTLS certificate"),
+    }
+}
+
 pub fn run(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

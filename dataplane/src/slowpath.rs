@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_shared::command::{
-    self, CloseReason, Command, CommandError, Event, Role, SessionId, SessionSpec, MAX_TRACKS,
+    self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
+    MAX_TRACKS,
 };
 use switchyard_shared::ring::DataSide;
 
 use crate::engine::{StreamId, WorkerCommand, WorkerEvent};
+use crate::handshakes::{Handshakes, Outcome};
 use crate::worker::Mailbox;
 
 /// How long the slow path sleeps on the command ring between looks at worker events.
@@ -58,13 +60,15 @@ pub struct SlowPath {
     /// never loses one.
     backlog: VecDeque<Vec<u8>>,
     buf: Vec<u8>,
+    handshakes: Handshakes,
+    outcomes: Vec<Outcome>,
     /// The `Hello` this process announced, repeated at the head of every snapshot so a
     /// control plane that attaches later still learns the boot id, pid and engine.
     hello: Option<Event>,
 }
 
 impl SlowPath {
-    pub fn new(ring: DataSide, mailboxes: Arc<[Arc<Mailbox>]>) -> Self {
+    pub fn new(ring: DataSide, mailboxes: Arc<[Arc<Mailbox>]>, handshakes: Handshakes) -> Self {
         Self {
             ring,
             mailboxes,
@@ -77,6 +81,8 @@ impl SlowPath {
             backlog: VecDeque::new(),
             buf: Vec::with_capacity(command::MAX_MESSAGE),
             hello: None,
+            handshakes,
+            outcomes: Vec::new(),
         }
     }
 
@@ -143,6 +149,9 @@ impl SlowPath {
                 self.worker_event(ev);
             }
         }
+        if !self.handshakes.is_empty() {
+            self.drive_handshakes();
+        }
         self.flush();
     }
 
@@ -186,8 +195,17 @@ impl SlowPath {
         if usize::from(spec.worker) >= self.mailboxes.len() {
             return Err(CommandError::NoSuchWorker);
         }
-        let len = spec.srtp.profile.master_len();
-        if spec.srtp.remote.len() != len || spec.srtp.local.len() != len {
+        let bad_key = match &spec.keying {
+            Keying::Static(k) => {
+                let len = k.profile.master_len();
+                k.remote.len() != len || k.local.len() != len
+            }
+            Keying::Dtls { remote_fingerprint } => {
+                crate::dtls::fingerprint::Fingerprint::parse(remote_fingerprint).is_err()
+                    || spec.ice.is_none()
+            }
+        };
+        if bad_key {
             return Err(CommandError::BadKey);
         }
         if spec.stream.is_empty() || spec.stream.len() > MAX_STREAM_NAME {
@@ -249,7 +267,7 @@ impl SlowPath {
                         stream,
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
-                        srtp: spec.srtp.clone(),
+                        srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
                 ));
@@ -296,7 +314,7 @@ impl SlowPath {
                         stream,
                         remote,
                         ssrcs: out,
-                        srtp: spec.srtp.clone(),
+                        srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
                 ));
@@ -340,6 +358,7 @@ impl SlowPath {
 
     /// Undo the routing-table entries of a session that failed or ended.
     fn forget(&mut self, spec: &SessionSpec) {
+        self.handshakes.remove(spec.id);
         let Some(entry) = self.streams.get_mut(&spec.stream) else {
             return;
         };
@@ -403,9 +422,25 @@ impl SlowPath {
         match ev {
             WorkerEvent::Added { id } => {
                 if let Some(spec) = self.pending_add.remove(&id) {
+                    if let Keying::Dtls { remote_fingerprint } = &spec.keying {
+                        let started = self.handshakes.start(
+                            id,
+                            spec.worker,
+                            remote_fingerprint,
+                            std::time::Instant::now(),
+                        );
+                        if let Err(e) = started {
+                            // validate() parsed the fingerprint, so only the driver can fail.
+                            tracing::error!(id = id.0, error = %e, "cannot start DTLS");
+                        }
+                    }
                     self.sessions.insert(id, spec);
                     self.emit(&Event::SessionAdded { id });
                 }
+            }
+            WorkerEvent::Dtls { id, data } => {
+                self.handshakes
+                    .datagram(id, &data, std::time::Instant::now());
             }
             WorkerEvent::Failed { id, error } => {
                 if let Some(spec) = self.pending_add.remove(&id) {
@@ -426,14 +461,8 @@ impl SlowPath {
                 self.emit(&Event::SessionRemoved { id, reason });
             }
             WorkerEvent::ConsentExpired { id } => {
-                // The same path as a RemoveSession command, with its own reason.
-                if let Some(spec) = self.sessions.remove(&id) {
-                    tracing::info!(id = id.0, stream = %spec.stream, "ICE consent expired; removing the session");
-                    let w = spec.worker;
-                    self.pending_remove.insert(id, spec);
-                    self.close_reasons.insert(id, CloseReason::ConsentExpired);
-                    self.command_worker(w, WorkerCommand::Remove { id });
-                }
+                tracing::info!(id = id.0, "ICE consent expired; removing the session");
+                self.end(id, CloseReason::ConsentExpired);
             }
             WorkerEvent::Latched { id, remote } => {
                 if let Some(spec) = self.sessions.get_mut(&id) {
@@ -442,6 +471,44 @@ impl SlowPath {
                 self.emit(&Event::RemoteLatched { id, remote });
             }
         }
+    }
+
+    /// End a session for a reason of the data plane's own (the same path as RemoveSession).
+    fn end(&mut self, id: SessionId, reason: CloseReason) {
+        if let Some(spec) = self.sessions.remove(&id) {
+            let w = spec.worker;
+            self.pending_remove.insert(id, spec);
+            self.close_reasons.insert(id, reason);
+            self.command_worker(w, WorkerCommand::Remove { id });
+        }
+    }
+
+    fn drive_handshakes(&mut self) {
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        self.handshakes
+            .poll(std::time::Instant::now(), &mut outcomes);
+        for o in outcomes.drain(..) {
+            match o {
+                Outcome::Transmit { worker, id, data } => {
+                    self.command_worker(worker, WorkerCommand::SendRaw { id, data });
+                }
+                Outcome::Connected { worker, id, keys } => {
+                    let profile = keys.profile;
+                    tracing::info!(id = id.0, profile = profile.name(), "DTLS connected");
+                    self.command_worker(worker, WorkerCommand::SetKeys { id, keys });
+                    self.emit(&Event::DtlsConnected { id, profile });
+                }
+                Outcome::Failed { id, failure } => {
+                    tracing::warn!(id = id.0, reason = %failure, "DTLS handshake failed; ending the session");
+                    self.emit(&Event::DtlsFailed {
+                        id,
+                        reason: failure.to_string(),
+                    });
+                    self.end(id, CloseReason::DtlsFailed);
+                }
+            }
+        }
+        self.outcomes = outcomes;
     }
 
     pub fn session_count(&self) -> usize {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{
-    self, Command, Event, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
+    self, Command, Event, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
 };
 use switchyard_shared::config::Config;
 use switchyard_shared::packet::rtp;
@@ -174,7 +174,7 @@ fn forwards_across_workers_and_counts_bad_input() {
         stream: "room/cam".into(),
         role: Role::Publisher { ssrcs: vec![] },
         remote: Some(publisher.local_addr().expect("addr")),
-        srtp: keys(1, 2),
+        keying: Keying::Static(keys(1, 2)),
         ice: None,
         created_ms: 0,
     });
@@ -188,7 +188,7 @@ fn forwards_across_workers_and_counts_bad_input() {
             stream: "room/cam".into(),
             role: Role::Subscriber { ssrcs },
             remote: Some(s.local_addr().expect("addr")),
-            srtp: keys(3, 20 + i as u8),
+            keying: Keying::Static(keys(3, 20 + i as u8)),
             ice: None,
             created_ms: 0,
         });
@@ -317,7 +317,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         stream: "a/b".into(),
         role: Role::Publisher { ssrcs: vec![1] },
         remote: Some(p.local_addr().expect("addr")),
-        srtp: keys(1, 2),
+        keying: Keying::Static(keys(1, 2)),
         ice: None,
         created_ms: 7,
     });
@@ -336,7 +336,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
             stream: stream.into(),
             role: Role::Publisher { ssrcs: vec![] },
             remote: None,
-            srtp: k,
+            keying: Keying::Static(k),
             ice: None,
             created_ms: 0,
         }));

@@ -95,6 +95,27 @@ pub enum Role {
     Subscriber { ssrcs: Vec<u32> },
 }
 
+/// How a session gets its SRTP keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Keying {
+    /// Given by the control plane (an RTP/SRTP ingest or egress with provisioned keys).
+    Static(SrtpKeys),
+    /// Negotiated with DTLS-SRTP on the data plane's slow path, the node in the server role
+    /// (`a=setup:passive`). The client's certificate must match this fingerprint from the
+    /// offer (`"sha-256 AB:CD:…"`); media waits until the handshake completes.
+    Dtls { remote_fingerprint: String },
+}
+
+impl Keying {
+    /// The static keys, if any.
+    pub fn keys(&self) -> Option<&SrtpKeys> {
+        match self {
+            Keying::Static(k) => Some(k),
+            Keying::Dtls { .. } => None,
+        }
+    }
+}
+
 /// ICE-lite short-term credentials of a WebRTC session (RFC 8445 §7.2.2): the peer's checks
 /// carry `USERNAME = local_ufrag:remote_ufrag` and are signed with `local_pwd`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +148,7 @@ pub struct SessionSpec {
     /// The peer's address. `None` for a publisher means "latch the source of the first
     /// packet that authenticates" (comedia); subscribers always have one.
     pub remote: Option<SocketAddr>,
-    pub srtp: SrtpKeys,
+    pub keying: Keying,
     /// ICE-lite credentials for a WebRTC session: the worker answers connectivity checks
     /// and takes `remote` from the first valid one (a nominated one moves it). `None`: a
     /// plain RTP/SRTP session addressed by `remote` alone.
@@ -181,6 +202,8 @@ pub enum CloseReason {
     Removed,
     /// No valid ICE connectivity check for the consent timeout (RFC 7675: 30 s).
     ConsentExpired,
+    /// The DTLS handshake failed (the preceding [`Event::DtlsFailed`] says why).
+    DtlsFailed,
 }
 
 /// Data plane → control plane.
@@ -196,6 +219,8 @@ pub enum Event {
         media_port: u16,
         /// The I/O engine the workers run (uring or mmsg, never auto).
         engine: crate::config::EngineKind,
+        /// The data plane's DTLS certificate fingerprint (`"sha-256 AB:…"`) for SDP answers.
+        fingerprint: String,
     },
     SessionAdded {
         id: SessionId,
@@ -213,6 +238,16 @@ pub enum Event {
     RemoteLatched {
         id: SessionId,
         remote: SocketAddr,
+    },
+    /// A DTLS-keyed session completed its handshake: media flows.
+    DtlsConnected {
+        id: SessionId,
+        profile: SrtpProfile,
+    },
+    /// A DTLS-keyed session's handshake failed; the session is removed.
+    DtlsFailed {
+        id: SessionId,
+        reason: String,
     },
     SnapshotSession {
         request: u64,
@@ -262,11 +297,11 @@ mod tests {
                 ssrcs: vec![1, 2, 3, 4],
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
-            srtp: SrtpKeys {
+            keying: Keying::Static(SrtpKeys {
                 profile: SrtpProfile::AeadAes128Gcm,
                 remote: vec![1; 28],
                 local: vec![2; 28],
-            },
+            }),
             ice: None,
             created_ms: 1,
         }
@@ -295,7 +330,7 @@ mod tests {
 
     #[test]
     fn debug_hides_keys() {
-        let s = format!("{:?}", spec().srtp);
+        let s = format!("{:?}", spec().keying);
         assert!(!s.contains("remote"), "{s}");
     }
 }

@@ -135,6 +135,17 @@ pub struct RingSection {
     pub dir: Option<PathBuf>,
 }
 
+/// WebRTC settings of the data plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebrtcSection {
+    /// PEM certificate (ECDSA P-256) for DTLS; with `private_key`. Default: a self-signed
+    /// one generated at each data plane start (its fingerprint goes into every answer).
+    pub certificate: Option<PathBuf>,
+    /// PEM PKCS#8 private key of `certificate`.
+    pub private_key: Option<PathBuf>,
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -143,6 +154,7 @@ pub struct Config {
     pub media: MediaSection,
     pub http: HttpSection,
     pub ring: RingSection,
+    pub webrtc: WebrtcSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +211,9 @@ impl Config {
         }
         if self.media.max_sessions_per_worker == 0 {
             return bad("media.max_sessions_per_worker must be at least 1");
+        }
+        if self.webrtc.certificate.is_some() != self.webrtc.private_key.is_some() {
+            return bad("webrtc.certificate and webrtc.private_key go together");
         }
         Ok(())
     }

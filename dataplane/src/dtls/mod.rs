@@ -41,7 +41,7 @@
 
 #![forbid(unsafe_code)]
 
-mod fingerprint;
+pub(crate) mod fingerprint;
 mod pipe;
 #[cfg(test)]
 mod tests;

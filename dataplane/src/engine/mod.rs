@@ -48,7 +48,8 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
-        srtp: SrtpKeys,
+        /// `None` until DTLS-SRTP delivers them ([`WorkerCommand::SetKeys`]).
+        srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
     AddSubscriber {
@@ -57,11 +58,21 @@ pub enum WorkerCommand {
         /// `None` only with `ice`: the address comes from the first valid check.
         remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
-        srtp: SrtpKeys,
+        srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
     Remove {
         id: SessionId,
+    },
+    /// SRTP keys negotiated by DTLS: media can flow.
+    SetKeys {
+        id: SessionId,
+        keys: SrtpKeys,
+    },
+    /// A datagram from the slow path (a DTLS flight) for the session's peer.
+    SendRaw {
+        id: SessionId,
+        data: Vec<u8>,
     },
     /// Sent to the publisher's worker: bit `i` set = worker `i` has subscribers of `stream`.
     SetRemoteWorkers {
@@ -96,7 +107,16 @@ pub enum WorkerEvent {
     ConsentExpired {
         id: SessionId,
     },
+    /// A DTLS record from the session's ICE-validated address, for the slow path.
+    Dtls {
+        id: SessionId,
+        data: Vec<u8>,
+    },
 }
+
+/// Events queued for the slow path beyond which DTLS records are dropped: a peer flooding
+/// DTLS cannot grow the worker's memory.
+const MAX_PENDING_EVENTS: usize = 1024;
 
 /// How often the engine looks for lapsed ICE consent.
 const CONSENT_SWEEP: Duration = Duration::from_secs(1);
@@ -265,7 +285,7 @@ impl Engine {
                 srtp,
                 ice,
             } => {
-                let r = self.add_publisher(id, stream, remote, ssrcs, &srtp, ice.as_ref());
+                let r = self.add_publisher(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
                 self.answer(id, r);
             }
             WorkerCommand::AddSubscriber {
@@ -276,8 +296,42 @@ impl Engine {
                 srtp,
                 ice,
             } => {
-                let r = self.add_subscriber(id, stream, remote, ssrcs, &srtp, ice.as_ref());
+                let r = self.add_subscriber(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
                 self.answer(id, r);
+            }
+            WorkerCommand::SetKeys { id, keys } => {
+                let Some(s) = self.by_id.get(&id).and_then(|&i| self.sessions.get_mut(i)) else {
+                    return;
+                };
+                match Self::contexts(Some(&keys)) {
+                    Ok((inbound, outbound)) => {
+                        s.inbound = inbound;
+                        s.outbound = outbound;
+                    }
+                    Err(_) => tracing::error!(id = id.0, "negotiated SRTP keys rejected"),
+                }
+            }
+            WorkerCommand::SendRaw { id, data } => {
+                let Some(dst) = self
+                    .by_id
+                    .get(&id)
+                    .and_then(|&i| self.sessions.get(i))
+                    .and_then(|s| s.remote)
+                else {
+                    return;
+                };
+                let sent = out.send(dst, &mut |buf| {
+                    let b = buf.get_mut(..data.len())?;
+                    b.copy_from_slice(&data);
+                    Some(data.len())
+                });
+                match sent {
+                    Ok(()) => {
+                        self.count(Counter::TxPackets, 1);
+                        self.count(Counter::TxBytes, data.len() as u64);
+                    }
+                    Err(_) => self.drop_packet(DropReason::QueueFull),
+                }
             }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
                 Ok(()) => self.events.push(WorkerEvent::Removed { id }),
@@ -309,22 +363,34 @@ impl Engine {
         }
     }
 
-    fn contexts(keys: &SrtpKeys) -> Result<(srtp::Context, srtp::Context), CommandError> {
+    /// Both directions' contexts; `None` (keys still to come from DTLS) gives none.
+    #[allow(clippy::type_complexity)]
+    fn contexts(
+        keys: Option<&SrtpKeys>,
+    ) -> Result<(Option<srtp::Context>, Option<srtp::Context>), CommandError> {
+        let Some(keys) = keys else {
+            return Ok((None, None));
+        };
         let inbound =
             srtp::Context::new(keys.profile, &keys.remote).map_err(|_| CommandError::BadKey)?;
         let outbound =
             srtp::Context::new(keys.profile, &keys.local).map_err(|_| CommandError::BadKey)?;
-        Ok((inbound, outbound))
+        Ok((Some(inbound), Some(outbound)))
     }
 
     fn check_new(
         &self,
         id: SessionId,
         remote: Option<SocketAddr>,
+        keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if self.by_id.contains_key(&id) {
             return Err(CommandError::DuplicateSession);
+        }
+        if keys.is_none() && ice.is_none() {
+            // DTLS is accepted only from an ICE-validated address.
+            return Err(CommandError::Invalid);
         }
         if let Some(c) = ice {
             if c.local_ufrag.is_empty()
@@ -353,10 +419,10 @@ impl Engine {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
-        keys: &SrtpKeys,
+        keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
-        self.check_new(id, remote, ice)?;
+        self.check_new(id, remote, keys, ice)?;
         if ssrcs.len() > MAX_TRACKS {
             return Err(CommandError::Invalid);
         }
@@ -382,6 +448,7 @@ impl Engine {
             outbound,
             role: session::Role::Publisher(publisher),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
+            dtls: keys.is_none(),
         });
         self.by_id.insert(id, idx);
         match (remote, ice) {
@@ -403,13 +470,13 @@ impl Engine {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
-        keys: &SrtpKeys,
+        keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if remote.is_none() && ice.is_none() {
             return Err(CommandError::Invalid);
         }
-        self.check_new(id, remote, ice)?;
+        self.check_new(id, remote, keys, ice)?;
         let (inbound, outbound) = Self::contexts(keys)?;
         let mut offsets = [(0u16, 0u32); MAX_TRACKS];
         for o in &mut offsets {
@@ -427,6 +494,7 @@ impl Engine {
                 offsets,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
+            dtls: keys.is_none(),
         });
         self.by_id.insert(id, idx);
         if let Some(r) = remote {
@@ -511,7 +579,7 @@ impl Engine {
             // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
             // STUN and DTLS are counted and dropped.
             Kind::Stun => self.on_stun(data, src, at, out),
-            Kind::Dtls => self.drop_packet(DropReason::Dtls),
+            Kind::Dtls => self.on_dtls(data, src),
             Kind::Unknown => self.drop_packet(DropReason::UnknownKind),
             Kind::Rtp => self.on_rtp(data, src, at, out),
             Kind::Rtcp => self.on_rtcp(data, src, at, out),
@@ -571,6 +639,26 @@ impl Engine {
         }
         self.by_addr.insert(src, idx);
         self.events.push(WorkerEvent::Latched { id, remote: src });
+    }
+
+    /// A DTLS record goes to the slow path only from the ICE-validated address of a session
+    /// keyed by DTLS; anything else (another 5-tuple, a ClientHello flood from strangers) is
+    /// counted and dropped here without allocating (CVE-2023-51443-style attacks).
+    fn on_dtls(&mut self, data: &[u8], src: SocketAddr) {
+        let Some(&idx) = self.by_addr.get(&src) else {
+            return self.drop_packet(DropReason::Dtls);
+        };
+        let Some(s) = self.sessions.get(idx) else {
+            return self.drop_packet(DropReason::Dtls);
+        };
+        if !s.dtls || self.events.len() >= MAX_PENDING_EVENTS {
+            return self.drop_packet(DropReason::Dtls);
+        }
+        let id = s.id;
+        self.events.push(WorkerEvent::Dtls {
+            id,
+            data: data.to_vec(),
+        });
     }
 
     /// Periodic work: ICE consent expiry. Cheap to call every loop turn.
@@ -650,7 +738,9 @@ impl Engine {
         let n = data.len();
         let dst = buf.get_mut(..n).ok_or(DropReason::Oversize)?;
         dst.copy_from_slice(data);
-        let len = s.inbound.unprotect_rtp(dst).map_err(srtp_drop)?;
+        // No keys yet (DTLS still running): nothing to do with it.
+        let ctx = s.inbound.as_mut().ok_or(DropReason::NoRoute)?;
+        let len = ctx.unprotect_rtp(dst).map_err(srtp_drop)?;
         Ok((idx, len))
     }
 
@@ -741,7 +831,10 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(idx) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
-        let len = match s.inbound.unprotect_rtcp(data) {
+        let Some(ctx) = s.inbound.as_mut() else {
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        let len = match ctx.unprotect_rtcp(data) {
             Ok(len) => len,
             Err(e) => return self.drop_packet(srtp_drop(e)),
         };
@@ -877,8 +970,10 @@ impl Engine {
             if t.is_some_and(|last| now.saturating_duration_since(last) < PLI_INTERVAL) {
                 return self.count(Counter::PliThrottled, 1);
             }
+            let Some(ctx) = s.outbound.as_mut() else {
+                return;
+            };
             *t = Some(now);
-            let ctx = &mut s.outbound;
             let r = out.send(remote, &mut |buf| {
                 let n = rtcp::write_pli(buf, sender, media).ok()?;
                 ctx.protect_rtcp(buf, n).ok()
@@ -973,7 +1068,10 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         return Err(SendError::Cancelled);
     };
     let src = h.bytes();
-    let ctx = &mut s.outbound;
+    // A subscriber still in its DTLS handshake gets nothing yet.
+    let Some(ctx) = s.outbound.as_mut() else {
+        return Err(SendError::Cancelled);
+    };
     let mut sent = 0;
     out.send(remote, &mut |buf| {
         let n = src.len();

@@ -21,13 +21,15 @@ pub struct Session {
     pub id: SessionId,
     /// `None` until a comedia publisher latches.
     pub remote: Option<SocketAddr>,
-    /// Unprotects what the peer sends.
-    pub inbound: srtp::Context,
-    /// Protects what the node sends to the peer.
-    pub outbound: srtp::Context,
+    /// Unprotects what the peer sends; `None` until DTLS-SRTP delivers keys.
+    pub inbound: Option<srtp::Context>,
+    /// Protects what the node sends to the peer; `None` until DTLS-SRTP delivers keys.
+    pub outbound: Option<srtp::Context>,
     pub role: Role,
     /// ICE-lite state of a WebRTC session; `None` for plain RTP/SRTP sessions.
     pub ice: Option<super::ice::IceAgent>,
+    /// Keys come from DTLS-SRTP: DTLS records from the peer go to the slow path.
+    pub dtls: bool,
 }
 
 pub enum Role {
