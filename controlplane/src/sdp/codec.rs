@@ -1,6 +1,6 @@
 //! Which m-lines we accept and with which codec.
 
-use super::offer::{fmtp_param, Offer, Offered, Section};
+use super::offer::{fmtp_param, Offer, Offered, Section, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID};
 use super::{Codec, Direction, Kind, Negotiated, Remap, Track};
 
 /// The only transport WebRTC media uses; anything else (plain RTP, SDES) is rejected.
@@ -183,10 +183,19 @@ fn track(s: &Section, kind: Kind, chosen: &Offered, dir: Direction) -> Track {
             rtcp_fb: Vec::new(),
             ..o.codec.clone()
         });
-    let (ssrcs, rids) = match dir {
-        Direction::Publish => (s.ssrcs.clone(), s.send_rids.clone()),
-        // Filled with our own SSRCs once the plan is made; we send one layer, no rids.
-        Direction::Subscribe => (Vec::new(), Vec::new()),
+    let (ssrcs, rids, extensions) = match dir {
+        Direction::Publish => (s.ssrcs.clone(), s.send_rids.clone(), s.extensions.clone()),
+        // SSRCs: ours, drawn once the plan is made. We send one layer, so no rids and no rid
+        // header extensions.
+        Direction::Subscribe => (
+            Vec::new(),
+            Vec::new(),
+            s.extensions
+                .iter()
+                .filter(|(_, uri)| uri != RTP_STREAM_ID && uri != REPAIRED_RTP_STREAM_ID)
+                .cloned()
+                .collect(),
+        ),
     };
     Track {
         mid: s.mid.clone(),
@@ -194,7 +203,7 @@ fn track(s: &Section, kind: Kind, chosen: &Offered, dir: Direction) -> Track {
         codec: chosen.codec.clone(),
         ssrcs,
         rtx,
-        extensions: s.extensions.clone(),
+        extensions,
         rids,
         remap: None,
     }

@@ -9,13 +9,18 @@ use ::sdp::{MediaDescription, SessionDescription};
 use super::{Codec, SdpError};
 
 /// RTP header extensions we forward or act on; all others are dropped from the answer.
-pub(super) const EXTENSIONS: [&str; 5] = [
+const EXTENSIONS: [&str; 5] = [
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
-    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
-    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    RTP_STREAM_ID,
+    REPAIRED_RTP_STREAM_ID,
 ];
+
+/// Simulcast layer ids (RFC 8852): meaningful from a publisher, not towards a subscriber.
+pub(super) const RTP_STREAM_ID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub(super) const REPAIRED_RTP_STREAM_ID: &str =
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 
 /// RTCP feedback we implement (NACK retransmission, PLI/FIR forwarding, congestion feedback).
 const RTCP_FB: [&str; 5] = ["nack", "nack pli", "ccm fir", "transport-cc", "goog-remb"];
