@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_controlplane::sdp::{answer, AnswerParams, Direction, Negotiated};
+use switchyard_controlplane::sdp::{answer, AnswerParams, Direction};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(offer) = std::str::from_utf8(data) else {
@@ -13,18 +13,22 @@ fuzz_target!(|data: &[u8]| {
         std::net::SocketAddr::from(([192, 0, 2, 1], 10000)),
         std::net::SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 10000)),
     ];
-    let params = |publisher: Option<&Negotiated>| AnswerParams {
+    let params = AnswerParams {
         ice_ufrag: "fuzz",
         ice_pwd: "0123456789abcdefABCDEF",
         fingerprint: "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
         candidates: &candidates,
-        publisher,
+        publisher: None,
     };
-    let published = answer(offer, Direction::Publish, &params(None));
-    let _ = answer(offer, Direction::Subscribe, &params(None));
+    let published = answer(offer, Direction::Publish, &params);
+    let _ = answer(offer, Direction::Subscribe, &params);
     if let Ok(p) = &published {
         // The same text as a subscriber's offer against itself as the publisher.
-        let _ = answer(offer, Direction::Subscribe, &params(Some(p)));
+        let with_source = AnswerParams {
+            publisher: Some(p),
+            ..params
+        };
+        let _ = answer(offer, Direction::Subscribe, &with_source);
         assert!(sdp::SessionDescription::try_from(p.answer.clone()).is_ok());
     }
 });
