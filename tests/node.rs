@@ -412,11 +412,7 @@ fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/switchyard.toml");
     let c = switchyard_shared::config::Config::load(std::path::Path::new(path)).expect("parse");
     c.validate().expect("valid");
-    assert_eq!(
-        c,
-        switchyard_shared::config::Config::default(),
-        "the example shows the defaults"
-    );
+    assert_eq!(c, switchyard_shared::config::Config::default(), "the example shows the defaults");
     let out = std::process::Command::new(BIN)
         .args(["--config", path, "config"])
         .output()
@@ -430,10 +426,7 @@ fn bench_cleans_up_when_setup_fails_halfway() {
     let node = Node::start(1);
     // Stream bench/s1 already has a publisher, so the bench's second publisher gets 409
     // after it created the first publisher and its subscribers.
-    let taken = node.post(
-        "/v1/sessions",
-        r#"{"role":"publisher","stream":"bench/s1"}"#,
-    );
+    let taken = node.post("/v1/sessions", r#"{"role":"publisher","stream":"bench/s1"}"#);
     assert_eq!(taken.status, 201, "{}", taken.body);
     let spec = LoadSpec {
         publishers: 2,
