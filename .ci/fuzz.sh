@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-30}"
-targets=(fuzz_rtp fuzz_rtcp fuzz_stun fuzz_demux)
+targets=(fuzz_rtp fuzz_rtcp fuzz_stun fuzz_demux fuzz_sdp)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
@@ -21,6 +21,7 @@ seeds_for() {
         fuzz_rtcp) echo rtcp crashes-rtcp ;;
         fuzz_stun) echo stun ;;
         fuzz_demux) echo rtp rtcp stun crashes-rtp crashes-rtcp ;;
+        fuzz_sdp) echo sdp ;;
     esac
 }
 

@@ -11,6 +11,7 @@
 mod api;
 mod link;
 mod metrics;
+pub mod sdp;
 pub mod state;
 
 use std::future::Future;
