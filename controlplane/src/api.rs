@@ -13,7 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use switchyard_shared::command::{
 };
 
 use crate::link::{SendError, Shared};
+use crate::state::DataplaneInfo;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -38,14 +39,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -91,14 +92,50 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/whip/{room}/{stream}", post(crate::whip::publish))
+        .route(
+            "/whip/{room}/{stream}/{id}",
+            delete(crate::whip::end_publish).patch(crate::whip::patch),
+        )
+        .route("/whep/{room}/{stream}", post(crate::whip::subscribe))
+        .route(
+            "/whep/{room}/{stream}/{id}",
+            delete(crate::whip::end_subscribe).patch(crate::whip::patch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(cors())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
         ))
         .with_state(shared)
+}
+
+/// A page on another origin may publish and watch (WHIP/WHEP from a web app), so CORS is
+/// open; the Location, ETag and Link headers WHIP clients read are exposed.
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_MATCH,
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            HeaderName::from_static("link"),
+        ])
 }
 
 async fn count_requests(
@@ -346,7 +383,7 @@ fn ssrcs(role: RoleName, given: Option<Vec<u32>>) -> Result<Vec<u32>, ApiError> 
     Ok(list)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -388,15 +425,56 @@ async fn create_session(
         RoleName::Subscriber => Role::Subscriber { ssrcs },
     };
 
-    let (spec, rx) = {
+    let want = req.worker;
+    let (spec, ()) = provision(&shared, want, |id, worker, _| {
+        Ok((
+            SessionSpec {
+                id,
+                worker,
+                stream: req.stream,
+                role,
+                remote,
+                keying: Keying::Static(srtp),
+                ice: None,
+                created_ms: now_ms(),
+            },
+            (),
+        ))
+    })
+    .await?;
+    let location = format!("/v1/sessions/{}", spec.id.0);
+    let body = view(&shared, &spec, true);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// Place a new session on a worker (`want`, or the least loaded), let `build` make its
+/// spec (and whatever else the caller needs, e.g. an SDP answer) for that id and worker,
+/// and add it to the data plane. Returns once the data plane confirmed it.
+pub(crate) async fn provision<T>(
+    shared: &Arc<Shared>,
+    want: Option<u16>,
+    build: impl FnOnce(SessionId, u16, &DataplaneInfo) -> Result<(SessionSpec, T), ApiError>,
+) -> Result<(SessionSpec, T), ApiError> {
+    let (spec, extra, rx) = {
         let mut g = shared.lock();
         g.node
             .ready()
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let workers = g.node.dataplane().map_or(1, |d| d.workers);
+        let Some(dp) = g.node.dataplane().cloned() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the data plane has not said hello yet",
+            ));
+        };
+        let workers = dp.workers;
         let load = g.node.load(workers);
         let max = shared.config.media.max_sessions_per_worker;
-        let worker = match req.worker {
+        let worker = match want {
             Some(w) if w >= workers => {
                 return Err(ApiError::bad_request(format!(
                     "worker: {w} is out of range; the data plane has {workers}"
@@ -413,36 +491,21 @@ async fn create_session(
                 format!("worker {worker} is at its limit of {max} sessions"),
             ));
         }
-        let spec = SessionSpec {
-            id: g.node.allocate_id(),
-            worker,
-            stream: req.stream,
-            role,
-            remote,
-            keying: Keying::Static(srtp),
-            ice: None,
-            created_ms: now_ms(),
-        };
+        let id = g.node.allocate_id();
+        let (spec, extra) = build(id, worker, &dp)?;
         let (cmd, rx) = g.node.begin_add(spec.clone());
         if let Err(e) = g.send(&cmd) {
             g.node.cancel_add(spec.id);
             shared.http.sessions_refused.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
-        (spec, rx)
+        (spec, extra, rx)
     };
     match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
         Ok(Ok(Ok(()))) => {
             shared.http.sessions_created.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(id = spec.id.0, stream = %spec.stream, worker = spec.worker, role = ?req.role, "session created");
-            let location = format!("/v1/sessions/{}", spec.id.0);
-            let body = view(&shared, &spec, true);
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(body),
-            )
-                .into_response())
+            tracing::info!(id = spec.id.0, stream = %spec.stream, worker = spec.worker, role = ?spec.role, "session created");
+            Ok((spec, extra))
         }
         Ok(Ok(Err(e))) => {
             shared.http.sessions_refused.fetch_add(1, Ordering::Relaxed);
@@ -489,6 +552,12 @@ async fn delete_session(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    remove(&shared, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Remove a session and wait for the data plane to confirm.
+pub(crate) async fn remove(shared: &Arc<Shared>, id: SessionId) -> Result<(), ApiError> {
     let rx = {
         let mut g = shared.lock();
         g.node
@@ -510,7 +579,7 @@ async fn delete_session(
         Ok(Ok(Ok(()))) => {
             shared.http.sessions_removed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(id = id.0, "session removed");
-            Ok(StatusCode::NO_CONTENT.into_response())
+            Ok(())
         }
         Ok(Ok(Err(e))) => Err(command_error(e)),
         Ok(Err(_)) | Err(_) => {

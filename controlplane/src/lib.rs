@@ -13,6 +13,7 @@ mod link;
 mod metrics;
 pub mod sdp;
 pub mod state;
+mod whip;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

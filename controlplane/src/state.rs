@@ -17,6 +17,9 @@ use switchyard_shared::command::{Command, CommandError, Event, SessionId, Sessio
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
 
+use crate::sdp::Negotiated;
+use std::sync::Arc;
+
 /// What the data plane said about itself in its last `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataplaneInfo {
@@ -70,6 +73,11 @@ pub struct NodeState {
     snapshot: Option<(u64, Vec<SessionSpec>)>,
     next_request: u64,
     next_id: u64,
+    /// What each WHIP publisher negotiated (codecs, payload types, extension ids), by
+    /// stream, so WHEP answers can offer the same codecs. Not in the data plane's snapshot:
+    /// after a control plane restart, subscribers of an existing WebRTC publisher wait for
+    /// it to publish again.
+    publishers: HashMap<String, (SessionId, Arc<Negotiated>)>,
 }
 
 impl NodeState {
@@ -149,6 +157,17 @@ impl NodeState {
         let id = SessionId(self.next_id);
         self.next_id += 1;
         id
+    }
+
+    /// Remember what a WHIP publisher negotiated, for WHEP answers.
+    pub fn set_publisher_media(&mut self, stream: &str, id: SessionId, n: Arc<Negotiated>) {
+        self.publishers.insert(stream.to_owned(), (id, n));
+    }
+
+    /// What the live publisher of `stream` negotiated, if it came through WHIP.
+    pub fn publisher_media(&self, stream: &str) -> Option<Arc<Negotiated>> {
+        let (id, n) = self.publishers.get(stream)?;
+        self.sessions.contains_key(id).then(|| n.clone())
     }
 
     /// Start adding `spec`; the reply arrives on the returned receiver.
@@ -275,8 +294,13 @@ impl NodeState {
                     );
                 }
             }
-            Event::SessionRemoved { id, .. } => {
-                self.sessions.remove(&id);
+            Event::SessionRemoved { id, reason } => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    if reason != switchyard_shared::command::CloseReason::Removed {
+                        tracing::info!(id = id.0, stream = %s.stream, ?reason, "the data plane ended a session");
+                    }
+                }
+                self.publishers.retain(|_, (p, _)| *p != id);
                 for tx in self.removing.remove(&id).unwrap_or_default() {
                     let _ = tx.send(Ok(()));
                 }

@@ -1,0 +1,316 @@
+//! WHIP (RFC 9725) and WHEP signaling: an SDP offer in, the node's answer out, and a
+//! session on the least-loaded worker whose ICE-lite credentials and DTLS fingerprint are
+//! in that answer. The data plane does ICE, DTLS and SRTP; nothing here touches media.
+//!
+//! - `POST /whip/{room}/{stream}` publishes, `POST /whep/{room}/{stream}` subscribes
+//!   (client offer mode; the node never sends offers).
+//! - `201 Created`, `Content-Type: application/sdp`, `Location: /whip/{room}/{stream}/{id}`.
+//! - `DELETE` on the Location ends the session; `PATCH` with a trickle-ice-sdpfrag is
+//!   accepted and ignored (an ICE-lite agent learns the peer's address from its checks, so
+//!   remote candidates change nothing); an ICE restart is answered 422, as the RFC allows a
+//!   server that does not support it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use switchyard_shared::command::{
+    IceCredentials, Keying, Role, SessionId, SessionSpec, MAX_TRACKS,
+};
+
+use crate::api::{provision, remove, ApiError};
+use crate::link::Shared;
+use crate::sdp::{self, AnswerParams, Direction, SdpError};
+
+const SDP: &str = "application/sdp";
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+
+fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what}: 1 to 64 characters of A-Z a-z 0-9 _ . -"
+        )))
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
+}
+
+fn sdp_error(e: SdpError) -> ApiError {
+    let status = match e {
+        SdpError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        SdpError::NoUsableCodec => StatusCode::NOT_ACCEPTABLE,
+        SdpError::Random => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// Random ICE credentials: ufrag ≥ 4 and password ≥ 22 characters of ice-char (RFC 8839).
+fn credentials() -> Result<(String, String), ApiError> {
+    use ring::rand::SecureRandom as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = [0u8; 8 + 24];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "system RNG failed"))?;
+    let s = |b: &[u8]| -> String {
+        b.iter()
+            .map(|&x| char::from(ALPHABET[usize::from(x) % ALPHABET.len()]))
+            .collect()
+    };
+    Ok((s(&raw[..8]), s(&raw[8..])))
+}
+
+fn candidates(shared: &Shared, worker: u16) -> Vec<SocketAddr> {
+    let media = &shared.config.media;
+    vec![SocketAddr::new(
+        media.announce_ip(),
+        media.port.saturating_add(worker),
+    )]
+}
+
+pub async fn publish(
+    State(shared): State<Arc<Shared>>,
+    Path((room, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    offer(shared, Direction::Publish, room, stream, headers, body).await
+}
+
+pub async fn subscribe(
+    State(shared): State<Arc<Shared>>,
+    Path((room, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    offer(shared, Direction::Subscribe, room, stream, headers, body).await
+}
+
+async fn offer(
+    shared: Arc<Shared>,
+    dir: Direction,
+    room: String,
+    stream: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    // Over the router's body limit (64 KiB) the body never arrives: the offer is too large.
+    let body = body.map_err(|_| sdp_error(SdpError::TooLarge))?;
+    check_name("room", &room)?;
+    check_name("stream", &stream)?;
+    if content_type(&headers) != SDP {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the offer must be sent as application/sdp",
+        ));
+    }
+    if body.len() > sdp::MAX_SDP {
+        return Err(sdp_error(SdpError::TooLarge));
+    }
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the offer is not UTF-8"))?
+        .to_owned();
+    let name = format!("{room}/{stream}");
+    let publisher = match dir {
+        Direction::Publish => None,
+        Direction::Subscribe => {
+            Some(shared.lock().node.publisher_media(&name).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no WebRTC publisher on stream {name}"),
+                )
+            })?)
+        }
+    };
+    let (ufrag, pwd) = credentials()?;
+    let path = match dir {
+        Direction::Publish => "whip",
+        Direction::Subscribe => "whep",
+    };
+    let (spec, negotiated) = provision(&shared, None, |id, worker, dp| {
+        let cands = candidates(&shared, worker);
+        let params = AnswerParams {
+            ice_ufrag: &ufrag,
+            ice_pwd: &pwd,
+            fingerprint: &dp.fingerprint,
+            candidates: &cands,
+            publisher: publisher.as_deref(),
+        };
+        let n = sdp::answer(&offer, dir, &params).map_err(sdp_error)?;
+        let role = match (dir, publisher.as_deref()) {
+            (Direction::Publish, _) => Role::Publisher {
+                // One SSRC per track: the media one (RTX and simulcast layers come later).
+                ssrcs: n
+                    .tracks
+                    .iter()
+                    .filter_map(|t| t.ssrcs.first().copied())
+                    .take(MAX_TRACKS)
+                    .collect(),
+            },
+            (Direction::Subscribe, p) => Role::Subscriber {
+                ssrcs: subscriber_ssrcs(p, &n),
+            },
+        };
+        let spec = SessionSpec {
+            id,
+            worker,
+            stream: name.clone(),
+            role,
+            remote: None,
+            keying: Keying::Dtls {
+                remote_fingerprint: n.remote_fingerprint.clone(),
+            },
+            ice: Some(IceCredentials {
+                local_ufrag: ufrag.clone(),
+                local_pwd: pwd.clone(),
+                remote_ufrag: n.ice_ufrag_remote.clone(),
+            }),
+            created_ms: crate::api::now_ms(),
+        };
+        Ok((spec, n))
+    })
+    .await?;
+    let answer = negotiated.answer.clone();
+    if dir == Direction::Publish {
+        shared
+            .lock()
+            .node
+            .set_publisher_media(&name, spec.id, Arc::new(negotiated));
+    }
+    let location = format!("/{path}/{room}/{stream}/{}", spec.id.0);
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, SDP.to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+/// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
+/// track order (the order of its WHIP m-lines, which is the order of its session's SSRCs).
+/// A publisher track the subscriber did not accept still gets an SSRC (the data plane fills
+/// every track); the subscriber's browser ignores it.
+fn subscriber_ssrcs(publisher: Option<&sdp::Negotiated>, n: &sdp::Negotiated) -> Vec<u32> {
+    let mut out = Vec::with_capacity(MAX_TRACKS);
+    if let Some(p) = publisher {
+        for pt in p.tracks.iter().filter(|t| !t.ssrcs.is_empty()) {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))
+                .and_then(|t| t.ssrcs.first().copied());
+            if let Some(s) = ours {
+                out.push(s);
+            } else {
+                out.push(spare_ssrc(&out, n));
+            }
+            if out.len() == MAX_TRACKS {
+                break;
+            }
+        }
+    }
+    while out.len() < MAX_TRACKS {
+        out.push(spare_ssrc(&out, n));
+    }
+    out
+}
+
+/// An SSRC not used by the subscriber's tracks nor already picked.
+fn spare_ssrc(picked: &[u32], n: &sdp::Negotiated) -> u32 {
+    let used = |s: u32| picked.contains(&s) || n.tracks.iter().any(|t| t.ssrcs.contains(&s));
+    (0x5357_0001u32..)
+        .find(|&s| !used(s))
+        .unwrap_or(0x5357_0000)
+}
+
+fn session_of(
+    shared: &Shared,
+    room: &str,
+    stream: &str,
+    raw: &str,
+    role_publisher: bool,
+) -> Result<SessionId, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
+    let id = raw.parse::<u64>().map(SessionId).map_err(|_| not_found())?;
+    let g = shared.lock();
+    let spec = g.node.session(id).ok_or_else(not_found)?;
+    let matches = spec.stream == format!("{room}/{stream}")
+        && spec.ice.is_some()
+        && matches!(spec.role, Role::Publisher { .. }) == role_publisher;
+    if matches {
+        Ok(id)
+    } else {
+        Err(not_found())
+    }
+}
+
+pub async fn end_publish(
+    State(shared): State<Arc<Shared>>,
+    Path((room, stream, raw)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let id = session_of(&shared, &room, &stream, &raw, true)?;
+    remove(&shared, id).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+pub async fn end_subscribe(
+    State(shared): State<Arc<Shared>>,
+    Path((room, stream, raw)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let id = session_of(&shared, &room, &stream, &raw, false)?;
+    remove(&shared, id).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Trickle ICE and ICE restarts (RFC 9725 §4.3).
+pub async fn patch(
+    State(shared): State<Arc<Shared>>,
+    Path((room, stream, raw)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body =
+        body.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "fragment too large"))?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
+    let publisher = session_of(&shared, &room, &stream, &raw, true).is_ok();
+    if !publisher {
+        session_of(&shared, &room, &stream, &raw, false).map_err(|_| not_found())?;
+    }
+    if content_type(&headers) != TRICKLE {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH takes application/trickle-ice-sdpfrag",
+        ));
+    }
+    let frag = String::from_utf8_lossy(&body);
+    if frag
+        .lines()
+        .any(|l| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restart is not supported; start a new session",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
