@@ -215,6 +215,9 @@ struct CreateSession {
     ssrcs: Option<Vec<u32>>,
     #[serde(default)]
     worker: Option<u16>,
+    /// Subscribers: `[[publisherPt, subscriberPt], ...]`.
+    #[serde(default)]
+    payload_types: Option<Vec<[u8; 2]>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -248,7 +251,7 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
     let media = &shared.config.media;
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs } => ("publisher", ssrcs.clone()),
-        Role::Subscriber { ssrcs } => ("subscriber", ssrcs.clone()),
+        Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
     SessionView {
@@ -383,6 +386,23 @@ fn ssrcs(role: RoleName, given: Option<Vec<u32>>) -> Result<Vec<u32>, ApiError> 
     Ok(list)
 }
 
+fn payload_types(given: Option<Vec<[u8; 2]>>) -> Result<Vec<(u8, u8)>, ApiError> {
+    let list = given.unwrap_or_default();
+    if list.len() > switchyard_shared::command::MAX_PT_MAP {
+        return Err(ApiError::bad_request(format!(
+            "payloadTypes: at most {} pairs",
+            switchyard_shared::command::MAX_PT_MAP
+        )));
+    }
+    let bad = |p: u8| p >= 128 || (72..=76).contains(&p);
+    if list.iter().any(|&[a, b]| bad(a) || bad(b)) {
+        return Err(ApiError::bad_request(
+            "payloadTypes: types are 0..=127 and not 72..=76 (those read as RTCP)",
+        ));
+    }
+    Ok(list.into_iter().map(|[a, b]| (a, b)).collect())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -422,7 +442,10 @@ async fn create_session(
     let ssrcs = ssrcs(req.role, req.ssrcs)?;
     let role = match req.role {
         RoleName::Publisher => Role::Publisher { ssrcs },
-        RoleName::Subscriber => Role::Subscriber { ssrcs },
+        RoleName::Subscriber => Role::Subscriber {
+            ssrcs,
+            payload_types: payload_types(req.payload_types)?,
+        },
     };
 
     let want = req.worker;

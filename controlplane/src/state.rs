@@ -379,6 +379,7 @@ mod tests {
             stream: "room/cam".into(),
             role: Role::Subscriber {
                 ssrcs: vec![1, 2, 3, 4],
+                payload_types: Vec::new(),
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

@@ -166,6 +166,7 @@ async fn offer(
             },
             (Direction::Subscribe, p) => Role::Subscriber {
                 ssrcs: subscriber_ssrcs(p, &n),
+                payload_types: payload_type_map(&n),
             },
         };
         let spec = SessionSpec {
@@ -232,6 +233,21 @@ fn subscriber_ssrcs(publisher: Option<&sdp::Negotiated>, n: &sdp::Negotiated) ->
     while out.len() < MAX_TRACKS {
         out.push(spare_ssrc(&out, n));
     }
+    out
+}
+
+/// The publisher → subscriber payload types the SDP module worked out for each track
+/// (media and RTX), without identities.
+fn payload_type_map(n: &sdp::Negotiated) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    for r in n.tracks.iter().filter_map(|t| t.remap.as_ref()) {
+        for (a, b) in std::iter::once(r.payload_type).chain(r.rtx_payload_type) {
+            if a != b && !out.iter().any(|&(x, _)| x == a) {
+                out.push((a, b));
+            }
+        }
+    }
+    out.truncate(switchyard_shared::command::MAX_PT_MAP);
     out
 }
 

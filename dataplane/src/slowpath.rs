@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use switchyard_shared::command::{
     self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
-    MAX_TRACKS,
+    MAX_PT_MAP, MAX_TRACKS,
 };
 use switchyard_shared::ring::DataSide;
 
@@ -230,8 +230,19 @@ impl SlowPath {
                     return Err(CommandError::StreamBusy);
                 }
             }
-            Role::Subscriber { ssrcs } => {
-                if ssrcs.len() != MAX_TRACKS || spec.remote.is_none() {
+            Role::Subscriber {
+                ssrcs,
+                payload_types,
+            } => {
+                // ICE sessions learn their address from the first valid check.
+                if ssrcs.len() != MAX_TRACKS || (spec.remote.is_none() && spec.ice.is_none()) {
+                    return Err(CommandError::Invalid);
+                }
+                // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
+                let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
+                if payload_types.len() > MAX_PT_MAP
+                    || payload_types.iter().any(|&(a, b)| bad_pt(a) || bad_pt(b))
+                {
                     return Err(CommandError::Invalid);
                 }
             }
@@ -290,7 +301,10 @@ impl SlowPath {
                     }
                 }
             }
-            Role::Subscriber { ssrcs } => {
+            Role::Subscriber {
+                ssrcs,
+                payload_types,
+            } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
                 let remote = spec.remote;
@@ -314,6 +328,7 @@ impl SlowPath {
                         stream,
                         remote,
                         ssrcs: out,
+                        payload_types: payload_types.clone(),
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },

@@ -186,7 +186,10 @@ fn forwards_across_workers_and_counts_bad_input() {
             id: SessionId(10 + i),
             worker: (i % 2) as u16,
             stream: "room/cam".into(),
-            role: Role::Subscriber { ssrcs },
+            role: Role::Subscriber {
+                ssrcs,
+                payload_types: Vec::new(),
+            },
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),
             ice: None,

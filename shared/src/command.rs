@@ -21,6 +21,9 @@ pub const MAX_MESSAGE: usize = 2048;
 /// simulcast layers later. Fixed so per-stream state is a flat array, never a map.
 pub const MAX_TRACKS: usize = 4;
 
+/// Most payload-type pairs one subscriber's map holds.
+pub const MAX_PT_MAP: usize = 16;
+
 /// Control-plane-assigned session id, unique per node for the node's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
@@ -91,8 +94,13 @@ pub enum Role {
     /// packets, in the order they first arrive.
     Publisher { ssrcs: Vec<u32> },
     /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
-    /// track `i`; the control plane fills all [`MAX_TRACKS`] entries.
-    Subscriber { ssrcs: Vec<u32> },
+    /// track `i`; the control plane fills all [`MAX_TRACKS`] entries. `payload_types` maps
+    /// the publisher's RTP payload types to the subscriber's (each peer numbers its codecs
+    /// its own way); types not listed pass unchanged. At most [`MAX_PT_MAP`] pairs.
+    Subscriber {
+        ssrcs: Vec<u32>,
+        payload_types: Vec<(u8, u8)>,
+    },
 }
 
 /// How a session gets its SRTP keys.
@@ -295,6 +303,7 @@ mod tests {
             stream: "room/cam".into(),
             role: Role::Subscriber {
                 ssrcs: vec![1, 2, 3, 4],
+                payload_types: vec![(96, 100)],
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

@@ -58,6 +58,8 @@ pub enum WorkerCommand {
         /// `None` only with `ice`: the address comes from the first valid check.
         remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
+        /// Publisher → subscriber payload types (validated < 128 by the slow path).
+        payload_types: Vec<(u8, u8)>,
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
@@ -293,10 +295,21 @@ impl Engine {
                 stream,
                 remote,
                 ssrcs,
+                payload_types,
                 srtp,
                 ice,
             } => {
-                let r = self.add_subscriber(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
+                let mut pt = [0u8; 128];
+                for (i, p) in pt.iter_mut().enumerate() {
+                    *p = i as u8;
+                }
+                for &(from, to) in &payload_types {
+                    if let Some(slot) = pt.get_mut(usize::from(from)) {
+                        *slot = to & 0x7f;
+                    }
+                }
+                let r =
+                    self.add_subscriber(id, stream, remote, ssrcs, pt, srtp.as_ref(), ice.as_ref());
                 self.answer(id, r);
             }
             WorkerCommand::SetKeys { id, keys } => {
@@ -470,6 +483,7 @@ impl Engine {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
+        payload_types: [u8; 128],
         keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
@@ -492,6 +506,7 @@ impl Engine {
                 stream,
                 ssrcs,
                 offsets,
+                payload_types: Box::new(payload_types),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
@@ -1068,6 +1083,7 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         return Err(SendError::Cancelled);
     };
     let src = h.bytes();
+    let pts = &sub.payload_types;
     // A subscriber still in its DTLS handshake gets nothing yet.
     let Some(ctx) = s.outbound.as_mut() else {
         return Err(SendError::Cancelled);
@@ -1081,6 +1097,9 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         rtp::set_ssrc(buf, ssrc).ok()?;
         rtp::set_sequence(buf, seq).ok()?;
         rtp::set_timestamp(buf, ts).ok()?;
+        // Payload type in the subscriber's numbering (marker bit kept).
+        let b1 = buf.get_mut(1)?;
+        *b1 = (*b1 & 0x80) | pts[usize::from(*b1 & 0x7f)];
         let len = ctx.protect_rtp(buf, n).ok()?;
         sent = len;
         Some(len)

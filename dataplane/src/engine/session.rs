@@ -79,6 +79,9 @@ pub struct Subscriber {
     /// (sequence, timestamp) offsets added per track, so each subscriber's numbering is its
     /// own and stays continuous across retransmissions.
     pub offsets: [(u16, u32); MAX_TRACKS],
+    /// Publisher payload type → this subscriber's, for all 128 (identity where unmapped),
+    /// so the rewrite is one table lookup. Boxed: the session slab stays compact.
+    pub payload_types: Box<[u8; 128]>,
 }
 
 impl Subscriber {

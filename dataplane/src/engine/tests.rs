@@ -121,6 +121,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             stream: STREAM,
             remote: Some(addr(port)),
             ssrcs: sub_ssrcs(id as u32 * 16),
+            payload_types: Vec::new(),
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
@@ -566,6 +567,7 @@ fn ice_sessions_refuse_bad_specs() {
                 stream: STREAM,
                 remote,
                 ssrcs: sub_ssrcs(40),
+                payload_types: Vec::new(),
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
@@ -609,4 +611,43 @@ fn ice_sessions_refuse_bad_specs() {
         add(e, 6, None, Some(ice_creds("u4"))),
         Some(WorkerEvent::Added { id: SessionId(6) })
     );
+}
+
+#[test]
+fn payload_types_are_rewritten_per_subscriber() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile); // identity map
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(3),
+            stream: STREAM,
+            remote: Some(addr(6003)),
+            ssrcs: sub_ssrcs(48),
+            payload_types: vec![(96, 100), (97, 101)],
+            srtp: Some(keys(profile, 3, 3)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(3) })
+    );
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 1, 100);
+    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    assert_eq!(out.sent.len(), 2);
+    for (dst, bytes) in &out.sent {
+        let sub = if dst.port() == 6002 { 2u8 } else { 3 };
+        let mut ctx = Context::new(profile, &[sub; 28]).expect("ctx");
+        let mut b = bytes.clone();
+        let n = ctx.unprotect_rtp(&mut b).expect("decrypts");
+        let h = rtp::Header::parse(&b[..n]).expect("rtp");
+        let want = if sub == 2 { 96 } else { 100 };
+        assert_eq!(h.payload_type, want, "subscriber {sub}");
+    }
 }
