@@ -477,6 +477,8 @@ impl Engine {
         Ok(())
     }
 
+    // The fields of WorkerCommand::AddSubscriber, unpacked where they are checked.
+    #[allow(clippy::too_many_arguments)]
     fn add_subscriber(
         &mut self,
         id: SessionId,
