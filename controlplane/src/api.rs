@@ -459,6 +459,7 @@ async fn create_session(
                 remote,
                 keying: Keying::Static(srtp),
                 ice: None,
+                twcc_ext: None,
                 created_ms: now_ms(),
             },
             (),

@@ -388,6 +388,7 @@ mod tests {
                 local: vec![2; 28],
             }),
             ice: None,
+            twcc_ext: None,
             created_ms: 1,
         }
     }

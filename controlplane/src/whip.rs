@@ -183,6 +183,15 @@ async fn offer(
                 local_pwd: pwd.clone(),
                 remote_ufrag: n.ice_ufrag_remote.clone(),
             }),
+            twcc_ext: match dir {
+                Direction::Publish => n.tracks.iter().find_map(|t| {
+                    t.extensions
+                        .iter()
+                        .find(|(_, uri)| uri == sdp::TRANSPORT_CC_URI)
+                        .map(|&(id, _)| id)
+                }),
+                Direction::Subscribe => None,
+            },
             created_ms: crate::api::now_ms(),
         };
         Ok((spec, n))

@@ -278,6 +278,7 @@ impl SlowPath {
                         stream,
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
+                        twcc_ext: spec.twcc_ext,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },

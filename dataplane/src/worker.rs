@@ -172,8 +172,8 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
                 let Some(msg) = me.inbound.pop() else { break };
                 engine.handle_inbound(msg, now, &mut out);
             }
+            engine.tick(now, &mut out);
         }
-        engine.tick(now);
         while let Some(ev) = engine.poll_event() {
             events.push(ev);
         }

@@ -102,6 +102,7 @@ fn steady_state_forwarding_allocates_nothing() {
             stream,
             remote: Some(publisher),
             ssrcs: vec![42],
+            twcc_ext: None,
             srtp: Some(keys(1, 2)),
             ice: None,
         },

@@ -176,6 +176,7 @@ fn forwards_across_workers_and_counts_bad_input() {
         remote: Some(publisher.local_addr().expect("addr")),
         keying: Keying::Static(keys(1, 2)),
         ice: None,
+        twcc_ext: None,
         created_ms: 0,
     });
     let mut subs = Vec::new();
@@ -193,6 +194,7 @@ fn forwards_across_workers_and_counts_bad_input() {
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),
             ice: None,
+            twcc_ext: None,
             created_ms: 0,
         });
         subs.push(s);
@@ -322,6 +324,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         remote: Some(p.local_addr().expect("addr")),
         keying: Keying::Static(keys(1, 2)),
         ice: None,
+        twcc_ext: None,
         created_ms: 7,
     });
     let bad = [
@@ -341,6 +344,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
             remote: None,
             keying: Keying::Static(k),
             ice: None,
+            twcc_ext: None,
             created_ms: 0,
         }));
         let ev = node.next_event();

@@ -161,6 +161,9 @@ pub struct SessionSpec {
     /// and takes `remote` from the first valid one (a nominated one moves it). `None`: a
     /// plain RTP/SRTP session addressed by `remote` alone.
     pub ice: Option<IceCredentials>,
+    /// Publisher: id of the transport-wide-cc RTP header extension it sends (from its SDP);
+    /// the worker then sends it transport-cc feedback so its send rate can grow.
+    pub twcc_ext: Option<u8>,
     /// Unix milliseconds when the control plane created the session.
     pub created_ms: u64,
 }
@@ -312,6 +315,7 @@ mod tests {
                 local: vec![2; 28],
             }),
             ice: None,
+            twcc_ext: None,
             created_ms: 1,
         }
     }

@@ -29,6 +29,11 @@ use serde::{Deserialize, Serialize};
 /// refused with [`SdpError::TooLarge`] (HTTP 413).
 pub const MAX_SDP: usize = 32 * 1024;
 
+/// The transport-wide congestion control header extension (the node answers it with
+/// transport-cc feedback to publishers).
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
 /// Which way media flows, from the client's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

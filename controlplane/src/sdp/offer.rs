@@ -12,7 +12,7 @@ use super::{Codec, SdpError};
 const EXTENSIONS: [&str; 5] = [
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    super::TRANSPORT_CC_URI,
     RTP_STREAM_ID,
     REPAIRED_RTP_STREAM_ID,
 ];

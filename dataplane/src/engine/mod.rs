@@ -14,6 +14,7 @@ pub mod ice;
 pub mod nack;
 pub mod pool;
 mod session;
+pub mod twcc;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
+        /// Transport-wide-cc extension id: send this publisher transport-cc feedback.
+        twcc_ext: Option<u8>,
         /// `None` until DTLS-SRTP delivers them ([`WorkerCommand::SetKeys`]).
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
@@ -209,6 +212,11 @@ pub struct Engine {
     /// ICE sessions by their local ufrag, for incoming connectivity checks.
     by_ufrag: HashMap<Box<[u8]>, u32>,
     next_sweep: Option<Instant>,
+    /// Publishers that get transport-cc feedback, and when it is next due.
+    twcc_publishers: Vec<u32>,
+    next_twcc: Option<Instant>,
+    /// Zero point of the arrival times in transport-cc feedback.
+    epoch: Instant,
     streams: HashMap<StreamId, LocalStream>,
     pool: Pool,
     stats: Arc<Stats>,
@@ -230,6 +238,9 @@ impl Engine {
             unlatched: Vec::new(),
             by_ufrag: HashMap::new(),
             next_sweep: None,
+            twcc_publishers: Vec::new(),
+            next_twcc: None,
+            epoch: Instant::now(),
             streams: HashMap::with_capacity(limits.max_sessions),
             pool: Pool::new(),
             stats,
@@ -284,10 +295,14 @@ impl Engine {
                 stream,
                 remote,
                 ssrcs,
+                twcc_ext,
                 srtp,
                 ice,
             } => {
                 let r = self.add_publisher(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
+                if r.is_ok() {
+                    self.enable_twcc(id, twcc_ext);
+                }
                 self.answer(id, r);
             }
             WorkerCommand::AddSubscriber {
@@ -540,6 +555,7 @@ impl Engine {
             self.by_ufrag.remove(a.local_ufrag().as_bytes());
         }
         self.unlatched.retain(|&i| i != idx);
+        self.twcc_publishers.retain(|&i| i != idx);
         match s.role {
             session::Role::Publisher(mut p) => {
                 for c in &mut p.caches {
@@ -678,8 +694,56 @@ impl Engine {
         });
     }
 
-    /// Periodic work: ICE consent expiry. Cheap to call every loop turn.
-    pub fn tick(&mut self, now: Instant) {
+    fn enable_twcc(&mut self, id: SessionId, ext: Option<u8>) {
+        let (Some(ext), Some(&idx)) = (ext, self.by_id.get(&id)) else {
+            return;
+        };
+        if !(1..=14).contains(&ext) {
+            return; // one-byte header extension ids only (RFC 8285 §4.2)
+        }
+        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
+            p.twcc = Some(Box::new(twcc::Recorder::new(ext, self.epoch)));
+            self.twcc_publishers.push(idx);
+        }
+    }
+
+    /// Transport-cc feedback to every publisher that negotiated it, each
+    /// [`twcc::FEEDBACK_INTERVAL`].
+    fn send_twcc(&mut self, now: Instant, out: &mut dyn Output) {
+        if self.next_twcc.is_some_and(|t| now < t) || self.twcc_publishers.is_empty() {
+            return;
+        }
+        self.next_twcc = Some(now + twcc::FEEDBACK_INTERVAL);
+        let sender = self.rtcp_ssrc;
+        let mut sent = 0u64;
+        for &idx in &self.twcc_publishers {
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let media = p.tracks.iter().flatten().next().copied().unwrap_or(0);
+            let Some(rec) = p.twcc.as_mut() else {
+                continue;
+            };
+            let r = out.send(remote, &mut |buf| {
+                let n = rec.write_feedback(buf, sender, media)?;
+                ctx.protect_rtcp(buf, n).ok()
+            });
+            if r.is_ok() {
+                sent += 1;
+            }
+        }
+        self.count(Counter::TxPackets, sent);
+    }
+
+    /// Periodic work: ICE consent expiry, transport-cc feedback. Cheap to call every loop
+    /// turn.
+    pub fn tick(&mut self, now: Instant, out: &mut dyn Output) {
+        self.send_twcc(now, out);
         if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
             return;
         }
@@ -731,6 +795,15 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);
         };
+        if let Some(rec) = p.twcc.as_mut() {
+            let plain = &pkt.data[..len];
+            if let Some(v) = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r))
+            {
+                if let [a, b, ..] = *v {
+                    rec.record(u16::from_be_bytes([a, b]), at);
+                }
+            }
+        }
         pkt.stream = p.stream;
         pkt.track = track;
         pkt.len = len as u16;

@@ -43,6 +43,8 @@ pub struct Publisher {
     pub tracks: [Option<u32>; MAX_TRACKS],
     pub caches: Vec<Cache>,
     pub last_pli: [Option<Instant>; MAX_TRACKS],
+    /// Transport-cc arrival recorder, when the publisher negotiated transport-wide-cc.
+    pub twcc: Option<Box<super::twcc::Recorder>>,
 }
 
 impl Publisher {
@@ -52,6 +54,7 @@ impl Publisher {
             tracks,
             caches: (0..MAX_TRACKS).map(|_| Cache::new(nack_cache)).collect(),
             last_pli: [None; MAX_TRACKS],
+            twcc: None,
         }
     }
 

@@ -102,6 +102,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             stream: STREAM,
             remote,
             ssrcs: vec![PUB_SSRC],
+            twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
         },
@@ -465,6 +466,7 @@ fn ice_lite_validates_answers_and_latches() {
             stream: STREAM,
             remote: None,
             ssrcs: vec![PUB_SSRC],
+            twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: Some(ice_creds("pubU")),
         },
@@ -542,14 +544,14 @@ fn ice_lite_validates_answers_and_latches() {
     assert_eq!(get(&f.stats, 0, Counter::DropUnknownSource), before + 1);
 
     // Consent: checks keep it; 30 s of silence ends it, reported once.
-    e.tick(now + Duration::from_secs(29));
+    e.tick(now + Duration::from_secs(29), &mut out);
     assert_eq!(e.poll_event(), None);
-    e.tick(now + Duration::from_secs(31));
+    e.tick(now + Duration::from_secs(31), &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::ConsentExpired { id: SessionId(1) })
     );
-    e.tick(now + Duration::from_secs(40));
+    e.tick(now + Duration::from_secs(40), &mut out);
     assert_eq!(e.poll_event(), None);
 }
 
@@ -650,4 +652,83 @@ fn payload_types_are_rewritten_per_subscriber() {
         let want = if sub == 2 { 96 } else { 100 };
         assert_eq!(h.payload_type, want, "subscriber {sub}");
     }
+}
+
+/// An SRTP packet carrying the transport-wide sequence `twcc` in one-byte extension id 5.
+fn srtp_packet_twcc(ctx: &mut Context, seq: u16, twcc: u16) -> Vec<u8> {
+    let mut buf = vec![0u8; 12 + 8 + 100 + 32];
+    buf[0] = 0x90; // V=2, X=1
+    buf[1] = 96;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+    buf[12..16].copy_from_slice(&[0xBE, 0xDE, 0, 1]);
+    let t = twcc.to_be_bytes();
+    buf[16..20].copy_from_slice(&[(5 << 4) | 1, t[0], t[1], 0]);
+    let n = ctx.protect_rtp(&mut buf, 120).expect("protect");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn publishers_get_transport_cc_feedback() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream: STREAM,
+            remote: Some(addr(5000)),
+            ssrcs: vec![PUB_SSRC],
+            twcc_ext: Some(5),
+            srtp: Some(keys(profile, 1, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(1) })
+    );
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let t0 = Instant::now();
+    for (i, twcc) in [10u16, 11, 13].into_iter().enumerate() {
+        let mut p = srtp_packet_twcc(&mut publisher, i as u16 + 1, twcc);
+        e.handle_datagram(
+            &mut p,
+            addr(5000),
+            t0 + Duration::from_millis(i as u64),
+            &mut out,
+        );
+    }
+    e.tick(t0 + Duration::from_millis(150), &mut out);
+    let fb: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(5000)).collect();
+    assert_eq!(fb.len(), 1, "one feedback to the publisher");
+    // The publisher unprotects it with the node's key and finds a transport-cc packet
+    // for packets 10..=13 with 12 missing.
+    let mut node_side = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = fb[0].1.clone();
+    let n = node_side.unprotect_rtcp(&mut b).expect("SRTCP decrypts");
+    let plain = &b[..n];
+    assert_eq!(plain[1], rtcp::PT_RTPFB);
+    assert_eq!(plain[0] & 0x1f, 15, "FMT 15: transport-cc");
+    assert_eq!(
+        u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]),
+        PUB_SSRC
+    );
+    assert_eq!(
+        u16::from_be_bytes([plain[12], plain[13]]),
+        10,
+        "base sequence"
+    );
+    assert_eq!(
+        u16::from_be_bytes([plain[14], plain[15]]),
+        4,
+        "status count"
+    );
+    // Nothing new: no second feedback.
+    out.sent.clear();
+    e.tick(t0 + Duration::from_millis(300), &mut out);
+    assert!(out.sent.is_empty());
 }

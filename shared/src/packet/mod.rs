@@ -10,6 +10,7 @@ mod crc32;
 pub mod rtcp;
 pub mod rtp;
 pub mod stun;
+pub mod twcc;
 
 /// What a datagram on a media port is, by its first byte (RFC 7983 §7) and, for RTP/RTCP,
 /// its second byte (RFC 5761 §4).
