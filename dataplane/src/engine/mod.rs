@@ -797,11 +797,9 @@ impl Engine {
         };
         if let Some(rec) = p.twcc.as_mut() {
             let plain = &pkt.data[..len];
-            if let Some(v) = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r))
-            {
-                if let [a, b, ..] = *v {
-                    rec.record(u16::from_be_bytes([a, b]), at);
-                }
+            let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
+            if let Some(&[a, b, ..]) = value {
+                rec.record(u16::from_be_bytes([a, b]), at);
             }
         }
         pkt.stream = p.stream;
