@@ -143,8 +143,22 @@ pub enum Inbound {
     },
     /// A subscriber wants a keyframe of `stream`/`track`.
     Pli { stream: StreamId, track: u8 },
+    /// The publisher's sender report for `stream`/`track`, for subscribers here.
+    SenderReport(SenderReport),
     /// A handle going home to the worker whose pool owns it.
     Return(Handle),
+}
+
+/// A publisher's sender report, as each subscriber gets it under its own SSRC and timestamp
+/// offset: the NTP ↔ RTP time pair is what lets a receiver synchronise audio and video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderReport {
+    pub stream: StreamId,
+    pub track: u8,
+    pub ntp: u64,
+    pub rtp_ts: u32,
+    pub packets: u32,
+    pub octets: u32,
 }
 
 /// Why a send did not happen.
@@ -927,12 +941,39 @@ impl Engine {
             Err(e) => return self.drop_packet(srtp_drop(e)),
         };
         let plain = &data[..len];
-        let session::Role::Subscriber(sub) = &mut s.role else {
-            // Publisher RTCP (sender reports, SDES): parsed for validity only for now.
-            if rtcp::compound(plain).any(|r| r.is_err()) {
-                self.drop_packet(DropReason::Malformed);
+        let sub = match &mut s.role {
+            session::Role::Subscriber(sub) => sub,
+            session::Role::Publisher(p) => {
+                // Sender reports go on to every subscriber; the rest (SDES, RR) ends here.
+                let stream = p.stream;
+                let mut reports = [None; MAX_TRACKS];
+                for r in rtcp::compound(plain) {
+                    match r {
+                        Ok(rtcp::Packet::SenderReport(sr)) => {
+                            let known = p.tracks.iter().position(|t| *t == Some(sr.ssrc));
+                            if let Some(slot) = known.and_then(|t| reports.get_mut(t)) {
+                                *slot = Some(SenderReport {
+                                    stream,
+                                    track: known.unwrap_or_default() as u8,
+                                    ntp: sr.ntp,
+                                    rtp_ts: sr.rtp_timestamp,
+                                    packets: sr.packet_count,
+                                    octets: sr.octet_count,
+                                });
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.drop_packet(DropReason::Malformed);
+                            break;
+                        }
+                    }
+                }
+                for sr in reports.into_iter().flatten() {
+                    self.fan_out_report(sr, out);
+                }
+                return;
             }
-            return;
         };
         let stream = sub.stream;
         // Collect feedback first: acting on it needs `self` mutably.
@@ -980,6 +1021,62 @@ impl Engine {
                 self.request_keyframe(stream, t as u8, at, out);
             }
         }
+    }
+
+    /// A publisher's SR to every subscriber: one message per other worker with some.
+    fn fan_out_report(&mut self, sr: SenderReport, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&sr.stream) else {
+            return;
+        };
+        let mut mask = st.remote_workers;
+        while mask != 0 {
+            let w = mask.trailing_zeros() as u16;
+            mask &= mask - 1;
+            if out.to_worker(w, Inbound::SenderReport(sr)).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+        self.report_local(sr, out);
+    }
+
+    /// The SR as each local subscriber of the stream knows the track: its SSRC, its RTP
+    /// timestamp offset, protected with its key.
+    fn report_local(&mut self, sr: SenderReport, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&sr.stream) else {
+            return;
+        };
+        let t = usize::from(sr.track);
+        let mut sent = 0u64;
+        for &idx in &st.subscribers {
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            let (Some(remote), Some(ctx), session::Role::Subscriber(sub)) =
+                (s.remote, s.outbound.as_mut(), &s.role)
+            else {
+                continue;
+            };
+            let (Some(&ssrc), Some(&(_, ts_off))) = (sub.ssrcs.get(t), sub.offsets.get(t)) else {
+                continue;
+            };
+            let r = out.send(remote, &mut |buf| {
+                let n = rtcp::write_sender_report(
+                    buf,
+                    ssrc,
+                    sr.ntp,
+                    sr.rtp_ts.wrapping_add(ts_off),
+                    sr.packets,
+                    sr.octets,
+                    &[],
+                )
+                .ok()?;
+                ctx.protect_rtcp(buf, n).ok()
+            });
+            if r.is_ok() {
+                sent += 1;
+            }
+        }
+        self.count(Counter::TxPackets, sent);
     }
 
     /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq`.
@@ -1119,6 +1216,7 @@ impl Engine {
                 }
             }
             Inbound::Pli { stream, track } => self.request_keyframe(stream, track, now, out),
+            Inbound::SenderReport(sr) => self.report_local(sr, out),
             Inbound::Return(h) => self.pool.put(h),
         }
     }

@@ -732,3 +732,44 @@ fn publishers_get_transport_cc_feedback() {
     e.tick(t0 + Duration::from_millis(300), &mut out);
     assert!(out.sent.is_empty());
 }
+
+#[test]
+fn sender_reports_reach_subscribers_under_their_ssrc_and_offset() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut out = Capture::default();
+    let now = Instant::now();
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    // One RTP packet (timestamp 3000) tells us the subscriber's timestamp offset.
+    let mut p = srtp_packet(&mut publisher, 1, 100);
+    e.handle_datagram(&mut p, addr(5000), now, &mut out);
+    let mut sub_ctx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = out.sent[0].1.clone();
+    let n = sub_ctx.unprotect_rtp(&mut b).expect("rtp");
+    let offset = rtp::Header::parse(&b[..n])
+        .expect("rtp")
+        .timestamp
+        .wrapping_sub(3000);
+    out.sent.clear();
+
+    let mut sr = [0u8; 128];
+    let len =
+        rtcp::write_sender_report(&mut sr, PUB_SSRC, 0xAABB_CCDD_0011_2233, 9000, 5, 500, &[])
+            .expect("sr");
+    let n = publisher.protect_rtcp(&mut sr, len).expect("protect");
+    e.handle_datagram(&mut sr[..n], addr(5000), now, &mut out);
+    assert_eq!(out.sent.len(), 1);
+    let (dst, bytes) = &out.sent[0];
+    assert_eq!(*dst, addr(6002));
+    let mut b = bytes.clone();
+    let n = sub_ctx.unprotect_rtcp(&mut b).expect("srtcp");
+    let Some(Ok(rtcp::Packet::SenderReport(got))) = rtcp::compound(&b[..n]).next() else {
+        panic!("not an SR")
+    };
+    assert_eq!(got.ssrc, 2 * 16, "the subscriber's SSRC for track 0");
+    assert_eq!(got.ntp, 0xAABB_CCDD_0011_2233);
+    assert_eq!(got.rtp_timestamp, 9000u32.wrapping_add(offset));
+}
