@@ -39,7 +39,10 @@ fn aiortc_python() -> Option<PathBuf> {
         .expect("run tests/aiortc/setup.sh");
     assert!(out.status.success(), "tests/aiortc/setup.sh failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let py = stdout.lines().last().expect("setup.sh prints the python path");
+    let py = stdout
+        .lines()
+        .last()
+        .expect("setup.sh prints the python path");
     Some(Path::new(ROOT).join(py.trim()))
 }
 
@@ -111,8 +114,8 @@ fn aiortc_publishes_over_whip_and_subscribes_over_whep() {
     assert_eq!(r.status, 406, "offer with no usable codec: {r:?}");
     assert_eq!(node.metric_sum("switchyard_sessions{"), 0);
 
-    // One publisher, then two subscribers (least-loaded placement puts them on different
-    // workers while the publisher is on one of them).
+    // One publisher, then two subscribers: least-loaded placement spreads the three sessions
+    // over both workers, so at least one subscriber is fed across workers.
     let started = Instant::now();
     let publisher = client(
         &py,

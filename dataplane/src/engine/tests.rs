@@ -630,7 +630,10 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
         },
         &mut out,
     );
-    assert_eq!(e.poll_event(), Some(WorkerEvent::Added { id: SessionId(2) }));
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
     let mut publisher = Context::new(profile, &[1; 30][..profile.master_len()]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 100);
     e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
