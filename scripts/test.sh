@@ -16,6 +16,12 @@ echo "== fmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== aiortc (WebRTC interop client, PyPI wheels)"
+if command -v python3 >/dev/null; then
+  bash tests/aiortc/setup.sh >/dev/null
+else
+  echo "python3 missing: tests/webrtc_aiortc.rs will be skipped"
+fi
 echo "== tests"
 cargo test --workspace
 if [ -f .ci/loom.sh ]; then

@@ -234,8 +234,7 @@ impl SlowPath {
                 ssrcs,
                 payload_types,
             } => {
-                // ICE sessions learn their address from the first valid check.
-                if ssrcs.len() != MAX_TRACKS || (spec.remote.is_none() && spec.ice.is_none()) {
+                if ssrcs.len() != MAX_TRACKS || !subscriber_addressable(spec) {
                     return Err(CommandError::Invalid);
                 }
                 // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
@@ -309,7 +308,7 @@ impl SlowPath {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
                 let remote = spec.remote;
-                if remote.is_none() && spec.ice.is_none() {
+                if !subscriber_addressable(&spec) {
                     return Err(CommandError::Invalid);
                 }
                 if let Some(n) = entry.subscribers.get_mut(usize::from(w)) {
@@ -529,5 +528,51 @@ impl SlowPath {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// Whether the data plane can learn where to send a subscriber's media: a given address
+/// (plain SRTP), or ICE credentials, whose first valid check latches the address (WebRTC:
+/// WHEP subscribers have no address until then, so `remote` is `None` for them).
+fn subscriber_addressable(spec: &SessionSpec) -> bool {
+    spec.remote.is_some() || spec.ice.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_shared::command::IceCredentials;
+
+    fn subscriber(remote: Option<std::net::SocketAddr>, ice: bool) -> SessionSpec {
+        SessionSpec {
+            id: SessionId(1),
+            worker: 0,
+            stream: "room/cam".into(),
+            role: Role::Subscriber {
+                ssrcs: vec![1; MAX_TRACKS],
+                payload_types: Vec::new(),
+            },
+            remote,
+            keying: Keying::Dtls {
+                remote_fingerprint: String::new(),
+            },
+            ice: ice.then(|| IceCredentials {
+                local_ufrag: "srv1".into(),
+                local_pwd: "server-password-0123456789".into(),
+                remote_ufrag: "peer".into(),
+            }),
+            twcc_ext: None,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn whep_subscribers_have_ice_instead_of_an_address() {
+        assert!(subscriber_addressable(&subscriber(None, true)));
+        assert!(subscriber_addressable(&subscriber(
+            Some(([127, 0, 0, 1], 5000).into()),
+            false
+        )));
+        assert!(!subscriber_addressable(&subscriber(None, false)));
     }
 }

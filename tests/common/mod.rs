@@ -29,11 +29,22 @@ impl Http {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Http> {
+    http_typed(addr, method, path, "application/json", body)
+}
+
+/// [`http`] with the body's Content-Type, e.g. `application/sdp` for WHIP/WHEP offers.
+pub fn http_typed(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<Http> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -127,7 +138,11 @@ impl Node {
             .args(["--media-port", &self.media_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
-            .env("RUST_LOG", "warn")
+            // SWITCHYARD_TEST_LOG=debug shows the node's logs while debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null());
         c
     }

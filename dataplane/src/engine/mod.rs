@@ -906,6 +906,12 @@ impl Engine {
             let Some(s) = self.sessions.get_mut(idx) else {
                 continue;
             };
+            // A WebRTC subscriber gets media once ICE has latched its address and DTLS has
+            // given its keys; until then skipping it is not a drop (counting it as
+            // `queue_full` made every WHEP handshake look like a full send queue).
+            if s.remote.is_none() || s.outbound.is_none() {
+                continue;
+            }
             match forward_to(s, h, out) {
                 Ok(n) => {
                     sent += 1;

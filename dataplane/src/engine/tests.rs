@@ -773,3 +773,35 @@ fn sender_reports_reach_subscribers_under_their_ssrc_and_offset() {
     assert_eq!(got.ntp, 0xAABB_CCDD_0011_2233);
     assert_eq!(got.rtp_timestamp, 9000u32.wrapping_add(offset));
 }
+
+#[test]
+fn subscriber_in_handshake_is_skipped_not_dropped() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    let mut out = Capture::default();
+    // A WHEP subscriber: ICE credentials, no address and no keys yet (DTLS to come).
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(2),
+            stream: STREAM,
+            remote: None,
+            ssrcs: sub_ssrcs(32),
+            payload_types: Vec::new(),
+            srtp: None,
+            ice: Some(ice_creds("subU")),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    let mut publisher = Context::new(profile, &[1; 30][..profile.master_len()]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 1, 100);
+    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    assert!(out.sent.is_empty());
+    assert_eq!(get(&f.stats, 0, Counter::Forwarded), 0);
+    assert_eq!(get(&f.stats, 0, DropReason::QueueFull.counter()), 0);
+}

@@ -1,0 +1,170 @@
+//! WebRTC interop with an independent implementation: aiortc (Python, from PyPI) publishes
+//! VP8 + Opus over WHIP to a real node and two aiortc subscribers pull it over WHEP, through
+//! ICE-lite, DTLS-SRTP and the fan-out, and must decode it.
+//!
+//! `tests/aiortc/setup.sh` installs the pinned aiortc into `target/aiortc-venv` on first run
+//! (PyPI wheels). The test is skipped only when there is no `python3` at all; a failing
+//! install fails the test. `SWITCHYARD_TEST_LOG=debug` shows the node's logs and
+//! `AIORTC_VERBOSE=1` the clients' (aiortc, aioice) logs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http_typed, Http, Node};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// How long the publisher sends; the subscribers join after it connects and stay
+/// [`SUBSCRIBE_S`], which must end before the publisher does.
+const PUBLISH_S: u32 = 12;
+const SUBSCRIBE_S: u32 = 5;
+
+/// The venv's python, installing aiortc on first use; None when python3 is missing.
+fn aiortc_python() -> Option<PathBuf> {
+    if Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        return None;
+    }
+    let setup = Path::new(ROOT).join("tests/aiortc/setup.sh");
+    let out = Command::new("bash")
+        .arg(&setup)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/aiortc/setup.sh");
+    assert!(out.status.success(), "tests/aiortc/setup.sh failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let py = stdout
+        .lines()
+        .last()
+        .expect("setup.sh prints the python path");
+    Some(Path::new(ROOT).join(py.trim()))
+}
+
+fn client(py: &Path, script: &str, url: &str, seconds: u32) -> Child {
+    let mut c = Command::new(py);
+    c.arg(Path::new(ROOT).join("tests/aiortc").join(script))
+        .arg(url)
+        .args(["--seconds", &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if std::env::var_os("AIORTC_VERBOSE").is_some() {
+        c.arg("--verbose");
+    }
+    c.spawn().unwrap_or_else(|e| panic!("spawn {script}: {e}"))
+}
+
+/// Wait for a client and parse the JSON summary it prints last.
+fn summary(child: Child, what: &str) -> serde_json::Value {
+    let out = child.wait_with_output().expect("wait for client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{what}: no JSON summary ({e}); stdout: {stdout:?}"));
+    assert!(out.status.success(), "{what} failed: {v}");
+    v
+}
+
+fn offer(node: &Node, path: &str, sdp: &str) -> Http {
+    http_typed(
+        &node.http_addr,
+        "POST",
+        path,
+        "application/sdp",
+        Some(sdp.as_bytes()),
+    )
+    .expect("POST offer")
+}
+
+/// An offer as aiortc writes it, recorded for the SDP unit tests.
+const AIORTC_OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/aiortc_publish.sdp");
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn aiortc_publishes_over_whip_and_subscribes_over_whep() {
+    let Some(py) = aiortc_python() else {
+        eprintln!("SKIPPED webrtc_aiortc: python3 not found; install python3 to run it");
+        return;
+    };
+    let node = Node::start(2);
+
+    // Signaling errors, with plain HTTP.
+    let r = offer(&node, "/whep/room/nobody", AIORTC_OFFER);
+    assert_eq!(r.status, 404, "WHEP with no publisher: {r:?}");
+    let r = offer(&node, "/whip/room/cam", "this is not an SDP offer\r\n");
+    assert_eq!(r.status, 400, "garbage offer: {r:?}");
+    let unusable = AIORTC_OFFER
+        .replace("opus/48000/2", "speex/48000")
+        .replace("VP8/90000", "theora/90000")
+        .replace("H264/90000", "H263/90000");
+    let r = offer(&node, "/whip/room/cam", &unusable);
+    assert_eq!(r.status, 406, "offer with no usable codec: {r:?}");
+    assert_eq!(node.metric_sum("switchyard_sessions{"), 0);
+
+    // One publisher, then two subscribers: least-loaded placement spreads the three sessions
+    // over both workers, so at least one subscriber is fed across workers.
+    let started = Instant::now();
+    let publisher = client(
+        &py,
+        "whip_client.py",
+        &format!("{}/whip/room/cam", node.api),
+        PUBLISH_S,
+    );
+    wait_until("the publisher's media", Duration::from_secs(20), || {
+        node.metric_sum("switchyard_rx_packets_total{") > 100
+    });
+    let url = format!("{}/whep/room/cam", node.api);
+    let subs = [
+        client(&py, "whep_client.py", &url, SUBSCRIBE_S),
+        client(&py, "whep_client.py", &url, SUBSCRIBE_S),
+    ];
+    wait_until("three sessions", Duration::from_secs(10), || {
+        node.metric_sum("switchyard_sessions{") == 3
+    });
+    let workers: std::collections::BTreeSet<u64> = node.get("/v1/sessions").json()["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["worker"].as_u64())
+        .collect();
+    assert_eq!(workers.len(), 2, "sessions on both workers: {workers:?}");
+
+    for (i, sub) in subs.into_iter().enumerate() {
+        let s = summary(sub, "whep_client");
+        eprintln!("subscriber {i}: {s}");
+        assert_eq!(s["connection"], "connected", "{s}");
+        assert!(
+            s["video_frames"].as_u64().unwrap_or(0) > 30,
+            "subscriber {i} decoded too few video frames: {s}"
+        );
+        assert!(
+            s["audio_frames"].as_u64().unwrap_or(0) > 0,
+            "subscriber {i} got no audio: {s}"
+        );
+        assert_eq!(s["delete_status"], 200, "{s}");
+    }
+    let p = summary(publisher, "whip_client");
+    eprintln!("publisher: {p}");
+    assert_eq!(p["connection"], "connected", "{p}");
+    assert_eq!(p["delete_status"], 200, "{p}");
+
+    // Every DELETE ended its session in both planes.
+    wait_until("no sessions left", Duration::from_secs(5), || {
+        node.metric_sum("switchyard_sessions{") == 0
+    });
+    assert_eq!(node.metric_sum("switchyard_control_sessions{"), 0);
+    eprintln!("aiortc interop took {:?}", started.elapsed());
+}
