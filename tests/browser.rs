@@ -97,7 +97,13 @@ impl Drop for Chromium {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
-            let tail: Vec<_> = log.lines().rev().take(30).collect();
+            // No D-Bus in a container: Chromium complains about it on every start.
+            let tail: Vec<_> = log
+                .lines()
+                .filter(|l| !l.contains("dbus") && !l.contains("unexpected operator"))
+                .rev()
+                .take(30)
+                .collect();
             eprintln!("--- chromium {} log (last lines) ---", self.name);
             for l in tail.iter().rev() {
                 eprintln!("{l}");
@@ -232,7 +238,8 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
     let node = Node::start(1);
     let mut reports = Reports::start();
 
-    let url = |q: &str, path: &str| format!("{}/?{q}&report={}{path}", node.api, reports.base);
+    let base = reports.base.clone();
+    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
     let publisher = Chromium::start(&bin, "publisher", &url("publish=browser/cam", "/pub"));
     let first = reports.wait("/pub", Duration::from_secs(30), |r| {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0 && num(r, "bytesSent") > 0.0
@@ -263,6 +270,11 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
         (num(&to, "t") - num(&from, "t")) / 1000.0,
         to["availableOutgoingKbps"]
     );
+    let series: Vec<String> = reports.seen["/pub"]
+        .iter()
+        .map(|r| format!("{}/{}", r["sendKbps"], r["availableOutgoingKbps"]))
+        .collect();
+    eprintln!("publisher send/available kbit/s, 1 s apart: {}", series.join(" "));
     assert!(kbps > 100.0, "publisher sends only {kbps:.0} kbit/s");
 
     // Hang up both pages: each DELETEs its session.

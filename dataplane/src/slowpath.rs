@@ -231,7 +231,8 @@ impl SlowPath {
                 }
             }
             Role::Subscriber { ssrcs } => {
-                if ssrcs.len() != MAX_TRACKS || spec.remote.is_none() {
+                // A plain subscriber needs its address; a WebRTC one gets it from ICE.
+                if ssrcs.len() != MAX_TRACKS || (spec.remote.is_none() && spec.ice.is_none()) {
                     return Err(CommandError::Invalid);
                 }
             }
