@@ -176,7 +176,11 @@ impl Reports {
     fn last(&self) -> String {
         let mut out = String::new();
         for (p, v) in &self.seen {
-            out += &format!("\n  {p} ({} reports): {}", v.len(), v.last().unwrap_or(&Value::Null));
+            out += &format!(
+                "\n  {p} ({} reports): {}",
+                v.len(),
+                v.last().unwrap_or(&Value::Null)
+            );
         }
         out
     }
@@ -207,7 +211,11 @@ fn serve(mut s: TcpStream, stop: &AtomicBool) -> Option<(String, Value)> {
     }
     let mut body = vec![0; len.min(1 << 20)];
     r.read_exact(&mut body).ok()?;
-    let answer = if stop.load(Ordering::SeqCst) { "stop" } else { "ok" };
+    let answer = if stop.load(Ordering::SeqCst) {
+        "stop"
+    } else {
+        "ok"
+    };
     let _ = write!(
         s,
         "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\n\
@@ -258,12 +266,15 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
     );
 
     // Five more seconds of publisher samples for its send bitrate.
-    let from = reports.seen["/pub"].last().cloned().expect("publisher report");
+    let from = reports.seen["/pub"]
+        .last()
+        .cloned()
+        .expect("publisher report");
     let to = reports.wait("/pub", Duration::from_secs(15), |r| {
         num(r, "t") - num(&from, "t") >= 5000.0
     });
-    let kbps = (num(&to, "bytesSent") - num(&from, "bytesSent")) * 8.0
-        / (num(&to, "t") - num(&from, "t"));
+    let kbps =
+        (num(&to, "bytesSent") - num(&from, "bytesSent")) * 8.0 / (num(&to, "t") - num(&from, "t"));
     eprintln!(
         "publisher send bitrate {kbps:.0} kbit/s over {:.1} s (available outgoing {} kbit/s)",
         (num(&to, "t") - num(&from, "t")) / 1000.0,
@@ -273,7 +284,10 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
         .iter()
         .map(|r| format!("{}/{}", r["sendKbps"], r["availableOutgoingKbps"]))
         .collect();
-    eprintln!("publisher send/available kbit/s, 1 s apart: {}", series.join(" "));
+    eprintln!(
+        "publisher send/available kbit/s, 1 s apart: {}",
+        series.join(" ")
+    );
     // The node sends publishers no RTCP yet (no receiver reports, transport-cc or REMB), so
     // Chromium's feedback timeout cuts its estimate by a fifth every second from 300 kbit/s
     // down to its floor (about 90). Assert only that video keeps flowing; a target of
@@ -294,6 +308,9 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
         assert!(Instant::now() < deadline, "sessions left after DELETE");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(node.get("/v1/streams").json()["streams"], serde_json::json!([]));
+    assert_eq!(
+        node.get("/v1/streams").json()["streams"],
+        serde_json::json!([])
+    );
     eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
 }
