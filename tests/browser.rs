@@ -314,3 +314,36 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
     );
     eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// No browser needed: the demo page is served and `/v1/streams` lists streams with a
+/// publisher (plain ones too) and their subscriber counts.
+#[test]
+fn demo_page_and_stream_list() {
+    let node = Node::start(1);
+    let page = node.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: text/html"));
+    assert!(page.body.contains("RTCPeerConnection") && page.body.contains("/v1/streams"));
+
+    assert_eq!(
+        node.get("/v1/streams").json(),
+        serde_json::json!({"streams": []})
+    );
+    let publisher = r#"{"role":"publisher","stream":"plain/cam","remote":"127.0.0.1:40000"}"#;
+    assert_eq!(node.post("/v1/sessions", publisher).status, 201);
+    // A subscriber alone does not make a stream live.
+    let early = r#"{"role":"subscriber","stream":"other/cam","remote":"127.0.0.1:40003"}"#;
+    assert_eq!(node.post("/v1/sessions", early).status, 201);
+    for port in [40001, 40002] {
+        let sub =
+            format!(r#"{{"role":"subscriber","stream":"plain/cam","remote":"127.0.0.1:{port}"}}"#);
+        assert_eq!(node.post("/v1/sessions", &sub).status, 201);
+    }
+    assert_eq!(
+        node.get("/v1/streams").json(),
+        serde_json::json!({"streams": [{"stream": "plain/cam", "subscribers": 2}]})
+    );
+}
