@@ -91,9 +91,18 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the process group this test created for this Chromium.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        // SIGTERM lets the browser process end and reap its helpers; whatever is left of
+        // its process group after 3 s gets SIGKILL.
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the process this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: kill(2) on the process group this test created for this Chromium (its id
+        // is the browser's PID; Linux reuses no PID while a group of that id has members).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = self.child.wait();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
