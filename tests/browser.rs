@@ -356,3 +356,68 @@ fn demo_page_and_stream_list() {
         serde_json::json!({"streams": [{"stream": "plain/cam", "subscribers": 2}]})
     );
 }
+
+/// One request with an SDP body (`common::http` sends JSON).
+fn post_sdp(node: &Node, path: &str, sdp: &str) -> common::Http {
+    let mut s = TcpStream::connect(&node.http_addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sdp}",
+        node.http_addr,
+        sdp.len()
+    )
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (headers, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    common::Http {
+        status: headers
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn location(r: &common::Http) -> String {
+    r.headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .expect("Location header")
+        .to_owned()
+}
+
+/// No browser needed: WHIP then WHEP signaling with Chrome's offers is accepted by both
+/// planes (the data plane once refused every WHEP subscriber: it wanted a remote address
+/// that only ICE provides), and DELETE on the Locations leaves no session.
+#[test]
+fn whep_subscriber_of_a_whip_publisher_is_accepted() {
+    let node = Node::start(1);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/controlplane/src/sdp/fixtures");
+    let offer =
+        |name: &str| std::fs::read_to_string(format!("{fixtures}/{name}")).expect("fixture");
+    let publish = post_sdp(&node, "/whip/sig/cam", &offer("chrome_publish.sdp"));
+    assert_eq!(publish.status, 201, "{}", publish.body);
+    let subscribe = post_sdp(&node, "/whep/sig/cam", &offer("chrome_subscribe.sdp"));
+    assert_eq!(subscribe.status, 201, "{}", subscribe.body);
+    assert!(subscribe.body.starts_with("v=0"), "{}", subscribe.body);
+    assert_eq!(
+        node.get("/v1/streams").json(),
+        serde_json::json!({"streams": [{"stream": "sig/cam", "subscribers": 1}]})
+    );
+    for r in [&subscribe, &publish] {
+        assert_eq!(node.delete(&location(r)).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.metric_sum("switchyard_sessions{") != 0 {
+        assert!(Instant::now() < deadline, "sessions left after DELETE");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
