@@ -8,8 +8,15 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
-if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+# tests/browser.rs drives headless Chromium (SWITCHYARD_SKIP_BROWSER=1 skips it).
+if [ "${SWITCHYARD_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
+  need_apt+=(chromium)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo=sudo; else
+    echo "missing: ${need_apt[*]} (run as root or install them)" >&2; exit 1
+  fi
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 
 echo "== fmt"

@@ -88,9 +88,11 @@ fn command_error(e: CommandError) -> ApiError {
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/sessions", get(list_sessions).post(create_session))
+        .route("/v1/streams", get(list_streams))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/whip/{room}/{stream}", post(crate::whip::publish))
         .route(
@@ -157,6 +159,30 @@ async fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this resource",
     )
+}
+
+/// The demo page: publish with WHIP, list streams, watch with WHEP (docs/webrtc.md).
+async fn index() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../static/index.html"))
+}
+
+/// Streams with a publisher (WebRTC or plain) and how many subscribers each has.
+async fn list_streams(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let g = shared.lock();
+    let mut streams = std::collections::BTreeMap::<&str, (bool, usize)>::new();
+    for s in g.node.sessions() {
+        let e = streams.entry(s.stream.as_str()).or_default();
+        match s.role {
+            Role::Publisher { .. } => e.0 = true,
+            Role::Subscriber { .. } => e.1 += 1,
+        }
+    }
+    let list: Vec<_> = streams
+        .into_iter()
+        .filter(|(_, (published, _))| *published)
+        .map(|(stream, (_, subscribers))| json!({ "stream": stream, "subscribers": subscribers }))
+        .collect();
+    Json(json!({ "streams": list }))
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
