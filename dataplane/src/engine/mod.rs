@@ -337,8 +337,12 @@ impl Engine {
                         *slot = to & 0x7f;
                     }
                 }
+                let ready = srtp.is_some();
                 let r =
                     self.add_subscriber(id, stream, remote, ssrcs, pt, srtp.as_ref(), ice.as_ref());
+                if r.is_ok() && ready {
+                    self.keyframe_for_new_subscriber(stream, out);
+                }
                 self.answer(id, r);
             }
             WorkerCommand::SetKeys { id, keys } => {
@@ -349,6 +353,10 @@ impl Engine {
                     Ok((inbound, outbound)) => {
                         s.inbound = inbound;
                         s.outbound = outbound;
+                        if let session::Role::Subscriber(sub) = &s.role {
+                            let stream = sub.stream;
+                            self.keyframe_for_new_subscriber(stream, out);
+                        }
                     }
                     Err(_) => tracing::error!(id = id.0, "negotiated SRTP keys rejected"),
                 }
@@ -1136,6 +1144,16 @@ impl Engine {
 
     /// Ask the publisher of `stream` for a keyframe of `track`, at most once per
     /// [`PLI_INTERVAL`].
+    /// A subscriber can decode only from a keyframe: ask the publisher for one as soon as
+    /// the subscriber can receive (throttled per track like any PLI), so a new viewer sees
+    /// video within a round trip instead of at the publisher's next periodic keyframe.
+    fn keyframe_for_new_subscriber(&mut self, stream: StreamId, out: &mut dyn Output) {
+        let now = Instant::now();
+        for t in 0..MAX_TRACKS as u8 {
+            self.request_keyframe(stream, t, now, out);
+        }
+    }
+
     fn request_keyframe(
         &mut self,
         stream: StreamId,
