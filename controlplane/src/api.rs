@@ -471,6 +471,7 @@ async fn create_session(
         RoleName::Subscriber => Role::Subscriber {
             ssrcs,
             payload_types: payload_types(req.payload_types)?,
+            extensions: None,
         },
     };
 

@@ -380,6 +380,7 @@ mod tests {
             role: Role::Subscriber {
                 ssrcs: vec![1, 2, 3, 4],
                 payload_types: Vec::new(),
+                extensions: None,
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

@@ -167,6 +167,7 @@ async fn offer(
             (Direction::Subscribe, p) => Role::Subscriber {
                 ssrcs: subscriber_ssrcs(p, &n),
                 payload_types: payload_type_map(&n),
+                extensions: Some(extension_map(&n)),
             },
         };
         let spec = SessionSpec {
@@ -257,6 +258,30 @@ fn payload_type_map(n: &sdp::Negotiated) -> Vec<(u8, u8)> {
         }
     }
     out.truncate(switchyard_shared::command::MAX_PT_MAP);
+    out
+}
+
+/// The publisher → subscriber header extension ids both negotiated, except the ones whose
+/// values mean something only on the publisher's leg: its transport-wide sequence numbers
+/// (the node answers them itself) and its mids (the subscriber's m-lines have their own;
+/// without the extension the subscriber demultiplexes by the SSRCs in its answer).
+fn extension_map(n: &sdp::Negotiated) -> Vec<(u8, u8)> {
+    const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+    let mut out: Vec<(u8, u8)> = Vec::new();
+    for t in &n.tracks {
+        let Some(r) = &t.remap else { continue };
+        for &(pid, sid) in &r.extensions {
+            let uri = t
+                .extensions
+                .iter()
+                .find(|(id, _)| *id == sid)
+                .map(|(_, u)| u.as_str());
+            let local_only = matches!(uri, Some(u) if u == MID || u == sdp::TRANSPORT_CC_URI);
+            if !local_only && !out.iter().any(|&(p, _)| p == pid) {
+                out.push((pid, sid));
+            }
+        }
+    }
     out
 }
 

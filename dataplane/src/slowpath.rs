@@ -233,7 +233,15 @@ impl SlowPath {
             Role::Subscriber {
                 ssrcs,
                 payload_types,
+                extensions,
             } => {
+                if extensions.as_ref().is_some_and(|m| {
+                    m.len() > 14
+                        || m.iter()
+                            .any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b))
+                }) {
+                    return Err(CommandError::Invalid);
+                }
                 if ssrcs.len() != MAX_TRACKS || !subscriber_addressable(spec) {
                     return Err(CommandError::Invalid);
                 }
@@ -304,6 +312,7 @@ impl SlowPath {
             Role::Subscriber {
                 ssrcs,
                 payload_types,
+                extensions,
             } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
@@ -329,6 +338,13 @@ impl SlowPath {
                         remote,
                         ssrcs: out,
                         payload_types: payload_types.clone(),
+                        extensions: extensions.as_ref().map(|m| {
+                            let mut table = [0u8; 16];
+                            for &(from, to) in m {
+                                table[usize::from(from & 0x0f)] = to;
+                            }
+                            table
+                        }),
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
@@ -551,6 +567,7 @@ mod tests {
             role: Role::Subscriber {
                 ssrcs: vec![1; MAX_TRACKS],
                 payload_types: Vec::new(),
+                extensions: None,
             },
             remote,
             keying: Keying::Dtls {

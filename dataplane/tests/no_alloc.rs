@@ -139,6 +139,7 @@ fn steady_state_forwarding_allocates_nothing() {
                 remote: Some(remote),
                 ssrcs: [id as u32 * 10, 0, 0, 0],
                 payload_types: Vec::new(),
+                extensions: None,
                 srtp: Some(keys(3, 4)),
                 ice: None,
             },

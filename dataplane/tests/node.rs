@@ -190,6 +190,7 @@ fn forwards_across_workers_and_counts_bad_input() {
             role: Role::Subscriber {
                 ssrcs,
                 payload_types: Vec::new(),
+                extensions: None,
             },
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),

@@ -100,6 +100,10 @@ pub enum Role {
     Subscriber {
         ssrcs: Vec<u32>,
         payload_types: Vec<(u8, u8)>,
+        /// One-byte header extension ids, publisher's → subscriber's (1..=14). `None` passes
+        /// extensions through unchanged (plain RTP egress); `Some` drops every element not
+        /// listed (a WebRTC subscriber must not see ids it did not negotiate).
+        extensions: Option<Vec<(u8, u8)>>,
     },
 }
 
@@ -307,6 +311,7 @@ mod tests {
             role: Role::Subscriber {
                 ssrcs: vec![1, 2, 3, 4],
                 payload_types: vec![(96, 100)],
+                extensions: None,
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

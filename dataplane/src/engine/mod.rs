@@ -63,6 +63,8 @@ pub enum WorkerCommand {
         ssrcs: [u32; MAX_TRACKS],
         /// Publisher → subscriber payload types (validated < 128 by the slow path).
         payload_types: Vec<(u8, u8)>,
+        /// Header extension id table (`rtp::remap_extensions`); `None`: unchanged.
+        extensions: Option<[u8; 16]>,
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
@@ -325,6 +327,7 @@ impl Engine {
                 remote,
                 ssrcs,
                 payload_types,
+                extensions,
                 srtp,
                 ice,
             } => {
@@ -340,6 +343,16 @@ impl Engine {
                 let ready = srtp.is_some();
                 let r =
                     self.add_subscriber(id, stream, remote, ssrcs, pt, srtp.as_ref(), ice.as_ref());
+                if r.is_ok() {
+                    if let Some(session::Role::Subscriber(sub)) = self
+                        .by_id
+                        .get(&id)
+                        .and_then(|&i| self.sessions.get_mut(i))
+                        .map(|s| &mut s.role)
+                    {
+                        sub.extensions = extensions.map(Box::new);
+                    }
+                }
                 if r.is_ok() && ready {
                     self.keyframe_for_new_subscriber(stream, out);
                 }
@@ -546,6 +559,7 @@ impl Engine {
                 ssrcs,
                 offsets,
                 payload_types: Box::new(payload_types),
+                extensions: None,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
@@ -1279,6 +1293,7 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     };
     let src = h.bytes();
     let pts = &sub.payload_types;
+    let exts = sub.extensions.as_deref();
     // A subscriber still in its DTLS handshake gets nothing yet.
     let Some(ctx) = s.outbound.as_mut() else {
         return Err(SendError::Cancelled);
@@ -1295,6 +1310,12 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         // Payload type in the subscriber's numbering (marker bit kept).
         let b1 = buf.get_mut(1)?;
         *b1 = (*b1 & 0x80) | pts[usize::from(*b1 & 0x7f)];
+        if let Some(map) = exts {
+            if buf[0] & 0x10 != 0 {
+                let h = rtp::Header::parse(buf.get(..n)?).ok()?;
+                rtp::remap_extensions(buf, &h, map).ok()?;
+            }
+        }
         let len = ctx.protect_rtp(buf, n).ok()?;
         sent = len;
         Some(len)

@@ -85,6 +85,9 @@ pub struct Subscriber {
     /// Publisher payload type → this subscriber's, for all 128 (identity where unmapped),
     /// so the rewrite is one table lookup. Boxed: the session slab stays compact.
     pub payload_types: Box<[u8; 128]>,
+    /// Header extension id table, publisher's → this subscriber's (0: drop); `None` leaves
+    /// extensions as they are.
+    pub extensions: Option<Box<[u8; 16]>>,
 }
 
 impl Subscriber {

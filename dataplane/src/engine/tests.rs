@@ -123,6 +123,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             remote: Some(addr(port)),
             ssrcs: sub_ssrcs(id as u32 * 16),
             payload_types: Vec::new(),
+            extensions: None,
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
@@ -572,6 +573,7 @@ fn ice_sessions_refuse_bad_specs() {
                 remote,
                 ssrcs: sub_ssrcs(40),
                 payload_types: Vec::new(),
+                extensions: None,
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
@@ -632,6 +634,7 @@ fn payload_types_are_rewritten_per_subscriber() {
             remote: Some(addr(6003)),
             ssrcs: sub_ssrcs(48),
             payload_types: vec![(96, 100), (97, 101)],
+            extensions: None,
             srtp: Some(keys(profile, 3, 3)),
             ice: None,
         },
@@ -791,6 +794,7 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
             remote: None,
             ssrcs: sub_ssrcs(32),
             payload_types: Vec::new(),
+            extensions: None,
             srtp: None,
             ice: Some(ice_creds("subU")),
         },
@@ -806,4 +810,47 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
     assert!(out.sent.is_empty());
     assert_eq!(get(&f.stats, 0, Counter::Forwarded), 0);
     assert_eq!(get(&f.stats, 0, DropReason::QueueFull.counter()), 0);
+}
+
+#[test]
+fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    let mut out = Capture::default();
+    let mut map = [0u8; 16];
+    map[5] = 9; // the publisher's id 5 is the subscriber's 9; nothing else survives
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(2),
+            stream: STREAM,
+            remote: Some(addr(6002)),
+            ssrcs: sub_ssrcs(32),
+            payload_types: Vec::new(),
+            extensions: Some(map),
+            srtp: Some(keys(profile, 3, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    out.sent.clear();
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut p = srtp_packet_twcc(&mut publisher, 1, 0x0102); // one element: id 5, 2 bytes
+    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    let rtp_out: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(6002)).collect();
+    assert_eq!(rtp_out.len(), 1);
+    let mut ctx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = rtp_out[0].1.clone();
+    let n = ctx.unprotect_rtp(&mut b).expect("decrypts");
+    let h = rtp::Header::parse(&b[..n]).expect("rtp");
+    assert_eq!(
+        rtp::find_extension(&b[..n], &h, 9).map(|r| b[r].to_vec()),
+        Some(vec![1, 2])
+    );
+    assert_eq!(rtp::find_extension(&b[..n], &h, 5), None);
 }

@@ -187,6 +187,41 @@ pub fn find_extension(b: &[u8], h: &Header, id: u8) -> Option<Range<usize>> {
     None
 }
 
+/// Rewrite the ids of the one-byte header extension elements of `b` in place: element `id`
+/// becomes `map[id]`, or, where `map[id]` is 0, is overwritten with zero bytes, which RFC 8285
+/// §4.2 defines as padding — the element disappears without moving the payload. Two-byte
+/// extensions are left as they are. Used per subscriber: each peer numbers extensions its own
+/// way, and some (a publisher's transport-wide sequence, its mids) mean nothing downstream.
+pub fn remap_extensions(b: &mut [u8], h: &Header, map: &[u8; 16]) -> Result<(), ParseError> {
+    let one_byte = h.extension.is_some_and(|e| e.profile == PROFILE_ONE_BYTE);
+    if !one_byte {
+        return Ok(());
+    }
+    // Elements first (at most one per 2 bytes of a 1500-byte packet, but a handful in
+    // practice): collect positions, then write.
+    let mut found = [(0u8, 0usize, 0usize); 16];
+    let mut n = 0;
+    let mut it = extensions(b, h);
+    while let Some(r) = it.next_range() {
+        let (id, range) = r?;
+        if n == found.len() {
+            return Err(ParseError::BadExtension);
+        }
+        found[n] = (id, range.start - 1, range.end);
+        n += 1;
+    }
+    for &(id, at, end) in &found[..n] {
+        let new = map[usize::from(id & 0x0f)];
+        if new == 0 || new > 14 {
+            b.get_mut(at..end).ok_or(ParseError::BadExtension)?.fill(0);
+        } else {
+            let byte = b.get_mut(at).ok_or(ParseError::BadExtension)?;
+            *byte = (new << 4) | (*byte & 0x0f);
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Form {
     OneByte,
@@ -424,5 +459,52 @@ mod tests {
         let mut b2 = b.clone();
         b2[0] = 0x90;
         assert_eq!(parse_all(&b2), Err(ParseError::BadExtension));
+    }
+}
+
+#[cfg(test)]
+mod remap_tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_rewritten_and_unmapped_elements_become_padding() {
+        // Header with X, one-byte extension of 3 words: id 1 (2 bytes), id 3 (1 byte),
+        // id 5 (3 bytes), then padding.
+        let mut b = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        b.extend_from_slice(&[0xBE, 0xDE, 0, 3]);
+        b.extend_from_slice(&[0x11, 0xAA, 0xBB, 0x30, 0xCC, 0x52, 1, 2, 3, 0, 0, 0]);
+        b.extend_from_slice(b"payload");
+        let h = Header::parse(&b).expect("parse");
+        let mut map = [0u8; 16];
+        map[1] = 4; // 1 → 4
+        map[5] = 2; // 5 → 2; 3 is dropped
+        remap_extensions(&mut b, &h, &map).expect("remap");
+        let h = Header::parse(&b).expect("still parses");
+        let got: Vec<(u8, Vec<u8>)> = {
+            let mut it = extensions(&b, &h);
+            let mut v = Vec::new();
+            while let Some(Ok((id, r))) = it.next_range() {
+                v.push((id, b[r].to_vec()));
+            }
+            v
+        };
+        assert_eq!(got, vec![(4, vec![0xAA, 0xBB]), (2, vec![1, 2, 3])]);
+        assert_eq!(h.payload(&b), b"payload", "the payload did not move");
+    }
+
+    #[test]
+    fn two_byte_and_absent_extensions_are_left_alone() {
+        let mut plain = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 1, 2];
+        let h = Header::parse(&plain).expect("parse");
+        let before = plain.clone();
+        remap_extensions(&mut plain, &h, &[0; 16]).expect("ok");
+        assert_eq!(plain, before);
+        let mut two = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 7, 1, 9, 0,
+        ];
+        let h = Header::parse(&two).expect("parse");
+        let before = two.clone();
+        remap_extensions(&mut two, &h, &[0; 16]).expect("ok");
+        assert_eq!(two, before);
     }
 }
