@@ -9,6 +9,7 @@
 //! media flows, and rebuilds its view from the data plane's snapshot.
 
 mod api;
+pub mod cluster;
 mod link;
 mod metrics;
 pub mod sdp;
