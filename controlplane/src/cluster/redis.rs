@@ -94,8 +94,16 @@ pub struct RedisStore {
     entropy: Entropy,
 }
 
+/// Errors that mean "Redis cannot serve now" rather than "this request is wrong": the
+/// connection failed, or the server is loading its data, failing over or read-only.
 fn unavailable(e: &RedisError) -> bool {
-    e.is_io_error()
+    use redis::{ErrorKind, ServerErrorKind as S};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+        )
+    ) || e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
