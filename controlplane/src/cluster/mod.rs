@@ -9,6 +9,8 @@
 //! Security: registration, drain and heartbeat are not authenticated yet (issue #4's JWT
 //! `cluster` claim is still to come), so bind the HTTP listener to a trusted network.
 
+pub(crate) mod health;
+pub(crate) mod http;
 pub mod placement;
 pub mod redis;
 pub mod store;
