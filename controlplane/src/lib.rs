@@ -75,7 +75,9 @@ fn cluster_of(config: &Config) -> anyhow::Result<cluster::Cluster> {
     let store = match &config.cluster.redis {
         Some(url) => {
             tracing::info!(redis = %redact(url), "cluster state in redis");
-            cluster::AnyStore::Redis(cluster::redis::RedisStore::new(url).context("cluster.redis")?)
+            cluster::AnyStore::Redis(Box::new(
+                cluster::redis::RedisStore::new(url).context("cluster.redis")?,
+            ))
         }
         None => cluster::AnyStore::Memory(cluster::MemoryStore::new()),
     };

@@ -243,7 +243,8 @@ impl Store for MemoryStore {
 /// The store a control plane runs with, chosen by `[cluster] redis`.
 pub enum AnyStore {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    // Boxed: the Redis client is large and there is one store per process.
+    Redis(Box<RedisStore>),
 }
 
 macro_rules! dispatch {
