@@ -12,6 +12,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 if [ "${SWITCHYARD_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
   need_apt+=(chromium)
 fi
+# tests/cluster_redis.rs runs a real Redis.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo=sudo; else
     echo "missing: ${need_apt[*]} (run as root or install them)" >&2; exit 1

@@ -78,6 +78,9 @@ struct Opts {
     /// Directory of the shared-memory ring and stats files.
     #[arg(long, global = true, env = "SWITCHYARD_SHM_DIR")]
     shm_dir: Option<PathBuf>,
+    /// Redis URL shared by the cluster's control planes (unset: in-memory, one node).
+    #[arg(long, global = true, env = "SWITCHYARD_REDIS")]
+    redis: Option<String>,
 }
 
 impl Opts {
@@ -112,6 +115,9 @@ impl Opts {
         }
         if let Some(v) = &self.shm_dir {
             c.ring.dir = Some(v.clone());
+        }
+        if let Some(v) = &self.redis {
+            c.cluster.redis = Some(v.clone());
         }
         c.validate()?;
         Ok(c)
@@ -201,6 +207,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         "shm-dir",
         opts.shm_dir.as_ref().map(|p| p.display().to_string()),
     );
+    flag("redis", opts.redis.clone());
     cmd.kill_on_drop(true);
     let child = cmd
         .spawn()

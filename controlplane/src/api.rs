@@ -86,7 +86,7 @@ fn command_error(e: CommandError) -> ApiError {
     ApiError::new(status, text)
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, cluster: Arc<crate::cluster::Cluster>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health))
@@ -104,6 +104,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/whep/{room}/{stream}/{id}",
             delete(crate::whip::end_subscribe).patch(crate::whip::patch),
         )
+        .with_state(shared.clone())
+        .merge(crate::cluster::http::routes(cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -112,7 +114,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             count_requests,
         ))
-        .with_state(shared)
 }
 
 /// A page on another origin may publish and watch (WHIP/WHEP from a web app), so CORS is
@@ -297,7 +298,7 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
 
 /// Parse a JSON body ourselves so every failure is a JSON error (and the content type is
 /// not required: curl users forget it).
-fn parse_body<T: for<'de> Deserialize<'de>>(
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
@@ -351,7 +352,7 @@ fn parse_profile(name: Option<&str>) -> Result<SrtpProfile, ApiError> {
     }
 }
 
-fn random_bytes(out: &mut [u8]) -> Result<(), ApiError> {
+pub(crate) fn random_bytes(out: &mut [u8]) -> Result<(), ApiError> {
     use ring::rand::SecureRandom as _;
     ring::rand::SystemRandom::new()
         .fill(out)

@@ -4,11 +4,13 @@
 //! - [`state`]: the sans-IO view of the node (sessions, pending commands, data plane boot).
 //! - `link`: the thread that attaches to the ring and feeds events into the state.
 //! - `api`: the axum routes; `metrics`: Prometheus text from the shared stats file.
+//! - [`cluster`]: node registry, room placement and the cluster store (memory or Redis).
 //!
 //! The control plane holds no media state: it can be killed and restarted at any time while
 //! media flows, and rebuilds its view from the data plane's snapshot.
 
 mod api;
+pub mod cluster;
 mod link;
 mod metrics;
 pub mod sdp;
@@ -52,16 +54,64 @@ pub async fn serve(
     let addr = listener.local_addr().context("listener address")?;
     let shared = Arc::new(link::Shared::new(config));
     let stop = Arc::new(AtomicBool::new(false));
+    let cluster = Arc::new(cluster_of(&shared.config)?);
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
+    let me = self_registration(&shared.config, addr);
+    let health = tokio::spawn(cluster::health::run(cluster.clone(), me));
     tracing::info!(http = %addr, node = %shared.config.node.id, "control plane listening");
-    let result = axum::serve(listener, api::router(shared))
+    let result = axum::serve(listener, api::router(shared, cluster))
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server");
+    health.abort();
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || link.join()).await;
     tracing::info!("control plane stopped");
     result
+}
+
+/// The cluster store `[cluster] redis` asks for (in memory without it).
+fn cluster_of(config: &Config) -> anyhow::Result<cluster::Cluster> {
+    let store = match &config.cluster.redis {
+        Some(url) => {
+            tracing::info!(redis = %redact(url), "cluster state in redis");
+            cluster::AnyStore::Redis(Box::new(
+                cluster::redis::RedisStore::new(url).context("cluster.redis")?,
+            ))
+        }
+        None => cluster::AnyStore::Memory(cluster::MemoryStore::new()),
+    };
+    Ok(cluster::Cluster {
+        store,
+        config: config.cluster.clone(),
+    })
+}
+
+/// A Redis URL with its password hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// How this node registers itself: its HTTP address (the announced media address when it
+/// listens on every interface), its media address and its workers.
+fn self_registration(config: &Config, http: std::net::SocketAddr) -> cluster::Registration {
+    let ip = if http.ip().is_unspecified() {
+        config.media.announce_ip()
+    } else {
+        http.ip()
+    };
+    let workers = config.media.worker_count();
+    cluster::Registration {
+        node_id: config.node.id.clone(),
+        url: format!("http://{}", std::net::SocketAddr::new(ip, http.port())),
+        media_address: config.media.announce_ip().to_string(),
+        workers,
+        capacity: u64::from(workers) * u64::from(config.cluster.consumers_per_worker),
+        labels: Default::default(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -146,6 +146,66 @@ pub struct WebrtcSection {
     pub private_key: Option<PathBuf>,
 }
 
+/// How a new room picks its node (see controlplane `cluster::placement`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// Power of two choices among the nodes with room: the freer of two picked at random, so
+    /// a burst of rooms does not herd onto the one emptiest node.
+    #[default]
+    LeastLoaded,
+    /// Next node with room, in node id order.
+    RoundRobin,
+    /// Rendezvous hash of the room id: a room id maps to the same node while it has room.
+    ConsistentHash,
+}
+
+impl std::str::FromStr for PlacementStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "least_loaded" => Ok(Self::LeastLoaded),
+            "round_robin" => Ok(Self::RoundRobin),
+            "consistent_hash" => Ok(Self::ConsistentHash),
+            other => Err(format!(
+                "unknown strategy {other:?} (least_loaded, round_robin or consistent_hash)"
+            )),
+        }
+    }
+}
+
+/// Cluster state and placement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Redis URL (`redis://host:6379/0`) where every control plane of the cluster keeps its
+    /// state. None: an in-memory store, for a single node.
+    pub redis: Option<String>,
+    /// Consumers (forwarded streams) one worker is sized for: node capacity = workers × this.
+    pub consumers_per_worker: u32,
+    pub strategy: PlacementStrategy,
+    /// How often the control plane checks `GET /health` of every registered node.
+    pub health_interval_ms: u64,
+    /// A node that reports this share of any resource in use is overloaded and takes no new
+    /// rooms (SRS's 80% rule).
+    pub overload_ratio: f64,
+}
+
+// `validate` rejects a NaN `overload_ratio`, the one value that would break reflexivity.
+impl Eq for ClusterSection {}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            consumers_per_worker: 500,
+            strategy: PlacementStrategy::LeastLoaded,
+            health_interval_ms: 5000,
+            overload_ratio: 0.8,
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,6 +215,7 @@ pub struct Config {
     pub http: HttpSection,
     pub ring: RingSection,
     pub webrtc: WebrtcSection,
+    pub cluster: ClusterSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +276,21 @@ impl Config {
         if self.webrtc.certificate.is_some() != self.webrtc.private_key.is_some() {
             return bad("webrtc.certificate and webrtc.private_key go together");
         }
+        if self.cluster.consumers_per_worker == 0 {
+            return bad("cluster.consumers_per_worker must be at least 1");
+        }
+        if self.cluster.health_interval_ms < 100 {
+            return bad("cluster.health_interval_ms must be at least 100");
+        }
+        if !(self.cluster.overload_ratio > 0.0 && self.cluster.overload_ratio <= 1.0) {
+            return bad("cluster.overload_ratio must be in (0, 1]");
+        }
+        if let Some(url) = &self.cluster.redis {
+            // rediss:// (TLS) would need the redis crate's TLS features, not built in.
+            if !url.starts_with("redis://") {
+                return bad("cluster.redis must be a redis:// URL (TLS is not supported yet)");
+            }
+        }
         Ok(())
     }
 
@@ -261,6 +337,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(Config::parse("[media]\nprot = 1\n").is_err());
+        assert!(Config::parse("[cluster]\nstrategy = \"random\"\n").is_err());
     }
 
     #[test]
@@ -270,6 +347,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.node.id = "../etc".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.cluster.overload_ratio = f64::NAN;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.cluster.redis = Some("localhost:6379".into());
         assert!(c.validate().is_err());
     }
 }

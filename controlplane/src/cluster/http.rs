@@ -1,0 +1,337 @@
+//! The cluster's REST routes: node registry, room placement, discovery. See docs/cluster.md.
+//!
+//! Unauthenticated for now (the JWT `cluster` claim of issue #4 is still to come): bind the
+//! control plane to a trusted network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::store::{Store as _, StoreError};
+use super::{consumers_for, Cluster, Node, Registration, Room, RoomSpec};
+use crate::api::{parse_body, random_bytes, ApiError};
+
+const MAX_ID: usize = 128;
+/// A room of this many peers reserves ~1M consumers; more is a typo, not a meeting.
+const MAX_PEERS: u32 = 1000;
+const MAX_URL: usize = 2048;
+const MAX_LABELS: usize = 32;
+const MAX_LABEL: usize = 64;
+
+pub(crate) fn routes(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/{id}/drain", post(drain).delete(undrain))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/rooms", get(list_rooms).post(create_generated))
+        .route(
+            "/v1/rooms/{room}",
+            get(get_room).post(create_named).delete(delete_room),
+        )
+        .route("/v1/resolve", get(resolve))
+        .with_state(cluster)
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Unavailable(_) | StoreError::NoCapacity { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::RoomExists(_) => StatusCode::CONFLICT,
+            StoreError::NoSuchRoom(_) | StoreError::NoSuchNode(_) => StatusCode::NOT_FOUND,
+            StoreError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn valid_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && id != "."
+        && id != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what}: 1 to {MAX_ID} characters of A-Z a-z 0-9 _ . -"
+        )))
+    }
+}
+
+fn valid_url(what: &str, url: &str, schemes: &[&str]) -> Result<(), ApiError> {
+    let ok = url.len() <= MAX_URL
+        && schemes.iter().any(|s| {
+            url.strip_prefix(s)
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        })
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what}: a URL starting with {} (at most {MAX_URL} bytes)",
+            schemes.join(" or ")
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RegisterBody {
+    node_id: String,
+    url: String,
+    media_address: String,
+    workers: u16,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+async fn register(
+    State(cluster): State<Arc<Cluster>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let b: RegisterBody = parse_body(body)?;
+    valid_id("nodeId", &b.node_id)?;
+    // Health checks speak plain HTTP (see health::probe).
+    valid_url("url", &b.url, &["http://"])?;
+    if b.media_address.is_empty() || b.media_address.len() > MAX_ID {
+        return Err(ApiError::bad_request(
+            "mediaAddress: an address or host, at most 128 bytes",
+        ));
+    }
+    if b.workers == 0 {
+        return Err(ApiError::bad_request("workers: at least 1"));
+    }
+    if b.labels.len() > MAX_LABELS
+        || b.labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > MAX_LABEL || v.len() > MAX_LABEL)
+    {
+        return Err(ApiError::bad_request(format!(
+            "labels: at most {MAX_LABELS}, keys 1 to {MAX_LABEL} bytes, values up to {MAX_LABEL}"
+        )));
+    }
+    let reg = Registration {
+        capacity: u64::from(b.workers) * u64::from(cluster.config.consumers_per_worker),
+        node_id: b.node_id,
+        url: b.url.trim_end_matches('/').to_owned(),
+        media_address: b.media_address,
+        workers: b.workers,
+        labels: b.labels,
+    };
+    Ok(Json(cluster.store.register_node(reg).await?))
+}
+
+async fn list_nodes(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
+    let nodes = cluster.store.list_nodes().await?;
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
+async fn drain(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    cluster.store.drain(&id, true).await?;
+    Ok(Json(json!({ "nodeId": id, "draining": true })).into_response())
+}
+
+async fn undrain(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    cluster.store.drain(&id, false).await?;
+    Ok(Json(json!({ "nodeId": id, "draining": false })).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HeartbeatBody {
+    /// Share in use of each resource the node measures (`cpu`, `bandwidth`, ...), 0 to 1.
+    #[serde(default)]
+    load: BTreeMap<String, f64>,
+}
+
+async fn heartbeat(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let empty = body.as_ref().is_ok_and(|b| b.is_empty());
+    let b: HeartbeatBody = if empty {
+        HeartbeatBody::default()
+    } else {
+        parse_body(body)?
+    };
+    if b.load.values().any(|v| !v.is_finite() || *v < 0.0) {
+        return Err(ApiError::bad_request("load: finite shares from 0"));
+    }
+    let overloaded = b.load.values().any(|&v| v >= cluster.config.overload_ratio);
+    cluster.store.heartbeat(&id, overloaded).await?;
+    Ok(Json(json!({ "nodeId": id, "overloaded": overloaded })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateRoom {
+    max_peer_count: u32,
+    #[serde(default)]
+    event_notification_uri: Option<String>,
+}
+
+/// A room as the API shows it: where it is and where to publish and subscribe.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomView {
+    room_id: String,
+    node: String,
+    node_url: Option<String>,
+    /// `POST {whipUrl}/{stream}` publishes a stream into the room (WHIP).
+    whip_url: Option<String>,
+    /// `POST {whepUrl}/{stream}` watches one (WHEP).
+    whep_url: Option<String>,
+    max_peer_count: u32,
+    consumers: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_notification_uri: Option<String>,
+    created_ms: u64,
+}
+
+fn view(room: Room, node_url: Option<&str>) -> RoomView {
+    RoomView {
+        whip_url: node_url.map(|u| format!("{u}/whip/{}", room.room_id)),
+        whep_url: node_url.map(|u| format!("{u}/whep/{}", room.room_id)),
+        node_url: node_url.map(str::to_owned),
+        room_id: room.room_id,
+        node: room.node,
+        max_peer_count: room.max_peer_count,
+        consumers: room.consumers,
+        event_notification_uri: room.event_notification_uri,
+        created_ms: room.created_ms,
+    }
+}
+
+async fn create(
+    cluster: &Cluster,
+    room_id: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    valid_id("room", &room_id)?;
+    let b: CreateRoom = parse_body(body)?;
+    if b.max_peer_count == 0 || b.max_peer_count > MAX_PEERS {
+        return Err(ApiError::bad_request(format!(
+            "maxPeerCount: 1 to {MAX_PEERS}"
+        )));
+    }
+    if let Some(u) = &b.event_notification_uri {
+        valid_url("eventNotificationUri", u, &["http://", "https://"])?;
+    }
+    let spec = RoomSpec {
+        room_id,
+        consumers: consumers_for(b.max_peer_count),
+        max_peer_count: b.max_peer_count,
+        event_notification_uri: b.event_notification_uri,
+    };
+    let p = cluster
+        .store
+        .reserve_room(spec, cluster.config.strategy)
+        .await?;
+    tracing::info!(room = %p.room.room_id, node = %p.node.node_id, consumers = p.room.consumers, "room placed");
+    let v = view(p.room, Some(&p.node.url));
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn create_named(
+    State(cluster): State<Arc<Cluster>>,
+    Path(room): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    create(&cluster, room, body).await
+}
+
+async fn create_generated(
+    State(cluster): State<Arc<Cluster>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut id = [0u8; 8];
+    random_bytes(&mut id)?;
+    let room = id.iter().map(|b| format!("{b:02x}")).collect();
+    create(&cluster, room, body).await
+}
+
+async fn node_urls(cluster: &Cluster) -> Result<HashMap<String, String>, ApiError> {
+    Ok(cluster
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.node_id, n.url))
+        .collect())
+}
+
+async fn list_rooms(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
+    let rooms = cluster.store.list_rooms().await?;
+    let urls = node_urls(&cluster).await?;
+    let views: Vec<RoomView> = rooms
+        .into_iter()
+        .map(|r| {
+            let url = urls.get(&r.node).map(String::as_str);
+            view(r, url)
+        })
+        .collect();
+    Ok(Json(json!({ "rooms": views })).into_response())
+}
+
+async fn find(cluster: &Cluster, room: &str) -> Result<RoomView, ApiError> {
+    valid_id("room", room)?;
+    let r = cluster
+        .store
+        .get_room(room)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no room {room:?}")))?;
+    let urls = node_urls(cluster).await?;
+    let url = urls.get(&r.node).map(String::as_str);
+    Ok(view(r, url))
+}
+
+async fn get_room(
+    State(cluster): State<Arc<Cluster>>,
+    Path(room): Path<String>,
+) -> Result<Json<RoomView>, ApiError> {
+    Ok(Json(find(&cluster, &room).await?))
+}
+
+async fn delete_room(
+    State(cluster): State<Arc<Cluster>>,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    valid_id("room", &room)?;
+    let r = cluster.store.release_room(&room).await?;
+    tracing::info!(room = %r.room_id, node = %r.node, consumers = r.consumers, "room closed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// HTTP-DNS style: which node serves `room`.
+async fn resolve(
+    State(cluster): State<Arc<Cluster>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<RoomView>, ApiError> {
+    let room = q
+        .get("room")
+        .ok_or_else(|| ApiError::bad_request("query parameter room is required"))?;
+    Ok(Json(find(&cluster, room).await?))
+}
