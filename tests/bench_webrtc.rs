@@ -36,7 +36,10 @@ fn webrtc_fanout_one_publisher_twenty_subscribers() {
     let r = run(&spec, &target).expect("webrtc run");
     print!("{}", r.table());
 
-    assert_eq!(r.profile, "AEAD_AES_128_GCM", "DTLS negotiates the preferred profile");
+    assert_eq!(
+        r.profile, "AEAD_AES_128_GCM",
+        "DTLS negotiates the preferred profile"
+    );
     assert_eq!(r.subscribers_total, 20);
     assert!(r.expected_packets >= 20 * 590, "{}", r.expected_packets);
     assert_eq!(r.lost_packets, 0, "{:?}", r.errors);

@@ -154,7 +154,8 @@ impl Drop for NodeGuard {
                 eprintln!("warning: deleting session {id}: {e}");
             }
         }
-        let locations = std::mem::take(&mut *self.locations.lock().unwrap_or_else(|e| e.into_inner()));
+        let locations =
+            std::mem::take(&mut *self.locations.lock().unwrap_or_else(|e| e.into_inner()));
         for url in locations {
             if let Err(e) = self.node.delete_url(&url) {
                 eprintln!("warning: deleting {url}: {e}");
@@ -321,7 +322,9 @@ impl Rtc {
         let c = self.agent.connect(&sock, &local, &answer)?;
         self.consent.add(&sock, &c)?;
         let mut cipher = Cipher::srtp(c.keys.profile, &c.keys.remote)?;
-        let (rtp, recv_ns) = self.agent.first_rtp(&sock, c.candidate, &mut cipher, ssrc)?;
+        let (rtp, recv_ns) = self
+            .agent
+            .first_rtp(&sock, c.candidate, &mut cipher, ssrc)?;
         Ok((
             SubEnd {
                 sock,
@@ -344,7 +347,8 @@ impl Rtc {
         let total = publishers * subscribers;
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let slots: Vec<Mutex<Option<(SubEnd, u64)>>> = (0..total).map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<(SubEnd, u64)>>> =
+            (0..total).map(|_| Mutex::new(None)).collect();
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         std::thread::scope(|sc| {
             for _ in 0..parallel.clamp(1, total.max(1)) {

@@ -165,10 +165,7 @@ mod tests {
             .filter(|l| !l.starts_with("a=candidate"))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(matches!(
-            parse_answer(&no_cand),
-            Err(SdpError::Missing(_))
-        ));
+        assert!(matches!(parse_answer(&no_cand), Err(SdpError::Missing(_))));
         let rejected = ANSWER.replace("m=video 10001", "m=video 0");
         assert_eq!(parse_answer(&rejected), Err(SdpError::NoMedia));
         assert!(parse_answer("not sdp").is_err());
@@ -188,7 +185,11 @@ mod tests {
             let m = &sd.media_descriptions[0];
             assert_eq!(m.attribute("setup"), Some(Some("active")));
             assert_eq!(m.attribute("ice-ufrag"), Some(Some("uf01")));
-            let dir = if role == Role::Subscriber { "recvonly" } else { "sendonly" };
+            let dir = if role == Role::Subscriber {
+                "recvonly"
+            } else {
+                "sendonly"
+            };
             assert_eq!(m.attribute(dir), Some(None));
             assert_eq!(
                 m.attributes.iter().any(|a| a.key == "ssrc"),
