@@ -32,6 +32,7 @@ fn media_keeps_flowing_while_the_control_plane_restarts() {
         profile: Profile::AeadAes128Gcm,
         cpu_pid: None,
         worker: None,
+        webrtc: None,
     };
     // The acceptance run: 1 publisher → 50 subscribers over 2 workers for 5 s.
     let spec = load(50, Duration::from_secs(5));
@@ -527,6 +528,7 @@ fn bench_cleans_up_when_setup_fails_halfway() {
         profile: Profile::AeadAes128Gcm,
         cpu_pid: None,
         worker: None,
+        webrtc: None,
     };
     let err = run(&spec, &target).expect_err("setup must fail");
     assert!(err.to_string().contains("stream busy"), "{err}");

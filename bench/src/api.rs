@@ -19,6 +19,16 @@ pub enum ApiError {
     },
     #[error("session {id}: {field} is not valid base64")]
     Key { id: u64, field: &'static str },
+    #[error("{what}: answer without a Location header or a UTF-8 SDP body")]
+    Answer { what: &'static str },
+}
+
+/// What a WHIP or WHEP POST created: the resource to DELETE and the SDP answer.
+#[derive(Debug, Clone)]
+pub struct WebrtcSession {
+    /// Absolute URL of the session resource (`…/whip/{room}/{stream}/{id}`).
+    pub location: String,
+    pub answer: String,
 }
 
 /// `GET /health`.
@@ -119,6 +129,39 @@ impl Node {
             what: "POST /v1/sessions",
             source,
         })
+    }
+
+    /// `POST /{kind}/{room}/{stream}` with an SDP offer; `kind` is `"whip"` or `"whep"`.
+    pub fn webrtc_session(
+        &self,
+        kind: &'static str,
+        room: &str,
+        stream: &str,
+        offer: &str,
+    ) -> Result<WebrtcSession, ApiError> {
+        let url = format!("{}/{kind}/{room}/{stream}", self.base);
+        let r = http::request_typed("POST", &url, Some(("application/sdp", offer.as_bytes())))?;
+        let bad = ApiError::Answer { what: kind };
+        let location = r.location.ok_or(ApiError::Answer { what: kind })?;
+        let answer = String::from_utf8(r.body).map_err(|_| bad)?;
+        Ok(WebrtcSession {
+            location: self.absolute(&location),
+            answer,
+        })
+    }
+
+    /// `DELETE` a WHIP/WHEP session by its absolute Location URL.
+    pub fn delete_url(&self, url: &str) -> Result<(), ApiError> {
+        http::request("DELETE", url, None)?;
+        Ok(())
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") {
+            location.to_owned()
+        } else {
+            format!("{}{location}", self.base)
+        }
     }
 
     pub fn delete_session(&self, id: u64) -> Result<(), ApiError> {

@@ -24,10 +24,12 @@ pub enum HttpError {
     Status { status: u16, message: String },
 }
 
-/// A parsed response: status and body (headers other than Content-Length are dropped).
+/// A parsed response: status, `Location` (WHIP/WHEP resources) and body; other headers
+/// are dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    pub location: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -54,6 +56,16 @@ pub fn split_url(url: &str) -> Result<(String, String), HttpError> {
 /// Sends one request and returns the response if its status is 2xx; other statuses become
 /// [`HttpError::Status`] carrying the `{"error": ...}` message when the body has one.
 pub fn request(method: &str, url: &str, json_body: Option<&[u8]>) -> Result<Response, HttpError> {
+    request_typed(method, url, json_body.map(|b| ("application/json", b)))
+}
+
+/// [`request`] with a body of any `(Content-Type, bytes)`, e.g. `application/sdp` for
+/// WHIP/WHEP offers.
+pub fn request_typed(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<Response, HttpError> {
     let (host, path) = split_url(url)?;
     let addr = host
         .to_socket_addrs()?
@@ -62,13 +74,13 @@ pub fn request(method: &str, url: &str, json_body: Option<&[u8]>) -> Result<Resp
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    let body = json_body.unwrap_or_default();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json, application/sdp\r\n"
     );
-    if json_body.is_some() {
-        req.push_str("Content-Type: application/json\r\n");
+    if let Some((content_type, _)) = body {
+        req.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
+    let body = body.map(|(_, b)| b).unwrap_or_default();
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
@@ -98,6 +110,7 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
         .and_then(|s| s.parse().ok())
         .ok_or(HttpError::Malformed("bad status code"))?;
     let mut content_length = None;
+    let mut location = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err(HttpError::Malformed("bad header line"));
@@ -108,6 +121,8 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
                 .parse()
                 .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
             content_length = Some(n);
+        } else if name.trim().eq_ignore_ascii_case("location") {
+            location = Some(value.trim().to_owned());
         } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::Malformed("chunked bodies are not supported"));
         }
@@ -120,6 +135,7 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
     };
     Ok(Response {
         status,
+        location,
         body: body.to_vec(),
     })
 }
@@ -149,9 +165,10 @@ mod tests {
 
     #[test]
     fn parses_content_length_body() {
-        let raw = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}trailing";
+        let raw = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nlocation: /whep/r/s/7\r\nContent-Length: 7\r\n\r\n{\"a\":1}trailing";
         let r = parse_response(raw).expect("valid");
         assert_eq!(r.status, 201);
+        assert_eq!(r.location.as_deref(), Some("/whep/r/s/7"));
         assert_eq!(r.body, b"{\"a\":1}");
     }
 

@@ -8,6 +8,8 @@
 //!   recvmmsg/sendmmsg fan-out thread, the physical reference;
 //! - [`ramp::ramp`]: growing load until loss or p99 latency crosses a threshold.
 //!
+//! With `webrtc` on the node target, peers join over WHIP/WHEP, ICE and DTLS ([`webrtc`]).
+//!
 //! See docs/bench.md for how loss and latency are measured and what each JSON field means.
 #![deny(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod reflector;
 pub mod report;
 pub mod run;
 pub mod sys;
+pub mod webrtc;
 
 pub use ramp::{ramp, RampSpec};
 pub use report::{RampReport, Report};
@@ -42,6 +45,8 @@ pub enum Error {
     Api(#[from] api::ApiError),
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
+    #[error("WebRTC: {0}")]
+    Webrtc(#[from] webrtc::WebrtcError),
     #[error("a bench thread panicked")]
     Thread,
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use switchyard_bench::crypto::Profile;
 use switchyard_bench::pacing::rate_for_bitrate;
+use switchyard_bench::run::WebrtcJoin;
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
 #[derive(Parser)]
@@ -86,6 +87,12 @@ struct NodeArgs {
     /// Place every session on this worker (default: the node decides).
     #[arg(long)]
     worker: Option<u32>,
+    /// Join as WebRTC peers: WHIP/WHEP offer, ICE, DTLS-SRTP (reports join times).
+    #[arg(long)]
+    webrtc: bool,
+    /// With --webrtc: subscribers joining at once.
+    #[arg(long, default_value_t = 16)]
+    join_parallel: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -182,6 +189,9 @@ impl NodeArgs {
             },
             cpu_pid: self.cpu_pid,
             worker: self.worker,
+            webrtc: self.webrtc.then_some(WebrtcJoin {
+                parallel: self.join_parallel,
+            }),
         }
     }
 }

@@ -53,6 +53,12 @@ pub fn write_rtp_header(buf: &mut [u8], seq: u16, timestamp: u32, ssrc: u32, mar
     buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
+/// RFC 7983/5761 demultiplexing: whether a datagram is RTP (not STUN, DTLS or RTCP, which
+/// share the port).
+pub fn is_rtp(pkt: &[u8]) -> bool {
+    matches!(pkt.first(), Some(128..=191)) && !matches!(pkt.get(1), Some(192..=223))
+}
+
 /// Reads the RTP header of a received (already decrypted) packet.
 pub fn parse_rtp(pkt: &[u8]) -> Result<RtpInfo, ParseError> {
     let head = pkt.get(..RTP_HEADER).ok_or(ParseError::Truncated)?;

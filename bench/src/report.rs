@@ -16,6 +16,36 @@ pub struct Latency {
     pub max: u64,
 }
 
+/// WebRTC join times in ms: per subscriber, from just before its WHEP POST to its first
+/// decrypted media packet (signaling, ICE, DTLS and the first forwarded packet).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct JoinTimes {
+    pub count: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl JoinTimes {
+    /// Nearest-rank percentiles of `ns`; `None` for no joins (a run without `--webrtc`).
+    pub fn from_ns(mut ns: Vec<u64>) -> Option<JoinTimes> {
+        if ns.is_empty() {
+            return None;
+        }
+        ns.sort_unstable();
+        let ms = |v: u64| v as f64 / 1e6;
+        let rank = |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1];
+        Some(JoinTimes {
+            count: ns.len(),
+            mean: ns.iter().map(|&v| ms(v)).sum::<f64>() / ns.len() as f64,
+            p50: ms(rank(0.5)),
+            p99: ms(rank(0.99)),
+            max: ms(ns[ns.len() - 1]),
+        })
+    }
+}
+
 /// Packets that did not make it into the statistics, by reason.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Errors {
@@ -76,6 +106,9 @@ pub struct Report {
     pub jitter_us: f64,
     /// Worst lateness of a publisher packet against its pacing deadline, µs.
     pub pacing_late_max_us: u64,
+    /// `--webrtc`: subscribers' join times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_ms: Option<JoinTimes>,
     pub dataplane_pid: Option<i32>,
     /// Cores the data plane (or reflector thread) used over the measured window.
     pub dataplane_cpu: Option<f64>,
@@ -156,6 +189,13 @@ impl Report {
             self.dataplane_pid
                 .map_or_else(|| "-".into(), |p| p.to_string())
         );
+        if let Some(j) = &self.join_ms {
+            let _ = writeln!(
+                s,
+                "  join     p50 {:.1} ms  p99 {:.1}  max {:.1}  mean {:.1}  ({} WebRTC subscribers)",
+                j.p50, j.p99, j.max, j.mean, j.count
+            );
+        }
         if self.errors != Errors::default() {
             let _ = writeln!(s, "  errors   {:?}", self.errors);
         }
@@ -201,5 +241,20 @@ impl RampReport {
             self.capacity_pps, self.capacity_subscribers_total
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_percentiles() {
+        assert_eq!(JoinTimes::from_ns(Vec::new()), None);
+        let j = JoinTimes::from_ns((1..=100).rev().map(|i| i * 1_000_000).collect()).expect("some");
+        assert_eq!((j.count, j.p50, j.p99, j.max), (100, 50.0, 99.0, 100.0));
+        assert!((j.mean - 50.5).abs() < 1e-9);
+        let j = JoinTimes::from_ns(vec![3_000_000]).expect("some");
+        assert_eq!((j.p50, j.p99, j.max), (3.0, 3.0, 3.0));
     }
 }

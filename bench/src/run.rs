@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -21,8 +21,9 @@ use crate::crypto::{tag_len, Cipher, Profile};
 use crate::pacing::{Pacer, Schedule};
 use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
-use crate::report::{Errors, Latency, Report};
+use crate::report::{Errors, JoinTimes, Latency, Report};
 use crate::sys::{self, RecvBatch, MAX_BATCH};
+use crate::webrtc::{self, sdp, Agent, Consent, LocalIce, WebrtcError};
 use crate::Error;
 
 /// Largest datagram the bench sends: a typical Ethernet MTU.
@@ -91,10 +92,22 @@ pub enum Target {
         cpu_pid: Option<i32>,
         /// Pin sessions to this worker (default: the node places them).
         worker: Option<u32>,
+        /// Join over WHIP/WHEP, ICE and DTLS instead of `POST /v1/sessions` with keys.
+        webrtc: Option<WebrtcJoin>,
     },
     /// The in-process plain fan-out reference, its thread pinned to `core`.
     Reflector { core: Option<usize> },
 }
+
+/// How WebRTC subscribers join (`--webrtc`).
+#[derive(Debug, Clone, Copy)]
+pub struct WebrtcJoin {
+    /// Subscribers joining at once (join threads). Publishers join one after another first.
+    pub parallel: usize,
+}
+
+/// WHIP room of the bench's streams (`bench/s<P>`, as in the REST path).
+const ROOM: &str = "bench";
 
 struct PubEnd {
     sock: UdpSocket,
@@ -108,31 +121,58 @@ struct SubEnd {
     publisher: usize,
     ssrc: u32,
     cipher: Cipher,
+    /// WebRTC: the first media packet, already decrypted while joining, and its receive
+    /// time; accounted like any other when the receive loop starts.
+    first: Option<(Vec<u8>, u64)>,
 }
 
 /// Keeps the system under test set up for the run; deletes sessions or stops the
 /// reflector on drop.
 enum Guard {
-    Node { node: Node, ids: Vec<u64> },
+    // Held only for its Drop, which deletes the sessions.
+    Node(#[allow(dead_code)] NodeGuard),
     // Held only for its Drop, which stops the reflector thread.
     Reflector(#[allow(dead_code)] Reflector),
 }
 
-impl Drop for Guard {
+/// A node's sessions: REST ids and WHIP/WHEP Locations, the consent thread and the WebRTC
+/// runtime of their peers.
+struct NodeGuard {
+    node: Node,
+    ids: Vec<u64>,
+    locations: Arc<Mutex<Vec<String>>>,
+    consent: Option<Arc<Consent>>,
+    agent: Option<Arc<Agent>>,
+}
+
+impl Drop for NodeGuard {
     fn drop(&mut self) {
-        if let Guard::Node { node, ids } = self {
-            for id in ids.drain(..) {
-                if let Err(e) = node.delete_session(id) {
-                    eprintln!("warning: deleting session {id}: {e}");
-                }
+        // Checks stop first, so a session is never refreshed after its DELETE.
+        drop(self.consent.take());
+        for id in self.ids.drain(..) {
+            if let Err(e) = self.node.delete_session(id) {
+                eprintln!("warning: deleting session {id}: {e}");
             }
         }
+        let locations =
+            std::mem::take(&mut *self.locations.lock().unwrap_or_else(|e| e.into_inner()));
+        for url in locations {
+            if let Err(e) = self.node.delete_url(&url) {
+                eprintln!("warning: deleting {url}: {e}");
+            }
+        }
+        drop(self.agent.take());
     }
 }
+
+/// WebRTC subscribers join while the publishers already send: this runs after the send
+/// thread has started and returns the subscribers with their join times (ns).
+type Joiner = Box<dyn FnOnce() -> Result<(Vec<SubEnd>, Vec<u64>), Error>>;
 
 struct Setup {
     pubs: Vec<PubEnd>,
     subs: Vec<SubEnd>,
+    joiner: Option<Joiner>,
     probe: Option<CpuProbe>,
     pid: Option<i32>,
     profile: String,
@@ -159,15 +199,14 @@ fn setup_node(
     let node = Node::new(api);
     let health = node.health()?;
     let pid = cpu_pid.or(health.dataplane_pid);
-    let mut guard = Guard::Node {
+    let mut guard = NodeGuard {
         node: node.clone(),
         ids: Vec::new(),
+        locations: Arc::default(),
+        consent: None,
+        agent: None,
     };
-    let mut track = |id: u64| {
-        if let Guard::Node { ids, .. } = &mut guard {
-            ids.push(id);
-        }
-    };
+    let mut track = |id: u64| guard.ids.push(id);
     let mut pubs = Vec::new();
     let mut subs = Vec::new();
     for p in 0..spec.publishers {
@@ -202,16 +241,195 @@ fn setup_node(
                 publisher: p,
                 ssrc: s.ssrc(),
                 cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
+                first: None,
             });
         }
     }
     Ok(Setup {
         pubs,
         subs,
+        joiner: None,
         probe: pid.map(CpuProbe::process),
         pid,
         profile: profile.name().to_owned(),
-        _guard: guard,
+        _guard: Guard::Node(guard),
+    })
+}
+
+/// The shared state of a WebRTC setup, for the publishers and the join threads.
+struct Rtc {
+    node: Node,
+    agent: Arc<Agent>,
+    consent: Arc<Consent>,
+    locations: Arc<Mutex<Vec<String>>>,
+}
+
+impl Rtc {
+    /// Offer, POST, record the Location, parse the answer.
+    fn signal(
+        &self,
+        kind: &'static str,
+        p: usize,
+        role: sdp::Role,
+        local: &LocalIce,
+    ) -> Result<sdp::Answer, Error> {
+        let session_id = u64::from_be_bytes(webrtc::random()?) >> 1;
+        let offer = sdp::offer(
+            role,
+            &sdp::Local {
+                ufrag: &local.ufrag,
+                pwd: &local.pwd,
+                fingerprint: self.agent.fingerprint(),
+            },
+            session_id,
+        );
+        let s = self
+            .node
+            .webrtc_session(kind, ROOM, &format!("s{p}"), &offer)?;
+        self.locations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s.location);
+        Ok(sdp::parse_answer(&s.answer).map_err(WebrtcError::from)?)
+    }
+
+    fn publisher(&self, p: usize) -> Result<PubEnd, Error> {
+        let sock = bind()?;
+        // Nonzero and distinct per publisher; the node learns it from the offer.
+        let ssrc = 0x5357_0000 + p as u32;
+        let local = LocalIce::generate()?;
+        let answer = self.signal("whip", p, sdp::Role::Publisher { ssrc }, &local)?;
+        let c = self.agent.connect(&sock, &local, &answer)?;
+        self.consent.add(&sock, &c)?;
+        Ok(PubEnd {
+            sock,
+            dest: c.candidate,
+            ssrc,
+            cipher: Cipher::srtp(c.keys.profile, &c.keys.local)?,
+        })
+    }
+
+    /// One WHEP subscriber of publisher `p`; its join time runs from just before the POST
+    /// to its first decrypted media packet.
+    fn subscriber(&self, p: usize) -> Result<(SubEnd, u64), Error> {
+        let sock = bind()?;
+        let local = LocalIce::generate()?;
+        let t0 = sys::monotonic_ns();
+        let answer = self.signal("whep", p, sdp::Role::Subscriber, &local)?;
+        let ssrc = answer
+            .ssrc
+            .ok_or(WebrtcError::Sdp(sdp::SdpError::Missing("a=ssrc")))?;
+        let c = self.agent.connect(&sock, &local, &answer)?;
+        self.consent.add(&sock, &c)?;
+        let mut cipher = Cipher::srtp(c.keys.profile, &c.keys.remote)?;
+        let (rtp, recv_ns) = self
+            .agent
+            .first_rtp(&sock, c.candidate, &mut cipher, ssrc)?;
+        Ok((
+            SubEnd {
+                sock,
+                publisher: p,
+                ssrc,
+                cipher,
+                first: Some((rtp, recv_ns)),
+            },
+            recv_ns.saturating_sub(t0),
+        ))
+    }
+
+    /// `subscribers` per publisher, `parallel` joining at once; stops at the first error.
+    fn join_all(
+        &self,
+        publishers: usize,
+        subscribers: usize,
+        parallel: usize,
+    ) -> Result<(Vec<SubEnd>, Vec<u64>), Error> {
+        let total = publishers * subscribers;
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let slots: Vec<Mutex<Option<(SubEnd, u64)>>> =
+            (0..total).map(|_| Mutex::new(None)).collect();
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|sc| {
+            for _ in 0..parallel.clamp(1, total.max(1)) {
+                sc.spawn(|| {
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        match self.subscriber(i / subscribers) {
+                            Ok(v) => *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(v),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        let mut subs = Vec::with_capacity(total);
+        let mut joins = Vec::with_capacity(total);
+        for slot in slots {
+            // Without an error every index was taken and filled.
+            let Some((s, t)) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+                return Err(Error::Thread);
+            };
+            subs.push(s);
+            joins.push(t);
+        }
+        Ok((subs, joins))
+    }
+}
+
+/// WebRTC setup: publishers join (WHIP, ICE, DTLS) one after another; subscribers join
+/// (WHEP …) from the returned [`Joiner`] once the publishers send.
+fn setup_node_webrtc(
+    spec: &LoadSpec,
+    api: &str,
+    profile: Profile,
+    cpu_pid: Option<i32>,
+    join: WebrtcJoin,
+) -> Result<Setup, Error> {
+    let node = Node::new(api);
+    let health = node.health()?;
+    let pid = cpu_pid.or(health.dataplane_pid);
+    let rtc = Rtc {
+        node: node.clone(),
+        agent: Arc::new(Agent::new(profile)?),
+        consent: Arc::new(Consent::start()?),
+        locations: Arc::default(),
+    };
+    let guard = NodeGuard {
+        node,
+        ids: Vec::new(),
+        locations: rtc.locations.clone(),
+        consent: Some(rtc.consent.clone()),
+        agent: Some(rtc.agent.clone()),
+    };
+    let pubs = (0..spec.publishers)
+        .map(|p| rtc.publisher(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let profile_name = match pubs.first().map(|p| &p.cipher) {
+        Some(Cipher::Srtp { profile, .. }) => profile.name(),
+        _ => profile.name(),
+    };
+    let (np, ns) = (spec.publishers, spec.subscribers);
+    Ok(Setup {
+        pubs,
+        subs: Vec::new(),
+        joiner: Some(Box::new(move || rtc.join_all(np, ns, join.parallel))),
+        probe: pid.map(CpuProbe::process),
+        pid,
+        profile: profile_name.to_owned(),
+        _guard: Guard::Node(guard),
     })
 }
 
@@ -232,6 +450,7 @@ fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error>
                 publisher: p,
                 ssrc,
                 cipher: Cipher::Plain,
+                first: None,
             });
         }
         routes.insert(local(&sock)?, dests);
@@ -250,6 +469,7 @@ fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error>
     Ok(Setup {
         pubs,
         subs,
+        joiner: None,
         probe: Some(CpuProbe::own_thread(reflector.tid())),
         pid: Some(std::process::id() as i32),
         profile: "plain".into(),
@@ -289,7 +509,19 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
             profile,
             cpu_pid,
             worker,
-        } => setup_node(spec, api, *profile, *cpu_pid, *worker)?,
+            webrtc,
+        } => match webrtc {
+            // The node places WebRTC sessions itself (least-loaded worker).
+            Some(join) if worker.is_none() => {
+                setup_node_webrtc(spec, api, *profile, *cpu_pid, *join)?
+            }
+            Some(_) => {
+                return Err(Error::Config(
+                    "--worker cannot be combined with --webrtc (WHIP/WHEP place sessions)".into(),
+                ))
+            }
+            None => setup_node(spec, api, *profile, *cpu_pid, *worker)?,
+        },
         Target::Reflector { core } => setup_reflector(spec, *core)?,
     };
     drive(spec, setup, scenario)
@@ -335,6 +567,7 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
     let Setup {
         pubs,
         subs,
+        joiner,
         probe,
         pid,
         profile,
@@ -362,6 +595,41 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
         .map(|p| p.count_before(warm)..p.count_before(end))
         .collect();
 
+    // Sender. It starts before the receivers so WebRTC subscribers can join while it sends
+    // (the first packet is due at `start`, after the receivers of a REST run are running).
+    let cores = spec.bench_cores.clone();
+    let size = spec.size;
+    let ranges2 = ranges.clone();
+    let abort = Arc::new(AtomicBool::new(false));
+    let abort2 = abort.clone();
+    let sender = std::thread::Builder::new()
+        .name("bench-send".into())
+        .spawn(move || {
+            pin(&cores, "the send thread");
+            send(pubs, &pacers, &ranges2, end, size, &abort2)
+        })
+        .map_err(|e| Error::io("spawning the send thread", e))?;
+
+    let (subs, join_ns) = match joiner {
+        None => (subs, Vec::new()),
+        Some(join) => match join() {
+            Ok(v) => v,
+            Err(e) => {
+                abort.store(true, Ordering::Relaxed);
+                let _ = sender.join();
+                return Err(e);
+            }
+        },
+    };
+    let joined = sys::monotonic_ns();
+    if !join_ns.is_empty() && joined > warm {
+        eprintln!(
+            "warning: subscribers finished joining {} ms after the warm-up ended; \
+             the measured window's first packets waited in socket buffers (raise --warmup)",
+            (joined - warm) / 1_000_000
+        );
+    }
+
     // Receivers.
     let stop = Arc::new(AtomicBool::new(false));
     let threads = spec.sockets.clamp(1, subs.len().max(1));
@@ -388,18 +656,6 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
             .map_err(|e| Error::io("spawning a receive thread", e))?;
         receivers.push(h);
     }
-
-    // Sender.
-    let cores = spec.bench_cores.clone();
-    let size = spec.size;
-    let ranges2 = ranges.clone();
-    let sender = std::thread::Builder::new()
-        .name("bench-send".into())
-        .spawn(move || {
-            pin(&cores, "the send thread");
-            send(pubs, &pacers, &ranges2, end, size)
-        })
-        .map_err(|e| Error::io("spawning the send thread", e))?;
 
     sleep_until(warm);
     let cpu0 = probe.as_ref().and_then(CpuProbe::cpu_ns);
@@ -492,6 +748,7 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
             0.0
         },
         pacing_late_max_us: sent.late_max_ns / 1000,
+        join_ms: JoinTimes::from_ns(join_ns),
         dataplane_pid: pid,
         dataplane_cpu,
         cpu_ns_per_packet,
@@ -512,6 +769,7 @@ fn send(
     ranges: &[std::ops::Range<u64>],
     end: u64,
     size: usize,
+    abort: &AtomicBool,
 ) -> SendOut {
     let mut scheds: Vec<Schedule> = pacers.iter().map(|p| Schedule::new(*p)).collect();
     let stop_at: Vec<u64> = pacers.iter().map(|p| p.count_before(end)).collect();
@@ -526,7 +784,7 @@ fn send(
     // Random-looking fixed starts, as a real sender's would be; the node must cope.
     let seq_base: u16 = 0x1234;
     let ts_base: u32 = 0x0abc_def0;
-    loop {
+    while !abort.load(Ordering::Relaxed) {
         let mut next_wake = u64::MAX;
         for (p, pe) in pubs.iter_mut().enumerate() {
             let sched = &mut scheds[p];
@@ -584,6 +842,7 @@ fn send(
             sleep_until(next_wake.max(now + MIN_SLEEP_NS));
         }
     }
+    out
 }
 
 /// A receive thread: epoll over its subscribers' sockets, drain each ready socket with
@@ -600,6 +859,11 @@ fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error>
     }
     let mut hist = new_hist();
     let mut errors = Errors::default();
+    for s in &mut subs {
+        if let Some((rtp, recv_ns)) = s.end.first.take() {
+            account_rtp(s, &rtp, recv_ns, &mut hist, &mut errors);
+        }
+    }
     let mut batch = RecvBatch::default();
     let mut ready = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
@@ -639,8 +903,7 @@ fn account(
 ) {
     // RFC 7983/5761 demultiplexing: only RTP counts. STUN, DTLS and RTCP (sender reports
     // the node may send) are skipped before they could be mistaken for decrypt failures.
-    let is_rtp = matches!(pkt.first(), Some(128..=191)) && !matches!(pkt.get(1), Some(192..=223));
-    if !is_rtp {
+    if !packet::is_rtp(pkt) {
         errors.ignored += 1;
         return;
     }
@@ -648,7 +911,17 @@ fn account(
         errors.decrypt += 1;
         return;
     };
-    let rtp = &pkt[..len.min(pkt.len())];
+    account_rtp(s, &pkt[..len.min(pkt.len())], recv_ns, hist, errors);
+}
+
+/// Accounts one decrypted RTP packet of subscriber `s`.
+fn account_rtp(
+    s: &mut SubState,
+    rtp: &[u8],
+    recv_ns: u64,
+    hist: &mut Histogram<u64>,
+    errors: &mut Errors,
+) {
     let Ok(info) = packet::parse_rtp(rtp) else {
         errors.bad_payload += 1;
         return;
