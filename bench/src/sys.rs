@@ -376,10 +376,15 @@ mod tests {
 
     #[test]
     fn cpu_clocks_read() {
-        let spin_until = monotonic_ns() + 5_000_000;
-        while monotonic_ns() < spin_until {}
-        let me = cpu_clock_ns(gettid(), true).expect("own thread clock");
-        assert!(me >= 4_000_000, "{me}");
+        // Spin until this thread has used 4 ms of CPU (however long a loaded machine takes
+        // to give it that), bounded by 30 s of wall time: the clock must read and advance.
+        let start = cpu_clock_ns(gettid(), true).expect("own thread clock");
+        let give_up = monotonic_ns() + 30_000_000_000;
+        let mut me = start;
+        while me < start + 4_000_000 && monotonic_ns() < give_up {
+            me = cpu_clock_ns(gettid(), true).expect("own thread clock");
+        }
+        assert!(me >= start + 4_000_000, "thread CPU clock stuck at {me}");
         let proc_ = cpu_clock_ns(std::process::id() as i32, false).expect("own process clock");
         assert!(proc_ >= me);
     }
