@@ -88,7 +88,9 @@ fn rooms_are_placed_by_capacity_and_health() {
     wait_for("self registration", || {
         node_field(&node, "test", "capacity") == 500
     });
-    assert_eq!(node_field(&node, "test", "healthy"), true);
+    // Its first health check may run before the data plane is in sync (503); the next
+    // one, an interval later, marks it healthy.
+    wait_for("healthy", || node_field(&node, "test", "healthy") == true);
     assert_eq!(node_field(&node, "test", "url"), node.api.as_str());
 
     let r = node.post("/v1/rooms/meet", r#"{"maxPeerCount": 4}"#);
