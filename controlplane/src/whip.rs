@@ -155,15 +155,17 @@ async fn offer(
         };
         let n = sdp::answer(&offer, dir, &params).map_err(sdp_error)?;
         let role = match (dir, publisher.as_deref()) {
-            (Direction::Publish, _) => Role::Publisher {
-                // One SSRC per track: the media one (RTX and simulcast layers come later).
-                ssrcs: n
+            (Direction::Publish, _) => {
+                // One SSRC per track: the media one (RTX and simulcast layers come later),
+                // with its codec's clock rate for the receiver reports' jitter.
+                let (ssrcs, clock_rates) = n
                     .tracks
                     .iter()
-                    .filter_map(|t| t.ssrcs.first().copied())
+                    .filter_map(|t| Some((*t.ssrcs.first()?, t.codec.clock_rate)))
                     .take(MAX_TRACKS)
-                    .collect(),
-            },
+                    .unzip();
+                Role::Publisher { ssrcs, clock_rates }
+            }
             (Direction::Subscribe, p) => Role::Subscriber {
                 ssrcs: subscriber_ssrcs(p, &n),
                 payload_types: payload_type_map(&n),

@@ -218,8 +218,8 @@ impl SlowPath {
             return Err(CommandError::DuplicateSession);
         }
         match &spec.role {
-            Role::Publisher { ssrcs } => {
-                if ssrcs.len() > MAX_TRACKS {
+            Role::Publisher { ssrcs, clock_rates } => {
+                if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
                     return Err(CommandError::Invalid);
                 }
                 if self
@@ -276,7 +276,7 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
-            Role::Publisher { ssrcs } => {
+            Role::Publisher { ssrcs, clock_rates } => {
                 entry.publisher = Some((spec.id, w));
                 sends.push((
                     w,
@@ -285,6 +285,7 @@ impl SlowPath {
                         stream,
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
+                        clock_rates: clock_rates.clone(),
                         twcc_ext: spec.twcc_ext,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, WorkerCommand, WorkerEvent,
@@ -111,6 +111,7 @@ fn steady_state_forwarding_allocates_nothing() {
             stream,
             remote: Some(publisher),
             ssrcs: vec![42],
+            clock_rates: vec![90000],
             twcc_ext: None,
             srtp: Some(keys(1, 2)),
             ice: None,
@@ -182,6 +183,14 @@ fn steady_state_forwarding_allocates_nothing() {
                     let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
                     w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    // The publisher's SR, and the periodic work (a receiver report back to
+                    // the publisher once a second of this virtual clock).
+                    let n =
+                        rtcp::write_sender_report(&mut fb, 42, u64::from(seq) << 20, 0, 1, 1, &[])
+                            .expect("sr");
+                    let n = tx.protect_rtcp(&mut fb, n).expect("protect");
+                    w0.handle_datagram(&mut fb[..n], publisher, now, out);
+                    w0.tick(now + Duration::from_millis(u64::from(seq) * 10), out);
                 }
             }
         };

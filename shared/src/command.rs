@@ -92,7 +92,16 @@ pub enum Role {
     /// Sends RTP for `stream`. `ssrcs` lists the tracks it will send, in track order; an
     /// empty list lets the data plane learn up to [`MAX_TRACKS`] SSRCs from authenticated
     /// packets, in the order they first arrive.
-    Publisher { ssrcs: Vec<u32> },
+    ///
+    /// `clock_rates[i]` is the RTP clock rate (Hz) of track `i`, for the interarrival jitter
+    /// in the receiver reports the node sends the publisher; at most `ssrcs.len()` entries.
+    /// A missing entry or 0 means unknown: that track's jitter is reported as 0, never
+    /// computed from a guessed rate.
+    Publisher {
+        ssrcs: Vec<u32>,
+        #[serde(default)]
+        clock_rates: Vec<u32>,
+    },
     /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
     /// track `i`; the control plane fills all [`MAX_TRACKS`] entries. `payload_types` maps
     /// the publisher's RTP payload types to the subscriber's (each peer numbers its codecs

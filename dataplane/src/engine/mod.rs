@@ -13,6 +13,7 @@
 pub mod ice;
 pub mod nack;
 pub mod pool;
+pub mod rr;
 mod session;
 pub mod twcc;
 
@@ -49,6 +50,8 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
+        /// RTP clock rate of `ssrcs[i]`; missing or 0: unknown (jitter reported as 0).
+        clock_rates: Vec<u32>,
         /// Transport-wide-cc extension id: send this publisher transport-cc feedback.
         twcc_ext: Option<u8>,
         /// `None` until DTLS-SRTP delivers them ([`WorkerCommand::SetKeys`]).
@@ -231,6 +234,8 @@ pub struct Engine {
     /// Publishers that get transport-cc feedback, and when it is next due.
     twcc_publishers: Vec<u32>,
     next_twcc: Option<Instant>,
+    /// When receiver reports to publishers are next due.
+    next_rr: Option<Instant>,
     /// Zero point of the arrival times in transport-cc feedback.
     epoch: Instant,
     streams: HashMap<StreamId, LocalStream>,
@@ -256,6 +261,7 @@ impl Engine {
             next_sweep: None,
             twcc_publishers: Vec::new(),
             next_twcc: None,
+            next_rr: None,
             epoch: Instant::now(),
             streams: HashMap::with_capacity(limits.max_sessions),
             pool: Pool::new(),
@@ -311,11 +317,19 @@ impl Engine {
                 stream,
                 remote,
                 ssrcs,
+                clock_rates,
                 twcc_ext,
                 srtp,
                 ice,
             } => {
-                let r = self.add_publisher(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
+                let r = self.add_publisher(
+                    id,
+                    stream,
+                    remote,
+                    (ssrcs, clock_rates),
+                    srtp.as_ref(),
+                    ice.as_ref(),
+                );
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext);
                 }
@@ -481,12 +495,12 @@ impl Engine {
         id: SessionId,
         stream: StreamId,
         remote: Option<SocketAddr>,
-        ssrcs: Vec<u32>,
+        (ssrcs, clock_rates): (Vec<u32>, Vec<u32>),
         keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         self.check_new(id, remote, keys, ice)?;
-        if ssrcs.len() > MAX_TRACKS {
+        if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
             return Err(CommandError::Invalid);
         }
         if self
@@ -501,7 +515,10 @@ impl Engine {
         for (t, s) in tracks.iter_mut().zip(&ssrcs) {
             *t = Some(*s);
         }
-        let publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        let mut publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        for (c, &r) in publisher.clock_rates.iter_mut().zip(&clock_rates) {
+            *c = r;
+        }
         self.pool
             .grow(self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight);
         let idx = self.sessions.insert(Session {
@@ -776,10 +793,57 @@ impl Engine {
         self.count(Counter::TxPackets, sent);
     }
 
-    /// Periodic work: ICE consent expiry, transport-cc feedback. Cheap to call every loop
+    /// One receiver report (a block per track heard from) to every publisher here, each
+    /// [`rr::RR_INTERVAL`].
+    fn send_receiver_reports(&mut self, now: Instant, out: &mut dyn Output) {
+        if self.next_rr.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_rr = Some(now + rr::RR_INTERVAL);
+        let sender = self.rtcp_ssrc;
+        let mut sent = 0u64;
+        let mut full = 0u64;
+        for st in self.streams.values() {
+            let Some(s) = st.publisher.and_then(|idx| self.sessions.get_mut(idx)) else {
+                continue;
+            };
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let mut blocks = [rtcp::ReportBlock::default(); MAX_TRACKS];
+            let mut n = 0;
+            for (stats, ssrc) in p.recv.iter_mut().zip(&p.tracks) {
+                if let Some(b) = ssrc.and_then(|ssrc| stats.report(ssrc, now)) {
+                    blocks[n] = b;
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            let blocks = &blocks[..n];
+            let r = out.send(remote, &mut |buf| {
+                let len = rtcp::write_receiver_report(buf, sender, blocks).ok()?;
+                ctx.protect_rtcp(buf, len).ok()
+            });
+            match r {
+                Ok(()) => sent += 1,
+                Err(_) => full += 1,
+            }
+        }
+        self.count(Counter::TxPackets, sent);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+
+    /// Periodic work: ICE consent expiry, transport-cc feedback, receiver reports. Cheap to call every loop
     /// turn.
     pub fn tick(&mut self, now: Instant, out: &mut dyn Output) {
         self.send_twcc(now, out);
+        self.send_receiver_reports(now, out);
         if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
             return;
         }
@@ -831,6 +895,10 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);
         };
+        let t = usize::from(track);
+        if let (Some(stats), Some(&rate)) = (p.recv.get_mut(t), p.clock_rates.get(t)) {
+            stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
+        }
         if let Some(rec) = p.twcc.as_mut() {
             let plain = &pkt.data[..len];
             let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
@@ -979,6 +1047,9 @@ impl Engine {
                     match r {
                         Ok(rtcp::Packet::SenderReport(sr)) => {
                             let known = p.tracks.iter().position(|t| *t == Some(sr.ssrc));
+                            if let Some(stats) = known.and_then(|t| p.recv.get_mut(t)) {
+                                stats.on_sender_report(sr.ntp, at);
+                            }
                             if let Some(slot) = known.and_then(|t| reports.get_mut(t)) {
                                 *slot = Some(SenderReport {
                                     stream,
