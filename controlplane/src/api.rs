@@ -500,6 +500,7 @@ async fn create_session(
             ssrcs,
             payload_types: payload_types(req.payload_types)?,
             extensions: None,
+            rtx: Vec::new(),
         },
     };
 

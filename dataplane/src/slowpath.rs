@@ -234,7 +234,18 @@ impl SlowPath {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
             } => {
+                // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
+                let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
+                if rtx.len() > MAX_TRACKS
+                    || rtx
+                        .iter()
+                        .flatten()
+                        .any(|&(ssrc, pt)| ssrc == 0 || bad_pt(pt))
+                {
+                    return Err(CommandError::Invalid);
+                }
                 if extensions.as_ref().is_some_and(|m| {
                     m.len() > 14
                         || m.iter()
@@ -245,8 +256,6 @@ impl SlowPath {
                 if ssrcs.len() != MAX_TRACKS || !subscriber_addressable(spec) {
                     return Err(CommandError::Invalid);
                 }
-                // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
-                let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
                 if payload_types.len() > MAX_PT_MAP
                     || payload_types.iter().any(|&(a, b)| bad_pt(a) || bad_pt(b))
                 {
@@ -314,9 +323,14 @@ impl SlowPath {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
             } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
+                let mut rtx_out = [None; MAX_TRACKS];
+                for (o, r) in rtx_out.iter_mut().zip(rtx) {
+                    *o = *r;
+                }
                 let remote = spec.remote;
                 if !subscriber_addressable(&spec) {
                     return Err(CommandError::Invalid);
@@ -346,6 +360,7 @@ impl SlowPath {
                             }
                             table
                         }),
+                        rtx: rtx_out,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
@@ -569,6 +584,7 @@ mod tests {
                 ssrcs: vec![1; MAX_TRACKS],
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote,
             keying: Keying::Dtls {

@@ -194,6 +194,7 @@ fn forwards_across_workers_and_counts_bad_input() {
                 ssrcs,
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),

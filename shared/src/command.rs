@@ -113,6 +113,12 @@ pub enum Role {
         /// extensions through unchanged (plain RTP egress); `Some` drops every element not
         /// listed (a WebRTC subscriber must not see ids it did not negotiate).
         extensions: Option<Vec<(u8, u8)>>,
+        /// Per publisher track (same order as `ssrcs`): the RTX (RFC 4588) SSRC and payload
+        /// type the subscriber negotiated. Where set, NACKed packets are retransmitted as RTX
+        /// (own SSRC, own sequence numbers, the original sequence number first in the
+        /// payload) instead of as copies on the media SSRC. At most [`MAX_TRACKS`] entries.
+        #[serde(default)]
+        rtx: Vec<Option<(u32, u8)>>,
     },
 }
 
@@ -321,6 +327,7 @@ mod tests {
                 ssrcs: vec![1, 2, 3, 4],
                 payload_types: vec![(96, 100)],
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

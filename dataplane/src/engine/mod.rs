@@ -68,6 +68,8 @@ pub enum WorkerCommand {
         payload_types: Vec<(u8, u8)>,
         /// Header extension id table (`rtp::remap_extensions`); `None`: unchanged.
         extensions: Option<[u8; 16]>,
+        /// Per track: the subscriber's RTX SSRC and payload type, where it negotiated RTX.
+        rtx: [Option<(u32, u8)>; MAX_TRACKS],
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
@@ -342,6 +344,7 @@ impl Engine {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
                 srtp,
                 ice,
             } => {
@@ -365,6 +368,9 @@ impl Engine {
                         .map(|s| &mut s.role)
                     {
                         sub.extensions = extensions.map(Box::new);
+                        for (i, r) in rtx.into_iter().enumerate() {
+                            sub.rtx[i] = r.map(|(ssrc, pt)| (ssrc, pt & 0x7f));
+                        }
                     }
                 }
                 if r.is_ok() && ready {
@@ -566,6 +572,7 @@ impl Engine {
             let r = self.next_rand();
             *o = (r as u16, (r >> 32) as u32);
         }
+        let rtx_seq = [(); MAX_TRACKS].map(|()| self.next_rand());
         let idx = self.sessions.insert(Session {
             id,
             remote,
@@ -577,6 +584,8 @@ impl Engine {
                 offsets,
                 payload_types: Box::new(payload_types),
                 extensions: None,
+                rtx: [None; MAX_TRACKS],
+                rtx_seq: rtx_seq.map(|r| r as u16),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
@@ -1219,7 +1228,7 @@ impl Engine {
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
     fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
-            if forward_to(s, &h, out).is_ok() {
+            if retransmit(s, &h, out).is_ok() {
                 self.count(Counter::Retransmitted, 1);
                 self.count(Counter::TxPackets, 1);
             }
@@ -1299,7 +1308,7 @@ impl Engine {
             }
             Inbound::Retransmit { session, packet } => {
                 if let Some(s) = self.sessions.get_key_mut(session) {
-                    if forward_to(s, &packet, out).is_ok() {
+                    if retransmit(s, &packet, out).is_ok() {
                         self.count(Counter::Retransmitted, 1);
                         self.count(Counter::TxPackets, 1);
                     }
@@ -1350,6 +1359,58 @@ impl Engine {
     pub fn pool_stats(&self) -> (usize, usize) {
         (self.pool.free(), self.pool.total())
     }
+}
+
+/// Resend a cached packet to subscriber `s`: as RTX (RFC 4588 §4) on the track's RTX SSRC
+/// where the subscriber negotiated it, else as a copy of the original on the media SSRC.
+fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize, SendError> {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return Err(SendError::Cancelled);
+    };
+    let track = usize::from(h.track);
+    let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
+        return forward_to(s, h, out);
+    };
+    let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
+        (s.remote, sub.offsets.get(track), sub.rtx_seq.get_mut(track))
+    else {
+        return Err(SendError::Cancelled);
+    };
+    let src = h.bytes();
+    let exts = sub.extensions.as_deref();
+    let Some(ctx) = s.outbound.as_mut() else {
+        return Err(SendError::Cancelled);
+    };
+    let seq = *rtx_seq;
+    let mut sent = 0;
+    out.send(remote, &mut |buf| {
+        let n = src.len();
+        // Room for the OSN and the SRTP tag.
+        if n + 2 + srtp::MAX_OVERHEAD > buf.len() {
+            return None;
+        }
+        buf.get_mut(..n)?.copy_from_slice(src);
+        let h = rtp::Header::parse(buf.get(..n)?).ok()?;
+        // The original sequence number as this subscriber numbers it.
+        let osn = h.sequence.wrapping_add(seq_off);
+        rtp::set_ssrc(buf, rtx_ssrc).ok()?;
+        rtp::set_sequence(buf, seq).ok()?;
+        rtp::set_timestamp(buf, h.timestamp.wrapping_add(ts_off)).ok()?;
+        let b1 = buf.get_mut(1)?;
+        *b1 = (*b1 & 0x80) | rtx_pt;
+        if let Some(map) = exts {
+            rtp::remap_extensions(buf, &h, map).ok()?;
+        }
+        // OSN first in the payload; the original payload (and any padding) follows.
+        let at = h.payload_offset;
+        buf.copy_within(at..n, at + 2);
+        buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
+        let len = ctx.protect_rtp(buf, n + 2).ok()?;
+        sent = len;
+        Some(len)
+    })?;
+    *rtx_seq = seq.wrapping_add(1);
+    Ok(sent)
 }
 
 /// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it.

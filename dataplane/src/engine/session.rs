@@ -97,6 +97,10 @@ pub struct Subscriber {
     /// Header extension id table, publisher's → this subscriber's (0: drop); `None` leaves
     /// extensions as they are.
     pub extensions: Option<Box<[u8; 16]>>,
+    /// Per track: RTX (RFC 4588) SSRC and payload type, where the subscriber negotiated it.
+    pub rtx: [Option<(u32, u8)>; MAX_TRACKS],
+    /// Next RTX sequence number per track (random start, like any RTP stream).
+    pub rtx_seq: [u16; MAX_TRACKS],
 }
 
 impl Subscriber {

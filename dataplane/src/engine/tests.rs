@@ -125,6 +125,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             ssrcs: sub_ssrcs(id as u32 * 16),
             payload_types: Vec::new(),
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
@@ -576,6 +577,7 @@ fn ice_sessions_refuse_bad_specs() {
                 ssrcs: sub_ssrcs(40),
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: [None; MAX_TRACKS],
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
@@ -637,6 +639,7 @@ fn payload_types_are_rewritten_per_subscriber() {
             ssrcs: sub_ssrcs(48),
             payload_types: vec![(96, 100), (97, 101)],
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, 3)),
             ice: None,
         },
@@ -800,6 +803,7 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
             ssrcs: sub_ssrcs(32),
             payload_types: Vec::new(),
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: None,
             ice: Some(ice_creds("subU")),
         },
@@ -834,6 +838,7 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
             ssrcs: sub_ssrcs(32),
             payload_types: Vec::new(),
             extensions: Some(map),
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
@@ -1027,4 +1032,94 @@ fn publisher_clock_rates_must_match_its_ssrcs() {
             error: CommandError::Invalid
         })
     );
+}
+
+#[test]
+fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
+    for profile in [SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80] {
+        let mut f = fixture(1);
+        let e = &mut f.engines[0];
+        add_pub(e, 1, Some(addr(5000)), profile);
+        let mut out = Capture::default();
+        let (rtx_ssrc, rtx_pt) = (0x0bad_cafe, 97);
+        e.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(2),
+                stream: STREAM,
+                remote: Some(addr(6002)),
+                ssrcs: sub_ssrcs(2 * 16),
+                payload_types: vec![(96, 100)],
+                extensions: None,
+                rtx: [Some((rtx_ssrc, rtx_pt)), None, None, None],
+                srtp: Some(keys(profile, 3, 2)),
+                ice: None,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Added { id: SessionId(2) })
+        );
+        let master = |b: u8| vec![b; profile.master_len()];
+        let mut publisher = Context::new(profile, &master(1)).expect("ctx");
+        let mut out = Capture::default();
+        for seq in 100..110u16 {
+            let mut p = srtp_packet(&mut publisher, seq, 200);
+            e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        }
+        // The subscriber's view of 105 and 107, as it got them.
+        let mut sub_rx = Context::new(profile, &master(2)).expect("ctx");
+        let mut originals = Vec::new();
+        for (_, bytes) in &out.sent {
+            let mut b = bytes.clone();
+            let n = sub_rx.unprotect_rtp(&mut b).expect("decrypt");
+            b.truncate(n);
+            originals.push(b);
+        }
+        let lost = [&originals[5], &originals[7]];
+        let seq_of = |b: &[u8]| rtp::Header::parse(b).expect("rtp").sequence;
+
+        let mut sub_tx = Context::new(profile, &master(3)).expect("ctx");
+        let mut fb = vec![0u8; 200];
+        let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[seq_of(lost[0]), seq_of(lost[1])])
+            .expect("nack");
+        let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+        fb.truncate(n);
+        let mut out = Capture::default();
+        e.handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+        assert_eq!(out.sent.len(), 2, "two retransmissions");
+        let mut rtx_seqs = Vec::new();
+        for ((dst, bytes), original) in out.sent.iter().zip(lost) {
+            assert_eq!(*dst, addr(6002));
+            // Same key as the media stream (SRTP contexts are per SSRC inside).
+            let mut b = bytes.clone();
+            let n = sub_rx
+                .unprotect_rtp(&mut b)
+                .expect("RTX decrypts with the key");
+            let b = &b[..n];
+            let h = rtp::Header::parse(b).expect("rtp");
+            let o = rtp::Header::parse(original).expect("rtp");
+            assert_eq!(h.ssrc, rtx_ssrc, "RTX SSRC");
+            assert_eq!(h.payload_type, rtx_pt, "RTX payload type");
+            assert_eq!(h.timestamp, o.timestamp, "original timestamp (rewritten)");
+            let payload = &b[h.payload_offset..];
+            assert_eq!(
+                u16::from_be_bytes([payload[0], payload[1]]),
+                o.sequence,
+                "OSN: the sequence number the subscriber knows"
+            );
+            assert_eq!(
+                &payload[2..],
+                &original[o.payload_offset..],
+                "original payload"
+            );
+            rtx_seqs.push(h.sequence);
+        }
+        assert_eq!(
+            rtx_seqs[1],
+            rtx_seqs[0].wrapping_add(1),
+            "own RTX numbering"
+        );
+        assert_eq!(get(&f.stats, 0, Counter::Retransmitted), 2);
+    }
 }
