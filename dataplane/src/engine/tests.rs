@@ -1123,3 +1123,80 @@ fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
         assert_eq!(get(&f.stats, 0, Counter::Retransmitted), 2);
     }
 }
+
+#[test]
+fn nack_across_workers_comes_back_as_rtx() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(2);
+    add_pub(&mut f.engines[0], 1, Some(addr(5000)), profile);
+    let mut out = Capture::default();
+    f.engines[0].handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream: STREAM,
+            mask: 0b10,
+        },
+        &mut out,
+    );
+    let e1 = &mut f.engines[1];
+    e1.handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream: STREAM,
+            worker: Some(0),
+        },
+        &mut out,
+    );
+    e1.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(2),
+            stream: STREAM,
+            remote: Some(addr(6002)),
+            ssrcs: sub_ssrcs(2 * 16),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [Some((0x5150, 99)), None, None, None],
+            srtp: Some(keys(profile, 3, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e1.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 42, 300);
+    let mut out = Capture::default();
+    f.engines[0].handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    let mut delivered = Capture::default();
+    for (w, msg) in std::mem::take(&mut out.to_workers) {
+        f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut delivered);
+    }
+    assert_eq!(delivered.sent.len(), 1);
+    let mut sub_rx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = delivered.sent[0].1.clone();
+    let n = sub_rx.unprotect_rtp(&mut b).expect("decrypt");
+    let seq = rtp::Header::parse(&b[..n]).expect("rtp").sequence;
+
+    // The NACK reaches worker 1, goes to worker 0, the packet comes back and leaves as RTX.
+    let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
+    let mut fb = vec![0u8; 200];
+    let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[seq]).expect("nack");
+    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    let mut out = Capture::default();
+    f.engines[1].handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+    for _ in 0..2 {
+        for (w, msg) in std::mem::take(&mut out.to_workers) {
+            f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut out);
+        }
+    }
+    let rtx: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(6002)).collect();
+    assert_eq!(rtx.len(), 1, "one retransmission");
+    let mut b = rtx[0].1.clone();
+    let n = sub_rx.unprotect_rtp(&mut b).expect("RTX decrypts");
+    let h = rtp::Header::parse(&b[..n]).expect("rtp");
+    assert_eq!((h.ssrc, h.payload_type), (0x5150, 99));
+    let osn = u16::from_be_bytes([b[h.payload_offset], b[h.payload_offset + 1]]);
+    assert_eq!(osn, seq, "OSN in the subscriber's numbering");
+    assert_eq!(n - h.payload_offset, 302, "OSN + original payload");
+}
