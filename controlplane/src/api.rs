@@ -245,6 +245,10 @@ struct CreateSession {
     /// Subscribers: `[[publisherPt, subscriberPt], ...]`.
     #[serde(default)]
     payload_types: Option<Vec<[u8; 2]>>,
+    /// Publishers: the RTP clock rate (Hz) of each of `ssrcs`, in the same order, for the
+    /// jitter in the receiver reports the node sends; without it jitter is reported as 0.
+    #[serde(default)]
+    clock_rates: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -277,7 +281,7 @@ struct SessionView {
 fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
     let media = &shared.config.media;
     let (role, ssrcs) = match &spec.role {
-        Role::Publisher { ssrcs } => ("publisher", ssrcs.clone()),
+        Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
@@ -413,6 +417,23 @@ fn ssrcs(role: RoleName, given: Option<Vec<u32>>) -> Result<Vec<u32>, ApiError> 
     Ok(list)
 }
 
+/// A publisher's clock rates: one per declared SSRC (the data plane learns undeclared SSRCs
+/// and cannot know their rates), each a plausible RTP clock.
+fn clock_rates(given: Option<Vec<u32>>, ssrcs: usize) -> Result<Vec<u32>, ApiError> {
+    let list = given.unwrap_or_default();
+    if list.len() > ssrcs {
+        return Err(ApiError::bad_request(
+            "clockRates: at most one per entry of ssrcs, in the same order",
+        ));
+    }
+    if list.iter().any(|&r| r == 0 || r > 1_000_000) {
+        return Err(ApiError::bad_request(
+            "clockRates: rates are 1..=1000000 Hz",
+        ));
+    }
+    Ok(list)
+}
+
 fn payload_types(given: Option<Vec<[u8; 2]>>) -> Result<Vec<(u8, u8)>, ApiError> {
     let list = given.unwrap_or_default();
     if list.len() > switchyard_shared::command::MAX_PT_MAP {
@@ -466,13 +487,20 @@ async fn create_session(
         remote: key("remoteKey", req.remote_key.as_deref(), profile)?,
         local: key("localKey", req.local_key.as_deref(), profile)?,
     };
+    if req.role == RoleName::Subscriber && req.clock_rates.is_some() {
+        return Err(ApiError::bad_request("clockRates: for publishers only"));
+    }
     let ssrcs = ssrcs(req.role, req.ssrcs)?;
     let role = match req.role {
-        RoleName::Publisher => Role::Publisher { ssrcs },
+        RoleName::Publisher => Role::Publisher {
+            clock_rates: clock_rates(req.clock_rates, ssrcs.len())?,
+            ssrcs,
+        },
         RoleName::Subscriber => Role::Subscriber {
             ssrcs,
             payload_types: payload_types(req.payload_types)?,
             extensions: None,
+            rtx: Vec::new(),
         },
     };
 
@@ -643,5 +671,24 @@ pub(crate) async fn remove(shared: &Arc<Shared>, id: SessionId) -> Result<(), Ap
                 "the data plane did not answer in time; the removal is still queued",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_rates;
+
+    #[test]
+    fn clock_rates_are_one_per_declared_ssrc() {
+        assert_eq!(clock_rates(None, 2).ok(), Some(vec![]));
+        assert_eq!(
+            clock_rates(Some(vec![90000, 48000]), 2).ok(),
+            Some(vec![90000, 48000])
+        );
+        assert!(
+            clock_rates(Some(vec![90000]), 0).is_err(),
+            "no SSRC to go with"
+        );
+        assert!(clock_rates(Some(vec![0]), 1).is_err());
     }
 }

@@ -381,6 +381,7 @@ mod tests {
                 ssrcs: vec![1, 2, 3, 4],
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

@@ -155,19 +155,22 @@ async fn offer(
         };
         let n = sdp::answer(&offer, dir, &params).map_err(sdp_error)?;
         let role = match (dir, publisher.as_deref()) {
-            (Direction::Publish, _) => Role::Publisher {
-                // One SSRC per track: the media one (RTX and simulcast layers come later).
-                ssrcs: n
+            (Direction::Publish, _) => {
+                // One SSRC per track: the media one (RTX and simulcast layers come later),
+                // with its codec's clock rate for the receiver reports' jitter.
+                let (ssrcs, clock_rates) = n
                     .tracks
                     .iter()
-                    .filter_map(|t| t.ssrcs.first().copied())
+                    .filter_map(|t| Some((*t.ssrcs.first()?, t.codec.clock_rate)))
                     .take(MAX_TRACKS)
-                    .collect(),
-            },
+                    .unzip();
+                Role::Publisher { ssrcs, clock_rates }
+            }
             (Direction::Subscribe, p) => Role::Subscriber {
                 ssrcs: subscriber_ssrcs(p, &n),
                 payload_types: payload_type_map(&n),
                 extensions: Some(extension_map(&n)),
+                rtx: subscriber_rtx(p, &n),
             },
         };
         let spec = SessionSpec {
@@ -244,6 +247,30 @@ fn subscriber_ssrcs(publisher: Option<&sdp::Negotiated>, n: &sdp::Negotiated) ->
         out.push(spare_ssrc(&out, n));
     }
     out
+}
+
+/// Per publisher track, in the order of [`subscriber_ssrcs`]: our RTX SSRC and the
+/// subscriber's RTX payload type, where its answered m-line negotiated RTX (RFC 4588).
+fn subscriber_rtx(
+    publisher: Option<&sdp::Negotiated>,
+    n: &sdp::Negotiated,
+) -> Vec<Option<(u32, u8)>> {
+    let Some(p) = publisher else {
+        return Vec::new();
+    };
+    p.tracks
+        .iter()
+        .filter(|t| !t.ssrcs.is_empty())
+        .take(MAX_TRACKS)
+        .map(|pt| {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))?;
+            let rtx = ours.rtx.as_ref()?;
+            Some((*ours.ssrcs.get(1)?, rtx.payload_type))
+        })
+        .collect()
 }
 
 /// The publisher → subscriber payload types the SDP module worked out for each track
@@ -363,4 +390,57 @@ pub async fn patch(
         ));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whep_subscriber_gets_rtx_ssrc_and_payload_type_per_publisher_track() {
+        let cands: [std::net::SocketAddr; 1] = ["192.0.2.10:10001".parse().expect("literal")];
+        let params = |publisher| {
+            AnswerParams {
+            ice_ufrag: "swyU",
+            ice_pwd: "0123456789abcdefABCDEF",
+            fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
+            candidates: &cands,
+            publisher,
+        }
+        };
+        let publisher = sdp::answer(
+            include_str!("sdp/fixtures/firefox_publish.sdp"),
+            Direction::Publish,
+            &params(None),
+        )
+        .expect("publish answer");
+        let n = sdp::answer(
+            include_str!("sdp/fixtures/chrome_subscribe.sdp"),
+            Direction::Subscribe,
+            &params(Some(&publisher)),
+        )
+        .expect("subscribe answer");
+        let ssrcs = subscriber_ssrcs(Some(&publisher), &n);
+        let rtx = subscriber_rtx(Some(&publisher), &n);
+        let tracks: Vec<_> = publisher
+            .tracks
+            .iter()
+            .filter(|t| !t.ssrcs.is_empty())
+            .collect();
+        assert_eq!(rtx.len(), tracks.len());
+        for (i, pt) in tracks.iter().enumerate() {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))
+                .expect("forwarded");
+            assert_eq!(ssrcs[i], ours.ssrcs[0]);
+            match pt.kind {
+                sdp::Kind::Audio => assert_eq!(rtx[i], None, "no RTX for opus"),
+                sdp::Kind::Video => {
+                    assert_eq!(rtx[i], Some((ours.ssrcs[1], 97)), "Chrome's rtx PT")
+                }
+            }
+        }
+    }
 }

@@ -218,8 +218,8 @@ impl SlowPath {
             return Err(CommandError::DuplicateSession);
         }
         match &spec.role {
-            Role::Publisher { ssrcs } => {
-                if ssrcs.len() > MAX_TRACKS {
+            Role::Publisher { ssrcs, clock_rates } => {
+                if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
                     return Err(CommandError::Invalid);
                 }
                 if self
@@ -234,7 +234,18 @@ impl SlowPath {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
             } => {
+                // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
+                let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
+                if rtx.len() > MAX_TRACKS
+                    || rtx
+                        .iter()
+                        .flatten()
+                        .any(|&(ssrc, pt)| ssrc == 0 || bad_pt(pt))
+                {
+                    return Err(CommandError::Invalid);
+                }
                 if extensions.as_ref().is_some_and(|m| {
                     m.len() > 14
                         || m.iter()
@@ -245,8 +256,6 @@ impl SlowPath {
                 if ssrcs.len() != MAX_TRACKS || !subscriber_addressable(spec) {
                     return Err(CommandError::Invalid);
                 }
-                // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
-                let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
                 if payload_types.len() > MAX_PT_MAP
                     || payload_types.iter().any(|&(a, b)| bad_pt(a) || bad_pt(b))
                 {
@@ -276,7 +285,7 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
-            Role::Publisher { ssrcs } => {
+            Role::Publisher { ssrcs, clock_rates } => {
                 entry.publisher = Some((spec.id, w));
                 sends.push((
                     w,
@@ -285,6 +294,7 @@ impl SlowPath {
                         stream,
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
+                        clock_rates: clock_rates.clone(),
                         twcc_ext: spec.twcc_ext,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
@@ -313,9 +323,14 @@ impl SlowPath {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
             } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
+                let mut rtx_out = [None; MAX_TRACKS];
+                for (o, r) in rtx_out.iter_mut().zip(rtx) {
+                    *o = *r;
+                }
                 let remote = spec.remote;
                 if !subscriber_addressable(&spec) {
                     return Err(CommandError::Invalid);
@@ -345,6 +360,7 @@ impl SlowPath {
                             }
                             table
                         }),
+                        rtx: rtx_out,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
@@ -568,6 +584,7 @@ mod tests {
                 ssrcs: vec![1; MAX_TRACKS],
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote,
             keying: Keying::Dtls {

@@ -6,12 +6,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, WorkerCommand, WorkerEvent,
 };
-use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile};
+use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
 use switchyard_shared::packet::rtcp;
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
@@ -61,15 +61,27 @@ struct FixedOutput {
     buf: Vec<u8>,
     sent: u64,
     queued: Vec<(u16, Inbound)>,
+    /// Sequence number of the last media packet sent to `watch` with SSRC 20 (the header
+    /// is in the clear), so the test NACKs a packet that is in the cache.
+    watch: Option<SocketAddr>,
+    last_seq: u16,
+    /// Packets sent with SSRC 21: RTX to the watched subscriber.
+    rtx_sent: u64,
 }
 
 impl Output for FixedOutput {
     fn send(
         &mut self,
-        _dst: SocketAddr,
+        dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         fill(&mut self.buf).ok_or(SendError::Cancelled)?;
+        if self.watch == Some(dst) && self.buf[1] < 192 && self.buf[8..12] == 20u32.to_be_bytes() {
+            self.last_seq = u16::from_be_bytes([self.buf[2], self.buf[3]]);
+        }
+        if self.buf[1] < 192 && self.buf[8..12] == 21u32.to_be_bytes() {
+            self.rtx_sent += 1;
+        }
         self.sent += 1;
         Ok(())
     }
@@ -104,6 +116,9 @@ fn steady_state_forwarding_allocates_nothing() {
         buf: vec![0; 2048],
         sent: 0,
         queued: Vec::with_capacity(1024),
+        watch: None,
+        last_seq: 0,
+        rtx_sent: 0,
     };
     w0.handle_command(
         WorkerCommand::AddPublisher {
@@ -111,6 +126,7 @@ fn steady_state_forwarding_allocates_nothing() {
             stream,
             remote: Some(publisher),
             ssrcs: vec![42],
+            clock_rates: vec![90000],
             twcc_ext: None,
             srtp: Some(keys(1, 2)),
             ice: None,
@@ -140,6 +156,12 @@ fn steady_state_forwarding_allocates_nothing() {
                 ssrcs: [id as u32 * 10, 0, 0, 0],
                 payload_types: Vec::new(),
                 extensions: None,
+                // The NACKing subscriber (id 2) negotiated RTX: retransmissions as RTX.
+                rtx: if id == 2 {
+                    [Some((21, 97)), None, None, None]
+                } else {
+                    [None; MAX_TRACKS]
+                },
                 srtp: Some(keys(3, 4)),
                 ice: None,
             },
@@ -147,6 +169,7 @@ fn steady_state_forwarding_allocates_nothing() {
         );
         subs.push((id, remote));
     }
+    out.watch = Some(subs[0].1);
     while let Some(ev) = w0.poll_event() {
         assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
     }
@@ -176,18 +199,29 @@ fn steady_state_forwarding_allocates_nothing() {
                 }
                 if seq % 10 == 0 {
                     // A NACK and a PLI from the subscriber on worker 0 (id 2, SSRC 20).
-                    let n = rtcp::write_nack(&mut fb, 7, 20, &[1, 2, 3]).expect("nack");
+                    let lost = out.last_seq;
+                    let n = rtcp::write_nack(&mut fb, 7, 20, &[lost]).expect("nack");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
                     w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
                     let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
                     w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    // The publisher's SR, and the periodic work (a receiver report back to
+                    // the publisher once a second of this virtual clock).
+                    let n =
+                        rtcp::write_sender_report(&mut fb, 42, u64::from(seq) << 20, 0, 1, 1, &[])
+                            .expect("sr");
+                    let n = tx.protect_rtcp(&mut fb, n).expect("protect");
+                    w0.handle_datagram(&mut fb[..n], publisher, now, out);
+                    w0.tick(now + Duration::from_millis(u64::from(seq) * 10), out);
                 }
             }
         };
     // Warm up: fills the NACK cache ring once so steady state is reached.
     run(1, 1000, &mut w0, &mut w1, &mut out);
     let sent_before = out.sent;
+    let rtx_before = out.rtx_sent;
+    let retransmitted = stats.worker(0).expect("w0").get(Counter::Retransmitted);
     ARMED.with(|a| a.set(true));
     run(1001, 5000, &mut w0, &mut w1, &mut out);
     ARMED.with(|a| a.set(false));
@@ -199,6 +233,12 @@ fn steady_state_forwarding_allocates_nothing() {
         6000,
         "one handle per packet reached worker 1"
     );
+    assert_eq!(
+        stats.worker(0).expect("w0").get(Counter::Retransmitted) - retransmitted,
+        500,
+        "every NACK (one per 10 packets) answered"
+    );
+    assert_eq!(out.rtx_sent - rtx_before, 500, "as RTX");
     assert_eq!(
         allocs, 0,
         "{allocs} allocations while forwarding {forwarded} packets"

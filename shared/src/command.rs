@@ -92,7 +92,16 @@ pub enum Role {
     /// Sends RTP for `stream`. `ssrcs` lists the tracks it will send, in track order; an
     /// empty list lets the data plane learn up to [`MAX_TRACKS`] SSRCs from authenticated
     /// packets, in the order they first arrive.
-    Publisher { ssrcs: Vec<u32> },
+    ///
+    /// `clock_rates[i]` is the RTP clock rate (Hz) of track `i`, for the interarrival jitter
+    /// in the receiver reports the node sends the publisher; at most `ssrcs.len()` entries.
+    /// A missing entry or 0 means unknown: that track's jitter is reported as 0, never
+    /// computed from a guessed rate.
+    Publisher {
+        ssrcs: Vec<u32>,
+        #[serde(default)]
+        clock_rates: Vec<u32>,
+    },
     /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
     /// track `i`; the control plane fills all [`MAX_TRACKS`] entries. `payload_types` maps
     /// the publisher's RTP payload types to the subscriber's (each peer numbers its codecs
@@ -104,6 +113,12 @@ pub enum Role {
         /// extensions through unchanged (plain RTP egress); `Some` drops every element not
         /// listed (a WebRTC subscriber must not see ids it did not negotiate).
         extensions: Option<Vec<(u8, u8)>>,
+        /// Per publisher track (same order as `ssrcs`): the RTX (RFC 4588) SSRC and payload
+        /// type the subscriber negotiated. Where set, NACKed packets are retransmitted as RTX
+        /// (own SSRC, own sequence numbers, the original sequence number first in the
+        /// payload) instead of as copies on the media SSRC. At most [`MAX_TRACKS`] entries.
+        #[serde(default)]
+        rtx: Vec<Option<(u32, u8)>>,
     },
 }
 
@@ -312,6 +327,7 @@ mod tests {
                 ssrcs: vec![1, 2, 3, 4],
                 payload_types: vec![(96, 100)],
                 extensions: None,
+                rtx: Vec::new(),
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {

@@ -13,6 +13,7 @@
 pub mod ice;
 pub mod nack;
 pub mod pool;
+pub mod rr;
 mod session;
 pub mod twcc;
 
@@ -49,6 +50,8 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: Option<SocketAddr>,
         ssrcs: Vec<u32>,
+        /// RTP clock rate of `ssrcs[i]`; missing or 0: unknown (jitter reported as 0).
+        clock_rates: Vec<u32>,
         /// Transport-wide-cc extension id: send this publisher transport-cc feedback.
         twcc_ext: Option<u8>,
         /// `None` until DTLS-SRTP delivers them ([`WorkerCommand::SetKeys`]).
@@ -65,6 +68,8 @@ pub enum WorkerCommand {
         payload_types: Vec<(u8, u8)>,
         /// Header extension id table (`rtp::remap_extensions`); `None`: unchanged.
         extensions: Option<[u8; 16]>,
+        /// Per track: the subscriber's RTX SSRC and payload type, where it negotiated RTX.
+        rtx: [Option<(u32, u8)>; MAX_TRACKS],
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
@@ -231,6 +236,8 @@ pub struct Engine {
     /// Publishers that get transport-cc feedback, and when it is next due.
     twcc_publishers: Vec<u32>,
     next_twcc: Option<Instant>,
+    /// When receiver reports to publishers are next due.
+    next_rr: Option<Instant>,
     /// Zero point of the arrival times in transport-cc feedback.
     epoch: Instant,
     streams: HashMap<StreamId, LocalStream>,
@@ -256,6 +263,7 @@ impl Engine {
             next_sweep: None,
             twcc_publishers: Vec::new(),
             next_twcc: None,
+            next_rr: None,
             epoch: Instant::now(),
             streams: HashMap::with_capacity(limits.max_sessions),
             pool: Pool::new(),
@@ -311,11 +319,19 @@ impl Engine {
                 stream,
                 remote,
                 ssrcs,
+                clock_rates,
                 twcc_ext,
                 srtp,
                 ice,
             } => {
-                let r = self.add_publisher(id, stream, remote, ssrcs, srtp.as_ref(), ice.as_ref());
+                let r = self.add_publisher(
+                    id,
+                    stream,
+                    remote,
+                    (ssrcs, clock_rates),
+                    srtp.as_ref(),
+                    ice.as_ref(),
+                );
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext);
                 }
@@ -328,6 +344,7 @@ impl Engine {
                 ssrcs,
                 payload_types,
                 extensions,
+                rtx,
                 srtp,
                 ice,
             } => {
@@ -351,6 +368,9 @@ impl Engine {
                         .map(|s| &mut s.role)
                     {
                         sub.extensions = extensions.map(Box::new);
+                        for (i, r) in rtx.into_iter().enumerate() {
+                            sub.rtx[i] = r.map(|(ssrc, pt)| (ssrc, pt & 0x7f));
+                        }
                     }
                 }
                 if r.is_ok() && ready {
@@ -481,12 +501,12 @@ impl Engine {
         id: SessionId,
         stream: StreamId,
         remote: Option<SocketAddr>,
-        ssrcs: Vec<u32>,
+        (ssrcs, clock_rates): (Vec<u32>, Vec<u32>),
         keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         self.check_new(id, remote, keys, ice)?;
-        if ssrcs.len() > MAX_TRACKS {
+        if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
             return Err(CommandError::Invalid);
         }
         if self
@@ -501,7 +521,10 @@ impl Engine {
         for (t, s) in tracks.iter_mut().zip(&ssrcs) {
             *t = Some(*s);
         }
-        let publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        let mut publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        for (c, &r) in publisher.clock_rates.iter_mut().zip(&clock_rates) {
+            *c = r;
+        }
         self.pool
             .grow(self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight);
         let idx = self.sessions.insert(Session {
@@ -549,6 +572,7 @@ impl Engine {
             let r = self.next_rand();
             *o = (r as u16, (r >> 32) as u32);
         }
+        let rtx_seq = [(); MAX_TRACKS].map(|()| self.next_rand());
         let idx = self.sessions.insert(Session {
             id,
             remote,
@@ -560,6 +584,8 @@ impl Engine {
                 offsets,
                 payload_types: Box::new(payload_types),
                 extensions: None,
+                rtx: [None; MAX_TRACKS],
+                rtx_seq: rtx_seq.map(|r| r as u16),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
@@ -776,10 +802,57 @@ impl Engine {
         self.count(Counter::TxPackets, sent);
     }
 
-    /// Periodic work: ICE consent expiry, transport-cc feedback. Cheap to call every loop
+    /// One receiver report (a block per track heard from) to every publisher here, each
+    /// [`rr::RR_INTERVAL`].
+    fn send_receiver_reports(&mut self, now: Instant, out: &mut dyn Output) {
+        if self.next_rr.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_rr = Some(now + rr::RR_INTERVAL);
+        let sender = self.rtcp_ssrc;
+        let mut sent = 0u64;
+        let mut full = 0u64;
+        for st in self.streams.values() {
+            let Some(s) = st.publisher.and_then(|idx| self.sessions.get_mut(idx)) else {
+                continue;
+            };
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let mut blocks = [rtcp::ReportBlock::default(); MAX_TRACKS];
+            let mut n = 0;
+            for (stats, ssrc) in p.recv.iter_mut().zip(&p.tracks) {
+                if let Some(b) = ssrc.and_then(|ssrc| stats.report(ssrc, now)) {
+                    blocks[n] = b;
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            let blocks = &blocks[..n];
+            let r = out.send(remote, &mut |buf| {
+                let len = rtcp::write_receiver_report(buf, sender, blocks).ok()?;
+                ctx.protect_rtcp(buf, len).ok()
+            });
+            match r {
+                Ok(()) => sent += 1,
+                Err(_) => full += 1,
+            }
+        }
+        self.count(Counter::TxPackets, sent);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+
+    /// Periodic work: ICE consent expiry, transport-cc feedback, receiver reports. Cheap to call every loop
     /// turn.
     pub fn tick(&mut self, now: Instant, out: &mut dyn Output) {
         self.send_twcc(now, out);
+        self.send_receiver_reports(now, out);
         if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
             return;
         }
@@ -831,6 +904,10 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);
         };
+        let t = usize::from(track);
+        if let (Some(stats), Some(&rate)) = (p.recv.get_mut(t), p.clock_rates.get(t)) {
+            stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
+        }
         if let Some(rec) = p.twcc.as_mut() {
             let plain = &pkt.data[..len];
             let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
@@ -979,6 +1056,9 @@ impl Engine {
                     match r {
                         Ok(rtcp::Packet::SenderReport(sr)) => {
                             let known = p.tracks.iter().position(|t| *t == Some(sr.ssrc));
+                            if let Some(stats) = known.and_then(|t| p.recv.get_mut(t)) {
+                                stats.on_sender_report(sr.ntp, at);
+                            }
                             if let Some(slot) = known.and_then(|t| reports.get_mut(t)) {
                                 *slot = Some(SenderReport {
                                     stream,
@@ -1148,7 +1228,7 @@ impl Engine {
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
     fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
-            if forward_to(s, &h, out).is_ok() {
+            if retransmit(s, &h, out).is_ok() {
                 self.count(Counter::Retransmitted, 1);
                 self.count(Counter::TxPackets, 1);
             }
@@ -1228,7 +1308,7 @@ impl Engine {
             }
             Inbound::Retransmit { session, packet } => {
                 if let Some(s) = self.sessions.get_key_mut(session) {
-                    if forward_to(s, &packet, out).is_ok() {
+                    if retransmit(s, &packet, out).is_ok() {
                         self.count(Counter::Retransmitted, 1);
                         self.count(Counter::TxPackets, 1);
                     }
@@ -1279,6 +1359,58 @@ impl Engine {
     pub fn pool_stats(&self) -> (usize, usize) {
         (self.pool.free(), self.pool.total())
     }
+}
+
+/// Resend a cached packet to subscriber `s`: as RTX (RFC 4588 §4) on the track's RTX SSRC
+/// where the subscriber negotiated it, else as a copy of the original on the media SSRC.
+fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize, SendError> {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return Err(SendError::Cancelled);
+    };
+    let track = usize::from(h.track);
+    let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
+        return forward_to(s, h, out);
+    };
+    let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
+        (s.remote, sub.offsets.get(track), sub.rtx_seq.get_mut(track))
+    else {
+        return Err(SendError::Cancelled);
+    };
+    let src = h.bytes();
+    let exts = sub.extensions.as_deref();
+    let Some(ctx) = s.outbound.as_mut() else {
+        return Err(SendError::Cancelled);
+    };
+    let seq = *rtx_seq;
+    let mut sent = 0;
+    out.send(remote, &mut |buf| {
+        let n = src.len();
+        // Room for the OSN and the SRTP tag.
+        if n + 2 + srtp::MAX_OVERHEAD > buf.len() {
+            return None;
+        }
+        buf.get_mut(..n)?.copy_from_slice(src);
+        let h = rtp::Header::parse(buf.get(..n)?).ok()?;
+        // The original sequence number as this subscriber numbers it.
+        let osn = h.sequence.wrapping_add(seq_off);
+        rtp::set_ssrc(buf, rtx_ssrc).ok()?;
+        rtp::set_sequence(buf, seq).ok()?;
+        rtp::set_timestamp(buf, h.timestamp.wrapping_add(ts_off)).ok()?;
+        let b1 = buf.get_mut(1)?;
+        *b1 = (*b1 & 0x80) | rtx_pt;
+        if let Some(map) = exts {
+            rtp::remap_extensions(buf, &h, map).ok()?;
+        }
+        // OSN first in the payload; the original payload (and any padding) follows.
+        let at = h.payload_offset;
+        buf.copy_within(at..n, at + 2);
+        buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
+        let len = ctx.protect_rtp(buf, n + 2).ok()?;
+        sent = len;
+        Some(len)
+    })?;
+    *rtx_seq = seq.wrapping_add(1);
+    Ok(sent)
 }
 
 /// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it.

@@ -7,6 +7,7 @@ use switchyard_shared::command::{SessionId, MAX_TRACKS};
 use switchyard_shared::srtp;
 
 use super::nack::Cache;
+use super::rr::RecvStats;
 use super::StreamId;
 
 /// A session's slot and generation: stays valid across workers and queues, and stops
@@ -45,6 +46,12 @@ pub struct Publisher {
     pub last_pli: [Option<Instant>; MAX_TRACKS],
     /// Transport-cc arrival recorder, when the publisher negotiated transport-wide-cc.
     pub twcc: Option<Box<super::twcc::Recorder>>,
+    /// RTP clock rate of each track (Hz), 0 where unknown (learned SSRCs, REST sessions
+    /// without `clockRates`): such a track is reported with jitter 0.
+    pub clock_rates: [u32; MAX_TRACKS],
+    /// RFC 3550 receive statistics per track, for the receiver reports. Boxed: the session
+    /// slab stays compact.
+    pub recv: Box<[RecvStats; MAX_TRACKS]>,
 }
 
 impl Publisher {
@@ -55,6 +62,8 @@ impl Publisher {
             caches: (0..MAX_TRACKS).map(|_| Cache::new(nack_cache)).collect(),
             last_pli: [None; MAX_TRACKS],
             twcc: None,
+            clock_rates: [0; MAX_TRACKS],
+            recv: Box::new([RecvStats::default(); MAX_TRACKS]),
         }
     }
 
@@ -88,6 +97,10 @@ pub struct Subscriber {
     /// Header extension id table, publisher's → this subscriber's (0: drop); `None` leaves
     /// extensions as they are.
     pub extensions: Option<Box<[u8; 16]>>,
+    /// Per track: RTX (RFC 4588) SSRC and payload type, where the subscriber negotiated it.
+    pub rtx: [Option<(u32, u8)>; MAX_TRACKS],
+    /// Next RTX sequence number per track (random start, like any RTP stream).
+    pub rtx_seq: [u16; MAX_TRACKS],
 }
 
 impl Subscriber {

@@ -102,6 +102,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             stream: STREAM,
             remote,
             ssrcs: vec![PUB_SSRC],
+            clock_rates: vec![90000],
             twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
@@ -124,6 +125,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             ssrcs: sub_ssrcs(id as u32 * 16),
             payload_types: Vec::new(),
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
@@ -469,6 +471,7 @@ fn ice_lite_validates_answers_and_latches() {
             stream: STREAM,
             remote: None,
             ssrcs: vec![PUB_SSRC],
+            clock_rates: vec![90000],
             twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: Some(ice_creds("pubU")),
@@ -574,6 +577,7 @@ fn ice_sessions_refuse_bad_specs() {
                 ssrcs: sub_ssrcs(40),
                 payload_types: Vec::new(),
                 extensions: None,
+                rtx: [None; MAX_TRACKS],
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
@@ -635,6 +639,7 @@ fn payload_types_are_rewritten_per_subscriber() {
             ssrcs: sub_ssrcs(48),
             payload_types: vec![(96, 100), (97, 101)],
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, 3)),
             ice: None,
         },
@@ -686,6 +691,7 @@ fn publishers_get_transport_cc_feedback() {
             stream: STREAM,
             remote: Some(addr(5000)),
             ssrcs: vec![PUB_SSRC],
+            clock_rates: vec![90000],
             twcc_ext: Some(5),
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
@@ -709,7 +715,9 @@ fn publishers_get_transport_cc_feedback() {
     }
     e.tick(t0 + Duration::from_millis(150), &mut out);
     let fb: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(5000)).collect();
-    assert_eq!(fb.len(), 1, "one feedback to the publisher");
+    // The feedback, then the first receiver report (due at the first tick).
+    assert_eq!(fb.len(), 2, "one feedback and one RR to the publisher");
+    assert_eq!(receiver_reports(&out, addr(5000)).len(), 1);
     // The publisher unprotects it with the node's key and finds a transport-cc packet
     // for packets 10..=13 with 12 missing.
     let mut node_side = Context::new(profile, &[2; 28]).expect("ctx");
@@ -795,6 +803,7 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
             ssrcs: sub_ssrcs(32),
             payload_types: Vec::new(),
             extensions: None,
+            rtx: [None; MAX_TRACKS],
             srtp: None,
             ice: Some(ice_creds("subU")),
         },
@@ -829,6 +838,7 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
             ssrcs: sub_ssrcs(32),
             payload_types: Vec::new(),
             extensions: Some(map),
+            rtx: [None; MAX_TRACKS],
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
@@ -853,4 +863,340 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
         Some(vec![1, 2])
     );
     assert_eq!(rtp::find_extension(&b[..n], &h, 5), None);
+}
+
+/// A publisher-side SRTP packet with an explicit RTP timestamp.
+fn srtp_packet_ts(ctx: &mut Context, seq: u16, ts: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; 12 + 100 + 32];
+    buf[0] = 0x80;
+    buf[1] = 96;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+    let n = ctx.protect_rtp(&mut buf, 112).expect("protect");
+    buf.truncate(n);
+    buf
+}
+
+/// The receiver reports the engine sent to `dst`, decrypted with the node's outbound key
+/// towards the publisher (`[2; 28]` in `add_pub`): (sender SSRC, blocks).
+fn receiver_reports(out: &Capture, dst: SocketAddr) -> Vec<(u32, Vec<rtcp::ReportBlock>)> {
+    let mut node_side = Context::new(SrtpProfile::AeadAes128Gcm, &[2; 28]).expect("ctx");
+    let mut found = Vec::new();
+    for (d, bytes) in &out.sent {
+        if *d != dst {
+            continue;
+        }
+        let mut b = bytes.clone();
+        let n = node_side
+            .unprotect_rtcp(&mut b)
+            .expect("SRTCP decrypts with the key");
+        for p in rtcp::compound(&b[..n]) {
+            if let Ok(rtcp::Packet::ReceiverReport(rr)) = p {
+                found.push((rr.ssrc, rr.reports().collect()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn publishers_get_receiver_reports_with_loss_jitter_and_lsr() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    let t0 = Instant::now();
+    let ms = |m: u64| t0 + Duration::from_millis(m);
+    // 10 ms of 90 kHz media per packet. 4 arrives after 5 (and 2 ms late), 6 never comes.
+    for (seq, arrival) in [
+        (1u16, 10u64),
+        (2, 20),
+        (3, 30),
+        (5, 50),
+        (4, 52),
+        (7, 70),
+        (8, 80),
+    ] {
+        let mut p = srtp_packet_ts(&mut publisher, seq, u32::from(seq) * 900);
+        e.handle_datagram(&mut p, addr(5000), ms(arrival), &mut out);
+    }
+    // The publisher's SR at 40 ms.
+    let mut sr = [0u8; 128];
+    let len = rtcp::write_sender_report(&mut sr, PUB_SSRC, 0xAABB_CCDD_0011_2233, 0, 5, 500, &[])
+        .expect("sr");
+    let n = publisher.protect_rtcp(&mut sr, len).expect("protect");
+    e.handle_datagram(&mut sr[..n], addr(5000), ms(40), &mut out);
+    assert!(out.sent.is_empty(), "no subscriber, nothing sent yet");
+
+    e.tick(ms(1040), &mut out);
+    let rrs = receiver_reports(&out, addr(5000));
+    assert_eq!(rrs.len(), 1, "one RR");
+    let (sender, blocks) = &rrs[0];
+    assert_eq!(*sender, e.rtcp_ssrc);
+    assert_eq!(blocks.len(), 1, "one block per track");
+    let b = blocks[0];
+    assert_eq!(b.ssrc, PUB_SSRC);
+    assert_eq!(b.highest_seq, 8);
+    assert_eq!(b.cumulative_lost, 1, "6 lost; 4 only late");
+    assert_eq!(b.fraction_lost, 32, "1 of 8 expected, in 1/256");
+    // Packet 4 is 12 ms (1080 ticks) later than its timestamp says, the others on time:
+    // |D| is 1080 for 5→4 and 4→7, 0 otherwise; RFC 3550 A.8's integer form gives
+    // 1080, 2092, 1961 (×16) → 122.
+    assert_eq!(b.jitter, 122);
+    assert_eq!(b.lsr, 0xCCDD_0011, "middle 32 bits of the SR's NTP time");
+    assert_eq!(b.dlsr, 65536, "1 s since the SR, in 1/65536 s");
+
+    // Not again within the interval.
+    out.sent.clear();
+    e.tick(ms(1500), &mut out);
+    assert!(out.sent.is_empty());
+    // Next interval: 9 and 10 arrive; no new loss this interval.
+    for seq in [9u16, 10] {
+        let mut p = srtp_packet_ts(&mut publisher, seq, u32::from(seq) * 900);
+        e.handle_datagram(&mut p, addr(5000), ms(u64::from(seq) * 10), &mut out);
+    }
+    e.tick(ms(2040), &mut out);
+    let rrs = receiver_reports(&out, addr(5000));
+    assert_eq!(rrs.len(), 1);
+    let b = rrs[0].1[0];
+    assert_eq!(b.highest_seq, 10);
+    assert_eq!(b.cumulative_lost, 1);
+    assert_eq!(b.fraction_lost, 0, "nothing lost since the last report");
+    assert_eq!(b.dlsr, 2 * 65536);
+}
+
+#[test]
+fn receiver_report_jitter_is_zero_without_a_clock_rate() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream: STREAM,
+            remote: Some(addr(5000)),
+            ssrcs: vec![],
+            clock_rates: vec![],
+            twcc_ext: None,
+            srtp: Some(keys(profile, 1, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let t0 = Instant::now();
+    for (seq, arrival) in [(1u16, 10u64), (2, 37), (3, 31), (4, 90)] {
+        let mut p = srtp_packet_ts(&mut publisher, seq, u32::from(seq) * 900);
+        e.handle_datagram(
+            &mut p,
+            addr(5000),
+            t0 + Duration::from_millis(arrival),
+            &mut out,
+        );
+    }
+    e.tick(t0 + Duration::from_millis(100), &mut out);
+    let rrs = receiver_reports(&out, addr(5000));
+    assert_eq!(rrs.len(), 1);
+    let b = rrs[0].1[0];
+    assert_eq!((b.ssrc, b.highest_seq, b.cumulative_lost), (PUB_SSRC, 4, 0));
+    assert_eq!(b.jitter, 0, "learned track: clock rate unknown");
+    assert_eq!((b.lsr, b.dlsr), (0, 0), "no SR yet");
+}
+
+#[test]
+fn publisher_clock_rates_must_match_its_ssrcs() {
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream: STREAM,
+            remote: Some(addr(5000)),
+            ssrcs: vec![PUB_SSRC],
+            clock_rates: vec![90000, 48000],
+            twcc_ext: None,
+            srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Failed {
+            id: SessionId(1),
+            error: CommandError::Invalid
+        })
+    );
+}
+
+#[test]
+fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
+    for profile in [SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80] {
+        let mut f = fixture(1);
+        let e = &mut f.engines[0];
+        add_pub(e, 1, Some(addr(5000)), profile);
+        let mut out = Capture::default();
+        let (rtx_ssrc, rtx_pt) = (0x0bad_cafe, 97);
+        e.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(2),
+                stream: STREAM,
+                remote: Some(addr(6002)),
+                ssrcs: sub_ssrcs(2 * 16),
+                payload_types: vec![(96, 100)],
+                extensions: None,
+                rtx: [Some((rtx_ssrc, rtx_pt)), None, None, None],
+                srtp: Some(keys(profile, 3, 2)),
+                ice: None,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Added { id: SessionId(2) })
+        );
+        let master = |b: u8| vec![b; profile.master_len()];
+        let mut publisher = Context::new(profile, &master(1)).expect("ctx");
+        let mut out = Capture::default();
+        for seq in 100..110u16 {
+            let mut p = srtp_packet(&mut publisher, seq, 200);
+            e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        }
+        // The subscriber's view of 105 and 107, as it got them.
+        let mut sub_rx = Context::new(profile, &master(2)).expect("ctx");
+        let mut originals = Vec::new();
+        for (_, bytes) in &out.sent {
+            let mut b = bytes.clone();
+            let n = sub_rx.unprotect_rtp(&mut b).expect("decrypt");
+            b.truncate(n);
+            originals.push(b);
+        }
+        let lost = [&originals[5], &originals[7]];
+        let seq_of = |b: &[u8]| rtp::Header::parse(b).expect("rtp").sequence;
+
+        let mut sub_tx = Context::new(profile, &master(3)).expect("ctx");
+        let mut fb = vec![0u8; 200];
+        let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[seq_of(lost[0]), seq_of(lost[1])])
+            .expect("nack");
+        let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+        fb.truncate(n);
+        let mut out = Capture::default();
+        e.handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+        assert_eq!(out.sent.len(), 2, "two retransmissions");
+        let mut rtx_seqs = Vec::new();
+        for ((dst, bytes), original) in out.sent.iter().zip(lost) {
+            assert_eq!(*dst, addr(6002));
+            // Same key as the media stream (SRTP contexts are per SSRC inside).
+            let mut b = bytes.clone();
+            let n = sub_rx
+                .unprotect_rtp(&mut b)
+                .expect("RTX decrypts with the key");
+            let b = &b[..n];
+            let h = rtp::Header::parse(b).expect("rtp");
+            let o = rtp::Header::parse(original).expect("rtp");
+            assert_eq!(h.ssrc, rtx_ssrc, "RTX SSRC");
+            assert_eq!(h.payload_type, rtx_pt, "RTX payload type");
+            assert_eq!(h.timestamp, o.timestamp, "original timestamp (rewritten)");
+            let payload = &b[h.payload_offset..];
+            assert_eq!(
+                u16::from_be_bytes([payload[0], payload[1]]),
+                o.sequence,
+                "OSN: the sequence number the subscriber knows"
+            );
+            assert_eq!(
+                &payload[2..],
+                &original[o.payload_offset..],
+                "original payload"
+            );
+            rtx_seqs.push(h.sequence);
+        }
+        assert_eq!(
+            rtx_seqs[1],
+            rtx_seqs[0].wrapping_add(1),
+            "own RTX numbering"
+        );
+        assert_eq!(get(&f.stats, 0, Counter::Retransmitted), 2);
+    }
+}
+
+#[test]
+fn nack_across_workers_comes_back_as_rtx() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(2);
+    add_pub(&mut f.engines[0], 1, Some(addr(5000)), profile);
+    let mut out = Capture::default();
+    f.engines[0].handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream: STREAM,
+            mask: 0b10,
+        },
+        &mut out,
+    );
+    let e1 = &mut f.engines[1];
+    e1.handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream: STREAM,
+            worker: Some(0),
+        },
+        &mut out,
+    );
+    e1.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(2),
+            stream: STREAM,
+            remote: Some(addr(6002)),
+            ssrcs: sub_ssrcs(2 * 16),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [Some((0x5150, 99)), None, None, None],
+            srtp: Some(keys(profile, 3, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e1.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut p = srtp_packet(&mut publisher, 42, 300);
+    let mut out = Capture::default();
+    f.engines[0].handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    let mut delivered = Capture::default();
+    for (w, msg) in std::mem::take(&mut out.to_workers) {
+        f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut delivered);
+    }
+    assert_eq!(delivered.sent.len(), 1);
+    let mut sub_rx = Context::new(profile, &[2; 28]).expect("ctx");
+    let mut b = delivered.sent[0].1.clone();
+    let n = sub_rx.unprotect_rtp(&mut b).expect("decrypt");
+    let seq = rtp::Header::parse(&b[..n]).expect("rtp").sequence;
+
+    // The NACK reaches worker 1, goes to worker 0, the packet comes back and leaves as RTX.
+    let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
+    let mut fb = vec![0u8; 200];
+    let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[seq]).expect("nack");
+    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    let mut out = Capture::default();
+    f.engines[1].handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+    for _ in 0..2 {
+        for (w, msg) in std::mem::take(&mut out.to_workers) {
+            f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut out);
+        }
+    }
+    let rtx: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(6002)).collect();
+    assert_eq!(rtx.len(), 1, "one retransmission");
+    let mut b = rtx[0].1.clone();
+    let n = sub_rx.unprotect_rtp(&mut b).expect("RTX decrypts");
+    let h = rtp::Header::parse(&b[..n]).expect("rtp");
+    assert_eq!((h.ssrc, h.payload_type), (0x5150, 99));
+    let osn = u16::from_be_bytes([b[h.payload_offset], b[h.payload_offset + 1]]);
+    assert_eq!(osn, seq, "OSN in the subscriber's numbering");
+    assert_eq!(n - h.payload_offset, 302, "OSN + original payload");
 }
