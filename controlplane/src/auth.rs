@@ -24,6 +24,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use switchyard_shared::config::AuthSection;
 
+const MISSING: &str = "missing bearer token";
+
 /// Seconds of clock skew tolerated on `exp`.
 const LEEWAY_S: u64 = 30;
 
@@ -138,10 +140,15 @@ impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         match self {
             AuthError::Unauthorized(reason) => {
-                let challenge = format!(
-                    "Bearer realm=\"switchyard\", error=\"invalid_token\", error_description=\"{}\"",
-                    reason.replace('"', "'")
-                );
+                // RFC 6750: no error code when the request simply had no token.
+                let challenge = if reason == MISSING {
+                    "Bearer realm=\"switchyard\"".to_owned()
+                } else {
+                    format!(
+                        "Bearer realm=\"switchyard\", error=\"invalid_token\", error_description=\"{}\"",
+                        reason.replace('"', "'")
+                    )
+                };
                 let mut r =
                     (StatusCode::UNAUTHORIZED, Json(json!({ "error": reason }))).into_response();
                 r.headers_mut().insert(
@@ -288,7 +295,7 @@ impl Auth {
         if token.is_none() && public_path.is_some_and(|p| self.is_public(p)) {
             return Ok(());
         }
-        let token = token.ok_or_else(|| unauthorized("missing bearer token"))?;
+        let token = token.ok_or_else(|| unauthorized(MISSING))?;
         let claims = self.verify(token)?;
         match need {
             Need::Nothing => Ok(()),
