@@ -86,8 +86,12 @@ fn command_error(e: CommandError) -> ApiError {
     ApiError::new(status, text)
 }
 
-pub fn router(shared: Arc<Shared>, cluster: Arc<crate::cluster::Cluster>) -> Router {
-    Router::new()
+pub fn router(
+    shared: Arc<Shared>,
+    cluster: Arc<crate::cluster::Cluster>,
+    auth: Option<Arc<crate::auth::Auth>>,
+) -> Router {
+    let router = Router::new()
         .route("/", get(index))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -108,7 +112,16 @@ pub fn router(shared: Arc<Shared>, cluster: Arc<crate::cluster::Cluster>) -> Rou
         .merge(crate::cluster::http::routes(cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    // Inside CORS, so refusals carry the CORS headers and preflights never need a token.
+    let router = match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::check,
+        )),
+        None => router,
+    };
+    router
         .layer(cors())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -137,6 +150,7 @@ fn cors() -> tower_http::cors::CorsLayer {
         .expose_headers([
             header::LOCATION,
             header::ETAG,
+            header::WWW_AUTHENTICATE,
             HeaderName::from_static("link"),
         ])
 }

@@ -3,13 +3,14 @@
 //!
 //! - [`state`]: the sans-IO view of the node (sessions, pending commands, data plane boot).
 //! - `link`: the thread that attaches to the ring and feeds events into the state.
-//! - `api`: the axum routes; `metrics`: Prometheus text from the shared stats file.
+//! - `api`: the axum routes; [`auth`]: JWT bearer tokens; `metrics`: Prometheus text from the shared stats file.
 //! - [`cluster`]: node registry, room placement and the cluster store (memory or Redis).
 //!
 //! The control plane holds no media state: it can be killed and restarted at any time while
 //! media flows, and rebuilds its view from the data plane's snapshot.
 
 mod api;
+pub mod auth;
 pub mod cluster;
 mod link;
 mod metrics;
@@ -52,6 +53,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener address")?;
+    let auth = auth::Auth::from_config(&config.auth)
+        .context("[auth]")?
+        .map(Arc::new);
+    if auth.is_none() {
+        tracing::warn!("auth is off ([auth] has no key): every endpoint is open");
+    }
     let shared = Arc::new(link::Shared::new(config));
     let stop = Arc::new(AtomicBool::new(false));
     let cluster = Arc::new(cluster_of(&shared.config)?);
@@ -59,7 +66,7 @@ pub async fn serve(
     let me = self_registration(&shared.config, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me));
     tracing::info!(http = %addr, node = %shared.config.node.id, "control plane listening");
-    let result = axum::serve(listener, api::router(shared, cluster))
+    let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server");

@@ -206,6 +206,27 @@ impl Default for ClusterSection {
     }
 }
 
+/// Bearer-token (JWT) authentication of the HTTP API. Without `key` and `public_key` auth is
+/// off and every endpoint is open (bind the API to a private address then).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// HS256 shared secret, base64 (`switchyard token generate` makes one).
+    pub key: Option<String>,
+    /// ES256 public key: a PEM file path, or the PEM text itself.
+    pub public_key: Option<String>,
+    /// A path prefix (`anon` covers `anon/...`) anyone may publish and watch under without a
+    /// token.
+    pub public: Option<String>,
+}
+
+impl AuthSection {
+    /// Whether tokens are checked at all.
+    pub fn enabled(&self) -> bool {
+        self.key.is_some() || self.public_key.is_some()
+    }
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +237,7 @@ pub struct Config {
     pub ring: RingSection,
     pub webrtc: WebrtcSection,
     pub cluster: ClusterSection,
+    pub auth: AuthSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -291,6 +313,21 @@ impl Config {
                 return bad("cluster.redis must be a redis:// URL (TLS is not supported yet)");
             }
         }
+        if let Some(key) = &self.auth.key {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+                Ok(k) if k.len() >= 16 => {}
+                _ => return bad("auth.key must be base64 of at least 16 bytes"),
+            }
+        }
+        if let Some(public) = &self.auth.public {
+            if public.starts_with('/') || public.ends_with('/') {
+                return bad("auth.public is a path prefix without leading or trailing '/'");
+            }
+            if !self.auth.enabled() {
+                return bad("auth.public needs auth.key or auth.public_key");
+            }
+        }
         Ok(())
     }
 
@@ -354,5 +391,21 @@ mod tests {
         let mut c = Config::default();
         c.cluster.redis = Some("localhost:6379".into());
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.auth.key = Some("not base64!".into());
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.auth.public = Some("anon".into());
+        assert!(c.validate().is_err(), "a public prefix without a key");
+    }
+
+    #[test]
+    fn auth_section_parses() {
+        let c =
+            Config::parse("[auth]\nkey = \"c2VjcmV0LXNlY3JldC1zZWNyZXQ=\"\npublic = \"anon\"\n")
+                .expect("parse");
+        assert!(c.auth.enabled());
+        c.validate().expect("valid");
+        assert!(!Config::default().auth.enabled());
     }
 }

@@ -40,11 +40,27 @@ pub fn http_typed(
     content_type: &str,
     body: Option<&[u8]>,
 ) -> std::io::Result<Http> {
+    http_with(addr, method, path, content_type, &[], body)
+}
+
+/// [`http_typed`] with extra request headers, e.g. `("Authorization", "Bearer …")`.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Http> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -102,12 +118,20 @@ pub struct Node {
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
     pub controlplane: Option<Child>,
+    /// Extra arguments for both planes, e.g. `--config FILE`.
+    pub extra_args: Vec<String>,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Node {
     pub fn start(workers: u16) -> Node {
+        Self::start_with_args(workers, &[])
+    }
+
+    /// [`Node::start`] with extra arguments for both planes (global flags such as
+    /// `--config FILE`; the node's own flags still override the file).
+    pub fn start_with_args(workers: u16, extra_args: &[&str]) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -120,6 +144,7 @@ impl Node {
             shm,
             dataplane: None,
             controlplane: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         node.start_dataplane();
         node.start_controlplane();
@@ -138,6 +163,7 @@ impl Node {
             .args(["--media-port", &self.media_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
+            .args(&self.extra_args)
             // SWITCHYARD_TEST_LOG=debug shows the node's logs while debugging a test.
             .env(
                 "RUST_LOG",

@@ -1,0 +1,676 @@
+//! Bearer-token (JWT) authentication of the HTTP API, with moq-relay-style claims.
+//!
+//! A token carries `root` (a path prefix, `""` for everything), `pub` and `sub` (suffixes under
+//! `root` it may publish and watch; `""` is anything under `root`), `exp` and `cluster`
+//! (node-to-node: everything is allowed). Tokens are HS256 (the `[auth] key` secret) or ES256
+//! (the `[auth] public_key`). `exp` is required unless the token is a cluster token.
+//!
+//! [`check`] is the axum middleware: it classifies each request by method and path, then
+//! answers 401 (no token, or one that does not verify, with the reason) or 403 (a valid token
+//! that does not cover the path or the action). See docs/api.md, "Auth".
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use switchyard_shared::config::AuthSection;
+
+const MISSING: &str = "missing bearer token";
+
+/// Seconds of clock skew tolerated on `exp`.
+const LEEWAY_S: u64 = 30;
+
+/// The claims of a Switchyard token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Path prefix every `pub`/`sub` suffix is relative to; `""` is the whole namespace.
+    #[serde(default)]
+    pub root: String,
+    /// Suffixes under `root` the bearer may publish to (WHIP).
+    #[serde(
+        rename = "pub",
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub publish: Vec<String>,
+    /// Suffixes under `root` the bearer may watch (WHEP).
+    #[serde(
+        rename = "sub",
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub subscribe: Vec<String>,
+    /// Node-to-node token: every endpoint, every path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Issued at, seconds since the Unix epoch (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// `pub`/`sub` as one string or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
+/// What a request wants to do with a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Subscribe,
+}
+
+/// `path` relative to `prefix` when `prefix` covers it (`""` covers everything; `a` covers `a`
+/// and `a/...` but not `ab`).
+fn under<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some(rest)
+    } else {
+        rest.strip_prefix('/')
+    }
+}
+
+impl Claims {
+    /// Whether the token may do `action` on `path` (`room/stream`).
+    pub fn allows(&self, action: Action, path: &str) -> bool {
+        if self.cluster {
+            return true;
+        }
+        let Some(rest) = under(&self.root, path) else {
+            return false;
+        };
+        let list = match action {
+            Action::Publish => &self.publish,
+            Action::Subscribe => &self.subscribe,
+        };
+        list.iter().any(|s| under(s, rest).is_some())
+    }
+
+    /// Whether `room` lies under the token's root (room creation, lookup and deletion).
+    pub fn owns_room(&self, room: &str) -> bool {
+        self.cluster || under(&self.root, room).is_some()
+    }
+
+    /// Whether the token's root and `room` overlap either way (discovery: a token for
+    /// `room1/cam` may ask where `room1` is served).
+    pub fn touches_room(&self, room: &str) -> bool {
+        self.owns_room(room) || under(room, self.root.trim_matches('/')).is_some()
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// 401: no token, or one that does not verify.
+    Unauthorized(String),
+    /// 403: a valid token that does not cover the request.
+    Forbidden(String),
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            AuthError::Unauthorized(reason) => {
+                // RFC 6750: no error code when the request simply had no token.
+                let challenge = if reason == MISSING {
+                    "Bearer realm=\"switchyard\"".to_owned()
+                } else {
+                    format!(
+                        "Bearer realm=\"switchyard\", error=\"invalid_token\", error_description=\"{}\"",
+                        reason.replace('"', "'")
+                    )
+                };
+                let mut r =
+                    (StatusCode::UNAUTHORIZED, Json(json!({ "error": reason }))).into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_str(&challenge)
+                        .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+                );
+                r
+            }
+            AuthError::Forbidden(reason) => {
+                (StatusCode::FORBIDDEN, Json(json!({ "error": reason }))).into_response()
+            }
+        }
+    }
+}
+
+fn unauthorized(reason: impl Into<String>) -> AuthError {
+    AuthError::Unauthorized(reason.into())
+}
+
+fn forbidden(reason: impl Into<String>) -> AuthError {
+    AuthError::Forbidden(reason.into())
+}
+
+/// The verifier built from `[auth]`.
+pub struct Auth {
+    hs256: Option<DecodingKey>,
+    es256: Option<DecodingKey>,
+    public: Option<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("hs256", &self.hs256.is_some())
+            .field("es256", &self.es256.is_some())
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+/// Decode a base64 HS256 secret.
+pub fn decode_key(key: &str) -> anyhow::Result<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .context("the key is not base64")
+}
+
+/// A PEM given inline or as a file path.
+fn pem_text(value: &str) -> anyhow::Result<Vec<u8>> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        Ok(value.as_bytes().to_vec())
+    } else {
+        std::fs::read(value).with_context(|| format!("reading {value}"))
+    }
+}
+
+impl Auth {
+    /// The verifier `[auth]` asks for; `None` when auth is off (no key configured).
+    pub fn from_config(c: &AuthSection) -> anyhow::Result<Option<Auth>> {
+        if !c.enabled() {
+            return Ok(None);
+        }
+        let hs256 = match &c.key {
+            Some(k) => Some(DecodingKey::from_secret(
+                &decode_key(k).context("auth.key")?,
+            )),
+            None => None,
+        };
+        let es256 = match &c.public_key {
+            Some(p) => Some(
+                DecodingKey::from_ec_pem(&pem_text(p).context("auth.public_key")?)
+                    .context("auth.public_key is not an EC public key PEM")?,
+            ),
+            None => None,
+        };
+        Ok(Some(Auth {
+            hs256,
+            es256,
+            public: c.public.as_ref().map(|p| p.trim_matches('/').to_owned()),
+        }))
+    }
+
+    /// Verify a token's signature and expiry; the reason on failure is meant for the client.
+    ///
+    /// The signature is checked with `jsonwebtoken::crypto`, the claims are parsed here:
+    /// jsonwebtoken's own claim validation reads `sub` as RFC 7519's subject (a string) and
+    /// rejects our `sub` list.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| unauthorized("malformed token"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::ES256 => self.es256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| unauthorized(format!("algorithm {:?} not accepted", header.alg)))?;
+        let (message, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| unauthorized("malformed token"))?;
+        let (_, payload) = message
+            .split_once('.')
+            .ok_or_else(|| unauthorized("malformed token"))?;
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, header.alg) {
+            Ok(true) => {}
+            Ok(false) => return Err(unauthorized("bad signature")),
+            Err(_) => return Err(unauthorized("malformed signature")),
+        }
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| unauthorized("malformed token"))?;
+        let claims: Claims =
+            serde_json::from_slice(&payload).map_err(|_| unauthorized("malformed claims"))?;
+        match claims.exp {
+            Some(exp) if exp.saturating_add(LEEWAY_S) < now_s() => {
+                Err(unauthorized("token expired"))
+            }
+            None if !claims.cluster => Err(unauthorized("token has no exp")),
+            _ => Ok(claims),
+        }
+    }
+
+    fn is_public(&self, path: &str) -> bool {
+        self.public
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && under(p, path).is_some())
+    }
+
+    /// Decide on one request.
+    pub fn authorize(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(), AuthError> {
+        let need = classify(method, path, query);
+        let public_path = match &need {
+            Need::Nothing => return Ok(()),
+            Need::Media(_, p) | Need::Room(p) | Need::Discover(p) => Some(p.as_str()),
+            Need::Cluster => None,
+        };
+        let token = bearer(headers)?;
+        if token.is_none() && public_path.is_some_and(|p| self.is_public(p)) {
+            return Ok(());
+        }
+        let token = token.ok_or_else(|| unauthorized(MISSING))?;
+        let claims = self.verify(token)?;
+        match need {
+            Need::Nothing => Ok(()),
+            Need::Cluster if claims.cluster => Ok(()),
+            Need::Cluster => Err(forbidden("this endpoint needs a cluster token")),
+            Need::Media(action, path) => {
+                if claims.allows(action, &path) || self.is_public(&path) {
+                    Ok(())
+                } else {
+                    let verb = match action {
+                        Action::Publish => "publish to",
+                        Action::Subscribe => "subscribe to",
+                    };
+                    Err(forbidden(format!("token does not allow {verb} {path}")))
+                }
+            }
+            Need::Room(room) if claims.owns_room(&room) => Ok(()),
+            Need::Room(room) => Err(forbidden(format!("token does not cover room {room}"))),
+            Need::Discover(room) if claims.touches_room(&room) || self.is_public(&room) => Ok(()),
+            Need::Discover(room) => Err(forbidden(format!("token does not cover room {room}"))),
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer …`; `Ok(None)` without the header.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(unauthorized("Authorization must be \"Bearer <token>\"")),
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, PartialEq, Eq)]
+enum Need {
+    /// Open: health, metrics, the index, the stream list, CORS preflights.
+    Nothing,
+    /// WHIP (publish) or WHEP (subscribe) on `room/stream`.
+    Media(Action, String),
+    /// A named room: create, look up, delete.
+    Room(String),
+    /// `GET /v1/resolve?room=`.
+    Discover(String),
+    /// Everything else: sessions, nodes, room lists, unknown paths.
+    Cluster,
+}
+
+fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
+    if method == Method::OPTIONS {
+        return Need::Nothing;
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        [""] | ["health"] | ["metrics"] => Need::Nothing,
+        ["v1", "streams"] if method == Method::GET => Need::Nothing,
+        // Percent-encoded names are not matched against claims (the handlers reject them).
+        [kind @ ("whip" | "whep"), room, stream, rest @ ..]
+            if rest.len() <= 1 && !room.contains('%') && !stream.contains('%') =>
+        {
+            let action = if *kind == "whip" {
+                Action::Publish
+            } else {
+                Action::Subscribe
+            };
+            Need::Media(action, format!("{room}/{stream}"))
+        }
+        ["v1", "rooms", room] if !room.is_empty() && !room.contains('%') => {
+            Need::Room((*room).to_owned())
+        }
+        ["v1", "resolve"] if method == Method::GET => {
+            let room = query.unwrap_or_default().split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == "room" && !v.is_empty() && !v.contains('%')).then(|| v.to_owned())
+            });
+            room.map_or(Need::Cluster, Need::Discover)
+        }
+        _ => Need::Cluster,
+    }
+}
+
+/// The middleware: refuse what the request's token does not allow.
+pub(crate) async fn check(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    match auth.authorize(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers(),
+    ) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A fresh random HS256 secret (32 bytes), base64, for `[auth] key`.
+pub fn generate_key() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+/// Sign `claims` with an HS256 secret (base64).
+pub fn sign_hs256(key_b64: &str, claims: &Claims) -> anyhow::Result<String> {
+    let key = EncodingKey::from_secret(&decode_key(key_b64)?);
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).context("signing")
+}
+
+/// Sign `claims` with an ES256 private key (PKCS#8 PEM, inline or a file path).
+pub fn sign_es256(private_key_pem: &str, claims: &Claims) -> anyhow::Result<String> {
+    let key = EncodingKey::from_ec_pem(&pem_text(private_key_pem)?)
+        .context("not an EC (P-256) PKCS#8 private key PEM")?;
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &key).context("signing")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(root: &str, publish: &[&str], subscribe: &[&str]) -> Claims {
+        Claims {
+            root: root.into(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            exp: Some(now_s() + 3600),
+            ..Claims::default()
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert_eq!(under("", "a/b"), Some("a/b"));
+        assert_eq!(under("a", "a/b"), Some("b"));
+        assert_eq!(under("a/", "a/b"), Some("b"));
+        assert_eq!(under("a", "a"), Some(""));
+        assert_eq!(under("a", "ab/c"), None);
+        assert_eq!(under("a/b", "a/c"), None);
+    }
+
+    #[test]
+    fn pub_and_sub_are_relative_to_root() {
+        let c = claims("room1", &["cam"], &[""]);
+        assert!(c.allows(Action::Publish, "room1/cam"));
+        assert!(!c.allows(Action::Publish, "room1/screen"));
+        assert!(!c.allows(Action::Publish, "room2/cam"));
+        assert!(c.allows(Action::Subscribe, "room1/screen"));
+        assert!(!c.allows(Action::Subscribe, "room10/cam"));
+        let all = claims("", &[""], &[]);
+        assert!(all.allows(Action::Publish, "x/y"));
+        assert!(
+            !all.allows(Action::Subscribe, "x/y"),
+            "no sub list: no watching"
+        );
+        let nested = claims("", &["room1"], &[]);
+        assert!(nested.allows(Action::Publish, "room1/any"));
+        assert!(!nested.allows(Action::Publish, "room2/any"));
+        let cluster = Claims {
+            cluster: true,
+            ..Claims::default()
+        };
+        assert!(cluster.allows(Action::Publish, "any/thing"));
+        assert!(cluster.owns_room("r"));
+    }
+
+    #[test]
+    fn rooms_are_owned_by_their_root() {
+        let c = claims("room1", &["cam"], &[]);
+        assert!(c.owns_room("room1"));
+        assert!(!c.owns_room("room2"));
+        let s = claims("room1/cam", &[""], &[]);
+        assert!(!s.owns_room("room1"));
+        assert!(s.touches_room("room1"));
+        assert!(!s.touches_room("room2"));
+    }
+
+    #[test]
+    fn pub_and_sub_accept_a_string_or_a_list() {
+        let c: Claims =
+            serde_json::from_str(r#"{"root":"r","pub":"a","sub":["b","c"],"exp":1}"#).unwrap();
+        assert_eq!(c.publish, vec!["a"]);
+        assert_eq!(c.subscribe, vec!["b", "c"]);
+        let c: Claims = serde_json::from_str(r#"{"cluster":true}"#).unwrap();
+        assert!(c.cluster && c.publish.is_empty() && c.exp.is_none());
+    }
+
+    fn auth_with(key: &str, public: Option<&str>) -> Auth {
+        Auth::from_config(&AuthSection {
+            key: Some(key.into()),
+            public_key: None,
+            public: public.map(str::to_owned),
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn with_token(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn verify_reports_why() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, Some("anon"));
+        let good = sign_hs256(&key, &claims("room1", &["cam"], &[])).unwrap();
+        assert!(auth.verify(&good).is_ok());
+        let mut expired = claims("room1", &["cam"], &[]);
+        expired.exp = Some(now_s() - 3600);
+        let expired = sign_hs256(&key, &expired).unwrap();
+        assert_eq!(auth.verify(&expired), Err(unauthorized("token expired")));
+        let other = sign_hs256(&generate_key().unwrap(), &claims("room1", &[], &[])).unwrap();
+        assert_eq!(auth.verify(&other), Err(unauthorized("bad signature")));
+        assert_eq!(
+            auth.verify("nonsense"),
+            Err(unauthorized("malformed token"))
+        );
+        let mut no_exp = claims("room1", &[], &[]);
+        no_exp.exp = None;
+        let no_exp = sign_hs256(&key, &no_exp).unwrap();
+        assert_eq!(auth.verify(&no_exp), Err(unauthorized("token has no exp")));
+        let cluster = Claims {
+            cluster: true,
+            ..Claims::default()
+        };
+        assert!(auth.verify(&sign_hs256(&key, &cluster).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_tampered_payload_fails_the_signature() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, None);
+        let token = sign_hs256(&key, &claims("room1", &["cam"], &[])).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims("", &[""], &[""])).unwrap());
+        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(auth.verify(&tampered), Err(unauthorized("bad signature")));
+        // An ES256 token to a node with only an HS256 key; `none` is never accepted.
+        let none = format!(
+            "{}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            parts[1]
+        );
+        assert!(matches!(
+            auth.verify(&none),
+            Err(AuthError::Unauthorized(_))
+        ));
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key() {
+        use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // SubjectPublicKeyInfo of a P-256 key: fixed prefix, then the uncompressed point.
+        let mut spki = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let auth = Auth::from_config(&AuthSection {
+            key: None,
+            public_key: Some(pem("PUBLIC KEY", &spki)),
+            public: None,
+        })
+        .unwrap()
+        .unwrap();
+        let private = pem("PRIVATE KEY", pkcs8.as_ref());
+        let token = sign_es256(&private, &claims("r", &["s"], &[])).unwrap();
+        let c = auth.verify(&token).unwrap();
+        assert!(c.allows(Action::Publish, "r/s"));
+        // HS256 tokens are refused when only an ES256 key is configured.
+        let hs = sign_hs256(&generate_key().unwrap(), &claims("r", &["s"], &[])).unwrap();
+        assert_eq!(
+            auth.verify(&hs),
+            Err(unauthorized("algorithm HS256 not accepted"))
+        );
+    }
+
+    #[test]
+    fn requests_are_classified() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, Some("anon"));
+        let none = HeaderMap::new();
+        let ok = |m: Method, p: &str, q: Option<&str>, h: &HeaderMap| auth.authorize(&m, p, q, h);
+        assert!(ok(Method::GET, "/health", None, &none).is_ok());
+        assert!(ok(Method::GET, "/metrics", None, &none).is_ok());
+        assert!(ok(Method::GET, "/", None, &none).is_ok());
+        assert!(ok(Method::GET, "/v1/streams", Some("prefix=a"), &none).is_ok());
+        assert!(ok(Method::OPTIONS, "/whip/a/b", None, &none).is_ok());
+        assert!(ok(Method::POST, "/whip/anon/cam", None, &none).is_ok());
+        assert!(ok(Method::DELETE, "/whep/anon/cam/3", None, &none).is_ok());
+        assert_eq!(
+            ok(Method::POST, "/whip/room1/cam", None, &none),
+            Err(unauthorized("missing bearer token"))
+        );
+        assert!(matches!(
+            ok(Method::GET, "/v1/sessions", None, &none),
+            Err(AuthError::Unauthorized(_))
+        ));
+        let user = with_token(&sign_hs256(&key, &claims("room1", &["cam"], &[""])).unwrap());
+        assert_eq!(ok(Method::POST, "/whip/room1/cam", None, &user), Ok(()));
+        assert!(ok(Method::PATCH, "/whip/room1/cam/7", None, &user).is_ok());
+        assert!(ok(Method::POST, "/whep/room1/screen", None, &user).is_ok());
+        assert!(matches!(
+            ok(Method::POST, "/whip/room1/screen", None, &user),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(matches!(
+            ok(Method::POST, "/whip/room1%2Fcam/x", None, &user),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(ok(Method::POST, "/v1/rooms/room1", None, &user).is_ok());
+        assert!(ok(Method::GET, "/v1/resolve", Some("room=room1"), &user).is_ok());
+        assert!(matches!(
+            ok(Method::POST, "/v1/rooms/room2", None, &user),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert_eq!(
+            ok(Method::POST, "/v1/sessions", None, &user),
+            Err(forbidden("this endpoint needs a cluster token"))
+        );
+        assert!(matches!(
+            ok(Method::POST, "/v1/nodes/register", None, &user),
+            Err(AuthError::Forbidden(_))
+        ));
+        let cluster = Claims {
+            cluster: true,
+            ..Claims::default()
+        };
+        let cluster = with_token(&sign_hs256(&key, &cluster).unwrap());
+        assert!(ok(Method::POST, "/v1/nodes/n1/drain", None, &cluster).is_ok());
+        assert!(ok(Method::POST, "/v1/sessions", None, &cluster).is_ok());
+        let mut bad = HeaderMap::new();
+        bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(matches!(
+            ok(Method::POST, "/whip/anon/cam", None, &bad),
+            Err(AuthError::Unauthorized(_))
+        ));
+    }
+}
