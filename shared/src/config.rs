@@ -118,13 +118,27 @@ impl MediaSection {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first); with `private_key`, the API is served over HTTPS
+    /// only. Browsers publish (getUserMedia) only from secure origins beyond localhost.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key of `certificate` (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<PathBuf>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            certificate: None,
+            private_key: None,
         }
+    }
+}
+
+impl HttpSection {
+    /// The certificate and key paths when HTTPS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.certificate.as_deref()?, self.private_key.as_deref()?))
     }
 }
 
@@ -276,6 +290,9 @@ impl Config {
         if self.webrtc.certificate.is_some() != self.webrtc.private_key.is_some() {
             return bad("webrtc.certificate and webrtc.private_key go together");
         }
+        if self.http.certificate.is_some() != self.http.private_key.is_some() {
+            return bad("http.certificate and http.private_key go together");
+        }
         if self.cluster.consumers_per_worker == 0 {
             return bad("cluster.consumers_per_worker must be at least 1");
         }
@@ -354,5 +371,11 @@ mod tests {
         let mut c = Config::default();
         c.cluster.redis = Some("localhost:6379".into());
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.http.certificate = Some("/etc/switchyard/cert.pem".into());
+        assert!(c.validate().is_err());
+        c.http.private_key = Some("/etc/switchyard/key.pem".into());
+        c.validate().expect("certificate with key");
+        assert!(c.http.tls().is_some());
     }
 }

@@ -102,12 +102,22 @@ pub struct Node {
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
     pub controlplane: Option<Child>,
+    /// Flags both processes get after the usual ones (see [`Node::spawn_with`]).
+    pub extra: Vec<std::ffi::OsString>,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Node {
     pub fn start(workers: u16) -> Node {
+        let node = Node::spawn_with(workers, Vec::new());
+        node.wait_healthy();
+        node
+    }
+
+    /// Start both processes with `extra` flags appended, without waiting for the node to
+    /// answer (for flags such as `--http-certificate` that change how it answers).
+    pub fn spawn_with(workers: u16, extra: Vec<std::ffi::OsString>) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -120,10 +130,10 @@ impl Node {
             shm,
             dataplane: None,
             controlplane: None,
+            extra,
         };
         node.start_dataplane();
         node.start_controlplane();
-        node.wait_healthy();
         node
     }
 
@@ -143,6 +153,7 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .args(&self.extra)
             .stdin(Stdio::null());
         c
     }
