@@ -197,3 +197,29 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         self.0.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_https_and_the_health_probe_speaks_it() {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("rcgen");
+        let dir = std::env::temp_dir().join(format!("swy-cp-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("cert");
+        std::fs::write(&key, ck.key_pair.serialize_pem()).expect("key");
+        let config = server_config(&cert, &key).expect("server config");
+        let _ = std::fs::remove_dir_all(&dir);
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let listener = TlsListener::new(tcp, config).expect("listener");
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let probe = crate::cluster::health::probe;
+        let t = Duration::from_secs(5);
+        assert!(probe(&format!("https://{addr}"), t).await);
+        assert!(!probe(&format!("http://{addr}"), t).await);
+    }
+}
