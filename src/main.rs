@@ -154,6 +154,12 @@ struct Opts {
     /// Control plane HTTP listen address.
     #[arg(long, global = true, env = "SWITCHYARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the API over HTTPS (with --http-private-key).
+    #[arg(long, global = true, env = "SWITCHYARD_HTTP_CERTIFICATE")]
+    http_certificate: Option<PathBuf>,
+    /// PEM private key of --http-certificate.
+    #[arg(long, global = true, env = "SWITCHYARD_HTTP_PRIVATE_KEY")]
+    http_private_key: Option<PathBuf>,
     /// Address the media sockets bind to.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_BIND")]
     media_bind: Option<IpAddr>,
@@ -191,6 +197,12 @@ impl Opts {
         }
         if let Some(v) = self.http_listen {
             c.http.listen = v;
+        }
+        if let Some(v) = &self.http_certificate {
+            c.http.certificate = Some(v.clone());
+        }
+        if let Some(v) = &self.http_private_key {
+            c.http.private_key = Some(v.clone());
         }
         if let Some(v) = self.media_bind {
             c.media.bind = v;
@@ -300,6 +312,18 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
     );
     flag("node-id", opts.node_id.clone());
     flag("http-listen", opts.http_listen.map(|v| v.to_string()));
+    flag(
+        "http-certificate",
+        opts.http_certificate
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
+    flag(
+        "http-private-key",
+        opts.http_private_key
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
     flag("media-bind", opts.media_bind.map(|v| v.to_string()));
     flag("media-announce", opts.media_announce.map(|v| v.to_string()));
     flag("media-port", opts.media_port.map(|v| v.to_string()));

@@ -123,7 +123,7 @@ fn rooms_are_placed_by_capacity_and_health() {
         ("/v1/rooms/bad%20id", r#"{"maxPeerCount": 2}"#),
         (
             "/v1/nodes/register",
-            r#"{"nodeId": "n", "url": "https://n", "mediaAddress": "a", "workers": 1}"#,
+            r#"{"nodeId": "n", "url": "ftp://n", "mediaAddress": "a", "workers": 1}"#,
         ),
         (
             "/v1/nodes/register",

@@ -16,6 +16,7 @@ mod link;
 mod metrics;
 pub mod sdp;
 pub mod state;
+pub mod tls;
 mod whip;
 
 use std::future::Future;
@@ -37,21 +38,53 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("swy-control")
         .build()
         .context("starting the tokio runtime")?;
+    // Bad certificate or key files stop the start, before anything binds.
+    let tls = match config.http.tls() {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     rt.block_on(async move {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("binding the HTTP listener {}", config.http.listen))?;
-        serve(config, listener, shutdown_signal()).await
+        match tls {
+            Some(tls) => serve_tls(config, listener, tls, shutdown_signal()).await,
+            None => serve(config, listener, shutdown_signal()).await,
+        }
     })
 }
 
-/// Serve the API on `listener` until `shutdown` completes. The ring link runs on its own
-/// thread and stops with it.
+/// Serve the API over plain HTTP on `listener` until `shutdown` completes. The ring link
+/// runs on its own thread and stops with it.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_on(config, listener, "http", shutdown).await
+}
+
+/// [`serve`] over HTTPS only: every connection on `listener` must complete a TLS handshake
+/// with `tls` (see [`tls::server_config`]).
+pub async fn serve_tls(
+    config: Config,
+    listener: TcpListener,
+    tls: Arc<tls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tls::TlsListener::new(listener, tls).context("TLS listener")?;
+    serve_on(config, listener, "https", shutdown).await
+}
+
+async fn serve_on<L>(
+    config: Config,
+    listener: L,
+    scheme: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let addr = listener.local_addr().context("listener address")?;
     let auth = auth::Auth::from_config(&config.auth)
         .context("[auth]")?
@@ -63,9 +96,9 @@ pub async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let cluster = Arc::new(cluster_of(&shared.config)?);
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
-    let me = self_registration(&shared.config, addr);
+    let me = self_registration(&shared.config, scheme, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me));
-    tracing::info!(http = %addr, node = %shared.config.node.id, "control plane listening");
+    tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)
         .await
@@ -104,7 +137,11 @@ fn redact(url: &str) -> String {
 
 /// How this node registers itself: its HTTP address (the announced media address when it
 /// listens on every interface), its media address and its workers.
-fn self_registration(config: &Config, http: std::net::SocketAddr) -> cluster::Registration {
+fn self_registration(
+    config: &Config,
+    scheme: &str,
+    http: std::net::SocketAddr,
+) -> cluster::Registration {
     let ip = if http.ip().is_unspecified() {
         config.media.announce_ip()
     } else {
@@ -113,7 +150,7 @@ fn self_registration(config: &Config, http: std::net::SocketAddr) -> cluster::Re
     let workers = config.media.worker_count();
     cluster::Registration {
         node_id: config.node.id.clone(),
-        url: format!("http://{}", std::net::SocketAddr::new(ip, http.port())),
+        url: format!("{scheme}://{}", std::net::SocketAddr::new(ip, http.port())),
         media_address: config.media.announce_ip().to_string(),
         workers,
         capacity: u64::from(workers) * u64::from(config.cluster.consumers_per_worker),

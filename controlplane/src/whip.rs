@@ -79,10 +79,12 @@ fn credentials() -> Result<(String, String), ApiError> {
 
 fn candidates(shared: &Shared, worker: u16) -> Vec<SocketAddr> {
     let media = &shared.config.media;
-    vec![SocketAddr::new(
-        media.announce_ip(),
-        media.port.saturating_add(worker),
-    )]
+    let port = media.port.saturating_add(worker);
+    media
+        .announce_ips()
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
 }
 
 pub async fn publish(

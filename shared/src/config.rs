@@ -1,7 +1,7 @@
 //! Node configuration: embedded defaults, overridden by a TOML file, then by environment
 //! variables (`SWITCHYARD_*`), then by command-line flags (the binary applies the last two).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,9 @@ pub struct MediaSection {
     /// Address advertised to peers (session answers, ICE candidates). Default: `bind`, or
     /// 127.0.0.1 when `bind` is unspecified (0.0.0.0 / ::).
     pub announce: Option<IpAddr>,
+    /// A second, IPv6 address advertised as well (a second host candidate on the same
+    /// port). Needs `bind = "::"`: one dual-stack socket per worker receives both families.
+    pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
@@ -80,6 +83,7 @@ impl Default for MediaSection {
         Self {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             announce: None,
+            announce6: None,
             port: 10000,
             workers: 0,
             pin: true,
@@ -104,6 +108,17 @@ impl MediaSection {
         }
     }
 
+    /// Every address peers may send media to: [`Self::announce_ip`], then `announce6`.
+    pub fn announce_ips(&self) -> Vec<IpAddr> {
+        let mut ips = vec![self.announce_ip()];
+        if let Some(v6) = self.announce6 {
+            if !ips.contains(&IpAddr::V6(v6)) {
+                ips.push(IpAddr::V6(v6));
+            }
+        }
+        ips
+    }
+
     /// Resolve `workers = 0` against the machine.
     pub fn worker_count(&self) -> u16 {
         if self.workers > 0 {
@@ -118,13 +133,27 @@ impl MediaSection {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first); with `private_key`, the API is served over HTTPS
+    /// only. Browsers publish (getUserMedia) only from secure origins beyond localhost.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key of `certificate` (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<PathBuf>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            certificate: None,
+            private_key: None,
         }
+    }
+}
+
+impl HttpSection {
+    /// The certificate and key paths when HTTPS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.certificate.as_deref()?, self.private_key.as_deref()?))
     }
 }
 
@@ -295,8 +324,14 @@ impl Config {
         if self.media.max_sessions_per_worker == 0 {
             return bad("media.max_sessions_per_worker must be at least 1");
         }
+        if self.media.announce6.is_some() && self.media.bind != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            return bad("media.announce6 needs media.bind = \"::\" (dual-stack worker sockets)");
+        }
         if self.webrtc.certificate.is_some() != self.webrtc.private_key.is_some() {
             return bad("webrtc.certificate and webrtc.private_key go together");
+        }
+        if self.http.certificate.is_some() != self.http.private_key.is_some() {
+            return bad("http.certificate and http.private_key go together");
         }
         if self.cluster.consumers_per_worker == 0 {
             return bad("cluster.consumers_per_worker must be at least 1");
@@ -397,6 +432,25 @@ mod tests {
         let mut c = Config::default();
         c.auth.public = Some("anon".into());
         assert!(c.validate().is_err(), "a public prefix without a key");
+        let mut c = Config::default();
+        c.http.certificate = Some("/etc/switchyard/cert.pem".into());
+        assert!(c.validate().is_err());
+        c.http.private_key = Some("/etc/switchyard/key.pem".into());
+        c.validate().expect("certificate with key");
+        assert!(c.http.tls().is_some());
+        let mut c = Config::default();
+        c.media.announce6 = Some("2001:db8::1".parse().expect("v6"));
+        assert!(c.validate().is_err(), "announce6 with an IPv4 bind");
+        c.media.bind = "::".parse().expect("::");
+        c.media.announce = Some("192.0.2.1".parse().expect("v4"));
+        c.validate().expect("dual-stack");
+        assert_eq!(
+            c.media.announce_ips(),
+            [
+                "192.0.2.1".parse::<IpAddr>().expect("v4"),
+                "2001:db8::1".parse().expect("v6")
+            ]
+        );
     }
 
     #[test]

@@ -118,20 +118,30 @@ pub struct Node {
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
     pub controlplane: Option<Child>,
-    /// Extra arguments for both planes, e.g. `--config FILE`.
-    pub extra_args: Vec<String>,
+    /// Flags both processes get after the usual ones (see [`Node::spawn_with`]).
+    pub extra: Vec<std::ffi::OsString>,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Node {
     pub fn start(workers: u16) -> Node {
-        Self::start_with_args(workers, &[])
+        let node = Node::spawn_with(workers, Vec::new());
+        node.wait_healthy();
+        node
     }
 
     /// [`Node::start`] with extra arguments for both planes (global flags such as
     /// `--config FILE`; the node's own flags still override the file).
     pub fn start_with_args(workers: u16, extra_args: &[&str]) -> Node {
+        let node = Node::spawn_with(workers, extra_args.iter().map(Into::into).collect());
+        node.wait_healthy();
+        node
+    }
+
+    /// Start both processes with `extra` flags appended, without waiting for the node to
+    /// answer (for flags such as `--http-certificate` that change how it answers).
+    pub fn spawn_with(workers: u16, extra: Vec<std::ffi::OsString>) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -144,11 +154,10 @@ impl Node {
             shm,
             dataplane: None,
             controlplane: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra,
         };
         node.start_dataplane();
         node.start_controlplane();
-        node.wait_healthy();
         node
     }
 
@@ -163,12 +172,12 @@ impl Node {
             .args(["--media-port", &self.media_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
-            .args(&self.extra_args)
             // SWITCHYARD_TEST_LOG=debug shows the node's logs while debugging a test.
             .env(
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .args(&self.extra)
             .stdin(Stdio::null());
         c
     }

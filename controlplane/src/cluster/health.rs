@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::store::Store as _;
 use super::{Cluster, Registration};
@@ -60,31 +61,31 @@ pub(crate) async fn run(cluster: Arc<Cluster>, me: Registration) {
     }
 }
 
-/// Whether `GET {base}/health` answers 200 within `timeout`. Plain `http://` only.
+/// Whether `GET {base}/health` answers 200 within `timeout`. `http://` or `https://`; the
+/// latter accepts any server certificate (a liveness check, see `tls::probe_client_config`).
 pub(crate) async fn probe(base: &str, timeout: Duration) -> bool {
-    let Some(authority) = authority(base) else {
+    let Some((tls, authority)) = authority(base) else {
         return false;
     };
     let check = async {
-        let mut s = TcpStream::connect(authority.as_str()).await?;
-        let req = format!(
-            "GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: switchyard-health\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        // The status line is all we need; 64 bytes hold it.
-        let mut head = [0u8; 64];
-        let mut n = 0;
-        while n < head.len() {
-            let got = s.read(&mut head[n..]).await?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-            if head[..n].contains(&b'\n') {
-                break;
-            }
+        let tcp = TcpStream::connect(authority.as_str()).await?;
+        if !tls {
+            return status_of(tcp, &authority).await;
         }
-        Ok::<_, std::io::Error>(status(&head[..n]))
+        static CLIENT: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> =
+            std::sync::OnceLock::new();
+        let config = CLIENT.get_or_init(crate::tls::probe_client_config).clone();
+        let host = match authority.rfind(':') {
+            Some(colon) => &authority[..colon],
+            None => authority.as_str(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        status_of(stream, &authority).await
     };
     matches!(
         tokio::time::timeout(timeout, check).await,
@@ -92,19 +93,51 @@ pub(crate) async fn probe(base: &str, timeout: Duration) -> bool {
     )
 }
 
-/// `host:port` of an `http://` URL (port 80 when absent).
-fn authority(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
+/// Send `GET /health` on `s` and read the status line's code.
+async fn status_of<S>(mut s: S, authority: &str) -> std::io::Result<Option<u16>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!(
+        "GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: switchyard-health\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    // The status line is all we need; 64 bytes hold it.
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < head.len() {
+        let got = s.read(&mut head[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if head[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(status(&head[..n]))
+}
+
+/// Whether a URL is `https://`, and its `host:port` (port 80 or 443 when absent).
+fn authority(url: &str) -> Option<(bool, String)> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let hostport = rest.split('/').next().filter(|h| !h.is_empty())?;
     let has_port = match hostport.rfind(']') {
         Some(end) => hostport[end..].contains(':'),
         None => hostport.contains(':'),
     };
-    Some(if has_port {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:80")
-    })
+    let port = if tls { 443 } else { 80 };
+    Some((
+        tls,
+        if has_port {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:{port}")
+        },
+    ))
 }
 
 /// The status code of an HTTP/1.x status line.
@@ -124,15 +157,18 @@ mod tests {
 
     #[test]
     fn urls_and_status_lines() {
+        let a = authority;
         assert_eq!(
-            authority("http://10.0.0.2:8080").as_deref(),
-            Some("10.0.0.2:8080")
+            a("http://10.0.0.2:8080"),
+            Some((false, "10.0.0.2:8080".into()))
         );
-        assert_eq!(authority("http://node/x").as_deref(), Some("node:80"));
-        assert_eq!(authority("http://[::1]:9").as_deref(), Some("[::1]:9"));
-        assert_eq!(authority("http://[::1]").as_deref(), Some("[::1]:80"));
-        assert_eq!(authority("https://node"), None);
-        assert_eq!(authority("http://"), None);
+        assert_eq!(a("http://node/x"), Some((false, "node:80".into())));
+        assert_eq!(a("http://[::1]:9"), Some((false, "[::1]:9".into())));
+        assert_eq!(a("http://[::1]"), Some((false, "[::1]:80".into())));
+        assert_eq!(a("https://node"), Some((true, "node:443".into())));
+        assert_eq!(a("https://[::1]:8443"), Some((true, "[::1]:8443".into())));
+        assert_eq!(a("ftp://node"), None);
+        assert_eq!(a("http://"), None);
         assert_eq!(status(b"HTTP/1.1 200 OK\r\n"), Some(200));
         assert_eq!(status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
         assert_eq!(status(b"SSH-2.0-OpenSSH\r\n"), None);

@@ -107,8 +107,8 @@ async fn register(
 ) -> Result<Json<Node>, ApiError> {
     let b: RegisterBody = parse_body(body)?;
     valid_id("nodeId", &b.node_id)?;
-    // Health checks speak plain HTTP (see health::probe).
-    valid_url("url", &b.url, &["http://"])?;
+    // What health::probe can check.
+    valid_url("url", &b.url, &["http://", "https://"])?;
     if b.media_address.is_empty() || b.media_address.len() > MAX_ID {
         return Err(ApiError::bad_request(
             "mediaAddress: an address or host, at most 128 bytes",
