@@ -166,6 +166,9 @@ struct Opts {
     /// Address announced to peers for media.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_ANNOUNCE")]
     media_announce: Option<IpAddr>,
+    /// IPv6 address also announced to peers (needs --media-bind ::).
+    #[arg(long, global = true, env = "SWITCHYARD_MEDIA_ANNOUNCE6")]
+    media_announce6: Option<std::net::Ipv6Addr>,
     /// First media port; worker i listens on port + i.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_PORT")]
     media_port: Option<u16>,
@@ -209,6 +212,9 @@ impl Opts {
         }
         if let Some(v) = self.media_announce {
             c.media.announce = Some(v);
+        }
+        if let Some(v) = self.media_announce6 {
+            c.media.announce6 = Some(v);
         }
         if let Some(v) = self.media_port {
             c.media.port = v;
@@ -326,6 +332,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
     );
     flag("media-bind", opts.media_bind.map(|v| v.to_string()));
     flag("media-announce", opts.media_announce.map(|v| v.to_string()));
+    flag("media-announce6", opts.media_announce6.map(|v| v.to_string()));
     flag("media-port", opts.media_port.map(|v| v.to_string()));
     flag("workers", opts.workers.map(|v| v.to_string()));
     flag(

@@ -59,8 +59,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut ready = Vec::new();
     for i in 0..workers {
         let addr = SocketAddr::new(config.media.bind, config.media.port + i);
-        let socket =
-            UdpSocket::bind(addr).with_context(|| format!("binding media socket {addr}"))?;
+        let socket = bind_media(addr).with_context(|| format!("binding media socket {addr}"))?;
         let core = (config.media.pin && cores > 0)
             .then(|| (usize::from(config.media.first_core) + usize::from(i)) % cores);
         let setup = WorkerSetup {
@@ -140,6 +139,21 @@ fn core_of(config: &Config, i: usize, cores: usize) -> Option<usize> {
 }
 
 /// Run until SIGINT or SIGTERM.
+/// A worker's UDP socket. Bound to the IPv6 wildcard it is explicitly dual-stack
+/// (IPV6_V6ONLY off), so IPv4 and IPv6 peers reach the same worker port whatever
+/// `net.ipv6.bindv6only` says; the I/O engines report IPv4 peers as plain IPv4.
+fn bind_media(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Our DTLS identity: the configured certificate, or a fresh self-signed one.
 fn dtls_config(config: &Config) -> anyhow::Result<DtlsConfig> {
     match (&config.webrtc.certificate, &config.webrtc.private_key) {

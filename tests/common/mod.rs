@@ -113,6 +113,8 @@ pub fn free_udp_ports(n: u16) -> u16 {
 pub struct Node {
     pub api: String,
     pub http_addr: String,
+    /// `--media-bind` of both planes (127.0.0.1 unless [`Node::spawn_bound`] says otherwise).
+    pub media_bind: String,
     pub media_port: u16,
     pub workers: u16,
     pub shm: PathBuf,
@@ -142,6 +144,11 @@ impl Node {
     /// Start both processes with `extra` flags appended, without waiting for the node to
     /// answer (for flags such as `--http-certificate` that change how it answers).
     pub fn spawn_with(workers: u16, extra: Vec<std::ffi::OsString>) -> Node {
+        Node::spawn_bound(workers, "127.0.0.1", extra)
+    }
+
+    /// [`Node::spawn_with`] with the media sockets bound to `media_bind` (e.g. `::`).
+    pub fn spawn_bound(workers: u16, media_bind: &str, extra: Vec<std::ffi::OsString>) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -149,6 +156,7 @@ impl Node {
         let mut node = Node {
             api: format!("http://{http_addr}"),
             http_addr,
+            media_bind: media_bind.to_owned(),
             media_port: free_udp_ports(workers),
             workers,
             shm,
@@ -168,7 +176,7 @@ impl Node {
             .arg("--shm-dir")
             .arg(&self.shm)
             .args(["--http-listen", &self.http_addr])
-            .args(["--media-bind", "127.0.0.1"])
+            .args(["--media-bind", &self.media_bind])
             .args(["--media-port", &self.media_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
