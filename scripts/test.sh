@@ -14,6 +14,8 @@ if [ "${SWITCHYARD_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null;
 fi
 # tests/cluster_redis.rs runs a real Redis.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# tests/cluster_netns.rs builds network namespaces (as root) with iproute2.
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo=sudo; else
     echo "missing: ${need_apt[*]} (run as root or install them)" >&2; exit 1

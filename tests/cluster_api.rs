@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 
 use common::Node;
 
+const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
+const WATCH: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_subscribe.sdp");
+
+/// POST the fixture offer for `path` (a publish offer to /whip, a watch offer to /whep).
+fn post_sdp(node: &Node, path: &str) -> common::Http {
+    let offer = if path.starts_with("/whep") {
+        WATCH
+    } else {
+        OFFER
+    };
+    common::http_typed(
+        &node.http_addr,
+        "POST",
+        path,
+        "application/sdp",
+        Some(offer.as_bytes()),
+    )
+    .expect("POST offer")
+}
+
 /// A stand-in node that answers `GET /health` with 200 until stopped.
 struct FakeNode {
     stop: Arc<AtomicBool>,
@@ -211,6 +231,26 @@ fn rooms_are_placed_by_capacity_and_health() {
     let r = node.post("/v1/rooms/small", r#"{"maxPeerCount": 2}"#);
     assert_eq!(r.json()["node"], "n2", "{}", r.body);
     node.post("/v1/nodes/test/heartbeat", r#"{"load": {"cpu": 0.1}}"#);
+
+    // Discovery: a WHIP/WHEP POST for a room on n2 is sent there with a 307; one for a
+    // room on this node, or for a room the cluster does not know, is served here.
+    for kind in ["whip", "whep"] {
+        let r = post_sdp(&node, &format!("/{kind}/small/cam"));
+        assert_eq!(r.status, 307, "{kind}: {}", r.body);
+        assert_eq!(
+            r.header("location").as_deref(),
+            Some(format!("{url}/{kind}/small/cam").as_str()),
+            "{}",
+            r.headers
+        );
+        assert_eq!(r.json()["node"], "n2");
+    }
+    let r = post_sdp(&node, "/whip/meet/cam");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post_sdp(&node, "/whip/unplaced/cam");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post_sdp(&node, "/whep/unplaced/cam");
+    assert_eq!(r.status, 201, "{}", r.body);
 
     // Closing gives the capacity back.
     assert_eq!(node.delete("/v1/rooms/big").status, 204);

@@ -109,6 +109,8 @@ pub fn router(
             delete(crate::whip::end_subscribe).patch(crate::whip::patch),
         )
         .with_state(shared.clone())
+        // The WHIP/WHEP POSTs look up their room's node (307 to another node's URL).
+        .layer(axum::Extension(cluster.clone()))
         .merge(crate::cluster::http::routes(cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

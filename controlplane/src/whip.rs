@@ -9,6 +9,10 @@
 //!   accepted and ignored (an ICE-lite agent learns the peer's address from its checks, so
 //!   remote candidates change nothing); an ICE restart is answered 422, as the RFC allows a
 //!   server that does not support it.
+//! - Discovery: a POST for a room the cluster store places on another node is answered
+//!   `307 Temporary Redirect` to that node's `/whip|whep/{room}/{stream}`; a room not in the
+//!   store, or on this node, is served here. The store being down never stops media: the
+//!   offer is then served here too, with a warning.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +22,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use switchyard_shared::command::{
     IceCredentials, Keying, Role, SessionId, SessionSpec, MAX_TRACKS,
 };
 
 use crate::api::{provision, remove, ApiError};
+use crate::cluster::{Cluster, Store as _};
 use crate::link::Shared;
 use crate::sdp::{self, AnswerParams, Direction, SdpError};
 
@@ -89,20 +95,82 @@ fn candidates(shared: &Shared, worker: u16) -> Vec<SocketAddr> {
 
 pub async fn publish(
     State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     Path((room, stream)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if let Some(r) = redirect(&shared, &cluster, "whip", &room, &stream).await? {
+        return Ok(r);
+    }
     offer(shared, Direction::Publish, room, stream, headers, body).await
 }
 
 pub async fn subscribe(
     State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     Path((room, stream)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if let Some(r) = redirect(&shared, &cluster, "whep", &room, &stream).await? {
+        return Ok(r);
+    }
     offer(shared, Direction::Subscribe, room, stream, headers, body).await
+}
+
+/// Where the cluster says `room` lives: `None` to serve the offer here (the room is not in
+/// the store, is on this node, or the store cannot answer), or a 307 to the node hosting it.
+async fn redirect(
+    shared: &Shared,
+    cluster: &Cluster,
+    path: &str,
+    room: &str,
+    stream: &str,
+) -> Result<Option<Response>, ApiError> {
+    check_name("room", room)?;
+    check_name("stream", stream)?;
+    let placed = match cluster.store.get_room(room).await {
+        Ok(Some(r)) if r.node != shared.config.node.id => r,
+        Ok(_) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
+            return Ok(None);
+        }
+    };
+    let url = match cluster.store.list_nodes().await {
+        Ok(nodes) => nodes
+            .into_iter()
+            .find(|n| n.node_id == placed.node)
+            .map(|n| n.url),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
+            return Ok(None);
+        }
+    };
+    let Some(url) = url else {
+        // The room names a node the registry no longer has: nowhere better to send it.
+        tracing::warn!(%room, node = %placed.node, "room placed on an unknown node: serving the offer here");
+        return Ok(None);
+    };
+    let location = format!("{url}/{path}/{room}/{stream}");
+    tracing::info!(%room, %stream, node = %placed.node, %location, "redirecting to the room's node");
+    let body = serde_json::json!({
+        "roomId": room,
+        "node": placed.node,
+        "location": location,
+    });
+    Ok(Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, location),
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+            ],
+            body.to_string(),
+        )
+            .into_response(),
+    ))
 }
 
 async fn offer(

@@ -25,6 +25,16 @@ impl Http {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
+
+    /// The value of the first response header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
