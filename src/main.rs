@@ -332,7 +332,10 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
     );
     flag("media-bind", opts.media_bind.map(|v| v.to_string()));
     flag("media-announce", opts.media_announce.map(|v| v.to_string()));
-    flag("media-announce6", opts.media_announce6.map(|v| v.to_string()));
+    flag(
+        "media-announce6",
+        opts.media_announce6.map(|v| v.to_string()),
+    );
     flag("media-port", opts.media_port.map(|v| v.to_string()));
     flag("workers", opts.workers.map(|v| v.to_string()));
     flag(
