@@ -97,7 +97,7 @@ where
     let cluster = Arc::new(cluster_of(&shared.config)?);
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
     let me = self_registration(&shared.config, scheme, addr);
-    let health = tokio::spawn(cluster::health::run(cluster.clone(), me));
+    let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)

@@ -30,6 +30,8 @@ pub struct Shared {
     pub config: Config,
     pub inner: Mutex<Inner>,
     pub http: HttpMetrics,
+    /// This node's load as the health task last measured it (None before the first).
+    pub load: Mutex<Option<crate::cluster::load::LoadReport>>,
 }
 
 pub struct Inner {
@@ -77,6 +79,7 @@ impl Shared {
                 stats: None,
             }),
             http: HttpMetrics::default(),
+            load: Mutex::new(None),
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub(crate) mod health;
 pub(crate) mod http;
+pub mod load;
 pub mod placement;
 pub mod redis;
 pub mod store;
