@@ -359,6 +359,12 @@ async fn delete_room(
     valid_id("room", &room)?;
     let r = cluster.store.release_room(&room).await?;
     tracing::info!(room = %r.room_id, node = %r.node, consumers = r.consumers, "room closed");
+    if let Some(uri) = &r.event_notification_uri {
+        cluster.events.send(
+            uri,
+            super::events::event("room-closed", &r.room_id, &r.node),
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,6 +9,7 @@
 //! Security: registration, drain and heartbeat are not authenticated yet (issue #4's JWT
 //! `cluster` claim is still to come), so bind the HTTP listener to a trusted network.
 
+pub mod events;
 pub(crate) mod health;
 pub(crate) mod http;
 pub mod load;
@@ -115,6 +116,8 @@ pub fn consumers_for(max_peer_count: u32) -> u64 {
 pub struct Cluster {
     pub store: AnyStore,
     pub config: ClusterSection,
+    /// Room events (`eventNotificationUri`) waiting for delivery.
+    pub events: events::Notifier,
 }
 
 pub(crate) fn now_ms() -> u64 {
