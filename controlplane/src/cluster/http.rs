@@ -278,6 +278,7 @@ async fn place(
         valid_url("eventNotificationUri", u, &["http://", "https://"])?;
     }
     let spec = RoomSpec {
+        pool: super::placement::PoolFilter::for_room(&room_id, &cluster.config.pools),
         room_id,
         consumers: consumers_for(b.max_peer_count),
         max_peer_count: b.max_peer_count,

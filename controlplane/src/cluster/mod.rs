@@ -82,6 +82,8 @@ pub struct RoomSpec {
     pub consumers: u64,
     pub max_peer_count: u32,
     pub event_notification_uri: Option<String>,
+    /// The nodes it may go to by pool.
+    pub pool: placement::PoolFilter,
 }
 
 /// A placed room.
