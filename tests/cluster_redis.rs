@@ -172,6 +172,7 @@ async fn two_control_planes_never_over_commit() {
             for i in (t..ROOMS).step_by(TASKS) {
                 let peers = 2 + (i % 3) as u32;
                 let spec = RoomSpec {
+                    pool: Default::default(),
                     room_id: format!("room-{i:04}"),
                     consumers: consumers_for(peers),
                     max_peer_count: peers,
@@ -228,6 +229,7 @@ async fn two_control_planes_never_over_commit() {
 
     // A room id is placed once, whichever control plane asks.
     let again = RoomSpec {
+        pool: Default::default(),
         room_id: placed[0].room_id.clone(),
         consumers: 1,
         max_peer_count: 1,
@@ -263,6 +265,7 @@ async fn two_control_planes_never_over_commit() {
     // Redis goes away: placement answers Unavailable, quickly.
     redis.kill();
     let spec = RoomSpec {
+        pool: Default::default(),
         room_id: "while-down".into(),
         consumers: 1,
         max_peer_count: 1,

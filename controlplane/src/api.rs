@@ -216,8 +216,24 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         body["dataplanePid"] = json!(d.pid);
         body["mediaPort"] = json!(d.media_port);
     }
+    let load = shared
+        .load
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(l) = &load {
+        body["load"] = json!(l.load);
+    }
     match g.node.ready() {
-        Ok(()) => (StatusCode::OK, Json(body)).into_response(),
+        Ok(()) => match load.and_then(|l| l.reason) {
+            // Overloaded: the cluster's health checks then keep new rooms away too.
+            Some(reason) => {
+                body["status"] = json!("overloaded");
+                body["error"] = json!(format!("overloaded: {reason}"));
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            }
+            None => (StatusCode::OK, Json(body)).into_response(),
+        },
         Err(e) => {
             body["status"] = json!("unavailable");
             body["error"] = json!(e.to_string());
@@ -228,8 +244,13 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let text = {
+        let load = shared
+            .load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let g = shared.lock();
-        crate::metrics::render(&g, &shared.http)
+        crate::metrics::render(&g, &shared.http, load.as_ref())
     };
     (
         [(

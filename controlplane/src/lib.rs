@@ -94,16 +94,21 @@ where
     }
     let shared = Arc::new(link::Shared::new(config));
     let stop = Arc::new(AtomicBool::new(false));
-    let cluster = Arc::new(cluster_of(&shared.config)?);
+    let (notifier, queue) = cluster::events::Notifier::new();
+    let cluster = Arc::new(cluster_of(&shared.config, notifier)?);
+    let delivery = tokio::spawn(cluster::events::deliver(queue));
+    let room_events = tokio::spawn(cluster::events::run(cluster.clone(), shared.clone()));
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
     let me = self_registration(&shared.config, scheme, addr);
-    let health = tokio::spawn(cluster::health::run(cluster.clone(), me));
+    let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server");
     health.abort();
+    room_events.abort();
+    delivery.abort();
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || link.join()).await;
     tracing::info!("control plane stopped");
@@ -111,7 +116,10 @@ where
 }
 
 /// The cluster store `[cluster] redis` asks for (in memory without it).
-fn cluster_of(config: &Config) -> anyhow::Result<cluster::Cluster> {
+fn cluster_of(
+    config: &Config,
+    events: cluster::events::Notifier,
+) -> anyhow::Result<cluster::Cluster> {
     let store = match &config.cluster.redis {
         Some(url) => {
             tracing::info!(redis = %redact(url), "cluster state in redis");
@@ -124,6 +132,7 @@ fn cluster_of(config: &Config) -> anyhow::Result<cluster::Cluster> {
     Ok(cluster::Cluster {
         store,
         config: config.cluster.clone(),
+        events,
     })
 }
 

@@ -30,6 +30,11 @@ pub struct Shared {
     pub config: Config,
     pub inner: Mutex<Inner>,
     pub http: HttpMetrics,
+    /// This node's load as the health task last measured it (None before the first).
+    pub load: Mutex<Option<crate::cluster::load::LoadReport>>,
+    /// Sessions started and ended, for the room events task (bounded; full = dropped).
+    pub changes: tokio::sync::mpsc::Sender<crate::state::SessionChange>,
+    pub changes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<crate::state::SessionChange>>>,
 }
 
 pub struct Inner {
@@ -69,7 +74,10 @@ impl Inner {
 
 impl Shared {
     pub fn new(config: Config) -> Self {
+        let (changes, changes_rx) = tokio::sync::mpsc::channel(1024);
         Self {
+            changes,
+            changes_rx: Mutex::new(Some(changes_rx)),
             config,
             inner: Mutex::new(Inner {
                 node: NodeState::new(),
@@ -77,6 +85,7 @@ impl Shared {
                 stats: None,
             }),
             http: HttpMetrics::default(),
+            load: Mutex::new(None),
         }
     }
 
@@ -154,6 +163,13 @@ fn serve(shared: &Shared, stop: &AtomicBool, side: ControlSide) {
                     tracing::error!(error = %e, "event ring is corrupt");
                     break;
                 }
+            }
+        }
+        for c in g.node.take_changes() {
+            if shared.changes.try_send(c).is_err() {
+                crate::metrics::cluster()
+                    .events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         while let Some(cmd) = backlog.front() {

@@ -4,8 +4,10 @@
 //! straight from the workers' blocks; nothing is copied or aggregated in between, so a scrape
 //! costs the data plane nothing. The control plane's own counters are atomics.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use switchyard_shared::command::Role;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
@@ -34,6 +36,145 @@ impl HttpMetrics {
     }
 }
 
+/// Cluster counters of this control plane (placements it made, rejections, events) and the
+/// nodes as its last health round saw them. One per process.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    placements: Mutex<BTreeMap<String, u64>>,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
+    nodes: Mutex<Vec<crate::cluster::Node>>,
+    pub events_sent: AtomicU64,
+    pub events_failed: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub rooms_closed_idle: AtomicU64,
+}
+
+/// The process's cluster metrics.
+pub fn cluster() -> &'static ClusterMetrics {
+    static M: OnceLock<ClusterMetrics> = OnceLock::new();
+    M.get_or_init(ClusterMetrics::default)
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClusterMetrics {
+    pub fn placed(&self, node: &str) {
+        *locked(&self.placements).entry(node.to_owned()).or_default() += 1;
+    }
+
+    /// A room refused: `no_capacity`, `store_unavailable`, `room_exists`, `bad_request`, ...
+    pub fn rejected(&self, reason: &'static str) {
+        *locked(&self.rejections).entry(reason).or_default() += 1;
+    }
+
+    pub fn set_nodes(&self, nodes: &[crate::cluster::Node]) {
+        *locked(&self.nodes) = nodes.to_vec();
+    }
+
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "cluster_placements_total",
+            "counter",
+            "Rooms this control plane placed, by node.",
+        );
+        for (node, n) in locked(&self.placements).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_cluster_placements_total{{node=\"{}\"}} {n}",
+                escape(node)
+            );
+        }
+        header(
+            out,
+            "cluster_rejections_total",
+            "counter",
+            "Room creations refused, by reason.",
+        );
+        for (reason, n) in locked(&self.rejections).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_cluster_rejections_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let nodes = locked(&self.nodes).clone();
+        type Gauge = fn(&crate::cluster::Node) -> u64;
+        let gauges: [(&str, &str, Gauge); 5] = [
+            (
+                "cluster_node_healthy",
+                "1 when the node's last health check passed.",
+                |n| u64::from(n.healthy),
+            ),
+            (
+                "cluster_node_draining",
+                "1 while the node is drained.",
+                |n| u64::from(n.draining),
+            ),
+            (
+                "cluster_node_overloaded",
+                "1 while the node reports itself overloaded.",
+                |n| u64::from(n.overloaded),
+            ),
+            (
+                "cluster_node_capacity",
+                "Consumers the node is sized for.",
+                |n| n.capacity,
+            ),
+            (
+                "cluster_node_free",
+                "Consumers not reserved by rooms on the node.",
+                |n| n.free(),
+            ),
+        ];
+        for (name, text, f) in gauges {
+            header(out, name, "gauge", text);
+            for n in &nodes {
+                let _ = writeln!(
+                    out,
+                    "switchyard_{name}{{node=\"{}\"}} {}",
+                    escape(&n.node_id),
+                    f(n)
+                );
+            }
+        }
+        let counters = [
+            (
+                "room_events_sent_total",
+                "Room events delivered to eventNotificationUri (2xx).",
+                &self.events_sent,
+            ),
+            (
+                "room_events_failed_total",
+                "Room events whose delivery failed (error, timeout or non-2xx).",
+                &self.events_failed,
+            ),
+            (
+                "room_events_dropped_total",
+                "Room events dropped because the delivery queue was full.",
+                &self.events_dropped,
+            ),
+            (
+                "rooms_closed_idle_total",
+                "Rooms closed after their last session ended and the grace period passed.",
+                &self.rooms_closed_idle,
+            ),
+        ];
+        for (name, text, value) in counters {
+            header(out, name, "counter", text);
+            let _ = writeln!(out, "switchyard_{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A label value as the exposition format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP switchyard_{name} {help}");
     let _ = writeln!(out, "# TYPE switchyard_{name} {kind}");
@@ -60,7 +201,11 @@ fn help(c: Counter) -> &'static str {
 }
 
 /// Render everything.
-pub fn render(inner: &Inner, http: &HttpMetrics) -> String {
+pub fn render(
+    inner: &Inner,
+    http: &HttpMetrics,
+    load: Option<&crate::cluster::load::LoadReport>,
+) -> String {
     let mut out = String::with_capacity(8192);
     let node = &inner.node;
     header(
@@ -145,6 +290,28 @@ pub fn render(inner: &Inner, http: &HttpMetrics) -> String {
         header(&mut out, name, "counter", text);
         let _ = writeln!(out, "switchyard_{name} {}", value.load(Ordering::Relaxed));
     }
+    if let Some(l) = load {
+        header(
+            &mut out,
+            "node_load",
+            "gauge",
+            "Share in use of each resource of this node, as its load heartbeat measured it.",
+        );
+        for (resource, share) in &l.load {
+            let _ = writeln!(
+                out,
+                "switchyard_node_load{{resource=\"{resource}\"}} {share}"
+            );
+        }
+        header(
+            &mut out,
+            "node_overloaded",
+            "gauge",
+            "1 while this node is at the overload ratio of a resource.",
+        );
+        let _ = writeln!(out, "switchyard_node_overloaded {}", u8::from(l.overloaded));
+    }
+    cluster().render(&mut out);
     out
 }
 

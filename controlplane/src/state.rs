@@ -44,6 +44,15 @@ pub struct Effects {
     pub reopen_stats: bool,
 }
 
+/// A session that started or ended, for room events (`peer-joined`, `peer-left`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionChange {
+    pub joined: bool,
+    pub id: SessionId,
+    pub stream: String,
+    pub publisher: bool,
+}
+
 /// Why a request cannot be served right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -78,6 +87,8 @@ pub struct NodeState {
     /// after a control plane restart, subscribers of an existing WebRTC publisher wait for
     /// it to publish again.
     publishers: HashMap<String, (SessionId, Arc<Negotiated>)>,
+    /// Sessions confirmed or ended since the last [`take_changes`](Self::take_changes).
+    changes: Vec<SessionChange>,
 }
 
 impl NodeState {
@@ -150,6 +161,28 @@ impl NodeState {
             }
         }
         load
+    }
+
+    /// Sessions that started or ended since the last call (not those a snapshot or a data
+    /// plane restart replaced wholesale).
+    pub fn take_changes(&mut self) -> Vec<SessionChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn changed(&mut self, joined: bool, spec: &SessionSpec) {
+        // Bounded: a caller that never takes them loses the oldest.
+        if self.changes.len() >= 4096 {
+            self.changes.remove(0);
+        }
+        self.changes.push(SessionChange {
+            joined,
+            id: spec.id,
+            stream: spec.stream.clone(),
+            publisher: matches!(
+                spec.role,
+                switchyard_shared::command::Role::Publisher { .. }
+            ),
+        });
     }
 
     /// A fresh session id.
@@ -263,6 +296,7 @@ impl NodeState {
             }
             Event::SessionAdded { id } => {
                 if let Some((spec, tx)) = self.adding.remove(&id) {
+                    self.changed(true, &spec);
                     self.sessions.insert(id, spec);
                     let _ = tx.send(Ok(()));
                 } else if self.abandoned.remove(&id) {
@@ -275,7 +309,9 @@ impl NodeState {
                     let _ = tx.send(Err(error));
                 } else if let Some(waiters) = self.removing.remove(&id) {
                     // UnknownSession: it is gone either way.
-                    self.sessions.remove(&id);
+                    if let Some(s) = self.sessions.remove(&id) {
+                        self.changed(false, &s);
+                    }
                     let reply = match error {
                         CommandError::UnknownSession => Ok(()),
                         e => Err(e),
@@ -296,6 +332,7 @@ impl NodeState {
             }
             Event::SessionRemoved { id, reason } => {
                 if let Some(s) = self.sessions.remove(&id) {
+                    self.changed(false, &s);
                     if reason != switchyard_shared::command::CloseReason::Removed {
                         tracing::info!(id = id.0, stream = %s.stream, ?reason, "the data plane ended a session");
                     }

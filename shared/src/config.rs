@@ -218,6 +218,23 @@ pub struct ClusterSection {
     /// A node that reports this share of any resource in use is overloaded and takes no new
     /// rooms (SRS's 80% rule).
     pub overload_ratio: f64,
+    /// Outgoing packets per second one media worker is sized for (docs/performance.md): the
+    /// node's own load heartbeat reports its busiest worker's rate as a share of this.
+    pub max_pps_per_worker: u64,
+    /// How long a room created through `/v1/rooms` stays reserved after its last session
+    /// ends before it is closed and its capacity given back.
+    pub room_close_grace_ms: u64,
+    /// Room prefixes bound to a node pool (the node label `pool`): rooms under `prefix` go only
+    /// to nodes of `pool`; other rooms never go to nodes of a bound pool.
+    pub pools: Vec<PoolBinding>,
+}
+
+/// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolBinding {
+    pub prefix: String,
+    pub pool: String,
 }
 
 // `validate` rejects a NaN `overload_ratio`, the one value that would break reflexivity.
@@ -231,6 +248,9 @@ impl Default for ClusterSection {
             strategy: PlacementStrategy::LeastLoaded,
             health_interval_ms: 5000,
             overload_ratio: 0.8,
+            max_pps_per_worker: 200_000,
+            room_close_grace_ms: 30_000,
+            pools: Vec::new(),
         }
     }
 }
@@ -341,6 +361,17 @@ impl Config {
         }
         if !(self.cluster.overload_ratio > 0.0 && self.cluster.overload_ratio <= 1.0) {
             return bad("cluster.overload_ratio must be in (0, 1]");
+        }
+        if self.cluster.max_pps_per_worker == 0 {
+            return bad("cluster.max_pps_per_worker must be at least 1");
+        }
+        if self
+            .cluster
+            .pools
+            .iter()
+            .any(|p| p.prefix.is_empty() || p.pool.is_empty())
+        {
+            return bad("cluster.pools: prefix and pool must be non-empty");
         }
         if let Some(url) = &self.cluster.redis {
             // rediss:// (TLS) would need the redis crate's TLS features, not built in.

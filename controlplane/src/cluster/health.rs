@@ -12,28 +12,62 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::load::{self, Meter, Reading};
 use super::store::Store as _;
 use super::{Cluster, Registration};
+use crate::link::Shared;
+use switchyard_shared::stats::Counter;
 
 /// Longest a health check waits for its answer; shorter when the interval is.
 const MAX_PROBE: Duration = Duration::from_secs(2);
+/// The load heartbeat is written when the verdict changes, and at least this often.
+const HEARTBEAT_REFRESH: Duration = Duration::from_secs(30);
 
 /// Run until the task is aborted.
-pub(crate) async fn run(cluster: Arc<Cluster>, me: Registration) {
+pub(crate) async fn run(cluster: Arc<Cluster>, me: Registration, shared: Arc<Shared>) {
     let interval = Duration::from_millis(cluster.config.health_interval_ms);
     let probe_timeout = (interval / 2).min(MAX_PROBE);
     let mut registered = false;
+    let mut meter = Meter::new(
+        cluster.config.consumers_per_worker,
+        cluster.config.max_pps_per_worker,
+        cluster.config.overload_ratio,
+    );
+    // What the store last heard from this node's own heartbeat, and when.
+    let mut reported: Option<(bool, std::time::Instant)> = None;
     loop {
         if !registered {
             match cluster.store.register_node(me.clone()).await {
                 Ok(n) => {
                     registered = true;
+                    // Registration clears `overloaded`: report again.
+                    reported = None;
                     tracing::info!(node = %n.node_id, url = %n.url, capacity = n.capacity, "registered with the cluster");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot register this node; retrying"),
             }
         }
         tokio::time::sleep(interval).await;
+        if let Some(report) = measure(&shared, &mut meter) {
+            let now = std::time::Instant::now();
+            let due = reported.is_none_or(|(o, at)| {
+                o != report.overloaded || now.duration_since(at) >= HEARTBEAT_REFRESH
+            });
+            if registered && due {
+                if report.overloaded != reported.is_some_and(|(o, _)| o) {
+                    tracing::warn!(overloaded = report.overloaded, reason = ?report.reason, load = ?report.load, "node load changed");
+                }
+                match cluster
+                    .store
+                    .heartbeat(&me.node_id, report.overloaded)
+                    .await
+                {
+                    Ok(()) => reported = Some((report.overloaded, now)),
+                    Err(e) => tracing::warn!(error = %e, "cannot record this node's load"),
+                }
+            }
+            *shared.load.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+        }
         let nodes = match cluster.store.list_nodes().await {
             Ok(n) => n,
             Err(e) => {
@@ -42,6 +76,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, me: Registration) {
             }
         };
         registered = nodes.iter().any(|n| n.node_id == me.node_id);
+        crate::metrics::cluster().set_nodes(&nodes);
         let mut checks = tokio::task::JoinSet::new();
         for n in nodes {
             checks.spawn(async move {
@@ -61,16 +96,70 @@ pub(crate) async fn run(cluster: Arc<Cluster>, me: Registration) {
     }
 }
 
+/// This node's load now, from the data plane's stats file and `/proc`; None while no data
+/// plane has said hello.
+fn measure(shared: &Shared, meter: &mut Meter) -> Option<load::LoadReport> {
+    let (reading, pid) = {
+        let g = shared.lock();
+        let d = g.node.dataplane()?;
+        let tx_packets = g.stats.as_ref().map_or_else(Vec::new, |s| {
+            (0..s.workers())
+                .filter_map(|w| s.worker(w))
+                .map(|b| b.get(Counter::TxPackets))
+                .collect()
+        });
+        let reading = Reading {
+            sessions: g.node.session_count() as u64,
+            workers: d.workers,
+            tx_packets,
+            cpu_ticks: None,
+        };
+        (reading, d.pid)
+    };
+    let reading = Reading {
+        cpu_ticks: load::cpu_ticks(pid),
+        ..reading
+    };
+    Some(meter.measure(std::time::Instant::now(), reading))
+}
+
 /// Whether `GET {base}/health` answers 200 within `timeout`. `http://` or `https://`; the
 /// latter accepts any server certificate (a liveness check, see `tls::probe_client_config`).
 pub(crate) async fn probe(base: &str, timeout: Duration) -> bool {
-    let Some((tls, authority)) = authority(base) else {
-        return false;
-    };
+    http_status(base, "GET", "/health", None, timeout).await == Some(200)
+}
+
+/// Send one request (`body` as JSON) to the server of `base` and read the status code of the
+/// answer; None on any failure or after `timeout`. Over TLS any certificate is accepted.
+pub(crate) async fn http_status(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Option<u16> {
+    let (tls, authority) = authority(base)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: switchyard\r\n"
+    )
+    .into_bytes();
+    match body {
+        Some(b) => {
+            req.extend_from_slice(
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )
+                .as_bytes(),
+            );
+            req.extend_from_slice(b);
+        }
+        None => req.extend_from_slice(b"\r\n"),
+    }
     let check = async {
         let tcp = TcpStream::connect(authority.as_str()).await?;
         if !tls {
-            return status_of(tcp, &authority).await;
+            return status_of(tcp, &req).await;
         }
         static CLIENT: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> =
             std::sync::OnceLock::new();
@@ -85,23 +174,17 @@ pub(crate) async fn probe(base: &str, timeout: Duration) -> bool {
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
-        status_of(stream, &authority).await
+        status_of(stream, &req).await
     };
-    matches!(
-        tokio::time::timeout(timeout, check).await,
-        Ok(Ok(Some(200)))
-    )
+    tokio::time::timeout(timeout, check).await.ok()?.ok()?
 }
 
-/// Send `GET /health` on `s` and read the status line's code.
-async fn status_of<S>(mut s: S, authority: &str) -> std::io::Result<Option<u16>>
+/// Send `req` on `s` and read the status line's code.
+async fn status_of<S>(mut s: S, req: &[u8]) -> std::io::Result<Option<u16>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let req = format!(
-        "GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: switchyard-health\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(req).await?;
     // The status line is all we need; 64 bytes hold it.
     let mut head = [0u8; 64];
     let mut n = 0;
@@ -119,7 +202,7 @@ where
 }
 
 /// Whether a URL is `https://`, and its `host:port` (port 80 or 443 when absent).
-fn authority(url: &str) -> Option<(bool, String)> {
+pub(crate) fn authority(url: &str) -> Option<(bool, String)> {
     let (tls, rest) = match url.strip_prefix("https://") {
         Some(rest) => (true, rest),
         None => (false, url.strip_prefix("http://")?),

@@ -230,17 +230,55 @@ async fn create(
     room_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let m = crate::metrics::cluster();
+    match place(cluster, room_id, body).await {
+        Ok((room, node)) => {
+            m.placed(&node.node_id);
+            let v = view(room, Some(&node.url));
+            Ok((StatusCode::CREATED, Json(v)).into_response())
+        }
+        Err(Rejection::Input(e)) => {
+            m.rejected("bad_request");
+            Err(e)
+        }
+        Err(Rejection::Store(e)) => {
+            m.rejected(match e {
+                StoreError::NoCapacity { .. } => "no_capacity",
+                StoreError::Unavailable(_) => "store_unavailable",
+                StoreError::RoomExists(_) => "room_exists",
+                _ => "store_error",
+            });
+            Err(e.into())
+        }
+    }
+}
+
+enum Rejection {
+    Input(ApiError),
+    Store(StoreError),
+}
+
+impl From<ApiError> for Rejection {
+    fn from(e: ApiError) -> Self {
+        Self::Input(e)
+    }
+}
+
+async fn place(
+    cluster: &Cluster,
+    room_id: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Room, Node), Rejection> {
     valid_id("room", &room_id)?;
     let b: CreateRoom = parse_body(body)?;
     if b.max_peer_count == 0 || b.max_peer_count > MAX_PEERS {
-        return Err(ApiError::bad_request(format!(
-            "maxPeerCount: 1 to {MAX_PEERS}"
-        )));
+        return Err(ApiError::bad_request(format!("maxPeerCount: 1 to {MAX_PEERS}")).into());
     }
     if let Some(u) = &b.event_notification_uri {
         valid_url("eventNotificationUri", u, &["http://", "https://"])?;
     }
     let spec = RoomSpec {
+        pool: super::placement::PoolFilter::for_room(&room_id, &cluster.config.pools),
         room_id,
         consumers: consumers_for(b.max_peer_count),
         max_peer_count: b.max_peer_count,
@@ -249,10 +287,10 @@ async fn create(
     let p = cluster
         .store
         .reserve_room(spec, cluster.config.strategy)
-        .await?;
+        .await
+        .map_err(Rejection::Store)?;
     tracing::info!(room = %p.room.room_id, node = %p.node.node_id, consumers = p.room.consumers, "room placed");
-    let v = view(p.room, Some(&p.node.url));
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    Ok((p.room, p.node))
 }
 
 async fn create_named(
@@ -322,6 +360,12 @@ async fn delete_room(
     valid_id("room", &room)?;
     let r = cluster.store.release_room(&room).await?;
     tracing::info!(room = %r.room_id, node = %r.node, consumers = r.consumers, "room closed");
+    if let Some(uri) = &r.event_notification_uri {
+        cluster.events.send(
+            uri,
+            super::events::event("room-closed", &r.room_id, &r.node),
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

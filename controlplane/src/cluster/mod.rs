@@ -9,8 +9,10 @@
 //! Security: registration, drain and heartbeat are not authenticated yet (issue #4's JWT
 //! `cluster` claim is still to come), so bind the HTTP listener to a trusted network.
 
+pub mod events;
 pub(crate) mod health;
 pub(crate) mod http;
+pub mod load;
 pub mod placement;
 pub mod redis;
 pub mod store;
@@ -80,6 +82,8 @@ pub struct RoomSpec {
     pub consumers: u64,
     pub max_peer_count: u32,
     pub event_notification_uri: Option<String>,
+    /// The nodes it may go to by pool.
+    pub pool: placement::PoolFilter,
 }
 
 /// A placed room.
@@ -114,6 +118,8 @@ pub fn consumers_for(max_peer_count: u32) -> u64 {
 pub struct Cluster {
     pub store: AnyStore,
     pub config: ClusterSection,
+    /// Room events (`eventNotificationUri`) waiting for delivery.
+    pub events: events::Notifier,
 }
 
 pub(crate) fn now_ms() -> u64 {

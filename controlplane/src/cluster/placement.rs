@@ -10,6 +10,45 @@
 use crate::cluster::Node;
 
 pub use switchyard_shared::config::PlacementStrategy as Strategy;
+use switchyard_shared::config::PoolBinding;
+
+/// Which nodes a room may go to by pool (the node label `pool`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PoolFilter {
+    /// No pools are configured.
+    #[default]
+    Any,
+    /// The room's id starts with a bound prefix: only nodes of this pool.
+    Only(String),
+    /// Any node not reserved to one of these (bound) pools.
+    NotIn(Vec<String>),
+}
+
+impl PoolFilter {
+    /// The filter for `room` under `pools` (the longest matching prefix wins).
+    pub fn for_room(room: &str, pools: &[PoolBinding]) -> Self {
+        if pools.is_empty() {
+            return Self::Any;
+        }
+        match pools
+            .iter()
+            .filter(|p| room.starts_with(&p.prefix))
+            .max_by_key(|p| p.prefix.len())
+        {
+            Some(p) => Self::Only(p.pool.clone()),
+            None => Self::NotIn(pools.iter().map(|p| p.pool.clone()).collect()),
+        }
+    }
+
+    pub fn allows(&self, node: &Node) -> bool {
+        let pool = node.labels.get("pool");
+        match self {
+            Self::Any => true,
+            Self::Only(want) => pool == Some(want),
+            Self::NotIn(bound) => pool.is_none_or(|p| !bound.contains(p)),
+        }
+    }
+}
 
 /// Nodes that accept a room of `need` consumers, most preferred first (indexes into `nodes`).
 ///
@@ -95,6 +134,51 @@ pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn node(id: &str, pool: Option<&str>) -> Node {
+        Node {
+            node_id: id.into(),
+            url: String::new(),
+            media_address: String::new(),
+            workers: 1,
+            capacity: 100,
+            reserved: 0,
+            healthy: true,
+            draining: false,
+            overloaded: false,
+            labels: pool
+                .map(|p| BTreeMap::from([("pool".to_owned(), p.to_owned())]))
+                .unwrap_or_default(),
+            registered_ms: 0,
+            heartbeat_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pools_keep_rooms_apart() {
+        let pools = [PoolBinding {
+            prefix: "acme-".into(),
+            pool: "acme".into(),
+        }];
+        let (a, other, free) = (
+            node("a", Some("acme")),
+            node("o", Some("other")),
+            node("f", None),
+        );
+        let acme = PoolFilter::for_room("acme-standup", &pools);
+        assert_eq!(acme, PoolFilter::Only("acme".into()));
+        assert!(acme.allows(&a) && !acme.allows(&other) && !acme.allows(&free));
+        let rest = PoolFilter::for_room("meet", &pools);
+        assert!(!rest.allows(&a) && rest.allows(&other) && rest.allows(&free));
+        let any = PoolFilter::for_room("acme-x", &[]);
+        assert!(any.allows(&a) && any.allows(&free));
+    }
 }
 
 #[cfg(test)]

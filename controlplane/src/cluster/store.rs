@@ -198,7 +198,8 @@ impl Store for MemoryStore {
             }
             _ => entropy,
         };
-        let order = placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, e);
+        let mut order = placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, e);
+        order.retain(|&i| spec.pool.allows(&nodes[i]));
         let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let i =
@@ -312,6 +313,7 @@ mod tests {
             consumers,
             max_peer_count: 2,
             event_notification_uri: None,
+            pool: Default::default(),
         }
     }
 
