@@ -183,23 +183,57 @@ async fn index() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../static/index.html"))
 }
 
-/// Streams with a publisher (WebRTC or plain) and how many subscribers each has.
-async fn list_streams(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+/// `GET /v1/streams?prefix=room1/`: only the streams whose name starts with `prefix`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamsQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+/// Streams with a publisher (WebRTC or plain) and how many subscribers each has, filtered by
+/// `?prefix=` (all when absent or empty).
+async fn list_streams(
+    State(shared): State<Arc<Shared>>,
+    query: Result<axum::extract::Query<StreamsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
     let g = shared.lock();
+    let list: Vec<_> = published_streams(
+        g.node
+            .sessions()
+            .map(|s| (s.stream.as_str(), matches!(s.role, Role::Publisher { .. }))),
+        &query.prefix,
+    )
+    .into_iter()
+    .map(|(stream, subscribers)| json!({ "stream": stream, "subscribers": subscribers }))
+    .collect();
+    Ok(Json(json!({ "streams": list })))
+}
+
+/// From `(stream, is_publisher)` per session: the streams starting with `prefix` that have a
+/// publisher, sorted, each with its number of subscribers.
+fn published_streams<'a>(
+    sessions: impl IntoIterator<Item = (&'a str, bool)>,
+    prefix: &str,
+) -> Vec<(&'a str, usize)> {
     let mut streams = std::collections::BTreeMap::<&str, (bool, usize)>::new();
-    for s in g.node.sessions() {
-        let e = streams.entry(s.stream.as_str()).or_default();
-        match s.role {
-            Role::Publisher { .. } => e.0 = true,
-            Role::Subscriber { .. } => e.1 += 1,
+    for (stream, publisher) in sessions {
+        if !stream.starts_with(prefix) {
+            continue;
+        }
+        let e = streams.entry(stream).or_default();
+        if publisher {
+            e.0 = true;
+        } else {
+            e.1 += 1;
         }
     }
-    let list: Vec<_> = streams
+    streams
         .into_iter()
         .filter(|(_, (published, _))| *published)
-        .map(|(stream, (_, subscribers))| json!({ "stream": stream, "subscribers": subscribers }))
-        .collect();
-    Json(json!({ "streams": list }))
+        .map(|(stream, (_, subscribers))| (stream, subscribers))
+        .collect()
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
@@ -713,7 +747,26 @@ pub(crate) async fn remove(shared: &Arc<Shared>, id: SessionId) -> Result<(), Ap
 
 #[cfg(test)]
 mod tests {
-    use super::clock_rates;
+    use super::{clock_rates, published_streams};
+
+    #[test]
+    fn streams_filter_by_prefix() {
+        let sessions = [
+            ("room1/cam", true),
+            ("room1/cam", false),
+            ("room1/cam", false),
+            ("room1/screen", true),
+            ("room10/cam", true),
+            ("room2/cam", true),
+            ("room1/watch-only", false),
+        ];
+        assert_eq!(
+            published_streams(sessions, "room1/"),
+            vec![("room1/cam", 2), ("room1/screen", 0)]
+        );
+        assert_eq!(published_streams(sessions, "").len(), 4);
+        assert_eq!(published_streams(sessions, "room3/"), vec![]);
+    }
 
     #[test]
     fn clock_rates_are_one_per_declared_ssrc() {
