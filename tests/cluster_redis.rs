@@ -6,76 +6,24 @@
 //! Needs `redis-server` on the PATH (scripts/test.sh installs it); skipped loudly without.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Redis;
 use switchyard_controlplane::cluster::redis::RedisStore;
 use switchyard_controlplane::cluster::{
     consumers_for, Registration, Room, RoomSpec, Store, StoreError, Strategy,
 };
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path, port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-fn redis_installed() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn reg(id: &str, capacity: u64) -> Registration {
@@ -124,7 +72,7 @@ fn check_consistent(rooms: &[Room], reserved: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_never_over_commit() {
-    if !redis_installed() {
+    if !Redis::installed() {
         eprintln!("\n!!!!! SKIPPED two_control_planes_never_over_commit: redis-server is not installed (apt-get install redis-server) !!!!!\n");
         return;
     }
@@ -133,7 +81,7 @@ async fn two_control_planes_never_over_commit() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let port = free_port();
-    let mut redis = Redis::start(&dir, port);
+    let mut redis = Redis::start(&dir, port, true);
 
     let planes = [
         Arc::new(RedisStore::new(&redis.url()).expect("store 1")),
@@ -293,7 +241,7 @@ async fn two_control_planes_never_over_commit() {
 
     // Redis back (same directory, append-only file): the same stores recover by themselves,
     // and a fresh one (a restarted control plane) reads every room and reservation back.
-    let redis = Redis::start(&dir, port);
+    let redis = Redis::start(&dir, port, true);
     let deadline = Instant::now() + Duration::from_secs(10);
     let back = loop {
         match planes[0].list_rooms().await {

@@ -7,56 +7,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::Node;
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Self {
-        let port = common::free_tcp_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn redis_installed() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use common::{Node, Redis};
 
 /// A stand-in node that answers every request (its `GET /health`) with 200, so the health
 /// checks keep it healthy; the thread lives as long as the test process.
@@ -108,14 +62,14 @@ fn rooms(node: &Node) -> Vec<serde_json::Value> {
 
 #[test]
 fn controlplane_restart_loses_nothing() {
-    if !redis_installed() {
+    if !Redis::installed() {
         eprintln!("\n!!!!! SKIPPED controlplane_restart_loses_nothing: redis-server is not installed (apt-get install redis-server) !!!!!\n");
         return;
     }
     let dir = std::env::temp_dir().join(format!("swy-cluster-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = Redis::start(&dir);
+    let redis = Redis::start(&dir, common::free_tcp_port(), false);
     let mut node = Node::start_with_args(1, &["--redis", &redis.url()]);
 
     // The node registers itself; two more nodes (bigger, so they take rooms too) register

@@ -415,17 +415,26 @@ pub async fn end_publish(
     State(shared): State<Arc<Shared>>,
     Path((room, stream, raw)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = session_of(&shared, &room, &stream, &raw, true)?;
-    remove(&shared, id).await?;
-    Ok(StatusCode::OK.into_response())
+    end(&shared, &room, &stream, &raw, true).await
 }
 
 pub async fn end_subscribe(
     State(shared): State<Arc<Shared>>,
     Path((room, stream, raw)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = session_of(&shared, &room, &stream, &raw, false)?;
-    remove(&shared, id).await?;
+    end(&shared, &room, &stream, &raw, false).await
+}
+
+/// DELETE on a WHIP/WHEP resource: 200 once the data plane removed the session.
+async fn end(
+    shared: &Arc<Shared>,
+    room: &str,
+    stream: &str,
+    raw: &str,
+    publisher: bool,
+) -> Result<Response, ApiError> {
+    let id = session_of(shared, room, stream, raw, publisher)?;
+    remove(shared, id).await?;
     Ok(StatusCode::OK.into_response())
 }
 
