@@ -75,9 +75,10 @@ fn command_error(e: CommandError) -> ApiError {
         | CommandError::DuplicateSession => StatusCode::CONFLICT,
         CommandError::Capacity => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::UnknownSession => StatusCode::NOT_FOUND,
-        CommandError::NoSuchWorker | CommandError::BadKey | CommandError::Invalid => {
-            StatusCode::BAD_REQUEST
-        }
+        CommandError::NoSuchWorker
+        | CommandError::BadKey
+        | CommandError::Invalid
+        | CommandError::PlainIngress => StatusCode::BAD_REQUEST,
     };
     let text = match e {
         CommandError::StreamBusy => "stream busy: the stream already has a publisher".to_owned(),
@@ -572,6 +573,7 @@ async fn create_session(
             payload_types: payload_types(req.payload_types)?,
             extensions: None,
             rtx: Vec::new(),
+            tracks: switchyard_shared::command::ALL_TRACKS,
         },
     };
 

@@ -241,6 +241,7 @@ async fn offer(
                 payload_types: payload_type_map(&n),
                 extensions: Some(extension_map(&n)),
                 rtx: subscriber_rtx(p, &n),
+                tracks: switchyard_shared::command::ALL_TRACKS,
             },
         };
         let spec = SessionSpec {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use switchyard_shared::command::{
     self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
-    MAX_PT_MAP, MAX_TRACKS,
+    ALL_TRACKS, MAX_PT_MAP, MAX_TRACKS,
 };
 use switchyard_shared::ring::DataSide;
 
@@ -204,6 +204,13 @@ impl SlowPath {
                 crate::dtls::fingerprint::Fingerprint::parse(remote_fingerprint).is_err()
                     || spec.ice.is_none()
             }
+            Keying::Plain => {
+                // Unauthenticated media only leaves the node, and only to a fixed address.
+                if !plain_ok(spec) {
+                    return Err(CommandError::PlainIngress);
+                }
+                false
+            }
         };
         if bad_key {
             return Err(CommandError::BadKey);
@@ -235,7 +242,11 @@ impl SlowPath {
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
             } => {
+                if *tracks == 0 || *tracks & !ALL_TRACKS != 0 {
+                    return Err(CommandError::Invalid);
+                }
                 // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
                 let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
                 if rtx.len() > MAX_TRACKS
@@ -324,6 +335,7 @@ impl SlowPath {
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
             } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
@@ -361,6 +373,8 @@ impl SlowPath {
                             table
                         }),
                         rtx: rtx_out,
+                        tracks: *tracks,
+                        plain: spec.keying == Keying::Plain,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
@@ -563,6 +577,13 @@ impl SlowPath {
     }
 }
 
+/// Whether a plain-keyed spec is one the data plane accepts: a subscriber with a fixed
+/// address and no ICE (egress to a recorder). Anything else would take unauthenticated
+/// media in or send it to an address nobody vouched for.
+fn plain_ok(spec: &SessionSpec) -> bool {
+    matches!(spec.role, Role::Subscriber { .. }) && spec.remote.is_some() && spec.ice.is_none()
+}
+
 /// Whether the data plane can learn where to send a subscriber's media: a given address
 /// (plain SRTP), or ICE credentials, whose first valid check latches the address (WebRTC:
 /// WHEP subscribers have no address until then, so `remote` is `None` for them).
@@ -585,6 +606,7 @@ mod tests {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: ALL_TRACKS,
             },
             remote,
             keying: Keying::Dtls {
@@ -598,6 +620,25 @@ mod tests {
             twcc_ext: None,
             created_ms: 0,
         }
+    }
+
+    #[test]
+    fn plain_keying_is_for_addressed_subscribers_only() {
+        let mut plain = subscriber(Some(([127, 0, 0, 1], 5004).into()), false);
+        plain.keying = Keying::Plain;
+        assert!(plain_ok(&plain));
+        let mut no_addr = plain.clone();
+        no_addr.remote = None;
+        assert!(!plain_ok(&no_addr));
+        let mut with_ice = subscriber(None, true);
+        with_ice.keying = Keying::Plain;
+        assert!(!plain_ok(&with_ice));
+        let mut publisher = plain.clone();
+        publisher.role = Role::Publisher {
+            ssrcs: vec![1],
+            clock_rates: vec![],
+        };
+        assert!(!plain_ok(&publisher));
     }
 
     #[test]

@@ -162,6 +162,8 @@ fn steady_state_forwarding_allocates_nothing() {
                 } else {
                     [None; MAX_TRACKS]
                 },
+                tracks: switchyard_shared::command::ALL_TRACKS,
+                plain: false,
                 srtp: Some(keys(3, 4)),
                 ice: None,
             },

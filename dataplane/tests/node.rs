@@ -195,6 +195,7 @@ fn forwards_across_workers_and_counts_bad_input() {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: switchyard_shared::command::ALL_TRACKS,
             },
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),

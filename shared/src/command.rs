@@ -119,7 +119,19 @@ pub enum Role {
         /// payload) instead of as copies on the media SSRC. At most [`MAX_TRACKS`] entries.
         #[serde(default)]
         rtx: Vec<Option<(u32, u8)>>,
+        /// Which publisher tracks this session receives: bit `i` = track `i`. A recorder
+        /// needs one RTP port per medium (`m=audio` and `m=video` on different ports, no
+        /// rtcp-mux), so a forward to plain RTP runs one session per track. Default: all.
+        #[serde(default = "all_tracks")]
+        tracks: u8,
     },
+}
+
+/// Every track: the [`Role::Subscriber::tracks`] default.
+pub const ALL_TRACKS: u8 = (1u16 << MAX_TRACKS).wrapping_sub(1) as u8;
+
+fn all_tracks() -> u8 {
+    ALL_TRACKS
 }
 
 /// How a session gets its SRTP keys.
@@ -131,6 +143,14 @@ pub enum Keying {
     /// (`a=setup:passive`). The client's certificate must match this fingerprint from the
     /// offer (`"sha-256 AB:CD:…"`); media waits until the handshake completes.
     Dtls { remote_fingerprint: String },
+    /// No SRTP at all: RTP and RTCP go out (and RTCP comes in) unencrypted and
+    /// unauthenticated. Only for egress to a recorder or transcoder on a trusted network (a
+    /// forward, see controlplane `forward`): the data plane accepts it for a subscriber with
+    /// a fixed `remote` and no ICE, never for a publisher — ingress must authenticate, or
+    /// anyone could inject media ([`CommandError::PlainIngress`]). The session's RTCP
+    /// address is `remote` with the port + 1 (RFC 3550 §11, no rtcp-mux); RTCP is accepted
+    /// only from those two addresses.
+    Plain,
 }
 
 impl Keying {
@@ -138,7 +158,7 @@ impl Keying {
     pub fn keys(&self) -> Option<&SrtpKeys> {
         match self {
             Keying::Static(k) => Some(k),
-            Keying::Dtls { .. } => None,
+            Keying::Dtls { .. } | Keying::Plain => None,
         }
     }
 }
@@ -223,6 +243,8 @@ pub enum CommandError {
     StreamBusy,
     #[error("invalid session spec")]
     Invalid,
+    #[error("plain (unencrypted) RTP is only for egress to a subscriber with a fixed address, never for a publisher or an ICE session")]
+    PlainIngress,
 }
 
 /// Why a session ended.
@@ -328,6 +350,7 @@ mod tests {
                 payload_types: vec![(96, 100)],
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: ALL_TRACKS,
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {
@@ -360,6 +383,21 @@ mod tests {
         ] {
             assert!(decode::<Command>(bytes).is_err());
         }
+    }
+
+    #[test]
+    fn plain_keying_and_track_mask_round_trip() {
+        let mut s = spec();
+        s.keying = Keying::Plain;
+        if let Role::Subscriber { tracks, .. } = &mut s.role {
+            *tracks = 0b10;
+        }
+        let mut buf = Vec::new();
+        let cmd = Command::AddSession(s);
+        encode(&cmd, &mut buf).expect("encode");
+        assert_eq!(decode::<Command>(&buf).expect("decode"), cmd);
+        assert_eq!(ALL_TRACKS, 0b1111);
+        assert!(Keying::Plain.keys().is_none());
     }
 
     #[test]

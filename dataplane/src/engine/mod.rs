@@ -22,14 +22,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{CommandError, IceCredentials, SessionId, SrtpKeys, MAX_TRACKS};
+use switchyard_shared::command::{
+    CommandError, IceCredentials, SessionId, SrtpKeys, ALL_TRACKS, MAX_TRACKS,
+};
 use switchyard_shared::packet::{self, rtcp, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
 
 use self::pool::{Handle, Pool, PACKET_CAP};
 pub use self::session::SessionKey;
-use self::session::{Publisher, Session, Slab, Subscriber};
+use self::session::{seal_rtcp, seal_rtp, Publisher, Session, Slab, Subscriber};
 
 /// Largest datagram accepted on a media port (Ethernet MTU); longer ones are dropped.
 pub const MAX_DATAGRAM: usize = 1500;
@@ -70,6 +72,10 @@ pub enum WorkerCommand {
         extensions: Option<[u8; 16]>,
         /// Per track: the subscriber's RTX SSRC and payload type, where it negotiated RTX.
         rtx: [Option<(u32, u8)>; MAX_TRACKS],
+        /// Tracks it receives: bit `i` = publisher track `i`.
+        tracks: u8,
+        /// Plain RTP egress: no SRTP (`srtp` and `ice` must be `None`, `remote` set).
+        plain: bool,
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
     },
@@ -345,6 +351,8 @@ impl Engine {
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
+                plain,
                 srtp,
                 ice,
             } => {
@@ -357,9 +365,16 @@ impl Engine {
                         *slot = to & 0x7f;
                     }
                 }
-                let ready = srtp.is_some();
-                let r =
-                    self.add_subscriber(id, stream, remote, ssrcs, pt, srtp.as_ref(), ice.as_ref());
+                let ready = srtp.is_some() || plain;
+                let r = self.add_subscriber(
+                    id,
+                    stream,
+                    remote,
+                    ssrcs,
+                    pt,
+                    (srtp.as_ref(), plain),
+                    ice.as_ref(),
+                );
                 if r.is_ok() {
                     if let Some(session::Role::Subscriber(sub)) = self
                         .by_id
@@ -368,6 +383,7 @@ impl Engine {
                         .map(|s| &mut s.role)
                     {
                         sub.extensions = extensions.map(Box::new);
+                        sub.tracks = tracks;
                         for (i, r) in rtx.into_iter().enumerate() {
                             sub.rtx[i] = r.map(|(ssrc, pt)| (ssrc, pt & 0x7f));
                         }
@@ -465,13 +481,20 @@ impl Engine {
         &self,
         id: SessionId,
         remote: Option<SocketAddr>,
-        keys: Option<&SrtpKeys>,
+        (keys, plain): (Option<&SrtpKeys>, bool),
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if self.by_id.contains_key(&id) {
             return Err(CommandError::DuplicateSession);
         }
-        if keys.is_none() && ice.is_none() {
+        if plain {
+            if keys.is_some() || ice.is_some() || remote.is_none() {
+                return Err(CommandError::PlainIngress);
+            }
+            if plain_rtcp(remote).is_some_and(|r| self.by_addr.contains_key(&r)) {
+                return Err(CommandError::AddressConflict);
+            }
+        } else if keys.is_none() && ice.is_none() {
             // DTLS is accepted only from an ICE-validated address.
             return Err(CommandError::Invalid);
         }
@@ -505,7 +528,7 @@ impl Engine {
         keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
-        self.check_new(id, remote, keys, ice)?;
+        self.check_new(id, remote, (keys, false), ice)?;
         if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
             return Err(CommandError::Invalid);
         }
@@ -535,6 +558,8 @@ impl Engine {
             role: session::Role::Publisher(publisher),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
+            plain: false,
+            rtcp: None,
         });
         self.by_id.insert(id, idx);
         match (remote, ice) {
@@ -559,13 +584,14 @@ impl Engine {
         remote: Option<SocketAddr>,
         ssrcs: [u32; MAX_TRACKS],
         payload_types: [u8; 128],
-        keys: Option<&SrtpKeys>,
+        (keys, plain): (Option<&SrtpKeys>, bool),
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if remote.is_none() && ice.is_none() {
             return Err(CommandError::Invalid);
         }
-        self.check_new(id, remote, keys, ice)?;
+        self.check_new(id, remote, (keys, plain), ice)?;
+        let rtcp = if plain { plain_rtcp(remote) } else { None };
         let (inbound, outbound) = Self::contexts(keys)?;
         let mut offsets = [(0u16, 0u32); MAX_TRACKS];
         for o in &mut offsets {
@@ -586,12 +612,15 @@ impl Engine {
                 extensions: None,
                 rtx: [None; MAX_TRACKS],
                 rtx_seq: rtx_seq.map(|r| r as u16),
+                tracks: ALL_TRACKS,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
-            dtls: keys.is_none(),
+            dtls: keys.is_none() && !plain,
+            plain,
+            rtcp,
         });
         self.by_id.insert(id, idx);
-        if let Some(r) = remote {
+        for r in remote.into_iter().chain(rtcp) {
             self.by_addr.insert(r, idx);
         }
         if let Some(c) = ice {
@@ -610,7 +639,7 @@ impl Engine {
         let Some(s) = self.sessions.remove(idx) else {
             return Err(CommandError::UnknownSession);
         };
-        if let Some(r) = s.remote {
+        for r in s.remote.into_iter().chain(s.rtcp) {
             self.by_addr.remove(&r);
         }
         if let Some(a) = &s.ice {
@@ -1008,8 +1037,13 @@ impl Engine {
             // A WebRTC subscriber gets media once ICE has latched its address and DTLS has
             // given its keys; until then skipping it is not a drop (counting it as
             // `queue_full` made every WHEP handshake look like a full send queue).
-            if s.remote.is_none() || s.outbound.is_none() {
+            if !s.can_send() {
                 continue;
+            }
+            if let session::Role::Subscriber(sub) = &s.role {
+                if !sub.wants(h.track) {
+                    continue;
+                }
             }
             match forward_to(s, h, out) {
                 Ok(n) => {
@@ -1038,12 +1072,15 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(idx) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
-        let Some(ctx) = s.inbound.as_mut() else {
-            return self.drop_packet(DropReason::NoRoute);
-        };
-        let len = match ctx.unprotect_rtcp(data) {
-            Ok(len) => len,
-            Err(e) => return self.drop_packet(srtp_drop(e)),
+        let len = match s.inbound.as_mut() {
+            Some(ctx) => match ctx.unprotect_rtcp(data) {
+                Ok(len) => len,
+                Err(e) => return self.drop_packet(srtp_drop(e)),
+            },
+            // A plain egress session: its RTCP is unauthenticated, accepted only because it
+            // comes from the destination's own addresses (by_addr holds only those).
+            None if s.plain => data.len(),
+            None => return self.drop_packet(DropReason::NoRoute),
         };
         let plain = &data[..len];
         let sub = match &mut s.role {
@@ -1159,14 +1196,19 @@ impl Engine {
             let Some(s) = self.sessions.get_mut(idx) else {
                 continue;
             };
-            let (Some(remote), Some(ctx), session::Role::Subscriber(sub)) =
-                (s.remote, s.outbound.as_mut(), &s.role)
-            else {
+            if !s.can_send() {
+                continue;
+            }
+            let (Some(remote), session::Role::Subscriber(sub)) = (s.rtcp_remote(), &s.role) else {
                 continue;
             };
+            if !sub.wants(sr.track) {
+                continue;
+            }
             let (Some(&ssrc), Some(&(_, ts_off))) = (sub.ssrcs.get(t), sub.offsets.get(t)) else {
                 continue;
             };
+            let mut ctx = s.outbound.as_mut();
             let r = out.send(remote, &mut |buf| {
                 let n = rtcp::write_sender_report(
                     buf,
@@ -1178,7 +1220,7 @@ impl Engine {
                     &[],
                 )
                 .ok()?;
-                ctx.protect_rtcp(buf, n).ok()
+                seal_rtcp(ctx.as_deref_mut(), buf, n)
             });
             if r.is_ok() {
                 sent += 1;
@@ -1378,9 +1420,10 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     };
     let src = h.bytes();
     let exts = sub.extensions.as_deref();
-    let Some(ctx) = s.outbound.as_mut() else {
+    if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
-    };
+    }
+    let mut ctx = s.outbound.as_mut();
     let seq = *rtx_seq;
     let mut sent = 0;
     out.send(remote, &mut |buf| {
@@ -1405,7 +1448,7 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         let at = h.payload_offset;
         buf.copy_within(at..n, at + 2);
         buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
-        let len = ctx.protect_rtp(buf, n + 2).ok()?;
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n + 2)?;
         sent = len;
         Some(len)
     })?;
@@ -1426,10 +1469,11 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     let src = h.bytes();
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
-    // A subscriber still in its DTLS handshake gets nothing yet.
-    let Some(ctx) = s.outbound.as_mut() else {
+    // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
+    if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
-    };
+    }
+    let mut ctx = s.outbound.as_mut();
     let mut sent = 0;
     out.send(remote, &mut |buf| {
         let n = src.len();
@@ -1448,11 +1492,17 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
                 rtp::remap_extensions(buf, &h, map).ok()?;
             }
         }
-        let len = ctx.protect_rtp(buf, n).ok()?;
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)
     })?;
     Ok(sent)
+}
+
+/// A plain session's RTCP address: the port above its RTP port (RFC 3550 §11).
+fn plain_rtcp(remote: Option<SocketAddr>) -> Option<SocketAddr> {
+    let r = remote?;
+    Some(SocketAddr::new(r.ip(), r.port().checked_add(1)?))
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {

@@ -31,6 +31,42 @@ pub struct Session {
     pub ice: Option<super::ice::IceAgent>,
     /// Keys come from DTLS-SRTP: DTLS records from the peer go to the slow path.
     pub dtls: bool,
+    /// Plain RTP egress (`Keying::Plain`): nothing is protected or unprotected; the
+    /// contexts stay `None` for good.
+    pub plain: bool,
+    /// A plain session's RTCP address (`remote` with the port + 1, no rtcp-mux): sender
+    /// reports go there, and RTCP is accepted from it as from `remote`.
+    pub rtcp: Option<SocketAddr>,
+}
+
+impl Session {
+    /// Where RTCP for the peer goes.
+    pub fn rtcp_remote(&self) -> Option<SocketAddr> {
+        self.rtcp.or(self.remote)
+    }
+
+    /// Whether media can be sent now: the address is known and the keys are there (or
+    /// none are needed).
+    pub fn can_send(&self) -> bool {
+        self.remote.is_some() && (self.outbound.is_some() || self.plain)
+    }
+}
+
+/// Protect an outgoing RTP packet of `len` bytes in `buf` with `ctx`; without a context
+/// (a plain session, see [`Session::plain`]) it goes as it is.
+pub fn seal_rtp(ctx: Option<&mut srtp::Context>, buf: &mut [u8], len: usize) -> Option<usize> {
+    match ctx {
+        Some(c) => c.protect_rtp(buf, len).ok(),
+        None => Some(len),
+    }
+}
+
+/// [`seal_rtp`] for RTCP.
+pub fn seal_rtcp(ctx: Option<&mut srtp::Context>, buf: &mut [u8], len: usize) -> Option<usize> {
+    match ctx {
+        Some(c) => c.protect_rtcp(buf, len).ok(),
+        None => Some(len),
+    }
 }
 
 pub enum Role {
@@ -101,6 +137,15 @@ pub struct Subscriber {
     pub rtx: [Option<(u32, u8)>; MAX_TRACKS],
     /// Next RTX sequence number per track (random start, like any RTP stream).
     pub rtx_seq: [u16; MAX_TRACKS],
+    /// Tracks this subscriber receives: bit `i` = publisher track `i`.
+    pub tracks: u8,
+}
+
+impl Subscriber {
+    /// Whether this subscriber receives publisher track `track`.
+    pub fn wants(&self, track: u8) -> bool {
+        track < 8 && self.tracks & (1 << track) != 0
+    }
 }
 
 impl Subscriber {
