@@ -49,6 +49,10 @@ impl ApiError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -99,6 +103,7 @@ pub fn router(
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/streams", get(list_streams))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .merge(crate::forward::http::routes())
         .route("/whip/{room}/{stream}", post(crate::whip::publish))
         .route(
             "/whip/{room}/{stream}/{id}",
@@ -284,8 +289,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let g = shared.lock();
-        crate::metrics::render(&g, &shared.http, load.as_ref())
+        let mut text = {
+            let g = shared.lock();
+            crate::metrics::render(&g, &shared.http, load.as_ref())
+        };
+        crate::metrics::render_forwards(&mut text, &shared.forwards());
+        text
     };
     (
         [(
@@ -321,6 +330,101 @@ struct CreateSession {
     /// jitter in the receiver reports the node sends; without it jitter is reported as 0.
     #[serde(default)]
     clock_rates: Option<Vec<u32>>,
+    /// Publishers: the codec of each of `ssrcs`, in the same order, so forwards can describe
+    /// the stream in an SDP file (and WHEP subscribers get the same codec).
+    #[serde(default)]
+    codecs: Option<Vec<CodecSpec>>,
+}
+
+/// `{"kind": "audio", "payloadType": 111, "name": "opus", "clockRate": 48000, "channels": 2,
+/// "fmtp": "minptime=10;useinbandfec=1"}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CodecSpec {
+    kind: KindName,
+    payload_type: u8,
+    name: String,
+    clock_rate: u32,
+    #[serde(default)]
+    channels: Option<u16>,
+    #[serde(default)]
+    fmtp: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum KindName {
+    Audio,
+    Video,
+}
+
+/// A REST publisher's codecs as the WHIP path records a negotiation: one track per declared
+/// SSRC that has a codec, in order.
+fn publisher_codecs(
+    given: Vec<CodecSpec>,
+    ssrcs: &[u32],
+) -> Result<crate::sdp::Negotiated, ApiError> {
+    use crate::sdp::{Codec, Kind, Negotiated, Track};
+    if given.len() > ssrcs.len() {
+        return Err(ApiError::bad_request(
+            "codecs: at most one per entry of ssrcs, in the same order",
+        ));
+    }
+    let mut tracks = Vec::with_capacity(given.len());
+    for (i, (c, &ssrc)) in given.into_iter().zip(ssrcs).enumerate() {
+        let bad = |m: &str| Err(ApiError::bad_request(format!("codecs[{i}]: {m}")));
+        if c.payload_type >= 128 || (72..=76).contains(&c.payload_type) {
+            return bad("payloadType is 0..=127 and not 72..=76");
+        }
+        if c.name.is_empty()
+            || c.name.len() > 32
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("name is 1 to 32 characters of A-Z a-z 0-9 - _ (opus, VP8, H264)");
+        }
+        if c.clock_rate == 0 || c.clock_rate > 1_000_000 {
+            return bad("clockRate is 1..=1000000 Hz");
+        }
+        if c.channels.is_some_and(|n| n == 0 || n > 8) {
+            return bad("channels is 1..=8");
+        }
+        if c.fmtp
+            .as_deref()
+            .is_some_and(|f| f.len() > 512 || !f.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        {
+            return bad("fmtp is up to 512 printable ASCII characters");
+        }
+        tracks.push(Track {
+            mid: i.to_string(),
+            kind: match c.kind {
+                KindName::Audio => Kind::Audio,
+                KindName::Video => Kind::Video,
+            },
+            codec: Codec {
+                name: c.name,
+                payload_type: c.payload_type,
+                clock_rate: c.clock_rate,
+                channels: c.channels,
+                fmtp: c.fmtp,
+                rtcp_fb: Vec::new(),
+            },
+            ssrcs: vec![ssrc],
+            rtx: None,
+            extensions: Vec::new(),
+            rids: Vec::new(),
+            remap: None,
+        });
+    }
+    Ok(Negotiated {
+        ice_ufrag_remote: String::new(),
+        ice_pwd_remote: String::new(),
+        remote_fingerprint: String::new(),
+        tracks,
+        answer: String::new(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -562,7 +666,14 @@ async fn create_session(
     if req.role == RoleName::Subscriber && req.clock_rates.is_some() {
         return Err(ApiError::bad_request("clockRates: for publishers only"));
     }
+    if req.role == RoleName::Subscriber && req.codecs.is_some() {
+        return Err(ApiError::bad_request("codecs: for publishers only"));
+    }
     let ssrcs = ssrcs(req.role, req.ssrcs)?;
+    let codecs = match req.codecs {
+        Some(c) => Some(publisher_codecs(c, &ssrcs)?),
+        None => None,
+    };
     let role = match req.role {
         RoleName::Publisher => Role::Publisher {
             clock_rates: clock_rates(req.clock_rates, ssrcs.len())?,
@@ -595,6 +706,12 @@ async fn create_session(
         ))
     })
     .await?;
+    if let Some(n) = codecs {
+        shared
+            .lock()
+            .node
+            .set_publisher_media(&spec.stream, spec.id, Arc::new(n));
+    }
     let location = format!("/v1/sessions/{}", spec.id.0);
     let body = view(&shared, &spec, true);
     Ok((

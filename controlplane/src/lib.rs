@@ -5,6 +5,7 @@
 //! - `link`: the thread that attaches to the ring and feeds events into the state.
 //! - `api`: the axum routes; [`auth`]: JWT bearer tokens; `metrics`: Prometheus text from the shared stats file.
 //! - [`cluster`]: node registry, room placement and the cluster store (memory or Redis).
+//! - [`forward`]: forwards of published streams to plain-RTP destinations (recorders).
 //!
 //! The control plane holds no media state: it can be killed and restarted at any time while
 //! media flows, and rebuilds its view from the data plane's snapshot.
@@ -12,6 +13,7 @@
 mod api;
 pub mod auth;
 pub mod cluster;
+pub mod forward;
 mod link;
 mod metrics;
 pub mod sdp;
@@ -101,12 +103,14 @@ where
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
     let me = self_registration(&shared.config, scheme, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
+    let forwards = tokio::spawn(forward::run(shared.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server");
     health.abort();
+    forwards.abort();
     room_events.abort();
     delivery.abort();
     stop.store(true, Ordering::SeqCst);

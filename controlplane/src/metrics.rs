@@ -175,6 +175,28 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Forward egresses by state, and failed set-ups (each one retried with backoff).
+pub fn render_forwards(out: &mut String, m: &crate::forward::Manager) {
+    header(
+        out,
+        "forward_egresses",
+        "gauge",
+        "Forward egresses (destination x stream x track) by state.",
+    );
+    for (state, n) in crate::forward::STATE_NAMES.iter().zip(m.state_counts()) {
+        let _ = writeln!(out, "switchyard_forward_egresses{{state=\"{state}\"}} {n}");
+    }
+    header(
+        out,
+        "forward_retries_total",
+        "counter",
+        "Forward egress set-ups that failed and were scheduled for a retry.",
+    );
+    let _ = writeln!(out, "switchyard_forward_retries_total {}", m.retries());
+    header(out, "forwards", "gauge", "Forwards configured or created.");
+    let _ = writeln!(out, "switchyard_forwards {}", m.forwards().count());
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP switchyard_{name} {help}");
     let _ = writeln!(out, "# TYPE switchyard_{name} {kind}");
