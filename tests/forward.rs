@@ -402,3 +402,80 @@ fn forwards_deliver_plain_rtp_per_track_and_stop_when_deleted() {
     assert_eq!(f["egresses"].as_array().map(Vec::len), Some(0), "{f}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn api_forwards_survive_a_control_plane_restart_with_redis() {
+    if !common::Redis::installed() {
+        eprintln!("\n!!!!! SKIPPED api_forwards_survive_a_control_plane_restart_with_redis: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("swy-forward-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = common::Redis::start(&dir, common::free_tcp_port(), false);
+    let mut node = Node::start_with_args(1, &["--redis", &redis.url()]);
+    let rec = Receiver::bind();
+    let (mut publisher, _) = Publisher::create(&node);
+    let created = node.post(
+        "/v1/forwards",
+        &format!(r#"{{"id":"keep","destinations":["{}"]}}"#, rec.url()),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let before = wait_active(&node, "keep", 2);
+    let sessions = |f: &serde_json::Value| -> Vec<u64> {
+        let mut s: Vec<u64> = f["egresses"]
+            .as_array()
+            .expect("egresses")
+            .iter()
+            .filter_map(|e| e["session"].as_u64())
+            .collect();
+        s.sort_unstable();
+        s
+    };
+
+    node.kill_controlplane();
+    node.start_controlplane();
+    node.wait_healthy();
+    // Back from the store, and the running egresses adopted rather than set up twice.
+    let after = wait_active(&node, "keep", 2);
+    assert_eq!(sessions(&after), sessions(&before), "{after}");
+    assert_eq!(
+        node.get("/v1/sessions").json()["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "publisher and two egresses, no duplicates"
+    );
+    let first = publisher.seq.wrapping_add(1);
+    publisher.send(15);
+    let audio = Receiver::drain(&rec.audio);
+    check_stream(
+        &audio,
+        egress_ssrc(&node, rec.base, 0),
+        111,
+        AUDIO_SSRC,
+        first,
+    );
+
+    // Deleted, it stays deleted across the next restart.
+    assert_eq!(node.delete("/v1/forwards/keep").status, 204);
+    node.kill_controlplane();
+    node.start_controlplane();
+    node.wait_healthy();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(node.get("/v1/forwards/keep").status, 404);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/v1/sessions").json()["sessions"]
+        .as_array()
+        .map(Vec::len)
+        != Some(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "egresses of a deleted forward remain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(node);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

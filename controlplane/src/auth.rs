@@ -659,6 +659,23 @@ mod tests {
             ok(Method::POST, "/v1/nodes/register", None, &user),
             Err(AuthError::Forbidden(_))
         ));
+        // Forwards copy any stream anywhere: an operator's business, like /v1/sessions.
+        for (m, path, q) in [
+            (Method::POST, "/v1/forwards", None),
+            (Method::GET, "/v1/forwards", None),
+            (Method::DELETE, "/v1/forwards/fwd-1", None),
+            (
+                Method::GET,
+                "/v1/forwards/fwd-1/sdp",
+                Some("stream=room1/cam"),
+            ),
+        ] {
+            assert_eq!(
+                ok(m, path, q, &user),
+                Err(forbidden("this endpoint needs a cluster token")),
+                "{path}"
+            );
+        }
         let cluster = Claims {
             cluster: true,
             ..Claims::default()
@@ -666,6 +683,7 @@ mod tests {
         let cluster = with_token(&sign_hs256(&key, &cluster).unwrap());
         assert!(ok(Method::POST, "/v1/nodes/n1/drain", None, &cluster).is_ok());
         assert!(ok(Method::POST, "/v1/sessions", None, &cluster).is_ok());
+        assert!(ok(Method::POST, "/v1/forwards", None, &cluster).is_ok());
         let mut bad = HeaderMap::new();
         bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert!(matches!(

@@ -103,7 +103,7 @@ where
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
     let me = self_registration(&shared.config, scheme, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
-    let forwards = tokio::spawn(forward::run(shared.clone()));
+    let forwards = tokio::spawn(forward::run(shared.clone(), cluster.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)

@@ -9,6 +9,8 @@
 //! - `rooms`: SET of room ids.
 //! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created`.
 //! - `rr`: the round-robin counter (INCR).
+//! - `forwards:<node>`: HASH forward id → JSON body of the forwards made through the API on
+//!   that node (controlplane `forward`), read back when its control plane starts.
 //!
 //! A reservation is one Lua script ([`RESERVE`]): the control plane ranks the nodes from a
 //! snapshot (`placement::rank`), and the script walks that ranking inside Redis, re-reading
@@ -507,6 +509,41 @@ impl Store for RedisStore {
         } else {
             room_from(room.into(), &m).map(Some)
         }
+    }
+
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(id)
+                .arg(body)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(id)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        let m: BTreeMap<String, String> = self
+            .run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .await?;
+        Ok(m.into_iter().collect())
     }
 
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {

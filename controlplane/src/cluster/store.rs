@@ -74,6 +74,25 @@ pub trait Store: Send + Sync {
         -> impl Future<Output = Result<Option<Room>, StoreError>> + Send;
     /// Every room, in id order.
     fn list_rooms(&self) -> impl Future<Output = Result<Vec<Room>, StoreError>> + Send;
+    /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
+    /// (controlplane `forward::http`), opaque here.
+    fn put_forward(
+        &self,
+        node: &str,
+        id: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forget forward `id` of `node` (no error if it is not there).
+    fn delete_forward(
+        &self,
+        node: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The forwards saved for `node`, `(id, body)` in id order.
+    fn list_forwards(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 }
 
 /// Fresh entropy for power-of-two choices: a per-store counter through SplitMix64, seeded
@@ -96,6 +115,8 @@ struct Memory {
     nodes: BTreeMap<String, Node>,
     rooms: BTreeMap<String, Room>,
     round_robin: u64,
+    /// (node, forward id) → body.
+    forwards: BTreeMap<(String, String), String>,
 }
 
 /// The cluster in this process's memory: one node, or tests. Lost when the process exits.
@@ -239,6 +260,28 @@ impl Store for MemoryStore {
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
         Ok(self.lock().rooms.values().cloned().collect())
     }
+
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        self.lock()
+            .forwards
+            .insert((node.into(), id.into()), body.into());
+        Ok(())
+    }
+
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        self.lock().forwards.remove(&(node.into(), id.into()));
+        Ok(())
+    }
+
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .forwards
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|((_, id), body)| (id.clone(), body.clone()))
+            .collect())
+    }
 }
 
 /// The store a control plane runs with, chosen by `[cluster] redis`.
@@ -288,6 +331,15 @@ impl Store for AnyStore {
     }
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
         dispatch!(self, s => s.list_rooms())
+    }
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_forward(node, id, body))
+    }
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_forward(node, id))
+    }
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.list_forwards(node))
     }
 }
 
@@ -385,6 +437,22 @@ mod tests {
                 .unwrap();
             assert_eq!(p.node.node_id, "b");
         });
+    }
+
+    #[test]
+    fn forwards_are_kept_per_node() {
+        let s = MemoryStore::new();
+        block(s.put_forward("n1", "fwd-1", "{\"a\":1}")).expect("put");
+        block(s.put_forward("n1", "fwd-1", "{\"a\":2}")).expect("replace");
+        block(s.put_forward("n2", "fwd-1", "{}")).expect("put");
+        assert_eq!(
+            block(s.list_forwards("n1")).expect("list"),
+            [("fwd-1".to_owned(), "{\"a\":2}".to_owned())]
+        );
+        block(s.delete_forward("n1", "fwd-1")).expect("delete");
+        block(s.delete_forward("n1", "fwd-1")).expect("delete again");
+        assert!(block(s.list_forwards("n1")).expect("list").is_empty());
+        assert_eq!(block(s.list_forwards("n2")).expect("list").len(), 1);
     }
 
     #[test]

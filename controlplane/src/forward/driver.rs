@@ -7,24 +7,36 @@ use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{Keying, Role, SessionSpec, MAX_TRACKS};
 
-use super::{Action, EgressKey, View};
+use super::{Action, EgressKey, Forward, View};
+use crate::cluster::store::Store as _;
+use crate::cluster::Cluster;
 use crate::link::Shared;
 
 /// How often the driver compares forwards with the session table (and how long a new
 /// publisher waits at most for its egresses).
 pub const PLAN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Run until the task is aborted.
-pub async fn run(shared: Arc<Shared>) {
+/// Run until the task is aborted. First (retried each turn until the store answers) the
+/// forwards made through the API before this control plane started come back from the
+/// cluster store.
+pub async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(PLAN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut restored = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shared.forward_wake.notified() => {}
         }
+        if !restored {
+            restored = restore(&shared, &cluster).await;
+        }
         let view = View::of(shared.lock().node.sessions());
-        let actions = shared.forwards().plan(Instant::now(), &view);
+        let actions = {
+            let mut m = shared.forwards();
+            m.keep_unclaimed = !restored;
+            m.plan(Instant::now(), &view)
+        };
         for action in actions {
             match action {
                 Action::Add(key) => {
@@ -41,6 +53,31 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Add the saved forwards of this node; false when the store cannot be read yet.
+async fn restore(shared: &Shared, cluster: &Cluster) -> bool {
+    let saved = match cluster.store.list_forwards(&shared.config.node.id).await {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!(error = %e, "saved forwards not read yet; retrying");
+            return false;
+        }
+    };
+    let mut m = shared.forwards();
+    for (id, body) in saved {
+        match Forward::from_saved(&id, &body) {
+            // A config forward of the same id wins (the config is the operator's word).
+            Ok(f) => match m.add(f) {
+                Ok(()) => tracing::info!(forward = %id, "forward restored"),
+                Err(e) => tracing::warn!(forward = %id, error = %e, "saved forward not restored"),
+            },
+            Err(e) => {
+                tracing::warn!(forward = %id, error = %e, "saved forward unreadable; skipped")
+            }
+        }
+    }
+    true
 }
 
 /// Provision the plain egress session of `key`.

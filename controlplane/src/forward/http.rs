@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +17,8 @@ use switchyard_shared::config::{check_forward, valid_forward_id, Destination, De
 
 use super::{EgressView, Forward, ForwardError, Manager};
 use crate::api::{parse_body, ApiError};
+use crate::cluster::store::{Store as _, StoreError};
+use crate::cluster::Cluster;
 use crate::link::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -62,8 +64,13 @@ fn view(m: &Manager, f: &Forward, now: Instant) -> Value {
     })
 }
 
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
 async fn create(
     State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CreateForward = parse_body(body)?;
@@ -82,7 +89,7 @@ async fn create(
             ));
         }
     }
-    let body = {
+    let (body, saved) = {
         let mut m = shared.forwards();
         let id = match req.id {
             Some(id) => id,
@@ -97,10 +104,20 @@ async fn create(
         };
         m.add(f.clone()).map_err(forward_error)?;
         tracing::info!(forward = %id, prefix = %f.prefix, destinations = f.destinations.len(), "forward created");
-        view(&m, &f, Instant::now())
+        (view(&m, &f, Instant::now()), f.saved())
     };
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    // Kept in the cluster store like rooms, so a restarted control plane has it again.
+    if let Err(e) = cluster
+        .store
+        .put_forward(&shared.config.node.id, &id, &saved)
+        .await
+    {
+        let _ = shared.forwards().delete(&id);
+        return Err(store_error(e));
+    }
     shared.forward_wake.notify_one();
-    let location = format!("/v1/forwards/{}", body["id"].as_str().unwrap_or_default());
+    let location = format!("/v1/forwards/{id}");
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -131,8 +148,19 @@ async fn show(
 
 async fn remove(
     State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    match shared.forwards().get(&id) {
+        None => return Err(not_found()),
+        Some(f) if f.from_config => return Err(forward_error(ForwardError::FromConfig(id))),
+        Some(_) => {}
+    }
+    cluster
+        .store
+        .delete_forward(&shared.config.node.id, &id)
+        .await
+        .map_err(store_error)?;
     shared.forwards().delete(&id).map_err(forward_error)?;
     tracing::info!(forward = %id, "forward deleted");
     shared.forward_wake.notify_one();

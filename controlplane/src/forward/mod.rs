@@ -72,6 +72,38 @@ impl Forward {
     pub fn matches(&self, stream: &str) -> bool {
         stream.starts_with(&self.prefix)
     }
+
+    /// How an API forward is kept in the cluster store (the config ones are not).
+    pub fn saved(&self) -> String {
+        serde_json::json!({
+            "prefix": self.prefix,
+            "destinations": self.destinations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "createdMs": self.created_ms,
+        })
+        .to_string()
+    }
+
+    /// Back from [`saved`](Self::saved), checked as the API checks a new one.
+    pub fn from_saved(id: &str, body: &str) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Saved {
+            prefix: String,
+            destinations: Vec<String>,
+            created_ms: u64,
+        }
+        let s: Saved = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        if !switchyard_shared::config::valid_forward_id(id) {
+            return Err("bad id".into());
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            destinations: switchyard_shared::config::check_forward(&s.prefix, &s.destinations)?,
+            prefix: s.prefix,
+            from_config: false,
+            created_ms: s.created_ms,
+        })
+    }
 }
 
 /// What one egress is doing.
@@ -205,6 +237,9 @@ pub struct Manager {
     /// Failed set-up attempts, ever (a counter for metrics).
     retries: u64,
     next_id: u64,
+    /// Leave plain sessions no forward claims alone: set while the forwards saved in the
+    /// cluster store are not read back yet, since their egresses would look unclaimed.
+    pub keep_unclaimed: bool,
 }
 
 impl Manager {
@@ -366,7 +401,7 @@ impl Manager {
             }
         }
         // Plain sessions nobody claims belong to no forward any more.
-        for s in &view.plain {
+        for s in view.plain.iter().filter(|_| !self.keep_unclaimed) {
             if !claimed.contains(&s.id) && removing.insert(s.id) {
                 actions.push(Action::Remove(s.id));
             }
@@ -671,6 +706,13 @@ mod tests {
         let mut m = Manager::new();
         m.add(fwd("rec", "", &["rtp://10.0.0.9:5004"]))
             .expect("add");
+        // Until the saved forwards are back, an unclaimed session may still be theirs.
+        m.keep_unclaimed = true;
+        let held = m.plan(now, &view);
+        assert!(!held.contains(&Action::Remove(SessionId(8))), "{held:?}");
+        let mut m = Manager::new();
+        m.add(fwd("rec", "", &["rtp://10.0.0.9:5004"]))
+            .expect("add");
         let actions = m.plan(now, &view);
         assert_eq!(
             adds(&actions),
@@ -710,6 +752,22 @@ mod tests {
         };
         m.delete("again").expect("delete");
         assert_eq!(m.added(k, Ok(SessionId(9)), now), Some(SessionId(9)));
+    }
+
+    #[test]
+    fn saved_forwards_come_back_the_same() {
+        let f = fwd(
+            "fwd-3",
+            "room/",
+            &["rtp://10.0.0.9:5004", "rtp://[::1]:6000"],
+        );
+        assert_eq!(Forward::from_saved("fwd-3", &f.saved()), Ok(f));
+        assert!(Forward::from_saved("fwd-3", "{}").is_err());
+        assert!(Forward::from_saved(
+            "x",
+            r#"{"prefix":"","destinations":["node://n2"],"createdMs":0}"#
+        )
+        .is_err());
     }
 
     #[test]
