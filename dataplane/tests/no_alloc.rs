@@ -163,8 +163,9 @@ fn steady_state_forwarding_allocates_nothing() {
                     [None; MAX_TRACKS]
                 },
                 tracks: switchyard_shared::command::ALL_TRACKS,
-                plain: false,
-                srtp: Some(keys(3, 4)),
+                // One plain-RTP egress (a forward to a recorder) among them.
+                plain: id == 11,
+                srtp: (id != 11).then(|| keys(3, 4)),
                 ice: None,
             },
             &mut out,

@@ -1128,7 +1128,9 @@ impl Engine {
         for p in rtcp::compound(plain) {
             match p {
                 Ok(rtcp::Packet::Nack(nack)) => {
-                    let Some(track) = sub.track_of(nack.media_ssrc) else {
+                    // Only for a track it receives (a forward's egress gets one track).
+                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
+                    else {
                         continue;
                     };
                     for seq in nack.lost() {
@@ -1139,13 +1141,13 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
-                    if let Some(t) = sub.track_of(media_ssrc) {
+                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
                         plis[usize::from(t)] = true;
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     for (ssrc, _) in fir.entries() {
-                        if let Some(t) = sub.track_of(ssrc) {
+                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
                             plis[usize::from(t)] = true;
                         }
                     }
