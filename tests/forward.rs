@@ -302,6 +302,47 @@ fn forwards_deliver_plain_rtp_per_track_and_stop_when_deleted() {
         404
     );
 
+    // A second stream under the prefix cannot have the same destination ports: its egress
+    // fails, shows why, and is retried with backoff (the first stream is not disturbed).
+    let two = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"room/two","ssrcs":[3333]}"#,
+    );
+    assert_eq!(two.status, 201, "{}", two.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = node.get("/v1/forwards/rec").json();
+        let failing = f["egresses"].as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e["stream"] == "room/two" && e["state"] == "backoff")
+                .cloned()
+        });
+        if let Some(e) = failing {
+            assert!(e["attempts"].as_u64() >= Some(1), "{e}");
+            let err = e["lastError"].as_str().unwrap_or_default();
+            assert!(err.contains("already used"), "{e}");
+            assert!(e["retryInMs"].as_u64() <= Some(30_000), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no backoff shown: {f}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(node.metric_sum("switchyard_forward_retries_total") >= 1);
+    assert_eq!(
+        node.metric_sum(r#"switchyard_forward_egresses{state="backoff"}"#),
+        1
+    );
+    let two_id = two.json()["id"].as_u64().expect("id");
+    assert_eq!(node.delete(&format!("/v1/sessions/{two_id}")).status, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric_sum(r#"switchyard_forward_egresses{state="backoff"}"#) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "egress of a gone publisher stays"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // A forward made through the API works the same; node destinations are not there yet.
     let second = Receiver::bind();
     let refused = node.post(
