@@ -331,7 +331,7 @@ struct CreateSession {
     #[serde(default)]
     clock_rates: Option<Vec<u32>>,
     /// Publishers: the codec of each of `ssrcs`, in the same order, so forwards can describe
-    /// the stream in an SDP file (and WHEP subscribers get the same codec).
+    /// the stream in an SDP file.
     #[serde(default)]
     codecs: Option<Vec<CodecSpec>>,
 }
@@ -710,7 +710,7 @@ async fn create_session(
         shared
             .lock()
             .node
-            .set_publisher_media(&spec.stream, spec.id, Arc::new(n));
+            .set_declared_codecs(&spec.stream, spec.id, Arc::new(n));
     }
     let location = format!("/v1/sessions/{}", spec.id.0);
     let body = view(&shared, &spec, true);

@@ -87,6 +87,9 @@ pub struct NodeState {
     /// after a control plane restart, subscribers of an existing WebRTC publisher wait for
     /// it to publish again.
     publishers: HashMap<String, (SessionId, Arc<Negotiated>)>,
+    /// The codecs a `/v1/sessions` publisher declared, by stream, for forwards' SDP files.
+    /// Apart from `publishers` so WHEP keeps serving WebRTC publishers only.
+    declared: HashMap<String, (SessionId, Arc<Negotiated>)>,
     /// Sessions confirmed or ended since the last [`take_changes`](Self::take_changes).
     changes: Vec<SessionChange>,
 }
@@ -195,6 +198,19 @@ impl NodeState {
     /// Remember what a WHIP publisher negotiated, for WHEP answers.
     pub fn set_publisher_media(&mut self, stream: &str, id: SessionId, n: Arc<Negotiated>) {
         self.publishers.insert(stream.to_owned(), (id, n));
+    }
+
+    /// Remember the codecs a `/v1/sessions` publisher declared.
+    pub fn set_declared_codecs(&mut self, stream: &str, id: SessionId, n: Arc<Negotiated>) {
+        self.declared.insert(stream.to_owned(), (id, n));
+    }
+
+    /// The codecs of the live publisher of `stream`: negotiated (WHIP) or declared.
+    pub fn publisher_codecs(&self, stream: &str) -> Option<Arc<Negotiated>> {
+        self.publisher_media(stream).or_else(|| {
+            let (id, n) = self.declared.get(stream)?;
+            self.sessions.contains_key(id).then(|| n.clone())
+        })
     }
 
     /// What the live publisher of `stream` negotiated, if it came through WHIP.
@@ -338,6 +354,7 @@ impl NodeState {
                     }
                 }
                 self.publishers.retain(|_, (p, _)| *p != id);
+                self.declared.retain(|_, (p, _)| *p != id);
                 for tx in self.removing.remove(&id).unwrap_or_default() {
                     let _ = tx.send(Ok(()));
                 }
@@ -447,6 +464,32 @@ mod tests {
         });
         assert_eq!(s.ready(), Ok(()));
         s
+    }
+
+    #[test]
+    fn declared_codecs_serve_forwards_not_whep() {
+        let mut s = synced();
+        let _ = s.begin_add(spec(1));
+        s.apply(Event::SessionAdded { id: SessionId(1) });
+        let n = Arc::new(Negotiated {
+            ice_ufrag_remote: String::new(),
+            ice_pwd_remote: String::new(),
+            remote_fingerprint: String::new(),
+            tracks: Vec::new(),
+            answer: String::new(),
+        });
+        s.set_declared_codecs("room/cam", SessionId(1), n.clone());
+        assert_eq!(s.publisher_codecs("room/cam"), Some(n));
+        assert_eq!(
+            s.publisher_media("room/cam"),
+            None,
+            "WHEP wants a WebRTC publisher"
+        );
+        s.apply(Event::SessionRemoved {
+            id: SessionId(1),
+            reason: switchyard_shared::command::CloseReason::Removed,
+        });
+        assert_eq!(s.publisher_codecs("room/cam"), None);
     }
 
     #[test]

@@ -214,7 +214,7 @@ async fn sdp_file(
                 format!("stream {stream:?} has no publisher on this node"),
             ));
         }
-        g.node.publisher_media(&stream)
+        g.node.publisher_codecs(&stream)
     };
     let tracks = media
         .as_deref()
