@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cluster;
 mod link;
 mod metrics;
+mod openapi;
 pub mod sdp;
 pub mod state;
 pub mod tls;
