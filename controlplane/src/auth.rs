@@ -359,7 +359,7 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        [""] | ["health"] | ["metrics"] => Need::Nothing,
+        [""] | ["health"] | ["metrics"] | ["api"] => Need::Nothing,
         ["v1", "streams"] if method == Method::GET => Need::Nothing,
         // Percent-encoded names are not matched against claims (the handlers reject them).
         [kind @ ("whip" | "whep"), room, stream, rest @ ..]
@@ -384,6 +384,12 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
         }
         _ => Need::Cluster,
     }
+}
+
+/// Whether `method` on `path` (a route template such as `/v1/rooms/{room}`) may need a token
+/// when auth is on: what the OpenAPI document states for each operation.
+pub(crate) fn needs_token(method: &Method, path: &str) -> bool {
+    !matches!(classify(method, path, None), Need::Nothing)
 }
 
 /// The middleware: refuse what the request's token does not allow.
@@ -620,6 +626,7 @@ mod tests {
         let ok = |m: Method, p: &str, q: Option<&str>, h: &HeaderMap| auth.authorize(&m, p, q, h);
         assert!(ok(Method::GET, "/health", None, &none).is_ok());
         assert!(ok(Method::GET, "/metrics", None, &none).is_ok());
+        assert!(ok(Method::GET, "/api", None, &none).is_ok());
         assert!(ok(Method::GET, "/", None, &none).is_ok());
         assert!(ok(Method::GET, "/v1/streams", Some("prefix=a"), &none).is_ok());
         assert!(ok(Method::OPTIONS, "/whip/a/b", None, &none).is_ok());

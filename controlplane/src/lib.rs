@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod forward;
 mod link;
 mod metrics;
+mod openapi;
 pub mod sdp;
 pub mod state;
 pub mod tls;

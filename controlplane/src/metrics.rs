@@ -157,7 +157,7 @@ impl ClusterMetrics {
             ),
             (
                 "rooms_closed_idle_total",
-                "Rooms closed after their last session ended and the grace period passed.",
+                "Rooms closed idle: empty for the grace period, or never joined within the idle timeout.",
                 &self.rooms_closed_idle,
             ),
         ];

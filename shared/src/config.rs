@@ -224,6 +224,9 @@ pub struct ClusterSection {
     /// How long a room created through `/v1/rooms` stays reserved after its last session
     /// ends before it is closed and its capacity given back.
     pub room_close_grace_ms: u64,
+    /// How long a room created through `/v1/rooms` stays reserved when no session ever joins
+    /// it before it is closed and its capacity given back.
+    pub room_idle_timeout_ms: u64,
     /// Room prefixes bound to a node pool (the node label `pool`): rooms under `prefix` go only
     /// to nodes of `pool`; other rooms never go to nodes of a bound pool.
     pub pools: Vec<PoolBinding>,
@@ -250,6 +253,7 @@ impl Default for ClusterSection {
             overload_ratio: 0.8,
             max_pps_per_worker: 200_000,
             room_close_grace_ms: 30_000,
+            room_idle_timeout_ms: 300_000,
             pools: Vec::new(),
         }
     }

@@ -401,9 +401,14 @@ impl Store for RedisStore {
                 Strategy::RoundRobin => rr,
                 _ => self.entropy.next(),
             };
-            let mut order =
-                placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, entropy);
-            order.retain(|&i| spec.pool.allows(&nodes[i]));
+            let order = placement::rank(
+                &nodes,
+                &spec.room_id,
+                spec.consumers,
+                &spec.pool,
+                strategy,
+                entropy,
+            );
             if order.is_empty() {
                 // Still refuse a duplicate room id first, as the script would.
                 if self.get_room(&spec.room_id).await?.is_some() {

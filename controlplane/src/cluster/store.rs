@@ -219,8 +219,14 @@ impl Store for MemoryStore {
             }
             _ => entropy,
         };
-        let mut order = placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, e);
-        order.retain(|&i| spec.pool.allows(&nodes[i]));
+        let order = placement::rank(
+            &nodes,
+            &spec.room_id,
+            spec.consumers,
+            &spec.pool,
+            strategy,
+            e,
+        );
         let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let i =

@@ -9,34 +9,59 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use switchyard_shared::config::{check_forward, valid_forward_id, Destination, DestinationError};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{EgressView, Forward, ForwardError, Manager};
 use crate::api::{parse_body, ApiError};
 use crate::cluster::store::{Store as _, StoreError};
 use crate::cluster::Cluster;
 use crate::link::Shared;
+use crate::openapi::ErrorBody;
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/v1/forwards", get(list).post(create))
-        .route("/v1/forwards/{id}", get(show).delete(remove))
-        .route("/v1/forwards/{id}/sdp", get(sdp_file))
+/// The routes, each documented by its handler's `#[utoipa::path]` (see `crate::openapi`).
+pub fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, remove))
+        .routes(routes!(sdp_file))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/forwards`: copy every stream under `prefix` to `destinations`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateForward {
     /// Optional name; `fwd-N` when absent.
     #[serde(default)]
     id: Option<String>,
+    /// Streams whose name starts with this; empty: every stream.
     #[serde(default)]
     prefix: String,
+    /// `rtp://ip:port` (track `i` to `port + 2i`, its RTCP one above).
+    #[schema(example = json!(["rtp://192.0.2.20:5004"]))]
     destinations: Vec<String>,
+}
+
+/// A forward and its egresses (one per destination × stream × track).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ForwardView {
+    id: String,
+    prefix: String,
+    destinations: Vec<String>,
+    /// Made from `[[forward]]` in the config (cannot be deleted through the API).
+    from_config: bool,
+    created_ms: u64,
+    egresses: Vec<EgressView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ForwardList {
+    forwards: Vec<ForwardView>,
 }
 
 fn forward_error(e: ForwardError) -> ApiError {
@@ -49,25 +74,37 @@ fn forward_error(e: ForwardError) -> ApiError {
 }
 
 /// A forward as the API shows it, with its egresses.
-fn view(m: &Manager, f: &Forward, now: Instant) -> Value {
-    let egresses: Vec<EgressView> = m
-        .egresses_of(&f.id)
-        .map(|(k, e)| EgressView::of(k, e, now))
-        .collect();
-    json!({
-        "id": f.id,
-        "prefix": f.prefix,
-        "destinations": f.destinations.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "fromConfig": f.from_config,
-        "createdMs": f.created_ms,
-        "egresses": egresses,
-    })
+fn view(m: &Manager, f: &Forward, now: Instant) -> ForwardView {
+    ForwardView {
+        id: f.id.clone(),
+        prefix: f.prefix.clone(),
+        destinations: f.destinations.iter().map(ToString::to_string).collect(),
+        from_config: f.from_config,
+        created_ms: f.created_ms,
+        egresses: m
+            .egresses_of(&f.id)
+            .map(|(k, e)| EgressView::of(k, e, now))
+            .collect(),
+    }
 }
 
 fn store_error(e: StoreError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/forwards",
+    tag = "forwards",
+    request_body = CreateForward,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = ForwardView),
+        (status = 400, description = "Invalid prefix, destination or id", body = ErrorBody),
+        (status = 409, description = "A forward with this id exists", body = ErrorBody),
+        (status = 501, description = "A destination kind this build cannot serve (node://)", body = ErrorBody),
+        (status = 503, description = "Too many forwards, or the cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn create(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
@@ -106,7 +143,7 @@ async fn create(
         tracing::info!(forward = %id, prefix = %f.prefix, destinations = f.destinations.len(), "forward created");
         (view(&m, &f, Instant::now()), f.saved())
     };
-    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let id = body.id.clone();
     // Kept in the cluster store like rooms, so a restarted control plane has it again.
     if let Err(e) = cluster
         .store
@@ -126,26 +163,54 @@ async fn create(
         .into_response())
 }
 
-async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/forwards",
+    tag = "forwards",
+    responses((status = 200, description = "Every forward on this node", body = ForwardList))
+)]
+async fn list(State(shared): State<Arc<Shared>>) -> Json<ForwardList> {
     let m = shared.forwards();
     let now = Instant::now();
-    let list: Vec<Value> = m.forwards().map(|f| view(&m, f, now)).collect();
-    Json(json!({ "forwards": list }))
+    let forwards = m.forwards().map(|f| view(&m, f, now)).collect();
+    Json(ForwardList { forwards })
 }
 
 fn not_found() -> ApiError {
     forward_error(ForwardError::NotFound)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/forwards/{id}",
+    tag = "forwards",
+    params(("id" = String, Path, description = "Forward id")),
+    responses(
+        (status = 200, description = "The forward and its egresses' state, attempts and last error", body = ForwardView),
+        (status = 404, description = "No such forward", body = ErrorBody),
+    )
+)]
 async fn show(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ForwardView>, ApiError> {
     let m = shared.forwards();
     let f = m.get(&id).ok_or_else(not_found)?;
     Ok(Json(view(&m, f, Instant::now())))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/forwards/{id}",
+    tag = "forwards",
+    params(("id" = String, Path, description = "Forward id")),
+    responses(
+        (status = 204, description = "Deleted; its egresses are removed"),
+        (status = 404, description = "No such forward", body = ErrorBody),
+        (status = 409, description = "A forward from the config file", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
@@ -167,15 +232,29 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SdpQuery {
+    /// The stream described (`room/stream`).
     stream: Option<String>,
     /// Index into the forward's destinations; 0 when absent.
     #[serde(default)]
     destination: usize,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/forwards/{id}/sdp",
+    tag = "forwards",
+    params(("id" = String, Path, description = "Forward id"), SdpQuery),
+    responses(
+        (status = 200, description = "An SDP file describing the plain RTP the destination receives for the stream (for ffmpeg or GStreamer)", content_type = "application/sdp", body = String),
+        (status = 400, description = "Missing stream or bad destination index", body = ErrorBody),
+        (status = 404, description = "No such forward, or the stream is not published here under its prefix", body = ErrorBody),
+        (status = 409, description = "The stream's codecs are not known (e.g. after a control-plane restart)", body = ErrorBody),
+    )
+)]
 async fn sdp_file(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,

@@ -440,13 +440,14 @@ impl Manager {
 }
 
 /// How the API shows one egress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressView {
     pub destination: String,
     pub stream: String,
     pub track: u8,
     /// Where the track's RTP goes (its RTCP: the port above).
+    #[schema(value_type = Option<String>)]
     pub remote: Option<SocketAddr>,
     pub state: &'static str,
     pub session: Option<u64>,
