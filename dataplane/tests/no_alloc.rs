@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_dataplane::engine::{
-    Engine, Inbound, Limits, Output, SendError, StreamId, WorkerCommand, WorkerEvent,
+    Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand, WorkerEvent,
 };
 use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
 use switchyard_shared::packet::rtcp;
@@ -72,6 +72,7 @@ struct FixedOutput {
 impl Output for FixedOutput {
     fn send(
         &mut self,
+        _via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {

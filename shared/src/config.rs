@@ -59,6 +59,10 @@ pub struct MediaSection {
     pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
+    /// Worker `i` also binds its relay socket at `relay_port + i` (same address and
+    /// dual-stack setup as its media socket): node-to-node relay links (`RelayIn`/`RelayOut`
+    /// sessions) send and receive there, and nothing else is answered on it.
+    pub relay_port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
     pub workers: u16,
     /// Pin worker `i` to core `(first_core + i) % cores`.
@@ -85,6 +89,7 @@ impl Default for MediaSection {
             announce: None,
             announce6: None,
             port: 10000,
+            relay_port: 9443,
             workers: 0,
             pin: true,
             first_core: 1,
@@ -337,6 +342,13 @@ impl Config {
         let workers = u32::from(self.media.worker_count());
         if u32::from(self.media.port) + workers > 65536 || self.media.port == 0 {
             return bad("media.port + workers must stay within 1..=65535");
+        }
+        if u32::from(self.media.relay_port) + workers > 65536 || self.media.relay_port == 0 {
+            return bad("media.relay_port + workers must stay within 1..=65535");
+        }
+        let (m, r) = (u32::from(self.media.port), u32::from(self.media.relay_port));
+        if m < r + workers && r < m + workers {
+            return bad("media.port and media.relay_port ranges (each + workers) must not overlap");
         }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");

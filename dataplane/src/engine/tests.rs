@@ -15,6 +15,8 @@ use super::*;
 #[derive(Default)]
 struct Capture {
     sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// The socket of each of `sent`.
+    vias: Vec<Via>,
     to_workers: Vec<(u16, Inbound)>,
     /// When set, `to_worker` refuses (a full queue).
     refuse: bool,
@@ -23,6 +25,7 @@ struct Capture {
 impl Output for Capture {
     fn send(
         &mut self,
+        via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
@@ -30,6 +33,7 @@ impl Output for Capture {
         let n = fill(&mut buf).ok_or(SendError::Cancelled)?;
         buf.truncate(n);
         self.sent.push((dst, buf));
+        self.vias.push(via);
         Ok(())
     }
 
