@@ -11,6 +11,8 @@ use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
 
+mod relay;
+
 /// Records what an engine sends.
 #[derive(Default)]
 struct Capture {
