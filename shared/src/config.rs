@@ -450,6 +450,26 @@ mod tests {
     }
 
     #[test]
+    fn relay_ports_default_and_must_not_overlap_media_ports() {
+        let c = Config::parse("[media]\nworkers = 4\n").expect("parse");
+        assert_eq!(c.media.relay_port, 9443);
+        c.validate().expect("9443.. and 10000.. are apart");
+        for (media, relay, ok) in [
+            (20000, 20004, true),
+            (20000, 20003, false),
+            (20003, 20000, false),
+        ] {
+            let c = Config::parse(&format!(
+                "[media]\nworkers = 4\nport = {media}\nrelay_port = {relay}\n"
+            ))
+            .expect("parse");
+            assert_eq!(c.validate().is_ok(), ok, "port {media}, relay_port {relay}");
+        }
+        let c = Config::parse("[media]\nworkers = 4\nrelay_port = 65534\n").expect("parse");
+        assert!(c.validate().is_err(), "relay ports past 65535");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(Config::parse("[media]\nprot = 1\n").is_err());
         assert!(Config::parse("[cluster]\nstrategy = \"random\"\n").is_err());
