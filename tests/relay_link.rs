@@ -376,3 +376,45 @@ fn relay_link_carries_one_copy_per_packet_drops_forgeries_and_repairs_loss() {
         let _ = t.join();
     }
 }
+
+/// The bench's `--relay-out`: relay-out sessions as its receivers. Each gets every packet,
+/// decrypts it with its link key and finds the publisher's own SSRC and numbering (the
+/// bench counts any SSRC mismatch or sequence break as an error).
+#[test]
+fn bench_relay_out_receivers_get_the_stream_unchanged() {
+    use switchyard_bench::crypto::Profile;
+    use switchyard_bench::{run, LoadSpec, Target};
+
+    let node = Node::start(1);
+    let spec = LoadSpec {
+        subscribers: 5,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(300),
+        rate: 200,
+        size: 600,
+        bench_cores: Vec::new(),
+        relay_out: true,
+        ..LoadSpec::default()
+    };
+    let target = Target::Node {
+        api: node.api.clone(),
+        profile: Profile::AeadAes128Gcm,
+        cpu_pid: None,
+        worker: None,
+        webrtc: None,
+    };
+    let report = run(&spec, &target).expect("bench run");
+    assert_eq!(report.errors.decrypt, 0, "{report:?}");
+    assert_eq!(report.errors.ssrc_mismatch, 0, "{report:?}");
+    assert_eq!(report.errors.sequence_breaks, 0, "{report:?}");
+    assert!(report.expected_packets > 0, "{report:?}");
+    assert_eq!(
+        report.received_packets, report.expected_packets,
+        "{report:?}"
+    );
+    assert_eq!(
+        metric(&node, "relay_tx_packets_total"),
+        metric(&node, "forwarded_packets_total"),
+        "every copy left as relay egress"
+    );
+}
