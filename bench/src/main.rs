@@ -168,6 +168,10 @@ struct LoadArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Subscribers are relay-outs (`fanout` over /v1/sessions only): relay egress instead of
+    /// subscriber egress.
+    #[arg(long)]
+    relay_out: bool,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -203,6 +207,7 @@ impl LoadArgs {
             },
             sockets: self.sockets,
             bench_cores,
+            relay_out: self.relay_out,
             ..LoadSpec::default()
         })
     }

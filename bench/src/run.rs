@@ -61,6 +61,10 @@ pub struct LoadSpec {
     pub bench_cores: Vec<usize>,
     /// How long receivers keep listening after the senders stop.
     pub drain: Duration,
+    /// Node target over `POST /v1/sessions`: each subscriber is a relay-out instead (the
+    /// node sends the stream unchanged, under that link's key, from its relay socket), so
+    /// the run measures relay egress against subscriber egress.
+    pub relay_out: bool,
 }
 
 impl Default for LoadSpec {
@@ -77,6 +81,7 @@ impl Default for LoadSpec {
             sockets: 1,
             bench_cores: vec![0],
             drain: Duration::from_millis(500),
+            relay_out: false,
         }
     }
 }
@@ -250,10 +255,15 @@ fn setup_node(
             ssrc: s.ssrc(),
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
         });
+        // A relay-out passes the publisher's SSRC through; a subscriber gets its own.
+        let (role, pub_ssrc) = match spec.relay_out {
+            true => ("relay-out", pubs.last().map(|e: &PubEnd| e.ssrc)),
+            false => ("subscriber", None),
+        };
         for _ in 0..spec.subscribers {
             let sock = bind()?;
             let s = node.create_session(&SessionRequest {
-                role: "subscriber",
+                role,
                 stream: stream.clone(),
                 remote: Some(local(&sock)?),
                 profile,
@@ -266,7 +276,7 @@ fn setup_node(
                 sock,
                 publisher: p,
                 group: 0,
-                ssrc: s.ssrc(),
+                ssrc: pub_ssrc.unwrap_or(s.ssrc()),
                 cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
                 first: None,
             });
@@ -709,6 +719,11 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
         Target::Reflector { .. } => ("reflector", 0),
     };
     validate(spec, overhead)?;
+    if spec.relay_out && !matches!(target, Target::Node { webrtc: None, .. }) {
+        return Err(Error::Config(
+            "--relay-out needs a node over /v1/sessions (not --webrtc, not the reflector)".into(),
+        ));
+    }
     let setup = match target {
         Target::Node {
             api,

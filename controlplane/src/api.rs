@@ -544,6 +544,12 @@ fn publisher_codecs(
 enum RoleName {
     Publisher,
     Subscriber,
+    /// `Role::RelayIn`: this node's end of a relay link, on the worker's relay socket.
+    #[serde(rename = "relay-in")]
+    RelayIn,
+    /// `Role::RelayOut`: sends the stream unchanged to another node's relay socket.
+    #[serde(rename = "relay-out")]
+    RelayOut,
 }
 
 /// A session as the API shows it. Keys appear only in the answer to the POST that made it.
@@ -577,12 +583,20 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
+        Role::RelayIn => ("relay-in", Vec::new()),
+        Role::RelayOut => ("relay-out", Vec::new()),
+    };
+    // Relay links live on the worker's relay socket: that is where the far node sends.
+    let base = if spec.role.is_relay() {
+        media.relay_port
+    } else {
+        media.port
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
     SessionView {
         id: spec.id.0,
         worker: spec.worker,
-        media_address: SocketAddr::new(media.announce_ip(), media.port.saturating_add(spec.worker)),
+        media_address: SocketAddr::new(media.announce_ip(), base.saturating_add(spec.worker)),
         stream: spec.stream.clone(),
         role,
         profile: spec.keying.keys().map(|k| k.profile.name()),
@@ -785,9 +799,17 @@ async fn create_session(
             ));
         }
     }
-    if req.role == RoleName::Subscriber && remote.is_none() {
+    if matches!(req.role, RoleName::Subscriber | RoleName::RelayOut) && remote.is_none() {
         return Err(ApiError::bad_request(
-            "remote: a subscriber needs the address to send to",
+            "remote: a subscriber or relay-out needs the address to send to",
+        ));
+    }
+    if matches!(req.role, RoleName::RelayIn | RoleName::RelayOut)
+        && (req.ssrcs.is_some() || req.payload_types.is_some() || req.clock_rates.is_some())
+    {
+        return Err(ApiError::bad_request(
+            "relay-in/relay-out: ssrcs, payloadTypes and clockRates do not apply (a relay \
+             passes every track unchanged and learns its SSRCs)",
         ));
     }
     let profile = parse_profile(req.profile.as_deref())?;
@@ -819,6 +841,8 @@ async fn create_session(
             rtx: Vec::new(),
             tracks: switchyard_shared::command::ALL_TRACKS,
         },
+        RoleName::RelayIn => Role::RelayIn,
+        RoleName::RelayOut => Role::RelayOut,
     };
 
     let want = req.worker;

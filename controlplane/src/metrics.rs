@@ -218,6 +218,9 @@ fn help(c: Counter) -> &'static str {
         Counter::Sessions => "Live sessions on the worker.",
         Counter::KernelRxDrops => "Datagrams the kernel dropped on a full receive queue.",
         Counter::LoopTurns => "Worker loop turns.",
+        Counter::RelayRxPackets => "Media packets received over relay links.",
+        Counter::RelayTxPackets => "Media packets sent over relay links (one per link).",
+        Counter::RelayNacksSent => "Sequence numbers NACKed upstream over relay links.",
         _ => "Datagrams dropped, by reason.",
     }
 }
@@ -251,10 +254,13 @@ pub fn render(
         "Sessions in the control plane's table, by role.",
     );
     let (mut publishers, mut subscribers) = (0u64, 0u64);
+    let (mut relays_in, mut relays_out) = (0u64, 0u64);
     for s in node.sessions() {
         match s.role {
             Role::Publisher { .. } => publishers += 1,
             Role::Subscriber { .. } => subscribers += 1,
+            Role::RelayIn => relays_in += 1,
+            Role::RelayOut => relays_out += 1,
         }
     }
     let _ = writeln!(
@@ -264,6 +270,14 @@ pub fn render(
     let _ = writeln!(
         out,
         "switchyard_control_sessions{{role=\"subscriber\"}} {subscribers}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"relay-in\"}} {relays_in}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"relay-out\"}} {relays_out}"
     );
     header(
         &mut out,

@@ -27,6 +27,8 @@ pub struct DataplaneInfo {
     pub pid: u32,
     pub workers: u16,
     pub media_port: u16,
+    /// First relay port: worker `i`'s relay socket is `relay_port + i`.
+    pub relay_port: u16,
     pub engine: EngineKind,
     /// DTLS certificate fingerprint for SDP answers.
     pub fingerprint: String,
@@ -269,6 +271,7 @@ impl NodeState {
                 pid,
                 workers,
                 media_port,
+                relay_port,
                 engine,
                 fingerprint,
             } => {
@@ -277,6 +280,7 @@ impl NodeState {
                     pid,
                     workers,
                     media_port,
+                    relay_port,
                     engine,
                     fingerprint,
                 });
@@ -421,6 +425,7 @@ mod tests {
             pid: 10,
             workers: 2,
             media_port: 10000,
+            relay_port: 9443,
             engine: EngineKind::Uring,
             fingerprint: "sha-256 00".into(),
         }

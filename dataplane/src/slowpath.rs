@@ -224,7 +224,31 @@ impl SlowPath {
         {
             return Err(CommandError::DuplicateSession);
         }
+        if spec.role.is_relay() {
+            // A relay link is keyed by the control planes (the per-link key) and addressed
+            // by IP:port on the relay socket: no DTLS, no ICE, no transport-cc.
+            if spec.keying.keys().is_none() {
+                return Err(CommandError::BadKey);
+            }
+            if spec.ice.is_some() || spec.twcc_ext.is_some() {
+                return Err(CommandError::Invalid);
+            }
+        }
         match &spec.role {
+            Role::RelayIn => {
+                if self
+                    .streams
+                    .get(&spec.stream)
+                    .is_some_and(|s| s.publisher.is_some())
+                {
+                    return Err(CommandError::StreamBusy);
+                }
+            }
+            Role::RelayOut => {
+                if spec.remote.is_none() {
+                    return Err(CommandError::Invalid);
+                }
+            }
             Role::Publisher { ssrcs, clock_rates } => {
                 if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
                     return Err(CommandError::Invalid);
@@ -296,11 +320,10 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
-            Role::Publisher { ssrcs, clock_rates } => {
+            Role::Publisher { .. } | Role::RelayIn => {
                 entry.publisher = Some((spec.id, w));
-                sends.push((
-                    w,
-                    WorkerCommand::AddPublisher {
+                let add = match (&spec.role, spec.keying.keys()) {
+                    (Role::Publisher { ssrcs, clock_rates }, _) => WorkerCommand::AddPublisher {
                         id: spec.id,
                         stream,
                         remote: spec.remote,
@@ -310,7 +333,16 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                ));
+                    (_, Some(keys)) => WorkerCommand::AddRelayIn {
+                        id: spec.id,
+                        stream,
+                        remote: spec.remote,
+                        srtp: keys.clone(),
+                    },
+                    // `validate` refused relay sessions without static keys.
+                    (_, None) => return Err(CommandError::BadKey),
+                };
+                sends.push((w, add));
                 sends.push((
                     w,
                     WorkerCommand::SetRemoteWorkers {
@@ -328,6 +360,40 @@ impl SlowPath {
                             },
                         ));
                     }
+                }
+            }
+            Role::RelayOut => {
+                let (Some(remote), Some(keys)) = (spec.remote, spec.keying.keys()) else {
+                    // `validate` refused these; never index past it.
+                    return Err(CommandError::Invalid);
+                };
+                if let Some(n) = entry.subscribers.get_mut(usize::from(w)) {
+                    *n += 1;
+                }
+                sends.push((
+                    w,
+                    WorkerCommand::SetPublisherWorker {
+                        stream,
+                        worker: entry.publisher.map(|p| p.1),
+                    },
+                ));
+                sends.push((
+                    w,
+                    WorkerCommand::AddRelayOut {
+                        id: spec.id,
+                        stream,
+                        remote,
+                        srtp: keys.clone(),
+                    },
+                ));
+                if let Some((_, pw)) = entry.publisher {
+                    sends.push((
+                        pw,
+                        WorkerCommand::SetRemoteWorkers {
+                            stream,
+                            mask: entry.subscriber_mask(),
+                        },
+                    ));
                 }
             }
             Role::Subscriber {
@@ -426,7 +492,7 @@ impl SlowPath {
         let stream = entry.id;
         let mut sends = Vec::new();
         match spec.role {
-            Role::Publisher { .. } => {
+            Role::Publisher { .. } | Role::RelayIn => {
                 if entry.publisher.is_some_and(|(id, _)| id == spec.id) {
                     entry.publisher = None;
                     for (sw, &n) in entry.subscribers.iter().enumerate() {
@@ -446,7 +512,7 @@ impl SlowPath {
                     ));
                 }
             }
-            Role::Subscriber { .. } => {
+            Role::Subscriber { .. } | Role::RelayOut => {
                 if let Some(n) = entry.subscribers.get_mut(usize::from(spec.worker)) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {

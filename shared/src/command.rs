@@ -125,6 +125,26 @@ pub enum Role {
         #[serde(default = "all_tracks")]
         tracks: u8,
     },
+    /// Receives `stream` relayed from another node on this worker's relay socket and is the
+    /// stream's publisher on this node (local subscribers see it like any publisher). Keying is
+    /// always `Keying::Static` (the per-link key). `remote: None` latches the source of the
+    /// first packet that authenticates; anything else arriving on the relay socket (unknown
+    /// source, failed SRTP auth, STUN/DTLS) is dropped and counted. SSRCs are learned from
+    /// authenticated packets (up to MAX_TRACKS). Sequence gaps are NACKed upstream over the
+    /// link; keyframe requests from local subscribers go upstream as PLI.
+    RelayIn,
+    /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
+    /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
+    /// per-link key (`Keying::Static`), from this worker's relay socket. Serves NACKs arriving over
+    /// the link from the publisher's packet cache and passes PLI/FIR on to the publisher.
+    RelayOut,
+}
+
+impl Role {
+    /// A relay link session: it lives on the worker's relay socket, not its media socket.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, Role::RelayIn | Role::RelayOut)
+    }
 }
 
 /// Every track: the [`Role::Subscriber::tracks`] default.
@@ -187,7 +207,8 @@ impl std::fmt::Debug for IceCredentials {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSpec {
     pub id: SessionId,
-    /// Worker that owns the session; its media port is `media_port + worker`.
+    /// Worker that owns the session; its media port is `media_port + worker` (relay roles:
+    /// its relay port, `relay_port + worker`).
     pub worker: u16,
     /// Stream name, `room/stream` by convention.
     pub stream: String,
@@ -269,6 +290,8 @@ pub enum Event {
         pid: u32,
         workers: u16,
         media_port: u16,
+        /// First relay port: worker `i`'s relay socket (relay links) is `relay_port + i`.
+        relay_port: u16,
         /// The I/O engine the workers run (uring or mmsg, never auto).
         engine: crate::config::EngineKind,
         /// The data plane's DTLS certificate fingerprint (`"sha-256 AB:…"`) for SDP answers.
@@ -372,6 +395,18 @@ mod tests {
         assert!(buf.len() < 200, "spec is {} bytes", buf.len());
         let back: Command = decode(&buf).expect("decode");
         assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn relay_roles_round_trip() {
+        let mut buf = Vec::new();
+        for role in [Role::RelayIn, Role::RelayOut] {
+            assert!(role.is_relay());
+            let cmd = Command::AddSession(SessionSpec { role, ..spec() });
+            encode(&cmd, &mut buf).expect("encode");
+            assert_eq!(decode::<Command>(&buf).expect("decode"), cmd);
+        }
+        assert!(!spec().role.is_relay());
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct MediaSection {
     pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
+    /// Worker `i` also binds its relay socket at `relay_port + i` (same address and
+    /// dual-stack setup as its media socket): node-to-node relay links (`RelayIn`/`RelayOut`
+    /// sessions) send and receive there, and nothing else is answered on it.
+    pub relay_port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
     pub workers: u16,
     /// Pin worker `i` to core `(first_core + i) % cores`.
@@ -85,6 +89,7 @@ impl Default for MediaSection {
             announce: None,
             announce6: None,
             port: 10000,
+            relay_port: 9443,
             workers: 0,
             pin: true,
             first_core: 1,
@@ -474,6 +479,13 @@ impl Config {
         if u32::from(self.media.port) + workers > 65536 || self.media.port == 0 {
             return bad("media.port + workers must stay within 1..=65535");
         }
+        if u32::from(self.media.relay_port) + workers > 65536 || self.media.relay_port == 0 {
+            return bad("media.relay_port + workers must stay within 1..=65535");
+        }
+        let (m, r) = (u32::from(self.media.port), u32::from(self.media.relay_port));
+        if m < r + workers && r < m + workers {
+            return bad("media.port and media.relay_port ranges (each + workers) must not overlap");
+        }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");
         }
@@ -580,6 +592,26 @@ mod tests {
         assert_eq!(c.media.port, 20000);
         assert_eq!(c.media.worker_count(), 2);
         assert_eq!(c.http, HttpSection::default());
+    }
+
+    #[test]
+    fn relay_ports_default_and_must_not_overlap_media_ports() {
+        let c = Config::parse("[media]\nworkers = 4\n").expect("parse");
+        assert_eq!(c.media.relay_port, 9443);
+        c.validate().expect("9443.. and 10000.. are apart");
+        for (media, relay, ok) in [
+            (20000, 20004, true),
+            (20000, 20003, false),
+            (20003, 20000, false),
+        ] {
+            let c = Config::parse(&format!(
+                "[media]\nworkers = 4\nport = {media}\nrelay_port = {relay}\n"
+            ))
+            .expect("parse");
+            assert_eq!(c.validate().is_ok(), ok, "port {media}, relay_port {relay}");
+        }
+        let c = Config::parse("[media]\nworkers = 4\nrelay_port = 65534\n").expect("parse");
+        assert!(c.validate().is_err(), "relay ports past 65535");
     }
 
     #[test]

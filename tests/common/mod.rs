@@ -119,6 +119,18 @@ pub fn free_udp_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free UDP ports");
 }
 
+/// `n` consecutive free UDP ports on 127.0.0.1 that do not overlap `[avoid, avoid + n)`
+/// (a node's relay ports next to its media ports: both ranges must bind).
+pub fn free_udp_ports_apart(n: u16, avoid: u16) -> u16 {
+    for _ in 0..50 {
+        let base = free_udp_ports(n);
+        if base >= avoid.saturating_add(n) || avoid >= base.saturating_add(n) {
+            return base;
+        }
+    }
+    panic!("no {n} free UDP ports apart from {avoid}");
+}
+
 /// A node: data plane and control plane processes.
 pub struct Node {
     pub api: String,
@@ -126,6 +138,9 @@ pub struct Node {
     /// `--media-bind` of both planes (127.0.0.1 unless [`Node::spawn_bound`] says otherwise).
     pub media_bind: String,
     pub media_port: u16,
+    /// `--relay-port`: worker `i`'s relay socket is `relay_port + i`. Always set, so nodes
+    /// of parallel tests never contend for the default.
+    pub relay_port: u16,
     pub workers: u16,
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
@@ -163,11 +178,13 @@ impl Node {
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
         let http_addr = format!("127.0.0.1:{}", free_tcp_port());
+        let media_port = free_udp_ports(workers);
         let mut node = Node {
             api: format!("http://{http_addr}"),
             http_addr,
             media_bind: media_bind.to_owned(),
-            media_port: free_udp_ports(workers),
+            media_port,
+            relay_port: free_udp_ports_apart(workers, media_port),
             workers,
             shm,
             dataplane: None,
@@ -188,6 +205,7 @@ impl Node {
             .args(["--http-listen", &self.http_addr])
             .args(["--media-bind", &self.media_bind])
             .args(["--media-port", &self.media_port.to_string()])
+            .args(["--relay-port", &self.relay_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
             // SWITCHYARD_TEST_LOG=debug shows the node's logs while debugging a test.

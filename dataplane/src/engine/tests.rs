@@ -13,10 +13,14 @@ use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
 
+mod relay;
+
 /// Records what an engine sends.
 #[derive(Default)]
 struct Capture {
     sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// The socket of each of `sent`.
+    vias: Vec<Via>,
     to_workers: Vec<(u16, Inbound)>,
     /// When set, `to_worker` refuses (a full queue).
     refuse: bool,
@@ -25,6 +29,7 @@ struct Capture {
 impl Output for Capture {
     fn send(
         &mut self,
+        via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
@@ -32,6 +37,7 @@ impl Output for Capture {
         let n = fill(&mut buf).ok_or(SendError::Cancelled)?;
         buf.truncate(n);
         self.sent.push((dst, buf));
+        self.vias.push(via);
         Ok(())
     }
 
