@@ -196,6 +196,11 @@ fn help(c: Counter) -> &'static str {
         Counter::Sessions => "Live sessions on the worker.",
         Counter::KernelRxDrops => "Datagrams the kernel dropped on a full receive queue.",
         Counter::LoopTurns => "Worker loop turns.",
+        Counter::DataChannelIn => "Data channel messages received from peers.",
+        Counter::DataChannelOut => "Data channel messages sent to subscribers.",
+        Counter::DataChannelDropped => {
+            "Data channel messages not delivered (from subscribers, unknown channel, full queue or send buffer)."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -16,7 +16,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,15 @@ pub enum Counter {
     KernelRxDrops,
     /// Loop turns; with RxPackets it gives the mean receive batch.
     LoopTurns,
+    /// Data channel messages received from peers (publishers and subscribers). Written by
+    /// the slow path, into the block of the session's worker; the worker never writes it,
+    /// so each of these three still has a single writer.
+    DataChannelIn,
+    /// Data channel messages sent to subscribers.
+    DataChannelOut,
+    /// Data channel messages not delivered: from subscribers, on unknown channels, over a
+    /// full queue or a subscriber's full send buffer (one per subscriber that missed it).
+    DataChannelDropped,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -73,6 +82,9 @@ impl Counter {
         Counter::Sessions,
         Counter::KernelRxDrops,
         Counter::LoopTurns,
+        Counter::DataChannelIn,
+        Counter::DataChannelOut,
+        Counter::DataChannelDropped,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -103,6 +115,9 @@ impl Counter {
             Counter::Sessions => "sessions",
             Counter::KernelRxDrops => "kernel_rx_drops_total",
             Counter::LoopTurns => "loop_turns_total",
+            Counter::DataChannelIn => "datachannel_messages_in_total",
+            Counter::DataChannelOut => "datachannel_messages_out_total",
+            Counter::DataChannelDropped => "datachannel_messages_dropped_total",
             _ => "drops_total",
         }
     }

@@ -526,3 +526,155 @@ fn bad_remote_fingerprint_is_an_error() {
         Err(DtlsError::Fingerprint(_))
     ));
 }
+
+/// Data channels over a session's connection, against webrtc-sctp and webrtc-data in the
+/// client role (as a browser plays it): the client opens a channel and sends on it; the
+/// session reports the association, the channel and each message with its PPID, then opens
+/// a channel of its own towards the client and sends on it.
+#[test]
+fn data_channels_run_over_the_dtls_connection() {
+    use bytes::Bytes;
+    use webrtc_data::data_channel::{Config as ChannelConfig, DataChannel};
+    use webrtc_data::message::message_channel_open::ChannelType;
+    use webrtc_sctp::association::{Association, Config as AssociationConfig};
+
+    use crate::datachan::{ppid, ChannelParams, Reliability};
+
+    let cfg = DtlsConfig::generate().unwrap();
+    let cert = client_cert();
+    let fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (pipe, mut ends) = Pipe::new();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let config = Config {
+        certificates: vec![cert],
+        srtp_protection_profiles: vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80],
+        insecure_skip_verify: true,
+        server_name: "switchyard".into(),
+        ..Config::default()
+    };
+    rt.spawn(async move {
+        let conn = DTLSConn::new(Arc::new(pipe), config, true, None)
+            .await
+            .unwrap();
+        let assoc = Arc::new(
+            Association::client(AssociationConfig {
+                net_conn: Arc::new(conn),
+                max_receive_buffer_size: 0,
+                max_message_size: 0,
+                name: "client".into(),
+            })
+            .await
+            .unwrap(),
+        );
+        let chat = DataChannel::dial(
+            &assoc,
+            0,
+            ChannelConfig {
+                label: "chat".into(),
+                channel_type: ChannelType::PartialReliableRexmitUnordered,
+                reliability_parameter: 3,
+                ..ChannelConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        chat.write_data_channel(&Bytes::from_static(b"hello"), true)
+            .await
+            .unwrap();
+        chat.write_data_channel(&Bytes::from_static(&[1, 2, 3]), false)
+            .await
+            .unwrap();
+        chat.write_data_channel(&Bytes::new(), false).await.unwrap();
+        let mirror = DataChannel::accept(&assoc, ChannelConfig::default(), &[] as &[DataChannel])
+            .await
+            .unwrap();
+        let _ = tx.send(format!(
+            "opened {} {} {:?}",
+            mirror.stream_identifier(),
+            mirror.config.label,
+            mirror.config.channel_type
+        ));
+        let mut buf = vec![0u8; 1024];
+        let (n, is_string) = mirror.read_data_channel(&mut buf).await.unwrap();
+        let _ = tx.send(format!("got {is_string} {:?}", &buf[..n]));
+        std::future::pending::<()>().await;
+    });
+
+    let mut s = DtlsSession::new(&cfg, &fp, Instant::now()).unwrap();
+    let mirror = ChannelParams {
+        label: "mirror".into(),
+        protocol: String::new(),
+        ordered: true,
+        reliability: Reliability::Reliable,
+        priority: 0,
+    };
+    let mut events = Vec::new();
+    let mut got = Vec::new();
+    let mut opened = false;
+    let start = Instant::now();
+    while start.elapsed() < WALL && (got.len() < 2 || events.len() < 5) {
+        while let Ok(d) = ends.outbound.try_recv() {
+            s.handle_datagram(&d, Instant::now());
+        }
+        while let Some(d) = s.poll_transmit() {
+            let _ = ends.inbound.try_send(d);
+        }
+        let _ = s.poll_event();
+        while let Some(e) = s.poll_data() {
+            events.push(e);
+        }
+        if !opened && events.first() == Some(&DataEvent::Up) {
+            assert!(s.send_data(DataCommand::Open {
+                channel: 1,
+                params: mirror.clone(),
+            }));
+            assert!(s.send_data(DataCommand::Send {
+                channel: 1,
+                ppid: ppid::STRING,
+                payload: Bytes::from_static(b"to you"),
+            }));
+            opened = true;
+        }
+        while let Ok(m) = rx.try_recv() {
+            got.push(m);
+        }
+        sleep(Duration::from_millis(1));
+    }
+    let message = |p, b: &'static [u8]| DataEvent::Message {
+        channel: 0,
+        ppid: p,
+        payload: Bytes::from_static(b),
+    };
+    assert_eq!(
+        events,
+        vec![
+            DataEvent::Up,
+            DataEvent::Opened {
+                channel: 0,
+                params: ChannelParams {
+                    label: "chat".into(),
+                    protocol: String::new(),
+                    ordered: false,
+                    reliability: Reliability::Rexmit(3),
+                    priority: 0,
+                },
+            },
+            message(ppid::STRING, b"hello"),
+            message(ppid::BINARY, &[1, 2, 3]),
+            message(ppid::BINARY_EMPTY, b""),
+        ]
+    );
+    assert_eq!(
+        got,
+        vec![
+            "opened 1 mirror Reliable".to_owned(),
+            format!("got true {:?}", b"to you"),
+        ]
+    );
+    assert_eq!(s.take_data_counts(), (1, 0));
+}
