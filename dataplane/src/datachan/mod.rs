@@ -18,13 +18,13 @@
 //!
 //! # Bounds
 //!
-//! Every queue is bounded and a full one drops the message and counts it
-//! ([`DataCounts`]): events from a session's task to the slow path wait (so SCTP flow
-//! control slows a fast publisher down, nothing piles up in the node), commands from the
-//! slow path to a session's task are dropped when its queue is full, and a message is
-//! dropped rather than queued when the subscriber's SCTP send buffer for the channel holds
-//! more than [`MAX_BUFFERED`]. A slow subscriber therefore loses messages; it never grows the
-//! node's memory.
+//! Every queue is bounded: events from a session's task to the slow path wait when theirs
+//! is full (so SCTP flow control slows a fast publisher down and nothing piles up in the
+//! node); commands from the slow path to a session's task are dropped when theirs is full;
+//! and a message is dropped rather than queued when it would take what the subscriber's
+//! channels have queued and unacknowledged in SCTP beyond [`MAX_BUFFERED`]. Drops are
+//! counted ([`DataCounts`]). A slow subscriber therefore loses messages; it never grows the
+//! node's memory nor stalls its session's task.
 
 #![forbid(unsafe_code)]
 
@@ -44,9 +44,13 @@ pub const MAX_MESSAGE: usize = switchyard_shared::command::DATA_CHANNEL_MAX_MESS
 /// applications use a handful. Further channels a peer opens are reset.
 pub const MAX_CHANNELS: usize = 32;
 
-/// Bytes queued in one channel's SCTP send buffer beyond which messages to it are dropped.
-/// Four maximum-size messages: a subscriber that keeps up never reaches it.
-pub const MAX_BUFFERED: usize = 4 * MAX_MESSAGE;
+/// Bytes a session's channels together may have queued and unacknowledged in SCTP before
+/// further messages to it are dropped. webrtc-sctp's pending queue holds 128 KiB per
+/// association and a write into a full one *waits* (which would stall the session's task,
+/// and with it every command for that peer); staying 8 KiB below it leaves room for DCEP
+/// and stream resets, so a send never waits. It also caps throughput to one peer at
+/// 120 KiB per round trip, far above what data channel applications send.
+pub const MAX_BUFFERED: usize = 120 * 1024;
 
 /// Commands queued from the slow path to one session's task before further ones drop.
 pub const COMMAND_QUEUE: usize = 256;

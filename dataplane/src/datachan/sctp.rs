@@ -141,8 +141,10 @@ async fn execute(
                 return;
             };
             // A subscriber that does not keep up loses messages; its backlog never grows
-            // beyond this (see the module doc of `datachan`).
-            if stream.buffered_amount() > MAX_BUFFERED {
+            // beyond this, and the write below never waits on webrtc-sctp's full pending
+            // queue (see MAX_BUFFERED). At most MAX_CHANNELS streams to add up.
+            let buffered: usize = channels.values().map(|s| s.buffered_amount()).sum();
+            if buffered + payload.len().max(1) > MAX_BUFFERED {
                 link.counts.dropped();
                 return;
             }
