@@ -320,6 +320,10 @@ impl Hub {
                 }
             }
         }
+        // A stream only a relay fed (no sessions) is forgotten with its last channel.
+        if s.is_empty() {
+            self.streams.remove(stream);
+        }
     }
 
     /// Open a mirror of `key` towards subscriber `sub`, unless it has one.
@@ -616,6 +620,14 @@ mod tests {
         assert_eq!(
             out,
             vec![open(SUB_A, 1, "chat"), send(SUB_A, 1, ppid::STRING, b"r")]
+        );
+        hub.remove(SUB_A, &mut out);
+        assert!(hub.open_channel(STREAM, 2, params("other"), &mut out));
+        hub.close_channel(STREAM, 0, &mut out);
+        hub.close_channel(STREAM, 2, &mut out);
+        assert!(
+            hub.streams.is_empty(),
+            "nothing left of a stream only a relay fed"
         );
     }
 
