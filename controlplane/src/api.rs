@@ -536,6 +536,7 @@ fn publisher_codecs(
         remote_fingerprint: String::new(),
         tracks,
         answer: String::new(),
+        data_channel: None,
     })
 }
 

@@ -221,6 +221,11 @@ fn help(c: Counter) -> &'static str {
         Counter::RelayRxPackets => "Media packets received over relay links.",
         Counter::RelayTxPackets => "Media packets sent over relay links (one per link).",
         Counter::RelayNacksSent => "Sequence numbers NACKed upstream over relay links.",
+        Counter::DataChannelIn => "Data channel messages received from peers.",
+        Counter::DataChannelOut => "Data channel messages sent to subscribers.",
+        Counter::DataChannelDropped => {
+            "Data channel messages not delivered (from subscribers, unknown channel, full queue or send buffer)."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -482,6 +482,7 @@ mod tests {
             remote_fingerprint: String::new(),
             tracks: Vec::new(),
             answer: String::new(),
+            data_channel: None,
         });
         s.set_declared_codecs("room/cam", SessionId(1), n.clone());
         assert_eq!(s.publisher_codecs("room/cam"), Some(n));

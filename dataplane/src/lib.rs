@@ -8,6 +8,7 @@
 //! - [`worker`]: the thread that pins itself, owns one socket, one io engine and one engine
 //!   state, and runs the loop (on two sockets: media and relay, see [`via`]). [`node`] wires workers, the slow path and the command ring.
 
+pub mod datachan;
 pub mod dtls;
 pub mod engine;
 pub mod handshakes;

@@ -111,7 +111,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
 
     let fingerprint = handshakes.fingerprint();
-    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes);
+    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes, stats.clone());
     slow.announce(Event::Hello {
         fingerprint,
         boot,

@@ -3,7 +3,9 @@
 //! changed, and turns worker answers into ring events.
 //!
 //! It is the only writer of the routing table, so workers never coordinate with each other
-//! about it. It is also the authority on which sessions exist: a control plane that restarts
+//! about it. It also owns the data channel [`Hub`]: data channel messages of WebRTC sessions
+//! arrive here from their DTLS tasks and leave from here to the subscribers' tasks; they
+//! never touch a worker. It is also the authority on which sessions exist: a control plane that restarts
 //! rebuilds its view from the snapshot this module streams.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,7 +18,10 @@ use switchyard_shared::command::{
     ALL_TRACKS, MAX_PT_MAP, MAX_TRACKS,
 };
 use switchyard_shared::ring::DataSide;
+use switchyard_shared::stats::{Counter, Stats};
 
+use crate::datachan::hub::Hub;
+use crate::datachan::{DataCommand, DataEvent, Delivery};
 use crate::engine::{StreamId, WorkerCommand, WorkerEvent};
 use crate::handshakes::{Handshakes, Outcome};
 use crate::worker::Mailbox;
@@ -62,13 +67,22 @@ pub struct SlowPath {
     buf: Vec<u8>,
     handshakes: Handshakes,
     outcomes: Vec<Outcome>,
+    hub: Hub,
+    deliveries: Vec<Delivery>,
+    /// The data channel counters are the slow path's to write (see `Counter::DataChannelIn`).
+    stats: Arc<Stats>,
     /// The `Hello` this process announced, repeated at the head of every snapshot so a
     /// control plane that attaches later still learns the boot id, pid and engine.
     hello: Option<Event>,
 }
 
 impl SlowPath {
-    pub fn new(ring: DataSide, mailboxes: Arc<[Arc<Mailbox>]>, handshakes: Handshakes) -> Self {
+    pub fn new(
+        ring: DataSide,
+        mailboxes: Arc<[Arc<Mailbox>]>,
+        handshakes: Handshakes,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             ring,
             mailboxes,
@@ -83,6 +97,9 @@ impl SlowPath {
             hello: None,
             handshakes,
             outcomes: Vec::new(),
+            hub: Hub::new(),
+            deliveries: Vec::new(),
+            stats,
         }
     }
 
@@ -486,6 +503,10 @@ impl SlowPath {
     /// Undo the routing-table entries of a session that failed or ended.
     fn forget(&mut self, spec: &SessionSpec) {
         self.handshakes.remove(spec.id);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        self.hub.remove(spec.id, &mut deliveries);
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
         let Some(entry) = self.streams.get_mut(&spec.stream) else {
             return;
         };
@@ -556,9 +577,18 @@ impl SlowPath {
                             remote_fingerprint,
                             std::time::Instant::now(),
                         );
-                        if let Err(e) = started {
+                        match started {
+                            Ok(()) => match spec.role {
+                                Role::Publisher { .. } => self.hub.add_publisher(id, &spec.stream),
+                                Role::Subscriber { .. } => {
+                                    self.hub.add_subscriber(id, &spec.stream);
+                                }
+                                // Relay links are keyed statically (validate() refuses DTLS
+                                // for them); their data channel traffic is not relayed yet.
+                                Role::RelayIn | Role::RelayOut => {}
+                            },
                             // validate() parsed the fingerprint, so only the driver can fail.
-                            tracing::error!(id = id.0, error = %e, "cannot start DTLS");
+                            Err(e) => tracing::error!(id = id.0, error = %e, "cannot start DTLS"),
                         }
                     }
                     self.sessions.insert(id, spec);
@@ -625,6 +655,15 @@ impl SlowPath {
                     self.command_worker(worker, WorkerCommand::SetKeys { id, keys });
                     self.emit(&Event::DtlsConnected { id, profile });
                 }
+                Outcome::Data { id, event } => self.data_event(id, event),
+                Outcome::DataCounts {
+                    worker,
+                    sent,
+                    dropped,
+                } => {
+                    self.count(worker, Counter::DataChannelOut, sent);
+                    self.count(worker, Counter::DataChannelDropped, dropped);
+                }
                 Outcome::Failed { id, failure } => {
                     tracing::warn!(id = id.0, reason = %failure, "DTLS handshake failed; ending the session");
                     self.emit(&Event::DtlsFailed {
@@ -636,6 +675,40 @@ impl SlowPath {
             }
         }
         self.outcomes = outcomes;
+    }
+
+    /// A session's data channel event goes through the hub; what it decides goes out.
+    fn data_event(&mut self, id: SessionId, event: DataEvent) {
+        let worker = self.sessions.get(&id).map_or(0, |s| s.worker);
+        if let DataEvent::Message { .. } = event {
+            self.count(worker, Counter::DataChannelIn, 1);
+        }
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        if let Err(why) = self.hub.handle_event(id, event, &mut deliveries) {
+            tracing::trace!(id = id.0, ?why, "data channel message dropped");
+            self.count(worker, Counter::DataChannelDropped, 1);
+        }
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
+    }
+
+    /// Hand the hub's deliveries to the sessions' tasks; a full queue drops the message.
+    fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
+        for d in deliveries.drain(..) {
+            let message = matches!(d.command, DataCommand::Send { .. });
+            if !self.handshakes.send_data(d.session, d.command) && message {
+                let worker = self.sessions.get(&d.session).map_or(0, |s| s.worker);
+                self.count(worker, Counter::DataChannelDropped, 1);
+            }
+        }
+    }
+
+    fn count(&self, worker: u16, c: Counter, n: u64) {
+        if n > 0 {
+            if let Some(block) = self.stats.worker(usize::from(worker)) {
+                block.add(c, n);
+            }
+        }
     }
 
     pub fn session_count(&self) -> usize {

@@ -24,6 +24,11 @@ pub const MAX_TRACKS: usize = 4;
 /// Most payload-type pairs one subscriber's map holds.
 pub const MAX_PT_MAP: usize = 16;
 
+/// Largest data channel message a node receives: the SDP answer's `a=max-message-size`
+/// (control plane) and the size of every channel's receive buffer (data plane), one value so
+/// the two never disagree. 64 KiB is what aiortc advertises and Chrome accepts.
+pub const DATA_CHANNEL_MAX_MESSAGE: usize = 64 * 1024;
+
 /// Control-plane-assigned session id, unique per node for the node's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
