@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hub;
+pub mod relay;
 pub(crate) mod sctp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
