@@ -58,6 +58,9 @@ struct Mirror {
     /// Next odd stream id to try. Ids are not reused while the session lives: a closed
     /// stream's reset may still be in flight.
     next: u32,
+    /// A relay member: its "mirror" of a channel is the publisher's key itself, since the
+    /// far node's hub keys the channel by it (there are no SCTP ids on a link).
+    relay: bool,
 }
 
 impl Mirror {
@@ -128,6 +131,36 @@ impl Hub {
                 side: Side::Subscriber(Mirror::default()),
             },
         );
+    }
+
+    /// A relay-out of `stream` started: it is a subscriber that is up at once and sees each
+    /// channel under the publisher's key. It gets an open for every channel already open
+    /// (appended to `out`), then every later open, message and close of the stream.
+    pub fn add_relay(&mut self, id: SessionId, stream: &str, out: &mut Vec<Delivery>) {
+        self.streams
+            .entry(stream.to_owned())
+            .or_default()
+            .subscribers
+            .insert(id);
+        self.members.insert(
+            id,
+            Member {
+                stream: stream.to_owned(),
+                up: true,
+                side: Side::Subscriber(Mirror {
+                    relay: true,
+                    ..Mirror::default()
+                }),
+            },
+        );
+        let channels: Vec<(u16, ChannelParams)> = self
+            .streams
+            .get(stream)
+            .map(|s| s.channels.iter().map(|(&k, p)| (k, p.clone())).collect())
+            .unwrap_or_default();
+        for (key, params) in channels {
+            self.mirror(id, key, &params, out);
+        }
     }
 
     /// The session ended. A publisher's channels close on every subscriber.
@@ -344,8 +377,13 @@ impl Hub {
         if mirror.ids.contains_key(&key) || mirror.ids.len() >= MAX_CHANNELS {
             return;
         }
-        let Some(channel) = mirror.allocate() else {
-            return;
+        let channel = if mirror.relay {
+            key
+        } else {
+            match mirror.allocate() {
+                Some(c) => c,
+                None => return,
+            }
         };
         mirror.ids.insert(key, channel);
         out.push(Delivery {
@@ -639,5 +677,38 @@ mod tests {
         m.next = 65535;
         assert_eq!(m.allocate(), Some(65535));
         assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn relay_member_gets_opens_of_open_channels_then_everything_under_the_key() {
+        const RELAY: SessionId = SessionId(9);
+        let (mut hub, mut out) = hub_with_two_subscribers();
+        hub.handle_event(PUB, opened(4, "chat"), &mut out).unwrap();
+        out.clear();
+        hub.add_relay(RELAY, STREAM, &mut out);
+        assert_eq!(
+            out,
+            vec![open(RELAY, 0, "chat"), open(RELAY, 4, "chat")],
+            "a late joiner gets every open channel, under its key (not a mirror id)"
+        );
+        out.clear();
+        hub.handle_event(PUB, opened(6, "more"), &mut out).unwrap();
+        assert!(out.contains(&open(RELAY, 6, "more")));
+        out.clear();
+        hub.handle_event(PUB, message(4, ppid::STRING, b"hi"), &mut out)
+            .unwrap();
+        assert!(out.contains(&send(RELAY, 4, ppid::STRING, b"hi")));
+        out.clear();
+        hub.handle_event(PUB, DataEvent::Closed { channel: 6 }, &mut out)
+            .unwrap();
+        assert!(out.contains(&Delivery {
+            session: RELAY,
+            command: DataCommand::Close { channel: 6 },
+        }));
+        out.clear();
+        hub.remove(RELAY, &mut out);
+        hub.handle_event(PUB, message(4, ppid::STRING, b"x"), &mut out)
+            .unwrap();
+        assert!(out.iter().all(|d| d.session != RELAY));
     }
 }
