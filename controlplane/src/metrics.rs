@@ -218,14 +218,18 @@ fn help(c: Counter) -> &'static str {
         Counter::Sessions => "Live sessions on the worker.",
         Counter::KernelRxDrops => "Datagrams the kernel dropped on a full receive queue.",
         Counter::LoopTurns => "Worker loop turns.",
-        Counter::RelayRxPackets => "Media packets received over relay links.",
-        Counter::RelayTxPackets => "Media packets sent over relay links (one per link).",
+        Counter::RelayRxPackets => "Media and data channel packets received over relay links.",
+        Counter::RelayTxPackets => {
+            "Media and data channel packets sent over relay links (one per link)."
+        }
         Counter::RelayNacksSent => "Sequence numbers NACKed upstream over relay links.",
         Counter::DataChannelIn => "Data channel messages received from peers.",
         Counter::DataChannelOut => "Data channel messages sent to subscribers.",
         Counter::DataChannelDropped => {
             "Data channel messages not delivered (from subscribers, unknown channel, full queue or send buffer)."
         }
+        Counter::RelayDataOut => "Data channel events (open, message, close) sent over relay links.",
+        Counter::RelayDataIn => "Data channel events received over relay links.",
         _ => "Datagrams dropped, by reason.",
     }
 }

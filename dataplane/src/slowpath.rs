@@ -21,6 +21,7 @@ use switchyard_shared::ring::DataSide;
 use switchyard_shared::stats::{Counter, Stats};
 
 use crate::datachan::hub::Hub;
+use crate::datachan::relay::{self as dcrelay, Frame};
 use crate::datachan::{DataCommand, DataEvent, Delivery};
 use crate::engine::{StreamId, WorkerCommand, WorkerEvent};
 use crate::handshakes::{Handshakes, Outcome};
@@ -30,6 +31,15 @@ use crate::worker::Mailbox;
 const TICK: Duration = Duration::from_millis(2);
 /// Longest stream name accepted (the control plane enforces a shorter one).
 const MAX_STREAM_NAME: usize = 256;
+
+/// A relay-in's data channel side: the stream it publishes here, its link's reassembly, and
+/// the channels the far node opened (closed here when the link goes).
+struct RelayIn {
+    stream: String,
+    worker: u16,
+    receiver: dcrelay::Receiver,
+    keys: std::collections::BTreeSet<u16>,
+}
 
 struct StreamEntry {
     id: StreamId,
@@ -69,6 +79,10 @@ pub struct SlowPath {
     outcomes: Vec<Outcome>,
     hub: Hub,
     deliveries: Vec<Delivery>,
+    /// Relay-ins: the data channel events their links bring, put back in order.
+    relay_ins: HashMap<SessionId, RelayIn>,
+    /// Relay-outs (hub relay members) and their workers: their deliveries go over the link.
+    relay_outs: HashMap<SessionId, u16>,
     /// The data channel counters are the slow path's to write (see `Counter::DataChannelIn`).
     stats: Arc<Stats>,
     /// The `Hello` this process announced, repeated at the head of every snapshot so a
@@ -99,6 +113,8 @@ impl SlowPath {
             outcomes: Vec::new(),
             hub: Hub::new(),
             deliveries: Vec::new(),
+            relay_ins: HashMap::new(),
+            relay_outs: HashMap::new(),
             stats,
         }
     }
@@ -169,6 +185,7 @@ impl SlowPath {
         if !self.handshakes.is_empty() {
             self.drive_handshakes();
         }
+        self.poll_relay_ins();
         self.flush();
     }
 
@@ -505,6 +522,13 @@ impl SlowPath {
         self.handshakes.remove(spec.id);
         let mut deliveries = std::mem::take(&mut self.deliveries);
         self.hub.remove(spec.id, &mut deliveries);
+        self.relay_outs.remove(&spec.id);
+        if let Some(link) = self.relay_ins.remove(&spec.id) {
+            // The far publisher's channels end with the link, as a local publisher's do.
+            for key in link.keys {
+                self.hub.close_channel(&link.stream, key, &mut deliveries);
+            }
+        }
         self.deliver(&mut deliveries);
         self.deliveries = deliveries;
         let Some(entry) = self.streams.get_mut(&spec.stream) else {
@@ -584,16 +608,46 @@ impl SlowPath {
                                     self.hub.add_subscriber(id, &spec.stream);
                                 }
                                 // Relay links are keyed statically (validate() refuses DTLS
-                                // for them); their data channel traffic is not relayed yet.
+                                // for them); their data channels are handled below.
                                 Role::RelayIn | Role::RelayOut => {}
                             },
                             // validate() parsed the fingerprint, so only the driver can fail.
                             Err(e) => tracing::error!(id = id.0, error = %e, "cannot start DTLS"),
                         }
                     }
+                    match spec.role {
+                        Role::RelayIn => {
+                            self.relay_ins.insert(
+                                id,
+                                RelayIn {
+                                    stream: spec.stream.clone(),
+                                    worker: spec.worker,
+                                    receiver: dcrelay::Receiver::new(),
+                                    keys: Default::default(),
+                                },
+                            );
+                        }
+                        Role::RelayOut => {
+                            // A relay subscriber of the hub: it gets an open for every
+                            // channel already open, then everything the stream's
+                            // publisher (local or relayed in) does.
+                            self.relay_outs.insert(id, spec.worker);
+                            let mut deliveries = std::mem::take(&mut self.deliveries);
+                            self.hub.add_relay(id, &spec.stream, &mut deliveries);
+                            self.sessions.insert(id, spec);
+                            self.deliver(&mut deliveries);
+                            self.deliveries = deliveries;
+                            self.emit(&Event::SessionAdded { id });
+                            return;
+                        }
+                        _ => {}
+                    }
                     self.sessions.insert(id, spec);
                     self.emit(&Event::SessionAdded { id });
                 }
+            }
+            WorkerEvent::RelayData { id, seq, payload } => {
+                self.relay_data(id, seq, payload);
             }
             WorkerEvent::Dtls { id, data } => {
                 self.handshakes
@@ -692,9 +746,123 @@ impl SlowPath {
         self.deliveries = deliveries;
     }
 
+    /// A data channel fragment relay-in `id` received: reassembled in link order, the
+    /// frames it completes go to the hub as a local publisher's events would.
+    fn relay_data(&mut self, id: SessionId, seq: u16, payload: Vec<u8>) {
+        let Some(link) = self.relay_ins.get_mut(&id) else {
+            return;
+        };
+        let worker = link.worker;
+        let mut frames = Vec::new();
+        link.receiver.handle(
+            seq,
+            bytes::Bytes::from(payload),
+            std::time::Instant::now(),
+            &mut frames,
+        );
+        self.relay_frames(id, worker, frames);
+    }
+
+    /// Give up gaps the link did not repair in time.
+    fn poll_relay_ins(&mut self) {
+        let now = std::time::Instant::now();
+        let waiting: Vec<SessionId> = self
+            .relay_ins
+            .iter()
+            .filter(|(_, l)| l.receiver.waiting())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in waiting {
+            let Some(link) = self.relay_ins.get_mut(&id) else {
+                continue;
+            };
+            let worker = link.worker;
+            let mut frames = Vec::new();
+            link.receiver.poll(now, &mut frames);
+            self.relay_frames(id, worker, frames);
+        }
+    }
+
+    fn relay_frames(
+        &mut self,
+        id: SessionId,
+        worker: u16,
+        frames: Vec<Result<Frame, dcrelay::Dropped>>,
+    ) {
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        for f in frames {
+            let Some(link) = self.relay_ins.get_mut(&id) else {
+                break;
+            };
+            let stream = link.stream.as_str();
+            match f {
+                Ok(frame) => {
+                    add_count(&self.stats, worker, Counter::RelayDataIn, 1);
+                    match frame {
+                        Frame::Open { key, params } => {
+                            if self.hub.open_channel(stream, key, params, &mut deliveries) {
+                                link.keys.insert(key);
+                            }
+                        }
+                        Frame::Message { key, ppid, payload } => {
+                            let r = self
+                                .hub
+                                .publish(stream, key, ppid, payload, &mut deliveries);
+                            if let Err(why) = r {
+                                tracing::trace!(
+                                    id = id.0,
+                                    ?why,
+                                    "relayed data channel message dropped"
+                                );
+                                add_count(&self.stats, worker, Counter::DataChannelDropped, 1);
+                            }
+                        }
+                        Frame::Close { key } => {
+                            link.keys.remove(&key);
+                            self.hub.close_channel(stream, key, &mut deliveries);
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(id = id.0, ?why, "relayed data channel fragment dropped");
+                    add_count(&self.stats, worker, Counter::DataChannelDropped, 1);
+                }
+            }
+        }
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
+    }
+
+    /// A hub delivery to a relay-out goes over its link: framed, fragmented, and queued to
+    /// its worker without waiting (a full queue drops it, counted, like a subscriber's).
+    fn deliver_to_relay(&mut self, worker: u16, d: Delivery) {
+        let frame = Frame::from(d.command);
+        let mut fragments = Vec::new();
+        if dcrelay::encode(&frame, &mut fragments).is_err() {
+            return self.count(worker, Counter::DataChannelDropped, 1);
+        }
+        let Some(mb) = self.mailboxes.get(usize::from(worker)) else {
+            return;
+        };
+        let cmd = WorkerCommand::RelayData {
+            id: d.session,
+            fragments,
+        };
+        if mb.commands.push(cmd).is_ok() {
+            mb.wake_now();
+            self.count(worker, Counter::RelayDataOut, 1);
+        } else {
+            self.count(worker, Counter::DataChannelDropped, 1);
+        }
+    }
+
     /// Hand the hub's deliveries to the sessions' tasks; a full queue drops the message.
     fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
         for d in deliveries.drain(..) {
+            if let Some(&worker) = self.relay_outs.get(&d.session) {
+                self.deliver_to_relay(worker, d);
+                continue;
+            }
             let message = matches!(d.command, DataCommand::Send { .. });
             if !self.handshakes.send_data(d.session, d.command) && message {
                 let worker = self.sessions.get(&d.session).map_or(0, |s| s.worker);
@@ -704,15 +872,21 @@ impl SlowPath {
     }
 
     fn count(&self, worker: u16, c: Counter, n: u64) {
-        if n > 0 {
-            if let Some(block) = self.stats.worker(usize::from(worker)) {
-                block.add(c, n);
-            }
-        }
+        add_count(&self.stats, worker, c, n);
     }
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// Add `n` to counter `c` in `worker`'s block (a free function, so it can be called while
+/// another field of the slow path is borrowed).
+fn add_count(stats: &Stats, worker: u16, c: Counter, n: u64) {
+    if n > 0 {
+        if let Some(block) = stats.worker(usize::from(worker)) {
+            block.add(c, n);
+        }
     }
 }
 

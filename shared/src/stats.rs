@@ -16,7 +16,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +41,11 @@ pub enum Counter {
     KernelRxDrops,
     /// Loop turns; with RxPackets it gives the mean receive batch.
     LoopTurns,
-    /// Media packets received on relay links (authenticated, each copy once).
+    /// Media and data channel packets received on relay links (authenticated, each copy
+    /// once).
     RelayRxPackets,
-    /// Media packets sent over relay links (each copy once, retransmissions included).
+    /// Media and data channel packets sent over relay links (each copy once,
+    /// retransmissions included).
     RelayTxPackets,
     /// Sequence numbers a relay-in session NACKed upstream over its link (each try counts).
     RelayNacksSent,
@@ -56,6 +58,11 @@ pub enum Counter {
     /// Data channel messages not delivered: from subscribers, on unknown channels, over a
     /// full queue or a subscriber's full send buffer (one per subscriber that missed it).
     DataChannelDropped,
+    /// Data channel events (open, message, close) sent over relay links, one per link.
+    /// Written by the slow path, like the three above.
+    RelayDataOut,
+    /// Data channel events received over relay links and handed to the hub.
+    RelayDataIn,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -95,6 +102,8 @@ impl Counter {
         Counter::DataChannelIn,
         Counter::DataChannelOut,
         Counter::DataChannelDropped,
+        Counter::RelayDataOut,
+        Counter::RelayDataIn,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -132,6 +141,8 @@ impl Counter {
             Counter::DataChannelIn => "datachannel_messages_in_total",
             Counter::DataChannelOut => "datachannel_messages_out_total",
             Counter::DataChannelDropped => "datachannel_messages_dropped_total",
+            Counter::RelayDataOut => "relay_datachannel_events_out_total",
+            Counter::RelayDataIn => "relay_datachannel_events_in_total",
             _ => "drops_total",
         }
     }

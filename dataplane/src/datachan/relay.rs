@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{ChannelParams, Reliability, MAX_MESSAGE};
+use super::{ChannelParams, DataCommand, Reliability, MAX_MESSAGE};
 
 /// SSRC of a relay link's data channel packets. Relay links carry the publisher's media
 /// SSRCs unchanged, so one of them could in principle be this value (a 1 in 2^32 chance
@@ -78,6 +78,29 @@ pub enum Frame {
     Open { key: u16, params: ChannelParams },
     Message { key: u16, ppid: u32, payload: Bytes },
     Close { key: u16 },
+}
+
+/// A hub delivery to a relay member: the hub gives relay members the publisher's key as
+/// the channel id, so the command maps one to one.
+impl From<DataCommand> for Frame {
+    fn from(c: DataCommand) -> Self {
+        match c {
+            DataCommand::Open { channel, params } => Frame::Open {
+                key: channel,
+                params,
+            },
+            DataCommand::Send {
+                channel,
+                ppid,
+                payload,
+            } => Frame::Message {
+                key: channel,
+                ppid,
+                payload,
+            },
+            DataCommand::Close { channel } => Frame::Close { key: channel },
+        }
+    }
 }
 
 /// Why a frame could not be encoded (the sending side counts it as dropped).

@@ -23,6 +23,7 @@ pub mod ice;
 pub mod nack;
 pub mod pool;
 pub mod relay;
+mod relay_data;
 pub mod rr;
 mod session;
 pub mod twcc;
@@ -132,6 +133,12 @@ pub enum WorkerCommand {
         stream: StreamId,
         worker: Option<u16>,
     },
+    /// One data channel frame's fragments (`datachan::relay` payloads) for relay-out `id`
+    /// to send over its link, in order.
+    RelayData {
+        id: SessionId,
+        fragments: Vec<Vec<u8>>,
+    },
 }
 
 /// Worker → slow path.
@@ -159,6 +166,13 @@ pub enum WorkerEvent {
     Dtls {
         id: SessionId,
         data: Vec<u8>,
+    },
+    /// An authenticated data channel fragment that relay-in `id` received over its link:
+    /// its RTP sequence number and payload (`datachan::relay` format), for the slow path.
+    RelayData {
+        id: SessionId,
+        seq: u16,
+        payload: Vec<u8>,
     },
 }
 
@@ -518,6 +532,9 @@ impl Engine {
                     Err(_) => self.drop_packet(DropReason::QueueFull),
                 }
             }
+            WorkerCommand::RelayData { id, fragments } => {
+                self.send_relay_data(id, &fragments, out);
+            }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
                 Ok(()) => self.events.push(WorkerEvent::Removed { id }),
                 Err(error) => self.events.push(WorkerEvent::Failed { id, error }),
@@ -701,6 +718,7 @@ impl Engine {
                 rtx_seq: rtx_seq.map(|r| r as u16),
                 tracks: ALL_TRACKS,
                 relay: false,
+                data: None,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none() && !plain,
@@ -745,6 +763,7 @@ impl Engine {
             .map(|s| &mut s.role)
         {
             p.upstream = Some(Box::new(std::array::from_fn(|_| relay::GapTracker::new())));
+            p.data_in = Some(Box::new(relay::GapTracker::new()));
         }
         self.relay_ins.extend(idx);
         Ok(())
@@ -776,6 +795,8 @@ impl Engine {
         {
             sub.relay = true;
             sub.offsets = [(0, 0); MAX_TRACKS];
+            // A random start, like any RTP stream's.
+            sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
         }
         Ok(())
     }
@@ -1090,7 +1111,12 @@ impl Engine {
             let Some(up) = p.upstream.as_mut() else {
                 continue;
             };
-            for (gaps, media) in up.iter_mut().zip(p.tracks) {
+            let data = p
+                .data_in
+                .as_deref_mut()
+                .map(|g| (g, Some(relay_data_ssrc())));
+            let media = up.iter_mut().zip(p.tracks);
+            for (gaps, media) in media.chain(data) {
                 let Some(media) = media else { continue };
                 // One NACK packet's worth; the rest is due again next tick.
                 let mut due = [0u16; 64];
@@ -1174,6 +1200,12 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::Malformed);
         };
+        if self.is_relay_data(idx, hdr.ssrc, hdr.payload_type) {
+            let end = len.saturating_sub(hdr.padding_len);
+            self.on_relay_data(idx, hdr.sequence, pkt.data.get(hdr.payload_offset..end), at);
+            self.pool.put(h);
+            return;
+        }
         let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role)
         else {
             // Subscribers send RTCP only.
@@ -1403,8 +1435,21 @@ impl Engine {
         let mut nacks = [(0u8, 0u16); 64];
         let mut n_nacks = 0;
         let mut plis = [false; MAX_TRACKS];
+        let mut data_nacks = [0u16; 64];
+        let mut n_data = 0;
         for p in rtcp::compound(plain) {
             match p {
+                Ok(rtcp::Packet::Nack(nack))
+                    if sub.data.is_some() && nack.media_ssrc == relay_data_ssrc() =>
+                {
+                    // The far node lost data channel fragments of this relay-out.
+                    for seq in nack.lost() {
+                        if n_data < data_nacks.len() {
+                            data_nacks[n_data] = seq;
+                            n_data += 1;
+                        }
+                    }
+                }
                 Ok(rtcp::Packet::Nack(nack)) => {
                     // Only for a track it receives (a forward's egress gets one track).
                     let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
@@ -1437,7 +1482,10 @@ impl Engine {
                 }
             }
         }
-        self.count(Counter::NacksReceived, n_nacks as u64);
+        self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
+        if n_data > 0 {
+            self.resend_relay_data(idx, &data_nacks[..n_data], out);
+        }
         for &(track, seq) in &nacks[..n_nacks] {
             self.nack(stream, (track, seq), key, at, out);
         }
@@ -1837,6 +1885,11 @@ fn relay_to(
         Some(len)
     })?;
     Ok(sent)
+}
+
+/// The reserved SSRC of a relay link's data channel fragments.
+const fn relay_data_ssrc() -> u32 {
+    crate::datachan::relay::SSRC
 }
 
 /// What a drop is called on socket `via`: on the relay socket, a stranger and a failed

@@ -95,6 +95,8 @@ pub struct Publisher {
     /// A relay-in: the missing sequence numbers of each track, NACKed upstream over the
     /// link. `None` for a publisher that is a peer (its subscribers' NACKs end here).
     pub upstream: Option<Box<[GapTracker; MAX_TRACKS]>>,
+    /// A relay-in: the missing sequence numbers of the link's data channel fragments.
+    pub data_in: Option<Box<GapTracker>>,
 }
 
 impl Publisher {
@@ -108,6 +110,7 @@ impl Publisher {
             clock_rates: [0; MAX_TRACKS],
             recv: Box::new([RecvStats::default(); MAX_TRACKS]),
             upstream: None,
+            data_in: None,
         }
     }
 
@@ -150,6 +153,8 @@ pub struct Subscriber {
     /// the publisher's SSRC of each track, learned as packets pass, so NACK and PLI from
     /// the far node (which name the original SSRCs) map back to tracks.
     pub relay: bool,
+    /// A relay-out: its data channel fragments' numbering and repair cache.
+    pub data: Option<Box<super::relay_data::DataOut>>,
     /// Tracks this subscriber receives: bit `i` = publisher track `i`.
     pub tracks: u8,
 }

@@ -14,6 +14,7 @@ use switchyard_shared::stats::{Counter, Stats};
 use super::*;
 
 mod relay;
+mod relay_data;
 
 /// Records what an engine sends.
 #[derive(Default)]

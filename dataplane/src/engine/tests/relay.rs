@@ -4,19 +4,19 @@
 use super::*;
 
 /// The per-link key convention: K_FWD protects source → target, K_BACK target → source.
-const K_FWD: u8 = 4;
-const K_BACK: u8 = 5;
-const LINK: SrtpProfile = SrtpProfile::AeadAes128Gcm;
+pub(super) const K_FWD: u8 = 4;
+pub(super) const K_BACK: u8 = 5;
+pub(super) const LINK: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 /// The source node's relay socket, as the target sees it.
-const SOURCE: u16 = 7100;
+pub(super) const SOURCE: u16 = 7100;
 /// The target node's relay socket, as the source sees it.
-const TARGET: u16 = 7000;
+pub(super) const TARGET: u16 = 7000;
 
-fn link(k: u8) -> Context {
+pub(super) fn link(k: u8) -> Context {
     Context::new(LINK, &[k; 28]).expect("link ctx")
 }
 
-fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) {
+pub(super) fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) {
     let mut out = Capture::default();
     e.handle_command(
         WorkerCommand::AddRelayIn {
@@ -33,7 +33,7 @@ fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) {
     );
 }
 
-fn add_relay_out(e: &mut Engine, id: u64, remote: SocketAddr) {
+pub(super) fn add_relay_out(e: &mut Engine, id: u64, remote: SocketAddr) {
     let mut out = Capture::default();
     e.handle_command(
         WorkerCommand::AddRelayOut {
