@@ -141,6 +141,8 @@ pub struct Node {
     /// `--relay-port`: worker `i`'s relay socket is `relay_port + i`. Always set, so nodes
     /// of parallel tests never contend for the default.
     pub relay_port: u16,
+    /// `--node-id` (`test` unless [`Node::spawn_named`] says otherwise).
+    pub node_id: String,
     pub workers: u16,
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
@@ -174,6 +176,20 @@ impl Node {
 
     /// [`Node::spawn_with`] with the media sockets bound to `media_bind` (e.g. `::`).
     pub fn spawn_bound(workers: u16, media_bind: &str, extra: Vec<std::ffi::OsString>) -> Node {
+        Node::spawn_full("test", workers, media_bind, extra)
+    }
+
+    /// [`Node::spawn_with`] with node id `id` (nodes of one cluster need distinct ids).
+    pub fn spawn_named(id: &str, workers: u16, extra: Vec<std::ffi::OsString>) -> Node {
+        Node::spawn_full(id, workers, "127.0.0.1", extra)
+    }
+
+    fn spawn_full(
+        id: &str,
+        workers: u16,
+        media_bind: &str,
+        extra: Vec<std::ffi::OsString>,
+    ) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -185,6 +201,7 @@ impl Node {
             media_bind: media_bind.to_owned(),
             media_port,
             relay_port: free_udp_ports_apart(workers, media_port),
+            node_id: id.to_owned(),
             workers,
             shm,
             dataplane: None,
@@ -199,7 +216,7 @@ impl Node {
     fn command(&self, role: &str) -> Command {
         let mut c = Command::new(BIN);
         c.arg(role)
-            .args(["--node-id", "test"])
+            .args(["--node-id", &self.node_id])
             .arg("--shm-dir")
             .arg(&self.shm)
             .args(["--http-listen", &self.http_addr])
@@ -286,7 +303,8 @@ impl Node {
     /// no control plane running).
     pub fn forwarded_direct(&self) -> u64 {
         use switchyard_shared::stats::{Counter, Stats};
-        let stats = Stats::open(&self.shm.join("switchyard-test.stats")).expect("stats file");
+        let stats = Stats::open(&self.shm.join(format!("switchyard-{}.stats", self.node_id)))
+            .expect("stats file");
         (0..stats.workers())
             .filter_map(|w| stats.worker(w))
             .map(|c| c.get(Counter::Forwarded))
