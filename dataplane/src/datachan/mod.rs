@@ -8,6 +8,9 @@
 //!   ([`hub::Hub::open_channel`], [`hub::Hub::publish`], [`hub::Hub::close_channel`]) take a
 //!   stream name and the publisher's channel key, so a relay link can feed messages from
 //!   another node into the same fan-out.
+//! - [`relay`]: sans-IO framing of the hub's events on a relay link between nodes (open,
+//!   message, close; fragmentation and in-order reassembly), so a stream's channels follow
+//!   it to other nodes. A relay-out is a relay member of the hub ([`hub::Hub::add_relay`]).
 //! - [`sctp`]: the SCTP association (webrtc-sctp) over one session's DTLS connection, run on
 //!   the DTLS driver runtime inside the session's task. It turns what the peer does into
 //!   [`DataEvent`]s and carries out [`DataCommand`]s. It knows nothing about streams.

@@ -17,7 +17,9 @@
 //! unchanged (one copy per link, however many viewers the far node has) and serves the
 //! link's NACKs from the publisher's cache. Anything on the relay socket that is not an
 //! authenticated packet of a relay session is counted as `relay_unauthenticated` and
-//! dropped before it can cost more than one failed SRTP check.
+//! dropped before it can cost more than one failed SRTP check. A link also carries the
+//! stream's data channel events on a reserved SSRC (`relay_data`): the relay-out sends and
+//! repairs them, the relay-in hands them to the slow path, never to media subscribers.
 
 pub mod ice;
 pub mod nack;
