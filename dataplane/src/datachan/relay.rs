@@ -289,9 +289,13 @@ impl Receiver {
         let next = *self.next.get_or_insert(seq);
         let ahead = usize::from(seq.wrapping_sub(next));
         if ahead >= 0x8000 {
-            return; // late duplicate or given up
-        }
-        if ahead >= WINDOW {
+            if 0x1_0000 - ahead <= WINDOW {
+                return; // a late duplicate, or a packet whose gap was given up
+            }
+            // Far behind: the far node's relay-out started again with a new random
+            // numbering (a data plane restart). Follow it, or nothing would get through.
+            self.skip_to(seq, out);
+        } else if ahead >= WINDOW {
             // Too far ahead to wait for the gap: everything before it is lost.
             self.skip_to(seq, out);
         }
@@ -649,5 +653,19 @@ mod tests {
         );
         assert_eq!(r.held, 0);
         assert!(!r.waiting());
+    }
+
+    #[test]
+    fn sender_restart_with_numbers_far_behind_is_followed() {
+        let t = Instant::now();
+        let mut r = Receiver::new();
+        let m = Frame::Close { key: 3 };
+        let mut out = Vec::new();
+        r.handle(40_000, Bytes::from(frames(&m).remove(0)), t, &mut out);
+        r.handle(39_990, Bytes::from(frames(&m).remove(0)), t, &mut out);
+        assert_eq!(out.len(), 1, "a little behind: a late duplicate, ignored");
+        r.handle(1_000, Bytes::from(frames(&m).remove(0)), t, &mut out);
+        r.handle(1_001, Bytes::from(frames(&m).remove(0)), t, &mut out);
+        assert_eq!(out.len(), 3, "far behind: a new numbering, followed");
     }
 }
