@@ -711,4 +711,29 @@ mod tests {
             .unwrap();
         assert!(out.iter().all(|d| d.session != RELAY));
     }
+
+    #[test]
+    fn stream_fed_by_a_relay_goes_on_to_a_further_relay_and_local_subscribers() {
+        // Node B of a chain A -> B -> C: no local publisher; the relay-in feeds the
+        // stream-level entry points, B's viewer and its relay-out towards C both get it.
+        const ONWARD: SessionId = SessionId(30);
+        let mut hub = Hub::new();
+        let mut out = Vec::new();
+        hub.add_subscriber(SUB_A, STREAM);
+        hub.handle_event(SUB_A, DataEvent::Up, &mut out).unwrap();
+        hub.add_relay(ONWARD, STREAM, &mut out);
+        assert!(out.is_empty());
+        assert!(hub.open_channel(STREAM, 4, params("chat"), &mut out));
+        assert_eq!(out, vec![open(SUB_A, 1, "chat"), open(ONWARD, 4, "chat")]);
+        out.clear();
+        let n = hub.publish(STREAM, 4, ppid::STRING, Bytes::from_static(b"m"), &mut out);
+        assert_eq!(n, Ok(2));
+        assert_eq!(
+            out,
+            vec![
+                send(SUB_A, 1, ppid::STRING, b"m"),
+                send(ONWARD, 4, ppid::STRING, b"m")
+            ]
+        );
+    }
 }
