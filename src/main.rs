@@ -172,6 +172,9 @@ struct Opts {
     /// First media port; worker i listens on port + i.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_PORT")]
     media_port: Option<u16>,
+    /// First relay port; worker i binds its relay socket on relay_port + i.
+    #[arg(long, global = true, env = "SWITCHYARD_RELAY_PORT")]
+    relay_port: Option<u16>,
     /// Worker threads (0: cores − 1).
     #[arg(long, global = true, env = "SWITCHYARD_WORKERS")]
     workers: Option<u16>,
@@ -218,6 +221,9 @@ impl Opts {
         }
         if let Some(v) = self.media_port {
             c.media.port = v;
+        }
+        if let Some(v) = self.relay_port {
+            c.media.relay_port = v;
         }
         if let Some(v) = self.workers {
             c.media.workers = v;
@@ -337,6 +343,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         opts.media_announce6.map(|v| v.to_string()),
     );
     flag("media-port", opts.media_port.map(|v| v.to_string()));
+    flag("relay-port", opts.relay_port.map(|v| v.to_string()));
     flag("workers", opts.workers.map(|v| v.to_string()));
     flag(
         "engine",

@@ -323,10 +323,15 @@ struct CreateSession {
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum RoleName {
     Publisher,
     Subscriber,
+    /// The receiving end of a relay link (docs/cluster.md): latches its source like a comedia
+    /// publisher, on the worker's relay socket.
+    RelayIn,
+    /// The sending end of a relay link: `remote` is the other node's relay socket.
+    RelayOut,
 }
 
 /// A session as the API shows it. Keys appear only in the answer to the POST that made it.
@@ -349,17 +354,25 @@ struct SessionView {
     local_key: Option<String>,
 }
 
-fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
+/// `relay`: the relay base port (see [`relay_base`]).
+fn view(shared: &Shared, spec: &SessionSpec, keys: bool, relay: u16) -> SessionView {
     let media = &shared.config.media;
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
+        Role::RelayIn => ("relay-in", Vec::new()),
+        Role::RelayOut => ("relay-out", Vec::new()),
+    };
+    // Relay sessions send and receive on the worker's relay socket.
+    let base = match spec.role {
+        Role::RelayIn | Role::RelayOut => relay,
+        _ => media.port,
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
     SessionView {
         id: spec.id.0,
         worker: spec.worker,
-        media_address: SocketAddr::new(media.announce_ip(), media.port.saturating_add(spec.worker)),
+        media_address: SocketAddr::new(media.announce_ip(), base.saturating_add(spec.worker)),
         stream: spec.stream.clone(),
         role,
         profile: spec.keying.keys().map(|k| k.profile.name()),
@@ -369,6 +382,12 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
         remote_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.remote)),
         local_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.local)),
     }
+}
+
+/// The data plane's relay base port as its `Hello` said (the configured one before that).
+pub(crate) fn relay_base(shared: &Shared, node: &crate::state::NodeState) -> u16 {
+    node.dataplane()
+        .map_or(shared.config.media.relay_port, |d| d.relay_port)
 }
 
 /// Parse a JSON body ourselves so every failure is a JSON error (and the content type is
@@ -547,9 +566,15 @@ async fn create_session(
             ));
         }
     }
-    if req.role == RoleName::Subscriber && remote.is_none() {
+    if matches!(req.role, RoleName::Subscriber | RoleName::RelayOut) && remote.is_none() {
         return Err(ApiError::bad_request(
-            "remote: a subscriber needs the address to send to",
+            "remote: a subscriber or relay-out needs the address to send to",
+        ));
+    }
+    let relay = matches!(req.role, RoleName::RelayIn | RoleName::RelayOut);
+    if relay && (req.ssrcs.is_some() || req.payload_types.is_some()) {
+        return Err(ApiError::bad_request(
+            "ssrcs, payloadTypes: a relay carries every track of its stream unchanged",
         ));
     }
     let profile = parse_profile(req.profile.as_deref())?;
@@ -558,7 +583,7 @@ async fn create_session(
         remote: key("remoteKey", req.remote_key.as_deref(), profile)?,
         local: key("localKey", req.local_key.as_deref(), profile)?,
     };
-    if req.role == RoleName::Subscriber && req.clock_rates.is_some() {
+    if req.role != RoleName::Publisher && req.clock_rates.is_some() {
         return Err(ApiError::bad_request("clockRates: for publishers only"));
     }
     let ssrcs = ssrcs(req.role, req.ssrcs)?;
@@ -573,6 +598,8 @@ async fn create_session(
             extensions: None,
             rtx: Vec::new(),
         },
+        RoleName::RelayIn => Role::RelayIn,
+        RoleName::RelayOut => Role::RelayOut,
     };
 
     let want = req.worker;
@@ -594,7 +621,8 @@ async fn create_session(
     })
     .await?;
     let location = format!("/v1/sessions/{}", spec.id.0);
-    let body = view(&shared, &spec, true);
+    let relay = relay_base(&shared, &shared.lock().node);
+    let body = view(&shared, &spec, true, relay);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -675,7 +703,12 @@ pub(crate) async fn provision<T>(
 
 async fn list_sessions(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let g = shared.lock();
-    let list: Vec<SessionView> = g.node.sessions().map(|s| view(&shared, s, false)).collect();
+    let relay = relay_base(&shared, &g.node);
+    let list: Vec<SessionView> = g
+        .node
+        .sessions()
+        .map(|s| view(&shared, s, false, relay))
+        .collect();
     Ok(Json(json!({ "sessions": list })).into_response())
 }
 
@@ -695,7 +728,7 @@ async fn get_session(
         .node
         .session(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
-    Ok(Json(view(&shared, spec, false)).into_response())
+    Ok(Json(view(&shared, spec, false, relay_base(&shared, &g.node))).into_response())
 }
 
 async fn delete_session(

@@ -27,6 +27,8 @@ pub struct DataplaneInfo {
     pub pid: u32,
     pub workers: u16,
     pub media_port: u16,
+    /// Worker `w`'s relay socket is `relay_port + w`.
+    pub relay_port: u16,
     pub engine: EngineKind,
     /// DTLS certificate fingerprint for SDP answers.
     pub fingerprint: String,
@@ -170,6 +172,11 @@ impl NodeState {
     }
 
     fn changed(&mut self, joined: bool, spec: &SessionSpec) {
+        use switchyard_shared::command::Role;
+        // A relay is a link between nodes, not a peer of the room: no room event for it.
+        if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
+            return;
+        }
         // Bounded: a caller that never takes them loses the oldest.
         if self.changes.len() >= 4096 {
             self.changes.remove(0);
@@ -253,6 +260,7 @@ impl NodeState {
                 pid,
                 workers,
                 media_port,
+                relay_port,
                 engine,
                 fingerprint,
             } => {
@@ -261,6 +269,7 @@ impl NodeState {
                     pid,
                     workers,
                     media_port,
+                    relay_port,
                     engine,
                     fingerprint,
                 });
@@ -404,6 +413,7 @@ mod tests {
             pid: 10,
             workers: 2,
             media_port: 10000,
+            relay_port: 9443,
             engine: EngineKind::Uring,
             fingerprint: "sha-256 00".into(),
         }

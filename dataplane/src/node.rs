@@ -114,6 +114,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         pid: std::process::id(),
         workers,
         media_port: config.media.port,
+        relay_port: config.media.relay_port,
         engine,
     });
     tracing::info!(

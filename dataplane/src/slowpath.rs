@@ -170,6 +170,13 @@ impl SlowPath {
                         error: CommandError::UnknownSession,
                     });
                 };
+                if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
+                    // Booked only (see `add`): no worker holds it.
+                    return self.emit(&Event::SessionRemoved {
+                        id,
+                        reason: CloseReason::Removed,
+                    });
+                }
                 let w = spec.worker;
                 self.pending_remove.insert(id, spec);
                 self.command_worker(w, WorkerCommand::Remove { id });
@@ -218,6 +225,14 @@ impl SlowPath {
             return Err(CommandError::DuplicateSession);
         }
         match &spec.role {
+            Role::RelayIn | Role::RelayOut => {
+                if !matches!(spec.keying, Keying::Static(_)) || spec.ice.is_some() {
+                    return Err(CommandError::Invalid);
+                }
+                if matches!(spec.role, Role::RelayOut) && spec.remote.is_none() {
+                    return Err(CommandError::Invalid);
+                }
+            }
             Role::Publisher { ssrcs, clock_rates } => {
                 if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
                     return Err(CommandError::Invalid);
@@ -268,6 +283,15 @@ impl SlowPath {
 
     fn add(&mut self, spec: SessionSpec) -> Result<(), CommandError> {
         self.validate(&spec)?;
+        if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
+            // Relay sessions are booked here (ids, snapshot, removal) so the control plane's
+            // relay set-up runs end to end; the relay sockets and the workers' RelayIn and
+            // RelayOut roles are the data-plane relay branch's (issue #5) and replace this.
+            let id = spec.id;
+            self.sessions.insert(id, spec);
+            self.emit(&Event::SessionAdded { id });
+            return Ok(());
+        }
         let workers = self.mailboxes.len();
         let next = &mut self.next_stream;
         let entry = self.streams.entry(spec.stream.clone()).or_insert_with(|| {
@@ -285,6 +309,8 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
+            // Booked before the routing table is touched.
+            Role::RelayIn | Role::RelayOut => {}
             Role::Publisher { ssrcs, clock_rates } => {
                 entry.publisher = Some((spec.id, w));
                 sends.push((
@@ -412,6 +438,8 @@ impl SlowPath {
         let stream = entry.id;
         let mut sends = Vec::new();
         match spec.role {
+            // Never in the routing table (see `add`).
+            Role::RelayIn | Role::RelayOut => {}
             Role::Publisher { .. } => {
                 if entry.publisher.is_some_and(|(id, _)| id == spec.id) {
                     entry.publisher = None;

@@ -120,6 +120,19 @@ pub enum Role {
         #[serde(default)]
         rtx: Vec<Option<(u32, u8)>>,
     },
+    /// Receives `stream` relayed from another node on this worker's relay socket and is the
+    /// stream's publisher on this node (local subscribers see it like any publisher). Keying is
+    /// always `Keying::Static` (the per-link key). `remote: None` latches the source of the
+    /// first packet that authenticates; anything else arriving on the relay socket (unknown
+    /// source, failed SRTP auth, STUN/DTLS) is dropped and counted. SSRCs are learned from
+    /// authenticated packets (up to MAX_TRACKS). Sequence gaps are NACKed upstream over the
+    /// link; keyframe requests from local subscribers go upstream as PLI.
+    RelayIn,
+    /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
+    /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
+    /// per-link key (`Keying::Static`), from this worker's relay socket. Serves NACKs arriving over
+    /// the link from the publisher's packet cache and passes PLI/FIR on to the publisher.
+    RelayOut,
 }
 
 /// How a session gets its SRTP keys.
@@ -247,6 +260,9 @@ pub enum Event {
         pid: u32,
         workers: u16,
         media_port: u16,
+        /// The data plane's actual relay base port: worker `w`'s relay socket is
+        /// `relay_port + w`.
+        relay_port: u16,
         /// The I/O engine the workers run (uring or mmsg, never auto).
         engine: crate::config::EngineKind,
         /// The data plane's DTLS certificate fingerprint (`"sha-256 AB:…"`) for SDP answers.

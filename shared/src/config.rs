@@ -59,6 +59,9 @@ pub struct MediaSection {
     pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
+    /// Worker `i` binds its relay socket (media relayed between nodes) on `relay_port + i`,
+    /// on the same address as its media socket.
+    pub relay_port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
     pub workers: u16,
     /// Pin worker `i` to core `(first_core + i) % cores`.
@@ -85,6 +88,7 @@ impl Default for MediaSection {
             announce: None,
             announce6: None,
             port: 10000,
+            relay_port: 9443,
             workers: 0,
             pin: true,
             first_core: 1,
@@ -227,6 +231,17 @@ pub struct ClusterSection {
     /// Room prefixes bound to a node pool (the node label `pool`): rooms under `prefix` go only
     /// to nodes of `pool`; other rooms never go to nodes of a bound pool.
     pub pools: Vec<PoolBinding>,
+    /// WHEP for a stream published on another healthy node is served where it lands, through
+    /// a relay from the publisher's node (true), instead of a 307 to the room's node (false).
+    /// WHIP always goes to the room's node.
+    pub cascade: bool,
+    /// How long a relay that feeds this node stays up after its last local subscriber left,
+    /// so a subscriber that reconnects finds it still there.
+    pub relay_grace_ms: u64,
+    /// The bearer token this control plane sends to the others (relay set-up). Default: a
+    /// short-lived cluster token signed with `[auth] key`; needed when only `public_key` is
+    /// set, since a node cannot sign ES256 tokens itself.
+    pub token: Option<String>,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -251,6 +266,9 @@ impl Default for ClusterSection {
             max_pps_per_worker: 200_000,
             room_close_grace_ms: 30_000,
             pools: Vec::new(),
+            cascade: true,
+            relay_grace_ms: 30_000,
+            token: None,
         }
     }
 }
@@ -337,6 +355,16 @@ impl Config {
         let workers = u32::from(self.media.worker_count());
         if u32::from(self.media.port) + workers > 65536 || self.media.port == 0 {
             return bad("media.port + workers must stay within 1..=65535");
+        }
+        if u32::from(self.media.relay_port) + workers > 65536 || self.media.relay_port == 0 {
+            return bad("media.relay_port + workers must stay within 1..=65535");
+        }
+        let (media, relay) = (
+            u32::from(self.media.port),
+            u32::from(self.media.relay_port),
+        );
+        if media < relay + workers && relay < media + workers {
+            return bad("media.port and media.relay_port ranges (one port per worker) overlap");
         }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");

@@ -16,7 +16,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,12 @@ pub enum Counter {
     KernelRxDrops,
     /// Loop turns; with RxPackets it gives the mean receive batch.
     LoopTurns,
+    /// Media packets received on relay links (RelayIn sessions), each copy counted once.
+    RelayRxPackets,
+    /// Media packets sent over relay links (RelayOut sessions), each copy counted once.
+    RelayTxPackets,
+    /// NACKs a RelayIn session sent upstream over its link.
+    RelayNacksSent,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -53,10 +59,11 @@ pub enum Counter {
     DropQueueFull,
     DropSendFailed,
     DropNoRoute,
+    DropRelayUnauthenticated,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropNoRoute as usize + 1;
+    pub const COUNT: usize = Counter::DropRelayUnauthenticated as usize + 1;
 
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
@@ -73,6 +80,9 @@ impl Counter {
         Counter::Sessions,
         Counter::KernelRxDrops,
         Counter::LoopTurns,
+        Counter::RelayRxPackets,
+        Counter::RelayTxPackets,
+        Counter::RelayNacksSent,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -84,6 +94,7 @@ impl Counter {
         Counter::DropQueueFull,
         Counter::DropSendFailed,
         Counter::DropNoRoute,
+        Counter::DropRelayUnauthenticated,
     ];
 
     /// Prometheus-style name (without the `switchyard_` prefix).
@@ -103,6 +114,9 @@ impl Counter {
             Counter::Sessions => "sessions",
             Counter::KernelRxDrops => "kernel_rx_drops_total",
             Counter::LoopTurns => "loop_turns_total",
+            Counter::RelayRxPackets => "relay_rx_packets_total",
+            Counter::RelayTxPackets => "relay_tx_packets_total",
+            Counter::RelayNacksSent => "relay_nacks_sent_total",
             _ => "drops_total",
         }
     }
@@ -146,10 +160,12 @@ pub enum DropReason {
     SendFailed,
     /// RTCP feedback for an SSRC the node does not forward.
     NoRoute,
+    /// Anything dropped on a relay socket: an unknown source or an SRTP auth failure.
+    RelayUnauthenticated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Oversize,
         DropReason::Malformed,
         DropReason::UnknownSource,
@@ -161,6 +177,7 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::SendFailed,
         DropReason::NoRoute,
+        DropReason::RelayUnauthenticated,
     ];
 
     pub const fn counter(self) -> Counter {
@@ -176,6 +193,7 @@ impl DropReason {
             DropReason::QueueFull => Counter::DropQueueFull,
             DropReason::SendFailed => Counter::DropSendFailed,
             DropReason::NoRoute => Counter::DropNoRoute,
+            DropReason::RelayUnauthenticated => Counter::DropRelayUnauthenticated,
         }
     }
 
@@ -193,6 +211,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::SendFailed => "send_failed",
             DropReason::NoRoute => "no_route",
+            DropReason::RelayUnauthenticated => "relay_unauthenticated",
         }
     }
 }

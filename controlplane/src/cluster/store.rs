@@ -74,6 +74,20 @@ pub trait Store: Send + Sync {
         -> impl Future<Output = Result<Option<Room>, StoreError>> + Send;
     /// Every room, in id order.
     fn list_rooms(&self) -> impl Future<Output = Result<Vec<Room>, StoreError>> + Send;
+    /// Replace the streams `node` publishes (its own publishers and the streams relayed to
+    /// it), each with its hop list (the nodes it was relayed through, empty for a local
+    /// publisher). The node's control plane writes its whole set, so a restart heals it.
+    fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The nodes that publish `stream`, in node id order, each with the stream's hop list
+    /// there.
+    fn stream_sources(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
 }
 
 /// Fresh entropy for power-of-two choices: a per-store counter through SplitMix64, seeded
@@ -95,6 +109,8 @@ impl Entropy {
 struct Memory {
     nodes: BTreeMap<String, Node>,
     rooms: BTreeMap<String, Room>,
+    /// Node → stream → hops.
+    streams: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     round_robin: u64,
 }
 
@@ -239,6 +255,29 @@ impl Store for MemoryStore {
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
         Ok(self.lock().rooms.values().cloned().collect())
     }
+
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if streams.is_empty() {
+            g.streams.remove(node);
+        } else {
+            g.streams.insert(node.to_owned(), streams);
+        }
+        Ok(())
+    }
+
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        Ok(self
+            .lock()
+            .streams
+            .iter()
+            .filter_map(|(node, s)| Some((node.clone(), s.get(stream)?.clone())))
+            .collect())
+    }
 }
 
 /// The store a control plane runs with, chosen by `[cluster] redis`.
@@ -288,6 +327,16 @@ impl Store for AnyStore {
     }
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
         dispatch!(self, s => s.list_rooms())
+    }
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_node_streams(node, streams))
+    }
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        dispatch!(self, s => s.stream_sources(stream))
     }
 }
 
