@@ -49,6 +49,14 @@ impl ApiError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn message(&self) -> String {
+        self.message.clone()
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -111,6 +119,7 @@ pub fn router(
         .with_state(shared.clone())
         // The WHIP/WHEP POSTs look up their room's node (307 to another node's URL).
         .layer(axum::Extension(cluster.clone()))
+        .merge(crate::relay::http::routes(shared.clone(), cluster.clone()))
         .merge(crate::cluster::http::routes(cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -417,7 +426,7 @@ pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-fn validate_stream(stream: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_stream(stream: &str) -> Result<(), ApiError> {
     let ok = !stream.is_empty()
         && stream.len() <= MAX_STREAM
         && stream

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Sessions started and ended, for the room events task (bounded; full = dropped).
     pub changes: tokio::sync::mpsc::Sender<crate::state::SessionChange>,
     pub changes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<crate::state::SessionChange>>>,
+    /// Relays of this node, both directions (lock order: `inner` before `relays`).
+    pub relays: crate::relay::Relays,
 }
 
 pub struct Inner {
@@ -78,6 +80,7 @@ impl Shared {
         Self {
             changes,
             changes_rx: Mutex::new(Some(changes_rx)),
+            relays: crate::relay::Relays::load(&config),
             config,
             inner: Mutex::new(Inner {
                 node: NodeState::new(),

@@ -272,8 +272,14 @@ pub fn render(
         "gauge",
         "Relay links of this node: in (fed by another node) and out (feeding another node).",
     );
-    let _ = writeln!(out, "switchyard_relays_active{{direction=\"in\"}} {relays_in}");
-    let _ = writeln!(out, "switchyard_relays_active{{direction=\"out\"}} {relays_out}");
+    let _ = writeln!(
+        out,
+        "switchyard_relays_active{{direction=\"in\"}} {relays_in}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_active{{direction=\"out\"}} {relays_out}"
+    );
     header(
         &mut out,
         "command_ring_depth",

@@ -359,10 +359,7 @@ impl Config {
         if u32::from(self.media.relay_port) + workers > 65536 || self.media.relay_port == 0 {
             return bad("media.relay_port + workers must stay within 1..=65535");
         }
-        let (media, relay) = (
-            u32::from(self.media.port),
-            u32::from(self.media.relay_port),
-        );
+        let (media, relay) = (u32::from(self.media.port), u32::from(self.media.relay_port));
         if media < relay + workers && relay < media + workers {
             return bad("media.port and media.relay_port ranges (one port per worker) overlap");
         }
@@ -436,6 +433,13 @@ impl Config {
     pub fn ring_path(&self) -> PathBuf {
         self.shm_dir()
             .join(format!("switchyard-{}.ring", self.node.id))
+    }
+
+    /// The control plane's relay records (what the data plane's snapshot cannot say about
+    /// its relay sessions), beside the ring.
+    pub fn relays_path(&self) -> PathBuf {
+        self.shm_dir()
+            .join(format!("switchyard-{}.relays", self.node.id))
     }
 
     /// The per-worker counters file.

@@ -528,7 +528,8 @@ impl Store for RedisStore {
         let key = self.key(&format!("streams:{node}"));
         let mut fields = Vec::with_capacity(streams.len());
         for (stream, hops) in streams {
-            let hops = serde_json::to_string(&hops).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let hops =
+                serde_json::to_string(&hops).map_err(|e| StoreError::Backend(e.to_string()))?;
             fields.push((stream, hops));
         }
         self.run(async |c| {
@@ -555,7 +556,9 @@ impl Store for RedisStore {
             .run(async |c| {
                 let mut p = redis::pipe();
                 for id in &ids {
-                    p.cmd("HGET").arg(self.key(&format!("streams:{id}"))).arg(stream);
+                    p.cmd("HGET")
+                        .arg(self.key(&format!("streams:{id}")))
+                        .arg(stream);
                 }
                 p.query_async(c).await
             })
