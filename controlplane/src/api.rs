@@ -211,7 +211,13 @@ async fn list_streams(
     let list: Vec<_> = published_streams(
         g.node
             .sessions()
-            .map(|s| (s.stream.as_str(), matches!(s.role, Role::Publisher { .. }))),
+            // A relay that feeds this node publishes its stream here.
+            .map(|s| {
+                (
+                    s.stream.as_str(),
+                    matches!(s.role, Role::Publisher { .. } | Role::RelayIn),
+                )
+            }),
         &query.prefix,
     )
     .into_iter()

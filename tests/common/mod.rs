@@ -126,6 +126,10 @@ pub struct Node {
     /// `--media-bind` of both planes (127.0.0.1 unless [`Node::spawn_bound`] says otherwise).
     pub media_bind: String,
     pub media_port: u16,
+    /// `--relay-port`: worker `i`'s relay socket is `relay_port + i`.
+    pub relay_port: u16,
+    /// `--node-id` (`test` unless [`Node::spawn_named`] says otherwise).
+    pub node_id: String,
     pub workers: u16,
     pub shm: PathBuf,
     pub dataplane: Option<Child>,
@@ -159,6 +163,20 @@ impl Node {
 
     /// [`Node::spawn_with`] with the media sockets bound to `media_bind` (e.g. `::`).
     pub fn spawn_bound(workers: u16, media_bind: &str, extra: Vec<std::ffi::OsString>) -> Node {
+        Node::spawn_full("test", workers, media_bind, extra)
+    }
+
+    /// [`Node::spawn_with`] with node id `id` (nodes of one cluster need distinct ids).
+    pub fn spawn_named(id: &str, workers: u16, extra: Vec<std::ffi::OsString>) -> Node {
+        Node::spawn_full(id, workers, "127.0.0.1", extra)
+    }
+
+    fn spawn_full(
+        id: &str,
+        workers: u16,
+        media_bind: &str,
+        extra: Vec<std::ffi::OsString>,
+    ) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
@@ -168,6 +186,8 @@ impl Node {
             http_addr,
             media_bind: media_bind.to_owned(),
             media_port: free_udp_ports(workers),
+            relay_port: free_udp_ports(workers),
+            node_id: id.to_owned(),
             workers,
             shm,
             dataplane: None,
@@ -182,12 +202,13 @@ impl Node {
     fn command(&self, role: &str) -> Command {
         let mut c = Command::new(BIN);
         c.arg(role)
-            .args(["--node-id", "test"])
+            .args(["--node-id", &self.node_id])
             .arg("--shm-dir")
             .arg(&self.shm)
             .args(["--http-listen", &self.http_addr])
             .args(["--media-bind", &self.media_bind])
             .args(["--media-port", &self.media_port.to_string()])
+            .args(["--relay-port", &self.relay_port.to_string()])
             .args(["--workers", &self.workers.to_string()])
             .args(["--pin", "false"])
             // SWITCHYARD_TEST_LOG=debug shows the node's logs while debugging a test.
@@ -268,7 +289,8 @@ impl Node {
     /// no control plane running).
     pub fn forwarded_direct(&self) -> u64 {
         use switchyard_shared::stats::{Counter, Stats};
-        let stats = Stats::open(&self.shm.join("switchyard-test.stats")).expect("stats file");
+        let stats = Stats::open(&self.shm.join(format!("switchyard-{}.stats", self.node_id)))
+            .expect("stats file");
         (0..stats.workers())
             .filter_map(|w| stats.worker(w))
             .map(|c| c.get(Counter::Forwarded))

@@ -40,6 +40,8 @@ use book::Book;
 
 /// How often the relay task syncs the store, reconciles the book and runs grace timers.
 const TICK: Duration = Duration::from_secs(1);
+/// Ticks a relay's session must be missing from the data plane before its record goes.
+const FORGET_AFTER_TICKS: u32 = 5;
 /// The store entry of this node's streams is rewritten at least this often, so a store that
 /// lost it (a Redis restart) has it back soon.
 const STORE_REFRESH: Duration = Duration::from_secs(30);
@@ -171,13 +173,30 @@ pub(crate) async fn sync_streams(shared: &Shared, cluster: &Cluster) {
 pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
     let grace = cluster.config.relay_grace_ms;
     let mut written: Option<(BTreeMap<String, Vec<String>>, std::time::Instant)> = None;
+    // Ticks each relay's session has been missing from the data plane's table in a row.
+    let mut missing: std::collections::HashMap<switchyard_shared::command::SessionId, u32> =
+        Default::default();
     loop {
         tokio::time::sleep(TICK).await;
         let ready = shared.lock().node.ready().is_ok();
         if ready {
             let live: std::collections::HashSet<_> =
                 shared.lock().node.sessions().map(|s| s.id).collect();
-            if shared.relays.lock().retain_live(|id| live.contains(&id)) {
+            let recorded: Vec<_> = {
+                let book = shared.relays.lock();
+                book.outs()
+                    .map(|r| r.session)
+                    .chain(book.ins().map(|r| r.session))
+                    .collect()
+            };
+            missing.retain(|id, _| recorded.contains(id) && !live.contains(id));
+            for id in recorded.into_iter().filter(|id| !live.contains(id)) {
+                *missing.entry(id).or_default() += 1;
+            }
+            // Missing for a few seconds, not one glimpse: while a restarted data plane is
+            // re-provisioned, the table may briefly lack sessions that come back.
+            let gone = |id| missing.get(&id).is_some_and(|&n| n >= FORGET_AFTER_TICKS);
+            if shared.relays.lock().retain_live(|id| !gone(id)) {
                 tracing::warn!("relays whose session the data plane no longer has were forgotten");
                 shared.relays.save();
             }
