@@ -517,6 +517,28 @@ mod tests {
     }
 
     #[test]
+    fn relay_ports_do_not_overlap_media_ports() {
+        let c = Config::parse("[media]\nworkers = 4\nrelay_port = 20000\n").expect("parse");
+        assert_eq!(c.media.relay_port, 20000);
+        c.validate().expect("valid");
+        assert_eq!(Config::default().media.relay_port, 9443);
+        let mut c = Config::default();
+        c.media.workers = 4;
+        c.media.relay_port = 10002;
+        assert!(c.validate().is_err(), "10002..10006 overlaps 10000..10004");
+        c.media.relay_port = 9997;
+        assert!(c.validate().is_err(), "9997..10001 overlaps 10000..10004");
+        c.media.relay_port = 9996;
+        c.validate().expect("9996..10000 ends where media starts");
+        c.media.relay_port = 0;
+        assert!(c.validate().is_err());
+        let c = Config::parse("[cluster]\ncascade = false\nrelay_grace_ms = 500\n").expect("parse");
+        assert!(!c.cluster.cascade);
+        assert_eq!(c.cluster.relay_grace_ms, 500);
+        assert!(Config::default().cluster.cascade);
+    }
+
+    #[test]
     fn auth_section_parses() {
         let c =
             Config::parse("[auth]\nkey = \"c2VjcmV0LXNlY3JldC1zZWNyZXQ=\"\npublic = \"anon\"\n")

@@ -753,3 +753,68 @@ fn fit(shared: &Shared) -> bool {
         .is_some_and(|l| l.reason.is_some());
     !overloaded && shared.lock().node.ready().is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(key: &str, key_back: &str, profile: &str, port: u16) -> Answer {
+        let body = serde_json::json!({
+            "relayId": 7, "node": "b", "stream": "r/s", "address": "10.0.0.2",
+            "port": port, "profile": profile, "key": key, "keyBack": key_back, "hops": ["a"],
+        });
+        Answer {
+            status: 201,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn the_source_protects_with_the_forward_key_and_opens_with_the_back_key() {
+        let fwd = b64(&[1; 28]);
+        let back = b64(&[2; 28]);
+        let (a, keys) = parse_answer(&answer(&fwd, &back, "AEAD_AES_128_GCM", 9443)).unwrap();
+        assert_eq!((a.relay_id, a.port), (7, 9443));
+        // Target's RelayIn: { remote: K_fwd, local: K_back }; source's RelayOut the mirror.
+        assert_eq!(keys.local, vec![1; 28], "RelayOut protects with K_fwd");
+        assert_eq!(
+            keys.remote,
+            vec![2; 28],
+            "and unprotects feedback with K_back"
+        );
+        assert_eq!(keys.profile, PROFILE);
+    }
+
+    #[test]
+    fn bad_answers_are_refused() {
+        let k = b64(&[1; 28]);
+        let short = b64(&[1; 16]);
+        for a in [
+            answer(&k, &k, "AES_CM_128_HMAC_SHA1_80", 9443),
+            answer(&k, &short, "AEAD_AES_128_GCM", 9443),
+            answer("not base64!", &k, "AEAD_AES_128_GCM", 9443),
+            answer(&k, &k, "AEAD_AES_128_GCM", 0),
+            Answer {
+                status: 201,
+                body: b"{}".to_vec(),
+            },
+        ] {
+            let e = parse_answer(&a).expect_err("refused");
+            assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        }
+    }
+
+    #[test]
+    fn the_publishers_identity_stays_home() {
+        let n = Negotiated {
+            ice_ufrag_remote: "u".into(),
+            ice_pwd_remote: "secret".into(),
+            remote_fingerprint: "sha-256 AA".into(),
+            tracks: Vec::new(),
+            answer: "v=0".into(),
+        };
+        let t = tracks_only(&n);
+        assert!(t.ice_pwd_remote.is_empty() && t.answer.is_empty());
+        assert!(t.remote_fingerprint.is_empty() && t.ice_ufrag_remote.is_empty());
+    }
+}
