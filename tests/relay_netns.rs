@@ -235,6 +235,7 @@ fn sessions(addr: &str) -> Vec<serde_json::Value> {
 /// A subscriber socket on the host and the sequence numbers it decrypted.
 struct Receiver {
     seqs: Arc<std::sync::Mutex<BTreeSet<u16>>>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -249,11 +250,11 @@ fn subscribe(api: &str, host: &str, stop: &Arc<AtomicBool>) -> Receiver {
     let r = post(api, "/v1/sessions", &body);
     assert_eq!(r.status, 201, "{}", r.body);
     let seqs = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let (out, stop) = (seqs.clone(), stop.clone());
+    let (out, stop_rx) = (seqs.clone(), stop.clone());
     let thread = std::thread::spawn(move || {
         let mut ctx = Context::new(SrtpProfile::AeadAes128Gcm, &[8; 28]).expect("ctx");
         let mut buf = [0u8; 1500];
-        while !stop.load(Ordering::Relaxed) {
+        while !stop_rx.load(Ordering::Relaxed) {
             let Ok(n) = sock.recv(&mut buf) else { continue };
             let mut pkt = buf[..n].to_vec();
             if ctx.unprotect_rtp(&mut pkt).is_ok() && pkt.len() >= 4 {
@@ -265,6 +266,7 @@ fn subscribe(api: &str, host: &str, stop: &Arc<AtomicBool>) -> Receiver {
     });
     Receiver {
         seqs,
+        stop: stop.clone(),
         thread: Some(thread),
     }
 }
@@ -278,6 +280,8 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        // Also when an assertion unwinds past the receivers: stop them all, then join.
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
