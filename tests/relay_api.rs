@@ -331,6 +331,26 @@ fn relays_are_set_up_over_rest() {
     assert_eq!(role_count(&c.sessions(1), "relay-in", "room1/mic"), 1);
     assert_eq!(role_count(&c.sessions(0), "relay-out", "room1/mic"), 1);
 
+    // A target named by its control plane's address (a node outside the registry) works the
+    // same; the relay is then known under the node id the target answered with.
+    publish(&c, 0, "room1/screen", 4444, None);
+    let by_addr = format!(r#"{{"address":"{}"}}"#, c.nodes[1].http_addr);
+    let r = c.call(0, "POST", "/v1/streams/room1/screen/relays", Some(&by_addr));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["targetNode"], "b");
+    let r2 = c.call(0, "POST", "/v1/streams/room1/screen/relays", Some(to_b));
+    assert_eq!(r2.status, 200, "{}", r2.body);
+    assert_eq!(r2.json()["sessionId"], r.json()["sessionId"]);
+    let r = c.call(0, "DELETE", "/v1/streams/room1/screen/relays/b", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.call(
+        0,
+        "POST",
+        "/v1/streams/room1/screen/relays",
+        Some(r#"{"address":"127.0.0.1:1"}"#),
+    );
+    assert_eq!(r.status, 502, "nothing listens there: {}", r.body);
+
     // A control plane restart (either end) loses no relay.
     let before_a = c.call(0, "GET", path, None).json();
     c.nodes[0].kill_controlplane();
