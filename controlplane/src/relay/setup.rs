@@ -307,6 +307,11 @@ async fn connect(
             format!("target answered as node {:?}, not {:?}", a.node, node),
         ));
     }
+    // The same target under its other name (address and node id asked for at once): the
+    // target reused its ingress, so reuse the relay too rather than send every packet twice.
+    if let Some(r) = shared.relays.lock().out(stream, &a.node) {
+        return Ok(r.clone());
+    }
     let remote = SocketAddr::new(a.address, a.port);
     let target_node = a.node.clone();
     let provisioned = provision(shared, Some(worker), |id, worker, _| {
