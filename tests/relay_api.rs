@@ -368,11 +368,21 @@ fn relays_are_set_up_over_rest() {
     // b's data plane restarts: its relay-in comes back with the same id, worker and port,
     // without a touching a.
     let a_before = c.sessions(0);
+    let pid_before = c.nodes[1].wait_healthy()["dataplanePid"].clone();
     c.nodes[1].kill_dataplane();
-    c.nodes[1].start_dataplane();
-    wait("b's data plane back", || {
+    // As tests/node.rs does: until b's control plane saw the old process gone, its sockets
+    // (io_uring releases them after the exit) may still hold the ports.
+    wait("b reports its data plane down", || {
         http_with(&c.nodes[1].http_addr, "GET", "/health", "", &[], None)
-            .is_ok_and(|r| r.status == 200 && r.json()["dataplanePid"].is_u64())
+            .is_ok_and(|r| r.status == 503)
+    });
+    c.nodes[1].start_dataplane();
+    wait("b's new data plane in sync", || {
+        http_with(&c.nodes[1].http_addr, "GET", "/health", "", &[], None).is_ok_and(|r| {
+            r.status == 200
+                && r.json()["dataplanePid"].is_u64()
+                && r.json()["dataplanePid"] != pid_before
+        })
     });
     wait("b's relay-in re-provisioned", || {
         c.sessions(1)

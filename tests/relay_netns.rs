@@ -428,6 +428,12 @@ fn relays_across_three_namespaces() {
         let _ = dp.kill();
         let _ = dp.wait();
     }
+    // Until B's control plane saw the old process gone, its sockets may still hold the ports.
+    wait_for(
+        "B reports its data plane down",
+        Duration::from_secs(10),
+        || get(&api[1], "/health").is_some_and(|r| r.status == 503),
+    );
     b.dataplane = Some(b.spawn("dataplane", &redis));
     wait_for("B healthy again", Duration::from_secs(30), || {
         get(&api[1], "/health").is_some_and(|r| r.status == 200)
