@@ -437,6 +437,37 @@ mod tests {
     }
 
     #[test]
+    fn nodes_publish_their_streams() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = MemoryStore::new();
+            let set = |list: &[(&str, Vec<String>)]| {
+                list.iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            s.set_node_streams("a", set(&[("r/cam", vec![]), ("r/mic", vec![])]))
+                .await
+                .unwrap();
+            s.set_node_streams("b", set(&[("r/cam", vec!["a".into()])]))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.stream_sources("r/cam").await.unwrap(),
+                vec![("a".into(), vec![]), ("b".into(), vec!["a".into()])]
+            );
+            s.set_node_streams("a", set(&[("r/cam", vec![])]))
+                .await
+                .unwrap();
+            s.set_node_streams("b", BTreeMap::new()).await.unwrap();
+            assert!(s.stream_sources("r/mic").await.unwrap().is_empty());
+            assert_eq!(s.stream_sources("r/cam").await.unwrap().len(), 1);
+        });
+    }
+
+    #[test]
     fn concurrent_reservations_never_over_commit() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
