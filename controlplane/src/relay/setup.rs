@@ -724,11 +724,19 @@ pub async fn pull(shared: &Arc<Shared>, cluster: &Cluster, stream: &str) -> Resu
         for (_, node, url) in candidates.iter().take(2) {
             let path = format!("/v1/streams/{stream}/relays");
             match client::request(url, "POST", &path, Some(body.as_bytes()), token.as_deref(), PULL_TIMEOUT).await {
-                Ok(a) if (200..300).contains(&a.status) && have(shared) => {
+                Ok(a) if (200..300).contains(&a.status) => {
+                    // Auto either way: unused, it ends after the grace period.
                     shared.relays.lock().set_auto(stream);
                     shared.relays.save();
-                    tracing::info!(%stream, source = %node, "cascade: relayed from the publishing node");
-                    return Ok(());
+                    if have(shared) {
+                        tracing::info!(%stream, source = %node, "cascade: relayed from the publishing node");
+                        return Ok(());
+                    }
+                    // A plain RTP publisher: relayed, but WHEP needs a WebRTC one.
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no WebRTC publisher on stream {stream}"),
+                    ));
                 }
                 Ok(a) => {
                     metrics().relay_failed("cascade");
