@@ -35,6 +35,7 @@ start_node() { # name http-port media-port engine [uring_sendmmsg]
     printf '[media]\nuring_sendmmsg = %s\n' "${5:-true}" > "$shm/config.toml"
     ./target/release/switchyard up --config "$shm/config.toml" --node-id "$1" --shm-dir "$shm" \
         --http-listen "127.0.0.1:$2" --workers 1 --media-bind 127.0.0.1 --media-port "$3" \
+        --relay-port "$(($3 + 5))" \
         --engine "$4" > "$out/node-$1.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/health" >/dev/null && return; sleep 0.1; done

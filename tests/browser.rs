@@ -2,6 +2,8 @@
 //! with WHIP, a second page watches it with WHEP, both from the demo page at `GET /` driven
 //! by query parameters. The pages POST a getStats summary every second to a listener this
 //! test runs on 127.0.0.1; answering "stop" makes a page hang up (DELETE on its Location).
+//! The publisher page also sends a data channel message a second, which must reach the
+//! watcher through the node.
 //!
 //! Needs Debian's `chromium` (`scripts/test.sh` installs it). Without it the test fails,
 //! unless `SWITCHYARD_SKIP_BROWSER=1`. Chromium's flags keep all traffic on the machine
@@ -264,10 +266,20 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
     eprintln!("publisher connected: {first}");
 
     let watcher = Chromium::start(&bin, "watcher", &url("watch=browser/cam", "/sub"));
+    // The publisher page also sends "tick <n>" once a second on its data channel, which the
+    // node relays to the watcher on a channel it opens towards it.
     let got = reports.wait("/sub", Duration::from_secs(40), |r| {
-        num(r, "framesDecoded") > 100.0 && num(r, "audioPacketsReceived") > 0.0
+        num(r, "framesDecoded") > 100.0
+            && num(r, "audioPacketsReceived") > 0.0
+            && num(r, "chatReceived") > 2.0
     });
     eprintln!("watcher: {got}");
+    assert!(
+        got["chatLast"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tick ")),
+        "data channel message: {got}"
+    );
     let streams = node.get("/v1/streams").json();
     assert_eq!(
         streams,

@@ -1,7 +1,8 @@
 //! A node's own load on a real node: a tiny `consumers_per_worker` and a few sessions make it
 //! overloaded (`/health` 503 with the reason, `overloaded` in the registry); room events reach
 //! the room's `eventNotificationUri`; the room's capacity comes back when its last session
-//! ends and the grace period passes.
+//! ends and the grace period passes, and that of a room nobody joins when the idle timeout
+//! passes.
 
 mod common;
 
@@ -78,7 +79,7 @@ fn overload_events_and_idle_rooms() {
     let config = dir.join("switchyard.toml");
     std::fs::write(
         &config,
-        "[cluster]\nhealth_interval_ms = 200\nconsumers_per_worker = 2\nroom_close_grace_ms = 300\n",
+        "[cluster]\nhealth_interval_ms = 200\nconsumers_per_worker = 2\nroom_close_grace_ms = 300\nroom_idle_timeout_ms = 2000\n",
     )
     .expect("config");
     // Only this test runs in this binary, so the variable reaches exactly its node.
@@ -151,6 +152,28 @@ fn overload_events_and_idle_rooms() {
     let metrics = node.get("/metrics").body;
     assert!(
         metrics.contains("switchyard_rooms_closed_idle_total 1"),
+        "{metrics}"
+    );
+
+    // A room nobody ever joins: closed room_idle_timeout_ms after its creation, capacity
+    // back, room-closed sent.
+    let created = Instant::now();
+    let r = node.post("/v1/rooms/lonely", &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(reserved(&node), 2);
+    let e = next_event(&events);
+    assert_eq!(e["event"], "room-closed", "{e}");
+    assert_eq!(e["roomId"], "lonely");
+    assert!(
+        created.elapsed() >= Duration::from_millis(1900),
+        "closed after {:?}, before the idle timeout",
+        created.elapsed()
+    );
+    assert_eq!(reserved(&node), 0);
+    assert_eq!(node.get("/v1/rooms/lonely").status, 404);
+    let metrics = node.get("/metrics").body;
+    assert!(
+        metrics.contains("switchyard_rooms_closed_idle_total 2"),
         "{metrics}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -439,6 +439,8 @@ fn up_starts_a_node_and_stops_on_sigterm() {
             "127.0.0.1",
             "--media-port",
             &port.to_string(),
+            "--relay-port",
+            &common::free_udp_ports_apart(1, port).to_string(),
         ])
         .env("RUST_LOG", "warn")
         .spawn()

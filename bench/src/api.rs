@@ -42,13 +42,23 @@ pub struct Health {
 
 /// Body of `POST /v1/sessions`.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionRequest {
     pub role: &'static str,
     pub stream: String,
-    pub remote: SocketAddr,
+    /// `None` only for a relay-in: the node latches the relay's source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
     pub profile: Profile,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<u32>,
+    /// Base64 key || salt the node unprotects with (a relay-out's is its relay-in's
+    /// `localKey`); the node generates one when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_key: Option<String>,
+    /// Base64 key || salt the node protects with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_key: Option<String>,
 }
 
 /// The 201 answer to `POST /v1/sessions` (fields the bench reads).
@@ -164,10 +174,26 @@ impl Node {
         }
     }
 
+    /// The value of an unlabelled sample `switchyard_{name}` in `/metrics` (the node's sum
+    /// over workers); `None` when the node does not export it.
+    pub fn metric(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        let r = http::request("GET", &format!("{}/metrics", self.base), None)?;
+        let text = String::from_utf8_lossy(&r.body);
+        Ok(metric_value(&text, name))
+    }
+
     pub fn delete_session(&self, id: u64) -> Result<(), ApiError> {
         http::request("DELETE", &format!("{}/v1/sessions/{id}", self.base), None)?;
         Ok(())
     }
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let full = format!("switchyard_{name}");
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == full).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 #[cfg(test)]
@@ -179,15 +205,45 @@ mod tests {
         let req = SessionRequest {
             role: "subscriber",
             stream: "bench/s0".into(),
-            remote: "127.0.0.1:40000".parse().expect("addr"),
+            remote: Some("127.0.0.1:40000".parse().expect("addr")),
             profile: Profile::AeadAes128Gcm,
             worker: None,
+            remote_key: None,
+            local_key: None,
         };
         let v: serde_json::Value = serde_json::to_value(&req).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"role":"subscriber","stream":"bench/s0",
                 "remote":"127.0.0.1:40000","profile":"AEAD_AES_128_GCM"})
+        );
+    }
+
+    #[test]
+    fn metric_lines() {
+        let text = "# HELP switchyard_x_total X.\nswitchyard_x_total 12\n\
+                    switchyard_x_total_more 3\nswitchyard_drops_total{reason=\"a\"} 1\n";
+        assert_eq!(metric_value(text, "x_total"), Some(12.0));
+        assert_eq!(metric_value(text, "drops_total"), None);
+        assert_eq!(metric_value(text, "y_total"), None);
+    }
+
+    #[test]
+    fn relay_request_shape() {
+        let req = SessionRequest {
+            role: "relay-out",
+            stream: "bench/s0".into(),
+            remote: None,
+            profile: Profile::AeadAes128Gcm,
+            worker: Some(0),
+            remote_key: Some("AAEC".into()),
+            local_key: Some("AwQF".into()),
+        };
+        let v: serde_json::Value = serde_json::to_value(&req).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"role":"relay-out","stream":"bench/s0","worker":0,
+                "profile":"AEAD_AES_128_GCM","remoteKey":"AAEC","localKey":"AwQF"})
         );
     }
 

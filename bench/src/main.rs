@@ -30,6 +30,26 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Relays between nodes: publishers and subscribers on --api, each stream relayed to
+    /// every --via node with subscribers there too; latency added per hop and link packets/s.
+    Relay {
+        /// The publishers' node (hop 0).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// Nodes the streams are relayed to, comma separated control API URLs.
+        #[arg(long, value_delimiter = ',', required = true)]
+        via: Vec<String>,
+        /// Relay each --via node from the one before it (a chain) instead of from --api.
+        #[arg(long)]
+        chain: bool,
+        #[arg(long, value_enum, default_value_t = ProfileArg::Gcm)]
+        profile: ProfileArg,
+        /// Process whose CPU is measured (default: the --api node's dataplanePid).
+        #[arg(long)]
+        cpu_pid: Option<i32>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// The same load through an in-process plain UDP fan-out thread (the reference).
     Reflector {
         /// Core the reflector thread is pinned to.
@@ -103,6 +123,15 @@ enum ProfileArg {
     Cm,
 }
 
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Profile {
+        match p {
+            ProfileArg::Gcm => Profile::AeadAes128Gcm,
+            ProfileArg::Cm => Profile::AesCm128HmacSha1_80,
+        }
+    }
+}
+
 #[derive(Args)]
 struct LoadArgs {
     #[arg(long, default_value_t = 1)]
@@ -139,6 +168,10 @@ struct LoadArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Subscribers are relay-outs (`fanout` over /v1/sessions only): relay egress instead of
+    /// subscriber egress.
+    #[arg(long)]
+    relay_out: bool,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -174,6 +207,7 @@ impl LoadArgs {
             },
             sockets: self.sockets,
             bench_cores,
+            relay_out: self.relay_out,
             ..LoadSpec::default()
         })
     }
@@ -183,10 +217,7 @@ impl NodeArgs {
     fn target(&self) -> Target {
         Target::Node {
             api: self.api.clone(),
-            profile: match self.profile {
-                ProfileArg::Gcm => Profile::AeadAes128Gcm,
-                ProfileArg::Cm => Profile::AesCm128HmacSha1_80,
-            },
+            profile: self.profile.into(),
             cpu_pid: self.cpu_pid,
             worker: self.worker,
             webrtc: self.webrtc.then_some(WebrtcJoin {
@@ -209,6 +240,25 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Fanout { node, load } => {
             let report = switchyard_bench::run(&load.spec()?, &node.target())?;
+            print!("{}", report.table());
+            write_json(&load.json, &report)?;
+        }
+        Cmd::Relay {
+            api,
+            via,
+            chain,
+            profile,
+            cpu_pid,
+            load,
+        } => {
+            let target = Target::Relay {
+                api,
+                via,
+                chain,
+                profile: profile.into(),
+                cpu_pid,
+            };
+            let report = switchyard_bench::run(&load.spec()?, &target)?;
             print!("{}", report.table());
             write_json(&load.json, &report)?;
         }

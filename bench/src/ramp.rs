@@ -83,6 +83,7 @@ pub fn ramp(
         target: match target {
             Target::Node { .. } => "fanout".into(),
             Target::Reflector { .. } => "reflector".into(),
+            Target::Relay { .. } => "relay".into(),
         },
         loss_threshold: ramp.loss,
         p99_threshold_us: ramp.p99_us,

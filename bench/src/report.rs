@@ -114,7 +114,32 @@ pub struct Report {
     pub dataplane_cpu: Option<f64>,
     /// Its CPU ns per forwarded (received) packet.
     pub cpu_ns_per_packet: Option<f64>,
+    /// Relay runs: the subscribers on each node, apart (empty for other scenarios).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupReport>,
+    /// Relay runs: media packets/s the source nodes sent over their relay links in the
+    /// measured window (the `relay_tx_packets_total` counter's rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_link_pps: Option<f64>,
     pub errors: Errors,
+}
+
+/// The subscribers on one node of a relay run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    /// The node's control API.
+    pub node: String,
+    /// Relays between the publishers' node and this one (0: the publishers' node).
+    pub hops: u32,
+    pub subscribers: usize,
+    pub expected_packets: u64,
+    pub received_packets: u64,
+    pub loss_ratio: f64,
+    pub latency_us: Latency,
+    /// (this group's p50 − hop 0's p50) / hops, µs: what one relay hop adds.
+    pub added_p50_us_per_hop: Option<f64>,
+    /// The same for p99.
+    pub added_p99_us_per_hop: Option<f64>,
 }
 
 /// A ramp: steps of growing load until one fails the thresholds.
@@ -195,6 +220,24 @@ impl Report {
                 "  join     p50 {:.1} ms  p99 {:.1}  max {:.1}  mean {:.1}  ({} WebRTC subscribers)",
                 j.p50, j.p99, j.max, j.mean, j.count
             );
+        }
+        for g in &self.groups {
+            let l = &g.latency_us;
+            let _ = writeln!(
+                s,
+                "  hops {}   {} sub on {}  loss {:.4}%  p50 {} µs  p99 {}  added/hop p50 {} µs  p99 {}",
+                g.hops,
+                g.subscribers,
+                g.node,
+                g.loss_ratio * 100.0,
+                l.p50,
+                l.p99,
+                opt(g.added_p50_us_per_hop, 0),
+                opt(g.added_p99_us_per_hop, 0)
+            );
+        }
+        if let Some(pps) = self.relay_link_pps {
+            let _ = writeln!(s, "  relay    links carried {pps:.0} pps");
         }
         if self.errors != Errors::default() {
             let _ = writeln!(s, "  errors   {:?}", self.errors);

@@ -21,7 +21,7 @@ use crate::crypto::{tag_len, Cipher, Profile};
 use crate::pacing::{Pacer, Schedule};
 use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
-use crate::report::{Errors, JoinTimes, Latency, Report};
+use crate::report::{Errors, GroupReport, JoinTimes, Latency, Report};
 use crate::sys::{self, RecvBatch, MAX_BATCH};
 use crate::webrtc::{self, sdp, Agent, Consent, LocalIce, WebrtcError};
 use crate::Error;
@@ -61,6 +61,10 @@ pub struct LoadSpec {
     pub bench_cores: Vec<usize>,
     /// How long receivers keep listening after the senders stop.
     pub drain: Duration,
+    /// Node target over `POST /v1/sessions`: each subscriber is a relay-out instead (the
+    /// node sends the stream unchanged, under that link's key, from its relay socket), so
+    /// the run measures relay egress against subscriber egress.
+    pub relay_out: bool,
 }
 
 impl Default for LoadSpec {
@@ -77,6 +81,7 @@ impl Default for LoadSpec {
             sockets: 1,
             bench_cores: vec![0],
             drain: Duration::from_millis(500),
+            relay_out: false,
         }
     }
 }
@@ -97,6 +102,19 @@ pub enum Target {
     },
     /// The in-process plain fan-out reference, its thread pinned to `core`.
     Reflector { core: Option<usize> },
+    /// Relays between nodes: the publishers and `subscribers` on `api` (hop 0); each stream
+    /// relayed to every node of `via` (from `api`, or with `chain` from the node before it,
+    /// so node `i` is `i + 1` hops away) and `subscribers` more on each. The relays are
+    /// built with `POST /v1/sessions` (`relay-in` on the target, then `relay-out` on the
+    /// source with the mirrored link keys).
+    Relay {
+        api: String,
+        via: Vec<String>,
+        chain: bool,
+        profile: Profile,
+        /// Process whose CPU is measured (default: the source node's `dataplanePid`).
+        cpu_pid: Option<i32>,
+    },
 }
 
 /// How WebRTC subscribers join (`--webrtc`).
@@ -119,6 +137,8 @@ struct PubEnd {
 struct SubEnd {
     sock: UdpSocket,
     publisher: usize,
+    /// Index into `Setup::groups` (0 unless the run has several, as a relay run does).
+    group: usize,
     ssrc: u32,
     cipher: Cipher,
     /// WebRTC: the first media packet, already decrypted while joining, and its receive
@@ -133,6 +153,9 @@ enum Guard {
     Node(#[allow(dead_code)] NodeGuard),
     // Held only for its Drop, which stops the reflector thread.
     Reflector(#[allow(dead_code)] Reflector),
+    // Several nodes' sessions (a relay run), deleted in order: sources first, so no relay
+    // sends into a removed relay-in.
+    Nodes(#[allow(dead_code)] Vec<NodeGuard>),
 }
 
 /// A node's sessions: REST ids and WHIP/WHEP Locations, the consent thread and the WebRTC
@@ -172,6 +195,10 @@ type Joiner = Box<dyn FnOnce() -> Result<(Vec<SubEnd>, Vec<u64>), Error>>;
 struct Setup {
     pubs: Vec<PubEnd>,
     subs: Vec<SubEnd>,
+    /// The subscriber groups a relay run reports apart (empty otherwise).
+    groups: Vec<GroupInfo>,
+    /// Nodes whose relay-out packets are the relay links' traffic.
+    link_sources: Vec<Node>,
     joiner: Option<Joiner>,
     probe: Option<CpuProbe>,
     pid: Option<i32>,
@@ -215,9 +242,11 @@ fn setup_node(
         let s = node.create_session(&SessionRequest {
             role: "publisher",
             stream: stream.clone(),
-            remote: local(&sock)?,
+            remote: Some(local(&sock)?),
             profile,
             worker,
+            remote_key: None,
+            local_key: None,
         })?;
         track(s.id);
         pubs.push(PubEnd {
@@ -226,20 +255,28 @@ fn setup_node(
             ssrc: s.ssrc(),
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
         });
+        // A relay-out passes the publisher's SSRC through; a subscriber gets its own.
+        let (role, pub_ssrc) = match spec.relay_out {
+            true => ("relay-out", pubs.last().map(|e: &PubEnd| e.ssrc)),
+            false => ("subscriber", None),
+        };
         for _ in 0..spec.subscribers {
             let sock = bind()?;
             let s = node.create_session(&SessionRequest {
-                role: "subscriber",
+                role,
                 stream: stream.clone(),
-                remote: local(&sock)?,
+                remote: Some(local(&sock)?),
                 profile,
                 worker,
+                remote_key: None,
+                local_key: None,
             })?;
             track(s.id);
             subs.push(SubEnd {
                 sock,
                 publisher: p,
-                ssrc: s.ssrc(),
+                group: 0,
+                ssrc: pub_ssrc.unwrap_or(s.ssrc()),
                 cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
                 first: None,
             });
@@ -248,11 +285,183 @@ fn setup_node(
     Ok(Setup {
         pubs,
         subs,
+        groups: Vec::new(),
+        link_sources: Vec::new(),
         joiner: None,
         probe: pid.map(CpuProbe::process),
         pid,
         profile: profile.name().to_owned(),
         _guard: Guard::Node(guard),
+    })
+}
+
+/// One group of subscribers reported apart: those on one node, `hops` relays away from the
+/// publishers.
+#[derive(Debug, Clone)]
+struct GroupInfo {
+    api: String,
+    hops: u32,
+}
+
+fn new_guard(node: &Node) -> NodeGuard {
+    NodeGuard {
+        node: node.clone(),
+        ids: Vec::new(),
+        locations: Arc::default(),
+        consent: None,
+        agent: None,
+    }
+}
+
+/// `n` REST subscribers of publisher `p`'s `stream` on `node`, in `group`.
+#[allow(clippy::too_many_arguments)]
+fn rest_subscribers(
+    node: &Node,
+    guard: &mut NodeGuard,
+    stream: &str,
+    p: usize,
+    group: usize,
+    n: usize,
+    profile: Profile,
+    subs: &mut Vec<SubEnd>,
+) -> Result<(), Error> {
+    for _ in 0..n {
+        let sock = bind()?;
+        let s = node.create_session(&SessionRequest {
+            role: "subscriber",
+            stream: stream.to_owned(),
+            remote: Some(local(&sock)?),
+            profile,
+            worker: None,
+            remote_key: None,
+            local_key: None,
+        })?;
+        guard.ids.push(s.id);
+        subs.push(SubEnd {
+            sock,
+            publisher: p,
+            group,
+            ssrc: s.ssrc(),
+            cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
+            first: None,
+        });
+    }
+    Ok(())
+}
+
+fn setup_relay(
+    spec: &LoadSpec,
+    api: &str,
+    via: &[String],
+    chain: bool,
+    profile: Profile,
+    cpu_pid: Option<i32>,
+) -> Result<Setup, Error> {
+    if via.is_empty() {
+        return Err(Error::Config("relay: --via needs at least one node".into()));
+    }
+    let b64 = |k: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    let mut nodes = vec![Node::new(api)];
+    nodes.extend(via.iter().map(|v| Node::new(v)));
+    let pid = cpu_pid.or(nodes[0].health()?.dataplane_pid);
+    for n in &nodes[1..] {
+        n.health()?;
+    }
+    let mut guards: Vec<NodeGuard> = nodes.iter().map(new_guard).collect();
+    let groups: Vec<GroupInfo> = std::iter::once(GroupInfo {
+        api: api.to_owned(),
+        hops: 0,
+    })
+    .chain(via.iter().enumerate().map(|(i, v)| GroupInfo {
+        api: v.clone(),
+        hops: if chain { i as u32 + 1 } else { 1 },
+    }))
+    .collect();
+    let mut pubs = Vec::new();
+    let mut subs = Vec::new();
+    for p in 0..spec.publishers {
+        let stream = format!("bench/s{p}");
+        let sock = bind()?;
+        let s = nodes[0].create_session(&SessionRequest {
+            role: "publisher",
+            stream: stream.clone(),
+            remote: Some(local(&sock)?),
+            profile,
+            worker: None,
+            remote_key: None,
+            local_key: None,
+        })?;
+        guards[0].ids.push(s.id);
+        pubs.push(PubEnd {
+            sock,
+            dest: s.media_address,
+            ssrc: s.ssrc(),
+            cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
+        });
+        rest_subscribers(
+            &nodes[0],
+            &mut guards[0],
+            &stream,
+            p,
+            0,
+            spec.subscribers,
+            profile,
+            &mut subs,
+        )?;
+        for t in 1..nodes.len() {
+            let src = if chain { t - 1 } else { 0 };
+            // The target opens its end first: it latches the source's relay socket from
+            // the first packet that authenticates, so it needs no address.
+            let ingress = nodes[t].create_session(&SessionRequest {
+                role: "relay-in",
+                stream: stream.clone(),
+                remote: None,
+                profile,
+                worker: None,
+                remote_key: None,
+                local_key: None,
+            })?;
+            guards[t].ids.push(ingress.id);
+            let egress = nodes[src].create_session(&SessionRequest {
+                role: "relay-out",
+                stream: stream.clone(),
+                remote: Some(ingress.media_address),
+                profile,
+                worker: None,
+                // Mirrored: what the target protects with, the source unprotects with.
+                remote_key: Some(b64(&ingress.local_key_bytes()?)),
+                local_key: Some(b64(&ingress.remote_key_bytes()?)),
+            })?;
+            guards[src].ids.push(egress.id);
+            rest_subscribers(
+                &nodes[t],
+                &mut guards[t],
+                &stream,
+                p,
+                t,
+                spec.subscribers,
+                profile,
+                &mut subs,
+            )?;
+        }
+    }
+    let mut link_sources = vec![nodes[0].clone()];
+    if chain {
+        link_sources.extend(nodes[1..nodes.len() - 1].iter().cloned());
+    }
+    Ok(Setup {
+        pubs,
+        subs,
+        groups,
+        link_sources,
+        joiner: None,
+        probe: pid.map(CpuProbe::process),
+        pid,
+        profile: profile.name().to_owned(),
+        _guard: Guard::Nodes(guards),
     })
 }
 
@@ -329,6 +538,7 @@ impl Rtc {
             SubEnd {
                 sock,
                 publisher: p,
+                group: 0,
                 ssrc,
                 cipher,
                 first: Some((rtp, recv_ns)),
@@ -425,6 +635,8 @@ fn setup_node_webrtc(
     Ok(Setup {
         pubs,
         subs: Vec::new(),
+        groups: Vec::new(),
+        link_sources: Vec::new(),
         joiner: Some(Box::new(move || rtc.join_all(np, ns, join.parallel))),
         probe: pid.map(CpuProbe::process),
         pid,
@@ -448,6 +660,7 @@ fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error>
             subs.push(SubEnd {
                 sock: s,
                 publisher: p,
+                group: 0,
                 ssrc,
                 cipher: Cipher::Plain,
                 first: None,
@@ -469,6 +682,8 @@ fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error>
     Ok(Setup {
         pubs,
         subs,
+        groups: Vec::new(),
+        link_sources: Vec::new(),
         joiner: None,
         probe: Some(CpuProbe::own_thread(reflector.tid())),
         pid: Some(std::process::id() as i32),
@@ -500,9 +715,15 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
     sys::raise_nofile_limit();
     let (scenario, overhead) = match target {
         Target::Node { profile, .. } => ("fanout", tag_len(*profile)),
+        Target::Relay { profile, .. } => ("relay", tag_len(*profile)),
         Target::Reflector { .. } => ("reflector", 0),
     };
     validate(spec, overhead)?;
+    if spec.relay_out && !matches!(target, Target::Node { webrtc: None, .. }) {
+        return Err(Error::Config(
+            "--relay-out needs a node over /v1/sessions (not --webrtc, not the reflector)".into(),
+        ));
+    }
     let setup = match target {
         Target::Node {
             api,
@@ -523,6 +744,13 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
             None => setup_node(spec, api, *profile, *cpu_pid, *worker)?,
         },
         Target::Reflector { core } => setup_reflector(spec, *core)?,
+        Target::Relay {
+            api,
+            via,
+            chain,
+            profile,
+            cpu_pid,
+        } => setup_relay(spec, api, via, *chain, *profile, *cpu_pid)?,
     };
     drive(spec, setup, scenario)
 }
@@ -538,8 +766,10 @@ struct SubState {
 }
 
 struct RecvOut {
-    subs: Vec<(SeqTracker, Jitter)>,
-    hist: Histogram<u64>,
+    /// Per subscriber: its group, sequence tracker and jitter.
+    subs: Vec<(usize, SeqTracker, Jitter)>,
+    /// Latency per group.
+    hists: Vec<Histogram<u64>>,
     errors: Errors,
 }
 
@@ -567,6 +797,8 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
     let Setup {
         pubs,
         subs,
+        groups,
+        link_sources,
         joiner,
         probe,
         pid,
@@ -633,25 +865,26 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
     // Receivers.
     let stop = Arc::new(AtomicBool::new(false));
     let threads = spec.sockets.clamp(1, subs.len().max(1));
-    let mut groups: Vec<Vec<SubState>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut threads_subs: Vec<Vec<SubState>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, end_) in subs.into_iter().enumerate() {
         let range = ranges.get(end_.publisher).cloned().unwrap_or(0..0);
-        groups[i % threads].push(SubState {
+        threads_subs[i % threads].push(SubState {
             end: end_,
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
             seq_offset: None,
         });
     }
+    let ngroups = groups.len().max(1);
     let mut receivers = Vec::new();
-    for (t, group) in groups.into_iter().enumerate() {
+    for (t, group) in threads_subs.into_iter().enumerate() {
         let stop = stop.clone();
         let cores = spec.bench_cores.clone();
         let h = std::thread::Builder::new()
             .name(format!("bench-recv{t}"))
             .spawn(move || {
                 pin(&cores, "a receive thread");
-                receive(group, &stop)
+                receive(group, ngroups, &stop)
             })
             .map_err(|e| Error::io("spawning a receive thread", e))?;
         receivers.push(h);
@@ -660,9 +893,11 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
     sleep_until(warm);
     let cpu0 = probe.as_ref().and_then(CpuProbe::cpu_ns);
     let wall0 = sys::monotonic_ns();
+    let link0 = relay_tx(&link_sources);
     sleep_until(end);
     let cpu1 = probe.as_ref().and_then(CpuProbe::cpu_ns);
     let wall1 = sys::monotonic_ns();
+    let link1 = relay_tx(&link_sources);
 
     let sent = sender.join().map_err(|_| Error::Thread)?;
     std::thread::sleep(spec.drain);
@@ -674,19 +909,32 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
 
     let duration_s = spec.duration.as_secs_f64();
     let mut hist = new_hist();
+    let mut group_hists: Vec<Histogram<u64>> = (0..ngroups).map(|_| new_hist()).collect();
+    // Per group: expected, received.
+    let mut group_counts = vec![(0u64, 0u64, 0usize); ngroups];
     let mut errors = sent.errors.clone();
     let (mut expected, mut received, mut reorder, mut dups) = (0u64, 0u64, 0u64, 0u64);
     let mut jitter_sum = 0.0;
     let mut nsubs = 0usize;
     for o in &outs {
-        let _ = hist.add(&o.hist);
+        for (g, h) in o.hists.iter().enumerate() {
+            let _ = hist.add(h);
+            if let Some(gh) = group_hists.get_mut(g) {
+                let _ = gh.add(h);
+            }
+        }
         errors.decrypt += o.errors.decrypt;
         errors.ssrc_mismatch += o.errors.ssrc_mismatch;
         errors.bad_payload += o.errors.bad_payload;
         errors.misrouted += o.errors.misrouted;
         errors.sequence_breaks += o.errors.sequence_breaks;
         errors.ignored += o.errors.ignored;
-        for (t, j) in &o.subs {
+        for (g, t, j) in &o.subs {
+            if let Some(c) = group_counts.get_mut(*g) {
+                c.0 += t.expected();
+                c.1 += t.received;
+                c.2 += 1;
+            }
             expected += t.expected();
             received += t.received;
             reorder += t.reordered;
@@ -705,18 +953,40 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
     let cpu_ns_per_packet = cpu
         .filter(|_| received > 0)
         .map(|c| c as f64 / received as f64);
-    let latency_us = if hist.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            count: hist.len(),
-            mean: hist.mean(),
-            p50: hist.value_at_quantile(0.5),
-            p90: hist.value_at_quantile(0.9),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
+    let latency_us = latency(&hist);
+    let base = latency(&group_hists[0]);
+    let group_reports: Vec<GroupReport> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, info)| {
+            let (exp, rec, n) = group_counts[g];
+            let lat = latency(&group_hists[g]);
+            // Added by the relays: this group's percentile minus hop 0's, per hop.
+            let per_hop = |v: u64, b: u64| (v as f64 - b as f64) / f64::from(info.hops);
+            GroupReport {
+                node: info.api.clone(),
+                hops: info.hops,
+                subscribers: n,
+                expected_packets: exp,
+                received_packets: rec,
+                loss_ratio: if exp > 0 {
+                    exp.saturating_sub(rec) as f64 / exp as f64
+                } else {
+                    0.0
+                },
+                added_p50_us_per_hop: (info.hops > 0 && lat.count > 0)
+                    .then(|| per_hop(lat.p50, base.p50)),
+                added_p99_us_per_hop: (info.hops > 0 && lat.count > 0)
+                    .then(|| per_hop(lat.p99, base.p99)),
+                latency_us: lat,
+            }
+        })
+        .collect();
+    let relay_link_pps = match (link0, link1) {
+        (Some(a), Some(b)) if wall1 > wall0 && !link_sources.is_empty() => {
+            Some((b - a) / ((wall1 - wall0) as f64 / 1e9))
         }
+        _ => None,
     };
     Ok(Report {
         scenario: scenario.into(),
@@ -752,8 +1022,39 @@ fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Report, Error>
         dataplane_pid: pid,
         dataplane_cpu,
         cpu_ns_per_packet,
+        groups: group_reports,
+        relay_link_pps,
         errors,
     })
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    if hist.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: hist.len(),
+        mean: hist.mean(),
+        p50: hist.value_at_quantile(0.5),
+        p90: hist.value_at_quantile(0.9),
+        p99: hist.value_at_quantile(0.99),
+        p999: hist.value_at_quantile(0.999),
+        max: hist.max(),
+    }
+}
+
+/// Media packets the nodes sent over relay links so far (`None`: a node did not answer or
+/// does not count them). Sampled at the window's edges; the HTTP round trip is noise
+/// against a window of seconds.
+fn relay_tx(nodes: &[Node]) -> Option<f64> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += n.metric("relay_tx_packets_total").ok().flatten()?;
+    }
+    Some(sum)
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -847,7 +1148,7 @@ fn send(
 
 /// A receive thread: epoll over its subscribers' sockets, drain each ready socket with
 /// recvmmsg, stamp the batch at return and account every datagram.
-fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error> {
+fn receive(mut subs: Vec<SubState>, ngroups: usize, stop: &AtomicBool) -> Result<RecvOut, Error> {
     let ep = sys::Epoll::new().map_err(|e| Error::io("epoll_create", e))?;
     for (i, s) in subs.iter().enumerate() {
         s.end
@@ -857,11 +1158,12 @@ fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error>
         ep.add(s.end.sock.as_raw_fd(), i as u64)
             .map_err(|e| Error::io("epoll_ctl", e))?;
     }
-    let mut hist = new_hist();
+    let mut hists: Vec<Histogram<u64>> = (0..ngroups).map(|_| new_hist()).collect();
     let mut errors = Errors::default();
     for s in &mut subs {
         if let Some((rtp, recv_ns)) = s.end.first.take() {
-            account_rtp(s, &rtp, recv_ns, &mut hist, &mut errors);
+            let g = s.end.group.min(ngroups - 1);
+            account_rtp(s, &rtp, recv_ns, &mut hists[g], &mut errors);
         }
     }
     let mut batch = RecvBatch::default();
@@ -878,8 +1180,15 @@ fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error>
                     .recv(&s.end.sock, false)
                     .map_err(|e| Error::io("recvmmsg", e))?;
                 let recv_ns = sys::monotonic_ns();
+                let g = s.end.group.min(ngroups - 1);
                 for i in 0..n {
-                    account(s, batch.datagram_mut(i), recv_ns, &mut hist, &mut errors);
+                    account(
+                        s,
+                        batch.datagram_mut(i),
+                        recv_ns,
+                        &mut hists[g],
+                        &mut errors,
+                    );
                 }
                 if n < MAX_BATCH {
                     break;
@@ -888,8 +1197,11 @@ fn receive(mut subs: Vec<SubState>, stop: &AtomicBool) -> Result<RecvOut, Error>
         }
     }
     Ok(RecvOut {
-        subs: subs.into_iter().map(|s| (s.tracker, s.jitter)).collect(),
-        hist,
+        subs: subs
+            .into_iter()
+            .map(|s| (s.end.group, s.tracker, s.jitter))
+            .collect(),
+        hists,
         errors,
     })
 }

@@ -19,6 +19,7 @@ fn spec() -> LoadSpec {
         // Unpinned: the test machine's cores are shared with other builds.
         bench_cores: Vec::new(),
         drain: Duration::from_millis(500),
+        relay_out: false,
     }
 }
 

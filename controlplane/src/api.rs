@@ -13,7 +13,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -21,8 +20,12 @@ use serde_json::json;
 use switchyard_shared::command::{
     CommandError, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile, MAX_TRACKS,
 };
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::link::{SendError, Shared};
+use crate::openapi::ErrorBody;
 use crate::state::DataplaneInfo;
 
 /// Largest request body accepted.
@@ -54,14 +57,20 @@ impl ApiError {
         self.status
     }
 
-    pub(crate) fn message(&self) -> String {
-        self.message.clone()
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -83,9 +92,10 @@ fn command_error(e: CommandError) -> ApiError {
         | CommandError::DuplicateSession => StatusCode::CONFLICT,
         CommandError::Capacity => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::UnknownSession => StatusCode::NOT_FOUND,
-        CommandError::NoSuchWorker | CommandError::BadKey | CommandError::Invalid => {
-            StatusCode::BAD_REQUEST
-        }
+        CommandError::NoSuchWorker
+        | CommandError::BadKey
+        | CommandError::Invalid
+        | CommandError::PlainIngress => StatusCode::BAD_REQUEST,
     };
     let text = match e {
         CommandError::StreamBusy => "stream busy: the stream already has a publisher".to_owned(),
@@ -99,28 +109,43 @@ pub fn router(
     cluster: Arc<crate::cluster::Cluster>,
     auth: Option<Arc<crate::auth::Auth>>,
 ) -> Router {
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/sessions", get(list_sessions).post(create_session))
-        .route("/v1/streams", get(list_streams))
-        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
-        .route("/whip/{room}/{stream}", post(crate::whip::publish))
-        .route(
-            "/whip/{room}/{stream}/{id}",
-            delete(crate::whip::end_publish).patch(crate::whip::patch),
-        )
-        .route("/whep/{room}/{stream}", post(crate::whip::subscribe))
-        .route(
-            "/whep/{room}/{stream}/{id}",
-            delete(crate::whip::end_subscribe).patch(crate::whip::patch),
-        )
-        .with_state(shared.clone())
-        // The WHIP/WHEP POSTs look up their room's node (307 to another node's URL).
-        .layer(axum::Extension(cluster.clone()))
-        .merge(crate::relay::http::routes(shared.clone(), cluster.clone()))
-        .merge(crate::cluster::http::routes(cluster))
+    // Every route goes through `.routes(routes!(...))`: its path and method come from the
+    // handler's `#[utoipa::path]`, so the OpenAPI document at /api lists exactly what is
+    // served (docs/api.md, "Adding a route"). Handlers of one path share one `routes!`.
+    let (router, mut doc) =
+        OpenApiRouter::with_openapi(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi())
+            .routes(routes!(index))
+            .routes(routes!(health))
+            .routes(routes!(metrics))
+            .routes(routes!(crate::openapi::document))
+            .routes(routes!(list_sessions, create_session))
+            .routes(routes!(list_streams))
+            .routes(routes!(get_session, delete_session))
+            .merge(crate::forward::http::routes())
+            .merge(crate::relay::http::routes())
+            .routes(routes!(crate::whip::publish))
+            .routes(routes!(
+                crate::whip::end_publish,
+                crate::whip::patch_publish
+            ))
+            .routes(routes!(crate::whip::subscribe))
+            .routes(routes!(
+                crate::whip::end_subscribe,
+                crate::whip::patch_subscribe
+            ))
+            .with_state(shared.clone())
+            // The WHIP/WHEP POSTs look up their room's node (307 to another node's URL).
+            .layer(axum::Extension(cluster.clone()))
+            .merge(crate::cluster::http::routes(cluster))
+            .split_for_parts();
+    crate::openapi::finish(&mut doc);
+    let doc = crate::openapi::Served(Arc::new(doc.to_json().unwrap_or_else(|e| {
+        // Serializing a document built from static attributes cannot fail at run time in
+        // practice; if it ever does, /api says so instead of the node not starting.
+        json!({ "error": format!("OpenAPI document: {e}") }).to_string()
+    })));
+    let router: Router = router
+        .layer(axum::Extension(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY));
@@ -188,24 +213,88 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The demo page: publish with WHIP, list streams, watch with WHEP (docs/webrtc.md).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "node",
+    responses((status = 200, description = "The demo page", content_type = "text/html", body = String))
+)]
 async fn index() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../static/index.html"))
 }
 
 /// `GET /v1/streams?prefix=room1/`: only the streams whose name starts with `prefix`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamsQuery {
+    /// Only streams whose name starts with this (all when absent or empty).
     #[serde(default)]
+    #[param(required = false)]
     prefix: String,
+}
+
+/// A stream with a publisher.
+#[derive(Debug, Serialize, ToSchema)]
+struct StreamEntry {
+    #[schema(example = "room1/cam")]
+    stream: String,
+    subscribers: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct StreamList {
+    streams: Vec<StreamEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+/// `GET /health`. Fields after `sessions` appear once the data plane said hello (and `load`
+/// once the node measured it).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct HealthView {
+    /// `ok`, `overloaded` or `unavailable`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+    node: String,
+    sessions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<u16>,
+    /// The data plane's I/O engine, e.g. `uring` or `mmsg`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataplane_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_port: Option<u16>,
+    /// Share in use of each resource the node measures, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load: Option<std::collections::BTreeMap<String, f64>>,
+    /// Why the node is not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// Streams with a publisher (WebRTC or plain) and how many subscribers each has, filtered by
 /// `?prefix=` (all when absent or empty).
+#[utoipa::path(
+    get,
+    path = "/v1/streams",
+    tag = "sessions",
+    params(StreamsQuery),
+    responses(
+        (status = 200, description = "Streams with a publisher, sorted by name", body = StreamList),
+        (status = 400, description = "An unknown query parameter", body = ErrorBody),
+    )
+)]
 async fn list_streams(
     State(shared): State<Arc<Shared>>,
     query: Result<axum::extract::Query<StreamsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<StreamList>, ApiError> {
     let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
     let g = shared.lock();
     let list: Vec<_> = published_streams(
@@ -221,9 +310,12 @@ async fn list_streams(
         &query.prefix,
     )
     .into_iter()
-    .map(|(stream, subscribers)| json!({ "stream": stream, "subscribers": subscribers }))
+    .map(|(stream, subscribers)| StreamEntry {
+        stream: stream.to_owned(),
+        subscribers,
+    })
     .collect();
-    Ok(Json(json!({ "streams": list })))
+    Ok(Json(StreamList { streams: list }))
 }
 
 /// From `(stream, is_publisher)` per session: the streams starting with `prefix` that have a
@@ -251,46 +343,59 @@ fn published_streams<'a>(
         .collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "node",
+    responses(
+        (status = 200, description = "Ready: the data plane is attached and the node not overloaded", body = HealthView),
+        (status = 503, description = "`unavailable` (no data plane yet, or it went away) or `overloaded`, with `error` saying why", body = HealthView),
+    )
+)]
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let g = shared.lock();
     let dp = g.node.dataplane();
-    let mut body = json!({
-        "status": "ok",
-        "node": shared.config.node.id,
-        "sessions": g.node.session_count(),
-    });
-    if let Some(d) = dp {
-        body["workers"] = json!(d.workers);
-        body["engine"] = json!(format!("{:?}", d.engine).to_lowercase());
-        body["dataplanePid"] = json!(d.pid);
-        body["mediaPort"] = json!(d.media_port);
-    }
     let load = shared
         .load
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if let Some(l) = &load {
-        body["load"] = json!(l.load);
-    }
+    let mut body = HealthView {
+        status: "ok",
+        node: shared.config.node.id.clone(),
+        sessions: g.node.session_count(),
+        workers: dp.map(|d| d.workers),
+        engine: dp.map(|d| format!("{:?}", d.engine).to_lowercase()),
+        dataplane_pid: dp.map(|d| d.pid),
+        media_port: dp.map(|d| d.media_port),
+        load: load.as_ref().map(|l| l.load.clone()),
+        error: None,
+    };
     match g.node.ready() {
         Ok(()) => match load.and_then(|l| l.reason) {
             // Overloaded: the cluster's health checks then keep new rooms away too.
             Some(reason) => {
-                body["status"] = json!("overloaded");
-                body["error"] = json!(format!("overloaded: {reason}"));
+                body.status = "overloaded";
+                body.error = Some(format!("overloaded: {reason}"));
                 (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
             }
             None => (StatusCode::OK, Json(body)).into_response(),
         },
         Err(e) => {
-            body["status"] = json!("unavailable");
-            body["error"] = json!(e.to_string());
+            body.status = "unavailable";
+            body.error = Some(e.to_string());
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    responses((status = 200, description = "Prometheus text exposition (docs/operations.md)",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let text = {
         let load = shared
@@ -298,8 +403,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let g = shared.lock();
-        crate::metrics::render(&g, &shared.http, load.as_ref())
+        let mut text = {
+            let g = shared.lock();
+            crate::metrics::render(&g, &shared.http, load.as_ref())
+        };
+        crate::metrics::render_forwards(&mut text, &shared.forwards());
+        text
     };
     (
         [(
@@ -311,55 +420,167 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+/// A plain RTP session with static SRTP keys (docs/api.md).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateSession {
     role: RoleName,
+    /// 1 to 128 characters of A-Z a-z 0-9 _ . / -; `room/stream` joins a room's events.
+    #[schema(example = "room1/cam")]
     stream: String,
+    /// `ip:port` to send to; required for subscribers.
     #[serde(default)]
     remote: Option<String>,
+    /// `AEAD_AES_128_GCM` (default) or `AES_CM_128_HMAC_SHA1_80`.
     #[serde(default)]
     profile: Option<String>,
+    /// Base64 master key || salt the peer sends with; random when absent.
     #[serde(default)]
     remote_key: Option<String>,
+    /// Base64 master key || salt the node sends with; random when absent.
     #[serde(default)]
     local_key: Option<String>,
     #[serde(default)]
     ssrcs: Option<Vec<u32>>,
+    /// The worker to place it on; the least loaded when absent.
     #[serde(default)]
     worker: Option<u16>,
     /// Subscribers: `[[publisherPt, subscriberPt], ...]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Vec<u8>>>)]
     payload_types: Option<Vec<[u8; 2]>>,
     /// Publishers: the RTP clock rate (Hz) of each of `ssrcs`, in the same order, for the
     /// jitter in the receiver reports the node sends; without it jitter is reported as 0.
     #[serde(default)]
     clock_rates: Option<Vec<u32>>,
+    /// Publishers: the codec of each of `ssrcs`, in the same order, so forwards can describe
+    /// the stream in an SDP file.
+    #[serde(default)]
+    codecs: Option<Vec<CodecSpec>>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+/// `{"kind": "audio", "payloadType": 111, "name": "opus", "clockRate": 48000, "channels": 2,
+/// "fmtp": "minptime=10;useinbandfec=1"}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CodecSpec {
+    kind: KindName,
+    payload_type: u8,
+    name: String,
+    clock_rate: u32,
+    #[serde(default)]
+    channels: Option<u16>,
+    #[serde(default)]
+    fmtp: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum KindName {
+    Audio,
+    Video,
+}
+
+/// A REST publisher's codecs as the WHIP path records a negotiation: one track per declared
+/// SSRC that has a codec, in order.
+fn publisher_codecs(
+    given: Vec<CodecSpec>,
+    ssrcs: &[u32],
+) -> Result<crate::sdp::Negotiated, ApiError> {
+    use crate::sdp::{Codec, Kind, Negotiated, Track};
+    if given.len() > ssrcs.len() {
+        return Err(ApiError::bad_request(
+            "codecs: at most one per entry of ssrcs, in the same order",
+        ));
+    }
+    let mut tracks = Vec::with_capacity(given.len());
+    for (i, (c, &ssrc)) in given.into_iter().zip(ssrcs).enumerate() {
+        let bad = |m: &str| Err(ApiError::bad_request(format!("codecs[{i}]: {m}")));
+        if c.payload_type >= 128 || (72..=76).contains(&c.payload_type) {
+            return bad("payloadType is 0..=127 and not 72..=76");
+        }
+        if c.name.is_empty()
+            || c.name.len() > 32
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("name is 1 to 32 characters of A-Z a-z 0-9 - _ (opus, VP8, H264)");
+        }
+        if c.clock_rate == 0 || c.clock_rate > 1_000_000 {
+            return bad("clockRate is 1..=1000000 Hz");
+        }
+        if c.channels.is_some_and(|n| n == 0 || n > 8) {
+            return bad("channels is 1..=8");
+        }
+        if c.fmtp
+            .as_deref()
+            .is_some_and(|f| f.len() > 512 || !f.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        {
+            return bad("fmtp is up to 512 printable ASCII characters");
+        }
+        tracks.push(Track {
+            mid: i.to_string(),
+            kind: match c.kind {
+                KindName::Audio => Kind::Audio,
+                KindName::Video => Kind::Video,
+            },
+            codec: Codec {
+                name: c.name,
+                payload_type: c.payload_type,
+                clock_rate: c.clock_rate,
+                channels: c.channels,
+                fmtp: c.fmtp,
+                rtcp_fb: Vec::new(),
+            },
+            ssrcs: vec![ssrc],
+            rtx: None,
+            extensions: Vec::new(),
+            rids: Vec::new(),
+            remap: None,
+        });
+    }
+    Ok(Negotiated {
+        ice_ufrag_remote: String::new(),
+        ice_pwd_remote: String::new(),
+        remote_fingerprint: String::new(),
+        tracks,
+        answer: String::new(),
+        data_channel: None,
+    })
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
 enum RoleName {
     Publisher,
     Subscriber,
-    /// The receiving end of a relay link (docs/cluster.md): latches its source like a comedia
-    /// publisher, on the worker's relay socket.
+    /// `Role::RelayIn`: this node's end of a relay link, on the worker's relay socket.
+    #[serde(rename = "relay-in")]
     RelayIn,
-    /// The sending end of a relay link: `remote` is the other node's relay socket.
+    /// `Role::RelayOut`: sends the stream unchanged to another node's relay socket.
+    #[serde(rename = "relay-out")]
     RelayOut,
 }
 
 /// A session as the API shows it. Keys appear only in the answer to the POST that made it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionView {
     id: u64,
     worker: u16,
+    /// Where the peer sends media: `ip:port` of the session's worker.
+    #[schema(value_type = String, example = "192.0.2.10:10001")]
     media_address: SocketAddr,
     stream: String,
+    /// `publisher` or `subscriber`.
+    #[schema(value_type = String)]
     role: &'static str,
     /// The SRTP profile; `None` while a DTLS-keyed session has not negotiated one.
+    #[schema(value_type = Option<String>)]
     profile: Option<&'static str>,
+    #[schema(value_type = Option<String>)]
     remote: Option<SocketAddr>,
     ssrcs: Vec<u32>,
     created_ms: u64,
@@ -562,6 +783,21 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Created; the only answer that shows the keys", body = SessionView,
+            headers(("Location" = String, description = "`/v1/sessions/{id}`"))),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 409, description = "The stream already has a publisher, or an SSRC or address conflict", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time", body = ErrorBody),
+    )
+)]
 async fn create_session(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -586,10 +822,12 @@ async fn create_session(
             "remote: a subscriber or relay-out needs the address to send to",
         ));
     }
-    let relay = matches!(req.role, RoleName::RelayIn | RoleName::RelayOut);
-    if relay && (req.ssrcs.is_some() || req.payload_types.is_some()) {
+    if matches!(req.role, RoleName::RelayIn | RoleName::RelayOut)
+        && (req.ssrcs.is_some() || req.payload_types.is_some() || req.clock_rates.is_some())
+    {
         return Err(ApiError::bad_request(
-            "ssrcs, payloadTypes: a relay carries every track of its stream unchanged",
+            "relay-in/relay-out: ssrcs, payloadTypes and clockRates do not apply (a relay \
+             passes every track unchanged and learns its SSRCs)",
         ));
     }
     let profile = parse_profile(req.profile.as_deref())?;
@@ -601,7 +839,14 @@ async fn create_session(
     if req.role != RoleName::Publisher && req.clock_rates.is_some() {
         return Err(ApiError::bad_request("clockRates: for publishers only"));
     }
+    if req.role == RoleName::Subscriber && req.codecs.is_some() {
+        return Err(ApiError::bad_request("codecs: for publishers only"));
+    }
     let ssrcs = ssrcs(req.role, req.ssrcs)?;
+    let codecs = match req.codecs {
+        Some(c) => Some(publisher_codecs(c, &ssrcs)?),
+        None => None,
+    };
     let role = match req.role {
         RoleName::Publisher => Role::Publisher {
             clock_rates: clock_rates(req.clock_rates, ssrcs.len())?,
@@ -612,6 +857,7 @@ async fn create_session(
             payload_types: payload_types(req.payload_types)?,
             extensions: None,
             rtx: Vec::new(),
+            tracks: switchyard_shared::command::ALL_TRACKS,
         },
         RoleName::RelayIn => Role::RelayIn,
         RoleName::RelayOut => Role::RelayOut,
@@ -635,6 +881,12 @@ async fn create_session(
         ))
     })
     .await?;
+    if let Some(n) = codecs {
+        shared
+            .lock()
+            .node
+            .set_declared_codecs(&spec.stream, spec.id, Arc::new(n));
+    }
     let location = format!("/v1/sessions/{}", spec.id.0);
     let relay = relay_base(&shared, &shared.lock().node);
     let body = view(&shared, &spec, true, relay);
@@ -716,15 +968,21 @@ pub(crate) async fn provision<T>(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    responses((status = 200, description = "Every session of this node (without keys)", body = SessionList))
+)]
 async fn list_sessions(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let g = shared.lock();
     let relay = relay_base(&shared, &g.node);
-    let list: Vec<SessionView> = g
+    let sessions: Vec<SessionView> = g
         .node
         .sessions()
         .map(|s| view(&shared, s, false, relay))
         .collect();
-    Ok(Json(json!({ "sessions": list })).into_response())
+    Ok(Json(SessionList { sessions }).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
@@ -733,6 +991,16 @@ fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session (without keys)", body = SessionView),
+        (status = 404, description = "No such session", body = ErrorBody),
+    )
+)]
 async fn get_session(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
@@ -746,6 +1014,18 @@ async fn get_session(
     Ok(Json(view(&shared, spec, false, relay_base(&shared, &g.node))).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Removed from the data plane"),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time; the removal is still queued", body = ErrorBody),
+    )
+)]
 async fn delete_session(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,

@@ -359,7 +359,7 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        [""] | ["health"] | ["metrics"] => Need::Nothing,
+        [""] | ["health"] | ["metrics"] | ["api"] => Need::Nothing,
         ["v1", "streams"] if method == Method::GET => Need::Nothing,
         // Percent-encoded names are not matched against claims (the handlers reject them).
         [kind @ ("whip" | "whep"), room, stream, rest @ ..]
@@ -384,6 +384,12 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
         }
         _ => Need::Cluster,
     }
+}
+
+/// Whether `method` on `path` (a route template such as `/v1/rooms/{room}`) may need a token
+/// when auth is on: what the OpenAPI document states for each operation.
+pub(crate) fn needs_token(method: &Method, path: &str) -> bool {
+    !matches!(classify(method, path, None), Need::Nothing)
 }
 
 /// The middleware: refuse what the request's token does not allow.
@@ -667,6 +673,7 @@ mod tests {
         let ok = |m: Method, p: &str, q: Option<&str>, h: &HeaderMap| auth.authorize(&m, p, q, h);
         assert!(ok(Method::GET, "/health", None, &none).is_ok());
         assert!(ok(Method::GET, "/metrics", None, &none).is_ok());
+        assert!(ok(Method::GET, "/api", None, &none).is_ok());
         assert!(ok(Method::GET, "/", None, &none).is_ok());
         assert!(ok(Method::GET, "/v1/streams", Some("prefix=a"), &none).is_ok());
         assert!(ok(Method::OPTIONS, "/whip/a/b", None, &none).is_ok());
@@ -706,6 +713,23 @@ mod tests {
             ok(Method::POST, "/v1/nodes/register", None, &user),
             Err(AuthError::Forbidden(_))
         ));
+        // Forwards copy any stream anywhere: an operator's business, like /v1/sessions.
+        for (m, path, q) in [
+            (Method::POST, "/v1/forwards", None),
+            (Method::GET, "/v1/forwards", None),
+            (Method::DELETE, "/v1/forwards/fwd-1", None),
+            (
+                Method::GET,
+                "/v1/forwards/fwd-1/sdp",
+                Some("stream=room1/cam"),
+            ),
+        ] {
+            assert_eq!(
+                ok(m, path, q, &user),
+                Err(forbidden("this endpoint needs a cluster token")),
+                "{path}"
+            );
+        }
         let cluster = Claims {
             cluster: true,
             ..Claims::default()
@@ -713,6 +737,7 @@ mod tests {
         let cluster = with_token(&sign_hs256(&key, &cluster).unwrap());
         assert!(ok(Method::POST, "/v1/nodes/n1/drain", None, &cluster).is_ok());
         assert!(ok(Method::POST, "/v1/sessions", None, &cluster).is_ok());
+        assert!(ok(Method::POST, "/v1/forwards", None, &cluster).is_ok());
         let mut bad = HeaderMap::new();
         bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert!(matches!(

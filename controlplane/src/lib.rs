@@ -6,6 +6,7 @@
 //! - `api`: the axum routes; [`auth`]: JWT bearer tokens; `metrics`: Prometheus text from the shared stats file.
 //! - [`cluster`]: node registry, room placement and the cluster store (memory or Redis).
 //! - [`relay`]: relays between nodes and the WHEP cascade.
+//! - [`forward`]: forwards of published streams to plain-RTP destinations (recorders).
 //!
 //! The control plane holds no media state: it can be killed and restarted at any time while
 //! media flows, and rebuilds its view from the data plane's snapshot.
@@ -13,8 +14,10 @@
 mod api;
 pub mod auth;
 pub mod cluster;
+pub mod forward;
 mod link;
 mod metrics;
+mod openapi;
 pub mod relay;
 pub mod sdp;
 pub mod state;
@@ -114,6 +117,7 @@ where
     let me = self_registration(&shared.config, scheme, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
     let relays = tokio::spawn(relay::run(shared.clone(), cluster.clone()));
+    let forwards = tokio::spawn(forward::run(shared.clone(), cluster.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
         .with_graceful_shutdown(shutdown)
@@ -121,6 +125,7 @@ where
         .context("HTTP server");
     health.abort();
     relays.abort();
+    forwards.abort();
     room_events.abort();
     delivery.abort();
     stop.store(true, Ordering::SeqCst);

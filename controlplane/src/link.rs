@@ -37,6 +37,11 @@ pub struct Shared {
     pub changes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<crate::state::SessionChange>>>,
     /// Relays of this node, both directions (lock order: `inner` before `relays`).
     pub relays: crate::relay::Relays,
+    /// Forwards and their egresses (see [`crate::forward`]); never locked together with
+    /// `inner`.
+    pub forwards: Mutex<crate::forward::Manager>,
+    /// Wakes the forward driver at once (a forward was created or deleted).
+    pub forward_wake: tokio::sync::Notify,
 }
 
 pub struct Inner {
@@ -77,7 +82,22 @@ impl Inner {
 impl Shared {
     pub fn new(config: Config) -> Self {
         let (changes, changes_rx) = tokio::sync::mpsc::channel(1024);
+        let mut forwards = crate::forward::Manager::new();
+        let now = crate::api::now_ms();
+        for section in &config.forward {
+            // The config was validated before it got here; a bad entry is still only logged.
+            match crate::forward::Forward::from_section(section, now) {
+                Ok(f) => {
+                    if let Err(e) = forwards.add(f) {
+                        tracing::error!(forward = %section.id, error = %e, "[[forward]] skipped");
+                    }
+                }
+                Err(e) => tracing::error!(forward = %section.id, error = %e, "[[forward]] skipped"),
+            }
+        }
         Self {
+            forwards: Mutex::new(forwards),
+            forward_wake: tokio::sync::Notify::new(),
             changes,
             changes_rx: Mutex::new(Some(changes_rx)),
             relays: crate::relay::Relays::load(&config),
@@ -97,6 +117,11 @@ impl Shared {
     /// panic itself, so a poisoned lock is used as is.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The forward manager; held only for table updates, like [`Self::lock`].
+    pub fn forwards(&self) -> MutexGuard<'_, crate::forward::Manager> {
+        self.forwards.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

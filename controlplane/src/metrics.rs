@@ -175,7 +175,7 @@ impl ClusterMetrics {
             ),
             (
                 "rooms_closed_idle_total",
-                "Rooms closed after their last session ended and the grace period passed.",
+                "Rooms closed idle: empty for the grace period, or never joined within the idle timeout.",
                 &self.rooms_closed_idle,
             ),
         ];
@@ -191,6 +191,28 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Forward egresses by state, and failed set-ups (each one retried with backoff).
+pub fn render_forwards(out: &mut String, m: &crate::forward::Manager) {
+    header(
+        out,
+        "forward_egresses",
+        "gauge",
+        "Forward egresses (destination x stream x track) by state.",
+    );
+    for (state, n) in crate::forward::STATE_NAMES.iter().zip(m.state_counts()) {
+        let _ = writeln!(out, "switchyard_forward_egresses{{state=\"{state}\"}} {n}");
+    }
+    header(
+        out,
+        "forward_retries_total",
+        "counter",
+        "Forward egress set-ups that failed and were scheduled for a retry.",
+    );
+    let _ = writeln!(out, "switchyard_forward_retries_total {}", m.retries());
+    header(out, "forwards", "gauge", "Forwards configured or created.");
+    let _ = writeln!(out, "switchyard_forwards {}", m.forwards().count());
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -215,8 +237,13 @@ fn help(c: Counter) -> &'static str {
         Counter::KernelRxDrops => "Datagrams the kernel dropped on a full receive queue.",
         Counter::LoopTurns => "Worker loop turns.",
         Counter::RelayRxPackets => "Media packets received over relay links.",
-        Counter::RelayTxPackets => "Media packets sent over relay links.",
-        Counter::RelayNacksSent => "NACKs sent upstream over relay links.",
+        Counter::RelayTxPackets => "Media packets sent over relay links (one per link).",
+        Counter::RelayNacksSent => "Sequence numbers NACKed upstream over relay links.",
+        Counter::DataChannelIn => "Data channel messages received from peers.",
+        Counter::DataChannelOut => "Data channel messages sent to subscribers.",
+        Counter::DataChannelDropped => {
+            "Data channel messages not delivered (from subscribers, unknown channel, full queue or send buffer)."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }
@@ -249,7 +276,8 @@ pub fn render(
         "gauge",
         "Sessions in the control plane's table, by role.",
     );
-    let (mut publishers, mut subscribers, mut relays_in, mut relays_out) = (0u64, 0u64, 0u64, 0u64);
+    let (mut publishers, mut subscribers) = (0u64, 0u64);
+    let (mut relays_in, mut relays_out) = (0u64, 0u64);
     for s in node.sessions() {
         match s.role {
             Role::Publisher { .. } => publishers += 1,
@@ -265,6 +293,14 @@ pub fn render(
     let _ = writeln!(
         out,
         "switchyard_control_sessions{{role=\"subscriber\"}} {subscribers}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"relay-in\"}} {relays_in}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_control_sessions{{role=\"relay-out\"}} {relays_out}"
     );
     header(
         &mut out,

@@ -27,7 +27,7 @@ pub struct DataplaneInfo {
     pub pid: u32,
     pub workers: u16,
     pub media_port: u16,
-    /// Worker `w`'s relay socket is `relay_port + w`.
+    /// First relay port: worker `i`'s relay socket is `relay_port + i`.
     pub relay_port: u16,
     pub engine: EngineKind,
     /// DTLS certificate fingerprint for SDP answers.
@@ -89,6 +89,9 @@ pub struct NodeState {
     /// after a control plane restart, subscribers of an existing WebRTC publisher wait for
     /// it to publish again.
     publishers: HashMap<String, (SessionId, Arc<Negotiated>)>,
+    /// The codecs a `/v1/sessions` publisher declared, by stream, for forwards' SDP files.
+    /// Apart from `publishers` so WHEP keeps serving WebRTC publishers only.
+    declared: HashMap<String, (SessionId, Arc<Negotiated>)>,
     /// Sessions confirmed or ended since the last [`take_changes`](Self::take_changes).
     changes: Vec<SessionChange>,
 }
@@ -202,6 +205,19 @@ impl NodeState {
     /// Remember what a WHIP publisher negotiated, for WHEP answers.
     pub fn set_publisher_media(&mut self, stream: &str, id: SessionId, n: Arc<Negotiated>) {
         self.publishers.insert(stream.to_owned(), (id, n));
+    }
+
+    /// Remember the codecs a `/v1/sessions` publisher declared.
+    pub fn set_declared_codecs(&mut self, stream: &str, id: SessionId, n: Arc<Negotiated>) {
+        self.declared.insert(stream.to_owned(), (id, n));
+    }
+
+    /// The codecs of the live publisher of `stream`: negotiated (WHIP) or declared.
+    pub fn publisher_codecs(&self, stream: &str) -> Option<Arc<Negotiated>> {
+        self.publisher_media(stream).or_else(|| {
+            let (id, n) = self.declared.get(stream)?;
+            self.sessions.contains_key(id).then(|| n.clone())
+        })
     }
 
     /// What the live publisher of `stream` negotiated, if it came through WHIP.
@@ -347,6 +363,7 @@ impl NodeState {
                     }
                 }
                 self.publishers.retain(|_, (p, _)| *p != id);
+                self.declared.retain(|_, (p, _)| *p != id);
                 for tx in self.removing.remove(&id).unwrap_or_default() {
                     let _ = tx.send(Ok(()));
                 }
@@ -429,6 +446,7 @@ mod tests {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: switchyard_shared::command::ALL_TRACKS,
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {
@@ -489,6 +507,33 @@ mod tests {
             ],
             "same ids, workers and keys: the other node keeps sending untouched"
         );
+    }
+
+    #[test]
+    fn declared_codecs_serve_forwards_not_whep() {
+        let mut s = synced();
+        let _ = s.begin_add(spec(1));
+        s.apply(Event::SessionAdded { id: SessionId(1) });
+        let n = Arc::new(Negotiated {
+            ice_ufrag_remote: String::new(),
+            ice_pwd_remote: String::new(),
+            remote_fingerprint: String::new(),
+            tracks: Vec::new(),
+            answer: String::new(),
+            data_channel: None,
+        });
+        s.set_declared_codecs("room/cam", SessionId(1), n.clone());
+        assert_eq!(s.publisher_codecs("room/cam"), Some(n));
+        assert_eq!(
+            s.publisher_media("room/cam"),
+            None,
+            "WHEP wants a WebRTC publisher"
+        );
+        s.apply(Event::SessionRemoved {
+            id: SessionId(1),
+            reason: switchyard_shared::command::CloseReason::Removed,
+        });
+        assert_eq!(s.publisher_codecs("room/cam"), None);
     }
 
     #[test]

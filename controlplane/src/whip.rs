@@ -35,6 +35,7 @@ use switchyard_shared::command::{
 use crate::api::{provision, remove, ApiError};
 use crate::cluster::{Cluster, Store as _};
 use crate::link::Shared;
+use crate::openapi::ErrorBody;
 use crate::sdp::{self, AnswerParams, Direction, SdpError};
 
 const SDP: &str = "application/sdp";
@@ -98,6 +99,39 @@ fn candidates(shared: &Shared, worker: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The body of a 307: where the room lives.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RedirectBody {
+    room_id: String,
+    node: String,
+    /// The same URL as the `Location` header.
+    location: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/whip/{room}/{stream}",
+    tag = "webrtc",
+    params(
+        ("room" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . -"),
+        ("stream" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . -"),
+    ),
+    request_body(content = String, content_type = "application/sdp", description = "The client's SDP offer"),
+    responses(
+        (status = 201, description = "Publishing: the node's SDP answer (ICE-lite, DTLS fingerprint, candidates)",
+            content_type = "application/sdp", body = String,
+            headers(("Location" = String, description = "The session resource: `/whip/{room}/{stream}/{id}`"))),
+        (status = 307, description = "The room is placed on another node: re-POST the offer to `Location`",
+            body = RedirectBody, headers(("Location" = String, description = "`{node url}/whip/{room}/{stream}`"))),
+        (status = 400, description = "Bad name or unusable offer", body = ErrorBody),
+        (status = 406, description = "No codec in the offer that the node forwards", body = ErrorBody),
+        (status = 409, description = "The stream already has a publisher", body = ErrorBody),
+        (status = 413, description = "Offer over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/sdp", body = ErrorBody),
+        (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
+    )
+)]
 pub async fn publish(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
@@ -111,6 +145,29 @@ pub async fn publish(
     offer(shared, Direction::Publish, room, stream, headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/whep/{room}/{stream}",
+    tag = "webrtc",
+    params(
+        ("room" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . -"),
+        ("stream" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . -"),
+    ),
+    request_body(content = String, content_type = "application/sdp", description = "The client's SDP offer (recvonly)"),
+    responses(
+        (status = 201, description = "Watching: the node's SDP answer",
+            content_type = "application/sdp", body = String,
+            headers(("Location" = String, description = "The session resource: `/whep/{room}/{stream}/{id}`"))),
+        (status = 307, description = "The room is placed on another node: re-POST the offer to `Location`",
+            body = RedirectBody, headers(("Location" = String, description = "`{node url}/whep/{room}/{stream}`"))),
+        (status = 400, description = "Bad name or unusable offer", body = ErrorBody),
+        (status = 404, description = "The stream has no publisher", body = ErrorBody),
+        (status = 406, description = "No codec in common with the publisher", body = ErrorBody),
+        (status = 413, description = "Offer over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/sdp", body = ErrorBody),
+        (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
+    )
+)]
 pub async fn subscribe(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
@@ -174,11 +231,12 @@ async fn redirect(
     };
     let location = format!("{url}/{path}/{room}/{stream}");
     tracing::info!(%room, %stream, node = %placed.node, %location, "redirecting to the room's node");
-    let body = serde_json::json!({
-        "roomId": room,
-        "node": placed.node,
-        "location": location,
-    });
+    let body = serde_json::to_string(&RedirectBody {
+        room_id: room.to_owned(),
+        node: placed.node,
+        location: location.clone(),
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Some(
         (
             StatusCode::TEMPORARY_REDIRECT,
@@ -186,7 +244,7 @@ async fn redirect(
                 (header::LOCATION, location),
                 (header::CONTENT_TYPE, "application/json".to_owned()),
             ],
-            body.to_string(),
+            body,
         )
             .into_response(),
     ))
@@ -260,6 +318,7 @@ async fn offer(
                 payload_types: payload_type_map(&n),
                 extensions: Some(extension_map(&n)),
                 rtx: subscriber_rtx(p, &n),
+                tracks: switchyard_shared::command::ALL_TRACKS,
             },
         };
         let spec = SessionSpec {
@@ -430,6 +489,17 @@ fn session_of(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/whip/{room}/{stream}/{id}",
+    tag = "webrtc",
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    responses(
+        (status = 200, description = "Session ended"),
+        (status = 404, description = "No such WHIP session", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time", body = ErrorBody),
+    )
+)]
 pub async fn end_publish(
     State(shared): State<Arc<Shared>>,
     Path((room, stream, raw)): Path<(String, String, String)>,
@@ -437,6 +507,17 @@ pub async fn end_publish(
     end(&shared, &room, &stream, &raw, true).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/whep/{room}/{stream}/{id}",
+    tag = "webrtc",
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    responses(
+        (status = 200, description = "Session ended"),
+        (status = 404, description = "No such WHEP session", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time", body = ErrorBody),
+    )
+)]
 pub async fn end_subscribe(
     State(shared): State<Arc<Shared>>,
     Path((room, stream, raw)): Path<(String, String, String)>,
@@ -457,8 +538,54 @@ async fn end(
     Ok(StatusCode::OK.into_response())
 }
 
-/// Trickle ICE and ICE restarts (RFC 9725 §4.3).
-pub async fn patch(
+#[utoipa::path(
+    patch,
+    path = "/whip/{room}/{stream}/{id}",
+    tag = "webrtc",
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
+    responses(
+        (status = 204, description = "Trickled candidates accepted (an ICE-lite node needs none)"),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 413, description = "Fragment too large", body = ErrorBody),
+        (status = 415, description = "Not application/trickle-ice-sdpfrag", body = ErrorBody),
+        (status = 422, description = "An ICE restart: not supported, start a new session", body = ErrorBody),
+    )
+)]
+pub async fn patch_publish(
+    state: State<Arc<Shared>>,
+    path: Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    patch(state, path, headers, body).await
+}
+
+#[utoipa::path(
+    patch,
+    path = "/whep/{room}/{stream}/{id}",
+    tag = "webrtc",
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
+    responses(
+        (status = 204, description = "Trickled candidates accepted (an ICE-lite node needs none)"),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 413, description = "Fragment too large", body = ErrorBody),
+        (status = 415, description = "Not application/trickle-ice-sdpfrag", body = ErrorBody),
+        (status = 422, description = "An ICE restart: not supported, start a new session", body = ErrorBody),
+    )
+)]
+pub async fn patch_subscribe(
+    state: State<Arc<Shared>>,
+    path: Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    patch(state, path, headers, body).await
+}
+
+/// Trickle ICE and ICE restarts (RFC 9725 §4.3), on a WHIP or a WHEP session alike.
+async fn patch(
     State(shared): State<Arc<Shared>>,
     Path((room, stream, raw)): Path<(String, String, String)>,
     headers: HeaderMap,

@@ -4,12 +4,17 @@
 //! this table feeds them to the session's [`DtlsSession`] and turns what comes out into
 //! worker commands (flights to send, negotiated keys) and outcomes for the slow path. The
 //! per-packet media path never waits for any of it.
+//!
+//! A connected session stays here for its whole life: its DTLS connection carries the SCTP
+//! association of its data channels, whose events this table passes on as
+//! [`Outcome::Data`] and whose commands it takes with [`Handshakes::send_data`].
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use switchyard_shared::command::{SessionId, SrtpKeys};
 
+use crate::datachan::{DataCommand, DataEvent};
 use crate::dtls::{DtlsConfig, DtlsError, DtlsEvent, DtlsSession, Failure};
 
 /// What a poll produced, for the slow path to act on.
@@ -29,6 +34,15 @@ pub enum Outcome {
     },
     /// The handshake failed: the session ends.
     Failed { id: SessionId, failure: Failure },
+    /// Something the peer did on its data channels.
+    Data { id: SessionId, event: DataEvent },
+    /// Data channel messages the session's task sent or dropped since the last poll
+    /// (reported only when not both zero).
+    DataCounts {
+        worker: u16,
+        sent: u64,
+        dropped: u64,
+    },
 }
 
 pub struct Handshakes {
@@ -68,6 +82,14 @@ impl Handshakes {
         }
     }
 
+    /// Queue a data channel command for session `id`. `false`: dropped (unknown session, or
+    /// its queue is full); the caller counts it.
+    pub fn send_data(&mut self, id: SessionId, cmd: DataCommand) -> bool {
+        self.sessions
+            .get_mut(&id)
+            .is_some_and(|(_, s)| s.send_data(cmd))
+    }
+
     pub fn remove(&mut self, id: SessionId) {
         self.sessions.remove(&id);
     }
@@ -76,9 +98,9 @@ impl Handshakes {
         self.sessions.is_empty()
     }
 
-    /// Drive every handshake: timeouts, flights to send, results. Sessions that ended (in
-    /// either way) are forgotten here; the DTLS association after the handshake carries
-    /// nothing we use yet (data channels come later).
+    /// Drive every session: handshake timeouts, flights to send, results, data channel
+    /// events and counts. Failed sessions are forgotten here; connected ones stay until
+    /// [`Self::remove`].
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Outcome>) {
         let mut done = Vec::new();
         for (&id, (worker, s)) in &mut self.sessions {
@@ -102,6 +124,17 @@ impl Handshakes {
                         done.push(id);
                     }
                 }
+            }
+            while let Some(event) = s.poll_data() {
+                out.push(Outcome::Data { id, event });
+            }
+            let (sent, dropped) = s.take_data_counts();
+            if sent > 0 || dropped > 0 {
+                out.push(Outcome::DataCounts {
+                    worker: *worker,
+                    sent,
+                    dropped,
+                });
             }
         }
         for id in done {

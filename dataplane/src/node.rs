@@ -60,11 +60,15 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for i in 0..workers {
         let addr = SocketAddr::new(config.media.bind, config.media.port + i);
         let socket = bind_media(addr).with_context(|| format!("binding media socket {addr}"))?;
+        let relay_addr = SocketAddr::new(config.media.bind, config.media.relay_port + i);
+        let relay =
+            bind_media(relay_addr).with_context(|| format!("binding relay socket {relay_addr}"))?;
         let core = (config.media.pin && cores > 0)
             .then(|| (usize::from(config.media.first_core) + usize::from(i)) % cores);
         let setup = WorkerSetup {
             index: i,
             socket,
+            relay: Some(relay),
             engine: config.media.engine,
             io: io.clone(),
             core,
@@ -107,7 +111,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
 
     let fingerprint = handshakes.fingerprint();
-    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes);
+    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes, stats.clone());
     slow.announce(Event::Hello {
         fingerprint,
         boot,
@@ -140,7 +144,7 @@ fn core_of(config: &Config, i: usize, cores: usize) -> Option<usize> {
 }
 
 /// Run until SIGINT or SIGTERM.
-/// A worker's UDP socket. Bound to the IPv6 wildcard it is explicitly dual-stack
+/// A worker's UDP socket (media or relay). Bound to the IPv6 wildcard it is explicitly dual-stack
 /// (IPV6_V6ONLY off), so IPv4 and IPv6 peers reach the same worker port whatever
 /// `net.ipv6.bindv6only` says; the I/O engines report IPv4 peers as plain IPv4.
 fn bind_media(addr: SocketAddr) -> std::io::Result<UdpSocket> {

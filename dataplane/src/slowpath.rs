@@ -3,7 +3,9 @@
 //! changed, and turns worker answers into ring events.
 //!
 //! It is the only writer of the routing table, so workers never coordinate with each other
-//! about it. It is also the authority on which sessions exist: a control plane that restarts
+//! about it. It also owns the data channel [`Hub`]: data channel messages of WebRTC sessions
+//! arrive here from their DTLS tasks and leave from here to the subscribers' tasks; they
+//! never touch a worker. It is also the authority on which sessions exist: a control plane that restarts
 //! rebuilds its view from the snapshot this module streams.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -13,10 +15,13 @@ use std::time::Duration;
 
 use switchyard_shared::command::{
     self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
-    MAX_PT_MAP, MAX_TRACKS,
+    ALL_TRACKS, MAX_PT_MAP, MAX_TRACKS,
 };
 use switchyard_shared::ring::DataSide;
+use switchyard_shared::stats::{Counter, Stats};
 
+use crate::datachan::hub::Hub;
+use crate::datachan::{DataCommand, DataEvent, Delivery};
 use crate::engine::{StreamId, WorkerCommand, WorkerEvent};
 use crate::handshakes::{Handshakes, Outcome};
 use crate::worker::Mailbox;
@@ -62,13 +67,22 @@ pub struct SlowPath {
     buf: Vec<u8>,
     handshakes: Handshakes,
     outcomes: Vec<Outcome>,
+    hub: Hub,
+    deliveries: Vec<Delivery>,
+    /// The data channel counters are the slow path's to write (see `Counter::DataChannelIn`).
+    stats: Arc<Stats>,
     /// The `Hello` this process announced, repeated at the head of every snapshot so a
     /// control plane that attaches later still learns the boot id, pid and engine.
     hello: Option<Event>,
 }
 
 impl SlowPath {
-    pub fn new(ring: DataSide, mailboxes: Arc<[Arc<Mailbox>]>, handshakes: Handshakes) -> Self {
+    pub fn new(
+        ring: DataSide,
+        mailboxes: Arc<[Arc<Mailbox>]>,
+        handshakes: Handshakes,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             ring,
             mailboxes,
@@ -83,6 +97,9 @@ impl SlowPath {
             hello: None,
             handshakes,
             outcomes: Vec::new(),
+            hub: Hub::new(),
+            deliveries: Vec::new(),
+            stats,
         }
     }
 
@@ -170,13 +187,6 @@ impl SlowPath {
                         error: CommandError::UnknownSession,
                     });
                 };
-                if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
-                    // Booked only (see `add`): no worker holds it.
-                    return self.emit(&Event::SessionRemoved {
-                        id,
-                        reason: CloseReason::Removed,
-                    });
-                }
                 let w = spec.worker;
                 self.pending_remove.insert(id, spec);
                 self.command_worker(w, WorkerCommand::Remove { id });
@@ -211,6 +221,13 @@ impl SlowPath {
                 crate::dtls::fingerprint::Fingerprint::parse(remote_fingerprint).is_err()
                     || spec.ice.is_none()
             }
+            Keying::Plain => {
+                // Unauthenticated media only leaves the node, and only to a fixed address.
+                if !plain_ok(spec) {
+                    return Err(CommandError::PlainIngress);
+                }
+                false
+            }
         };
         if bad_key {
             return Err(CommandError::BadKey);
@@ -224,12 +241,28 @@ impl SlowPath {
         {
             return Err(CommandError::DuplicateSession);
         }
+        if spec.role.is_relay() {
+            // A relay link is keyed by the control planes (the per-link key) and addressed
+            // by IP:port on the relay socket: no DTLS, no ICE, no transport-cc.
+            if spec.keying.keys().is_none() {
+                return Err(CommandError::BadKey);
+            }
+            if spec.ice.is_some() || spec.twcc_ext.is_some() {
+                return Err(CommandError::Invalid);
+            }
+        }
         match &spec.role {
-            Role::RelayIn | Role::RelayOut => {
-                if !matches!(spec.keying, Keying::Static(_)) || spec.ice.is_some() {
-                    return Err(CommandError::Invalid);
+            Role::RelayIn => {
+                if self
+                    .streams
+                    .get(&spec.stream)
+                    .is_some_and(|s| s.publisher.is_some())
+                {
+                    return Err(CommandError::StreamBusy);
                 }
-                if matches!(spec.role, Role::RelayOut) && spec.remote.is_none() {
+            }
+            Role::RelayOut => {
+                if spec.remote.is_none() {
                     return Err(CommandError::Invalid);
                 }
             }
@@ -250,7 +283,11 @@ impl SlowPath {
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
             } => {
+                if *tracks == 0 || *tracks & !ALL_TRACKS != 0 {
+                    return Err(CommandError::Invalid);
+                }
                 // 72–76 would read as RTCP on a muxed port (RFC 5761 §4).
                 let bad_pt = |p: u8| p >= 128 || (72..=76).contains(&p);
                 if rtx.len() > MAX_TRACKS
@@ -283,15 +320,6 @@ impl SlowPath {
 
     fn add(&mut self, spec: SessionSpec) -> Result<(), CommandError> {
         self.validate(&spec)?;
-        if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
-            // Relay sessions are booked here (ids, snapshot, removal) so the control plane's
-            // relay set-up runs end to end; the relay sockets and the workers' RelayIn and
-            // RelayOut roles are the data-plane relay branch's (issue #5) and replace this.
-            let id = spec.id;
-            self.sessions.insert(id, spec);
-            self.emit(&Event::SessionAdded { id });
-            return Ok(());
-        }
         let workers = self.mailboxes.len();
         let next = &mut self.next_stream;
         let entry = self.streams.entry(spec.stream.clone()).or_insert_with(|| {
@@ -309,13 +337,10 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
-            // Booked before the routing table is touched.
-            Role::RelayIn | Role::RelayOut => {}
-            Role::Publisher { ssrcs, clock_rates } => {
+            Role::Publisher { .. } | Role::RelayIn => {
                 entry.publisher = Some((spec.id, w));
-                sends.push((
-                    w,
-                    WorkerCommand::AddPublisher {
+                let add = match (&spec.role, spec.keying.keys()) {
+                    (Role::Publisher { ssrcs, clock_rates }, _) => WorkerCommand::AddPublisher {
                         id: spec.id,
                         stream,
                         remote: spec.remote,
@@ -325,7 +350,16 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                ));
+                    (_, Some(keys)) => WorkerCommand::AddRelayIn {
+                        id: spec.id,
+                        stream,
+                        remote: spec.remote,
+                        srtp: keys.clone(),
+                    },
+                    // `validate` refused relay sessions without static keys.
+                    (_, None) => return Err(CommandError::BadKey),
+                };
+                sends.push((w, add));
                 sends.push((
                     w,
                     WorkerCommand::SetRemoteWorkers {
@@ -345,11 +379,46 @@ impl SlowPath {
                     }
                 }
             }
+            Role::RelayOut => {
+                let (Some(remote), Some(keys)) = (spec.remote, spec.keying.keys()) else {
+                    // `validate` refused these; never index past it.
+                    return Err(CommandError::Invalid);
+                };
+                if let Some(n) = entry.subscribers.get_mut(usize::from(w)) {
+                    *n += 1;
+                }
+                sends.push((
+                    w,
+                    WorkerCommand::SetPublisherWorker {
+                        stream,
+                        worker: entry.publisher.map(|p| p.1),
+                    },
+                ));
+                sends.push((
+                    w,
+                    WorkerCommand::AddRelayOut {
+                        id: spec.id,
+                        stream,
+                        remote,
+                        srtp: keys.clone(),
+                    },
+                ));
+                if let Some((_, pw)) = entry.publisher {
+                    sends.push((
+                        pw,
+                        WorkerCommand::SetRemoteWorkers {
+                            stream,
+                            mask: entry.subscriber_mask(),
+                        },
+                    ));
+                }
+            }
             Role::Subscriber {
                 ssrcs,
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
             } => {
                 let mut out = [0u32; MAX_TRACKS];
                 out.copy_from_slice(&ssrcs[..MAX_TRACKS]);
@@ -387,6 +456,8 @@ impl SlowPath {
                             table
                         }),
                         rtx: rtx_out,
+                        tracks: *tracks,
+                        plain: spec.keying == Keying::Plain,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
@@ -432,15 +503,17 @@ impl SlowPath {
     /// Undo the routing-table entries of a session that failed or ended.
     fn forget(&mut self, spec: &SessionSpec) {
         self.handshakes.remove(spec.id);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        self.hub.remove(spec.id, &mut deliveries);
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
         let Some(entry) = self.streams.get_mut(&spec.stream) else {
             return;
         };
         let stream = entry.id;
         let mut sends = Vec::new();
         match spec.role {
-            // Never in the routing table (see `add`).
-            Role::RelayIn | Role::RelayOut => {}
-            Role::Publisher { .. } => {
+            Role::Publisher { .. } | Role::RelayIn => {
                 if entry.publisher.is_some_and(|(id, _)| id == spec.id) {
                     entry.publisher = None;
                     for (sw, &n) in entry.subscribers.iter().enumerate() {
@@ -460,7 +533,7 @@ impl SlowPath {
                     ));
                 }
             }
-            Role::Subscriber { .. } => {
+            Role::Subscriber { .. } | Role::RelayOut => {
                 if let Some(n) = entry.subscribers.get_mut(usize::from(spec.worker)) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -504,9 +577,18 @@ impl SlowPath {
                             remote_fingerprint,
                             std::time::Instant::now(),
                         );
-                        if let Err(e) = started {
+                        match started {
+                            Ok(()) => match spec.role {
+                                Role::Publisher { .. } => self.hub.add_publisher(id, &spec.stream),
+                                Role::Subscriber { .. } => {
+                                    self.hub.add_subscriber(id, &spec.stream);
+                                }
+                                // Relay links are keyed statically (validate() refuses DTLS
+                                // for them); their data channel traffic is not relayed yet.
+                                Role::RelayIn | Role::RelayOut => {}
+                            },
                             // validate() parsed the fingerprint, so only the driver can fail.
-                            tracing::error!(id = id.0, error = %e, "cannot start DTLS");
+                            Err(e) => tracing::error!(id = id.0, error = %e, "cannot start DTLS"),
                         }
                     }
                     self.sessions.insert(id, spec);
@@ -573,6 +655,15 @@ impl SlowPath {
                     self.command_worker(worker, WorkerCommand::SetKeys { id, keys });
                     self.emit(&Event::DtlsConnected { id, profile });
                 }
+                Outcome::Data { id, event } => self.data_event(id, event),
+                Outcome::DataCounts {
+                    worker,
+                    sent,
+                    dropped,
+                } => {
+                    self.count(worker, Counter::DataChannelOut, sent);
+                    self.count(worker, Counter::DataChannelDropped, dropped);
+                }
                 Outcome::Failed { id, failure } => {
                     tracing::warn!(id = id.0, reason = %failure, "DTLS handshake failed; ending the session");
                     self.emit(&Event::DtlsFailed {
@@ -586,9 +677,50 @@ impl SlowPath {
         self.outcomes = outcomes;
     }
 
+    /// A session's data channel event goes through the hub; what it decides goes out.
+    fn data_event(&mut self, id: SessionId, event: DataEvent) {
+        let worker = self.sessions.get(&id).map_or(0, |s| s.worker);
+        if let DataEvent::Message { .. } = event {
+            self.count(worker, Counter::DataChannelIn, 1);
+        }
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        if let Err(why) = self.hub.handle_event(id, event, &mut deliveries) {
+            tracing::trace!(id = id.0, ?why, "data channel message dropped");
+            self.count(worker, Counter::DataChannelDropped, 1);
+        }
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
+    }
+
+    /// Hand the hub's deliveries to the sessions' tasks; a full queue drops the message.
+    fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
+        for d in deliveries.drain(..) {
+            let message = matches!(d.command, DataCommand::Send { .. });
+            if !self.handshakes.send_data(d.session, d.command) && message {
+                let worker = self.sessions.get(&d.session).map_or(0, |s| s.worker);
+                self.count(worker, Counter::DataChannelDropped, 1);
+            }
+        }
+    }
+
+    fn count(&self, worker: u16, c: Counter, n: u64) {
+        if n > 0 {
+            if let Some(block) = self.stats.worker(usize::from(worker)) {
+                block.add(c, n);
+            }
+        }
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// Whether a plain-keyed spec is one the data plane accepts: a subscriber with a fixed
+/// address and no ICE (egress to a recorder). Anything else would take unauthenticated
+/// media in or send it to an address nobody vouched for.
+fn plain_ok(spec: &SessionSpec) -> bool {
+    matches!(spec.role, Role::Subscriber { .. }) && spec.remote.is_some() && spec.ice.is_none()
 }
 
 /// Whether the data plane can learn where to send a subscriber's media: a given address
@@ -613,6 +745,7 @@ mod tests {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: ALL_TRACKS,
             },
             remote,
             keying: Keying::Dtls {
@@ -626,6 +759,25 @@ mod tests {
             twcc_ext: None,
             created_ms: 0,
         }
+    }
+
+    #[test]
+    fn plain_keying_is_for_addressed_subscribers_only() {
+        let mut plain = subscriber(Some(([127, 0, 0, 1], 5004).into()), false);
+        plain.keying = Keying::Plain;
+        assert!(plain_ok(&plain));
+        let mut no_addr = plain.clone();
+        no_addr.remote = None;
+        assert!(!plain_ok(&no_addr));
+        let mut with_ice = subscriber(None, true);
+        with_ice.keying = Keying::Plain;
+        assert!(!plain_ok(&with_ice));
+        let mut publisher = plain.clone();
+        publisher.role = Role::Publisher {
+            ssrcs: vec![1],
+            clock_rates: vec![],
+        };
+        assert!(!plain_ok(&publisher));
     }
 
     #[test]

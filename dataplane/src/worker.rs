@@ -1,4 +1,5 @@
-//! One worker thread: pinned to a core, one socket, one I/O engine, one [`Engine`].
+//! One worker thread: pinned to a core, two sockets (media and relay), one I/O engine, one
+//! [`Engine`].
 //!
 //! Each loop turn: apply slow-path commands, handle messages from other workers, then one
 //! `Io::poll` that submits the sends queued so far, waits (only when there is nothing else to
@@ -16,6 +17,7 @@ use switchyard_shared::stats::{Counter, Stats};
 
 use crate::engine::{Engine, Inbound, Limits, Output, SendError, WorkerCommand, WorkerEvent};
 use crate::io::{Io, IoConfig, RxEvent, Tx, Waker};
+use crate::via::Via;
 
 /// Longest sleep of an idle worker; bounds how stale its gauges in /metrics get.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -71,6 +73,8 @@ impl Mailbox {
 pub struct WorkerSetup {
     pub index: u16,
     pub socket: UdpSocket,
+    /// The relay socket (`media.relay_port + index`); `None` runs without relay links.
+    pub relay: Option<UdpSocket>,
     pub engine: EngineKind,
     pub io: IoConfig,
     pub core: Option<usize>,
@@ -92,13 +96,14 @@ struct WorkerOutput<'a> {
 impl Output for WorkerOutput<'_> {
     fn send(
         &mut self,
+        via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         let b = self.tx.alloc().ok_or(SendError::Full)?;
         match fill(&mut self.tx.buf_mut(b)[..]) {
             Some(len) => {
-                self.tx.queue(b, len, dst);
+                self.tx.queue_via(b, len, dst, via);
                 Ok(())
             }
             None => {
@@ -124,6 +129,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
     let WorkerSetup {
         index,
         socket,
+        relay,
         engine: kind,
         io: io_config,
         core,
@@ -142,7 +148,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
         let _ = ready.send(Err(format!("no mailbox for worker {index}")));
         return;
     };
-    let mut io = match Io::new(kind, socket, &io_config) {
+    let mut io = match Io::with_relay(kind, socket, relay, &io_config) {
         Ok(io) => io,
         Err(e) => {
             let _ = ready.send(Err(format!("worker {index}: {e}")));
@@ -199,9 +205,18 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
                 wake: &mut wake,
             };
             match ev {
-                RxEvent::Datagram { data, src, at } => {
-                    engine.handle_datagram(data, src, at, &mut out)
-                }
+                RxEvent::Datagram {
+                    data,
+                    src,
+                    at,
+                    via: Via::Media,
+                } => engine.handle_datagram(data, src, at, &mut out),
+                RxEvent::Datagram {
+                    data,
+                    src,
+                    at,
+                    via: Via::Relay,
+                } => engine.handle_relay_datagram(data, src, at, &mut out),
                 RxEvent::Oversize { .. } => engine.oversize(),
             }
         });

@@ -349,3 +349,83 @@ fn send_to_wrong_family_is_counted_not_fatal() {
         assert!(io.tx().alloc().is_some());
     }
 }
+
+/// A worker's two sockets: each datagram says which one it came in on, and each reply
+/// leaves from the socket it is queued on (the peer sees the right source port).
+#[test]
+fn relay_socket_is_served_alongside_the_media_socket() {
+    use switchyard_dataplane::io::Via;
+    for kind in engines("relay_socket_is_served_alongside_the_media_socket") {
+        let media = bind("127.0.0.1:0");
+        let relay = bind("127.0.0.1:0");
+        let (media_addr, relay_addr) = (
+            media.local_addr().expect("addr"),
+            relay.local_addr().expect("addr"),
+        );
+        let mut io = Io::with_relay(kind, media, Some(relay), &cfg()).expect("engine");
+        let peer = bind("127.0.0.1:0");
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // Each datagram names the socket the reply must leave from: 0 media, 1 relay.
+        for (to, reply_via) in [(relay_addr, 0u8), (media_addr, 1), (relay_addr, 1)] {
+            peer.send_to(&[reply_via, 7, 7], to).expect("send");
+        }
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: datagrams did not arrive"
+            );
+            io.poll(Duration::from_millis(50), &mut |ev, tx| {
+                if let RxEvent::Datagram { data, src, via, .. } = ev {
+                    seen.push(via);
+                    let reply = if data[0] == 1 { Via::Relay } else { Via::Media };
+                    let b = tx.alloc().expect("tx slot");
+                    tx.buf_mut(b)[..3].copy_from_slice(&[data[0], 9, 9]);
+                    tx.queue_via(b, 3, src, reply);
+                }
+            })
+            .expect("poll");
+        }
+        io.flush().expect("flush");
+        seen.sort_by_key(|v| v.index());
+        assert_eq!(seen, [Via::Media, Via::Relay, Via::Relay], "{kind:?}");
+        let mut buf = [0u8; 16];
+        let mut from = Vec::new();
+        for _ in 0..3 {
+            let (n, src) = peer.recv_from(&mut buf).expect("reply");
+            assert_eq!(&buf[1..n], &[9, 9]);
+            let want = if buf[0] == 1 { relay_addr } else { media_addr };
+            assert_eq!(
+                src, want,
+                "{kind:?}: reply left from the socket it was queued on"
+            );
+            from.push(src);
+        }
+        assert_eq!(io.send_errors(), 0);
+    }
+}
+
+/// Without a relay socket, relay sends are refused and counted, never sent from the media
+/// socket.
+#[test]
+fn relay_sends_without_a_relay_socket_are_refused() {
+    use switchyard_dataplane::io::Via;
+    for kind in engines("relay_sends_without_a_relay_socket_are_refused") {
+        let (mut io, _) = io_on(kind, "127.0.0.1:0", &cfg());
+        let peer = bind("127.0.0.1:0");
+        peer.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let tx = io.tx();
+        let b = tx.alloc().expect("slot");
+        tx.queue_via(b, 3, peer.local_addr().expect("addr"), Via::Relay);
+        io.flush().expect("flush");
+        assert_eq!(io.send_errors(), 1, "{kind:?}");
+        let mut buf = [0u8; 8];
+        assert!(
+            peer.recv_from(&mut buf).is_err(),
+            "{kind:?}: nothing was sent"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_dataplane::engine::{
-    Engine, Inbound, Limits, Output, SendError, StreamId, WorkerCommand, WorkerEvent,
+    Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand, WorkerEvent,
 };
 use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
 use switchyard_shared::packet::rtcp;
@@ -72,6 +72,7 @@ struct FixedOutput {
 impl Output for FixedOutput {
     fn send(
         &mut self,
+        _via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
@@ -162,7 +163,10 @@ fn steady_state_forwarding_allocates_nothing() {
                 } else {
                     [None; MAX_TRACKS]
                 },
-                srtp: Some(keys(3, 4)),
+                tracks: switchyard_shared::command::ALL_TRACKS,
+                // One plain-RTP egress (a forward to a recorder) among them.
+                plain: id == 11,
+                srtp: (id != 11).then(|| keys(3, 4)),
                 ice: None,
             },
             &mut out,
@@ -244,4 +248,190 @@ fn steady_state_forwarding_allocates_nothing() {
         "{allocs} allocations while forwarding {forwarded} packets"
     );
     let _ = std::fs::remove_file(&path);
+}
+
+/// Keeps what one engine sends on its relay socket, in buffers allocated up front, so the
+/// test can carry it to the other node's engine; media-socket sends are only counted.
+struct LinkOutput {
+    bufs: Vec<[u8; 1536]>,
+    lens: Vec<(SocketAddr, usize)>,
+    media_sent: u64,
+}
+
+impl LinkOutput {
+    fn new() -> Self {
+        Self {
+            bufs: vec![[0; 1536]; 64],
+            lens: Vec::with_capacity(64),
+            media_sent: 0,
+        }
+    }
+}
+
+impl Output for LinkOutput {
+    fn send(
+        &mut self,
+        via: Via,
+        dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        if via == Via::Media {
+            let mut scratch = [0u8; 1536];
+            fill(&mut scratch).ok_or(SendError::Cancelled)?;
+            self.media_sent += 1;
+            return Ok(());
+        }
+        let k = self.lens.len();
+        let buf = self.bufs.get_mut(k).ok_or(SendError::Full)?;
+        let n = fill(buf).ok_or(SendError::Cancelled)?;
+        self.lens.push((dst, n));
+        Ok(())
+    }
+
+    fn to_worker(&mut self, _worker: u16, msg: Inbound) -> Result<(), Inbound> {
+        Err(msg) // one worker per node here
+    }
+}
+
+/// Hand every datagram `from` holds to `to`'s relay socket as if from `src`, then forget it.
+fn carry(
+    from: &mut LinkOutput,
+    to: &mut Engine,
+    src: SocketAddr,
+    now: Instant,
+    out: &mut LinkOutput,
+) {
+    for k in 0..from.lens.len() {
+        let (_, n) = from.lens[k];
+        to.handle_relay_datagram(&mut from.bufs[k][..n], src, now, out);
+    }
+    from.lens.clear();
+}
+
+#[test]
+fn relay_link_steady_state_allocates_nothing() {
+    let path = std::env::temp_dir().join(format!("swy-noalloc-relay-{}", std::process::id()));
+    let stats_a = Arc::new(Stats::create(&path, 1, 1).expect("stats"));
+    let path_b = path.with_extension("b");
+    let stats_b = Arc::new(Stats::create(&path_b, 1, 1).expect("stats"));
+    let mut a = Engine::new(0, Limits::default(), stats_a.clone(), 1);
+    let mut b = Engine::new(0, Limits::default(), stats_b.clone(), 2);
+    let stream = StreamId(1);
+    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let a_relay: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+    let b_relay: SocketAddr = "127.0.0.1:19443".parse().expect("addr");
+    let mut out_a = LinkOutput::new();
+    let mut out_b = LinkOutput::new();
+    a.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream,
+            remote: Some(publisher),
+            ssrcs: vec![42],
+            clock_rates: vec![90000],
+            twcc_ext: None,
+            srtp: Some(keys(1, 2)),
+            ice: None,
+        },
+        &mut out_a,
+    );
+    a.handle_command(
+        WorkerCommand::AddRelayOut {
+            id: SessionId(2),
+            stream,
+            remote: b_relay,
+            srtp: keys(5, 4),
+        },
+        &mut out_a,
+    );
+    b.handle_command(
+        WorkerCommand::AddRelayIn {
+            id: SessionId(1),
+            stream,
+            remote: Some(a_relay),
+            srtp: keys(4, 5),
+        },
+        &mut out_b,
+    );
+    for id in 2..6u64 {
+        b.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(id),
+                stream,
+                remote: Some(format!("127.0.0.1:{}", 6000 + id).parse().expect("addr")),
+                ssrcs: [id as u32 * 10, 0, 0, 0],
+                payload_types: Vec::new(),
+                extensions: None,
+                rtx: [None; MAX_TRACKS],
+                tracks: switchyard_shared::command::ALL_TRACKS,
+                plain: false,
+                srtp: Some(keys(3, 4)),
+                ice: None,
+            },
+            &mut out_b,
+        );
+    }
+    while let Some(ev) = a.poll_event().or_else(|| b.poll_event()) {
+        assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+    }
+    out_a.lens.clear();
+    out_b.lens.clear();
+
+    let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+    let mut viewer_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
+    let mut pkt = vec![0u8; 1400];
+    let mut fb = vec![0u8; 256];
+    let t0 = Instant::now();
+    let mut run = |from: u16,
+                   count: u16,
+                   a: &mut Engine,
+                   b: &mut Engine,
+                   out_a: &mut LinkOutput,
+                   out_b: &mut LinkOutput| {
+        for seq in from..from + count {
+            let now = t0 + Duration::from_millis(u64::from(seq));
+            pkt[0] = 0x80;
+            pkt[1] = 96;
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+            pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+            let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
+            a.handle_datagram(&mut pkt[..n], publisher, now, out_a);
+            if seq % 20 == 7 {
+                out_a.lens.clear(); // lost on the hop
+            }
+            carry(out_a, b, a_relay, now, out_b);
+            if seq % 50 == 0 {
+                // A viewer's keyframe request: upstream as PLI, on to the publisher.
+                let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
+                let n = viewer_tx.protect_rtcp(&mut fb, n).expect("protect");
+                let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
+                b.handle_datagram(&mut fb[..n], viewer, now, out_b);
+            }
+            b.tick(now, out_b);
+            // NACKs (and PLI, RR) to A; A's answers back to B.
+            carry(out_b, a, b_relay, now, out_a);
+            carry(out_a, b, a_relay, now, out_b);
+            out_b.lens.clear();
+        }
+    };
+    run(1, 1000, &mut a, &mut b, &mut out_a, &mut out_b);
+    let nacks_before = stats_b.worker(0).expect("b").get(Counter::RelayNacksSent);
+    let viewers_before = out_b.media_sent;
+    ARMED.with(|x| x.set(true));
+    run(1001, 5000, &mut a, &mut b, &mut out_a, &mut out_b);
+    ARMED.with(|x| x.set(false));
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let nacked = stats_b.worker(0).expect("b").get(Counter::RelayNacksSent) - nacks_before;
+    assert_eq!(
+        nacked, 250,
+        "one NACK per lost packet, each answered at the first try"
+    );
+    assert!(
+        out_b.media_sent - viewers_before >= 4 * 5000,
+        "every packet (repairs included) reached the 4 viewers"
+    );
+    assert_eq!(allocs, 0, "{allocs} allocations on the relay path");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&path_b);
 }

@@ -65,6 +65,13 @@ fn start(workers: u16) -> Node {
     config.ring.dir = Some(dir.clone());
     config.media.bind = "127.0.0.1".parse().expect("ip");
     config.media.port = free_udp_ports(workers);
+    // Its own relay ports too: tests run in parallel, and the default (9443) is one range.
+    config.media.relay_port = loop {
+        let p = free_udp_ports(workers);
+        if p >= config.media.port + workers || config.media.port >= p + workers {
+            break p;
+        }
+    };
     config.media.workers = workers;
     config.media.pin = false;
     let stop = Arc::new(AtomicBool::new(false));
@@ -195,6 +202,7 @@ fn forwards_across_workers_and_counts_bad_input() {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: switchyard_shared::command::ALL_TRACKS,
             },
             remote: Some(s.local_addr().expect("addr")),
             keying: Keying::Static(keys(3, 20 + i as u8)),

@@ -24,6 +24,11 @@ pub const MAX_TRACKS: usize = 4;
 /// Most payload-type pairs one subscriber's map holds.
 pub const MAX_PT_MAP: usize = 16;
 
+/// Largest data channel message a node receives: the SDP answer's `a=max-message-size`
+/// (control plane) and the size of every channel's receive buffer (data plane), one value so
+/// the two never disagree. 64 KiB is what aiortc advertises and Chrome accepts.
+pub const DATA_CHANNEL_MAX_MESSAGE: usize = 64 * 1024;
+
 /// Control-plane-assigned session id, unique per node for the node's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
@@ -119,6 +124,11 @@ pub enum Role {
         /// payload) instead of as copies on the media SSRC. At most [`MAX_TRACKS`] entries.
         #[serde(default)]
         rtx: Vec<Option<(u32, u8)>>,
+        /// Which publisher tracks this session receives: bit `i` = track `i`. A recorder
+        /// needs one RTP port per medium (`m=audio` and `m=video` on different ports, no
+        /// rtcp-mux), so a forward to plain RTP runs one session per track. Default: all.
+        #[serde(default = "all_tracks")]
+        tracks: u8,
     },
     /// Receives `stream` relayed from another node on this worker's relay socket and is the
     /// stream's publisher on this node (local subscribers see it like any publisher). Keying is
@@ -135,6 +145,20 @@ pub enum Role {
     RelayOut,
 }
 
+impl Role {
+    /// A relay link session: it lives on the worker's relay socket, not its media socket.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, Role::RelayIn | Role::RelayOut)
+    }
+}
+
+/// Every track: the [`Role::Subscriber::tracks`] default.
+pub const ALL_TRACKS: u8 = (1u16 << MAX_TRACKS).wrapping_sub(1) as u8;
+
+fn all_tracks() -> u8 {
+    ALL_TRACKS
+}
+
 /// How a session gets its SRTP keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Keying {
@@ -144,6 +168,14 @@ pub enum Keying {
     /// (`a=setup:passive`). The client's certificate must match this fingerprint from the
     /// offer (`"sha-256 AB:CD:…"`); media waits until the handshake completes.
     Dtls { remote_fingerprint: String },
+    /// No SRTP at all: RTP and RTCP go out (and RTCP comes in) unencrypted and
+    /// unauthenticated. Only for egress to a recorder or transcoder on a trusted network (a
+    /// forward, see controlplane `forward`): the data plane accepts it for a subscriber with
+    /// a fixed `remote` and no ICE, never for a publisher — ingress must authenticate, or
+    /// anyone could inject media ([`CommandError::PlainIngress`]). The session's RTCP
+    /// address is `remote` with the port + 1 (RFC 3550 §11, no rtcp-mux); RTCP is accepted
+    /// only from those two addresses.
+    Plain,
 }
 
 impl Keying {
@@ -151,7 +183,7 @@ impl Keying {
     pub fn keys(&self) -> Option<&SrtpKeys> {
         match self {
             Keying::Static(k) => Some(k),
-            Keying::Dtls { .. } => None,
+            Keying::Dtls { .. } | Keying::Plain => None,
         }
     }
 }
@@ -180,7 +212,8 @@ impl std::fmt::Debug for IceCredentials {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSpec {
     pub id: SessionId,
-    /// Worker that owns the session; its media port is `media_port + worker`.
+    /// Worker that owns the session; its media port is `media_port + worker` (relay roles:
+    /// its relay port, `relay_port + worker`).
     pub worker: u16,
     /// Stream name, `room/stream` by convention.
     pub stream: String,
@@ -236,6 +269,8 @@ pub enum CommandError {
     StreamBusy,
     #[error("invalid session spec")]
     Invalid,
+    #[error("plain (unencrypted) RTP is only for egress to a subscriber with a fixed address, never for a publisher or an ICE session")]
+    PlainIngress,
 }
 
 /// Why a session ended.
@@ -260,8 +295,7 @@ pub enum Event {
         pid: u32,
         workers: u16,
         media_port: u16,
-        /// The data plane's actual relay base port: worker `w`'s relay socket is
-        /// `relay_port + w`.
+        /// First relay port: worker `i`'s relay socket (relay links) is `relay_port + i`.
         relay_port: u16,
         /// The I/O engine the workers run (uring or mmsg, never auto).
         engine: crate::config::EngineKind,
@@ -344,6 +378,7 @@ mod tests {
                 payload_types: vec![(96, 100)],
                 extensions: None,
                 rtx: Vec::new(),
+                tracks: ALL_TRACKS,
             },
             remote: Some("127.0.0.1:5000".parse().expect("literal")),
             keying: Keying::Static(SrtpKeys {
@@ -368,6 +403,18 @@ mod tests {
     }
 
     #[test]
+    fn relay_roles_round_trip() {
+        let mut buf = Vec::new();
+        for role in [Role::RelayIn, Role::RelayOut] {
+            assert!(role.is_relay());
+            let cmd = Command::AddSession(SessionSpec { role, ..spec() });
+            encode(&cmd, &mut buf).expect("encode");
+            assert_eq!(decode::<Command>(&buf).expect("decode"), cmd);
+        }
+        assert!(!spec().role.is_relay());
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         for bytes in [
             &[][..],
@@ -376,6 +423,21 @@ mod tests {
         ] {
             assert!(decode::<Command>(bytes).is_err());
         }
+    }
+
+    #[test]
+    fn plain_keying_and_track_mask_round_trip() {
+        let mut s = spec();
+        s.keying = Keying::Plain;
+        if let Role::Subscriber { tracks, .. } = &mut s.role {
+            *tracks = 0b10;
+        }
+        let mut buf = Vec::new();
+        let cmd = Command::AddSession(s);
+        encode(&cmd, &mut buf).expect("encode");
+        assert_eq!(decode::<Command>(&buf).expect("decode"), cmd);
+        assert_eq!(ALL_TRACKS, 0b1111);
+        assert!(Keying::Plain.keys().is_none());
     }
 
     #[test]

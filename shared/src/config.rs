@@ -59,8 +59,9 @@ pub struct MediaSection {
     pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
-    /// Worker `i` binds its relay socket (media relayed between nodes) on `relay_port + i`,
-    /// on the same address as its media socket.
+    /// Worker `i` also binds its relay socket at `relay_port + i` (same address and
+    /// dual-stack setup as its media socket): node-to-node relay links (`RelayIn`/`RelayOut`
+    /// sessions) send and receive there, and nothing else is answered on it.
     pub relay_port: u16,
     /// Worker threads; 0 means available cores − 1, at least 1.
     pub workers: u16,
@@ -228,6 +229,9 @@ pub struct ClusterSection {
     /// How long a room created through `/v1/rooms` stays reserved after its last session
     /// ends before it is closed and its capacity given back.
     pub room_close_grace_ms: u64,
+    /// How long a room created through `/v1/rooms` stays reserved when no session ever joins
+    /// it before it is closed and its capacity given back.
+    pub room_idle_timeout_ms: u64,
     /// Room prefixes bound to a node pool (the node label `pool`): rooms under `prefix` go only
     /// to nodes of `pool`; other rooms never go to nodes of a bound pool.
     pub pools: Vec<PoolBinding>,
@@ -265,6 +269,7 @@ impl Default for ClusterSection {
             overload_ratio: 0.8,
             max_pps_per_worker: 200_000,
             room_close_grace_ms: 30_000,
+            room_idle_timeout_ms: 300_000,
             pools: Vec::new(),
             cascade: true,
             relay_grace_ms: 30_000,
@@ -294,6 +299,136 @@ impl AuthSection {
     }
 }
 
+/// `[[forward]]`: copy every published stream whose name starts with `prefix` (every stream
+/// when empty) to each of `destinations` (see [`Destination`]). The same shape as a
+/// `POST /v1/forwards` body, plus the `id` that names it in the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSection {
+    pub id: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub destinations: Vec<String>,
+}
+
+/// Most destinations one forward has.
+pub const MAX_FORWARD_DESTINATIONS: usize = 16;
+
+/// Where a forward sends a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// `rtp://ip:port`: plain (unencrypted) RTP, publisher track `i` to `port + 2i` and its
+    /// RTCP to `port + 2i + 1` (audio on `port`, video on `port + 2` for a WHIP publisher
+    /// sending audio then video), as a recorder reading an SDP file expects.
+    Rtp(SocketAddr),
+    // A `node` kind (another Switchyard node as hot standby, set up through the relay API)
+    // is one more variant here; until then `node://` is refused by `parse`.
+}
+
+/// Why a destination string is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination {0:?}: the node kind (another Switchyard node as hot standby) is not yet supported")]
+    NotYetSupported(String),
+    #[error("destination {0:?}: {1}")]
+    Invalid(String, &'static str),
+}
+
+impl Destination {
+    /// Parse `rtp://ip:port` (`rtp://[v6]:port`).
+    pub fn parse(text: &str) -> Result<Self, DestinationError> {
+        let bad = |why| Err(DestinationError::Invalid(text.to_owned(), why));
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return bad("expected rtp://ip:port");
+        };
+        match scheme {
+            "rtp" => {
+                let Ok(addr) = rest.parse::<SocketAddr>() else {
+                    return bad("expected rtp://ip:port with a literal IP address");
+                };
+                let ip = addr.ip();
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return bad("needs a unicast address");
+                }
+                if addr.port() == 0 || addr.port() % 2 != 0 {
+                    return bad(
+                        "the port must be even and non-zero (RTCP uses the odd port above)",
+                    );
+                }
+                // Every track's RTP and RTCP port must exist.
+                if usize::from(addr.port()) + 2 * crate::command::MAX_TRACKS - 1 > 65535 {
+                    return bad("the port leaves no room for every track's RTP and RTCP ports");
+                }
+                Ok(Self::Rtp(addr))
+            }
+            "node" => Err(DestinationError::NotYetSupported(text.to_owned())),
+            _ => bad("unknown scheme; rtp:// is supported"),
+        }
+    }
+
+    /// Where track `track` goes: its RTP address (the RTCP one is the port above).
+    pub fn track_address(&self, track: u8) -> Option<SocketAddr> {
+        match self {
+            Self::Rtp(a) => {
+                let port = a.port().checked_add(2 * u16::from(track))?;
+                Some(SocketAddr::new(a.ip(), port))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rtp(a) => write!(f, "rtp://{a}"),
+        }
+    }
+}
+
+impl ForwardSection {
+    /// Check the id, prefix and destinations; the parsed destinations in order.
+    pub fn check(&self) -> Result<Vec<Destination>, String> {
+        if !valid_forward_id(&self.id) {
+            return Err("id must be 1 to 64 characters of [A-Za-z0-9_-]".into());
+        }
+        check_forward(&self.prefix, &self.destinations).map_err(|e| format!("{}: {e}", self.id))
+    }
+}
+
+/// Whether `id` can name a forward.
+pub fn valid_forward_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Check a forward's prefix and destinations (config and API share the rules).
+pub fn check_forward(prefix: &str, destinations: &[String]) -> Result<Vec<Destination>, String> {
+    if prefix.len() > 128
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))
+    {
+        return Err("prefix: up to 128 characters of A-Z a-z 0-9 _ . / -".into());
+    }
+    if destinations.is_empty() || destinations.len() > MAX_FORWARD_DESTINATIONS {
+        return Err(format!(
+            "destinations: 1 to {MAX_FORWARD_DESTINATIONS} entries"
+        ));
+    }
+    let mut out = Vec::with_capacity(destinations.len());
+    for d in destinations {
+        let d = Destination::parse(d).map_err(|e| e.to_string())?;
+        if out.contains(&d) {
+            return Err(format!("destinations: {d} is listed twice"));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -305,6 +440,8 @@ pub struct Config {
     pub webrtc: WebrtcSection,
     pub cluster: ClusterSection,
     pub auth: AuthSection,
+    /// `[[forward]]` entries, re-created at every control plane start.
+    pub forward: Vec<ForwardSection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,9 +496,9 @@ impl Config {
         if u32::from(self.media.relay_port) + workers > 65536 || self.media.relay_port == 0 {
             return bad("media.relay_port + workers must stay within 1..=65535");
         }
-        let (media, relay) = (u32::from(self.media.port), u32::from(self.media.relay_port));
-        if media < relay + workers && relay < media + workers {
-            return bad("media.port and media.relay_port ranges (one port per worker) overlap");
+        let (m, r) = (u32::from(self.media.port), u32::from(self.media.relay_port));
+        if m < r + workers && r < m + workers {
+            return bad("media.port and media.relay_port ranges (each + workers) must not overlap");
         }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");
@@ -409,6 +546,15 @@ impl Config {
             match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
                 Ok(k) if k.len() >= 16 => {}
                 _ => return bad("auth.key must be base64 of at least 16 bytes"),
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for f in &self.forward {
+            if let Err(e) = f.check() {
+                return Err(ConfigError::Invalid(format!("[[forward]] {e}")));
+            }
+            if !ids.insert(f.id.as_str()) {
+                return bad("[[forward]] ids must be unique");
             }
         }
         if let Some(public) = &self.auth.public {
@@ -470,6 +616,26 @@ mod tests {
     }
 
     #[test]
+    fn relay_ports_default_and_must_not_overlap_media_ports() {
+        let c = Config::parse("[media]\nworkers = 4\n").expect("parse");
+        assert_eq!(c.media.relay_port, 9443);
+        c.validate().expect("9443.. and 10000.. are apart");
+        for (media, relay, ok) in [
+            (20000, 20004, true),
+            (20000, 20003, false),
+            (20003, 20000, false),
+        ] {
+            let c = Config::parse(&format!(
+                "[media]\nworkers = 4\nport = {media}\nrelay_port = {relay}\n"
+            ))
+            .expect("parse");
+            assert_eq!(c.validate().is_ok(), ok, "port {media}, relay_port {relay}");
+        }
+        let c = Config::parse("[media]\nworkers = 4\nrelay_port = 65534\n").expect("parse");
+        assert!(c.validate().is_err(), "relay ports past 65535");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(Config::parse("[media]\nprot = 1\n").is_err());
         assert!(Config::parse("[cluster]\nstrategy = \"random\"\n").is_err());
@@ -517,25 +683,58 @@ mod tests {
     }
 
     #[test]
-    fn relay_ports_do_not_overlap_media_ports() {
-        let c = Config::parse("[media]\nworkers = 4\nrelay_port = 20000\n").expect("parse");
-        assert_eq!(c.media.relay_port, 20000);
-        c.validate().expect("valid");
-        assert_eq!(Config::default().media.relay_port, 9443);
-        let mut c = Config::default();
-        c.media.workers = 4;
-        c.media.relay_port = 10002;
-        assert!(c.validate().is_err(), "10002..10006 overlaps 10000..10004");
-        c.media.relay_port = 9997;
-        assert!(c.validate().is_err(), "9997..10001 overlaps 10000..10004");
-        c.media.relay_port = 9996;
-        c.validate().expect("9996..10000 ends where media starts");
-        c.media.relay_port = 0;
-        assert!(c.validate().is_err());
+    fn cascade_settings_parse() {
         let c = Config::parse("[cluster]\ncascade = false\nrelay_grace_ms = 500\n").expect("parse");
         assert!(!c.cluster.cascade);
         assert_eq!(c.cluster.relay_grace_ms, 500);
         assert!(Config::default().cluster.cascade);
+    }
+
+    #[test]
+    fn forward_sections_parse_and_validate() {
+        let c = Config::parse(
+            "[[forward]]\nid = \"rec\"\ndestinations = [\"rtp://127.0.0.1:5004\", \"rtp://[::1]:6000\"]\n\
+             [[forward]]\nid = \"cams\"\nprefix = \"cams/\"\ndestinations = [\"rtp://10.0.0.2:7000\"]\n",
+        )
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.forward.len(), 2);
+        assert_eq!(c.forward[0].prefix, "");
+        let d = c.forward[0].check().expect("destinations");
+        assert_eq!(d[1], Destination::Rtp("[::1]:6000".parse().expect("v6")));
+        assert_eq!(
+            d[0].track_address(1),
+            Some("127.0.0.1:5006".parse().expect("v4"))
+        );
+        assert_eq!(d[0].to_string(), "rtp://127.0.0.1:5004");
+
+        let mut dup = c.clone();
+        dup.forward[1].id = "rec".into();
+        assert!(dup.validate().is_err(), "duplicate ids");
+        for bad in [
+            "rtp://127.0.0.1:5005",
+            "rtp://0.0.0.0:5004",
+            "rtp://239.1.1.1:5004",
+            "rtp://localhost:5004",
+            "rtp://127.0.0.1:65534",
+            "srt://127.0.0.1:5004",
+            "127.0.0.1:5004",
+        ] {
+            assert!(
+                matches!(Destination::parse(bad), Err(DestinationError::Invalid(..))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Destination::parse("node://node-2"),
+            Err(DestinationError::NotYetSupported(_))
+        ));
+        let mut node = c;
+        node.forward[0].destinations = vec!["node://node-2".into()];
+        let e = node.validate().expect_err("node kind").to_string();
+        assert!(e.contains("not yet supported"), "{e}");
+        assert!(check_forward("a b", &["rtp://127.0.0.1:5004".into()]).is_err());
+        assert!(check_forward("", &[]).is_err());
     }
 
     #[test]

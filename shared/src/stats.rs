@@ -41,12 +41,21 @@ pub enum Counter {
     KernelRxDrops,
     /// Loop turns; with RxPackets it gives the mean receive batch.
     LoopTurns,
-    /// Media packets received on relay links (RelayIn sessions), each copy counted once.
+    /// Media packets received on relay links (authenticated, each copy once).
     RelayRxPackets,
-    /// Media packets sent over relay links (RelayOut sessions), each copy counted once.
+    /// Media packets sent over relay links (each copy once, retransmissions included).
     RelayTxPackets,
-    /// NACKs a RelayIn session sent upstream over its link.
+    /// Sequence numbers a relay-in session NACKed upstream over its link (each try counts).
     RelayNacksSent,
+    /// Data channel messages received from peers (publishers and subscribers). Written by
+    /// the slow path, into the block of the session's worker; the worker never writes it,
+    /// so each of these three still has a single writer.
+    DataChannelIn,
+    /// Data channel messages sent to subscribers.
+    DataChannelOut,
+    /// Data channel messages not delivered: from subscribers, on unknown channels, over a
+    /// full queue or a subscriber's full send buffer (one per subscriber that missed it).
+    DataChannelDropped,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -83,6 +92,9 @@ impl Counter {
         Counter::RelayRxPackets,
         Counter::RelayTxPackets,
         Counter::RelayNacksSent,
+        Counter::DataChannelIn,
+        Counter::DataChannelOut,
+        Counter::DataChannelDropped,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -117,6 +129,9 @@ impl Counter {
             Counter::RelayRxPackets => "relay_rx_packets_total",
             Counter::RelayTxPackets => "relay_tx_packets_total",
             Counter::RelayNacksSent => "relay_nacks_sent_total",
+            Counter::DataChannelIn => "datachannel_messages_in_total",
+            Counter::DataChannelOut => "datachannel_messages_out_total",
+            Counter::DataChannelDropped => "datachannel_messages_dropped_total",
             _ => "drops_total",
         }
     }
@@ -160,7 +175,8 @@ pub enum DropReason {
     SendFailed,
     /// RTCP feedback for an SSRC the node does not forward.
     NoRoute,
-    /// Anything dropped on a relay socket: an unknown source or an SRTP auth failure.
+    /// Anything dropped on a relay socket for not coming from a relay link: an unknown
+    /// source, a failed SRTP/SRTCP authentication, STUN, DTLS or an unknown kind.
     RelayUnauthenticated,
 }
 

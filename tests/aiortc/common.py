@@ -2,6 +2,7 @@
 pull in an HTTP client) and a hard deadline so a client never outlives its test."""
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,14 @@ async def wait_gathered(pc) -> None:
     """aiortc gathers all candidates in setLocalDescription; this only guards older ones."""
     while pc.iceGatheringState != "complete":
         await asyncio.sleep(0.05)
+
+
+def encode_message(m) -> str:
+    """A data channel message as one short comparable string: `t:<text>` for a string,
+    `b:<length>:<sha-256 prefix>` for bytes (so large messages keep the summary small)."""
+    if isinstance(m, str):
+        return "t:" + m
+    return f"b:{len(m)}:{hashlib.sha256(m).hexdigest()[:12]}"
 
 
 def dump(summary: dict) -> None:

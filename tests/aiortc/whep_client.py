@@ -2,7 +2,12 @@
 time, count decoded video frames and received audio frames, DELETE the session and print
 a JSON summary on stdout.
 
-    whep_client.py URL --seconds N [--verbose]
+With --datachannel it asks for audio only plus a data channel m-line: it opens a channel of
+its own ("upstream") and sends one message on it (the node drops subscribers' messages), and
+records every message on the channels the node opens towards it, per label, in the summary
+(`common.encode_message`).
+
+    whep_client.py URL --seconds N [--datachannel] [--verbose]
 """
 
 import argparse
@@ -32,7 +37,24 @@ async def main(args) -> int:
     # No STUN server: the node is on loopback and gathering must not wait for the internet.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("audio", direction="recvonly")
-    pc.addTransceiver("video", direction="recvonly")
+    received = {}
+    if args.datachannel:
+        upstream = pc.createDataChannel("upstream")
+
+        @upstream.on("open")
+        def on_open():
+            upstream.send("from a subscriber: dropped by the node")
+
+        @pc.on("datachannel")
+        def on_datachannel(channel):
+            messages = received.setdefault(channel.label, [])
+
+            @channel.on("message")
+            def on_message(m):
+                messages.append(common.encode_message(m))
+
+    else:
+        pc.addTransceiver("video", direction="recvonly")
     counts = {"audio": 0, "video": 0}
     consumers = []
 
@@ -65,6 +87,8 @@ async def main(args) -> int:
         await pc.close()
         for c in consumers:
             c.cancel()
+    if args.datachannel:
+        summary["received"] = received
     summary["video_frames"] = counts["video"]
     summary["audio_frames"] = counts["audio"]
     if "video_size" in counts:
@@ -78,6 +102,7 @@ if __name__ == "__main__":
     p.add_argument("url")
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--connect-timeout", type=float, default=10)
+    p.add_argument("--datachannel", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     common.setup_logging(args.verbose)

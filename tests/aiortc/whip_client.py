@@ -1,7 +1,13 @@
 """Publish a synthetic VP8 video track and an Opus audio track to a WHIP endpoint for a
 fixed time, then DELETE the session. Prints a JSON summary on stdout.
 
-    whip_client.py URL --seconds N [--verbose]
+With --datachannel it publishes audio only, plus data channels: "chat" (ordered, reliable)
+from the start, carrying a numbered mix of text and binary messages (empty ones and a
+60000-byte one among them) every 50 ms, and "late", opened a second after "chat", carrying
+a text message every 200 ms. The summary lists every message sent per channel
+(`common.encode_message`).
+
+    whip_client.py URL --seconds N [--datachannel] [--verbose]
 """
 
 import argparse
@@ -84,12 +90,61 @@ class SineAudio(AudioStreamTrack):
         return frame
 
 
+def chat_message(i: int):
+    """Message number i of the "chat" channel: even ones text, odd ones binary."""
+    if i % 10 == 4:
+        return ""
+    if i % 10 == 9:
+        return b""
+    if i % 40 == 7:
+        return bytes(range(256)) * 234 + bytes(i % 256 for _ in range(96))  # 60000 bytes
+    if i % 2 == 0:
+        return f"text {i}"
+    return i.to_bytes(4, "big") + b"\x00\xff"
+
+
+async def wait_open(channel, timeout: float) -> bool:
+    t0 = time.monotonic()
+    while channel.readyState != "open":
+        if channel.readyState == "closed" or time.monotonic() - t0 > timeout:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def send_channels(pc, chat, seconds: float, sent: dict) -> None:
+    """Send on "chat" every 50 ms and on "late" (opened after a second) every 200 ms."""
+    if not await wait_open(chat, 10):
+        return
+    late = None
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        m = chat_message(i)
+        chat.send(m)
+        sent["chat"].append(common.encode_message(m))
+        if late is None and time.monotonic() - t0 > 1.0:
+            late = pc.createDataChannel("late")
+            await wait_open(late, 10)
+        if late is not None and i % 4 == 0:
+            m = f"late {i}"
+            late.send(m)
+            sent["late"].append(common.encode_message(m))
+        i += 1
+        await asyncio.sleep(0.05)
+
+
 async def main(args) -> int:
     # No STUN server: the node is on loopback and gathering must not wait for the internet.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     video, audio = PatternVideo(), SineAudio()
     pc.addTransceiver(audio, direction="sendonly")
-    pc.addTransceiver(video, direction="sendonly")
+    chat = None
+    if args.datachannel:
+        chat = pc.createDataChannel("chat")
+    else:
+        pc.addTransceiver(video, direction="sendonly")
+    sent = {"chat": [], "late": []}
     summary = {"role": "whip"}
     try:
         await pc.setLocalDescription(await pc.createOffer())
@@ -109,7 +164,11 @@ async def main(args) -> int:
         summary["connection"] = pc.connectionState
         summary["connect_s"] = round(time.monotonic() - t0, 3)
         if pc.connectionState == "connected":
-            await asyncio.sleep(args.seconds)
+            if chat is not None:
+                await send_channels(pc, chat, args.seconds, sent)
+                summary["sent"] = sent
+            else:
+                await asyncio.sleep(args.seconds)
         summary["video_frames_sent"] = video.frames
         summary["audio_ms_sent"] = audio.pts * 1000 // SineAudio.RATE
         summary["delete_status"] = await common.delete(location)
@@ -124,6 +183,7 @@ if __name__ == "__main__":
     p.add_argument("url")
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--connect-timeout", type=float, default=10)
+    p.add_argument("--datachannel", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     common.setup_logging(args.verbose)

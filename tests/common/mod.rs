@@ -119,6 +119,18 @@ pub fn free_udp_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free UDP ports");
 }
 
+/// `n` consecutive free UDP ports on 127.0.0.1 that do not overlap `[avoid, avoid + n)`
+/// (a node's relay ports next to its media ports: both ranges must bind).
+pub fn free_udp_ports_apart(n: u16, avoid: u16) -> u16 {
+    for _ in 0..50 {
+        let base = free_udp_ports(n);
+        if base >= avoid.saturating_add(n) || avoid >= base.saturating_add(n) {
+            return base;
+        }
+    }
+    panic!("no {n} free UDP ports apart from {avoid}");
+}
+
 /// A node: data plane and control plane processes.
 pub struct Node {
     pub api: String,
@@ -126,7 +138,8 @@ pub struct Node {
     /// `--media-bind` of both planes (127.0.0.1 unless [`Node::spawn_bound`] says otherwise).
     pub media_bind: String,
     pub media_port: u16,
-    /// `--relay-port`: worker `i`'s relay socket is `relay_port + i`.
+    /// `--relay-port`: worker `i`'s relay socket is `relay_port + i`. Always set, so nodes
+    /// of parallel tests never contend for the default.
     pub relay_port: u16,
     /// `--node-id` (`test` unless [`Node::spawn_named`] says otherwise).
     pub node_id: String,
@@ -181,12 +194,13 @@ impl Node {
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&shm).expect("shm dir");
         let http_addr = format!("127.0.0.1:{}", free_tcp_port());
+        let media_port = free_udp_ports(workers);
         let mut node = Node {
             api: format!("http://{http_addr}"),
             http_addr,
             media_bind: media_bind.to_owned(),
-            media_port: free_udp_ports(workers),
-            relay_port: free_udp_ports(workers),
+            media_port,
+            relay_port: free_udp_ports_apart(workers, media_port),
             node_id: id.to_owned(),
             workers,
             shm,

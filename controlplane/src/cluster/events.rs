@@ -4,12 +4,12 @@
 //! - `peer-joined` / `peer-left`: a session whose stream is `room/stream` started or ended on
 //!   this node (WHIP, WHEP or the raw sessions API), from the session table's changes.
 //! - `room-closed`: `DELETE /v1/rooms/{room}`, or the room stayed empty for
-//!   `room_close_grace_ms`; its reservation is released (capacity given back).
+//!   `room_close_grace_ms`, or no session joined it for `room_idle_timeout_ms` after its
+//!   creation (`closer` decides when); its reservation is released (capacity given back).
 //!
 //! Delivery never blocks the API: events go into a small bounded queue (full: dropped and
 //! counted), one task POSTs them with a short timeout; failures are logged and counted.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::closer::Closer;
 use super::store::{Store as _, StoreError};
 use super::{now_ms, Cluster};
 use crate::link::Shared;
@@ -107,23 +108,29 @@ pub async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
         return;
     };
     let me = shared.config.node.id.clone();
-    let grace = Duration::from_millis(cluster.config.room_close_grace_ms);
-    // Close timers: a newer join or leave bumps the room's generation, so only the timer of
-    // the last leave may close it.
-    let mut generation: HashMap<String, u64> = HashMap::new();
-    let (timer_tx, mut timers) = mpsc::unbounded_channel::<(String, u64)>();
+    let mut closer = Closer::new(
+        cluster.config.room_close_grace_ms,
+        cluster.config.room_idle_timeout_ms,
+    );
+    // Rooms may be created by any control plane: this node learns its own from the store.
+    // The idle deadline runs from each room's creation time, so the listing only has to come
+    // well within the timeout; a tenth of it (at least the health interval) keeps the reads
+    // of a large room table rare.
+    let every = (cluster.config.room_idle_timeout_ms / 10).max(cluster.config.health_interval_ms);
+    let mut sweep = tokio::time::interval(Duration::from_millis(every));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wait = closer
+            .next_deadline()
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
         tokio::select! {
             c = changes.recv() => {
                 let Some(c) = c else { return };
                 let Some(room) = room_of(&c.stream).map(str::to_owned) else { continue };
-                let g = generation.entry(room.clone()).or_default();
-                *g += 1;
-                let gen = *g;
                 let r = match cluster.store.get_room(&room).await {
                     Ok(Some(r)) if r.node == me => r,
                     Ok(_) => {
-                        generation.remove(&room);
+                        closer.forget(&room);
                         continue;
                     }
                     Err(e) => {
@@ -138,32 +145,53 @@ pub async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                     ev["role"] = json!(if c.publisher { "publisher" } else { "subscriber" });
                     cluster.events.send(uri, ev);
                 }
-                if !c.joined && live_sessions(&shared, &room) == 0 {
-                    let tx = timer_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(grace).await;
-                        let _ = tx.send((room, gen));
-                    });
+                if c.joined {
+                    closer.joined(&room);
+                } else if live_sessions(&shared, &room) == 0 {
+                    closer.emptied(&room, now_ms());
                 }
             }
-            Some((room, gen)) = timers.recv() => {
-                if generation.get(&room) != Some(&gen) || live_sessions(&shared, &room) > 0 {
-                    continue;
-                }
-                generation.remove(&room);
-                match cluster.store.release_room(&room).await {
-                    Ok(r) => {
-                        metrics().rooms_closed_idle.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(room = %r.room_id, node = %r.node, consumers = r.consumers, "idle room closed");
-                        if let Some(uri) = &r.event_notification_uri {
-                            cluster.events.send(uri, event("room-closed", &room, &r.node));
-                        }
-                    }
-                    Err(StoreError::NoSuchRoom(_)) => {}
-                    Err(e) => tracing::warn!(%room, error = %e, "cannot close an idle room"),
+            _ = sweep.tick() => match cluster.store.list_rooms().await {
+                Ok(rooms) => closer.sync(
+                    rooms
+                        .iter()
+                        .filter(|r| r.node == me)
+                        .map(|r| (r.room_id.as_str(), r.created_ms)),
+                ),
+                Err(e) => tracing::warn!(error = %e, "room events: cannot list the rooms"),
+            },
+            () = sleep_for(wait) => {
+                for room in closer.due(now_ms(), |r| live_sessions(&shared, r)) {
+                    close_idle(&cluster, &room).await;
                 }
             }
         }
+    }
+}
+
+/// Sleep `wait`, or forever when there is nothing to wait for.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Release a room no one is in (capacity back) and tell its hook.
+async fn close_idle(cluster: &Cluster, room: &str) {
+    match cluster.store.release_room(room).await {
+        Ok(r) => {
+            metrics().rooms_closed_idle.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(room = %r.room_id, node = %r.node, consumers = r.consumers, "idle room closed");
+            if let Some(uri) = &r.event_notification_uri {
+                cluster
+                    .events
+                    .send(uri, event("room-closed", room, &r.node));
+            }
+        }
+        // Deleted meanwhile (DELETE, or another path closed it).
+        Err(StoreError::NoSuchRoom(_)) => {}
+        Err(e) => tracing::warn!(%room, error = %e, "cannot close an idle room"),
     }
 }
 

@@ -11,14 +11,16 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::store::{Store as _, StoreError};
 use super::{consumers_for, Cluster, Node, Registration, Room, RoomSpec};
 use crate::api::{parse_body, random_bytes, ApiError};
+use crate::openapi::ErrorBody;
 
 const MAX_ID: usize = 128;
 /// A room of this many peers reserves ~1M consumers; more is a typo, not a meeting.
@@ -27,19 +29,51 @@ const MAX_URL: usize = 2048;
 const MAX_LABELS: usize = 32;
 const MAX_LABEL: usize = 64;
 
-pub(crate) fn routes(cluster: Arc<Cluster>) -> Router {
-    Router::new()
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/register", post(register))
-        .route("/v1/nodes/{id}/drain", post(drain).delete(undrain))
-        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
-        .route("/v1/rooms", get(list_rooms).post(create_generated))
-        .route(
-            "/v1/rooms/{room}",
-            get(get_room).post(create_named).delete(delete_room),
-        )
-        .route("/v1/resolve", get(resolve))
+/// The routes, each documented by its handler's `#[utoipa::path]` (see `crate::openapi`).
+pub(crate) fn routes(cluster: Arc<Cluster>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(register))
+        .routes(routes!(drain, undrain))
+        .routes(routes!(heartbeat))
+        .routes(routes!(list_rooms, create_generated))
+        .routes(routes!(get_room, create_named, delete_room))
+        .routes(routes!(resolve))
         .with_state(cluster)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct NodeList {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct RoomList {
+    rooms: Vec<RoomView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DrainState {
+    node_id: String,
+    draining: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct HeartbeatAnswer {
+    node_id: String,
+    /// Some reported share reached `overload_ratio`: the node takes no new rooms.
+    overloaded: bool,
+}
+
+/// `GET /v1/resolve?room=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; the handler reads it as a map (unknown keys ignored).
+struct ResolveQuery {
+    /// The room to look up.
+    room: String,
 }
 
 impl From<StoreError> for ApiError {
@@ -90,17 +124,33 @@ fn valid_url(what: &str, url: &str, schemes: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RegisterBody {
     node_id: String,
+    /// Base URL of the node's control plane (`http://` or `https://`).
+    #[schema(example = "http://10.0.0.2:8080")]
     url: String,
+    /// Where peers send media: `ip` or `ip:port`.
     media_address: String,
+    /// Media workers: capacity = workers × `consumers_per_worker`.
     workers: u16,
+    /// Up to 32; the label `pool` binds the node to a pool (docs/cluster.md).
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/register",
+    tag = "cluster",
+    request_body = RegisterBody,
+    responses(
+        (status = 200, description = "Registered (again): the node as the registry holds it", body = Node),
+        (status = 400, description = "Invalid registration", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn register(
     State(cluster): State<Arc<Cluster>>,
     body: Result<Bytes, BytesRejection>,
@@ -137,28 +187,67 @@ async fn register(
     Ok(Json(cluster.store.register_node(reg).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "Every registered node", body = NodeList),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn list_nodes(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
     let nodes = cluster.store.list_nodes().await?;
-    Ok(Json(json!({ "nodes": nodes })).into_response())
+    Ok(Json(NodeList { nodes }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/drain",
+    tag = "cluster",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "Draining: keeps its rooms, takes no new ones", body = DrainState),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn drain(
     State(cluster): State<Arc<Cluster>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     cluster.store.drain(&id, true).await?;
-    Ok(Json(json!({ "nodeId": id, "draining": true })).into_response())
+    Ok(Json(DrainState {
+        node_id: id,
+        draining: true,
+    })
+    .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{id}/drain",
+    tag = "cluster",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "No longer draining", body = DrainState),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn undrain(
     State(cluster): State<Arc<Cluster>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     cluster.store.drain(&id, false).await?;
-    Ok(Json(json!({ "nodeId": id, "draining": false })).into_response())
+    Ok(Json(DrainState {
+        node_id: id,
+        draining: false,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HeartbeatBody {
     /// Share in use of each resource the node measures (`cpu`, `bandwidth`, ...), 0 to 1.
@@ -166,6 +255,19 @@ struct HeartbeatBody {
     load: BTreeMap<String, f64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/heartbeat",
+    tag = "cluster",
+    params(("id" = String, Path, description = "Node id")),
+    request_body(content = HeartbeatBody, description = "Optional: an empty body reports no load"),
+    responses(
+        (status = 200, description = "Recorded", body = HeartbeatAnswer),
+        (status = 400, description = "Invalid load", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn heartbeat(
     State(cluster): State<Arc<Cluster>>,
     Path(id): Path<String>,
@@ -182,19 +284,25 @@ async fn heartbeat(
     }
     let overloaded = b.load.values().any(|&v| v >= cluster.config.overload_ratio);
     cluster.store.heartbeat(&id, overloaded).await?;
-    Ok(Json(json!({ "nodeId": id, "overloaded": overloaded })).into_response())
+    Ok(Json(HeartbeatAnswer {
+        node_id: id,
+        overloaded,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRoom {
+    /// 1 to 1000; the room reserves n × (n − 1) consumers on its node.
     max_peer_count: u32,
+    /// `http://` or `https://` URL that gets the room's JSON events.
     #[serde(default)]
     event_notification_uri: Option<String>,
 }
 
 /// A room as the API shows it: where it is and where to publish and subscribe.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RoomView {
     room_id: String,
@@ -293,6 +401,19 @@ async fn place(
     Ok((p.room, p.node))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}",
+    tag = "cluster",
+    params(("room" = String, Path, description = "Room id: 1 to 128 characters of A-Z a-z 0-9 _ . -")),
+    request_body = CreateRoom,
+    responses(
+        (status = 201, description = "Placed: the room, its node and where to publish and watch", body = RoomView),
+        (status = 400, description = "Invalid room id or body", body = ErrorBody),
+        (status = 409, description = "The room exists", body = ErrorBody),
+        (status = 503, description = "No node has room, or the cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn create_named(
     State(cluster): State<Arc<Cluster>>,
     Path(room): Path<String>,
@@ -301,6 +422,17 @@ async fn create_named(
     create(&cluster, room, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms",
+    tag = "cluster",
+    request_body = CreateRoom,
+    responses(
+        (status = 201, description = "Placed under a random 16-hex-digit id", body = RoomView),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 503, description = "No node has room, or the cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn create_generated(
     State(cluster): State<Arc<Cluster>>,
     body: Result<Bytes, BytesRejection>,
@@ -321,6 +453,15 @@ async fn node_urls(cluster: &Cluster) -> Result<HashMap<String, String>, ApiErro
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rooms",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "Every placed room", body = RoomList),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn list_rooms(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
     let rooms = cluster.store.list_rooms().await?;
     let urls = node_urls(&cluster).await?;
@@ -331,7 +472,7 @@ async fn list_rooms(State(cluster): State<Arc<Cluster>>) -> Result<Response, Api
             view(r, url)
         })
         .collect();
-    Ok(Json(json!({ "rooms": views })).into_response())
+    Ok(Json(RoomList { rooms: views }).into_response())
 }
 
 async fn find(cluster: &Cluster, room: &str) -> Result<RoomView, ApiError> {
@@ -346,6 +487,17 @@ async fn find(cluster: &Cluster, room: &str) -> Result<RoomView, ApiError> {
     Ok(view(r, url))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}",
+    tag = "cluster",
+    params(("room" = String, Path, description = "Room id: 1 to 128 characters of A-Z a-z 0-9 _ . -")),
+    responses(
+        (status = 200, description = "The room", body = RoomView),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn get_room(
     State(cluster): State<Arc<Cluster>>,
     Path(room): Path<String>,
@@ -353,6 +505,17 @@ async fn get_room(
     Ok(Json(find(&cluster, &room).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room}",
+    tag = "cluster",
+    params(("room" = String, Path, description = "Room id: 1 to 128 characters of A-Z a-z 0-9 _ . -")),
+    responses(
+        (status = 204, description = "Closed: capacity given back, `room-closed` sent"),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn delete_room(
     State(cluster): State<Arc<Cluster>>,
     Path(room): Path<String>,
@@ -370,6 +533,18 @@ async fn delete_room(
 }
 
 /// HTTP-DNS style: which node serves `room`.
+#[utoipa::path(
+    get,
+    path = "/v1/resolve",
+    tag = "cluster",
+    params(ResolveQuery),
+    responses(
+        (status = 200, description = "The room, its node and where to publish and watch", body = RoomView),
+        (status = 400, description = "No `room` parameter", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
 async fn resolve(
     State(cluster): State<Arc<Cluster>>,
     Query(q): Query<HashMap<String, String>>,

@@ -9,6 +9,7 @@
 //! Security: registration, drain and heartbeat are not authenticated yet (issue #4's JWT
 //! `cluster` claim is still to come), so bind the HTTP listener to a trusted network.
 
+pub(crate) mod closer;
 pub mod events;
 pub(crate) mod health;
 pub(crate) mod http;
@@ -27,7 +28,7 @@ pub use placement::Strategy;
 pub use store::{AnyStore, MemoryStore, Store, StoreError};
 
 /// A node as the registry holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     pub node_id: String,

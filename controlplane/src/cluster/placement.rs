@@ -50,14 +50,27 @@ impl PoolFilter {
     }
 }
 
-/// Nodes that accept a room of `need` consumers, most preferred first (indexes into `nodes`).
+/// Nodes that accept a room of `need` consumers and that `pool` allows, most preferred first
+/// (indexes into `nodes`).
+///
+/// The pool filter applies before the strategy, not after: power of two choices draws its
+/// two nodes and round robin takes its turn among the eligible nodes only (filtering a
+/// finished ranking would let p2c's pair fall outside the pool and hand the room to whatever
+/// pool node happened to rank next, not the freer of two pool nodes).
 ///
 /// `entropy` is a fresh random number for `LeastLoaded`, and the round-robin counter (any
 /// value that grows by one per placement) for `RoundRobin`; `ConsistentHash` ignores it.
 /// Nodes that are unhealthy, draining, overloaded or without room are never in the answer.
-pub fn rank(nodes: &[Node], room: &str, need: u64, strategy: Strategy, entropy: u64) -> Vec<usize> {
+pub fn rank(
+    nodes: &[Node],
+    room: &str,
+    need: u64,
+    pool: &PoolFilter,
+    strategy: Strategy,
+    entropy: u64,
+) -> Vec<usize> {
     let mut ok: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].accepts(need))
+        .filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i]))
         .collect();
     match strategy {
         Strategy::LeastLoaded => {
@@ -179,6 +192,89 @@ mod pool_tests {
         let any = PoolFilter::for_room("acme-x", &[]);
         assert!(any.allows(&a) && any.allows(&free));
     }
+
+    /// Three `acme` nodes, fuller than the two others, which are entirely free: a filter
+    /// applied after ranking would see the free non-pool nodes win most draws.
+    fn mixed() -> (Vec<Node>, [PoolBinding; 1]) {
+        let mut nodes = vec![
+            node("o1", Some("other")),
+            node("a1", Some("acme")),
+            node("f1", None),
+            node("a2", Some("acme")),
+            node("a3", Some("acme")),
+        ];
+        nodes[1].reserved = 90; // a1: 10 free, the pool's fullest
+        nodes[3].reserved = 50; // a2: 50 free
+        nodes[4].reserved = 10; // a3: 90 free, the pool's freest
+        let pools = [PoolBinding {
+            prefix: "acme-".into(),
+            pool: "acme".into(),
+        }];
+        (nodes, pools)
+    }
+
+    #[test]
+    fn a_pool_bound_room_never_lands_outside_its_pool() {
+        let (nodes, pools) = mixed();
+        for s in [
+            Strategy::LeastLoaded,
+            Strategy::RoundRobin,
+            Strategy::ConsistentHash,
+        ] {
+            for e in 0..500u64 {
+                let room = format!("acme-{e}");
+                let filter = PoolFilter::for_room(&room, &pools);
+                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                assert_eq!(r.len(), 3, "{s:?}: every acme node, nothing else");
+                assert!(
+                    r.iter().all(|&i| nodes[i].labels["pool"] == "acme"),
+                    "{s:?}: {r:?}"
+                );
+                // And the other rooms never land in the bound pool.
+                let room = format!("meet-{e}");
+                let filter = PoolFilter::for_room(&room, &pools);
+                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                let ids: Vec<&str> = r.iter().map(|&i| nodes[i].node_id.as_str()).collect();
+                assert_eq!(ids.len(), 2, "{s:?}: {ids:?}");
+                assert!(ids.contains(&"o1") && ids.contains(&"f1"), "{s:?}: {ids:?}");
+            }
+        }
+        // A pool with no room left refuses rather than spilling over.
+        let filter = PoolFilter::for_room("acme-big", &pools);
+        assert!(rank(&nodes, "acme-big", 95, &filter, Strategy::LeastLoaded, 1).is_empty());
+    }
+
+    #[test]
+    fn power_of_two_choices_draws_among_the_pool() {
+        let (nodes, pools) = mixed();
+        let filter = PoolFilter::for_room("acme-x", &pools);
+        let mut first = BTreeMap::<&str, u32>::new();
+        for e in 0..3000u64 {
+            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::LeastLoaded, mix(e));
+            *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
+        }
+        // Two nodes of the three drawn: the freest acme node wins 2/3 of the draws, the
+        // middle one 1/3, the fullest never. (Filtering after ranking gave a2 only ~1/10.)
+        assert!(first["a3"] > 1800 && first["a3"] < 2200, "{first:?}");
+        assert!(first["a2"] > 800, "{first:?}");
+        assert!(!first.contains_key("a1"), "{first:?}");
+        assert_eq!(first.len(), 2, "{first:?}");
+    }
+
+    #[test]
+    fn round_robin_takes_turns_within_the_pool() {
+        let (nodes, pools) = mixed();
+        let filter = PoolFilter::for_room("acme-x", &pools);
+        let mut first = BTreeMap::<&str, u32>::new();
+        for counter in 0..300u64 {
+            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::RoundRobin, counter);
+            *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
+        }
+        assert_eq!(
+            first,
+            BTreeMap::from([("a1", 100), ("a2", 100), ("a3", 100)])
+        );
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +299,8 @@ mod tests {
         }
     }
 
+    const ANY: PoolFilter = PoolFilter::Any;
+
     const ALL: [Strategy; 3] = [
         Strategy::LeastLoaded,
         Strategy::RoundRobin,
@@ -223,13 +321,13 @@ mod tests {
         nodes[2].overloaded = true;
         for s in ALL {
             for e in 0..200 {
-                let r = rank(&nodes, &format!("room{e}"), 10, s, mix(e));
+                let r = rank(&nodes, &format!("room{e}"), 10, &ANY, s, mix(e));
                 assert_eq!(r, vec![4], "{s:?}");
             }
         }
         nodes[4].healthy = false;
         for s in ALL {
-            assert!(rank(&nodes, "r", 10, s, 7).is_empty());
+            assert!(rank(&nodes, "r", 10, &ANY, s, 7).is_empty());
         }
     }
 
@@ -242,7 +340,7 @@ mod tests {
         ];
         let mut first = BTreeMap::new();
         for e in 0..3000u64 {
-            let r = rank(&nodes, "r", 1, Strategy::LeastLoaded, mix(e));
+            let r = rank(&nodes, "r", 1, &ANY, Strategy::LeastLoaded, mix(e));
             assert_eq!(r.len(), 3);
             *first.entry(nodes[r[0]].node_id.clone()).or_insert(0) += 1;
         }
@@ -256,7 +354,7 @@ mod tests {
     fn round_robin_rotates_in_id_order() {
         let nodes = vec![node("c", 10, 0), node("a", 10, 0), node("b", 10, 0)];
         let ids = |e| -> Vec<&str> {
-            rank(&nodes, "r", 1, Strategy::RoundRobin, e)
+            rank(&nodes, "r", 1, &ANY, Strategy::RoundRobin, e)
                 .into_iter()
                 .map(|i| nodes[i].node_id.as_str())
                 .collect()
@@ -270,7 +368,7 @@ mod tests {
     fn consistent_hash_is_stable_and_moves_little() {
         let nodes: Vec<Node> = (0..5).map(|i| node(&format!("n{i}"), 1000, 0)).collect();
         let pick = |nodes: &[Node], room: &str| -> String {
-            let r = rank(nodes, room, 1, Strategy::ConsistentHash, 0);
+            let r = rank(nodes, room, 1, &ANY, Strategy::ConsistentHash, 0);
             nodes[r[0]].node_id.clone()
         };
         let before: Vec<String> = (0..1000)
@@ -314,7 +412,7 @@ mod tests {
                 let need = 1 + (mix(e) % 13);
                 let room = format!("room{round}-{e}");
                 let strategy = ALL[(e % 3) as usize];
-                let order = rank(view, &room, need, strategy, mix(e));
+                let order = rank(view, &room, need, &ANY, strategy, mix(e));
                 let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
                 match commit(&mut truth, &ids, need) {
                     Some(_) => placed += need,

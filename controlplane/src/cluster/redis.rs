@@ -11,6 +11,8 @@
 //! - `rr`: the round-robin counter (INCR).
 //! - `streams:<node>`: HASH stream → hop list (JSON array of node ids) of the streams the
 //!   node publishes, replaced as a whole by the node's control plane (MULTI/EXEC).
+//! - `forwards:<node>`: HASH forward id → JSON body of the forwards made through the API on
+//!   that node (controlplane `forward`), read back when its control plane starts.
 //!
 //! A reservation is one Lua script ([`RESERVE`]): the control plane ranks the nodes from a
 //! snapshot (`placement::rank`), and the script walks that ranking inside Redis, re-reading
@@ -401,9 +403,14 @@ impl Store for RedisStore {
                 Strategy::RoundRobin => rr,
                 _ => self.entropy.next(),
             };
-            let mut order =
-                placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, entropy);
-            order.retain(|&i| spec.pool.allows(&nodes[i]));
+            let order = placement::rank(
+                &nodes,
+                &spec.room_id,
+                spec.consumers,
+                &spec.pool,
+                strategy,
+                entropy,
+            );
             if order.is_empty() {
                 // Still refuse a duplicate room id first, as the script would.
                 if self.get_room(&spec.room_id).await?.is_some() {
@@ -509,6 +516,41 @@ impl Store for RedisStore {
         } else {
             room_from(room.into(), &m).map(Some)
         }
+    }
+
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(id)
+                .arg(body)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(id)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        let m: BTreeMap<String, String> = self
+            .run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .await?;
+        Ok(m.into_iter().collect())
     }
 
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {

@@ -88,6 +88,25 @@ pub trait Store: Send + Sync {
         &self,
         stream: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
+    /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
+    /// (controlplane `forward::http`), opaque here.
+    fn put_forward(
+        &self,
+        node: &str,
+        id: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forget forward `id` of `node` (no error if it is not there).
+    fn delete_forward(
+        &self,
+        node: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The forwards saved for `node`, `(id, body)` in id order.
+    fn list_forwards(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 }
 
 /// Fresh entropy for power-of-two choices: a per-store counter through SplitMix64, seeded
@@ -112,6 +131,8 @@ struct Memory {
     /// Node → stream → hops.
     streams: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     round_robin: u64,
+    /// (node, forward id) → body.
+    forwards: BTreeMap<(String, String), String>,
 }
 
 /// The cluster in this process's memory: one node, or tests. Lost when the process exits.
@@ -214,8 +235,14 @@ impl Store for MemoryStore {
             }
             _ => entropy,
         };
-        let mut order = placement::rank(&nodes, &spec.room_id, spec.consumers, strategy, e);
-        order.retain(|&i| spec.pool.allows(&nodes[i]));
+        let order = placement::rank(
+            &nodes,
+            &spec.room_id,
+            spec.consumers,
+            &spec.pool,
+            strategy,
+            e,
+        );
         let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let i =
@@ -278,6 +305,28 @@ impl Store for MemoryStore {
             .filter_map(|(node, s)| Some((node.clone(), s.get(stream)?.clone())))
             .collect())
     }
+
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        self.lock()
+            .forwards
+            .insert((node.into(), id.into()), body.into());
+        Ok(())
+    }
+
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        self.lock().forwards.remove(&(node.into(), id.into()));
+        Ok(())
+    }
+
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .forwards
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|((_, id), body)| (id.clone(), body.clone()))
+            .collect())
+    }
 }
 
 /// The store a control plane runs with, chosen by `[cluster] redis`.
@@ -337,6 +386,15 @@ impl Store for AnyStore {
     }
     async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         dispatch!(self, s => s.stream_sources(stream))
+    }
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_forward(node, id, body))
+    }
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_forward(node, id))
+    }
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.list_forwards(node))
     }
 }
 
@@ -465,6 +523,22 @@ mod tests {
             assert!(s.stream_sources("r/mic").await.unwrap().is_empty());
             assert_eq!(s.stream_sources("r/cam").await.unwrap().len(), 1);
         });
+    }
+
+    #[test]
+    fn forwards_are_kept_per_node() {
+        let s = MemoryStore::new();
+        block(s.put_forward("n1", "fwd-1", "{\"a\":1}")).expect("put");
+        block(s.put_forward("n1", "fwd-1", "{\"a\":2}")).expect("replace");
+        block(s.put_forward("n2", "fwd-1", "{}")).expect("put");
+        assert_eq!(
+            block(s.list_forwards("n1")).expect("list"),
+            [("fwd-1".to_owned(), "{\"a\":2}".to_owned())]
+        );
+        block(s.delete_forward("n1", "fwd-1")).expect("delete");
+        block(s.delete_forward("n1", "fwd-1")).expect("delete again");
+        assert!(block(s.list_forwards("n1")).expect("list").is_empty());
+        assert_eq!(block(s.list_forwards("n2")).expect("list").len(), 1);
     }
 
     #[test]

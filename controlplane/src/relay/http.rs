@@ -1,71 +1,71 @@
 //! The relay routes (docs/api.md, "Relays"). Every one needs a cluster token when auth is on
 //! (`auth::classify` puts them under `Need::Cluster`).
 //!
-//! - `POST /v1/streams/{stream}/relays` `{"targetNode": id}` or `{"address": "host:port"}`:
-//!   open (or return) the relay of a stream published here. 201 new, 200 existing.
-//! - `GET /v1/streams/{stream}/relays`: the relays of that stream from this node.
-//! - `DELETE /v1/streams/{stream}/relays/{targetNode}`: end it, both ends.
+//! - `POST /v1/streams/{room}/{stream}/relays` `{"targetNode": id}` or `{"address":
+//!   "host:port"}`: open (or return) the relay of a stream published here. 201 new, 200
+//!   existing.
+//! - `GET /v1/streams/{room}/{stream}/relays`: the relays of that stream from this node.
+//! - `DELETE /v1/streams/{room}/{stream}/relays/{targetNode}`: end it, both ends.
 //! - `GET /v1/relays`: every relay of this node, both directions.
 //! - `POST /v1/relays/ingress`, `DELETE /v1/relays/ingress/{relayId}`: the target's side,
 //!   called by the source's control plane.
 //!
-//! Stream names contain `/` (`room/stream`), so `/v1/streams/...` is one wildcard route
-//! parsed here: the last `relays` segment (or the one before the last) splits the stream
-//! from the rest.
+//! Stream names are `room/stream` like WHIP and WHEP's `/{room}/{stream}`: the two path
+//! segments joined with `/` are the stream. A name with more `/`s (`a/b/c`) is reachable with
+//! the rest percent-encoded (`/v1/streams/a/b%2Fc/relays`, see [`stream_path`]); axum decodes
+//! each segment. Each handler serves the one path its `#[utoipa::path]` documents.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use switchyard_shared::command::SessionId;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::book::{InRelay, OutRelay};
-use super::setup::{self, IngressRequest, Target};
+use super::setup::{self, IngressAnswer, IngressRequest, Target};
 use crate::api::{parse_body, validate_stream, ApiError};
 use crate::cluster::Cluster;
 use crate::link::Shared;
+use crate::openapi::ErrorBody;
 
-#[derive(Clone)]
-struct Ctx {
-    shared: Arc<Shared>,
-    cluster: Arc<Cluster>,
+/// The routes, each documented by its handler's `#[utoipa::path]` (see `crate::openapi`).
+/// Handlers take the cluster as an `Extension` (set by `api::router`), like the WHIP POSTs.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_stream, create))
+        .routes(routes!(end))
+        .routes(routes!(list_all))
+        .routes(routes!(ingress))
+        .routes(routes!(end_ingress))
 }
 
-pub(crate) fn routes(shared: Arc<Shared>, cluster: Arc<Cluster>) -> Router {
-    Router::new()
-        .route(
-            "/v1/streams/{*rest}",
-            get(list_stream).post(create).delete(end),
-        )
-        .route("/v1/relays", get(list_all))
-        .route("/v1/relays/ingress", post(ingress))
-        .route("/v1/relays/ingress/{id}", delete(end_ingress))
-        .with_state(Ctx { shared, cluster })
-}
-
-/// `{stream}/relays` → `(stream, None)`; `{stream}/relays/{target}` → `(stream, Some(target))`.
-fn split(rest: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(stream) = rest.strip_suffix("/relays") {
-        return Some((stream, None));
+/// The path of `stream`'s relays on another node: `/v1/streams/{room}/{stream}/relays`, the
+/// first `/` splitting room from stream and any further `/` percent-encoded.
+pub(crate) fn stream_path(stream: &str) -> String {
+    match stream.split_once('/') {
+        Some((room, rest)) => format!("/v1/streams/{room}/{}/relays", rest.replace('/', "%2F")),
+        // Not reachable through these routes (a relay's stream always has a room).
+        None => format!("/v1/streams/{stream}/relays"),
     }
-    let (head, target) = rest.rsplit_once('/')?;
-    let stream = head.strip_suffix("/relays")?;
-    (!target.is_empty()).then_some((stream, Some(target)))
 }
 
-fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such resource")
+/// The stream named by a path's `{room}` and `{stream}`.
+fn stream_of(room: &str, name: &str) -> Result<String, ApiError> {
+    let stream = format!("{room}/{name}");
+    validate_stream(&stream)?;
+    Ok(stream)
 }
 
 /// A relay as the API shows it (never its keys).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct OutView {
     stream: String,
@@ -75,7 +75,10 @@ struct OutView {
     relay_id: u64,
     /// This node's `RelayOut` session.
     session_id: u64,
+    /// The target's relay socket this node sends to.
+    #[schema(value_type = String, example = "10.0.0.2:9443")]
     remote: std::net::SocketAddr,
+    /// Every node the stream went through before the target, the source last.
     hops: Vec<String>,
     created_ms: u64,
 }
@@ -95,11 +98,13 @@ impl From<&OutRelay> for OutView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A relay that feeds this node.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct InView {
     stream: String,
     source_node: String,
+    /// This node's `RelayIn` session.
     relay_id: u64,
     hops: Vec<String>,
     /// Opened by a WHEP cascade (ends after the grace period without subscribers).
@@ -120,9 +125,11 @@ impl From<&InRelay> for InView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/streams/{room}/{stream}/relays`: one of `targetNode` or `address`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateBody {
+    /// A node in the registry.
     #[serde(default)]
     target_node: Option<String>,
     /// A control plane outside the registry: `host:port` (HTTP) or a base URL.
@@ -131,6 +138,34 @@ struct CreateBody {
     /// Informational with `address` (the target's room); the stream keeps its name.
     #[serde(default)]
     room: Option<String>,
+}
+
+/// The relays of one stream.
+#[derive(Debug, Serialize, ToSchema)]
+struct StreamRelays {
+    stream: String,
+    /// Relays of the stream from this node.
+    relays: Vec<OutView>,
+    /// The relay that feeds this node the stream, if any.
+    incoming: Option<InView>,
+}
+
+/// A relay ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Ended {
+    stream: String,
+    target_node: String,
+    /// Whether the target confirmed it ended its side too.
+    target_ended: bool,
+}
+
+/// Every relay of this node.
+#[derive(Debug, Serialize, ToSchema)]
+struct NodeRelays {
+    node: String,
+    outgoing: Vec<OutView>,
+    incoming: Vec<InView>,
 }
 
 fn target_of(b: CreateBody) -> Result<Target, ApiError> {
@@ -163,17 +198,34 @@ fn target_of(b: CreateBody) -> Result<Target, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/streams/{room}/{stream}/relays",
+    tag = "relays",
+    params(
+        ("room" = String, Path, description = "The stream name's first segment"),
+        ("stream" = String, Path, description = "The rest of the stream name (further `/` percent-encoded)"),
+    ),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Relay opened: both ends set up", body = OutView),
+        (status = 200, description = "The relay existed already", body = OutView),
+        (status = 400, description = "Bad stream name or body", body = ErrorBody),
+        (status = 404, description = "The stream has no publisher here, or the target node is unknown", body = ErrorBody),
+        (status = 409, description = "A loop, or a relay in the other direction", body = ErrorBody),
+        (status = 502, description = "The target refused or did not answer", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+    )
+)]
 async fn create(
-    State(ctx): State<Ctx>,
-    Path(rest): Path<String>,
+    State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
+    Path((room, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Some((stream, None)) = split(&rest) else {
-        return Err(not_found());
-    };
-    validate_stream(stream)?;
+    let stream = stream_of(&room, &name)?;
     let target = target_of(parse_body(body)?)?;
-    let (relay, created) = setup::open(&ctx.shared, &ctx.cluster, stream, target).await?;
+    let (relay, created) = setup::open(&shared, &cluster, &stream, target).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -182,54 +234,105 @@ async fn create(
     Ok((status, Json(OutView::from(&relay))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{room}/{stream}/relays",
+    tag = "relays",
+    params(
+        ("room" = String, Path, description = "The stream name's first segment"),
+        ("stream" = String, Path, description = "The rest of the stream name (further `/` percent-encoded)"),
+    ),
+    responses(
+        (status = 200, description = "The stream's relays from this node and the one feeding it", body = StreamRelays),
+        (status = 400, description = "Bad stream name", body = ErrorBody),
+    )
+)]
 async fn list_stream(
-    State(ctx): State<Ctx>,
-    Path(rest): Path<String>,
+    State(shared): State<Arc<Shared>>,
+    Path((room, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let Some((stream, None)) = split(&rest) else {
-        return Err(not_found());
-    };
-    validate_stream(stream)?;
-    let book = ctx.shared.relays.lock();
+    let stream = stream_of(&room, &name)?;
+    let book = shared.relays.lock();
     let relays: Vec<OutView> = book
         .outs()
         .filter(|r| r.stream == stream)
         .map(OutView::from)
         .collect();
-    let incoming = book.incoming(stream).map(InView::from);
-    Ok(Json(json!({ "stream": stream, "relays": relays, "incoming": incoming })).into_response())
+    let incoming = book.incoming(&stream).map(InView::from);
+    Ok(Json(StreamRelays {
+        stream,
+        relays,
+        incoming,
+    })
+    .into_response())
 }
 
-async fn end(State(ctx): State<Ctx>, Path(rest): Path<String>) -> Result<Response, ApiError> {
-    let Some((stream, Some(target))) = split(&rest) else {
-        return Err(not_found());
-    };
-    validate_stream(stream)?;
-    let confirmed = setup::close(&ctx.shared, stream, target).await?;
-    Ok(
-        Json(json!({ "stream": stream, "targetNode": target, "targetEnded": confirmed }))
-            .into_response(),
+#[utoipa::path(
+    delete,
+    path = "/v1/streams/{room}/{stream}/relays/{targetNode}",
+    tag = "relays",
+    params(
+        ("room" = String, Path, description = "The stream name's first segment"),
+        ("stream" = String, Path, description = "The rest of the stream name (further `/` percent-encoded)"),
+        ("targetNode" = String, Path, description = "The node the stream is relayed to"),
+    ),
+    responses(
+        (status = 200, description = "Ended here; `targetEnded` says whether the target confirmed", body = Ended),
+        (status = 400, description = "Bad stream name", body = ErrorBody),
+        (status = 404, description = "No relay of this stream to that node", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
     )
+)]
+async fn end(
+    State(shared): State<Arc<Shared>>,
+    Path((room, name, target)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let stream = stream_of(&room, &name)?;
+    let confirmed = setup::close(&shared, &stream, &target).await?;
+    Ok(Json(Ended {
+        stream,
+        target_node: target,
+        target_ended: confirmed,
+    })
+    .into_response())
 }
 
-async fn list_all(State(ctx): State<Ctx>) -> Response {
-    let book = ctx.shared.relays.lock();
-    let outgoing: Vec<OutView> = book.outs().map(OutView::from).collect();
-    let incoming: Vec<InView> = book.ins().map(InView::from).collect();
-    Json(json!({
-        "node": ctx.shared.config.node.id,
-        "outgoing": outgoing,
-        "incoming": incoming,
-    }))
+#[utoipa::path(
+    get,
+    path = "/v1/relays",
+    tag = "relays",
+    responses((status = 200, description = "Every relay of this node, both directions", body = NodeRelays))
+)]
+async fn list_all(State(shared): State<Arc<Shared>>) -> Response {
+    let book = shared.relays.lock();
+    Json(NodeRelays {
+        node: shared.config.node.id.clone(),
+        outgoing: book.outs().map(OutView::from).collect(),
+        incoming: book.ins().map(InView::from).collect(),
+    })
     .into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/relays/ingress",
+    tag = "relays",
+    request_body = IngressRequest,
+    responses(
+        (status = 201, description = "This node's end of a new relay: where to send, with which key", body = IngressAnswer),
+        (status = 200, description = "The relay existed already (same key)", body = IngressAnswer),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 409, description = "A loop (this node is in the hop list), or the stream has another source here", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+    )
+)]
 async fn ingress(
-    State(ctx): State<Ctx>,
+    State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: IngressRequest = parse_body(body)?;
-    let (answer, created) = setup::ingress(&ctx.shared, &ctx.cluster, req).await?;
+    let (answer, created) = setup::ingress(&shared, &cluster, req).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -238,15 +341,27 @@ async fn ingress(
     Ok((status, Json(answer)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/relays/ingress/{relayId}",
+    tag = "relays",
+    params(("relayId" = u64, Path, description = "The `relayId` the ingress answered")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such relay ingress", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+    )
+)]
 async fn end_ingress(
-    State(ctx): State<Ctx>,
+    State(shared): State<Arc<Shared>>,
+    Extension(cluster): Extension<Arc<Cluster>>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = raw
         .parse::<u64>()
         .map(SessionId)
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such relay ingress"))?;
-    setup::close_ingress(&ctx.shared, &ctx.cluster, id).await?;
+    setup::close_ingress(&shared, &cluster, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -255,16 +370,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_paths_split_at_relays() {
-        assert_eq!(split("room/cam/relays"), Some(("room/cam", None)));
-        assert_eq!(
-            split("room/cam/relays/node-b"),
-            Some(("room/cam", Some("node-b")))
-        );
-        assert_eq!(split("relays/relays"), Some(("relays", None)));
-        assert_eq!(split("room/cam"), None);
-        assert_eq!(split("room/cam/relays/"), None);
-        assert_eq!(split("room/cam/relays/b/c"), None);
+    fn stream_paths_put_the_room_first() {
+        assert_eq!(stream_path("room/cam"), "/v1/streams/room/cam/relays");
+        assert_eq!(stream_path("a/b/c"), "/v1/streams/a/b%2Fc/relays");
+        assert_eq!(stream_of("room", "cam").expect("valid"), "room/cam");
+        assert_eq!(stream_of("a", "b/c").expect("valid"), "a/b/c");
+        assert!(stream_of("room", "c am").is_err());
     }
 
     #[test]

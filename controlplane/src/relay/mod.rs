@@ -3,7 +3,7 @@
 //!
 //! - [`book`]: the sans-IO bookkeeping (relays both ways, set-ups in flight, hop lists, grace
 //!   timers), unit tested without sockets.
-//! - `setup`: the set-up and tear-down steps, source side (`POST /v1/streams/{stream}/relays`)
+//! - `setup`: the set-up and tear-down steps, source side (`POST /v1/streams/{room}/{stream}/relays`)
 //!   and target side (`POST /v1/relays/ingress`), and the WHEP cascade's `pull`.
 //! - `http`: the routes; `client`: the HTTP client one control plane calls another with.
 //!

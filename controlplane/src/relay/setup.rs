@@ -35,8 +35,8 @@ fn metrics() -> &'static crate::metrics::ClusterMetrics {
     crate::metrics::cluster()
 }
 
-/// `POST /v1/relays/ingress`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /v1/relays/ingress`: the source's control plane asks this node to receive `stream`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressRequest {
     pub stream: String,
@@ -45,17 +45,20 @@ pub struct IngressRequest {
     pub hops: Vec<String>,
     /// The publisher's tracks, for WHEP answers on the target.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub publisher_media: Option<Negotiated>,
 }
 
 /// The ingress answer: where to send and with which key.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressAnswer {
     /// The target's `RelayIn` session id; `DELETE /v1/relays/ingress/{relayId}` ends it.
     pub relay_id: u64,
     pub node: String,
     pub stream: String,
+    /// The target's relay socket: `address`, `port`.
+    #[schema(value_type = String, example = "10.0.0.2")]
     pub address: IpAddr,
     pub port: u16,
     pub profile: String,
@@ -103,6 +106,8 @@ fn tracks_only(n: &Negotiated) -> Negotiated {
         remote_fingerprint: String::new(),
         tracks: n.tracks.clone(),
         answer: String::new(),
+        // Data channels end at the publisher's node: a relay carries media only.
+        data_channel: None,
     }
 }
 
@@ -125,7 +130,10 @@ async fn lead<T>(
     work: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let result = work.await;
-    let outcome = result.as_ref().map(|_| ()).map_err(ApiError::message);
+    let outcome = result
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| e.message().to_owned());
     shared.relays.lock().finish(key, &outcome);
     result
 }
@@ -639,7 +647,7 @@ pub async fn end_incoming(shared: &Arc<Shared>, cluster: &Cluster, r: &InRelay) 
             .map(|n| n.url)
     });
     if let Some(url) = url {
-        let path = format!("/v1/streams/{}/relays/{me}", r.stream);
+        let path = format!("{}/{me}", super::http::stream_path(&r.stream));
         let token = cluster_token(&shared.config);
         match client::request(&url, "DELETE", &path, None, token.as_deref(), CALL_TIMEOUT).await {
             Ok(a) if a.status < 300 => {}
@@ -722,7 +730,7 @@ pub async fn pull(shared: &Arc<Shared>, cluster: &Cluster, stream: &str) -> Resu
         let body = serde_json::json!({ "targetNode": me }).to_string();
         let mut last = ApiError::new(StatusCode::BAD_GATEWAY, "no source answered");
         for (_, node, url) in candidates.iter().take(2) {
-            let path = format!("/v1/streams/{stream}/relays");
+            let path = super::http::stream_path(stream);
             match client::request(url, "POST", &path, Some(body.as_bytes()), token.as_deref(), PULL_TIMEOUT).await {
                 Ok(a) if (200..300).contains(&a.status) => {
                     // Auto either way: unused, it ends after the grace period.
@@ -825,6 +833,7 @@ mod tests {
             remote_fingerprint: "sha-256 AA".into(),
             tracks: Vec::new(),
             answer: "v=0".into(),
+            data_channel: None,
         };
         let t = tracks_only(&n);
         assert!(t.ice_pwd_remote.is_empty() && t.answer.is_empty());

@@ -8,7 +8,9 @@ use ::sdp::description::session::{Origin, TimeDescription, Timing};
 use ::sdp::{MediaDescription, SessionDescription};
 
 use super::offer::{Offer, Section};
-use super::{AnswerParams, Codec, Direction, Kind, Track};
+use super::{
+    AnswerParams, Codec, DataChannel, Direction, Kind, Track, MAX_MESSAGE_SIZE, SCTP_PORT,
+};
 
 /// MediaStream id in the WHEP answer's `a=msid`: one stream, so a browser plays audio and video
 /// of a subscription in sync.
@@ -20,11 +22,20 @@ const CNAME: &str = "switchyard";
 pub(super) fn answer(
     offer: &Offer,
     plan: &[Option<Track>],
+    data_channel: Option<&DataChannel>,
     dir: Direction,
     params: &AnswerParams,
     session_id: u64,
 ) -> String {
-    let mids: Vec<&str> = plan.iter().flatten().map(|t| t.mid.as_str()).collect();
+    let is_data = |s: &Section| data_channel.is_some_and(|d| d.mid == s.mid);
+    // Accepted m-lines in the offer's order: tracks and the data channel share the bundle.
+    let mids: Vec<&str> = offer
+        .sections
+        .iter()
+        .zip(plan)
+        .filter(|(s, t)| t.is_some() || is_data(s))
+        .map(|(s, _)| s.mid.as_str())
+        .collect();
     let mut attributes = vec![attr("ice-lite", None)];
     attributes.push(attr("group", Some(format!("BUNDLE {}", mids.join(" ")))));
     if dir == Direction::Subscribe {
@@ -63,7 +74,10 @@ pub(super) fn answer(
             .zip(plan)
             .map(|(s, t)| match t {
                 Some(t) => accepted(s, t, dir, params),
-                None => rejected(s),
+                None => match data_channel.filter(|_| is_data(s)) {
+                    Some(d) => accepted_data_channel(s, d, params),
+                    None => rejected(s),
+                },
             })
             .collect(),
     };
@@ -175,6 +189,50 @@ fn accepted(s: &Section, t: &Track, dir: Direction, params: &AnswerParams) -> Me
             },
             protos: s.proto.split('/').map(str::to_owned).collect(),
             formats,
+        },
+        media_title: None,
+        connection_information: Some(connection(default)),
+        bandwidth: vec![],
+        encryption_key: None,
+        attributes: a,
+    }
+}
+
+/// `m=application` for data channels (RFC 8841): same transport as the tracks (BUNDLE).
+fn accepted_data_channel(s: &Section, d: &DataChannel, params: &AnswerParams) -> MediaDescription {
+    let default = params.candidates.first();
+    let mut a = vec![
+        attr("mid", Some(s.mid.clone())),
+        attr("ice-ufrag", Some(params.ice_ufrag.to_owned())),
+        attr("ice-pwd", Some(params.ice_pwd.to_owned())),
+        attr("fingerprint", Some(params.fingerprint.to_owned())),
+        attr("setup", Some("passive".into())),
+    ];
+    let (protos, formats) = if d.legacy {
+        // The stream count is what we accept (webrtc-sctp's default, 65535 inbound).
+        a.push(attr(
+            "sctpmap",
+            Some(format!("{SCTP_PORT} webrtc-datachannel 65535")),
+        ));
+        (vec!["DTLS", "SCTP"], SCTP_PORT.to_string())
+    } else {
+        a.push(attr("sctp-port", Some(SCTP_PORT.to_string())));
+        (vec!["UDP", "DTLS", "SCTP"], "webrtc-datachannel".to_owned())
+    };
+    a.push(attr("max-message-size", Some(MAX_MESSAGE_SIZE.to_string())));
+    for (i, c) in params.candidates.iter().enumerate() {
+        a.push(attr("candidate", Some(candidate(i, c))));
+    }
+    a.push(attr("end-of-candidates", None));
+    MediaDescription {
+        media_name: MediaName {
+            media: "application".into(),
+            port: RangedPort {
+                value: default.map_or(9, |c| c.port() as isize),
+                range: None,
+            },
+            protos: protos.into_iter().map(str::to_owned).collect(),
+            formats: vec![formats],
         },
         media_title: None,
         connection_information: Some(connection(default)),

@@ -67,8 +67,11 @@ pub struct Negotiated {
     pub ice_pwd_remote: String,
     /// The client's DTLS fingerprint, `"sha-256 AB:..."`, from the offer (session or media level).
     pub remote_fingerprint: String,
-    /// One per accepted m-line, in the offer's order (= mid order).
+    /// One per accepted audio/video m-line, in the offer's order (= mid order).
     pub tracks: Vec<Track>,
+    /// The accepted `m=application` (data channels), when the offer had a usable one.
+    #[serde(default)]
+    pub data_channel: Option<DataChannel>,
     /// The SDP answer, CRLF line endings.
     pub answer: String,
 }
@@ -93,6 +96,26 @@ pub struct Track {
     /// WHEP with a known publisher: how the publisher's RTP maps onto this subscriber's.
     pub remap: Option<Remap>,
 }
+
+/// An accepted data channel m-line (`m=application … UDP/DTLS/SCTP webrtc-datachannel`).
+/// The data plane needs nothing from it: SCTP runs over the session's DTLS connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataChannel {
+    pub mid: String,
+    /// The client's `a=max-message-size`; 65536 when absent (RFC 8841 §6.1), 0 = no limit.
+    pub max_message_size: u64,
+    /// The offer used the pre-RFC 8841 syntax (`DTLS/SCTP <port>` with `a=sctpmap`, as aiortc
+    /// writes it); the answer uses the same.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+/// SCTP port in our `a=sctp-port` (RFC 8841): the one every WebRTC stack uses. SCTP runs
+/// over DTLS here, so the number only has to match on both ends of the association.
+pub const SCTP_PORT: u16 = 5000;
+
+/// Our `a=max-message-size`: the largest data channel message the data plane reads.
+pub const MAX_MESSAGE_SIZE: usize = switchyard_shared::command::DATA_CHANNEL_MAX_MESSAGE;
 
 /// Publisher → subscriber rewrite for one WHEP track: the data plane rewrites payload types
 /// and header-extension ids per subscriber, since each browser numbers them its own way.
@@ -174,7 +197,8 @@ fn answer_with(
     }
     let offer = offer::Offer::parse(offer)?;
     let mut plan = codec::plan(&offer, dir, params.publisher);
-    if plan.iter().all(Option::is_none) {
+    let data_channel = data_channel(&offer);
+    if plan.iter().all(Option::is_none) && data_channel.is_none() {
         return Err(SdpError::NoUsableCodec);
     }
     if dir == Direction::Subscribe {
@@ -183,13 +207,48 @@ fn answer_with(
         }
     }
     let session_id = random_u64(rng)? >> 1; // RFC 8866 / JSEP: 63 bits
-    let answer = build::answer(&offer, &plan, dir, params, session_id);
+    let answer = build::answer(
+        &offer,
+        &plan,
+        data_channel.as_ref(),
+        dir,
+        params,
+        session_id,
+    );
     Ok(Negotiated {
         ice_ufrag_remote: offer.ice_ufrag.clone(),
         ice_pwd_remote: offer.ice_pwd.clone(),
         remote_fingerprint: offer.fingerprint.clone(),
         tracks: plan.into_iter().flatten().collect(),
+        data_channel,
         answer,
+    })
+}
+
+/// The first usable data channel m-line: not rejected, in the BUNDLE group, and either
+/// RFC 8841 (`UDP/DTLS/SCTP webrtc-datachannel` with `a=sctp-port`) or the legacy syntax
+/// (`DTLS/SCTP <port>` with `a=sctpmap:<port> webrtc-datachannel`). Either direction: a
+/// channel carries both ways. Further application m-lines are rejected (one SCTP
+/// association per transport).
+fn data_channel(offer: &offer::Offer) -> Option<DataChannel> {
+    let usable = |s: &&offer::Section| {
+        if s.media != "application" || s.port == 0 || !offer.bundle.contains(&s.mid) {
+            return None;
+        }
+        let port = s.sctp_port?;
+        let modern =
+            s.proto == "UDP/DTLS/SCTP" && s.formats.iter().any(|f| f == "webrtc-datachannel");
+        let legacy = s.proto == "DTLS/SCTP" && s.formats.iter().any(|f| *f == port.to_string());
+        (modern || legacy).then_some(legacy)
+    };
+    let (s, legacy) = offer
+        .sections
+        .iter()
+        .find_map(|s| usable(&s).map(|legacy| (s, legacy)))?;
+    Some(DataChannel {
+        mid: s.mid.clone(),
+        max_message_size: s.max_message_size.unwrap_or(65536),
+        legacy,
     })
 }
 

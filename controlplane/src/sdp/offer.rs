@@ -62,6 +62,11 @@ pub(super) struct Section {
     pub send_rids: Vec<String>,
     /// SSRCs from `a=ssrc` and `a=ssrc-group`, first-seen order.
     pub ssrcs: Vec<u32>,
+    /// `a=sctp-port` (RFC 8841), or the port of a legacy
+    /// `a=sctpmap:<port> webrtc-datachannel` (draft-ietf-mmusic-sctp-sdp-05, aiortc's offers).
+    pub sctp_port: Option<u16>,
+    /// `a=max-message-size` (RFC 8841 §6), for `m=application`.
+    pub max_message_size: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -238,6 +243,10 @@ impl Section {
             extensions: extensions(attrs),
             send_rids: send_rids(attrs),
             ssrcs: ssrcs(attrs),
+            sctp_port: value(attrs, "sctp-port")
+                .and_then(|v| v.parse().ok())
+                .or_else(|| legacy_sctpmap(attrs)),
+            max_message_size: value(attrs, "max-message-size").and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -386,6 +395,14 @@ fn send_rids(attrs: &[Attribute]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The port of `a=sctpmap:<port> webrtc-datachannel [<streams>]`.
+fn legacy_sctpmap(attrs: &[Attribute]) -> Option<u16> {
+    let v = value(attrs, "sctpmap")?;
+    let mut it = v.split_whitespace();
+    let port = it.next()?.parse().ok()?;
+    (it.next() == Some("webrtc-datachannel")).then_some(port)
 }
 
 fn ssrcs(attrs: &[Attribute]) -> Vec<u32> {

@@ -13,8 +13,10 @@ const FIREFOX_PUBLISH: &str = include_str!("fixtures/firefox_publish.sdp");
 const FIREFOX_SIMULCAST: &str = include_str!("fixtures/firefox_publish_simulcast.sdp");
 const FIREFOX_SUBSCRIBE: &str = include_str!("fixtures/firefox_subscribe.sdp");
 const AIORTC_PUBLISH: &str = include_str!("fixtures/aiortc_publish.sdp");
+const CHROME_DATACHANNEL: &str = include_str!("fixtures/chrome_publish_datachannel.sdp");
+const AIORTC_DATACHANNEL: &str = include_str!("fixtures/aiortc_publish_datachannel.sdp");
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 9] = [
     CHROME_PUBLISH,
     CHROME_SIMULCAST,
     CHROME_SUBSCRIBE,
@@ -22,6 +24,8 @@ const ALL: [&str; 7] = [
     FIREFOX_SIMULCAST,
     FIREFOX_SUBSCRIBE,
     AIORTC_PUBLISH,
+    CHROME_DATACHANNEL,
+    AIORTC_DATACHANNEL,
 ];
 
 const OUR_FP: &str = "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9";
@@ -77,7 +81,14 @@ fn check_answer(n: &Negotiated, dir: Direction) {
     assert!(n.answer.ends_with("\r\n"));
     let sd = parse(&n.answer);
     assert!(sd.has_attribute("ice-lite"));
-    let mids: Vec<&str> = n.tracks.iter().map(|t| t.mid.as_str()).collect();
+    let data_mid = n.data_channel.as_ref().map(|d| d.mid.as_str());
+    // Accepted m-lines in the answer's (= the offer's) order.
+    let mids: Vec<&str> = sd
+        .media_descriptions
+        .iter()
+        .filter(|m| m.media_name.port.value != 0)
+        .filter_map(|m| m.attribute("mid").flatten())
+        .collect();
     assert_eq!(
         sd.attribute("group").map(String::as_str),
         Some(format!("BUNDLE {}", mids.join(" ")).as_str())
@@ -89,8 +100,12 @@ fn check_answer(n: &Negotiated, dir: Direction) {
             .flatten()
             .expect("every m-line has a mid");
         if m.media_name.port.value == 0 {
-            assert!(!mids.contains(&mid), "{mid} rejected but listed");
             assert!(!m.has_attribute("candidate"));
+            assert_ne!(Some(mid), data_mid, "data channel rejected");
+            continue;
+        }
+        if Some(mid) == data_mid {
+            check_data_channel(m);
             continue;
         }
         accepted += 1;
@@ -139,6 +154,19 @@ fn check_answer(n: &Negotiated, dir: Direction) {
         }
     }
     assert_eq!(accepted, n.tracks.len());
+}
+
+/// An accepted `m=application`: same transport as the tracks, our SCTP port and size limit.
+fn check_data_channel(m: &MediaDescription) {
+    assert_eq!(m.media_name.media, "application");
+    assert_eq!(m.media_name.port.value, 10001);
+    assert_eq!(m.attribute("setup"), Some(Some("passive")));
+    assert_eq!(m.attribute("fingerprint"), Some(Some(OUR_FP)));
+    assert_eq!(m.attribute("ice-ufrag"), Some(Some("swyU")));
+    assert_eq!(m.attribute("max-message-size"), Some(Some("65536")));
+    assert!(m.has_attribute("end-of-candidates"));
+    assert_eq!(values(m, "candidate").len(), 2);
+    assert!(!m.has_attribute("rtcp-mux") && !m.has_attribute("rtpmap"));
 }
 
 fn track(n: &Negotiated, kind: Kind) -> &Track {
@@ -294,6 +322,7 @@ fn subscribe_matches_h264_profile_and_mode() {
         ice_pwd_remote: String::new(),
         remote_fingerprint: String::new(),
         answer: String::new(),
+        data_channel: None,
         tracks: vec![Track {
             mid: "v".into(),
             kind: Kind::Video,
@@ -357,13 +386,9 @@ fn h264_prefers_constrained_baseline() {
 }
 
 #[test]
-fn data_channel_and_unusable_m_lines_are_rejected_with_port_0() {
-    let offer = CHROME_PUBLISH.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2")
-        + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
-           a=ice-ufrag:Ew1A\r\na=ice-pwd:dV2nH7bHbnKNe8TQ1l8Kq5Ao\r\na=setup:actpass\r\n\
-           a=mid:2\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+fn unusable_m_lines_are_rejected_with_port_0_and_the_data_channel_accepted() {
     // Audio with only G722/PCMU: no usable codec on that m-line.
-    let offer = offer.replace(
+    let offer = CHROME_DATACHANNEL.replace(
         "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
         "m=audio 9 UDP/TLS/RTP/SAVPF 9 0 8",
     );
@@ -376,12 +401,123 @@ fn data_channel_and_unusable_m_lines_are_rejected_with_port_0() {
         .iter()
         .map(|m| m.media_name.port.value)
         .collect();
-    assert_eq!(ports, [0, 10001, 0]);
+    assert_eq!(ports, [0, 10001, 10001]);
     assert_eq!(
         sd.media_descriptions[2].media_name.to_string(),
-        "application 0 UDP/DTLS/SCTP webrtc-datachannel"
+        "application 10001 UDP/DTLS/SCTP webrtc-datachannel"
     );
-    assert!(n.answer.contains("a=group:BUNDLE 1\r\n"));
+    assert!(n.answer.contains("a=group:BUNDLE 1 2\r\n"));
+}
+
+#[test]
+fn chrome_data_channel_is_accepted_on_the_bundle() {
+    for dir in [Direction::Publish, Direction::Subscribe] {
+        let offer = match dir {
+            Direction::Publish => CHROME_DATACHANNEL.to_owned(),
+            // A WHEP offer with a data channel: the same m=application after recvonly media.
+            Direction::Subscribe => CHROME_DATACHANNEL.replace("a=sendonly", "a=recvonly"),
+        };
+        let n = ok(&offer, dir);
+        assert_eq!(n.tracks.len(), 2);
+        assert_eq!(
+            n.data_channel,
+            Some(DataChannel {
+                mid: "2".into(),
+                max_message_size: 262144,
+                legacy: false,
+            })
+        );
+        assert!(n.answer.contains("a=group:BUNDLE 0 1 2\r\n"));
+        assert!(n.answer.contains(
+            "m=application 10001 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+             c=IN IP4 192.0.2.10\r\na=mid:2\r\n"
+        ));
+        assert!(n
+            .answer
+            .contains("a=sctp-port:5000\r\na=max-message-size:65536\r\n"));
+    }
+}
+
+#[test]
+fn aiortc_data_channel_is_accepted() {
+    let n = ok(AIORTC_DATACHANNEL, Direction::Publish);
+    assert_eq!(n.tracks.len(), 1);
+    assert_eq!(
+        n.data_channel,
+        Some(DataChannel {
+            mid: "1".into(),
+            max_message_size: 262144,
+            legacy: false,
+        })
+    );
+    assert!(n.answer.contains("a=group:BUNDLE 0 1\r\n"));
+}
+
+#[test]
+fn legacy_data_channel_syntax_is_answered_in_its_syntax() {
+    // draft-ietf-mmusic-sctp-sdp-05, as older aiortc and Firefox wrote it.
+    let offer = AIORTC_DATACHANNEL
+        .replace(
+            "m=application 50400 UDP/DTLS/SCTP webrtc-datachannel",
+            "m=application 50400 DTLS/SCTP 5000",
+        )
+        .replace(
+            "a=sctp-port:5000",
+            "a=sctpmap:5000 webrtc-datachannel 65535",
+        );
+    let n = ok(&offer, Direction::Publish);
+    let d = n.data_channel.as_ref().expect("data channel accepted");
+    assert!(d.legacy);
+    let sd = parse(&n.answer);
+    let m = sd
+        .media_descriptions
+        .iter()
+        .find(|m| m.media_name.media == "application")
+        .expect("application m-line");
+    assert_eq!(m.media_name.to_string(), "application 10001 DTLS/SCTP 5000");
+    assert_eq!(
+        m.attribute("sctpmap"),
+        Some(Some("5000 webrtc-datachannel 65535"))
+    );
+    assert!(!m.has_attribute("sctp-port"));
+}
+
+#[test]
+fn data_channel_only_offer_is_answerable() {
+    // Only the application m-line: no media, but a session worth having.
+    let offer = CHROME_DATACHANNEL;
+    let start = offer.find("m=audio").expect("audio");
+    let app = offer.find("m=application").expect("application");
+    let offer = offer[..start].replace("a=group:BUNDLE 0 1 2", "a=group:BUNDLE 2") + &offer[app..];
+    let n = ok(&offer, Direction::Publish);
+    assert!(n.tracks.is_empty());
+    assert_eq!(n.data_channel.as_ref().map(|d| d.mid.as_str()), Some("2"));
+    assert!(n.answer.contains("a=group:BUNDLE 2\r\n"));
+}
+
+#[test]
+fn unusable_data_channel_m_lines_are_rejected() {
+    let cases = [
+        // Not in the BUNDLE group.
+        CHROME_DATACHANNEL.replace("a=group:BUNDLE 0 1 2", "a=group:BUNDLE 0 1"),
+        // Rejected by the offerer.
+        CHROME_DATACHANNEL.replace(
+            "m=application 9 UDP/DTLS/SCTP",
+            "m=application 0 UDP/DTLS/SCTP",
+        ),
+        // No SCTP port.
+        CHROME_DATACHANNEL.replace("a=sctp-port:5000\r\n", ""),
+        // Not a data channel.
+        CHROME_DATACHANNEL.replace("webrtc-datachannel", "something-else"),
+        // SCTP over plain UDP is not WebRTC.
+        CHROME_DATACHANNEL.replace("UDP/DTLS/SCTP", "UDP/SCTP"),
+    ];
+    for offer in cases {
+        let n = ok(&offer, Direction::Publish);
+        assert_eq!(n.data_channel, None, "{offer}");
+        let sd = parse(&n.answer);
+        assert_eq!(sd.media_descriptions[2].media_name.port.value, 0);
+    }
 }
 
 #[test]

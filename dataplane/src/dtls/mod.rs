@@ -6,6 +6,11 @@
 //! outcome comes out of [`DtlsSession::poll_event`]: the SRTP master keys (RFC 5764 §4.2) or
 //! a [`Failure`].
 //!
+//! After the handshake the same task runs the session's SCTP association for data channels
+//! over the connection ([`crate::datachan`]); its events come out of
+//! [`DtlsSession::poll_data`] and [`DtlsSession::send_data`] hands it commands. A peer that
+//! never starts SCTP (no `m=application`) leaves it waiting passively, sending nothing.
+//!
 //! # Why a runtime inside a synchronous API
 //!
 //! The DTLS state machine is webrtc-dtls, which is written against tokio and a `Conn`; we do
@@ -52,6 +57,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{SrtpKeys, SrtpProfile};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use webrtc_dtls::config::{ClientAuthType, Config};
 use webrtc_dtls::conn::DTLSConn;
@@ -59,8 +65,12 @@ use webrtc_dtls::crypto::{Certificate, CryptoPrivateKey};
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use webrtc_util::KeyingMaterialExporter;
 
+use crate::datachan::{self, sctp, DataCommand, DataCounts, DataEvent};
 use fingerprint::Fingerprint;
 use pipe::Pipe;
+
+/// How long a closing session waits for its DTLS connection to send close_notify and stop.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A handshake still incomplete this long after [`DtlsSession::new`] fails. Browsers finish
 /// in a few round trips; 10 s covers webrtc-dtls's retransmission backoff on a lossy path.
@@ -248,7 +258,12 @@ pub struct DtlsSession {
     inbound: mpsc::Sender<Vec<u8>>,
     outbound: mpsc::UnboundedReceiver<Vec<u8>>,
     outcome: oneshot::Receiver<Result<SrtpKeys, Failure>>,
-    task: tokio::task::AbortHandle,
+    /// Dropping it ends the task: it closes the DTLS connection, which also stops the SCTP
+    /// association's own tasks (an abort would leave those running).
+    stop: Option<oneshot::Sender<()>>,
+    data_events: mpsc::Receiver<DataEvent>,
+    data_commands: mpsc::Sender<DataCommand>,
+    data_counts: Arc<DataCounts>,
     events: VecDeque<DtlsEvent>,
     deadline: Instant,
     /// Record bytes fed while handshaking.
@@ -298,13 +313,25 @@ impl DtlsSession {
         };
         let (pipe, ends) = Pipe::new();
         let (outcome_tx, outcome) = oneshot::channel();
-        let task = rt.spawn(serve(pipe, config, check, outcome_tx));
+        let (stop, stop_rx) = oneshot::channel();
+        let (events_tx, data_events) = mpsc::channel(datachan::EVENT_QUEUE);
+        let (data_commands, commands_rx) = mpsc::channel(datachan::COMMAND_QUEUE);
+        let data_counts = Arc::new(DataCounts::default());
+        let link = sctp::Link {
+            events: events_tx,
+            commands: commands_rx,
+            counts: Arc::clone(&data_counts),
+        };
+        rt.spawn(serve(pipe, config, check, outcome_tx, stop_rx, link));
         Ok(Self {
             _driver: Arc::clone(&cfg.driver),
             inbound: ends.inbound,
             outbound: ends.outbound,
             outcome,
-            task: task.abort_handle(),
+            stop: Some(stop),
+            data_events,
+            data_commands,
+            data_counts,
             events: VecDeque::new(),
             deadline: now + HANDSHAKE_TIMEOUT,
             fed: 0,
@@ -360,6 +387,27 @@ impl DtlsSession {
         (self.phase == Phase::Handshaking).then_some(self.deadline)
     }
 
+    /// The next thing the peer did on its data channels, if any. Call every slow-path turn
+    /// while the session is connected: the session's task waits while these are not taken.
+    pub fn poll_data(&mut self) -> Option<DataEvent> {
+        self.data_events.try_recv().ok()
+    }
+
+    /// Queue a data channel command for the session's task. `false`: dropped, because the
+    /// queue is full (the peer or the driver is behind) or the session has ended; the caller
+    /// counts it.
+    pub fn send_data(&mut self, cmd: DataCommand) -> bool {
+        match self.data_commands.try_send(cmd) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Data channel messages the task sent and dropped since the last call.
+    pub fn take_data_counts(&self) -> (u64, u64) {
+        self.data_counts.take()
+    }
+
     fn check_deadline(&mut self, now: Instant) {
         if self.phase == Phase::Handshaking && now >= self.deadline {
             self.fail(Failure::Timeout);
@@ -384,28 +432,30 @@ impl DtlsSession {
 
     fn fail(&mut self, failure: Failure) {
         self.phase = Phase::Failed;
-        self.task.abort();
+        self.stop.take();
         self.events.push_back(DtlsEvent::Failed(failure));
     }
 }
 
-impl Drop for DtlsSession {
-    fn drop(&mut self) {
-        // Dropping the task drops the DTLS connection, which stops its reader and writer.
-        self.task.abort();
-    }
-}
-
-/// One session's task: run the handshake, report, then keep the connection alive to answer
-/// retransmitted client flights until the session aborts it.
+/// One session's task: run the handshake, report, then keep the connection alive (answering
+/// retransmitted client flights) and run data channels over it until the session drops
+/// `stop` or the peer closes.
 async fn serve(
     pipe: Pipe,
     config: Config,
     check: Arc<AtomicU8>,
     outcome: oneshot::Sender<Result<SrtpKeys, Failure>>,
+    mut stop: oneshot::Receiver<()>,
+    link: sctp::Link,
 ) {
-    let conn = match DTLSConn::new(Arc::new(pipe), config, false, None).await {
-        Ok(conn) => conn,
+    // Stopped while handshaking: dropping the handshake drops the connection and with it
+    // its reader and writer tasks.
+    let handshake = tokio::select! {
+        _ = &mut stop => return,
+        r = DTLSConn::new(Arc::new(pipe), config, false, None) => r,
+    };
+    let conn = match handshake {
+        Ok(conn) => Arc::new(conn),
         Err(e) => {
             let failure = if check.load(Ordering::Acquire) == CHECK_MISMATCH {
                 Failure::FingerprintMismatch
@@ -423,13 +473,17 @@ async fn serve(
         Err(Failure::PeerNotVerified)
     };
     let connected = result.is_ok();
-    if outcome.send(result).is_err() || !connected {
-        return;
+    if outcome.send(result).is_ok() && connected {
+        // SCTP reads the connection's application data from here on, so its reader never
+        // stalls on a full channel. Ends on the peer's close or fatal alert, or on `stop`.
+        let net: Arc<dyn webrtc_util::conn::Conn + Send + Sync> = conn.clone();
+        tokio::select! {
+            _ = &mut stop => {}
+            _ = sctp::run(net, link) => {}
+        }
     }
-    // Application data (SCTP for data channels) has no consumer yet: read and drop it so
-    // the connection's reader never stalls on a full channel. Ends on close or fatal alert.
-    let mut buf = vec![0u8; 8192];
-    while conn.read(&mut buf, None).await.is_ok() {}
+    // The association's read and write loops hold the connection; closing it ends them.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
 }
 
 async fn export_keys(conn: &DTLSConn) -> Result<SrtpKeys, Failure> {

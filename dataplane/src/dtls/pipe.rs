@@ -9,9 +9,12 @@ use tokio::sync::{mpsc, Mutex};
 use webrtc_util::conn::Conn;
 
 /// Records queued towards the DTLS task before `handle_datagram` starts dropping them, as a
-/// full socket buffer would. A handshake flight is a handful of records; 64 leaves room for
-/// a peer retransmitting while the driver thread is busy with other sessions.
-pub(crate) const INBOUND_QUEUE: usize = 64;
+/// full socket buffer would. A handshake flight is a handful of records, but after it the
+/// connection carries SCTP: a data channel peer may have a full receive window in flight
+/// (256 KiB, about 220 MTU-sized packets, see `datachan::sctp`), and dropping part of it
+/// would stall the association on retransmission timeouts. At most 256 records of at most
+/// 2 KiB each per session.
+pub(crate) const INBOUND_QUEUE: usize = 256;
 
 /// A datagram pipe: `recv` yields what the owner pushed into `inbound`, `send` hands the
 /// datagram to the owner through `outbound`.

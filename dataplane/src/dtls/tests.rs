@@ -526,3 +526,232 @@ fn bad_remote_fingerprint_is_an_error() {
         Err(DtlsError::Fingerprint(_))
     ));
 }
+
+/// A webrtc-sctp/webrtc-data client (the browser's role) over a DTLS client on its own
+/// runtime: it opens "chat" (unordered, 3 retransmissions) and sends a string, a binary and
+/// an empty binary message on it, then accepts the channel the server opens and reports it;
+/// with `read_mirror` it reads one message from it and reports that, without it never reads.
+fn sctp_client(
+    cert: Certificate,
+    read_mirror: bool,
+) -> (
+    tokio::runtime::Runtime,
+    PipeEnds,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use bytes::Bytes;
+    use webrtc_data::data_channel::{Config as ChannelConfig, DataChannel};
+    use webrtc_data::message::message_channel_open::ChannelType;
+    use webrtc_sctp::association::{Association, Config as AssociationConfig};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (pipe, ends) = Pipe::new();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let config = Config {
+        certificates: vec![cert],
+        srtp_protection_profiles: vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80],
+        insecure_skip_verify: true,
+        server_name: "switchyard".into(),
+        ..Config::default()
+    };
+    rt.spawn(async move {
+        let conn = DTLSConn::new(Arc::new(pipe), config, true, None)
+            .await
+            .unwrap();
+        let assoc = Arc::new(
+            Association::client(AssociationConfig {
+                net_conn: Arc::new(conn),
+                max_receive_buffer_size: 0,
+                max_message_size: 0,
+                name: "client".into(),
+            })
+            .await
+            .unwrap(),
+        );
+        let chat = DataChannel::dial(
+            &assoc,
+            0,
+            ChannelConfig {
+                label: "chat".into(),
+                channel_type: ChannelType::PartialReliableRexmitUnordered,
+                reliability_parameter: 3,
+                ..ChannelConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        chat.write_data_channel(&Bytes::from_static(b"hello"), true)
+            .await
+            .unwrap();
+        chat.write_data_channel(&Bytes::from_static(&[1, 2, 3]), false)
+            .await
+            .unwrap();
+        chat.write_data_channel(&Bytes::new(), false).await.unwrap();
+        let mirror = DataChannel::accept(&assoc, ChannelConfig::default(), &[] as &[DataChannel])
+            .await
+            .unwrap();
+        let _ = tx.send(format!(
+            "opened {} {} {:?}",
+            mirror.stream_identifier(),
+            mirror.config.label,
+            mirror.config.channel_type
+        ));
+        if read_mirror {
+            let mut buf = vec![0u8; 1024];
+            let (n, is_string) = mirror.read_data_channel(&mut buf).await.unwrap();
+            let _ = tx.send(format!("got {is_string} {:?}", &buf[..n]));
+        }
+        std::future::pending::<()>().await;
+    });
+    (rt, ends, rx)
+}
+
+/// One turn of the test "worker" for a data channel link: records both ways, the session's
+/// data events collected.
+fn pump(s: &mut DtlsSession, ends: &mut PipeEnds, events: &mut Vec<DataEvent>) {
+    while let Ok(d) = ends.outbound.try_recv() {
+        s.handle_datagram(&d, Instant::now());
+    }
+    while let Some(d) = s.poll_transmit() {
+        let _ = ends.inbound.try_send(d);
+    }
+    let _ = s.poll_event();
+    while let Some(e) = s.poll_data() {
+        events.push(e);
+    }
+}
+
+fn mirror_params() -> crate::datachan::ChannelParams {
+    crate::datachan::ChannelParams {
+        label: "mirror".into(),
+        protocol: String::new(),
+        ordered: true,
+        reliability: crate::datachan::Reliability::Reliable,
+        priority: 0,
+    }
+}
+
+/// Data channels over a session's connection: the session reports the association, the
+/// client's channel and each message with its PPID, then opens a channel of its own towards
+/// the client and sends on it.
+#[test]
+fn data_channels_run_over_the_dtls_connection() {
+    use crate::datachan::{ppid, ChannelParams, Reliability};
+    use bytes::Bytes;
+
+    let cfg = DtlsConfig::generate().unwrap();
+    let cert = client_cert();
+    let fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
+    let (_rt, mut ends, rx) = sctp_client(cert, true);
+    let mut s = DtlsSession::new(&cfg, &fp, Instant::now()).unwrap();
+    let mut events = Vec::new();
+    let mut got = Vec::new();
+    let mut opened = false;
+    let start = Instant::now();
+    while start.elapsed() < WALL && (got.len() < 2 || events.len() < 5) {
+        pump(&mut s, &mut ends, &mut events);
+        if !opened && events.first() == Some(&DataEvent::Up) {
+            assert!(s.send_data(DataCommand::Open {
+                channel: 1,
+                params: mirror_params(),
+            }));
+            assert!(s.send_data(DataCommand::Send {
+                channel: 1,
+                ppid: ppid::STRING,
+                payload: Bytes::from_static(b"to you"),
+            }));
+            opened = true;
+        }
+        while let Ok(m) = rx.try_recv() {
+            got.push(m);
+        }
+        sleep(Duration::from_millis(1));
+    }
+    let message = |p, b: &'static [u8]| DataEvent::Message {
+        channel: 0,
+        ppid: p,
+        payload: Bytes::from_static(b),
+    };
+    assert_eq!(
+        events,
+        vec![
+            DataEvent::Up,
+            DataEvent::Opened {
+                channel: 0,
+                params: ChannelParams {
+                    label: "chat".into(),
+                    protocol: String::new(),
+                    ordered: false,
+                    reliability: Reliability::Rexmit(3),
+                    priority: 0,
+                },
+            },
+            message(ppid::STRING, b"hello"),
+            message(ppid::BINARY, &[1, 2, 3]),
+            message(ppid::BINARY_EMPTY, b""),
+        ]
+    );
+    assert_eq!(
+        got,
+        vec![
+            "opened 1 mirror Reliable".to_owned(),
+            format!("got true {:?}", b"to you"),
+        ]
+    );
+    assert_eq!(s.take_data_counts(), (1, 0));
+}
+
+/// A subscriber that never reads: what the node sends it is capped by the channel's send
+/// buffer bound, and the rest is dropped and counted, not queued.
+#[test]
+fn a_subscriber_that_does_not_read_gets_its_messages_dropped() {
+    use crate::datachan::{ppid, MAX_BUFFERED, MAX_MESSAGE};
+    use bytes::Bytes;
+
+    const SENT: u64 = 100;
+    let cfg = DtlsConfig::generate().unwrap();
+    let cert = client_cert();
+    let fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
+    let (_rt, mut ends, rx) = sctp_client(cert, false);
+    let mut s = DtlsSession::new(&cfg, &fp, Instant::now()).unwrap();
+    let mut events = Vec::new();
+    let (mut sent, mut dropped) = (0, 0);
+    let (mut open_sent, mut opened) = (false, false);
+    let big = Bytes::from(vec![7u8; MAX_MESSAGE]);
+    let start = Instant::now();
+    while start.elapsed() < WALL && sent + dropped < SENT {
+        pump(&mut s, &mut ends, &mut events);
+        if !opened && rx.try_recv().is_ok() {
+            // The client has the mirror; now flood it with 6.4 MB it never reads.
+            for _ in 0..SENT {
+                assert!(s.send_data(DataCommand::Send {
+                    channel: 1,
+                    ppid: ppid::BINARY,
+                    payload: big.clone(),
+                }));
+            }
+            opened = true;
+        }
+        if !open_sent && events.first() == Some(&DataEvent::Up) {
+            assert!(s.send_data(DataCommand::Open {
+                channel: 1,
+                params: mirror_params(),
+            }));
+            open_sent = true;
+        }
+        let (a, b) = s.take_data_counts();
+        sent += a;
+        dropped += b;
+        sleep(Duration::from_millis(1));
+    }
+    assert_eq!(sent + dropped, SENT, "every message sent or dropped");
+    // The client's receive window (1 MiB by default) plus our send bound: anything beyond
+    // was dropped without waiting, so the node's memory for this subscriber stays bounded.
+    let bound = (1024 * 1024 + MAX_BUFFERED) / MAX_MESSAGE + 2;
+    assert!(sent as usize <= bound, "sent {sent}, bound {bound}");
+    assert!(dropped >= SENT - bound as u64, "dropped {dropped}");
+}

@@ -9,10 +9,20 @@
 //! then per local subscriber one copy, an in-place header rewrite and one protect; per other
 //! worker with subscribers one refcounted handle. Nothing is allocated per packet: tables are
 //! sized when sessions are added.
+//!
+//! Relay links: a worker's relay socket ([`Via::Relay`]) reaches only relay sessions. A
+//! relay-in is a publisher whose packets come from another node's relay-out over the link,
+//! SRTP-protected with the per-link key; it NACKs gaps upstream ([`relay`]) and sends local
+//! keyframe requests upstream as PLI. A relay-out is a subscriber that forwards packets
+//! unchanged (one copy per link, however many viewers the far node has) and serves the
+//! link's NACKs from the publisher's cache. Anything on the relay socket that is not an
+//! authenticated packet of a relay session is counted as `relay_unauthenticated` and
+//! dropped before it can cost more than one failed SRTP check.
 
 pub mod ice;
 pub mod nack;
 pub mod pool;
+pub mod relay;
 pub mod rr;
 mod session;
 pub mod twcc;
@@ -22,14 +32,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{CommandError, IceCredentials, SessionId, SrtpKeys, MAX_TRACKS};
+use switchyard_shared::command::{
+    CommandError, IceCredentials, SessionId, SrtpKeys, ALL_TRACKS, MAX_TRACKS,
+};
 use switchyard_shared::packet::{self, rtcp, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
 
 use self::pool::{Handle, Pool, PACKET_CAP};
 pub use self::session::SessionKey;
-use self::session::{Publisher, Session, Slab, Subscriber};
+use self::session::{seal_rtcp, seal_rtp, Publisher, Session, Slab, Subscriber};
+pub use crate::via::Via;
 
 /// Largest datagram accepted on a media port (Ethernet MTU); longer ones are dropped.
 pub const MAX_DATAGRAM: usize = 1500;
@@ -70,8 +83,31 @@ pub enum WorkerCommand {
         extensions: Option<[u8; 16]>,
         /// Per track: the subscriber's RTX SSRC and payload type, where it negotiated RTX.
         rtx: [Option<(u32, u8)>; MAX_TRACKS],
+        /// Tracks it receives: bit `i` = publisher track `i`.
+        tracks: u8,
+        /// Plain RTP egress: no SRTP (`srtp` and `ice` must be `None`, `remote` set).
+        plain: bool,
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
+    },
+    /// This node's end of a relay link: the publisher of `stream` here, fed by another
+    /// node's relay-out over this worker's relay socket (see `Role::RelayIn`).
+    AddRelayIn {
+        id: SessionId,
+        stream: StreamId,
+        /// The far node's relay socket; `None` latches the first authenticated source.
+        remote: Option<SocketAddr>,
+        /// The per-link key: `remote` unprotects the link's media, `local` protects the
+        /// NACK/PLI sent back.
+        srtp: SrtpKeys,
+    },
+    /// A subscriber of `stream` that forwards it unchanged to another node's relay socket
+    /// from this worker's relay socket (see `Role::RelayOut`).
+    AddRelayOut {
+        id: SessionId,
+        stream: StreamId,
+        remote: SocketAddr,
+        srtp: SrtpKeys,
     },
     Remove {
         id: SessionId,
@@ -177,12 +213,14 @@ pub enum SendError {
     Cancelled,
 }
 
-/// Where the engine's output goes: the worker's socket and the other workers' queues.
+/// Where the engine's output goes: the worker's sockets and the other workers' queues.
 pub trait Output {
-    /// Send one datagram to `dst`, written in place by `fill` into a buffer of at least
-    /// `MAX_DATAGRAM + srtp::MAX_OVERHEAD` bytes; `fill` returns the length or `None` to cancel.
+    /// Send one datagram to `dst` from the worker socket `via` names, written in place by
+    /// `fill` into a buffer of at least `MAX_DATAGRAM + srtp::MAX_OVERHEAD` bytes; `fill`
+    /// returns the length or `None` to cancel.
     fn send(
         &mut self,
+        via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError>;
@@ -226,10 +264,18 @@ pub struct Engine {
     worker: u16,
     limits: Limits,
     sessions: Slab,
+    /// Sessions by peer address, on the media socket.
     by_addr: HashMap<SocketAddr, u32>,
+    /// Relay sessions by the far node's address, on the relay socket: a separate table, so
+    /// no media peer can reach a relay session and no relay peer a media one.
+    relay_by_addr: HashMap<SocketAddr, u32>,
     by_id: HashMap<SessionId, u32>,
     /// Comedia publishers not yet latched, tried in order against unknown sources.
     unlatched: Vec<u32>,
+    /// Relay-ins not yet latched, tried against unknown sources on the relay socket.
+    relay_unlatched: Vec<u32>,
+    /// Relay-in sessions, whose gap trackers `tick` drains into NACKs upstream.
+    relay_ins: Vec<u32>,
     /// ICE sessions by their local ufrag, for incoming connectivity checks.
     by_ufrag: HashMap<Box<[u8]>, u32>,
     next_sweep: Option<Instant>,
@@ -257,8 +303,11 @@ impl Engine {
             limits,
             sessions: Slab::with_capacity(limits.max_sessions),
             by_addr: HashMap::with_capacity(limits.max_sessions),
+            relay_by_addr: HashMap::new(),
             by_id: HashMap::with_capacity(limits.max_sessions),
             unlatched: Vec::new(),
+            relay_unlatched: Vec::new(),
+            relay_ins: Vec::new(),
             by_ufrag: HashMap::new(),
             next_sweep: None,
             twcc_publishers: Vec::new(),
@@ -301,6 +350,28 @@ impl Engine {
         self.count(r.counter(), 1);
     }
 
+    /// The address table of socket `via`.
+    fn addrs(&self, via: Via) -> &HashMap<SocketAddr, u32> {
+        match via {
+            Via::Media => &self.by_addr,
+            Via::Relay => &self.relay_by_addr,
+        }
+    }
+
+    fn addrs_mut(&mut self, via: Via) -> &mut HashMap<SocketAddr, u32> {
+        match via {
+            Via::Media => &mut self.by_addr,
+            Via::Relay => &mut self.relay_by_addr,
+        }
+    }
+
+    fn unlatched_mut(&mut self, via: Via) -> &mut Vec<u32> {
+        match via {
+            Via::Media => &mut self.unlatched,
+            Via::Relay => &mut self.relay_unlatched,
+        }
+    }
+
     fn next_rand(&mut self) -> u64 {
         // xorshift64*: offsets only need to differ between subscribers.
         self.rng ^= self.rng >> 12;
@@ -327,7 +398,7 @@ impl Engine {
                 let r = self.add_publisher(
                     id,
                     stream,
-                    remote,
+                    (remote, Via::Media),
                     (ssrcs, clock_rates),
                     srtp.as_ref(),
                     ice.as_ref(),
@@ -345,6 +416,8 @@ impl Engine {
                 payload_types,
                 extensions,
                 rtx,
+                tracks,
+                plain,
                 srtp,
                 ice,
             } => {
@@ -357,9 +430,16 @@ impl Engine {
                         *slot = to & 0x7f;
                     }
                 }
-                let ready = srtp.is_some();
-                let r =
-                    self.add_subscriber(id, stream, remote, ssrcs, pt, srtp.as_ref(), ice.as_ref());
+                let ready = srtp.is_some() || plain;
+                let r = self.add_subscriber(
+                    id,
+                    stream,
+                    (remote, Via::Media),
+                    ssrcs,
+                    pt,
+                    (srtp.as_ref(), plain),
+                    ice.as_ref(),
+                );
                 if r.is_ok() {
                     if let Some(session::Role::Subscriber(sub)) = self
                         .by_id
@@ -368,12 +448,34 @@ impl Engine {
                         .map(|s| &mut s.role)
                     {
                         sub.extensions = extensions.map(Box::new);
+                        sub.tracks = tracks;
                         for (i, r) in rtx.into_iter().enumerate() {
                             sub.rtx[i] = r.map(|(ssrc, pt)| (ssrc, pt & 0x7f));
                         }
                     }
                 }
                 if r.is_ok() && ready {
+                    self.keyframe_for_new_subscriber(stream, out);
+                }
+                self.answer(id, r);
+            }
+            WorkerCommand::AddRelayIn {
+                id,
+                stream,
+                remote,
+                srtp,
+            } => {
+                let r = self.add_relay_in(id, stream, remote, &srtp);
+                self.answer(id, r);
+            }
+            WorkerCommand::AddRelayOut {
+                id,
+                stream,
+                remote,
+                srtp,
+            } => {
+                let r = self.add_relay_out(id, stream, remote, &srtp);
+                if r.is_ok() {
                     self.keyframe_for_new_subscriber(stream, out);
                 }
                 self.answer(id, r);
@@ -395,15 +497,15 @@ impl Engine {
                 }
             }
             WorkerCommand::SendRaw { id, data } => {
-                let Some(dst) = self
+                let Some((via, dst)) = self
                     .by_id
                     .get(&id)
                     .and_then(|&i| self.sessions.get(i))
-                    .and_then(|s| s.remote)
+                    .and_then(|s| Some((s.via, s.remote?)))
                 else {
                     return;
                 };
-                let sent = out.send(dst, &mut |buf| {
+                let sent = out.send(via, dst, &mut |buf| {
                     let b = buf.get_mut(..data.len())?;
                     b.copy_from_slice(&data);
                     Some(data.len())
@@ -464,14 +566,21 @@ impl Engine {
     fn check_new(
         &self,
         id: SessionId,
-        remote: Option<SocketAddr>,
-        keys: Option<&SrtpKeys>,
+        (remote, via): (Option<SocketAddr>, Via),
+        (keys, plain): (Option<&SrtpKeys>, bool),
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if self.by_id.contains_key(&id) {
             return Err(CommandError::DuplicateSession);
         }
-        if keys.is_none() && ice.is_none() {
+        if plain {
+            if keys.is_some() || ice.is_some() || remote.is_none() {
+                return Err(CommandError::PlainIngress);
+            }
+            if plain_rtcp(remote).is_some_and(|r| self.by_addr.contains_key(&r)) {
+                return Err(CommandError::AddressConflict);
+            }
+        } else if keys.is_none() && ice.is_none() {
             // DTLS is accepted only from an ICE-validated address.
             return Err(CommandError::Invalid);
         }
@@ -487,7 +596,7 @@ impl Engine {
                 return Err(CommandError::Invalid);
             }
         }
-        if remote.is_some_and(|r| self.by_addr.contains_key(&r)) {
+        if remote.is_some_and(|r| self.addrs(via).contains_key(&r)) {
             return Err(CommandError::AddressConflict);
         }
         if self.by_id.len() >= self.limits.max_sessions {
@@ -500,12 +609,12 @@ impl Engine {
         &mut self,
         id: SessionId,
         stream: StreamId,
-        remote: Option<SocketAddr>,
+        (remote, via): (Option<SocketAddr>, Via),
         (ssrcs, clock_rates): (Vec<u32>, Vec<u32>),
         keys: Option<&SrtpKeys>,
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
-        self.check_new(id, remote, keys, ice)?;
+        self.check_new(id, (remote, via), (keys, false), ice)?;
         if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
             return Err(CommandError::Invalid);
         }
@@ -535,6 +644,9 @@ impl Engine {
             role: session::Role::Publisher(publisher),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
             dtls: keys.is_none(),
+            plain: false,
+            rtcp: None,
+            via,
         });
         self.by_id.insert(id, idx);
         match (remote, ice) {
@@ -542,9 +654,9 @@ impl Engine {
                 self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
             }
             (Some(r), None) => {
-                self.by_addr.insert(r, idx);
+                self.addrs_mut(via).insert(r, idx);
             }
-            (None, None) => self.unlatched.push(idx),
+            (None, None) => self.unlatched_mut(via).push(idx),
         }
         self.streams.entry(stream).or_default().publisher = Some(idx);
         Ok(())
@@ -556,16 +668,17 @@ impl Engine {
         &mut self,
         id: SessionId,
         stream: StreamId,
-        remote: Option<SocketAddr>,
+        (remote, via): (Option<SocketAddr>, Via),
         ssrcs: [u32; MAX_TRACKS],
         payload_types: [u8; 128],
-        keys: Option<&SrtpKeys>,
+        (keys, plain): (Option<&SrtpKeys>, bool),
         ice: Option<&IceCredentials>,
     ) -> Result<(), CommandError> {
         if remote.is_none() && ice.is_none() {
             return Err(CommandError::Invalid);
         }
-        self.check_new(id, remote, keys, ice)?;
+        self.check_new(id, (remote, via), (keys, plain), ice)?;
+        let rtcp = if plain { plain_rtcp(remote) } else { None };
         let (inbound, outbound) = Self::contexts(keys)?;
         let mut offsets = [(0u16, 0u32); MAX_TRACKS];
         for o in &mut offsets {
@@ -586,13 +699,18 @@ impl Engine {
                 extensions: None,
                 rtx: [None; MAX_TRACKS],
                 rtx_seq: rtx_seq.map(|r| r as u16),
+                tracks: ALL_TRACKS,
+                relay: false,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
-            dtls: keys.is_none(),
+            dtls: keys.is_none() && !plain,
+            plain,
+            rtcp,
+            via,
         });
         self.by_id.insert(id, idx);
-        if let Some(r) = remote {
-            self.by_addr.insert(r, idx);
+        for r in remote.into_iter().chain(rtcp) {
+            self.addrs_mut(via).insert(r, idx);
         }
         if let Some(c) = ice {
             self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
@@ -605,19 +723,77 @@ impl Engine {
         Ok(())
     }
 
+    /// A relay-in: a publisher on the relay socket with learned SSRCs and a gap tracker.
+    fn add_relay_in(
+        &mut self,
+        id: SessionId,
+        stream: StreamId,
+        remote: Option<SocketAddr>,
+        keys: &SrtpKeys,
+    ) -> Result<(), CommandError> {
+        self.add_publisher(
+            id,
+            stream,
+            (remote, Via::Relay),
+            (Vec::new(), Vec::new()),
+            Some(keys),
+            None,
+        )?;
+        let idx = self.by_id.get(&id).copied();
+        if let Some(session::Role::Publisher(p)) = idx
+            .and_then(|i| self.sessions.get_mut(i))
+            .map(|s| &mut s.role)
+        {
+            p.upstream = Some(Box::new(std::array::from_fn(|_| relay::GapTracker::new())));
+        }
+        self.relay_ins.extend(idx);
+        Ok(())
+    }
+
+    /// A relay-out: a subscriber on the relay socket that rewrites nothing.
+    fn add_relay_out(
+        &mut self,
+        id: SessionId,
+        stream: StreamId,
+        remote: SocketAddr,
+        keys: &SrtpKeys,
+    ) -> Result<(), CommandError> {
+        let identity = std::array::from_fn(|i| i as u8);
+        self.add_subscriber(
+            id,
+            stream,
+            (Some(remote), Via::Relay),
+            [0; MAX_TRACKS],
+            identity,
+            (Some(keys), false),
+            None,
+        )?;
+        if let Some(session::Role::Subscriber(sub)) = self
+            .by_id
+            .get(&id)
+            .and_then(|&i| self.sessions.get_mut(i))
+            .map(|s| &mut s.role)
+        {
+            sub.relay = true;
+            sub.offsets = [(0, 0); MAX_TRACKS];
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, id: SessionId, _out: &mut dyn Output) -> Result<(), CommandError> {
         let idx = self.by_id.remove(&id).ok_or(CommandError::UnknownSession)?;
         let Some(s) = self.sessions.remove(idx) else {
             return Err(CommandError::UnknownSession);
         };
-        if let Some(r) = s.remote {
-            self.by_addr.remove(&r);
+        for r in s.remote.into_iter().chain(s.rtcp) {
+            self.addrs_mut(s.via).remove(&r);
         }
         if let Some(a) = &s.ice {
             self.by_ufrag.remove(a.local_ufrag().as_bytes());
         }
-        self.unlatched.retain(|&i| i != idx);
+        self.unlatched_mut(s.via).retain(|&i| i != idx);
         self.twcc_publishers.retain(|&i| i != idx);
+        self.relay_ins.retain(|&i| i != idx);
         match s.role {
             session::Role::Publisher(mut p) => {
                 for c in &mut p.caches {
@@ -657,9 +833,33 @@ impl Engine {
         self.drop_packet(DropReason::Oversize);
     }
 
-    /// One datagram from the worker's socket. `data` may be modified in place.
+    /// One datagram from the worker's media socket. `data` may be modified in place.
     pub fn handle_datagram(
         &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.on_datagram(Via::Media, data, src, at, out);
+    }
+
+    /// One datagram from the worker's relay socket. Only relay sessions are reachable here
+    /// and only with SRTP/SRTCP that authenticates under their link key; everything else
+    /// (STUN, DTLS, strangers, forgeries) is counted as `relay_unauthenticated`.
+    pub fn handle_relay_datagram(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.on_datagram(Via::Relay, data, src, at, out);
+    }
+
+    fn on_datagram(
+        &mut self,
+        via: Via,
         data: &mut [u8],
         src: SocketAddr,
         at: Instant,
@@ -670,14 +870,16 @@ impl Engine {
         if data.len() > MAX_DATAGRAM {
             return self.drop_packet(DropReason::Oversize);
         }
-        match packet::demux(data) {
+        match (packet::demux(data), via) {
+            (Kind::Rtp, _) => self.on_rtp(data, src, via, at, out),
+            (Kind::Rtcp, _) => self.on_rtcp(data, src, via, at, out),
+            // A relay link is keyed in advance: no ICE, no DTLS on the relay socket.
+            (_, Via::Relay) => self.drop_packet(DropReason::RelayUnauthenticated),
             // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
             // STUN and DTLS are counted and dropped.
-            Kind::Stun => self.on_stun(data, src, at, out),
-            Kind::Dtls => self.on_dtls(data, src),
-            Kind::Unknown => self.drop_packet(DropReason::UnknownKind),
-            Kind::Rtp => self.on_rtp(data, src, at, out),
-            Kind::Rtcp => self.on_rtcp(data, src, at, out),
+            (Kind::Stun, Via::Media) => self.on_stun(data, src, at, out),
+            (Kind::Dtls, Via::Media) => self.on_dtls(data, src),
+            (Kind::Unknown, Via::Media) => self.drop_packet(DropReason::UnknownKind),
         }
     }
 
@@ -704,7 +906,7 @@ impl Engine {
             };
             let agent: &ice::IceAgent = agent;
             let mut len = 0usize;
-            let r = out.send(src, &mut |buf| {
+            let r = out.send(Via::Media, src, &mut |buf| {
                 let n = agent.write_success(&msg, src, buf)?;
                 len = n;
                 Some(n)
@@ -791,7 +993,7 @@ impl Engine {
             let Some(rec) = p.twcc.as_mut() else {
                 continue;
             };
-            let r = out.send(remote, &mut |buf| {
+            let r = out.send(s.via, remote, &mut |buf| {
                 let n = rec.write_feedback(buf, sender, media)?;
                 ctx.protect_rtcp(buf, n).ok()
             });
@@ -833,7 +1035,7 @@ impl Engine {
                 continue;
             }
             let blocks = &blocks[..n];
-            let r = out.send(remote, &mut |buf| {
+            let r = out.send(s.via, remote, &mut |buf| {
                 let len = rtcp::write_receiver_report(buf, sender, blocks).ok()?;
                 ctx.protect_rtcp(buf, len).ok()
             });
@@ -853,6 +1055,7 @@ impl Engine {
     pub fn tick(&mut self, now: Instant, out: &mut dyn Output) {
         self.send_twcc(now, out);
         self.send_receiver_reports(now, out);
+        self.send_relay_nacks(now, out);
         if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
             return;
         }
@@ -866,11 +1069,88 @@ impl Engine {
         }
     }
 
-    fn on_rtp(&mut self, data: &[u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+    /// NACKs upstream for the gaps every relay-in found, one RTCP NACK per track with all
+    /// its due sequence numbers, to the far node's relay-out.
+    fn send_relay_nacks(&mut self, now: Instant, out: &mut dyn Output) {
+        let sender = self.rtcp_ssrc;
+        let (mut nacked, mut sent, mut full) = (0u64, 0u64, 0u64);
+        for k in 0..self.relay_ins.len() {
+            let Some(s) = self
+                .relay_ins
+                .get(k)
+                .and_then(|&i| self.sessions.get_mut(i))
+            else {
+                continue;
+            };
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let Some(up) = p.upstream.as_mut() else {
+                continue;
+            };
+            for (gaps, media) in up.iter_mut().zip(p.tracks) {
+                let Some(media) = media else { continue };
+                // One NACK packet's worth; the rest is due again next tick.
+                let mut due = [0u16; 64];
+                let n = gaps.poll_due(now, &mut due);
+                if n == 0 {
+                    continue;
+                }
+                let lost = &due[..n];
+                let r = out.send(Via::Relay, remote, &mut |buf| {
+                    let len = rtcp::write_nack(buf, sender, media, lost).ok()?;
+                    ctx.protect_rtcp(buf, len).ok()
+                });
+                match r {
+                    Ok(()) => {
+                        sent += 1;
+                        nacked += n as u64;
+                    }
+                    Err(_) => full += 1,
+                }
+            }
+        }
+        self.count(Counter::RelayNacksSent, nacked);
+        self.count(Counter::TxPackets, sent);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+
+    /// A packet of `track` that a subscriber here lost is not in relay-in `pidx`'s cache:
+    /// ask the far node for it (it goes out with the relay-in's next NACK). A publisher that
+    /// is not a relay-in has nothing upstream to ask.
+    fn request_upstream(&mut self, pidx: u32, track: u8, seq: u16, now: Instant) {
+        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(pidx).map(|s| &mut s.role)
+        {
+            if let Some(gaps) = p
+                .upstream
+                .as_mut()
+                .and_then(|u| u.get_mut(usize::from(track)))
+            {
+                gaps.request(seq, now);
+            }
+        }
+    }
+
+    fn on_rtp(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        via: Via,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
         // Decide "nobody we know" before taking a buffer: the pool only holds buffers for
         // the sessions there are, so with none it is empty, and the drop must say why.
-        if self.unlatched.is_empty() && !self.by_addr.contains_key(&src) {
-            return self.drop_packet(DropReason::UnknownSource);
+        let unlatched = match via {
+            Via::Media => &self.unlatched,
+            Via::Relay => &self.relay_unlatched,
+        };
+        if unlatched.is_empty() && !self.addrs(via).contains_key(&src) {
+            return self.drop_packet(on_socket(via, DropReason::UnknownSource));
         }
         let Some(mut h) = self.pool.take() else {
             return self.drop_packet(DropReason::QueueFull);
@@ -879,15 +1159,15 @@ impl Engine {
             // `take` only returns unshared buffers; if that ever changed we drop, not panic.
             return self.drop_packet(DropReason::QueueFull);
         };
-        let decrypted = match self.by_addr.get(&src) {
+        let decrypted = match self.addrs(via).get(&src) {
             Some(&idx) => self.unprotect_into(idx, data, &mut pkt.data),
-            None => self.latch(data, src, &mut pkt.data),
+            None => self.latch(data, src, via, &mut pkt.data),
         };
         let (idx, len) = match decrypted {
             Ok(found) => found,
             Err(reason) => {
                 self.pool.put(h);
-                return self.drop_packet(reason);
+                return self.drop_packet(on_socket(via, reason));
             }
         };
         let Ok(hdr) = rtp::Header::parse(&pkt.data[..len]) else {
@@ -915,12 +1195,24 @@ impl Engine {
                 rec.record(u16::from_be_bytes([a, b]), at);
             }
         }
+        // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
+        // on to subscribers like any other.
+        let relayed = match p.upstream.as_mut().and_then(|u| u.get_mut(t)) {
+            Some(gaps) => {
+                gaps.on_packet(hdr.sequence, at);
+                true
+            }
+            None => false,
+        };
         pkt.stream = p.stream;
         pkt.track = track;
         pkt.len = len as u16;
         pkt.at = at;
         let stream = p.stream;
         p.caches[usize::from(track)].insert(hdr.sequence, h.clone(), &mut self.pool);
+        if relayed {
+            self.count(Counter::RelayRxPackets, 1);
+        }
         self.fan_out(stream, &h, out);
         self.pool.put(h);
     }
@@ -953,10 +1245,13 @@ impl Engine {
         &mut self,
         data: &[u8],
         src: SocketAddr,
+        via: Via,
         buf: &mut [u8; PACKET_CAP],
     ) -> Result<(u32, usize), DropReason> {
-        for k in 0..self.unlatched.len() {
-            let idx = self.unlatched[k];
+        for k in 0..self.unlatched_mut(via).len() {
+            let Some(&idx) = self.unlatched_mut(via).get(k) else {
+                break;
+            };
             let Ok(found) = self.unprotect_into(idx, data, buf) else {
                 continue;
             };
@@ -965,8 +1260,8 @@ impl Engine {
             };
             s.remote = Some(src);
             let id = s.id;
-            self.unlatched.remove(k);
-            self.by_addr.insert(src, idx);
+            self.unlatched_mut(via).remove(k);
+            self.addrs_mut(via).insert(src, idx);
             self.events.push(WorkerEvent::Latched { id, remote: src });
             return Ok(found);
         }
@@ -999,6 +1294,7 @@ impl Engine {
             return;
         };
         let mut sent = 0u64;
+        let mut relayed = 0u64;
         let mut bytes = 0u64;
         let mut full = 0u64;
         for &idx in &st.subscribers {
@@ -1008,17 +1304,26 @@ impl Engine {
             // A WebRTC subscriber gets media once ICE has latched its address and DTLS has
             // given its keys; until then skipping it is not a drop (counting it as
             // `queue_full` made every WHEP handshake look like a full send queue).
-            if s.remote.is_none() || s.outbound.is_none() {
+            if !s.can_send() {
                 continue;
+            }
+            if let session::Role::Subscriber(sub) = &s.role {
+                if !sub.wants(h.track) {
+                    continue;
+                }
             }
             match forward_to(s, h, out) {
                 Ok(n) => {
                     sent += 1;
                     bytes += n as u64;
+                    if s.via == Via::Relay {
+                        relayed += 1;
+                    }
                 }
                 Err(_) => full += 1,
             }
         }
+        self.count(Counter::RelayTxPackets, relayed);
         self.count(Counter::Forwarded, sent);
         self.count(Counter::TxPackets, sent);
         self.count(Counter::TxBytes, bytes);
@@ -1027,9 +1332,16 @@ impl Engine {
         }
     }
 
-    fn on_rtcp(&mut self, data: &mut [u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
-        let Some(&idx) = self.by_addr.get(&src) else {
-            return self.drop_packet(DropReason::UnknownSource);
+    fn on_rtcp(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        via: Via,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(&idx) = self.addrs(via).get(&src) else {
+            return self.drop_packet(on_socket(via, DropReason::UnknownSource));
         };
         let key = SessionKey {
             idx,
@@ -1038,12 +1350,15 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(idx) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
-        let Some(ctx) = s.inbound.as_mut() else {
-            return self.drop_packet(DropReason::NoRoute);
-        };
-        let len = match ctx.unprotect_rtcp(data) {
-            Ok(len) => len,
-            Err(e) => return self.drop_packet(srtp_drop(e)),
+        let len = match s.inbound.as_mut() {
+            Some(ctx) => match ctx.unprotect_rtcp(data) {
+                Ok(len) => len,
+                Err(e) => return self.drop_packet(on_socket(via, srtp_drop(e))),
+            },
+            // A plain egress session: its RTCP is unauthenticated, accepted only because it
+            // comes from the destination's own addresses (the address table holds only those).
+            None if s.plain => data.len(),
+            None => return self.drop_packet(DropReason::NoRoute),
         };
         let plain = &data[..len];
         let sub = match &mut s.role {
@@ -1091,7 +1406,9 @@ impl Engine {
         for p in rtcp::compound(plain) {
             match p {
                 Ok(rtcp::Packet::Nack(nack)) => {
-                    let Some(track) = sub.track_of(nack.media_ssrc) else {
+                    // Only for a track it receives (a forward's egress gets one track).
+                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
+                    else {
                         continue;
                     };
                     for seq in nack.lost() {
@@ -1102,13 +1419,13 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
-                    if let Some(t) = sub.track_of(media_ssrc) {
+                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
                         plis[usize::from(t)] = true;
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     for (ssrc, _) in fir.entries() {
-                        if let Some(t) = sub.track_of(ssrc) {
+                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
                             plis[usize::from(t)] = true;
                         }
                     }
@@ -1122,7 +1439,7 @@ impl Engine {
         }
         self.count(Counter::NacksReceived, n_nacks as u64);
         for &(track, seq) in &nacks[..n_nacks] {
-            self.nack(stream, track, seq, key, out);
+            self.nack(stream, (track, seq), key, at, out);
         }
         for (t, &want) in plis.iter().enumerate() {
             if want {
@@ -1159,15 +1476,26 @@ impl Engine {
             let Some(s) = self.sessions.get_mut(idx) else {
                 continue;
             };
-            let (Some(remote), Some(ctx), session::Role::Subscriber(sub)) =
-                (s.remote, s.outbound.as_mut(), &s.role)
-            else {
+            if !s.can_send() {
+                continue;
+            }
+            let via = s.via;
+            let (Some(remote), session::Role::Subscriber(sub)) = (s.rtcp_remote(), &s.role) else {
                 continue;
             };
+            if !sub.wants(sr.track) {
+                continue;
+            }
+            // A relay-out passes the report on under the original SSRC and timestamps (its
+            // offsets are zero), once it has seen the track's SSRC.
             let (Some(&ssrc), Some(&(_, ts_off))) = (sub.ssrcs.get(t), sub.offsets.get(t)) else {
                 continue;
             };
-            let r = out.send(remote, &mut |buf| {
+            if sub.relay && ssrc == 0 {
+                continue;
+            }
+            let mut ctx = s.outbound.as_mut();
+            let r = out.send(via, remote, &mut |buf| {
                 let n = rtcp::write_sender_report(
                     buf,
                     ssrc,
@@ -1178,7 +1506,7 @@ impl Engine {
                     &[],
                 )
                 .ok()?;
-                ctx.protect_rtcp(buf, n).ok()
+                seal_rtcp(ctx.as_deref_mut(), buf, n)
             });
             if r.is_ok() {
                 sent += 1;
@@ -1187,21 +1515,23 @@ impl Engine {
         self.count(Counter::TxPackets, sent);
     }
 
-    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq`.
+    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq` of `track`.
+    /// Served from the publisher's cache; a relay-in that lacks it asks upstream.
     fn nack(
         &mut self,
         stream: StreamId,
-        track: u8,
-        seq: u16,
+        (track, seq): (u8, u16),
         to: SessionKey,
+        now: Instant,
         out: &mut dyn Output,
     ) {
         let Some(st) = self.streams.get(&stream) else {
             return self.drop_packet(DropReason::NoRoute);
         };
         if let Some(pidx) = st.publisher {
-            if let Some(h) = self.cached(pidx, track, seq) {
-                self.retransmit_to(to, h, out);
+            match self.cached(pidx, track, seq) {
+                Some(h) => self.retransmit_to(to, h, out),
+                None => self.request_upstream(pidx, track, seq, now),
             }
         } else if let Some(w) = st.publisher_worker {
             let msg = Inbound::Nack {
@@ -1228,12 +1558,20 @@ impl Engine {
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
     fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
+            let relay = s.via == Via::Relay;
             if retransmit(s, &h, out).is_ok() {
-                self.count(Counter::Retransmitted, 1);
-                self.count(Counter::TxPackets, 1);
+                self.count_retransmit(relay);
             }
         }
         self.pool.put(h);
+    }
+
+    fn count_retransmit(&self, relay: bool) {
+        self.count(Counter::Retransmitted, 1);
+        self.count(Counter::TxPackets, 1);
+        if relay {
+            self.count(Counter::RelayTxPackets, 1);
+        }
     }
 
     /// Ask the publisher of `stream` for a keyframe of `track`, at most once per
@@ -1277,7 +1615,7 @@ impl Engine {
                 return;
             };
             *t = Some(now);
-            let r = out.send(remote, &mut |buf| {
+            let r = out.send(s.via, remote, &mut |buf| {
                 let n = rtcp::write_pli(buf, sender, media).ok()?;
                 ctx.protect_rtcp(buf, n).ok()
             });
@@ -1308,9 +1646,9 @@ impl Engine {
             }
             Inbound::Retransmit { session, packet } => {
                 if let Some(s) = self.sessions.get_key_mut(session) {
+                    let relay = s.via == Via::Relay;
                     if retransmit(s, &packet, out).is_ok() {
-                        self.count(Counter::Retransmitted, 1);
-                        self.count(Counter::TxPackets, 1);
+                        self.count_retransmit(relay);
                     }
                 }
                 self.send_home(packet, out);
@@ -1322,9 +1660,11 @@ impl Engine {
                 track,
                 seq,
             } => {
-                let publisher = self.streams.get(&stream).and_then(|s| s.publisher);
-                let Some(h) = publisher.and_then(|p| self.cached(p, track, seq)) else {
+                let Some(publisher) = self.streams.get(&stream).and_then(|s| s.publisher) else {
                     return;
+                };
+                let Some(h) = self.cached(publisher, track, seq) else {
+                    return self.request_upstream(publisher, track, seq, now);
                 };
                 if let Err(back) = out.to_worker(from, Inbound::Retransmit { session, packet: h }) {
                     if let Inbound::Retransmit { packet, .. } = back {
@@ -1371,6 +1711,7 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
         return forward_to(s, h, out);
     };
+    let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
         (s.remote, sub.offsets.get(track), sub.rtx_seq.get_mut(track))
     else {
@@ -1378,12 +1719,13 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     };
     let src = h.bytes();
     let exts = sub.extensions.as_deref();
-    let Some(ctx) = s.outbound.as_mut() else {
+    if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
-    };
+    }
+    let mut ctx = s.outbound.as_mut();
     let seq = *rtx_seq;
     let mut sent = 0;
-    out.send(remote, &mut |buf| {
+    out.send(via, remote, &mut |buf| {
         let n = src.len();
         // Room for the OSN and the SRTP tag.
         if n + 2 + srtp::MAX_OVERHEAD > buf.len() {
@@ -1405,7 +1747,7 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
         let at = h.payload_offset;
         buf.copy_within(at..n, at + 2);
         buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
-        let len = ctx.protect_rtp(buf, n + 2).ok()?;
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n + 2)?;
         sent = len;
         Some(len)
     })?;
@@ -1415,10 +1757,14 @@ fn retransmit(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
 
 /// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it.
 fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize, SendError> {
-    let (Some(remote), session::Role::Subscriber(sub)) = (s.remote, &s.role) else {
+    let via = s.via;
+    let (Some(remote), session::Role::Subscriber(sub)) = (s.remote, &mut s.role) else {
         return Err(SendError::Cancelled);
     };
     let track = usize::from(h.track);
+    if sub.relay {
+        return relay_to(sub, &mut s.outbound, (via, remote), h, out);
+    }
     let (Some(&ssrc), Some(&(seq_off, ts_off))) = (sub.ssrcs.get(track), sub.offsets.get(track))
     else {
         return Err(SendError::Cancelled);
@@ -1426,12 +1772,13 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     let src = h.bytes();
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
-    // A subscriber still in its DTLS handshake gets nothing yet.
-    let Some(ctx) = s.outbound.as_mut() else {
+    // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
+    if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
-    };
+    }
+    let mut ctx = s.outbound.as_mut();
     let mut sent = 0;
-    out.send(remote, &mut |buf| {
+    out.send(via, remote, &mut |buf| {
         let n = src.len();
         buf.get_mut(..n)?.copy_from_slice(src);
         let seq = u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(seq_off);
@@ -1448,11 +1795,59 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
                 rtp::remap_extensions(buf, &h, map).ok()?;
             }
         }
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
+        sent = len;
+        Some(len)
+    })?;
+    Ok(sent)
+}
+
+/// A plain session's RTCP address: the port above its RTP port (RFC 3550 §11).
+fn plain_rtcp(remote: Option<SocketAddr>) -> Option<SocketAddr> {
+    let r = remote?;
+    Some(SocketAddr::new(r.ip(), r.port().checked_add(1)?))
+}
+
+/// Copy `h` unchanged to a relay-out's far node, protected with the link key, and note the
+/// track's SSRC so NACK/PLI from the far node (which names it) find the track.
+fn relay_to(
+    sub: &mut Subscriber,
+    outbound: &mut Option<srtp::Context>,
+    (via, remote): (Via, SocketAddr),
+    h: &Handle,
+    out: &mut dyn Output,
+) -> Result<usize, SendError> {
+    let src = h.bytes();
+    let ssrc = src
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes);
+    if let (Some(slot), Some(ssrc)) = (sub.ssrcs.get_mut(usize::from(h.track)), ssrc) {
+        *slot = ssrc;
+    }
+    let Some(ctx) = outbound.as_mut() else {
+        return Err(SendError::Cancelled);
+    };
+    let mut sent = 0;
+    out.send(via, remote, &mut |buf| {
+        let n = src.len();
+        buf.get_mut(..n)?.copy_from_slice(src);
         let len = ctx.protect_rtp(buf, n).ok()?;
         sent = len;
         Some(len)
     })?;
     Ok(sent)
+}
+
+/// What a drop is called on socket `via`: on the relay socket, a stranger and a failed
+/// authentication are the same thing — not a relay link.
+fn on_socket(via: Via, r: DropReason) -> DropReason {
+    match (via, r) {
+        (Via::Relay, DropReason::UnknownSource | DropReason::SrtpAuth) => {
+            DropReason::RelayUnauthenticated
+        }
+        _ => r,
+    }
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {

@@ -7,8 +7,10 @@ use switchyard_shared::command::{SessionId, MAX_TRACKS};
 use switchyard_shared::srtp;
 
 use super::nack::Cache;
+use super::relay::GapTracker;
 use super::rr::RecvStats;
 use super::StreamId;
+use crate::via::Via;
 
 /// A session's slot and generation: stays valid across workers and queues, and stops
 /// matching once the slot is reused, so a late retransmission never reaches a new session.
@@ -31,6 +33,44 @@ pub struct Session {
     pub ice: Option<super::ice::IceAgent>,
     /// Keys come from DTLS-SRTP: DTLS records from the peer go to the slow path.
     pub dtls: bool,
+    /// The worker socket the session lives on: `Relay` for relay links, else `Media`.
+    pub via: Via,
+    /// Plain RTP egress (`Keying::Plain`): nothing is protected or unprotected; the
+    /// contexts stay `None` for good.
+    pub plain: bool,
+    /// A plain session's RTCP address (`remote` with the port + 1, no rtcp-mux): sender
+    /// reports go there, and RTCP is accepted from it as from `remote`.
+    pub rtcp: Option<SocketAddr>,
+}
+
+impl Session {
+    /// Where RTCP for the peer goes.
+    pub fn rtcp_remote(&self) -> Option<SocketAddr> {
+        self.rtcp.or(self.remote)
+    }
+
+    /// Whether media can be sent now: the address is known and the keys are there (or
+    /// none are needed).
+    pub fn can_send(&self) -> bool {
+        self.remote.is_some() && (self.outbound.is_some() || self.plain)
+    }
+}
+
+/// Protect an outgoing RTP packet of `len` bytes in `buf` with `ctx`; without a context
+/// (a plain session, see [`Session::plain`]) it goes as it is.
+pub fn seal_rtp(ctx: Option<&mut srtp::Context>, buf: &mut [u8], len: usize) -> Option<usize> {
+    match ctx {
+        Some(c) => c.protect_rtp(buf, len).ok(),
+        None => Some(len),
+    }
+}
+
+/// [`seal_rtp`] for RTCP.
+pub fn seal_rtcp(ctx: Option<&mut srtp::Context>, buf: &mut [u8], len: usize) -> Option<usize> {
+    match ctx {
+        Some(c) => c.protect_rtcp(buf, len).ok(),
+        None => Some(len),
+    }
 }
 
 pub enum Role {
@@ -52,6 +92,9 @@ pub struct Publisher {
     /// RFC 3550 receive statistics per track, for the receiver reports. Boxed: the session
     /// slab stays compact.
     pub recv: Box<[RecvStats; MAX_TRACKS]>,
+    /// A relay-in: the missing sequence numbers of each track, NACKed upstream over the
+    /// link. `None` for a publisher that is a peer (its subscribers' NACKs end here).
+    pub upstream: Option<Box<[GapTracker; MAX_TRACKS]>>,
 }
 
 impl Publisher {
@@ -64,6 +107,7 @@ impl Publisher {
             twcc: None,
             clock_rates: [0; MAX_TRACKS],
             recv: Box::new([RecvStats::default(); MAX_TRACKS]),
+            upstream: None,
         }
     }
 
@@ -101,11 +145,26 @@ pub struct Subscriber {
     pub rtx: [Option<(u32, u8)>; MAX_TRACKS],
     /// Next RTX sequence number per track (random start, like any RTP stream).
     pub rtx_seq: [u16; MAX_TRACKS],
+    /// A relay-out: packets go out exactly as the publisher sent them (no SSRC, sequence,
+    /// timestamp, payload type or extension rewrite; offsets are zero) and `ssrcs` holds
+    /// the publisher's SSRC of each track, learned as packets pass, so NACK and PLI from
+    /// the far node (which name the original SSRCs) map back to tracks.
+    pub relay: bool,
+    /// Tracks this subscriber receives: bit `i` = publisher track `i`.
+    pub tracks: u8,
 }
 
 impl Subscriber {
-    /// Track whose rewritten SSRC is `ssrc`.
+    /// Whether this subscriber receives publisher track `track`.
+    pub fn wants(&self, track: u8) -> bool {
+        track < 8 && self.tracks & (1 << track) != 0
+    }
+
+    /// Track whose rewritten SSRC is `ssrc` (a relay-out: whose original SSRC).
     pub fn track_of(&self, ssrc: u32) -> Option<u8> {
+        if self.relay && ssrc == 0 {
+            return None; // 0 marks a track not seen yet
+        }
         self.ssrcs.iter().position(|&s| s == ssrc).map(|i| i as u8)
     }
 

@@ -4,17 +4,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{IceCredentials, SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
+use switchyard_shared::command::{
+    IceCredentials, SessionId, SrtpKeys, SrtpProfile, ALL_TRACKS, MAX_TRACKS,
+};
 use switchyard_shared::packet::{rtcp, rtp};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
 
+mod relay;
+
 /// Records what an engine sends.
 #[derive(Default)]
 struct Capture {
     sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// The socket of each of `sent`.
+    vias: Vec<Via>,
     to_workers: Vec<(u16, Inbound)>,
     /// When set, `to_worker` refuses (a full queue).
     refuse: bool,
@@ -23,6 +29,7 @@ struct Capture {
 impl Output for Capture {
     fn send(
         &mut self,
+        via: Via,
         dst: SocketAddr,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
@@ -30,6 +37,7 @@ impl Output for Capture {
         let n = fill(&mut buf).ok_or(SendError::Cancelled)?;
         buf.truncate(n);
         self.sent.push((dst, buf));
+        self.vias.push(via);
         Ok(())
     }
 
@@ -126,6 +134,8 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             payload_types: Vec::new(),
             extensions: None,
             rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
@@ -578,6 +588,8 @@ fn ice_sessions_refuse_bad_specs() {
                 payload_types: Vec::new(),
                 extensions: None,
                 rtx: [None; MAX_TRACKS],
+                tracks: ALL_TRACKS,
+                plain: false,
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
@@ -640,6 +652,8 @@ fn payload_types_are_rewritten_per_subscriber() {
             payload_types: vec![(96, 100), (97, 101)],
             extensions: None,
             rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
             srtp: Some(keys(profile, 3, 3)),
             ice: None,
         },
@@ -804,6 +818,8 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
             payload_types: Vec::new(),
             extensions: None,
             rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
             srtp: None,
             ice: Some(ice_creds("subU")),
         },
@@ -839,6 +855,8 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
             payload_types: Vec::new(),
             extensions: Some(map),
             rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
@@ -1051,6 +1069,8 @@ fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
                 payload_types: vec![(96, 100)],
                 extensions: None,
                 rtx: [Some((rtx_ssrc, rtx_pt)), None, None, None],
+                tracks: ALL_TRACKS,
+                plain: false,
                 srtp: Some(keys(profile, 3, 2)),
                 ice: None,
             },
@@ -1154,6 +1174,8 @@ fn nack_across_workers_comes_back_as_rtx() {
             payload_types: Vec::new(),
             extensions: None,
             rtx: [Some((0x5150, 99)), None, None, None],
+            tracks: ALL_TRACKS,
+            plain: false,
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
@@ -1199,4 +1221,159 @@ fn nack_across_workers_comes_back_as_rtx() {
     let osn = u16::from_be_bytes([b[h.payload_offset], b[h.payload_offset + 1]]);
     assert_eq!(osn, seq, "OSN in the subscriber's numbering");
     assert_eq!(n - h.payload_offset, 302, "OSN + original payload");
+}
+
+fn add_plain(e: &mut Engine, id: u64, port: u16, tracks: u8) -> Option<WorkerEvent> {
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(id),
+            stream: STREAM,
+            remote: Some(addr(port)),
+            ssrcs: sub_ssrcs(id as u32 * 16),
+            payload_types: vec![(96, 100)],
+            extensions: None,
+            rtx: [None; MAX_TRACKS],
+            tracks,
+            plain: true,
+            srtp: None,
+            ice: None,
+        },
+        &mut out,
+    );
+    e.poll_event()
+}
+
+#[test]
+fn plain_egress_sends_clear_rtp_for_its_tracks_and_takes_rtcp_only_from_its_addresses() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    // Track 0 to 7000 (RTCP 7001); track 1 only to 7010, so it gets nothing here.
+    assert_eq!(
+        add_plain(e, 2, 7000, 0b01),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    assert_eq!(
+        add_plain(e, 3, 7010, 0b10),
+        Some(WorkerEvent::Added { id: SessionId(3) })
+    );
+    // 7001 is session 2's RTCP address: nobody else may take it.
+    assert_eq!(
+        add_plain(e, 4, 7001, 0b01),
+        Some(WorkerEvent::Failed {
+            id: SessionId(4),
+            error: CommandError::AddressConflict
+        })
+    );
+
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    let now = Instant::now();
+    for seq in 10..15u16 {
+        let mut p = srtp_packet(&mut publisher, seq, 100);
+        e.handle_datagram(&mut p, addr(5000), now, &mut out);
+    }
+    assert_eq!(
+        out.sent.len(),
+        5,
+        "only the track-0 destination gets track 0"
+    );
+    let mut last = None;
+    for (i, (dst, bytes)) in out.sent.iter().enumerate() {
+        assert_eq!(*dst, addr(7000));
+        assert_eq!(bytes.len(), 112, "no SRTP tag: sent in the clear");
+        let h = rtp::Header::parse(bytes).expect("clear RTP parses");
+        assert_eq!(h.ssrc, 2 * 16);
+        assert_eq!(h.payload_type, 100, "payload type rewritten");
+        let seq = 10 + i as u16;
+        for (k, b) in bytes[12..].iter().enumerate() {
+            assert_eq!(*b, (k as u8) ^ (seq as u8), "payload intact");
+        }
+        if let Some(l) = last {
+            assert_eq!(h.sequence, u16::wrapping_add(l, 1));
+        }
+        last = Some(h.sequence);
+    }
+    let lost = out.sent[2].1.clone();
+    let lost_seq = rtp::Header::parse(&lost).expect("rtp").sequence;
+    out.sent.clear();
+
+    // The publisher's SR reaches the destination's RTCP port, in the clear.
+    let mut sr = [0u8; 128];
+    let len =
+        rtcp::write_sender_report(&mut sr, PUB_SSRC, 0x1122_3344_5566_7788, 9000, 5, 500, &[])
+            .expect("sr");
+    let n = publisher.protect_rtcp(&mut sr, len).expect("protect");
+    e.handle_datagram(&mut sr[..n], addr(5000), now, &mut out);
+    assert_eq!(
+        out.sent.len(),
+        1,
+        "track 1's destination gets no track-0 SR"
+    );
+    assert_eq!(out.sent[0].0, addr(7001));
+    let Some(Ok(rtcp::Packet::SenderReport(got))) = rtcp::compound(&out.sent[0].1).next() else {
+        panic!("not a clear SR")
+    };
+    assert_eq!(got.ssrc, 2 * 16);
+    out.sent.clear();
+
+    // A clear NACK from the RTCP port is answered with the packet, as it was sent.
+    let mut fb = vec![0u8; 64];
+    let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[lost_seq]).expect("nack");
+    e.handle_datagram(&mut fb[..n].to_vec(), addr(7001), now, &mut out);
+    assert_eq!(out.sent.len(), 1);
+    assert_eq!(out.sent[0], (addr(7000), lost));
+    out.sent.clear();
+
+    // The same NACK from anywhere else is dropped.
+    let before = get(&f.stats, 0, DropReason::UnknownSource.counter());
+    e.handle_datagram(&mut fb[..n].to_vec(), addr(7003), now, &mut out);
+    assert!(out.sent.is_empty());
+    assert_eq!(
+        get(&f.stats, 0, DropReason::UnknownSource.counter()),
+        before + 1
+    );
+
+    // Removing the session frees both addresses.
+    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, &mut out);
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Removed { id: SessionId(2) })
+    );
+    assert_eq!(
+        add_plain(e, 5, 7000, 0b01),
+        Some(WorkerEvent::Added { id: SessionId(5) })
+    );
+}
+
+#[test]
+fn plain_keying_needs_no_keys_and_a_fixed_address() {
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    e.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(9),
+            stream: STREAM,
+            remote: Some(addr(7000)),
+            ssrcs: sub_ssrcs(9),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: true,
+            srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
+            ice: None,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Failed {
+            id: SessionId(9),
+            error: CommandError::PlainIngress
+        })
+    );
 }

@@ -11,6 +11,7 @@ use std::os::fd::RawFd;
 use super::raw::RawArray;
 use super::tx::Tx;
 use super::IoError;
+use crate::via::Via;
 
 /// `mmsghdr` holding pointers into a [`Tx`]'s arrays.
 #[derive(Clone, Copy)]
@@ -40,19 +41,20 @@ pub(crate) enum Sent {
     Blocked,
 }
 
-/// Send queued datagrams with `sendmmsg(MSG_DONTWAIT)` until the queue is empty or the
-/// socket is full. A datagram the kernel refuses (unreachable, bad address) is dropped and
-/// counted in `send_errors`; it never blocks the ones behind it.
+/// Send the datagrams queued on `via` from socket `fd` with `sendmmsg(MSG_DONTWAIT)` until
+/// that queue is empty or the socket is full. A datagram the kernel refuses (unreachable,
+/// bad address) is dropped and counted in `send_errors`; it never blocks the ones behind it.
 pub(crate) fn send_queued(
     fd: RawFd,
+    via: Via,
     tx: &mut Tx,
     hdrs: &mut RawArray<MsgHdr>,
     send_errors: &mut u64,
 ) -> Result<Sent, IoError> {
-    while tx.queued_len() > 0 {
-        let n = tx.queued_len().min(hdrs.len());
+    while tx.queued_len(via) > 0 {
+        let n = tx.queued_len(via).min(hdrs.len());
         for k in 0..n {
-            let Some(i) = tx.peek_queued(k) else {
+            let Some(i) = tx.peek_queued(via, k) else {
                 break;
             };
             // SAFETY: slot i is Queued, so its header is initialised and not written; the
@@ -71,7 +73,7 @@ pub(crate) fn send_queued(
         let rc = unsafe { libc::sendmmsg(fd, hdrs.ptr(0).cast(), n as u32, libc::MSG_DONTWAIT) };
         if rc >= 0 {
             for _ in 0..rc {
-                if let Some(i) = tx.pop_queued() {
+                if let Some(i) = tx.pop_queued(via) {
                     tx.complete(i);
                 }
             }
@@ -88,11 +90,20 @@ pub(crate) fn send_queued(
             // The first message was refused (unreachable, bad address, ...): drop it.
             _ => {
                 *send_errors += 1;
-                if let Some(i) = tx.pop_queued() {
+                if let Some(i) = tx.pop_queued(via) {
                     tx.complete(i);
                 }
             }
         }
     }
     Ok(Sent::Drained)
+}
+
+/// Drop everything queued on `via` (an engine without that socket), counting each as a
+/// refused send so a misrouted datagram is visible in `send_errors` and never leaks a slot.
+pub(crate) fn refuse_queued(via: Via, tx: &mut Tx, send_errors: &mut u64) {
+    while let Some(i) = tx.pop_queued(via) {
+        *send_errors += 1;
+        tx.complete(i);
+    }
 }

@@ -2,8 +2,9 @@
 //! socket has nothing ready.
 //!
 //! `poll` tries a receive batch first, so a loaded worker never pays for epoll; only an
-//! empty socket leads to `epoll_wait` on the socket and the waker's eventfd. Sends the
+//! empty socket leads to `epoll_wait` on the sockets and the waker's eventfd. Sends the
 //! socket cannot take (EAGAIN/ENOBUFS) stay queued and EPOLLOUT is watched until they drain.
+//! The relay socket, when there is one, is served the same way with its own token.
 
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,12 +16,16 @@ use super::raw::RawArray;
 use super::tx::Tx;
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
+use crate::via::Via;
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_WAKER: u64 = 2;
+const TOKEN_RELAY: u64 = 3;
 
 pub(crate) struct Mmsg {
     socket: UdpSocket,
+    /// The worker's relay socket, if it has one.
+    relay: Option<UdpSocket>,
     epoll: OwnedFd,
     waker: Waker,
     tx: Tx,
@@ -32,8 +37,8 @@ pub(crate) struct Mmsg {
     rx_hdrs: RawArray<MsgHdr>,
     /// Send batch: copies of queued slots' headers.
     tx_hdrs: RawArray<MsgHdr>,
-    /// EPOLLOUT is registered (sends are waiting for socket space).
-    want_out: bool,
+    /// EPOLLOUT is registered per socket ([`Via::index`]): sends wait for socket space.
+    want_out: [bool; 2],
     drops: DropCounter,
     send_errors: u64,
 }
@@ -42,10 +47,15 @@ pub(crate) struct Mmsg {
 unsafe impl Send for Mmsg {}
 
 impl Mmsg {
-    pub(crate) fn new(socket: UdpSocket, cfg: &IoConfig) -> Result<Self, IoError> {
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+    pub(crate) fn new(
+        socket: UdpSocket,
+        relay: Option<UdpSocket>,
+        cfg: &IoConfig,
+    ) -> Result<Self, IoError> {
+        for s in std::iter::once(&socket).chain(relay.as_ref()) {
+            s.set_nonblocking(true)
+                .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+        }
         let v6 = sockopt::is_v6(&socket)?;
         let waker = Waker::new()?;
         // SAFETY: no pointers; result checked.
@@ -62,6 +72,15 @@ impl Mmsg {
             libc::EPOLLIN as u32,
             TOKEN_SOCKET,
         )?;
+        if let Some(r) = &relay {
+            epoll_ctl(
+                &epoll,
+                libc::EPOLL_CTL_ADD,
+                r.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                TOKEN_RELAY,
+            )?;
+        }
         epoll_ctl(
             &epoll,
             libc::EPOLL_CTL_ADD,
@@ -77,6 +96,7 @@ impl Mmsg {
         let zero_hdr = MsgHdr(unsafe { std::mem::zeroed() });
         let mut m = Self {
             socket,
+            relay,
             epoll,
             waker,
             tx: Tx::new(cfg.tx_slots, v6),
@@ -86,7 +106,7 @@ impl Mmsg {
             rx_iovs: RawArray::new(n, zero_iov),
             rx_hdrs: RawArray::new(n, zero_hdr),
             tx_hdrs: super::batch::headers(cfg.tx_slots),
-            want_out: false,
+            want_out: [false; 2],
             drops: DropCounter::default(),
             send_errors: 0,
         };
@@ -123,28 +143,37 @@ impl Mmsg {
         self.send_errors
     }
 
+    /// The socket `via` names and its epoll token; `None` for a relay socket we lack.
+    fn socket(&self, via: Via) -> Option<(i32, u64)> {
+        match via {
+            Via::Media => Some((self.socket.as_raw_fd(), TOKEN_SOCKET)),
+            Via::Relay => self.relay.as_ref().map(|r| (r.as_raw_fd(), TOKEN_RELAY)),
+        }
+    }
+
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
-        send_queued(
-            self.socket.as_raw_fd(),
-            &mut self.tx,
-            &mut self.tx_hdrs,
-            &mut self.send_errors,
-        )?;
-        let want_out = self.tx.queued_len() > 0;
-        if want_out != self.want_out {
-            let ev = if want_out {
-                libc::EPOLLIN | libc::EPOLLOUT
-            } else {
-                libc::EPOLLIN
+        for via in Via::ALL {
+            let Some((fd, token)) = self.socket(via) else {
+                super::batch::refuse_queued(via, &mut self.tx, &mut self.send_errors);
+                continue;
             };
-            epoll_ctl(
-                &self.epoll,
-                libc::EPOLL_CTL_MOD,
-                self.socket.as_raw_fd(),
-                ev as u32,
-                TOKEN_SOCKET,
+            send_queued(
+                fd,
+                via,
+                &mut self.tx,
+                &mut self.tx_hdrs,
+                &mut self.send_errors,
             )?;
-            self.want_out = want_out;
+            let want_out = self.tx.queued_len(via) > 0;
+            if want_out != self.want_out[via.index()] {
+                let ev = if want_out {
+                    libc::EPOLLIN | libc::EPOLLOUT
+                } else {
+                    libc::EPOLLIN
+                };
+                epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, fd, ev as u32, token)?;
+                self.want_out[via.index()] = want_out;
+            }
         }
         Ok(())
     }
@@ -155,17 +184,20 @@ impl Mmsg {
         on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
     ) -> Result<usize, IoError> {
         self.flush()?;
-        let got = self.recv_batch(on_rx)?;
+        let mut got = self.recv_batch(Via::Media, on_rx)?;
+        if self.relay.is_some() {
+            got += self.recv_batch(Via::Relay, on_rx)?;
+        }
         if got > 0 || timeout.is_zero() {
             return Ok(got);
         }
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        // SAFETY: events is a live array of 2 entries and we pass its length.
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 3];
+        // SAFETY: events is a live array of 3 entries and we pass its length.
         let rc = unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
-                2,
+                3,
                 timeout_ms(timeout),
             )
         };
@@ -176,27 +208,39 @@ impl Mmsg {
             }
             return Err(IoError::sys("epoll_wait", err));
         }
-        let mut sock = false;
+        let mut ready = [false; 2];
         for ev in events.iter().take(rc as usize) {
             match ev.u64 {
                 TOKEN_WAKER => self.waker.consume(),
-                _ => sock = true,
+                TOKEN_RELAY => ready[Via::Relay.index()] = true,
+                _ => ready[Via::Media.index()] = true,
             }
         }
-        if !sock {
+        if ready == [false; 2] {
             return Ok(0);
         }
-        if self.want_out {
+        if self.want_out.contains(&true) {
             self.flush()?;
         }
-        self.recv_batch(on_rx)
+        let mut got = 0;
+        for via in Via::ALL {
+            if ready[via.index()] {
+                got += self.recv_batch(via, on_rx)?;
+            }
+        }
+        Ok(got)
     }
 
-    /// One recvmmsg of up to rx_batch datagrams, handed to `on_rx`.
+    /// One recvmmsg of up to rx_batch datagrams from the socket `via` names, handed to
+    /// `on_rx`.
     fn recv_batch(
         &mut self,
+        via: Via,
         on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
     ) -> Result<usize, IoError> {
+        let Some((fd, _)) = self.socket(via) else {
+            return Ok(0);
+        };
         let n = self.rx_hdrs.len();
         for i in 0..n {
             // SAFETY: no receive is in flight outside recvmmsg below; single reference.
@@ -211,7 +255,7 @@ impl Mmsg {
             // buffers with the lengths set above; all live and unborrowed during the call.
             let rc = unsafe {
                 libc::recvmmsg(
-                    self.socket.as_raw_fd(),
+                    fd,
                     self.rx_hdrs.ptr(0).cast(),
                     n as u32,
                     libc::MSG_DONTWAIT,
@@ -262,6 +306,7 @@ impl Mmsg {
                     data: &mut buf[..len],
                     src,
                     at,
+                    via,
                 },
                 &mut self.tx,
             );

@@ -4,7 +4,9 @@
 //!
 //! # Contract
 //!
-//! One [`Io`] per worker thread, owning one bound UDP socket. The worker loop is:
+//! One [`Io`] per worker thread, owning its bound media socket and, optionally, its relay
+//! socket ([`Io::with_relay`]); datagrams say which one they came in on ([`Via`]) and sends
+//! say which one to leave from ([`Tx::queue_via`]). The worker loop is:
 //!
 //! ```ignore
 //! loop {
@@ -58,6 +60,8 @@ use std::time::Duration;
 pub use switchyard_shared::config::EngineKind;
 pub use tx::{Tx, TxBuf};
 pub use waker::Waker;
+
+pub use crate::via::Via;
 
 /// Largest datagram the worker accepts; anything longer is dropped (and counted by the
 /// caller through `RxEvent::Oversize`). 1500 = Ethernet MTU.
@@ -137,6 +141,8 @@ pub enum RxEvent<'a> {
         data: &'a mut [u8],
         src: SocketAddr,
         at: std::time::Instant,
+        /// The socket it came in on.
+        via: Via,
     },
     /// Datagram longer than MAX_DATAGRAM (MSG_TRUNC), already discarded.
     Oversize { src: SocketAddr },
@@ -164,27 +170,48 @@ impl Io {
     /// (tracing::info!) and the reason io_uring failed. Sets SO_RCVBUF/SO_SNDBUF
     /// (SO_RCVBUFFORCE when permitted, else plain) and SO_RXQ_OVFL.
     pub fn new(kind: EngineKind, socket: UdpSocket, cfg: &IoConfig) -> Result<Io, IoError> {
+        Self::with_relay(kind, socket, None, cfg)
+    }
+
+    /// [`Io::new`] with the worker's relay socket as well: its datagrams arrive as
+    /// `RxEvent::Datagram { via: Via::Relay, .. }` and `Tx::queue_via(.., Via::Relay)` sends
+    /// from it. Both sockets get the same options. Without one, relay sends are refused and
+    /// counted in [`Io::send_errors`].
+    pub fn with_relay(
+        kind: EngineKind,
+        socket: UdpSocket,
+        relay: Option<UdpSocket>,
+        cfg: &IoConfig,
+    ) -> Result<Io, IoError> {
         let cfg = IoConfig {
             rx_batch: cfg.rx_batch.clamp(1, 1024),
             tx_slots: cfg.tx_slots.clamp(1, tx::MAX_SLOTS),
             ..cfg.clone()
         };
         sockopt::configure(&socket, &cfg)?;
+        if let Some(r) = &relay {
+            sockopt::configure(r, &cfg)?;
+        }
         let engine = match kind {
-            EngineKind::Uring => Engine::Uring(Box::new(uring::Uring::new(socket, &cfg)?)),
-            EngineKind::Mmsg => Engine::Mmsg(Box::new(mmsg::Mmsg::new(socket, &cfg)?)),
+            EngineKind::Uring => Engine::Uring(Box::new(uring::Uring::new(socket, relay, &cfg)?)),
+            EngineKind::Mmsg => Engine::Mmsg(Box::new(mmsg::Mmsg::new(socket, relay, &cfg)?)),
             EngineKind::Auto => {
-                // The socket is needed again if io_uring is refused.
+                // The sockets are needed again if io_uring is refused.
                 let spare = socket.try_clone().map_err(|e| IoError::sys("dup", e))?;
-                match uring::Uring::new(socket, &cfg) {
+                let spare_relay = relay
+                    .as_ref()
+                    .map(|r| r.try_clone())
+                    .transpose()
+                    .map_err(|e| IoError::sys("dup", e))?;
+                match uring::Uring::new(socket, relay, &cfg) {
                     Ok(u) => {
-                        drop(spare);
+                        drop((spare, spare_relay));
                         tracing::info!("io engine: io_uring");
                         Engine::Uring(Box::new(u))
                     }
                     Err(e) => {
                         tracing::info!(reason = %e, "io engine: mmsg (io_uring unavailable)");
-                        Engine::Mmsg(Box::new(mmsg::Mmsg::new(spare, &cfg)?))
+                        Engine::Mmsg(Box::new(mmsg::Mmsg::new(spare, spare_relay, &cfg)?))
                     }
                 }
             }

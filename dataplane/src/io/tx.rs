@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use super::addr::RawAddr;
 use super::raw::RawArray;
 use super::TX_BUF;
+use crate::via::Via;
 
 /// Upper bound on `tx_slots`: slot indices are packed into io_uring user_data.
 pub(crate) const MAX_SLOTS: usize = 1 << 20;
@@ -54,7 +55,8 @@ pub struct Tx {
     hdrs: RawArray<Hdr>,
     state: Box<[State]>,
     free: Vec<u32>,
-    queued: VecDeque<u32>,
+    /// Queued sends per socket ([`Via::index`]); each socket's queue keeps its order.
+    queued: [VecDeque<u32>; 2],
     in_flight: usize,
     v6: bool,
     /// Handed out by `buf_mut` for a buffer the caller no longer owns (a caller bug), so
@@ -67,7 +69,7 @@ impl std::fmt::Debug for Tx {
         f.debug_struct("Tx")
             .field("slots", &self.state.len())
             .field("free", &self.free.len())
-            .field("queued", &self.queued.len())
+            .field("queued", &self.queued_total())
             .field("in_flight", &self.in_flight)
             .finish()
     }
@@ -88,7 +90,10 @@ impl Tx {
             state: vec![State::Free; slots].into_boxed_slice(),
             // Pop from the end: hand out low indices first (warmer cache lines).
             free: (0..slots as u32).rev().collect(),
-            queued: VecDeque::with_capacity(slots),
+            queued: [
+                VecDeque::with_capacity(slots),
+                VecDeque::with_capacity(slots),
+            ],
             in_flight: 0,
             v6,
             scratch: Box::new([0; TX_BUF]),
@@ -119,9 +124,15 @@ impl Tx {
         unsafe { self.bufs.get_mut(b.0 as usize) }
     }
 
-    /// Queue `len` bytes of `b` for `dst`; sent at the next flush/poll. `len` is clamped to
-    /// TX_BUF.
+    /// Queue `len` bytes of `b` for `dst` from the media socket; sent at the next
+    /// flush/poll. `len` is clamped to TX_BUF.
     pub fn queue(&mut self, b: TxBuf, len: usize, dst: SocketAddr) {
+        self.queue_via(b, len, dst, Via::Media);
+    }
+
+    /// [`Tx::queue`] from the socket `via` names. An engine without a relay socket
+    /// refuses relay sends when it submits them (counted as send errors).
+    pub fn queue_via(&mut self, b: TxBuf, len: usize, dst: SocketAddr, via: Via) {
         if !self.owned(b) {
             debug_assert!(false, "queue of a TxBuf not owned by the caller: {b:?}");
             return;
@@ -147,8 +158,8 @@ impl Tx {
         // SAFETY: as above.
         unsafe { *self.hdrs.get_mut(i) = Hdr(h) };
         self.state[i] = State::Queued;
-        // Cannot reallocate: at most `slots` indices are ever queued.
-        self.queued.push_back(b.0);
+        // Cannot reallocate: at most `slots` indices are ever queued (per queue).
+        self.queued[via.index()].push_back(b.0);
     }
 
     /// Give back a buffer that will not be sent.
@@ -177,25 +188,30 @@ impl Tx {
 
     // ---- engine side ----
 
-    pub(crate) fn queued_len(&self) -> usize {
-        self.queued.len()
+    /// Sends queued on either socket.
+    pub(crate) fn queued_total(&self) -> usize {
+        self.queued[0].len() + self.queued[1].len()
+    }
+
+    pub(crate) fn queued_len(&self, via: Via) -> usize {
+        self.queued[via.index()].len()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    /// Take the oldest queued send; the engine now owns it until `complete`.
-    pub(crate) fn pop_queued(&mut self) -> Option<u32> {
-        let i = self.queued.pop_front()?;
+    /// Take the oldest send queued on `via`; the engine now owns it until `complete`.
+    pub(crate) fn pop_queued(&mut self, via: Via) -> Option<u32> {
+        let i = self.queued[via.index()].pop_front()?;
         self.state[i as usize] = State::InFlight;
         self.in_flight += 1;
         Some(i)
     }
 
-    /// The `n`-th queued send (not taken).
-    pub(crate) fn peek_queued(&self, n: usize) -> Option<u32> {
-        self.queued.get(n).copied()
+    /// The `n`-th send queued on `via` (not taken).
+    pub(crate) fn peek_queued(&self, via: Via, n: usize) -> Option<u32> {
+        self.queued[via.index()].get(n).copied()
     }
 
     /// Pointer to slot `i`'s send header, valid while the slot is Queued or InFlight.
@@ -234,7 +250,7 @@ mod tests {
         tx.queue(b, 1, dst());
         let c = tx.alloc().expect("released slot comes back");
         assert_eq!(tx.alloc(), None);
-        let i = tx.pop_queued().expect("queued");
+        let i = tx.pop_queued(Via::Media).expect("queued");
         assert_eq!(i, b.0);
         assert_eq!(tx.in_flight(), 1);
         tx.complete(i);
@@ -246,7 +262,7 @@ mod tests {
     fn header_points_at_slot() {
         let mut tx = Tx::new(4, false);
         assert!(tx.send_copy(b"hello", dst()));
-        let i = tx.peek_queued(0).expect("queued");
+        let i = tx.peek_queued(Via::Media, 0).expect("queued");
         // SAFETY: the slot is queued and we only read the header we just wrote.
         let h = unsafe { &*tx.hdr_ptr(i) };
         assert_eq!(h.msg_iovlen, 1);
@@ -257,6 +273,26 @@ mod tests {
         // SAFETY: iov_base points at the slot's buffer with at least iov_len bytes.
         let data = unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) };
         assert_eq!(data, b"hello");
+    }
+
+    #[test]
+    fn sockets_queue_separately_in_order() {
+        let mut tx = Tx::new(4, false);
+        for (k, via) in [Via::Relay, Via::Media, Via::Relay].into_iter().enumerate() {
+            let b = tx.alloc().expect("slot");
+            tx.buf_mut(b)[0] = k as u8;
+            tx.queue_via(b, 1, dst(), via);
+        }
+        assert_eq!(tx.queued_len(Via::Relay), 2);
+        assert_eq!(tx.queued_len(Via::Media), 1);
+        assert_eq!(tx.queued_total(), 3);
+        let first = tx.pop_queued(Via::Relay).expect("relay");
+        let second = tx.pop_queued(Via::Relay).expect("relay");
+        assert!(first < second, "relay sends keep their order");
+        assert_eq!(tx.pop_queued(Via::Relay), None);
+        for i in [first, second] {
+            tx.complete(i);
+        }
     }
 
     #[test]

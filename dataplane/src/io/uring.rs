@@ -31,6 +31,7 @@ use super::raw::RawArray;
 use super::tx::Tx;
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
+use crate::via::Via;
 
 /// Submission queue entries: room for a loop turn's sends without an extra submit.
 const SQ_ENTRIES: u32 = 4096;
@@ -42,7 +43,8 @@ const BUF_SIZE: usize = 2048;
 const BUF_COUNT: u16 = 1024;
 const BUF_GROUP: u16 = 0;
 
-/// user_data tags (top two bits); sends carry their Tx slot in the low bits.
+/// user_data tags (top two bits); sends carry their Tx slot in the low bits, receives the
+/// [`Via::index`] of their socket.
 const UD_CANCEL: u64 = 0;
 const UD_RECV: u64 = 1 << 62;
 const UD_WAKER: u64 = 2 << 62;
@@ -133,10 +135,13 @@ unsafe impl Send for RecvTemplate {}
 pub(crate) struct Uring {
     ring: IoUring,
     socket: UdpSocket,
+    /// The worker's relay socket, if it has one; it shares the provided buffer ring.
+    relay: Option<UdpSocket>,
     waker: Waker,
     /// Ring created with R_DISABLED and not yet enabled by the polling thread.
     disabled: bool,
-    recv_armed: bool,
+    /// Multishot recvmsg armed, per socket ([`Via::index`]).
+    recv_armed: [bool; 2],
     waker_armed: bool,
     msghdr: Box<RecvTemplate>,
     bufs: ManuallyDrop<RawArray<[u8; BUF_SIZE]>>,
@@ -182,12 +187,17 @@ fn build_ring(cq_entries: u32) -> Result<(IoUring, bool), IoError> {
 }
 
 impl Uring {
-    pub(crate) fn new(socket: UdpSocket, cfg: &IoConfig) -> Result<Self, IoError> {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        relay: Option<UdpSocket>,
+        cfg: &IoConfig,
+    ) -> Result<Self, IoError> {
         // io_uring waits on the socket internally; a blocking socket keeps the kernel from
         // failing ops with EAGAIN instead of arming its poll.
-        socket
-            .set_nonblocking(false)
-            .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+        for s in std::iter::once(&socket).chain(relay.as_ref()) {
+            s.set_nonblocking(false)
+                .map_err(|e| IoError::sys("fcntl(O_NONBLOCK)", e))?;
+        }
         let v6 = sockopt::is_v6(&socket)?;
         let waker = Waker::new()?;
         let cq = (usize::from(BUF_COUNT) + cfg.tx_slots + 16)
@@ -248,9 +258,10 @@ impl Uring {
         Ok(Self {
             ring,
             socket,
+            relay,
             waker,
             disabled,
-            recv_armed: false,
+            recv_armed: [false; 2],
             waker_armed: false,
             msghdr: Box::new(RecvTemplate(tpl)),
             bufs: ManuallyDrop::new(bufs),
@@ -307,18 +318,29 @@ impl Uring {
         Ok(false)
     }
 
+    /// The descriptor of the socket `via` names; `None` for a relay socket we lack.
+    fn fd(&self, via: Via) -> Option<i32> {
+        match via {
+            Via::Media => Some(self.socket.as_raw_fd()),
+            Via::Relay => self.relay.as_ref().map(|r| r.as_raw_fd()),
+        }
+    }
+
     /// Re-arm the multishot ops if they ended and queue every pending send.
     fn prepare(&mut self) -> Result<(), IoError> {
         self.enable()?;
-        if !self.recv_armed {
-            let e = opcode::RecvMsgMulti::new(
-                Fd(self.socket.as_raw_fd()),
-                &self.msghdr.0 as *const libc::msghdr,
-                BUF_GROUP,
-            )
-            .build()
-            .user_data(UD_RECV);
-            self.recv_armed = self.push(&e)?;
+        for via in Via::ALL {
+            let Some(fd) = self.fd(via) else { continue };
+            if !self.recv_armed[via.index()] {
+                let e = opcode::RecvMsgMulti::new(
+                    Fd(fd),
+                    &self.msghdr.0 as *const libc::msghdr,
+                    BUF_GROUP,
+                )
+                .build()
+                .user_data(UD_RECV | via.index() as u64);
+                self.recv_armed[via.index()] = self.push(&e)?;
+            }
         }
         if !self.waker_armed {
             let e = opcode::PollAdd::new(Fd(self.waker.fd()), libc::POLLIN as u32)
@@ -327,20 +349,36 @@ impl Uring {
                 .user_data(UD_WAKER);
             self.waker_armed = self.push(&e)?;
         }
-        // Fast path: one sendmmsg for the turn. Only while no SQE send is in flight, so a
-        // datagram never overtakes an earlier one still waiting in io_uring for socket space.
+        if self.relay.is_none() {
+            batch::refuse_queued(Via::Relay, &mut self.tx, &mut self.send_errors);
+        }
+        // Fast path: one sendmmsg per socket for the turn. Only while no SQE send is in
+        // flight, so a datagram never overtakes an earlier one still waiting in io_uring for
+        // socket space.
         if let Some(hdrs) = self.tx_hdrs.as_mut() {
             if self.tx.in_flight() == 0 {
-                batch::send_queued(
-                    self.socket.as_raw_fd(),
-                    &mut self.tx,
-                    hdrs,
-                    &mut self.send_errors,
-                )?;
+                for via in Via::ALL {
+                    let fd = match via {
+                        Via::Media => self.socket.as_raw_fd(),
+                        Via::Relay => match &self.relay {
+                            Some(r) => r.as_raw_fd(),
+                            None => continue,
+                        },
+                    };
+                    batch::send_queued(fd, via, &mut self.tx, hdrs, &mut self.send_errors)?;
+                }
             }
         }
-        let fd = Fd(self.socket.as_raw_fd());
-        while self.tx.queued_len() > 0 {
+        for via in Via::ALL {
+            let Some(fd) = self.fd(via) else { continue };
+            self.submit_sends(via, Fd(fd))?;
+        }
+        Ok(())
+    }
+
+    /// One SENDMSG SQE per send queued on `via`, as far as the submission queue allows.
+    fn submit_sends(&mut self, via: Via, fd: Fd) -> Result<(), IoError> {
+        while self.tx.queued_len(via) > 0 {
             if self.ring.submission().is_full() {
                 match self.ring.submit() {
                     Ok(_) if !self.ring.submission().is_full() => {}
@@ -349,7 +387,9 @@ impl Uring {
                     Err(e) => return Err(IoError::sys("io_uring_enter", e)),
                 }
             }
-            let Some(i) = self.tx.pop_queued() else { break };
+            let Some(i) = self.tx.pop_queued(via) else {
+                break;
+            };
             let e = opcode::SendMsg::new(fd, self.tx.hdr_ptr(i))
                 .build()
                 .user_data(UD_SEND | u64::from(i));
@@ -402,8 +442,9 @@ impl Uring {
             let flags = cqe.flags();
             match ud & UD_TAG {
                 UD_RECV => {
+                    let via = if ud & 1 == 1 { Via::Relay } else { Via::Media };
                     if !cqueue::more(flags) {
-                        self.recv_armed = false;
+                        self.recv_armed[via.index()] = false;
                     }
                     if res < 0 {
                         // ENOBUFS: ring ran dry, re-armed next turn once buffers are back.
@@ -431,7 +472,7 @@ impl Uring {
                             &self.msghdr.0,
                             bid,
                             len,
-                            at,
+                            (at, via),
                             f,
                         ) {
                             handed += 1;
@@ -471,11 +512,11 @@ impl Uring {
         if self.disabled {
             return true; // never enabled: nothing was ever submitted
         }
-        for ud in [UD_RECV, UD_WAKER] {
-            let armed = if ud == UD_RECV {
-                self.recv_armed
-            } else {
-                self.waker_armed
+        for ud in [UD_RECV, UD_RECV | 1, UD_WAKER] {
+            let armed = match ud {
+                UD_RECV => self.recv_armed[0],
+                UD_WAKER => self.waker_armed,
+                _ => self.recv_armed[1],
             };
             if armed {
                 let e = opcode::AsyncCancel::new(ud).build().user_data(UD_CANCEL);
@@ -485,7 +526,7 @@ impl Uring {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.recv_armed || self.waker_armed || self.tx.in_flight() > 0 {
+        while self.recv_armed.contains(&true) || self.waker_armed || self.tx.in_flight() > 0 {
             let ts = Timespec::from(Duration::from_millis(50));
             let args = SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {
@@ -511,7 +552,7 @@ fn deliver(
     tpl: &libc::msghdr,
     bid: u16,
     len: usize,
-    at: Instant,
+    (at, via): (Instant, Via),
     on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
 ) -> bool {
     let (src, oversize, payload_len) = {
@@ -540,7 +581,7 @@ fn deliver(
     let buf = unsafe { bufs.get_mut(usize::from(bid)) };
     let end = (PAYLOAD_OFF + payload_len).min(BUF_SIZE);
     let data = &mut buf[PAYLOAD_OFF.min(end)..end];
-    on_rx(RxEvent::Datagram { data, src, at }, tx);
+    on_rx(RxEvent::Datagram { data, src, at, via }, tx);
     true
 }
 
@@ -574,6 +615,7 @@ pub fn probe() -> Result<(), IoError> {
     let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| IoError::sys("bind", e))?;
     Uring::new(
         s,
+        None,
         &IoConfig {
             tx_slots: 1,
             ..IoConfig::default()
