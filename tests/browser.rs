@@ -434,10 +434,8 @@ fn whep_subscriber_of_a_whip_publisher_is_accepted() {
 
 /// Issue #5: Chromium publishes on node A (WHIP) and a second Chromium plays the stream from
 /// node C (WHEP on C's own demo page): C has no publisher, finds A in the cluster store and
-/// relays the stream to itself (the automatic cascade). Needs Redis, Chromium, and the data
-/// plane's relay roles (the data-plane relay branch of issue #5).
+/// relays the stream to itself (the automatic cascade). Needs Redis and Chromium.
 #[test]
-#[ignore = "needs the data-plane relay branch (issue #5); run with --ignored once merged"]
 fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
     if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");

@@ -8,8 +8,8 @@
 //! - `whep_cascades_to_the_publishing_node`: a WHEP on B for a stream published (WHIP) on A is
 //!   answered by B through a relay; concurrent WHEPs make one relay; the relay ends after the
 //!   grace period once the last subscriber left.
-//! - `media_crosses_a_relay` (ignored until the data-plane relay branch is merged): SRTP from
-//!   a publisher on A reaches a subscriber on B through the relay.
+//! - `media_crosses_a_relay`: SRTP from a publisher on A reaches a subscriber on B through the
+//!   relay.
 //!
 //! Needs `redis-server` on the PATH (scripts/test.sh installs it); skipped loudly without.
 
@@ -475,10 +475,8 @@ fn whep_cascades_to_the_publishing_node() {
     });
 }
 
-/// Needs the data plane's relay sockets and RelayIn/RelayOut roles (the data-plane relay
-/// branch of issue #5): this branch's data plane books relay sessions but carries no media.
+/// SRTP media from a publisher on a reaches a subscriber on b over the relay link.
 #[test]
-#[ignore = "needs the data-plane relay branch (issue #5); run with --ignored once merged"]
 fn media_crosses_a_relay() {
     use switchyard_shared::command::SrtpProfile;
     use switchyard_shared::srtp::Context;
@@ -519,29 +517,37 @@ fn media_crosses_a_relay() {
     let mut rx = Context::new(SrtpProfile::AeadAes128Gcm, &[8; 28]).expect("ctx");
     let media = ("127.0.0.1", c.nodes[0].media_port);
     let sent = 300u16;
-    for seq in 1..=sent {
-        let mut buf = vec![0u8; 12 + 100 + 16];
-        buf[0] = 0x80;
-        buf[1] = 96;
-        buf[2..4].copy_from_slice(&seq.to_be_bytes());
-        buf[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
-        buf[8..12].copy_from_slice(&4242u32.to_be_bytes());
-        let n = tx.protect_rtp(&mut buf, 112).expect("protect");
-        sender.send_to(&buf[..n], media).expect("send");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut got = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 1500];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while got.len() < usize::from(sent) && Instant::now() < deadline {
-        let Ok(n) = receiver.recv(&mut buf) else {
-            continue;
-        };
-        let mut pkt = buf[..n].to_vec();
-        if rx.unprotect_rtp(&mut pkt).is_ok() {
-            got.insert(u16::from_be_bytes([pkt[2], pkt[3]]));
+    // Received while sent: 300 datagrams waiting unread overflow a default receive buffer.
+    let got = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut got = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 1500];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while got.len() < usize::from(sent) && Instant::now() < deadline {
+                let Ok(n) = receiver.recv(&mut buf) else {
+                    continue;
+                };
+                let mut pkt = buf[..n].to_vec();
+                if rx.unprotect_rtp(&mut pkt).is_ok() {
+                    // The subscriber's own sequence numbers: distinct per packet.
+                    got.insert(u16::from_be_bytes([pkt[2], pkt[3]]));
+                }
+            }
+            got
+        });
+        for seq in 1..=sent {
+            let mut buf = vec![0u8; 12 + 100 + 16];
+            buf[0] = 0x80;
+            buf[1] = 96;
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            buf[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+            buf[8..12].copy_from_slice(&4242u32.to_be_bytes());
+            let n = tx.protect_rtp(&mut buf, 112).expect("protect");
+            sender.send_to(&buf[..n], media).expect("send");
+            std::thread::sleep(Duration::from_millis(2));
         }
-    }
+        reader.join().expect("reader")
+    });
     // The first packets may arrive before b's relay-in latched; every later one must.
     assert!(
         got.len() >= usize::from(sent) - 5,

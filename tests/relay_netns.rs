@@ -4,8 +4,7 @@
 //! its relay-in comes back with the same port and key, A is not touched, and new subscribers
 //! on B (and those on C, downstream of B) receive again.
 //!
-//! Needs root, `ip` (iproute2), `redis-server`, and the data plane's relay roles (the
-//! data-plane relay branch of issue #5); without root or tools it skips, loudly.
+//! Needs root, `ip` (iproute2) and `redis-server`; without root or tools it skips, loudly.
 
 mod common;
 
@@ -257,10 +256,12 @@ fn subscribe(api: &str, host: &str, stop: &Arc<AtomicBool>) -> Receiver {
         while !stop_rx.load(Ordering::Relaxed) {
             let Ok(n) = sock.recv(&mut buf) else { continue };
             let mut pkt = buf[..n].to_vec();
-            if ctx.unprotect_rtp(&mut pkt).is_ok() && pkt.len() >= 4 {
+            // A subscriber gets its own sequence numbers and timestamps (continuous across
+            // joins and restarts): the publisher's number travels in the payload.
+            if ctx.unprotect_rtp(&mut pkt).is_ok() && pkt.len() >= 14 {
                 out.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(u16::from_be_bytes([pkt[2], pkt[3]]));
+                    .insert(u16::from_be_bytes([pkt[12], pkt[13]]));
             }
         }
     });
@@ -298,6 +299,7 @@ fn send(sock: &UdpSocket, ctx: &mut Context, to: &str, seqs: std::ops::RangeIncl
         buf[2..4].copy_from_slice(&seq.to_be_bytes());
         buf[4..8].copy_from_slice(&(u32::from(seq) * 450).to_be_bytes());
         buf[8..12].copy_from_slice(&SSRC.to_be_bytes());
+        buf[12..14].copy_from_slice(&seq.to_be_bytes()); // what subscribers check
         let n = ctx.protect_rtp(&mut buf, 212).expect("protect");
         sock.send_to(&buf[..n], to).expect("send");
         let due = start + Duration::from_micros(1_000_000 / RATE * (i as u64 + 1));
@@ -308,7 +310,6 @@ fn send(sock: &UdpSocket, ctx: &mut Context, to: &str, seqs: std::ops::RangeIncl
 }
 
 #[test]
-#[ignore = "needs the data-plane relay branch (issue #5); run with --ignored once merged"]
 fn relays_across_three_namespaces() {
     if !is_root() {
         return skip("not running as root");

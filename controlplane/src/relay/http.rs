@@ -40,10 +40,10 @@ use crate::openapi::ErrorBody;
 /// Handlers take the cluster as an `Extension` (set by `api::router`), like the WHIP POSTs.
 pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
     OpenApiRouter::new()
-        .routes(routes!(list_stream, create))
-        .routes(routes!(end))
-        .routes(routes!(list_all))
-        .routes(routes!(ingress))
+        .routes(routes!(list_stream_relays, create_relay))
+        .routes(routes!(end_relay))
+        .routes(routes!(list_relays))
+        .routes(routes!(open_ingress))
         .routes(routes!(end_ingress))
 }
 
@@ -217,7 +217,7 @@ fn target_of(b: CreateBody) -> Result<Target, ApiError> {
         (status = 503, description = "No data plane", body = ErrorBody),
     )
 )]
-async fn create(
+async fn create_relay(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
     Path((room, name)): Path<(String, String)>,
@@ -247,7 +247,7 @@ async fn create(
         (status = 400, description = "Bad stream name", body = ErrorBody),
     )
 )]
-async fn list_stream(
+async fn list_stream_relays(
     State(shared): State<Arc<Shared>>,
     Path((room, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -283,7 +283,7 @@ async fn list_stream(
         (status = 503, description = "No data plane", body = ErrorBody),
     )
 )]
-async fn end(
+async fn end_relay(
     State(shared): State<Arc<Shared>>,
     Path((room, name, target)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
@@ -303,7 +303,7 @@ async fn end(
     tag = "relays",
     responses((status = 200, description = "Every relay of this node, both directions", body = NodeRelays))
 )]
-async fn list_all(State(shared): State<Arc<Shared>>) -> Response {
+async fn list_relays(State(shared): State<Arc<Shared>>) -> Response {
     let book = shared.relays.lock();
     Json(NodeRelays {
         node: shared.config.node.id.clone(),
@@ -326,7 +326,7 @@ async fn list_all(State(shared): State<Arc<Shared>>) -> Response {
         (status = 503, description = "No data plane", body = ErrorBody),
     )
 )]
-async fn ingress(
+async fn open_ingress(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
     body: Result<Bytes, BytesRejection>,

@@ -531,3 +531,79 @@ fn loss_on_the_hop_is_repaired_end_to_end() {
     assert_eq!(get(&a.stats, 0, Counter::RelayTxPackets), 220);
     assert_eq!(get(&b.stats, 0, Counter::RelayRxPackets), 200);
 }
+
+#[test]
+fn links_of_several_streams_share_one_address_pair() {
+    // Two streams between the same two relay sockets: each link has its own key, and the key
+    // that authenticates a packet says which link it belongs to.
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    let other = StreamId(2);
+    let (fwd2, back2) = (6u8, 7u8);
+    add_relay_in(e, 1, None);
+    e.handle_command(
+        WorkerCommand::AddRelayIn {
+            id: SessionId(2),
+            stream: other,
+            remote: None,
+            srtp: keys(LINK, fwd2, back2),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    let now = Instant::now();
+    for (k, id) in [(K_FWD, 1), (fwd2, 2)] {
+        let mut p = link_packet(&mut link(k), 1);
+        e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Latched {
+                id: SessionId(id),
+                remote: addr(SOURCE)
+            })
+        );
+    }
+    let mut p = link_packet(&mut link(fwd2), 2);
+    e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::RelayRxPackets), 3);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 0);
+
+    // The source side: two relay-outs to the same far socket, feedback told apart by key.
+    let e = &mut f.engines[0];
+    add_relay_out(e, 3, addr(TARGET));
+    e.handle_command(
+        WorkerCommand::AddRelayOut {
+            id: SessionId(4),
+            stream: other,
+            remote: addr(TARGET),
+            srtp: keys(LINK, back2, fwd2),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(4) })
+    );
+    let mut fb = rtcp_out(&mut link(back2), |b| {
+        rtcp::write_pli(b, 1, PUB_SSRC).expect("pli")
+    });
+    e.handle_relay_datagram(&mut fb, addr(TARGET), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 0);
+    let mut forged = rtcp_out(&mut link(9), |b| {
+        rtcp::write_pli(b, 1, PUB_SSRC).expect("pli")
+    });
+    e.handle_relay_datagram(&mut forged, addr(TARGET), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 1);
+
+    // Removing the address's holder hands it to the other link.
+    let e = &mut f.engines[0];
+    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, &mut out);
+    while e.poll_event().is_some() {}
+    let mut p = link_packet(&mut link(fwd2), 3);
+    e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::RelayRxPackets), 4);
+}
