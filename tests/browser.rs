@@ -24,6 +24,14 @@ use std::time::{Duration, Instant};
 use common::Node;
 use serde_json::Value;
 
+/// The Chromium tests run one at a time: each drives two browsers with fake 640x480 video,
+/// and two such tests side by side on a small machine starve each other's encoders and
+/// WebRTC timers (the first page then reports nothing within its deadline).
+fn one_chromium_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SWITCHYARD_CHROMIUM") {
         return Some(PathBuf::from(p));
@@ -249,6 +257,7 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
         return;
     }
+    let _serial = one_chromium_test_at_a_time();
     let bin = find_chromium().expect(
         "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
          point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
@@ -445,6 +454,7 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
         eprintln!("\n!!!!! SKIPPED cascade browser test: redis-server is not installed !!!!!\n");
         return;
     }
+    let _serial = one_chromium_test_at_a_time();
     let bin = find_chromium().expect(
         "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
          point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",

@@ -499,6 +499,13 @@ fn media_crosses_a_relay() {
         Some(r#"{"targetNode":"b"}"#),
     );
     assert_eq!(r.status, 201, "{}", r.body);
+    // b's relay-in starts with the publisher's SSRCs in track order (not arrival order).
+    let relay_in = c
+        .sessions(1)
+        .into_iter()
+        .find(|s| s["role"] == "relay-in")
+        .expect("relay-in on b");
+    assert_eq!(relay_in["ssrcs"], serde_json::json!([4242]));
 
     // A subscriber on b with a key we know.
     let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");

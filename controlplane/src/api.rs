@@ -304,7 +304,7 @@ async fn list_streams(
             .map(|s| {
                 (
                     s.stream.as_str(),
-                    matches!(s.role, Role::Publisher { .. } | Role::RelayIn),
+                    matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. }),
                 )
             }),
         &query.prefix,
@@ -596,12 +596,12 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool, relay: u16) -> SessionV
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
-        Role::RelayIn => ("relay-in", Vec::new()),
+        Role::RelayIn { ssrcs } => ("relay-in", ssrcs.clone()),
         Role::RelayOut => ("relay-out", Vec::new()),
     };
     // Relay sessions send and receive on the worker's relay socket.
     let base = match spec.role {
-        Role::RelayIn | Role::RelayOut => relay,
+        Role::RelayIn { .. } | Role::RelayOut => relay,
         _ => media.port,
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
@@ -859,7 +859,7 @@ async fn create_session(
             rtx: Vec::new(),
             tracks: switchyard_shared::command::ALL_TRACKS,
         },
-        RoleName::RelayIn => Role::RelayIn,
+        RoleName::RelayIn => Role::RelayIn { ssrcs: Vec::new() },
         RoleName::RelayOut => Role::RelayOut,
     };
 

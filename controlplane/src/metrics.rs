@@ -282,7 +282,7 @@ pub fn render(
         match s.role {
             Role::Publisher { .. } => publishers += 1,
             Role::Subscriber { .. } => subscribers += 1,
-            Role::RelayIn => relays_in += 1,
+            Role::RelayIn { .. } => relays_in += 1,
             Role::RelayOut => relays_out += 1,
         }
     }

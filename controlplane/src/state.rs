@@ -175,9 +175,8 @@ impl NodeState {
     }
 
     fn changed(&mut self, joined: bool, spec: &SessionSpec) {
-        use switchyard_shared::command::Role;
         // A relay is a link between nodes, not a peer of the room: no room event for it.
-        if matches!(spec.role, Role::RelayIn | Role::RelayOut) {
+        if spec.role.is_relay() {
             return;
         }
         // Bounded: a caller that never takes them loses the oldest.
@@ -480,7 +479,9 @@ mod tests {
     fn a_restarted_data_plane_gets_its_relays_back_with_the_same_keys() {
         let mut s = synced();
         let mut relay_in = spec(5);
-        relay_in.role = Role::RelayIn;
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x1111, 0x2222],
+        };
         relay_in.remote = None;
         let mut relay_out = spec(6);
         relay_out.role = Role::RelayOut;

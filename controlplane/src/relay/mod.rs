@@ -131,7 +131,7 @@ fn published(shared: &Shared) -> BTreeMap<String, Vec<String>> {
             Role::Publisher { .. } => {
                 out.insert(s.stream.clone(), Vec::new());
             }
-            Role::RelayIn => {
+            Role::RelayIn { .. } => {
                 let hops = relays
                     .incoming(&s.stream)
                     .map(|r| r.hops.clone())

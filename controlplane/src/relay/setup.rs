@@ -43,6 +43,11 @@ pub struct IngressRequest {
     pub source_node: String,
     /// Every node the stream went through, the source last.
     pub hops: Vec<String>,
+    /// The publisher's SSRCs in track order (the order of `publisherMedia`'s tracks, WHEP's
+    /// m-line order): the target's relay-in starts with them instead of learning them in
+    /// arrival order, so audio and video cannot swap. Empty: unknown, learned.
+    #[serde(default)]
+    pub ssrcs: Vec<u32>,
     /// The publisher's tracks, for WHEP answers on the target.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -157,7 +162,8 @@ pub async fn open(
             .node
             .sessions()
             .find(|s| {
-                s.stream == stream && matches!(s.role, Role::Publisher { .. } | Role::RelayIn)
+                s.stream == stream
+                    && matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. })
             })
             .map(|s| s.worker);
         w
@@ -223,6 +229,19 @@ pub async fn open(
     Ok((relay, true))
 }
 
+/// The SSRCs of `stream`'s publisher here in track order: a publisher's declared ones, or
+/// those a relay-in was given (a chain passes them on). Empty when unknown.
+fn publisher_ssrcs(shared: &Shared, stream: &str) -> Vec<u32> {
+    let g = shared.lock();
+    let ssrcs = g.node.sessions().find_map(|s| match &s.role {
+        Role::Publisher { ssrcs, .. } | Role::RelayIn { ssrcs } if s.stream == stream => {
+            Some(ssrcs.clone())
+        }
+        _ => None,
+    });
+    ssrcs.unwrap_or_default()
+}
+
 /// The source's set-up proper: the target's ingress, then the `RelayOut`.
 async fn connect(
     shared: &Arc<Shared>,
@@ -264,6 +283,7 @@ async fn connect(
         stream: stream.to_owned(),
         source_node: me,
         hops: hops.clone(),
+        ssrcs: publisher_ssrcs(shared, stream),
         publisher_media,
     };
     let body = serde_json::to_vec(&req)
@@ -468,6 +488,12 @@ pub async fn ingress(
             return Err(ApiError::bad_request(format!("hops: {e} ({MAX_HOPS})")));
         }
     }
+    if req.ssrcs.len() > switchyard_shared::command::MAX_TRACKS {
+        return Err(ApiError::bad_request(format!(
+            "ssrcs: at most {} (one per track)",
+            switchyard_shared::command::MAX_TRACKS
+        )));
+    }
     if let Some(n) = &req.publisher_media {
         if n.tracks.len() > 16 {
             return Err(ApiError::bad_request("publisherMedia: at most 16 tracks"));
@@ -521,10 +547,9 @@ fn existing_ingress(
         };
         return Ok(answer_for(shared, &g.node, spec, &r.hops));
     }
-    if g.node
-        .sessions()
-        .any(|s| s.stream == req.stream && matches!(s.role, Role::Publisher { .. } | Role::RelayIn))
-    {
+    if g.node.sessions().any(|s| {
+        s.stream == req.stream && matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. })
+    }) {
         return Err(conflict(format!(
             "stream {} is already published on this node",
             req.stream
@@ -567,7 +592,9 @@ async fn open_ingress(
                 id,
                 worker,
                 stream: req.stream.clone(),
-                role: Role::RelayIn,
+                role: Role::RelayIn {
+                    ssrcs: req.ssrcs.clone(),
+                },
                 remote: None,
                 keying: Keying::Static(SrtpKeys {
                     profile: PROFILE,

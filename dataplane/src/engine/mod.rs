@@ -97,6 +97,9 @@ pub enum WorkerCommand {
         stream: StreamId,
         /// The far node's relay socket; `None` latches the first authenticated source.
         remote: Option<SocketAddr>,
+        /// The publisher's SSRCs in track order (at most `MAX_TRACKS`); tracks not given are
+        /// learned from packets in arrival order.
+        ssrcs: Vec<u32>,
         /// The per-link key: `remote` unprotects the link's media, `local` protects the
         /// NACK/PLI sent back.
         srtp: SrtpKeys,
@@ -495,9 +498,10 @@ impl Engine {
                 id,
                 stream,
                 remote,
+                ssrcs,
                 srtp,
             } => {
-                let r = self.add_relay_in(id, stream, remote, &srtp);
+                let r = self.add_relay_in(id, stream, (remote, ssrcs), &srtp);
                 self.answer(id, r);
             }
             WorkerCommand::AddRelayOut {
@@ -755,19 +759,20 @@ impl Engine {
         Ok(())
     }
 
-    /// A relay-in: a publisher on the relay socket with learned SSRCs and a gap tracker.
+    /// A relay-in: a publisher on the relay socket with the given SSRCs (the rest learned)
+    /// and a gap tracker.
     fn add_relay_in(
         &mut self,
         id: SessionId,
         stream: StreamId,
-        remote: Option<SocketAddr>,
+        (remote, ssrcs): (Option<SocketAddr>, Vec<u32>),
         keys: &SrtpKeys,
     ) -> Result<(), CommandError> {
         self.add_publisher(
             id,
             stream,
             (remote, Via::Relay),
-            (Vec::new(), Vec::new()),
+            (ssrcs, Vec::new()),
             Some(keys),
             None,
         )?;

@@ -23,6 +23,7 @@ fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) {
             id: SessionId(id),
             stream: STREAM,
             remote,
+            ssrcs: Vec::new(),
             srtp: keys(LINK, K_FWD, K_BACK),
         },
         &mut out,
@@ -547,6 +548,7 @@ fn links_of_several_streams_share_one_address_pair() {
             id: SessionId(2),
             stream: other,
             remote: None,
+            ssrcs: Vec::new(),
             srtp: keys(LINK, fwd2, back2),
         },
         &mut out,
@@ -606,4 +608,40 @@ fn links_of_several_streams_share_one_address_pair() {
     let mut p = link_packet(&mut link(fwd2), 3);
     e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
     assert_eq!(get(&f.stats, 0, Counter::RelayRxPackets), 4);
+}
+
+#[test]
+fn given_ssrcs_fix_the_relay_ins_track_order() {
+    // The publisher's track 0 is some other SSRC, track 1 is PUB_SSRC; PUB_SSRC arriving
+    // first must still be track 1 here (WHEP maps tracks in the publisher's m-line order).
+    let first = 0x0A0A_0A0A;
+    for (given, track) in [(vec![first, PUB_SSRC], 1u32), (Vec::new(), 0)] {
+        let mut f = fixture(1);
+        let e = &mut f.engines[0];
+        let mut out = Capture::default();
+        e.handle_command(
+            WorkerCommand::AddRelayIn {
+                id: SessionId(1),
+                stream: STREAM,
+                remote: None,
+                ssrcs: given.clone(),
+                srtp: keys(LINK, K_FWD, K_BACK),
+            },
+            &mut out,
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Added { id: SessionId(1) })
+        );
+        add_sub(e, 2, 6002, LINK);
+        let mut p = link_packet(&mut link(K_FWD), 1);
+        e.handle_relay_datagram(&mut p, addr(SOURCE), Instant::now(), &mut out);
+        let (dst, pkt) = out.sent.last().expect("forwarded");
+        assert_eq!(*dst, addr(6002));
+        let mut pkt = pkt.clone();
+        let mut sub = Context::new(LINK, &[2; 28]).expect("ctx");
+        sub.unprotect_rtp(&mut pkt).expect("subscriber's key");
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        assert_eq!(ssrc, sub_ssrcs(2 * 16)[track as usize], "given {given:?}");
+    }
 }
