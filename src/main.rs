@@ -172,7 +172,7 @@ struct Opts {
     /// First media port; worker i listens on port + i.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_PORT")]
     media_port: Option<u16>,
-    /// First relay port (node-to-node relay links); worker i binds relay-port + i.
+    /// First relay port; worker i binds its relay socket on relay_port + i.
     #[arg(long, global = true, env = "SWITCHYARD_RELAY_PORT")]
     relay_port: Option<u16>,
     /// Worker threads (0: cores − 1).

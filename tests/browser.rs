@@ -24,6 +24,14 @@ use std::time::{Duration, Instant};
 use common::Node;
 use serde_json::Value;
 
+/// The Chromium tests run one at a time: each drives two browsers with fake 640x480 video,
+/// and two such tests side by side on a small machine starve each other's encoders and
+/// WebRTC timers (the first page then reports nothing within its deadline).
+fn one_chromium_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SWITCHYARD_CHROMIUM") {
         return Some(PathBuf::from(p));
@@ -249,6 +257,7 @@ fn chromium_publishes_with_whip_and_watches_with_whep() {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
         return;
     }
+    let _serial = one_chromium_test_at_a_time();
     let bin = find_chromium().expect(
         "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
          point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
@@ -430,4 +439,83 @@ fn whep_subscriber_of_a_whip_publisher_is_accepted() {
         assert!(Instant::now() < deadline, "sessions left after DELETE");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Issue #5: Chromium publishes on node A (WHIP) and a second Chromium plays the stream from
+/// node C (WHEP on C's own demo page): C has no publisher, finds A in the cluster store and
+/// relays the stream to itself (the automatic cascade). Needs Redis and Chromium.
+#[test]
+fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
+    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+        return;
+    }
+    if !common::Redis::installed() {
+        eprintln!("\n!!!!! SKIPPED cascade browser test: redis-server is not installed !!!!!\n");
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let dir = std::env::temp_dir().join(format!("swy-browser-cascade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = common::Redis::start(&dir, common::free_tcp_port(), false);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
+    let extra = || -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            config.clone().into(),
+            "--redis".into(),
+            redis.url().into(),
+        ]
+    };
+    let a = Node::spawn_named("a", 1, extra());
+    let c = Node::spawn_named("c", 1, extra());
+    a.wait_healthy();
+    c.wait_healthy();
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let publisher = Chromium::start(
+        &bin,
+        "publisher",
+        &format!("{}/?publish=cascade/cam&report={base}/pub", a.api),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    // C learns of A's stream from the store within a second or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let registered = |n: &Node| {
+        n.get("/v1/nodes").json()["nodes"]
+            .as_array()
+            .is_some_and(|l| l.len() == 2)
+    };
+    while !registered(&c) {
+        assert!(Instant::now() < deadline, "nodes did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let watcher = Chromium::start(
+        &bin,
+        "watcher",
+        &format!("{}/?watch=cascade/cam&report={base}/sub", c.api),
+    );
+    let got = reports.wait("/sub", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 100.0 && num(r, "audioPacketsReceived") > 0.0
+    });
+    eprintln!("watcher on c: {got}");
+    let relays = c.get("/v1/relays").json();
+    assert_eq!(relays["incoming"][0]["sourceNode"], "a", "{relays}");
+    assert_eq!(relays["incoming"][0]["cascade"], true, "{relays}");
+    reports.stop.store(true, Ordering::SeqCst);
+    for path in ["/sub", "/pub"] {
+        reports.wait(path, Duration::from_secs(15), |r| r["phase"] == "closed");
+    }
+    drop(watcher);
+    drop(publisher);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -264,3 +264,56 @@ async fn two_control_planes_never_over_commit() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue #5: each node's published streams (with hop lists) as one hash per node, replaced
+/// whole; a lookup finds every node that has a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_publish_their_streams() {
+    if !Redis::installed() {
+        eprintln!("\n!!!!! SKIPPED nodes_publish_their_streams: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+        return;
+    }
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("switchyard-redis-streams-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let redis = Redis::start(&dir, free_port(), false);
+    let store = RedisStore::new(&redis.url()).expect("store");
+    for id in ["a", "b", "c"] {
+        store.register_node(reg(id, 10)).await.expect("register");
+    }
+    let hops = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let streams = |list: &[(&str, &[&str])]| {
+        list.iter()
+            .map(|(s, h)| (s.to_string(), hops(h)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    store
+        .set_node_streams("a", streams(&[("r/cam", &[]), ("r/mic", &[])]))
+        .await
+        .expect("a");
+    store
+        .set_node_streams("b", streams(&[("r/cam", &["a"])]))
+        .await
+        .expect("b");
+    assert_eq!(
+        store.stream_sources("r/cam").await.expect("lookup"),
+        vec![("a".to_owned(), vec![]), ("b".to_owned(), hops(&["a"]))]
+    );
+    // Replaced whole: r/mic is gone from a, and an empty set clears b.
+    store
+        .set_node_streams("a", streams(&[("r/cam", &[])]))
+        .await
+        .expect("a again");
+    store
+        .set_node_streams("b", BTreeMap::new())
+        .await
+        .expect("b cleared");
+    assert_eq!(store.stream_sources("r/mic").await.expect("lookup"), vec![]);
+    assert_eq!(
+        store.stream_sources("r/cam").await.expect("lookup"),
+        vec![("a".to_owned(), vec![])]
+    );
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

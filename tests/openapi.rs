@@ -174,6 +174,13 @@ fn api_document_describes_exactly_the_served_routes() {
         ("/v1/rooms/{room}", "post"),
         ("/v1/rooms/{room}", "delete"),
         ("/v1/resolve", "get"),
+        // Relays (issue #5).
+        ("/v1/streams/{room}/{stream}/relays", "get"),
+        ("/v1/streams/{room}/{stream}/relays", "post"),
+        ("/v1/streams/{room}/{stream}/relays/{targetNode}", "delete"),
+        ("/v1/relays", "get"),
+        ("/v1/relays/ingress", "post"),
+        ("/v1/relays/ingress/{relayId}", "delete"),
     ] {
         assert!(
             routes.get(path).is_some_and(|m| m.contains(method)),
@@ -189,6 +196,11 @@ fn api_document_describes_exactly_the_served_routes() {
     }
     assert_eq!(
         doc["paths"]["/v1/nodes"]["get"]["security"],
+        serde_json::json!([{ "bearer": [] }])
+    );
+    // Relays need a cluster token: never public.
+    assert_eq!(
+        doc["paths"]["/v1/relays/ingress"]["post"]["security"],
         serde_json::json!([{ "bearer": [] }])
     );
 

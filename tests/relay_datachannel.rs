@@ -8,9 +8,8 @@
 //!   counters show every event arriving and none dropped.
 //! - `data_channel_messages_reach_whep_subscribers_on_a_and_b`: the cluster API (`POST
 //!   /v1/streams/{room}/{stream}/relays`) builds the relay and aiortc WHEP subscribers on A
-//!   and on B both receive the publisher's messages in order. A WHEP on B for a relayed
-//!   stream needs B's control plane to know the stream's codecs, which the control-plane
-//!   relay branch brings; until it is merged this test is ignored.
+//!   and on B both receive the publisher's messages in order, the 60000-byte one
+//!   (fragmented on the link) included.
 //!
 //! Both need `python3` (aiortc is installed into `target/aiortc-venv` by
 //! `tests/aiortc/setup.sh`); the second also `redis-server`. Skipped loudly without.
@@ -200,7 +199,6 @@ fn data_channel_events_cross_a_hand_built_relay_link() {
 }
 
 #[test]
-#[ignore = "needs the relaycp merge (B's control plane learns a relayed stream's codecs)"]
 fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
     let Some(py) = aiortc_python() else {
         eprintln!("SKIPPED relay_datachannel: python3 not found; install python3 to run it");

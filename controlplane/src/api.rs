@@ -53,6 +53,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
@@ -118,6 +122,7 @@ pub fn router(
             .routes(routes!(list_streams))
             .routes(routes!(get_session, delete_session))
             .merge(crate::forward::http::routes())
+            .merge(crate::relay::http::routes())
             .routes(routes!(crate::whip::publish))
             .routes(routes!(
                 crate::whip::end_publish,
@@ -295,7 +300,13 @@ async fn list_streams(
     let list: Vec<_> = published_streams(
         g.node
             .sessions()
-            .map(|s| (s.stream.as_str(), matches!(s.role, Role::Publisher { .. }))),
+            // A relay that feeds this node publishes its stream here.
+            .map(|s| {
+                (
+                    s.stream.as_str(),
+                    matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. }),
+                )
+            }),
         &query.prefix,
     )
     .into_iter()
@@ -579,19 +590,19 @@ struct SessionView {
     local_key: Option<String>,
 }
 
-fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
+/// `relay`: the relay base port (see [`relay_base`]).
+fn view(shared: &Shared, spec: &SessionSpec, keys: bool, relay: u16) -> SessionView {
     let media = &shared.config.media;
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
-        Role::RelayIn => ("relay-in", Vec::new()),
+        Role::RelayIn { ssrcs } => ("relay-in", ssrcs.clone()),
         Role::RelayOut => ("relay-out", Vec::new()),
     };
-    // Relay links live on the worker's relay socket: that is where the far node sends.
-    let base = if spec.role.is_relay() {
-        media.relay_port
-    } else {
-        media.port
+    // Relay sessions send and receive on the worker's relay socket.
+    let base = match spec.role {
+        Role::RelayIn { .. } | Role::RelayOut => relay,
+        _ => media.port,
     };
     let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
     SessionView {
@@ -607,6 +618,12 @@ fn view(shared: &Shared, spec: &SessionSpec, keys: bool) -> SessionView {
         remote_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.remote)),
         local_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.local)),
     }
+}
+
+/// The data plane's relay base port as its `Hello` said (the configured one before that).
+pub(crate) fn relay_base(shared: &Shared, node: &crate::state::NodeState) -> u16 {
+    node.dataplane()
+        .map_or(shared.config.media.relay_port, |d| d.relay_port)
 }
 
 /// Parse a JSON body ourselves so every failure is a JSON error (and the content type is
@@ -636,7 +653,7 @@ pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-fn validate_stream(stream: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_stream(stream: &str) -> Result<(), ApiError> {
     let ok = !stream.is_empty()
         && stream.len() <= MAX_STREAM
         && stream
@@ -819,7 +836,7 @@ async fn create_session(
         remote: key("remoteKey", req.remote_key.as_deref(), profile)?,
         local: key("localKey", req.local_key.as_deref(), profile)?,
     };
-    if req.role == RoleName::Subscriber && req.clock_rates.is_some() {
+    if req.role != RoleName::Publisher && req.clock_rates.is_some() {
         return Err(ApiError::bad_request("clockRates: for publishers only"));
     }
     if req.role == RoleName::Subscriber && req.codecs.is_some() {
@@ -842,7 +859,7 @@ async fn create_session(
             rtx: Vec::new(),
             tracks: switchyard_shared::command::ALL_TRACKS,
         },
-        RoleName::RelayIn => Role::RelayIn,
+        RoleName::RelayIn => Role::RelayIn { ssrcs: Vec::new() },
         RoleName::RelayOut => Role::RelayOut,
     };
 
@@ -871,7 +888,8 @@ async fn create_session(
             .set_declared_codecs(&spec.stream, spec.id, Arc::new(n));
     }
     let location = format!("/v1/sessions/{}", spec.id.0);
-    let body = view(&shared, &spec, true);
+    let relay = relay_base(&shared, &shared.lock().node);
+    let body = view(&shared, &spec, true, relay);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -958,7 +976,12 @@ pub(crate) async fn provision<T>(
 )]
 async fn list_sessions(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let g = shared.lock();
-    let sessions: Vec<SessionView> = g.node.sessions().map(|s| view(&shared, s, false)).collect();
+    let relay = relay_base(&shared, &g.node);
+    let sessions: Vec<SessionView> = g
+        .node
+        .sessions()
+        .map(|s| view(&shared, s, false, relay))
+        .collect();
     Ok(Json(SessionList { sessions }).into_response())
 }
 
@@ -988,7 +1011,7 @@ async fn get_session(
         .node
         .session(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
-    Ok(Json(view(&shared, spec, false)).into_response())
+    Ok(Json(view(&shared, spec, false, relay_base(&shared, &g.node))).into_response())
 }
 
 #[utoipa::path(

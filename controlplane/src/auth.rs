@@ -619,6 +619,53 @@ mod tests {
     }
 
     #[test]
+    fn relays_need_a_cluster_token() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, Some("anon"));
+        let none = HeaderMap::new();
+        // Even the stream's publisher (or the public prefix) may not spend another node's
+        // capacity on a relay.
+        let user = with_token(&sign_hs256(&key, &claims("", &[""], &[""])).unwrap());
+        let cluster = with_token(
+            &sign_hs256(
+                &key,
+                &Claims {
+                    cluster: true,
+                    ..Claims::default()
+                },
+            )
+            .unwrap(),
+        );
+        for (m, p) in [
+            (Method::POST, "/v1/streams/room1/cam/relays"),
+            (Method::GET, "/v1/streams/room1/cam/relays"),
+            (Method::DELETE, "/v1/streams/room1/cam/relays/b"),
+            (Method::POST, "/v1/streams/anon/cam/relays"),
+            (Method::GET, "/v1/relays"),
+            (Method::POST, "/v1/relays/ingress"),
+            (Method::DELETE, "/v1/relays/ingress/3"),
+        ] {
+            assert!(
+                matches!(
+                    auth.authorize(&m, p, None, &none),
+                    Err(AuthError::Unauthorized(_))
+                ),
+                "{m} {p}"
+            );
+            assert_eq!(
+                auth.authorize(&m, p, None, &user),
+                Err(forbidden("this endpoint needs a cluster token")),
+                "{m} {p}"
+            );
+            assert_eq!(auth.authorize(&m, p, None, &cluster), Ok(()), "{m} {p}");
+        }
+        assert_eq!(
+            auth.authorize(&Method::GET, "/v1/streams", None, &none),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn requests_are_classified() {
         let key = generate_key().unwrap();
         let auth = auth_with(&key, Some("anon"));

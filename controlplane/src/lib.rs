@@ -5,6 +5,7 @@
 //! - `link`: the thread that attaches to the ring and feeds events into the state.
 //! - `api`: the axum routes; [`auth`]: JWT bearer tokens; `metrics`: Prometheus text from the shared stats file.
 //! - [`cluster`]: node registry, room placement and the cluster store (memory or Redis).
+//! - [`relay`]: relays between nodes and the WHEP cascade.
 //! - [`forward`]: forwards of published streams to plain-RTP destinations (recorders).
 //!
 //! The control plane holds no media state: it can be killed and restarted at any time while
@@ -17,6 +18,7 @@ pub mod forward;
 mod link;
 mod metrics;
 mod openapi;
+pub mod relay;
 pub mod sdp;
 pub mod state;
 pub mod tls;
@@ -96,6 +98,16 @@ where
         tracing::warn!("auth is off ([auth] has no key): every endpoint is open");
     }
     let shared = Arc::new(link::Shared::new(config));
+    {
+        // WHEP answers on this node need the tracks of the publishers relayed to it.
+        let mut g = shared.lock();
+        for r in shared.relays.lock().ins() {
+            if let Some(n) = &r.publisher_media {
+                g.node
+                    .set_publisher_media(&r.stream, r.session, Arc::new(n.clone()));
+            }
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (notifier, queue) = cluster::events::Notifier::new();
     let cluster = Arc::new(cluster_of(&shared.config, notifier)?);
@@ -104,6 +116,7 @@ where
     let link = link::spawn(shared.clone(), stop.clone()).context("spawning the ring link")?;
     let me = self_registration(&shared.config, scheme, addr);
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
+    let relays = tokio::spawn(relay::run(shared.clone(), cluster.clone()));
     let forwards = tokio::spawn(forward::run(shared.clone(), cluster.clone()));
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
     let result = axum::serve(listener, api::router(shared, cluster, auth))
@@ -111,6 +124,7 @@ where
         .await
         .context("HTTP server");
     health.abort();
+    relays.abort();
     forwards.abort();
     room_events.abort();
     delivery.abort();

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Sessions started and ended, for the room events task (bounded; full = dropped).
     pub changes: tokio::sync::mpsc::Sender<crate::state::SessionChange>,
     pub changes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<crate::state::SessionChange>>>,
+    /// Relays of this node, both directions (lock order: `inner` before `relays`).
+    pub relays: crate::relay::Relays,
     /// Forwards and their egresses (see [`crate::forward`]); never locked together with
     /// `inner`.
     pub forwards: Mutex<crate::forward::Manager>,
@@ -98,6 +100,7 @@ impl Shared {
             forward_wake: tokio::sync::Notify::new(),
             changes,
             changes_rx: Mutex::new(Some(changes_rx)),
+            relays: crate::relay::Relays::load(&config),
             config,
             inner: Mutex::new(Inner {
                 node: NodeState::new(),

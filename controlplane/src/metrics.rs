@@ -42,6 +42,7 @@ impl HttpMetrics {
 pub struct ClusterMetrics {
     placements: Mutex<BTreeMap<String, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    relay_failures: Mutex<BTreeMap<&'static str, u64>>,
     nodes: Mutex<Vec<crate::cluster::Node>>,
     pub events_sent: AtomicU64,
     pub events_failed: AtomicU64,
@@ -65,6 +66,11 @@ impl ClusterMetrics {
     }
 
     /// A room refused: `no_capacity`, `store_unavailable`, `room_exists`, `bad_request`, ...
+    /// A relay set-up (either end) failed for `reason`.
+    pub fn relay_failed(&self, reason: &'static str) {
+        *locked(&self.relay_failures).entry(reason).or_default() += 1;
+    }
+
     pub fn rejected(&self, reason: &'static str) {
         *locked(&self.rejections).entry(reason).or_default() += 1;
     }
@@ -97,6 +103,18 @@ impl ClusterMetrics {
             let _ = writeln!(
                 out,
                 "switchyard_cluster_rejections_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "relay_setup_failures_total",
+            "counter",
+            "Relay set-ups that failed on this node (as source or target), by reason.",
+        );
+        for (reason, n) in locked(&self.relay_failures).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_relay_setup_failures_total{{reason=\"{reason}\"}} {n}"
             );
         }
         let nodes = locked(&self.nodes).clone();
@@ -268,7 +286,7 @@ pub fn render(
         match s.role {
             Role::Publisher { .. } => publishers += 1,
             Role::Subscriber { .. } => subscribers += 1,
-            Role::RelayIn => relays_in += 1,
+            Role::RelayIn { .. } => relays_in += 1,
             Role::RelayOut => relays_out += 1,
         }
     }
@@ -287,6 +305,20 @@ pub fn render(
     let _ = writeln!(
         out,
         "switchyard_control_sessions{{role=\"relay-out\"}} {relays_out}"
+    );
+    header(
+        &mut out,
+        "relays_active",
+        "gauge",
+        "Relay links of this node: in (fed by another node) and out (feeding another node).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_active{{direction=\"in\"}} {relays_in}"
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_active{{direction=\"out\"}} {relays_out}"
     );
     header(
         &mut out,

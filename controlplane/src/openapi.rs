@@ -26,7 +26,7 @@ pub(crate) const BEARER: &str = "bearer";
     info(
         title = "Switchyard",
         description = "The control plane of a Switchyard node: sessions, WHIP/WHEP signaling, \
-            health and metrics, and the cluster's node registry and room placement. \
+            health and metrics, the cluster's node registry and room placement, and relays between nodes. \
             Every error is `{\"error\": \"...\"}` with a 4xx or 5xx status. \
             Reference: docs/api.md, docs/webrtc.md, docs/cluster.md."
     ),
@@ -37,6 +37,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "webrtc", description = "WHIP (publish) and WHEP (watch) signaling, RFC 9725"),
         (name = "cluster", description = "Node registry, room placement and discovery"),
         (name = "forwards", description = "Copies of published streams to plain-RTP destinations (recorders, transcoders)"),
+        (name = "relays", description = "Streams relayed between nodes (per-link keys, hop lists) and the target's ingress"),
     )
 )]
 pub(crate) struct ApiDoc;

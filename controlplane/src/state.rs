@@ -175,6 +175,10 @@ impl NodeState {
     }
 
     fn changed(&mut self, joined: bool, spec: &SessionSpec) {
+        // A relay is a link between nodes, not a peer of the room: no room event for it.
+        if spec.role.is_relay() {
+            return;
+        }
         // Bounded: a caller that never takes them loses the oldest.
         if self.changes.len() >= 4096 {
             self.changes.remove(0);
@@ -469,6 +473,41 @@ mod tests {
         });
         assert_eq!(s.ready(), Ok(()));
         s
+    }
+
+    #[test]
+    fn a_restarted_data_plane_gets_its_relays_back_with_the_same_keys() {
+        let mut s = synced();
+        let mut relay_in = spec(5);
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x1111, 0x2222],
+        };
+        relay_in.remote = None;
+        let mut relay_out = spec(6);
+        relay_out.role = Role::RelayOut;
+        relay_out.stream = "room/other".into();
+        for r in [&relay_in, &relay_out] {
+            let _rx = s.begin_add(r.clone());
+            s.apply(Event::SessionAdded { id: r.id });
+        }
+        assert!(s.take_changes().is_empty(), "relays are not room peers");
+        // The relay-in latched its source before the data plane died.
+        let source: SocketAddr = "10.0.0.1:9443".parse().expect("literal");
+        s.apply(Event::RemoteLatched {
+            id: relay_in.id,
+            remote: source,
+        });
+        let fx = s.apply(hello(2));
+        assert!(fx.reopen_stats);
+        relay_in.remote = Some(source);
+        assert_eq!(
+            fx.commands,
+            vec![
+                Command::AddSession(relay_in.clone()),
+                Command::AddSession(relay_out.clone())
+            ],
+            "same ids, workers and keys: the other node keeps sending untouched"
+        );
     }
 
     #[test]

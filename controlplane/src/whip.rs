@@ -13,6 +13,11 @@
 //!   `307 Temporary Redirect` to that node's `/whip|whep/{room}/{stream}`; a room not in the
 //!   store, or on this node, is served here. The store being down never stops media: the
 //!   offer is then served here too, with a warning.
+//! - Cascade (`[cluster] cascade`, on by default): a WHEP POST for a stream not published
+//!   here, which the store says another healthy node publishes, is served here through a
+//!   relay from that node (`relay::pull`), when this node is in sync with its data plane and
+//!   not overloaded; otherwise (or when the relay cannot be set up) the 307 above applies.
+//!   WHIP is always redirected to the room's node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,6 +175,20 @@ pub async fn subscribe(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    check_name("room", &room)?;
+    check_name("stream", &stream)?;
+    let name = format!("{room}/{stream}");
+    if shared.lock().node.publisher_media(&name).is_none() {
+        match crate::relay::pull(&shared, &cluster, &name).await {
+            Ok(()) => {
+                return offer(shared, Direction::Subscribe, room, stream, headers, body).await
+            }
+            Err(crate::relay::PullError::NoSource) => {}
+            Err(crate::relay::PullError::Failed(e)) => {
+                tracing::warn!(stream = %name, error = %e.message(), "cascade failed; falling back to the room's node");
+            }
+        }
+    }
     if let Some(r) = redirect(&shared, &cluster, "whep", &room, &stream).await? {
         return Ok(r);
     }

@@ -269,7 +269,10 @@ impl SlowPath {
             }
         }
         match &spec.role {
-            Role::RelayIn => {
+            Role::RelayIn { ssrcs } => {
+                if ssrcs.len() > MAX_TRACKS {
+                    return Err(CommandError::Invalid);
+                }
                 if self
                     .streams
                     .get(&spec.stream)
@@ -354,7 +357,7 @@ impl SlowPath {
         let w = spec.worker;
         let mut sends = Vec::new();
         match &spec.role {
-            Role::Publisher { .. } | Role::RelayIn => {
+            Role::Publisher { .. } | Role::RelayIn { .. } => {
                 entry.publisher = Some((spec.id, w));
                 let add = match (&spec.role, spec.keying.keys()) {
                     (Role::Publisher { ssrcs, clock_rates }, _) => WorkerCommand::AddPublisher {
@@ -367,14 +370,19 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                    (_, Some(keys)) => WorkerCommand::AddRelayIn {
+                    (Role::RelayIn { ssrcs }, Some(keys)) => WorkerCommand::AddRelayIn {
                         id: spec.id,
                         stream,
                         remote: spec.remote,
+                        ssrcs: ssrcs.clone(),
                         srtp: keys.clone(),
                     },
                     // `validate` refused relay sessions without static keys.
-                    (_, None) => return Err(CommandError::BadKey),
+                    (Role::RelayIn { .. }, None) => return Err(CommandError::BadKey),
+                    // Not in this arm's roles.
+                    (Role::Subscriber { .. } | Role::RelayOut, _) => {
+                        return Err(CommandError::Invalid)
+                    }
                 };
                 sends.push((w, add));
                 sends.push((
@@ -537,7 +545,7 @@ impl SlowPath {
         let stream = entry.id;
         let mut sends = Vec::new();
         match spec.role {
-            Role::Publisher { .. } | Role::RelayIn => {
+            Role::Publisher { .. } | Role::RelayIn { .. } => {
                 if entry.publisher.is_some_and(|(id, _)| id == spec.id) {
                     entry.publisher = None;
                     for (sw, &n) in entry.subscribers.iter().enumerate() {
@@ -609,14 +617,14 @@ impl SlowPath {
                                 }
                                 // Relay links are keyed statically (validate() refuses DTLS
                                 // for them); their data channels are handled below.
-                                Role::RelayIn | Role::RelayOut => {}
+                                Role::RelayIn { .. } | Role::RelayOut => {}
                             },
                             // validate() parsed the fingerprint, so only the driver can fail.
                             Err(e) => tracing::error!(id = id.0, error = %e, "cannot start DTLS"),
                         }
                     }
                     match spec.role {
-                        Role::RelayIn => {
+                        Role::RelayIn { .. } => {
                             self.relay_ins.insert(
                                 id,
                                 RelayIn {

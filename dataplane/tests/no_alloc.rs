@@ -346,6 +346,7 @@ fn relay_link_steady_state_allocates_nothing() {
     );
     b.handle_command(
         WorkerCommand::AddRelayIn {
+            ssrcs: Vec::new(),
             id: SessionId(1),
             stream,
             remote: Some(a_relay),

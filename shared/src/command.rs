@@ -135,9 +135,17 @@ pub enum Role {
     /// always `Keying::Static` (the per-link key). `remote: None` latches the source of the
     /// first packet that authenticates; anything else arriving on the relay socket (unknown
     /// source, failed SRTP auth, STUN/DTLS) is dropped and counted. SSRCs are learned from
-    /// authenticated packets (up to MAX_TRACKS). Sequence gaps are NACKed upstream over the
-    /// link; keyframe requests from local subscribers go upstream as PLI.
-    RelayIn,
+    /// authenticated packets (up to MAX_TRACKS), in arrival order, unless `ssrcs` gives them.
+    /// Sequence gaps are NACKed upstream over the link; keyframe requests from local
+    /// subscribers go upstream as PLI.
+    RelayIn {
+        /// The publisher's SSRCs in track order (the source node's publisher, at most
+        /// [`MAX_TRACKS`]), so track `i` here is track `i` there whatever arrives first: WHEP
+        /// on this node maps tracks in the publisher's m-line order. Empty: learned in
+        /// arrival order.
+        #[serde(default)]
+        ssrcs: Vec<u32>,
+    },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
     /// per-link key (`Keying::Static`), from this worker's relay socket. Serves NACKs arriving over
@@ -148,7 +156,7 @@ pub enum Role {
 impl Role {
     /// A relay link session: it lives on the worker's relay socket, not its media socket.
     pub fn is_relay(&self) -> bool {
-        matches!(self, Role::RelayIn | Role::RelayOut)
+        matches!(self, Role::RelayIn { .. } | Role::RelayOut)
     }
 }
 
@@ -405,7 +413,11 @@ mod tests {
     #[test]
     fn relay_roles_round_trip() {
         let mut buf = Vec::new();
-        for role in [Role::RelayIn, Role::RelayOut] {
+        for role in [
+            Role::RelayIn { ssrcs: Vec::new() },
+            Role::RelayIn { ssrcs: vec![1, 2] },
+            Role::RelayOut,
+        ] {
             assert!(role.is_relay());
             let cmd = Command::AddSession(SessionSpec { role, ..spec() });
             encode(&cmd, &mut buf).expect("encode");

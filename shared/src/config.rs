@@ -235,6 +235,17 @@ pub struct ClusterSection {
     /// Room prefixes bound to a node pool (the node label `pool`): rooms under `prefix` go only
     /// to nodes of `pool`; other rooms never go to nodes of a bound pool.
     pub pools: Vec<PoolBinding>,
+    /// WHEP for a stream published on another healthy node is served where it lands, through
+    /// a relay from the publisher's node (true), instead of a 307 to the room's node (false).
+    /// WHIP always goes to the room's node.
+    pub cascade: bool,
+    /// How long a relay that feeds this node stays up after its last local subscriber left,
+    /// so a subscriber that reconnects finds it still there.
+    pub relay_grace_ms: u64,
+    /// The bearer token this control plane sends to the others (relay set-up). Default: a
+    /// short-lived cluster token signed with `[auth] key`; needed when only `public_key` is
+    /// set, since a node cannot sign ES256 tokens itself.
+    pub token: Option<String>,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -260,6 +271,9 @@ impl Default for ClusterSection {
             room_close_grace_ms: 30_000,
             room_idle_timeout_ms: 300_000,
             pools: Vec::new(),
+            cascade: true,
+            relay_grace_ms: 30_000,
+            token: None,
         }
     }
 }
@@ -567,6 +581,13 @@ impl Config {
             .join(format!("switchyard-{}.ring", self.node.id))
     }
 
+    /// The control plane's relay records (what the data plane's snapshot cannot say about
+    /// its relay sessions), beside the ring.
+    pub fn relays_path(&self) -> PathBuf {
+        self.shm_dir()
+            .join(format!("switchyard-{}.relays", self.node.id))
+    }
+
     /// The per-worker counters file.
     pub fn stats_path(&self) -> PathBuf {
         self.shm_dir()
@@ -659,6 +680,14 @@ mod tests {
                 "2001:db8::1".parse().expect("v6")
             ]
         );
+    }
+
+    #[test]
+    fn cascade_settings_parse() {
+        let c = Config::parse("[cluster]\ncascade = false\nrelay_grace_ms = 500\n").expect("parse");
+        assert!(!c.cluster.cascade);
+        assert_eq!(c.cluster.relay_grace_ms, 500);
+        assert!(Config::default().cluster.cascade);
     }
 
     #[test]

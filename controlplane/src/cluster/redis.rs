@@ -9,6 +9,8 @@
 //! - `rooms`: SET of room ids.
 //! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created`.
 //! - `rr`: the round-robin counter (INCR).
+//! - `streams:<node>`: HASH stream → hop list (JSON array of node ids) of the streams the
+//!   node publishes, replaced as a whole by the node's control plane (MULTI/EXEC).
 //! - `forwards:<node>`: HASH forward id → JSON body of the forwards made through the API on
 //!   that node (controlplane `forward`), read back when its control plane starts.
 //!
@@ -558,5 +560,59 @@ impl Store for RedisStore {
             .await?;
         ids.sort();
         self.read_rooms(&ids).await
+    }
+
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let key = self.key(&format!("streams:{node}"));
+        let mut fields = Vec::with_capacity(streams.len());
+        for (stream, hops) in streams {
+            let hops =
+                serde_json::to_string(&hops).map_err(|e| StoreError::Backend(e.to_string()))?;
+            fields.push((stream, hops));
+        }
+        self.run(async |c| {
+            let mut p = redis::pipe();
+            p.atomic().cmd("DEL").arg(&key).ignore();
+            if !fields.is_empty() {
+                p.cmd("HSET").arg(&key).arg(&fields).ignore();
+            }
+            p.query_async::<()>(c).await
+        })
+        .await
+    }
+
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&nodes_key).query_async(c).await)
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGET")
+                        .arg(self.key(&format!("streams:{id}")))
+                        .arg(stream);
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (id, hops) in ids.into_iter().zip(found) {
+            if let Some(h) = hops {
+                let hops: Vec<String> = serde_json::from_str(&h)
+                    .map_err(|e| StoreError::Backend(format!("streams:{id}: {e}")))?;
+                out.push((id, hops));
+            }
+        }
+        Ok(out)
     }
 }

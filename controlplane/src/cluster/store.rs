@@ -74,6 +74,20 @@ pub trait Store: Send + Sync {
         -> impl Future<Output = Result<Option<Room>, StoreError>> + Send;
     /// Every room, in id order.
     fn list_rooms(&self) -> impl Future<Output = Result<Vec<Room>, StoreError>> + Send;
+    /// Replace the streams `node` publishes (its own publishers and the streams relayed to
+    /// it), each with its hop list (the nodes it was relayed through, empty for a local
+    /// publisher). The node's control plane writes its whole set, so a restart heals it.
+    fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The nodes that publish `stream`, in node id order, each with the stream's hop list
+    /// there.
+    fn stream_sources(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
     /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
     /// (controlplane `forward::http`), opaque here.
     fn put_forward(
@@ -114,6 +128,8 @@ impl Entropy {
 struct Memory {
     nodes: BTreeMap<String, Node>,
     rooms: BTreeMap<String, Room>,
+    /// Node → stream → hops.
+    streams: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     round_robin: u64,
     /// (node, forward id) → body.
     forwards: BTreeMap<(String, String), String>,
@@ -267,6 +283,29 @@ impl Store for MemoryStore {
         Ok(self.lock().rooms.values().cloned().collect())
     }
 
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if streams.is_empty() {
+            g.streams.remove(node);
+        } else {
+            g.streams.insert(node.to_owned(), streams);
+        }
+        Ok(())
+    }
+
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        Ok(self
+            .lock()
+            .streams
+            .iter()
+            .filter_map(|(node, s)| Some((node.clone(), s.get(stream)?.clone())))
+            .collect())
+    }
+
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         self.lock()
             .forwards
@@ -337,6 +376,16 @@ impl Store for AnyStore {
     }
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
         dispatch!(self, s => s.list_rooms())
+    }
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_node_streams(node, streams))
+    }
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        dispatch!(self, s => s.stream_sources(stream))
     }
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_forward(node, id, body))
@@ -442,6 +491,37 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(p.node.node_id, "b");
+        });
+    }
+
+    #[test]
+    fn nodes_publish_their_streams() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = MemoryStore::new();
+            let set = |list: &[(&str, Vec<String>)]| {
+                list.iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            s.set_node_streams("a", set(&[("r/cam", vec![]), ("r/mic", vec![])]))
+                .await
+                .unwrap();
+            s.set_node_streams("b", set(&[("r/cam", vec!["a".into()])]))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.stream_sources("r/cam").await.unwrap(),
+                vec![("a".into(), vec![]), ("b".into(), vec!["a".into()])]
+            );
+            s.set_node_streams("a", set(&[("r/cam", vec![])]))
+                .await
+                .unwrap();
+            s.set_node_streams("b", BTreeMap::new()).await.unwrap();
+            assert!(s.stream_sources("r/mic").await.unwrap().is_empty());
+            assert_eq!(s.stream_sources("r/cam").await.unwrap().len(), 1);
         });
     }
 

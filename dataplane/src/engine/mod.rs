@@ -100,6 +100,9 @@ pub enum WorkerCommand {
         stream: StreamId,
         /// The far node's relay socket; `None` latches the first authenticated source.
         remote: Option<SocketAddr>,
+        /// The publisher's SSRCs in track order (at most `MAX_TRACKS`); tracks not given are
+        /// learned from packets in arrival order.
+        ssrcs: Vec<u32>,
         /// The per-link key: `remote` unprotects the link's media, `local` protects the
         /// NACK/PLI sent back.
         srtp: SrtpKeys,
@@ -285,6 +288,10 @@ pub struct Engine {
     /// Relay sessions by the far node's address, on the relay socket: a separate table, so
     /// no media peer can reach a relay session and no relay peer a media one.
     relay_by_addr: HashMap<SocketAddr, u32>,
+    /// Relay sessions whose far address another relay session already holds in
+    /// `relay_by_addr`: several links between the same two relay sockets (one per stream).
+    /// A packet the holder cannot authenticate is tried against these; few, so a scan.
+    relay_shared: Vec<(SocketAddr, u32)>,
     by_id: HashMap<SessionId, u32>,
     /// Comedia publishers not yet latched, tried in order against unknown sources.
     unlatched: Vec<u32>,
@@ -323,6 +330,7 @@ impl Engine {
             by_id: HashMap::with_capacity(limits.max_sessions),
             unlatched: Vec::new(),
             relay_unlatched: Vec::new(),
+            relay_shared: Vec::new(),
             relay_ins: Vec::new(),
             by_ufrag: HashMap::new(),
             next_sweep: None,
@@ -378,6 +386,33 @@ impl Engine {
         match via {
             Via::Media => &mut self.by_addr,
             Via::Relay => &mut self.relay_by_addr,
+        }
+    }
+
+    /// Route `r` on `via` to session `idx`. On the relay socket an address another link holds
+    /// already is shared (several streams between the same two relay sockets), never taken.
+    fn bind_addr(&mut self, via: Via, r: SocketAddr, idx: u32) {
+        if via == Via::Relay && self.relay_by_addr.contains_key(&r) {
+            self.relay_shared.push((r, idx));
+        } else {
+            self.addrs_mut(via).insert(r, idx);
+        }
+    }
+
+    /// Undo [`Engine::bind_addr`]: a shared relay address passes to the next link on it.
+    fn unbind_addr(&mut self, via: Via, r: SocketAddr, idx: u32) {
+        if via == Via::Media {
+            self.by_addr.remove(&r);
+            return;
+        }
+        if self.relay_by_addr.get(&r) == Some(&idx) {
+            self.relay_by_addr.remove(&r);
+            if let Some(k) = self.relay_shared.iter().position(|&(a, _)| a == r) {
+                let (_, next) = self.relay_shared.swap_remove(k);
+                self.relay_by_addr.insert(r, next);
+            }
+        } else {
+            self.relay_shared.retain(|&(a, i)| !(a == r && i == idx));
         }
     }
 
@@ -479,9 +514,10 @@ impl Engine {
                 id,
                 stream,
                 remote,
+                ssrcs,
                 srtp,
             } => {
-                let r = self.add_relay_in(id, stream, remote, &srtp);
+                let r = self.add_relay_in(id, stream, (remote, ssrcs), &srtp);
                 self.answer(id, r);
             }
             WorkerCommand::AddRelayOut {
@@ -615,7 +651,9 @@ impl Engine {
                 return Err(CommandError::Invalid);
             }
         }
-        if remote.is_some_and(|r| self.addrs(via).contains_key(&r)) {
+        // Relay links may share an address pair (one link per stream): packets are told apart
+        // by which link's key authenticates them.
+        if via == Via::Media && remote.is_some_and(|r| self.addrs(via).contains_key(&r)) {
             return Err(CommandError::AddressConflict);
         }
         if self.by_id.len() >= self.limits.max_sessions {
@@ -672,9 +710,7 @@ impl Engine {
             (_, Some(c)) => {
                 self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
             }
-            (Some(r), None) => {
-                self.addrs_mut(via).insert(r, idx);
-            }
+            (Some(r), None) => self.bind_addr(via, r, idx),
             (None, None) => self.unlatched_mut(via).push(idx),
         }
         self.streams.entry(stream).or_default().publisher = Some(idx);
@@ -730,7 +766,7 @@ impl Engine {
         });
         self.by_id.insert(id, idx);
         for r in remote.into_iter().chain(rtcp) {
-            self.addrs_mut(via).insert(r, idx);
+            self.bind_addr(via, r, idx);
         }
         if let Some(c) = ice {
             self.by_ufrag.insert(c.local_ufrag.as_bytes().into(), idx);
@@ -743,19 +779,20 @@ impl Engine {
         Ok(())
     }
 
-    /// A relay-in: a publisher on the relay socket with learned SSRCs and a gap tracker.
+    /// A relay-in: a publisher on the relay socket with the given SSRCs (the rest learned)
+    /// and a gap tracker.
     fn add_relay_in(
         &mut self,
         id: SessionId,
         stream: StreamId,
-        remote: Option<SocketAddr>,
+        (remote, ssrcs): (Option<SocketAddr>, Vec<u32>),
         keys: &SrtpKeys,
     ) -> Result<(), CommandError> {
         self.add_publisher(
             id,
             stream,
             (remote, Via::Relay),
-            (Vec::new(), Vec::new()),
+            (ssrcs, Vec::new()),
             Some(keys),
             None,
         )?;
@@ -809,7 +846,7 @@ impl Engine {
             return Err(CommandError::UnknownSession);
         };
         for r in s.remote.into_iter().chain(s.rtcp) {
-            self.addrs_mut(s.via).remove(&r);
+            self.unbind_addr(s.via, r, idx);
         }
         if let Some(a) = &s.ice {
             self.by_ufrag.remove(a.local_ufrag().as_bytes());
@@ -1188,7 +1225,13 @@ impl Engine {
             return self.drop_packet(DropReason::QueueFull);
         };
         let decrypted = match self.addrs(via).get(&src) {
-            Some(&idx) => self.unprotect_into(idx, data, &mut pkt.data),
+            Some(&idx) => match self.unprotect_into(idx, data, &mut pkt.data) {
+                // Another link between the same relay sockets, or one not latched yet.
+                Err(e) if via == Via::Relay => {
+                    self.relay_retry(data, src, &mut pkt.data).map_err(|_| e)
+                }
+                r => r,
+            },
             None => self.latch(data, src, via, &mut pkt.data),
         };
         let (idx, len) = match decrypted {
@@ -1271,6 +1314,61 @@ impl Engine {
         Ok((idx, len))
     }
 
+    /// A relay packet the holder of `src` did not authenticate: the other links sharing `src`,
+    /// then the relay-ins not latched yet. Each trial starts from a fresh copy (see `latch`).
+    fn relay_retry(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        for k in 0..self.relay_shared.len() {
+            let Some(&(a, idx)) = self.relay_shared.get(k) else {
+                break;
+            };
+            if a == src {
+                if let Ok(found) = self.unprotect_into(idx, data, buf) {
+                    return Ok(found);
+                }
+            }
+        }
+        self.latch(data, src, Via::Relay, buf)
+    }
+
+    /// SRTCP on a relay address several links share: the first link whose key authenticates
+    /// it, starting with the holder. Trials run on a copy (a failed open leaves the buffer
+    /// undefined); the winner's plaintext is copied back into `data`.
+    fn relay_rtcp_owner(
+        &mut self,
+        holder: u32,
+        data: &mut [u8],
+        src: SocketAddr,
+    ) -> Option<(u32, usize)> {
+        let mut scratch = [0u8; MAX_DATAGRAM];
+        let n = data.len();
+        let trial = scratch.get_mut(..n)?;
+        let mut next = 0usize;
+        let mut candidate = Some(holder);
+        while let Some(idx) = candidate {
+            if let Some(ctx) = self.sessions.get_mut(idx).and_then(|s| s.inbound.as_mut()) {
+                trial.copy_from_slice(data);
+                if let Ok(len) = ctx.unprotect_rtcp(trial) {
+                    data.get_mut(..len)?.copy_from_slice(trial.get(..len)?);
+                    return Some((idx, len));
+                }
+            }
+            candidate = None;
+            while let Some(&(a, i)) = self.relay_shared.get(next) {
+                next += 1;
+                if a == src {
+                    candidate = Some(i);
+                    break;
+                }
+            }
+        }
+        None
+    }
+
     /// A packet from an unknown source: the first comedia publisher whose key authenticates
     /// it owns `src` from now on. A failed trial leaves a context untouched (SRTP state only
     /// moves after authentication), so trying several is safe; each trial starts from a
@@ -1295,7 +1393,7 @@ impl Engine {
             s.remote = Some(src);
             let id = s.id;
             self.unlatched_mut(via).remove(k);
-            self.addrs_mut(via).insert(src, idx);
+            self.bind_addr(via, src, idx);
             self.events.push(WorkerEvent::Latched { id, remote: src });
             return Ok(found);
         }
@@ -1374,8 +1472,19 @@ impl Engine {
         at: Instant,
         out: &mut dyn Output,
     ) {
-        let Some(&idx) = self.addrs(via).get(&src) else {
+        let Some(&holder) = self.addrs(via).get(&src) else {
             return self.drop_packet(on_socket(via, DropReason::UnknownSource));
+        };
+        // Several relay links on one address pair: the one whose key opens it (decrypted
+        // here already); otherwise the address's only session, decrypted below.
+        let (idx, opened) = if via == Via::Relay && self.relay_shared.iter().any(|&(a, _)| a == src)
+        {
+            match self.relay_rtcp_owner(holder, data, src) {
+                Some((idx, len)) => (idx, Some(len)),
+                None => return self.drop_packet(DropReason::RelayUnauthenticated),
+            }
+        } else {
+            (holder, None)
         };
         let key = SessionKey {
             idx,
@@ -1384,15 +1493,16 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(idx) else {
             return self.drop_packet(DropReason::UnknownSource);
         };
-        let len = match s.inbound.as_mut() {
-            Some(ctx) => match ctx.unprotect_rtcp(data) {
+        let len = match (opened, s.inbound.as_mut()) {
+            (Some(len), _) => len,
+            (None, Some(ctx)) => match ctx.unprotect_rtcp(data) {
                 Ok(len) => len,
                 Err(e) => return self.drop_packet(on_socket(via, srtp_drop(e))),
             },
             // A plain egress session: its RTCP is unauthenticated, accepted only because it
             // comes from the destination's own addresses (the address table holds only those).
-            None if s.plain => data.len(),
-            None => return self.drop_packet(DropReason::NoRoute),
+            (None, None) if s.plain => data.len(),
+            (None, None) => return self.drop_packet(DropReason::NoRoute),
         };
         let plain = &data[..len];
         let sub = match &mut s.role {

@@ -23,6 +23,7 @@ pub(super) fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) 
             id: SessionId(id),
             stream: STREAM,
             remote,
+            ssrcs: Vec::new(),
             srtp: keys(LINK, K_FWD, K_BACK),
         },
         &mut out,
@@ -530,4 +531,117 @@ fn loss_on_the_hop_is_repaired_end_to_end() {
     assert_eq!(get(&b.stats, 0, Counter::RelayNacksSent), 20);
     assert_eq!(get(&a.stats, 0, Counter::RelayTxPackets), 220);
     assert_eq!(get(&b.stats, 0, Counter::RelayRxPackets), 200);
+}
+
+#[test]
+fn links_of_several_streams_share_one_address_pair() {
+    // Two streams between the same two relay sockets: each link has its own key, and the key
+    // that authenticates a packet says which link it belongs to.
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut out = Capture::default();
+    let other = StreamId(2);
+    let (fwd2, back2) = (6u8, 7u8);
+    add_relay_in(e, 1, None);
+    e.handle_command(
+        WorkerCommand::AddRelayIn {
+            id: SessionId(2),
+            stream: other,
+            remote: None,
+            ssrcs: Vec::new(),
+            srtp: keys(LINK, fwd2, back2),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(2) })
+    );
+    let now = Instant::now();
+    for (k, id) in [(K_FWD, 1), (fwd2, 2)] {
+        let mut p = link_packet(&mut link(k), 1);
+        e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Latched {
+                id: SessionId(id),
+                remote: addr(SOURCE)
+            })
+        );
+    }
+    let mut p = link_packet(&mut link(fwd2), 2);
+    e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::RelayRxPackets), 3);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 0);
+
+    // The source side: two relay-outs to the same far socket, feedback told apart by key.
+    let e = &mut f.engines[0];
+    add_relay_out(e, 3, addr(TARGET));
+    e.handle_command(
+        WorkerCommand::AddRelayOut {
+            id: SessionId(4),
+            stream: other,
+            remote: addr(TARGET),
+            srtp: keys(LINK, back2, fwd2),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        e.poll_event(),
+        Some(WorkerEvent::Added { id: SessionId(4) })
+    );
+    let mut fb = rtcp_out(&mut link(back2), |b| {
+        rtcp::write_pli(b, 1, PUB_SSRC).expect("pli")
+    });
+    e.handle_relay_datagram(&mut fb, addr(TARGET), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 0);
+    let mut forged = rtcp_out(&mut link(9), |b| {
+        rtcp::write_pli(b, 1, PUB_SSRC).expect("pli")
+    });
+    e.handle_relay_datagram(&mut forged, addr(TARGET), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 1);
+
+    // Removing the address's holder hands it to the other link.
+    let e = &mut f.engines[0];
+    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, &mut out);
+    while e.poll_event().is_some() {}
+    let mut p = link_packet(&mut link(fwd2), 3);
+    e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
+    assert_eq!(get(&f.stats, 0, Counter::RelayRxPackets), 4);
+}
+
+#[test]
+fn given_ssrcs_fix_the_relay_ins_track_order() {
+    // The publisher's track 0 is some other SSRC, track 1 is PUB_SSRC; PUB_SSRC arriving
+    // first must still be track 1 here (WHEP maps tracks in the publisher's m-line order).
+    let first = 0x0A0A_0A0A;
+    for (given, track) in [(vec![first, PUB_SSRC], 1u32), (Vec::new(), 0)] {
+        let mut f = fixture(1);
+        let e = &mut f.engines[0];
+        let mut out = Capture::default();
+        e.handle_command(
+            WorkerCommand::AddRelayIn {
+                id: SessionId(1),
+                stream: STREAM,
+                remote: None,
+                ssrcs: given.clone(),
+                srtp: keys(LINK, K_FWD, K_BACK),
+            },
+            &mut out,
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Added { id: SessionId(1) })
+        );
+        add_sub(e, 2, 6002, LINK);
+        let mut p = link_packet(&mut link(K_FWD), 1);
+        e.handle_relay_datagram(&mut p, addr(SOURCE), Instant::now(), &mut out);
+        let (dst, pkt) = out.sent.last().expect("forwarded");
+        assert_eq!(*dst, addr(6002));
+        let mut pkt = pkt.clone();
+        let mut sub = Context::new(LINK, &[2; 28]).expect("ctx");
+        sub.unprotect_rtp(&mut pkt).expect("subscriber's key");
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        assert_eq!(ssrc, sub_ssrcs(2 * 16)[track as usize], "given {given:?}");
+    }
 }
