@@ -6,10 +6,10 @@
 //!   publisher's channels are open before the relay-out starts, so it also shows a late
 //!   relay getting an open for each. A WHEP subscriber on A still gets the messages; B's
 //!   counters show every event arriving and none dropped.
-//! - `data_channel_messages_reach_whep_subscribers_on_a_and_b`: the cluster API (`POST
-//!   /v1/streams/{room}/{stream}/relays`) builds the relay and aiortc WHEP subscribers on A
-//!   and on B both receive the publisher's messages in order, the 60000-byte one
-//!   (fragmented on the link) included.
+//! - `data_channel_messages_reach_whep_subscribers_on_a_b_and_c`: the cluster API (`POST
+//!   /v1/streams/{room}/{stream}/relays`) builds a chain A → B → C (B relays on what it
+//!   receives) and aiortc WHEP subscribers on A, B and C all receive the publisher's
+//!   messages in order, the 60000-byte one (fragmented on each link) included.
 //!
 //! Both need `python3` (aiortc is installed into `target/aiortc-venv` by
 //! `tests/aiortc/setup.sh`); the second also `redis-server`. Skipped loudly without.
@@ -199,7 +199,7 @@ fn data_channel_events_cross_a_hand_built_relay_link() {
 }
 
 #[test]
-fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
+fn data_channel_messages_reach_whep_subscribers_on_a_b_and_c() {
     let Some(py) = aiortc_python() else {
         eprintln!("SKIPPED relay_datachannel: python3 not found; install python3 to run it");
         return;
@@ -214,7 +214,7 @@ fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
     let redis = Redis::start(&dir, common::free_tcp_port(), false);
     let config = dir.join("switchyard.toml");
     std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
-    let nodes: Vec<Node> = ["a", "b"]
+    let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
         .map(|id| {
             Node::spawn_named(
@@ -232,13 +232,13 @@ fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
     for n in &nodes {
         n.wait_healthy();
     }
-    let (a, b) = (&nodes[0], &nodes[1]);
-    wait_until("both nodes registered", Duration::from_secs(20), || {
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    wait_until("every node registered", Duration::from_secs(20), || {
         let r = a.get("/v1/nodes");
         r.status == 200
             && r.json()["nodes"]
                 .as_array()
-                .is_some_and(|l| l.len() == 2 && l.iter().all(|x| x["healthy"] == true))
+                .is_some_and(|l| l.len() == 3 && l.iter().all(|x| x["healthy"] == true))
     });
 
     let publisher = client(
@@ -250,31 +250,40 @@ fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
     wait_until("the publisher's messages", Duration::from_secs(20), || {
         a.metric_sum("switchyard_datachannel_messages_in_total{") > 5
     });
+    // The chain: A relays to B, and B relays what it receives on to C.
     let r = a.post("/v1/streams/room/chat/relays", r#"{"targetNode":"b"}"#);
     assert!(r.status == 201 || r.status == 200, "{}", r.body);
-    // B answers a WHEP for the relayed stream once it knows its codecs.
+    wait_until("B relays on to C", Duration::from_secs(10), || {
+        let r = b.post("/v1/streams/room/chat/relays", r#"{"targetNode":"c"}"#);
+        r.status == 201 || r.status == 200
+    });
+    let incoming = c.get("/v1/relays").json()["incoming"].clone();
+    assert_eq!(incoming[0]["sourceNode"], "b", "{incoming}");
+    // B and C answer a WHEP for the relayed stream once they know its codecs.
     const WATCH: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_subscribe.sdp");
-    wait_until(
-        "B answers WHEP for the relayed stream",
-        Duration::from_secs(10),
-        || {
-            let r = http_typed(
-                &b.http_addr,
-                "POST",
-                "/whep/room/chat",
-                "application/sdp",
-                Some(WATCH.as_bytes()),
-            )
-            .expect("POST");
-            if r.status != 201 {
-                return false;
-            }
-            if let Some(l) = r.header("location") {
-                b.delete(&l);
-            }
-            true
-        },
-    );
+    for node in [b, c] {
+        wait_until(
+            "a WHEP answer for the relayed stream",
+            Duration::from_secs(10),
+            || {
+                let r = http_typed(
+                    &node.http_addr,
+                    "POST",
+                    "/whep/room/chat",
+                    "application/sdp",
+                    Some(WATCH.as_bytes()),
+                )
+                .expect("POST");
+                if r.status != 201 {
+                    return false;
+                }
+                if let Some(l) = r.header("location") {
+                    node.delete(&l);
+                }
+                true
+            },
+        );
+    }
     let on_a = client(
         &py,
         "whep_client.py",
@@ -287,11 +296,17 @@ fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
         &format!("{}/whep/room/chat", b.api),
         5,
     );
+    let on_c = client(
+        &py,
+        "whep_client.py",
+        &format!("{}/whep/room/chat", c.api),
+        5,
+    );
 
     let p = summary(publisher, "whip_client");
     let sent_chat = messages(&p["sent"], "chat");
     assert!(sent_chat.len() > 100, "{p}");
-    for (name, sub) in [("A", on_a), ("B", on_b)] {
+    for (name, sub) in [("A", on_a), ("B", on_b), ("C", on_c)] {
         let s = summary(sub, &format!("whep_client on {name}"));
         assert_eq!(s["connection"], "connected", "{name}: {s}");
         let chat = messages(&s["received"], "chat");
@@ -303,8 +318,17 @@ fn data_channel_messages_reach_whep_subscribers_on_a_and_b() {
             "subscriber on {name}: the large message (fragmented on the link) is missing"
         );
     }
-    assert!(b.metric_sum("switchyard_relay_datachannel_events_in_total{") > 20);
     assert!(a.metric_sum("switchyard_relay_datachannel_events_out_total{") > 20);
+    assert!(b.metric_sum("switchyard_relay_datachannel_events_in_total{") > 20);
+    assert!(b.metric_sum("switchyard_relay_datachannel_events_out_total{") > 20);
+    assert!(c.metric_sum("switchyard_relay_datachannel_events_in_total{") > 20);
+    // C's only relay is B's: the chain, not a second link from A.
+    assert_eq!(
+        c.get("/v1/relays").json()["incoming"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     drop(nodes);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
