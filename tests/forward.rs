@@ -343,18 +343,11 @@ fn forwards_deliver_plain_rtp_per_track_and_stop_when_deleted() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // A forward made through the API works the same; node destinations are not there yet.
+    // A forward made through the API works the same.
     let second = Receiver::bind();
-    let refused = node.post(
-        "/v1/forwards",
-        r#"{"prefix":"room/","destinations":["node://node-2"]}"#,
-    );
-    assert_eq!(refused.status, 501, "{}", refused.body);
-    assert!(refused.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("not yet supported"));
     for bad in [
+        r#"{"destinations":["node://a b"]}"#,
+        r#"{"destinations":["node://host:0"]}"#,
         r#"{"destinations":[]}"#,
         r#"{"destinations":["rtp://127.0.0.1:5005"]}"#,
         r#"{"destinations":["rtp://127.0.0.1:5004"],"extra":1}"#,

@@ -315,31 +315,42 @@ pub struct ForwardSection {
 pub const MAX_FORWARD_DESTINATIONS: usize = 16;
 
 /// Where a forward sends a stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
     /// `rtp://ip:port`: plain (unencrypted) RTP, publisher track `i` to `port + 2i` and its
     /// RTCP to `port + 2i + 1` (audio on `port`, video on `port + 2` for a WHIP publisher
     /// sending audio then video), as a recorder reading an SDP file expects.
     Rtp(SocketAddr),
-    // A `node` kind (another Switchyard node as hot standby, set up through the relay API)
-    // is one more variant here; until then `node://` is refused by `parse`.
+    /// `node://<node-id>` or `node://host:port`: another Switchyard node as hot standby,
+    /// fed by one relay link per stream (all its tracks) set up through the relay API.
+    Node(NodeRef),
+}
+
+/// The node a `node://` destination names. Node ids never contain `:` (they are
+/// `A-Z a-z 0-9 _ . -`), so `node://x` with a `:` is a control plane address
+/// (`host:port`, `[v6]:port`) and without one a registered node id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeRef {
+    /// A node in the cluster registry, by id.
+    Id(String),
+    /// A control plane's HTTP address outside the registry (`host:port`; reached over
+    /// `http://`).
+    Addr(String),
 }
 
 /// Why a destination string is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
-    #[error("destination {0:?}: the node kind (another Switchyard node as hot standby) is not yet supported")]
-    NotYetSupported(String),
     #[error("destination {0:?}: {1}")]
     Invalid(String, &'static str),
 }
 
 impl Destination {
-    /// Parse `rtp://ip:port` (`rtp://[v6]:port`).
+    /// Parse `rtp://ip:port` (`rtp://[v6]:port`), `node://<node-id>` or `node://host:port`.
     pub fn parse(text: &str) -> Result<Self, DestinationError> {
         let bad = |why| Err(DestinationError::Invalid(text.to_owned(), why));
         let Some((scheme, rest)) = text.split_once("://") else {
-            return bad("expected rtp://ip:port");
+            return bad("expected rtp://ip:port, node://<node-id> or node://host:port");
         };
         match scheme {
             "rtp" => {
@@ -361,19 +372,59 @@ impl Destination {
                 }
                 Ok(Self::Rtp(addr))
             }
-            "node" => Err(DestinationError::NotYetSupported(text.to_owned())),
-            _ => bad("unknown scheme; rtp:// is supported"),
+            "node" => {
+                if rest.contains(':') {
+                    // host:port, host a name, an IPv4 address or a bracketed IPv6 one.
+                    let Some((host, port)) = rest.rsplit_once(':') else {
+                        return bad("expected node://host:port");
+                    };
+                    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+                    let host_ok = if let Some(v6) =
+                        host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+                    {
+                        v6.parse::<std::net::Ipv6Addr>().is_ok()
+                    } else {
+                        !host.is_empty()
+                            && host.len() <= 253
+                            && host
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                    };
+                    if !port_ok || !host_ok {
+                        return bad("expected node://host:port (a control plane's HTTP address)");
+                    }
+                    Ok(Self::Node(NodeRef::Addr(rest.to_owned())))
+                } else {
+                    let ok = !rest.is_empty()
+                        && rest.len() <= 128
+                        && rest
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    if !ok {
+                        return bad("a node id is 1 to 128 characters of A-Z a-z 0-9 _ . -");
+                    }
+                    Ok(Self::Node(NodeRef::Id(rest.to_owned())))
+                }
+            }
+            _ => bad("unknown scheme; rtp:// and node:// are supported"),
         }
     }
 
-    /// Where track `track` goes: its RTP address (the RTCP one is the port above).
+    /// Where track `track` goes: its RTP address (the RTCP one is the port above). None for
+    /// a node destination (a relay link carries every track).
     pub fn track_address(&self, track: u8) -> Option<SocketAddr> {
         match self {
             Self::Rtp(a) => {
                 let port = a.port().checked_add(2 * u16::from(track))?;
                 Some(SocketAddr::new(a.ip(), port))
             }
+            Self::Node(_) => None,
         }
+    }
+
+    /// Whether this is a `node://` destination.
+    pub fn is_node(&self) -> bool {
+        matches!(self, Self::Node(_))
     }
 }
 
@@ -381,6 +432,8 @@ impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Rtp(a) => write!(f, "rtp://{a}"),
+            Self::Node(NodeRef::Id(id)) => write!(f, "node://{id}"),
+            Self::Node(NodeRef::Addr(a)) => write!(f, "node://{a}"),
         }
     }
 }
@@ -719,20 +772,33 @@ mod tests {
             "rtp://127.0.0.1:65534",
             "srt://127.0.0.1:5004",
             "127.0.0.1:5004",
+            "node://",
+            "node://a b",
+            "node://host:",
+            "node://host:0",
+            "node://host:99999",
+            "node://:8080",
+            "node://[::1:8080",
+            "node://a/b:80",
         ] {
             assert!(
                 matches!(Destination::parse(bad), Err(DestinationError::Invalid(..))),
                 "{bad}"
             );
         }
-        assert!(matches!(
-            Destination::parse("node://node-2"),
-            Err(DestinationError::NotYetSupported(_))
-        ));
+        assert_eq!(
+            Destination::parse("node://node-2.eu"),
+            Ok(Destination::Node(NodeRef::Id("node-2.eu".into())))
+        );
+        for addr in ["10.0.0.2:8080", "b.example:8443", "[2001:db8::2]:8080"] {
+            let d = Destination::parse(&format!("node://{addr}")).expect(addr);
+            assert_eq!(d, Destination::Node(NodeRef::Addr(addr.into())));
+            assert_eq!(d.to_string(), format!("node://{addr}"));
+            assert!(d.is_node() && d.track_address(0).is_none());
+        }
         let mut node = c;
-        node.forward[0].destinations = vec!["node://node-2".into()];
-        let e = node.validate().expect_err("node kind").to_string();
-        assert!(e.contains("not yet supported"), "{e}");
+        node.forward[0].destinations = vec!["node://node-2".into(), "node://10.0.0.2:8080".into()];
+        node.validate().expect("node kind");
         assert!(check_forward("a b", &["rtp://127.0.0.1:5004".into()]).is_err());
         assert!(check_forward("", &[]).is_err());
     }

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{Keying, Role, SessionSpec, MAX_TRACKS};
+use switchyard_shared::command::{Keying, Role, SessionId, SessionSpec, MAX_TRACKS};
+use switchyard_shared::config::{Destination, NodeRef};
 
-use super::{Action, EgressKey, Forward, View};
+use super::{node_url, Action, EgressKey, Forward, RelaySession, View};
 use crate::cluster::store::Store as _;
 use crate::cluster::Cluster;
 use crate::link::Shared;
+use crate::relay::setup::Target;
 
 /// How often the driver compares forwards with the session table (and how long a new
 /// publisher waits at most for its egresses).
@@ -31,7 +33,18 @@ pub async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
         if !restored {
             restored = restore(&shared, &cluster).await;
         }
-        let view = View::of(shared.lock().node.sessions());
+        let mut view = View::of(shared.lock().node.sessions());
+        view.relays = shared
+            .relays
+            .lock()
+            .outs()
+            .map(|r| RelaySession {
+                id: r.session,
+                stream: r.stream.clone(),
+                target_node: r.target_node.clone(),
+                target_url: r.target_url.clone(),
+            })
+            .collect();
         let actions = {
             let mut m = shared.forwards();
             m.keep_unclaimed = !restored;
@@ -40,16 +53,25 @@ pub async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
         for action in actions {
             match action {
                 Action::Add(key) => {
-                    let result = add(&shared, &key).await;
+                    let result = if key.destination.is_node() {
+                        open_relay(&shared, &cluster, &key).await
+                    } else {
+                        add(&shared, &key).await
+                    };
                     if let Err(e) = &result {
                         tracing::warn!(forward = %key.forward, stream = %key.stream, track = key.track, destination = %key.destination, error = %e, "forward egress not set up; retrying with backoff");
                     }
                     let stale = shared.forwards().added(&key, result, Instant::now());
                     if let Some(id) = stale {
-                        remove(&shared, id).await;
+                        if key.destination.is_node() {
+                            close_relay(&shared, id).await;
+                        } else {
+                            remove(&shared, id).await;
+                        }
                     }
                 }
                 Action::Remove(id) => remove(&shared, id).await,
+                Action::CloseRelay(id) => close_relay(&shared, id).await,
             }
         }
     }
@@ -81,10 +103,7 @@ async fn restore(shared: &Shared, cluster: &Cluster) -> bool {
 }
 
 /// Provision the plain egress session of `key`.
-async fn add(
-    shared: &Arc<Shared>,
-    key: &EgressKey,
-) -> Result<switchyard_shared::command::SessionId, String> {
+async fn add(shared: &Arc<Shared>, key: &EgressKey) -> Result<SessionId, String> {
     let remote = key
         .remote()
         .ok_or_else(|| "the destination has no port for this track".to_owned())?;
@@ -133,7 +152,7 @@ async fn add(
     }
 }
 
-async fn remove(shared: &Arc<Shared>, id: switchyard_shared::command::SessionId) {
+async fn remove(shared: &Arc<Shared>, id: SessionId) {
     // A failure leaves the session in the table: the next plan asks again.
     if let Err(e) = crate::api::remove(shared, id).await {
         tracing::warn!(
@@ -141,5 +160,48 @@ async fn remove(shared: &Arc<Shared>, id: switchyard_shared::command::SessionId)
             error = e.message(),
             "forward egress not removed yet"
         );
+    }
+}
+
+/// Open (or find: `open` is idempotent per stream and target) the relay of a node egress;
+/// its `RelayOut` session.
+async fn open_relay(
+    shared: &Arc<Shared>,
+    cluster: &Cluster,
+    key: &EgressKey,
+) -> Result<SessionId, String> {
+    let target = match &key.destination {
+        Destination::Node(NodeRef::Id(id)) => Target::Node(id.clone()),
+        Destination::Node(NodeRef::Addr(a)) => Target::Url(node_url(a)),
+        Destination::Rtp(_) => return Err("not a node destination".into()),
+    };
+    match crate::relay::setup::open(shared, cluster, &key.stream, target).await {
+        Ok((relay, opened)) => {
+            tracing::info!(forward = %key.forward, stream = %key.stream, destination = %key.destination, target = %relay.target_node, session = relay.session.0, opened, "forward relay running");
+            Ok(relay.session)
+        }
+        Err(e) => Err(format!("{}: {}", e.status().as_u16(), e.message())),
+    }
+}
+
+/// Close the relay whose `RelayOut` is `id` (and the target's ingress).
+async fn close_relay(shared: &Arc<Shared>, id: SessionId) {
+    let relay = shared
+        .relays
+        .lock()
+        .outs()
+        .find(|r| r.session == id)
+        .map(|r| (r.stream.clone(), r.target_node.clone()));
+    let Some((stream, target)) = relay else {
+        return;
+    };
+    match crate::relay::setup::close(shared, &stream, &target).await {
+        Ok(confirmed) => {
+            tracing::info!(%stream, %target, confirmed, "forward relay closed")
+        }
+        // A failure leaves the relay in the book: the next plan asks again.
+        Err(e) => {
+            tracing::warn!(%stream, %target, error = e.message(), "forward relay not closed yet")
+        }
     }
 }

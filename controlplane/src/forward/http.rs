@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use switchyard_shared::config::{check_forward, valid_forward_id, Destination, DestinationError};
+use switchyard_shared::config::{check_forward, valid_forward_id, Destination};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,8 +41,10 @@ struct CreateForward {
     /// Streams whose name starts with this; empty: every stream.
     #[serde(default)]
     prefix: String,
-    /// `rtp://ip:port` (track `i` to `port + 2i`, its RTCP one above).
-    #[schema(example = json!(["rtp://192.0.2.20:5004"]))]
+    /// `rtp://ip:port` (track `i` to `port + 2i`, its RTCP one above), `node://<node-id>` (a
+    /// registered node, hot standby through a relay link) or `node://host:port` (a control
+    /// plane's HTTP address outside the registry; a `:` tells it from a node id).
+    #[schema(example = json!(["rtp://192.0.2.20:5004", "node://node-b"]))]
     destinations: Vec<String>,
 }
 
@@ -101,7 +103,6 @@ fn store_error(e: StoreError) -> ApiError {
         (status = 201, description = "Created; `Location` names it", body = ForwardView),
         (status = 400, description = "Invalid prefix, destination or id", body = ErrorBody),
         (status = 409, description = "A forward with this id exists", body = ErrorBody),
-        (status = 501, description = "A destination kind this build cannot serve (node://)", body = ErrorBody),
         (status = 503, description = "Too many forwards, or the cluster store is unreachable", body = ErrorBody),
     )
 )]
@@ -111,12 +112,6 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CreateForward = parse_body(body)?;
-    // The node kind is a known destination this build cannot serve yet: say so, not "bad".
-    for d in &req.destinations {
-        if let Err(e @ DestinationError::NotYetSupported(_)) = Destination::parse(d) {
-            return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string()));
-        }
-    }
     let destinations =
         check_forward(&req.prefix, &req.destinations).map_err(ApiError::bad_request)?;
     if let Some(id) = &req.id {
@@ -250,7 +245,7 @@ struct SdpQuery {
     params(("id" = String, Path, description = "Forward id"), SdpQuery),
     responses(
         (status = 200, description = "An SDP file describing the plain RTP the destination receives for the stream (for ffmpeg or GStreamer)", content_type = "application/sdp", body = String),
-        (status = 400, description = "Missing stream or bad destination index", body = ErrorBody),
+        (status = 400, description = "Missing stream, bad destination index, or a node:// destination (no SDP file: a relay link)", body = ErrorBody),
         (status = 404, description = "No such forward, or the stream is not published here under its prefix", body = ErrorBody),
         (status = 409, description = "The stream's codecs are not known (e.g. after a control-plane restart)", body = ErrorBody),
     )
@@ -267,7 +262,7 @@ async fn sdp_file(
     let (prefix, destination) = {
         let m = shared.forwards();
         let f = m.get(&id).ok_or_else(not_found)?;
-        let d = f.destinations.get(q.destination).copied().ok_or_else(|| {
+        let d = f.destinations.get(q.destination).cloned().ok_or_else(|| {
             ApiError::bad_request(format!(
                 "destination: the forward has {} (0-based index)",
                 f.destinations.len()
@@ -275,6 +270,11 @@ async fn sdp_file(
         })?;
         (f.prefix.clone(), d)
     };
+    if let Destination::Node(_) = destination {
+        return Err(ApiError::bad_request(format!(
+            "destination {destination} is a node (a relay link): SDP files describe plain rtp:// destinations only"
+        )));
+    }
     if !stream.starts_with(&prefix) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

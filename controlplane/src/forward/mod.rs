@@ -1,5 +1,6 @@
 //! Forwards (SRS `forward`): copy every published stream, or those under a prefix, to a list
-//! of destinations — today plain RTP to a recorder or transcoder (`rtp://ip:port`).
+//! of destinations: plain RTP to a recorder or transcoder (`rtp://ip:port`), or another
+//! Switchyard node as hot standby (`node://<node-id>`, `node://host:port`).
 //!
 //! [`Manager`] is the sans-IO core. It holds the forwards and, per destination, stream and
 //! publisher track, one *egress*: a `Keying::Plain` subscriber session sending that track to
@@ -11,8 +12,16 @@
 //! data plane restart and a control plane restart (egresses found in the snapshot are adopted,
 //! not duplicated) all take the same path, and every one of them is tested here without I/O.
 //!
-//! An egress that cannot be set up (data plane down or restarting, command refused) is
-//! retried with exponential backoff, [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`].
+//! A `node://` destination has one egress per (forward, destination, stream), not per track:
+//! a relay link (`crate::relay::setup::open`) carries every track of the stream, and the
+//! target's relay-in is a publisher there. Its `Active` session is the `RelayOut` here; it is
+//! closed (`crate::relay::setup::close`, which also ends the target's ingress) when the
+//! publisher leaves or the forward is deleted. Relays no forward claims (made through the
+//! relay API, or by cascading) are left alone.
+//!
+//! An egress that cannot be set up (data plane down or restarting, command refused, target
+//! node down or refusing, a relay loop) is retried with exponential backoff, [`BACKOFF_MIN`]
+//! doubling to [`BACKOFF_MAX`].
 //!
 //! `Keying::Plain` sessions belong to forwards: one that no forward wants (its forward was
 //! deleted, or it was left by a control plane that was restarted without it) is removed.
@@ -27,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use switchyard_shared::command::{Keying, Role, SessionId, SessionSpec, MAX_TRACKS};
-use switchyard_shared::config::{Destination, ForwardSection};
+use switchyard_shared::config::{Destination, ForwardSection, NodeRef};
 
 pub use driver::run;
 
@@ -133,7 +142,8 @@ impl EgressState {
 /// Every state name, for metrics (each reported, zero or not).
 pub const STATE_NAMES: [&str; 4] = ["pending", "starting", "active", "backoff"];
 
-/// Names one egress: forward, destination, stream, publisher track.
+/// Names one egress: forward, destination, stream, publisher track (always 0 for a node
+/// destination, whose one relay carries every track).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EgressKey {
     pub forward: String,
@@ -166,6 +176,34 @@ pub struct Published {
     pub tracks: u8,
 }
 
+/// A relay link from this node, from the relay book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySession {
+    /// Its `RelayOut` session.
+    pub id: SessionId,
+    pub stream: String,
+    pub target_node: String,
+    /// The target's control plane base URL.
+    pub target_url: String,
+}
+
+impl RelaySession {
+    /// Whether this relay is what `destination` asks for (`node://id` by node id,
+    /// `node://host:port` by the `http://host:port` it was opened to).
+    pub fn serves(&self, destination: &Destination) -> bool {
+        match destination {
+            Destination::Node(NodeRef::Id(id)) => self.target_node == *id,
+            Destination::Node(NodeRef::Addr(a)) => self.target_url == node_url(a),
+            Destination::Rtp(_) => false,
+        }
+    }
+}
+
+/// The control plane base URL of a `node://host:port` destination.
+pub fn node_url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
 /// A running plain egress session, from the session table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlainSession {
@@ -180,6 +218,8 @@ pub struct PlainSession {
 pub struct View {
     pub published: Vec<Published>,
     pub plain: Vec<PlainSession>,
+    /// Relay links from this node (those of node egresses among them).
+    pub relays: Vec<RelaySession>,
 }
 
 impl View {
@@ -216,6 +256,8 @@ pub enum Action {
     Add(EgressKey),
     /// Remove this session (its egress is no longer wanted).
     Remove(SessionId),
+    /// Close the relay whose `RelayOut` is this session (a node egress no longer wanted).
+    CloseRelay(SessionId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -240,6 +282,8 @@ pub struct Manager {
     /// Leave plain sessions no forward claims alone: set while the forwards saved in the
     /// cluster store are not read back yet, since their egresses would look unclaimed.
     pub keep_unclaimed: bool,
+    /// Relays of node egresses whose forward was deleted: closed by the next plan.
+    closing: Vec<SessionId>,
 }
 
 impl Manager {
@@ -279,7 +323,16 @@ impl Manager {
             Some(f) if f.from_config => return Err(ForwardError::FromConfig(id.to_owned())),
             Some(_) => {}
         }
-        self.egresses.retain(|k, _| k.forward != id);
+        let closing = &mut self.closing;
+        self.egresses.retain(|k, e| {
+            if k.forward != id {
+                return true;
+            }
+            if let (true, EgressState::Active(s)) = (k.destination.is_node(), &e.state) {
+                closing.push(*s);
+            }
+            false
+        });
         self.forwards.remove(id).ok_or(ForwardError::NotFound)
     }
 
@@ -320,11 +373,13 @@ impl Manager {
         let mut wanted = BTreeMap::new();
         for f in self.forwards.values() {
             for p in view.published.iter().filter(|p| f.matches(&p.stream)) {
-                for &destination in &f.destinations {
-                    for track in 0..p.tracks {
+                for destination in &f.destinations {
+                    // One relay carries every track of a stream to a node.
+                    let tracks = if destination.is_node() { 1 } else { p.tracks };
+                    for track in 0..tracks {
                         let key = EgressKey {
                             forward: f.id.clone(),
-                            destination,
+                            destination: destination.clone(),
                             stream: p.stream.clone(),
                             track,
                         };
@@ -335,14 +390,25 @@ impl Manager {
         }
         let mut actions = Vec::new();
         let live: HashSet<SessionId> = view.plain.iter().map(|s| s.id).collect();
+        let live_relays: HashSet<SessionId> = view.relays.iter().map(|r| r.id).collect();
+        let mut removing = HashSet::new();
+        // Relays of deleted forwards' node egresses.
+        for id in std::mem::take(&mut self.closing) {
+            if live_relays.contains(&id) && removing.insert(id) {
+                actions.push(Action::CloseRelay(id));
+            }
+        }
         // Egresses no longer wanted: their sessions go, and so do they.
         let mut gone = Vec::new();
-        let mut removing = HashSet::new();
         for (k, e) in &self.egresses {
             if !wanted.contains_key(k) {
                 gone.push(k.clone());
                 if let EgressState::Active(id) = e.state {
-                    if live.contains(&id) && removing.insert(id) {
+                    if k.destination.is_node() {
+                        if live_relays.contains(&id) && removing.insert(id) {
+                            actions.push(Action::CloseRelay(id));
+                        }
+                    } else if live.contains(&id) && removing.insert(id) {
                         actions.push(Action::Remove(id));
                     }
                 }
@@ -365,28 +431,46 @@ impl Manager {
                 attempts: 0,
                 last_error: None,
             });
+            let node = key.destination.is_node();
             match e.state {
                 EgressState::Starting => continue,
-                EgressState::Active(id) if live.contains(&id) => continue,
+                EgressState::Active(id) if !node && live.contains(&id) => continue,
+                EgressState::Active(id) if node && live_relays.contains(&id) => continue,
                 EgressState::Active(id) => {
                     // The data plane lost it (refused on re-provisioning, or ended it).
                     claimed.remove(&id);
-                    e.last_error = Some("the session ended without being removed".into());
+                    e.last_error = Some(if node {
+                        "the relay ended without being closed".into()
+                    } else {
+                        "the session ended without being removed".into()
+                    });
                     e.state = EgressState::Pending;
                 }
                 _ => {}
             }
             // A session for it may already run: left by an earlier control plane (found in
             // the data plane's snapshot), or set up by an add whose answer was lost.
-            let found = view.plain.iter().find(|s| {
-                !claimed.contains(&s.id)
-                    && s.stream == key.stream
-                    && s.remote == key.remote()
-                    && s.tracks == 1 << key.track
-            });
-            if let Some(s) = found {
-                claimed.insert(s.id);
-                e.state = EgressState::Active(s.id);
+            // For a node egress: a relay of the stream to that node (one relay per stream
+            // and target, whoever opened it).
+            let found = if node {
+                view.relays
+                    .iter()
+                    .find(|r| r.stream == key.stream && r.serves(&key.destination))
+                    .map(|r| r.id)
+            } else {
+                view.plain
+                    .iter()
+                    .find(|s| {
+                        !claimed.contains(&s.id)
+                            && s.stream == key.stream
+                            && s.remote == key.remote()
+                            && s.tracks == 1 << key.track
+                    })
+                    .map(|s| s.id)
+            };
+            if let Some(id) = found {
+                claimed.insert(id);
+                e.state = EgressState::Active(id);
                 e.attempts = 0;
                 continue;
             }
@@ -400,6 +484,16 @@ impl Manager {
                 actions.push(Action::Add(key));
             }
         }
+        // A relay another forward's egress still uses stays.
+        let in_use: HashSet<SessionId> = self
+            .egresses
+            .values()
+            .filter_map(|e| match e.state {
+                EgressState::Active(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        actions.retain(|a| !matches!(a, Action::CloseRelay(id) if in_use.contains(id)));
         // Plain sessions nobody claims belong to no forward any more.
         for s in view.plain.iter().filter(|_| !self.keep_unclaimed) {
             if !claimed.contains(&s.id) && removing.insert(s.id) {
@@ -445,11 +539,14 @@ impl Manager {
 pub struct EgressView {
     pub destination: String,
     pub stream: String,
+    /// The publisher track (0 for a node destination: its relay carries every track).
     pub track: u8,
-    /// Where the track's RTP goes (its RTCP: the port above).
+    /// Where the track's RTP goes (its RTCP: the port above); null for a node destination.
     #[schema(value_type = Option<String>)]
     pub remote: Option<SocketAddr>,
     pub state: &'static str,
+    /// The egress session here: the plain subscriber, or for a node destination the relay's
+    /// `RelayOut` (as `GET /v1/relays` shows it).
     pub session: Option<u64>,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -508,6 +605,7 @@ mod tests {
                 })
                 .collect(),
             plain: Vec::new(),
+            relays: Vec::new(),
         }
     }
 
@@ -516,7 +614,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Add(k) => Some((k.forward.clone(), k.stream.clone(), k.track)),
-                Action::Remove(_) => None,
+                Action::Remove(_) | Action::CloseRelay(_) => None,
             })
             .collect()
     }
@@ -536,6 +634,142 @@ mod tests {
                 });
             }
         }
+    }
+
+    fn relay(id: u64, stream: &str, node: &str, url: &str) -> RelaySession {
+        RelaySession {
+            id: SessionId(id),
+            stream: stream.into(),
+            target_node: node.into(),
+            target_url: url.into(),
+        }
+    }
+
+    #[test]
+    fn node_destinations_get_one_egress_per_stream_and_back_off() {
+        let mut m = Manager::new();
+        m.add(fwd(
+            "standby",
+            "room/",
+            &[
+                "node://node-b",
+                "node://10.0.0.3:8080",
+                "rtp://10.0.0.9:5004",
+            ],
+        ))
+        .expect("add");
+        let t0 = Instant::now();
+        let mut view = published(&[("room/cam", 2), ("other/x", 2)]);
+        let actions = m.plan(t0, &view);
+        let mut nodes = Vec::new();
+        for a in &actions {
+            if let Action::Add(k) = a {
+                if k.destination.is_node() {
+                    assert_eq!(
+                        (k.stream.as_str(), k.track, k.remote()),
+                        ("room/cam", 0, None)
+                    );
+                    nodes.push(k.clone());
+                }
+            }
+        }
+        // Two node egresses (not per track) plus two plain ones (one per track).
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(actions.len(), 4);
+
+        // node-b is down: backoff 1 s, 2 s … with the error shown.
+        let b = &nodes[0];
+        assert_eq!(b.destination.to_string(), "node://node-b");
+        assert_eq!(
+            m.added(b, Err("target control plane: refused".into()), t0),
+            None
+        );
+        let e = m
+            .egresses_of("standby")
+            .find(|(k, _)| *k == b)
+            .expect("egress")
+            .1;
+        assert_eq!((e.state.name(), e.attempts), ("backoff", 1));
+        assert_eq!(
+            e.last_error.as_deref(),
+            Some("target control plane: refused")
+        );
+        assert!(adds(&m.plan(t0 + Duration::from_millis(900), &view)).is_empty());
+        let again = m.plan(t0 + BACKOFF_MIN, &view);
+        assert_eq!(again, [Action::Add(b.clone())]);
+        m.added(b, Err("relay loop".into()), t0 + BACKOFF_MIN);
+        let later = t0 + BACKOFF_MIN + backoff(2);
+        assert!(m.plan(later - Duration::from_millis(1), &view).is_empty());
+        assert_eq!(m.plan(later, &view), [Action::Add(b.clone())]);
+        // Up now: the relay runs; attempts reset, nothing more to do.
+        m.added(b, Ok(SessionId(7)), later);
+        view.relays
+            .push(relay(7, "room/cam", "node-b", "http://10.0.0.2:8080"));
+        // The address destination's relay was opened meanwhile (its add answer was lost):
+        // it is adopted, by URL, not opened twice.
+        view.relays
+            .push(relay(8, "room/cam", "node-c", "http://10.0.0.3:8080"));
+        // A relay no forward asked for (relay API, cascade) is left alone.
+        view.relays
+            .push(relay(9, "other/x", "node-b", "http://10.0.0.2:8080"));
+        m.added(&nodes[1], Err("lost".into()), later);
+        let steady = later + BACKOFF_MAX;
+        for a in m.plan(steady, &view) {
+            assert!(
+                matches!(a, Action::Add(ref k) if !k.destination.is_node()),
+                "{a:?}"
+            );
+        }
+        let states: Vec<_> = m
+            .egresses_of("standby")
+            .filter(|(k, _)| k.destination.is_node())
+            .map(|(_, e)| (e.state.clone(), e.attempts))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (EgressState::Active(SessionId(7)), 0),
+                (EgressState::Active(SessionId(8)), 0)
+            ]
+        );
+
+        // The relay ended on its own (target restarted): opened again.
+        view.relays.retain(|r| r.id != SessionId(7));
+        let a = m.plan(steady, &view);
+        assert!(a.contains(&Action::Add(b.clone())), "{a:?}");
+        m.added(b, Ok(SessionId(10)), steady);
+        view.relays
+            .push(relay(10, "room/cam", "node-b", "http://10.0.0.2:8080"));
+
+        // The publisher leaves: both relays close; the unclaimed one stays.
+        view.published.retain(|p| p.stream != "room/cam");
+        let a = m.plan(steady, &view);
+        assert!(a.contains(&Action::CloseRelay(SessionId(8))), "{a:?}");
+        assert!(a.contains(&Action::CloseRelay(SessionId(10))), "{a:?}");
+        assert!(!a.contains(&Action::CloseRelay(SessionId(9))), "{a:?}");
+        assert_eq!(m.egresses_of("standby").count(), 0);
+    }
+
+    #[test]
+    fn deleting_a_forward_closes_its_relays_but_not_a_shared_one() {
+        let mut m = Manager::new();
+        m.add(fwd("a", "", &["node://node-b"])).expect("add");
+        m.add(fwd("b", "cams/", &["node://node-b"])).expect("add");
+        let now = Instant::now();
+        let mut view = published(&[("cams/1", 2), ("x", 1)]);
+        for a in m.plan(now, &view) {
+            let Action::Add(k) = a else { panic!("add") };
+            // Forward b's add finds the relay forward a opened (open is idempotent).
+            let id = if k.stream == "cams/1" { 1 } else { 2 };
+            m.added(&k, Ok(SessionId(id)), now);
+        }
+        view.relays.push(relay(1, "cams/1", "node-b", "http://b"));
+        view.relays.push(relay(2, "x", "node-b", "http://b"));
+        assert!(m.plan(now, &view).is_empty());
+        m.delete("a").expect("delete");
+        // x's relay closes; cams/1's is still forward b's.
+        assert_eq!(m.plan(now, &view), [Action::CloseRelay(SessionId(2))]);
+        assert!(m.plan(now, &view).is_empty());
     }
 
     #[test]
@@ -764,9 +998,11 @@ mod tests {
         );
         assert_eq!(Forward::from_saved("fwd-3", &f.saved()), Ok(f));
         assert!(Forward::from_saved("fwd-3", "{}").is_err());
+        let n = fwd("n", "", &["node://n2", "node://10.0.0.2:8080"]);
+        assert_eq!(Forward::from_saved("n", &n.saved()), Ok(n));
         assert!(Forward::from_saved(
             "x",
-            r#"{"prefix":"","destinations":["node://n2"],"createdMs":0}"#
+            r#"{"prefix":"","destinations":["node://a b"],"createdMs":0}"#
         )
         .is_err());
     }

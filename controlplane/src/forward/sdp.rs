@@ -37,6 +37,8 @@ pub fn track_codecs(n: &Negotiated) -> Vec<TrackCodec> {
 pub enum SdpFileError {
     #[error("the stream's publisher told no codecs (publish with WHIP, or give codecs when creating the session), so no SDP can describe it")]
     NoCodecs,
+    #[error("a node:// destination gets a relay link, not plain RTP: no SDP file describes it")]
+    NotRtp,
 }
 
 /// The SDP file for `stream` as `destination` receives it from forward `forward`. `origin`
@@ -53,7 +55,9 @@ pub fn describe(
         return Err(SdpFileError::NoCodecs);
     }
     let family = |ip: IpAddr| if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let Destination::Rtp(base) = destination;
+    let Destination::Rtp(base) = destination else {
+        return Err(SdpFileError::NotRtp);
+    };
     let mut out = String::with_capacity(512);
     let _ = write!(
         out,

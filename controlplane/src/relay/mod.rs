@@ -22,7 +22,7 @@
 pub mod book;
 pub(crate) mod client;
 pub(crate) mod http;
-mod setup;
+pub(crate) mod setup;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
