@@ -174,8 +174,8 @@ impl Node {
         }
     }
 
-    /// The value of an unlabelled sample `switchyard_{name}` in `/metrics` (the node's sum
-    /// over workers); `None` when the node does not export it.
+    /// `switchyard_{name}` in `/metrics`, summed over its samples (per-worker labels);
+    /// `None` when the node does not export it.
     pub fn metric(&self, name: &str) -> Result<Option<f64>, ApiError> {
         let r = http::request("GET", &format!("{}/metrics", self.base), None)?;
         let text = String::from_utf8_lossy(&r.body);
@@ -188,12 +188,23 @@ impl Node {
     }
 }
 
+/// The sum of every sample of `switchyard_{name}` (per-worker labels included); `None` when
+/// there is none.
 fn metric_value(text: &str, name: &str) -> Option<f64> {
     let full = format!("switchyard_{name}");
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == full).then(|| v.trim().parse().ok()).flatten()
-    })
+    let mut sum = None;
+    for l in text.lines() {
+        let Some((k, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let base = k.split_once('{').map_or(k, |(b, _)| b);
+        if base == full {
+            if let Ok(v) = v.trim().parse::<f64>() {
+                *sum.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    sum
 }
 
 #[cfg(test)]
@@ -222,9 +233,10 @@ mod tests {
     #[test]
     fn metric_lines() {
         let text = "# HELP switchyard_x_total X.\nswitchyard_x_total 12\n\
-                    switchyard_x_total_more 3\nswitchyard_drops_total{reason=\"a\"} 1\n";
+                    switchyard_x_total_more 3\nswitchyard_drops_total{worker=\"0\",reason=\"a\"} 1\n\
+                    switchyard_drops_total{worker=\"1\",reason=\"a\"} 2\n";
         assert_eq!(metric_value(text, "x_total"), Some(12.0));
-        assert_eq!(metric_value(text, "drops_total"), None);
+        assert_eq!(metric_value(text, "drops_total"), Some(3.0));
         assert_eq!(metric_value(text, "y_total"), None);
     }
 
