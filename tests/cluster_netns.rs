@@ -10,188 +10,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http, http_typed, Http, BIN};
+use common::netns::{is_root, skip, Net, NodeProc};
+use common::{http, http_typed, Http};
 
 const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
 const HEALTH_MS: u64 = 500;
-const PORT: u16 = 8080;
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn skip(why: &str) {
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIPPED cluster_netns: {why}");
-    eprintln!("!!! (needs root, iproute2 `ip netns` and redis-server; CI runs it as root)");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// One node's processes and where it lives.
-struct NodeProc {
-    id: String,
-    ns: String,
-    addr: String,
-    workers: u16,
-    shm: PathBuf,
-    config: PathBuf,
-    dataplane: Option<Child>,
-    controlplane: Option<Child>,
-}
-
-impl NodeProc {
-    fn http_addr(&self) -> String {
-        format!("{}:{PORT}", self.addr)
-    }
-
-    fn spawn(&self, role: &str, redis: &str) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, BIN, role])
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--node-id", &self.id])
-            .arg("--shm-dir")
-            .arg(&self.shm)
-            .args(["--http-listen", &self.http_addr()])
-            .args(["--media-bind", &self.addr])
-            .args(["--media-announce", &self.addr])
-            .args(["--media-port", "20000"])
-            .args(["--workers", &self.workers.to_string()])
-            .args(["--pin", "false"])
-            .args(["--redis", redis])
-            .env(
-                "RUST_LOG",
-                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {role} of {}: {e}", self.id))
-    }
-
-    fn start(&mut self, redis: &str) {
-        self.dataplane = Some(self.spawn("dataplane", redis));
-        self.controlplane = Some(self.spawn("controlplane", redis));
-    }
-
-    /// SIGKILL both planes (`ip netns exec` execs the command, so the child is the node).
-    fn kill(&mut self) {
-        for c in [self.controlplane.take(), self.dataplane.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Everything the test creates; torn down in `Drop`, also when the test panics.
-struct Net {
-    bridge: String,
-    host: String,
-    subnet: String,
-    namespaces: Vec<String>,
-    nodes: Vec<NodeProc>,
-    redis: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Net {
-    fn new() -> Result<Net, String> {
-        let pid = std::process::id();
-        // A /24 per test process, so concurrent runs do not share routes.
-        let subnet = format!("10.77.{}", 10 + pid % 240);
-        let dir = std::env::temp_dir().join(format!("swy-netns-{pid}"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut net = Net {
-            bridge: format!("swyb{pid}"),
-            host: format!("{subnet}.254"),
-            subnet,
-            namespaces: Vec::new(),
-            nodes: Vec::new(),
-            redis: None,
-            dir,
-        };
-        ip(&["link", "add", &net.bridge, "type", "bridge"])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", net.host),
-            "dev",
-            &net.bridge,
-        ])?;
-        ip(&["link", "set", &net.bridge, "up"])?;
-        for i in 1..=3u32 {
-            let ns = format!("swy{pid}n{i}");
-            ip(&["netns", "add", &ns])?;
-            net.namespaces.push(ns.clone());
-            let veth = format!("swyv{pid}{i}");
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
-            ip(&["link", "set", &veth, "master", &net.bridge, "up"])?;
-            let addr = format!("{}.{i}", net.subnet);
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn redis_url(&self, port: u16) -> String {
-        format!("redis://{}:{port}", self.host)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
-        if let Some(mut r) = self.redis.take() {
-            let _ = r.kill();
-            let _ = r.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        // Deleting a namespace deletes its veth end, and the peer with it.
-        let _ = ip(&["link", "del", &self.bridge]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -263,14 +89,22 @@ fn split_url(url: &str) -> (String, String) {
 #[test]
 fn three_nodes_in_namespaces() {
     if !is_root() {
-        return skip("not running as root");
+        return skip("cluster_netns", "not running as root");
     }
     let Ok(redis_bin) = which("redis-server") else {
-        return skip("redis-server not found (scripts/test.sh installs it)");
+        return skip(
+            "cluster_netns",
+            "redis-server not found (scripts/test.sh installs it)",
+        );
     };
-    let mut net = match Net::new() {
+    let mut net = match Net::new("c", 77) {
         Ok(n) => n,
-        Err(e) => return skip(&format!("cannot build the namespaces: {e}")),
+        Err(e) => {
+            return skip(
+                "cluster_netns",
+                &format!("cannot build the namespaces: {e}"),
+            )
+        }
     };
 
     // Redis on the host, on the bridge's address: every namespace reaches it.
@@ -306,6 +140,7 @@ fn three_nodes_in_namespaces() {
             workers: i,
             shm: dir,
             config,
+            extra: Vec::new(),
             dataplane: None,
             controlplane: None,
         };
