@@ -9,132 +9,22 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{http_with, Http, Node, Redis, BIN};
+use common::cluster::{cluster, wait, Cluster};
 use serde_json::Value;
 
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run switchyard");
-    assert!(
-        out.status.success(),
-        "switchyard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
+/// Forward helpers on top of the shared cluster fixture.
+trait Standby {
+    fn egresses(&self, id: &str) -> Vec<Value>;
 }
 
-/// Nodes `a` and `b` sharing one Redis and one auth key.
-struct Cluster {
-    nodes: Vec<Node>,
-    token: String,
-    _redis: Redis,
-    dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Cluster {
-    fn start(test: &str) -> Option<Cluster> {
-        if !Redis::installed() {
-            eprintln!("\n!!!!! SKIPPED {test}: redis-server is not installed (apt-get install redis-server) !!!!!\n");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("swy-fwdnode-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let redis = Redis::start(&dir, common::free_tcp_port(), false);
-        let key = cli(&["token", "generate"]);
-        let token = cli(&[
-            "token",
-            "sign",
-            "--key",
-            &key,
-            "--cluster",
-            "--expires",
-            "1h",
-        ]);
-        let config = dir.join("switchyard.toml");
-        std::fs::write(
-            &config,
-            format!("[auth]\nkey = \"{key}\"\n[cluster]\nhealth_interval_ms = 300\n"),
-        )
-        .expect("config");
-        let nodes: Vec<Node> = ["a", "b"]
-            .iter()
-            .map(|id| {
-                Node::spawn_named(
-                    id,
-                    1,
-                    vec![
-                        "--config".into(),
-                        config.clone().into(),
-                        "--redis".into(),
-                        redis.url().into(),
-                    ],
-                )
-            })
-            .collect();
-        for node in &nodes {
-            node.wait_healthy();
-        }
-        let c = Cluster {
-            nodes,
-            token,
-            _redis: redis,
-            dir,
-        };
-        wait("both nodes registered", || {
-            let r = c.call(0, "GET", "/v1/nodes", None);
-            r.status == 200 && r.json()["nodes"].as_array().is_some_and(|l| l.len() == 2)
-        });
-        Some(c)
-    }
-
-    fn call(&self, i: usize, method: &str, path: &str, body: Option<&str>) -> Http {
-        let bearer = format!("Bearer {}", self.token);
-        http_with(
-            &self.nodes[i].http_addr,
-            method,
-            path,
-            "application/json",
-            &[("Authorization", &bearer)],
-            body.map(str::as_bytes),
-        )
-        .expect("HTTP")
-    }
-
-    fn relays(&self, i: usize) -> Value {
-        let r = self.call(i, "GET", "/v1/relays", None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()
-    }
-
+impl Standby for Cluster {
     /// The egresses of forward `id` on node A.
     fn egresses(&self, id: &str) -> Vec<Value> {
         let r = self.call(0, "GET", &format!("/v1/forwards/{id}"), None);
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()["egresses"].as_array().expect("egresses").clone()
-    }
-}
-
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -187,7 +77,7 @@ fn send_and_receive(c: &Cluster, sender: &UdpSocket, receiver: &UdpSocket, sent:
 
 #[test]
 fn node_forward_relays_to_a_standby_that_comes_up_late() {
-    let Some(mut c) = Cluster::start("standby") else {
+    let Some(mut c) = cluster("standby", 2, "") else {
         return;
     };
     // B's control plane is down at first (its registry entry stays).

@@ -1,0 +1,157 @@
+//! Two or three real nodes (`a`, `b`, `c`) on loopback sharing one Redis and one auth key,
+//! for the relay and forward tests; every call carries a cluster token unless told otherwise.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{http_with, Http, Node, Redis, BIN};
+
+pub fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run switchyard");
+    assert!(
+        out.status.success(),
+        "switchyard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Nodes `a`, `b`, ... sharing one Redis and one auth key.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// The shared HS256 key (`switchyard token generate`).
+    pub key: String,
+    /// A cluster token signed with it.
+    pub token: String,
+    _redis: Redis,
+    pub dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn cluster(test: &str, n: usize, extra_config: &str) -> Option<Cluster> {
+    if !Redis::installed() {
+        eprintln!("\n!!!!! SKIPPED {test}: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("swy-cluster-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = Redis::start(&dir, super::free_tcp_port(), false);
+    let key = cli(&["token", "generate"]);
+    let token = cli(&[
+        "token",
+        "sign",
+        "--key",
+        &key,
+        "--cluster",
+        "--expires",
+        "1h",
+    ]);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\nkey = \"{key}\"\n[cluster]\nhealth_interval_ms = 300\n{extra_config}"),
+    )
+    .expect("config");
+    let ids = ["a", "b", "c"];
+    let nodes: Vec<Node> = ids[..n]
+        .iter()
+        .map(|id| {
+            Node::spawn_named(
+                id,
+                1,
+                vec![
+                    "--config".into(),
+                    config.clone().into(),
+                    "--redis".into(),
+                    redis.url().into(),
+                ],
+            )
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_healthy();
+    }
+    let c = Cluster {
+        nodes,
+        key,
+        token,
+        _redis: redis,
+        dir,
+    };
+    wait("every node registered and healthy", || {
+        let r = c.call(0, "GET", "/v1/nodes", None);
+        r.status == 200
+            && r.json()["nodes"]
+                .as_array()
+                .is_some_and(|l| l.len() == n && l.iter().all(|x| x["healthy"] == true))
+    });
+    Some(c)
+}
+
+impl Cluster {
+    pub fn call(&self, i: usize, method: &str, path: &str, body: Option<&str>) -> Http {
+        self.call_as(i, method, path, body, Some(&self.token))
+    }
+
+    pub fn call_as(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Http {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("Authorization", b)])
+            .unwrap_or_default();
+        let ctype = if path.starts_with("/whip/") || path.starts_with("/whep/") {
+            "application/sdp"
+        } else {
+            "application/json"
+        };
+        http_with(
+            &self.nodes[i].http_addr,
+            method,
+            path,
+            ctype,
+            &headers,
+            body.map(str::as_bytes),
+        )
+        .expect("HTTP")
+    }
+
+    pub fn sessions(&self, i: usize) -> Vec<serde_json::Value> {
+        let r = self.call(i, "GET", "/v1/sessions", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["sessions"].as_array().expect("sessions").clone()
+    }
+
+    pub fn relays(&self, i: usize) -> serde_json::Value {
+        let r = self.call(i, "GET", "/v1/relays", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+}
+
+pub fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
