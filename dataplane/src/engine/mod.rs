@@ -691,8 +691,7 @@ impl Engine {
         for (c, &r) in publisher.clock_rates.iter_mut().zip(&clock_rates) {
             *c = r;
         }
-        self.pool
-            .grow(self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight);
+        self.pool.reserve(self.pool_share());
         let idx = self.sessions.insert(Session {
             id,
             remote,
@@ -859,6 +858,7 @@ impl Engine {
                 for c in &mut p.caches {
                     c.clear(&mut self.pool);
                 }
+                self.pool.release(self.pool_share());
                 if let Some(st) = self.streams.get_mut(&p.stream) {
                     st.publisher = None;
                 }
@@ -1854,6 +1854,12 @@ impl Engine {
             }
             _ => drop(h),
         }
+    }
+
+    /// Pooled buffers one publisher is owed: its NACK caches full on every track, plus
+    /// packets in flight to other workers.
+    fn pool_share(&self) -> usize {
+        self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight
     }
 
     pub fn pool_stats(&self) -> (usize, usize) {

@@ -51,7 +51,7 @@ mod tests {
     #[test]
     fn keeps_last_n_and_recycles_displaced() {
         let mut pool = Pool::new();
-        pool.grow(8);
+        pool.reserve(8);
         let mut c = Cache::new(4);
         for seq in 0..6u16 {
             let h = pool.take().expect("buffer");

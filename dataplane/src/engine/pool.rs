@@ -57,11 +57,18 @@ impl std::fmt::Debug for Packet {
 pub type Handle = Arc<Packet>;
 
 /// The owning worker's free list. Other workers send handles home as `Inbound::Return`.
+///
+/// Sized by live publishers: each one [`reserve`](Pool::reserve)s its share when added and
+/// [`release`](Pool::release)s it when removed. Buffers beyond what live publishers reserve
+/// are freed as soon as nobody holds them (at once if free, else when they come home), so a
+/// node's memory follows its live sessions, not every publisher it ever had.
 #[derive(Default)]
 pub struct Pool {
     free: Vec<Handle>,
-    /// Buffers created so far; the pool only grows at control time.
+    /// Buffers that exist (free, cached, or in flight to other workers).
     total: usize,
+    /// Buffers live publishers are owed.
+    target: usize,
 }
 
 impl Pool {
@@ -69,13 +76,30 @@ impl Pool {
         Self::default()
     }
 
-    /// Add `n` buffers. Called when a publisher is added (control time), never per packet.
-    pub fn grow(&mut self, n: usize) {
-        self.free.reserve(n);
-        for _ in 0..n {
+    /// Owe `n` more buffers (a publisher was added: control time, never per packet). Buffers
+    /// still around from a removed publisher are reused before new ones are made.
+    pub fn reserve(&mut self, n: usize) {
+        self.target += n;
+        let missing = self.target.saturating_sub(self.total);
+        self.free.reserve(missing);
+        for _ in 0..missing {
             self.free.push(Arc::new(Packet::empty()));
         }
-        self.total += n;
+        self.total += missing;
+    }
+
+    /// Owe `n` fewer buffers (a publisher was removed). Free surplus buffers are dropped now;
+    /// surplus ones still held elsewhere are dropped by [`put`](Pool::put) when they return.
+    pub fn release(&mut self, n: usize) {
+        self.target = self.target.saturating_sub(n);
+        while self.total > self.target {
+            let Some(h) = self.free.pop() else { break };
+            // A free handle is normally ours alone; if not, its other holder returns it.
+            if Arc::strong_count(&h) == 1 {
+                self.total -= 1;
+            }
+        }
+        self.free.shrink_to(self.target);
     }
 
     pub fn total(&self) -> usize {
@@ -102,7 +126,12 @@ impl Pool {
     /// Recycles it when this was the last reference, else just drops this clone.
     pub fn put(&mut self, h: Handle) {
         if Arc::strong_count(&h) == 1 {
-            self.free.push(h);
+            if self.total > self.target {
+                // Surplus from a removed publisher: free it instead of keeping it.
+                self.total -= 1;
+            } else {
+                self.free.push(h);
+            }
         }
     }
 }
@@ -114,7 +143,7 @@ mod tests {
     #[test]
     fn recycles_only_last_reference() {
         let mut pool = Pool::new();
-        pool.grow(2);
+        pool.reserve(2);
         let a = pool.take().expect("a");
         let elsewhere = a.clone();
         pool.put(a);
@@ -126,5 +155,26 @@ mod tests {
             Arc::get_mut(&mut b).is_some(),
             "a recycled buffer is exclusively ours"
         );
+    }
+
+    #[test]
+    fn release_frees_surplus_now_or_when_it_comes_home() {
+        let mut pool = Pool::new();
+        pool.reserve(4);
+        let held = pool.take().expect("held");
+        let elsewhere = held.clone();
+        pool.release(4);
+        assert_eq!((pool.free(), pool.total()), (0, 1), "three freed at once");
+        pool.put(held);
+        assert_eq!(pool.total(), 1, "still held by another worker");
+        pool.put(elsewhere);
+        assert_eq!(
+            (pool.free(), pool.total()),
+            (0, 0),
+            "freed when it came home"
+        );
+        pool.reserve(2);
+        pool.reserve(1);
+        assert_eq!((pool.free(), pool.total()), (3, 3));
     }
 }

@@ -416,6 +416,47 @@ fn comedia_publisher_latches_on_first_authenticated_packet() {
     );
 }
 
+/// Issue 9: each publisher grew the pool and removal never shrank it, so a node leaked
+/// ~3.4 MiB per publisher ever created. The pool must be sized by live publishers.
+#[test]
+fn pool_is_bounded_by_live_publishers() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    let mut after_first = None;
+    for round in 0..5u64 {
+        add_pub(e, 10 + round, Some(addr(5000)), profile);
+        for seq in 0..50u16 {
+            let mut p = srtp_packet(&mut publisher, seq.wrapping_add(round as u16 * 50), 100);
+            e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        }
+        let (_, live_total) = e.pool_stats();
+        assert!(live_total > 0, "a live publisher has buffers");
+        e.handle_command(
+            WorkerCommand::Remove {
+                id: SessionId(10 + round),
+            },
+            &mut out,
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(WorkerEvent::Removed {
+                id: SessionId(10 + round)
+            })
+        );
+        let (free, total) = e.pool_stats();
+        assert_eq!(free, total, "round {round}: every buffer came back");
+        assert_eq!(total, 0, "round {round}: no publisher, no pooled buffers");
+        after_first.get_or_insert(live_total);
+    }
+    // A new publisher after the churn gets what the first one had, no more.
+    add_pub(e, 100, Some(addr(5000)), profile);
+    let (_, one) = e.pool_stats();
+    assert_eq!(Some(one), after_first);
+}
+
 #[test]
 fn remove_frees_everything() {
     let profile = SrtpProfile::AeadAes128Gcm;
