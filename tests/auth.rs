@@ -276,3 +276,99 @@ fn token_cli_rejects_unexpiring_user_tokens() {
     let exp = c.exp.expect("exp");
     assert!(exp > auth::now_s() + 3500 && exp <= auth::now_s() + 3600);
 }
+
+/// The session id: the leading digits of a WHIP/WHEP Location's last segment (what an
+/// attacker learns by counting, since ids are sequential).
+fn id_of(location: &str) -> String {
+    let last = location.rsplit('/').next().unwrap_or_default();
+    last.chars().take_while(char::is_ascii_digit).collect()
+}
+
+/// Issue 9 item 4: being allowed on a stream is not enough to end a session on it. Only the
+/// full resource URL the POST answered (an unguessable secret in it) ends or patches a
+/// session; the bare id, or a wrong secret, gets 404 like a session that does not exist.
+#[test]
+fn a_session_ends_only_through_its_own_location() {
+    let s = secured_node();
+    let node = &s.node;
+    let sign = |args: &[&str]| {
+        let mut all = vec!["token", "sign", "--key", &s.key, "--expires", "10m"];
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+    let publish = sign(&["--root", "room1", "--publish", "cam"]);
+    let viewer_a = sign(&["--root", "room1", "--subscribe", "cam"]);
+    let viewer_b = sign(&["--root", "room1", "--subscribe", "cam"]);
+    let cluster = cli(&["token", "sign", "--key", &s.key, "--cluster"]);
+    let live = |id: &str| -> bool {
+        let r = send(node, "GET", "/v1/sessions", false, Some(&cluster));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .any(|v| v["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id))
+    };
+    let location = |r: &Http| {
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.header("location").expect("Location")
+    };
+
+    // One viewer's token must not end another viewer's session.
+    location(&send(node, "POST", "/whip/room1/cam", true, Some(&publish)));
+    let a = location(&send(
+        node,
+        "POST",
+        "/whep/room1/cam",
+        true,
+        Some(&viewer_a),
+    ));
+    let a_id = id_of(&a);
+    assert!(!a_id.is_empty(), "{a}");
+    let guessed = format!("/whep/room1/cam/{a_id}");
+    for method in ["DELETE", "PATCH"] {
+        let r = send(node, method, &guessed, false, Some(&viewer_b));
+        assert_refused(&r, 404, "no such session");
+    }
+    let forged = format!("{a}{}", if a.ends_with('0') { "1" } else { "0" });
+    assert_refused(
+        &send(node, "DELETE", &forged, false, Some(&viewer_b)),
+        404,
+        "no such session",
+    );
+    assert!(live(&a_id), "viewer A's session survived viewer B");
+    // The owner's Location works, and the stream check still applies to it.
+    assert_refused(
+        &send(node, "DELETE", &a, false, Some(&publish)),
+        403,
+        "subscribe",
+    );
+    assert_eq!(send(node, "DELETE", &a, false, Some(&viewer_a)).status, 200);
+    assert!(!live(&a_id));
+
+    // An anonymous client on the public prefix must not end the publisher there.
+    let p = location(&send(node, "POST", "/whip/anon/cam", true, None));
+    let p_id = id_of(&p);
+    let r = send(
+        node,
+        "DELETE",
+        &format!("/whip/anon/cam/{p_id}"),
+        false,
+        None,
+    );
+    assert_refused(&r, 404, "no such session");
+    // Malformed resource segments are 404s too, never a 5xx.
+    for bad in ["x", "-", "1-", "1-zz", "99999999999999999999999-00"] {
+        let r = send(
+            node,
+            "DELETE",
+            &format!("/whip/anon/cam/{bad}"),
+            false,
+            None,
+        );
+        assert_refused(&r, 404, "no such session");
+    }
+    assert!(live(&p_id), "the publisher survived the anonymous DELETE");
+    assert_eq!(send(node, "DELETE", &p, false, None).status, 200);
+    assert!(!live(&p_id));
+}

@@ -154,6 +154,194 @@ fn a_restarted_data_plane_gets_its_sessions_back() {
     assert_eq!(node.metric_sum("switchyard_sessions{"), 0);
 }
 
+/// Issue 9 item 5: a restarted control plane hands out no id it handed out before (not even
+/// a deleted session's), serves WHEP for a WHIP publisher that outlived it, and still ends
+/// sessions through the Locations the old one answered.
+#[test]
+fn a_restarted_control_plane_reuses_no_id_and_keeps_whip_media() {
+    const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
+    const WATCH: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_subscribe.sdp");
+    let mut node = Node::start(1);
+    let addr = node.http_addr.clone();
+    let sdp = |path: &str, body: &str| {
+        common::http_typed(
+            &addr,
+            "POST",
+            path,
+            "application/sdp",
+            Some(body.as_bytes()),
+        )
+        .expect("POST")
+    };
+    let id = |r: &common::Http| r.json()["id"].as_u64().expect("id");
+    let whip = sdp("/whip/restart/cam", OFFER);
+    assert_eq!(whip.status, 201, "{}", whip.body);
+    let whip_location = whip.header("location").expect("Location");
+    let kept = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"restart/a"}"#,
+    );
+    assert_eq!(kept.status, 201, "{}", kept.body);
+    // The newest session is deleted: only the data plane can remember its id now.
+    let gone = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"restart/b"}"#,
+    );
+    assert_eq!(gone.status, 201, "{}", gone.body);
+    assert_eq!(
+        node.delete(&format!("/v1/sessions/{}", id(&gone))).status,
+        204
+    );
+
+    node.kill_controlplane();
+    node.start_controlplane();
+    node.wait_healthy();
+
+    let after = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"restart/c"}"#,
+    );
+    assert_eq!(after.status, 201, "{}", after.body);
+    assert!(
+        id(&after) > id(&gone),
+        "id {} handed out again after a restart (deleted session {}, live {})",
+        id(&after),
+        id(&gone),
+        id(&kept)
+    );
+    // WHEP follows the publisher's negotiated codecs, restored from the snapshot.
+    let whep = sdp("/whep/restart/cam", WATCH);
+    assert_eq!(whep.status, 201, "{}", whep.body);
+    assert!(whep.body.contains("a=sendonly"), "{}", whep.body);
+    let whep_location = whep.header("location").expect("Location");
+    // The old Location still ends the publisher (its secret came back with the snapshot).
+    for location in [whep_location, whip_location] {
+        let r = common::http(&node.http_addr, "DELETE", &location, None).expect("DELETE");
+        assert_eq!(r.status, 200, "DELETE {location}: {}", r.body);
+    }
+}
+
+/// Issue 9: statically keyed sessions are provisioned again after a data-plane restart with
+/// the same keys. The new data plane must neither reuse an SRTP or SRTCP index under those
+/// keys (a two-time pad / GCM nonce reuse) nor forget a publisher's rollover counter.
+#[test]
+fn a_restarted_data_plane_never_reuses_an_srtp_index() {
+    use switchyard_shared::srtp::{Context, Profile as P, MAX_OVERHEAD};
+    let mut node = Node::start(1);
+    let health = node.wait_healthy();
+    let media: std::net::SocketAddr = format!("127.0.0.1:{}", health["mediaPort"])
+        .parse()
+        .expect("media address");
+    let publisher = UdpSocket::bind("127.0.0.1:0").expect("publisher socket");
+    let viewer = UdpSocket::bind("127.0.0.1:0").expect("viewer socket");
+    viewer
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // The keys below in base64: the publisher protects with 0x11…, the node protects to
+    // the viewer with 0x44….
+    let (pub_in, sub_out) = ([0x11u8; 28], [0x44u8; 28]);
+    let p = node.post(
+        "/v1/sessions",
+        r#"{"role":"publisher","stream":"room/cam","ssrcs":[1111],"profile":"AEAD_AES_128_GCM",
+            "remoteKey":"EREREREREREREREREREREREREREREREREREREQ==",
+            "localKey":"IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIg=="}"#,
+    );
+    assert_eq!(p.status, 201, "{}", p.body);
+    let s = node.post(
+        "/v1/sessions",
+        &format!(
+            r#"{{"role":"subscriber","stream":"room/cam","remote":"{}","ssrcs":[2222],
+                "profile":"AEAD_AES_128_GCM",
+                "remoteKey":"MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMw==",
+                "localKey":"RERERERERERERERERERERERERERERERERERERA=="}}"#,
+            viewer.local_addr().expect("addr")
+        ),
+    );
+    assert_eq!(s.status, 201, "{}", s.body);
+
+    // The publisher's context and the viewer's: real peers, they live across the restart.
+    let mut tx = Context::new(P::AeadAes128Gcm, &pub_in).expect("publisher ctx");
+    let mut rx = Context::new(P::AeadAes128Gcm, &sub_out).expect("viewer ctx");
+    let mut seq = 65_500u16;
+    let send_media = |tx: &mut Context, seq: &mut u16, sr: bool| {
+        let mut b = vec![0x80, 96];
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&(u32::from(*seq) * 3000).to_be_bytes());
+        b.extend_from_slice(&1111u32.to_be_bytes());
+        b.extend_from_slice(&[0x5a; 200]);
+        let n = b.len();
+        b.resize(n + MAX_OVERHEAD, 0);
+        let n = tx.protect_rtp(&mut b, n).expect("protect");
+        publisher.send_to(&b[..n], media).expect("send");
+        *seq = seq.wrapping_add(1);
+        if sr {
+            // A sender report: the node forwards it to the viewer under SRTCP.
+            let mut r = vec![0x80, 200, 0, 6];
+            r.extend_from_slice(&1111u32.to_be_bytes());
+            r.extend_from_slice(&[0; 8]); // NTP
+            r.extend_from_slice(&(u32::from(*seq) * 3000).to_be_bytes());
+            r.extend_from_slice(&[0, 0, 0, 9, 0, 0, 7, 0]);
+            let n = r.len();
+            r.resize(n + MAX_OVERHEAD, 0);
+            let n = tx.protect_rtcp(&mut r, n).expect("protect rtcp");
+            publisher.send_to(&r[..n], media).expect("send rtcp");
+        }
+    };
+    // Everything the viewer receives must authenticate with its one context: an index
+    // reused under its key is a replay to it, and a wrong ROC fails authentication.
+    let receive = |rx: &mut Context, rtp: &mut usize, rtcp: &mut usize, bad: &mut Vec<String>| {
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = viewer.recv(&mut buf) {
+            let pkt = &mut buf[..n];
+            let is_rtcp = (192..=223).contains(&pkt[1]);
+            let r = if is_rtcp {
+                rx.unprotect_rtcp(pkt).map(|_| *rtcp += 1)
+            } else {
+                rx.unprotect_rtp(pkt).map(|_| *rtp += 1)
+            };
+            if let Err(e) = r {
+                bad.push(format!("{} {e}", if is_rtcp { "SRTCP" } else { "SRTP" }));
+            }
+        }
+    };
+    let (mut rtp, mut rtcp, mut bad) = (0, 0, Vec::new());
+    // Past the sequence wrap (the publisher's ROC becomes 1), with sender reports.
+    for i in 0..60 {
+        send_media(&mut tx, &mut seq, i % 10 == 9);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    receive(&mut rx, &mut rtp, &mut rtcp, &mut bad);
+    assert!(
+        rtp >= 55 && rtcp >= 1,
+        "before: {rtp} RTP, {rtcp} RTCP, {bad:?}"
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+
+    node.kill_dataplane();
+    node.start_dataplane();
+    node.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric_sum("switchyard_sessions{") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "sessions were not re-provisioned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut rtp, mut rtcp) = (0, 0);
+    for i in 0..60 {
+        send_media(&mut tx, &mut seq, i % 10 == 9);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    receive(&mut rx, &mut rtp, &mut rtcp, &mut bad);
+    assert!(bad.is_empty(), "after the restart: {bad:?}");
+    assert!(
+        rtp >= 55,
+        "the publisher at ROC 1 must get through after the restart: {rtp} of 60"
+    );
+    assert!(rtcp >= 1, "sender reports after the restart: {rtcp}");
+}
+
 #[test]
 fn bad_requests_get_json_errors_and_change_nothing() {
     let node = Node::start(1);

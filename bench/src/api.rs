@@ -26,7 +26,8 @@ pub enum ApiError {
 /// What a WHIP or WHEP POST created: the resource to DELETE and the SDP answer.
 #[derive(Debug, Clone)]
 pub struct WebrtcSession {
-    /// Absolute URL of the session resource (`…/whip/{room}/{stream}/{id}`).
+    /// Absolute URL of the session resource (`…/whip/{room}/{stream}/{id}-{secret}`): the
+    /// only URL that ends the session.
     pub location: String,
     pub answer: String,
 }

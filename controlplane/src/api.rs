@@ -876,6 +876,7 @@ async fn create_session(
                 ice: None,
                 twcc_ext: None,
                 created_ms: now_ms(),
+                control: Default::default(),
             },
             (),
         ))

@@ -15,6 +15,7 @@ mod api;
 pub mod auth;
 pub mod cluster;
 pub mod forward;
+mod kept;
 mod link;
 mod metrics;
 mod openapi;

@@ -6,7 +6,9 @@
 //!
 //! The data plane is the authority on which sessions exist. After (re)attaching, the control
 //! plane asks for a snapshot and replaces its table with it; until that snapshot is complete
-//! it refuses new sessions, so ids it hands out cannot collide with live ones. When the data
+//! it refuses new sessions, so the ids it hands out continue above every id the data plane
+//! has seen (live or ended), and what it keeps in each spec (`crate::kept`: WHIP/WHEP
+//! resource secrets, WHIP publishers' codecs) comes back with the snapshot. When the data
 //! plane restarts (a `Hello` with a new boot id), the control plane provisions every session
 //! it knows again, so a crashed data plane comes back with the same sessions and keys.
 
@@ -84,10 +86,10 @@ pub struct NodeState {
     snapshot: Option<(u64, Vec<SessionSpec>)>,
     next_request: u64,
     next_id: u64,
-    /// What each WHIP publisher negotiated (codecs, payload types, extension ids), by
-    /// stream, so WHEP answers can offer the same codecs. Not in the data plane's snapshot:
-    /// after a control plane restart, subscribers of an existing WebRTC publisher wait for
-    /// it to publish again.
+    /// What each WHIP publisher (or relay-in) negotiated (codecs, payload types, extension
+    /// ids), by stream, so WHEP answers can offer the same codecs. A WHIP publisher's tracks
+    /// are also kept in its spec, so a snapshot brings them back; relay-ins come back from
+    /// the relay book.
     publishers: HashMap<String, (SessionId, Arc<Negotiated>)>,
     /// The codecs a `/v1/sessions` publisher declared, by stream, for forwards' SDP files.
     /// Apart from `publishers` so WHEP keeps serving WebRTC publishers only.
@@ -385,7 +387,11 @@ impl NodeState {
                     }
                 }
             }
-            Event::SnapshotDone { request, sessions } => {
+            Event::SnapshotDone {
+                request,
+                sessions,
+                highest_id,
+            } => {
                 if self.snapshot.as_ref().is_some_and(|(r, _)| *r == request) {
                     if let Some((_, specs)) = self.snapshot.take() {
                         if specs.len() != sessions as usize {
@@ -397,7 +403,25 @@ impl NodeState {
                         }
                         self.sessions = specs.into_iter().map(|s| (s.id, s)).collect();
                         let max = self.sessions.keys().next_back().map_or(0, |id| id.0);
-                        self.next_id = self.next_id.max(max + 1);
+                        self.next_id = self
+                            .next_id
+                            .max(max.saturating_add(1))
+                            .max(highest_id.0.saturating_add(1));
+                        for spec in self.sessions.values() {
+                            let kept = match crate::kept::Kept::decode(&spec.control) {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    // Its Location no longer ends it (consent expiry or
+                                    // `DELETE /v1/sessions/{id}` still do).
+                                    tracing::warn!(id = spec.id.0, error = %e, "unreadable control-plane state in a session from the snapshot");
+                                    continue;
+                                }
+                            };
+                            if let Some(n) = kept.negotiated() {
+                                self.publishers
+                                    .insert(spec.stream.clone(), (spec.id, Arc::new(n)));
+                            }
+                        }
                         tracing::info!(
                             sessions = self.sessions.len(),
                             "view rebuilt from snapshot"
@@ -419,7 +443,7 @@ impl NodeState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchyard_shared::command::{Keying, Role, SrtpKeys, SrtpProfile};
 
@@ -435,7 +459,7 @@ mod tests {
         }
     }
 
-    fn spec(id: u64) -> SessionSpec {
+    pub(crate) fn spec(id: u64) -> SessionSpec {
         SessionSpec {
             id: SessionId(id),
             worker: (id % 2) as u16,
@@ -456,6 +480,7 @@ mod tests {
             ice: None,
             twcc_ext: None,
             created_ms: 1,
+            control: Default::default(),
         }
     }
 
@@ -470,6 +495,7 @@ mod tests {
         s.apply(Event::SnapshotDone {
             request,
             sessions: 0,
+            highest_id: SessionId(0),
         });
         assert_eq!(s.ready(), Ok(()));
         s
@@ -613,6 +639,7 @@ mod tests {
         s.apply(Event::SnapshotDone {
             request,
             sessions: 2,
+            highest_id: SessionId(7),
         });
         assert_eq!(s.ready(), Ok(()));
         let ids: Vec<u64> = s.sessions().map(|s| s.id.0).collect();
@@ -622,6 +649,79 @@ mod tests {
             SessionId(8),
             "ids continue after the snapshot"
         );
+    }
+
+    /// What a WHIP publisher negotiated with Chrome.
+    fn chrome_publisher_tracks() -> Vec<crate::sdp::Track> {
+        let cands: [SocketAddr; 1] = ["192.0.2.10:10001".parse().expect("literal")];
+        let params = crate::sdp::AnswerParams {
+            ice_ufrag: "swyU",
+            ice_pwd: "0123456789abcdefABCDEF",
+            fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
+            candidates: &cands,
+            publisher: None,
+        };
+        crate::sdp::answer(
+            include_str!("sdp/fixtures/chrome_publish.sdp"),
+            crate::sdp::Direction::Publish,
+            &params,
+        )
+        .expect("publish answer")
+        .tracks
+    }
+
+    /// Issue 9 item 5: after a control plane restart, ids continue above every id the data
+    /// plane has seen (a deleted session's too, not only the live ones), and a WHIP
+    /// publisher's negotiated media and resource secret come back from its spec.
+    #[test]
+    fn a_restarted_control_plane_reuses_no_id_and_gets_whip_state_back() {
+        use crate::kept::{Kept, Secret};
+        let tracks = chrome_publisher_tracks();
+        let secret = Secret::from_bytes([7; crate::kept::SECRET_LEN]);
+        let mut publisher = spec(4);
+        publisher.role = Role::Publisher {
+            ssrcs: vec![1],
+            clock_rates: vec![48000],
+        };
+        publisher.control = Kept {
+            secret: Some(secret),
+            media: Some(tracks.clone()),
+        }
+        .encode()
+        .expect("encode");
+        assert!(crate::kept::fits(&publisher));
+
+        let mut s = NodeState::new();
+        let Command::Snapshot { request } = s.attached() else {
+            panic!("attach must ask for a snapshot")
+        };
+        s.apply(hello(5));
+        s.apply(Event::SnapshotSession {
+            request,
+            spec: publisher.clone(),
+        });
+        // Session 9 was created and deleted before the restart: only the data plane knows.
+        s.apply(Event::SnapshotDone {
+            request,
+            sessions: 1,
+            highest_id: SessionId(9),
+        });
+        assert_eq!(s.ready(), Ok(()));
+        assert_eq!(s.allocate_id(), SessionId(10), "9 must not come back");
+
+        let media = s
+            .publisher_media("room/cam")
+            .expect("WHEP can follow the publisher");
+        assert_eq!(media.tracks, tracks);
+        assert!(media.answer.is_empty() && media.ice_pwd_remote.is_empty());
+        let kept = Kept::of(s.session(SessionId(4)).expect("restored"));
+        assert_eq!(kept.secret, Some(secret));
+        // The media goes with the publisher.
+        s.apply(Event::SessionRemoved {
+            id: SessionId(4),
+            reason: switchyard_shared::command::CloseReason::Removed,
+        });
+        assert_eq!(s.publisher_media("room/cam"), None);
     }
 
     #[test]

@@ -4,7 +4,15 @@
 //!
 //! - `POST /whip/{room}/{stream}` publishes, `POST /whep/{room}/{stream}` subscribes
 //!   (client offer mode; the node never sends offers).
-//! - `201 Created`, `Content-Type: application/sdp`, `Location: /whip/{room}/{stream}/{id}`.
+//! - `201 Created`, `Content-Type: application/sdp`,
+//!   `Location: /whip/{room}/{stream}/{id}-{secret}`: the session id and 128 random bits
+//!   (32 hex digits) drawn for this session alone.
+//! - Security contract: the Location is the session's capability. A token (or the public
+//!   prefix) that may use the stream still needs it: `DELETE` or `PATCH` on anything but the
+//!   exact Location is answered 404 like a session that does not exist, so no viewer of a
+//!   stream can end another viewer's session, nor learn which ids are live (ids are
+//!   sequential and visible in room events). The secret is kept in the session's spec
+//!   ([`crate::kept`]), so it outlives a control plane restart.
 //! - `DELETE` on the Location ends the session; `PATCH` with a trickle-ice-sdpfrag is
 //!   accepted and ignored (an ICE-lite agent learns the peer's address from its checks, so
 //!   remote candidates change nothing); an ICE restart is answered 422, as the RFC allows a
@@ -32,8 +40,9 @@ use switchyard_shared::command::{
     IceCredentials, Keying, Role, SessionId, SessionSpec, MAX_TRACKS,
 };
 
-use crate::api::{provision, remove, ApiError};
+use crate::api::{provision, random_bytes, remove, ApiError};
 use crate::cluster::{Cluster, Store as _};
+use crate::kept::{self, Kept, Secret};
 use crate::link::Shared;
 use crate::openapi::ErrorBody;
 use crate::sdp::{self, AnswerParams, Direction, SdpError};
@@ -121,7 +130,7 @@ pub(crate) struct RedirectBody {
     responses(
         (status = 201, description = "Publishing: the node's SDP answer (ICE-lite, DTLS fingerprint, candidates)",
             content_type = "application/sdp", body = String,
-            headers(("Location" = String, description = "The session resource: `/whip/{room}/{stream}/{id}`"))),
+            headers(("Location" = String, description = "The session resource: `/whip/{room}/{stream}/{id}-{secret}`; only this exact URL ends or patches the session"))),
         (status = 307, description = "The room is placed on another node: re-POST the offer to `Location`",
             body = RedirectBody, headers(("Location" = String, description = "`{node url}/whip/{room}/{stream}`"))),
         (status = 400, description = "Bad name or unusable offer", body = ErrorBody),
@@ -157,7 +166,7 @@ pub async fn publish(
     responses(
         (status = 201, description = "Watching: the node's SDP answer",
             content_type = "application/sdp", body = String,
-            headers(("Location" = String, description = "The session resource: `/whep/{room}/{stream}/{id}`"))),
+            headers(("Location" = String, description = "The session resource: `/whep/{room}/{stream}/{id}-{secret}`; only this exact URL ends or patches the session"))),
         (status = 307, description = "The room is placed on another node: re-POST the offer to `Location`",
             body = RedirectBody, headers(("Location" = String, description = "`{node url}/whep/{room}/{stream}`"))),
         (status = 400, description = "Bad name or unusable offer", body = ErrorBody),
@@ -287,6 +296,9 @@ async fn offer(
         }
     };
     let (ufrag, pwd) = credentials()?;
+    let mut secret = [0u8; kept::SECRET_LEN];
+    random_bytes(&mut secret)?;
+    let secret = Secret::from_bytes(secret);
     let path = match dir {
         Direction::Publish => "whip",
         Direction::Subscribe => "whep",
@@ -334,6 +346,9 @@ async fn offer(
                 local_ufrag: ufrag.clone(),
                 local_pwd: pwd.clone(),
                 remote_ufrag: n.ice_ufrag_remote.clone(),
+                // Keys the worker's own checks to a new address of the peer: media moves
+                // only to an address that answers them (RFC 7675 consent per address).
+                remote_pwd: n.ice_pwd_remote.clone(),
             }),
             twcc_ext: match dir {
                 Direction::Publish => n.tracks.iter().find_map(|t| {
@@ -345,7 +360,18 @@ async fn offer(
                 Direction::Subscribe => None,
             },
             created_ms: crate::api::now_ms(),
+            control: keep(secret, dir, &n)?,
         };
+        if !kept::fits(&spec) {
+            // Only an offer with outlandish codec parameters or many tracks (a browser's
+            // two tracks take a tenth of the room): refused, rather than made a session
+            // that a control plane restart would lose.
+            return Err(ApiError::bad_request(format!(
+                "the offer's negotiated codecs and parameters do not fit in the node's \
+                 {}-byte session record; offer fewer tracks or shorter a=fmtp lines",
+                switchyard_shared::command::MAX_MESSAGE
+            )));
+        }
         Ok((spec, n))
     })
     .await?;
@@ -356,7 +382,7 @@ async fn offer(
             .node
             .set_publisher_media(&name, spec.id, Arc::new(negotiated));
     }
-    let location = format!("/{path}/{room}/{stream}/{}", spec.id.0);
+    let location = format!("/{path}/{room}/{stream}/{}-{}", spec.id.0, secret.to_hex());
     Ok((
         StatusCode::CREATED,
         [
@@ -366,6 +392,21 @@ async fn offer(
         answer,
     )
         .into_response())
+}
+
+/// What the session's spec keeps for the control plane: the resource secret, and a WHIP
+/// publisher's tracks for WHEP answers after a control plane restart.
+fn keep(
+    secret: Secret,
+    dir: Direction,
+    n: &sdp::Negotiated,
+) -> Result<switchyard_shared::command::Opaque, ApiError> {
+    Kept {
+        secret: Some(secret),
+        media: (dir == Direction::Publish).then(|| n.tracks.clone()),
+    }
+    .encode()
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
@@ -468,6 +509,11 @@ fn spare_ssrc(picked: &[u32], n: &sdp::Negotiated) -> u32 {
         .unwrap_or(0x5357_0000)
 }
 
+/// The session a WHIP/WHEP resource URL names: `raw` is the last path segment,
+/// `{id}-{secret}`. Everything that is not exactly a live session's Location on this
+/// room, stream and endpoint (bad syntax, an unknown id, a wrong secret, another stream, the
+/// other endpoint) is the same 404, so the answer never tells an id that exists from one
+/// that does not.
 fn session_of(
     shared: &Shared,
     room: &str,
@@ -476,10 +522,17 @@ fn session_of(
     role_publisher: bool,
 ) -> Result<SessionId, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
-    let id = raw.parse::<u64>().map(SessionId).map_err(|_| not_found())?;
+    let (id, hex) = raw.split_once('-').ok_or_else(not_found)?;
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_found());
+    }
+    let id = id.parse::<u64>().map(SessionId).map_err(|_| not_found())?;
     let g = shared.lock();
     let spec = g.node.session(id).ok_or_else(not_found)?;
-    let matches = spec.stream == format!("{room}/{stream}")
+    let owner = Kept::of(spec).secret.is_some_and(|s| s.matches(hex));
+    let matches = owner
+        && spec.stream == format!("{room}/{stream}")
         && spec.ice.is_some()
         && matches!(spec.role, Role::Publisher { .. }) == role_publisher;
     if matches {
@@ -493,7 +546,7 @@ fn session_of(
     delete,
     path = "/whip/{room}/{stream}/{id}",
     tag = "webrtc",
-    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = String, Path, description = "`{id}-{secret}`: the last segment of the `Location` the POST answered")),
     responses(
         (status = 200, description = "Session ended"),
         (status = 404, description = "No such WHIP session", body = ErrorBody),
@@ -511,7 +564,7 @@ pub async fn end_publish(
     delete,
     path = "/whep/{room}/{stream}/{id}",
     tag = "webrtc",
-    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = String, Path, description = "`{id}-{secret}`: the last segment of the `Location` the POST answered")),
     responses(
         (status = 200, description = "Session ended"),
         (status = 404, description = "No such WHEP session", body = ErrorBody),
@@ -542,7 +595,7 @@ async fn end(
     patch,
     path = "/whip/{room}/{stream}/{id}",
     tag = "webrtc",
-    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = String, Path, description = "`{id}-{secret}`: the last segment of the `Location` the POST answered")),
     request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
     responses(
         (status = 204, description = "Trickled candidates accepted (an ICE-lite node needs none)"),
@@ -565,7 +618,7 @@ pub async fn patch_publish(
     patch,
     path = "/whep/{room}/{stream}/{id}",
     tag = "webrtc",
-    params(("room" = String, Path), ("stream" = String, Path), ("id" = u64, Path, description = "Session id from `Location`")),
+    params(("room" = String, Path), ("stream" = String, Path), ("id" = String, Path, description = "`{id}-{secret}`: the last segment of the `Location` the POST answered")),
     request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
     responses(
         (status = 204, description = "Trickled candidates accepted (an ICE-lite node needs none)"),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use switchyard_shared::command::Event;
 use switchyard_shared::config::{Config, EngineKind};
+use switchyard_shared::journal::Journal;
 use switchyard_shared::ring;
 use switchyard_shared::stats::Stats;
 
@@ -34,6 +35,14 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Stats::create(&stats_path, usize::from(workers), boot)
             .with_context(|| format!("creating {}", stats_path.display()))?,
     );
+    // Static keys must never reuse an SRTP index, across restarts too: their journal
+    // outlives this process (docs/crypto.md).
+    let journal_path = config.journal_path();
+    let capacity = config.media.max_sessions_per_worker as usize * usize::from(workers);
+    let (journal, opened) = Journal::open(&journal_path, capacity)
+        .with_context(|| format!("opening {}", journal_path.display()))?;
+    tracing::info!(journal = %journal_path.display(), ?opened, capacity, "SRTP index journal");
+    let journal = Arc::new(journal);
     let ring_path = config.ring_path();
     let side = ring::attach_data(&ring_path, ring::DEFAULT_SLOTS)
         .with_context(|| format!("attaching command ring {}", ring_path.display()))?;
@@ -74,6 +83,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             core,
             limits,
             stats: stats.clone(),
+            journal: Some(journal.clone()),
             mailboxes: mailboxes.clone(),
             stop: stop.clone(),
             seed: boot ^ (u64::from(i) << 48) ^ 0x9e37_79b9_7f4a_7c15,

@@ -88,6 +88,9 @@ pub struct SlowPath {
     /// The `Hello` this process announced, repeated at the head of every snapshot so a
     /// control plane that attaches later still learns the boot id, pid and engine.
     hello: Option<Event>,
+    /// The highest id any `AddSession` carried, reported in every `SnapshotDone` so that a
+    /// restarted control plane never hands out an id this process has seen.
+    highest_id: SessionId,
 }
 
 impl SlowPath {
@@ -109,6 +112,7 @@ impl SlowPath {
             backlog: VecDeque::new(),
             buf: Vec::with_capacity(command::MAX_MESSAGE),
             hello: None,
+            highest_id: SessionId(0),
             handshakes,
             outcomes: Vec::new(),
             hub: Hub::new(),
@@ -193,6 +197,7 @@ impl SlowPath {
         match cmd {
             Command::AddSession(spec) => {
                 let id = spec.id;
+                self.highest_id = self.highest_id.max(id);
                 if let Err(error) = self.add(spec) {
                     self.emit(&Event::CommandFailed { id, error });
                 }
@@ -220,6 +225,7 @@ impl SlowPath {
                 self.emit(&Event::SnapshotDone {
                     request,
                     sessions: n,
+                    highest_id: self.highest_id,
                 });
             }
         }
@@ -937,9 +943,11 @@ mod tests {
                 local_ufrag: "srv1".into(),
                 local_pwd: "server-password-0123456789".into(),
                 remote_ufrag: "peer".into(),
+                remote_pwd: "peer-password-0123456789".into(),
             }),
             twcc_ext: None,
             created_ms: 0,
+            control: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use switchyard_shared::config::EngineKind;
+use switchyard_shared::journal::Journal;
 use switchyard_shared::stats::{Counter, Stats};
 
 use crate::engine::{Engine, Inbound, Limits, Output, SendError, WorkerCommand, WorkerEvent};
@@ -80,6 +81,8 @@ pub struct WorkerSetup {
     pub core: Option<usize>,
     pub limits: Limits,
     pub stats: Arc<Stats>,
+    /// The SRTP index journal static keys resume from (none: they start from zero).
+    pub journal: Option<Arc<Journal>>,
     pub mailboxes: Arc<[Arc<Mailbox>]>,
     pub stop: Arc<AtomicBool>,
     pub seed: u64,
@@ -135,6 +138,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
         core,
         limits,
         stats,
+        journal,
         mailboxes,
         stop,
         seed,
@@ -157,9 +161,14 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
     };
     let _ = me.waker.set(io.waker());
     let _ = ready.send(Ok(io.kind()));
+    // From here on a worker that ends while the data plane runs takes the process down.
+    let _guard = AbortOnExit::new(format!("worker {index}"), stop.clone());
     drop(ready);
 
     let mut engine = Engine::new(index, limits, stats.clone(), seed);
+    if let Some(j) = journal {
+        engine.set_journal(j);
+    }
     let counters = stats.worker(usize::from(index));
     let mut wake = 0u64;
     let mut events = Vec::new();
@@ -245,5 +254,88 @@ fn wake_peers(mailboxes: &[Arc<Mailbox>], mask: &mut u64) {
         if let Some(mb) = mailboxes.get(w) {
             mb.wake();
         }
+    }
+}
+
+/// Aborts the process when dropped while the data plane is not stopping: a worker thread
+/// that returned (I/O engine failure) or panicked. Its sessions, mailbox and socket would
+/// otherwise be dead inside a live process (the slow path retrying forever on a full
+/// mailbox, `/health` still green); aborting lets the supervisor (`switchyard up`, systemd)
+/// restart the data plane, and the control plane provisions its sessions again.
+pub struct AbortOnExit {
+    what: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl AbortOnExit {
+    pub fn new(what: String, stop: Arc<AtomicBool>) -> Self {
+        Self { what, stop }
+    }
+}
+
+impl Drop for AbortOnExit {
+    fn drop(&mut self) {
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let how = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "stopped"
+        };
+        tracing::error!(what = %self.what, how, "a data-plane thread ended while the data plane runs; aborting so the supervisor restarts it");
+        eprintln!("switchyard dataplane: {} {how}; aborting", self.what);
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD: &str = "SWITCHYARD_ABORT_TEST_CHILD";
+
+    /// Issue 9: a worker that dies must not leave a half-alive process. Runs itself as a
+    /// child process (the abort would end the test runner) and checks the child aborted.
+    #[test]
+    fn a_thread_that_dies_aborts_the_process() {
+        if let Ok(mode) = std::env::var(CHILD) {
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            let t = std::thread::spawn(move || {
+                let _guard = AbortOnExit::new("worker 0".into(), s);
+                if mode == "panic" {
+                    panic!("simulated worker panic");
+                }
+            });
+            let _ = t.join();
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::exit(0); // not reached when the guard aborts
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        for mode in ["panic", "return"] {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "worker::tests::a_thread_that_dies_aborts_the_process",
+                ])
+                .env(CHILD, mode)
+                .output()
+                .expect("run child");
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGABRT),
+                "{mode}: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn a_thread_that_ends_on_stop_does_not_abort() {
+        let stop = Arc::new(AtomicBool::new(true));
+        drop(AbortOnExit::new("worker 0".into(), stop));
     }
 }

@@ -188,6 +188,7 @@ fn forwards_across_workers_and_counts_bad_input() {
         ice: None,
         twcc_ext: None,
         created_ms: 0,
+        control: Default::default(),
     });
     let mut subs = Vec::new();
     for i in 0..4u64 {
@@ -209,6 +210,7 @@ fn forwards_across_workers_and_counts_bad_input() {
             ice: None,
             twcc_ext: None,
             created_ms: 0,
+            control: Default::default(),
         });
         subs.push(s);
     }
@@ -342,6 +344,8 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         ice: None,
         twcc_ext: None,
         created_ms: 7,
+        // Stored and handed back untouched: the data plane never reads it.
+        control: switchyard_shared::command::Opaque(vec![1, 2, 3]),
     });
     let bad = [
         (SessionId(5), 0u16, "a/c", 28usize), // duplicate id
@@ -365,6 +369,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
             ice: None,
             twcc_ext: None,
             created_ms: 0,
+            control: Default::default(),
         }));
         let ev = node.next_event();
         assert!(
@@ -383,6 +388,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         Event::SnapshotSession { request: 42, spec } => {
             assert_eq!(spec.id, SessionId(5));
             assert_eq!(spec.created_ms, 7);
+            assert_eq!(spec.control.0, vec![1, 2, 3]);
         }
         other => panic!("{other:?}"),
     }
@@ -390,7 +396,9 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         node.next_event(),
         Event::SnapshotDone {
             request: 42,
-            sessions: 1
+            sessions: 1,
+            // The refused adds' ids count too: a control plane must not hand them out again.
+            highest_id: SessionId(8),
         }
     );
 }

@@ -197,16 +197,22 @@ impl Keying {
 }
 
 /// ICE-lite short-term credentials of a WebRTC session (RFC 8445 §7.2.2): the peer's checks
-/// carry `USERNAME = local_ufrag:remote_ufrag` and are signed with `local_pwd`.
+/// carry `USERNAME = local_ufrag:remote_ufrag` and are signed with `local_pwd`; the checks the
+/// worker sends to verify a new address before it moves media there (RFC 7675 consent per
+/// address) carry `remote_ufrag:local_ufrag` and are signed with `remote_pwd`, and so are the
+/// peer's answers to them.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCredentials {
     pub local_ufrag: String,
     pub local_pwd: String,
     pub remote_ufrag: String,
+    /// The peer's `a=ice-pwd`. Empty: the session never moves from the first address its
+    /// checks came from (nothing can be verified without it).
+    pub remote_pwd: String,
 }
 
 impl std::fmt::Debug for IceCredentials {
-    // The password never reaches a log line.
+    // The passwords never reach a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IceCredentials")
             .field("local_ufrag", &self.local_ufrag)
@@ -239,6 +245,25 @@ pub struct SessionSpec {
     pub twcc_ext: Option<u8>,
     /// Unix milliseconds when the control plane created the session.
     pub created_ms: u64,
+    /// The control plane's own state for this session (a WHIP/WHEP resource secret, a WHIP
+    /// publisher's negotiated codecs): the data plane stores it with the session and hands
+    /// it back in [`Event::SnapshotSession`], so a restarted control plane gets it back, but
+    /// never reads it. Empty for most sessions; it counts toward [`MAX_MESSAGE`] with the
+    /// rest of the spec. (`serde(default)` helps self-describing encodings only: on the
+    /// ring, postcard, both planes are the same build, as for every other field.)
+    #[serde(default)]
+    pub control: Opaque,
+}
+
+/// Bytes one plane stores for the other without reading them (see
+/// [`SessionSpec::control`]). They may hold secrets, so `Debug` shows their length only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opaque(pub Vec<u8>);
+
+impl std::fmt::Debug for Opaque {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Opaque({} bytes)", self.0.len())
+    }
 }
 
 /// Control plane → data plane.
@@ -344,6 +369,14 @@ pub enum Event {
     SnapshotDone {
         request: u64,
         sessions: u32,
+        /// The highest session id any `AddSession` this process received carried, whether
+        /// the session was added, refused or has ended since (0: none). A control plane
+        /// that attaches later hands out ids above it, so no id (a deleted session's
+        /// included) is handed out twice while this data plane runs. Across a data plane
+        /// restart the running control plane keeps counting; only a restart of both
+        /// processes starts again at 1, when no session of before is left (and the
+        /// Location of one of them still ends nothing: its secret is not the new one's).
+        highest_id: SessionId,
     },
 }
 
@@ -397,6 +430,7 @@ mod tests {
             ice: None,
             twcc_ext: None,
             created_ms: 1,
+            control: Opaque::default(),
         }
     }
 
@@ -456,5 +490,38 @@ mod tests {
     fn debug_hides_keys() {
         let s = format!("{:?}", spec().keying);
         assert!(!s.contains("remote"), "{s}");
+    }
+
+    #[test]
+    fn control_bytes_round_trip_and_stay_out_of_logs() {
+        let spec = SessionSpec {
+            control: Opaque(vec![0xab; 40]),
+            ..spec()
+        };
+        assert_eq!(format!("{:?}", spec.control), "Opaque(40 bytes)");
+        let mut buf = Vec::new();
+        let ev = Event::SnapshotSession { request: 3, spec };
+        encode(&ev, &mut buf).expect("encode");
+        assert_eq!(decode::<Event>(&buf).expect("decode"), ev);
+    }
+
+    #[test]
+    fn ice_credentials_round_trip_and_debug_hides_both_passwords() {
+        let ice = IceCredentials {
+            local_ufrag: "srv1".into(),
+            local_pwd: "local-secret-0123456789ab".into(),
+            remote_ufrag: "peer".into(),
+            remote_pwd: "remote-secret-0123456789".into(),
+        };
+        let s = format!("{ice:?}");
+        assert!(s.contains("srv1") && s.contains("peer"), "{s}");
+        assert!(!s.contains("secret"), "{s}");
+        let mut buf = Vec::new();
+        let cmd = Command::AddSession(SessionSpec {
+            ice: Some(ice),
+            ..spec()
+        });
+        encode(&cmd, &mut buf).expect("encode");
+        assert_eq!(decode::<Command>(&buf).expect("decode"), cmd);
     }
 }

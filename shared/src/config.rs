@@ -646,6 +646,12 @@ impl Config {
         self.shm_dir()
             .join(format!("switchyard-{}.stats", self.node.id))
     }
+
+    /// The SRTP index journal ([`crate::journal`]): outlives data-plane restarts on purpose.
+    pub fn journal_path(&self) -> PathBuf {
+        self.shm_dir()
+            .join(format!("switchyard-{}.srtp", self.node.id))
+    }
 }
 
 #[cfg(test)]

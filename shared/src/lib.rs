@@ -5,12 +5,15 @@
 //! - [`srtp`]: SRTP/SRTCP protect and unprotect in place (AES_CM_128_HMAC_SHA1_80,
 //!   AEAD_AES_128_GCM) with replay protection.
 //! - [`ring`]: the shared-memory command/event rings between the control and data planes.
+//! - [`journal`]: the SRTP index journal that keeps static keys from reusing an index across
+//!   data-plane restarts.
 //! - [`stats`]: per-worker counters in shared memory, written by workers, read by `/metrics`.
 //! - [`command`]: the typed commands and events that travel over the rings.
 //! - [`config`]: the node configuration (TOML, env, flags).
 
 pub mod command;
 pub mod config;
+pub mod journal;
 pub mod packet;
 pub mod ring;
 pub mod srtp;

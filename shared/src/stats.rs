@@ -8,8 +8,9 @@
 //! Layout (`#[repr(C)]`, little-endian host order): a [`Header`], then `workers` blocks of
 //! [`WorkerCounters`]. The version field changes whenever the layout does.
 
-use std::fs::OpenOptions;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
@@ -289,6 +290,22 @@ pub enum StatsError {
     Io(String, std::io::Error),
     #[error("stats file is not a Switchyard stats file or has another layout version")]
     Incompatible,
+    #[error("stats file {0} belongs to uid {1}, not to this process's uid {2}")]
+    Owner(String, u32, u32),
+}
+
+/// Refuse a file another user owns: the counters steer the control plane's view.
+fn check_owner(file: &File, path: &Path) -> Result<(), StatsError> {
+    let uid = file
+        .metadata()
+        .map_err(|e| StatsError::Io(path.display().to_string(), e))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if uid != me {
+        return Err(StatsError::Owner(path.display().to_string(), uid, me));
+    }
+    Ok(())
 }
 
 /// A mapped stats file.
@@ -309,23 +326,40 @@ const HEADER: usize = std::mem::size_of::<Header>();
 const BLOCK: usize = std::mem::size_of::<WorkerCounters>();
 
 impl Stats {
-    /// Create (or truncate and re-create) the file for `workers` workers; the data plane
+    /// Create the file for `workers` workers, replacing any earlier one; the data plane
     /// calls this at start, so counters begin at zero each boot.
+    ///
+    /// The new file is written beside the old one and renamed over it: a control plane
+    /// still mapping the old inode keeps valid memory until it re-opens (truncating the
+    /// file it maps would fault it with SIGBUS). Mode 0600; a symlink at either name is
+    /// refused.
     pub fn create(path: &Path, workers: usize, boot: u64) -> Result<Self, StatsError> {
         let err = |e| StatsError::Io(path.display().to_string(), e);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.new", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
             .map_err(err)?;
         let len = HEADER + workers * BLOCK;
-        file.set_len(len as u64).map_err(err)?;
-        // SAFETY: the file was just sized to `len`; no one else truncates it while mapped
-        // (only a later data plane, which makes a new file first via truncate+set_len to the
-        // same or a larger size). Zeroed memory is a valid value for every field.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(err)?;
+        let made = file.set_len(len as u64).and_then(|()| {
+            // SAFETY: the file was just created and sized to `len` and nobody else knows its
+            // name yet. Zeroed memory is a valid value for every field.
+            unsafe { MmapMut::map_mut(&file) }
+        });
+        let mut map = match made.and_then(|m| std::fs::rename(&tmp, path).map(|()| m)) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(e));
+            }
+        };
         let header = Header {
             magic: MAGIC,
             version: VERSION,
@@ -345,8 +379,10 @@ impl Stats {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(err)?;
+        check_owner(&file, path)?;
         // SAFETY: see `create`; the length is checked against the header before use.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(err)?;
         if map.len() < HEADER {
@@ -428,6 +464,29 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    /// Issue 9: re-creating the file must not truncate the inode a control plane maps (a
+    /// SIGBUS window), must be private to the node's user and refuse symlinks.
+    #[test]
+    fn recreate_leaves_the_old_mapping_valid_and_is_private() {
+        let p = std::env::temp_dir().join(format!("swy-stats-re-{}", std::process::id()));
+        let first = Stats::create(&p, 2, 1).expect("create");
+        first.worker(1).expect("w1").add(Counter::RxPackets, 3);
+        let reader = Stats::open(&p).expect("open");
+        let _second = Stats::create(&p, 1, 2).expect("re-create, smaller");
+        // The reader's pages are still the old file's: readable, unchanged.
+        assert_eq!(reader.worker(1).expect("w1").get(Counter::RxPackets), 3);
+        assert_eq!(reader.boot(), 1);
+        assert_eq!(Stats::open(&p).expect("reopen").boot(), 2);
+        let mode = std::fs::metadata(&p).expect("meta").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let link = p.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&p, &link).expect("symlink");
+        assert!(matches!(Stats::open(&link), Err(StatsError::Io(..))));
+        std::fs::remove_file(&link).ok();
+        std::fs::remove_file(&p).ok();
     }
 
     #[test]

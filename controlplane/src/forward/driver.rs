@@ -138,6 +138,7 @@ async fn add(shared: &Arc<Shared>, key: &EgressKey) -> Result<SessionId, String>
                 ice: None,
                 twcc_ext: None,
                 created_ms: crate::api::now_ms(),
+                control: Default::default(),
             },
             (),
         ))

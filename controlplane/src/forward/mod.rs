@@ -1020,6 +1020,7 @@ mod tests {
             ice: None,
             twcc_ext: None,
             created_ms: 0,
+            control: Default::default(),
         };
         let sub = |tracks| Role::Subscriber {
             ssrcs: vec![1, 2, 3, 4],

@@ -354,6 +354,7 @@ async fn connect(
                 ice: None,
                 twcc_ext: None,
                 created_ms: crate::api::now_ms(),
+                control: Default::default(),
             },
             (),
         ))
@@ -604,6 +605,7 @@ async fn open_ingress(
                 ice: None,
                 twcc_ext: None,
                 created_ms: crate::api::now_ms(),
+                control: Default::default(),
             },
             (),
         ))

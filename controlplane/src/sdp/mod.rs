@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// The only header extension URIs a [`Track`] holds.
+pub(crate) use offer::EXTENSIONS;
+
 /// Largest offer we parse. Browser offers are 4–12 KiB (Chrome with all its codecs and
 /// simulcast is about 8 KiB); anything four times that is not a browser. Larger offers are
 /// refused with [`SdpError::TooLarge`] (HTTP 413).

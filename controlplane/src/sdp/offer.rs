@@ -9,7 +9,8 @@ use ::sdp::{MediaDescription, SessionDescription};
 use super::{Codec, SdpError};
 
 /// RTP header extensions we forward or act on; all others are dropped from the answer.
-const EXTENSIONS: [&str; 5] = [
+/// Stored session state names them by index (`crate::kept`): append, never reorder.
+pub(crate) const EXTENSIONS: [&str; 5] = [
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     super::TRANSPORT_CC_URI,

@@ -35,9 +35,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ring::rand::SystemRandom;
 use switchyard_shared::command::{
     CommandError, IceCredentials, SessionId, SrtpKeys, ALL_TRACKS, MAX_TRACKS,
 };
+use switchyard_shared::journal::{self, Journal};
 use switchyard_shared::packet::{self, rtcp, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
@@ -301,6 +303,13 @@ pub struct Engine {
     relay_ins: Vec<u32>,
     /// ICE sessions by their local ufrag, for incoming connectivity checks.
     by_ufrag: HashMap<Box<[u8]>, u32>,
+    /// The checks ICE agents sent to verify a new address of their peer, by transaction id:
+    /// how an answer (which names no ufrag) finds its session. At most
+    /// `ice::MAX_CANDIDATES` per session; entries go when the agent forgets them or the
+    /// session goes.
+    ice_transactions: HashMap<[u8; 12], u32>,
+    /// When an ICE agent with checks in flight has a retransmission or a timeout next.
+    next_ice: Option<Instant>,
     next_sweep: Option<Instant>,
     /// Publishers that get transport-cc feedback, and when it is next due.
     twcc_publishers: Vec<u32>,
@@ -311,6 +320,8 @@ pub struct Engine {
     epoch: Instant,
     streams: HashMap<StreamId, LocalStream>,
     pool: Pool,
+    /// SRTP index journal for statically keyed sessions (none in most unit tests).
+    journal: Option<Arc<Journal>>,
     stats: Arc<Stats>,
     events: Vec<WorkerEvent>,
     /// Source of per-subscriber sequence/timestamp offsets; not security relevant.
@@ -333,6 +344,8 @@ impl Engine {
             relay_shared: Vec::new(),
             relay_ins: Vec::new(),
             by_ufrag: HashMap::new(),
+            ice_transactions: HashMap::new(),
+            next_ice: None,
             next_sweep: None,
             twcc_publishers: Vec::new(),
             next_twcc: None,
@@ -340,6 +353,7 @@ impl Engine {
             epoch: Instant::now(),
             streams: HashMap::with_capacity(limits.max_sessions),
             pool: Pool::new(),
+            journal: None,
             stats,
             events: Vec::new(),
             rng: seed | 1,
@@ -503,6 +517,23 @@ impl Engine {
                         for (i, r) in rtx.into_iter().enumerate() {
                             sub.rtx[i] = r.map(|(ssrc, pt)| (ssrc, pt & 0x7f));
                         }
+                        let ctx = self
+                            .by_id
+                            .get(&id)
+                            .and_then(|&i| self.sessions.get_mut(i))
+                            .and_then(|s| match (&mut s.role, s.outbound.as_mut()) {
+                                (session::Role::Subscriber(sub), Some(ctx)) => Some((sub, ctx)),
+                                _ => None,
+                            });
+                        if let Some((sub, ctx)) = ctx {
+                            // RTX numbering also continues above a resumed key's last index.
+                            for (seq, rtx) in sub.rtx_seq.iter_mut().zip(sub.rtx) {
+                                if let Some(floor) = rtx.and_then(|(ssrc, _)| ctx.sent_floor(ssrc))
+                                {
+                                    *seq = (floor as u16).wrapping_add(1);
+                                }
+                            }
+                        }
                     }
                 }
                 if r.is_ok() && ready {
@@ -603,6 +634,42 @@ impl Engine {
         }
     }
 
+    /// Both directions' contexts for a session keyed at creation (static keys), resumed
+    /// from the SRTP journal when one is attached: a session provisioned again after a
+    /// data-plane restart continues above every index its keys were used with.
+    #[allow(clippy::type_complexity)]
+    fn static_contexts(
+        &self,
+        id: SessionId,
+        keys: Option<&SrtpKeys>,
+    ) -> Result<(Option<srtp::Context>, Option<srtp::Context>), CommandError> {
+        let (mut inbound, mut outbound) = Self::contexts(keys)?;
+        let (Some(journal), Some(keys)) = (&self.journal, keys) else {
+            return Ok((inbound, outbound));
+        };
+        for (dir, ctx) in [(0u8, &mut inbound), (1u8, &mut outbound)] {
+            let Some(ctx) = ctx else { continue };
+            let tag = journal::key_tag(dir, keys.profile.name(), &keys.remote, &keys.local);
+            match journal.take(id.0, tag) {
+                Ok((slot, resumed)) => {
+                    if resumed {
+                        tracing::info!(
+                            id = id.0,
+                            direction = if dir == 0 { "in" } else { "out" },
+                            "static SRTP key resumed above its last used index"
+                        );
+                    }
+                    ctx.resume(slot);
+                }
+                Err(e) => {
+                    tracing::error!(id = id.0, error = %e, "no SRTP journal record; session refused");
+                    return Err(CommandError::Capacity);
+                }
+            }
+        }
+        Ok((inbound, outbound))
+    }
+
     /// Both directions' contexts; `None` (keys still to come from DTLS) gives none.
     #[allow(clippy::type_complexity)]
     fn contexts(
@@ -682,7 +749,7 @@ impl Engine {
         {
             return Err(CommandError::StreamBusy);
         }
-        let (inbound, outbound) = Self::contexts(keys)?;
+        let (inbound, outbound) = self.static_contexts(id, keys)?;
         let mut tracks = [None; MAX_TRACKS];
         for (t, s) in tracks.iter_mut().zip(&ssrcs) {
             *t = Some(*s);
@@ -698,7 +765,7 @@ impl Engine {
             inbound,
             outbound,
             role: session::Role::Publisher(publisher),
-            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
+            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now(), &SystemRandom::new())),
             dtls: keys.is_none(),
             plain: false,
             rtcp: None,
@@ -733,13 +800,19 @@ impl Engine {
         }
         self.check_new(id, (remote, via), (keys, plain), ice)?;
         let rtcp = if plain { plain_rtcp(remote) } else { None };
-        let (inbound, outbound) = Self::contexts(keys)?;
+        let (inbound, mut outbound) = self.static_contexts(id, keys)?;
         let mut offsets = [(0u16, 0u32); MAX_TRACKS];
         for o in &mut offsets {
             let r = self.next_rand();
             *o = (r as u16, (r >> 32) as u32);
         }
         let rtx_seq = [(); MAX_TRACKS].map(|()| self.next_rand());
+        // A resumed static key: each track's numbering continues right above the last
+        // index used under it, wherever the publisher's numbering is now.
+        let resume_seq = ssrcs.map(|ssrc| {
+            let floor = outbound.as_mut()?.sent_floor(ssrc)?;
+            Some((floor as u16).wrapping_add(1))
+        });
         let idx = self.sessions.insert(Session {
             id,
             remote,
@@ -753,11 +826,12 @@ impl Engine {
                 extensions: None,
                 rtx: [None; MAX_TRACKS],
                 rtx_seq: rtx_seq.map(|r| r as u16),
+                resume_seq,
                 tracks: ALL_TRACKS,
                 relay: false,
                 data: None,
             }),
-            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now())),
+            ice: ice.map(|c| ice::IceAgent::new(c, Instant::now(), &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
             plain,
             rtcp,
@@ -841,14 +915,23 @@ impl Engine {
 
     fn remove(&mut self, id: SessionId, _out: &mut dyn Output) -> Result<(), CommandError> {
         let idx = self.by_id.remove(&id).ok_or(CommandError::UnknownSession)?;
-        let Some(s) = self.sessions.remove(idx) else {
+        let Some(mut s) = self.sessions.remove(idx) else {
             return Err(CommandError::UnknownSession);
         };
+        // Ended for good: its keys are never provisioned again, so its indices may go.
+        for ctx in [&mut s.inbound, &mut s.outbound].into_iter().flatten() {
+            if let Some(slot) = ctx.take_journal() {
+                slot.release();
+            }
+        }
         for r in s.remote.into_iter().chain(s.rtcp) {
             self.unbind_addr(s.via, r, idx);
         }
         if let Some(a) = &s.ice {
             self.by_ufrag.remove(a.local_ufrag().as_bytes());
+            for t in a.transactions() {
+                self.ice_transactions.remove(&t);
+            }
         }
         self.unlatched_mut(s.via).retain(|&i| i != idx);
         self.twcc_publishers.retain(|&i| i != idx);
@@ -943,51 +1026,74 @@ impl Engine {
         }
     }
 
-    /// An ICE connectivity check: answer it if it authenticates, and move the session's
-    /// address when ICE says so. Anything else STUN is counted and dropped unanswered.
+    /// ICE: a connectivity check from the peer is answered if it authenticates; an answer to
+    /// one of the agent's own checks (sent to verify a new address, see [`ice`]) is found by
+    /// its transaction id. Either may move the session's address, when the agent says so.
+    /// Anything else STUN is counted and dropped unanswered.
     fn on_stun(&mut self, data: &[u8], src: SocketAddr, at: Instant, out: &mut dyn Output) {
+        use packet::stun::Class;
         let Ok(msg) = packet::stun::Message::parse(data) else {
             return self.drop_packet(DropReason::Stun);
         };
-        let Some(&idx) = ice::addressed_ufrag(&msg).and_then(|u| self.by_ufrag.get(u)) else {
+        let idx = match msg.class {
+            Class::Request => ice::addressed_ufrag(&msg).and_then(|u| self.by_ufrag.get(u)),
+            Class::Success => self.ice_transactions.get(&msg.transaction_id),
+            Class::Indication | Class::Error => None,
+        };
+        let Some(&idx) = idx else {
             return self.drop_packet(DropReason::Stun);
         };
-        let (id, verdict, sent) = {
+        if self.by_addr.get(&src).is_some_and(|&other| other != idx) {
+            // Another session owns this 5-tuple, so this one can never move there: no
+            // answer, so the peer sees the pair fail and uses another, and no check of ours.
+            return self.drop_packet(DropReason::Stun);
+        }
+        let (verdict, sent) = {
             let Some(s) = self.sessions.get_mut(idx) else {
                 return self.drop_packet(DropReason::Stun);
             };
             let current = s.remote;
-            let id = s.id;
             let Some(agent) = s.ice.as_mut() else {
                 return self.drop_packet(DropReason::Stun);
             };
-            let Ok(verdict) = agent.validate(&msg, current, src, at) else {
+            let verdict = match msg.class {
+                Class::Request => {
+                    agent.handle_request(&msg, current, src, at, &SystemRandom::new())
+                }
+                _ => agent.handle_response(&msg, src, at),
+            };
+            let Ok(verdict) = verdict else {
                 return self.drop_packet(DropReason::Stun);
             };
             let agent: &ice::IceAgent = agent;
             let mut len = 0usize;
-            let r = out.send(Via::Media, src, &mut |buf| {
-                let n = agent.write_success(&msg, src, buf)?;
-                len = n;
-                Some(n)
+            let sent = (msg.class == Class::Request).then(|| {
+                out.send(Via::Media, src, &mut |buf| {
+                    let n = agent.write_success(&msg, src, buf)?;
+                    len = n;
+                    Some(n)
+                })
+                .map(|()| len)
             });
-            (id, verdict, r.map(|()| len))
+            (verdict, sent)
         };
         match sent {
-            Ok(len) => {
+            Some(Ok(len)) => {
                 self.count(Counter::TxPackets, 1);
                 self.count(Counter::TxBytes, len as u64);
             }
-            Err(_) => self.drop_packet(DropReason::QueueFull),
+            Some(Err(_)) => self.drop_packet(DropReason::QueueFull),
+            None => {}
         }
-        if verdict != ice::Validated::Moved {
-            return;
+        // A new address gets its first check right after the answer.
+        self.drive_ice(idx, at, out);
+        if verdict == ice::Validated::Moved {
+            self.move_session(idx, src);
         }
-        if self.by_addr.get(&src).is_some_and(|&other| other != idx) {
-            // Another session already owns this 5-tuple: keep both as they are rather
-            // than steal its media.
-            return;
-        }
+    }
+
+    /// ICE moved session `idx` to `src`, which no other session holds (checked by `on_stun`).
+    fn move_session(&mut self, idx: u32, src: SocketAddr) {
         let Some(s) = self.sessions.get_mut(idx) else {
             return;
         };
@@ -995,7 +1101,67 @@ impl Engine {
             self.by_addr.remove(&old);
         }
         self.by_addr.insert(src, idx);
-        self.events.push(WorkerEvent::Latched { id, remote: src });
+        self.events.push(WorkerEvent::Latched {
+            id: s.id,
+            remote: src,
+        });
+    }
+
+    /// Send the checks session `idx`'s ICE agent has due, forget the transactions it ended,
+    /// and keep `next_ice` at its next deadline.
+    fn drive_ice(&mut self, idx: u32, now: Instant, out: &mut dyn Output) {
+        let Some(agent) = self.sessions.get_mut(idx).and_then(|s| s.ice.as_mut()) else {
+            return;
+        };
+        let (mut sent, mut bytes, mut full) = (0u64, 0u64, 0u64);
+        while let Some(p) = agent.poll(now) {
+            match p {
+                ice::Poll::Check { to, transaction_id } => {
+                    self.ice_transactions.insert(transaction_id, idx);
+                    let a: &ice::IceAgent = agent;
+                    let mut len = 0usize;
+                    let r = out.send(Via::Media, to, &mut |buf| {
+                        let n = a.write_check(&transaction_id, buf)?;
+                        len = n;
+                        Some(n)
+                    });
+                    match r {
+                        Ok(()) => {
+                            sent += 1;
+                            bytes += len as u64;
+                        }
+                        // The next transmission of the same check covers it.
+                        Err(_) => full += 1,
+                    }
+                }
+                ice::Poll::Forget(t) => {
+                    self.ice_transactions.remove(&t);
+                }
+            }
+        }
+        if let Some(t) = agent.poll_timeout() {
+            self.next_ice = Some(self.next_ice.map_or(t, |n| n.min(t)));
+        }
+        self.count(Counter::TxPackets, sent);
+        self.count(Counter::TxBytes, bytes);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+
+    /// Retransmissions and timeouts of the agents' checks in flight: only when one is due,
+    /// and then only the sessions that have a check in flight.
+    fn drive_ice_checks(&mut self, now: Instant, out: &mut dyn Output) {
+        if self.ice_transactions.is_empty() || self.next_ice.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut due: Vec<u32> = self.ice_transactions.values().copied().collect();
+        due.sort_unstable();
+        due.dedup();
+        self.next_ice = None;
+        for idx in due {
+            self.drive_ice(idx, now, out);
+        }
     }
 
     /// A DTLS record goes to the slow path only from the ICE-validated address of a session
@@ -1116,6 +1282,7 @@ impl Engine {
         self.send_twcc(now, out);
         self.send_receiver_reports(now, out);
         self.send_relay_nacks(now, out);
+        self.drive_ice_checks(now, out);
         if self.next_sweep.is_some_and(|t| now < t) || self.by_ufrag.is_empty() {
             return;
         }
@@ -1856,6 +2023,11 @@ impl Engine {
         }
     }
 
+    /// Keep every static key's SRTP indices in `journal` (see [`switchyard_shared::journal`]).
+    pub fn set_journal(&mut self, journal: Arc<Journal>) {
+        self.journal = Some(journal);
+    }
+
     /// Pooled buffers one publisher is owed: its NACK caches full on every track, plus
     /// packets in flight to other workers.
     fn pool_share(&self) -> usize {
@@ -1931,11 +2103,22 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     if sub.relay {
         return relay_to(sub, &mut s.outbound, (via, remote), h, out);
     }
-    let (Some(&ssrc), Some(&(seq_off, ts_off))) = (sub.ssrcs.get(track), sub.offsets.get(track))
+    let (Some(&ssrc), Some(&(mut seq_off, ts_off))) =
+        (sub.ssrcs.get(track), sub.offsets.get(track))
     else {
         return Err(SendError::Cancelled);
     };
     let src = h.bytes();
+    if let Some(next) = sub.resume_seq.get_mut(track).and_then(Option::take) {
+        // First packet on a resumed key: pick the offset that numbers it `next`.
+        let theirs = src
+            .get(2..4)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        seq_off = next.wrapping_sub(theirs);
+        if let Some(o) = sub.offsets.get_mut(track) {
+            o.0 = seq_off;
+        }
+    }
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
     // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.

@@ -148,6 +148,10 @@ pub struct Subscriber {
     pub rtx: [Option<(u32, u8)>; MAX_TRACKS],
     /// Next RTX sequence number per track (random start, like any RTP stream).
     pub rtx_seq: [u16; MAX_TRACKS],
+    /// Per track, on a resumed static key: the sequence number the next packet must carry
+    /// (one above the last index used); the track's offset is fixed from it when the first
+    /// packet passes.
+    pub resume_seq: [Option<u16>; MAX_TRACKS],
     /// A relay-out: packets go out exactly as the publisher sent them (no SSRC, sequence,
     /// timestamp, payload type or extension rewrite; offsets are zero) and `ssrcs` holds
     /// the publisher's SSRC of each track, learned as packets pass, so NACK and PLI from

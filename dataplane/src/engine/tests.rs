@@ -13,6 +13,7 @@ use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
 
+mod ice_consent;
 mod relay;
 mod relay_data;
 
@@ -492,8 +493,12 @@ fn ice_creds(ufrag: &str) -> IceCredentials {
         local_ufrag: ufrag.into(),
         local_pwd: format!("{ufrag}-password-0123456789"),
         remote_ufrag: "peer".into(),
+        remote_pwd: PEER_PWD.into(),
     }
 }
+
+/// The ICE peer's `a=ice-pwd` in [`ice_creds`]: it signs the peer's answers to our checks.
+const PEER_PWD: &str = "peer-password-0123456789";
 
 fn check(ufrag: &str, pwd: &str, nominate: bool) -> Vec<u8> {
     let mut buf = vec![0u8; 256];
@@ -580,15 +585,33 @@ fn ice_lite_validates_answers_and_latches() {
         "media flows once ICE validated the address"
     );
 
-    // A valid check from elsewhere without nomination: answered, address unchanged.
+    // A valid check from elsewhere: answered, address unchanged, and the node checks that
+    // address itself (signed with the peer's password) before anything can move there.
     out.sent.clear();
     let mut other = check("pubU", "pubU-password-0123456789", false);
     e.handle_datagram(&mut other, addr(5001), now, &mut out);
-    assert_eq!(out.sent.len(), 1);
+    assert_eq!(out.sent.len(), 2, "the answer, then our check");
+    assert_eq!(out.sent[1].0, addr(5001));
+    let ours = switchyard_shared::packet::stun::Message::parse(&out.sent[1].1).expect("check");
+    assert_eq!(ours.class, switchyard_shared::packet::stun::Class::Request);
+    assert!(ours.check_integrity(PEER_PWD.as_bytes()));
+    let tid = ours.transaction_id;
     assert_eq!(e.poll_event(), None);
-    // Nominated there: the session moves; the old address is unknown from now on.
+    // Nominated there: still nothing until that address answers our check.
     let mut nominated = check("pubU", "pubU-password-0123456789", true);
     e.handle_datagram(&mut nominated, addr(5001), now, &mut out);
+    assert_eq!(e.poll_event(), None);
+    // It answers: the session moves; the old address is unknown from now on.
+    let mut answer = vec![0u8; 128];
+    let n = switchyard_shared::packet::stun::write_binding_success(
+        &mut answer,
+        &tid,
+        addr(5001),
+        PEER_PWD.as_bytes(),
+    )
+    .expect("answer");
+    answer.truncate(n);
+    e.handle_datagram(&mut answer, addr(5001), now, &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::Latched {

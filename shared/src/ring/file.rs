@@ -175,14 +175,30 @@ fn creation_id() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Open the ring file without following a symlink, and only if this process's user owns
+/// it: the ring carries SRTP keys, so a file planted by someone else is never used.
 fn open_rw(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
         .mode(0o600)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = file.metadata()?.uid();
+    if owner != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {owner}, not to this process's uid {me}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 /// Map an existing file that must already be a valid ring.

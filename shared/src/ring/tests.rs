@@ -349,3 +349,20 @@ fn ends_are_send() {
     send::<DataSide>();
     send::<ControlSide>();
 }
+
+/// Issue 9: the ring carries SRTP keys; a symlink planted at its name is never followed by
+/// either side (it could point the data plane at a file another user reads).
+#[test]
+fn symlinks_are_refused_by_both_sides() {
+    let target = TempRing::new("link-target");
+    let link = TempRing::new("link");
+    std::fs::write(target.path(), b"").expect("target");
+    std::os::unix::fs::symlink(target.path(), link.path()).expect("symlink");
+    assert!(matches!(attach_data(link.path(), 4), Err(RingError::Io(_))));
+    assert!(matches!(attach_control(link.path()), Err(RingError::Io(_))));
+    assert_eq!(
+        std::fs::metadata(target.path()).expect("target").len(),
+        0,
+        "the link's target was not touched"
+    );
+}

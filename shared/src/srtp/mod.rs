@@ -22,6 +22,7 @@ mod ssrc;
 pub use crate::command::SrtpProfile as Profile;
 pub use ssrc::MAX_SSRCS;
 
+use crate::journal::{self, Slot};
 use replay::Window;
 use ssrc::Table;
 
@@ -46,6 +47,10 @@ pub enum Error {
     TooManySsrcs,
     #[error("not an RTP/RTCP packet this context can handle")]
     Malformed,
+    /// Protecting would reuse a packet index an earlier context used under the same key
+    /// (a resumed context, see [`crate::journal`]): refused, never sent.
+    #[error("packet index already used under this key before a restart")]
+    IndexReused,
 }
 
 // Unboxed on purpose: one Context per session direction, and boxing would add a pointer
@@ -63,12 +68,22 @@ pub struct Context {
     profile: Profile,
     cipher: Cipher,
     /// Highest index protected per SSRC: where the sender's ROC comes from.
-    rtp_tx: Table<Window>,
+    rtp_tx: Table<Sent>,
     /// Highest authenticated index and replay bitmap per SSRC.
     rtp_rx: Table<Window>,
     /// Next SRTCP index to send per SSRC (starts at 0, RFC 3711 §3.4).
     rtcp_tx: Table<u32>,
     rtcp_rx: Table<Window>,
+    /// Where every index used is written before the packet leaves (static keys only).
+    journal: Option<Slot>,
+}
+
+/// What one SSRC has sent: the window (its top gives the ROC) and, for a resumed context,
+/// the highest index an earlier context used, which nothing may be protected at or below.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sent {
+    window: Window,
+    floor: Option<u64>,
 }
 
 impl std::fmt::Debug for Context {
@@ -108,7 +123,66 @@ impl Context {
             rtp_rx: Table::default(),
             rtcp_tx: Table::default(),
             rtcp_rx: Table::default(),
+            journal: None,
         })
+    }
+
+    /// Tie this context to its journal record: every index it uses from now on is stored
+    /// there first, and whatever an earlier context left there (after a data-plane
+    /// restart) is resumed: sending continues above the highest index used (SRTP and
+    /// SRTCP), receiving keeps the rollover counter and refuses everything at or below the
+    /// highest index accepted. Call once, on a fresh context, before any packet.
+    pub fn resume(&mut self, slot: Slot) {
+        for (table, _, ssrc, index) in slot.entries() {
+            match table {
+                journal::Table::RtpTx => {
+                    if let Ok((at, mut sent)) = self.rtp_tx.get(ssrc) {
+                        let floor = sent.floor.map_or(index, |f| f.max(index));
+                        sent = Sent {
+                            window: Window::seen_up_to(floor),
+                            floor: Some(floor),
+                        };
+                        if let Some(k) = self.rtp_tx.commit(ssrc, at, sent) {
+                            slot.store(table, k, ssrc, floor);
+                        }
+                    }
+                }
+                journal::Table::RtpRx | journal::Table::RtcpRx => {
+                    let t = if table == journal::Table::RtpRx {
+                        &mut self.rtp_rx
+                    } else {
+                        &mut self.rtcp_rx
+                    };
+                    if let Ok((at, seen)) = t.get(ssrc) {
+                        let top = seen.top().map_or(index, |v| v.max(index));
+                        if let Some(k) = t.commit(ssrc, at, Window::seen_up_to(top)) {
+                            slot.store(table, k, ssrc, top);
+                        }
+                    }
+                }
+                journal::Table::RtcpTx => {
+                    if let Ok((at, next)) = self.rtcp_tx.get(ssrc) {
+                        let used = index.min(u64::from(SRTCP_INDEX_MASK)) as u32;
+                        let next = next.max(used.wrapping_add(1) & SRTCP_INDEX_MASK);
+                        if let Some(k) = self.rtcp_tx.commit(ssrc, at, next) {
+                            slot.store(table, k, ssrc, u64::from(used));
+                        }
+                    }
+                }
+            }
+        }
+        self.journal = Some(slot);
+    }
+
+    /// The journal record, given back when the session ends (see [`Slot::release`]).
+    pub fn take_journal(&mut self) -> Option<Slot> {
+        self.journal.take()
+    }
+
+    /// The highest SRTP index this context protected for `ssrc`, and the one below which a
+    /// resumed context refuses to protect: what a rewriting sender continues from.
+    pub fn sent_floor(&mut self, ssrc: u32) -> Option<u64> {
+        self.rtp_tx.get(ssrc).ok()?.1.floor
     }
 
     pub fn profile(&self) -> Profile {
@@ -134,17 +208,25 @@ impl Context {
         let (slot, mut sent) = self.rtp_tx.get(h.ssrc)?;
         // ROC -1 (a sequence number from before this SSRC's first packet) gets ROC 0 and
         // leaves the state alone, so one stray packet cannot shift every later ROC.
-        let (index, track) = match replay::estimate(sent.top(), h.seq) {
+        let (index, track) = match replay::estimate(sent.window.top(), h.seq) {
             Some(index) => (index, true),
+            // Untracked indices cannot be journaled: a journaled context refuses them.
+            None if self.journal.is_some() => return Err(Error::IndexReused),
             None => (u64::from(h.seq), false),
         };
+        if sent.floor.is_some_and(|f| index <= f) {
+            return Err(Error::IndexReused);
+        }
         let n = match &self.cipher {
             Cipher::Cm(c) => c.protect_rtp(buf, h.len, len, h.ssrc, index)?,
             Cipher::Gcm(c) => c.protect_rtp(buf, h.len, len, h.ssrc, index)?,
         };
         if track {
-            sent.accept(index);
-            self.rtp_tx.commit(h.ssrc, slot, sent);
+            sent.window.accept(index);
+            let k = self.rtp_tx.commit(h.ssrc, slot, sent);
+            if let (Some(j), Some(k), Some(top)) = (&self.journal, k, sent.window.top()) {
+                j.store(journal::Table::RtpTx, k, h.ssrc, top);
+            }
         }
         Ok(n)
     }
@@ -167,7 +249,10 @@ impl Context {
             Cipher::Gcm(c) => c.unprotect_rtp(buf, h.len, h.ssrc, index)?,
         };
         seen.accept(index);
-        self.rtp_rx.commit(h.ssrc, slot, seen);
+        let k = self.rtp_rx.commit(h.ssrc, slot, seen);
+        if let (Some(j), Some(k), Some(top)) = (&self.journal, k, seen.top()) {
+            j.store(journal::Table::RtpRx, k, h.ssrc, top);
+        }
         Ok(n)
     }
 
@@ -182,12 +267,17 @@ impl Context {
             return Err(Error::BufferTooSmall);
         }
         let (slot, index) = self.rtcp_tx.get(ssrc)?;
+        // Journal first: the index is on record before the packet can leave.
+        let k = self
+            .rtcp_tx
+            .commit(ssrc, slot, index.wrapping_add(1) & SRTCP_INDEX_MASK);
+        if let (Some(j), Some(k)) = (&self.journal, k) {
+            j.store(journal::Table::RtcpTx, k, ssrc, u64::from(index));
+        }
         let n = match &self.cipher {
             Cipher::Cm(c) => c.protect_rtcp(buf, len, ssrc, index)?,
             Cipher::Gcm(c) => c.protect_rtcp(buf, len, ssrc, index)?,
         };
-        self.rtcp_tx
-            .commit(ssrc, slot, index.wrapping_add(1) & SRTCP_INDEX_MASK);
         Ok(n)
     }
 
@@ -221,7 +311,10 @@ impl Context {
             Cipher::Gcm(c) => c.unprotect_rtcp(buf, ssrc, index)?,
         };
         seen.accept(u64::from(index));
-        self.rtcp_rx.commit(ssrc, slot, seen);
+        let k = self.rtcp_rx.commit(ssrc, slot, seen);
+        if let (Some(j), Some(k), Some(top)) = (&self.journal, k, seen.top()) {
+            j.store(journal::Table::RtcpRx, k, ssrc, top);
+        }
         Ok(len)
     }
 }
@@ -335,6 +428,84 @@ pub(crate) mod tests {
                 assert_eq!(&buf[..n], &plain[..]);
             }
             assert_eq!(rx.unprotect_rtcp(&mut first), Err(Error::Replayed));
+        }
+    }
+
+    /// The journal at `path`, opened as a (re)started data plane would.
+    fn journal(path: &std::path::Path) -> std::sync::Arc<crate::journal::Journal> {
+        std::sync::Arc::new(crate::journal::Journal::open(path, 4).expect("journal").0)
+    }
+
+    /// Issue 9: a context created again for a static key (data-plane restart) must never
+    /// protect under an index the first one used, and must keep the receiver's ROC.
+    #[test]
+    fn resumed_context_never_reuses_an_index_and_keeps_the_roc() {
+        for p in PROFILES {
+            let path = std::env::temp_dir().join(format!(
+                "swy-srtp-j-{}-{}",
+                p.name(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&path);
+            let j = journal(&path);
+            let m = master(p, 9);
+            let (mut tx, mut rx) = (
+                Context::new(p, &m).expect("tx"),
+                Context::new(p, &m).expect("rx"),
+            );
+            tx.resume(j.take(1, 5).expect("tx slot").0);
+            rx.resume(j.take(2, 5).expect("rx slot").0);
+            let sr = unhex("81c8000d4d6172734e5450314e545032525450200000042a0000e930");
+            let index = |pkt: &[u8]| -> u32 {
+                let at = match p {
+                    Profile::AesCm128HmacSha1_80 => pkt.len() - 10 - 4,
+                    Profile::AeadAes128Gcm => pkt.len() - 4,
+                };
+                u32::from_be_bytes(pkt[at..at + 4].try_into().expect("4")) & SRTCP_INDEX_MASK
+            };
+            let mut before = Vec::new();
+            for i in 0..3 {
+                let mut b = sr.clone();
+                b.resize(sr.len() + MAX_OVERHEAD, 0);
+                let n = tx.protect_rtcp(&mut b, sr.len()).expect("rtcp");
+                b.truncate(n);
+                assert_eq!(index(&b), i);
+                before.push(b);
+            }
+            // Through a sequence wrap: ROC 1 on both sides.
+            for seq in 65_530..65_536u32 + 10 {
+                let mut b = protect(&mut tx, &rtp(0x77, seq as u16, 20));
+                rx.unprotect_rtp(&mut b).expect("before the restart");
+            }
+            let old = protect(&mut tx, &rtp(0x77, 12, 20));
+            rx.unprotect_rtp(&mut old.clone()).expect("seq 12, ROC 1");
+            drop((tx, rx, j));
+
+            // The restart: a new process maps the journal; the same keys, new contexts.
+            let j = journal(&path);
+            let (mut tx, mut rx) = (
+                Context::new(p, &m).expect("tx"),
+                Context::new(p, &m).expect("rx"),
+            );
+            tx.resume(j.take(1, 5).expect("tx again").0);
+            rx.resume(j.take(2, 5).expect("rx again").0);
+            let mut b = sr.clone();
+            b.resize(sr.len() + MAX_OVERHEAD, 0);
+            let n = tx.protect_rtcp(&mut b, sr.len()).expect("rtcp after");
+            assert_eq!(index(&b[..n]), 3, "SRTCP continues after 0, 1, 2");
+            assert!(before.iter().all(|o| index(o) < 3));
+            // An index at or below the last one used is refused, not sent.
+            let mut plain = rtp(0x77, 12, 20);
+            let len = plain.len();
+            plain.resize(len + MAX_OVERHEAD, 0);
+            assert_eq!(tx.protect_rtp(&mut plain, len), Err(Error::IndexReused));
+            assert_eq!(tx.sent_floor(0x77), Some((1 << 16) | 12));
+            // The receiver kept ROC 1 and refuses the old packet.
+            assert_eq!(rx.unprotect_rtp(&mut old.clone()), Err(Error::Replayed));
+            let mut next = protect(&mut tx, &rtp(0x77, 13, 20));
+            rx.unprotect_rtp(&mut next)
+                .expect("ROC 1 continues across the restart");
+            std::fs::remove_file(&path).ok();
         }
     }
 

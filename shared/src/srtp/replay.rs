@@ -23,6 +23,12 @@ impl Window {
         (self.bits != 0).then_some(self.top)
     }
 
+    /// A window that has seen `top` and everything before it: what a context resumes from
+    /// (see [`crate::journal`]), so nothing at or below `top` is accepted again.
+    pub(crate) fn seen_up_to(top: u64) -> Self {
+        Window { top, bits: !0 }
+    }
+
     /// Whether `index` is new: ahead of the window, or inside it and not yet seen.
     pub(crate) fn check(&self, index: u64) -> Result<(), Error> {
         if self.bits == 0 || index > self.top {

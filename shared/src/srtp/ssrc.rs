@@ -52,14 +52,15 @@ impl<S: Copy + Default> Table<S> {
         }
     }
 
-    /// Stores `state` for `ssrc` in the slot `get` returned (or a new one).
-    pub(crate) fn commit(&mut self, ssrc: u32, slot: Option<usize>, state: S) {
+    /// Stores `state` for `ssrc` in the slot `get` returned (or a new one); returns the slot,
+    /// `None` when the table is full.
+    pub(crate) fn commit(&mut self, ssrc: u32, slot: Option<usize>, state: S) -> Option<usize> {
         let slot = match slot {
             Some(slot) => slot,
             None => {
                 if self.len >= MAX_SSRCS {
                     // `get` already refused this SSRC; nothing to store it in.
-                    return;
+                    return None;
                 }
                 self.ssrcs[self.len] = ssrc;
                 self.len += 1;
@@ -68,6 +69,7 @@ impl<S: Copy + Default> Table<S> {
         };
         self.states[slot] = state;
         self.last = slot;
+        Some(slot)
     }
 }
 
