@@ -11,7 +11,8 @@
 #
 # The summary gives the RSS of each plane at the end of the warm-up (WARMUP seconds) and at
 # the end, and the growth between them; a node that leaks per session grows with the rounds.
-# TARGET_DIR: cargo's target directory (default: target). OUT: where results go (a new
+# TARGET_DIR: cargo's target directory (default: target). PORT, MEDIA_PORT, RELAY_PORT: the
+# node's HTTP, media and relay ports (18791, 18800, 18850). OUT: where results go (a new
 # temporary directory by default).
 set -euo pipefail
 T=${TARGET_DIR:-target}/release
@@ -37,8 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 "$T/switchyard" up --node-id soak --shm-dir "$shm" --http-listen "127.0.0.1:$PORT" \
-    --workers 1 --pin false --media-bind 127.0.0.1 --media-port 18800 \
-    --relay-port 18850 > "$OUT/node.log" 2>&1 &
+    --workers 1 --pin false --media-bind 127.0.0.1 --media-port "${MEDIA_PORT:-18800}" \
+    --relay-port "${RELAY_PORT:-18850}" > "$OUT/node.log" 2>&1 &
 up=$!
 api="http://127.0.0.1:$PORT"
 for _ in $(seq 200); do curl -fs "$api/health" > /dev/null && break; sleep 0.1; done

@@ -190,6 +190,9 @@ struct Opts {
     /// Redis URL shared by the cluster's control planes (unset: in-memory, one node).
     #[arg(long, global = true, env = "SWITCHYARD_REDIS")]
     redis: Option<String>,
+    /// Serve the API on a non-loopback --http-listen with auth off (open to anyone there).
+    #[arg(long, global = true, env = "SWITCHYARD_INSECURE")]
+    insecure: bool,
 }
 
 impl Opts {
@@ -240,6 +243,9 @@ impl Opts {
         if let Some(v) = &self.redis {
             c.cluster.redis = Some(v.clone());
         }
+        if self.insecure {
+            c.http.insecure = true;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -276,6 +282,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.cmd, Cmd::Up | Cmd::Controlplane) {
+        // Before `up` starts anything: its control plane child would only exit and be
+        // restarted forever.
+        if let Err(e) = config.check_exposure() {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if matches!(cli.cmd, Cmd::Up | Cmd::Dataplane | Cmd::Controlplane) {
+        raise_fd_limit();
+    }
     let result = match cli.cmd {
         Cmd::Up => up(&cli.opts),
         Cmd::Dataplane => switchyard_dataplane::run(config),
@@ -291,6 +308,32 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raise the soft limit on open files to the hard one (children inherit it): the default
+/// soft 1024 is what a flood of idle HTTP connections exhausted (issue 9 item 7); the
+/// control plane also caps its connections below whatever limit it ends up with.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one rlimit we own; setrlimit(2) reads it.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            lim.rlim_cur >= lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0
+        }
+    };
+    if !raised {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the open file limit"
+        );
     }
 }
 
@@ -355,6 +398,9 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         opts.shm_dir.as_ref().map(|p| p.display().to_string()),
     );
     flag("redis", opts.redis.clone());
+    if opts.insecure {
+        cmd.arg("--insecure");
+    }
     cmd.kill_on_drop(true);
     let child = cmd
         .spawn()

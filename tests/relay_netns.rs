@@ -169,7 +169,8 @@ fn relays_across_three_namespaces() {
         let config = dir.join("switchyard.toml");
         std::fs::write(
             &config,
-            format!("[cluster]\nhealth_interval_ms = {HEALTH_MS}\n"),
+            // Relays between namespaces over plain HTTP: a private test network.
+            format!("[cluster]\nhealth_interval_ms = {HEALTH_MS}\nallow_plain_http_keys = true\n"),
         )
         .expect("config");
         let mut n = NodeProc {

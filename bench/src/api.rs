@@ -6,7 +6,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Profile;
-use crate::http::{self, HttpError};
+use std::sync::Arc;
+
+use crate::http::{Client, HttpError, HttpOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -109,21 +111,34 @@ fn decode_key(id: u64, field: &'static str, b64: &str) -> Result<Vec<u8>, ApiErr
         .map_err(|_| ApiError::Key { id, field })
 }
 
-/// A node's control API base URL, e.g. `http://127.0.0.1:8080`.
+/// A node's control API base URL, e.g. `http://127.0.0.1:8080`, and the client that speaks
+/// to it.
 #[derive(Debug, Clone)]
 pub struct Node {
     base: String,
+    http: Arc<Client>,
 }
 
 impl Node {
-    pub fn new(api: &str) -> Node {
+    pub fn new(api: &str, http: &HttpOptions) -> Result<Node, ApiError> {
+        Ok(Node {
+            base: api.trim_end_matches('/').to_owned(),
+            http: Client::new(http)?,
+        })
+    }
+
+    /// Another node spoken to by the same client.
+    pub fn sibling(&self, api: &str) -> Node {
         Node {
             base: api.trim_end_matches('/').to_owned(),
+            http: self.http.clone(),
         }
     }
 
     pub fn health(&self) -> Result<Health, ApiError> {
-        let r = http::request("GET", &format!("{}/health", self.base), None)?;
+        let r = self
+            .http
+            .request("GET", &format!("{}/health", self.base), None)?;
         serde_json::from_slice(&r.body).map_err(|source| ApiError::Json {
             what: "/health",
             source,
@@ -135,7 +150,9 @@ impl Node {
             what: "session request",
             source,
         })?;
-        let r = http::request("POST", &format!("{}/v1/sessions", self.base), Some(&body))?;
+        let r = self
+            .http
+            .request("POST", &format!("{}/v1/sessions", self.base), Some(&body))?;
         serde_json::from_slice(&r.body).map_err(|source| ApiError::Json {
             what: "POST /v1/sessions",
             source,
@@ -151,7 +168,9 @@ impl Node {
         offer: &str,
     ) -> Result<WebrtcSession, ApiError> {
         let url = format!("{}/{kind}/{room}/{stream}", self.base);
-        let r = http::request_typed("POST", &url, Some(("application/sdp", offer.as_bytes())))?;
+        let r =
+            self.http
+                .request_typed("POST", &url, Some(("application/sdp", offer.as_bytes())))?;
         let bad = ApiError::Answer { what: kind };
         let location = r.location.ok_or(ApiError::Answer { what: kind })?;
         let answer = String::from_utf8(r.body).map_err(|_| bad)?;
@@ -163,12 +182,12 @@ impl Node {
 
     /// `DELETE` a WHIP/WHEP session by its absolute Location URL.
     pub fn delete_url(&self, url: &str) -> Result<(), ApiError> {
-        http::request("DELETE", url, None)?;
+        self.http.request("DELETE", url, None)?;
         Ok(())
     }
 
     fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") {
+        if location.starts_with("http://") || location.starts_with("https://") {
             location.to_owned()
         } else {
             format!("{}{location}", self.base)
@@ -178,13 +197,16 @@ impl Node {
     /// `switchyard_{name}` in `/metrics`, summed over its samples (per-worker labels);
     /// `None` when the node does not export it.
     pub fn metric(&self, name: &str) -> Result<Option<f64>, ApiError> {
-        let r = http::request("GET", &format!("{}/metrics", self.base), None)?;
+        let r = self
+            .http
+            .request("GET", &format!("{}/metrics", self.base), None)?;
         let text = String::from_utf8_lossy(&r.body);
         Ok(metric_value(&text, name))
     }
 
     pub fn delete_session(&self, id: u64) -> Result<(), ApiError> {
-        http::request("DELETE", &format!("{}/v1/sessions/{id}", self.base), None)?;
+        self.http
+            .request("DELETE", &format!("{}/v1/sessions/{id}", self.base), None)?;
         Ok(())
     }
 }

@@ -1,31 +1,45 @@
-//! A minimal blocking HTTP/1.1 client for the node's control API: one request per
-//! connection (`Connection: close`), bodies framed by Content-Length or by EOF. No chunked
-//! encoding, no TLS, no redirects: the control API on loopback needs none of them, and this
-//! keeps an async runtime out of the load generator.
+//! The bench's view of the node's control API over HTTP: Switchyard's one HTTP client
+//! (`switchyard-httpclient`, blocking), with the bench's options: a bearer token, HTTPS
+//! verified by a CA file (or not at all, when asked), and 307s followed (a WHIP/WHEP POST to
+//! a node that does not host the room is redirected to the one that does; the token goes
+//! along, since a cluster's nodes share one key).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Connect and read timeout for one request; the control API answers in milliseconds.
+use switchyard_httpclient::blocking;
+use switchyard_httpclient::{ClientError, Config, Request, Tls};
+
+/// One request's deadline, redirects included; the control API answers in milliseconds.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest response accepted; control API answers are a few hundred bytes.
-const MAX_RESPONSE: u64 = 4 << 20;
+/// Largest answer read; control API answers are a few hundred bytes, `/metrics` a few KiB.
+const MAX_RESPONSE: usize = 4 << 20;
+/// Redirects followed: one 307 to the room's node, with room to spare.
+const MAX_REDIRECTS: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("unsupported URL {0:?} (want http://host:port/path)")]
-    Url(String),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed HTTP response: {0}")]
-    Malformed(&'static str),
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("HTTP client: {0}")]
+    Setup(String),
     #[error("HTTP {status}: {message}")]
     Status { status: u16, message: String },
 }
 
-/// A parsed response: status, `Location` (WHIP/WHEP resources) and body; other headers
-/// are dropped.
+/// How the bench talks to a node's API (`--token`, `--ca`, `--insecure`).
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Sent as `Authorization: Bearer` (a cluster token for `/v1/sessions`).
+    pub token: Option<String>,
+    /// PEM CA certificate(s) `https://` nodes are verified against.
+    pub ca: Option<PathBuf>,
+    /// `https://` without verifying the node's certificate (self-signed test nodes).
+    pub insecure: bool,
+}
+
+/// A status, the `Location` (WHIP/WHEP resources) and the body of a 2xx answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -33,225 +47,194 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Splits `http://host:port/path` into (`host:port`, `/path`).
-pub fn split_url(url: &str) -> Result<(String, String), HttpError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| HttpError::Url(url.to_owned()))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if host.is_empty() {
-        return Err(HttpError::Url(url.to_owned()));
-    }
-    let host = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:80")
-    };
-    Ok((host, path.to_owned()))
+/// The bench's HTTP client; shared by every thread of a run.
+#[derive(Debug)]
+pub struct Client {
+    inner: blocking::Client,
+    token: Option<String>,
 }
 
-/// Sends one request and returns the response if its status is 2xx; other statuses become
-/// [`HttpError::Status`] carrying the `{"error": ...}` message when the body has one.
-pub fn request(method: &str, url: &str, json_body: Option<&[u8]>) -> Result<Response, HttpError> {
-    request_typed(method, url, json_body.map(|b| ("application/json", b)))
-}
-
-/// [`request`] with a body of any `(Content-Type, bytes)`, e.g. `application/sdp` for
-/// WHIP/WHEP offers.
-pub fn request_typed(
-    method: &str,
-    url: &str,
-    body: Option<(&str, &[u8])>,
-) -> Result<Response, HttpError> {
-    let (host, path) = split_url(url)?;
-    let addr = host
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| HttpError::Url(url.to_owned()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json, application/sdp\r\n"
-    );
-    if let Some((content_type, _)) = body {
-        req.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    let body = body.map(|(_, b)| b).unwrap_or_default();
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes)?;
-    let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
-    check_status(parse_response(&raw)?)
-}
-
-/// Parses a complete response (the connection has been read to EOF).
-pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(HttpError::Malformed("no end of headers"))?;
-    let head =
-        std::str::from_utf8(&raw[..end]).map_err(|_| HttpError::Malformed("non-UTF-8 headers"))?;
-    let rest = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed("bad status line"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or(HttpError::Malformed("bad status code"))?;
-    let mut content_length = None;
-    let mut location = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(HttpError::Malformed("bad header line"));
+impl Client {
+    pub fn new(opts: &HttpOptions) -> Result<Arc<Self>, HttpError> {
+        let tls = match (&opts.ca, opts.insecure) {
+            (Some(ca), _) => Some(Tls::from_ca_file(ca).map_err(HttpError::Setup)?),
+            (None, true) => Some(Tls::accept_any()),
+            (None, false) => None,
         };
-        if name.trim().eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
-            content_length = Some(n);
-        } else if name.trim().eq_ignore_ascii_case("location") {
-            location = Some(value.trim().to_owned());
-        } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::Malformed("chunked bodies are not supported"));
-        }
+        let inner = blocking::Client::new(Config {
+            timeout: TIMEOUT,
+            max_body: MAX_RESPONSE,
+            max_redirects: MAX_REDIRECTS,
+            token_across_origins: true,
+            tls,
+            user_agent: "switchyard-bench",
+        })
+        .map_err(|e| HttpError::Setup(e.to_string()))?;
+        Ok(Arc::new(Self {
+            inner,
+            token: opts.token.clone(),
+        }))
     }
-    let body = match content_length {
-        Some(n) => rest
-            .get(..n)
-            .ok_or(HttpError::Malformed("body shorter than Content-Length"))?,
-        None => rest,
-    };
-    Ok(Response {
-        status,
-        location,
-        body: body.to_vec(),
-    })
-}
 
-/// Turns a non-2xx response into an error with the server's message.
-pub fn check_status(resp: Response) -> Result<Response, HttpError> {
-    if (200..300).contains(&resp.status) {
-        return Ok(resp);
+    /// Sends one request and returns the answer if its status is 2xx; other statuses become
+    /// [`HttpError::Status`] carrying the `{"error": ...}` message when the body has one.
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        json_body: Option<&[u8]>,
+    ) -> Result<Response, HttpError> {
+        self.request_typed(method, url, json_body.map(|b| ("application/json", b)))
     }
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        error: String,
+
+    /// [`Client::request`] with a body of any `(Content-Type, bytes)`, e.g.
+    /// `application/sdp` for WHIP/WHEP offers.
+    pub fn request_typed(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<(&'static str, &[u8])>,
+    ) -> Result<Response, HttpError> {
+        let method = method
+            .parse()
+            .map_err(|_| HttpError::Setup(format!("bad method {method}")))?;
+        let mut req = Request::new(method, url).bearer(self.token.as_deref());
+        if let Some((content_type, b)) = body {
+            req = req.body(content_type, b.to_vec());
+        }
+        let answer = self.inner.send(req).map_err(|e| match e {
+            ClientError::NoTls => HttpError::Setup(format!(
+                "{url}: https:// needs --ca FILE (the node's CA) or --insecure"
+            )),
+            e => HttpError::Client(e),
+        })?;
+        if !answer.is_success() {
+            return Err(HttpError::Status {
+                status: answer.status,
+                message: answer.error_text(),
+            });
+        }
+        Ok(Response {
+            status: answer.status,
+            location: answer.header("location").map(str::to_owned),
+            body: answer.body.to_vec(),
+        })
     }
-    let message = match serde_json::from_slice::<ErrorBody>(&resp.body) {
-        Ok(e) => e.error,
-        Err(_) => String::from_utf8_lossy(&resp.body).into_owned(),
-    };
-    Err(HttpError::Status {
-        status: resp.status,
-        message,
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
 
-    #[test]
-    fn parses_content_length_body() {
-        let raw = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nlocation: /whep/r/s/7\r\nContent-Length: 7\r\n\r\n{\"a\":1}trailing";
-        let r = parse_response(raw).expect("valid");
-        assert_eq!(r.status, 201);
-        assert_eq!(r.location.as_deref(), Some("/whep/r/s/7"));
-        assert_eq!(r.body, b"{\"a\":1}");
-    }
-
-    #[test]
-    fn body_to_eof_without_length() {
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nhello").expect("valid");
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
-    }
-
-    #[test]
-    fn malformed_responses() {
-        for raw in [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
-            b"SIP/2.0 200 OK\r\n\r\n",
-            b"HTTP/1.1 abc OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_response(raw), Err(HttpError::Malformed(_))),
-                "{raw:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn error_status_carries_json_message() {
-        let raw =
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 25\r\n\r\n{\"error\":\"no such thing\"}";
-        match check_status(parse_response(raw).expect("valid")) {
-            Err(HttpError::Status { status, message }) => {
-                assert_eq!((status, message.as_str()), (404, "no such thing"))
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        let raw = b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nboom";
-        assert!(matches!(
-            check_status(parse_response(raw).expect("valid")),
-            Err(HttpError::Status { status: 500, message }) if message == "boom"
-        ));
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            split_url("http://127.0.0.1:8080/v1/sessions").expect("ok"),
-            ("127.0.0.1:8080".into(), "/v1/sessions".into())
-        );
-        assert_eq!(
-            split_url("http://localhost").expect("ok"),
-            ("localhost:80".into(), "/".into())
-        );
-        assert!(split_url("https://x/").is_err());
-        assert!(split_url("http:///x").is_err());
-    }
-
-    #[test]
-    fn round_trip_against_a_loopback_server() {
+    /// A server answering `answers` in turn, one connection each; returns the requests.
+    fn serve(answers: Vec<String>) -> (String, std::thread::JoinHandle<Vec<String>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().expect("accept");
-            // Read the whole request first: closing with unread bytes would reset the
-            // connection before the client reads the answer.
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.ends_with(b"{\"k\":1}") {
-                let n = s.read(&mut buf).expect("read");
-                assert!(n > 0, "client closed early");
-                req.extend_from_slice(&buf[..n]);
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for a in answers {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                // Read the whole request (head and declared body) before answering.
+                loop {
+                    let n = s.read(&mut buf).expect("read");
+                    assert!(n > 0, "client closed early");
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                s.write_all(a.as_bytes()).expect("write");
+                seen.push(String::from_utf8_lossy(&req).into_owned());
             }
-            let req = String::from_utf8_lossy(&req).into_owned();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                .expect("write");
-            req
+            seen
         });
-        let r =
-            request("POST", &format!("http://{addr}/v1/x"), Some(b"{\"k\":1}")).expect("request");
+        (base, t)
+    }
+
+    #[test]
+    fn token_json_and_errors_with_the_nodes_message() {
+        let (base, server) = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".into(),
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 41\r\n\r\n{\"error\":\"this endpoint needs a cluster\"}"
+                .into(),
+        ]);
+        let c = Client::new(&HttpOptions {
+            token: Some("t0k".into()),
+            ..HttpOptions::default()
+        })
+        .expect("client");
+        let r = c
+            .request("POST", &format!("{base}/v1/x"), Some(b"{\"k\":1}"))
+            .expect("request");
         assert_eq!(r.body, b"{}");
-        let req = server.join().expect("server");
-        assert!(req.starts_with("POST /v1/x HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("Content-Length: 7\r\n"));
+        match c.request("GET", &format!("{base}/v1/y"), None) {
+            Err(HttpError::Status { status, message }) => {
+                assert_eq!(
+                    (status, message.as_str()),
+                    (403, "this endpoint needs a cluster")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let seen = server.join().expect("server");
+        assert!(
+            seen[0].starts_with("POST /v1/x HTTP/1.1\r\n"),
+            "{}",
+            seen[0]
+        );
+        let lower = seen[0].to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer t0k"), "{lower}");
+        assert!(lower.contains("content-length: 7"), "{lower}");
+    }
+
+    #[test]
+    fn whip_307_is_followed_with_the_offer_and_the_token() {
+        let (b, b_server) = serve(vec![
+            "HTTP/1.1 201 Created\r\nLocation: /whip/r/s/1-ab\r\nContent-Length: 3\r\n\r\nv=0"
+                .into(),
+        ]);
+        let (a, a_server) = serve(vec![format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {b}/whip/r/s\r\nContent-Length: 0\r\n\r\n"
+        )]);
+        let c = Client::new(&HttpOptions {
+            token: Some("t".into()),
+            ..HttpOptions::default()
+        })
+        .expect("client");
+        let r = c
+            .request_typed(
+                "POST",
+                &format!("{a}/whip/r/s"),
+                Some(("application/sdp", b"offer")),
+            )
+            .expect("followed");
+        assert_eq!(r.status, 201);
+        assert_eq!(r.location.as_deref(), Some("/whip/r/s/1-ab"));
+        a_server.join().expect("a");
+        let seen = b_server.join().expect("b")[0].to_ascii_lowercase();
+        assert!(seen.starts_with("post /whip/r/s "), "{seen}");
+        assert!(seen.ends_with("offer"), "{seen}");
+        assert!(seen.contains("authorization: bearer t"), "{seen}");
+    }
+
+    #[test]
+    fn https_without_a_ca_says_what_to_pass() {
+        let c = Client::new(&HttpOptions::default()).expect("client");
+        match c.request("GET", "https://127.0.0.1:1/health", None) {
+            Err(HttpError::Setup(m)) => assert!(m.contains("--ca"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

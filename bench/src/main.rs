@@ -48,6 +48,8 @@ enum Cmd {
         #[arg(long)]
         cpu_pid: Option<i32>,
         #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
         load: LoadArgs,
     },
     /// The same load through an in-process plain UDP fan-out thread (the reference).
@@ -113,6 +115,33 @@ struct NodeArgs {
     /// With --webrtc: subscribers joining at once.
     #[arg(long, default_value_t = 16)]
     join_parallel: usize,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// How the node's API is spoken to.
+#[derive(Args)]
+struct HttpArgs {
+    /// Bearer token for the node's API (`switchyard token sign --cluster` for /v1/sessions;
+    /// WHIP/WHEP with --webrtc need a token that may publish and watch bench/*).
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate an https:// node's certificate is verified against.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Accept any certificate from an https:// node (self-signed test nodes).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+}
+
+impl HttpArgs {
+    fn options(&self) -> switchyard_bench::http::HttpOptions {
+        switchyard_bench::http::HttpOptions {
+            token: self.token.clone(),
+            ca: self.ca.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,7 +268,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Fanout { node, load } => {
-            let report = switchyard_bench::run(&load.spec()?, &node.target())?;
+            let mut spec = load.spec()?;
+            spec.http = node.http.options();
+            let report = switchyard_bench::run(&spec, &node.target())?;
             print!("{}", report.table());
             write_json(&load.json, &report)?;
         }
@@ -249,6 +280,7 @@ fn main() -> anyhow::Result<()> {
             chain,
             profile,
             cpu_pid,
+            http,
             load,
         } => {
             let target = Target::Relay {
@@ -258,7 +290,9 @@ fn main() -> anyhow::Result<()> {
                 profile: profile.into(),
                 cpu_pid,
             };
-            let report = switchyard_bench::run(&load.spec()?, &target)?;
+            let mut spec = load.spec()?;
+            spec.http = http.options();
+            let report = switchyard_bench::run(&spec, &target)?;
             print!("{}", report.table());
             write_json(&load.json, &report)?;
         }
@@ -286,6 +320,7 @@ fn main() -> anyhow::Result<()> {
             }
             let mut spec = load.spec()?;
             spec.duration = secs(step_duration, "step-duration")?;
+            spec.http = node.http.options();
             let target = if reflector {
                 Target::Reflector { core: Some(core) }
             } else {

@@ -65,6 +65,8 @@ pub struct LoadSpec {
     /// node sends the stream unchanged, under that link's key, from its relay socket), so
     /// the run measures relay egress against subscriber egress.
     pub relay_out: bool,
+    /// How the node's API is spoken to: token, HTTPS verification.
+    pub http: crate::http::HttpOptions,
 }
 
 impl Default for LoadSpec {
@@ -82,6 +84,7 @@ impl Default for LoadSpec {
             bench_cores: vec![0],
             drain: Duration::from_millis(500),
             relay_out: false,
+            http: crate::http::HttpOptions::default(),
         }
     }
 }
@@ -223,7 +226,7 @@ fn setup_node(
     cpu_pid: Option<i32>,
     worker: Option<u32>,
 ) -> Result<Setup, Error> {
-    let node = Node::new(api);
+    let node = Node::new(api, &spec.http)?;
     let health = node.health()?;
     let pid = cpu_pid.or(health.dataplane_pid);
     let mut guard = NodeGuard {
@@ -364,8 +367,9 @@ fn setup_relay(
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(k)
     };
-    let mut nodes = vec![Node::new(api)];
-    nodes.extend(via.iter().map(|v| Node::new(v)));
+    let first = Node::new(api, &spec.http)?;
+    let mut nodes: Vec<Node> = via.iter().map(|v| first.sibling(v)).collect();
+    nodes.insert(0, first);
     let pid = cpu_pid.or(nodes[0].health()?.dataplane_pid);
     for n in &nodes[1..] {
         n.health()?;
@@ -608,7 +612,7 @@ fn setup_node_webrtc(
     cpu_pid: Option<i32>,
     join: WebrtcJoin,
 ) -> Result<Setup, Error> {
-    let node = Node::new(api);
+    let node = Node::new(api, &spec.http)?;
     let health = node.health()?;
     let pid = cpu_pid.or(health.dataplane_pid);
     let rtc = Rtc {

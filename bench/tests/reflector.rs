@@ -20,6 +20,7 @@ fn spec() -> LoadSpec {
         bench_cores: Vec::new(),
         drain: Duration::from_millis(500),
         relay_out: false,
+        ..LoadSpec::default()
     }
 }
 

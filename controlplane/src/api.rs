@@ -3,15 +3,15 @@
 //! Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status, including
 //! malformed JSON, oversized bodies, unknown paths and wrong methods.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -24,8 +24,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Caller;
 use crate::link::{SendError, Shared};
 use crate::openapi::ErrorBody;
+use crate::quota::{Client, Quotas, Refusal};
 use crate::state::DataplaneInfo;
 
 /// Largest request body accepted.
@@ -149,6 +151,14 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY));
+    // Inside auth, which leaves the caller for it; only callers auth knows are limited.
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(Limited {
+            quotas: Mutex::new(Quotas::new(&shared.config.limits)),
+            shared: shared.clone(),
+        }),
+        quota_check,
+    ));
     // Inside CORS, so refusals carry the CORS headers and preflights never need a token.
     let router = match auth {
         Some(auth) => router.layer(axum::middleware::from_fn_with_state(
@@ -160,9 +170,126 @@ pub fn router(
     router
         .layer(cors())
         .layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(shared.config.http.request_timeout_ms),
+            deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
         ))
+}
+
+/// A request gets `limit`, body included (a client dripping its body holds a connection
+/// otherwise), then 408. Dropping a handler mid-way is safe: every command it sent has its
+/// own shorter timeout, and what the data plane confirms late is cleaned up by the table.
+async fn deadline(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+/// Marks a response whose request created a session, so its caller's quota counts it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Created(pub SessionId);
+
+/// The per-client session limits and what they need to see which sessions still live.
+struct Limited {
+    quotas: Mutex<Quotas>,
+    shared: Arc<Shared>,
+}
+
+impl Limited {
+    fn quotas(&self) -> std::sync::MutexGuard<'_, Quotas> {
+        // Every change is one small update; a poisoned table is still a usable one.
+        self.quotas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Gives an admitted creation back, also when the request is dropped half-way (the client
+/// went away, or the deadline passed).
+struct Settle<'a> {
+    limited: &'a Limited,
+    client: Client,
+    created: Option<SessionId>,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.limited.quotas().settle(self.client, self.created);
+    }
+}
+
+/// Whether a request makes a session: a WHIP or WHEP offer, or `POST /v1/sessions`.
+fn creates_session(method: &Method, path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    method == Method::POST
+        && matches!(
+            segs.as_slice(),
+            ["whip" | "whep", _, _] | ["v1", "sessions"]
+        )
+}
+
+/// `[limits]` on session creation: user tokens and anonymous addresses get a cap of live
+/// sessions and a creation rate; 429 with `Retry-After` over either (`crate::quota`).
+async fn quota_check(
+    State(limited): State<Arc<Limited>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !creates_session(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let caller = req.extensions().get::<Caller>().copied();
+    let client = match caller {
+        c if Caller::trusted(c.as_ref()) => return next.run(req).await,
+        Some(Caller::User(token)) => Client::Token(token),
+        _ => {
+            // The server always sets the peer; without it every such caller shares one quota.
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+            Client::address(ip)
+        }
+    };
+    let admitted = {
+        let g = limited.shared.lock();
+        limited
+            .quotas()
+            .admit(client, Instant::now(), |id| g.node.session(id).is_some())
+    };
+    if let Err(refusal) = admitted {
+        let m = &limited.shared.http;
+        match refusal {
+            Refusal::Sessions(_) => &m.throttled_quota,
+            Refusal::Rate { .. } => &m.throttled_rate,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let secs = refusal.retry_after().as_secs_f64().ceil().max(1.0);
+        let mut resp =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string()).into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs as u64));
+        return resp;
+    }
+    let mut settle = Settle {
+        limited: &limited,
+        client,
+        created: None,
+    };
+    let resp = next.run(req).await;
+    settle.created = resp.extensions().get::<Created>().map(|c| c.0);
+    drop(settle);
+    resp
 }
 
 /// A page on another origin may publish and watch (WHIP/WHEP from a web app), so CORS is
@@ -262,6 +389,11 @@ struct HealthView {
     status: &'static str,
     node: String,
     sessions: usize,
+    /// The command ring to the data plane: `ok`, `detached` (no data plane ring yet, or
+    /// between two files) or `corrupt` (found corrupt; 503 until the data plane has
+    /// recreated it, which it does at once while it runs).
+    #[schema(value_type = String, example = "ok")]
+    ring: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<u16>,
     /// The data plane's I/O engine, e.g. `uring` or `mmsg`.
@@ -364,6 +496,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         status: "ok",
         node: shared.config.node.id.clone(),
         sessions: g.node.session_count(),
+        ring: g.ring_health().as_str(),
         workers: dp.map(|d| d.workers),
         engine: dp.map(|d| format!("{:?}", d.engine).to_lowercase()),
         dataplane_pid: dp.map(|d| d.pid),
@@ -383,7 +516,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         },
         Err(e) => {
             body.status = "unavailable";
-            body.error = Some(e.to_string());
+            body.error = Some(match g.ring_health() {
+                crate::link::RingHealth::Corrupt => {
+                    "command ring corrupt; waiting for the data plane to recreate it".into()
+                }
+                _ => e.to_string(),
+            });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
@@ -894,6 +1032,7 @@ async fn create_session(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
+        axum::Extension(Created(spec.id)),
         Json(body),
     )
         .into_response())

@@ -285,19 +285,35 @@ impl Auth {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<(), AuthError> {
+        self.identify(method, path, query, headers).map(|_| ())
+    }
+
+    /// [`Self::authorize`], and who the caller is when the request is allowed.
+    pub fn identify(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Caller, AuthError> {
         let need = classify(method, path, query);
         let public_path = match &need {
-            Need::Nothing => return Ok(()),
+            Need::Nothing => return Ok(Caller::Anonymous),
             Need::Media(_, p) | Need::Room(p) | Need::Discover(p) => Some(p.as_str()),
             Need::Cluster => None,
         };
         let token = bearer(headers)?;
         if token.is_none() && public_path.is_some_and(|p| self.is_public(p)) {
-            return Ok(());
+            return Ok(Caller::Anonymous);
         }
         let token = token.ok_or_else(|| unauthorized(MISSING))?;
         let claims = self.verify(token)?;
-        match need {
+        let caller = if claims.cluster {
+            Caller::Cluster
+        } else {
+            Caller::User(TokenId::of(token))
+        };
+        let allowed = match need {
             Need::Nothing => Ok(()),
             Need::Cluster if claims.cluster => Ok(()),
             Need::Cluster => Err(forbidden("this endpoint needs a cluster token")),
@@ -316,7 +332,43 @@ impl Auth {
             Need::Room(room) => Err(forbidden(format!("token does not cover room {room}"))),
             Need::Discover(room) if claims.touches_room(&room) || self.is_public(&room) => Ok(()),
             Need::Discover(room) => Err(forbidden(format!("token does not cover room {room}"))),
-        }
+        };
+        allowed.map(|()| caller)
+    }
+}
+
+/// A user token, by a digest of the token itself: the key its quotas are kept under
+/// (`crate::quota`). Two tokens are two clients even with the same claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenId([u8; 16]);
+
+impl TokenId {
+    fn of(token: &str) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d.as_ref()[..16]);
+        Self(id)
+    }
+}
+
+/// Who made an allowed request, as the [`check`] middleware leaves it in the request's
+/// extensions. Absent when auth is off: every caller is trusted then, like a cluster token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A cluster token: every endpoint, no quota, any room hook.
+    Cluster,
+    /// A user token.
+    User(TokenId),
+    /// No token: an open endpoint, or the public prefix.
+    Anonymous,
+}
+
+impl Caller {
+    /// Whether the request's caller may do what only operators and nodes may (set any room
+    /// hook, create sessions without quota): a cluster token, or anyone while auth is off
+    /// (`None`: the middleware is not installed).
+    pub fn trusted(caller: Option<&Caller>) -> bool {
+        matches!(caller, None | Some(Caller::Cluster))
     }
 }
 
@@ -392,15 +444,19 @@ pub(crate) fn needs_token(method: &Method, path: &str) -> bool {
     !matches!(classify(method, path, None), Need::Nothing)
 }
 
-/// The middleware: refuse what the request's token does not allow.
-pub(crate) async fn check(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    match auth.authorize(
+/// The middleware: refuse what the request's token does not allow; leave the [`Caller`] of
+/// what it allows in the request's extensions.
+pub(crate) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    match auth.identify(
         req.method(),
         req.uri().path(),
         req.uri().query(),
         req.headers(),
     ) {
-        Ok(()) => next.run(req).await,
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -663,6 +719,32 @@ mod tests {
             auth.authorize(&Method::GET, "/v1/streams", None, &none),
             Ok(())
         );
+    }
+
+    #[test]
+    fn callers_are_identified() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, Some("anon"));
+        let id = |h: &HeaderMap| auth.identify(&Method::POST, "/whip/anon/cam", None, h);
+        assert_eq!(id(&HeaderMap::new()), Ok(Caller::Anonymous));
+        let a = sign_hs256(&key, &claims("anon", &[""], &[])).unwrap();
+        let b = sign_hs256(&key, &claims("", &[""], &[])).unwrap();
+        let (Ok(Caller::User(ta)), Ok(Caller::User(tb))) =
+            (id(&with_token(&a)), id(&with_token(&b)))
+        else {
+            panic!("user tokens are users");
+        };
+        assert_ne!(ta, tb, "two tokens, two clients");
+        assert_eq!(id(&with_token(&a)), Ok(Caller::User(ta)));
+        let cluster = Claims {
+            cluster: true,
+            ..Claims::default()
+        };
+        let c = with_token(&sign_hs256(&key, &cluster).unwrap());
+        assert_eq!(id(&c), Ok(Caller::Cluster));
+        assert!(Caller::trusted(None) && Caller::trusted(Some(&Caller::Cluster)));
+        assert!(!Caller::trusted(Some(&Caller::Anonymous)));
+        assert!(!Caller::trusted(Some(&Caller::User(ta))));
     }
 
     #[test]

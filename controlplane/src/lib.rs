@@ -19,8 +19,10 @@ mod kept;
 mod link;
 mod metrics;
 mod openapi;
+mod quota;
 pub mod relay;
 pub mod sdp;
+mod server;
 pub mod state;
 pub mod tls;
 mod whip;
@@ -67,7 +69,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_on(config, listener, "http", shutdown).await
+    serve_on(config, listener, None, shutdown).await
 }
 
 /// [`serve`] over HTTPS only: every connection on `listener` must complete a TLS handshake
@@ -78,19 +80,17 @@ pub async fn serve_tls(
     tls: Arc<tls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tls::TlsListener::new(listener, tls).context("TLS listener")?;
-    serve_on(config, listener, "https", shutdown).await
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_on(config, listener, Some(acceptor), shutdown).await
 }
 
-async fn serve_on<L>(
+async fn serve_on(
     config: Config,
-    listener: L,
-    scheme: &'static str,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
+) -> anyhow::Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr().context("listener address")?;
     let auth = auth::Auth::from_config(&config.auth)
         .context("[auth]")?
@@ -119,11 +119,23 @@ where
     let health = tokio::spawn(cluster::health::run(cluster.clone(), me, shared.clone()));
     let relays = tokio::spawn(relay::run(shared.clone(), cluster.clone()));
     let forwards = tokio::spawn(forward::run(shared.clone(), cluster.clone()));
+    let http = &shared.config.http;
+    let fds = server::fd_limit();
+    let limits = server::Limits {
+        max_connections: server::connection_cap(http.max_connections, fds),
+        header_read_timeout: std::time::Duration::from_millis(http.header_read_timeout_ms),
+    };
+    if limits.max_connections < http.max_connections as usize {
+        tracing::warn!(
+            configured = http.max_connections,
+            open_file_limit = ?fds,
+            max_connections = limits.max_connections,
+            "http.max_connections lowered to fit the open file limit (raise LimitNOFILE)"
+        );
+    }
     tracing::info!(%scheme, http = %addr, node = %shared.config.node.id, "control plane listening");
-    let result = axum::serve(listener, api::router(shared, cluster, auth))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server");
+    let app = api::router(shared.clone(), cluster, auth);
+    server::serve(listener, tls, app, limits, shared.clone(), shutdown).await;
     health.abort();
     relays.abort();
     forwards.abort();
@@ -132,7 +144,7 @@ where
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || link.join()).await;
     tracing::info!("control plane stopped");
-    result
+    Ok(())
 }
 
 /// The cluster store `[cluster] redis` asks for (in memory without it).

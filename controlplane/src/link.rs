@@ -6,6 +6,11 @@
 //! commands directly (under the same lock), so a full ring is an error they can answer with;
 //! the link's own commands (snapshot requests, re-provisioning) wait in a local backlog
 //! instead, because nobody could act on that error.
+//!
+//! A corrupt ring (impossible indices, found by either end or marked by the data plane) is
+//! logged once; the link then leaves the ring alone, `/health` says `"ring": "corrupt"` with
+//! 503, and API pushes get 503, until the data plane has recreated the file, which the
+//! link attaches to like any replaced one.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use switchyard_shared::command::{self, Command, Event};
 use switchyard_shared::config::Config;
-use switchyard_shared::ring::{self, ControlSide, Producer, PushError};
+use switchyard_shared::ring::{self, Consumer, ControlSide, Producer, PushError, RingError};
 use switchyard_shared::stats::Stats;
 
 use crate::metrics::HttpMetrics;
@@ -48,6 +53,28 @@ pub struct Inner {
     pub node: NodeState,
     producer: Option<Producer>,
     pub stats: Option<Stats>,
+    ring: RingHealth,
+}
+
+/// The command ring as the link last found it, for `/health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingHealth {
+    /// Not attached: no ring yet (the data plane has not made one), or between two files.
+    Detached,
+    Ok,
+    /// Found corrupt; the link waits for the data plane to recreate the file.
+    Corrupt,
+}
+
+impl RingHealth {
+    /// The value of `ring` in `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RingHealth::Detached => "detached",
+            RingHealth::Ok => "ok",
+            RingHealth::Corrupt => "corrupt",
+        }
+    }
 }
 
 /// Why a command did not reach the ring.
@@ -67,10 +94,32 @@ impl Inner {
         let mut buf = Vec::with_capacity(256);
         command::encode(cmd, &mut buf)?;
         let p = self.producer.as_mut().ok_or(SendError::Detached)?;
-        p.push(&buf).map_err(|e| match e {
-            PushError::Full => SendError::Full,
-            PushError::TooLarge => SendError::Encode(command::CodecError::TooLarge),
-        })
+        match p.push(&buf) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full) => Err(SendError::Full),
+            Err(PushError::TooLarge) => Err(SendError::Encode(command::CodecError::TooLarge)),
+            Err(PushError::Corrupt) => {
+                let why = p.corruption().unwrap_or("command ring corrupt").to_owned();
+                self.ring_corrupt(&why);
+                Err(SendError::Detached)
+            }
+        }
+    }
+
+    /// The ring is corrupt (the end that found it has marked the file): stop using it and
+    /// say so, once; the link waits for the data plane to recreate it.
+    fn ring_corrupt(&mut self, why: &str) {
+        if self.ring != RingHealth::Corrupt {
+            tracing::error!(error = %why, "command ring corrupt; waiting for the data plane to recreate it");
+        }
+        self.ring = RingHealth::Corrupt;
+        self.producer = None;
+        self.node.detached();
+    }
+
+    /// The command ring as the link last found it.
+    pub fn ring_health(&self) -> RingHealth {
+        self.ring
     }
 
     /// Commands pushed but not yet read by the data plane.
@@ -106,6 +155,7 @@ impl Shared {
                 node: NodeState::new(),
                 producer: None,
                 stats: None,
+                ring: RingHealth::Detached,
             }),
             http: HttpMetrics::default(),
             load: Mutex::new(None),
@@ -142,6 +192,11 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         let side = match ring::attach_control(&path) {
             Ok(side) => side,
             Err(e) => {
+                // A file the data plane has not replaced yet after one of the ends marked it.
+                shared.lock().ring = match e {
+                    RingError::Corrupt(_) => RingHealth::Corrupt,
+                    _ => RingHealth::Detached,
+                };
                 if !waiting_logged {
                     tracing::info!(ring = %path.display(), error = %e, "waiting for the data plane's command ring");
                     waiting_logged = true;
@@ -166,6 +221,7 @@ fn serve(shared: &Shared, stop: &AtomicBool, side: ControlSide) {
     {
         let mut g = shared.lock();
         g.producer = Some(commands);
+        g.ring = RingHealth::Ok;
         backlog.push_back(g.node.attached());
     }
     let mut buf = Vec::with_capacity(command::MAX_MESSAGE);
@@ -187,11 +243,22 @@ fn serve(shared: &Shared, stop: &AtomicBool, side: ControlSide) {
                     Err(e) => tracing::warn!(error = %e, "undecodable event dropped"),
                 },
                 Ok(false) => break,
+                // One unreadable slot, skipped; the ring goes on.
+                Err(RingError::BadMessage(e)) => tracing::warn!(error = %e, "event dropped"),
                 Err(e) => {
-                    tracing::error!(error = %e, "event ring is corrupt");
+                    g.ring_corrupt(&e.to_string());
                     break;
                 }
             }
+        }
+        // The command ring is looked at here too, not only when an API request pushes: the
+        // control plane alone can tell that its own index was overwritten.
+        if let Some(Err(e)) = g.producer.as_mut().map(Producer::check) {
+            g.ring_corrupt(&e.to_string());
+        }
+        if g.ring == RingHealth::Corrupt {
+            drop(g);
+            return wait_for_new_ring(stop, &events);
         }
         for c in g.node.take_changes() {
             if shared.changes.try_send(c).is_err() {
@@ -228,9 +295,23 @@ fn serve(shared: &Shared, stop: &AtomicBool, side: ControlSide) {
         if g.producer.as_ref().is_some_and(Producer::replaced) {
             tracing::warn!("the data plane replaced the command ring; attaching again");
             g.producer = None;
+            g.ring = RingHealth::Detached;
             g.node.detached();
             return;
         }
+    }
+}
+
+/// After a corrupt ring: stay off it (no pops, no pushes, a look every 200 ms) until the data
+/// plane has put a new file in its place, which it does at once if it runs or when it
+/// starts; then `run` attaches to that one.
+fn wait_for_new_ring(stop: &AtomicBool, events: &Consumer) {
+    while !stop.load(Ordering::Relaxed) {
+        if events.replaced() {
+            tracing::info!("the data plane recreated the command ring; attaching again");
+            return;
+        }
+        std::thread::sleep(ATTACH_RETRY);
     }
 }
 

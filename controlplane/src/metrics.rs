@@ -23,6 +23,12 @@ pub struct HttpMetrics {
     pub sessions_created: AtomicU64,
     pub sessions_refused: AtomicU64,
     pub sessions_removed: AtomicU64,
+    /// Session creations refused (429) by `[limits]`: a client's live-session cap, its rate.
+    pub throttled_quota: AtomicU64,
+    pub throttled_rate: AtomicU64,
+    /// HTTP connections held now, and those closed at accept over `[http] max_connections`.
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 impl HttpMetrics {
@@ -248,6 +254,18 @@ fn help(c: Counter) -> &'static str {
         }
         Counter::RelayDataOut => "Data channel events (open, message, close) sent over relay links.",
         Counter::RelayDataIn => "Data channel events received over relay links.",
+        Counter::WorkerEventsCoalesced => {
+            "Worker events replaced by a newer one before the slow path took them (address moves)."
+        }
+        Counter::RingEventsCoalesced => {
+            "Events for the control plane replaced by a newer one, or dropped because their session ended, while the event ring was full."
+        }
+        Counter::LatchTrials => {
+            "Trial decryptions of unknown-source datagrams against publishers waiting to latch."
+        }
+        Counter::LatchRefused => {
+            "Unknown-source datagrams not tried against waiting publishers: their source's latch budget was used up."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }
@@ -367,6 +385,44 @@ pub fn render(
         header(&mut out, name, "counter", text);
         let _ = writeln!(out, "switchyard_{name} {}", value.load(Ordering::Relaxed));
     }
+    header(
+        &mut out,
+        "sessions_throttled_total",
+        "counter",
+        "Session creations refused with 429 by [limits]: a client's live-session cap (quota) or creation rate (rate).",
+    );
+    for (reason, value) in [
+        ("quota", &http.throttled_quota),
+        ("rate", &http.throttled_rate),
+    ] {
+        let _ = writeln!(
+            out,
+            "switchyard_sessions_throttled_total{{reason=\"{reason}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "http_connections_open",
+        "gauge",
+        "HTTP connections held now (TLS handshakes included).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_http_connections_open {}",
+        http.connections_open.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "http_connections_refused_total",
+        "counter",
+        "HTTP connections closed as soon as accepted: [http] max_connections were held.",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_http_connections_refused_total {}",
+        http.connections_refused.load(Ordering::Relaxed)
+    );
     if let Some(l) = load {
         header(
             &mut out,

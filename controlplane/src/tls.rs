@@ -1,32 +1,20 @@
 //! HTTPS for the API (`[http] certificate` / `private_key`): rustls with the ring provider
-//! (the one webrtc-dtls already brings), behind axum's [`Listener`] so the same router and
-//! graceful shutdown serve both schemes.
-//!
-//! Handshakes run in their own tasks, not in `accept`, so a client that stalls mid-handshake
-//! holds up only itself; at most [`MAX_HANDSHAKES`] run at once and each gets
-//! [`HANDSHAKE_TIMEOUT`].
+//! (the one webrtc-dtls already brings). The server (`crate::server`) runs each handshake in
+//! its connection's own task, under the connection cap, with [`HANDSHAKE_TIMEOUT`], so a
+//! client that stalls mid-handshake holds up only itself.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use axum::serve::Listener;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes in progress at once; further connections wait in the accept queue.
-pub const MAX_HANDSHAKES: usize = 256;
 
 /// The process-wide crypto provider: ring.
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -64,84 +52,8 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     Ok(Arc::new(config))
 }
 
-/// Accepts TCP connections and yields them once their TLS handshake is done.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Start accepting on `listener` (needs a tokio runtime).
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let tls = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // EMFILE and the like: back off as axum's own listener does.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let tls = tls.clone();
-                let ready = tx.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = ready.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(Self {
-            ready,
-            addr,
-            acceptor,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The acceptor task is gone (only when aborted): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
-}
+#[cfg(test)]
+pub(crate) use listener::TlsListener;
 
 /// A client config for the cluster health probe of `https://` nodes: it checks liveness
 /// only (`GET /health`, no credentials, the answer's status line), so it accepts any
@@ -198,9 +110,110 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
+/// An axum [`Listener`](axum::serve::Listener) that yields connections once their TLS
+/// handshake is done: test servers for the HTTPS clients (health probe, relay client).
+#[cfg(test)]
+mod listener {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::serve::Listener;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{mpsc, Semaphore};
+    use tokio_rustls::server::TlsStream;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::{ServerConfig, HANDSHAKE_TIMEOUT};
+
+    /// TLS handshakes in progress at once; further connections wait in the accept queue.
+    const MAX_HANDSHAKES: usize = 256;
+
+    /// Accepts TCP connections and yields them once their TLS handshake is done.
+    pub struct TlsListener {
+        ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+        addr: SocketAddr,
+        acceptor: tokio::task::JoinHandle<()>,
+    }
+
+    impl TlsListener {
+        /// Start accepting on `listener` (needs a tokio runtime).
+        pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+            let addr = listener.local_addr()?;
+            let (tx, ready) = mpsc::channel(64);
+            let tls = TlsAcceptor::from(config);
+            let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            let acceptor = tokio::spawn(async move {
+                loop {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (tcp, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // EMFILE and the like: back off as axum's own listener does.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let tls = tls.clone();
+                    let ready = tx.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                let _ = ready.send((stream, peer)).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            });
+            Ok(Self {
+                ready,
+                addr,
+                acceptor,
+            })
+        }
+    }
+
+    impl Drop for TlsListener {
+        fn drop(&mut self) {
+            self.acceptor.abort();
+        }
+    }
+
+    impl Listener for TlsListener {
+        type Io = TlsStream<TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.ready.recv().await {
+                Some(conn) => conn,
+                // The acceptor task is gone (only when aborted): accept nothing more.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(self.addr)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn serves_https_and_the_health_probe_speaks_it() {

@@ -138,6 +138,7 @@ pub(crate) struct RedirectBody {
         (status = 409, description = "The stream already has a publisher", body = ErrorBody),
         (status = 413, description = "Offer over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not application/sdp", body = ErrorBody),
+        (status = 429, description = "This client's live sessions or creation rate (`[limits]`); see `Retry-After`", body = ErrorBody),
         (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
     )
 )]
@@ -174,6 +175,7 @@ pub async fn publish(
         (status = 406, description = "No codec in common with the publisher", body = ErrorBody),
         (status = 413, description = "Offer over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not application/sdp", body = ErrorBody),
+        (status = 429, description = "This client's live sessions or creation rate (`[limits]`); see `Retry-After`", body = ErrorBody),
         (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
     )
 )]
@@ -389,6 +391,7 @@ async fn offer(
             (header::CONTENT_TYPE, SDP.to_owned()),
             (header::LOCATION, location),
         ],
+        Extension(crate::api::Created(spec.id)),
         answer,
     )
         .into_response())

@@ -121,7 +121,13 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
 
     let fingerprint = handshakes.fingerprint();
-    let mut slow = SlowPath::new(side, mailboxes.clone(), handshakes, stats.clone());
+    let mut slow = SlowPath::new(
+        side,
+        ring_path.clone(),
+        mailboxes.clone(),
+        handshakes,
+        stats.clone(),
+    );
     slow.announce(Event::Hello {
         fingerprint,
         boot,

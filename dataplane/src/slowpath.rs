@@ -7,17 +7,27 @@
 //! arrive here from their DTLS tasks and leave from here to the subscribers' tasks; they
 //! never touch a worker. It is also the authority on which sessions exist: a control plane that restarts
 //! rebuilds its view from the snapshot this module streams.
+//!
+//! Events for the control plane wait in a backlog while the event ring is full (the control
+//! plane is stopped or slow). The backlog is bounded without losing what the control plane's
+//! state depends on: lifecycle events (added, removed, failed) are kept, and commands stop
+//! being read while the backlog is long (see [`BACKLOG_PAUSE`]); a session's address is one
+//! pending event whatever the number of moves; snapshot events of a superseded request and
+//! events of sessions that ended since are dropped. The ring itself is checked every turn;
+//! a corrupt one is logged once and replaced by a new file (see [`ring`](switchyard_shared::ring)).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{
     self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
     ALL_TRACKS, MAX_PT_MAP, MAX_TRACKS,
 };
-use switchyard_shared::ring::DataSide;
+use switchyard_shared::ring::{self, DataSide, PushError, RingError};
 use switchyard_shared::stats::{Counter, Stats};
 
 use crate::datachan::hub::Hub;
@@ -31,6 +41,33 @@ use crate::worker::Mailbox;
 const TICK: Duration = Duration::from_millis(2);
 /// Longest stream name accepted (the control plane enforces a shorter one).
 const MAX_STREAM_NAME: usize = 256;
+
+/// Events waiting for room in the event ring beyond which the slow path stops reading
+/// commands: a control plane that is gone, or sends without reading, then meets
+/// back-pressure on its own command ring (503s) instead of growing this process. Every
+/// event that is kept is caused by a command (at most one command's worth arrives past this
+/// point: a snapshot, sessions + 2 events) or by a live session a bounded number of times
+/// (one address, one DTLS outcome, one removal of its own), so the backlog stays below
+/// `BACKLOG_PAUSE + 4 × sessions + 2` events, sessions ≤ workers × max sessions per worker.
+/// A ring holds 1024 events, so this is four rings' worth.
+pub const BACKLOG_PAUSE: usize = 4096;
+
+/// Shortest time between two recreations of a ring found corrupt: something that keeps
+/// scribbling on the file costs a new file (and a log line) a second, not one per turn.
+const RECREATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An event waiting for room in the event ring.
+enum Pending {
+    /// Kept as it is, encoded: lifecycle answers, DTLS outcomes, `Hello`.
+    Event(Vec<u8>),
+    /// A `RemoteLatched` of this session: the address is the latest one in
+    /// `SlowPath::latched`, read when it goes into the ring; gone from there when the
+    /// session ended since (then nothing is sent).
+    Latched(SessionId),
+    /// An event of a snapshot (its `Hello`, sessions, done), dropped when a newer snapshot
+    /// is asked for; `worker` is whose counters say so.
+    Snapshot { worker: u16, msg: Vec<u8> },
+}
 
 /// A relay-in's data channel side: the stream it publishes here, its link's reassembly, and
 /// the channels the far node opened (closed here when the link goes).
@@ -71,9 +108,17 @@ pub struct SlowPath {
     close_reasons: HashMap<SessionId, CloseReason>,
     streams: HashMap<String, StreamEntry>,
     next_stream: u32,
-    /// Encoded events waiting for room in the event ring: a full ring delays events, it
-    /// never loses one.
-    backlog: VecDeque<Vec<u8>>,
+    /// Events waiting for room in the event ring, oldest first (see the module doc and
+    /// [`BACKLOG_PAUSE`]).
+    backlog: VecDeque<Pending>,
+    /// The latest address of each session with a `Pending::Latched` in the backlog, and
+    /// its worker (for the counters).
+    latched: HashMap<SessionId, (SocketAddr, u16)>,
+    /// Where the ring file lives, to recreate it when it turns out corrupt.
+    ring_path: PathBuf,
+    /// While the ring is unusable (corrupt, and no new file yet): when to try again.
+    ring_retry: Option<Instant>,
+    last_recreate: Option<Instant>,
     buf: Vec<u8>,
     handshakes: Handshakes,
     outcomes: Vec<Outcome>,
@@ -94,14 +139,21 @@ pub struct SlowPath {
 }
 
 impl SlowPath {
+    /// `ring` is attached to the file at `ring_path`, which the slow path replaces if it
+    /// turns out corrupt.
     pub fn new(
         ring: DataSide,
+        ring_path: PathBuf,
         mailboxes: Arc<[Arc<Mailbox>]>,
         handshakes: Handshakes,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             ring,
+            ring_path,
+            ring_retry: None,
+            last_recreate: None,
+            latched: HashMap::new(),
             mailboxes,
             sessions: BTreeMap::new(),
             pending_add: HashMap::new(),
@@ -131,20 +183,84 @@ impl SlowPath {
 
     /// Queue an event for the control plane.
     pub fn emit(&mut self, ev: &Event) {
-        let mut buf = Vec::new();
-        match command::encode(ev, &mut buf) {
-            Ok(()) => self.backlog.push_back(buf),
+        match ev {
+            Event::RemoteLatched { id, remote } => {
+                let worker = self.sessions.get(id).map_or(0, |s| s.worker);
+                if self.latched.insert(*id, (*remote, worker)).is_some() {
+                    // The pending one now carries this address.
+                    self.count(worker, Counter::RingEventsCoalesced, 1);
+                } else {
+                    self.backlog.push_back(Pending::Latched(*id));
+                }
+            }
+            _ => {
+                let mut buf = Vec::new();
+                match command::encode(ev, &mut buf) {
+                    Ok(()) => self.backlog.push_back(Pending::Event(buf)),
+                    Err(e) => tracing::error!(error = %e, ?ev, "event does not encode; dropped"),
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Queue an event of a snapshot (see [`Pending::Snapshot`]).
+    fn emit_snapshot(&mut self, worker: u16, ev: &Event) {
+        let mut msg = Vec::new();
+        match command::encode(ev, &mut msg) {
+            Ok(()) => self.backlog.push_back(Pending::Snapshot { worker, msg }),
             Err(e) => tracing::error!(error = %e, ?ev, "event does not encode; dropped"),
         }
         self.flush();
     }
 
+    /// Session `id` ended: an address still waiting for the ring no longer matters.
+    fn drop_latched(&mut self, id: SessionId) {
+        if let Some((_, worker)) = self.latched.remove(&id) {
+            self.count(worker, Counter::RingEventsCoalesced, 1);
+        }
+    }
+
     fn flush(&mut self) {
-        while let Some(msg) = self.backlog.front() {
-            if self.ring.events.push(msg).is_err() {
-                break;
+        if self.ring_retry.is_some() {
+            return;
+        }
+        let mut latched = Vec::new();
+        while let Some(p) = self.backlog.front() {
+            let msg = match p {
+                Pending::Event(msg) | Pending::Snapshot { msg, .. } => msg,
+                Pending::Latched(id) => {
+                    let Some(&(remote, _)) = self.latched.get(id) else {
+                        // Its session ended meanwhile (counted then).
+                        self.backlog.pop_front();
+                        continue;
+                    };
+                    let ev = Event::RemoteLatched { id: *id, remote };
+                    if command::encode(&ev, &mut latched).is_err() {
+                        // A fixed-size event: cannot exceed a slot.
+                        self.backlog.pop_front();
+                        continue;
+                    }
+                    &latched
+                }
+            };
+            match self.ring.events.push(msg) {
+                Ok(()) => {
+                    if let Some(Pending::Latched(id)) = self.backlog.pop_front() {
+                        self.latched.remove(&id);
+                    }
+                }
+                Err(PushError::Full) => break,
+                Err(PushError::TooLarge) => {
+                    // `encode` refused anything larger; never retried either way.
+                    self.backlog.pop_front();
+                }
+                Err(PushError::Corrupt) => {
+                    let why = self.ring.events.corruption().unwrap_or("").to_owned();
+                    self.ring_corrupt(&RingError::Corrupt(why));
+                    break;
+                }
             }
-            self.backlog.pop_front();
         }
     }
 
@@ -155,31 +271,68 @@ impl SlowPath {
         }
     }
 
-    /// One pass: wait up to `wait` for a command, apply all that are there, collect worker
-    /// answers, push events.
-    pub fn turn(&mut self, wait: Duration) {
-        self.ring.commands.wait(wait);
-        loop {
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = self.ring.commands.pop(&mut buf);
-            let more = match got {
-                Ok(true) => {
-                    match command::decode::<Command>(&buf) {
-                        Ok(cmd) => self.command(cmd),
-                        Err(e) => tracing::warn!(error = %e, "undecodable command dropped"),
-                    }
-                    true
-                }
-                Ok(false) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "command ring is corrupt");
-                    false
-                }
-            };
-            self.buf = buf;
-            if !more {
-                break;
+    /// Whether the ring can be used this turn: a corrupt one found now is replaced at once
+    /// (or, within [`RECREATE_INTERVAL`] of the last replacement, a little later).
+    fn ring_usable(&mut self) -> bool {
+        if let Some(at) = self.ring_retry {
+            if Instant::now() < at {
+                return false;
             }
+            self.recreate_ring();
+            return self.ring_retry.is_none();
+        }
+        if let Err(e) = self.ring.check() {
+            self.ring_corrupt(&e);
+        }
+        self.ring_retry.is_none()
+    }
+
+    /// The ring is corrupt: say so once, and put a new file in its place. The control plane
+    /// sees the file replaced, attaches to the new one and asks for a snapshot; commands
+    /// still in the old file are lost (their API requests time out), events waiting here go
+    /// into the new one.
+    fn ring_corrupt(&mut self, why: &RingError) {
+        if self.ring_retry.is_some() {
+            return;
+        }
+        tracing::error!(ring = %self.ring_path.display(), error = %why, "command ring corrupt; replacing it with a new file");
+        let soon = self
+            .last_recreate
+            .and_then(|t| t.checked_add(RECREATE_INTERVAL));
+        match soon {
+            Some(at) if Instant::now() < at => self.ring_retry = Some(at),
+            _ => self.recreate_ring(),
+        }
+    }
+
+    fn recreate_ring(&mut self) {
+        let slots = u32::try_from(self.ring.commands.capacity()).unwrap_or(ring::DEFAULT_SLOTS);
+        let now = Instant::now();
+        self.last_recreate = Some(now);
+        match ring::recreate_data(&self.ring_path, slots) {
+            Ok(side) => {
+                self.ring = side;
+                self.ring_retry = None;
+                tracing::warn!(ring = %self.ring_path.display(), "new command ring in place; the control plane attaches to it");
+            }
+            Err(e) => {
+                // Logged once per attempt, a second apart at most.
+                tracing::error!(ring = %self.ring_path.display(), error = %e, "cannot recreate the command ring; trying again in a second");
+                self.ring_retry = Some(now + RECREATE_INTERVAL);
+            }
+        }
+    }
+
+    /// One pass: wait up to `wait` for a command, apply all that are there (unless the
+    /// backlog is at [`BACKLOG_PAUSE`] or the ring is unusable), collect worker answers, push
+    /// events.
+    pub fn turn(&mut self, wait: Duration) {
+        if self.ring_usable() && self.backlog.len() < BACKLOG_PAUSE {
+            self.ring.commands.wait(wait);
+            self.read_commands();
+        } else if !wait.is_zero() {
+            // Nothing to wait on: pace the turn instead of spinning.
+            std::thread::sleep(wait);
         }
         for w in 0..self.mailboxes.len() {
             while let Some(ev) = self.mailboxes.get(w).and_then(|m| m.events.pop()) {
@@ -191,6 +344,37 @@ impl SlowPath {
         }
         self.poll_relay_ins();
         self.flush();
+    }
+
+    /// Apply the commands in the ring, stopping at [`BACKLOG_PAUSE`] events waiting.
+    fn read_commands(&mut self) {
+        while self.ring_retry.is_none() && self.backlog.len() < BACKLOG_PAUSE {
+            let mut buf = std::mem::take(&mut self.buf);
+            let got = self.ring.commands.pop(&mut buf);
+            let more = match got {
+                Ok(true) => {
+                    match command::decode::<Command>(&buf) {
+                        Ok(cmd) => self.command(cmd),
+                        Err(e) => tracing::warn!(error = %e, "undecodable command dropped"),
+                    }
+                    true
+                }
+                Ok(false) => false,
+                // One unreadable slot, skipped: the next message is fine.
+                Err(RingError::BadMessage(e)) => {
+                    tracing::warn!(error = %e, "command dropped");
+                    true
+                }
+                Err(e) => {
+                    self.ring_corrupt(&e);
+                    false
+                }
+            };
+            self.buf = buf;
+            if !more {
+                break;
+            }
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -214,19 +398,36 @@ impl SlowPath {
                 self.command_worker(w, WorkerCommand::Remove { id });
             }
             Command::Snapshot { request } => {
+                // Whoever asked before asked again (the control plane attached anew): what
+                // is still waiting of the earlier snapshots would be ignored.
+                let mut superseded = Vec::new();
+                self.backlog.retain(|p| match p {
+                    Pending::Snapshot { worker, .. } => {
+                        superseded.push(*worker);
+                        false
+                    }
+                    _ => true,
+                });
+                for w in superseded {
+                    self.count(w, Counter::RingEventsCoalesced, 1);
+                }
                 if let Some(hello) = self.hello.clone() {
-                    self.emit(&hello);
+                    self.emit_snapshot(0, &hello);
                 }
                 let specs: Vec<SessionSpec> = self.sessions.values().cloned().collect();
                 let n = specs.len() as u32;
                 for spec in specs {
-                    self.emit(&Event::SnapshotSession { request, spec });
+                    let worker = spec.worker;
+                    self.emit_snapshot(worker, &Event::SnapshotSession { request, spec });
                 }
-                self.emit(&Event::SnapshotDone {
-                    request,
-                    sessions: n,
-                    highest_id: self.highest_id,
-                });
+                self.emit_snapshot(
+                    0,
+                    &Event::SnapshotDone {
+                        request,
+                        sessions: n,
+                        highest_id: self.highest_id,
+                    },
+                );
             }
         }
     }
@@ -672,6 +873,7 @@ impl SlowPath {
                     self.forget(&spec);
                 } else if let Some(spec) = self.pending_remove.remove(&id) {
                     self.forget(&spec);
+                    self.drop_latched(id);
                 }
                 self.emit(&Event::CommandFailed { id, error });
             }
@@ -679,6 +881,7 @@ impl SlowPath {
                 if let Some(spec) = self.pending_remove.remove(&id) {
                     self.forget(&spec);
                 }
+                self.drop_latched(id);
                 let reason = self
                     .close_reasons
                     .remove(&id)
@@ -917,6 +1120,9 @@ fn plain_ok(spec: &SessionSpec) -> bool {
 fn subscriber_addressable(spec: &SessionSpec) -> bool {
     spec.remote.is_some() || spec.ice.is_some()
 }
+
+#[cfg(test)]
+mod ring_tests;
 
 #[cfg(test)]
 mod tests {

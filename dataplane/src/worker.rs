@@ -171,7 +171,6 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
     }
     let counters = stats.worker(usize::from(index));
     let mut wake = 0u64;
-    let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         {
@@ -189,20 +188,13 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
             }
             engine.tick(now, &mut out);
         }
-        while let Some(ev) = engine.poll_event() {
-            events.push(ev);
-        }
-        // Events the slow path has no room for yet wait here, in order.
-        while !events.is_empty() {
-            if me.events.push(events.remove(0)).is_err() {
-                break;
-            }
-        }
+        hand_over(&mut engine, &me.events);
 
         // Announce the sleep, then look once more, so a message pushed in between is seen
-        // either by this check or through the waker.
+        // either by this check or through the waker. Events that did not fit wait for the
+        // slow path, which drains every 2 ms; no reason to spin for them.
         me.parked.store(true, Ordering::SeqCst);
-        let timeout = if me.has_work() || !events.is_empty() {
+        let timeout = if me.has_work() {
             Duration::ZERO
         } else {
             IDLE_WAIT
@@ -245,6 +237,24 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
         tracing::warn!(worker = index, error = %e, "final flush failed");
     }
     tracing::info!(worker = index, "worker stopped");
+}
+
+/// Move the engine's events to the slow path's queue while it has room, in order. What does
+/// not fit waits in the engine, where it is bounded and coalesced (`Engine::poll_event`);
+/// it used to wait in a vector here that nothing bounded, which also made the engine's
+/// pending-event limit see an empty queue every turn.
+pub(crate) fn hand_over(engine: &mut Engine, queue: &ArrayQueue<WorkerEvent>) {
+    while !queue.is_full() {
+        let Some(ev) = engine.poll_event() else {
+            return;
+        };
+        if let Err(ev) = queue.push(ev) {
+            // Only this worker pushes here, so the room seen above is still there; if that
+            // ever changed the event goes back, not lost.
+            engine.requeue_event(ev);
+            return;
+        }
+    }
 }
 
 fn wake_peers(mailboxes: &[Arc<Mailbox>], mask: &mut u64) {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// Largest encoded command or event, in bytes. A session spec with keys and addresses is
-/// about 200 bytes; the margin leaves room for the WebRTC fields the next issues add.
+/// about 200 bytes; a WebRTC publisher's with its kept media (`control`) up to ~700.
 pub const MAX_MESSAGE: usize = 2048;
 
 /// Most tracks (SSRCs) one published stream carries: audio, video, and room for RTX or

@@ -137,20 +137,39 @@ impl MediaSection {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
+    /// Loopback by default: with auth off every endpoint is open (forwards send streams to any
+    /// address), so a public address needs `[auth]` or `insecure` (see
+    /// [`Config::check_exposure`]).
     pub listen: SocketAddr,
     /// PEM certificate chain (leaf first); with `private_key`, the API is served over HTTPS
     /// only. Browsers publish (getUserMedia) only from secure origins beyond localhost.
     pub certificate: Option<PathBuf>,
     /// PEM private key of `certificate` (PKCS#8, PKCS#1 or SEC1).
     pub private_key: Option<PathBuf>,
+    /// Serve the API on a non-loopback `listen` with auth off (everything open to anyone who
+    /// can reach it: a lab or a network that is private end to end).
+    pub insecure: bool,
+    /// Connections held at once (TLS handshakes included); one more is closed as soon as it
+    /// is accepted. Keep it below the process's file descriptor limit (`LimitNOFILE`): the
+    /// control plane lowers it to fit, with a warning.
+    pub max_connections: u32,
+    /// A client must send a request's whole head within this; the same deadline closes a
+    /// keep-alive connection that sends no next request.
+    pub header_read_timeout_ms: u64,
+    /// Longest one request may take, body and the node's work included; 408 after.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             certificate: None,
             private_key: None,
+            insecure: false,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -246,6 +265,15 @@ pub struct ClusterSection {
     /// short-lived cluster token signed with `[auth] key`; needed when only `public_key` is
     /// set, since a node cannot sign ES256 tokens itself.
     pub token: Option<String>,
+    /// URL prefixes (`https://hooks.example.com/`) a room's `eventNotificationUri` may start
+    /// with when a user token (or no token, on the public prefix) creates the room; cluster
+    /// tokens may set any URL. Empty: only cluster tokens set hooks. A prefix without a
+    /// trailing `/` matches only up to a `/`, `?` or `#` (no `:port` or `.evil` after it).
+    pub hook_allow: Vec<String>,
+    /// Exchange relay link keys over plain `http://` with a non-loopback node (the source's
+    /// request to a remote `http://` target, or a remote source's request to this node when
+    /// it serves plain HTTP). Off: such a relay is refused; serve the API over HTTPS instead.
+    pub allow_plain_http_keys: bool,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -274,6 +302,8 @@ impl Default for ClusterSection {
             cascade: true,
             relay_grace_ms: 30_000,
             token: None,
+            hook_allow: Vec::new(),
+            allow_plain_http_keys: false,
         }
     }
 }
@@ -296,6 +326,35 @@ impl AuthSection {
     /// Whether tokens are checked at all.
     pub fn enabled(&self) -> bool {
         self.key.is_some() || self.public_key.is_some()
+    }
+}
+
+/// What one client may take of a node: live sessions and the rate it creates them at
+/// (WHIP, WHEP, `POST /v1/sessions`). A client is a user token, or, without a token (the
+/// public prefix), a source address (an IPv4 address or an IPv6 /64). Cluster tokens, and
+/// every caller while auth is off, are not limited.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Live sessions one user token holds at most.
+    pub sessions_per_token: u32,
+    /// Live sessions one anonymous source address holds at most.
+    pub sessions_per_address: u32,
+    /// Sessions a client may create at once before the rate applies (token bucket size).
+    pub session_burst: u32,
+    /// One more session creation every this many milliseconds after the burst.
+    pub session_interval_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            sessions_per_token: 1000,
+            sessions_per_address: 100,
+            session_burst: 20,
+            // 10 per second per client.
+            session_interval_ms: 100,
+        }
     }
 }
 
@@ -448,6 +507,28 @@ impl ForwardSection {
     }
 }
 
+/// Whether `p` can be a `[cluster] hook_allow` entry: `http://` or `https://`, then a host.
+fn valid_hook_prefix(p: &str) -> bool {
+    let rest = p
+        .strip_prefix("https://")
+        .or_else(|| p.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
+        !host.is_empty() && !host.contains('@')
+    }) && !p.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Whether a room hook `url` lies under one of the `[cluster] hook_allow` prefixes. A prefix
+/// ending in `/` matches any URL that starts with it; one without must be followed by the
+/// end, `/`, `?` or `#`, so `https://a.example` allows neither `https://a.example.evil.test`
+/// nor `https://a.example:6379` nor `https://a.example@evil.test`.
+pub fn hook_allowed(url: &str, allow: &[String]) -> bool {
+    allow.iter().any(|p| match url.strip_prefix(p.as_str()) {
+        Some(rest) => p.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#']),
+        None => false,
+    })
+}
+
 /// Whether `id` can name a forward.
 pub fn valid_forward_id(id: &str) -> bool {
     !id.is_empty()
@@ -493,6 +574,7 @@ pub struct Config {
     pub webrtc: WebrtcSection,
     pub cluster: ClusterSection,
     pub auth: AuthSection,
+    pub limits: LimitsSection,
     /// `[[forward]]` entries, re-created at every control plane start.
     pub forward: Vec<ForwardSection>,
 }
@@ -511,6 +593,13 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// The API would be open to anyone on a public address ([`Config::check_exposure`]).
+    #[error(
+        "refusing to serve the API on {0} with auth off (anyone there could create sessions \
+         and forwards): configure [auth] key or public_key, listen on a loopback address, or \
+         pass --insecure"
+    )]
+    Exposed(SocketAddr),
 }
 
 impl Config {
@@ -568,6 +657,30 @@ impl Config {
         if self.http.certificate.is_some() != self.http.private_key.is_some() {
             return bad("http.certificate and http.private_key go together");
         }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections must be at least 1");
+        }
+        if self.http.header_read_timeout_ms < 100 || self.http.request_timeout_ms < 100 {
+            return bad("http.header_read_timeout_ms and http.request_timeout_ms: at least 100");
+        }
+        let l = &self.limits;
+        if l.sessions_per_token == 0
+            || l.sessions_per_address == 0
+            || l.session_burst == 0
+            || l.session_interval_ms == 0
+        {
+            return bad("limits: every value must be at least 1");
+        }
+        if let Some(p) = self
+            .cluster
+            .hook_allow
+            .iter()
+            .find(|p| !valid_hook_prefix(p))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.hook_allow: {p:?} is not an http:// or https:// URL prefix with a host"
+            )));
+        }
         if self.cluster.consumers_per_worker == 0 {
             return bad("cluster.consumers_per_worker must be at least 1");
         }
@@ -619,6 +732,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Refuse to serve an open API (auth off) on a non-loopback address unless
+    /// `http.insecure` says so: `up` and `controlplane` exit with status 2 on this error.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let listen = self.http.listen;
+        if self.auth.enabled() || self.http.insecure || listen.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(ConfigError::Exposed(listen))
+        }
     }
 
     fn shm_dir(&self) -> PathBuf {
@@ -807,6 +931,80 @@ mod tests {
         node.validate().expect("node kind");
         assert!(check_forward("a b", &["rtp://127.0.0.1:5004".into()]).is_err());
         assert!(check_forward("", &[]).is_err());
+    }
+
+    #[test]
+    fn hook_prefixes_match_whole_hosts() {
+        let allow = vec![
+            "https://hooks.example.com/".to_owned(),
+            "http://10.0.0.5:9000".to_owned(),
+        ];
+        for (url, ok) in [
+            ("https://hooks.example.com/room1", true),
+            ("https://hooks.example.com/", true),
+            ("https://hooks.example.com.evil.test/x", false),
+            ("https://hooks.example.com@evil.test/x", false),
+            ("http://hooks.example.com/x", false),
+            ("http://10.0.0.5:9000", true),
+            ("http://10.0.0.5:9000/a?b", true),
+            ("http://10.0.0.5:90001/", false),
+            ("http://10.0.0.5:9000@evil.test/", false),
+            ("http://10.0.0.5:9000.evil.test/", false),
+        ] {
+            assert_eq!(hook_allowed(url, &allow), ok, "{url}");
+        }
+        assert!(!hook_allowed("https://hooks.example.com/x", &[]));
+        let mut c = Config::default();
+        c.cluster.hook_allow = allow;
+        c.validate().expect("valid prefixes");
+        for bad in [
+            "hooks.example.com",
+            "https://",
+            "https:///x",
+            "ftp://a/",
+            "https://u@h/",
+        ] {
+            c.cluster.hook_allow = vec![bad.to_owned()];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_open_api_stays_on_loopback() {
+        let mut c = Config::default();
+        assert!(c.http.listen.ip().is_loopback(), "default listen");
+        c.check_exposure().expect("loopback without auth");
+        c.http.listen = "0.0.0.0:8080".parse().expect("addr");
+        let e = c.check_exposure().expect_err("public without auth");
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+        c.http.insecure = true;
+        c.check_exposure().expect("insecure");
+        c.http.insecure = false;
+        c.auth.key = Some("c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into());
+        c.check_exposure().expect("auth on");
+        c.http.listen = "[::1]:8080".parse().expect("addr");
+        c.auth.key = None;
+        c.check_exposure().expect("IPv6 loopback");
+    }
+
+    #[test]
+    fn limits_parse_and_must_be_positive() {
+        let c = Config::parse(
+            "[http]\nmax_connections = 10\nheader_read_timeout_ms = 500\n\
+             [limits]\nsessions_per_address = 2\nsession_interval_ms = 5000\n",
+        )
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.http.max_connections, 10);
+        assert_eq!(c.limits.sessions_per_address, 2);
+        assert_eq!(c.limits.sessions_per_token, 1000);
+        let mut c = Config::default();
+        c.limits.session_burst = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.http.max_connections = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -30,8 +30,6 @@ use std::sync::Arc;
 
 use memmap2::MmapMut;
 
-use crate::srtp::MAX_SSRCS;
-
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSRTPJ");
 /// Bump when the layout changes.
 pub const VERSION: u32 = 1;
@@ -50,8 +48,11 @@ impl Table {
     pub const ALL: [Table; 4] = [Table::RtpTx, Table::RtpRx, Table::RtcpTx, Table::RtcpRx];
 }
 
+/// Slots per table in a record: an SRTP context's SSRC table size (`srtp::MAX_SSRCS`, which
+/// asserts it fits). Defined here so the journal, a storage layer, imports nothing above it.
+pub const SLOTS: usize = 16;
 /// Entries per record: every slot of every table of one context.
-pub const ENTRIES: usize = 4 * MAX_SSRCS;
+pub const ENTRIES: usize = 4 * SLOTS;
 const PRESENT: u64 = 1 << 63;
 const WORDS: usize = 2 * ENTRIES;
 
@@ -263,7 +264,7 @@ impl Slot {
     /// stores into shared memory: cheap enough for every packet.
     #[inline]
     pub fn store(&self, table: Table, slot: usize, ssrc: u32, index: u64) {
-        let k = table as usize * MAX_SSRCS + slot;
+        let k = table as usize * SLOTS + slot;
         if k >= ENTRIES {
             return;
         }
@@ -289,8 +290,8 @@ impl Slot {
                 .journal
                 .record_word(self.record, 2 * k + 1)
                 .load(Ordering::Relaxed);
-            let table = Table::ALL[k / MAX_SSRCS];
-            Some((table, k % MAX_SSRCS, meta as u32, index))
+            let table = Table::ALL[k / SLOTS];
+            Some((table, k % SLOTS, meta as u32, index))
         })
     }
 

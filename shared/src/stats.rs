@@ -17,7 +17,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,20 @@ pub enum Counter {
     RelayDataOut,
     /// Data channel events received over relay links and handed to the hub.
     RelayDataIn,
+    /// Events for the slow path the worker did not queue because a newer one replaces
+    /// them: an ICE session's address moved again before the last move was handed on, or
+    /// the session was removed first.
+    WorkerEventsCoalesced,
+    /// Events for the control plane the slow path did not put in the ring because a newer
+    /// one replaces them (a session's latest address, a newer snapshot) or their session
+    /// ended first. Written by the slow path, like `DataChannelIn`.
+    RingEventsCoalesced,
+    /// Trial SRTP decryptions of unknown-source datagrams against publishers waiting to
+    /// latch (at most `MAX_LATCH_TRIALS` per datagram).
+    LatchTrials,
+    /// Unknown-source datagrams not tried against waiting publishers because their source
+    /// used up its latch budget (counted under `unknown_source` drops as well).
+    LatchRefused,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -105,6 +119,10 @@ impl Counter {
         Counter::DataChannelDropped,
         Counter::RelayDataOut,
         Counter::RelayDataIn,
+        Counter::WorkerEventsCoalesced,
+        Counter::RingEventsCoalesced,
+        Counter::LatchTrials,
+        Counter::LatchRefused,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -144,6 +162,10 @@ impl Counter {
             Counter::DataChannelDropped => "datachannel_messages_dropped_total",
             Counter::RelayDataOut => "relay_datachannel_events_out_total",
             Counter::RelayDataIn => "relay_datachannel_events_in_total",
+            Counter::WorkerEventsCoalesced => "worker_events_coalesced_total",
+            Counter::RingEventsCoalesced => "ring_events_coalesced_total",
+            Counter::LatchTrials => "latch_trials_total",
+            Counter::LatchRefused => "latch_refused_total",
             _ => "drops_total",
         }
     }

@@ -166,6 +166,10 @@ fn produce(mut p: Producer, count: u64) -> i32 {
                     say("ERROR too large");
                     return 1;
                 }
+                Err(PushError::Corrupt) => {
+                    say("ERROR corrupt");
+                    return 1;
+                }
             }
         }
         if (seq + 1) % PROGRESS_EVERY == 0 {

@@ -152,6 +152,9 @@ pub struct Node {
     pub controlplane: Option<Child>,
     /// Flags both processes get after the usual ones (see [`Node::spawn_with`]).
     pub extra: Vec<std::ffi::OsString>,
+    /// Each process's stderr (its log) goes to `<shm>/<role>.log`, appended across
+    /// restarts, instead of the test's output (see [`Node::start_logged`]).
+    pub logs: bool,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -187,11 +190,40 @@ impl Node {
         Node::spawn_full(id, workers, "127.0.0.1", extra)
     }
 
+    /// [`Node::start`] with each process's log in a file ([`Node::log_lines`] counts them).
+    pub fn start_logged(workers: u16) -> Node {
+        let node = Node::spawn_logged("test", workers, "127.0.0.1", Vec::new(), true);
+        node.wait_healthy();
+        node
+    }
+
+    /// Lines `role` (`dataplane` or `controlplane`) has logged so far (a [`Node::start_logged`]
+    /// node).
+    pub fn log_lines(&self, role: &str) -> usize {
+        std::fs::read(self.shm.join(format!("{role}.log")))
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+    }
+
+    /// What `role` has logged so far (a [`Node::start_logged`] node), for failure messages.
+    pub fn log_text(&self, role: &str) -> String {
+        std::fs::read_to_string(self.shm.join(format!("{role}.log"))).unwrap_or_default()
+    }
+
     fn spawn_full(
         id: &str,
         workers: u16,
         media_bind: &str,
         extra: Vec<std::ffi::OsString>,
+    ) -> Node {
+        Node::spawn_logged(id, workers, media_bind, extra, false)
+    }
+
+    fn spawn_logged(
+        id: &str,
+        workers: u16,
+        media_bind: &str,
+        extra: Vec<std::ffi::OsString>,
+        logs: bool,
     ) -> Node {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::env::temp_dir().join(format!("swy-test-{}-{n}", std::process::id()));
@@ -210,6 +242,7 @@ impl Node {
             dataplane: None,
             controlplane: None,
             extra,
+            logs,
         };
         node.start_dataplane();
         node.start_controlplane();
@@ -235,6 +268,14 @@ impl Node {
             )
             .args(&self.extra)
             .stdin(Stdio::null());
+        if self.logs {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.shm.join(format!("{role}.log")))
+                .expect("log file");
+            c.stderr(log);
+        }
         c
     }
 

@@ -70,6 +70,8 @@ impl NodeProc {
             .arg("--shm-dir")
             .arg(&self.shm)
             .args(["--http-listen", &self.http_addr()])
+            // Auth off on the namespace's own address: a private test network.
+            .arg("--insecure")
             .args(["--media-bind", &self.addr])
             .args(["--media-announce", &self.addr])
             .args(["--media-port", "20000"])

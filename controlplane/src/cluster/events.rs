@@ -7,15 +7,21 @@
 //!   `room_close_grace_ms`, or no session joined it for `room_idle_timeout_ms` after its
 //!   creation (`closer` decides when); its reservation is released (capacity given back).
 //!
-//! Delivery never blocks the API: events go into a small bounded queue (full: dropped and
-//! counted), one task POSTs them with a short timeout; failures are logged and counted.
+//! Delivery never blocks the API, and one hook never holds up another's: events go into a
+//! bounded queue (full: dropped and counted); [`deliver`] hands each to its hook's own task,
+//! which POSTs that hook's events in order, each with [`DELIVERY_TIMEOUT`]. At most
+//! [`MAX_IN_FLIGHT`] POSTs run at once over every hook; a hook that cannot keep up fills its
+//! own queue of [`PER_HOOK_QUEUE`] and loses its own events (counted), nobody else's.
+//! Failures are logged and counted. Who may set a hook at all: `cluster::http`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::closer::Closer;
 use super::store::{Store as _, StoreError};
@@ -23,10 +29,20 @@ use super::{now_ms, Cluster};
 use crate::link::Shared;
 use crate::metrics::cluster as metrics;
 
-/// Events waiting for delivery.
+/// Events waiting to be handed to their hook's task.
 const QUEUE: usize = 256;
 /// Longest one delivery may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// POSTs in flight at once, every hook together: a burst of rooms with dead hooks ties up
+/// at most this many sockets for [`DELIVERY_TIMEOUT`].
+const MAX_IN_FLIGHT: usize = 32;
+/// Events waiting per hook: a room's join/leave burst fits; a dead hook (2 s per event)
+/// drops beyond it.
+const PER_HOOK_QUEUE: usize = 64;
+/// Hooks with a task at once; an event for one more is dropped until some go idle.
+const MAX_HOOKS: usize = 1024;
+/// A hook's task ends after this long without an event (a later one starts a new task).
+const HOOK_IDLE: Duration = Duration::from_secs(30);
 
 /// Where events are queued; cheap to clone.
 #[derive(Clone, Debug)]
@@ -48,20 +64,80 @@ impl Notifier {
     }
 }
 
-/// POST each queued event; runs until every notifier is gone.
+/// Hand each queued event to its hook's task; runs until every notifier is gone (the hook
+/// tasks end with it when it is aborted).
 pub async fn deliver(mut rx: mpsc::Receiver<(String, Value)>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut hooks: HashMap<String, mpsc::Sender<Value>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     while let Some((uri, event)) = rx.recv().await {
-        let body = event.to_string();
-        let (base, path) = split(&uri);
-        let status =
-            super::health::http_status(base, "POST", path, Some(body.as_bytes()), DELIVERY_TIMEOUT)
-                .await;
-        if status.is_some_and(|s| (200..300).contains(&s)) {
-            metrics().events_sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            metrics().events_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%uri, ?status, event = %body, "room event not delivered");
+        while tasks.try_join_next().is_some() {}
+        let event = match hooks.get(&uri) {
+            Some(q) => match q.try_send(event) {
+                Ok(()) => continue,
+                Err(TrySendError::Full(_)) => {
+                    dropped(&uri, "this hook's queue is full");
+                    continue;
+                }
+                // Its task went idle: start another.
+                Err(TrySendError::Closed(event)) => event,
+            },
+            None => event,
+        };
+        if hooks.len() >= MAX_HOOKS {
+            hooks.retain(|_, q| !q.is_closed());
         }
+        if hooks.len() >= MAX_HOOKS && !hooks.contains_key(&uri) {
+            dropped(&uri, "too many hooks busy");
+            continue;
+        }
+        let (q, queue) = mpsc::channel(PER_HOOK_QUEUE);
+        // A fresh queue has room.
+        let _ = q.try_send(event);
+        tasks.spawn(hook(uri.clone(), queue, slots.clone()));
+        hooks.insert(uri, q);
+    }
+}
+
+fn dropped(uri: &str, why: &str) {
+    metrics().events_dropped.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%uri, "room event dropped: {why}");
+}
+
+/// One hook's events, in order, until it has none for [`HOOK_IDLE`].
+async fn hook(uri: String, mut queue: mpsc::Receiver<Value>, slots: Arc<Semaphore>) {
+    loop {
+        let event = match tokio::time::timeout(HOOK_IDLE, queue.recv()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(_) => {
+                // Refuse new events first, so none is left behind in a queue nobody reads.
+                queue.close();
+                while let Ok(e) = queue.try_recv() {
+                    post(&uri, e, &slots).await;
+                }
+                return;
+            }
+        };
+        post(&uri, event, &slots).await;
+    }
+}
+
+/// POST one event under a delivery slot.
+async fn post(uri: &str, event: Value, slots: &Semaphore) {
+    let Ok(_slot) = slots.acquire().await else {
+        return;
+    };
+    let body = event.to_string();
+    let (base, path) = split(uri);
+    let status =
+        super::health::http_status(base, "POST", path, Some(body.as_bytes()), DELIVERY_TIMEOUT)
+            .await;
+    if status.is_some_and(|s| (200..300).contains(&s)) {
+        metrics().events_sent.fetch_add(1, Ordering::Relaxed);
+    } else {
+        metrics().events_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%uri, ?status, event = %body, "room event not delivered");
     }
 }
 
@@ -209,6 +285,51 @@ mod tests {
         let e = event("room-closed", "meet", "n1");
         assert_eq!(e["event"], "room-closed");
         assert_eq!(e["roomId"], "meet");
+    }
+
+    /// Issue 9 item 6: a hook that accepts connections and never answers holds up only its
+    /// own room's events, not those of every other room.
+    #[tokio::test]
+    async fn a_dead_hook_does_not_delay_other_rooms() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let dead_url = format!("http://{}/hook", dead.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = dead.accept().await {
+                held.push(s);
+            }
+        });
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let live_url = format!("http://{}/hook", live.local_addr().expect("addr"));
+        let (got_tx, mut got) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = live.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = got_tx.send(buf[..n].to_vec()).await;
+            }
+        });
+        let (n, rx) = Notifier::new();
+        tokio::spawn(deliver(rx));
+        for _ in 0..5 {
+            n.send(&dead_url, event("peer-joined", "dead", "n1"));
+        }
+        n.send(&live_url, event("room-closed", "live", "n1"));
+        let request = tokio::time::timeout(Duration::from_millis(1500), got.recv())
+            .await
+            .expect("the live hook's event waited behind the dead hook")
+            .expect("an event");
+        let text = String::from_utf8_lossy(&request);
+        assert!(text.starts_with("POST /hook "), "{text}");
+        assert!(text.contains("\"roomId\":\"live\""), "{text}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The cluster's REST routes: node registry, room placement, discovery. See docs/cluster.md.
 //!
-//! Unauthenticated for now (the JWT `cluster` claim of issue #4 is still to come): bind the
-//! control plane to a trusted network.
+//! Security: `auth::check` decides who reaches each route (docs/api.md, "Auth"). A room's
+//! `eventNotificationUri` is a URL the node will POST to from inside the cluster's network,
+//! so beyond that only a trusted caller (cluster token, or auth off) sets an arbitrary one;
+//! others only one under `[cluster] hook_allow` (`may_set_hook`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,6 +22,7 @@ use utoipa_axum::routes;
 use super::store::{Store as _, StoreError};
 use super::{consumers_for, Cluster, Node, Registration, Room, RoomSpec};
 use crate::api::{parse_body, random_bytes, ApiError};
+use crate::auth::Caller;
 use crate::openapi::ErrorBody;
 
 const MAX_ID: usize = 128;
@@ -291,6 +294,21 @@ async fn heartbeat(
     .into_response())
 }
 
+/// The node POSTs room events to a hook from inside the cluster's network, so a hook is a
+/// request the caller makes the node send (SSRF): only trusted callers (a cluster token, or
+/// anyone while auth is off) pick any URL; others only one under `[cluster] hook_allow`.
+fn may_set_hook(caller: Option<&Caller>, url: &str, allow: &[String]) -> Result<(), ApiError> {
+    if Caller::trusted(caller) || switchyard_shared::config::hook_allowed(url, allow) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "eventNotificationUri: this URL needs a cluster token (or a prefix in [cluster] \
+             hook_allow)",
+        ))
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRoom {
@@ -335,18 +353,23 @@ fn view(room: Room, node_url: Option<&str>) -> RoomView {
 
 async fn create(
     cluster: &Cluster,
+    caller: Option<Caller>,
     room_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let m = crate::metrics::cluster();
-    match place(cluster, room_id, body).await {
+    match place(cluster, caller, room_id, body).await {
         Ok((room, node)) => {
             m.placed(&node.node_id);
             let v = view(room, Some(&node.url));
             Ok((StatusCode::CREATED, Json(v)).into_response())
         }
         Err(Rejection::Input(e)) => {
-            m.rejected("bad_request");
+            m.rejected(if e.status() == StatusCode::FORBIDDEN {
+                "hook_forbidden"
+            } else {
+                "bad_request"
+            });
             Err(e)
         }
         Err(Rejection::Store(e)) => {
@@ -374,6 +397,7 @@ impl From<ApiError> for Rejection {
 
 async fn place(
     cluster: &Cluster,
+    caller: Option<Caller>,
     room_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Room, Node), Rejection> {
@@ -384,6 +408,7 @@ async fn place(
     }
     if let Some(u) = &b.event_notification_uri {
         valid_url("eventNotificationUri", u, &["http://", "https://"])?;
+        may_set_hook(caller.as_ref(), u, &cluster.config.hook_allow)?;
     }
     let spec = RoomSpec {
         pool: super::placement::PoolFilter::for_room(&room_id, &cluster.config.pools),
@@ -410,16 +435,18 @@ async fn place(
     responses(
         (status = 201, description = "Placed: the room, its node and where to publish and watch", body = RoomView),
         (status = 400, description = "Invalid room id or body", body = ErrorBody),
+        (status = 403, description = "`eventNotificationUri` outside `[cluster] hook_allow` without a cluster token", body = ErrorBody),
         (status = 409, description = "The room exists", body = ErrorBody),
         (status = 503, description = "No node has room, or the cluster store is unreachable", body = ErrorBody),
     )
 )]
 async fn create_named(
     State(cluster): State<Arc<Cluster>>,
+    caller: Option<Extension<Caller>>,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    create(&cluster, room, body).await
+    create(&cluster, caller.map(|c| c.0), room, body).await
 }
 
 #[utoipa::path(
@@ -430,17 +457,19 @@ async fn create_named(
     responses(
         (status = 201, description = "Placed under a random 16-hex-digit id", body = RoomView),
         (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 403, description = "`eventNotificationUri` outside `[cluster] hook_allow` without a cluster token", body = ErrorBody),
         (status = 503, description = "No node has room, or the cluster store is unreachable", body = ErrorBody),
     )
 )]
 async fn create_generated(
     State(cluster): State<Arc<Cluster>>,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mut id = [0u8; 8];
     random_bytes(&mut id)?;
     let room = id.iter().map(|b| format!("{b:02x}")).collect();
-    create(&cluster, room, body).await
+    create(&cluster, caller.map(|c| c.0), room, body).await
 }
 
 async fn node_urls(cluster: &Cluster) -> Result<HashMap<String, String>, ApiError> {

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -212,6 +214,7 @@ fn target_of(b: CreateBody) -> Result<Target, ApiError> {
         (status = 200, description = "The relay existed already", body = OutView),
         (status = 400, description = "Bad stream name or body", body = ErrorBody),
         (status = 404, description = "The stream has no publisher here, or the target node is unknown", body = ErrorBody),
+        (status = 403, description = "A plain `http://` target that is not on loopback, without `[cluster] allow_plain_http_keys`", body = ErrorBody),
         (status = 409, description = "A loop, or a relay in the other direction", body = ErrorBody),
         (status = 502, description = "The target refused or did not answer", body = ErrorBody),
         (status = 503, description = "No data plane", body = ErrorBody),
@@ -322,6 +325,7 @@ async fn list_relays(State(shared): State<Arc<Shared>>) -> Response {
         (status = 201, description = "This node's end of a new relay: where to send, with which key", body = IngressAnswer),
         (status = 200, description = "The relay existed already (same key)", body = IngressAnswer),
         (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 403, description = "Plain HTTP from a non-loopback source without `[cluster] allow_plain_http_keys`: the keys would cross the network in the clear", body = ErrorBody),
         (status = 409, description = "A loop (this node is in the hop list), or the stream has another source here", body = ErrorBody),
         (status = 503, description = "No data plane", body = ErrorBody),
     )
@@ -329,8 +333,15 @@ async fn list_relays(State(shared): State<Arc<Shared>>) -> Response {
 async fn open_ingress(
     State(shared): State<Arc<Shared>>,
     Extension(cluster): Extension<Arc<Cluster>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // The answer carries the link keys.
+    super::check_source(
+        peer.map(|p| p.0 .0),
+        shared.config.http.tls().is_some(),
+        shared.config.cluster.allow_plain_http_keys,
+    )?;
     let req: IngressRequest = parse_body(body)?;
     let (answer, created) = setup::ingress(&shared, &cluster, req).await?;
     let status = if created {

@@ -16,8 +16,11 @@
 //! this node publishes (its own and relayed ones, with hop lists) go into the cluster store
 //! once a second, where other nodes' cascades look for them.
 //!
-//! Security: the ingress answer carries the per-link SRTP key, so control planes should talk
-//! HTTPS (`[http] certificate`); every relay endpoint needs a cluster token.
+//! Security: the ingress answer carries the per-link SRTP keys, so they travel over plain
+//! HTTP only on loopback: a source asks a remote target over `https://` only, and a target
+//! serving plain HTTP answers only a loopback source ([`check_target`], [`check_source`]),
+//! unless `[cluster] allow_plain_http_keys` (a network private end to end). Every relay
+//! endpoint needs a cluster token.
 
 pub mod book;
 pub(crate) mod client;
@@ -25,12 +28,16 @@ pub(crate) mod http;
 pub(crate) mod setup;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use switchyard_shared::command::Role;
 use switchyard_shared::config::Config;
+
+use crate::api::ApiError;
 
 use crate::cluster::{Cluster, Store as _};
 use crate::link::Shared;
@@ -95,6 +102,57 @@ impl Relays {
             tracing::error!(file = %self.path.display(), error = %e, "cannot save the relays");
         }
     }
+}
+
+/// Whether the host of a control plane URL is this machine: a loopback IP literal, or
+/// `localhost`. Any other name counts as remote (what it resolves to can change).
+fn url_is_loopback(url: &str) -> bool {
+    let Some((_, authority)) = crate::cluster::health::authority(url) else {
+        return false;
+    };
+    let host = match authority.rfind(':') {
+        Some(colon) => &authority[..colon],
+        None => authority.as_str(),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+const PLAIN_KEYS: &str = "relay link keys would cross the network in plain http://; serve the \
+     API over HTTPS ([http] certificate) or set [cluster] allow_plain_http_keys = true";
+
+/// Source side: may this node ask the target control plane at `url` for a relay (whose
+/// answer carries the link keys)? `https://`, loopback, or `allow_plain_http_keys`.
+pub(crate) fn check_target(url: &str, allow_plain: bool) -> Result<(), ApiError> {
+    if allow_plain || url.starts_with("https://") || url_is_loopback(url) {
+        return Ok(());
+    }
+    crate::metrics::cluster().relay_failed("plain_http");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("target {url}: {PLAIN_KEYS}"),
+    ))
+}
+
+/// Target side: may this node answer an ingress (the link keys) to the source that asked
+/// from `peer`? Over HTTPS (`tls`), from loopback, or with `allow_plain_http_keys`.
+pub(crate) fn check_source(
+    peer: Option<SocketAddr>,
+    tls: bool,
+    allow_plain: bool,
+) -> Result<(), ApiError> {
+    if tls || allow_plain || peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
+        return Ok(());
+    }
+    crate::metrics::cluster().relay_failed("plain_http");
+    let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.ip().to_string());
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("source at {from}: {PLAIN_KEYS}"),
+    ))
 }
 
 /// The bearer token this control plane sends to the others: `[cluster] token`, or a
@@ -232,5 +290,51 @@ pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
             tracing::info!(stream = %r.stream, source = %r.source_node, "relay unused for the grace period; ending it");
             setup::end_incoming(&shared, &cluster, &r).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_keys_go_over_plain_http_on_loopback_only() {
+        for (url, ok) in [
+            ("http://127.0.0.1:8080", true),
+            ("http://127.0.0.2:8080", true),
+            ("http://[::1]:8080", true),
+            ("http://localhost:8080", true),
+            ("https://10.0.0.2:8443", true),
+            ("https://b.example", true),
+            ("http://10.0.0.2:8080", false),
+            ("http://[::ffff:10.0.0.2]:8080", false),
+            ("http://b.example:8080", false),
+            ("http://localhost.evil.test:8080", false),
+        ] {
+            assert_eq!(check_target(url, false).is_ok(), ok, "{url}");
+            assert!(check_target(url, true).is_ok(), "{url} allowed");
+        }
+        let e = check_target("http://10.0.0.2:8080", false).expect_err("remote");
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert!(
+            e.message().contains("allow_plain_http_keys"),
+            "{}",
+            e.message()
+        );
+
+        let peer = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        assert!(check_source(peer("127.0.0.1:40000"), false, false).is_ok());
+        assert!(check_source(peer("[::ffff:127.0.0.1]:40000"), false, false).is_ok());
+        assert!(check_source(peer("[::1]:40000"), false, false).is_ok());
+        assert!(check_source(peer("10.0.0.3:40000"), false, false).is_err());
+        assert!(check_source(None, false, false).is_err());
+        assert!(
+            check_source(peer("10.0.0.3:40000"), true, false).is_ok(),
+            "HTTPS"
+        );
+        assert!(
+            check_source(peer("10.0.0.3:40000"), false, true).is_ok(),
+            "allowed"
+        );
     }
 }

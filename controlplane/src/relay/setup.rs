@@ -288,6 +288,8 @@ async fn connect(
     };
     let body = serde_json::to_vec(&req)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The answer carries the link keys.
+    super::check_target(url, shared.config.cluster.allow_plain_http_keys)?;
     let token = cluster_token(&shared.config);
     let answer = client::request(
         url,

@@ -22,6 +22,7 @@
 //! repairs them, the relay-in hands them to the slow path, never to media subscribers.
 
 pub mod ice;
+pub mod latch;
 pub mod nack;
 pub mod pool;
 pub mod relay;
@@ -30,7 +31,7 @@ pub mod rr;
 mod session;
 pub mod twcc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,13 +45,13 @@ use switchyard_shared::packet::{self, rtcp, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason, Stats};
 
+pub use self::latch::MAX_TRIALS as MAX_LATCH_TRIALS;
 use self::pool::{Handle, Pool, PACKET_CAP};
 pub use self::session::SessionKey;
 use self::session::{seal_rtcp, seal_rtp, Publisher, Session, Slab, Subscriber};
 pub use crate::via::Via;
 
-/// Largest datagram accepted on a media port (Ethernet MTU); longer ones are dropped.
-pub const MAX_DATAGRAM: usize = 1500;
+pub use switchyard_shared::packet::MAX_DATAGRAM;
 
 /// A keyframe request reaches a publisher at most this often per track, however many
 /// subscribers ask: a burst of new viewers costs the publisher one keyframe, not N.
@@ -183,8 +184,14 @@ pub enum WorkerEvent {
     },
 }
 
-/// Events queued for the slow path beyond which DTLS records are dropped: a peer flooding
-/// DTLS cannot grow the worker's memory.
+/// Events queued for the slow path beyond which the ones a peer makes (DTLS records,
+/// relayed data channel fragments) are dropped, counted, so a flood cannot grow the worker's
+/// memory. The queue empties only as fast as the slow path takes events (`worker::
+/// hand_over`), so this limits what waits while the slow path is behind. The other events
+/// are never dropped and need no limit of their own: an answer per slow-path command (the
+/// commands come through a bounded queue), at most one `ConsentExpired` per session, and at
+/// most one `Latched` per session (a further move updates the one queued). So the queue
+/// holds at most `MAX_PENDING_EVENTS` + 2 × sessions + commands in flight.
 const MAX_PENDING_EVENTS: usize = 1024;
 
 /// How often the engine looks for lapsed ICE consent.
@@ -299,6 +306,9 @@ pub struct Engine {
     unlatched: Vec<u32>,
     /// Relay-ins not yet latched, tried against unknown sources on the relay socket.
     relay_unlatched: Vec<u32>,
+    /// Per socket ([`Via::index`]): which of `unlatched` / `relay_unlatched` an unknown
+    /// source's datagram is tried against, and whether its source may have any tried.
+    latch_limits: [latch::Limiter; 2],
     /// Relay-in sessions, whose gap trackers `tick` drains into NACKs upstream.
     relay_ins: Vec<u32>,
     /// ICE sessions by their local ufrag, for incoming connectivity checks.
@@ -323,7 +333,8 @@ pub struct Engine {
     /// SRTP index journal for statically keyed sessions (none in most unit tests).
     journal: Option<Arc<Journal>>,
     stats: Arc<Stats>,
-    events: Vec<WorkerEvent>,
+    /// Events for the slow path, oldest first; bounded as [`MAX_PENDING_EVENTS`] says.
+    events: VecDeque<WorkerEvent>,
     /// Source of per-subscriber sequence/timestamp offsets; not security relevant.
     rng: u64,
     /// SSRC this worker uses as the sender of the RTCP it originates (PLI, FIR).
@@ -341,6 +352,7 @@ impl Engine {
             by_id: HashMap::with_capacity(limits.max_sessions),
             unlatched: Vec::new(),
             relay_unlatched: Vec::new(),
+            latch_limits: [latch::Limiter::new(), latch::Limiter::new()],
             relay_shared: Vec::new(),
             relay_ins: Vec::new(),
             by_ufrag: HashMap::new(),
@@ -355,7 +367,7 @@ impl Engine {
             pool: Pool::new(),
             journal: None,
             stats,
-            events: Vec::new(),
+            events: VecDeque::with_capacity(MAX_PENDING_EVENTS),
             rng: seed | 1,
             rtcp_ssrc: (seed as u32) | 1,
         }
@@ -369,13 +381,60 @@ impl Engine {
         self.by_id.len()
     }
 
-    /// Next event for the slow path.
+    /// Next event for the slow path, oldest first. Call it only while the slow path has room
+    /// for what it returns (`worker::hand_over`): what is not taken waits here, bounded
+    /// (see [`MAX_PENDING_EVENTS`]). A `Latched` carries the session's address as it is now,
+    /// however often it moved since it was queued, and is skipped if the session went.
     pub fn poll_event(&mut self) -> Option<WorkerEvent> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
+        loop {
+            let ev = self.events.pop_front()?;
+            let WorkerEvent::Latched { id, .. } = ev else {
+                return Some(ev);
+            };
+            let s = self.by_id.get(&id).and_then(|&i| self.sessions.get_mut(i));
+            if let Some(s) = s.filter(|s| s.latch_queued) {
+                s.latch_queued = false;
+                if let Some(remote) = s.remote {
+                    return Some(WorkerEvent::Latched { id, remote });
+                }
+            }
+            // Removed since: its `Removed` follows, and the address no longer matters.
+            self.count(Counter::WorkerEventsCoalesced, 1);
         }
+    }
+
+    /// Put back an event [`Engine::poll_event`] returned that could not be handed on; it is
+    /// the next one out again.
+    pub fn requeue_event(&mut self, ev: WorkerEvent) {
+        if let WorkerEvent::Latched { id, .. } = &ev {
+            if let Some(s) = self.by_id.get(id).and_then(|&i| self.sessions.get_mut(i)) {
+                s.latch_queued = true;
+            }
+        }
+        self.events.push_front(ev);
+    }
+
+    /// Events waiting for the slow path.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Session `idx` has a new address: queue one `Latched`, unless one is queued already
+    /// (it will carry this address; see [`Engine::poll_event`]).
+    fn latched(&mut self, idx: u32) {
+        let Some(s) = self.sessions.get_mut(idx) else {
+            return;
+        };
+        let Some(remote) = s.remote else {
+            return;
+        };
+        if s.latch_queued {
+            self.count(Counter::WorkerEventsCoalesced, 1);
+            return;
+        }
+        s.latch_queued = true;
+        let id = s.id;
+        self.events.push_back(WorkerEvent::Latched { id, remote });
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -605,8 +664,8 @@ impl Engine {
                 self.send_relay_data(id, &fragments, out);
             }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
-                Ok(()) => self.events.push(WorkerEvent::Removed { id }),
-                Err(error) => self.events.push(WorkerEvent::Failed { id, error }),
+                Ok(()) => self.events.push_back(WorkerEvent::Removed { id }),
+                Err(error) => self.events.push_back(WorkerEvent::Failed { id, error }),
             },
             WorkerCommand::SetRemoteWorkers { stream, mask } => {
                 let mask = mask & !(1u64 << (self.worker % 64));
@@ -622,7 +681,7 @@ impl Engine {
     }
 
     fn answer(&mut self, id: SessionId, r: Result<(), CommandError>) {
-        self.events.push(match r {
+        self.events.push_back(match r {
             Ok(()) => WorkerEvent::Added { id },
             Err(error) => WorkerEvent::Failed { id, error },
         });
@@ -770,6 +829,7 @@ impl Engine {
             plain: false,
             rtcp: None,
             via,
+            latch_queued: false,
         });
         self.by_id.insert(id, idx);
         match (remote, ice) {
@@ -836,6 +896,7 @@ impl Engine {
             plain,
             rtcp,
             via,
+            latch_queued: false,
         });
         self.by_id.insert(id, idx);
         for r in remote.into_iter().chain(rtcp) {
@@ -1101,10 +1162,7 @@ impl Engine {
             self.by_addr.remove(&old);
         }
         self.by_addr.insert(src, idx);
-        self.events.push(WorkerEvent::Latched {
-            id: s.id,
-            remote: src,
-        });
+        self.latched(idx);
     }
 
     /// Send the checks session `idx`'s ICE agent has due, forget the transactions it ended,
@@ -1178,7 +1236,7 @@ impl Engine {
             return self.drop_packet(DropReason::Dtls);
         }
         let id = s.id;
-        self.events.push(WorkerEvent::Dtls {
+        self.events.push_back(WorkerEvent::Dtls {
             id,
             data: data.to_vec(),
         });
@@ -1290,7 +1348,8 @@ impl Engine {
         for &idx in self.by_ufrag.values() {
             if let Some(s) = self.sessions.get_mut(idx) {
                 if s.ice.as_mut().is_some_and(|a| a.expire(now)) {
-                    self.events.push(WorkerEvent::ConsentExpired { id: s.id });
+                    self.events
+                        .push_back(WorkerEvent::ConsentExpired { id: s.id });
                 }
             }
         }
@@ -1394,12 +1453,12 @@ impl Engine {
         let decrypted = match self.addrs(via).get(&src) {
             Some(&idx) => match self.unprotect_into(idx, data, &mut pkt.data) {
                 // Another link between the same relay sockets, or one not latched yet.
-                Err(e) if via == Via::Relay => {
-                    self.relay_retry(data, src, &mut pkt.data).map_err(|_| e)
-                }
+                Err(e) if via == Via::Relay => self
+                    .relay_retry(data, src, at, &mut pkt.data)
+                    .map_err(|_| e),
                 r => r,
             },
-            None => self.latch(data, src, via, &mut pkt.data),
+            None => self.latch(data, src, via, at, &mut pkt.data),
         };
         let (idx, len) = match decrypted {
             Ok(found) => found,
@@ -1487,6 +1546,7 @@ impl Engine {
         &mut self,
         data: &[u8],
         src: SocketAddr,
+        at: Instant,
         buf: &mut [u8; PACKET_CAP],
     ) -> Result<(u32, usize), DropReason> {
         for k in 0..self.relay_shared.len() {
@@ -1499,7 +1559,7 @@ impl Engine {
                 }
             }
         }
-        self.latch(data, src, Via::Relay, buf)
+        self.latch(data, src, Via::Relay, at, buf)
     }
 
     /// SRTCP on a relay address several links share: the first link whose key authenticates
@@ -1539,18 +1599,32 @@ impl Engine {
     /// A packet from an unknown source: the first comedia publisher whose key authenticates
     /// it owns `src` from now on. A failed trial leaves a context untouched (SRTP state only
     /// moves after authentication), so trying several is safe; each trial starts from a
-    /// fresh copy because a failed AEAD open leaves the buffer undefined.
+    /// fresh copy because a failed AEAD open leaves the buffer undefined. At most
+    /// [`MAX_LATCH_TRIALS`] publishers per datagram, and none once the source has spent its
+    /// budget ([`latch`]): a stranger's datagram costs O(1), not O(waiting publishers).
     fn latch(
         &mut self,
         data: &[u8],
         src: SocketAddr,
         via: Via,
+        at: Instant,
         buf: &mut [u8; PACKET_CAP],
     ) -> Result<(u32, usize), DropReason> {
-        for k in 0..self.unlatched_mut(via).len() {
+        let waiting = self.unlatched_mut(via).len();
+        if waiting == 0 {
+            return Err(DropReason::UnknownSource);
+        }
+        let Some(start) = self.latch_limits[via.index()].admit(src, at, waiting) else {
+            self.count(Counter::LatchRefused, 1);
+            return Err(DropReason::UnknownSource);
+        };
+        let mut tried = 0u64;
+        for j in 0..waiting.min(MAX_LATCH_TRIALS) {
+            let k = (start + j) % waiting;
             let Some(&idx) = self.unlatched_mut(via).get(k) else {
                 break;
             };
+            tried += 1;
             let Ok(found) = self.unprotect_into(idx, data, buf) else {
                 continue;
             };
@@ -1558,12 +1632,13 @@ impl Engine {
                 continue;
             };
             s.remote = Some(src);
-            let id = s.id;
             self.unlatched_mut(via).remove(k);
             self.bind_addr(via, src, idx);
-            self.events.push(WorkerEvent::Latched { id, remote: src });
+            self.latched(idx);
+            self.count(Counter::LatchTrials, tried);
             return Ok(found);
         }
+        self.count(Counter::LatchTrials, tried);
         Err(DropReason::UnknownSource)
     }
 

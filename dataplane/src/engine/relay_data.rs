@@ -188,7 +188,7 @@ impl Engine {
         if self.events.len() >= MAX_PENDING_EVENTS {
             return self.drop_packet(DropReason::QueueFull);
         }
-        self.events.push(WorkerEvent::RelayData {
+        self.events.push_back(WorkerEvent::RelayData {
             id,
             seq,
             payload: payload.to_vec(),

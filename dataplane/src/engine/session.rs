@@ -41,6 +41,9 @@ pub struct Session {
     /// A plain session's RTCP address (`remote` with the port + 1, no rtcp-mux): sender
     /// reports go there, and RTCP is accepted from it as from `remote`.
     pub rtcp: Option<SocketAddr>,
+    /// A `WorkerEvent::Latched` for this session waits in the engine's queue; a further
+    /// move only changes `remote`, which that event carries when it is taken.
+    pub latch_queued: bool,
 }
 
 impl Session {

@@ -13,7 +13,9 @@ use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
 
+mod events;
 mod ice_consent;
+mod latch;
 mod relay;
 mod relay_data;
 

@@ -10,10 +10,15 @@
 //!
 //! ```ignore
 //! loop {
-//!     io.poll(next_timeout, &mut |ev, tx| engine.handle(ev, tx))?;
 //!     // drain cross-worker queues, run timers, queue sends on io.tx()
+//!     io.poll(timeout, &mut |ev, tx| match ev {
+//!         RxEvent::Datagram { data, src, at, via } => { /* the engine, sending on `tx` */ }
+//!         RxEvent::Oversize { .. } => { /* count it */ }
+//!     })?;
 //! }
 //! ```
+//!
+//! (`dataplane/src/worker.rs` is the real loop.)
 //!
 //! - [`Io::poll`] first submits every send queued on [`Tx`], then waits until a datagram
 //!   arrives, the [`Waker`] fires or the timeout passes, then hands every ready datagram to
@@ -63,9 +68,8 @@ pub use waker::Waker;
 
 pub use crate::via::Via;
 
-/// Largest datagram the worker accepts; anything longer is dropped (and counted by the
-/// caller through `RxEvent::Oversize`). 1500 = Ethernet MTU.
-pub const MAX_DATAGRAM: usize = 1500;
+/// Largest datagram the worker accepts; anything longer is reported as `RxEvent::Oversize`.
+pub use switchyard_shared::packet::MAX_DATAGRAM;
 
 /// Room for a full datagram plus SRTP/SRTCP overhead (16-byte GCM tag + 4-byte SRTCP
 /// index) when a packet is re-protected in place.

@@ -12,6 +12,10 @@ pub mod rtp;
 pub mod stun;
 pub mod twcc;
 
+/// Largest datagram a node accepts on its media and relay sockets (the Ethernet MTU); longer
+/// ones are dropped and counted. One value for the I/O engines and the sans-IO engine.
+pub const MAX_DATAGRAM: usize = 1500;
+
 /// What a datagram on a media port is, by its first byte (RFC 7983 §7) and, for RTP/RTCP,
 /// its second byte (RFC 5761 §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

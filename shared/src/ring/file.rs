@@ -12,16 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::layout::{self, Dir, Header, RingIndices, SLOT_HEADER, SLOT_SIZE};
+use super::layout::{self, Dir, Header, RingIndices, Side, SLOT_HEADER, SLOT_SIZE};
 use super::spsc::{BadLength, Indices, Slots};
 use super::{lock, RingError};
-
-/// Lock byte of each side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    Data = 0,
-    Control = 1,
-}
 
 /// A mapped, validated ring file with this process's side lock held.
 pub(crate) struct Mapping {
@@ -76,6 +69,27 @@ impl Mapping {
             Ok(m) => (m.dev(), m.ino()) != self.dev_ino,
             Err(_) => true,
         }
+    }
+
+    /// Why the file is marked corrupt (see `Header::corrupt`); `None` while it is not.
+    pub(crate) fn corrupt_mark(&self) -> Option<String> {
+        let by = match self.header().corrupt.load(Ordering::Acquire) {
+            0 => return None,
+            1 => "the data plane",
+            2 => "the control plane",
+            _ => "an unknown writer",
+        };
+        Some(format!("ring file marked corrupt by {by}"))
+    }
+
+    /// Mark the file corrupt, as found by `side` (the first mark stays).
+    pub(crate) fn mark_corrupt(&self, side: Side) {
+        let _ = self.header().corrupt.compare_exchange(
+            0,
+            side as u32 + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Check both rings' indices: `tail - head` within capacity.
@@ -225,6 +239,9 @@ fn map_existing(file: File, path: &Path) -> Result<Mapping, RingError> {
     // The header could have changed between the two maps (another writer): check again.
     mapping.header().validate(actual)?;
     mapping.validate_indices()?;
+    if let Some(why) = mapping.corrupt_mark() {
+        return Err(RingError::Corrupt(why));
+    }
     Ok(mapping)
 }
 
@@ -283,6 +300,13 @@ pub(crate) fn attach_data(path: &Path, slots: u32) -> Result<Mapping, RingError>
         }
     }
     Err(RingError::Busy)
+}
+
+/// The data plane's way out of a ring found corrupt while it ran: a fresh file renamed over
+/// the old one, whatever the old one holds (the caller holds its data side).
+pub(crate) fn recreate_data(path: &Path, slots: u32) -> Result<Mapping, RingError> {
+    layout::check_slots(slots)?;
+    replace(path, slots)
 }
 
 fn replace(path: &Path, slots: u32) -> Result<Mapping, RingError> {

@@ -45,7 +45,10 @@ pub(crate) struct Header {
     pub version: AtomicU32,
     pub slot_size: AtomicU32,
     pub slots: AtomicU32,
-    pub _reserved: AtomicU32,
+    /// 0 while healthy; set by the side that found the rings corrupt ([`Side`] + 1), after
+    /// which neither side uses the file again and the data plane replaces it. Zero in a
+    /// fresh file, as it was when this field was reserved, so no version change.
+    pub corrupt: AtomicU32,
     /// Random per creation, so a re-attaching process can tell a recreated file apart.
     pub creation_id: AtomicU64,
     pub file_len: AtomicU64,
@@ -84,7 +87,30 @@ pub(crate) enum Dir {
     Events,
 }
 
+/// Which process: the lock byte of each side, and who marked a file corrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Data = 0,
+    Control = 1,
+}
+
 impl Dir {
+    /// The side that writes this ring.
+    pub(crate) fn producer(self) -> Side {
+        match self {
+            Dir::Commands => Side::Control,
+            Dir::Events => Side::Data,
+        }
+    }
+
+    /// The side that reads this ring.
+    pub(crate) fn consumer(self) -> Side {
+        match self {
+            Dir::Commands => Side::Data,
+            Dir::Events => Side::Control,
+        }
+    }
+
     pub(crate) fn indices_offset(self) -> usize {
         match self {
             Dir::Commands => COMMANDS_OFFSET,

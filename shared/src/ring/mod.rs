@@ -16,12 +16,22 @@
 //! - **Sleeping**: [`Consumer::wait`] sleeps on a shared futex; a producer makes the wake
 //!   syscall only when the consumer is actually waiting.
 //!
+//! - **Corruption at run time**: each side is the only writer of its own index, so it checks
+//!   on every push or pop that the file still holds the value it wrote, and that the other
+//!   side's index is possible (`head <= tail <= head + capacity`). The first impossible value
+//!   makes the end *corrupt*: it returns [`RingError::Corrupt`] / [`PushError::Corrupt`] from
+//!   then on without touching the file, [`Consumer::wait`] sleeps its whole timeout, and the
+//!   side marks the header so the other side learns it too. Only a new file mends that: the
+//!   data plane makes one ([`recreate_data`]) and the control plane, which sees
+//!   [`ControlSide::replaced`], attaches to it. A marked file is never attached to again
+//!   (the data plane replaces it, the control plane gets `Corrupt` until then).
+//!
 //! Security contract: the file is a local channel between two processes of the same user
 //! (mode 0600). Still, its contents are treated as untrusted input: the header is validated,
-//! index differences are clamped, and every length prefix is checked, so a corrupt or
-//! hostile file yields [`RingError`]s, never out-of-bounds access or a panic. What this
-//! cannot prevent: someone truncating the file under a live mapping (the kernel then sends
-//! SIGBUS).
+//! index differences are checked, and every length prefix is checked, so a corrupt or
+//! hostile file yields [`RingError`]s, never out-of-bounds access, a busy loop or a panic.
+//! What this cannot prevent: someone truncating the file under a live mapping (the kernel
+//! then sends SIGBUS), or writing a plausible message into a slot.
 
 #[cfg(not(switchyard_loom))]
 mod file;
@@ -57,9 +67,14 @@ pub enum RingError {
     /// The same side is already attached by a live process.
     #[error("ring side already attached by a live process")]
     Busy,
-    /// Impossible indices or slot contents.
+    /// Impossible indices, or the header marked corrupt by the other side: the ring is
+    /// unusable until the data plane recreates the file.
     #[error("ring file corrupt: {0}")]
     Corrupt(String),
+    /// One slot's length prefix was impossible; that message was skipped and the ring goes
+    /// on with the next.
+    #[error("ring message unreadable: {0}")]
+    BadMessage(String),
 }
 
 /// Why a push was refused. Nothing was written in either case.
@@ -71,6 +86,10 @@ pub enum PushError {
     /// The message is longer than [`crate::command::MAX_MESSAGE`].
     #[error("message too large for a ring slot")]
     TooLarge,
+    /// The ring's indices are impossible (see the module doc): retrying cannot help, only
+    /// a recreated file (the data plane's [`recreate_data`]).
+    #[error("ring corrupt")]
+    Corrupt,
 }
 
 /// Slots per ring unless configured otherwise: with ~2 KiB slots that is ~2 MiB per ring,
@@ -84,6 +103,8 @@ pub struct Producer {
     dir: Dir,
     /// Our copy of `tail`; only we write it, so the shared one is only ever stored.
     tail: u64,
+    /// Why this end stopped using the ring (see the module doc); `None` while healthy.
+    corrupt: Option<String>,
 }
 
 /// The reading end of one ring.
@@ -93,6 +114,8 @@ pub struct Consumer {
     dir: Dir,
     /// Our copy of `head`; only we write it.
     head: u64,
+    /// Why this end stopped using the ring (see the module doc); `None` while healthy.
+    corrupt: Option<String>,
 }
 
 #[cfg(not(switchyard_loom))]
@@ -122,18 +145,112 @@ impl Producer {
             .indices(dir)
             .tail
             .load(std::sync::atomic::Ordering::Acquire);
-        Producer { map, dir, tail }
+        Producer {
+            map,
+            dir,
+            tail,
+            corrupt: None,
+        }
     }
 
     /// Append one message (at most [`MAX_MESSAGE`] bytes). On `Err` nothing was written; on
-    /// [`PushError::Full`] retry later. Wakes the consumer if it sleeps in [`Consumer::wait`].
+    /// [`PushError::Full`] retry later; on [`PushError::Corrupt`] stop (this end is corrupt
+    /// for good, [`Producer::corruption`] says why). Wakes the consumer if it sleeps in
+    /// [`Consumer::wait`].
     pub fn push(&mut self, msg: &[u8]) -> Result<(), PushError> {
+        if self.corrupt.is_some() || self.check_own().is_err() {
+            return Err(PushError::Corrupt);
+        }
         let idx = self.map.indices(self.dir);
         let slots = self.map.slot_area(self.dir);
-        if spsc::push(&idx, &slots, &mut self.tail, msg)? && spsc::take_waiter(&idx) {
-            futex::wake(idx.waiting);
+        match spsc::push(&idx, &slots, &mut self.tail, msg) {
+            Ok(waiter) => {
+                if waiter && spsc::take_waiter(&idx) {
+                    futex::wake(idx.waiting);
+                }
+                Ok(())
+            }
+            Err(PushError::Corrupt) => {
+                let head = idx.head.load(std::sync::atomic::Ordering::Acquire);
+                self.poison(format!(
+                    "{:?} ring: head {head} outside the {} messages below tail {}",
+                    self.dir,
+                    self.capacity(),
+                    self.tail
+                ));
+                Err(PushError::Corrupt)
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
+    }
+
+    /// Look for corruption without pushing: the header mark, our own index, the consumer's
+    /// index. The first finding makes this end corrupt for good (see the module doc); for a
+    /// producer that may sit idle (the data plane's event ring) between pushes.
+    pub fn check(&mut self) -> Result<(), RingError> {
+        self.check_own()?;
+        let idx = self.map.indices(self.dir);
+        let head = idx.head.load(std::sync::atomic::Ordering::Acquire);
+        if self
+            .tail
+            .checked_sub(head)
+            .is_none_or(|n| n > self.capacity() as u64)
+        {
+            self.poison(format!(
+                "{:?} ring: head {head} outside the {} messages below tail {}",
+                self.dir,
+                self.capacity(),
+                self.tail
+            ));
+        }
+        self.corruption_error()
+    }
+
+    /// The header mark and our own index (cheap: two loads).
+    fn check_own(&mut self) -> Result<(), RingError> {
+        if self.corrupt.is_none() {
+            if let Some(why) = self.map.corrupt_mark() {
+                self.corrupt = Some(why);
+            } else {
+                let shared = self
+                    .map
+                    .indices(self.dir)
+                    .tail
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if shared != self.tail {
+                    self.poison(format!(
+                        "{:?} ring: tail is {shared} in the file, but this producer wrote {}",
+                        self.dir, self.tail
+                    ));
+                }
+            }
+        }
+        self.corruption_error()
+    }
+
+    fn poison(&mut self, why: String) {
+        if self.corrupt.is_none() {
+            self.map.mark_corrupt(self.dir.producer());
+            self.corrupt = Some(why);
+        }
+    }
+
+    fn corruption_error(&self) -> Result<(), RingError> {
+        match &self.corrupt {
+            Some(why) => Err(RingError::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this end found the ring corrupt; `None` while it has not.
+    pub fn corruption(&self) -> Option<&str> {
+        self.corrupt.as_deref()
+    }
+
+    /// Stop using the ring and mark the file corrupt, so the data plane recreates it: for a
+    /// caller that found something wrong the ring itself could not see.
+    pub fn mark_corrupt(&mut self, why: &str) {
+        self.poison(why.to_owned());
     }
 
     /// Messages pushed and not yet popped.
@@ -187,33 +304,118 @@ impl Consumer {
             .indices(dir)
             .head
             .load(std::sync::atomic::Ordering::Acquire);
-        Consumer { map, dir, head }
+        Consumer {
+            map,
+            dir,
+            head,
+            corrupt: None,
+        }
     }
 
     /// Copy the next message into buf (cleared first); false when empty.
     ///
-    /// Errors: [`RingError::Corrupt`] when the indices are impossible (nothing is consumed;
-    /// the ring is unusable until recreated) or when a slot's length prefix is (that slot is
+    /// Errors: [`RingError::Corrupt`] when the indices are impossible or the header is
+    /// marked (nothing is consumed, and this end is corrupt for good: see the module doc);
+    /// [`RingError::BadMessage`] when a slot's length prefix is impossible (that slot is
     /// skipped, so the next pop continues with the following message).
     pub fn pop(&mut self, buf: &mut Vec<u8>) -> Result<bool, RingError> {
+        self.check_own()?;
         let idx = self.map.indices(self.dir);
         let slots = self.map.slot_area(self.dir);
-        spsc::pop(&idx, &slots, &mut self.head, buf).map_err(|e| match e {
-            spsc::PopError::Indices { head, tail } => RingError::Corrupt(format!(
-                "{:?} ring: head {head}, tail {tail}, capacity {}",
-                self.dir,
-                self.map.slots()
-            )),
-            spsc::PopError::Length { index, len } => RingError::Corrupt(format!(
+        match spsc::pop(&idx, &slots, &mut self.head, buf) {
+            Ok(got) => Ok(got),
+            Err(spsc::PopError::Indices { head, tail }) => {
+                self.poison(format!(
+                    "{:?} ring: head {head}, tail {tail}, capacity {}",
+                    self.dir,
+                    self.map.slots()
+                ));
+                self.corruption_error().map(|()| false)
+            }
+            Err(spsc::PopError::Length { index, len }) => Err(RingError::BadMessage(format!(
                 "{:?} ring: message {index} claims {len} bytes",
                 self.dir
-            )),
-        })
+            ))),
+        }
+    }
+
+    /// Look for corruption without popping: the header mark, our own index, the producer's
+    /// index (see [`Producer::check`]).
+    pub fn check(&mut self) -> Result<(), RingError> {
+        self.check_own()?;
+        let tail = self
+            .map
+            .indices(self.dir)
+            .tail
+            .load(std::sync::atomic::Ordering::Acquire);
+        if tail
+            .checked_sub(self.head)
+            .is_none_or(|n| n > self.capacity() as u64)
+        {
+            self.poison(format!(
+                "{:?} ring: head {}, tail {tail}, capacity {}",
+                self.dir,
+                self.head,
+                self.map.slots()
+            ));
+        }
+        self.corruption_error()
+    }
+
+    /// The header mark and our own index (cheap: two loads).
+    fn check_own(&mut self) -> Result<(), RingError> {
+        if self.corrupt.is_none() {
+            if let Some(why) = self.map.corrupt_mark() {
+                self.corrupt = Some(why);
+            } else {
+                let shared = self
+                    .map
+                    .indices(self.dir)
+                    .head
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if shared != self.head {
+                    self.poison(format!(
+                        "{:?} ring: head is {shared} in the file, but this consumer wrote {}",
+                        self.dir, self.head
+                    ));
+                }
+            }
+        }
+        self.corruption_error()
+    }
+
+    fn poison(&mut self, why: String) {
+        if self.corrupt.is_none() {
+            self.map.mark_corrupt(self.dir.consumer());
+            self.corrupt = Some(why);
+        }
+    }
+
+    fn corruption_error(&self) -> Result<(), RingError> {
+        match &self.corrupt {
+            Some(why) => Err(RingError::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this end found the ring corrupt; `None` while it has not.
+    pub fn corruption(&self) -> Option<&str> {
+        self.corrupt.as_deref()
+    }
+
+    /// Stop using the ring and mark the file corrupt (see [`Producer::mark_corrupt`]).
+    pub fn mark_corrupt(&mut self, why: &str) {
+        self.poison(why.to_owned());
     }
 
     /// Sleep until a message is there or `timeout` passed; returns at once if one already is.
-    /// May return early (signals); callers pop and wait again.
+    /// May return early (signals); callers pop and wait again. On a corrupt end it sleeps
+    /// the whole timeout: nothing will arrive, and a caller looping on it must not spin.
     pub fn wait(&self, timeout: Duration) {
+        if self.corrupt.is_some() {
+            std::thread::sleep(timeout);
+            return;
+        }
         let idx = self.map.indices(self.dir);
         let deadline = Instant::now().checked_add(timeout);
         loop {
@@ -300,6 +502,31 @@ pub fn attach_data(path: &Path, slots: u32) -> Result<DataSide, RingError> {
     })
 }
 
+/// Replace the ring file at `path` with a fresh, empty one of `slots` slots per ring, for a
+/// data plane whose ring turned out corrupt while it ran: the caller holds the data side
+/// of the old file (so no other data plane can), and drops it once this returned. Messages
+/// still in the old file are lost; a control plane mapping it sees
+/// [`ControlSide::replaced`] and attaches to the new one.
+#[cfg(not(switchyard_loom))]
+pub fn recreate_data(path: &Path, slots: u32) -> Result<DataSide, RingError> {
+    let map = Arc::new(file::recreate_data(path, slots)?);
+    Ok(DataSide {
+        commands: Consumer::new(map.clone(), Dir::Commands),
+        events: Producer::new(map, Dir::Events),
+    })
+}
+
+#[cfg(not(switchyard_loom))]
+impl DataSide {
+    /// Look for corruption in both rings without moving anything (see
+    /// [`Producer::check`]); the slow path calls it every turn, so a corrupt file is found
+    /// within one turn even when neither ring has traffic.
+    pub fn check(&mut self) -> Result<(), RingError> {
+        self.commands.check()?;
+        self.events.check()
+    }
+}
+
 /// The control plane's ends. Attaches to an existing file created by the data plane (Err if
 /// missing/incompatible).
 #[cfg(not(switchyard_loom))]
@@ -315,6 +542,13 @@ impl ControlSide {
     /// orphan nobody reads, and the control plane should drop this and attach again.
     pub fn replaced(&self) -> bool {
         self.commands.map.replaced()
+    }
+
+    /// Look for corruption in both rings without moving anything (see
+    /// [`Producer::check`]).
+    pub fn check(&mut self) -> Result<(), RingError> {
+        self.commands.check()?;
+        self.events.check()
     }
 }
 

@@ -19,8 +19,8 @@
 //! is set, so a push normally costs no syscall.
 //!
 //! Indices come from a file another process can scribble on, so every difference is checked:
-//! `head > tail` or `tail - head > count` is corruption, reported as an error (or as a full
-//! ring to the producer), never an out-of-bounds slot or an overwrite.
+//! `head > tail` or `tail - head > count` is corruption, reported as an error to either
+//! side, never an out-of-bounds slot or an overwrite.
 
 use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use super::PushError;
@@ -79,11 +79,13 @@ pub(crate) fn push<S: Slots>(
     }
     let t = *tail;
     let head = idx.head.load(Ordering::Acquire);
-    // A head ahead of the tail (corrupt) reads as full, so a corrupt file can only stall
-    // the producer, never make it overwrite unread messages.
+    // The consumer never gets ahead of what was published, nor more than `count` behind
+    // it: a head outside that range is corruption, reported as such rather than as a full
+    // ring (which the caller would retry forever), and never an overwrite.
     match t.checked_sub(head) {
         Some(n) if n < slots.count() => {}
-        _ => return Err(PushError::Full),
+        Some(n) if n == slots.count() => return Err(PushError::Full),
+        _ => return Err(PushError::Corrupt),
     }
     // SAFETY: we are the only producer (the side lock), `t` is our tail and
     // `t - head < count`, so the consumer does not read this slot until we publish it below.

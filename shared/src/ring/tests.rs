@@ -258,12 +258,17 @@ fn corrupt_indices_are_rejected() {
 }
 
 #[test]
-fn producer_treats_corrupt_head_as_full() {
+fn producer_reports_a_corrupt_head_and_never_overwrites() {
     let t = TempRing::new("head");
     let (_data, mut control) = pair(&t, 4);
     t.write_at(COMMANDS_OFFSET, &u64::MAX.to_ne_bytes());
-    assert_eq!(control.commands.push(b"a"), Err(PushError::Full));
-    assert_eq!(control.commands.len(), 4);
+    assert_eq!(control.commands.push(b"a"), Err(PushError::Corrupt));
+    assert_eq!(
+        control.commands.len(),
+        4,
+        "a corrupt difference reads as full"
+    );
+    assert_eq!(control.commands.position(), 0, "nothing was written");
 }
 
 #[test]
@@ -277,9 +282,13 @@ fn bad_length_prefix_skips_the_slot() {
     let mut buf = Vec::new();
     assert!(matches!(
         data.commands.pop(&mut buf),
-        Err(RingError::Corrupt(_))
+        Err(RingError::BadMessage(_))
     ));
     assert_eq!(pop_one(&mut data.commands), Some(b"second".to_vec()));
+    assert!(
+        data.commands.corruption().is_none(),
+        "one bad slot is not a bad ring"
+    );
 }
 
 #[test]
@@ -365,4 +374,165 @@ fn symlinks_are_refused_by_both_sides() {
         0,
         "the link's target was not touched"
     );
+}
+
+// ---- Issue 9 item 11: corruption found while the ring runs --------------------------------
+
+fn head_offset(dir: Dir) -> usize {
+    dir.indices_offset()
+}
+
+/// A head scribbled past the tail is corruption, not a full ring: before, the control plane
+/// took it for back-pressure and answered every new session with 503 forever.
+#[test]
+fn a_corrupt_head_is_corruption_not_back_pressure() {
+    for bad in [u64::MAX, 3, 1000] {
+        let t = TempRing::new("live-head");
+        let (_data, mut control) = pair(&t, 4);
+        control.commands.push(b"a").expect("room");
+        control.commands.push(b"b").expect("room");
+        t.write_at(head_offset(Dir::Commands), &bad.to_ne_bytes());
+        let r = control.commands.push(b"c");
+        assert!(
+            matches!(r, Err(e) if e != PushError::Full),
+            "head {bad}: {r:?}"
+        );
+    }
+}
+
+/// A consumer that found impossible indices does not make its caller spin: `wait` sleeps
+/// its whole timeout instead of returning at once because `tail != head`.
+#[test]
+fn a_corrupt_tail_does_not_make_wait_spin() {
+    let t = TempRing::new("live-tail");
+    let (mut data, _control) = pair(&t, 4);
+    t.write_at(tail_offset(Dir::Commands), &0xdead_beef_u64.to_ne_bytes());
+    let mut buf = Vec::new();
+    assert!(matches!(
+        data.commands.pop(&mut buf),
+        Err(RingError::Corrupt(_))
+    ));
+    let start = Instant::now();
+    for _ in 0..5 {
+        data.commands.wait(Duration::from_millis(10));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(40),
+        "wait returned at once on a corrupt ring: {:?}",
+        start.elapsed()
+    );
+}
+
+/// Each side is the only writer of its own index, so a value in the file that differs from
+/// its own copy is corruption even when it is in range (it would replay or skip messages).
+#[test]
+fn an_overwritten_own_index_is_corruption() {
+    let t = TempRing::new("own-index");
+    let (mut data, mut control) = pair(&t, 8);
+    for m in [b"a", b"b", b"c"] {
+        control.commands.push(m).expect("room");
+    }
+    assert_eq!(pop_one(&mut data.commands), Some(b"a".to_vec()));
+    // The data plane's head goes back to 0: in range, but not what it wrote.
+    t.write_at(head_offset(Dir::Commands), &0u64.to_ne_bytes());
+    let mut buf = Vec::new();
+    assert!(matches!(
+        data.commands.pop(&mut buf),
+        Err(RingError::Corrupt(_))
+    ));
+    // The control plane's tail moves ahead by one: in range, but not what it wrote.
+    t.write_at(tail_offset(Dir::Commands), &4u64.to_ne_bytes());
+    assert!(
+        matches!(control.commands.push(b"d"), Err(e) if e != PushError::Full),
+        "the producer must notice its tail was overwritten"
+    );
+}
+
+/// What one side finds, the other learns through the header mark; the data plane's idle
+/// event ring is checked without a push; a recreated file works at once.
+#[test]
+fn a_marked_ring_is_recreated_by_the_data_plane_and_refused_until_then() {
+    let t = TempRing::new("mark");
+    let (mut data, mut control) = pair(&t, 4);
+    control.commands.push(b"lost").expect("room");
+    // The control plane's own head of the event ring is overwritten (in range: only the
+    // control plane can tell), so it marks the file.
+    t.write_at(head_offset(Dir::Events), &0u64.to_ne_bytes());
+    data.events.push(b"e").expect("room");
+    let mut buf = Vec::new();
+    assert!(
+        control.events.pop(&mut buf).is_ok(),
+        "head 0 is still right"
+    );
+    t.write_at(head_offset(Dir::Events), &0u64.to_ne_bytes());
+    assert!(matches!(
+        control.events.pop(&mut buf),
+        Err(RingError::Corrupt(_))
+    ));
+    assert!(control.events.corruption().is_some());
+
+    // The data plane learns it from the mark, on its next look, with no traffic needed.
+    assert!(matches!(data.check(), Err(RingError::Corrupt(why)) if why.contains("control plane")));
+    assert!(matches!(
+        data.commands.pop(&mut buf),
+        Err(RingError::Corrupt(_))
+    ));
+    assert_eq!(data.events.push(b"x"), Err(PushError::Corrupt));
+
+    // A marked file is never attached to again: the control plane waits, the data plane
+    // replaces it.
+    drop(control);
+    assert!(matches!(
+        attach_control(t.path()),
+        Err(RingError::Corrupt(_))
+    ));
+    let old = creation_id_in_file(&t);
+    let mut fresh = recreate_data(t.path(), 4).expect("recreate");
+    drop(data);
+    assert_ne!(fresh.commands.creation_id(), old);
+    let mut control = attach_control(t.path()).expect("the new file");
+    assert!(fresh.check().is_ok() && control.check().is_ok());
+    control.commands.push(b"again").expect("room");
+    assert_eq!(pop_one(&mut fresh.commands), Some(b"again".to_vec()));
+    assert_eq!(
+        pop_one(&mut fresh.commands),
+        None,
+        "the old file's message is gone"
+    );
+}
+
+/// The creation id in the file at `t`, read without attaching (a marked file refuses that).
+fn creation_id_in_file(t: &TempRing) -> u64 {
+    let mut b = [0u8; 8];
+    let f = std::fs::File::open(t.path()).expect("open");
+    let at = std::mem::offset_of!(super::layout::Header, creation_id);
+    f.read_exact_at(&mut b, at as u64)
+        .expect("read creation id");
+    u64::from_ne_bytes(b)
+}
+
+/// After the first finding an end neither reads nor writes the file again: a corrupt ring
+/// costs one error, not one per call.
+#[test]
+fn a_corrupt_end_stays_corrupt_and_touches_nothing() {
+    let t = TempRing::new("sticky");
+    let (mut data, mut control) = pair(&t, 4);
+    t.write_at(head_offset(Dir::Commands), &9u64.to_ne_bytes());
+    assert_eq!(control.commands.push(b"a"), Err(PushError::Corrupt));
+    // Put the right value back: the end stays corrupt (the file is marked).
+    t.write_at(head_offset(Dir::Commands), &0u64.to_ne_bytes());
+    for _ in 0..3 {
+        assert_eq!(control.commands.push(b"a"), Err(PushError::Corrupt));
+    }
+    assert_eq!(control.commands.position(), 0);
+    assert!(control
+        .commands
+        .corruption()
+        .is_some_and(|w| w.contains("head 9")));
+    let mut buf = Vec::new();
+    assert!(matches!(
+        data.commands.pop(&mut buf),
+        Err(RingError::Corrupt(_))
+    ));
+    assert!(control.check().is_err() && data.check().is_err());
 }

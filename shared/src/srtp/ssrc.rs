@@ -8,6 +8,9 @@ use super::Error;
 /// SSRCs one context tracks per table; beyond this, packets fail with `TooManySsrcs`.
 pub const MAX_SSRCS: usize = 16;
 
+// Every table slot has its entry in a journal record.
+const _: () = assert!(MAX_SSRCS <= crate::journal::SLOTS);
+
 #[derive(Clone, Debug)]
 pub(crate) struct Table<S: Copy + Default> {
     ssrcs: [u32; MAX_SSRCS],

@@ -7,12 +7,12 @@ use super::*;
 
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 /// The WebRTC subscriber's real address, and the victim a spoofer names as its source.
-const PEER: u16 = 6100;
+pub(super) const PEER: u16 = 6100;
 const VICTIM: u16 = 6666;
 const CONSENT: Duration = Duration::from_secs(30);
 
 /// A static-key publisher at 5000 and an ICE subscriber (`subU`) latched at [`PEER`].
-fn latched_subscriber(e: &mut Engine, now: Instant) -> Context {
+pub(super) fn latched_subscriber(e: &mut Engine, now: Instant) -> Context {
     add_pub(e, 1, Some(addr(5000)), PROFILE);
     let mut out = Capture::default();
     e.handle_command(
@@ -58,7 +58,7 @@ fn stun_to(out: &Capture, port: u16) -> Vec<Class> {
 }
 
 /// The peer's answer to our check `tid`, signed with `pwd`.
-fn answer(tid: &[u8; 12], mapped: SocketAddr, pwd: &str) -> Vec<u8> {
+pub(super) fn answer(tid: &[u8; 12], mapped: SocketAddr, pwd: &str) -> Vec<u8> {
     let mut b = vec![0u8; 128];
     let n = write_binding_success(&mut b, tid, mapped, pwd.as_bytes()).expect("answer");
     b.truncate(n);
