@@ -29,12 +29,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Uri};
+use hyper::Uri;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+pub use hyper::header;
+pub use hyper::Method;
 pub use tls::{accept_any_server, Tls};
 
 /// Why a request got no answer.

@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use switchyard_httpclient::{Client, Config, Request, Tls};
 
 use super::load::{self, Meter, Reading};
 use super::store::Store as _;
@@ -124,13 +122,14 @@ fn measure(shared: &Shared, meter: &mut Meter) -> Option<load::LoadReport> {
 }
 
 /// Whether `GET {base}/health` answers 200 within `timeout`. `http://` or `https://`; the
-/// latter accepts any server certificate (a liveness check, see `tls::probe_client_config`).
+/// latter accepts any server certificate (a liveness check, see `switchyard_httpclient::accept_any_server`).
 pub(crate) async fn probe(base: &str, timeout: Duration) -> bool {
     http_status(base, "GET", "/health", None, timeout).await == Some(200)
 }
 
 /// Send one request (`body` as JSON) to the server of `base` and read the status code of the
 /// answer; None on any failure or after `timeout`. Over TLS any certificate is accepted.
+/// Redirects are not followed, and the answer body is read only up to a few KiB.
 pub(crate) async fn http_status(
     base: &str,
     method: &str,
@@ -138,67 +137,24 @@ pub(crate) async fn http_status(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Option<u16> {
-    let (tls, authority) = authority(base)?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: switchyard\r\n"
-    )
-    .into_bytes();
-    match body {
-        Some(b) => {
-            req.extend_from_slice(
-                format!(
-                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    b.len()
-                )
-                .as_bytes(),
-            );
-            req.extend_from_slice(b);
-        }
-        None => req.extend_from_slice(b"\r\n"),
+    let client = Client::new(Config {
+        timeout,
+        max_body: 16 * 1024,
+        tls: Some(Tls::accept_any()),
+        ..Config::default()
+    });
+    let mut req = Request::new(
+        method.parse().ok()?,
+        format!("{}{path}", base.trim_end_matches('/')),
+    );
+    if let Some(b) = body {
+        req = req.json(b.to_vec());
     }
-    let check = async {
-        let tcp = TcpStream::connect(authority.as_str()).await?;
-        if !tls {
-            return status_of(tcp, &req).await;
-        }
-        static CLIENT: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> =
-            std::sync::OnceLock::new();
-        let config = CLIENT.get_or_init(crate::tls::probe_client_config).clone();
-        let host = match authority.rfind(':') {
-            Some(colon) => &authority[..colon],
-            None => authority.as_str(),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await?;
-        status_of(stream, &req).await
-    };
-    tokio::time::timeout(timeout, check).await.ok()?.ok()?
-}
-
-/// Send `req` on `s` and read the status line's code.
-async fn status_of<S>(mut s: S, req: &[u8]) -> std::io::Result<Option<u16>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    s.write_all(req).await?;
-    // The status line is all we need; 64 bytes hold it.
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < head.len() {
-        let got = s.read(&mut head[n..]).await?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-        if head[..n].contains(&b'\n') {
-            break;
-        }
+    match client.send(req).await {
+        Ok(answer) => Some(answer.status),
+        // An answer too long to read still said its status; anything else did not answer.
+        Err(_) => None,
     }
-    Ok(status(&head[..n]))
 }
 
 /// Whether a URL is `https://`, and its `host:port` (port 80 or 443 when absent).
@@ -223,23 +179,12 @@ pub(crate) fn authority(url: &str) -> Option<(bool, String)> {
     ))
 }
 
-/// The status code of an HTTP/1.x status line.
-fn status(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_ascii_whitespace();
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_status_lines() {
+    fn urls() {
         let a = authority;
         assert_eq!(
             a("http://10.0.0.2:8080"),
@@ -252,9 +197,5 @@ mod tests {
         assert_eq!(a("https://[::1]:8443"), Some((true, "[::1]:8443".into())));
         assert_eq!(a("ftp://node"), None);
         assert_eq!(a("http://"), None);
-        assert_eq!(status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
-        assert_eq!(status(b"SSH-2.0-OpenSSH\r\n"), None);
-        assert_eq!(status(b""), None);
     }
 }
