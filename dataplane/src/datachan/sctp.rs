@@ -36,6 +36,10 @@ use super::{
 /// flow control then stops the peer). Four maximum-size messages.
 const RECEIVE_BUFFER: u32 = 4 * MAX_MESSAGE as u32;
 
+/// Largest SCTP packet read before the association exists (its first, usually an INIT);
+/// webrtc-sctp reads into the same size.
+const FIRST_PACKET: usize = 8192;
+
 /// DCEP message type of DATA_CHANNEL_ACK (RFC 8832 §5.2).
 const DCEP_ACK: u8 = 0x02;
 
@@ -47,10 +51,25 @@ pub(crate) struct Link {
 }
 
 /// Run the association over `conn` (the session's established DTLS connection) until the
-/// peer goes away or the session drops its ends of `link`. The caller closes `conn`
-/// afterwards, which also stops the association's own loops if this future is dropped
-/// early.
+/// peer goes away or the session drops its ends of `link`. The caller cuts `conn` off
+/// afterwards (every read fails), which also stops the association's own loops if this
+/// future is dropped early.
+///
+/// The association starts only when the peer sends its first SCTP packet: webrtc-sctp's
+/// write task ends only when an association that got past its handshake closes, so one
+/// started for a peer that never speaks SCTP (most viewers) would outlive its session,
+/// with its task and the DTLS connection it holds (found by `scripts/soak.sh`).
 pub(crate) async fn run(conn: Arc<dyn Conn + Send + Sync>, mut link: Link) {
+    let mut first = vec![0u8; FIRST_PACKET];
+    let n = match conn.recv(&mut first).await {
+        Ok(n) => n,
+        Err(_) => return,
+    };
+    first.truncate(n);
+    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(Replay {
+        first: std::sync::Mutex::new(Some(first)),
+        inner: conn,
+    });
     let config = AssociationConfig {
         net_conn: conn,
         max_receive_buffer_size: RECEIVE_BUFFER,
@@ -318,5 +337,77 @@ mod tests {
                 assert_eq!(params_of(&config_of(&p)), p);
             }
         }
+    }
+}
+
+/// A connection that yields `first` (read before the association existed) before anything
+/// else it reads.
+struct Replay {
+    first: std::sync::Mutex<Option<Vec<u8>>>,
+    inner: Arc<dyn Conn + Send + Sync>,
+}
+
+impl Replay {
+    fn take_first(&self) -> Option<Vec<u8>> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[async_trait::async_trait]
+impl Conn for Replay {
+    async fn connect(&self, addr: std::net::SocketAddr) -> webrtc_util::Result<()> {
+        self.inner.connect(addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        if let Some(first) = self.take_first() {
+            let n = first.len().min(buf.len());
+            buf[..n].copy_from_slice(&first[..n]);
+            return Ok(n);
+        }
+        self.inner.recv(buf).await
+    }
+
+    async fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> webrtc_util::Result<(usize, std::net::SocketAddr)> {
+        if self.first.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            let n = self.recv(buf).await?;
+            let from = self
+                .inner
+                .remote_addr()
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            return Ok((n, from));
+        }
+        self.inner.recv_from(buf).await
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.inner.send(buf).await
+    }
+
+    async fn send_to(
+        &self,
+        buf: &[u8],
+        target: std::net::SocketAddr,
+    ) -> webrtc_util::Result<usize> {
+        self.inner.send_to(buf, target).await
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.remote_addr()
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.inner.close().await
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
     }
 }

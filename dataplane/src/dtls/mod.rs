@@ -46,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+mod closable;
 pub(crate) mod fingerprint;
 mod pipe;
 #[cfg(test)]
@@ -66,6 +67,7 @@ use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use webrtc_util::KeyingMaterialExporter;
 
 use crate::datachan::{self, sctp, DataCommand, DataCounts, DataEvent};
+use closable::Closable;
 use fingerprint::Fingerprint;
 use pipe::Pipe;
 
@@ -476,13 +478,15 @@ async fn serve(
     if outcome.send(result).is_ok() && connected {
         // SCTP reads the connection's application data from here on, so its reader never
         // stalls on a full channel. Ends on the peer's close or fatal alert, or on `stop`.
-        let net: Arc<dyn webrtc_util::conn::Conn + Send + Sync> = conn.clone();
+        let (net, off) = Closable::new(Arc::clone(&conn));
         tokio::select! {
             _ = &mut stop => {}
             _ = sctp::run(net, link) => {}
         }
+        // The association's read and write tasks hold the connection and end only on a
+        // failed read: fail them first (see `closable`).
+        let _ = off.send(true);
     }
-    // The association's read and write loops hold the connection; closing it ends them.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
 }
 

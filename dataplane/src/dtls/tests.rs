@@ -703,6 +703,15 @@ fn data_channels_run_over_the_dtls_connection() {
         ]
     );
     assert_eq!(s.take_data_counts(), (1, 0));
+
+    // The session ends: its association's tasks end with it (see `ended_sessions_leave_no_task_behind`).
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || cfg.driver.rt.as_ref().map_or(0, |rt| rt.metrics().num_alive_tasks());
+    while alive() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(alive(), 0, "an ended session with data channels left tasks behind");
 }
 
 /// A subscriber that never reads: what the node sends it is capped by the channel's send
@@ -754,4 +763,36 @@ fn a_subscriber_that_does_not_read_gets_its_messages_dropped() {
     let bound = (1024 * 1024 + MAX_BUFFERED) / MAX_MESSAGE + 2;
     assert!(sent as usize <= bound, "sent {sent}, bound {bound}");
     assert!(dropped >= SENT - bound as u64, "dropped {dropped}");
+}
+
+/// A node runs for months: every session's tasks (handshake, keep-alive, SCTP) must end
+/// when the session does, connected or not.
+#[test]
+fn ended_sessions_leave_no_task_behind() {
+    let cfg = DtlsConfig::generate().unwrap();
+    let alive = |cfg: &DtlsConfig| {
+        cfg.driver
+            .rt
+            .as_ref()
+            .map_or(0, |rt| rt.metrics().num_alive_tasks())
+    };
+    for _ in 0..5 {
+        let cert = client_cert();
+        let client_fp = fingerprint::sha256_of(cert.certificate[0].as_ref());
+        let mut c = client(
+            vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
+            Some(cert),
+            cfg.fingerprint(),
+        );
+        let mut s = DtlsSession::new(&cfg, &client_fp, Instant::now()).unwrap();
+        let (_, _, event) = drive(&mut s, &mut c, both_done);
+        assert!(matches!(event, Some(DtlsEvent::Connected(_))), "{event:?}");
+        drop(s);
+        drop(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&cfg) > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(alive(&cfg), 0, "tasks still alive after every session ended");
 }
