@@ -14,7 +14,7 @@
 //! being read while the backlog is long (see [`BACKLOG_PAUSE`]); a session's address is one
 //! pending event whatever the number of moves; snapshot events of a superseded request and
 //! events of sessions that ended since are dropped. The ring itself is checked every turn;
-//! a corrupt one is logged once and replaced by a new file (see [`ring`](switchyard_shared::ring)).
+//! a corrupt one is logged once and replaced by a new file (see [`switchyard_shared::ring`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,13 +42,14 @@ const TICK: Duration = Duration::from_millis(2);
 /// Longest stream name accepted (the control plane enforces a shorter one).
 const MAX_STREAM_NAME: usize = 256;
 
-/// Events waiting for room in the event ring beyond which the slow path stops reading
-/// commands: a control plane that is gone, or sends without reading, then meets
-/// back-pressure on its own command ring (503s) instead of growing this process. Every
-/// event that is kept is caused by a command (at most one command's worth arrives past this
-/// point: a snapshot, sessions + 2 events) or by a live session a bounded number of times
-/// (one address, one DTLS outcome, one removal of its own), so the backlog stays below
-/// `BACKLOG_PAUSE + 4 × sessions + 2` events, sessions ≤ workers × max sessions per worker.
+/// Events waiting for room in the event ring, plus worker answers still to come (each
+/// becomes one), beyond which the slow path stops reading commands: a control plane that is
+/// gone, or sends without reading, then meets back-pressure on its own command ring (503s)
+/// instead of growing this process. Every event that is kept is caused either by a command
+/// (at most one command's worth gets past this point: a snapshot, sessions + 2 events) or
+/// by a live session a bounded number of times (its end by the data plane, its latest
+/// address, its DTLS outcome: at most four), so the backlog stays below
+/// `BACKLOG_PAUSE + 5 × sessions + 2` events, sessions ≤ workers × max sessions per worker.
 /// A ring holds 1024 events, so this is four rings' worth.
 pub const BACKLOG_PAUSE: usize = 4096;
 
@@ -323,11 +324,16 @@ impl SlowPath {
         }
     }
 
-    /// One pass: wait up to `wait` for a command, apply all that are there (unless the
-    /// backlog is at [`BACKLOG_PAUSE`] or the ring is unusable), collect worker answers, push
-    /// events.
+    /// Whether commands wait: [`BACKLOG_PAUSE`] events are waiting or owed by workers.
+    fn paused(&self) -> bool {
+        self.backlog.len() + self.pending_add.len() + self.pending_remove.len() >= BACKLOG_PAUSE
+    }
+
+    /// One pass: wait up to `wait` for a command, apply all that are there (unless
+    /// [`BACKLOG_PAUSE`] events wait or are owed, or the ring is unusable), collect worker
+    /// answers, push events.
     pub fn turn(&mut self, wait: Duration) {
-        if self.ring_usable() && self.backlog.len() < BACKLOG_PAUSE {
+        if self.ring_usable() && !self.paused() {
             self.ring.commands.wait(wait);
             self.read_commands();
         } else if !wait.is_zero() {
@@ -346,9 +352,9 @@ impl SlowPath {
         self.flush();
     }
 
-    /// Apply the commands in the ring, stopping at [`BACKLOG_PAUSE`] events waiting.
+    /// Apply the commands in the ring, stopping when [`SlowPath::paused`].
     fn read_commands(&mut self) {
-        while self.ring_retry.is_none() && self.backlog.len() < BACKLOG_PAUSE {
+        while self.ring_retry.is_none() && !self.paused() {
             let mut buf = std::mem::take(&mut self.buf);
             let got = self.ring.commands.pop(&mut buf);
             let more = match got {

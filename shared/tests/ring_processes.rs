@@ -1,6 +1,6 @@
 //! The ring between real processes: a million commands with wrap-around, `kill -9` of either
-//! end mid-stream and a restart that continues with no loss and no duplicate, and the
-//! one-process-per-side rule.
+//! end mid-stream and a restart that continues with no loss and no duplicate, the
+//! one-process-per-side rule, and an index another process corrupts.
 //!
 //! The children are this test binary itself, run as
 //! `current_exe() --exact child_entry --nocapture` with `SWITCHYARD_RING_CHILD` naming the
@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::ring::{
-    attach_control, attach_data, Consumer, Producer, PushError, RingError,
+    attach_control, attach_data, recreate_data, Consumer, DataSide, Producer, PushError, RingError,
 };
 
 const CHILD_ENV: &str = "SWITCHYARD_RING_CHILD";
@@ -65,6 +65,7 @@ fn child_entry() {
         "hold-control" => hold(attach_control(&path)),
         "try-data" => try_attach(attach_data(&path, SLOTS).map(drop)),
         "try-control" => try_attach(attach_control(&path).map(drop)),
+        "data-watch" => watch(retry(|| attach_data(&path, SLOTS)), &path),
         other => {
             say(&format!("ERROR unknown role {other}"));
             3
@@ -178,6 +179,43 @@ fn produce(mut p: Producer, count: u64) -> i32 {
     }
     say(&format!("done {start} full {fulls}"));
     0
+}
+
+/// Report each command until "stop", as the data plane's slow path treats a corrupt ring:
+/// report it, put a new file in place, carry on with that one.
+fn watch(mut side: DataSide, path: &Path) -> i32 {
+    say("ready");
+    let deadline = Instant::now() + PATIENCE;
+    let (mut buf, mut corrupt) = (Vec::new(), 0u32);
+    while Instant::now() < deadline {
+        side.commands.wait(Duration::from_millis(10));
+        match side.commands.pop(&mut buf) {
+            Ok(true) if buf == b"stop" => {
+                say(&format!("done {corrupt}"));
+                return 0;
+            }
+            Ok(true) => say(&format!("got {}", String::from_utf8_lossy(&buf))),
+            Ok(false) => {}
+            Err(RingError::Corrupt(why)) => {
+                corrupt += 1;
+                say(&format!("corrupt {why}"));
+                match recreate_data(path, SLOTS) {
+                    Ok(fresh) => side = fresh,
+                    Err(e) => {
+                        say(&format!("ERROR recreate: {e}"));
+                        return 1;
+                    }
+                }
+                say("recreated");
+            }
+            Err(e) => {
+                say(&format!("ERROR pop: {e}"));
+                return 1;
+            }
+        }
+    }
+    say("ERROR timed out");
+    2
 }
 
 /// Attach and keep the side until killed.
@@ -420,4 +458,42 @@ fn a_live_side_is_busy_and_a_dead_one_is_not() {
     assert_eq!(data.commands.creation_id(), id);
     assert!(!control.replaced());
     assert_eq!(Proc::spawn("try-data", &ring.0, 0).expect(""), "busy");
+}
+
+/// Another process scribbles a tail index of the command ring: the data side reports it
+/// once (the ring does not hand out the error again and again for a caller to spin on),
+/// puts a new file in place, and the control side, seeing the file replaced, attaches to it.
+#[test]
+fn a_corrupt_index_from_another_process_is_reported_once_and_the_file_replaced() {
+    use std::os::unix::fs::FileExt;
+    let _serial = serial();
+    let ring = RingFile::create("corrupt");
+    let watcher = Proc::spawn("data-watch", &ring.0, 0);
+    watcher.expect("ready");
+    let mut control = attach_control(&ring.0).expect("control side");
+    control.commands.push(b"before").expect("room");
+    assert_eq!(watcher.expect("got"), "before");
+
+    // The commands ring's tail (shared/src/ring/layout.rs: second 128-byte line).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ring.0)
+        .expect("open ring");
+    f.write_all_at(&0x0bad_0bad_0bad_u64.to_ne_bytes(), 256)
+        .expect("scribble");
+    let why = watcher.expect("corrupt");
+    assert!(why.contains("tail"), "{why}");
+    watcher.expect("recreated");
+    assert!(control.replaced());
+    assert_eq!(
+        control.commands.push(b"lost"),
+        Err(PushError::Corrupt),
+        "the old file is marked"
+    );
+
+    let mut control = attach_control(&ring.0).expect("the new file");
+    control.commands.push(b"after").expect("room");
+    assert_eq!(watcher.expect("got"), "after");
+    control.commands.push(b"stop").expect("room");
+    assert_eq!(watcher.finish(), "1", "one corruption, reported once");
 }

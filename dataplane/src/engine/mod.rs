@@ -383,7 +383,7 @@ impl Engine {
 
     /// Next event for the slow path, oldest first. Call it only while the slow path has room
     /// for what it returns (`worker::hand_over`): what is not taken waits here, bounded
-    /// (see [`MAX_PENDING_EVENTS`]). A `Latched` carries the session's address as it is now,
+    /// (see `MAX_PENDING_EVENTS`). A `Latched` carries the session's address as it is now,
     /// however often it moved since it was queued, and is skipped if the session went.
     pub fn poll_event(&mut self) -> Option<WorkerEvent> {
         loop {
@@ -1601,7 +1601,7 @@ impl Engine {
     /// moves after authentication), so trying several is safe; each trial starts from a
     /// fresh copy because a failed AEAD open leaves the buffer undefined. At most
     /// [`MAX_LATCH_TRIALS`] publishers per datagram, and none once the source has spent its
-    /// budget ([`latch`]): a stranger's datagram costs O(1), not O(waiting publishers).
+    /// budget ([`latch`](mod@latch)): a stranger's datagram costs O(1), not O(waiting publishers).
     fn latch(
         &mut self,
         data: &[u8],
