@@ -11,6 +11,7 @@
 #
 # The summary gives the RSS of each plane at the end of the warm-up (WARMUP seconds) and at
 # the end, and the growth between them; a node that leaks per session grows with the rounds.
+# TITLE: the chart's title.
 # TARGET_DIR: cargo's target directory (default: target). PORT, MEDIA_PORT, RELAY_PORT: the
 # node's HTTP, media and relay ports (18791, 18800, 18850). OUT: where results go (a new
 # temporary directory by default).
@@ -77,8 +78,9 @@ kill "$sampler" 2>/dev/null || true
 sampler=""
 sessions=$(curl -fs "$api/v1/sessions" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sessions"]))')
 
+TITLE=${TITLE:-switchyard soak: RSS under publisher/viewer churn} \
 python3 - "$OUT" "$WARMUP" "$round" "$failed" "$sessions" "$PUBS" "$SUBS" <<'EOF'
-import csv, sys
+import csv, os, sys
 out, warmup, rounds, failed, sessions, pubs, subs = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:])
 rows = [r for r in csv.DictReader(open(f"{out}/rss.csv")) if int(r["dataplane_kib"]) > 0]
 t = [float(r["seconds"]) for r in rows]
@@ -109,7 +111,7 @@ svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-f
        f'<line x1="{L}" y1="{TOP}" x2="{L}" y2="{H - B}" stroke="black"/>',
        f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">seconds</text>',
        f'<text x="16" y="{H / 2}" transform="rotate(-90 16 {H / 2})" text-anchor="middle">RSS (MiB)</text>',
-       f'<text x="{W / 2}" y="18" text-anchor="middle">switchyard soak: RSS under publisher/viewer churn ({rounds} rounds)</text>']
+       f'<text x="{W / 2}" y="18" text-anchor="middle">{os.environ["TITLE"]} ({rounds} rounds)</text>']
 for i in range(6):
     m = vmax * i / 5
     svg.append(f'<text x="{L - 6}" y="{y(m) + 4:.1f}" text-anchor="end">{m:.0f}</text>')
