@@ -876,6 +876,7 @@ fn a_corrupted_command_ring_is_logged_once_and_recreated() {
         total <= 24,
         "{total} log lines for three corruptions:\n{logs}"
     );
+    // SWITCHYARD_TEST_SHOW_LOGS=1 shows what was logged even when the test passes.
     if std::env::var_os("SWITCHYARD_TEST_SHOW_LOGS").is_some() {
         eprintln!("{logs}");
     }

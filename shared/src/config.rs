@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::names;
+
 /// Which receive/send engine the workers run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +65,7 @@ pub struct MediaSection {
     /// dual-stack setup as its media socket): node-to-node relay links (`RelayIn`/`RelayOut`
     /// sessions) send and receive there, and nothing else is answered on it.
     pub relay_port: u16,
-    /// Worker threads; 0 means available cores − 1, at least 1.
+    /// Worker threads; 0 means available cores − 1, at least 1 and at most [`MAX_WORKERS`].
     pub workers: u16,
     /// Pin worker `i` to core `(first_core + i) % cores`.
     pub pin: bool,
@@ -130,9 +132,18 @@ impl MediaSection {
             return self.workers;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        cores.saturating_sub(1).clamp(1, u16::MAX as usize) as u16
+        cores.saturating_sub(1).clamp(1, usize::from(MAX_WORKERS)) as u16
     }
 }
+
+/// Most workers one node runs. Workers address each other through fixed-size sets
+/// (`dataplane::worker_set::WorkerSet`, one bit per worker, copied into every routing
+/// change and scanned on every cross-worker fan-out), so the count needs a ceiling; before
+/// there was one, worker 64 aliased worker 0 and its media went to the wrong thread. 1024
+/// covers the largest hosts there are (two 192-core sockets with SMT are 768 hardware
+/// threads, so `workers = 0` never reaches it) while a set stays 128 bytes, copied without
+/// allocating. Each worker also takes a media and a relay port, so 1024 of each at most.
+pub const MAX_WORKERS: u16 = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -454,12 +465,8 @@ impl Destination {
                     }
                     Ok(Self::Node(NodeRef::Addr(rest.to_owned())))
                 } else {
-                    let ok = !rest.is_empty()
-                        && rest.len() <= 128
-                        && rest
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                    if !ok {
+                    if !names::Rule::Id.allows(rest) {
+                        // `names::Rule::Id` in words (the reason is a static string).
                         return bad("a node id is 1 to 128 characters of A-Z a-z 0-9 _ . -");
                     }
                     Ok(Self::Node(NodeRef::Id(rest.to_owned())))
@@ -500,9 +507,7 @@ impl std::fmt::Display for Destination {
 impl ForwardSection {
     /// Check the id, prefix and destinations; the parsed destinations in order.
     pub fn check(&self) -> Result<Vec<Destination>, String> {
-        if !valid_forward_id(&self.id) {
-            return Err("id must be 1 to 64 characters of [A-Za-z0-9_-]".into());
-        }
+        names::forward_id("id", &self.id).map_err(|e| e.to_string())?;
         check_forward(&self.prefix, &self.destinations).map_err(|e| format!("{}: {e}", self.id))
     }
 }
@@ -529,24 +534,9 @@ pub fn hook_allowed(url: &str, allow: &[String]) -> bool {
     })
 }
 
-/// Whether `id` can name a forward.
-pub fn valid_forward_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// Check a forward's prefix and destinations (config and API share the rules).
 pub fn check_forward(prefix: &str, destinations: &[String]) -> Result<Vec<Destination>, String> {
-    if prefix.len() > 128
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))
-    {
-        return Err("prefix: up to 128 characters of A-Z a-z 0-9 _ . / -".into());
-    }
+    names::prefix("prefix", prefix).map_err(|e| e.to_string())?;
     if destinations.is_empty() || destinations.len() > MAX_FORWARD_DESTINATIONS {
         return Err(format!(
             "destinations: 1 to {MAX_FORWARD_DESTINATIONS} entries"
@@ -622,14 +612,16 @@ impl Config {
     /// Reject values the planes cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
-        if self.node.id.is_empty()
-            || !self
-                .node
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return bad("node.id must be non-empty [A-Za-z0-9_-]");
+        // The node id names its shared-memory files and its cluster registry entry.
+        if let Err(e) = names::id("node.id", &self.node.id) {
+            return bad(&e.to_string());
+        }
+        if self.media.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid(format!(
+                "media.workers is {}; at most {MAX_WORKERS} workers per node (0 picks one per \
+                 core, up to that)",
+                self.media.workers
+            )));
         }
         let workers = u32::from(self.media.worker_count());
         if u32::from(self.media.port) + workers > 65536 || self.media.port == 0 {
@@ -816,6 +808,24 @@ mod tests {
         }
         let c = Config::parse("[media]\nworkers = 4\nrelay_port = 65534\n").expect("parse");
         assert!(c.validate().is_err(), "relay ports past 65535");
+    }
+
+    #[test]
+    fn workers_are_capped_with_a_clear_error() {
+        let c = Config::parse(&format!("[media]\nworkers = {MAX_WORKERS}\nport = 20000\n"))
+            .expect("parse");
+        c.validate().expect("the maximum itself is fine");
+        let c = Config::parse(&format!(
+            "[media]\nworkers = {}\nport = 20000\n",
+            MAX_WORKERS + 1
+        ))
+        .expect("parse");
+        let e = c.validate().expect_err("one more is refused").to_string();
+        assert!(
+            e.contains("media.workers") && e.contains(&MAX_WORKERS.to_string()),
+            "{e}"
+        );
+        assert!(Config::default().media.worker_count() <= MAX_WORKERS);
     }
 
     #[test]

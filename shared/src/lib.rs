@@ -10,10 +10,12 @@
 //! - [`stats`]: per-worker counters in shared memory, written by workers, read by `/metrics`.
 //! - [`command`]: the typed commands and events that travel over the rings.
 //! - [`config`]: the node configuration (TOML, env, flags).
+//! - [`names`]: the one rule for stream names, room and node ids, forward ids.
 
 pub mod command;
 pub mod config;
 pub mod journal;
+pub mod names;
 pub mod packet;
 pub mod ring;
 pub mod srtp;

@@ -1,0 +1,78 @@
+//! The store a control plane runs with, chosen at start by `[cluster] redis`.
+
+use std::collections::BTreeMap;
+
+use super::contract::{Store, StoreError};
+use super::memory::MemoryStore;
+use super::placement::{RoomSpec, Strategy};
+use super::records::{Node, Placement, Registration, Room};
+use super::redis::RedisStore;
+
+/// The store a control plane runs with, chosen by `[cluster] redis`.
+pub enum AnyStore {
+    Memory(MemoryStore),
+    // Boxed: the Redis client is large and there is one store per process.
+    Redis(Box<RedisStore>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($s) => $call.await,
+            AnyStore::Redis($s) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn register_node(&self, reg: Registration) -> Result<Node, StoreError> {
+        dispatch!(self, s => s.register_node(reg))
+    }
+    async fn heartbeat(&self, node: &str, overloaded: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(node, overloaded))
+    }
+    async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_health(node, healthy))
+    }
+    async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.drain(node, draining))
+    }
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        dispatch!(self, s => s.list_nodes())
+    }
+    async fn reserve_room(
+        &self,
+        spec: RoomSpec,
+        strategy: Strategy,
+    ) -> Result<Placement, StoreError> {
+        dispatch!(self, s => s.reserve_room(spec, strategy))
+    }
+    async fn release_room(&self, room: &str) -> Result<Room, StoreError> {
+        dispatch!(self, s => s.release_room(room))
+    }
+    async fn get_room(&self, room: &str) -> Result<Option<Room>, StoreError> {
+        dispatch!(self, s => s.get_room(room))
+    }
+    async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
+        dispatch!(self, s => s.list_rooms())
+    }
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_node_streams(node, streams))
+    }
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        dispatch!(self, s => s.stream_sources(stream))
+    }
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_forward(node, id, body))
+    }
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_forward(node, id))
+    }
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.list_forwards(node))
+    }
+}

@@ -1,0 +1,106 @@
+//! What every cluster store promises: the [`Store`] trait and its errors.
+//!
+//! `reserve_room` picks a node and reserves the room's consumers in one atomic step, so
+//! concurrent reservations (from one or many control planes) never take a node past its
+//! capacity, and a room id is placed at most once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use super::placement::{RoomSpec, Strategy};
+use super::records::{Node, Placement, Registration, Room};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The shared store cannot be reached; the HTTP layer answers 503.
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "no node has room for {need} more consumers (all full, draining, unhealthy or overloaded)"
+    )]
+    NoCapacity { need: u64 },
+    #[error("room {0:?} already exists")]
+    RoomExists(String),
+    #[error("no room {0:?}")]
+    NoSuchRoom(String),
+    #[error("no node {0:?}")]
+    NoSuchNode(String),
+    /// The store answered something this version does not understand.
+    #[error("cluster store: {0}")]
+    Backend(String),
+}
+
+/// The cluster store. Every method is one request to the store; the futures are `Send` so
+/// HTTP handlers can await them.
+pub trait Store: Send + Sync {
+    /// Add a node, or replace its entry (keeping its reservations).
+    fn register_node(
+        &self,
+        reg: Registration,
+    ) -> impl Future<Output = Result<Node, StoreError>> + Send;
+    /// Record a node's heartbeat and whether it reports itself overloaded.
+    fn heartbeat(
+        &self,
+        node: &str,
+        overloaded: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Record the result of a health check.
+    fn set_health(
+        &self,
+        node: &str,
+        healthy: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stop (or resume) placing rooms on a node.
+    fn drain(
+        &self,
+        node: &str,
+        draining: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every node, in id order.
+    fn list_nodes(&self) -> impl Future<Output = Result<Vec<Node>, StoreError>> + Send;
+    /// Pick a node with `strategy` and reserve `spec.consumers` on it, atomically.
+    fn reserve_room(
+        &self,
+        spec: RoomSpec,
+        strategy: Strategy,
+    ) -> impl Future<Output = Result<Placement, StoreError>> + Send;
+    /// Remove a room and give its consumers back to its node.
+    fn release_room(&self, room: &str) -> impl Future<Output = Result<Room, StoreError>> + Send;
+    fn get_room(&self, room: &str)
+        -> impl Future<Output = Result<Option<Room>, StoreError>> + Send;
+    /// Every room, in id order.
+    fn list_rooms(&self) -> impl Future<Output = Result<Vec<Room>, StoreError>> + Send;
+    /// Replace the streams `node` publishes (its own publishers and the streams relayed to
+    /// it), each with its hop list (the nodes it was relayed through, empty for a local
+    /// publisher). The node's control plane writes its whole set, so a restart heals it.
+    fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The nodes that publish `stream`, in node id order, each with the stream's hop list
+    /// there.
+    fn stream_sources(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
+    /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
+    /// (controlplane `forward::http`), opaque here.
+    fn put_forward(
+        &self,
+        node: &str,
+        id: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forget forward `id` of `node` (no error if it is not there).
+    fn delete_forward(
+        &self,
+        node: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The forwards saved for `node`, `(id, body)` in id order.
+    fn list_forwards(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+}

@@ -1,0 +1,477 @@
+//! Which node gets a new room. Pure: fed the nodes, the room id, the consumers it needs and
+//! some entropy (or a round-robin counter), it answers the nodes that can take the room, most
+//! preferred first. It never reads a clock, a random source or a store.
+//!
+//! A store then walks that list and reserves on the first node that still accepts the room
+//! ([`commit`]), under its lock or inside one Lua script: the list may be stale (another
+//! control plane placed a room since it was read), the commit never is, so no node is ever
+//! over-committed.
+
+pub use switchyard_shared::config::PlacementStrategy as Strategy;
+use switchyard_shared::config::PoolBinding;
+
+use super::records::Node;
+
+/// A room to place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomSpec {
+    pub room_id: String,
+    /// Consumers to reserve on the chosen node.
+    pub consumers: u64,
+    pub max_peer_count: u32,
+    pub event_notification_uri: Option<String>,
+    /// The nodes it may go to by pool.
+    pub pool: PoolFilter,
+}
+
+/// Consumers a room of `max_peer_count` peers reserves when everyone subscribes to everyone:
+/// n × (n − 1) streams, at least 1 so a one-peer room still counts.
+pub fn consumers_for(max_peer_count: u32) -> u64 {
+    let n = u64::from(max_peer_count);
+    (n * n.saturating_sub(1)).max(1)
+}
+
+/// Which nodes a room may go to by pool (the node label `pool`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PoolFilter {
+    /// No pools are configured.
+    #[default]
+    Any,
+    /// The room's id starts with a bound prefix: only nodes of this pool.
+    Only(String),
+    /// Any node not reserved to one of these (bound) pools.
+    NotIn(Vec<String>),
+}
+
+impl PoolFilter {
+    /// The filter for `room` under `pools` (the longest matching prefix wins).
+    pub fn for_room(room: &str, pools: &[PoolBinding]) -> Self {
+        if pools.is_empty() {
+            return Self::Any;
+        }
+        match pools
+            .iter()
+            .filter(|p| room.starts_with(&p.prefix))
+            .max_by_key(|p| p.prefix.len())
+        {
+            Some(p) => Self::Only(p.pool.clone()),
+            None => Self::NotIn(pools.iter().map(|p| p.pool.clone()).collect()),
+        }
+    }
+
+    pub fn allows(&self, node: &Node) -> bool {
+        let pool = node.labels.get("pool");
+        match self {
+            Self::Any => true,
+            Self::Only(want) => pool == Some(want),
+            Self::NotIn(bound) => pool.is_none_or(|p| !bound.contains(p)),
+        }
+    }
+}
+
+/// Nodes that accept a room of `need` consumers and that `pool` allows, most preferred first
+/// (indexes into `nodes`).
+///
+/// The pool filter applies before the strategy, not after: power of two choices draws its
+/// two nodes and round robin takes its turn among the eligible nodes only (filtering a
+/// finished ranking would let p2c's pair fall outside the pool and hand the room to whatever
+/// pool node happened to rank next, not the freer of two pool nodes).
+///
+/// `entropy` is a fresh random number for `LeastLoaded`, and the round-robin counter (any
+/// value that grows by one per placement) for `RoundRobin`; `ConsistentHash` ignores it.
+/// Nodes that are unhealthy, draining, overloaded or without room are never in the answer.
+pub fn rank(
+    nodes: &[Node],
+    room: &str,
+    need: u64,
+    pool: &PoolFilter,
+    strategy: Strategy,
+    entropy: u64,
+) -> Vec<usize> {
+    let mut ok: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i]))
+        .collect();
+    match strategy {
+        Strategy::LeastLoaded => {
+            // Most free first; the id breaks ties so the order is total and repeatable.
+            ok.sort_by(|&a, &b| {
+                (nodes[b].free(), &nodes[a].node_id).cmp(&(nodes[a].free(), &nodes[b].node_id))
+            });
+            let k = ok.len();
+            if k >= 2 {
+                // Power of two choices: two distinct nodes at random, the freer one first.
+                // The emptiest node is still favoured, but a burst placed from the same view
+                // spreads instead of all landing on it.
+                let a = (entropy % k as u64) as usize;
+                let mut b = ((entropy / k as u64) % (k as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let first = a.min(b); // `ok` is sorted, so the lower index is the freer node.
+                let chosen = ok.remove(first);
+                ok.insert(0, chosen);
+            }
+        }
+        Strategy::RoundRobin => {
+            ok.sort_by(|&a, &b| nodes[a].node_id.cmp(&nodes[b].node_id));
+            if !ok.is_empty() {
+                let start = (entropy % ok.len() as u64) as usize;
+                ok.rotate_left(start);
+            }
+        }
+        Strategy::ConsistentHash => {
+            // Rendezvous (highest random weight) hashing: adding or removing a node moves only
+            // the rooms that score highest on it, and the fallbacks are the next scores.
+            ok.sort_by(|&a, &b| {
+                let (sa, sb) = (
+                    score(room, &nodes[a].node_id),
+                    score(room, &nodes[b].node_id),
+                );
+                sb.cmp(&sa)
+                    .then_with(|| nodes[a].node_id.cmp(&nodes[b].node_id))
+            });
+        }
+    }
+    ok
+}
+
+/// Reserve `need` consumers on the first node of `preference` (node ids) that still accepts
+/// them, in `nodes` as they are now. Returns its index, or None when none does. This is the
+/// step a store must run atomically; the Redis store's Lua script is the same loop.
+pub fn commit(nodes: &mut [Node], preference: &[&str], need: u64) -> Option<usize> {
+    for id in preference {
+        if let Some(i) = nodes.iter().position(|n| n.node_id == *id) {
+            if nodes[i].accepts(need) {
+                nodes[i].reserved += need;
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// A stable 64-bit score of (room, node): FNV-1a over both, then the SplitMix64 finalizer
+/// so close inputs spread. Stable across processes and versions; changing it moves rooms.
+fn score(room: &str, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes().chain([0xff]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// SplitMix64's finalizer; also what the stores use to turn a counter into entropy.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn node(id: &str, pool: Option<&str>) -> Node {
+        Node {
+            node_id: id.into(),
+            url: String::new(),
+            media_address: String::new(),
+            workers: 1,
+            capacity: 100,
+            reserved: 0,
+            healthy: true,
+            draining: false,
+            overloaded: false,
+            labels: pool
+                .map(|p| BTreeMap::from([("pool".to_owned(), p.to_owned())]))
+                .unwrap_or_default(),
+            registered_ms: 0,
+            heartbeat_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pools_keep_rooms_apart() {
+        let pools = [PoolBinding {
+            prefix: "acme-".into(),
+            pool: "acme".into(),
+        }];
+        let (a, other, free) = (
+            node("a", Some("acme")),
+            node("o", Some("other")),
+            node("f", None),
+        );
+        let acme = PoolFilter::for_room("acme-standup", &pools);
+        assert_eq!(acme, PoolFilter::Only("acme".into()));
+        assert!(acme.allows(&a) && !acme.allows(&other) && !acme.allows(&free));
+        let rest = PoolFilter::for_room("meet", &pools);
+        assert!(!rest.allows(&a) && rest.allows(&other) && rest.allows(&free));
+        let any = PoolFilter::for_room("acme-x", &[]);
+        assert!(any.allows(&a) && any.allows(&free));
+    }
+
+    /// Three `acme` nodes, fuller than the two others, which are entirely free: a filter
+    /// applied after ranking would see the free non-pool nodes win most draws.
+    fn mixed() -> (Vec<Node>, [PoolBinding; 1]) {
+        let mut nodes = vec![
+            node("o1", Some("other")),
+            node("a1", Some("acme")),
+            node("f1", None),
+            node("a2", Some("acme")),
+            node("a3", Some("acme")),
+        ];
+        nodes[1].reserved = 90; // a1: 10 free, the pool's fullest
+        nodes[3].reserved = 50; // a2: 50 free
+        nodes[4].reserved = 10; // a3: 90 free, the pool's freest
+        let pools = [PoolBinding {
+            prefix: "acme-".into(),
+            pool: "acme".into(),
+        }];
+        (nodes, pools)
+    }
+
+    #[test]
+    fn a_pool_bound_room_never_lands_outside_its_pool() {
+        let (nodes, pools) = mixed();
+        for s in [
+            Strategy::LeastLoaded,
+            Strategy::RoundRobin,
+            Strategy::ConsistentHash,
+        ] {
+            for e in 0..500u64 {
+                let room = format!("acme-{e}");
+                let filter = PoolFilter::for_room(&room, &pools);
+                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                assert_eq!(r.len(), 3, "{s:?}: every acme node, nothing else");
+                assert!(
+                    r.iter().all(|&i| nodes[i].labels["pool"] == "acme"),
+                    "{s:?}: {r:?}"
+                );
+                // And the other rooms never land in the bound pool.
+                let room = format!("meet-{e}");
+                let filter = PoolFilter::for_room(&room, &pools);
+                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                let ids: Vec<&str> = r.iter().map(|&i| nodes[i].node_id.as_str()).collect();
+                assert_eq!(ids.len(), 2, "{s:?}: {ids:?}");
+                assert!(ids.contains(&"o1") && ids.contains(&"f1"), "{s:?}: {ids:?}");
+            }
+        }
+        // A pool with no room left refuses rather than spilling over.
+        let filter = PoolFilter::for_room("acme-big", &pools);
+        assert!(rank(&nodes, "acme-big", 95, &filter, Strategy::LeastLoaded, 1).is_empty());
+    }
+
+    #[test]
+    fn power_of_two_choices_draws_among_the_pool() {
+        let (nodes, pools) = mixed();
+        let filter = PoolFilter::for_room("acme-x", &pools);
+        let mut first = BTreeMap::<&str, u32>::new();
+        for e in 0..3000u64 {
+            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::LeastLoaded, mix(e));
+            *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
+        }
+        // Two nodes of the three drawn: the freest acme node wins 2/3 of the draws, the
+        // middle one 1/3, the fullest never. (Filtering after ranking gave a2 only ~1/10.)
+        assert!(first["a3"] > 1800 && first["a3"] < 2200, "{first:?}");
+        assert!(first["a2"] > 800, "{first:?}");
+        assert!(!first.contains_key("a1"), "{first:?}");
+        assert_eq!(first.len(), 2, "{first:?}");
+    }
+
+    #[test]
+    fn round_robin_takes_turns_within_the_pool() {
+        let (nodes, pools) = mixed();
+        let filter = PoolFilter::for_room("acme-x", &pools);
+        let mut first = BTreeMap::<&str, u32>::new();
+        for counter in 0..300u64 {
+            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::RoundRobin, counter);
+            *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
+        }
+        assert_eq!(
+            first,
+            BTreeMap::from([("a1", 100), ("a2", 100), ("a3", 100)])
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn node(id: &str, capacity: u64, reserved: u64) -> Node {
+        Node {
+            node_id: id.into(),
+            url: format!("http://{id}:8080"),
+            media_address: "127.0.0.1".into(),
+            workers: 1,
+            capacity,
+            reserved,
+            healthy: true,
+            draining: false,
+            overloaded: false,
+            labels: BTreeMap::new(),
+            registered_ms: 0,
+            heartbeat_ms: 0,
+        }
+    }
+
+    const ANY: PoolFilter = PoolFilter::Any;
+
+    const ALL: [Strategy; 3] = [
+        Strategy::LeastLoaded,
+        Strategy::RoundRobin,
+        Strategy::ConsistentHash,
+    ];
+
+    #[test]
+    fn unfit_nodes_are_never_chosen() {
+        let mut nodes = vec![
+            node("sick", 1000, 0),
+            node("drained", 1000, 0),
+            node("hot", 1000, 0),
+            node("full", 1000, 995),
+            node("ok", 100, 0),
+        ];
+        nodes[0].healthy = false;
+        nodes[1].draining = true;
+        nodes[2].overloaded = true;
+        for s in ALL {
+            for e in 0..200 {
+                let r = rank(&nodes, &format!("room{e}"), 10, &ANY, s, mix(e));
+                assert_eq!(r, vec![4], "{s:?}");
+            }
+        }
+        nodes[4].healthy = false;
+        for s in ALL {
+            assert!(rank(&nodes, "r", 10, &ANY, s, 7).is_empty());
+        }
+    }
+
+    #[test]
+    fn least_loaded_favours_free_nodes_but_spreads_a_burst() {
+        let nodes = vec![
+            node("a", 1000, 900),
+            node("b", 1000, 0),
+            node("c", 1000, 500),
+        ];
+        let mut first = BTreeMap::new();
+        for e in 0..3000u64 {
+            let r = rank(&nodes, "r", 1, &ANY, Strategy::LeastLoaded, mix(e));
+            assert_eq!(r.len(), 3);
+            *first.entry(nodes[r[0]].node_id.clone()).or_insert(0) += 1;
+        }
+        // Two of three picks hold b, the freest; c wins the rest; a, the fullest, never.
+        assert!(first["b"] > 1800 && first["b"] < 2200, "{first:?}");
+        assert!(first["c"] > 800, "{first:?}");
+        assert!(!first.contains_key("a"), "{first:?}");
+    }
+
+    #[test]
+    fn round_robin_rotates_in_id_order() {
+        let nodes = vec![node("c", 10, 0), node("a", 10, 0), node("b", 10, 0)];
+        let ids = |e| -> Vec<&str> {
+            rank(&nodes, "r", 1, &ANY, Strategy::RoundRobin, e)
+                .into_iter()
+                .map(|i| nodes[i].node_id.as_str())
+                .collect()
+        };
+        assert_eq!(ids(0), ["a", "b", "c"]);
+        assert_eq!(ids(1), ["b", "c", "a"]);
+        assert_eq!(ids(5), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_little() {
+        let nodes: Vec<Node> = (0..5).map(|i| node(&format!("n{i}"), 1000, 0)).collect();
+        let pick = |nodes: &[Node], room: &str| -> String {
+            let r = rank(nodes, room, 1, &ANY, Strategy::ConsistentHash, 0);
+            nodes[r[0]].node_id.clone()
+        };
+        let before: Vec<String> = (0..1000)
+            .map(|i| pick(&nodes, &format!("room{i}")))
+            .collect();
+        // Same answer whatever the entropy and the node order.
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        for (i, n) in before.iter().enumerate() {
+            assert_eq!(&pick(&reversed, &format!("room{i}")), n);
+        }
+        // Every node gets a share.
+        for n in &nodes {
+            let c = before.iter().filter(|b| **b == n.node_id).count();
+            assert!(c > 120, "{} got {c}", n.node_id);
+        }
+        // Removing n4 moves only n4's rooms.
+        let fewer = &nodes[..4];
+        for (i, n) in before.iter().enumerate() {
+            let now = pick(fewer, &format!("room{i}"));
+            if n != "n4" {
+                assert_eq!(&now, n);
+            }
+        }
+    }
+
+    /// Several control planes place from stale views (read before the others committed);
+    /// the atomic commit still never books a node past its capacity.
+    #[test]
+    fn stale_views_never_double_book() {
+        let mut truth = vec![node("a", 1000, 0), node("b", 700, 0), node("c", 300, 0)];
+        let planes = 4;
+        let mut placed = 0u64;
+        let mut refused = 0;
+        let mut e = 0u64;
+        for round in 0..400 {
+            // Every plane reads the same snapshot, then they all commit one after another.
+            let views: Vec<Vec<Node>> = (0..planes).map(|_| truth.clone()).collect();
+            for view in &views {
+                e += 1;
+                let need = 1 + (mix(e) % 13);
+                let room = format!("room{round}-{e}");
+                let strategy = ALL[(e % 3) as usize];
+                let order = rank(view, &room, need, &ANY, strategy, mix(e));
+                let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
+                match commit(&mut truth, &ids, need) {
+                    Some(_) => placed += need,
+                    None => refused += 1,
+                }
+                for n in &truth {
+                    assert!(n.reserved <= n.capacity, "{} over-committed", n.node_id);
+                }
+            }
+        }
+        let reserved: u64 = truth.iter().map(|n| n.reserved).sum();
+        assert_eq!(reserved, placed);
+        assert!(refused > 0, "the test must run the cluster full");
+        assert!(reserved > 1900, "capacity left unused: {reserved}");
+    }
+
+    #[test]
+    fn commit_skips_nodes_that_changed() {
+        let mut nodes = vec![node("a", 10, 0), node("b", 10, 0)];
+        nodes[0].draining = true;
+        assert_eq!(commit(&mut nodes, &["a", "gone", "b"], 10), Some(1));
+        assert_eq!(commit(&mut nodes, &["a", "b"], 1), None);
+        assert_eq!(nodes[1].reserved, 10);
+        assert_eq!(nodes[0].reserved, 0);
+    }
+}
+
+#[cfg(test)]
+mod consumer_tests {
+    use super::*;
+
+    #[test]
+    fn consumers_are_n_times_n_minus_one() {
+        assert_eq!(consumers_for(0), 1);
+        assert_eq!(consumers_for(1), 1);
+        assert_eq!(consumers_for(2), 2);
+        assert_eq!(consumers_for(10), 90);
+        assert_eq!(
+            consumers_for(u32::MAX),
+            u64::from(u32::MAX) * (u64::from(u32::MAX) - 1)
+        );
+    }
+}

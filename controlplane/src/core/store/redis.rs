@@ -1,0 +1,620 @@
+//! The cluster store in Redis, shared by every control plane of a cluster.
+//!
+//! Keys (every one starts with the prefix, `{switchyard}:` by default; the braces are a Redis
+//! Cluster hash tag, so all keys share one slot and the scripts may touch them together):
+//!
+//! - `nodes`: SET of node ids.
+//! - `node:<id>`: HASH `url media workers capacity reserved healthy draining overloaded
+//!   labels(JSON) registered heartbeat`; flags are `1`/`0`, times Unix milliseconds.
+//! - `rooms`: SET of room ids.
+//! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created`.
+//! - `rr`: the round-robin counter (INCR).
+//! - `streams:<node>`: HASH stream → hop list (JSON array of node ids) of the streams the
+//!   node publishes, replaced as a whole by the node's control plane (MULTI/EXEC).
+//! - `forwards:<node>`: HASH forward id → JSON body of the forwards made through the API on
+//!   that node (the forward service), read back when its control plane starts.
+//!
+//! A reservation is one Lua script (`RESERVE`): the control plane ranks the nodes from a
+//! snapshot (`placement::rank`), and the script walks that ranking inside Redis, re-reading
+//! each node's capacity, reservations and flags, and on the first that still accepts the room
+//! increments `reserved` and writes the room. Redis runs a script alone, so no two control
+//! planes can both take the last free consumers of a node. When the snapshot was so stale
+//! that no ranked node still fits, the control plane re-reads and tries again (a few times).
+//!
+//! Connection loss: every command that cannot reach Redis returns
+//! [`StoreError::Unavailable`]; the connection is dropped and the next call dials again, so
+//! service resumes by itself when Redis does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use tokio::sync::Mutex;
+
+use super::contract::{Store, StoreError};
+use super::entropy::Entropy;
+use super::placement::{self, RoomSpec, Strategy};
+use super::records::{Node, Placement, Registration, Room};
+use crate::core::clock::now_ms;
+
+/// Default key prefix (a hash tag: one Redis Cluster slot for the whole cluster state).
+pub const DEFAULT_PREFIX: &str = "{switchyard}:";
+/// Dialing Redis gives up after this; a placement answers 503 rather than hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One command gives up after this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Snapshots re-read when the ranked nodes all filled up between read and script.
+const RESERVE_ATTEMPTS: usize = 4;
+
+/// KEYS: rooms set, room key, node keys in order of preference.
+/// ARGV: consumers, maxPeerCount, eventUri ('' = none), created ms, room id, node ids.
+/// Returns {'ok', node id} | {'exists'} | {'full'}.
+const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
+local need = tonumber(ARGV[1])
+for i = 3, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
+  if f[1] and f[3] == '1' and f[4] ~= '1' and f[5] ~= '1'
+     and tonumber(f[1]) - tonumber(f[2] or '0') >= need then
+    local node = ARGV[i + 3]
+    redis.call('HINCRBY', KEYS[i], 'reserved', need)
+    redis.call('HSET', KEYS[2], 'node', node, 'consumers', need, 'maxPeerCount', ARGV[2],
+      'eventUri', ARGV[3], 'created', ARGV[4])
+    redis.call('SADD', KEYS[1], ARGV[5])
+    return {'ok', node}
+  end
+end
+return {'full'}
+";
+
+/// KEYS: rooms set, room key, key of the node the caller read from the room.
+/// ARGV: room id, that node's id. Returns {'ok'} | {'gone'} | {'moved'}.
+const RELEASE: &str = r"
+local f = redis.call('HMGET', KEYS[2], 'node', 'consumers')
+if not f[1] then return {'gone'} end
+if f[1] ~= ARGV[2] then return {'moved'} end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local left = redis.call('HINCRBY', KEYS[3], 'reserved', -tonumber(f[2]))
+  if left < 0 then redis.call('HSET', KEYS[3], 'reserved', 0) end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], ARGV[1])
+return {'ok'}
+";
+
+/// KEYS: node key. ARGV: field, value pairs. Sets them only on a registered node.
+const UPDATE_NODE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+pub struct RedisStore {
+    client: Client,
+    prefix: String,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    reserve: Script,
+    release: Script,
+    update: Script,
+    entropy: Entropy,
+}
+
+/// Errors that mean "Redis cannot serve now" rather than "this request is wrong": the
+/// connection failed, or the server is loading its data, failing over or read-only.
+fn unavailable(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+        )
+    ) || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+impl RedisStore {
+    /// A store on `url` (`redis://host:port/db`). Does not connect: the first call does, and
+    /// a Redis that is down at start only makes calls answer `Unavailable` until it is up.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        Self::with_prefix(url, DEFAULT_PREFIX)
+    }
+
+    /// As [`new`](Self::new), with every key under `prefix` (several clusters in one Redis).
+    pub fn with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Backend(format!("redis URL {url:?}: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: prefix.into(),
+            conn: Mutex::new(None),
+            reserve: Script::new(RESERVE),
+            release: Script::new(RELEASE),
+            update: Script::new(UPDATE_NODE),
+            entropy: Entropy::new(prefix.len() as u64 ^ (std::process::id() as u64) << 32),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}node:{id}", self.prefix)
+    }
+
+    fn room_key(&self, id: &str) -> String {
+        format!("{}room:{id}", self.prefix)
+    }
+
+    /// The shared connection, dialed when there is none.
+    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot reach redis: {e}")))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Turn a Redis error into a store error, forgetting the connection when it is broken.
+    async fn fail(&self, e: RedisError) -> StoreError {
+        if unavailable(&e) {
+            *self.conn.lock().await = None;
+            StoreError::Unavailable(format!("redis: {e}"))
+        } else {
+            StoreError::Backend(e.to_string())
+        }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    {
+        let mut c = self.conn().await?;
+        match f(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn update_node(&self, node: &str, fields: &[(&str, String)]) -> Result<(), StoreError> {
+        let key = self.node_key(node);
+        let found: i64 = self
+            .run(async |c| {
+                let mut inv = self.update.key(&key);
+                for (f, v) in fields {
+                    inv.arg(*f).arg(v);
+                }
+                inv.invoke_async(c).await
+            })
+            .await?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchNode(node.into()))
+        }
+    }
+
+    async fn read_nodes(&self, round_robin: bool) -> Result<(Vec<Node>, u64), StoreError> {
+        let nodes_key = self.key("nodes");
+        let rr_key = self.key("rr");
+        let (mut ids, rr): (Vec<String>, u64) = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                p.cmd("SMEMBERS").arg(&nodes_key);
+                if round_robin {
+                    p.cmd("INCR").arg(&rr_key);
+                } else {
+                    p.cmd("GET").arg(&rr_key);
+                }
+                let (ids, rr): (Vec<String>, Option<u64>) = p.query_async(c).await?;
+                Ok((ids, rr.unwrap_or(0)))
+            })
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok((Vec::new(), rr));
+        }
+        let maps: Vec<HashMap<String, String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGETALL").arg(self.node_key(id));
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut nodes = Vec::with_capacity(ids.len());
+        for (id, m) in ids.into_iter().zip(maps) {
+            if !m.is_empty() {
+                nodes.push(node_from(id, &m)?);
+            }
+        }
+        Ok((nodes, rr))
+    }
+
+    async fn read_rooms(&self, ids: &[String]) -> Result<Vec<Room>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let maps: Vec<HashMap<String, String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in ids {
+                    p.cmd("HGETALL").arg(self.room_key(id));
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut rooms = Vec::with_capacity(ids.len());
+        for (id, m) in ids.iter().zip(maps) {
+            if !m.is_empty() {
+                rooms.push(room_from(id.clone(), &m)?);
+            }
+        }
+        Ok(rooms)
+    }
+}
+
+fn field<T: std::str::FromStr>(
+    m: &HashMap<String, String>,
+    what: &str,
+    name: &str,
+) -> Result<T, StoreError> {
+    m.get(name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StoreError::Backend(format!("{what}: field {name:?} missing or malformed")))
+}
+
+fn flag(m: &HashMap<String, String>, name: &str) -> bool {
+    m.get(name).is_some_and(|v| v == "1")
+}
+
+fn node_from(id: String, m: &HashMap<String, String>) -> Result<Node, StoreError> {
+    let what = format!("node {id}");
+    let labels = match m.get("labels") {
+        Some(j) if !j.is_empty() => serde_json::from_str(j)
+            .map_err(|e| StoreError::Backend(format!("{what}: labels: {e}")))?,
+        _ => BTreeMap::new(),
+    };
+    Ok(Node {
+        url: field(m, &what, "url")?,
+        media_address: field(m, &what, "media")?,
+        workers: field(m, &what, "workers")?,
+        capacity: field(m, &what, "capacity")?,
+        reserved: field(m, &what, "reserved")?,
+        healthy: flag(m, "healthy"),
+        draining: flag(m, "draining"),
+        overloaded: flag(m, "overloaded"),
+        labels,
+        registered_ms: field(m, &what, "registered")?,
+        heartbeat_ms: field(m, &what, "heartbeat")?,
+        node_id: id,
+    })
+}
+
+fn room_from(id: String, m: &HashMap<String, String>) -> Result<Room, StoreError> {
+    let what = format!("room {id}");
+    Ok(Room {
+        node: field(m, &what, "node")?,
+        consumers: field(m, &what, "consumers")?,
+        max_peer_count: field(m, &what, "maxPeerCount")?,
+        event_notification_uri: m.get("eventUri").filter(|u| !u.is_empty()).cloned(),
+        created_ms: field(m, &what, "created")?,
+        room_id: id,
+    })
+}
+
+impl Store for RedisStore {
+    async fn register_node(&self, reg: Registration) -> Result<Node, StoreError> {
+        let key = self.node_key(&reg.node_id);
+        let nodes_key = self.key("nodes");
+        let labels = serde_json::to_string(&reg.labels)
+            .map_err(|e| StoreError::Backend(format!("labels: {e}")))?;
+        let now = now_ms().to_string();
+        let m: HashMap<String, String> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                p.atomic()
+                    .cmd("SADD")
+                    .arg(&nodes_key)
+                    .arg(&reg.node_id)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("url")
+                    .arg(&reg.url)
+                    .arg("media")
+                    .arg(&reg.media_address)
+                    .arg("workers")
+                    .arg(reg.workers)
+                    .arg("capacity")
+                    .arg(reg.capacity)
+                    .arg("healthy")
+                    .arg(1)
+                    .arg("draining")
+                    .arg(0)
+                    .arg("overloaded")
+                    .arg(0)
+                    .arg("labels")
+                    .arg(&labels)
+                    .arg("registered")
+                    .arg(&now)
+                    .arg("heartbeat")
+                    .arg(&now)
+                    .ignore()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg("reserved")
+                    .arg(0)
+                    .ignore()
+                    .cmd("HGETALL")
+                    .arg(&key);
+                let (m,): (HashMap<String, String>,) = p.query_async(c).await?;
+                Ok(m)
+            })
+            .await?;
+        node_from(reg.node_id, &m)
+    }
+
+    async fn heartbeat(&self, node: &str, overloaded: bool) -> Result<(), StoreError> {
+        let fields = [
+            ("overloaded", u8::from(overloaded).to_string()),
+            ("heartbeat", now_ms().to_string()),
+        ];
+        self.update_node(node, &fields).await
+    }
+
+    async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
+        self.update_node(node, &[("healthy", u8::from(healthy).to_string())])
+            .await
+    }
+
+    async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
+        self.update_node(node, &[("draining", u8::from(draining).to_string())])
+            .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        Ok(self.read_nodes(false).await?.0)
+    }
+
+    async fn reserve_room(
+        &self,
+        spec: RoomSpec,
+        strategy: Strategy,
+    ) -> Result<Placement, StoreError> {
+        let rooms_key = self.key("rooms");
+        let room_key = self.room_key(&spec.room_id);
+        let created = now_ms();
+        for _ in 0..RESERVE_ATTEMPTS {
+            let (nodes, rr) = self.read_nodes(strategy == Strategy::RoundRobin).await?;
+            let entropy = match strategy {
+                Strategy::RoundRobin => rr,
+                _ => self.entropy.next(),
+            };
+            let order = placement::rank(
+                &nodes,
+                &spec.room_id,
+                spec.consumers,
+                &spec.pool,
+                strategy,
+                entropy,
+            );
+            if order.is_empty() {
+                // Still refuse a duplicate room id first, as the script would.
+                if self.get_room(&spec.room_id).await?.is_some() {
+                    return Err(StoreError::RoomExists(spec.room_id));
+                }
+                return Err(StoreError::NoCapacity {
+                    need: spec.consumers,
+                });
+            }
+            let answer: Vec<String> = self
+                .run(async |c| {
+                    let mut inv = self.reserve.key(&rooms_key);
+                    inv.key(&room_key);
+                    for &i in &order {
+                        inv.key(self.node_key(&nodes[i].node_id));
+                    }
+                    inv.arg(spec.consumers)
+                        .arg(spec.max_peer_count)
+                        .arg(spec.event_notification_uri.as_deref().unwrap_or(""))
+                        .arg(created)
+                        .arg(&spec.room_id);
+                    for &i in &order {
+                        inv.arg(&nodes[i].node_id);
+                    }
+                    inv.invoke_async(c).await
+                })
+                .await?;
+            match answer.first().map(String::as_str) {
+                Some("ok") => {
+                    let id = answer.get(1).cloned().unwrap_or_default();
+                    let mut node =
+                        nodes.into_iter().find(|n| n.node_id == id).ok_or_else(|| {
+                            StoreError::Backend(format!("reserved on unknown node {id:?}"))
+                        })?;
+                    // What the script did; a concurrent placement may have added more since.
+                    node.reserved += spec.consumers;
+                    let room = Room {
+                        room_id: spec.room_id,
+                        node: id,
+                        consumers: spec.consumers,
+                        max_peer_count: spec.max_peer_count,
+                        event_notification_uri: spec.event_notification_uri,
+                        created_ms: created,
+                    };
+                    return Ok(Placement { room, node });
+                }
+                Some("exists") => return Err(StoreError::RoomExists(spec.room_id)),
+                Some("full") => continue,
+                other => {
+                    return Err(StoreError::Backend(format!(
+                        "reserve script answered {other:?}"
+                    )))
+                }
+            }
+        }
+        Err(StoreError::NoCapacity {
+            need: spec.consumers,
+        })
+    }
+
+    async fn release_room(&self, room: &str) -> Result<Room, StoreError> {
+        let rooms_key = self.key("rooms");
+        let room_key = self.room_key(room);
+        for _ in 0..RESERVE_ATTEMPTS {
+            let Some(r) = self.get_room(room).await? else {
+                return Err(StoreError::NoSuchRoom(room.into()));
+            };
+            let node_key = self.node_key(&r.node);
+            let answer: Vec<String> = self
+                .run(async |c| {
+                    self.release
+                        .key(&rooms_key)
+                        .key(&room_key)
+                        .key(&node_key)
+                        .arg(room)
+                        .arg(&r.node)
+                        .invoke_async(c)
+                        .await
+                })
+                .await?;
+            match answer.first().map(String::as_str) {
+                Some("ok") => return Ok(r),
+                Some("gone") => return Err(StoreError::NoSuchRoom(room.into())),
+                // Released and placed again elsewhere between our read and the script.
+                Some("moved") => continue,
+                other => {
+                    return Err(StoreError::Backend(format!(
+                        "release script answered {other:?}"
+                    )))
+                }
+            }
+        }
+        Err(StoreError::Backend(format!("room {room:?} keeps moving")))
+    }
+
+    async fn get_room(&self, room: &str) -> Result<Option<Room>, StoreError> {
+        let key = self.room_key(room);
+        let m: HashMap<String, String> = self
+            .run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .await?;
+        if m.is_empty() {
+            Ok(None)
+        } else {
+            room_from(room.into(), &m).map(Some)
+        }
+    }
+
+    async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(id)
+                .arg(body)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn delete_forward(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        self.run(async |c| {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(id)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn list_forwards(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(&format!("forwards:{node}"));
+        let m: BTreeMap<String, String> = self
+            .run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .await?;
+        Ok(m.into_iter().collect())
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
+        let key = self.key("rooms");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&key).query_async(c).await)
+            .await?;
+        ids.sort();
+        self.read_rooms(&ids).await
+    }
+
+    async fn set_node_streams(
+        &self,
+        node: &str,
+        streams: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let key = self.key(&format!("streams:{node}"));
+        let mut fields = Vec::with_capacity(streams.len());
+        for (stream, hops) in streams {
+            let hops =
+                serde_json::to_string(&hops).map_err(|e| StoreError::Backend(e.to_string()))?;
+            fields.push((stream, hops));
+        }
+        self.run(async |c| {
+            let mut p = redis::pipe();
+            p.atomic().cmd("DEL").arg(&key).ignore();
+            if !fields.is_empty() {
+                p.cmd("HSET").arg(&key).arg(&fields).ignore();
+            }
+            p.query_async::<()>(c).await
+        })
+        .await
+    }
+
+    async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&nodes_key).query_async(c).await)
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGET")
+                        .arg(self.key(&format!("streams:{id}")))
+                        .arg(stream);
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (id, hops) in ids.into_iter().zip(found) {
+            if let Some(h) = hops {
+                let hops: Vec<String> = serde_json::from_str(&h)
+                    .map_err(|e| StoreError::Backend(format!("streams:{id}: {e}")))?;
+                out.push((id, hops));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,247 @@
+//! `/v1/sessions` (plain RTP sessions with static SRTP keys) and `/v1/streams` (what is
+//! published here). The session service is `services::sessions`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use switchyard_shared::command::{Role, SessionId, SessionSpec};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::parse_body;
+use super::error::ApiError;
+use super::limits::Created;
+use super::openapi::ErrorBody;
+use crate::services::sessions::rtp::CreateSession;
+use crate::services::sessions::Sessions;
+
+/// The routes, each documented by its handler's `#[utoipa::path]` (see `super::openapi`).
+pub(crate) fn routes(sessions: Arc<Sessions>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_sessions, create_session))
+        .routes(routes!(list_streams))
+        .routes(routes!(get_session, delete_session))
+        .with_state(sessions)
+}
+
+/// `GET /v1/streams?prefix=room1/`: only the streams whose name starts with `prefix`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct StreamsQuery {
+    /// Only streams whose name starts with this (all when absent or empty).
+    #[serde(default)]
+    #[param(required = false)]
+    prefix: String,
+}
+
+/// A stream with a publisher.
+#[derive(Debug, Serialize, ToSchema)]
+struct StreamEntry {
+    #[schema(example = "room1/cam")]
+    stream: String,
+    subscribers: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct StreamList {
+    streams: Vec<StreamEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+/// Streams with a publisher (WebRTC or plain) and how many subscribers each has, filtered by
+/// `?prefix=` (all when absent or empty).
+#[utoipa::path(
+    get,
+    path = "/v1/streams",
+    tag = "sessions",
+    params(StreamsQuery),
+    responses(
+        (status = 200, description = "Streams with a publisher, sorted by name", body = StreamList),
+        (status = 400, description = "An unknown query parameter", body = ErrorBody),
+    )
+)]
+async fn list_streams(
+    State(sessions): State<Arc<Sessions>>,
+    query: Result<Query<StreamsQuery>, QueryRejection>,
+) -> Result<Json<StreamList>, ApiError> {
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
+    let streams = sessions
+        .streams(&query.prefix)
+        .into_iter()
+        .map(|(stream, subscribers)| StreamEntry {
+            stream,
+            subscribers,
+        })
+        .collect();
+    Ok(Json(StreamList { streams }))
+}
+
+/// A session as the API shows it. Keys appear only in the answer to the POST that made it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionView {
+    id: u64,
+    worker: u16,
+    /// Where the peer sends media: `ip:port` of the session's worker.
+    #[schema(value_type = String, example = "192.0.2.10:10001")]
+    media_address: SocketAddr,
+    stream: String,
+    /// `publisher` or `subscriber`.
+    #[schema(value_type = String)]
+    role: &'static str,
+    /// The SRTP profile; `None` while a DTLS-keyed session has not negotiated one.
+    #[schema(value_type = Option<String>)]
+    profile: Option<&'static str>,
+    #[schema(value_type = Option<String>)]
+    remote: Option<SocketAddr>,
+    ssrcs: Vec<u32>,
+    created_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_key: Option<String>,
+}
+
+/// `relay`: the relay base port (see [`Sessions::relay_base`]).
+fn view(sessions: &Sessions, spec: &SessionSpec, keys: bool, relay: u16) -> SessionView {
+    let media = sessions.media();
+    let (role, ssrcs) = match &spec.role {
+        Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
+        Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
+        Role::RelayIn { ssrcs } => ("relay-in", ssrcs.clone()),
+        Role::RelayOut => ("relay-out", Vec::new()),
+    };
+    // Relay sessions send and receive on the worker's relay socket.
+    let base = match spec.role {
+        Role::RelayIn { .. } | Role::RelayOut => relay,
+        _ => media.port,
+    };
+    let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+    SessionView {
+        id: spec.id.0,
+        worker: spec.worker,
+        media_address: SocketAddr::new(media.announce_ip(), base.saturating_add(spec.worker)),
+        stream: spec.stream.clone(),
+        role,
+        profile: spec.keying.keys().map(|k| k.profile.name()),
+        remote: spec.remote,
+        ssrcs,
+        created_ms: spec.created_ms,
+        remote_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.remote)),
+        local_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.local)),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Created; the only answer that shows the keys", body = SessionView,
+            headers(("Location" = String, description = "`/v1/sessions/{id}`"))),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 409, description = "The stream already has a publisher, or an SSRC or address conflict", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 503, description = "No data plane, or the worker is full", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time", body = ErrorBody),
+    )
+)]
+async fn create_session(
+    State(sessions): State<Arc<Sessions>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CreateSession = parse_body(body)?;
+    let spec = sessions.create_rtp(req).await?;
+    let location = format!("/v1/sessions/{}", spec.id.0);
+    let relay = sessions.relay_base(&sessions.lock().node);
+    let body = view(&sessions, &spec, true, relay);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Extension(Created(spec.id)),
+        Json(body),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    responses((status = 200, description = "Every session of this node (without keys)", body = SessionList))
+)]
+async fn list_sessions(State(sessions): State<Arc<Sessions>>) -> Result<Response, ApiError> {
+    let g = sessions.lock();
+    let relay = sessions.relay_base(&g.node);
+    let list: Vec<SessionView> = g
+        .node
+        .sessions()
+        .map(|s| view(&sessions, s, false, relay))
+        .collect();
+    Ok(Json(SessionList { sessions: list }).into_response())
+}
+
+fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
+    raw.parse::<u64>()
+        .map(SessionId)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session (without keys)", body = SessionView),
+        (status = 404, description = "No such session", body = ErrorBody),
+    )
+)]
+async fn get_session(
+    State(sessions): State<Arc<Sessions>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let g = sessions.lock();
+    let spec = g
+        .node
+        .session(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    Ok(Json(view(&sessions, spec, false, sessions.relay_base(&g.node))).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Removed from the data plane"),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time; the removal is still queued", body = ErrorBody),
+    )
+)]
+async fn delete_session(
+    State(sessions): State<Arc<Sessions>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    sessions.remove(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

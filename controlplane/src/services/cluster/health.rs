@@ -1,0 +1,124 @@
+//! The health task: registers this node with the cluster store (again whenever its entry
+//! is missing) and checks `GET {url}/health` of every registered node every
+//! `health_interval`, marking each healthy or unhealthy. Started with the control plane,
+//! stopped with it.
+//!
+//! Every control plane of a cluster runs it, so a node is checked by all of them; a store
+//! write happens only when the answer differs from what the store holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_shared::stats::Counter;
+
+use super::load::{self, Latest, Meter, Reading};
+use super::probe::probe;
+use super::service::Cluster;
+use crate::core::counters;
+use crate::core::link::Link;
+use crate::core::store::{Registration, Store as _};
+
+/// Longest a health check waits for its answer; shorter when the interval is.
+const MAX_PROBE: Duration = Duration::from_secs(2);
+/// The load heartbeat is written when the verdict changes, and at least this often.
+const HEARTBEAT_REFRESH: Duration = Duration::from_secs(30);
+
+/// Run until the task is aborted.
+pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, latest: Arc<Latest>) {
+    let interval = Duration::from_millis(cluster.config.health_interval_ms);
+    let probe_timeout = (interval / 2).min(MAX_PROBE);
+    let mut registered = false;
+    let mut meter = Meter::new(
+        cluster.config.consumers_per_worker,
+        cluster.config.max_pps_per_worker,
+        cluster.config.overload_ratio,
+    );
+    // What the store last heard from this node's own heartbeat, and when.
+    let mut reported: Option<(bool, std::time::Instant)> = None;
+    loop {
+        if !registered {
+            match cluster.store.register_node(me.clone()).await {
+                Ok(n) => {
+                    registered = true;
+                    // Registration clears `overloaded`: report again.
+                    reported = None;
+                    tracing::info!(node = %n.node_id, url = %n.url, capacity = n.capacity, "registered with the cluster");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot register this node; retrying"),
+            }
+        }
+        tokio::time::sleep(interval).await;
+        if let Some(report) = measure(&link, &mut meter) {
+            let now = std::time::Instant::now();
+            let due = reported.is_none_or(|(o, at)| {
+                o != report.overloaded || now.duration_since(at) >= HEARTBEAT_REFRESH
+            });
+            if registered && due {
+                if report.overloaded != reported.is_some_and(|(o, _)| o) {
+                    tracing::warn!(overloaded = report.overloaded, reason = ?report.reason, load = ?report.load, "node load changed");
+                }
+                match cluster
+                    .store
+                    .heartbeat(&me.node_id, report.overloaded)
+                    .await
+                {
+                    Ok(()) => reported = Some((report.overloaded, now)),
+                    Err(e) => tracing::warn!(error = %e, "cannot record this node's load"),
+                }
+            }
+            latest.set(report);
+        }
+        let nodes = match cluster.store.list_nodes().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "health check: cannot list nodes");
+                continue;
+            }
+        };
+        registered = nodes.iter().any(|n| n.node_id == me.node_id);
+        counters::cluster().set_nodes(&nodes);
+        let mut checks = tokio::task::JoinSet::new();
+        for n in nodes {
+            checks.spawn(async move {
+                let ok = probe(&n.url, probe_timeout).await;
+                (n, ok)
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((n, ok)) = done else { continue };
+            if n.healthy != ok {
+                tracing::warn!(node = %n.node_id, url = %n.url, healthy = ok, "node health changed");
+                if let Err(e) = cluster.store.set_health(&n.node_id, ok).await {
+                    tracing::warn!(node = %n.node_id, error = %e, "cannot record health");
+                }
+            }
+        }
+    }
+}
+
+/// This node's load now, from the data plane's stats file and `/proc`; None while no data
+/// plane has said hello.
+fn measure(link: &Link, meter: &mut Meter) -> Option<load::LoadReport> {
+    let (reading, pid) = {
+        let g = link.lock();
+        let d = g.node.dataplane()?;
+        let tx_packets = g.stats.as_ref().map_or_else(Vec::new, |s| {
+            (0..s.workers())
+                .filter_map(|w| s.worker(w))
+                .map(|b| b.get(Counter::TxPackets))
+                .collect()
+        });
+        let reading = Reading {
+            sessions: g.node.session_count() as u64,
+            workers: d.workers,
+            tx_packets,
+            cpu_ticks: None,
+        };
+        (reading, d.pid)
+    };
+    let reading = Reading {
+        cpu_ticks: load::cpu_ticks(pid),
+        ..reading
+    };
+    Some(meter.measure(std::time::Instant::now(), reading))
+}

@@ -1,0 +1,86 @@
+//! One HTTP request from this control plane to another node or a hook, for its status: the
+//! health checks, room event deliveries, and the URL checks relays make. Over
+//! `switchyard-httpclient`; `https://` accepts any server certificate (a liveness check).
+
+use std::time::Duration;
+
+use switchyard_httpclient::{Client, Config, Request, Tls};
+
+/// Whether `GET {base}/health` answers 200 within `timeout`. `http://` or `https://`; the
+/// latter accepts any server certificate (a liveness check, see `switchyard_httpclient::accept_any_server`).
+pub async fn probe(base: &str, timeout: Duration) -> bool {
+    http_status(base, "GET", "/health", None, timeout).await == Some(200)
+}
+
+/// Send one request (`body` as JSON) to the server of `base` and read the status code of the
+/// answer; None on any failure or after `timeout`. Over TLS any certificate is accepted.
+/// Redirects are not followed, and the answer body is read only up to a few KiB.
+pub async fn http_status(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Option<u16> {
+    let client = Client::new(Config {
+        timeout,
+        max_body: 16 * 1024,
+        tls: Some(Tls::accept_any()),
+        ..Config::default()
+    });
+    let mut req = Request::new(
+        method.parse().ok()?,
+        format!("{}{path}", base.trim_end_matches('/')),
+    );
+    if let Some(b) = body {
+        req = req.json(b.to_vec());
+    }
+    match client.send(req).await {
+        Ok(answer) => Some(answer.status),
+        // An answer too long to read still said its status; anything else did not answer.
+        Err(_) => None,
+    }
+}
+
+/// Whether a URL is `https://`, and its `host:port` (port 80 or 443 when absent).
+pub fn authority(url: &str) -> Option<(bool, String)> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
+    let hostport = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let has_port = match hostport.rfind(']') {
+        Some(end) => hostport[end..].contains(':'),
+        None => hostport.contains(':'),
+    };
+    let port = if tls { 443 } else { 80 };
+    Some((
+        tls,
+        if has_port {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:{port}")
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let a = authority;
+        assert_eq!(
+            a("http://10.0.0.2:8080"),
+            Some((false, "10.0.0.2:8080".into()))
+        );
+        assert_eq!(a("http://node/x"), Some((false, "node:80".into())));
+        assert_eq!(a("http://[::1]:9"), Some((false, "[::1]:9".into())));
+        assert_eq!(a("http://[::1]"), Some((false, "[::1]:80".into())));
+        assert_eq!(a("https://node"), Some((true, "node:443".into())));
+        assert_eq!(a("https://[::1]:8443"), Some((true, "[::1]:8443".into())));
+        assert_eq!(a("ftp://node"), None);
+        assert_eq!(a("http://"), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! [`Cluster`]: the cluster as the control plane holds it (the store and the `[cluster]`
+//! settings), and [`ClusterError`], why a cluster request was refused.
+
+use switchyard_shared::config::ClusterSection;
+use switchyard_shared::names::BadName;
+
+use super::hooks::Notifier;
+use crate::core::random::RngError;
+use crate::core::store::{AnyStore, StoreError};
+
+/// Most labels a node registers with.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key or value.
+pub const MAX_LABEL: usize = 64;
+/// A room of this many peers reserves ~1M consumers; more is a typo, not a meeting.
+pub const MAX_PEERS: u32 = 1000;
+
+/// The cluster as the control plane holds it: the store and the `[cluster]` settings.
+pub struct Cluster {
+    pub store: AnyStore,
+    pub config: ClusterSection,
+    /// Room events (`eventNotificationUri`) waiting for delivery.
+    pub events: Notifier,
+}
+
+/// Longest URL a node registers or a room hook names.
+pub const MAX_URL: usize = 2048;
+
+/// Why a registration, heartbeat or room request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Name(#[from] BadName),
+    #[error("{0}: a URL starting with http:// or https:// (at most {MAX_URL} bytes)")]
+    Url(&'static str),
+    #[error("mediaAddress: an address or host, at most 128 bytes")]
+    MediaAddress,
+    #[error("workers: at least 1")]
+    NoWorkers,
+    #[error("labels: at most {MAX_LABELS}, keys 1 to {MAX_LABEL} bytes, values up to {MAX_LABEL}")]
+    Labels,
+    #[error("load: finite shares from 0")]
+    Load,
+    #[error("maxPeerCount: 1 to {MAX_PEERS}")]
+    MaxPeers,
+    /// The hook is a request the caller makes the node send (SSRF): not this caller's to pick.
+    #[error(
+        "eventNotificationUri: this URL needs a cluster token (or a prefix in [cluster] \
+         hook_allow)"
+    )]
+    HookForbidden,
+    #[error("no room {0:?}")]
+    NoRoom(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// Whether `url` is an `http://` or `https://` URL a node can call: a host after the scheme,
+/// at most [`MAX_URL`] bytes, no whitespace or control characters.
+pub(super) fn valid_url(field: &'static str, url: &str) -> Result<(), ClusterError> {
+    let ok = url.len() <= MAX_URL
+        && ["http://", "https://"].iter().any(|s| {
+            url.strip_prefix(s)
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        })
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Url(field))
+    }
+}

@@ -1,0 +1,69 @@
+//! [`Relays`]: the relay service of this node, the handle the rest of the control plane
+//! holds. Its calls are in `setup` (both ends), `pull` (the cascade), `trust` and `upkeep`.
+
+use std::net::IpAddr;
+use std::sync::{Arc, MutexGuard};
+
+use switchyard_shared::config::Config;
+
+use super::book::Book;
+use super::file::BookFile;
+use crate::services::cluster::load::Latest;
+use crate::services::cluster::Cluster;
+use crate::services::sessions::Sessions;
+
+/// The relay service of this node: its book, and what it sets relays up with.
+pub struct Relays {
+    pub(super) sessions: Arc<Sessions>,
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) book: BookFile,
+    pub(super) load: Arc<Latest>,
+    pub(super) node_id: String,
+    pub(super) announce_ip: IpAddr,
+    /// `[auth] key`, to sign cluster tokens when `[cluster] token` is not set.
+    pub(super) auth_key: Option<String>,
+    /// This node serves its API over HTTPS.
+    pub(super) tls: bool,
+}
+
+impl Relays {
+    /// The relays of `config`'s node, as its relay file left them. The publishers relayed
+    /// to this node are told to the session table, for WHEP answers here.
+    pub fn new(
+        config: &Config,
+        sessions: Arc<Sessions>,
+        cluster: Arc<Cluster>,
+        load: Arc<Latest>,
+    ) -> Self {
+        let book = BookFile::load(config.relays_path());
+        {
+            let mut g = sessions.lock();
+            for r in book.lock().ins() {
+                if let Some(n) = &r.publisher_media {
+                    g.node
+                        .set_publisher_media(&r.stream, r.session, Arc::new(n.clone()));
+                }
+            }
+        }
+        Self {
+            sessions,
+            cluster,
+            book,
+            load,
+            node_id: config.node.id.clone(),
+            announce_ip: config.media.announce_ip(),
+            auth_key: config.auth.key.clone(),
+            tls: config.http.tls().is_some(),
+        }
+    }
+
+    /// The relay book, for reading (never held across an await).
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}

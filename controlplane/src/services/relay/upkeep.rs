@@ -1,0 +1,144 @@
+//! The relay task: every [`TICK`] it writes this node's streams to the cluster store (where
+//! other nodes' cascades look for them), forgets relays whose session the data plane no
+//! longer has, and ends cascade relays nobody has used for the grace period.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{Role, SessionId};
+
+use super::service::Relays;
+use crate::core::clock::now_ms;
+use crate::core::store::Store as _;
+
+/// How often the relay task syncs the store, reconciles the book and runs grace timers.
+const TICK: Duration = Duration::from_secs(1);
+/// Ticks a relay's session must be missing from the data plane before its record goes.
+const FORGET_AFTER_TICKS: u32 = 5;
+/// The store entry of this node's streams is rewritten at least this often, so a store that
+/// lost it (a Redis restart) has it back soon.
+const STORE_REFRESH: Duration = Duration::from_secs(30);
+
+impl Relays {
+    /// The streams this node publishes, with their hop lists: local publishers (no hops) and
+    /// relays that feed it.
+    fn published(&self) -> BTreeMap<String, Vec<String>> {
+        let g = self.sessions.lock();
+        let relays = self.book.lock();
+        let mut out = BTreeMap::new();
+        for s in g.node.sessions() {
+            match s.role {
+                Role::Publisher { .. } => {
+                    out.insert(s.stream.clone(), Vec::new());
+                }
+                Role::RelayIn { .. } => {
+                    let hops = relays
+                        .incoming(&s.stream)
+                        .map(|r| r.hops.clone())
+                        .unwrap_or_default();
+                    out.insert(s.stream.clone(), hops);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Sessions using each stream here: subscribers and relays onwards.
+    fn users(&self) -> BTreeMap<String, usize> {
+        let g = self.sessions.lock();
+        let mut out = BTreeMap::new();
+        for s in g.node.sessions() {
+            if matches!(s.role, Role::Subscriber { .. } | Role::RelayOut) {
+                *out.entry(s.stream.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Write this node's streams to the store now.
+    pub(super) async fn sync_streams(&self) {
+        let streams = self.published();
+        if let Err(e) = self
+            .cluster
+            .store
+            .set_node_streams(&self.node_id, streams)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record this node's streams in the cluster store");
+        }
+    }
+}
+
+/// The relay task: store sync, reconciliation with the data plane, grace timers. Runs until
+/// aborted.
+pub async fn run(relays: Arc<Relays>) {
+    let grace = relays.cluster.config.relay_grace_ms;
+    let mut written: Option<(BTreeMap<String, Vec<String>>, Instant)> = None;
+    // Ticks each relay's session has been missing from the data plane's table in a row.
+    let mut missing: HashMap<SessionId, u32> = HashMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let ready = relays.sessions.lock().node.ready().is_ok();
+        if ready {
+            let live: HashSet<_> = relays
+                .sessions
+                .lock()
+                .node
+                .sessions()
+                .map(|s| s.id)
+                .collect();
+            let recorded: Vec<_> = {
+                let book = relays.book.lock();
+                book.outs()
+                    .map(|r| r.session)
+                    .chain(book.ins().map(|r| r.session))
+                    .collect()
+            };
+            missing.retain(|id, _| recorded.contains(id) && !live.contains(id));
+            for id in recorded.into_iter().filter(|id| !live.contains(id)) {
+                *missing.entry(id).or_default() += 1;
+            }
+            // Missing for a few seconds, not one glimpse: while a restarted data plane is
+            // re-provisioned, the table may briefly lack sessions that come back.
+            let gone = |id| missing.get(&id).is_some_and(|&n| n >= FORGET_AFTER_TICKS);
+            if relays.book.lock().retain_live(|id| !gone(id)) {
+                tracing::warn!("relays whose session the data plane no longer has were forgotten");
+                relays.book.save();
+            }
+        }
+        let streams = relays.published();
+        let due = written
+            .as_ref()
+            .is_none_or(|(w, at)| *w != streams || at.elapsed() >= STORE_REFRESH);
+        if due {
+            match relays
+                .cluster
+                .store
+                .set_node_streams(&relays.node_id, streams.clone())
+                .await
+            {
+                Ok(()) => written = Some((streams, Instant::now())),
+                Err(e) => tracing::warn!(error = %e, "cannot record this node's streams"),
+            }
+        }
+        if !ready {
+            continue;
+        }
+        let now = now_ms();
+        let users = relays.users();
+        let expired = {
+            let mut book = relays.book.lock();
+            let streams: Vec<String> = book.ins().map(|r| r.stream.clone()).collect();
+            for s in streams {
+                book.note_users(&s, users.get(&s).copied().unwrap_or(0), now);
+            }
+            book.expired(now, grace)
+        };
+        for r in expired {
+            tracing::info!(stream = %r.stream, source = %r.source_node, "relay unused for the grace period; ending it");
+            relays.end_incoming(&r).await;
+        }
+    }
+}

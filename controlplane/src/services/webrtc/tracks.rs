@@ -1,0 +1,178 @@
+//! A WHIP/WHEP session's identifiers: its ICE-lite credentials, and for a WHEP subscriber
+//! the mapping from its publisher's tracks to what its own answer negotiated (SSRCs, RTX,
+//! payload types, header extensions). Pure: no I/O beyond the random credentials.
+
+use switchyard_shared::command::{MAX_PT_MAP, MAX_TRACKS};
+
+use crate::core::random::{self, RngError};
+use crate::sdp;
+
+/// Random ICE credentials: ufrag ≥ 4 and password ≥ 22 characters of ice-char (RFC 8839).
+pub(super) fn credentials() -> Result<(String, String), RngError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = [0u8; 8 + 24];
+    random::fill(&mut raw)?;
+    let s = |b: &[u8]| -> String {
+        b.iter()
+            .map(|&x| char::from(ALPHABET[usize::from(x) % ALPHABET.len()]))
+            .collect()
+    };
+    Ok((s(&raw[..8]), s(&raw[8..])))
+}
+
+/// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
+/// track order (the order of its WHIP m-lines, which is the order of its session's SSRCs).
+/// A publisher track the subscriber did not accept still gets an SSRC (the data plane fills
+/// every track); the subscriber's browser ignores it.
+pub(super) fn subscriber_ssrcs(
+    publisher: Option<&sdp::Negotiated>,
+    n: &sdp::Negotiated,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(MAX_TRACKS);
+    if let Some(p) = publisher {
+        for pt in p.tracks.iter().filter(|t| !t.ssrcs.is_empty()) {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))
+                .and_then(|t| t.ssrcs.first().copied());
+            if let Some(s) = ours {
+                out.push(s);
+            } else {
+                out.push(spare_ssrc(&out, n));
+            }
+            if out.len() == MAX_TRACKS {
+                break;
+            }
+        }
+    }
+    while out.len() < MAX_TRACKS {
+        out.push(spare_ssrc(&out, n));
+    }
+    out
+}
+
+/// Per publisher track, in the order of [`subscriber_ssrcs`]: our RTX SSRC and the
+/// subscriber's RTX payload type, where its answered m-line negotiated RTX (RFC 4588).
+pub(super) fn subscriber_rtx(
+    publisher: Option<&sdp::Negotiated>,
+    n: &sdp::Negotiated,
+) -> Vec<Option<(u32, u8)>> {
+    let Some(p) = publisher else {
+        return Vec::new();
+    };
+    p.tracks
+        .iter()
+        .filter(|t| !t.ssrcs.is_empty())
+        .take(MAX_TRACKS)
+        .map(|pt| {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))?;
+            let rtx = ours.rtx.as_ref()?;
+            Some((*ours.ssrcs.get(1)?, rtx.payload_type))
+        })
+        .collect()
+}
+
+/// The publisher → subscriber payload types the SDP module worked out for each track
+/// (media and RTX), without identities.
+pub(super) fn payload_type_map(n: &sdp::Negotiated) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    for r in n.tracks.iter().filter_map(|t| t.remap.as_ref()) {
+        for (a, b) in std::iter::once(r.payload_type).chain(r.rtx_payload_type) {
+            if a != b && !out.iter().any(|&(x, _)| x == a) {
+                out.push((a, b));
+            }
+        }
+    }
+    out.truncate(MAX_PT_MAP);
+    out
+}
+
+/// The publisher → subscriber header extension ids both negotiated, except the ones whose
+/// values mean something only on the publisher's leg: its transport-wide sequence numbers
+/// (the node answers them itself) and its mids (the subscriber's m-lines have their own;
+/// without the extension the subscriber demultiplexes by the SSRCs in its answer).
+pub(super) fn extension_map(n: &sdp::Negotiated) -> Vec<(u8, u8)> {
+    const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+    let mut out: Vec<(u8, u8)> = Vec::new();
+    for t in &n.tracks {
+        let Some(r) = &t.remap else { continue };
+        for &(pid, sid) in &r.extensions {
+            let uri = t
+                .extensions
+                .iter()
+                .find(|(id, _)| *id == sid)
+                .map(|(_, u)| u.as_str());
+            let local_only = matches!(uri, Some(u) if u == MID || u == sdp::TRANSPORT_CC_URI);
+            if !local_only && !out.iter().any(|&(p, _)| p == pid) {
+                out.push((pid, sid));
+            }
+        }
+    }
+    out
+}
+
+/// An SSRC not used by the subscriber's tracks nor already picked.
+fn spare_ssrc(picked: &[u32], n: &sdp::Negotiated) -> u32 {
+    let used = |s: u32| picked.contains(&s) || n.tracks.iter().any(|t| t.ssrcs.contains(&s));
+    (0x5357_0001u32..)
+        .find(|&s| !used(s))
+        .unwrap_or(0x5357_0000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::{AnswerParams, Direction};
+
+    #[test]
+    fn whep_subscriber_gets_rtx_ssrc_and_payload_type_per_publisher_track() {
+        let cands: [std::net::SocketAddr; 1] = ["192.0.2.10:10001".parse().expect("literal")];
+        let params = |publisher| {
+            AnswerParams {
+            ice_ufrag: "swyU",
+            ice_pwd: "0123456789abcdefABCDEF",
+            fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
+            candidates: &cands,
+            publisher,
+        }
+        };
+        let publisher = sdp::answer(
+            include_str!("../../sdp/fixtures/firefox_publish.sdp"),
+            Direction::Publish,
+            &params(None),
+        )
+        .expect("publish answer");
+        let n = sdp::answer(
+            include_str!("../../sdp/fixtures/chrome_subscribe.sdp"),
+            Direction::Subscribe,
+            &params(Some(&publisher)),
+        )
+        .expect("subscribe answer");
+        let ssrcs = subscriber_ssrcs(Some(&publisher), &n);
+        let rtx = subscriber_rtx(Some(&publisher), &n);
+        let tracks: Vec<_> = publisher
+            .tracks
+            .iter()
+            .filter(|t| !t.ssrcs.is_empty())
+            .collect();
+        assert_eq!(rtx.len(), tracks.len());
+        for (i, pt) in tracks.iter().enumerate() {
+            let ours = n
+                .tracks
+                .iter()
+                .find(|t| t.remap.as_ref().is_some_and(|r| r.publisher_mid == pt.mid))
+                .expect("forwarded");
+            assert_eq!(ssrcs[i], ours.ssrcs[0]);
+            match pt.kind {
+                sdp::Kind::Audio => assert_eq!(rtx[i], None, "no RTX for opus"),
+                sdp::Kind::Video => {
+                    assert_eq!(rtx[i], Some((ours.ssrcs[1], 97)), "Chrome's rtx PT")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Building the control plane from its config, in one place (the shape of moq-relay's
+//! `main`): the core (the ring link), each service from its config section, the HTTP
+//! router handed only what it serves, the background tasks, and the server. Nothing else
+//! spawns a task or a thread.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use switchyard_shared::config::Config;
+use tokio::net::TcpListener;
+
+use crate::core::counters::Counters;
+use crate::core::link::{self, Link};
+use crate::core::store::{AnyStore, MemoryStore, RedisStore, Registration};
+use crate::http::{self, server};
+use crate::services::cluster::load::Latest;
+use crate::services::cluster::{events, health, hooks, Cluster};
+use crate::services::forward::{self, Forwards};
+use crate::services::relay::{self, Relays};
+use crate::services::sessions::Sessions;
+use crate::services::webrtc::Webrtc;
+
+/// Serve the API on `listener` (over TLS with `tls`) until `shutdown` completes. The ring
+/// link runs on its own thread and stops with it.
+pub(crate) async fn serve(
+    config: Config,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let addr = listener.local_addr().context("listener address")?;
+    let auth = http::auth::Auth::from_config(&config.auth)
+        .context("[auth]")?
+        .map(Arc::new);
+    if auth.is_none() {
+        tracing::warn!("auth is off ([auth] has no key): every endpoint is open");
+    }
+
+    // Core.
+    let counters = Arc::new(Counters::default());
+    let (link, changes) = Link::new(&config);
+    let link = Arc::new(link);
+    let (notifier, queue) = hooks::Notifier::new();
+    let cluster = Arc::new(cluster_of(&config, notifier)?);
+    let load = Arc::new(Latest::default());
+
+    // Services.
+    let sessions = Arc::new(Sessions::new(
+        link.clone(),
+        counters.clone(),
+        config.media.clone(),
+    ));
+    let relays = Arc::new(Relays::new(
+        &config,
+        sessions.clone(),
+        cluster.clone(),
+        load.clone(),
+    ));
+    let forwards = Arc::new(Forwards::new(
+        &config,
+        sessions.clone(),
+        relays.clone(),
+        cluster.clone(),
+    ));
+    let webrtc = Arc::new(Webrtc::new(
+        sessions.clone(),
+        cluster.clone(),
+        relays.clone(),
+        config.node.id.clone(),
+    ));
+
+    // Tasks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivery = tokio::spawn(hooks::deliver(queue));
+    let room_events = tokio::spawn(events::run(
+        cluster.clone(),
+        link.clone(),
+        changes,
+        config.node.id.clone(),
+    ));
+    let ring = link::spawn(link.clone(), stop.clone()).context("spawning the ring link")?;
+    let me = self_registration(&config, scheme, addr);
+    let health = tokio::spawn(health::run(cluster.clone(), me, link.clone(), load.clone()));
+    let relay_task = tokio::spawn(relay::upkeep::run(relays.clone()));
+    let forward_task = tokio::spawn(forward::driver::run(forwards.clone()));
+
+    // HTTP.
+    let fds = server::fd_limit();
+    let limits = server::Limits {
+        max_connections: server::connection_cap(config.http.max_connections, fds),
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+    };
+    if limits.max_connections < config.http.max_connections as usize {
+        tracing::warn!(
+            configured = config.http.max_connections,
+            open_file_limit = ?fds,
+            max_connections = limits.max_connections,
+            "http.max_connections lowered to fit the open file limit (raise LimitNOFILE)"
+        );
+    }
+    tracing::info!(%scheme, http = %addr, node = %config.node.id, "control plane listening");
+    let app = http::router(http::Parts {
+        node: Arc::new(http::node::Status {
+            node_id: config.node.id.clone(),
+            link: link.clone(),
+            counters: counters.clone(),
+            load,
+            forwards: forwards.clone(),
+        }),
+        sessions,
+        webrtc,
+        cluster,
+        relays,
+        forwards,
+        counters: counters.clone(),
+        auth,
+        limits: config.limits.clone(),
+        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
+    });
+    server::serve(listener, tls, app, limits, counters, shutdown).await;
+
+    health.abort();
+    relay_task.abort();
+    forward_task.abort();
+    room_events.abort();
+    delivery.abort();
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || ring.join()).await;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// The cluster store `[cluster] redis` asks for (in memory without it).
+fn cluster_of(config: &Config, events: hooks::Notifier) -> anyhow::Result<Cluster> {
+    let store = match &config.cluster.redis {
+        Some(url) => {
+            tracing::info!(redis = %redact(url), "cluster state in redis");
+            AnyStore::Redis(Box::new(RedisStore::new(url).context("cluster.redis")?))
+        }
+        None => AnyStore::Memory(MemoryStore::new()),
+    };
+    Ok(Cluster {
+        store,
+        config: config.cluster.clone(),
+        events,
+    })
+}
+
+/// A Redis URL with its password hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// How this node registers itself: its HTTP address (the announced media address when it
+/// listens on every interface), its media address and its workers.
+fn self_registration(config: &Config, scheme: &str, http: SocketAddr) -> Registration {
+    let ip = if http.ip().is_unspecified() {
+        config.media.announce_ip()
+    } else {
+        http.ip()
+    };
+    let workers = config.media.worker_count();
+    Registration {
+        node_id: config.node.id.clone(),
+        url: format!("{scheme}://{}", SocketAddr::new(ip, http.port())),
+        media_address: config.media.announce_ip().to_string(),
+        workers,
+        capacity: u64::from(workers) * u64::from(config.cluster.consumers_per_worker),
+        labels: Default::default(),
+    }
+}
