@@ -1,9 +1,10 @@
 //! One worker thread: pinned to a core, two sockets (media and relay), one I/O engine, one
 //! [`Engine`].
 //!
-//! Each loop turn: apply slow-path commands, handle messages from other workers, then one
-//! `Io::poll` that submits the sends queued so far, waits (only when there is nothing else to
-//! do), and hands a batch of datagrams to the engine. Other workers are woken at most once per
+//! Each loop turn: apply slow-path commands, handle messages from other workers, run the
+//! engine's timers if one is due, then one `Io::poll` that submits the sends queued so far,
+//! waits (only when there is nothing else to do, and only until the engine's next deadline),
+//! and hands a batch of datagrams to the engine. Other workers are woken at most once per
 //! turn, and only when they said they were about to sleep.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -19,9 +20,16 @@ use switchyard_shared::stats::{Counter, Stats};
 use crate::engine::{Engine, Inbound, Limits, Output, SendError, WorkerCommand, WorkerEvent};
 use crate::io::{Io, IoConfig, RxEvent, Tx, Waker};
 use crate::via::Via;
+use crate::worker_set::WorkerSet;
 
-/// Longest sleep of an idle worker; bounds how stale its gauges in /metrics get.
-const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Longest sleep of an idle worker, whatever the engine's next deadline: bounds how stale
+/// its gauges in /metrics get and how long events that did not fit the slow path's queue
+/// wait for another try (the fixed wait of every idle turn before the engine had deadlines).
+const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Shortest sleep when the engine's next deadline has come already (work it left due, such
+/// as more NACKs than one packet carries, or sends a full queue refused): the worker gives
+/// up the core for a moment instead of spinning on the deadline.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Messages from other workers handled per turn before the socket gets a turn again.
 const INBOUND_BUDGET: usize = 1024;
 
@@ -93,7 +101,7 @@ struct WorkerOutput<'a> {
     tx: &'a mut Tx,
     mailboxes: &'a [Arc<Mailbox>],
     /// Workers sent to this turn, to wake once at the end of it.
-    wake: &'a mut u64,
+    wake: &'a mut WorkerSet,
 }
 
 impl Output for WorkerOutput<'_> {
@@ -121,7 +129,7 @@ impl Output for WorkerOutput<'_> {
             return Err(msg);
         };
         mb.inbound.push(msg)?;
-        *self.wake |= 1u64 << (worker % 64);
+        self.wake.insert(worker);
         Ok(())
     }
 }
@@ -165,12 +173,12 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
     let _guard = AbortOnExit::new(format!("worker {index}"), stop.clone());
     drop(ready);
 
-    let mut engine = Engine::new(index, limits, stats.clone(), seed);
+    let mut engine = Engine::new(index, limits, stats.clone(), seed, Instant::now());
     if let Some(j) = journal {
         engine.set_journal(j);
     }
     let counters = stats.worker(usize::from(index));
-    let mut wake = 0u64;
+    let mut wake = WorkerSet::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         {
@@ -180,13 +188,15 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
                 wake: &mut wake,
             };
             while let Some(cmd) = me.commands.pop() {
-                engine.handle_command(cmd, &mut out);
+                engine.handle_command(cmd, now, &mut out);
             }
             for _ in 0..INBOUND_BUDGET {
                 let Some(msg) = me.inbound.pop() else { break };
                 engine.handle_inbound(msg, now, &mut out);
             }
-            engine.tick(now, &mut out);
+            if engine.poll_timeout().is_some_and(|t| t <= now) {
+                engine.handle_timeout(now, &mut out);
+            }
         }
         hand_over(&mut engine, &me.events);
 
@@ -197,7 +207,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
         let timeout = if me.has_work() {
             Duration::ZERO
         } else {
-            IDLE_WAIT
+            idle_wait(engine.poll_timeout(), Instant::now())
         };
         let polled = io.poll(timeout, &mut |ev, tx| {
             let mut out = WorkerOutput {
@@ -257,11 +267,17 @@ pub(crate) fn hand_over(engine: &mut Engine, queue: &ArrayQueue<WorkerEvent>) {
     }
 }
 
-fn wake_peers(mailboxes: &[Arc<Mailbox>], mask: &mut u64) {
-    while *mask != 0 {
-        let w = mask.trailing_zeros() as usize;
-        *mask &= *mask - 1;
-        if let Some(mb) = mailboxes.get(w) {
+/// How long an idle worker may wait in `Io::poll`: until the engine's next deadline, but at
+/// least [`MIN_WAIT`] and at most [`MAX_WAIT`]. A datagram or a waker ends the wait sooner.
+fn idle_wait(deadline: Option<Instant>, now: Instant) -> Duration {
+    deadline
+        .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
+        .clamp(MIN_WAIT, MAX_WAIT)
+}
+
+fn wake_peers(mailboxes: &[Arc<Mailbox>], workers: &mut WorkerSet) {
+    for w in &workers.take() {
+        if let Some(mb) = mailboxes.get(usize::from(w)) {
             mb.wake();
         }
     }
@@ -341,6 +357,43 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// The worker sleeps until the engine's next deadline (a relay NACK retry 30 ms away is
+    /// not 50 ms late), never spins on one that has passed, and never sleeps past 50 ms.
+    #[test]
+    fn an_idle_worker_waits_for_the_engines_next_deadline() {
+        let now = crate::testing::t0();
+        let ms = Duration::from_millis;
+        assert_eq!(idle_wait(None, now), MAX_WAIT, "nothing due");
+        assert_eq!(idle_wait(Some(now + ms(30)), now), ms(30));
+        assert_eq!(idle_wait(Some(now + ms(200)), now), MAX_WAIT);
+        assert_eq!(idle_wait(Some(now), now), MIN_WAIT, "due now: no busy loop");
+        assert_eq!(
+            idle_wait(Some(now), now + ms(5)),
+            MIN_WAIT,
+            "passed: no busy loop"
+        );
+        assert_eq!(
+            idle_wait(Some(now + Duration::from_micros(300)), now),
+            MIN_WAIT
+        );
+    }
+
+    /// A turn's wake-ups reach workers beyond 64 (once aliased onto worker `w % 64`).
+    #[test]
+    fn wakeups_reach_workers_beyond_64() {
+        let mailboxes: Vec<Arc<Mailbox>> = (0..100).map(|_| Arc::new(Mailbox::new(4))).collect();
+        for mb in &mailboxes {
+            mb.parked.store(true, Ordering::SeqCst);
+        }
+        let mut wake: WorkerSet = [64].into_iter().collect();
+        wake_peers(&mailboxes, &mut wake);
+        assert!(wake.is_empty());
+        let woken: Vec<usize> = (0..100)
+            .filter(|&w| !mailboxes[w].parked.load(Ordering::SeqCst))
+            .collect();
+        assert_eq!(woken, [64], "worker 64 woken, worker 0 left asleep");
     }
 
     #[test]

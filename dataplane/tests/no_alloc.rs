@@ -109,8 +109,9 @@ fn keys(a: u8, b: u8) -> SrtpKeys {
 fn steady_state_forwarding_allocates_nothing() {
     let path = std::env::temp_dir().join(format!("swy-noalloc-{}", std::process::id()));
     let stats = Arc::new(Stats::create(&path, 2, 1).expect("stats"));
-    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1);
-    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2);
+    let start = Instant::now();
+    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
+    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);
     let stream = StreamId(1);
     let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
     let mut out = FixedOutput {
@@ -132,10 +133,15 @@ fn steady_state_forwarding_allocates_nothing() {
             srtp: Some(keys(1, 2)),
             ice: None,
         },
+        start,
         &mut out,
     );
     w0.handle_command(
-        WorkerCommand::SetRemoteWorkers { stream, mask: 0b10 },
+        WorkerCommand::SetRemoteWorkers {
+            stream,
+            workers: [1].into_iter().collect(),
+        },
+        start,
         &mut out,
     );
     w1.handle_command(
@@ -143,6 +149,7 @@ fn steady_state_forwarding_allocates_nothing() {
             stream,
             worker: Some(0),
         },
+        start,
         &mut out,
     );
     let mut subs = Vec::new();
@@ -169,6 +176,7 @@ fn steady_state_forwarding_allocates_nothing() {
                 srtp: (id != 11).then(|| keys(3, 4)),
                 ice: None,
             },
+            start,
             &mut out,
         );
         subs.push((id, remote));
@@ -217,7 +225,7 @@ fn steady_state_forwarding_allocates_nothing() {
                             .expect("sr");
                     let n = tx.protect_rtcp(&mut fb, n).expect("protect");
                     w0.handle_datagram(&mut fb[..n], publisher, now, out);
-                    w0.tick(now + Duration::from_millis(u64::from(seq) * 10), out);
+                    w0.handle_timeout(now + Duration::from_millis(u64::from(seq) * 10), out);
                 }
             }
         };
@@ -314,8 +322,9 @@ fn relay_link_steady_state_allocates_nothing() {
     let stats_a = Arc::new(Stats::create(&path, 1, 1).expect("stats"));
     let path_b = path.with_extension("b");
     let stats_b = Arc::new(Stats::create(&path_b, 1, 1).expect("stats"));
-    let mut a = Engine::new(0, Limits::default(), stats_a.clone(), 1);
-    let mut b = Engine::new(0, Limits::default(), stats_b.clone(), 2);
+    let start = Instant::now();
+    let mut a = Engine::new(0, Limits::default(), stats_a.clone(), 1, start);
+    let mut b = Engine::new(0, Limits::default(), stats_b.clone(), 2, start);
     let stream = StreamId(1);
     let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
     let a_relay: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
@@ -333,6 +342,7 @@ fn relay_link_steady_state_allocates_nothing() {
             srtp: Some(keys(1, 2)),
             ice: None,
         },
+        start,
         &mut out_a,
     );
     a.handle_command(
@@ -342,6 +352,7 @@ fn relay_link_steady_state_allocates_nothing() {
             remote: b_relay,
             srtp: keys(5, 4),
         },
+        start,
         &mut out_a,
     );
     b.handle_command(
@@ -352,6 +363,7 @@ fn relay_link_steady_state_allocates_nothing() {
             remote: Some(a_relay),
             srtp: keys(4, 5),
         },
+        start,
         &mut out_b,
     );
     for id in 2..6u64 {
@@ -369,6 +381,7 @@ fn relay_link_steady_state_allocates_nothing() {
                 srtp: Some(keys(3, 4)),
                 ice: None,
             },
+            start,
             &mut out_b,
         );
     }
@@ -409,7 +422,7 @@ fn relay_link_steady_state_allocates_nothing() {
                 let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
                 b.handle_datagram(&mut fb[..n], viewer, now, out_b);
             }
-            b.tick(now, out_b);
+            b.handle_timeout(now, out_b);
             // NACKs (and PLI, RR) to A; A's answers back to B.
             carry(out_b, a, b_relay, now, out_a);
             carry(out_a, b, a_relay, now, out_b);

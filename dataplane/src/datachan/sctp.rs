@@ -315,31 +315,6 @@ fn params_of(c: &ChannelConfig) -> ChannelParams {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_parameters_survive_the_dcep_round_trip() {
-        for ordered in [true, false] {
-            for reliability in [
-                Reliability::Reliable,
-                Reliability::Rexmit(5),
-                Reliability::Timed(250),
-            ] {
-                let p = ChannelParams {
-                    label: "chat".into(),
-                    protocol: "json".into(),
-                    ordered,
-                    reliability,
-                    priority: 512,
-                };
-                assert_eq!(params_of(&config_of(&p)), p);
-            }
-        }
-    }
-}
-
 /// A connection that yields `first` (read before the association existed) before anything
 /// else it reads.
 struct Replay {
@@ -372,7 +347,12 @@ impl Conn for Replay {
         &self,
         buf: &mut [u8],
     ) -> webrtc_util::Result<(usize, std::net::SocketAddr)> {
-        if self.first.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             let n = self.recv(buf).await?;
             let from = self
                 .inner
@@ -409,5 +389,30 @@ impl Conn for Replay {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_parameters_survive_the_dcep_round_trip() {
+        for ordered in [true, false] {
+            for reliability in [
+                Reliability::Reliable,
+                Reliability::Rexmit(5),
+                Reliability::Timed(250),
+            ] {
+                let p = ChannelParams {
+                    label: "chat".into(),
+                    protocol: "json".into(),
+                    ordered,
+                    reliability,
+                    priority: 512,
+                };
+                assert_eq!(params_of(&config_of(&p)), p);
+            }
+        }
     }
 }

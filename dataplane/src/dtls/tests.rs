@@ -707,11 +707,20 @@ fn data_channels_run_over_the_dtls_connection() {
     // The session ends: its association's tasks end with it (see `ended_sessions_leave_no_task_behind`).
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let alive = || cfg.driver.rt.as_ref().map_or(0, |rt| rt.metrics().num_alive_tasks());
+    let alive = || {
+        cfg.driver
+            .rt
+            .as_ref()
+            .map_or(0, |rt| rt.metrics().num_alive_tasks())
+    };
     while alive() > 0 && Instant::now() < deadline {
         sleep(Duration::from_millis(50));
     }
-    assert_eq!(alive(), 0, "an ended session with data channels left tasks behind");
+    assert_eq!(
+        alive(),
+        0,
+        "an ended session with data channels left tasks behind"
+    );
 }
 
 /// A subscriber that never reads: what the node sends it is capped by the channel's send
@@ -794,5 +803,9 @@ fn ended_sessions_leave_no_task_behind() {
     while alive(&cfg) > 0 && Instant::now() < deadline {
         sleep(Duration::from_millis(50));
     }
-    assert_eq!(alive(&cfg), 0, "tasks still alive after every session ended");
+    assert_eq!(
+        alive(&cfg),
+        0,
+        "tasks still alive after every session ended"
+    );
 }

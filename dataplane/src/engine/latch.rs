@@ -125,6 +125,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::t0;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], port))
@@ -133,7 +134,7 @@ mod tests {
     #[test]
     fn a_source_goes_round_every_waiting_publisher() {
         let mut l = Limiter::new();
-        let now = Instant::now();
+        let now = t0();
         let mut seen = [false; 10];
         for _ in 0..3 {
             let start = l.admit(addr(1), now, 10).expect("within the burst");
@@ -147,7 +148,7 @@ mod tests {
     #[test]
     fn a_flooding_source_gets_its_burst_then_one_per_interval() {
         let mut l = Limiter::new();
-        let now = Instant::now();
+        let now = t0();
         let admitted = (0..1000)
             .filter(|_| l.admit(addr(1), now, 60).is_some())
             .count();
@@ -170,7 +171,7 @@ mod tests {
     #[test]
     fn the_table_stays_fixed_under_many_sources() {
         let mut l = Limiter::new();
-        let now = Instant::now();
+        let now = t0();
         for p in 0..20_000u16 {
             assert!(
                 l.admit(addr(p), now, 3).is_some(),

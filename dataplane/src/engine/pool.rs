@@ -23,8 +23,9 @@ pub struct Packet {
     /// Track index in the publisher's stream.
     pub track: u8,
     pub len: u16,
-    /// When the datagram was received (stamped at the socket).
-    pub at: Instant,
+    /// When the datagram was received (stamped at the socket); `None` until a packet is
+    /// written into the buffer (the pool is filled at control time, with no clock to read).
+    pub at: Option<Instant>,
     pub data: [u8; PACKET_CAP],
 }
 
@@ -34,7 +35,7 @@ impl Packet {
             stream: StreamId(0),
             track: 0,
             len: 0,
-            at: Instant::now(),
+            at: None,
             data: [0; PACKET_CAP],
         }
     }

@@ -2,15 +2,17 @@
 //! are missing, and when to NACK them upstream again.
 //!
 //! Sans-IO: fed the sequence number of every authenticated packet with its receive time,
-//! asked at `tick` which numbers are due for a NACK. The hop between two nodes is usually
-//! a clean, short path, so a fixed retry schedule (not an RTT estimate) is enough: a lost
-//! packet is asked for at once, then every [`NACK_RETRY`] up to [`NACK_TRIES`] times, and
-//! forgotten after [`NACK_GIVE_UP`] (by then a viewer's jitter buffer has moved on).
+//! asked which numbers are due for a NACK when the engine's `RelayNacks` timer comes (set
+//! from [`GapTracker::next_due`]). The hop between two nodes is usually a clean, short path,
+//! so a fixed retry schedule (not an RTT estimate) is enough: a lost packet is asked for at
+//! once, then every [`NACK_RETRY`] up to [`NACK_TRIES`] times, and forgotten after
+//! [`NACK_GIVE_UP`] (by then a viewer's jitter buffer has moved on).
 //!
 //! Bounded: at most [`MAX_MISSING`] numbers per track are tracked (the oldest make room),
 //! and a forward jump larger than [`MAX_GAP`] is taken as the source restarting its
 //! numbering, not as thousands of losses. Nothing allocates after [`GapTracker::new`].
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Time between two NACKs of the same packet.
@@ -39,7 +41,8 @@ struct Missing {
 #[derive(Debug)]
 pub struct GapTracker {
     highest: Option<u16>,
-    missing: Vec<Missing>,
+    /// Oldest first: the oldest makes room when it is full.
+    missing: VecDeque<Missing>,
 }
 
 impl Default for GapTracker {
@@ -52,7 +55,7 @@ impl GapTracker {
     pub fn new() -> Self {
         Self {
             highest: None,
-            missing: Vec::with_capacity(MAX_MISSING),
+            missing: VecDeque::with_capacity(MAX_MISSING),
         }
     }
 
@@ -101,9 +104,9 @@ impl GapTracker {
     fn add(&mut self, seq: u16, at: Instant) {
         if self.missing.len() >= MAX_MISSING {
             // The oldest loss is the least likely still to help anyone.
-            self.missing.remove(0);
+            self.missing.pop_front();
         }
-        self.missing.push(Missing {
+        self.missing.push_back(Missing {
             seq,
             since: at,
             next: at,
@@ -159,6 +162,7 @@ impl GapTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::t0;
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
@@ -166,7 +170,7 @@ mod tests {
 
     #[test]
     fn gap_is_due_at_once_then_retried_then_given_up() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut g = GapTracker::new();
         g.on_packet(10, t0);
         g.on_packet(13, t0);
@@ -195,7 +199,7 @@ mod tests {
 
     #[test]
     fn late_packet_repairs_and_stops_nacks() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut g = GapTracker::new();
         g.on_packet(65534, t0);
         g.on_packet(1, t0); // wraps: 65535 and 0 missing
@@ -212,7 +216,7 @@ mod tests {
 
     #[test]
     fn restart_jump_and_bounds() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut g = GapTracker::new();
         g.on_packet(0, t0);
         g.on_packet(200, t0);
@@ -234,7 +238,7 @@ mod tests {
 
     #[test]
     fn downstream_requests_are_bounded() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut g = GapTracker::new();
         assert!(!g.request(5, t0), "nothing received yet");
         g.on_packet(2000, t0);

@@ -182,6 +182,7 @@ impl Engine {
             return self.drop_packet(DropReason::NoRoute);
         };
         gaps.on_packet(seq, at);
+        super::periodic::note_gaps(&mut self.timers, gaps);
         let Some(payload) = payload else {
             return self.drop_packet(DropReason::Malformed);
         };

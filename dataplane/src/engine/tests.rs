@@ -5,19 +5,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{
-    IceCredentials, SessionId, SrtpKeys, SrtpProfile, ALL_TRACKS, MAX_TRACKS,
+    CommandError, IceCredentials, SessionId, SrtpKeys, SrtpProfile, ALL_TRACKS, MAX_TRACKS,
 };
 use switchyard_shared::packet::{rtcp, rtp};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
 
 use super::*;
+use crate::testing::t0;
 
 mod events;
 mod ice_consent;
 mod latch;
 mod relay;
 mod relay_data;
+mod timers;
 
 /// Records what an engine sends.
 #[derive(Default)]
@@ -90,7 +92,7 @@ fn fixture(workers: u16) -> Fixture {
         in_flight: 16,
     };
     let engines = (0..workers)
-        .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w)))
+        .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w), t0()))
         .collect();
     Fixture {
         engines,
@@ -119,6 +121,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -143,6 +146,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
             srtp: Some(keys(profile, 3, id as u8)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -183,7 +187,7 @@ fn fans_out_to_local_subscribers_with_rewrite() {
         add_sub(e, 3, 6003, profile);
         let mut publisher = Context::new(profile, &[1; 30][..profile.master_len()]).expect("ctx");
         let mut out = Capture::default();
-        let now = Instant::now();
+        let now = t0();
         for seq in 65530..=65535u16 {
             let mut p = srtp_packet(&mut publisher, seq, 1000);
             e.handle_datagram(&mut p, addr(5000), now, &mut out);
@@ -223,8 +227,9 @@ fn hands_one_packet_per_remote_worker() {
     f.engines[0].handle_command(
         WorkerCommand::SetRemoteWorkers {
             stream: STREAM,
-            mask: 0b110,
+            workers: [1, 2].into_iter().collect(),
         },
+        t0(),
         &mut out,
     );
     for (w, id) in [(1usize, 10u64), (1, 11), (2, 12)] {
@@ -234,19 +239,20 @@ fn hands_one_packet_per_remote_worker() {
                 stream: STREAM,
                 worker: Some(0),
             },
+            t0(),
             &mut out,
         );
         add_sub(e, id, 6000 + id as u16, profile);
     }
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 500);
-    f.engines[0].handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    f.engines[0].handle_datagram(&mut p, addr(5000), t0(), &mut out);
     assert!(out.sent.is_empty(), "no subscribers on worker 0");
     let msgs: Vec<_> = std::mem::take(&mut out.to_workers);
     assert_eq!(msgs.len(), 2, "one handle per worker, not per subscriber");
     let mut delivered = Capture::default();
     for (w, msg) in msgs {
-        f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut delivered);
+        f.engines[usize::from(w)].handle_inbound(msg, t0(), &mut delivered);
     }
     assert_eq!(delivered.sent.len(), 3);
     // Handles went home to worker 0.
@@ -269,7 +275,7 @@ fn nack_is_answered_from_the_cache() {
     let mut out = Capture::default();
     for seq in 100..110u16 {
         let mut p = srtp_packet(&mut publisher, seq, 200);
-        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     }
     // Learn the subscriber's numbering of seq 105.
     let mut sub_rx = Context::new(profile, &[2; 28]).expect("ctx");
@@ -283,7 +289,7 @@ fn nack_is_answered_from_the_cache() {
     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
     fb.truncate(n);
     let mut out = Capture::default();
-    e.handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+    e.handle_datagram(&mut fb, addr(6002), t0(), &mut out);
     assert_eq!(out.sent.len(), 1, "one retransmission");
     let mut b = out.sent[0].1.clone();
     // The original was already received: a real subscriber would not have it; a fresh
@@ -302,7 +308,7 @@ fn pli_is_throttled() {
     add_pub(e, 1, Some(addr(5000)), profile);
     add_sub(e, 2, 6002, profile);
     let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut out = Capture::default();
     for dt in [0u64, 100, 200, 600] {
         let mut fb = vec![0u8; 100];
@@ -343,7 +349,7 @@ fn bad_input_is_counted_and_dropped() {
     add_pub(e, 1, Some(addr(5000)), profile);
     add_sub(e, 2, 6002, profile);
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let good = srtp_packet(&mut publisher, 1, 100);
 
@@ -403,12 +409,12 @@ fn comedia_publisher_latches_on_first_authenticated_packet() {
     let mut out = Capture::default();
     let mut stranger = Context::new(profile, &[8; 30][..30]).expect("ctx");
     let mut p = srtp_packet(&mut stranger, 1, 100);
-    e.handle_datagram(&mut p, addr(4444), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(4444), t0(), &mut out);
     assert!(out.sent.is_empty());
     assert_eq!(e.poll_event(), None);
     let mut publisher = Context::new(profile, &[1; 30]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 100);
-    e.handle_datagram(&mut p, addr(5555), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(5555), t0(), &mut out);
     assert_eq!(out.sent.len(), 1, "the latching packet is forwarded too");
     assert_eq!(
         e.poll_event(),
@@ -433,7 +439,7 @@ fn pool_is_bounded_by_live_publishers() {
         add_pub(e, 10 + round, Some(addr(5000)), profile);
         for seq in 0..50u16 {
             let mut p = srtp_packet(&mut publisher, seq.wrapping_add(round as u16 * 50), 100);
-            e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+            e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
         }
         let (_, live_total) = e.pool_stats();
         assert!(live_total > 0, "a live publisher has buffers");
@@ -441,6 +447,7 @@ fn pool_is_bounded_by_live_publishers() {
             WorkerCommand::Remove {
                 id: SessionId(10 + round),
             },
+            t0(),
             &mut out,
         );
         assert_eq!(
@@ -471,10 +478,10 @@ fn remove_frees_everything() {
     let mut out = Capture::default();
     for seq in 0..100u16 {
         let mut p = srtp_packet(&mut publisher, seq, 100);
-        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     }
     for id in [1, 2] {
-        e.handle_command(WorkerCommand::Remove { id: SessionId(id) }, &mut out);
+        e.handle_command(WorkerCommand::Remove { id: SessionId(id) }, t0(), &mut out);
         assert_eq!(
             e.poll_event(),
             Some(WorkerEvent::Removed { id: SessionId(id) })
@@ -483,10 +490,10 @@ fn remove_frees_everything() {
     assert_eq!(e.session_count(), 0);
     let (free, total) = e.pool_stats();
     assert_eq!(free, total, "every pooled buffer came back");
-    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, &mut out);
+    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, t0(), &mut out);
     assert!(matches!(e.poll_event(), Some(WorkerEvent::Failed { .. })));
     let mut p = srtp_packet(&mut publisher, 200, 100);
-    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     assert_eq!(out.sent.len(), 100);
 }
 
@@ -535,6 +542,7 @@ fn ice_lite_validates_answers_and_latches() {
             srtp: Some(keys(profile, 1, 2)),
             ice: Some(ice_creds("pubU")),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -542,7 +550,7 @@ fn ice_lite_validates_answers_and_latches() {
         Some(WorkerEvent::Added { id: SessionId(1) })
     );
     add_sub(e, 2, 6002, profile);
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
 
     // Before ICE: media from the peer is from an unknown source, even with the right key
@@ -627,14 +635,14 @@ fn ice_lite_validates_answers_and_latches() {
     assert_eq!(get(&f.stats, 0, Counter::DropUnknownSource), before + 1);
 
     // Consent: checks keep it; 30 s of silence ends it, reported once.
-    e.tick(now + Duration::from_secs(29), &mut out);
+    e.handle_timeout(now + Duration::from_secs(29), &mut out);
     assert_eq!(e.poll_event(), None);
-    e.tick(now + Duration::from_secs(31), &mut out);
+    e.handle_timeout(now + Duration::from_secs(31), &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::ConsentExpired { id: SessionId(1) })
     );
-    e.tick(now + Duration::from_secs(40), &mut out);
+    e.handle_timeout(now + Duration::from_secs(40), &mut out);
     assert_eq!(e.poll_event(), None);
 }
 
@@ -660,6 +668,7 @@ fn ice_sessions_refuse_bad_specs() {
                 srtp: Some(keys(profile, 3, 4)),
                 ice,
             },
+            t0(),
             &mut out,
         );
         e.poll_event()
@@ -691,7 +700,7 @@ fn ice_sessions_refuse_bad_specs() {
         "ufrag in use"
     );
     // Removing frees the ufrag.
-    e.handle_command(WorkerCommand::Remove { id: SessionId(4) }, &mut out);
+    e.handle_command(WorkerCommand::Remove { id: SessionId(4) }, t0(), &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::Removed { id: SessionId(4) })
@@ -724,6 +733,7 @@ fn payload_types_are_rewritten_per_subscriber() {
             srtp: Some(keys(profile, 3, 3)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -732,7 +742,7 @@ fn payload_types_are_rewritten_per_subscriber() {
     );
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 100);
-    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     assert_eq!(out.sent.len(), 2);
     for (dst, bytes) in &out.sent {
         let sub = if dst.port() == 6002 { 2u8 } else { 3 };
@@ -777,6 +787,7 @@ fn publishers_get_transport_cc_feedback() {
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -784,7 +795,7 @@ fn publishers_get_transport_cc_feedback() {
         Some(WorkerEvent::Added { id: SessionId(1) })
     );
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
-    let t0 = Instant::now();
+    let t0 = t0();
     for (i, twcc) in [10u16, 11, 13].into_iter().enumerate() {
         let mut p = srtp_packet_twcc(&mut publisher, i as u16 + 1, twcc);
         e.handle_datagram(
@@ -794,9 +805,9 @@ fn publishers_get_transport_cc_feedback() {
             &mut out,
         );
     }
-    e.tick(t0 + Duration::from_millis(150), &mut out);
+    e.handle_timeout(t0 + Duration::from_millis(150), &mut out);
     let fb: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(5000)).collect();
-    // The feedback, then the first receiver report (due at the first tick).
+    // The feedback, then the first receiver report (due at the first handle_timeout).
     assert_eq!(fb.len(), 2, "one feedback and one RR to the publisher");
     assert_eq!(receiver_reports(&out, addr(5000)).len(), 1);
     // The publisher unprotects it with the node's key and finds a transport-cc packet
@@ -823,7 +834,7 @@ fn publishers_get_transport_cc_feedback() {
     );
     // Nothing new: no second feedback.
     out.sent.clear();
-    e.tick(t0 + Duration::from_millis(300), &mut out);
+    e.handle_timeout(t0 + Duration::from_millis(300), &mut out);
     assert!(out.sent.is_empty());
 }
 
@@ -835,7 +846,7 @@ fn sender_reports_reach_subscribers_under_their_ssrc_and_offset() {
     add_pub(e, 1, Some(addr(5000)), profile);
     add_sub(e, 2, 6002, profile);
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     // One RTP packet (timestamp 3000) tells us the subscriber's timestamp offset.
     let mut p = srtp_packet(&mut publisher, 1, 100);
@@ -890,6 +901,7 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
             srtp: None,
             ice: Some(ice_creds("subU")),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -898,7 +910,7 @@ fn subscriber_in_handshake_is_skipped_not_dropped() {
     );
     let mut publisher = Context::new(profile, &[1; 30][..profile.master_len()]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 100);
-    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     assert!(out.sent.is_empty());
     assert_eq!(get(&f.stats, 0, Counter::Forwarded), 0);
     assert_eq!(get(&f.stats, 0, DropReason::QueueFull.counter()), 0);
@@ -927,6 +939,7 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -936,7 +949,7 @@ fn header_extensions_are_renumbered_or_dropped_per_subscriber() {
     out.sent.clear();
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet_twcc(&mut publisher, 1, 0x0102); // one element: id 5, 2 bytes
-    e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     let rtp_out: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(6002)).collect();
     assert_eq!(rtp_out.len(), 1);
     let mut ctx = Context::new(profile, &[2; 28]).expect("ctx");
@@ -993,7 +1006,7 @@ fn publishers_get_receiver_reports_with_loss_jitter_and_lsr() {
     add_pub(e, 1, Some(addr(5000)), profile);
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut out = Capture::default();
-    let t0 = Instant::now();
+    let t0 = t0();
     let ms = |m: u64| t0 + Duration::from_millis(m);
     // 10 ms of 90 kHz media per packet. 4 arrives after 5 (and 2 ms late), 6 never comes.
     for (seq, arrival) in [
@@ -1016,7 +1029,7 @@ fn publishers_get_receiver_reports_with_loss_jitter_and_lsr() {
     e.handle_datagram(&mut sr[..n], addr(5000), ms(40), &mut out);
     assert!(out.sent.is_empty(), "no subscriber, nothing sent yet");
 
-    e.tick(ms(1040), &mut out);
+    e.handle_timeout(ms(1040), &mut out);
     let rrs = receiver_reports(&out, addr(5000));
     assert_eq!(rrs.len(), 1, "one RR");
     let (sender, blocks) = &rrs[0];
@@ -1036,14 +1049,14 @@ fn publishers_get_receiver_reports_with_loss_jitter_and_lsr() {
 
     // Not again within the interval.
     out.sent.clear();
-    e.tick(ms(1500), &mut out);
+    e.handle_timeout(ms(1500), &mut out);
     assert!(out.sent.is_empty());
     // Next interval: 9 and 10 arrive; no new loss this interval.
     for seq in [9u16, 10] {
         let mut p = srtp_packet_ts(&mut publisher, seq, u32::from(seq) * 900);
         e.handle_datagram(&mut p, addr(5000), ms(u64::from(seq) * 10), &mut out);
     }
-    e.tick(ms(2040), &mut out);
+    e.handle_timeout(ms(2040), &mut out);
     let rrs = receiver_reports(&out, addr(5000));
     assert_eq!(rrs.len(), 1);
     let b = rrs[0].1[0];
@@ -1070,10 +1083,11 @@ fn receiver_report_jitter_is_zero_without_a_clock_rate() {
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
-    let t0 = Instant::now();
+    let t0 = t0();
     for (seq, arrival) in [(1u16, 10u64), (2, 37), (3, 31), (4, 90)] {
         let mut p = srtp_packet_ts(&mut publisher, seq, u32::from(seq) * 900);
         e.handle_datagram(
@@ -1083,7 +1097,7 @@ fn receiver_report_jitter_is_zero_without_a_clock_rate() {
             &mut out,
         );
     }
-    e.tick(t0 + Duration::from_millis(100), &mut out);
+    e.handle_timeout(t0 + Duration::from_millis(100), &mut out);
     let rrs = receiver_reports(&out, addr(5000));
     assert_eq!(rrs.len(), 1);
     let b = rrs[0].1[0];
@@ -1108,6 +1122,7 @@ fn publisher_clock_rates_must_match_its_ssrcs() {
             srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -1141,6 +1156,7 @@ fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
                 srtp: Some(keys(profile, 3, 2)),
                 ice: None,
             },
+            t0(),
             &mut out,
         );
         assert_eq!(
@@ -1152,7 +1168,7 @@ fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
         let mut out = Capture::default();
         for seq in 100..110u16 {
             let mut p = srtp_packet(&mut publisher, seq, 200);
-            e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+            e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
         }
         // The subscriber's view of 105 and 107, as it got them.
         let mut sub_rx = Context::new(profile, &master(2)).expect("ctx");
@@ -1173,7 +1189,7 @@ fn nack_from_an_rtx_subscriber_is_answered_with_rtx() {
         let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
         fb.truncate(n);
         let mut out = Capture::default();
-        e.handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+        e.handle_datagram(&mut fb, addr(6002), t0(), &mut out);
         assert_eq!(out.sent.len(), 2, "two retransmissions");
         let mut rtx_seqs = Vec::new();
         for ((dst, bytes), original) in out.sent.iter().zip(lost) {
@@ -1220,8 +1236,9 @@ fn nack_across_workers_comes_back_as_rtx() {
     f.engines[0].handle_command(
         WorkerCommand::SetRemoteWorkers {
             stream: STREAM,
-            mask: 0b10,
+            workers: [1].into_iter().collect(),
         },
+        t0(),
         &mut out,
     );
     let e1 = &mut f.engines[1];
@@ -1230,6 +1247,7 @@ fn nack_across_workers_comes_back_as_rtx() {
             stream: STREAM,
             worker: Some(0),
         },
+        t0(),
         &mut out,
     );
     e1.handle_command(
@@ -1246,6 +1264,7 @@ fn nack_across_workers_comes_back_as_rtx() {
             srtp: Some(keys(profile, 3, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -1255,10 +1274,10 @@ fn nack_across_workers_comes_back_as_rtx() {
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 42, 300);
     let mut out = Capture::default();
-    f.engines[0].handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    f.engines[0].handle_datagram(&mut p, addr(5000), t0(), &mut out);
     let mut delivered = Capture::default();
     for (w, msg) in std::mem::take(&mut out.to_workers) {
-        f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut delivered);
+        f.engines[usize::from(w)].handle_inbound(msg, t0(), &mut delivered);
     }
     assert_eq!(delivered.sent.len(), 1);
     let mut sub_rx = Context::new(profile, &[2; 28]).expect("ctx");
@@ -1273,10 +1292,10 @@ fn nack_across_workers_comes_back_as_rtx() {
     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
     fb.truncate(n);
     let mut out = Capture::default();
-    f.engines[1].handle_datagram(&mut fb, addr(6002), Instant::now(), &mut out);
+    f.engines[1].handle_datagram(&mut fb, addr(6002), t0(), &mut out);
     for _ in 0..2 {
         for (w, msg) in std::mem::take(&mut out.to_workers) {
-            f.engines[usize::from(w)].handle_inbound(msg, Instant::now(), &mut out);
+            f.engines[usize::from(w)].handle_inbound(msg, t0(), &mut out);
         }
     }
     let rtx: Vec<_> = out.sent.iter().filter(|(d, _)| *d == addr(6002)).collect();
@@ -1306,6 +1325,7 @@ fn add_plain(e: &mut Engine, id: u64, port: u16, tracks: u8) -> Option<WorkerEve
             srtp: None,
             ice: None,
         },
+        t0(),
         &mut out,
     );
     e.poll_event()
@@ -1337,7 +1357,7 @@ fn plain_egress_sends_clear_rtp_for_its_tracks_and_takes_rtcp_only_from_its_addr
 
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     for seq in 10..15u16 {
         let mut p = srtp_packet(&mut publisher, seq, 100);
         e.handle_datagram(&mut p, addr(5000), now, &mut out);
@@ -1404,7 +1424,7 @@ fn plain_egress_sends_clear_rtp_for_its_tracks_and_takes_rtcp_only_from_its_addr
     );
 
     // Removing the session frees both addresses.
-    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, &mut out);
+    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, t0(), &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::Removed { id: SessionId(2) })
@@ -1434,6 +1454,7 @@ fn plain_keying_needs_no_keys_and_a_fixed_address() {
             srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
             ice: None,
         },
+        t0(),
         &mut out,
     );
     assert_eq!(

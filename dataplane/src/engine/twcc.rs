@@ -112,10 +112,11 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::t0;
 
     #[test]
     fn records_across_wrap_and_reports_losses() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut r = Recorder::new(3, t0);
         for (i, seq) in [65_534u16, 65_535, 1, 2].into_iter().enumerate() {
             r.record(seq, t0 + Duration::from_millis(i as u64 * 5));
@@ -136,7 +137,7 @@ mod tests {
 
     #[test]
     fn late_packets_and_huge_gaps_are_bounded() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut r = Recorder::new(3, t0);
         r.record(100, t0);
         r.record(5000, t0);

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use switchyard_shared::command::{SrtpKeys, SrtpProfile};
-use switchyard_shared::ring::ControlSide;
+use switchyard_shared::ring::{self, ControlSide};
 
 use super::*;
 use crate::dtls::DtlsConfig;

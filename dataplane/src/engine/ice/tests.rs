@@ -5,6 +5,7 @@ use ring::rand::SystemRandom;
 use switchyard_shared::packet::stun::write_binding_success;
 
 use super::*;
+use crate::testing::t0;
 
 const LOCAL_PWD: &str = "server-password-0123456789";
 const PEER_PWD: &str = "peer-password-0123456789";
@@ -105,7 +106,7 @@ fn latched(now: Instant) -> IceAgent {
 
 #[test]
 fn first_check_fixes_the_address_and_is_answered() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = agent(now);
     let c = check(false);
     let msg = Message::parse(&c).expect("parse");
@@ -135,7 +136,7 @@ fn first_check_fixes_the_address_and_is_answered() {
 
 #[test]
 fn a_spoofed_nomination_moves_nothing_and_sends_a_signed_check_there() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     assert_eq!(
         handle(&mut a, true, Some(addr(1)), addr(66), now),
@@ -180,7 +181,7 @@ fn a_spoofed_nomination_moves_nothing_and_sends_a_signed_check_there() {
 
 #[test]
 fn forged_or_misdirected_answers_move_nothing() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     handle(&mut a, true, Some(addr(1)), addr(2), now).expect("valid");
     let (checks, _) = drain(&mut a, now);
@@ -247,7 +248,7 @@ fn forged_or_misdirected_answers_move_nothing() {
 
 #[test]
 fn a_verified_address_waits_for_the_nomination() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     handle(&mut a, false, Some(addr(1)), addr(2), now).expect("valid");
     let (checks, _) = drain(&mut a, now);
@@ -269,7 +270,7 @@ fn a_verified_address_waits_for_the_nomination() {
 
 #[test]
 fn the_latest_nomination_counts() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     handle(&mut a, true, Some(addr(1)), addr(2), now).expect("valid");
     let (checks, _) = drain(&mut a, now);
@@ -282,7 +283,7 @@ fn the_latest_nomination_counts() {
 
 #[test]
 fn a_verified_address_takes_over_when_the_current_one_goes_quiet() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     handle(&mut a, false, Some(addr(1)), addr(2), now).expect("valid");
     let (checks, _) = drain(&mut a, now);
@@ -305,7 +306,7 @@ fn a_verified_address_takes_over_when_the_current_one_goes_quiet() {
 
 #[test]
 fn a_quiet_address_that_never_answered_takes_nothing_over() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     let t = now + Duration::from_secs(20);
     assert_eq!(
@@ -318,7 +319,7 @@ fn a_quiet_address_that_never_answered_takes_nothing_over() {
 
 #[test]
 fn checks_are_retransmitted_then_abandoned() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     assert_eq!(a.poll_timeout(), None);
     handle(&mut a, true, Some(addr(1)), addr(66), now).expect("valid");
@@ -355,7 +356,7 @@ fn checks_are_retransmitted_then_abandoned() {
 
 #[test]
 fn verifications_are_bounded_per_session() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     for p in 10..20 {
         handle(&mut a, p % 2 == 0, Some(addr(1)), addr(p), now).expect("valid");
@@ -389,7 +390,7 @@ fn verifications_are_bounded_per_session() {
 
 #[test]
 fn without_the_peer_password_nothing_moves() {
-    let now = Instant::now();
+    let now = t0();
     let mut c = creds();
     c.remote_pwd.clear();
     let mut a = IceAgent::new(&c, now, &SystemRandom::new());
@@ -406,7 +407,7 @@ fn without_the_peer_password_nothing_moves() {
 
 #[test]
 fn bad_checks_are_rejected_and_change_nothing() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = agent(now);
     let rng = SystemRandom::new();
     let mut buf = [0u8; 256];
@@ -453,7 +454,7 @@ fn bad_checks_are_rejected_and_change_nothing() {
 
 #[test]
 fn consent_is_refreshed_by_valid_checks_from_the_address_only() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = agent(now);
     let later = now + Duration::from_secs(25);
     handle(&mut a, true, None, addr(1), later).expect("valid");
@@ -470,7 +471,7 @@ fn consent_is_refreshed_by_valid_checks_from_the_address_only() {
 
 #[test]
 fn consent_of_a_verified_candidate_lapses_on_its_own() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = latched(now);
     handle(&mut a, false, Some(addr(1)), addr(2), now).expect("valid");
     let (checks, _) = drain(&mut a, now);

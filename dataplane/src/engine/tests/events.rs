@@ -38,7 +38,7 @@ fn drain(e: &mut Engine) -> Vec<WorkerEvent> {
 fn a_flapping_address_is_one_pending_event() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let mut t = Instant::now();
+    let mut t = t0();
     let _publisher = latched_subscriber(e, t);
     const OTHER: u16 = 6200;
     const MOVES: u16 = 200;
@@ -67,11 +67,11 @@ fn a_flapping_address_is_one_pending_event() {
 fn a_pending_move_of_a_removed_session_is_dropped() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let t = Instant::now();
+    let t = t0();
     let _publisher = latched_subscriber(e, t);
     move_to(e, 6200, t);
     let mut out = Capture::default();
-    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, &mut out);
+    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, t0(), &mut out);
     assert_eq!(drain(e), vec![WorkerEvent::Removed { id: SessionId(2) }]);
 }
 
@@ -98,9 +98,10 @@ fn a_dtls_flood_waits_bounded_while_the_slow_path_is_full() {
             srtp: None,
             ice: Some(ice_creds("subD")),
         },
+        t0(),
         &mut out,
     );
-    let now = Instant::now();
+    let now = t0();
     let mut first = check("subD", "subD-password-0123456789", true);
     e.handle_datagram(&mut first, addr(PEER), now, &mut out);
     // The slow path's queue: room for four events, then full for good.

@@ -29,6 +29,7 @@ pub(super) fn latched_subscriber(e: &mut Engine, now: Instant) -> Context {
             srtp: Some(keys(PROFILE, 3, 2)),
             ice: Some(ice_creds("subU")),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -86,7 +87,7 @@ fn media_destinations(
 fn a_spoofed_nomination_does_not_redirect_media() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = latched_subscriber(e, now);
     assert_eq!(
         media_destinations(e, &mut publisher, 1, now),
@@ -113,7 +114,7 @@ fn a_spoofed_nomination_does_not_redirect_media() {
     let mut out = Capture::default();
     for ms in (50..=3000).step_by(50) {
         let t = now + Duration::from_millis(ms);
-        e.tick(t, &mut out);
+        e.handle_timeout(t, &mut out);
         assert_eq!(e.poll_event(), None);
     }
     assert_eq!(
@@ -136,7 +137,7 @@ fn a_spoofed_nomination_does_not_redirect_media() {
 fn media_moves_only_after_the_new_address_answers() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = latched_subscriber(e, now);
     const NEW: u16 = 6200;
 
@@ -183,7 +184,7 @@ fn media_moves_only_after_the_new_address_answers() {
     assert!(e.ice_transactions.is_empty());
     // No retransmission after the answer.
     let mut out = Capture::default();
-    e.tick(t + Duration::from_secs(1), &mut out);
+    e.handle_timeout(t + Duration::from_secs(1), &mut out);
     assert_eq!(stun_to(&out, NEW), vec![]);
 }
 
@@ -191,7 +192,7 @@ fn media_moves_only_after_the_new_address_answers() {
 fn a_flood_of_spoofed_sources_costs_a_bounded_number_of_checks() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let now = Instant::now();
+    let now = t0();
     let mut publisher = latched_subscriber(e, now);
     let mut out = Capture::default();
     for p in 0..500u16 {
@@ -199,7 +200,7 @@ fn a_flood_of_spoofed_sources_costs_a_bounded_number_of_checks() {
         e.handle_datagram(&mut spoofed, addr(20000 + p), now, &mut out);
     }
     for ms in (50..=3000).step_by(50) {
-        e.tick(now + Duration::from_millis(ms), &mut out);
+        e.handle_timeout(now + Duration::from_millis(ms), &mut out);
     }
     assert_eq!(e.poll_event(), None, "nothing moved");
     let requests = out
@@ -225,7 +226,7 @@ fn a_flood_of_spoofed_sources_costs_a_bounded_number_of_checks() {
 fn checks_from_another_address_do_not_keep_consent() {
     let mut f = fixture(1);
     let e = &mut f.engines[0];
-    let now = Instant::now();
+    let now = t0();
     let _publisher = latched_subscriber(e, now);
     let mut out = Capture::default();
     // The peer has gone; a spoofer keeps sending valid checks under another source.
@@ -233,10 +234,10 @@ fn checks_from_another_address_do_not_keep_consent() {
         let mut spoofed = check("subU", "subU-password-0123456789", false);
         let at = now + Duration::from_secs(s);
         e.handle_datagram(&mut spoofed, addr(VICTIM), at, &mut out);
-        e.tick(at, &mut out);
+        e.handle_timeout(at, &mut out);
         assert_eq!(e.poll_event(), None);
     }
-    e.tick(now + CONSENT, &mut out);
+    e.handle_timeout(now + CONSENT, &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::ConsentExpired { id: SessionId(2) }),

@@ -23,6 +23,7 @@ fn waiting_publishers(e: &mut Engine) {
                 srtp: Some(keys(PROFILE, id as u8, 0xee)),
                 ice: None,
             },
+            t0(),
             &mut out,
         );
         assert_eq!(
@@ -45,7 +46,7 @@ fn a_strangers_datagram_costs_a_bounded_number_of_trials() {
     waiting_publishers(e);
     let mut stranger = publisher_ctx(0x77);
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     for (k, seq) in (1..=10u16).enumerate() {
         let before = get(&f.stats, 0, Counter::LatchTrials);
         let mut p = srtp_packet(&mut stranger, seq, 100);
@@ -71,7 +72,7 @@ fn a_flooding_stranger_is_rate_limited() {
     waiting_publishers(e);
     let mut stranger = publisher_ctx(0x77);
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     for seq in 0..1000u16 {
         let mut p = srtp_packet(&mut stranger, seq, 100);
         e.handle_datagram(&mut p, addr(40000), now, &mut out);
@@ -102,7 +103,7 @@ fn every_waiting_publisher_still_latches_during_a_flood() {
     waiting_publishers(e);
     let mut stranger = publisher_ctx(0x77);
     let mut out = Capture::default();
-    let mut t = Instant::now();
+    let mut t = t0();
     let mut flood_seq = 0u16;
     let need = (WAITING as usize).div_ceil(MAX_LATCH_TRIALS);
     // Latch them in an order unrelated to the order they were added in.

@@ -26,6 +26,7 @@ pub(super) fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) 
             ssrcs: Vec::new(),
             srtp: keys(LINK, K_FWD, K_BACK),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -43,6 +44,7 @@ pub(super) fn add_relay_out(e: &mut Engine, id: u64, remote: SocketAddr) {
             remote,
             srtp: keys(LINK, K_BACK, K_FWD),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -62,7 +64,7 @@ fn plain(seq: u16, payload_len: usize) -> Vec<u8> {
 }
 
 /// Link media as the source's relay-out sends it.
-fn link_packet(ctx: &mut Context, seq: u16) -> Vec<u8> {
+pub(super) fn link_packet(ctx: &mut Context, seq: u16) -> Vec<u8> {
     let mut b = plain(seq, 300);
     let n = b.len();
     b.resize(n + 32, 0);
@@ -80,7 +82,11 @@ fn rtcp_out(ctx: &mut Context, write: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8
 }
 
 /// The sequence numbers of the NACKs in `sent` to `dst`, decrypted with `ctx`.
-fn nacked(sent: &[(SocketAddr, Vec<u8>)], dst: SocketAddr, ctx: &mut Context) -> Vec<u16> {
+pub(super) fn nacked(
+    sent: &[(SocketAddr, Vec<u8>)],
+    dst: SocketAddr,
+    ctx: &mut Context,
+) -> Vec<u16> {
     let mut seqs = Vec::new();
     for (d, bytes) in sent.iter().filter(|(d, _)| *d == dst) {
         let mut b = bytes.clone();
@@ -117,11 +123,11 @@ fn relay_out_passes_packets_unchanged_under_the_link_key() {
     let mut out = Capture::default();
     for seq in 65534..=65535u16 {
         let mut p = srtp_packet(&mut publisher, seq, 700);
-        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     }
     for seq in 0..3u16 {
         let mut p = srtp_packet(&mut publisher, seq, 700);
-        e.handle_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+        e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
     }
     let mut far = link(K_FWD);
     let mut n_link = 0;
@@ -164,7 +170,7 @@ fn relay_socket_drops_everything_but_authenticated_link_packets() {
     add_relay_in(e, 1, None);
     add_sub(e, 2, 6002, LINK);
     let mut out = Capture::default();
-    let now = Instant::now();
+    let now = t0();
     let unauth = |f: &Fixture| get(&f.stats, 0, Counter::DropRelayUnauthenticated);
 
     // Forged: right shape, wrong key.
@@ -217,7 +223,7 @@ fn media_publishers_are_not_reachable_on_the_relay_socket() {
     let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 100);
     let mut out = Capture::default();
-    e.handle_relay_datagram(&mut p, addr(5000), Instant::now(), &mut out);
+    e.handle_relay_datagram(&mut p, addr(5000), t0(), &mut out);
     assert!(out.sent.is_empty());
     assert_eq!(e.poll_event(), None, "not latched");
     assert_eq!(get(&f.stats, 0, Counter::DropRelayUnauthenticated), 1);
@@ -231,14 +237,14 @@ fn gaps_are_nacked_upstream_with_retries_then_given_up() {
     add_sub(e, 2, 6002, LINK);
     let mut fwd = link(K_FWD);
     let mut back = link(K_BACK);
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut out = Capture::default();
     for seq in [10u16, 11, 14] {
         let mut p = link_packet(&mut fwd, seq);
         e.handle_relay_datagram(&mut p, addr(SOURCE), t0, &mut out);
     }
     let mut out = Capture::default();
-    e.tick(t0, &mut out);
+    e.handle_timeout(t0, &mut out);
     assert_eq!(nacked(&out.sent, addr(SOURCE), &mut back), [12, 13]);
     assert!(out.vias.iter().all(|v| *v == Via::Relay));
     // 13 arrives late: it goes on to the subscriber and is not asked for again.
@@ -250,7 +256,7 @@ fn gaps_are_nacked_upstream_with_retries_then_given_up() {
     let mut tries = 1;
     for ms in (5..=400).step_by(5) {
         let mut out = Capture::default();
-        e.tick(t0 + Duration::from_millis(ms), &mut out);
+        e.handle_timeout(t0 + Duration::from_millis(ms), &mut out);
         let seqs = nacked(&out.sent, addr(SOURCE), &mut back);
         if !seqs.is_empty() {
             assert_eq!(seqs, [12]);
@@ -270,8 +276,9 @@ fn link_nack_is_served_from_the_cache_across_workers() {
     f.engines[0].handle_command(
         WorkerCommand::SetRemoteWorkers {
             stream: STREAM,
-            mask: 0b10,
+            workers: [1].into_iter().collect(),
         },
+        t0(),
         &mut out,
     );
     f.engines[1].handle_command(
@@ -279,11 +286,12 @@ fn link_nack_is_served_from_the_cache_across_workers() {
             stream: STREAM,
             worker: Some(0),
         },
+        t0(),
         &mut out,
     );
     add_relay_out(&mut f.engines[1], 2, addr(TARGET));
     let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
-    let now = Instant::now();
+    let now = t0();
     let mut out = Capture::default();
     for seq in 100..110u16 {
         let mut p = srtp_packet(&mut publisher, seq, 200);
@@ -335,7 +343,7 @@ fn keyframe_requests_go_upstream_as_pli_and_on_to_the_publisher() {
     let mut b = fixture(1);
     add_relay_in(&mut b.engines[0], 1, Some(addr(SOURCE)));
     add_sub(&mut b.engines[0], 2, 6002, LINK);
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut out = Capture::default();
     let mut p = link_packet(&mut link(K_FWD), 1);
     b.engines[0].handle_relay_datagram(&mut p, addr(SOURCE), t0, &mut out);
@@ -394,8 +402,9 @@ fn relay_in_fans_out_to_local_and_other_workers_subscribers() {
     f.engines[0].handle_command(
         WorkerCommand::SetRemoteWorkers {
             stream: STREAM,
-            mask: 0b10,
+            workers: [1].into_iter().collect(),
         },
+        t0(),
         &mut out,
     );
     f.engines[1].handle_command(
@@ -403,6 +412,7 @@ fn relay_in_fans_out_to_local_and_other_workers_subscribers() {
             stream: STREAM,
             worker: Some(0),
         },
+        t0(),
         &mut out,
     );
     for id in 2..5u64 {
@@ -412,7 +422,7 @@ fn relay_in_fans_out_to_local_and_other_workers_subscribers() {
         add_sub(&mut f.engines[1], id, 6000 + id as u16, LINK);
     }
     let mut fwd = link(K_FWD);
-    let now = Instant::now();
+    let now = t0();
     let mut out = Capture::default();
     for seq in 1..=20u16 {
         let mut p = link_packet(&mut fwd, seq);
@@ -442,7 +452,7 @@ fn subscriber_nack_missing_from_the_relay_cache_goes_upstream() {
     add_relay_in(e, 1, Some(addr(SOURCE)));
     add_sub(e, 2, 6002, LINK);
     let mut fwd = link(K_FWD);
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut out = Capture::default();
     for seq in 0..100u16 {
         let mut p = link_packet(&mut fwd, seq);
@@ -471,7 +481,7 @@ fn subscriber_nack_missing_from_the_relay_cache_goes_upstream() {
     assert_eq!(out.sent.len(), 1, "90 from the cache");
     assert_eq!(out.sent[0].0, addr(6002));
     let mut out = Capture::default();
-    e.tick(t0, &mut out);
+    e.handle_timeout(t0, &mut out);
     assert_eq!(nacked(&out.sent, addr(SOURCE), &mut link(K_BACK)), [10]);
 }
 
@@ -487,7 +497,7 @@ fn loss_on_the_hop_is_repaired_end_to_end() {
         add_sub(&mut b.engines[0], id, 6000 + id as u16, LINK);
     }
     let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut viewers = Capture::default();
     let mut lost = 0;
     for seq in 0..200u16 {
@@ -495,7 +505,7 @@ fn loss_on_the_hop_is_repaired_end_to_end() {
         let mut out = Capture::default();
         let mut p = srtp_packet(&mut publisher, seq, 500);
         a.engines[0].handle_datagram(&mut p, addr(5000), now, &mut out);
-        a.engines[0].tick(now, &mut out);
+        a.engines[0].handle_timeout(now, &mut out);
         // Every 10th datagram A → B is lost on the hop.
         for (dst, mut bytes) in out.sent {
             if dst != addr(TARGET) {
@@ -508,7 +518,7 @@ fn loss_on_the_hop_is_repaired_end_to_end() {
             b.engines[0].handle_relay_datagram(&mut bytes, addr(SOURCE), now, &mut viewers);
         }
         let mut back = Capture::default();
-        b.engines[0].tick(now, &mut back);
+        b.engines[0].handle_timeout(now, &mut back);
         for (dst, mut bytes) in back.sent {
             assert_eq!(dst, addr(SOURCE));
             let mut resent = Capture::default();
@@ -551,13 +561,14 @@ fn links_of_several_streams_share_one_address_pair() {
             ssrcs: Vec::new(),
             srtp: keys(LINK, fwd2, back2),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::Added { id: SessionId(2) })
     );
-    let now = Instant::now();
+    let now = t0();
     for (k, id) in [(K_FWD, 1), (fwd2, 2)] {
         let mut p = link_packet(&mut link(k), 1);
         e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
@@ -584,6 +595,7 @@ fn links_of_several_streams_share_one_address_pair() {
             remote: addr(TARGET),
             srtp: keys(LINK, back2, fwd2),
         },
+        t0(),
         &mut out,
     );
     assert_eq!(
@@ -603,7 +615,7 @@ fn links_of_several_streams_share_one_address_pair() {
 
     // Removing the address's holder hands it to the other link.
     let e = &mut f.engines[0];
-    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, &mut out);
+    e.handle_command(WorkerCommand::Remove { id: SessionId(1) }, t0(), &mut out);
     while e.poll_event().is_some() {}
     let mut p = link_packet(&mut link(fwd2), 3);
     e.handle_relay_datagram(&mut p, addr(SOURCE), now, &mut out);
@@ -627,6 +639,7 @@ fn given_ssrcs_fix_the_relay_ins_track_order() {
                 ssrcs: given.clone(),
                 srtp: keys(LINK, K_FWD, K_BACK),
             },
+            t0(),
             &mut out,
         );
         assert_eq!(
@@ -635,7 +648,7 @@ fn given_ssrcs_fix_the_relay_ins_track_order() {
         );
         add_sub(e, 2, 6002, LINK);
         let mut p = link_packet(&mut link(K_FWD), 1);
-        e.handle_relay_datagram(&mut p, addr(SOURCE), Instant::now(), &mut out);
+        e.handle_relay_datagram(&mut p, addr(SOURCE), t0(), &mut out);
         let (dst, pkt) = out.sent.last().expect("forwarded");
         assert_eq!(*dst, addr(6002));
         let mut pkt = pkt.clone();

@@ -92,9 +92,9 @@ impl Nodes {
                 id: RELAY_OUT,
                 fragments,
             };
-            self.a.engines[0].handle_command(cmd, &mut out);
+            self.a.engines[0].handle_command(cmd, t0(), &mut out);
         }
-        self.a.engines[0].tick(now, &mut out);
+        self.a.engines[0].handle_timeout(now, &mut out);
         assert!(out.vias.iter().all(|v| *v == Via::Relay));
         out.sent
             .into_iter()
@@ -144,7 +144,7 @@ impl Nodes {
             self.viewer.push(d.command);
         }
         let mut back = Capture::default();
-        self.b.engines[0].tick(now, &mut back);
+        self.b.engines[0].handle_timeout(now, &mut back);
         back.sent
             .into_iter()
             .inspect(|(dst, _)| assert_eq!(*dst, addr(SOURCE)))
@@ -193,7 +193,7 @@ fn sent(payload: &[u8]) -> DataCommand {
 #[test]
 fn late_joining_relay_gets_the_open_and_messages_cross_to_b_viewers() {
     let mut n = Nodes::new();
-    let t0 = Instant::now();
+    let t0 = t0();
     let joined = n.relay_joins();
     assert_eq!(joined.len(), 1, "an open for the channel already open");
     let link_out = n.a_delivers(joined, t0);
@@ -230,7 +230,7 @@ fn late_joining_relay_gets_the_open_and_messages_cross_to_b_viewers() {
 #[test]
 fn lost_fragment_is_repaired_by_the_link_nack() {
     let mut n = Nodes::new();
-    let t0 = Instant::now();
+    let t0 = t0();
     let joined = n.relay_joins();
     let open = n.a_delivers(joined, t0);
     n.b_receives(open, t0);
@@ -263,7 +263,7 @@ fn lost_fragment_is_repaired_by_the_link_nack() {
 #[test]
 fn unrepaired_loss_drops_one_message_and_later_ones_arrive() {
     let mut n = Nodes::new();
-    let t0 = Instant::now();
+    let t0 = t0();
     let joined = n.relay_joins();
     let open = n.a_delivers(joined, t0);
     n.b_receives(open, t0);
@@ -286,7 +286,7 @@ fn unrepaired_loss_drops_one_message_and_later_ones_arrive() {
 #[test]
 fn forged_data_fragment_is_dropped_before_the_slow_path() {
     let mut n = Nodes::new();
-    let t0 = Instant::now();
+    let t0 = t0();
     // Right SSRC and payload type, wrong key: a stranger on the relay socket.
     let mut forger = Context::new(LINK, &[K_FWD + 1; 28]).expect("ctx");
     let mut p = vec![0x80, dcrelay::PAYLOAD_TYPE, 0, 1, 0, 0, 0, 0];
@@ -324,6 +324,7 @@ fn relay_data_command_for_a_session_that_is_not_a_relay_out_is_dropped() {
             id: SessionId(3),
             fragments: vec![vec![dcrelay::KIND_CLOSE, 3, 0, 0]],
         },
+        t0(),
         &mut out,
     );
     assert!(out.sent.is_empty());

@@ -1,0 +1,403 @@
+//! RTCP feedback: subscribers' NACK (answered from the publisher's cache, across workers
+//! or upstream over a relay link), PLI/FIR (to the publisher, throttled per track), and
+//! publishers' sender reports passed on to every subscriber in its own numbering.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use switchyard_shared::command::MAX_TRACKS;
+use switchyard_shared::packet::rtcp;
+use switchyard_shared::stats::{Counter, DropReason};
+
+use super::fanout::retransmit;
+use super::ingress::{on_socket, srtp_drop};
+use super::periodic::note_gaps;
+use super::pool::Handle;
+use super::session::{self, seal_rtcp, SessionKey};
+use super::{
+    relay_data_ssrc, Engine, Inbound, Output, SenderReport, StreamId, MAX_DATAGRAM, PLI_INTERVAL,
+};
+use crate::via::Via;
+
+impl Engine {
+    pub(super) fn on_rtcp(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        via: Via,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(&holder) = self.addrs(via).get(&src) else {
+            return self.drop_packet(on_socket(via, DropReason::UnknownSource));
+        };
+        // Several relay links on one address pair: the one whose key opens it (decrypted
+        // here already); otherwise the address's only session, decrypted below.
+        let (idx, opened) = if via == Via::Relay && self.relay_shared.iter().any(|&(a, _)| a == src)
+        {
+            match self.relay_rtcp_owner(holder, data, src) {
+                Some((idx, len)) => (idx, Some(len)),
+                None => return self.drop_packet(DropReason::RelayUnauthenticated),
+            }
+        } else {
+            (holder, None)
+        };
+        let key = SessionKey {
+            idx,
+            gen: self.sessions.generation(idx),
+        };
+        let Some(s) = self.sessions.get_mut(idx) else {
+            return self.drop_packet(DropReason::UnknownSource);
+        };
+        let len = match (opened, s.inbound.as_mut()) {
+            (Some(len), _) => len,
+            (None, Some(ctx)) => match ctx.unprotect_rtcp(data) {
+                Ok(len) => len,
+                Err(e) => return self.drop_packet(on_socket(via, srtp_drop(e))),
+            },
+            // A plain egress session: its RTCP is unauthenticated, accepted only because it
+            // comes from the destination's own addresses (the address table holds only those).
+            (None, None) if s.plain => data.len(),
+            (None, None) => return self.drop_packet(DropReason::NoRoute),
+        };
+        let plain = &data[..len];
+        let sub = match &mut s.role {
+            session::Role::Subscriber(sub) => sub,
+            session::Role::Publisher(p) => {
+                // Sender reports go on to every subscriber; the rest (SDES, RR) ends here.
+                let stream = p.stream;
+                let mut reports = [None; MAX_TRACKS];
+                for r in rtcp::compound(plain) {
+                    match r {
+                        Ok(rtcp::Packet::SenderReport(sr)) => {
+                            let known = p.tracks.iter().position(|t| *t == Some(sr.ssrc));
+                            if let Some(stats) = known.and_then(|t| p.recv.get_mut(t)) {
+                                stats.on_sender_report(sr.ntp, at);
+                            }
+                            if let Some(slot) = known.and_then(|t| reports.get_mut(t)) {
+                                *slot = Some(SenderReport {
+                                    stream,
+                                    track: known.unwrap_or_default() as u8,
+                                    ntp: sr.ntp,
+                                    rtp_ts: sr.rtp_timestamp,
+                                    packets: sr.packet_count,
+                                    octets: sr.octet_count,
+                                });
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.drop_packet(DropReason::Malformed);
+                            break;
+                        }
+                    }
+                }
+                for sr in reports.into_iter().flatten() {
+                    self.fan_out_report(sr, out);
+                }
+                return;
+            }
+        };
+        let stream = sub.stream;
+        // Collect feedback first: acting on it needs `self` mutably.
+        let mut nacks = [(0u8, 0u16); 64];
+        let mut n_nacks = 0;
+        let mut plis = [false; MAX_TRACKS];
+        let mut data_nacks = [0u16; 64];
+        let mut n_data = 0;
+        for p in rtcp::compound(plain) {
+            match p {
+                Ok(rtcp::Packet::Nack(nack))
+                    if sub.data.is_some() && nack.media_ssrc == relay_data_ssrc() =>
+                {
+                    // The far node lost data channel fragments of this relay-out.
+                    for seq in nack.lost() {
+                        if n_data < data_nacks.len() {
+                            data_nacks[n_data] = seq;
+                            n_data += 1;
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Nack(nack)) => {
+                    // Only for a track it receives (a forward's egress gets one track).
+                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
+                    else {
+                        continue;
+                    };
+                    for seq in nack.lost() {
+                        if n_nacks < nacks.len() {
+                            nacks[n_nacks] = (track, sub.original_seq(track, seq));
+                            n_nacks += 1;
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
+                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
+                        plis[usize::from(t)] = true;
+                    }
+                }
+                Ok(rtcp::Packet::Fir(fir)) => {
+                    for (ssrc, _) in fir.entries() {
+                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
+                            plis[usize::from(t)] = true;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.drop_packet(DropReason::Malformed);
+                    break;
+                }
+            }
+        }
+        self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
+        if n_data > 0 {
+            self.resend_relay_data(idx, &data_nacks[..n_data], out);
+        }
+        for &(track, seq) in &nacks[..n_nacks] {
+            self.nack(stream, (track, seq), key, at, out);
+        }
+        for (t, &want) in plis.iter().enumerate() {
+            if want {
+                self.request_keyframe(stream, t as u8, at, out);
+            }
+        }
+    }
+
+    /// SRTCP on a relay address several links share: the first link whose key authenticates
+    /// it, starting with the holder. Trials run on a copy (a failed open leaves the buffer
+    /// undefined); the winner's plaintext is copied back into `data`.
+    fn relay_rtcp_owner(
+        &mut self,
+        holder: u32,
+        data: &mut [u8],
+        src: SocketAddr,
+    ) -> Option<(u32, usize)> {
+        let mut scratch = [0u8; MAX_DATAGRAM];
+        let n = data.len();
+        let trial = scratch.get_mut(..n)?;
+        let mut next = 0usize;
+        let mut candidate = Some(holder);
+        while let Some(idx) = candidate {
+            if let Some(ctx) = self.sessions.get_mut(idx).and_then(|s| s.inbound.as_mut()) {
+                trial.copy_from_slice(data);
+                if let Ok(len) = ctx.unprotect_rtcp(trial) {
+                    data.get_mut(..len)?.copy_from_slice(trial.get(..len)?);
+                    return Some((idx, len));
+                }
+            }
+            candidate = None;
+            while let Some(&(a, i)) = self.relay_shared.get(next) {
+                next += 1;
+                if a == src {
+                    candidate = Some(i);
+                    break;
+                }
+            }
+        }
+        None
+    }
+
+    /// A publisher's SR to every subscriber: one message per other worker with some.
+    fn fan_out_report(&mut self, sr: SenderReport, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&sr.stream) else {
+            return;
+        };
+        for w in &st.remote_workers {
+            if out.to_worker(w, Inbound::SenderReport(sr)).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+        self.report_local(sr, out);
+    }
+
+    /// The SR as each local subscriber of the stream knows the track: its SSRC, its RTP
+    /// timestamp offset, protected with its key.
+    pub(super) fn report_local(&mut self, sr: SenderReport, out: &mut dyn Output) {
+        let Some(st) = self.streams.get(&sr.stream) else {
+            return;
+        };
+        let t = usize::from(sr.track);
+        let mut sent = 0u64;
+        for &idx in &st.subscribers {
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            if !s.can_send() {
+                continue;
+            }
+            let via = s.via;
+            let (Some(remote), session::Role::Subscriber(sub)) = (s.rtcp_remote(), &s.role) else {
+                continue;
+            };
+            if !sub.wants(sr.track) {
+                continue;
+            }
+            // A relay-out passes the report on under the original SSRC and timestamps (its
+            // offsets are zero), once it has seen the track's SSRC.
+            let (Some(&ssrc), Some(&(_, ts_off))) = (sub.ssrcs.get(t), sub.offsets.get(t)) else {
+                continue;
+            };
+            if sub.relay && ssrc == 0 {
+                continue;
+            }
+            let mut ctx = s.outbound.as_mut();
+            let r = out.send(via, remote, &mut |buf| {
+                let n = rtcp::write_sender_report(
+                    buf,
+                    ssrc,
+                    sr.ntp,
+                    sr.rtp_ts.wrapping_add(ts_off),
+                    sr.packets,
+                    sr.octets,
+                    &[],
+                )
+                .ok()?;
+                seal_rtcp(ctx.as_deref_mut(), buf, n)
+            });
+            if r.is_ok() {
+                sent += 1;
+            }
+        }
+        self.count(Counter::TxPackets, sent);
+    }
+
+    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq` of `track`.
+    /// Served from the publisher's cache; a relay-in that lacks it asks upstream.
+    pub(super) fn nack(
+        &mut self,
+        stream: StreamId,
+        (track, seq): (u8, u16),
+        to: SessionKey,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(st) = self.streams.get(&stream) else {
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        if let Some(pidx) = st.publisher {
+            match self.cached(pidx, track, seq) {
+                Some(h) => self.retransmit_to(to, h, out),
+                None => self.request_upstream(pidx, track, seq, now),
+            }
+        } else if let Some(w) = st.publisher_worker {
+            let msg = Inbound::Nack {
+                from: self.worker,
+                session: to,
+                stream,
+                track,
+                seq,
+            };
+            if out.to_worker(w, msg).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+    }
+
+    pub(super) fn cached(&self, publisher: u32, track: u8, seq: u16) -> Option<Handle> {
+        let s = self.sessions.get(publisher)?;
+        let session::Role::Publisher(p) = &s.role else {
+            return None;
+        };
+        p.caches.get(usize::from(track))?.get(seq).cloned()
+    }
+
+    /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
+    fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
+        if let Some(s) = self.sessions.get_key_mut(to) {
+            let relay = s.via == Via::Relay;
+            if retransmit(s, &h, out).is_ok() {
+                self.count_retransmit(relay);
+            }
+        }
+        self.pool.put(h);
+    }
+
+    pub(super) fn count_retransmit(&self, relay: bool) {
+        self.count(Counter::Retransmitted, 1);
+        self.count(Counter::TxPackets, 1);
+        if relay {
+            self.count(Counter::RelayTxPackets, 1);
+        }
+    }
+
+    /// A subscriber can decode only from a keyframe: ask the publisher for one as soon as
+    /// the subscriber can receive (throttled per track like any PLI), so a new viewer sees
+    /// video within a round trip instead of at the publisher's next periodic keyframe.
+    pub(super) fn keyframe_for_new_subscriber(
+        &mut self,
+        stream: StreamId,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        for t in 0..MAX_TRACKS as u8 {
+            self.request_keyframe(stream, t, now, out);
+        }
+    }
+
+    /// Ask the publisher of `stream` for a keyframe of `track` (across workers if it runs
+    /// elsewhere), at most once per [`PLI_INTERVAL`].
+    pub(super) fn request_keyframe(
+        &mut self,
+        stream: StreamId,
+        track: u8,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        if let Some(pidx) = st.publisher {
+            let sender = self.rtcp_ssrc;
+            let Some(s) = self.sessions.get_mut(pidx) else {
+                return;
+            };
+            let (Some(remote), session::Role::Publisher(p)) = (s.remote, &mut s.role) else {
+                return;
+            };
+            let Some(media) = p.tracks.get(usize::from(track)).copied().flatten() else {
+                return;
+            };
+            let t = &mut p.last_pli[usize::from(track)];
+            if t.is_some_and(|last| now.saturating_duration_since(last) < PLI_INTERVAL) {
+                return self.count(Counter::PliThrottled, 1);
+            }
+            let Some(ctx) = s.outbound.as_mut() else {
+                return;
+            };
+            *t = Some(now);
+            let r = out.send(s.via, remote, &mut |buf| {
+                let n = rtcp::write_pli(buf, sender, media).ok()?;
+                ctx.protect_rtcp(buf, n).ok()
+            });
+            match r {
+                Ok(()) => {
+                    self.count(Counter::PliForwarded, 1);
+                    self.count(Counter::TxPackets, 1);
+                }
+                Err(_) => self.drop_packet(DropReason::QueueFull),
+            }
+        } else if let Some(w) = st.publisher_worker {
+            if out.to_worker(w, Inbound::Pli { stream, track }).is_err() {
+                self.drop_packet(DropReason::QueueFull);
+            }
+        }
+    }
+
+    /// A packet of `track` that a subscriber here lost is not in relay-in `pidx`'s cache:
+    /// ask the far node for it (it goes out with the relay-in's next NACK). A publisher that
+    /// is not a relay-in has nothing upstream to ask.
+    pub(super) fn request_upstream(&mut self, pidx: u32, track: u8, seq: u16, now: Instant) {
+        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(pidx).map(|s| &mut s.role)
+        {
+            if let Some(gaps) = p
+                .upstream
+                .as_mut()
+                .and_then(|u| u.get_mut(usize::from(track)))
+            {
+                gaps.request(seq, now);
+                note_gaps(&mut self.timers, gaps);
+            }
+        }
+    }
+}

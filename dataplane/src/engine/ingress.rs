@@ -1,0 +1,298 @@
+//! Datagrams in: demultiplexing by first byte, then the RTP path (find the session by
+//! source, latch a comedia publisher, unprotect once into a pooled buffer, cache, fan out).
+//! STUN goes to [`stun`](super::stun), RTCP to [`feedback`](super::feedback).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchyard_shared::packet::{self, rtp, Kind};
+use switchyard_shared::srtp;
+use switchyard_shared::stats::{Counter, DropReason};
+
+use super::periodic::note_gaps;
+use super::pool::PACKET_CAP;
+use super::session;
+use super::{Engine, Output, WorkerEvent, MAX_DATAGRAM, MAX_LATCH_TRIALS, MAX_PENDING_EVENTS};
+use crate::via::Via;
+
+impl Engine {
+    /// A datagram the socket truncated because it exceeded [`MAX_DATAGRAM`].
+    pub fn oversize(&mut self) {
+        self.count(Counter::RxPackets, 1);
+        self.drop_packet(DropReason::Oversize);
+    }
+
+    /// One datagram from the worker's media socket. `data` may be modified in place.
+    pub fn handle_datagram(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.on_datagram(Via::Media, data, src, at, out);
+    }
+
+    /// One datagram from the worker's relay socket. Only relay sessions are reachable here
+    /// and only with SRTP/SRTCP that authenticates under their link key; everything else
+    /// (STUN, DTLS, strangers, forgeries) is counted as `relay_unauthenticated`.
+    pub fn handle_relay_datagram(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.on_datagram(Via::Relay, data, src, at, out);
+    }
+
+    fn on_datagram(
+        &mut self,
+        via: Via,
+        data: &mut [u8],
+        src: SocketAddr,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.count(Counter::RxPackets, 1);
+        self.count(Counter::RxBytes, data.len() as u64);
+        if data.len() > MAX_DATAGRAM {
+            return self.drop_packet(DropReason::Oversize);
+        }
+        match (packet::demux(data), via) {
+            (Kind::Rtp, _) => self.on_rtp(data, src, via, at, out),
+            (Kind::Rtcp, _) => self.on_rtcp(data, src, via, at, out),
+            // A relay link is keyed in advance: no ICE, no DTLS on the relay socket.
+            (_, Via::Relay) => self.drop_packet(DropReason::RelayUnauthenticated),
+            // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
+            // STUN and DTLS are counted and dropped.
+            (Kind::Stun, Via::Media) => self.on_stun(data, src, at, out),
+            (Kind::Dtls, Via::Media) => self.on_dtls(data, src),
+            (Kind::Unknown, Via::Media) => self.drop_packet(DropReason::UnknownKind),
+        }
+    }
+
+    /// A DTLS record goes to the slow path only from the ICE-validated address of a session
+    /// keyed by DTLS; anything else (another 5-tuple, a ClientHello flood from strangers) is
+    /// counted and dropped here without allocating (CVE-2023-51443-style attacks).
+    fn on_dtls(&mut self, data: &[u8], src: SocketAddr) {
+        let Some(&idx) = self.by_addr.get(&src) else {
+            return self.drop_packet(DropReason::Dtls);
+        };
+        let Some(s) = self.sessions.get(idx) else {
+            return self.drop_packet(DropReason::Dtls);
+        };
+        if !s.dtls || self.events.len() >= MAX_PENDING_EVENTS {
+            return self.drop_packet(DropReason::Dtls);
+        }
+        let id = s.id;
+        self.events.push_back(WorkerEvent::Dtls {
+            id,
+            data: data.to_vec(),
+        });
+    }
+
+    fn on_rtp(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        via: Via,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        // Decide "nobody we know" before taking a buffer: the pool only holds buffers for
+        // the sessions there are, so with none it is empty, and the drop must say why.
+        let unlatched = match via {
+            Via::Media => &self.unlatched,
+            Via::Relay => &self.relay_unlatched,
+        };
+        if unlatched.is_empty() && !self.addrs(via).contains_key(&src) {
+            return self.drop_packet(on_socket(via, DropReason::UnknownSource));
+        }
+        let Some(mut h) = self.pool.take() else {
+            return self.drop_packet(DropReason::QueueFull);
+        };
+        let Some(pkt) = Arc::get_mut(&mut h) else {
+            // `take` only returns unshared buffers; if that ever changed we drop, not panic.
+            return self.drop_packet(DropReason::QueueFull);
+        };
+        let decrypted = match self.addrs(via).get(&src) {
+            Some(&idx) => match self.unprotect_into(idx, data, &mut pkt.data) {
+                // Another link between the same relay sockets, or one not latched yet.
+                Err(e) if via == Via::Relay => self
+                    .relay_retry(data, src, at, &mut pkt.data)
+                    .map_err(|_| e),
+                r => r,
+            },
+            None => self.latch(data, src, via, at, &mut pkt.data),
+        };
+        let (idx, len) = match decrypted {
+            Ok(found) => found,
+            Err(reason) => {
+                self.pool.put(h);
+                return self.drop_packet(on_socket(via, reason));
+            }
+        };
+        let Ok(hdr) = rtp::Header::parse(&pkt.data[..len]) else {
+            self.pool.put(h);
+            return self.drop_packet(DropReason::Malformed);
+        };
+        if self.is_relay_data(idx, hdr.ssrc, hdr.payload_type) {
+            let end = len.saturating_sub(hdr.padding_len);
+            self.on_relay_data(idx, hdr.sequence, pkt.data.get(hdr.payload_offset..end), at);
+            self.pool.put(h);
+            return;
+        }
+        let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role)
+        else {
+            // Subscribers send RTCP only.
+            self.pool.put(h);
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        let Some(track) = p.track_for(hdr.ssrc) else {
+            self.pool.put(h);
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        let t = usize::from(track);
+        if let (Some(stats), Some(&rate)) = (p.recv.get_mut(t), p.clock_rates.get(t)) {
+            stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
+        }
+        if let Some(rec) = p.twcc.as_mut() {
+            let plain = &pkt.data[..len];
+            let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
+            if let Some(&[a, b, ..]) = value {
+                rec.record(u16::from_be_bytes([a, b]), at);
+            }
+        }
+        // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
+        // on to subscribers like any other.
+        let relayed = match p.upstream.as_mut().and_then(|u| u.get_mut(t)) {
+            Some(gaps) => {
+                gaps.on_packet(hdr.sequence, at);
+                note_gaps(&mut self.timers, gaps);
+                true
+            }
+            None => false,
+        };
+        pkt.stream = p.stream;
+        pkt.track = track;
+        pkt.len = len as u16;
+        pkt.at = Some(at);
+        let stream = p.stream;
+        p.caches[usize::from(track)].insert(hdr.sequence, h.clone(), &mut self.pool);
+        if relayed {
+            self.count(Counter::RelayRxPackets, 1);
+        }
+        self.fan_out(stream, &h, out);
+        self.pool.put(h);
+    }
+
+    /// Copy `data` into `buf` and unprotect it with session `idx`'s inbound context.
+    fn unprotect_into(
+        &mut self,
+        idx: u32,
+        data: &[u8],
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        let s = self
+            .sessions
+            .get_mut(idx)
+            .ok_or(DropReason::UnknownSource)?;
+        let n = data.len();
+        let dst = buf.get_mut(..n).ok_or(DropReason::Oversize)?;
+        dst.copy_from_slice(data);
+        // No keys yet (DTLS still running): nothing to do with it.
+        let ctx = s.inbound.as_mut().ok_or(DropReason::NoRoute)?;
+        let len = ctx.unprotect_rtp(dst).map_err(srtp_drop)?;
+        Ok((idx, len))
+    }
+
+    /// A relay packet the holder of `src` did not authenticate: the other links sharing `src`,
+    /// then the relay-ins not latched yet. Each trial starts from a fresh copy (see `latch`).
+    fn relay_retry(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        at: Instant,
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        for k in 0..self.relay_shared.len() {
+            let Some(&(a, idx)) = self.relay_shared.get(k) else {
+                break;
+            };
+            if a == src {
+                if let Ok(found) = self.unprotect_into(idx, data, buf) {
+                    return Ok(found);
+                }
+            }
+        }
+        self.latch(data, src, Via::Relay, at, buf)
+    }
+
+    /// A packet from an unknown source: the first comedia publisher whose key authenticates
+    /// it owns `src` from now on. A failed trial leaves a context untouched (SRTP state only
+    /// moves after authentication), so trying several is safe; each trial starts from a
+    /// fresh copy because a failed AEAD open leaves the buffer undefined. At most
+    /// [`MAX_LATCH_TRIALS`] publishers per datagram, and none once the source has spent its
+    /// budget ([`latch`](mod@super::latch)): a stranger's datagram costs O(1), not O(waiting
+    /// publishers).
+    pub(super) fn latch(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        via: Via,
+        at: Instant,
+        buf: &mut [u8; PACKET_CAP],
+    ) -> Result<(u32, usize), DropReason> {
+        let waiting = self.unlatched_mut(via).len();
+        if waiting == 0 {
+            return Err(DropReason::UnknownSource);
+        }
+        let Some(start) = self.latch_limits[via.index()].admit(src, at, waiting) else {
+            self.count(Counter::LatchRefused, 1);
+            return Err(DropReason::UnknownSource);
+        };
+        let mut tried = 0u64;
+        for j in 0..waiting.min(MAX_LATCH_TRIALS) {
+            let k = (start + j) % waiting;
+            let Some(&idx) = self.unlatched_mut(via).get(k) else {
+                break;
+            };
+            tried += 1;
+            let Ok(found) = self.unprotect_into(idx, data, buf) else {
+                continue;
+            };
+            let Some(s) = self.sessions.get_mut(idx) else {
+                continue;
+            };
+            s.remote = Some(src);
+            self.unlatched_mut(via).remove(k);
+            self.bind_addr(via, src, idx);
+            self.latched(idx);
+            self.count(Counter::LatchTrials, tried);
+            return Ok(found);
+        }
+        self.count(Counter::LatchTrials, tried);
+        Err(DropReason::UnknownSource)
+    }
+}
+
+/// What a drop is called on socket `via`: on the relay socket, a stranger and a failed
+/// authentication are the same thing — not a relay link.
+pub(super) fn on_socket(via: Via, r: DropReason) -> DropReason {
+    match (via, r) {
+        (Via::Relay, DropReason::UnknownSource | DropReason::SrtpAuth) => {
+            DropReason::RelayUnauthenticated
+        }
+        _ => r,
+    }
+}
+
+pub(super) fn srtp_drop(e: srtp::Error) -> DropReason {
+    match e {
+        srtp::Error::AuthFailed => DropReason::SrtpAuth,
+        srtp::Error::Replayed => DropReason::Replay,
+        _ => DropReason::Malformed,
+    }
+}
