@@ -50,7 +50,7 @@ fn transport_ok(offer: &Offer, s: &Section, dir: Direction) -> Option<Kind> {
         Direction::Publish => s.sends,
         Direction::Subscribe => s.receives,
     };
-    let ok = s.port != 0 && s.proto == PROTO && offer.bundle.contains(&s.mid) && flows;
+    let ok = s.live && s.proto == PROTO && offer.bundle.contains(&s.mid) && flows;
     ok.then_some(kind)
 }
 

@@ -235,7 +235,7 @@ fn answer_with(
 /// association per transport).
 fn data_channel(offer: &offer::Offer) -> Option<DataChannel> {
     let usable = |s: &&offer::Section| {
-        if s.media != "application" || s.port == 0 || !offer.bundle.contains(&s.mid) {
+        if s.media != "application" || !s.live || !offer.bundle.contains(&s.mid) {
             return None;
         }
         let port = s.sctp_port?;

@@ -46,6 +46,12 @@ pub(super) struct Section {
     /// `audio`, `video`, `application`, …
     pub media: String,
     pub port: isize,
+    /// `a=bundle-only` (RFC 8843 §6): port 0 in the offer, yet a live m-line on the BUNDLE
+    /// transport (GStreamer's `webrtcbin` with max-bundle offers its second track so).
+    pub bundle_only: bool,
+    /// The offerer wants this m-line: a non-zero port, or `bundle-only` inside the BUNDLE
+    /// group. Port 0 without `bundle-only` is an m-line the offerer itself disabled.
+    pub live: bool,
     /// `UDP/TLS/RTP/SAVPF` for WebRTC media.
     pub proto: String,
     pub formats: Vec<String>,
@@ -105,9 +111,10 @@ impl Offer {
         let mut seen = HashSet::new();
         let mut sections = Vec::with_capacity(sd.media_descriptions.len());
         for (i, md) in sd.media_descriptions.iter().enumerate() {
-            let s = Section::read(md).ok_or_else(|| {
+            let mut s = Section::read(md).ok_or_else(|| {
                 SdpError::Malformed(format!("m-line {i} has no a=mid or an invalid one"))
             })?;
+            s.live = s.port != 0 || (s.bundle_only && bundle.contains(&s.mid));
             if !seen.insert(s.mid.clone()) {
                 return Err(SdpError::Malformed(format!(
                     "mid {:?} appears twice",
@@ -233,6 +240,8 @@ impl Section {
         Some(Section {
             media: md.media_name.media.clone(),
             port: md.media_name.port.value,
+            bundle_only: md.has_attribute("bundle-only"),
+            live: md.media_name.port.value != 0,
             proto: md.media_name.protos.join("/"),
             formats: md.media_name.formats.clone(),
             mid: mid.to_owned(),

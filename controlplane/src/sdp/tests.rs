@@ -15,6 +15,9 @@ const FIREFOX_SUBSCRIBE: &str = include_str!("fixtures/firefox_subscribe.sdp");
 const AIORTC_PUBLISH: &str = include_str!("fixtures/aiortc_publish.sdp");
 const CHROME_DATACHANNEL: &str = include_str!("fixtures/chrome_publish_datachannel.sdp");
 const AIORTC_DATACHANNEL: &str = include_str!("fixtures/aiortc_publish_datachannel.sdp");
+/// GStreamer 1.22 `webrtcbin` with `bundle-policy=max-bundle`, as `whip-client` offers:
+/// the second m-line `bundle-only` (port 0), no MID header extension, SSRCs in `a=ssrc`.
+const GSTREAMER_BUNDLE_ONLY: &str = include_str!("fixtures/gstreamer_publish_bundle_only.sdp");
 
 const ALL: [&str; 9] = [
     CHROME_PUBLISH,
@@ -276,6 +279,36 @@ fn aiortc_publish() {
     assert_eq!(v.codec.rtcp_fb, ["nack", "nack pli", "goog-remb"]);
     assert_eq!(v.rtx.as_ref().map(|r| r.payload_type), Some(98));
     assert_eq!(v.extensions, exts(&[(1, MID), (3, ABS)]));
+}
+
+/// Issue 11: a `bundle-only` m-line (RFC 8843 §6) is a live track on the BUNDLE transport,
+/// not a rejected one; rejecting it left GStreamer's WHIP client without ICE.
+#[test]
+fn gstreamer_bundle_only_audio_is_a_live_track() {
+    let n = ok(GSTREAMER_BUNDLE_ONLY, Direction::Publish);
+    let v = track(&n, Kind::Video);
+    assert_eq!((v.codec.name.as_str(), v.codec.payload_type), ("VP8", 96));
+    assert_eq!(v.ssrcs, [3484078950]);
+    let a = track(&n, Kind::Audio);
+    assert_eq!(a.codec.payload_type, 97);
+    assert!(a.codec.name.eq_ignore_ascii_case("opus"));
+    assert_eq!(
+        a.ssrcs,
+        [1392337474],
+        "matched by a=ssrc, no MID extension needed"
+    );
+    assert!(v.extensions.is_empty() && a.extensions.is_empty());
+    let sd = parse(&n.answer);
+    assert_eq!(sd.media_descriptions.len(), 2);
+    for m in &sd.media_descriptions {
+        assert_ne!(
+            m.media_name.port.value, 0,
+            "{} accepted",
+            m.media_name.media
+        );
+        assert!(m.attributes.iter().any(|a| a.key == "recvonly"), "{m:?}");
+        assert!(!m.attributes.iter().any(|a| a.key == "bundle-only"));
+    }
 }
 
 #[test]
