@@ -317,9 +317,27 @@ fn a_restarted_data_plane_never_reuses_an_srtp_index() {
     );
     assert!(bad.is_empty(), "{bad:?}");
 
+    let pid_before = node.wait_healthy()["dataplanePid"].clone();
     node.kill_dataplane();
+    // Until the control plane has seen the death, /health and the old stats file still say
+    // 200 and 2 sessions: wait for it, then for the new data plane's own count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/health").status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "health must report the data plane down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     node.start_dataplane();
-    node.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.wait_healthy()["dataplanePid"] == pid_before {
+        assert!(
+            Instant::now() < deadline,
+            "the new data plane never reported"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.metric_sum("switchyard_sessions{") != 2 {
         assert!(
