@@ -8,13 +8,14 @@
 //! the bridge and announce it. Signaling goes through this test (the script prints its offer
 //! and reads the answer). Needs root, iproute2 and GStreamer's webrtcbin for python3
 //! (`python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-{base,good,bad}`,
-//! installed by scripts/test.sh); skipped loudly without them, and a failure under CI=true.
+//! installed by scripts/test.sh) and aiortc for the WHEP subscriber (tests/aiortc/setup.sh);
+//! skipped loudly without them, and a failure under CI=true.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::netns::{self, Net};
 use common::{http_typed, Node};
@@ -24,6 +25,29 @@ const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/gstreamer/whip_publish.py"
 );
+/// The publisher sends this long after its answer; the subscriber joins once it is connected
+/// and watches [`SUBSCRIBE_S`] (15 fps: more than 100 frames need 7 s of decoded video).
+const PUBLISH_S: u32 = 22;
+const SUBSCRIBE_S: u32 = 12;
+
+/// aiortc's python (tests/aiortc/setup.sh installs it on first use).
+fn aiortc_python() -> std::path::PathBuf {
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/aiortc/setup.sh"
+        ))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/aiortc/setup.sh");
+    assert!(out.status.success(), "tests/aiortc/setup.sh failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let py = stdout
+        .lines()
+        .last()
+        .expect("setup.sh prints the python path");
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(py.trim())
+}
 
 /// Why GStreamer's webrtcbin cannot run here, if it cannot.
 fn missing() -> Option<String> {
@@ -50,7 +74,7 @@ fn missing() -> Option<String> {
 }
 
 #[test]
-fn gstreamer_max_bundle_publisher_connects_and_sends_both_tracks() {
+fn gstreamer_max_bundle_publisher_is_watched_over_whep() {
     if let Some(why) = missing() {
         assert!(
             std::env::var("CI").is_err(),
@@ -68,7 +92,8 @@ fn gstreamer_max_bundle_publisher_connects_and_sends_both_tracks() {
     node.wait_healthy();
 
     let mut client = Command::new("ip")
-        .args(["netns", "exec", &net.namespaces[0], PYTHON, SCRIPT, "8"])
+        .args(["netns", "exec", &net.namespaces[0], PYTHON, SCRIPT])
+        .arg(PUBLISH_S.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -121,22 +146,56 @@ fn gstreamer_max_bundle_publisher_connects_and_sends_both_tracks() {
     writeln!(stdin, "{}\nEND", answer.trim_end()).expect("answer to the publisher");
     drop(stdin);
 
-    let mut states = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
-            break;
+    // The publisher's states, read aside while a WHEP subscriber watches.
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut states = Vec::new();
+        for line in out.lines().map_while(Result::ok) {
+            if let Some(s) = line.strip_prefix("STATE ") {
+                if s.ends_with("pc=connected")
+                    && !states.iter().any(|x: &String| x.ends_with("pc=connected"))
+                {
+                    let _ = connected_tx.send(());
+                }
+                states.push(s.to_owned());
+            }
         }
-        if let Some(s) = line.trim_end().strip_prefix("STATE ") {
-            states.push(s.to_owned());
-        }
-    }
-    let _ = client.kill();
+        states
+    });
+    let up = connected.recv_timeout(Duration::from_secs(30)).is_ok();
+
+    // An independent WHEP subscriber (aiortc) decodes what GStreamer sends.
+    let watched = up.then(|| {
+        let py = aiortc_python();
+        let child = Command::new(&py)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/aiortc/whep_client.py"
+            ))
+            .arg(format!("{}/whep/gst/cam", node.api))
+            .args(["--seconds", &SUBSCRIBE_S.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the aiortc WHEP subscriber");
+        let out = child.wait_with_output().expect("WHEP subscriber");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<serde_json::Value>(&last)
+            .unwrap_or_else(|e| panic!("WHEP subscriber: no JSON summary ({e}): {stdout}"))
+    });
     let _ = client.wait();
+    let states = reader.join().expect("publisher reader");
+    assert!(up, "ICE and DTLS completed: {states:?}");
+    let s = watched.expect("watched");
     assert!(
-        states.iter().any(|s| s.ends_with("pc=connected")),
-        "ICE and DTLS completed: {states:?}"
+        s["video_frames"].as_u64().unwrap_or(0) > 100,
+        "the WHEP subscriber decoded GStreamer's VP8: {s}"
+    );
+    assert!(
+        s["audio_frames"].as_u64().unwrap_or(0) > 0,
+        "the WHEP subscriber got GStreamer's Opus: {s}"
     );
     // Both tracks arrived and authenticated (one publisher, two SSRCs from a=ssrc).
     let rx = node.metric_sum("switchyard_rx_packets_total{");
