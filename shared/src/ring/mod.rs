@@ -97,6 +97,61 @@ pub enum PushError {
 pub const DEFAULT_SLOTS: u32 = 1024;
 
 /// The writing end of one ring.
+/// One end's verdict on the ring file: healthy until the first impossible value, then
+/// corrupt for good (see the module doc). Both ends judge the same way through it; only
+/// the index each one owns and the side it marks differ.
+#[cfg(not(switchyard_loom))]
+#[derive(Debug, Default)]
+struct Verdict(Option<String>);
+
+#[cfg(not(switchyard_loom))]
+impl Verdict {
+    fn is_corrupt(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn why(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    fn result(&self) -> Result<(), RingError> {
+        match &self.0 {
+            Some(why) => Err(RingError::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The first finding marks the file for the other side and sticks; later ones change
+    /// nothing.
+    fn poison(&mut self, map: &Mapping, side: layout::Side, why: String) {
+        if self.0.is_none() {
+            map.mark_corrupt(side);
+            self.0 = Some(why);
+        }
+    }
+
+    /// The header's mark (set by the other side), then our own index as the file holds it
+    /// (`shared`) against what we wrote (`mine`): only we write it, so any difference is
+    /// corruption.
+    fn check_own(
+        &mut self,
+        map: &Mapping,
+        side: layout::Side,
+        shared: u64,
+        mine: u64,
+        why: impl FnOnce() -> String,
+    ) -> Result<(), RingError> {
+        if self.0.is_none() {
+            if let Some(mark) = map.corrupt_mark() {
+                self.0 = Some(mark);
+            } else if shared != mine {
+                self.poison(map, side, why());
+            }
+        }
+        self.result()
+    }
+}
+
 #[cfg(not(switchyard_loom))]
 pub struct Producer {
     map: Arc<Mapping>,
@@ -104,7 +159,7 @@ pub struct Producer {
     /// Our copy of `tail`; only we write it, so the shared one is only ever stored.
     tail: u64,
     /// Why this end stopped using the ring (see the module doc); `None` while healthy.
-    corrupt: Option<String>,
+    corrupt: Verdict,
 }
 
 /// The reading end of one ring.
@@ -115,7 +170,7 @@ pub struct Consumer {
     /// Our copy of `head`; only we write it.
     head: u64,
     /// Why this end stopped using the ring (see the module doc); `None` while healthy.
-    corrupt: Option<String>,
+    corrupt: Verdict,
 }
 
 #[cfg(not(switchyard_loom))]
@@ -149,7 +204,7 @@ impl Producer {
             map,
             dir,
             tail,
-            corrupt: None,
+            corrupt: Verdict::default(),
         }
     }
 
@@ -158,7 +213,7 @@ impl Producer {
     /// for good, [`Producer::corruption`] says why). Wakes the consumer if it sleeps in
     /// [`Consumer::wait`].
     pub fn push(&mut self, msg: &[u8]) -> Result<(), PushError> {
-        if self.corrupt.is_some() || self.check_own().is_err() {
+        if self.corrupt.is_corrupt() || self.check_own().is_err() {
             return Err(PushError::Corrupt);
         }
         let idx = self.map.indices(self.dir);
@@ -208,43 +263,31 @@ impl Producer {
 
     /// The header mark and our own index (cheap: two loads).
     fn check_own(&mut self) -> Result<(), RingError> {
-        if self.corrupt.is_none() {
-            if let Some(why) = self.map.corrupt_mark() {
-                self.corrupt = Some(why);
-            } else {
-                let shared = self
-                    .map
-                    .indices(self.dir)
-                    .tail
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if shared != self.tail {
-                    self.poison(format!(
-                        "{:?} ring: tail is {shared} in the file, but this producer wrote {}",
-                        self.dir, self.tail
-                    ));
-                }
-            }
-        }
-        self.corruption_error()
+        let shared = self
+            .map
+            .indices(self.dir)
+            .tail
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (dir, mine) = (self.dir, self.tail);
+        self.corrupt
+            .check_own(&self.map, dir.producer(), shared, mine, || {
+                format!(
+                    "{dir:?} ring: tail is {shared} in the file, but this producer wrote {mine}"
+                )
+            })
     }
 
     fn poison(&mut self, why: String) {
-        if self.corrupt.is_none() {
-            self.map.mark_corrupt(self.dir.producer());
-            self.corrupt = Some(why);
-        }
+        self.corrupt.poison(&self.map, self.dir.producer(), why);
     }
 
     fn corruption_error(&self) -> Result<(), RingError> {
-        match &self.corrupt {
-            Some(why) => Err(RingError::Corrupt(why.clone())),
-            None => Ok(()),
-        }
+        self.corrupt.result()
     }
 
     /// Why this end found the ring corrupt; `None` while it has not.
     pub fn corruption(&self) -> Option<&str> {
-        self.corrupt.as_deref()
+        self.corrupt.why()
     }
 
     /// Stop using the ring and mark the file corrupt, so the data plane recreates it: for a
@@ -308,7 +351,7 @@ impl Consumer {
             map,
             dir,
             head,
-            corrupt: None,
+            corrupt: Verdict::default(),
         }
     }
 
@@ -364,43 +407,31 @@ impl Consumer {
 
     /// The header mark and our own index (cheap: two loads).
     fn check_own(&mut self) -> Result<(), RingError> {
-        if self.corrupt.is_none() {
-            if let Some(why) = self.map.corrupt_mark() {
-                self.corrupt = Some(why);
-            } else {
-                let shared = self
-                    .map
-                    .indices(self.dir)
-                    .head
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if shared != self.head {
-                    self.poison(format!(
-                        "{:?} ring: head is {shared} in the file, but this consumer wrote {}",
-                        self.dir, self.head
-                    ));
-                }
-            }
-        }
-        self.corruption_error()
+        let shared = self
+            .map
+            .indices(self.dir)
+            .head
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (dir, mine) = (self.dir, self.head);
+        self.corrupt
+            .check_own(&self.map, dir.consumer(), shared, mine, || {
+                format!(
+                    "{dir:?} ring: head is {shared} in the file, but this consumer wrote {mine}"
+                )
+            })
     }
 
     fn poison(&mut self, why: String) {
-        if self.corrupt.is_none() {
-            self.map.mark_corrupt(self.dir.consumer());
-            self.corrupt = Some(why);
-        }
+        self.corrupt.poison(&self.map, self.dir.consumer(), why);
     }
 
     fn corruption_error(&self) -> Result<(), RingError> {
-        match &self.corrupt {
-            Some(why) => Err(RingError::Corrupt(why.clone())),
-            None => Ok(()),
-        }
+        self.corrupt.result()
     }
 
     /// Why this end found the ring corrupt; `None` while it has not.
     pub fn corruption(&self) -> Option<&str> {
-        self.corrupt.as_deref()
+        self.corrupt.why()
     }
 
     /// Stop using the ring and mark the file corrupt (see [`Producer::mark_corrupt`]).
@@ -412,7 +443,7 @@ impl Consumer {
     /// May return early (signals); callers pop and wait again. On a corrupt end it sleeps
     /// the whole timeout: nothing will arrive, and a caller looping on it must not spin.
     pub fn wait(&self, timeout: Duration) {
-        if self.corrupt.is_some() {
+        if self.corrupt.is_corrupt() {
             std::thread::sleep(timeout);
             return;
         }
