@@ -4,27 +4,11 @@
 
 mod common;
 
-use common::{Http, Node, BIN};
+use common::{cli, Http, Node, BIN};
 use switchyard_controlplane::auth::{self, Claims};
 
 const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
 const WATCH: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_subscribe.sdp");
-
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run switchyard");
-    assert!(
-        out.status.success(),
-        "switchyard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
 
 struct Secured {
     node: Node,

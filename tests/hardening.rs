@@ -10,25 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Http, Node, BIN};
+use common::{cli, Http, Node, BIN};
 
 const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
-
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run switchyard");
-    assert!(
-        out.status.success(),
-        "switchyard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
 
 struct TempDir(std::path::PathBuf);
 

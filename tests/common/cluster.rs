@@ -4,23 +4,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{http_with, Http, Node, Redis, BIN};
-
-pub fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run switchyard");
-    assert!(
-        out.status.success(),
-        "switchyard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
+pub use super::cli;
+use super::{http_with, Http, Node, Redis};
 
 /// Nodes `a`, `b`, ... sharing one Redis and one auth key.
 pub struct Cluster {

@@ -40,6 +40,23 @@ impl Http {
     }
 }
 
+/// Run the `switchyard` binary with `args` (e.g. `token generate`); its trimmed stdout.
+pub fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run switchyard");
+    assert!(
+        out.status.success(),
+        "switchyard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Http> {
     http_typed(addr, method, path, "application/json", body)
