@@ -16,6 +16,8 @@ fi
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # tests/cluster_netns.rs builds network namespaces (as root) with iproute2.
 command -v ip >/dev/null || need_apt+=(iproute2)
+# tests/multihome.rs (and the ICE-TCP test) drop UDP inside a namespace with nftables.
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # tests/gstreamer_whip.rs drives GStreamer's webrtcbin (the WHIP client's engine) from Python.
 if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstWebRTC", "1.0"); gi.require_version("GstSdp", "1.0")' 2>/dev/null \
   || ! command -v gst-inspect-1.0 >/dev/null || ! gst-inspect-1.0 nicesrc >/dev/null 2>&1 \

@@ -163,9 +163,15 @@ struct Opts {
     /// Address the media sockets bind to.
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_BIND")]
     media_bind: Option<IpAddr>,
-    /// Address announced to peers for media.
-    #[arg(long, global = true, env = "SWITCHYARD_MEDIA_ANNOUNCE")]
-    media_announce: Option<IpAddr>,
+    /// Addresses announced to peers for media, comma-separated (default: the bind address,
+    /// or every interface address when bound to 0.0.0.0 / ::).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_MEDIA_ANNOUNCE",
+        value_delimiter = ','
+    )]
+    media_announce: Option<Vec<IpAddr>>,
     /// IPv6 address also announced to peers (needs --media-bind ::).
     #[arg(long, global = true, env = "SWITCHYARD_MEDIA_ANNOUNCE6")]
     media_announce6: Option<std::net::Ipv6Addr>,
@@ -216,8 +222,8 @@ impl Opts {
         if let Some(v) = self.media_bind {
             c.media.bind = v;
         }
-        if let Some(v) = self.media_announce {
-            c.media.announce = Some(v);
+        if let Some(v) = &self.media_announce {
+            c.media.announce.clone_from(v);
         }
         if let Some(v) = self.media_announce6 {
             c.media.announce6 = Some(v);
@@ -380,7 +386,15 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
             .map(|p| p.display().to_string()),
     );
     flag("media-bind", opts.media_bind.map(|v| v.to_string()));
-    flag("media-announce", opts.media_announce.map(|v| v.to_string()));
+    flag(
+        "media-announce",
+        opts.media_announce.as_ref().map(|v| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    );
     flag(
         "media-announce6",
         opts.media_announce6.map(|v| v.to_string()),

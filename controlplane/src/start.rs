@@ -104,6 +104,20 @@ pub(crate) async fn serve(
         );
     }
     tracing::info!(%scheme, http = %addr, node = %config.node.id, "control plane listening");
+    let (announced, source) = config.media.announced();
+    let announced: Vec<String> = announced.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        addresses = %announced.join(", "),
+        from = %source,
+        port = config.media.port,
+        "media announced to peers (ICE host candidates)"
+    );
+    if announced.iter().all(|a| a == "127.0.0.1" || a == "::1") {
+        tracing::warn!(
+            "media is announced on loopback only: peers on other hosts cannot reach this node \
+             (set media.announce)"
+        );
+    }
     let app = http::router(http::Parts {
         node: Arc::new(http::node::Status {
             node_id: config.node.id.clone(),

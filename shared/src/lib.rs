@@ -11,11 +11,13 @@
 //! - [`command`]: the typed commands and events that travel over the rings.
 //! - [`config`]: the node configuration (TOML, env, flags).
 //! - [`names`]: the one rule for stream names, room and node ids, forward ids.
+//! - [`netif`]: the host's interface addresses and which of them a node announces.
 
 pub mod command;
 pub mod config;
 pub mod journal;
 pub mod names;
+pub mod netif;
 pub mod packet;
 pub mod ring;
 pub mod srtp;

@@ -53,9 +53,13 @@ impl Default for NodeSection {
 pub struct MediaSection {
     /// Address the worker sockets bind to.
     pub bind: IpAddr,
-    /// Address advertised to peers (session answers, ICE candidates). Default: `bind`, or
-    /// 127.0.0.1 when `bind` is unspecified (0.0.0.0 / ::).
-    pub announce: Option<IpAddr>,
+    /// Addresses advertised to peers (session answers, ICE candidates), one address or a
+    /// list (`announce = "203.0.113.7"` or `announce = ["203.0.113.7", "10.0.0.5"]`; behind a
+    /// 1:1 NAT, the public address). Empty (the default): `bind` when it names an address,
+    /// else every usable interface address ([`crate::netif::pick_announce`]). The first one
+    /// is also the node's address for plain RTP sessions and relay links.
+    #[serde(deserialize_with = "one_or_many")]
+    pub announce: Vec<IpAddr>,
     /// A second, IPv6 address advertised as well (a second host candidate on the same
     /// port). Needs `bind = "::"`: one dual-stack socket per worker receives both families.
     pub announce6: Option<Ipv6Addr>,
@@ -88,7 +92,7 @@ impl Default for MediaSection {
     fn default() -> Self {
         Self {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            announce: None,
+            announce: Vec::new(),
             announce6: None,
             port: 10000,
             relay_port: 9443,
@@ -106,24 +110,42 @@ impl Default for MediaSection {
 }
 
 impl MediaSection {
-    /// The address peers should send media to.
+    /// The address peers should send media to when only one is asked for (plain RTP
+    /// sessions, relay links, the cluster registry): the first of [`Self::announce_ips`].
     pub fn announce_ip(&self) -> IpAddr {
-        match self.announce {
-            Some(ip) => ip,
-            None if self.bind.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            None => self.bind,
-        }
+        self.announce_ips()
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 
-    /// Every address peers may send media to: [`Self::announce_ip`], then `announce6`.
+    /// Every address peers may send media to, in the order they are offered, and where the
+    /// list came from: `media.announce` (then `announce6`), else the bind address, else the
+    /// host's interfaces.
     pub fn announce_ips(&self) -> Vec<IpAddr> {
-        let mut ips = vec![self.announce_ip()];
+        self.announced().0
+    }
+
+    /// [`Self::announce_ips`] and where they came from, for the startup log.
+    pub fn announced(&self) -> (Vec<IpAddr>, AnnounceSource) {
+        let (mut ips, source) = if !self.announce.is_empty() {
+            (self.announce.clone(), AnnounceSource::Config)
+        } else if !self.bind.is_unspecified() {
+            (vec![self.bind], AnnounceSource::Bind)
+        } else {
+            let v6 = self.bind.is_ipv6();
+            (
+                crate::netif::pick_announce(crate::netif::interfaces(), v6),
+                AnnounceSource::Interfaces,
+            )
+        };
+        ips.dedup();
         if let Some(v6) = self.announce6 {
             if !ips.contains(&IpAddr::V6(v6)) {
                 ips.push(IpAddr::V6(v6));
             }
         }
-        ips
+        (ips, source)
     }
 
     /// Resolve `workers = 0` against the machine.
@@ -134,6 +156,45 @@ impl MediaSection {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         cores.saturating_sub(1).clamp(1, usize::from(MAX_WORKERS)) as u16
     }
+}
+
+/// Where a node's announced media addresses came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnounceSource {
+    /// `media.announce` (or `--media-announce`).
+    Config,
+    /// `media.bind`, a specific address.
+    Bind,
+    /// The host's interface addresses (`media.announce` unset, bind 0.0.0.0 or `::`).
+    Interfaces,
+}
+
+impl std::fmt::Display for AnnounceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnnounceSource::Config => "media.announce",
+            AnnounceSource::Bind => "media.bind",
+            AnnounceSource::Interfaces => "interface addresses (media.announce unset)",
+        })
+    }
+}
+
+/// `"1.2.3.4"` or `["1.2.3.4", "::1"]`: one address stays the short way to write it.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(IpAddr),
+        Many(Vec<IpAddr>),
+    }
+    Ok(
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an IP address or a list of IP addresses")
+        })? {
+            OneOrMany::One(ip) => vec![ip],
+            OneOrMany::Many(v) => v,
+        },
+    )
 }
 
 /// Most workers one node runs. Workers address each other through fixed-size sets
@@ -642,6 +703,19 @@ impl Config {
         }
         if self.media.announce6.is_some() && self.media.bind != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
             return bad("media.announce6 needs media.bind = \"::\" (dual-stack worker sockets)");
+        }
+        if let Some(ip) = self.media.announce.iter().find(|ip| ip.is_unspecified()) {
+            return bad(&format!(
+                "media.announce {ip}: announce addresses peers can reach, not a wildcard"
+            ));
+        }
+        if self.media.bind.is_ipv4() {
+            if let Some(ip) = self.media.announce.iter().find(|ip| ip.is_ipv6()) {
+                return bad(&format!(
+                    "media.announce {ip} is IPv6 but media.bind {} is IPv4: bind \"::\" (dual-stack)",
+                    self.media.bind
+                ));
+            }
         }
         if self.webrtc.certificate.is_some() != self.webrtc.private_key.is_some() {
             return bad("webrtc.certificate and webrtc.private_key go together");

@@ -90,7 +90,7 @@ fn invalid_values_are_caught() {
     c.media.announce6 = Some("2001:db8::1".parse().expect("v6"));
     assert!(c.validate().is_err(), "announce6 with an IPv4 bind");
     c.media.bind = "::".parse().expect("::");
-    c.media.announce = Some("192.0.2.1".parse().expect("v4"));
+    c.media.announce = vec!["192.0.2.1".parse().expect("v4")];
     c.validate().expect("dual-stack");
     assert_eq!(
         c.media.announce_ips(),
@@ -250,4 +250,56 @@ fn auth_section_parses() {
     assert!(c.auth.enabled());
     c.validate().expect("valid");
     assert!(!Config::default().auth.enabled());
+}
+
+#[test]
+fn announce_is_one_address_or_a_list() {
+    let c = Config::parse("[media]\nannounce = \"203.0.113.7\"\n").expect("one");
+    assert_eq!(
+        c.media.announce_ips(),
+        ["203.0.113.7".parse::<IpAddr>().expect("ip")]
+    );
+    let c = Config::parse(
+        "[media]\nbind = \"::\"\nannounce = [\"203.0.113.7\", \"10.0.0.5\", \"2001:db8::7\"]\n",
+    )
+    .expect("list");
+    c.validate().expect("dual-stack list");
+    let (ips, source) = c.media.announced();
+    assert_eq!(source, AnnounceSource::Config);
+    assert_eq!(
+        ips,
+        ["203.0.113.7", "10.0.0.5", "2001:db8::7"].map(|s| s.parse::<IpAddr>().expect("ip"))
+    );
+    assert_eq!(
+        c.media.announce_ip(),
+        "203.0.113.7".parse::<IpAddr>().expect("ip")
+    );
+    let e = Config::parse("[media]\nannounce = [\"nope\"]\n").expect_err("bad address");
+    assert!(e.to_string().contains("IP address"), "{e}");
+    let c = Config::parse("[media]\nannounce = [\"2001:db8::7\"]\n").expect("parses");
+    let e = c.validate().expect_err("v6 on a v4 socket");
+    assert!(e.to_string().contains("2001:db8::7"), "{e}");
+    let c = Config::parse("[media]\nannounce = \"0.0.0.0\"\n").expect("parses");
+    assert!(
+        c.validate().is_err(),
+        "a wildcard is not an address peers reach"
+    );
+}
+
+#[test]
+fn announce_unset_uses_bind_or_the_interfaces() {
+    let mut c = Config::default();
+    c.media.bind = "192.0.2.9".parse().expect("ip");
+    assert_eq!(
+        c.media.announced(),
+        (vec![c.media.bind], AnnounceSource::Bind)
+    );
+    c.media.bind = "0.0.0.0".parse().expect("ip");
+    let (ips, source) = c.media.announced();
+    assert_eq!(source, AnnounceSource::Interfaces);
+    assert_eq!(
+        ips,
+        crate::netif::pick_announce(crate::netif::interfaces(), false)
+    );
+    assert!(!ips.is_empty());
 }
