@@ -3,7 +3,7 @@
 //! answer NACKs and PLIs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +70,11 @@ struct FixedOutput {
 }
 
 impl Output for FixedOutput {
-    fn send(
+    fn send_from(
         &mut self,
         _via: Via,
         dst: SocketAddr,
+        _from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         fill(&mut self.buf).ok_or(SendError::Cancelled)?;
@@ -277,10 +278,11 @@ impl LinkOutput {
 }
 
 impl Output for LinkOutput {
-    fn send(
+    fn send_from(
         &mut self,
         via: Via,
         dst: SocketAddr,
+        _from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         if via == Via::Media {

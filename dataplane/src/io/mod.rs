@@ -59,7 +59,7 @@ mod tx;
 mod uring;
 mod waker;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use switchyard_shared::config::EngineKind;
@@ -144,6 +144,10 @@ pub enum RxEvent<'a> {
     Datagram {
         data: &'a mut [u8],
         src: SocketAddr,
+        /// The local address it was sent to (IP_PKTINFO / IPV6_PKTINFO; v4-mapped reported
+        /// as IPv4, like `src`): the address a reply must leave from on a socket bound to
+        /// the wildcard. `None` only if the kernel did not say.
+        dst: Option<IpAddr>,
         at: std::time::Instant,
         /// The socket it came in on.
         via: Via,
