@@ -17,6 +17,7 @@ use crate::testing::t0;
 mod events;
 mod ice_consent;
 mod latch;
+mod local_address;
 mod relay;
 mod relay_data;
 mod timers;
