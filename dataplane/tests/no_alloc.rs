@@ -194,6 +194,8 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
     let mut pkt = vec![0u8; 1400];
     let mut fb = vec![0u8; 256];
+    // The node's address the peers send to: sessions learn it and send from it.
+    let local: Option<IpAddr> = Some(IpAddr::from([10, 203, 0, 1]));
     let mut run =
         |seq_from: u16, count: u16, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
             let now = Instant::now();
@@ -204,7 +206,7 @@ fn steady_state_forwarding_allocates_nothing() {
                 pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
                 pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
                 let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
-                w0.handle_datagram(&mut pkt[..n], publisher, now, out);
+                w0.handle_datagram_to(&mut pkt[..n], publisher, local, now, out);
                 // Deliver cross-worker messages both ways (media to w1, returns to w0).
                 while let Some((w, msg)) = out.queued.pop() {
                     let e = if w == 0 { &mut *w0 } else { &mut *w1 };
@@ -215,17 +217,17 @@ fn steady_state_forwarding_allocates_nothing() {
                     let lost = out.last_seq;
                     let n = rtcp::write_nack(&mut fb, 7, 20, &[lost]).expect("nack");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], subs[0].1, local, now, out);
                     let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], subs[0].1, local, now, out);
                     // The publisher's SR, and the periodic work (a receiver report back to
                     // the publisher once a second of this virtual clock).
                     let n =
                         rtcp::write_sender_report(&mut fb, 42, u64::from(seq) << 20, 0, 1, 1, &[])
                             .expect("sr");
                     let n = tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], publisher, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], publisher, local, now, out);
                     w0.handle_timeout(now + Duration::from_millis(u64::from(seq) * 10), out);
                 }
             }

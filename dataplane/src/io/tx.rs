@@ -341,10 +341,10 @@ mod tests {
         // SAFETY: the slot is in flight and only read here.
         let h = unsafe { &*tx.hdr_ptr(i) };
         assert!(!h.msg_control.is_null());
-        assert_eq!(
-            h.msg_controllen as usize,
-            super::super::addr::cmsg_space(12)
-        );
+        // CMSG_SPACE(sizeof(in_pktinfo)) on a v4 socket.
+        #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
+        let clen = h.msg_controllen as usize;
+        assert_eq!(clen, super::super::addr::cmsg_space(12));
         tx.complete(i);
         // The slot is reused without a source: no control message left over.
         let b = tx.alloc().expect("slot");
