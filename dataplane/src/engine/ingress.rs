@@ -38,8 +38,8 @@ impl Engine {
 
     /// One datagram from the worker's media socket that came to the node's address `dst`
     /// (`RxEvent::Datagram::dst`). A STUN answer leaves from `dst`; a session learns `dst`
-    /// as its [`local`](super::session::Session::local) address only from a datagram that
-    /// authenticates (module doc of [`stun`](super::stun)).
+    /// as its local address (`Session::local`) only from a datagram that authenticates: a
+    /// valid ICE check from its address or one that moved it, SRTP or SRTCP.
     pub fn handle_datagram_to(
         &mut self,
         data: &mut [u8],

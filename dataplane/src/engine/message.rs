@@ -196,9 +196,8 @@ pub trait Output {
         self.send_from(via, dst, None, fill)
     }
 
-    /// [`Output::send`] from local address `from` (the session's
-    /// [`local`](super::session::Session::local), or the destination of the check a STUN
-    /// answer answers); `None` leaves the choice to the kernel. A peer that sent to one of
+    /// [`Output::send`] from local address `from` (the session's `Session::local`, or the
+    /// destination of the check a STUN answer answers); `None` leaves the choice to the kernel. A peer that sent to one of
     /// the node's addresses discards what comes back from another.
     fn send_from(
         &mut self,
