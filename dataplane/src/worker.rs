@@ -7,7 +7,7 @@
 //! and hands a batch of datagrams to the engine. Other workers are woken at most once per
 //! turn, and only when they said they were about to sleep.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -105,16 +105,17 @@ struct WorkerOutput<'a> {
 }
 
 impl Output for WorkerOutput<'_> {
-    fn send(
+    fn send_from(
         &mut self,
         via: Via,
         dst: SocketAddr,
+        from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         let b = self.tx.alloc().ok_or(SendError::Full)?;
         match fill(&mut self.tx.buf_mut(b)[..]) {
             Some(len) => {
-                self.tx.queue_via(b, len, dst, via);
+                self.tx.queue_from(b, len, dst, via, from);
                 Ok(())
             }
             None => {
@@ -219,14 +220,18 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
                 RxEvent::Datagram {
                     data,
                     src,
+                    dst,
                     at,
                     via: Via::Media,
-                } => engine.handle_datagram(data, src, at, &mut out),
+                } => engine.handle_datagram_to(data, src, dst, at, &mut out),
+                // Relay links keep the kernel's choice of source address (issue #11 covers
+                // the media socket only).
                 RxEvent::Datagram {
                     data,
                     src,
                     at,
                     via: Via::Relay,
+                    ..
                 } => engine.handle_relay_datagram(data, src, at, &mut out),
                 RxEvent::Oversize { .. } => engine.oversize(),
             }

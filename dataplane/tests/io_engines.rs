@@ -1,14 +1,14 @@
 //! Both I/O engines against a std UdpSocket peer on loopback. io_uring cases are skipped
 //! (with a message) when the kernel or a seccomp policy refuses io_uring.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use switchyard_dataplane::io::{
-    probe_uring, EngineKind, Io, IoConfig, RxEvent, MAX_DATAGRAM, TX_BUF,
+    probe_uring, EngineKind, Io, IoConfig, RxEvent, Via, MAX_DATAGRAM, TX_BUF,
 };
 
 const _: () = {
@@ -354,7 +354,6 @@ fn send_to_wrong_family_is_counted_not_fatal() {
 /// leaves from the socket it is queued on (the peer sees the right source port).
 #[test]
 fn relay_socket_is_served_alongside_the_media_socket() {
-    use switchyard_dataplane::io::Via;
     for kind in engines("relay_socket_is_served_alongside_the_media_socket") {
         let media = bind("127.0.0.1:0");
         let relay = bind("127.0.0.1:0");
@@ -427,5 +426,144 @@ fn relay_sends_without_a_relay_socket_are_refused() {
             peer.recv_from(&mut buf).is_err(),
             "{kind:?}: nothing was sent"
         );
+    }
+}
+
+/// A socket bound to the wildcard the way the node binds its media sockets (a `[::]` one
+/// dual-stack).
+fn bind_wildcard(addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )
+    .expect("socket");
+    if addr.is_ipv6() {
+        s.set_only_v6(false).expect("dual-stack");
+    }
+    s.bind(&addr.into()).expect("bind wildcard");
+    s.into()
+}
+
+/// The engine on `wildcard` receives from a client at `client` a datagram sent to its
+/// port on `to`; it must report `to` as the destination and answer from each of `froms`
+/// (in order), and the client must see each answer come from that address.
+/// The io_uring engine runs twice: sendmmsg first, and one SENDMSG SQE per send.
+fn answers_from_the_address_asked(
+    (kind, cfg): (EngineKind, &IoConfig),
+    wildcard: &str,
+    client: &str,
+    to: IpAddr,
+    froms: &[IpAddr],
+) {
+    let s = bind_wildcard(wildcard);
+    let port = s.local_addr().expect("local addr").port();
+    let mut io = Io::new(kind, s, cfg).expect("engine");
+    let peer = bind(client);
+    peer.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    peer.send_to(b"check", SocketAddr::new(to, port))
+        .expect("send");
+    let mut dst = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dst.is_none() && Instant::now() < deadline {
+        io.poll(Duration::from_millis(100), &mut |ev, tx| {
+            if let RxEvent::Datagram {
+                data, src, dst: d, ..
+            } = ev
+            {
+                assert_eq!(&data[..], b"check");
+                assert_eq!(src, peer.local_addr().expect("peer addr"));
+                dst = Some(d);
+                for (k, from) in froms.iter().enumerate() {
+                    let b = tx.alloc().expect("slot");
+                    tx.buf_mut(b)[0] = k as u8;
+                    tx.queue_from(b, 1, src, Via::Media, Some(*from));
+                }
+            }
+        })
+        .expect("poll");
+    }
+    assert_eq!(
+        dst,
+        Some(Some(to)),
+        "{kind:?} on {wildcard}: destination reported"
+    );
+    io.flush().expect("flush");
+    let mut buf = [0u8; 16];
+    for (k, from) in froms.iter().enumerate() {
+        let (n, got) = loop {
+            match peer.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        }
+        .unwrap_or_else(|e| panic!("{kind:?} on {wildcard}: answer {k} from {from}: {e}"));
+        assert_eq!(&buf[..n], &[k as u8]);
+        assert_eq!(
+            got,
+            SocketAddr::new(*from, port),
+            "{kind:?} on {wildcard}: answer {k} leaves from the address asked for"
+        );
+    }
+    assert_eq!(io.send_errors(), 0);
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// Each engine this machine runs, and io_uring also in its one-SQE-per-send mode.
+fn engine_configs(test: &str) -> Vec<(EngineKind, IoConfig)> {
+    let mut v = Vec::new();
+    for kind in engines(test) {
+        v.push((kind, cfg()));
+        if kind == EngineKind::Uring {
+            let sqe = IoConfig {
+                uring_sendmmsg: false,
+                ..cfg()
+            };
+            v.push((kind, sqe));
+        }
+    }
+    v
+}
+
+#[test]
+fn pktinfo_ipv4_wildcard() {
+    // All of 127/8 is on lo: 127.0.0.2 is a second local address without any setup.
+    for (kind, c) in engine_configs("pktinfo_ipv4_wildcard") {
+        answers_from_the_address_asked(
+            (kind, &c),
+            "0.0.0.0:0",
+            "127.0.0.1:0",
+            ip("127.0.0.2"),
+            &[ip("127.0.0.2"), ip("127.0.0.1")],
+        );
+    }
+}
+
+#[test]
+fn pktinfo_dual_stack_ipv4_client() {
+    for (kind, c) in engine_configs("pktinfo_dual_stack_ipv4_client") {
+        answers_from_the_address_asked(
+            (kind, &c),
+            "[::]:0",
+            "127.0.0.1:0",
+            ip("127.0.0.2"),
+            &[ip("127.0.0.2"), ip("127.0.0.1")],
+        );
+    }
+}
+
+#[test]
+fn pktinfo_ipv6_loopback() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        println!("pktinfo_ipv6_loopback: skipped, no IPv6 loopback");
+        return;
+    }
+    for (kind, c) in engine_configs("pktinfo_ipv6_loopback") {
+        answers_from_the_address_asked((kind, &c), "[::]:0", "[::1]:0", ip("::1"), &[ip("::1")]);
     }
 }

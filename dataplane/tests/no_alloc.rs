@@ -3,7 +3,7 @@
 //! answer NACKs and PLIs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +70,11 @@ struct FixedOutput {
 }
 
 impl Output for FixedOutput {
-    fn send(
+    fn send_from(
         &mut self,
         _via: Via,
         dst: SocketAddr,
+        _from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         fill(&mut self.buf).ok_or(SendError::Cancelled)?;
@@ -193,6 +194,8 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
     let mut pkt = vec![0u8; 1400];
     let mut fb = vec![0u8; 256];
+    // The node's address the peers send to: sessions learn it and send from it.
+    let local: Option<IpAddr> = Some(IpAddr::from([10, 203, 0, 1]));
     let mut run =
         |seq_from: u16, count: u16, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
             let now = Instant::now();
@@ -203,7 +206,7 @@ fn steady_state_forwarding_allocates_nothing() {
                 pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
                 pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
                 let n = tx.protect_rtp(&mut pkt, 1200).expect("protect");
-                w0.handle_datagram(&mut pkt[..n], publisher, now, out);
+                w0.handle_datagram_to(&mut pkt[..n], publisher, local, now, out);
                 // Deliver cross-worker messages both ways (media to w1, returns to w0).
                 while let Some((w, msg)) = out.queued.pop() {
                     let e = if w == 0 { &mut *w0 } else { &mut *w1 };
@@ -214,17 +217,17 @@ fn steady_state_forwarding_allocates_nothing() {
                     let lost = out.last_seq;
                     let n = rtcp::write_nack(&mut fb, 7, 20, &[lost]).expect("nack");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], subs[0].1, local, now, out);
                     let n = rtcp::write_pli(&mut fb, 7, 20).expect("pli");
                     let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], subs[0].1, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], subs[0].1, local, now, out);
                     // The publisher's SR, and the periodic work (a receiver report back to
                     // the publisher once a second of this virtual clock).
                     let n =
                         rtcp::write_sender_report(&mut fb, 42, u64::from(seq) << 20, 0, 1, 1, &[])
                             .expect("sr");
                     let n = tx.protect_rtcp(&mut fb, n).expect("protect");
-                    w0.handle_datagram(&mut fb[..n], publisher, now, out);
+                    w0.handle_datagram_to(&mut fb[..n], publisher, local, now, out);
                     w0.handle_timeout(now + Duration::from_millis(u64::from(seq) * 10), out);
                 }
             }
@@ -277,10 +280,11 @@ impl LinkOutput {
 }
 
 impl Output for LinkOutput {
-    fn send(
+    fn send_from(
         &mut self,
         via: Via,
         dst: SocketAddr,
+        _from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         if via == Via::Media {

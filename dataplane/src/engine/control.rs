@@ -152,15 +152,15 @@ impl Engine {
                 }
             }
             WorkerCommand::SendRaw { id, data } => {
-                let Some((via, dst)) = self
+                let Some((via, dst, from)) = self
                     .by_id
                     .get(&id)
                     .and_then(|&i| self.sessions.get(i))
-                    .and_then(|s| Some((s.via, s.remote?)))
+                    .and_then(|s| Some((s.via, s.remote?, s.local)))
                 else {
                     return;
                 };
-                let sent = out.send(via, dst, &mut |buf| {
+                let sent = out.send_from(via, dst, from, &mut |buf| {
                     let b = buf.get_mut(..data.len())?;
                     b.copy_from_slice(&data);
                     Some(data.len())
@@ -343,6 +343,7 @@ impl Engine {
             plain: false,
             rtcp: None,
             via,
+            local: None,
             latch_queued: false,
         });
         self.by_id.insert(id, idx);
@@ -408,6 +409,7 @@ impl Engine {
             plain,
             rtcp,
             via,
+            local: None,
             latch_queued: false,
         });
         self.by_id.insert(id, idx);

@@ -104,7 +104,7 @@ pub(super) fn retransmit(
     let mut ctx = s.outbound.as_mut();
     let seq = *rtx_seq;
     let mut sent = 0;
-    out.send(via, remote, &mut |buf| {
+    out.send_from(via, remote, s.local, &mut |buf| {
         let n = src.len();
         // Room for the OSN and the SRTP tag.
         if n + 2 + srtp::MAX_OVERHEAD > buf.len() {
@@ -168,7 +168,7 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     }
     let mut ctx = s.outbound.as_mut();
     let mut sent = 0;
-    out.send(via, remote, &mut |buf| {
+    out.send_from(via, remote, s.local, &mut |buf| {
         let n = src.len();
         buf.get_mut(..n)?.copy_from_slice(src);
         let seq = u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(seq_off);

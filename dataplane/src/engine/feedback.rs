@@ -2,7 +2,7 @@
 //! or upstream over a relay link), PLI/FIR (to the publisher, throttled per track), and
 //! publishers' sender reports passed on to every subscriber in its own numbering.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchyard_shared::command::MAX_TRACKS;
@@ -23,7 +23,7 @@ impl Engine {
     pub(super) fn on_rtcp(
         &mut self,
         data: &mut [u8],
-        src: SocketAddr,
+        (src, dst): (SocketAddr, Option<IpAddr>),
         via: Via,
         at: Instant,
         out: &mut dyn Output,
@@ -52,7 +52,12 @@ impl Engine {
         let len = match (opened, s.inbound.as_mut()) {
             (Some(len), _) => len,
             (None, Some(ctx)) => match ctx.unprotect_rtcp(data) {
-                Ok(len) => len,
+                Ok(len) => {
+                    // Authenticated: the peer talks to `dst` now. (A plain session's RTCP
+                    // below is not, so it never moves `local`.)
+                    s.heard_at(dst);
+                    len
+                }
                 Err(e) => return self.drop_packet(on_socket(via, srtp_drop(e))),
             },
             // A plain egress session: its RTCP is unauthenticated, accepted only because it
@@ -242,7 +247,7 @@ impl Engine {
                 continue;
             }
             let mut ctx = s.outbound.as_mut();
-            let r = out.send(via, remote, &mut |buf| {
+            let r = out.send_from(via, remote, s.local, &mut |buf| {
                 let n = rtcp::write_sender_report(
                     buf,
                     ssrc,
@@ -366,7 +371,7 @@ impl Engine {
                 return;
             };
             *t = Some(now);
-            let r = out.send(s.via, remote, &mut |buf| {
+            let r = out.send_from(s.via, remote, s.local, &mut |buf| {
                 let n = rtcp::write_pli(buf, sender, media).ok()?;
                 ctx.protect_rtcp(buf, n).ok()
             });

@@ -29,7 +29,7 @@
 //! - Requests that fail authentication change nothing and get no answer: an answer to an
 //!   unauthenticated request would make the node a reflector for spoofed traffic.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ring::hmac;
@@ -93,10 +93,12 @@ pub enum Validated {
 /// What the engine does for the agent; drained with [`IceAgent::poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Poll {
-    /// Send a check to `to`, written by [`IceAgent::write_check`]; answers carrying
-    /// `transaction_id` are for this agent.
+    /// Send a check to `to` from local address `from` (where the check that made `to` a
+    /// candidate arrived, so the peer sees the pair it checked), written by
+    /// [`IceAgent::write_check`]; answers carrying `transaction_id` are for this agent.
     Check {
         to: SocketAddr,
+        from: Option<IpAddr>,
         transaction_id: [u8; 12],
     },
     /// The transaction is over (answered, abandoned or displaced): nothing carrying this id
@@ -121,6 +123,8 @@ enum Check {
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
     addr: SocketAddr,
+    /// The node's address its first valid check came to: our checks leave from there.
+    local: Option<IpAddr>,
     transaction_id: [u8; 12],
     check: Check,
     /// The peer's latest nomination is for this address.
@@ -199,15 +203,15 @@ impl IceAgent {
         &self.local_ufrag
     }
 
-    /// Check a Binding request that named this agent's ufrag, from `src`, the session's
-    /// address being `current`. On success the caller answers with
+    /// Check a Binding request that named this agent's ufrag, from `src` to the node's
+    /// address `dst`, the session's address being `current`. On success the caller answers with
     /// [`write_success`](Self::write_success), applies a [`Validated::Moved`], and drains
     /// [`poll`](Self::poll) (a new address gets its first check at once).
     pub fn handle_request(
         &mut self,
         msg: &Message<'_>,
         current: Option<SocketAddr>,
-        src: SocketAddr,
+        (src, dst): (SocketAddr, Option<IpAddr>),
         now: Instant,
         rng: &dyn SecureRandom,
     ) -> Result<Validated, Reject> {
@@ -250,7 +254,7 @@ impl IceAgent {
             .iter()
             .position(|c| c.is_some_and(|c| c.addr == src));
         let Some(k) = slot else {
-            self.start(src, use_candidate, now, rng);
+            self.start((src, dst), use_candidate, now, rng);
             return Ok(Validated::Same);
         };
         let Some(c) = self.candidates[k].as_mut() else {
@@ -265,7 +269,7 @@ impl IceAgent {
             Check::Verified { .. } => {
                 // Its consent lapsed: it has to answer again.
                 self.candidates[k] = None;
-                self.start(src, use_candidate, now, rng);
+                self.start((src, dst), use_candidate, now, rng);
                 Ok(Validated::Same)
             }
         }
@@ -350,6 +354,7 @@ impl IceAgent {
                 *next = now + RETRANSMIT_INTERVAL;
                 return Some(Poll::Check {
                     to: c.addr,
+                    from: c.local,
                     transaction_id: c.transaction_id,
                 });
             }
@@ -429,7 +434,13 @@ impl IceAgent {
     /// the slot of a verified candidate the peer did not nominate. A verification in flight
     /// is never displaced: that is what bounds the checks a flood of spoofed sources gets
     /// sent, and a real peer repeats its nomination until a slot frees.
-    fn start(&mut self, addr: SocketAddr, nominated: bool, now: Instant, rng: &dyn SecureRandom) {
+    fn start(
+        &mut self,
+        (addr, local): (SocketAddr, Option<IpAddr>),
+        nominated: bool,
+        now: Instant,
+        rng: &dyn SecureRandom,
+    ) {
         if self.remote_key.is_none() {
             return;
         }
@@ -453,6 +464,7 @@ impl IceAgent {
         // Never in flight (above), so its transaction was forgotten when it was answered.
         self.candidates[k] = Some(Candidate {
             addr,
+            local,
             transaction_id,
             check: Check::InFlight {
                 sent: 0,

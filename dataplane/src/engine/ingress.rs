@@ -2,7 +2,7 @@
 //! source, latch a comedia publisher, unprotect once into a pooled buffer, cache, fan out).
 //! STUN goes to [`stun`](super::stun), RTCP to [`feedback`](super::feedback).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,8 @@ impl Engine {
     }
 
     /// One datagram from the worker's media socket. `data` may be modified in place.
+    /// [`handle_datagram_to`](Self::handle_datagram_to) without the local address: what
+    /// the session sends keeps leaving from whatever address it learned before.
     pub fn handle_datagram(
         &mut self,
         data: &mut [u8],
@@ -31,7 +33,22 @@ impl Engine {
         at: Instant,
         out: &mut dyn Output,
     ) {
-        self.on_datagram(Via::Media, data, src, at, out);
+        self.on_datagram(Via::Media, data, (src, None), at, out);
+    }
+
+    /// One datagram from the worker's media socket that came to the node's address `dst`
+    /// (`RxEvent::Datagram::dst`). A STUN answer leaves from `dst`; a session learns `dst`
+    /// as its local address (`Session::local`) only from a datagram that authenticates: a
+    /// valid ICE check from its address or one that moved it, SRTP or SRTCP.
+    pub fn handle_datagram_to(
+        &mut self,
+        data: &mut [u8],
+        src: SocketAddr,
+        dst: Option<IpAddr>,
+        at: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.on_datagram(Via::Media, data, (src, dst), at, out);
     }
 
     /// One datagram from the worker's relay socket. Only relay sessions are reachable here
@@ -44,14 +61,14 @@ impl Engine {
         at: Instant,
         out: &mut dyn Output,
     ) {
-        self.on_datagram(Via::Relay, data, src, at, out);
+        self.on_datagram(Via::Relay, data, (src, None), at, out);
     }
 
     fn on_datagram(
         &mut self,
         via: Via,
         data: &mut [u8],
-        src: SocketAddr,
+        (src, dst): (SocketAddr, Option<IpAddr>),
         at: Instant,
         out: &mut dyn Output,
     ) {
@@ -61,13 +78,13 @@ impl Engine {
             return self.drop_packet(DropReason::Oversize);
         }
         match (packet::demux(data), via) {
-            (Kind::Rtp, _) => self.on_rtp(data, src, via, at, out),
-            (Kind::Rtcp, _) => self.on_rtcp(data, src, via, at, out),
+            (Kind::Rtp, _) => self.on_rtp(data, (src, dst), via, at, out),
+            (Kind::Rtcp, _) => self.on_rtcp(data, (src, dst), via, at, out),
             // A relay link is keyed in advance: no ICE, no DTLS on the relay socket.
             (_, Via::Relay) => self.drop_packet(DropReason::RelayUnauthenticated),
             // ICE-lite comes with WebRTC signaling; until a session has ICE credentials,
             // STUN and DTLS are counted and dropped.
-            (Kind::Stun, Via::Media) => self.on_stun(data, src, at, out),
+            (Kind::Stun, Via::Media) => self.on_stun(data, (src, dst), at, out),
             (Kind::Dtls, Via::Media) => self.on_dtls(data, src),
             (Kind::Unknown, Via::Media) => self.drop_packet(DropReason::UnknownKind),
         }
@@ -96,7 +113,7 @@ impl Engine {
     fn on_rtp(
         &mut self,
         data: &[u8],
-        src: SocketAddr,
+        (src, dst): (SocketAddr, Option<IpAddr>),
         via: Via,
         at: Instant,
         out: &mut dyn Output,
@@ -144,8 +161,11 @@ impl Engine {
             self.pool.put(h);
             return;
         }
-        let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role)
-        else {
+        // Authenticated: the peer talks to `dst` now.
+        let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| {
+            s.heard_at(dst);
+            &mut s.role
+        }) else {
             // Subscribers send RTCP only.
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);

@@ -1,7 +1,7 @@
 //! What goes in and out of an engine: commands from the slow path, events back to it,
 //! messages between workers, and the [`Output`] an engine sends through.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use switchyard_shared::command::{CommandError, IceCredentials, SessionId, SrtpKeys, MAX_TRACKS};
 
@@ -191,6 +191,19 @@ pub trait Output {
         &mut self,
         via: Via,
         dst: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        self.send_from(via, dst, None, fill)
+    }
+
+    /// [`Output::send`] from local address `from` (the session's `Session::local`, or the
+    /// destination of the check a STUN answer answers); `None` leaves the choice to the kernel. A peer that sent to one of
+    /// the node's addresses discards what comes back from another.
+    fn send_from(
+        &mut self,
+        via: Via,
+        dst: SocketAddr,
+        from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError>;
 

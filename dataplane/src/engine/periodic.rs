@@ -86,7 +86,7 @@ impl Engine {
             let Some(rec) = p.twcc.as_mut() else {
                 continue;
             };
-            let r = out.send(s.via, remote, &mut |buf| {
+            let r = out.send_from(s.via, remote, s.local, &mut |buf| {
                 let n = rec.write_feedback(buf, sender, media)?;
                 ctx.protect_rtcp(buf, n).ok()
             });
@@ -126,7 +126,7 @@ impl Engine {
                 continue;
             }
             let blocks = &blocks[..n];
-            let r = out.send(s.via, remote, &mut |buf| {
+            let r = out.send_from(s.via, remote, s.local, &mut |buf| {
                 let len = rtcp::write_receiver_report(buf, sender, blocks).ok()?;
                 ctx.protect_rtcp(buf, len).ok()
             });

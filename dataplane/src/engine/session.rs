@@ -1,6 +1,6 @@
 //! Sessions on one worker and the slab that holds them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchyard_shared::command::{SessionId, MAX_TRACKS};
@@ -24,6 +24,13 @@ pub struct Session {
     pub id: SessionId,
     /// `None` until a comedia publisher latches.
     pub remote: Option<SocketAddr>,
+    /// The node's address `remote` talks to: everything sent to the session leaves from it
+    /// (a socket bound to the wildcard on a host with several addresses would otherwise
+    /// answer from the kernel's choice, which the peer discards). Set only by traffic that
+    /// proved itself (a valid ICE check from `remote` or one that moved the session, SRTP or
+    /// SRTCP that authenticated), so a spoofed datagram to another address cannot move it.
+    /// `None` (not learned yet, relay links, plain egress): the kernel chooses.
+    pub local: Option<IpAddr>,
     /// Unprotects what the peer sends; `None` until DTLS-SRTP delivers keys.
     pub inbound: Option<srtp::Context>,
     /// Protects what the node sends to the peer; `None` until DTLS-SRTP delivers keys.
@@ -47,6 +54,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// An authenticated datagram from `remote` came to the node's address `dst`.
+    pub fn heard_at(&mut self, dst: Option<IpAddr>) {
+        if let Some(d) = dst {
+            self.local = Some(d);
+        }
+    }
+
     /// Where RTCP for the peer goes.
     pub fn rtcp_remote(&self) -> Option<SocketAddr> {
         self.rtcp.or(self.remote)

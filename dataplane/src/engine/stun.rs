@@ -3,7 +3,7 @@
 //! agent's own check; the agent's checks go out; a session moves only to an address that
 //! answered one.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use ring::rand::SystemRandom;
@@ -19,10 +19,15 @@ impl Engine {
     /// one of the agent's own checks (sent to verify a new address, see [`ice`]) is found by
     /// its transaction id. Either may move the session's address, when the agent says so.
     /// Anything else STUN is counted and dropped unanswered.
+    ///
+    /// `dst` is the node's address the message came to. An answer leaves from it (the peer
+    /// checked that pair and discards an answer from another address), and the session's
+    /// [`local`](super::session::Session::local) becomes it only when the message proved
+    /// itself: a valid check from the session's address, or one that moved the session.
     pub(super) fn on_stun(
         &mut self,
         data: &[u8],
-        src: SocketAddr,
+        (src, dst): (SocketAddr, Option<IpAddr>),
         at: Instant,
         out: &mut dyn Output,
     ) {
@@ -53,17 +58,24 @@ impl Engine {
             };
             let verdict = match msg.class {
                 Class::Request => {
-                    agent.handle_request(&msg, current, src, at, &SystemRandom::new())
+                    agent.handle_request(&msg, current, (src, dst), at, &SystemRandom::new())
                 }
                 _ => agent.handle_response(&msg, src, at),
             };
             let Ok(verdict) = verdict else {
                 return self.drop_packet(DropReason::Stun);
             };
+            // A consent check from where the session is: the peer may have switched to
+            // another of the node's addresses for the same remote.
+            if verdict == ice::Validated::Same && current == Some(src) {
+                if let Some(d) = dst {
+                    s.local = Some(d);
+                }
+            }
             let agent: &ice::IceAgent = agent;
             let mut len = 0usize;
             let sent = (msg.class == Class::Request).then(|| {
-                out.send(Via::Media, src, &mut |buf| {
+                out.send_from(Via::Media, src, dst, &mut |buf| {
                     let n = agent.write_success(&msg, src, buf)?;
                     len = n;
                     Some(n)
@@ -83,15 +95,19 @@ impl Engine {
         // A new address gets its first check right after the answer.
         self.drive_ice(idx, at, out);
         if verdict == ice::Validated::Moved {
-            self.move_session(idx, src);
+            self.move_session(idx, src, dst);
         }
     }
 
-    /// ICE moved session `idx` to `src`, which no other session holds (checked by `on_stun`).
-    fn move_session(&mut self, idx: u32, src: SocketAddr) {
+    /// ICE moved session `idx` to `src`, which no other session holds (checked by `on_stun`),
+    /// with the message that moved it sent to the node's address `dst`.
+    fn move_session(&mut self, idx: u32, src: SocketAddr, dst: Option<IpAddr>) {
         let Some(s) = self.sessions.get_mut(idx) else {
             return;
         };
+        // The pair the peer proved is (src, dst): sending from anything else would not
+        // reach it. Without a `dst` (a kernel that did not say) the kernel keeps choosing.
+        s.local = dst;
         if let Some(old) = s.remote.replace(src) {
             self.by_addr.remove(&old);
         }
@@ -108,11 +124,15 @@ impl Engine {
         let (mut sent, mut bytes, mut full) = (0u64, 0u64, 0u64);
         while let Some(p) = agent.poll(now) {
             match p {
-                ice::Poll::Check { to, transaction_id } => {
+                ice::Poll::Check {
+                    to,
+                    from,
+                    transaction_id,
+                } => {
                     self.ice_transactions.insert(transaction_id, idx);
                     let a: &ice::IceAgent = agent;
                     let mut len = 0usize;
-                    let r = out.send(Via::Media, to, &mut |buf| {
+                    let r = out.send_from(Via::Media, to, from, &mut |buf| {
                         let n = a.write_check(&transaction_id, buf)?;
                         len = n;
                         Some(n)

@@ -1,6 +1,6 @@
 //! Engine tests on virtual time and in-memory outputs: no sockets, no threads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::testing::t0;
 mod events;
 mod ice_consent;
 mod latch;
+mod local_address;
 mod relay;
 mod relay_data;
 mod timers;
@@ -27,16 +28,19 @@ struct Capture {
     sent: Vec<(SocketAddr, Vec<u8>)>,
     /// The socket of each of `sent`.
     vias: Vec<Via>,
+    /// The local address each of `sent` left from (`None`: the kernel's choice).
+    froms: Vec<Option<IpAddr>>,
     to_workers: Vec<(u16, Inbound)>,
     /// When set, `to_worker` refuses (a full queue).
     refuse: bool,
 }
 
 impl Output for Capture {
-    fn send(
+    fn send_from(
         &mut self,
         via: Via,
         dst: SocketAddr,
+        from: Option<IpAddr>,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), SendError> {
         let mut buf = vec![0u8; 1536];
@@ -44,6 +48,7 @@ impl Output for Capture {
         buf.truncate(n);
         self.sent.push((dst, buf));
         self.vias.push(via);
+        self.froms.push(from);
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::addr::{parse_rxq_ovfl, parse_sockaddr, CmsgBuf, RawAddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::addr::{parse_control, parse_sockaddr, CmsgBuf, RawAddr, CMSG_LEN, RAW_ADDR_LEN};
 use super::batch::{send_queued, MsgHdr};
 use super::raw::RawArray;
 use super::tx::Tx;
@@ -284,7 +284,8 @@ impl Mmsg {
             let cmsg = unsafe { self.rx_cmsgs.get(i) };
             #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
             let clen = (h.msg_hdr.msg_controllen as usize).min(CMSG_LEN);
-            if let Some(d) = parse_rxq_ovfl(&cmsg.0[..clen]) {
+            let control = parse_control(&cmsg.0[..clen]);
+            if let Some(d) = control.drops {
                 self.drops.observe(d);
             }
             // SAFETY: as above.
@@ -305,6 +306,7 @@ impl Mmsg {
                 RxEvent::Datagram {
                     data: &mut buf[..len],
                     src,
+                    dst: control.dst,
                     at,
                     via,
                 },

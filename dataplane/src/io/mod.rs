@@ -6,13 +6,14 @@
 //!
 //! One [`Io`] per worker thread, owning its bound media socket and, optionally, its relay
 //! socket ([`Io::with_relay`]); datagrams say which one they came in on ([`Via`]) and sends
-//! say which one to leave from ([`Tx::queue_via`]). The worker loop is:
+//! say which one to leave from ([`Tx::queue_via`]), and optionally which local address
+//! ([`Tx::queue_from`], see Addresses). The worker loop is:
 //!
 //! ```ignore
 //! loop {
 //!     // drain cross-worker queues, run timers, queue sends on io.tx()
 //!     io.poll(timeout, &mut |ev, tx| match ev {
-//!         RxEvent::Datagram { data, src, at, via } => { /* the engine, sending on `tx` */ }
+//!         RxEvent::Datagram { data, src, dst, at, via } => { /* the engine, sending on `tx` */ }
 //!         RxEvent::Oversize { .. } => { /* count it */ }
 //!     })?;
 //! }
@@ -39,6 +40,16 @@
 //! IPv4 [`SocketAddr`]s, and IPv4 destinations are mapped back when sending, so a peer has one
 //! spelling whatever the socket family.
 //!
+//! Sockets bound to the wildcard on a host with several addresses must answer from the
+//! address the peer sent to (a browser discards a STUN answer from another one). So every
+//! socket asks for IP_PKTINFO (and IPV6_RECVPKTINFO on IPv6 sockets), each
+//! [`RxEvent::Datagram`] carries the local address it came to as `dst` (IPv4-mapped again
+//! reported as IPv4), and [`Tx::queue_from`] sends from a given local address with an
+//! IP_PKTINFO or IPV6_PKTINFO control message (an IPv4 source on an IPv6 socket goes
+//! v4-mapped, which Linux's IPv4 path of a dual-stack socket accepts). Without a source the
+//! datagram carries no control message and the kernel picks, as before. The control buffers
+//! on both sides are part of the preallocated slots: nothing is allocated per packet.
+//!
 //! # Engines
 //!
 //! - `uring`: one ring per worker, created disabled and enabled by the first `poll`, so the
@@ -59,7 +70,7 @@ mod tx;
 mod uring;
 mod waker;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use switchyard_shared::config::EngineKind;
@@ -144,6 +155,10 @@ pub enum RxEvent<'a> {
     Datagram {
         data: &'a mut [u8],
         src: SocketAddr,
+        /// The local address it was sent to (IP_PKTINFO / IPV6_PKTINFO; v4-mapped reported
+        /// as IPv4, like `src`): the address a reply must leave from on a socket bound to
+        /// the wildcard. `None` only if the kernel did not say.
+        dst: Option<IpAddr>,
         at: std::time::Instant,
         /// The socket it came in on.
         via: Via,

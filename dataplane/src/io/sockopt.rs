@@ -5,7 +5,10 @@ use std::os::fd::AsRawFd;
 
 use super::{IoConfig, IoError};
 
-/// Buffer sizes (forced past rmem_max/wmem_max when CAP_NET_ADMIN allows) and SO_RXQ_OVFL.
+/// Buffer sizes (forced past rmem_max/wmem_max when CAP_NET_ADMIN allows), SO_RXQ_OVFL,
+/// and the destination address of each datagram (IP_PKTINFO, IPV6_RECVPKTINFO): a socket
+/// bound to the wildcard on a host with several addresses must answer from the one the
+/// peer sent to, or the peer discards the answer.
 pub(crate) fn configure(socket: &UdpSocket, cfg: &IoConfig) -> Result<(), IoError> {
     if cfg.recv_buffer > 0 {
         set_buffer(
@@ -23,7 +26,20 @@ pub(crate) fn configure(socket: &UdpSocket, cfg: &IoConfig) -> Result<(), IoErro
             cfg.send_buffer,
         )?;
     }
-    set_int(socket, libc::SO_RXQ_OVFL, 1).map_err(|e| IoError::sys("setsockopt(SO_RXQ_OVFL)", e))
+    set_int(socket, libc::SO_RXQ_OVFL, 1)
+        .map_err(|e| IoError::sys("setsockopt(SO_RXQ_OVFL)", e))?;
+    if is_v6(socket)? {
+        set_opt(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
+            .map_err(|e| IoError::sys("setsockopt(IPV6_RECVPKTINFO)", e))?;
+        // IPV6_RECVPKTINFO already reports an IPv4 datagram's destination v4-mapped on a
+        // dual-stack socket; IP_PKTINFO as well is belt and braces, and a kernel that
+        // refuses it there loses nothing.
+        let _ = set_opt(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1);
+        Ok(())
+    } else {
+        set_opt(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+            .map_err(|e| IoError::sys("setsockopt(IP_PKTINFO)", e))
+    }
 }
 
 fn set_buffer(socket: &UdpSocket, force: i32, plain: i32, bytes: usize) -> Result<(), IoError> {
@@ -36,12 +52,16 @@ fn set_buffer(socket: &UdpSocket, force: i32, plain: i32, bytes: usize) -> Resul
 }
 
 fn set_int(socket: &UdpSocket, opt: i32, v: i32) -> std::io::Result<()> {
+    set_opt(socket, libc::SOL_SOCKET, opt, v)
+}
+
+fn set_opt(socket: &UdpSocket, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
     // SAFETY: the fd is a live socket owned by `socket`; the option value points at a local
     // i32 whose size is passed alongside.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&v as *const i32).cast(),
             std::mem::size_of::<i32>() as libc::socklen_t,

@@ -1,14 +1,18 @@
 //! The send half shared by both engines: a fixed pool of TX_BUF-byte buffers, each with the
 //! `msghdr`, `iovec` and destination address the kernel needs to send it.
 //!
+//! A slot may also carry the local address to send from ([`Tx::queue_from`]): one IP_PKTINFO
+//! or IPV6_PKTINFO control message in the slot's own control buffer, so a socket bound to
+//! the wildcard answers from the address the peer talks to.
+//!
 //! A slot goes Free → Owned (`alloc`) → Queued (`queue`) → InFlight (engine took it) →
 //! Free (kernel completed it), or Owned → Free (`release`). The headers live next to the
 //! buffer so they stay valid until io_uring's completion, with no allocation per send.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::addr::RawAddr;
+use super::addr::{RawAddr, TxCmsg};
 use super::raw::RawArray;
 use super::TX_BUF;
 use crate::via::Via;
@@ -51,6 +55,8 @@ unsafe impl Send for Iov {}
 pub struct Tx {
     bufs: RawArray<[u8; TX_BUF]>,
     addrs: RawArray<RawAddr>,
+    /// Per slot: the source-address control message, when the send has one.
+    ctrls: RawArray<TxCmsg>,
     iovs: RawArray<Iov>,
     hdrs: RawArray<Hdr>,
     state: Box<[State]>,
@@ -85,6 +91,7 @@ impl Tx {
         Self {
             bufs: RawArray::new(slots, [0; TX_BUF]),
             addrs: RawArray::new(slots, RawAddr::ZERO),
+            ctrls: RawArray::new(slots, TxCmsg::ZERO),
             iovs: RawArray::new(slots, zero_iov),
             hdrs: RawArray::new(slots, zero_hdr),
             state: vec![State::Free; slots].into_boxed_slice(),
@@ -133,6 +140,23 @@ impl Tx {
     /// [`Tx::queue`] from the socket `via` names. An engine without a relay socket
     /// refuses relay sends when it submits them (counted as send errors).
     pub fn queue_via(&mut self, b: TxBuf, len: usize, dst: SocketAddr, via: Via) {
+        self.queue_from(b, len, dst, via, None);
+    }
+
+    /// [`Tx::queue_via`] from local address `src` (IP_PKTINFO / IPV6_PKTINFO), or from
+    /// whatever address the kernel picks when `None`. Give it the `dst` the peer's datagram
+    /// came to: a peer that sent to one of the host's addresses discards an answer from
+    /// another. An IPv4 source on an IPv6 socket goes v4-mapped; an IPv6 source on an IPv4
+    /// socket cannot be expressed and the datagram goes without one. The kernel refuses
+    /// (counted in send errors) a source that is not a local address.
+    pub fn queue_from(
+        &mut self,
+        b: TxBuf,
+        len: usize,
+        dst: SocketAddr,
+        via: Via,
+        src: Option<IpAddr>,
+    ) {
         if !self.owned(b) {
             debug_assert!(false, "queue of a TxBuf not owned by the caller: {b:?}");
             return;
@@ -155,6 +179,13 @@ impl Tx {
         h.msg_namelen = namelen;
         h.msg_iov = self.iovs.ptr(i).cast();
         h.msg_iovlen = 1;
+        if let Some(src) = src {
+            // SAFETY: as above.
+            if let Some(n) = unsafe { self.ctrls.get_mut(i) }.write(src, self.v6) {
+                h.msg_control = self.ctrls.ptr(i).cast();
+                h.msg_controllen = n as _;
+            }
+        }
         // SAFETY: as above.
         unsafe { *self.hdrs.get_mut(i) = Hdr(h) };
         self.state[i] = State::Queued;
@@ -293,6 +324,37 @@ mod tests {
         for i in [first, second] {
             tx.complete(i);
         }
+    }
+
+    #[test]
+    fn source_address_rides_in_the_slot() {
+        let mut tx = Tx::new(2, false);
+        let b = tx.alloc().expect("slot");
+        tx.queue_from(
+            b,
+            1,
+            dst(),
+            Via::Media,
+            Some("127.0.0.2".parse().expect("ip")),
+        );
+        let i = tx.pop_queued(Via::Media).expect("queued");
+        // SAFETY: the slot is in flight and only read here.
+        let h = unsafe { &*tx.hdr_ptr(i) };
+        assert!(!h.msg_control.is_null());
+        // CMSG_SPACE(sizeof(in_pktinfo)) on a v4 socket.
+        #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
+        let clen = h.msg_controllen as usize;
+        assert_eq!(clen, super::super::addr::cmsg_space(12));
+        tx.complete(i);
+        // The slot is reused without a source: no control message left over.
+        let b = tx.alloc().expect("slot");
+        tx.queue(b, 1, dst());
+        let i = tx.pop_queued(Via::Media).expect("queued");
+        // SAFETY: as above.
+        let h = unsafe { &*tx.hdr_ptr(i) };
+        assert!(h.msg_control.is_null());
+        assert_eq!(h.msg_controllen, 0);
+        tx.complete(i);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
-use super::addr::{parse_rxq_ovfl, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
+use super::addr::{parse_control, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
 use super::batch::{self, MsgHdr};
 use super::raw::RawArray;
 use super::tx::Tx;
@@ -35,7 +35,7 @@ use crate::via::Via;
 
 /// Submission queue entries: room for a loop turn's sends without an extra submit.
 const SQ_ENTRIES: u32 = 4096;
-/// Receive buffer size: recvmsg header (16) + name (28) + control (24) + a full datagram,
+/// Receive buffer size: recvmsg header (16) + name (28) + control (88) + a full datagram,
 /// rounded up; datagrams between MAX_DATAGRAM and the room left are reported Oversize too.
 const BUF_SIZE: usize = 2048;
 /// Receive buffers in the provided ring (power of two): 2 MiB per worker, enough to absorb
@@ -56,6 +56,8 @@ type OnRx<'a> = &'a mut dyn FnMut(RxEvent<'_>, &mut Tx);
 /// `io_uring_recvmsg_out`: the header the kernel writes before name, control and payload.
 const RECVMSG_OUT: usize = 16;
 const PAYLOAD_OFF: usize = RECVMSG_OUT + RAW_ADDR_LEN + CMSG_LEN;
+// A larger control buffer must not eat into the room for a full datagram.
+const _: () = assert!(PAYLOAD_OFF + MAX_DATAGRAM <= BUF_SIZE);
 
 /// The buffer ring shared with the kernel: BUF_COUNT `io_uring_buf` entries, page aligned.
 /// The ring's tail is the `resv` field of entry 0, so entries are written field by field.
@@ -555,14 +557,15 @@ fn deliver(
     (at, via): (Instant, Via),
     on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
 ) -> bool {
-    let (src, oversize, payload_len) = {
+    let (src, dst, oversize, payload_len) = {
         // SAFETY: the CQE handed buffer bid to us; the kernel will not write it until we
         // recycle it, and no mutable reference exists during this block.
         let buf = unsafe { bufs.get(usize::from(bid)) };
         let Ok(out) = RecvMsgOut::parse(&buf[..len], tpl) else {
             return false;
         };
-        if let Some(d) = parse_rxq_ovfl(out.control_data()) {
+        let control = parse_control(out.control_data());
+        if let Some(d) = control.drops {
             drops.observe(d);
         }
         let Some(src) = parse_sockaddr(out.name_data()) else {
@@ -570,7 +573,7 @@ fn deliver(
         };
         let oversize =
             out.is_payload_truncated() || out.incoming_payload_len() as usize > MAX_DATAGRAM;
-        (src, oversize, out.payload_data().len())
+        (src, control.dst, oversize, out.payload_data().len())
     };
     if oversize {
         on_rx(RxEvent::Oversize { src }, tx);
@@ -581,7 +584,16 @@ fn deliver(
     let buf = unsafe { bufs.get_mut(usize::from(bid)) };
     let end = (PAYLOAD_OFF + payload_len).min(BUF_SIZE);
     let data = &mut buf[PAYLOAD_OFF.min(end)..end];
-    on_rx(RxEvent::Datagram { data, src, at, via }, tx);
+    on_rx(
+        RxEvent::Datagram {
+            data,
+            src,
+            dst,
+            at,
+            via,
+        },
+        tx,
+    );
     true
 }
 

@@ -50,7 +50,7 @@ fn handle(
 ) -> Result<Validated, Reject> {
     let c = check(nominate);
     let msg = Message::parse(&c).expect("parse");
-    a.handle_request(&msg, current, src, now, &SystemRandom::new())
+    a.handle_request(&msg, current, (src, None), now, &SystemRandom::new())
 }
 
 /// A check the agent sent: where, its transaction id, the bytes.
@@ -62,7 +62,9 @@ fn drain(a: &mut IceAgent, now: Instant) -> (Vec<Sent>, Vec<[u8; 12]>) {
     let (mut checks, mut forgotten) = (Vec::new(), Vec::new());
     while let Some(p) = a.poll(now) {
         match p {
-            Poll::Check { to, transaction_id } => {
+            Poll::Check {
+                to, transaction_id, ..
+            } => {
                 let mut buf = vec![0u8; 256];
                 let n = a
                     .write_check(&transaction_id, &mut buf)
@@ -414,20 +416,20 @@ fn bad_checks_are_rejected_and_change_nothing() {
     let n = request("srv1:peer", "wrong-password", true, &mut buf);
     let msg = Message::parse(&buf[..n]).expect("parse");
     assert_eq!(
-        a.handle_request(&msg, None, addr(1), now, &rng),
+        a.handle_request(&msg, None, (addr(1), None), now, &rng),
         Err(Reject::Integrity)
     );
     // Signed with the peer's password: a check goes the other way.
     let n = request("srv1:peer", PEER_PWD, true, &mut buf);
     let msg = Message::parse(&buf[..n]).expect("parse");
     assert_eq!(
-        a.handle_request(&msg, None, addr(1), now, &rng),
+        a.handle_request(&msg, None, (addr(1), None), now, &rng),
         Err(Reject::Integrity)
     );
     let n = request("srv1:other", LOCAL_PWD, true, &mut buf);
     let msg = Message::parse(&buf[..n]).expect("parse");
     assert_eq!(
-        a.handle_request(&msg, None, addr(1), now, &rng),
+        a.handle_request(&msg, None, (addr(1), None), now, &rng),
         Err(Reject::Username)
     );
     // A flipped bit in the fingerprint.
@@ -435,14 +437,14 @@ fn bad_checks_are_rejected_and_change_nothing() {
     buf[n - 1] ^= 1;
     let msg = Message::parse(&buf[..n]).expect("parse");
     assert_eq!(
-        a.handle_request(&msg, None, addr(1), now, &rng),
+        a.handle_request(&msg, None, (addr(1), None), now, &rng),
         Err(Reject::Fingerprint)
     );
     // An answer is not a request.
     let resp = answer(&[7; 12], addr(1), LOCAL_PWD);
     let msg = Message::parse(&resp).expect("parse");
     assert_eq!(
-        a.handle_request(&msg, None, addr(1), now, &rng),
+        a.handle_request(&msg, None, (addr(1), None), now, &rng),
         Err(Reject::NotARequest)
     );
     assert!(!a.nominated());
