@@ -6,6 +6,10 @@
 //! (the first address, the one on the client's subnet) and the browser discarded them, until
 //! the data plane learned the destination of each datagram (IP_PKTINFO) and answered from it.
 //!
+//! And a node whose clients cannot use UDP at all (corporate networks, some hotels): with all
+//! their UDP to the node dropped, Chromium publishes and watches over ICE-TCP (RFC 6544), and
+//! with UDP open it picks UDP (the first test's paths are UDP while TCP is offered too).
+//!
 //! Each browser runs in its own namespace without `--allow-loopback-in-peer-connection`, as a
 //! browser on another host; nftables in its namespace drops its UDP to the address it must
 //! not use. Needs root, iproute2, nftables and Debian's `chromium`; skipped loudly without
@@ -86,6 +90,37 @@ fn plane(ns: &str, role: &str, http: &str, shm: &std::path::Path) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {role}: {e}"))
+}
+
+/// A node in `ns`, its API on `addr`; returns once it is healthy.
+fn start_node(net: &Net, ns: &str, addr: &str) -> (Planes, String) {
+    let http = format!("{addr}:{PORT}");
+    let shm = net.dir.join("shm");
+    std::fs::create_dir_all(&shm).expect("shm dir");
+    let node = Planes(vec![
+        plane(ns, "dataplane", &http, &shm),
+        plane(ns, "controlplane", &http, &shm),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::http(&http, "GET", "/health", None).map_or(true, |r| r.status != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "node in {ns} never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (node, http)
+}
+
+/// Sum of a metric's series in `/metrics`.
+fn metric(http: &str, name: &str) -> u64 {
+    let body = common::http(http, "GET", "/metrics", None)
+        .expect("metrics")
+        .body;
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 struct Planes(Vec<Child>);
@@ -231,4 +266,73 @@ fn chromium_reaches_a_two_address_node_on_either_address() {
         "multihome test took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn chromium_without_udp_publishes_and_watches_over_ice_tcp() {
+    let test = "multihome::chromium_without_udp_publishes_and_watches_over_ice_tcp";
+    if !ready(test) {
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect("chromium");
+    let started = Instant::now();
+    let net = Net::new("t", 50).expect("network namespaces");
+    let (node_ns, pub_ns, sub_ns) = (&net.namespaces[0], &net.namespaces[1], &net.namespaces[2]);
+    let node_addr = format!("{}.1", net.subnet);
+    // Both browsers' networks drop every UDP packet to the node; TCP (the page, WHIP/WHEP and
+    // ICE-TCP) gets through.
+    for ns in [pub_ns, sub_ns] {
+        nft(
+            ns,
+            &format!(
+                "table inet swy {{\n chain out {{\n  type filter hook output priority 0;\n  \
+                 ip daddr {node_addr} meta l4proto udp drop\n }}\n}}\n"
+            ),
+        );
+    }
+    let (_node, http) = start_node(&net, node_ns, &node_addr);
+    let api = format!("http://{http}");
+    let mut reports = Reports::start_on(&net.host);
+    let base = reports.base.clone();
+    let allow = [node_addr.as_str(), net.host.as_str()];
+    let publisher = Chromium::start_in_netns(
+        &bin,
+        "tcp-publisher",
+        &format!("{api}/?publish=tcp/cam&report={base}/pub"),
+        pub_ns,
+        &allow,
+    );
+    let p = reports.wait("/pub", Duration::from_secs(40), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0 && r["path"].is_string()
+    });
+    eprintln!("publisher: {p}");
+    let over_tcp = |r: &Value| {
+        r["path"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("tcp {node_addr}:")))
+    };
+    assert!(over_tcp(&p), "publisher path: {p}");
+    let watcher = Chromium::start_in_netns(
+        &bin,
+        "tcp-watcher",
+        &format!("{api}/?watch=tcp/cam&report={base}/sub"),
+        sub_ns,
+        &allow,
+    );
+    let w = reports.wait("/sub", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 100.0 && num(r, "audioPacketsReceived") > 0.0
+    });
+    eprintln!("watcher: {w}");
+    assert!(over_tcp(&w), "watcher path: {w}");
+    let (rx, tx) = (
+        metric(&http, "switchyard_tcp_rx_packets_total"),
+        metric(&http, "switchyard_tcp_tx_packets_total"),
+    );
+    eprintln!("ICE-TCP packets in {rx}, out {tx}");
+    assert!(rx > 100 && tx > 100, "rx {rx} tx {tx}");
+    assert!(metric(&http, "switchyard_tcp_connections") >= 2);
+    drop(watcher);
+    drop(publisher);
+    eprintln!("ICE-TCP test took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -72,12 +72,19 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let relay_addr = SocketAddr::new(config.media.bind, config.media.relay_port + i);
         let relay =
             bind_media(relay_addr).with_context(|| format!("binding relay socket {relay_addr}"))?;
+        let tcp = if config.media.ice_tcp {
+            let l = listen_tcp(addr).with_context(|| format!("binding ICE-TCP listener {addr}"))?;
+            Some((l, crate::io::TcpLimits::default()))
+        } else {
+            None
+        };
         let core = (config.media.pin && cores > 0)
             .then(|| (usize::from(config.media.first_core) + usize::from(i)) % cores);
         let setup = WorkerSetup {
             index: i,
             socket,
             relay: Some(relay),
+            tcp,
             engine: config.media.engine,
             io: io.clone(),
             core,
@@ -172,6 +179,23 @@ fn bind_media(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         }
     }
     socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A worker's ICE-TCP listener, on the same address and port number as its media socket
+/// (dual-stack like it). SO_REUSEADDR so a restarted data plane binds again while the old
+/// connections sit in TIME_WAIT.
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
     Ok(socket.into())
 }
 

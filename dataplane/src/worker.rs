@@ -84,6 +84,8 @@ pub struct WorkerSetup {
     pub socket: UdpSocket,
     /// The relay socket (`media.relay_port + index`); `None` runs without relay links.
     pub relay: Option<UdpSocket>,
+    /// The ICE-TCP listener on the media port (`media.ice_tcp`), and its limits.
+    pub tcp: Option<(std::net::TcpListener, crate::io::TcpLimits)>,
     pub engine: EngineKind,
     pub io: IoConfig,
     pub core: Option<usize>,
@@ -142,6 +144,7 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
         index,
         socket,
         relay,
+        tcp,
         engine: kind,
         io: io_config,
         core,
@@ -168,6 +171,12 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
             return;
         }
     };
+    if let Some((listener, limits)) = tcp {
+        if let Err(e) = io.add_tcp(listener, limits) {
+            let _ = ready.send(Err(format!("worker {index}: ICE-TCP: {e}")));
+            return;
+        }
+    }
     let _ = me.waker.set(io.waker());
     let _ = ready.send(Ok(io.kind()));
     // From here on a worker that ends while the data plane runs takes the process down.
@@ -246,6 +255,13 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
             c.add(Counter::LoopTurns, 1);
             c.set(Counter::KernelRxDrops, io.kernel_drops());
             c.set(Counter::DropSendFailed, io.send_errors());
+            let (t, open) = io.tcp_counters();
+            c.set(Counter::TcpConnections, open as u64);
+            c.set(Counter::TcpAccepted, t.accepted);
+            c.set(Counter::TcpRefused, t.refused);
+            c.set(Counter::TcpRxPackets, t.packets_in);
+            c.set(Counter::TcpTxPackets, t.packets_out);
+            c.set(Counter::TcpTxDropped, t.out_dropped);
         }
     }
     if let Err(e) = io.flush() {

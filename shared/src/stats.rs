@@ -17,7 +17,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,19 @@ pub enum Counter {
     /// Unknown-source datagrams not tried against waiting publishers because their source
     /// used up its latch budget (counted under `unknown_source` drops as well).
     LatchRefused,
+    /// Gauge: ICE-TCP connections open on this worker.
+    TcpConnections,
+    /// ICE-TCP connections accepted.
+    TcpAccepted,
+    /// ICE-TCP connections closed at once: over the per-worker or per-address limit.
+    TcpRefused,
+    /// Packets received on ICE-TCP connections (also counted in `RxPackets`).
+    TcpRxPackets,
+    /// Packets sent on ICE-TCP connections (also counted in `TxPackets`).
+    TcpTxPackets,
+    /// Packets dropped because an ICE-TCP connection's output buffer was full (a peer that
+    /// does not read fast enough).
+    TcpTxDropped,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -123,6 +136,12 @@ impl Counter {
         Counter::RingEventsCoalesced,
         Counter::LatchTrials,
         Counter::LatchRefused,
+        Counter::TcpConnections,
+        Counter::TcpAccepted,
+        Counter::TcpRefused,
+        Counter::TcpRxPackets,
+        Counter::TcpTxPackets,
+        Counter::TcpTxDropped,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -166,12 +185,18 @@ impl Counter {
             Counter::RingEventsCoalesced => "ring_events_coalesced_total",
             Counter::LatchTrials => "latch_trials_total",
             Counter::LatchRefused => "latch_refused_total",
+            Counter::TcpConnections => "tcp_connections",
+            Counter::TcpAccepted => "tcp_accepted_total",
+            Counter::TcpRefused => "tcp_refused_total",
+            Counter::TcpRxPackets => "tcp_rx_packets_total",
+            Counter::TcpTxPackets => "tcp_tx_packets_total",
+            Counter::TcpTxDropped => "tcp_tx_dropped_total",
             _ => "drops_total",
         }
     }
 
     pub const fn is_gauge(self) -> bool {
-        matches!(self, Counter::Sessions)
+        matches!(self, Counter::Sessions | Counter::TcpConnections)
     }
 
     /// The drop reason label, for the drop counters.

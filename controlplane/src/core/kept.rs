@@ -303,6 +303,7 @@ mod tests {
             ice_pwd: "0123456789abcdefABCDEF",
             fingerprint: "sha-256 0A:1B",
             candidates: &cands,
+            ice_tcp: true,
             publisher: None,
         };
         for offer in [
@@ -346,6 +347,7 @@ mod tests {
                 ice_pwd: "0123456789abcdefABCDEF",
                 fingerprint: "sha-256 0A:1B",
                 candidates: &[],
+                ice_tcp: true,
                 publisher: None,
             },
         )

@@ -659,6 +659,7 @@ pub(crate) mod tests {
             ice_pwd: "0123456789abcdefABCDEF",
             fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
             candidates: &cands,
+            ice_tcp: true,
             publisher: None,
         };
         crate::sdp::answer(

@@ -197,6 +197,16 @@ fn help(c: Counter) -> &'static str {
         Counter::LatchRefused => {
             "Unknown-source datagrams not tried against waiting publishers: their source's latch budget was used up."
         }
+        Counter::TcpConnections => "ICE-TCP connections open.",
+        Counter::TcpAccepted => "ICE-TCP connections accepted.",
+        Counter::TcpRefused => {
+            "ICE-TCP connections closed at once: over the per-worker or per-address limit."
+        }
+        Counter::TcpRxPackets => "Packets received on ICE-TCP connections.",
+        Counter::TcpTxPackets => "Packets sent on ICE-TCP connections.",
+        Counter::TcpTxDropped => {
+            "Packets dropped because an ICE-TCP connection's output buffer was full."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

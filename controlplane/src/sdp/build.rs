@@ -173,10 +173,7 @@ fn accepted(s: &Section, t: &Track, dir: Direction, params: &AnswerParams) -> Me
     if dir == Direction::Subscribe {
         source_lines(&mut a, t);
     }
-    for (i, c) in params.candidates.iter().enumerate() {
-        a.push(attr("candidate", Some(candidate(i, c))));
-    }
-    a.push(attr("end-of-candidates", None));
+    candidate_lines(&mut a, params);
     MediaDescription {
         media_name: MediaName {
             media: match t.kind {
@@ -220,10 +217,7 @@ fn accepted_data_channel(s: &Section, d: &DataChannel, params: &AnswerParams) ->
         (vec!["UDP", "DTLS", "SCTP"], "webrtc-datachannel".to_owned())
     };
     a.push(attr("max-message-size", Some(MAX_MESSAGE_SIZE.to_string())));
-    for (i, c) in params.candidates.iter().enumerate() {
-        a.push(attr("candidate", Some(candidate(i, c))));
-    }
-    a.push(attr("end-of-candidates", None));
+    candidate_lines(&mut a, params);
     MediaDescription {
         media_name: MediaName {
             media: "application".into(),
@@ -282,14 +276,44 @@ fn source_lines(a: &mut Vec<Attribute>, t: &Track) {
     }
 }
 
-/// A host candidate (RFC 8839 §5.1). Priority per RFC 8445 §5.1.2.1: type preference 126
-/// (host), local preference falling with the position in the list, component 1.
+/// Our host candidates (RFC 8839 §5.1), UDP first, then the same addresses as ICE-TCP
+/// passive candidates when enabled, then `a=end-of-candidates` (ICE-lite: there are no more).
+fn candidate_lines(a: &mut Vec<Attribute>, params: &AnswerParams) {
+    let n = params.candidates.len();
+    for (i, c) in params.candidates.iter().enumerate() {
+        a.push(attr("candidate", Some(candidate(i, c))));
+    }
+    if params.ice_tcp {
+        for (i, c) in params.candidates.iter().enumerate() {
+            a.push(attr("candidate", Some(tcp_candidate(n + i, i, c))));
+        }
+    }
+    a.push(attr("end-of-candidates", None));
+}
+
+/// A UDP host candidate. Priority per RFC 8445 §5.1.2.1: type preference 126 (host), local
+/// preference falling with the position in the list, component 1.
 fn candidate(i: usize, addr: &SocketAddr) -> String {
     let local_pref = 65535u32.saturating_sub(u32::try_from(i).unwrap_or(u32::MAX));
     let priority = (126u32 << 24) | (local_pref << 8) | (256 - 1);
     format!(
         "{} 1 udp {priority} {} {} typ host",
         i + 1,
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// An ICE-TCP passive host candidate (RFC 6544 §4.5), foundation `f + 1`. Local preference
+/// per RFC 6544 §4.2: 2^13 × direction preference (4, passive) + other preference, which
+/// keeps every TCP candidate below every UDP one, so a peer with working UDP uses it.
+fn tcp_candidate(f: usize, i: usize, addr: &SocketAddr) -> String {
+    let other = 8191u32.saturating_sub(u32::try_from(i).unwrap_or(u32::MAX));
+    let local_pref = (4u32 << 13) | other;
+    let priority = (126u32 << 24) | (local_pref << 8) | (256 - 1);
+    format!(
+        "{} 1 tcp {priority} {} {} typ host tcptype passive",
+        f + 1,
         addr.ip(),
         addr.port()
     )

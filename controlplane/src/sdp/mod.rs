@@ -56,6 +56,8 @@ pub struct AnswerParams<'a> {
     pub fingerprint: &'a str,
     /// Host candidates: the worker's media port on each of the node's addresses (IPv4 and IPv6).
     pub candidates: &'a [SocketAddr],
+    /// Also offer each candidate as an ICE-TCP passive one (RFC 6544), below every UDP one.
+    pub ice_tcp: bool,
     /// WHEP only: what the publisher negotiated, so that the subscriber gets the same codec per
     /// kind. `None` for WHIP, and for a WHEP session whose source is not known yet (then the
     /// subscriber's first supported codec is picked, as for WHIP).

@@ -56,6 +56,7 @@ fn run(
         ice_pwd: "0123456789abcdefABCDEF",
         fingerprint: OUR_FP,
         candidates: &c,
+        ice_tcp: true,
         publisher,
     };
     answer(offer, dir, &params)
@@ -135,7 +136,9 @@ fn check_answer(n: &Negotiated, dir: Direction) {
             values(m, "candidate"),
             [
                 "1 1 udp 2130706431 192.0.2.10 10001 typ host",
-                "2 1 udp 2130706175 2001:db8::10 10001 typ host"
+                "2 1 udp 2130706175 2001:db8::10 10001 typ host",
+                "3 1 tcp 2124414975 192.0.2.10 10001 typ host tcptype passive",
+                "4 1 tcp 2124414719 2001:db8::10 10001 typ host tcptype passive"
             ]
         );
         let mut formats = vec![t.codec.payload_type.to_string()];
@@ -168,7 +171,7 @@ fn check_data_channel(m: &MediaDescription) {
     assert_eq!(m.attribute("ice-ufrag"), Some(Some("swyU")));
     assert_eq!(m.attribute("max-message-size"), Some(Some("65536")));
     assert!(m.has_attribute("end-of-candidates"));
-    assert_eq!(values(m, "candidate").len(), 2);
+    assert_eq!(values(m, "candidate").len(), 4, "two UDP and two ICE-TCP");
     assert!(!m.has_attribute("rtcp-mux") && !m.has_attribute("rtpmap"));
 }
 
@@ -743,4 +746,43 @@ fn corpus_never_panics() {
         }
     }
     assert!(files > 0, "no corpus files in {}", dir.display());
+}
+
+/// ICE-TCP: every UDP candidate is offered again as a passive TCP one, every TCP one below
+/// every UDP one, so a peer whose UDP works never picks TCP.
+#[test]
+fn answers_offer_ice_tcp_passive_candidates_below_udp() {
+    let n = ok(
+        include_str!("fixtures/chrome_publish.sdp"),
+        Direction::Publish,
+    );
+    let lines: Vec<&str> = n
+        .answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .collect();
+    let prio = |l: &str| -> u32 {
+        l.split(' ')
+            .nth(3)
+            .and_then(|p| p.parse().ok())
+            .expect("priority")
+    };
+    let udp: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" udp "))
+        .collect();
+    let tcp: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" tcp "))
+        .collect();
+    assert!(!udp.is_empty() && udp.len() == tcp.len(), "{lines:?}");
+    for t in &tcp {
+        assert!(t.ends_with("typ host tcptype passive"), "{t}");
+        assert!(
+            udp.iter().all(|u| prio(u) > prio(t)),
+            "{t} above a UDP candidate"
+        );
+    }
 }

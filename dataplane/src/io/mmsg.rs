@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::addr::{parse_control, parse_sockaddr, CmsgBuf, RawAddr, CMSG_LEN, RAW_ADDR_LEN};
 use super::batch::{send_queued, MsgHdr};
 use super::raw::RawArray;
+use super::tcp::{Received, Tcp};
 use super::tx::Tx;
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
@@ -21,6 +22,7 @@ use crate::via::Via;
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_WAKER: u64 = 2;
 const TOKEN_RELAY: u64 = 3;
+const TOKEN_TCP: u64 = 4;
 
 pub(crate) struct Mmsg {
     socket: UdpSocket,
@@ -41,6 +43,8 @@ pub(crate) struct Mmsg {
     want_out: [bool; 2],
     drops: DropCounter,
     send_errors: u64,
+    /// Packets read from ICE-TCP connections in one turn (`Tx::tcp`).
+    tcp_rx: Received,
 }
 
 // SAFETY: the raw iovecs point into rx_bufs of the same Mmsg and move with it.
@@ -109,6 +113,7 @@ impl Mmsg {
             want_out: [false; 2],
             drops: DropCounter::default(),
             send_errors: 0,
+            tcp_rx: Received::default(),
         };
         for i in 0..n {
             let iov = libc::iovec {
@@ -151,7 +156,24 @@ impl Mmsg {
         }
     }
 
+    /// Serve ICE-TCP: its epoll descriptor joins ours.
+    pub(crate) fn add_tcp(&mut self, tcp: Box<Tcp>) -> Result<(), IoError> {
+        epoll_ctl(
+            &self.epoll,
+            libc::EPOLL_CTL_ADD,
+            tcp.fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_TCP,
+        )?;
+        self.tcp_rx = Received::with_capacity(64 * 1024);
+        self.tx.tcp = Some(tcp);
+        Ok(())
+    }
+
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        if let Some(t) = self.tx.tcp.as_mut() {
+            t.flush();
+        }
         for via in Via::ALL {
             let Some((fd, token)) = self.socket(via) else {
                 super::batch::refuse_queued(via, &mut self.tx, &mut self.send_errors);
@@ -188,16 +210,24 @@ impl Mmsg {
         if self.relay.is_some() {
             got += self.recv_batch(Via::Relay, on_rx)?;
         }
-        if got > 0 || timeout.is_zero() {
+        // A busy UDP socket never lets this engine reach epoll_wait, so ICE-TCP gets a look
+        // every turn (one epoll_wait of its own, with nothing to wait for).
+        let mut tcp_more = false;
+        if self.tx.tcp.is_some() {
+            let (n, more) = super::recv_tcp(&mut self.tx, &mut self.tcp_rx, on_rx);
+            got += n;
+            tcp_more = more;
+        }
+        if got > 0 || timeout.is_zero() || tcp_more {
             return Ok(got);
         }
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 3];
-        // SAFETY: events is a live array of 3 entries and we pass its length.
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: events is a live array of 4 entries and we pass its length.
         let rc = unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
-                3,
+                4,
                 timeout_ms(timeout),
             )
         };
@@ -209,20 +239,25 @@ impl Mmsg {
             return Err(IoError::sys("epoll_wait", err));
         }
         let mut ready = [false; 2];
+        let mut tcp_ready = false;
         for ev in events.iter().take(rc as usize) {
             match ev.u64 {
                 TOKEN_WAKER => self.waker.consume(),
                 TOKEN_RELAY => ready[Via::Relay.index()] = true,
+                TOKEN_TCP => tcp_ready = true,
                 _ => ready[Via::Media.index()] = true,
             }
         }
+        let mut got = 0;
+        if tcp_ready {
+            got += super::recv_tcp(&mut self.tx, &mut self.tcp_rx, on_rx).0;
+        }
         if ready == [false; 2] {
-            return Ok(0);
+            return Ok(got);
         }
         if self.want_out.contains(&true) {
             self.flush()?;
         }
-        let mut got = 0;
         for via in Via::ALL {
             if ready[via.index()] {
                 got += self.recv_batch(via, on_rx)?;

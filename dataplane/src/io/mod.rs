@@ -63,9 +63,11 @@
 
 mod addr;
 mod batch;
+mod framing;
 mod mmsg;
 mod raw;
 mod sockopt;
+mod tcp;
 mod tx;
 mod uring;
 mod waker;
@@ -74,6 +76,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use switchyard_shared::config::EngineKind;
+pub use tcp::{TcpCounters, TcpLimits};
 pub use tx::{Tx, TxBuf};
 pub use waker::Waker;
 
@@ -297,6 +300,31 @@ impl Io {
         }
     }
 
+    /// Serve ICE-TCP on `listener` (bound and listening, on the worker's media port): its
+    /// connections' packets arrive as media datagrams from the connection's peer, and media
+    /// sends to such a peer go out on its connection (`io/tcp.rs`).
+    pub fn add_tcp(
+        &mut self,
+        listener: std::net::TcpListener,
+        limits: TcpLimits,
+    ) -> Result<(), IoError> {
+        let tcp = Box::new(tcp::Tcp::new(listener, limits)?);
+        match &mut self.engine {
+            Engine::Uring(u) => u.add_tcp(tcp),
+            Engine::Mmsg(m) => m.add_tcp(tcp),
+        }
+    }
+
+    /// The ICE-TCP side's counters and open connections (zero without one).
+    pub fn tcp_counters(&mut self) -> (TcpCounters, usize) {
+        self.tx()
+            .tcp
+            .as_ref()
+            .map_or((TcpCounters::default(), 0), |t| {
+                (t.counters(), t.connections())
+            })
+    }
+
     /// Sends the kernel refused so far (counted, never retried).
     pub fn send_errors(&self) -> u64 {
         match &self.engine {
@@ -310,6 +338,37 @@ impl Io {
 /// says what is missing. Builds and tears down a throwaway engine on a loopback socket.
 pub fn probe_uring() -> Result<(), IoError> {
     uring::probe()
+}
+
+/// Take what the worker's ICE-TCP connections have ready (if it has any) and hand each
+/// packet to `on_rx` as a datagram on the media socket, from the connection's peer to its
+/// local address. Returns how many were handed over and whether more may be ready.
+pub(crate) fn recv_tcp(
+    tx: &mut Tx,
+    rx: &mut tcp::Received,
+    on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
+) -> (usize, bool) {
+    let at = std::time::Instant::now();
+    let Some(tcp) = tx.tcp.as_mut() else {
+        return (0, false);
+    };
+    let more = tcp.poll(at, rx);
+    let n = rx.len();
+    for i in 0..n {
+        if let Some((data, src, local)) = rx.get_mut(i) {
+            on_rx(
+                RxEvent::Datagram {
+                    data,
+                    src,
+                    dst: Some(local.ip()),
+                    at,
+                    via: Via::Media,
+                },
+                tx,
+            );
+        }
+    }
+    (n, more)
 }
 
 /// Tracks the kernel's cumulative u32 drop counter (SO_RXQ_OVFL) as a u64 that survives

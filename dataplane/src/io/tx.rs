@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::addr::{RawAddr, TxCmsg};
 use super::raw::RawArray;
+use super::tcp::{Sent, Tcp};
 use super::TX_BUF;
 use crate::via::Via;
 
@@ -68,6 +69,8 @@ pub struct Tx {
     /// Handed out by `buf_mut` for a buffer the caller no longer owns (a caller bug), so
     /// that bug cannot scribble over a buffer the kernel is sending.
     scratch: Box<[u8; TX_BUF]>,
+    /// The worker's ICE-TCP connections: a media send to a connection's peer goes there.
+    pub(crate) tcp: Option<Box<Tcp>>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -104,6 +107,7 @@ impl Tx {
             in_flight: 0,
             v6,
             scratch: Box::new([0; TX_BUF]),
+            tcp: None,
         }
     }
 
@@ -164,6 +168,18 @@ impl Tx {
         debug_assert!(len <= TX_BUF, "queue len {len} > TX_BUF");
         let i = b.0 as usize;
         let len = len.min(TX_BUF);
+        if via == Via::Media {
+            if let Some(tcp) = self.tcp.as_mut() {
+                // SAFETY: the slot is Owned (checked above): the kernel does not touch it.
+                let data = unsafe { self.bufs.get(i) };
+                if tcp.send(dst, &data[..len]) != Sent::NotTcp {
+                    // Framed into the connection's buffer (or dropped and counted there).
+                    self.state[i] = State::Free;
+                    self.free.push(b.0);
+                    return;
+                }
+            }
+        }
         // SAFETY: the slot is Owned: neither its address, iovec nor header is in use by the
         // kernel, and &mut self makes these the only references.
         let namelen = unsafe { self.addrs.get_mut(i) }.write(dst, self.v6);

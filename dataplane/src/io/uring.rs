@@ -28,6 +28,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use super::addr::{parse_control, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
 use super::batch::{self, MsgHdr};
 use super::raw::RawArray;
+use super::tcp::{Received, Tcp};
 use super::tx::Tx;
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
@@ -153,6 +154,11 @@ pub(crate) struct Uring {
     tx_hdrs: Option<RawArray<MsgHdr>>,
     drops: DropCounter,
     send_errors: u64,
+    /// One-shot POLL_ADD on the ICE-TCP side's epoll descriptor in flight (`Tx::tcp`).
+    tcp_armed: bool,
+    /// That poll completed, or the last read left work: read ICE-TCP this turn.
+    tcp_ready: bool,
+    tcp_rx: Received,
 }
 
 // SAFETY: the raw pointers (buffer ring, buffers) are owned by this value and move with it;
@@ -272,6 +278,9 @@ impl Uring {
             tx_hdrs: cfg.uring_sendmmsg.then(|| batch::headers(cfg.tx_slots)),
             drops: DropCounter::default(),
             send_errors: 0,
+            tcp_armed: false,
+            tcp_ready: false,
+            tcp_rx: Received::default(),
         })
     }
 
@@ -281,6 +290,13 @@ impl Uring {
 
     pub(crate) fn tx(&mut self) -> &mut Tx {
         &mut self.tx
+    }
+
+    /// Serve ICE-TCP: its epoll descriptor is polled from the ring.
+    pub(crate) fn add_tcp(&mut self, tcp: Box<Tcp>) -> Result<(), IoError> {
+        self.tcp_rx = Received::with_capacity(64 * 1024);
+        self.tx.tcp = Some(tcp);
+        Ok(())
     }
 
     pub(crate) fn kernel_drops(&self) -> u64 {
@@ -350,6 +366,17 @@ impl Uring {
                 .build()
                 .user_data(UD_WAKER);
             self.waker_armed = self.push(&e)?;
+        }
+        if let Some(tcp) = self.tx.tcp.as_mut() {
+            tcp.flush();
+            if !self.tcp_armed {
+                // One-shot, re-armed each turn: level-triggered, so it completes at once
+                // while connections still have something to read.
+                let e = opcode::PollAdd::new(Fd(tcp.fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(UD_WAKER | 1);
+                self.tcp_armed = self.push(&e)?;
+            }
         }
         if self.relay.is_none() {
             batch::refuse_queued(Via::Relay, &mut self.tx, &mut self.send_errors);
@@ -421,6 +448,11 @@ impl Uring {
         on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
     ) -> Result<usize, IoError> {
         self.prepare()?;
+        let timeout = if self.tcp_ready {
+            Duration::ZERO
+        } else {
+            timeout
+        };
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
@@ -428,7 +460,13 @@ impl Uring {
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => {}
             Err(e) => return Err(IoError::sys("io_uring_enter", e)),
         }
-        self.drain(Some(on_rx))
+        let mut got = self.drain(Some(on_rx))?;
+        if self.tcp_ready {
+            let (n, more) = super::recv_tcp(&mut self.tx, &mut self.tcp_rx, on_rx);
+            got += n;
+            self.tcp_ready = more;
+        }
+        Ok(got)
     }
 
     /// Handle every completion ready now. With `on_rx` None (shutdown) datagrams are
@@ -483,6 +521,12 @@ impl Uring {
                     self.buf_ring
                         .push(bid, self.bufs.ptr(usize::from(bid)).cast());
                 }
+                UD_WAKER if ud & 1 == 1 => {
+                    self.tcp_armed = false;
+                    if res > 0 {
+                        self.tcp_ready = true;
+                    }
+                }
                 UD_WAKER => {
                     if !cqueue::more(flags) {
                         self.waker_armed = false;
@@ -514,10 +558,11 @@ impl Uring {
         if self.disabled {
             return true; // never enabled: nothing was ever submitted
         }
-        for ud in [UD_RECV, UD_RECV | 1, UD_WAKER] {
+        for ud in [UD_RECV, UD_RECV | 1, UD_WAKER, UD_WAKER | 1] {
             let armed = match ud {
                 UD_RECV => self.recv_armed[0],
                 UD_WAKER => self.waker_armed,
+                x if x == UD_WAKER | 1 => self.tcp_armed,
                 _ => self.recv_armed[1],
             };
             if armed {
@@ -528,7 +573,11 @@ impl Uring {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.recv_armed.contains(&true) || self.waker_armed || self.tx.in_flight() > 0 {
+        while self.recv_armed.contains(&true)
+            || self.waker_armed
+            || self.tcp_armed
+            || self.tx.in_flight() > 0
+        {
             let ts = Timespec::from(Duration::from_millis(50));
             let args = SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {

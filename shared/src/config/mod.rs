@@ -65,6 +65,10 @@ pub struct MediaSection {
     pub announce6: Option<Ipv6Addr>,
     /// Worker `i` listens on `port + i`.
     pub port: u16,
+    /// ICE-TCP (RFC 6544): worker `i` also listens on TCP `port + i`, and every WebRTC
+    /// answer offers a passive TCP host candidate per address, below the UDP ones, for peers
+    /// whose network drops UDP.
+    pub ice_tcp: bool,
     /// Worker `i` also binds its relay socket at `relay_port + i` (same address and
     /// dual-stack setup as its media socket): node-to-node relay links (`RelayIn`/`RelayOut`
     /// sessions) send and receive there, and nothing else is answered on it.
@@ -95,6 +99,7 @@ impl Default for MediaSection {
             announce: Vec::new(),
             announce6: None,
             port: 10000,
+            ice_tcp: true,
             relay_port: 9443,
             workers: 0,
             pin: true,

@@ -226,6 +226,7 @@ impl Webrtc {
                     ice_pwd: &local.pwd,
                     fingerprint: &dp.fingerprint,
                     candidates: &cands,
+                    ice_tcp: self.sessions.media().ice_tcp,
                     publisher: publisher.as_deref(),
                 };
                 let n = sdp::answer(offer, dir, &params)?;
