@@ -567,3 +567,123 @@ fn pktinfo_ipv6_loopback() {
         answers_from_the_address_asked((kind, &c), "[::]:0", "[::1]:0", ip("::1"), &[ip("::1")]);
     }
 }
+
+/// Read one RFC 4571 frame (length prefix, then the packet) from a TCP stream.
+fn read_frame(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).expect("frame length");
+    let mut p = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut p).expect("frame");
+    p
+}
+
+/// ICE-TCP beside the UDP socket, in every engine: framed packets on a connection arrive as
+/// media datagrams from the connection's peer to the address it connected to; replies
+/// queued to that peer go back framed on the connection, in order, while UDP peers still get
+/// theirs over UDP; a busy UDP socket does not starve the connection.
+#[test]
+fn ice_tcp_connections_are_served_beside_the_udp_socket() {
+    use std::io::Write;
+    for (kind, c) in engine_configs("ice_tcp_connections_are_served_beside_the_udp_socket") {
+        let (mut io, udp_addr) = io_on(kind, "127.0.0.1:0", &c);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let tcp_addr = listener.local_addr().expect("addr");
+        io.add_tcp(listener, Default::default()).expect("add tcp");
+        let mut client = std::net::TcpStream::connect(tcp_addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let me = client.local_addr().expect("addr");
+        let udp_peer = bind("127.0.0.1:0");
+        udp_peer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let n = 200u32;
+        let mut wire = Vec::new();
+        for seq in 0..n {
+            let p = payload(seq);
+            wire.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            wire.extend_from_slice(&p);
+        }
+        // Half the stream, a flood of UDP, then the rest in odd-sized pieces.
+        let (a, b) = wire.split_at(wire.len() / 2);
+        client.write_all(a).expect("write");
+        // (100 of them: the peer's default receive buffer must hold all the echoes.)
+        for seq in 0..100 {
+            udp_peer.send_to(&payload(seq), udp_addr).expect("udp send");
+        }
+        let mut got_tcp = Vec::new();
+        let mut got_udp = 0u32;
+        let mut rest = b.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got_tcp.len() < n as usize {
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: {} of {n} TCP packets",
+                got_tcp.len()
+            );
+            if !rest.is_empty() {
+                let take = rest.len().min(331);
+                client.write_all(&rest[..take]).expect("write");
+                rest.drain(..take);
+            }
+            io.poll(Duration::from_millis(2), &mut |ev, tx| {
+                if let RxEvent::Datagram {
+                    data,
+                    src,
+                    dst,
+                    via,
+                    ..
+                } = ev
+                {
+                    assert_eq!(via, Via::Media);
+                    if src == me {
+                        assert_eq!(dst, Some(tcp_addr.ip()), "{kind:?}");
+                        got_tcp.push(data.to_vec());
+                    } else {
+                        got_udp += 1;
+                    }
+                    // Echo everything to where it came from.
+                    let b = tx.alloc().expect("tx slot");
+                    tx.buf_mut(b)[..data.len()].copy_from_slice(data);
+                    tx.queue(b, data.len(), src);
+                }
+            })
+            .expect("poll");
+        }
+        io.flush().expect("flush");
+        let want: Vec<Vec<u8>> = (0..n).map(payload).collect();
+        assert_eq!(got_tcp, want, "{kind:?}: TCP packets whole and in order");
+        for seq in 0..n {
+            assert_eq!(
+                read_frame(&mut client),
+                payload(seq),
+                "{kind:?}: echo {seq}"
+            );
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..got_udp {
+            let (len, from) = udp_peer.recv_from(&mut buf).expect("udp echo");
+            assert!(len > 0);
+            assert_eq!(
+                from, udp_addr,
+                "{kind:?}: UDP peers still answered over UDP"
+            );
+        }
+        let (counters, open) = io.tcp_counters();
+        assert_eq!(open, 1, "{kind:?}");
+        assert_eq!(counters.packets_in, u64::from(n));
+        assert_eq!(counters.packets_out, u64::from(n));
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.tcp_counters().1 != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: closed connection kept"
+            );
+            io.poll(Duration::from_millis(20), &mut |_, _| {})
+                .expect("poll");
+        }
+    }
+}
