@@ -21,6 +21,17 @@ const GSTREAMER_BUNDLE_ONLY: &str = include_str!("fixtures/gstreamer_publish_bun
 /// The same with x264 (`tests/gstreamer/whip_publish.py --codec h264`): constrained baseline
 /// written as x264 writes it (`42c01f`), `sprop-parameter-sets` in the fmtp.
 const GSTREAMER_H264: &str = include_str!("fixtures/gstreamer_publish_h264.sdp");
+/// OBS 30.1 (libdatachannel): ICE, DTLS and `a=setup` at session level, `a=group:LS`, SSRCs
+/// in `a=ssrc`, no header extensions, candidates with a real port. The audio section as an
+/// OBS 30.1.0 user quoted it (kevmo314/tinywhip#2); the video section written after
+/// obs-studio's `whip-output.cpp` (H264 42e01f, packetization-mode 1).
+const OBS_PUBLISH: &str = include_str!("fixtures/obs_whip_publish.sdp");
+/// FFmpeg's WHIP muxer (`libavformat/whip.c`, `generate_sdp_offer`): `a=setup:passive`, no
+/// candidates, no `a=rtcp-fb`, no header extensions, audio first.
+const FFMPEG_PUBLISH: &str = include_str!("fixtures/ffmpeg_whip_publish.sdp");
+/// `a=setup:active`, `a=rtcp-mux-only`, an `ssrc-group:FID`, and m-lines we cannot serve:
+/// H265 only, `m=text` (T.140), static-payload-only audio; plus a data channel.
+const MIXED_UNKNOWN: &str = include_str!("fixtures/mixed_unknown_m_lines.sdp");
 /// Debian 12's Chromium 148 (software decoding only) watching video and audio: its H264
 /// entries are 42001f, 42e01f, 4d001f and f4001f, no High (64).
 const CHROMIUM148_SUBSCRIBE: &str = include_str!("fixtures/chromium148_subscribe.sdp");
@@ -431,6 +442,81 @@ fn h264_answer_never_offers_a_profile_the_offerer_did_not() {
             "{f}"
         );
     }
+}
+
+/// Port and mid of each answer m-line, in order.
+fn ports(n: &Negotiated) -> Vec<(String, isize)> {
+    parse(&n.answer)
+        .media_descriptions
+        .iter()
+        .map(|m| {
+            let mid = m.attribute("mid").flatten().unwrap_or_default().to_owned();
+            (mid, m.media_name.port.value)
+        })
+        .collect()
+}
+
+#[test]
+fn obs_publish_with_session_level_transport_attributes() {
+    let n = ok(OBS_PUBLISH, Direction::Publish);
+    assert_eq!(n.ice_ufrag_remote, "nxcM");
+    assert!(n.remote_fingerprint.starts_with("sha-256 4E:7F"));
+    let a = track(&n, Kind::Audio);
+    assert_eq!(
+        (a.codec.payload_type, a.ssrcs.as_slice()),
+        (111, &[3388068600][..])
+    );
+    let v = track(&n, Kind::Video);
+    assert_eq!(
+        (v.codec.name.as_str(), v.ssrcs.as_slice()),
+        ("H264", &[3388068601][..])
+    );
+    assert_eq!(
+        v.codec.fmtp.as_deref(),
+        Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+    );
+    assert!(v.extensions.is_empty() && v.rtx.is_none());
+    assert_eq!(ports(&n), [("0".into(), 10001), ("1".into(), 10001)]);
+}
+
+/// FFmpeg's WHIP muxer offers `a=setup:passive`: it wants to be the DTLS server, and so is
+/// the node (ICE-lite, never the DTLS client). The offer is refused cleanly (HTTP 400) rather
+/// than answered with a role that cannot work. Everything else in it would be accepted.
+#[test]
+fn ffmpeg_publish_with_setup_passive_is_refused_cleanly() {
+    assert_eq!(
+        run(FFMPEG_PUBLISH, Direction::Publish, None),
+        Err(SdpError::SetupNotActpass)
+    );
+    let n = ok(
+        &FFMPEG_PUBLISH.replace("a=setup:passive", "a=setup:actpass"),
+        Direction::Publish,
+    );
+    assert_eq!(track(&n, Kind::Video).codec.payload_type, 106);
+    assert_eq!(track(&n, Kind::Audio).ssrcs, [2861219734]);
+}
+
+#[test]
+fn unknown_and_unsupported_m_lines_get_port_0_and_the_rest_is_answered() {
+    let n = ok(MIXED_UNKNOWN, Direction::Publish);
+    assert_eq!(
+        ports(&n),
+        [
+            ("0".into(), 10001),
+            ("1".into(), 0), // H265 only
+            ("2".into(), 0), // m=text
+            ("3".into(), 0), // PCMU/PCMA only
+            ("4".into(), 10001),
+        ]
+    );
+    assert_eq!(n.tracks.len(), 1);
+    let v = track(&n, Kind::Video);
+    // The FID group: media SSRC first, then its RTX SSRC, RTX payload type bound by apt.
+    assert_eq!(v.ssrcs, [1111111111, 2222222222]);
+    assert_eq!(v.rtx.as_ref().map(|r| r.payload_type), Some(97));
+    assert_eq!(n.data_channel.as_ref().map(|d| d.mid.as_str()), Some("4"));
+    // a=setup:active is answered passive (check_answer), as actpass is.
+    assert!(!n.answer.contains("a=setup:active"));
 }
 
 #[test]
