@@ -18,12 +18,15 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v ip >/dev/null || need_apt+=(iproute2)
 # tests/multihome.rs (and the ICE-TCP test) drop UDP inside a namespace with nftables.
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
-# tests/gstreamer_whip.rs drives GStreamer's webrtcbin (the WHIP client's engine) from Python.
+# tests/gstreamer_whip.rs drives GStreamer's webrtcbin (the WHIP client's engine) from Python;
+# its H.264 tests encode with x264enc (plugins-ugly).
 if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstWebRTC", "1.0"); gi.require_version("GstSdp", "1.0")' 2>/dev/null \
   || ! command -v gst-inspect-1.0 >/dev/null || ! gst-inspect-1.0 nicesrc >/dev/null 2>&1 \
-  || ! gst-inspect-1.0 vp8enc >/dev/null 2>&1 || ! gst-inspect-1.0 opusenc >/dev/null 2>&1; then
+  || ! gst-inspect-1.0 vp8enc >/dev/null 2>&1 || ! gst-inspect-1.0 opusenc >/dev/null 2>&1 \
+  || ! gst-inspect-1.0 x264enc >/dev/null 2>&1; then
   need_apt+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-tools
-    gstreamer1.0-nice gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+    gstreamer1.0-nice gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo=sudo; else

@@ -8,8 +8,13 @@ stdout, reads the answer from stdin up to an `END` line, then publishes for SECO
 binary itself aborts at start ("libsoup2 symbols detected"), hence webrtcbin driven from Python
 (python3-gi), with the same offer shape.
 
-usage: python3 whip_publish.py SECONDS
+With `--codec h264` the video is x264 in constrained baseline (profile-level-id 42c01f,
+packetization-mode 1, SPS/PPS before every IDR); `--codec h264-high` is x264's High profile
+(64001f). x264enc is in gstreamer1.0-plugins-ugly.
+
+usage: python3 whip_publish.py SECONDS [--codec vp8|h264|h264-high]
 """
+import argparse
 import sys
 
 import gi
@@ -19,14 +24,40 @@ gi.require_version("GstWebRTC", "1.0")
 gi.require_version("GstSdp", "1.0")
 from gi.repository import GLib, Gst, GstSdp, GstWebRTC  # noqa: E402
 
-SECONDS = int(sys.argv[1])
+args = argparse.ArgumentParser()
+args.add_argument("seconds", type=int)
+args.add_argument("--codec", choices=["vp8", "h264", "h264-high"], default="vp8")
+args = args.parse_args()
+SECONDS = args.seconds
+
+
+def h264(profile, preset):
+    # config-interval=-1: SPS/PPS with every IDR, so a subscriber joining late can decode from
+    # its first keyframe; key-int-max=30 gives it one every 2 s at 15 fps. rtph264pay writes
+    # profile-level-id from the SPS (x264 says constrained baseline as 42c0.., not the
+    # browsers' 42e0..), and webrtcbin copies the payloader's caps into the offer's a=fmtp.
+    # ultrafast leaves out every High tool, after which x264 signals Baseline whatever the
+    # caps ask, hence superfast for High.
+    return (
+        f"x264enc tune=zerolatency speed-preset={preset} key-int-max=30 bitrate=500 ! "
+        f"video/x-h264,profile={profile},level=(string)3.1 ! "
+        "rtph264pay config-interval=-1 aggregate-mode=zero-latency pt=96 ! "
+        "application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000"
+    )
+
+
+VIDEO = {
+    "vp8": "vp8enc deadline=1 ! rtpvp8pay pt=96 ! "
+    "application/x-rtp,media=video,encoding-name=VP8,payload=96",
+    "h264": h264("constrained-baseline", "ultrafast"),
+    "h264-high": h264("high", "superfast"),
+}[args.codec]
 
 Gst.init(None)
 pipe = Gst.parse_launch(
     "webrtcbin name=w bundle-policy=max-bundle "
     "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1 ! "
-    "vp8enc deadline=1 ! rtpvp8pay pt=96 ! "
-    "application/x-rtp,media=video,encoding-name=VP8,payload=96 ! w. "
+    f"{VIDEO} ! w. "
     "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc ! "
     "rtpopuspay pt=97 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=97 ! w."
 )

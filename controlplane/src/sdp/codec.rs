@@ -1,14 +1,11 @@
 //! Which m-lines we accept and with which codec.
 
+use super::h264::{self, Profile};
 use super::offer::{fmtp_param, Offer, Offered, Section, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID};
 use super::{Codec, Direction, Kind, Negotiated, Remap, Track};
 
 /// The only transport WebRTC media uses; anything else (plain RTP, SDES) is rejected.
 const PROTO: &str = "UDP/TLS/RTP/SAVPF";
-
-/// H264 profile-level-id we prefer: constrained baseline, level 3.1, which every browser
-/// decodes in hardware or software.
-const H264_PREFERRED: &str = "42e01f";
 
 /// One entry per offer m-line: the track we accept it as, or `None` to reject it (port 0).
 pub(super) fn plan(
@@ -63,30 +60,23 @@ fn supported(kind: Kind, c: &Codec) -> bool {
                 && (is("VP8")
                     || is("VP9")
                     || is("AV1")
-                    || (is("H264") && packetization_mode(c) == Some("1")))
+                    || (is("H264")
+                        && h264::packetization_mode(c.fmtp.as_deref()) == Some("1")
+                        && h264::profile_level(c.fmtp.as_deref()).is_some()))
         }
     }
 }
 
-fn packetization_mode(c: &Codec) -> Option<&str> {
-    c.fmtp
-        .as_deref()
-        .and_then(|f| fmtp_param(f, "packetization-mode"))
-}
-
-/// The first supported codec in the offer's order (for H264, the best profile among the
-/// offered H264 entries), with its RTX.
+/// The first supported codec in the offer's order, with its RTX. For H264 the first
+/// constrained baseline entry among the offered H264 ones when there is one: every browser
+/// decodes that profile, so whoever subscribes later can watch.
 fn first_supported(s: &Section, kind: Kind, dir: Direction) -> Option<Track> {
     let first = s.codecs.iter().find(|o| supported(kind, &o.codec))?;
     let chosen = if first.codec.name.eq_ignore_ascii_case("H264") {
-        let h264 = || {
-            s.codecs
-                .iter()
-                .filter(|o| o.codec.name.eq_ignore_ascii_case("H264") && supported(kind, &o.codec))
-        };
-        h264()
-            .find(|o| h264_profile_level(&o.codec).eq_ignore_ascii_case(H264_PREFERRED))
-            .or_else(|| h264().find(|o| constrained_baseline(&o.codec)))
+        s.codecs
+            .iter()
+            .filter(|o| o.codec.name.eq_ignore_ascii_case("H264") && supported(kind, &o.codec))
+            .find(|o| h264_profile(&o.codec) == Some(Profile::ConstrainedBaseline))
             .unwrap_or(first)
     } else {
         first
@@ -94,12 +84,23 @@ fn first_supported(s: &Section, kind: Kind, dir: Direction) -> Option<Track> {
     Some(track(s, kind, chosen, dir))
 }
 
-/// The subscriber's codec that carries the publisher's stream unchanged.
+/// The subscriber's codec that carries the publisher's stream unchanged. For H264, the first
+/// entry in the subscriber's order of the publisher's own profile, else of a profile whose
+/// decoders decode it; within that, one whose level is at least the publisher's before a
+/// lower one (which is still taken: decoders do not enforce levels).
 fn follow(s: &Section, kind: Kind, source: &Track) -> Option<Track> {
+    let level = |c: &Codec| h264::profile_level(c.fmtp.as_deref()).map(|p| p.level);
     let chosen = s
         .codecs
         .iter()
-        .find(|o| supported(kind, &o.codec) && same_stream(&source.codec, &o.codec))?;
+        .filter(|o| supported(kind, &o.codec) && same_stream(&source.codec, &o.codec))
+        // min_by_key keeps the first of equals: the subscriber's preference.
+        .min_by_key(|o| {
+            (
+                h264_profile(&o.codec) != h264_profile(&source.codec),
+                level(&o.codec) < level(&source.codec),
+            )
+        })?;
     let mut t = track(s, kind, chosen, Direction::Subscribe);
     let pt = (source.codec.payload_type, t.codec.payload_type);
     let rtx = match (&source.rtx, &t.rtx) {
@@ -124,9 +125,11 @@ fn follow(s: &Section, kind: Kind, source: &Track) -> Option<Track> {
 }
 
 /// Whether a subscriber can decode what the publisher sends, as is: same codec and clock, and
-/// the same profile where the codec has profiles (H264 profile_idc + constraints, VP9 and AV1
-/// profile). Levels may differ: they bound resolution and rate, which the publisher's browser
-/// already picked for common receivers.
+/// for VP9 and AV1 the same profile. For H264 the same packetization mode and a profile whose
+/// decoders decode the publisher's (H.264 Annex A: a High decoder decodes Main, for one);
+/// Chromium without a hardware decoder offers no High (64) but High 4:4:4 (f4), whose
+/// decoders decode High. Levels may differ: they bound resolution and rate, which the
+/// publisher's encoder already picked for common receivers.
 fn same_stream(p: &Codec, s: &Codec) -> bool {
     if !p.name.eq_ignore_ascii_case(&s.name) || p.clock_rate != s.clock_rate {
         return false;
@@ -139,8 +142,12 @@ fn same_stream(p: &Codec, s: &Codec) -> bool {
             .to_ascii_lowercase()
     };
     if p.name.eq_ignore_ascii_case("H264") {
-        packetization_mode(p) == packetization_mode(s)
-            && h264_profile_level(p).get(..4) == h264_profile_level(s).get(..4)
+        let decodes = match (h264_profile(s), h264_profile(p)) {
+            (Some(s), Some(p)) => h264::decodes(s, p),
+            _ => false,
+        };
+        h264::packetization_mode(p.fmtp.as_deref()) == h264::packetization_mode(s.fmtp.as_deref())
+            && decodes
     } else if p.name.eq_ignore_ascii_case("VP9") {
         param(p, "profile-id", "0") == param(s, "profile-id", "0")
     } else if p.name.eq_ignore_ascii_case("AV1") {
@@ -150,23 +157,8 @@ fn same_stream(p: &Codec, s: &Codec) -> bool {
     }
 }
 
-/// `profile-level-id`, lowercase; RFC 6184's default (baseline, level 1.0) when absent.
-fn h264_profile_level(c: &Codec) -> String {
-    c.fmtp
-        .as_deref()
-        .and_then(|f| fmtp_param(f, "profile-level-id"))
-        .unwrap_or("42000a")
-        .to_ascii_lowercase()
-}
-
-/// Baseline profile_idc (0x42) with constraint_set1_flag: the constrained baseline profile.
-fn constrained_baseline(c: &Codec) -> bool {
-    let pl = h264_profile_level(c);
-    let byte = |i: usize| {
-        pl.get(i..i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-    };
-    matches!((byte(0), byte(2)), (Some(0x42), Some(iop)) if iop & 0x40 != 0)
+fn h264_profile(c: &Codec) -> Option<Profile> {
+    h264::profile_level(c.fmtp.as_deref()).map(|p| p.profile)
 }
 
 fn track(s: &Section, kind: Kind, chosen: &Offered, dir: Direction) -> Track {
@@ -197,10 +189,14 @@ fn track(s: &Section, kind: Kind, chosen: &Offered, dir: Direction) -> Track {
                 .collect(),
         ),
     };
+    let mut codec = chosen.codec.clone();
+    if codec.name.eq_ignore_ascii_case("H264") {
+        codec.fmtp = h264::answer_fmtp(codec.fmtp.as_deref());
+    }
     Track {
         mid: s.mid.clone(),
         kind,
-        codec: chosen.codec.clone(),
+        codec,
         ssrcs,
         rtx,
         extensions,

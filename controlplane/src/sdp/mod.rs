@@ -9,12 +9,14 @@
 //! the `sdp` crate parses it, nothing derived from it is unwrapped, and every line we echo back
 //! is rebuilt from values we parsed and checked (payload types, extension ids, rids), never
 //! copied through as text — except `a=fmtp` parameters, which are echoed for the chosen codec
-//! only (the client needs to see its own parameters back).
+//! only (the client needs to see its own parameters back; H264's are rebuilt from the three
+//! that RFC 6184 offer/answer is about).
 //!
 //! What we accept and answer, and why, is in `docs/webrtc.md` ("SDP").
 
 mod build;
 mod codec;
+mod h264;
 mod offer;
 
 #[cfg(test)]
@@ -152,7 +154,8 @@ pub struct Codec {
     pub clock_rate: u32,
     /// Audio channels (`opus/48000/2`); `None` for video.
     pub channels: Option<u16>,
-    /// The `a=fmtp` parameters as offered, without the payload type.
+    /// The `a=fmtp` parameters as offered, without the payload type; for H264 as answered
+    /// (profile-level-id, packetization-mode, level-asymmetry-allowed: `sdp::h264`).
     pub fmtp: Option<String>,
     /// The `a=rtcp-fb` values we accepted (`nack`, `nack pli`, `ccm fir`, `transport-cc`,
     /// `goog-remb`).

@@ -18,6 +18,23 @@ const AIORTC_DATACHANNEL: &str = include_str!("fixtures/aiortc_publish_datachann
 /// GStreamer 1.22 `webrtcbin` with `bundle-policy=max-bundle`, as `whip-client` offers:
 /// the second m-line `bundle-only` (port 0), no MID header extension, SSRCs in `a=ssrc`.
 const GSTREAMER_BUNDLE_ONLY: &str = include_str!("fixtures/gstreamer_publish_bundle_only.sdp");
+/// The same with x264 (`tests/gstreamer/whip_publish.py --codec h264`): constrained baseline
+/// written as x264 writes it (`42c01f`), `sprop-parameter-sets` in the fmtp.
+const GSTREAMER_H264: &str = include_str!("fixtures/gstreamer_publish_h264.sdp");
+/// OBS 30.1 (libdatachannel): ICE, DTLS and `a=setup` at session level, `a=group:LS`, SSRCs
+/// in `a=ssrc`, no header extensions, candidates with a real port. The audio section as an
+/// OBS 30.1.0 user quoted it (kevmo314/tinywhip#2); the video section written after
+/// obs-studio's `whip-output.cpp` (H264 42e01f, packetization-mode 1).
+const OBS_PUBLISH: &str = include_str!("fixtures/obs_whip_publish.sdp");
+/// FFmpeg's WHIP muxer (`libavformat/whip.c`, `generate_sdp_offer`): `a=setup:passive`, no
+/// candidates, no `a=rtcp-fb`, no header extensions, audio first.
+const FFMPEG_PUBLISH: &str = include_str!("fixtures/ffmpeg_whip_publish.sdp");
+/// `a=setup:active`, `a=rtcp-mux-only`, an `ssrc-group:FID`, and m-lines we cannot serve:
+/// H265 only, `m=text` (T.140), static-payload-only audio; plus a data channel.
+const MIXED_UNKNOWN: &str = include_str!("fixtures/mixed_unknown_m_lines.sdp");
+/// Debian 12's Chromium 148 (software decoding only) watching video and audio: its H264
+/// entries are 42001f, 42e01f, 4d001f and f4001f, no High (64).
+const CHROMIUM148_SUBSCRIBE: &str = include_str!("fixtures/chromium148_subscribe.sdp");
 
 const ALL: [&str; 9] = [
     CHROME_PUBLISH,
@@ -312,6 +329,197 @@ fn gstreamer_bundle_only_audio_is_a_live_track() {
         assert!(m.attributes.iter().any(|a| a.key == "recvonly"), "{m:?}");
         assert!(!m.attributes.iter().any(|a| a.key == "bundle-only"));
     }
+}
+
+/// The H264 m-line of an answer: its `a=fmtp` values.
+fn fmtp_lines(n: &Negotiated) -> Vec<String> {
+    let sd = parse(&n.answer);
+    sd.media_descriptions
+        .iter()
+        .filter(|m| m.media_name.media == "video")
+        .flat_map(|m| values(m, "fmtp"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn gstreamer_h264_is_accepted_with_its_profile_and_without_its_parameter_sets() {
+    let n = ok(GSTREAMER_H264, Direction::Publish);
+    let v = track(&n, Kind::Video);
+    assert_eq!((v.codec.name.as_str(), v.codec.payload_type), ("H264", 96));
+    assert_eq!(
+        fmtp_lines(&n),
+        ["96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42c01f"]
+    );
+    assert!(!n.answer.contains("sprop-parameter-sets"));
+    assert_eq!(n.tracks.len(), 2, "audio is bundle-only and live");
+}
+
+/// Publisher's H264 fmtp → the payload type `subscriber`'s WHEP offer gets it on (None: the
+/// video m-line rejected, as it offers no profile that decodes it).
+fn subscribes_to(subscriber: &str, publisher_fmtp: &str) -> Option<u8> {
+    let publisher = ok(
+        &GSTREAMER_H264.replace(
+            "packetization-mode=1;sprop-parameter-sets=Z0LAH9oFB+wFqDAwNSgAAAMACAAAAwD0eMGV,aM48gA==;profile-level-id=42c01f;level-asymmetry-allowed=1",
+            publisher_fmtp,
+        ),
+        Direction::Publish,
+    );
+    let n = run(subscriber, Direction::Subscribe, Some(&publisher)).expect("audio at least");
+    check_answer(&n, Direction::Subscribe);
+    let v = n.tracks.iter().find(|t| t.kind == Kind::Video)?;
+    let r = v.remap.as_ref().expect("remap");
+    assert_eq!(r.payload_type, (96, v.codec.payload_type));
+    Some(v.codec.payload_type)
+}
+
+#[test]
+fn subscriber_gets_the_publishers_h264_profile_as_rfc_6184_names_it() {
+    // Chrome offers 102 42001f, 106 42e01f, 127 4d001f, 112 64001f (mode 1 each).
+    let cases = [
+        // x264's constrained baseline (constraint_set0+1) is Chrome's 42e01f (set0+1+2).
+        ("packetization-mode=1;profile-level-id=42c01f", Some(106)),
+        ("packetization-mode=1;profile-level-id=42e01f", Some(106)),
+        // Higher level, same profile: still decodable; the level is the encoder's choice.
+        ("packetization-mode=1;profile-level-id=42e028", Some(106)),
+        ("packetization-mode=1;profile-level-id=42001f", Some(102)),
+        ("packetization-mode=1;profile-level-id=4d001f", Some(127)),
+        ("packetization-mode=1;profile-level-id=64001f", Some(112)),
+        // No Constrained High entry: a High decoder decodes it.
+        ("packetization-mode=1;profile-level-id=640c1f", Some(112)),
+        // Nothing decodes High 4:4:4 here, nor mode 0 of a profile only offered in mode 1.
+        ("packetization-mode=1;profile-level-id=f4001f", None),
+        ("packetization-mode=0;profile-level-id=640c1f", None),
+    ];
+    for (fmtp, want) in cases {
+        assert_eq!(subscribes_to(CHROME_SUBSCRIBE, fmtp), want, "{fmtp}");
+    }
+    // Chromium 148 without hardware decoding: 103 42001f, 109 42e01f, 117 4d001f, 41 f4001f.
+    let cases = [
+        ("packetization-mode=1;profile-level-id=42c01f", Some(109)),
+        ("packetization-mode=1;profile-level-id=4d001f", Some(117)),
+        // High goes to the High 4:4:4 entry, whose decoders decode High (x264's, OBS's).
+        ("packetization-mode=1;profile-level-id=64001f", Some(41)),
+        ("packetization-mode=1;profile-level-id=640c1f", Some(41)),
+    ];
+    for (fmtp, want) in cases {
+        assert_eq!(subscribes_to(CHROMIUM148_SUBSCRIBE, fmtp), want, "{fmtp}");
+    }
+}
+
+#[test]
+fn subscriber_h264_entry_with_a_level_as_high_as_the_publishers_is_preferred() {
+    let publisher = ok(
+        &GSTREAMER_H264.replace("profile-level-id=42c01f", "profile-level-id=42c028"),
+        Direction::Publish,
+    );
+    // A second constrained baseline entry at level 4.0 after Chrome's 106 (level 3.1).
+    let offer = CHROME_SUBSCRIBE
+        .replace(
+            "a=rtpmap:112 H264/90000",
+            "a=rtpmap:122 H264/90000\r\na=fmtp:122 packetization-mode=1;profile-level-id=42e028\r\na=rtpmap:112 H264/90000",
+        )
+        .replace(" 112 113 114", " 112 113 122 114");
+    let n = run(&offer, Direction::Subscribe, Some(&publisher)).expect("answerable");
+    assert_eq!(track(&n, Kind::Video).codec.payload_type, 122);
+    assert_eq!(
+        fmtp_lines(&n)[0],
+        "122 packetization-mode=1;profile-level-id=42e028",
+        "the subscriber's entry as offered: no level-asymmetry-allowed it did not offer"
+    );
+}
+
+#[test]
+fn h264_answer_never_offers_a_profile_the_offerer_did_not() {
+    for (offer, want) in [(CHROME_PUBLISH, "42e01f"), (FIREFOX_PUBLISH, "42e01f")] {
+        let offer = offer
+            .replace("VP8/90000", "XVP8/90000")
+            .replace("VP9/90000", "XVP9/90000")
+            .replace("AV1/90000", "XAV1/90000");
+        let n = ok(&offer, Direction::Publish);
+        let v = track(&n, Kind::Video);
+        assert_eq!(v.codec.name, "H264");
+        let f = v.codec.fmtp.as_deref().unwrap_or_default();
+        assert!(
+            f.contains(&format!("profile-level-id={want}")) && f.contains("packetization-mode=1"),
+            "{f}"
+        );
+    }
+}
+
+/// Port and mid of each answer m-line, in order.
+fn ports(n: &Negotiated) -> Vec<(String, isize)> {
+    parse(&n.answer)
+        .media_descriptions
+        .iter()
+        .map(|m| {
+            let mid = m.attribute("mid").flatten().unwrap_or_default().to_owned();
+            (mid, m.media_name.port.value)
+        })
+        .collect()
+}
+
+#[test]
+fn obs_publish_with_session_level_transport_attributes() {
+    let n = ok(OBS_PUBLISH, Direction::Publish);
+    assert_eq!(n.ice_ufrag_remote, "nxcM");
+    assert!(n.remote_fingerprint.starts_with("sha-256 4E:7F"));
+    let a = track(&n, Kind::Audio);
+    assert_eq!(
+        (a.codec.payload_type, a.ssrcs.as_slice()),
+        (111, &[3388068600][..])
+    );
+    let v = track(&n, Kind::Video);
+    assert_eq!(
+        (v.codec.name.as_str(), v.ssrcs.as_slice()),
+        ("H264", &[3388068601][..])
+    );
+    assert_eq!(
+        v.codec.fmtp.as_deref(),
+        Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+    );
+    assert!(v.extensions.is_empty() && v.rtx.is_none());
+    assert_eq!(ports(&n), [("0".into(), 10001), ("1".into(), 10001)]);
+}
+
+/// FFmpeg's WHIP muxer offers `a=setup:passive`: it wants to be the DTLS server, and so is
+/// the node (ICE-lite, never the DTLS client). The offer is refused cleanly (HTTP 400) rather
+/// than answered with a role that cannot work. Everything else in it would be accepted.
+#[test]
+fn ffmpeg_publish_with_setup_passive_is_refused_cleanly() {
+    assert_eq!(
+        run(FFMPEG_PUBLISH, Direction::Publish, None),
+        Err(SdpError::SetupNotActpass)
+    );
+    let n = ok(
+        &FFMPEG_PUBLISH.replace("a=setup:passive", "a=setup:actpass"),
+        Direction::Publish,
+    );
+    assert_eq!(track(&n, Kind::Video).codec.payload_type, 106);
+    assert_eq!(track(&n, Kind::Audio).ssrcs, [2861219734]);
+}
+
+#[test]
+fn unknown_and_unsupported_m_lines_get_port_0_and_the_rest_is_answered() {
+    let n = ok(MIXED_UNKNOWN, Direction::Publish);
+    assert_eq!(
+        ports(&n),
+        [
+            ("0".into(), 10001),
+            ("1".into(), 0), // H265 only
+            ("2".into(), 0), // m=text
+            ("3".into(), 0), // PCMU/PCMA only
+            ("4".into(), 10001),
+        ]
+    );
+    assert_eq!(n.tracks.len(), 1);
+    let v = track(&n, Kind::Video);
+    // The FID group: media SSRC first, then its RTX SSRC, RTX payload type bound by apt.
+    assert_eq!(v.ssrcs, [1111111111, 2222222222]);
+    assert_eq!(v.rtx.as_ref().map(|r| r.payload_type), Some(97));
+    assert_eq!(n.data_channel.as_ref().map(|d| d.mid.as_str()), Some("4"));
+    // a=setup:active is answered passive (check_answer), as actpass is.
+    assert!(!n.answer.contains("a=setup:active"));
 }
 
 #[test]
