@@ -32,8 +32,10 @@ use super::IoError;
 /// worker from its UDP socket.
 pub(crate) const READ_BUDGET: usize = 256 * 1024;
 
-/// Connections from one peer IP address at once. A browser opens one per candidate pair.
-pub(crate) const MAX_PER_IP: usize = 16;
+/// Connections from one peer IP address at once, so one host cannot take every slot. A
+/// browser opens one per candidate pair, but the networks that need ICE-TCP put a whole
+/// office behind one NAT address, so this is a quarter of the default cap, not a handful.
+pub(crate) const MAX_PER_IP: usize = 256;
 
 /// Epoll events taken per wait.
 const EVENTS: usize = 64;
