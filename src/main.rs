@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use switchyard_shared::config::{Config, EngineKind};
+use switchyard_shared::config::{Config, ConfigError, EngineKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,8 +27,10 @@ use switchyard_shared::config::{Config, EngineKind};
     about = "Distributed WebRTC SFU and RTP relay"
 )]
 struct Cli {
-    #[command(flatten)]
-    opts: Opts,
+    /// TOML config file; also accepted after the subcommand, where it wins (the systemd
+    /// units of earlier releases put it here).
+    #[arg(long, env = "SWITCHYARD_CONFIG", hide_env = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,15 +38,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start a whole node: data plane and control plane, each restarted if it dies.
-    Up,
+    Up(Opts),
     /// Start the data plane only.
-    Dataplane,
+    Dataplane(Opts),
     /// Start the control plane only.
-    Controlplane,
+    Controlplane(Opts),
     /// Print the version.
     Version,
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
-    Config,
+    Config(Opts),
     /// Make auth keys and tokens (JWT) for `[auth]`.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -146,22 +148,22 @@ fn token(cmd: &TokenCmd) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Args)]
 struct Opts {
     /// TOML config file.
-    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// Node id (names the shared-memory files).
-    #[arg(long, global = true, env = "SWITCHYARD_NODE_ID")]
+    /// Node id, unique in a cluster; names the shared-memory files [default: node-1].
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
     node_id: Option<String>,
-    /// Control plane HTTP listen address.
-    #[arg(long, global = true, env = "SWITCHYARD_HTTP_LISTEN")]
+    /// Control plane HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHYARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     /// PEM certificate chain: serve the API over HTTPS (with --http-private-key).
-    #[arg(long, global = true, env = "SWITCHYARD_HTTP_CERTIFICATE")]
+    #[arg(long, env = "SWITCHYARD_HTTP_CERTIFICATE")]
     http_certificate: Option<PathBuf>,
     /// PEM private key of --http-certificate.
-    #[arg(long, global = true, env = "SWITCHYARD_HTTP_PRIVATE_KEY")]
+    #[arg(long, env = "SWITCHYARD_HTTP_PRIVATE_KEY")]
     http_private_key: Option<PathBuf>,
-    /// Address the media sockets bind to.
-    #[arg(long, global = true, env = "SWITCHYARD_MEDIA_BIND")]
+    /// Address the media sockets bind to [default: 0.0.0.0].
+    #[arg(long, env = "SWITCHYARD_MEDIA_BIND")]
     media_bind: Option<IpAddr>,
     /// Addresses announced to peers for media, comma-separated (default: the bind address,
     /// or every interface address when bound to 0.0.0.0 / ::).
@@ -173,31 +175,31 @@ struct Opts {
     )]
     media_announce: Option<Vec<IpAddr>>,
     /// IPv6 address also announced to peers (needs --media-bind ::).
-    #[arg(long, global = true, env = "SWITCHYARD_MEDIA_ANNOUNCE6")]
+    #[arg(long, env = "SWITCHYARD_MEDIA_ANNOUNCE6")]
     media_announce6: Option<std::net::Ipv6Addr>,
-    /// First media port; worker i listens on port + i.
-    #[arg(long, global = true, env = "SWITCHYARD_MEDIA_PORT")]
+    /// First media port; worker i listens on UDP and TCP port + i [default: 10000].
+    #[arg(long, env = "SWITCHYARD_MEDIA_PORT")]
     media_port: Option<u16>,
-    /// First relay port; worker i binds its relay socket on relay_port + i.
-    #[arg(long, global = true, env = "SWITCHYARD_RELAY_PORT")]
+    /// First relay port; worker i binds its relay socket on relay_port + i [default: 9443].
+    #[arg(long, env = "SWITCHYARD_RELAY_PORT")]
     relay_port: Option<u16>,
-    /// Worker threads (0: cores − 1).
-    #[arg(long, global = true, env = "SWITCHYARD_WORKERS")]
+    /// Worker threads; 0 is one per core but one [default: 0].
+    #[arg(long, env = "SWITCHYARD_WORKERS")]
     workers: Option<u16>,
-    /// I/O engine: auto, uring or mmsg.
-    #[arg(long, global = true, env = "SWITCHYARD_ENGINE")]
+    /// I/O engine: auto, uring or mmsg [default: auto].
+    #[arg(long, env = "SWITCHYARD_ENGINE")]
     engine: Option<EngineKind>,
-    /// Pin workers to cores (true/false).
-    #[arg(long, global = true, env = "SWITCHYARD_PIN")]
+    /// Pin workers to cores (true/false) [default: true].
+    #[arg(long, env = "SWITCHYARD_PIN")]
     pin: Option<bool>,
-    /// Directory of the shared-memory ring and stats files.
-    #[arg(long, global = true, env = "SWITCHYARD_SHM_DIR")]
+    /// Directory of the shared-memory ring and stats files [default: /dev/shm].
+    #[arg(long, env = "SWITCHYARD_SHM_DIR")]
     shm_dir: Option<PathBuf>,
-    /// Redis URL shared by the cluster's control planes (unset: in-memory, one node).
-    #[arg(long, global = true, env = "SWITCHYARD_REDIS")]
+    /// Redis URL shared by the cluster's control planes [default: none, in-memory, one node].
+    #[arg(long, env = "SWITCHYARD_REDIS")]
     redis: Option<String>,
     /// Serve the API on a non-loopback --http-listen with auth off (open to anyone there).
-    #[arg(long, global = true, env = "SWITCHYARD_INSECURE")]
+    #[arg(long, env = "SWITCHYARD_INSECURE")]
     insecure: bool,
 }
 
@@ -268,7 +270,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Cmd::Version = cli.cmd {
+    if let Cmd::Version = &cli.cmd {
         println!("switchyard {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
@@ -281,40 +283,102 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match cli.opts.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchyard: {e:#}");
-            return ExitCode::from(2);
-        }
+    let (role, opts) = match cli.cmd {
+        Cmd::Up(o) => (Role::Up, o),
+        Cmd::Dataplane(o) => (Role::Dataplane, o),
+        Cmd::Controlplane(o) => (Role::Controlplane, o),
+        Cmd::Config(o) => (Role::Config, o),
+        Cmd::Version | Cmd::Token(_) => return ExitCode::SUCCESS,
     };
-    if matches!(cli.cmd, Cmd::Up | Cmd::Controlplane) {
-        // Before `up` starts anything: its control plane child would only exit and be
-        // restarted forever.
+    let opts = Opts {
+        config: opts.config.or(cli.config),
+        ..opts
+    };
+    let config = match opts.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if matches!(role, Role::Up | Role::Controlplane) {
+        // Before `up` starts anything: its control plane child would only exit.
         if let Err(e) = config.check_exposure() {
             eprintln!("switchyard: {e}");
             return ExitCode::from(2);
         }
     }
-    if matches!(cli.cmd, Cmd::Up | Cmd::Dataplane | Cmd::Controlplane) {
+    if matches!(role, Role::Up | Role::Dataplane | Role::Controlplane) {
         raise_fd_limit();
     }
-    let result = match cli.cmd {
-        Cmd::Up => up(&cli.opts),
-        Cmd::Dataplane => switchyard_dataplane::run(config),
-        Cmd::Controlplane => switchyard_controlplane::run(config),
-        Cmd::Config => toml::to_string_pretty(&config)
+    let result = match role {
+        Role::Up => up(&opts),
+        Role::Dataplane => switchyard_dataplane::run(config),
+        Role::Controlplane => switchyard_controlplane::run(config),
+        Role::Config => toml::to_string_pretty(&config)
             .map(|t| print!("{t}"))
             .context("rendering config"),
-        Cmd::Version | Cmd::Token(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
+        Err(e) => fail(&e),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Up,
+    Dataplane,
+    Controlplane,
+    Config,
+}
+
+/// An error that stops the node, printed once on one line (the chain joined with ": ").
+/// Exit status 2 when running again cannot help — bad configuration, an address that is
+/// taken, missing or not ours — so supervisors (`up`, systemd's `RestartPreventExitStatus`)
+/// stop retrying; 1 otherwise.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let (permanent, hint) = classify(e);
+    let line = format!("{e:#}").replace('\n', " ");
+    match hint {
+        Some(h) => eprintln!("switchyard: {line} ({h})"),
+        None => eprintln!("switchyard: {line}"),
+    }
+    if permanent {
+        // Also reaches `up`, which reads the exit status rather than the message.
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Whether `e` is permanent (a configuration or bind error), and what to do about it.
+fn classify(e: &anyhow::Error) -> (bool, Option<&'static str>) {
+    for cause in e.chain() {
+        if let Some(g) = cause.downcast_ref::<GaveUp>() {
+            return (matches!(g, GaveUp::Permanent { .. }), None);
+        }
+        if let Some(c) = cause.downcast_ref::<ConfigError>() {
+            let hint = match c {
+                ConfigError::Read { .. } => Some("check the --config path"),
+                ConfigError::Parse { .. } | ConfigError::Invalid(_) => {
+                    Some("see deploy/switchyard.toml for every key and its default")
+                }
+                _ => None,
+            };
+            return (true, hint);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            let hint = match io.kind() {
+                AddrInUse => Some("another process has this port: stop it, or pick other ports"),
+                AddrNotAvailable => {
+                    Some("that address is not on this host: check the bind address")
+                }
+                PermissionDenied => Some("not allowed: run as a user that may use it"),
+                _ => continue,
+            };
+            return (true, hint);
         }
     }
+    (false, None)
 }
 
 /// Raise the soft limit on open files to the hard one (children inherit it): the default
@@ -356,6 +420,42 @@ fn up(opts: &Opts) -> anyhow::Result<()> {
 struct Child {
     role: &'static str,
     proc: Option<tokio::process::Child>,
+    /// When the running process was started.
+    since: std::time::Instant,
+    /// Exits in a row that came within [`EARLY`] of a start.
+    early_exits: u32,
+}
+
+/// A child that exits sooner than this after its start failed to start, not crashed later.
+const EARLY: Duration = Duration::from_secs(10);
+/// Failed starts in a row after which `up` gives up (waiting 1, 2, 4, 8 s between them).
+const MAX_EARLY_EXITS: u32 = 5;
+
+/// What `up` does after a child exited.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Start it again after this long.
+    Restart(Duration),
+    /// Stop the node and exit with this status: the child's error is permanent (status 2),
+    /// or it failed to start [`MAX_EARLY_EXITS`] times in a row.
+    GiveUp(u8),
+}
+
+/// The restart policy, apart from the clock so it is testable: status 2 is permanent (a
+/// configuration or bind error the child printed); exits soon after a start back off
+/// exponentially and end in giving up; a child that ran a while is restarted after 1 s.
+fn next_after_exit(code: Option<i32>, ran: Duration, early_exits: u32) -> (Next, u32) {
+    if code == Some(2) {
+        return (Next::GiveUp(2), early_exits);
+    }
+    if ran >= EARLY {
+        return (Next::Restart(Duration::from_secs(1)), 0);
+    }
+    let n = early_exits + 1;
+    if n >= MAX_EARLY_EXITS {
+        return (Next::GiveUp(1), n);
+    }
+    (Next::Restart(Duration::from_secs(1 << (n - 1))), n)
 }
 
 fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Child> {
@@ -432,19 +532,28 @@ async fn supervise(opts: Opts) -> anyhow::Result<()> {
         Child {
             role: "dataplane",
             proc: Some(spawn("dataplane", &opts)?),
+            since: std::time::Instant::now(),
+            early_exits: 0,
         },
         Child {
             role: "controlplane",
             proc: Some(spawn("controlplane", &opts)?),
+            since: std::time::Instant::now(),
+            early_exits: 0,
         },
     ];
+    let mut outcome = Ok(());
     loop {
         let [dp, cp] = &mut children;
-        tokio::select! {
+        let gave_up = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             status = wait(dp) => restart(dp, status, &opts).await,
             status = wait(cp) => restart(cp, status, &opts).await,
+        };
+        if let Some(e) = gave_up {
+            outcome = Err(e);
+            break;
         }
     }
     tracing::info!("stopping");
@@ -467,7 +576,7 @@ async fn supervise(opts: Opts) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    outcome
 }
 
 async fn wait(c: &mut Child) -> std::io::Result<std::process::ExitStatus> {
@@ -477,20 +586,95 @@ async fn wait(c: &mut Child) -> std::io::Result<std::process::ExitStatus> {
     }
 }
 
-async fn restart(c: &mut Child, status: std::io::Result<std::process::ExitStatus>, opts: &Opts) {
-    match status {
-        Ok(s) => tracing::error!(role = c.role, status = %s, "exited; restarting in 1 s"),
-        Err(e) => tracing::error!(role = c.role, error = %e, "lost; restarting in 1 s"),
-    }
+/// The child `c` exited: start it again as [`next_after_exit`] says, or return why `up` gives
+/// up (the error `main` prints and turns into the exit status).
+async fn restart(
+    c: &mut Child,
+    status: std::io::Result<std::process::ExitStatus>,
+    opts: &Opts,
+) -> Option<anyhow::Error> {
     c.proc = None;
+    let code = status
+        .as_ref()
+        .ok()
+        .and_then(std::process::ExitStatus::code);
+    let (next, early) = next_after_exit(code, c.since.elapsed(), c.early_exits);
+    c.early_exits = early;
+    let shown = match &status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let wait = match next {
+        Next::GiveUp(2) => {
+            return Some(anyhow::Error::new(GaveUp::Permanent {
+                role: c.role,
+                status: shown,
+            }))
+        }
+        Next::GiveUp(_) => {
+            return Some(anyhow::Error::new(GaveUp::Repeated {
+                role: c.role,
+                times: early,
+                status: shown,
+            }))
+        }
+        Next::Restart(d) => d,
+    };
+    tracing::error!(role = c.role, status = %shown, "exited; restarting in {} s", wait.as_secs());
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(wait).await;
         match spawn(c.role, opts) {
             Ok(p) => {
                 c.proc = Some(p);
-                return;
+                c.since = std::time::Instant::now();
+                return None;
             }
             Err(e) => tracing::error!(role = c.role, error = %e, "restart failed; trying again"),
         }
+    }
+}
+
+/// Why `up` stopped the node.
+#[derive(Debug, thiserror::Error)]
+enum GaveUp {
+    /// The child's own error (printed above by the child) is one a restart cannot fix.
+    #[error("the {role} exited with {status}: a configuration or bind error, not restarted")]
+    Permanent { role: &'static str, status: String },
+    #[error("the {role} failed {times} times within 10 s of starting (last: {status}); giving up")]
+    Repeated {
+        role: &'static str,
+        times: u32,
+        status: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_gives_up_on_permanent_errors_and_repeated_early_exits() {
+        let s = Duration::from_secs;
+        assert_eq!(next_after_exit(Some(2), s(0), 0).0, Next::GiveUp(2));
+        assert_eq!(next_after_exit(Some(2), s(3600), 0).0, Next::GiveUp(2));
+        // A crash after a while: restart at once, forget earlier failed starts.
+        assert_eq!(next_after_exit(Some(1), s(60), 3), (Next::Restart(s(1)), 0));
+        assert_eq!(next_after_exit(None, s(60), 0), (Next::Restart(s(1)), 0));
+        // Failed starts back off 1, 2, 4, 8 s, then give up.
+        let mut early = 0;
+        let mut waits = Vec::new();
+        loop {
+            let (next, n) = next_after_exit(Some(1), s(1), early);
+            early = n;
+            match next {
+                Next::Restart(d) => waits.push(d.as_secs()),
+                Next::GiveUp(code) => {
+                    assert_eq!(code, 1);
+                    break;
+                }
+            }
+        }
+        assert_eq!(waits, [1, 2, 4, 8]);
+        assert_eq!(early, MAX_EARLY_EXITS);
     }
 }

@@ -99,6 +99,17 @@ fn media_keeps_flowing_while_the_control_plane_restarts() {
 
 #[test]
 fn a_restarted_data_plane_gets_its_sessions_back() {
+    restart_data_plane(false);
+}
+
+/// Issue 14: a clean SIGTERM leaves no ring or stats file in /dev/shm (the journal stays,
+/// docs/crypto.md), and the control plane re-attaches to the next data plane's new ring.
+#[test]
+fn a_cleanly_stopped_data_plane_removes_its_shared_memory_and_comes_back() {
+    restart_data_plane(true);
+}
+
+fn restart_data_plane(clean: bool) {
     let mut node = Node::start(2);
     let p = node.post(
         "/v1/sessions",
@@ -112,7 +123,18 @@ fn a_restarted_data_plane_gets_its_sessions_back() {
     assert_eq!(s.status, 201, "{}", s.body);
     let pid_before = node.wait_healthy()["dataplanePid"].clone();
 
-    node.kill_dataplane();
+    let (shm, id) = (node.shm.clone(), node.node_id.clone());
+    let file = |ext: &str| shm.join(format!("switchyard-{id}.{ext}"));
+    if clean {
+        let status = node.stop_dataplane().expect("stopped");
+        assert!(status.success(), "clean stop: {status:?}");
+        assert!(!file("ring").exists(), "ring left behind");
+        assert!(!file("stats").exists(), "stats left behind");
+        assert!(file("srtp").exists(), "the SRTP journal must stay");
+    } else {
+        node.kill_dataplane();
+        assert!(file("ring").exists() && file("stats").exists());
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.get("/health").status != 503 {
         assert!(

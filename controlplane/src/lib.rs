@@ -15,6 +15,7 @@
 //! The control plane holds no media state: it can be killed and restarted at any time while
 //! media flows, and rebuilds its view from the data plane's snapshot.
 
+mod banner;
 mod core;
 mod http;
 pub mod sdp;

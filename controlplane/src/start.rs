@@ -112,6 +112,14 @@ pub(crate) async fn serve(
         port = config.media.port,
         "media announced to peers (ICE host candidates)"
     );
+    print!("{}", crate::banner::render(&config, scheme, addr));
+    if crate::banner::exposed(&config, addr) {
+        tracing::warn!(
+            http = %addr,
+            "the API is public and auth is off (--insecure): anyone who reaches it can publish, \
+             watch and create forwards; configure [auth]"
+        );
+    }
     if announced.iter().all(|a| a == "127.0.0.1" || a == "::1") {
         tracing::warn!(
             "media is announced on loopback only: peers on other hosts cannot reach this node \

@@ -159,6 +159,19 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    // A clean stop leaves no shared memory behind (the ring alone is 4 MiB of /dev/shm): a
+    // control plane still attached sees the ring gone, detaches, and attaches to the one the
+    // next data plane creates, sending it its sessions again. The SRTP index journal stays:
+    // it is what keeps a static key from reusing an index after this restart
+    // (docs/crypto.md). A crash skips this, and the next start reuses the files.
+    drop(slow);
+    for path in [&ring_path, &stats_path] {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(file = %path.display(), "removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove"),
+        }
+    }
     Ok(())
 }
 

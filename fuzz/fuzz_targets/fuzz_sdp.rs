@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         ice_pwd: "0123456789abcdefABCDEF",
         fingerprint: "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
         candidates: &candidates,
+        ice_tcp: true,
         publisher: None,
     };
     let published = answer(offer, Direction::Publish, &params);

@@ -316,6 +316,14 @@ impl Node {
         }
     }
 
+    /// SIGTERM the data plane and wait for it to exit (a clean stop); its exit status.
+    pub fn stop_dataplane(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.dataplane.take()?;
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        c.wait().ok()
+    }
+
     pub fn kill_dataplane(&mut self) {
         if let Some(mut c) = self.dataplane.take() {
             let _ = c.kill();

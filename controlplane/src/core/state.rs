@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use switchyard_shared::command::{Command, CommandError, Event, SessionId, SessionSpec};
+use switchyard_shared::command::{
+    Command, CommandError, Event, SessionId, SessionSpec, SrtpProfile,
+};
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
 
@@ -96,6 +98,9 @@ pub struct NodeState {
     declared: HashMap<String, (SessionId, Arc<Negotiated>)>,
     /// Sessions confirmed or ended since the last [`take_changes`](Self::take_changes).
     changes: Vec<SessionChange>,
+    /// The SRTP profile each DTLS-keyed session negotiated (`Event::DtlsConnected`): its spec
+    /// says only "DTLS", and is what a restarted data plane would be sent again.
+    dtls_profiles: HashMap<SessionId, SrtpProfile>,
 }
 
 impl NodeState {
@@ -137,6 +142,11 @@ impl NodeState {
         } else {
             Ok(())
         }
+    }
+
+    /// The SRTP profile DTLS-keyed session `id` negotiated, once its handshake completed.
+    pub fn dtls_profile(&self, id: SessionId) -> Option<SrtpProfile> {
+        self.dtls_profiles.get(&id).copied()
     }
 
     pub fn dataplane(&self) -> Option<&DataplaneInfo> {
@@ -316,6 +326,10 @@ impl NodeState {
                         .values()
                         .map(|s| Command::AddSession(s.clone()))
                         .collect();
+                    // A snapshot asked of this new process (after a clean stop removed the
+                    // old ring, we attach to its new one and ask) would describe it before
+                    // the sessions above reach it: empty. This table is the truth now.
+                    self.snapshot = None;
                 } else if previous.is_none() {
                     fx.reopen_stats = true;
                 }
@@ -357,6 +371,7 @@ impl NodeState {
                 }
             }
             Event::SessionRemoved { id, reason } => {
+                self.dtls_profiles.remove(&id);
                 if let Some(s) = self.sessions.remove(&id) {
                     self.changed(false, &s);
                     if reason != switchyard_shared::command::CloseReason::Removed {
@@ -371,6 +386,9 @@ impl NodeState {
             }
             Event::RemoteLatched { id, remote } => self.latched(id, remote),
             Event::DtlsConnected { id, profile } => {
+                if self.sessions.contains_key(&id) {
+                    self.dtls_profiles.insert(id, profile);
+                }
                 tracing::info!(
                     id = id.0,
                     profile = profile.name(),
@@ -534,6 +552,58 @@ pub(crate) mod tests {
             ],
             "same ids, workers and keys: the other node keeps sending untouched"
         );
+    }
+
+    /// A clean data-plane stop removes the ring: the control plane detaches, attaches to the
+    /// next process's new ring and asks it for a snapshot, but that process's Hello comes
+    /// first and the sessions are provisioned again; its (empty) snapshot must not erase them.
+    #[test]
+    fn a_snapshot_of_a_restarted_data_plane_does_not_erase_the_sessions_sent_to_it() {
+        let mut s = synced();
+        let _rx = s.begin_add(spec(1));
+        s.apply(Event::SessionAdded { id: SessionId(1) });
+        s.detached();
+        let Command::Snapshot { request } = s.attached() else {
+            panic!("attach must ask for a snapshot")
+        };
+        let fx = s.apply(hello(2));
+        assert_eq!(fx.commands, vec![Command::AddSession(spec(1))]);
+        s.apply(Event::SnapshotDone {
+            request,
+            sessions: 0,
+            highest_id: SessionId(0),
+        });
+        assert!(s.session(SessionId(1)).is_some(), "the session survives");
+        assert_eq!(s.ready(), Ok(()));
+    }
+
+    /// `GET /v1/sessions/{id}` used to say `"profile": null` for a WebRTC session whose DTLS
+    /// handshake had completed: the profile it negotiated is kept until the session ends.
+    #[test]
+    fn a_dtls_session_keeps_the_profile_it_negotiated() {
+        let mut s = synced();
+        let _rx = s.begin_add(spec(3));
+        s.apply(Event::SessionAdded { id: SessionId(3) });
+        assert_eq!(s.dtls_profile(SessionId(3)), None);
+        s.apply(Event::DtlsConnected {
+            id: SessionId(3),
+            profile: SrtpProfile::AeadAes128Gcm,
+        });
+        assert_eq!(
+            s.dtls_profile(SessionId(3)),
+            Some(SrtpProfile::AeadAes128Gcm)
+        );
+        s.apply(Event::SessionRemoved {
+            id: SessionId(3),
+            reason: switchyard_shared::command::CloseReason::Removed,
+        });
+        assert_eq!(s.dtls_profile(SessionId(3)), None);
+        // Not for a session this table does not hold.
+        s.apply(Event::DtlsConnected {
+            id: SessionId(99),
+            profile: SrtpProfile::AeadAes128Gcm,
+        });
+        assert_eq!(s.dtls_profile(SessionId(99)), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use switchyard_shared::command::{Role, SessionId, SessionSpec};
+use switchyard_shared::command::{Role, SessionId, SessionSpec, SrtpProfile};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -117,7 +117,14 @@ struct SessionView {
 }
 
 /// `relay`: the relay base port (see [`Sessions::relay_base`]).
-fn view(sessions: &Sessions, spec: &SessionSpec, keys: bool, relay: u16) -> SessionView {
+/// `negotiated`: the SRTP profile a DTLS-keyed session agreed on, once it has.
+fn view(
+    sessions: &Sessions,
+    spec: &SessionSpec,
+    keys: bool,
+    relay: u16,
+    negotiated: Option<SrtpProfile>,
+) -> SessionView {
     let media = sessions.media();
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
@@ -137,7 +144,12 @@ fn view(sessions: &Sessions, spec: &SessionSpec, keys: bool, relay: u16) -> Sess
         media_address: SocketAddr::new(media.announce_ip(), base.saturating_add(spec.worker)),
         stream: spec.stream.clone(),
         role,
-        profile: spec.keying.keys().map(|k| k.profile.name()),
+        profile: spec
+            .keying
+            .keys()
+            .map(|k| k.profile)
+            .or(negotiated)
+            .map(SrtpProfile::name),
         remote: spec.remote,
         ssrcs,
         created_ms: spec.created_ms,
@@ -169,7 +181,8 @@ async fn create_session(
     let spec = sessions.create_rtp(req).await?;
     let location = format!("/v1/sessions/{}", spec.id.0);
     let relay = sessions.relay_base(&sessions.lock().node);
-    let body = view(&sessions, &spec, true, relay);
+    // Static keys: the profile is in the spec.
+    let body = view(&sessions, &spec, true, relay, None);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -191,7 +204,7 @@ async fn list_sessions(State(sessions): State<Arc<Sessions>>) -> Result<Response
     let list: Vec<SessionView> = g
         .node
         .sessions()
-        .map(|s| view(&sessions, s, false, relay))
+        .map(|s| view(&sessions, s, false, relay, g.node.dtls_profile(s.id)))
         .collect();
     Ok(Json(SessionList { sessions: list }).into_response())
 }
@@ -222,7 +235,8 @@ async fn get_session(
         .node
         .session(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
-    Ok(Json(view(&sessions, spec, false, sessions.relay_base(&g.node))).into_response())
+    let relay = sessions.relay_base(&g.node);
+    Ok(Json(view(&sessions, spec, false, relay, g.node.dtls_profile(id))).into_response())
 }
 
 #[utoipa::path(

@@ -637,15 +637,17 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
+    // The underlying errors are kept as text, not as `source`: a chain printer would
+    // otherwise repeat them after the message that already says them (and TOML's own
+    // message is a multi-line snippet; `Parse` says line and column instead).
+    #[error("reading {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{}: line {line}, column {column}: {reason}", path.display())]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        line: usize,
+        column: usize,
+        reason: String,
     },
     #[error("invalid config: {0}")]
     Invalid(String),
@@ -661,13 +663,21 @@ pub enum ConfigError {
 impl Config {
     /// Load a TOML file over the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.into(),
-            source,
+            reason: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
+        Self::parse(&text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start).min(text.len());
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                column,
+                reason: e.message().trim().to_owned(),
+            }
         })
     }
 
@@ -698,7 +708,12 @@ impl Config {
         }
         let (m, r) = (u32::from(self.media.port), u32::from(self.media.relay_port));
         if m < r + workers && r < m + workers {
-            return bad("media.port and media.relay_port ranges (each + workers) must not overlap");
+            return bad(&format!(
+                "media.port range {m}..={} and media.relay_port range {r}..={} overlap \
+                 ({workers} workers each): move one of them",
+                m + workers - 1,
+                r + workers - 1
+            ));
         }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");
