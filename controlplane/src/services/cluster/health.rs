@@ -40,6 +40,11 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
         .saturating_mul(LEASE_INTERVALS);
     let mut misses = Misses::new(SILENT_CHECKS);
     let mut registered = false;
+    // Rounds start at a fixed rate, not an interval after the last one ended: a round's own
+    // work (probes, store writes) would otherwise stretch the three silent checks that make
+    // a node dead past three intervals.
+    let mut rounds = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meter = Meter::new(
         cluster.config.consumers_per_worker,
         cluster.config.max_pps_per_worker,
@@ -76,7 +81,7 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
                 Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease"),
             }
         }
-        tokio::time::sleep(interval).await;
+        rounds.tick().await;
         if let Some(report) = measure(&link, &mut meter) {
             let now = std::time::Instant::now();
             let due = reported.is_none_or(|(o, at)| {
