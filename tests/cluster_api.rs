@@ -32,9 +32,10 @@ fn post_sdp(node: &Node, path: &str) -> common::Http {
     .expect("POST offer")
 }
 
-/// A stand-in node that answers `GET /health` with 200 until stopped.
+/// A stand-in node that answers `GET /health` with 200 (503 while `sick`) until stopped.
 struct FakeNode {
     stop: Arc<AtomicBool>,
+    sick: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -43,7 +44,8 @@ impl FakeNode {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind fake node");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let sick = Arc::new(AtomicBool::new(false));
+        let (flag, ill) = (stop.clone(), sick.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -52,9 +54,12 @@ impl FakeNode {
                         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                         let mut buf = [0u8; 1024];
                         let _ = s.read(&mut buf);
-                        let _ = s.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        );
+                        let answer: &[u8] = if ill.load(Ordering::Relaxed) {
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        };
+                        let _ = s.write_all(answer);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -62,6 +67,7 @@ impl FakeNode {
         });
         Self {
             stop,
+            sick,
             thread: Some(thread),
         }
     }
@@ -208,16 +214,18 @@ fn rooms_are_placed_by_capacity_and_health() {
     );
     assert_eq!(node_field(&node, "n2", "reserved"), 1740);
 
-    // Its /health stops answering: unhealthy within a few intervals, so a room that n2
-    // would take (it is the freer node) goes to the other one.
-    drop(fake);
+    // Its /health answers 503: unhealthy at the next check, so a room that n2 would take
+    // (it is the freer node) goes to the other one. An answer, even a 503, keeps it
+    // registered: only silence makes a node dead (docs/cluster.md, "When a node dies").
+    fake.sick.store(true, Ordering::Relaxed);
     wait_for("n2 unhealthy", || {
         node_field(&node, "n2", "healthy") == false
     });
     let r = node.post("/v1/rooms/big3", r#"{"maxPeerCount": 15}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["node"], "test");
-    let fake = FakeNode::start(port);
+    std::thread::sleep(Duration::from_millis(800));
+    fake.sick.store(false, Ordering::Relaxed);
     wait_for("n2 healthy again", || {
         node_field(&node, "n2", "healthy") == true
     });

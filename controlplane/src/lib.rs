@@ -44,8 +44,8 @@ pub mod cluster {
     pub use crate::core::store::placement;
     pub use crate::core::store::redis;
     pub use crate::core::store::{
-        consumers_for, AnyStore, MemoryStore, Node, Placement, PoolFilter, Registration, Room,
-        RoomSpec, Store, StoreError, Strategy,
+        consumers_for, AnyStore, Death, Incarnation, MemoryStore, Node, Placement, PoolFilter,
+        Registration, Removal, Replacement, Room, RoomSpec, Store, StoreError, Strategy,
     };
 }
 

@@ -26,8 +26,7 @@ impl Drop for Cluster {
 }
 
 pub fn cluster(test: &str, n: usize, extra_config: &str) -> Option<Cluster> {
-    if !Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED {test}: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+    if !Redis::required(test) {
         return None;
     }
     let dir = std::env::temp_dir().join(format!("swy-cluster-{test}-{}", std::process::id()));

@@ -431,6 +431,20 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// Whether `test` can run: true with `redis-server` on the PATH; without it, a loud skip
+    /// on a laptop and a failure under `CI=true`, where a skipped test would pass unseen.
+    pub fn required(test: &str) -> bool {
+        if Self::installed() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} cannot run under CI=true: redis-server is not installed"
+        );
+        eprintln!("\n!!!!! SKIPPED {test}: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+        false
+    }
+
     /// Whether `redis-server` is on the PATH (tests skip loudly without it).
     pub fn installed() -> bool {
         Command::new("redis-server")

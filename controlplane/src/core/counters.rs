@@ -53,6 +53,9 @@ pub struct ClusterCounters {
     pub events_failed: AtomicU64,
     pub events_dropped: AtomicU64,
     pub rooms_closed_idle: AtomicU64,
+    /// Dead nodes this control plane removed, and rooms it placed again after one.
+    pub nodes_removed: AtomicU64,
+    pub rooms_moved: AtomicU64,
 }
 
 /// The process's cluster counters.

@@ -235,6 +235,8 @@ struct CreateRoom {
 #[serde(rename_all = "camelCase")]
 struct RoomView {
     room_id: String,
+    /// The room's node; empty while the room is unplaced (its node died and no node has room
+    /// for it yet; docs/cluster.md, "When a node dies").
     node: String,
     node_url: Option<String>,
     /// `POST {whipUrl}/{stream}` publishes a stream into the room (WHIP).

@@ -116,6 +116,16 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             "Rooms closed idle: empty for the grace period, or never joined within the idle timeout.",
             &m.rooms_closed_idle,
         ),
+        (
+            "cluster_nodes_removed_total",
+            "Dead nodes this control plane removed (lease lapsed, or silent health checks).",
+            &m.nodes_removed,
+        ),
+        (
+            "cluster_rooms_moved_total",
+            "Rooms of removed nodes this control plane placed again on a live node.",
+            &m.rooms_moved,
+        ),
     ];
     for (name, text, value) in counters {
         header(out, name, "counter", text);

@@ -173,10 +173,10 @@ mod tests {
         let listener = TlsListener::new(tcp, config).expect("listener");
         let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let probe = crate::services::cluster::probe::probe;
+        use crate::services::cluster::probe::{probe, Health};
         let t = Duration::from_secs(5);
-        assert!(probe(&format!("https://{addr}"), t).await);
-        assert!(!probe(&format!("http://{addr}"), t).await);
+        assert_eq!(probe(&format!("https://{addr}"), t).await, Health::Up);
+        assert_ne!(probe(&format!("http://{addr}"), t).await, Health::Up);
     }
 
     #[tokio::test]

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use super::contract::{Store, StoreError};
 use super::memory::MemoryStore;
-use super::placement::{RoomSpec, Strategy};
-use super::records::{Node, Placement, Registration, Room};
+use super::placement::{PoolFilter, RoomSpec, Strategy};
+use super::records::{
+    Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
+};
 use super::redis::RedisStore;
 
 /// The store a control plane runs with, chosen by `[cluster] redis`.
@@ -36,6 +38,29 @@ impl Store for AnyStore {
     }
     async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.drain(node, draining))
+    }
+    async fn renew_lease(&self, node: &str, ttl_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.renew_lease(node, ttl_ms, now_ms))
+    }
+    async fn lapsed(&self, now_ms: u64) -> Result<Vec<Incarnation>, StoreError> {
+        dispatch!(self, s => s.lapsed(now_ms))
+    }
+    async fn remove_node(
+        &self,
+        node: &Incarnation,
+        death: Death,
+        now_ms: u64,
+    ) -> Result<Removal, StoreError> {
+        dispatch!(self, s => s.remove_node(node, death, now_ms))
+    }
+    async fn place_again(
+        &self,
+        room: &str,
+        pool: &PoolFilter,
+        strategy: Strategy,
+        now_ms: u64,
+    ) -> Result<Replacement, StoreError> {
+        dispatch!(self, s => s.place_again(room, pool, strategy, now_ms))
     }
     async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
         dispatch!(self, s => s.list_nodes())

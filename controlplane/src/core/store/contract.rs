@@ -3,12 +3,22 @@
 //! `reserve_room` picks a node and reserves the room's consumers in one atomic step, so
 //! concurrent reservations (from one or many control planes) never take a node past its
 //! capacity, and a room id is placed at most once.
+//!
+//! Liveness: a node's own control plane renews its lease (`renew_lease`) every health
+//! interval; `lapsed` lists the nodes whose lease ran out, and `remove_node` removes a dead
+//! node in one atomic step that re-checks the verdict (lease still lapsed, same
+//! incarnation), so several control planes removing the same node remove it once. Its rooms
+//! stay, unplaced, until `place_again` puts them on a live node. Times are passed in
+//! (`now_ms`): the memory store runs on them alone, so liveness is tested on virtual time;
+//! Redis keeps leases with its own TTLs.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use super::placement::{RoomSpec, Strategy};
-use super::records::{Node, Placement, Registration, Room};
+use super::placement::{PoolFilter, RoomSpec, Strategy};
+use super::records::{
+    Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +66,39 @@ pub trait Store: Send + Sync {
         node: &str,
         draining: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Renew `node`'s lease for `ttl_ms` from `now_ms`. [`StoreError::NoSuchNode`] when the
+    /// node is not registered (removed as dead): it must register again.
+    fn renew_lease(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The nodes that held a lease and let it run out by `now_ms`. A node that never renewed
+    /// one (registered through the API by an outside agent) is judged by health checks only.
+    fn lapsed(
+        &self,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Incarnation>, StoreError>> + Send;
+    /// Remove a node declared dead, atomically: only `node` as it was registered then, and
+    /// for [`Death::LeaseLapsed`] only while its lease is still lapsed at `now_ms`. Its
+    /// reservations and published streams go with it; its rooms become unplaced.
+    fn remove_node(
+        &self,
+        node: &Incarnation,
+        death: Death,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Removal, StoreError>> + Send;
+    /// Put an unplaced room on a node with `strategy` (reserving its consumers there),
+    /// atomically; `pool` as for `reserve_room`, `now_ms` its new `placed_ms`. A room placed
+    /// meanwhile is left where it is (`from` is None).
+    fn place_again(
+        &self,
+        room: &str,
+        pool: &PoolFilter,
+        strategy: Strategy,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Replacement, StoreError>> + Send;
     /// Every node, in id order.
     fn list_nodes(&self) -> impl Future<Output = Result<Vec<Node>, StoreError>> + Send;
     /// Pick a node with `strategy` and reserve `spec.consumers` on it, atomically.

@@ -1,13 +1,18 @@
 //! The cluster in this process's memory: the store of a single node (the default), and of
 //! tests. Lost when the process exits.
+//!
+//! Leases keep their expiry as a time and compare it with the `now_ms` each call is given,
+//! never the clock, so liveness runs here on virtual time.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::contract::{Store, StoreError};
 use super::entropy::Entropy;
-use super::placement::{self, RoomSpec, Strategy};
-use super::records::{Node, Placement, Registration, Room};
+use super::placement::{self, PoolFilter, RoomSpec, Strategy};
+use super::records::{
+    Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
+};
 use crate::core::clock::now_ms;
 
 #[derive(Default)]
@@ -19,6 +24,8 @@ struct Memory {
     round_robin: u64,
     /// (node, forward id) → body.
     forwards: BTreeMap<(String, String), String>,
+    /// Node → when its lease runs out (ms). Only nodes that renewed one are here.
+    leases: BTreeMap<String, u64>,
 }
 
 /// The cluster in this process's memory: one node, or tests. Lost when the process exits.
@@ -79,6 +86,9 @@ impl Store for MemoryStore {
             registered_ms: now,
             heartbeat_ms: now,
         };
+        // A fresh registration holds no lease until its control plane renews one, so a lease
+        // that lapsed on the old entry never condemns the new one.
+        g.leases.remove(&reg.node_id);
         g.nodes.insert(reg.node_id, node.clone());
         Ok(node)
     }
@@ -101,6 +111,104 @@ impl Store for MemoryStore {
 
     async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
         Ok(self.lock().nodes.values().cloned().collect())
+    }
+
+    async fn renew_lease(&self, node: &str, ttl_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if !g.nodes.contains_key(node) {
+            return Err(StoreError::NoSuchNode(node.into()));
+        }
+        g.leases
+            .insert(node.to_owned(), now_ms.saturating_add(ttl_ms));
+        Ok(())
+    }
+
+    async fn lapsed(&self, now_ms: u64) -> Result<Vec<Incarnation>, StoreError> {
+        let g = self.lock();
+        Ok(g.leases
+            .iter()
+            .filter(|(_, &until)| until <= now_ms)
+            .filter_map(|(id, _)| g.nodes.get(id).map(Node::incarnation))
+            .collect())
+    }
+
+    async fn remove_node(
+        &self,
+        node: &Incarnation,
+        death: Death,
+        now_ms: u64,
+    ) -> Result<Removal, StoreError> {
+        let mut g = self.lock();
+        let Some(n) = g.nodes.get(&node.node_id) else {
+            return Ok(Removal::Gone);
+        };
+        if n.registered_ms != node.registered_ms {
+            return Ok(Removal::Alive);
+        }
+        let held = g.leases.get(&node.node_id).is_some_and(|&t| t > now_ms);
+        if death == Death::LeaseLapsed && held {
+            return Ok(Removal::Alive);
+        }
+        g.nodes.remove(&node.node_id);
+        g.leases.remove(&node.node_id);
+        g.streams.remove(&node.node_id);
+        let mut rooms = Vec::new();
+        for r in g.rooms.values_mut().filter(|r| r.node == node.node_id) {
+            r.last_node = Some(std::mem::take(&mut r.node));
+            rooms.push(r.clone());
+        }
+        Ok(Removal::Removed { rooms })
+    }
+
+    async fn place_again(
+        &self,
+        room: &str,
+        pool: &PoolFilter,
+        strategy: Strategy,
+        now_ms: u64,
+    ) -> Result<Replacement, StoreError> {
+        let entropy = self.entropy.next();
+        let mut g = self.lock();
+        let r = g
+            .rooms
+            .get(room)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchRoom(room.into()))?;
+        if !r.unplaced() {
+            let node = g
+                .nodes
+                .get(&r.node)
+                .cloned()
+                .ok_or_else(|| StoreError::NoSuchNode(r.node.clone()))?;
+            return Ok(Replacement {
+                placement: Placement { room: r, node },
+                from: None,
+            });
+        }
+        let mut nodes: Vec<Node> = g.nodes.values().cloned().collect();
+        let e = match strategy {
+            Strategy::RoundRobin => {
+                g.round_robin += 1;
+                g.round_robin
+            }
+            _ => entropy,
+        };
+        let order = placement::rank(&nodes, room, r.consumers, pool, strategy, e);
+        let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let i = placement::commit(&mut nodes, &refs, r.consumers)
+            .ok_or(StoreError::NoCapacity { need: r.consumers })?;
+        let node = nodes.swap_remove(i);
+        let mut moved = r;
+        let from = moved.last_node.take().unwrap_or_default();
+        moved.node = node.node_id.clone();
+        moved.placed_ms = now_ms;
+        g.nodes.insert(node.node_id.clone(), node.clone());
+        g.rooms.insert(room.to_owned(), moved.clone());
+        Ok(Replacement {
+            placement: Placement { room: moved, node },
+            from: Some(from),
+        })
     }
 
     async fn reserve_room(
@@ -136,13 +244,16 @@ impl Store for MemoryStore {
                 need: spec.consumers,
             })?;
         let node = nodes.swap_remove(i);
+        let created = now_ms();
         let room = Room {
             room_id: spec.room_id.clone(),
             node: node.node_id.clone(),
             consumers: spec.consumers,
             max_peer_count: spec.max_peer_count,
             event_notification_uri: spec.event_notification_uri,
-            created_ms: now_ms(),
+            created_ms: created,
+            placed_ms: created,
+            last_node: None,
         };
         g.nodes.insert(node.node_id.clone(), node.clone());
         g.rooms.insert(spec.room_id, room.clone());

@@ -21,5 +21,5 @@ pub use any::AnyStore;
 pub use contract::{Store, StoreError};
 pub use memory::MemoryStore;
 pub use placement::{consumers_for, PoolFilter, RoomSpec, Strategy};
-pub use records::{Node, Placement, Registration, Room};
+pub use records::{Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room};
 pub use redis::RedisStore;

@@ -58,13 +58,88 @@ pub struct Registration {
 #[serde(rename_all = "camelCase")]
 pub struct Room {
     pub room_id: String,
-    /// Id of the node hosting it.
+    /// Id of the node hosting it; empty while the room is unplaced (its node died and no
+    /// node has taken it yet, see [`Room::unplaced`]).
     pub node: String,
     pub consumers: u64,
     pub max_peer_count: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_notification_uri: Option<String>,
     pub created_ms: u64,
+    /// When the room was placed on its current node: its creation, or the time it moved
+    /// after its node died. The idle close counts from here, so a moved room gets a fresh
+    /// chance to be joined on its new node.
+    #[serde(default)]
+    pub placed_ms: u64,
+    /// The node the room was on when that node was removed as dead; set while the room is
+    /// unplaced, so whoever places it again can say where it came from (`room-moved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_node: Option<String>,
+}
+
+impl Room {
+    /// Its node was removed as dead and no node holds its reservation now.
+    pub fn unplaced(&self) -> bool {
+        self.node.is_empty()
+    }
+}
+
+/// One registration of a node: its id and the time of that registration. A node that
+/// registers again (a restart with the same id) is a new incarnation, so a verdict reached
+/// on the old one ("dead") never removes the new one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Incarnation {
+    pub node_id: String,
+    pub registered_ms: u64,
+}
+
+impl Node {
+    pub fn incarnation(&self) -> Incarnation {
+        Incarnation {
+            node_id: self.node_id.clone(),
+            registered_ms: self.registered_ms,
+        }
+    }
+}
+
+/// Why a node is declared dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Death {
+    /// Its lease lapsed: its control plane stopped renewing it.
+    LeaseLapsed,
+    /// Health checks got no answer at all (no connection, or a timeout) this many times in
+    /// a row. A 503 is an answer: an overloaded node is alive.
+    Silent,
+}
+
+impl Death {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Death::LeaseLapsed => "lease",
+            Death::Silent => "checks",
+        }
+    }
+}
+
+/// What a removal did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// This call removed the node. Its rooms are now unplaced (their reservations went
+    /// with the node's entry), listed here for their events and re-placement.
+    Removed { rooms: Vec<Room> },
+    /// Not dead: its lease is held, or it registered again since the verdict.
+    Alive,
+    /// Already gone (another control plane removed it first).
+    Gone,
+}
+
+/// The answer to [`Store::place_again`](super::Store::place_again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    pub placement: Placement,
+    /// The node the room was on before, when this call moved it (None: someone else
+    /// placed it first, and `placement` is where it is now).
+    pub from: Option<String>,
 }
 
 /// The answer to a reservation: the room and its node as it was right after.

@@ -7,7 +7,13 @@
 //! - `node:<id>`: HASH `url media workers capacity reserved healthy draining overloaded
 //!   labels(JSON) registered heartbeat`; flags are `1`/`0`, times Unix milliseconds.
 //! - `rooms`: SET of room ids.
-//! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created`.
+//! - `node:<id>` also holds `leased` = `1` once the node's own control plane renewed a lease.
+//! - `lease:<id>`: the node's lease, a string (renewal time) with a TTL (`SET PX`), renewed
+//!   every health interval by the node's control plane (`RENEW`). A node with `leased` and no
+//!   `lease:<id>` is dead by lapse.
+//! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created placed lastNode`;
+//!   `node` is empty while the room is unplaced (its node was removed as dead), `lastNode`
+//!   then names that node; `placed` is when it went to its current node.
 //! - `rr`: the round-robin counter (INCR).
 //! - `streams:<node>`: HASH stream → hop list (JSON array of node ids) of the streams the
 //!   node publishes, replaced as a whole by the node's control plane (MULTI/EXEC).
@@ -20,6 +26,15 @@
 //! increments `reserved` and writes the room. Redis runs a script alone, so no two control
 //! planes can both take the last free consumers of a node. When the snapshot was so stale
 //! that no ranked node still fits, the control plane re-reads and tries again (a few times).
+//!
+//! Removing a dead node is one script too (`REMOVE`): it re-checks the verdict (same
+//! registration time; for a lapse, still no lease key), then marks the node's rooms unplaced
+//! and deletes the node, its lease and its streams. Two control planes removing the same node
+//! at once: the second finds it gone. It walks the `rooms` set: removals are rare and the
+//! script is the one place that must see every room of the node at once. `PLACE_AGAIN` is
+//! `RESERVE` for an existing unplaced room (it leaves a room someone placed meanwhile).
+//! Scripts touch only keys under the prefix; with the default hash-tag prefix they all live
+//! in one Redis Cluster slot, the room keys `REMOVE` reads by name included.
 //!
 //! Connection loss: every command that cannot reach Redis returns
 //! [`StoreError::Unavailable`]; the connection is dropped and the next call dials again, so
@@ -34,8 +49,10 @@ use tokio::sync::Mutex;
 
 use super::contract::{Store, StoreError};
 use super::entropy::Entropy;
-use super::placement::{self, RoomSpec, Strategy};
-use super::records::{Node, Placement, Registration, Room};
+use super::placement::{self, PoolFilter, RoomSpec, Strategy};
+use super::records::{
+    Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
+};
 use crate::core::clock::now_ms;
 
 /// Default key prefix (a hash tag: one Redis Cluster slot for the whole cluster state).
@@ -60,7 +77,7 @@ for i = 3, #KEYS do
     local node = ARGV[i + 3]
     redis.call('HINCRBY', KEYS[i], 'reserved', need)
     redis.call('HSET', KEYS[2], 'node', node, 'consumers', need, 'maxPeerCount', ARGV[2],
-      'eventUri', ARGV[3], 'created', ARGV[4])
+      'eventUri', ARGV[3], 'created', ARGV[4], 'placed', ARGV[4])
     redis.call('SADD', KEYS[1], ARGV[5])
     return {'ok', node}
   end
@@ -83,12 +100,65 @@ redis.call('SREM', KEYS[1], ARGV[1])
 return {'ok'}
 ";
 
+/// KEYS: node key, lease key. ARGV: now ms, TTL ms. Returns 1, or 0 for an unknown node.
+const RENEW: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'leased', '1')
+return 1
+";
+
+/// KEYS: nodes set, node key, lease key, rooms set, streams key.
+/// ARGV: node id, its registration time, 'lease' | 'checks', room key prefix.
+/// Returns {'removed', room ids...} | {'alive'} | {'gone'}.
+const REMOVE: &str = r"
+local registered = redis.call('HGET', KEYS[2], 'registered')
+if not registered then return {'gone'} end
+if registered ~= ARGV[2] then return {'alive'} end
+if ARGV[3] == 'lease' and redis.call('EXISTS', KEYS[3]) == 1 then return {'alive'} end
+local out = {'removed'}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local key = ARGV[4] .. room
+  if redis.call('HGET', key, 'node') == ARGV[1] then
+    redis.call('HSET', key, 'node', '', 'lastNode', ARGV[1])
+    out[#out + 1] = room
+  end
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('SREM', KEYS[1], ARGV[1])
+return out
+";
+
+/// KEYS: room key, node keys in order of preference. ARGV: placed ms, node ids.
+/// Returns {'ok', node id} | {'placed', node id} | {'gone'} | {'full'}.
+const PLACE_AGAIN: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'node', 'consumers')
+if not f[1] then return {'gone'} end
+if f[1] ~= '' then return {'placed', f[1]} end
+local need = tonumber(f[2])
+for i = 2, #KEYS do
+  local n = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
+  if n[1] and n[3] == '1' and n[4] ~= '1' and n[5] ~= '1'
+     and tonumber(n[1]) - tonumber(n[2] or '0') >= need then
+    local node = ARGV[i]
+    redis.call('HINCRBY', KEYS[i], 'reserved', need)
+    redis.call('HSET', KEYS[1], 'node', node, 'placed', ARGV[1])
+    redis.call('HDEL', KEYS[1], 'lastNode')
+    return {'ok', node}
+  end
+end
+return {'full'}
+";
+
 /// KEYS: node key. ARGV: field, value pairs. Sets them only on a registered node.
 const UPDATE_NODE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 ";
+
+/// A node's `leased` and `registered` fields.
+type LeaseFields = (Option<String>, Option<String>);
 
 pub struct RedisStore {
     client: Client,
@@ -97,6 +167,9 @@ pub struct RedisStore {
     reserve: Script,
     release: Script,
     update: Script,
+    renew: Script,
+    remove: Script,
+    place_again: Script,
     entropy: Entropy,
 }
 
@@ -134,6 +207,9 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
             update: Script::new(UPDATE_NODE),
+            renew: Script::new(RENEW),
+            remove: Script::new(REMOVE),
+            place_again: Script::new(PLACE_AGAIN),
             entropy: Entropy::new(prefix.len() as u64 ^ (std::process::id() as u64) << 32),
         })
     }
@@ -144,6 +220,10 @@ impl RedisStore {
 
     fn node_key(&self, id: &str) -> String {
         format!("{}node:{id}", self.prefix)
+    }
+
+    fn lease_key(&self, id: &str) -> String {
+        format!("{}lease:{id}", self.prefix)
     }
 
     fn room_key(&self, id: &str) -> String {
@@ -307,12 +387,19 @@ fn node_from(id: String, m: &HashMap<String, String>) -> Result<Node, StoreError
 
 fn room_from(id: String, m: &HashMap<String, String>) -> Result<Room, StoreError> {
     let what = format!("room {id}");
+    let created_ms = field(m, &what, "created")?;
     Ok(Room {
+        // Rooms written before moves existed have no `placed`: their creation is.
+        placed_ms: m
+            .get("placed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(created_ms),
+        last_node: m.get("lastNode").filter(|n| !n.is_empty()).cloned(),
         node: field(m, &what, "node")?,
         consumers: field(m, &what, "consumers")?,
         max_peer_count: field(m, &what, "maxPeerCount")?,
         event_notification_uri: m.get("eventUri").filter(|u| !u.is_empty()).cloned(),
-        created_ms: field(m, &what, "created")?,
+        created_ms,
         room_id: id,
     })
 }
@@ -360,6 +447,12 @@ impl Store for RedisStore {
                     .arg("reserved")
                     .arg(0)
                     .ignore()
+                    // A fresh registration holds no lease until its control plane renews
+                    // one, so a lapse of the old entry never condemns the new one.
+                    .cmd("HDEL")
+                    .arg(&key)
+                    .arg("leased")
+                    .ignore()
                     .cmd("HGETALL")
                     .arg(&key);
                 let (m,): (HashMap<String, String>,) = p.query_async(c).await?;
@@ -389,6 +482,193 @@ impl Store for RedisStore {
 
     async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
         Ok(self.read_nodes(false).await?.0)
+    }
+
+    async fn renew_lease(&self, node: &str, ttl_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+        let key = self.node_key(node);
+        let lease = self.lease_key(node);
+        // PX 0 is an error in Redis; a lease shorter than a millisecond is no lease anyway.
+        let ttl = ttl_ms.max(1);
+        let found: i64 = self
+            .run(async |c| {
+                self.renew
+                    .key(&key)
+                    .key(&lease)
+                    .arg(now_ms)
+                    .arg(ttl)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchNode(node.into()))
+        }
+    }
+
+    async fn lapsed(&self, _now_ms: u64) -> Result<Vec<Incarnation>, StoreError> {
+        // Redis expires the lease keys on its own clock; `now_ms` is the memory store's.
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&nodes_key).query_async(c).await)
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<(LeaseFields, bool)> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HMGET")
+                        .arg(self.node_key(id))
+                        .arg("leased")
+                        .arg("registered");
+                    p.cmd("EXISTS").arg(self.lease_key(id));
+                }
+                let flat: Vec<redis::Value> = p.query_async(c).await?;
+                let mut out = Vec::with_capacity(ids.len());
+                for pair in flat.chunks(2) {
+                    let (fields, held) = match pair {
+                        [f, e] => (
+                            redis::from_redis_value::<LeaseFields>(f.clone())?,
+                            redis::from_redis_value::<bool>(e.clone())?,
+                        ),
+                        _ => break,
+                    };
+                    out.push((fields, held));
+                }
+                Ok(out)
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (id, ((leased, registered), held)) in ids.into_iter().zip(found) {
+            if leased.as_deref() != Some("1") || held {
+                continue;
+            }
+            let registered_ms = registered
+                .and_then(|r| r.parse().ok())
+                .ok_or_else(|| StoreError::Backend(format!("node {id}: no registration time")))?;
+            out.push(Incarnation {
+                node_id: id,
+                registered_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove_node(
+        &self,
+        node: &Incarnation,
+        death: Death,
+        _now_ms: u64,
+    ) -> Result<Removal, StoreError> {
+        let id = &node.node_id;
+        let answer: Vec<String> = self
+            .run(async |c| {
+                self.remove
+                    .key(self.key("nodes"))
+                    .key(self.node_key(id))
+                    .key(self.lease_key(id))
+                    .key(self.key("rooms"))
+                    .key(self.key(&format!("streams:{id}")))
+                    .arg(id)
+                    .arg(node.registered_ms)
+                    .arg(death.as_str())
+                    .arg(self.key("room:"))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        match answer.split_first() {
+            Some((verdict, rooms)) if verdict == "removed" => {
+                let rooms = self.read_rooms(rooms).await?;
+                Ok(Removal::Removed { rooms })
+            }
+            Some((verdict, _)) if verdict == "alive" => Ok(Removal::Alive),
+            Some((verdict, _)) if verdict == "gone" => Ok(Removal::Gone),
+            other => Err(StoreError::Backend(format!(
+                "remove script answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn place_again(
+        &self,
+        room: &str,
+        pool: &PoolFilter,
+        strategy: Strategy,
+        now_ms: u64,
+    ) -> Result<Replacement, StoreError> {
+        let room_key = self.room_key(room);
+        for _ in 0..RESERVE_ATTEMPTS {
+            let r = self
+                .get_room(room)
+                .await?
+                .ok_or_else(|| StoreError::NoSuchRoom(room.into()))?;
+            let (nodes, rr) = self.read_nodes(strategy == Strategy::RoundRobin).await?;
+            if !r.unplaced() {
+                let node = nodes
+                    .into_iter()
+                    .find(|n| n.node_id == r.node)
+                    .ok_or_else(|| StoreError::NoSuchNode(r.node.clone()))?;
+                return Ok(Replacement {
+                    placement: Placement { room: r, node },
+                    from: None,
+                });
+            }
+            let entropy = match strategy {
+                Strategy::RoundRobin => rr,
+                _ => self.entropy.next(),
+            };
+            let order = placement::rank(&nodes, room, r.consumers, pool, strategy, entropy);
+            if order.is_empty() {
+                return Err(StoreError::NoCapacity { need: r.consumers });
+            }
+            let answer: Vec<String> = self
+                .run(async |c| {
+                    let mut inv = self.place_again.key(&room_key);
+                    for &i in &order {
+                        inv.key(self.node_key(&nodes[i].node_id));
+                    }
+                    inv.arg(now_ms);
+                    for &i in &order {
+                        inv.arg(&nodes[i].node_id);
+                    }
+                    inv.invoke_async(c).await
+                })
+                .await?;
+            match answer.first().map(String::as_str) {
+                Some("ok") => {
+                    let id = answer.get(1).cloned().unwrap_or_default();
+                    let mut node =
+                        nodes.into_iter().find(|n| n.node_id == id).ok_or_else(|| {
+                            StoreError::Backend(format!("placed on unknown node {id:?}"))
+                        })?;
+                    node.reserved += r.consumers;
+                    let mut moved = r;
+                    let from = moved.last_node.take().unwrap_or_default();
+                    moved.node = id;
+                    moved.placed_ms = now_ms;
+                    return Ok(Replacement {
+                        placement: Placement { room: moved, node },
+                        from: Some(from),
+                    });
+                }
+                // Placed by someone else between our read and the script: read it again.
+                Some("placed") | Some("full") => continue,
+                Some("gone") => return Err(StoreError::NoSuchRoom(room.into())),
+                other => {
+                    return Err(StoreError::Backend(format!(
+                        "place-again script answered {other:?}"
+                    )))
+                }
+            }
+        }
+        Err(StoreError::NoCapacity {
+            need: self.get_room(room).await?.map_or(0, |r| r.consumers),
+        })
     }
 
     async fn reserve_room(
@@ -456,6 +736,8 @@ impl Store for RedisStore {
                         max_peer_count: spec.max_peer_count,
                         event_notification_uri: spec.event_notification_uri,
                         created_ms: created,
+                        placed_ms: created,
+                        last_node: None,
                     };
                     return Ok(Placement { room, node });
                 }

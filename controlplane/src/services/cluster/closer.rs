@@ -9,7 +9,8 @@
 //!
 //! The second needs the room's creation, which may have happened on another control plane
 //! (Redis): the node learns its rooms from the store ([`Closer::sync`]), so the deadline runs
-//! from the room's `createdMs`, not from when this node first saw it.
+//! from the room's creation (or its move here off a dead node: `placed_ms`), not from when
+//! this node first saw it.
 
 use std::collections::HashMap;
 
@@ -55,8 +56,9 @@ impl Closer {
         self.rooms.remove(room);
     }
 
-    /// The store's current list of this node's rooms, `(room, created_ms)`. A room not seen
-    /// before gets the idle deadline from its creation; rooms the store no longer has are
+    /// The store's current list of this node's rooms, `(room, placed_ms)`: when each came
+    /// here, its creation or its move off a dead node. A room not seen before gets the idle
+    /// deadline from then; rooms the store no longer has are
     /// forgotten (deleted, or closed by another path). Rooms already watched keep their state:
     /// a join or an emptying is newer news than the creation time.
     pub(crate) fn sync<'a>(&mut self, rooms: impl IntoIterator<Item = (&'a str, u64)>) {

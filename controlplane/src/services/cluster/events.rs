@@ -97,7 +97,7 @@ pub async fn run(
                     rooms
                         .iter()
                         .filter(|r| r.node == me)
-                        .map(|r| (r.room_id.as_str(), r.created_ms)),
+                        .map(|r| (r.room_id.as_str(), r.placed_ms)),
                 ),
                 Err(e) => tracing::warn!(error = %e, "room events: cannot list the rooms"),
             },

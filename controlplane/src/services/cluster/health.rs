@@ -5,18 +5,25 @@
 //!
 //! Every control plane of a cluster runs it, so a node is checked by all of them; a store
 //! write happens only when the answer differs from what the store holds.
+//!
+//! Liveness ([`super::liveness`]): each round renews this node's lease first, so a node
+//! whose loop runs is never taken for dead by lapse; a node that answers no check
+//! [`SILENT_CHECKS`] rounds in a row, or whose lease lapsed, is removed. A node that finds
+//! itself removed (its renewal answers "no such node") registers again at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_shared::stats::Counter;
 
+use super::liveness::{Misses, LEASE_INTERVALS, SILENT_CHECKS};
 use super::load::{self, Latest, Meter, Reading};
-use super::probe::probe;
+use super::probe::{probe, Health};
 use super::service::Cluster;
+use crate::core::clock::now_ms;
 use crate::core::counters;
 use crate::core::link::Link;
-use crate::core::store::{Registration, Store as _};
+use crate::core::store::{Death, Registration, Store as _, StoreError};
 
 /// Longest a health check waits for its answer; shorter when the interval is.
 const MAX_PROBE: Duration = Duration::from_secs(2);
@@ -27,7 +34,17 @@ const HEARTBEAT_REFRESH: Duration = Duration::from_secs(30);
 pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, latest: Arc<Latest>) {
     let interval = Duration::from_millis(cluster.config.health_interval_ms);
     let probe_timeout = (interval / 2).min(MAX_PROBE);
+    let lease_ms = cluster
+        .config
+        .health_interval_ms
+        .saturating_mul(LEASE_INTERVALS);
+    let mut misses = Misses::new(SILENT_CHECKS);
     let mut registered = false;
+    // Rounds start at a fixed rate, not an interval after the last one ended: a round's own
+    // work (probes, store writes) would otherwise stretch the three silent checks that make
+    // a node dead past three intervals.
+    let mut rounds = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meter = Meter::new(
         cluster.config.consumers_per_worker,
         cluster.config.max_pps_per_worker,
@@ -47,7 +64,24 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
                 Err(e) => tracing::warn!(error = %e, "cannot register this node; retrying"),
             }
         }
-        tokio::time::sleep(interval).await;
+        if registered {
+            match cluster
+                .store
+                .renew_lease(&me.node_id, lease_ms, now_ms())
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::NoSuchNode(_)) => {
+                    // Taken for dead (or the store was flushed): come back as a new
+                    // incarnation now rather than an interval later.
+                    tracing::warn!(node = %me.node_id, "this node was removed from the cluster; registering again");
+                    registered = false;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease"),
+            }
+        }
+        rounds.tick().await;
         if let Some(report) = measure(&link, &mut meter) {
             let now = std::time::Instant::now();
             let due = reported.is_none_or(|(o, at)| {
@@ -77,21 +111,37 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
         };
         registered = nodes.iter().any(|n| n.node_id == me.node_id);
         counters::cluster().set_nodes(&nodes);
+        misses.retain(&nodes);
         let mut checks = tokio::task::JoinSet::new();
         for n in nodes {
             checks.spawn(async move {
-                let ok = probe(&n.url, probe_timeout).await;
-                (n, ok)
+                let health = probe(&n.url, probe_timeout).await;
+                (n, health)
             });
         }
         while let Some(done) = checks.join_next().await {
-            let Ok((n, ok)) = done else { continue };
+            let Ok((n, health)) = done else { continue };
+            let ok = health == Health::Up;
             if n.healthy != ok {
                 tracing::warn!(node = %n.node_id, url = %n.url, healthy = ok, "node health changed");
                 if let Err(e) = cluster.store.set_health(&n.node_id, ok).await {
                     tracing::warn!(node = %n.node_id, error = %e, "cannot record health");
                 }
             }
+            // This node is running this loop: whatever its own check says, it is not dead.
+            let silent = n.node_id != me.node_id
+                && misses.handle_check(&n.incarnation(), health != Health::Silent);
+            if silent {
+                if let Err(e) = cluster
+                    .bury(&n.incarnation(), Death::Silent, now_ms())
+                    .await
+                {
+                    tracing::warn!(node = %n.node_id, error = %e, "cannot remove a silent node");
+                }
+            }
+        }
+        if let Err(e) = cluster.bury_lapsed(&me.node_id, now_ms()).await {
+            tracing::warn!(error = %e, "cannot remove the nodes whose lease lapsed");
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   [`load`]: this node's own load, measured for the heartbeat and `/health`.
 //! - [`hooks`]: room events delivered to a room's hook; [`events`]: which events a session
 //!   change makes, and closing idle rooms ([`closer`] decides when, sans-IO).
+//! - [`liveness`]: when a node is dead (lease lapsed, or silent checks), its removal and
+//!   its rooms moving to live nodes.
 //! - [`probe`]: one HTTP request to another node or a hook, for its status.
 //!
 //! Security: `http::auth` decides who reaches each route (docs/api.md, "Auth"). A room's
@@ -20,6 +22,7 @@ pub mod closer;
 pub mod events;
 pub mod health;
 pub mod hooks;
+pub mod liveness;
 pub mod load;
 pub mod nodes;
 pub mod probe;

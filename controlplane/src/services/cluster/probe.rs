@@ -6,10 +6,26 @@ use std::time::Duration;
 
 use switchyard_httpclient::{Client, Config, Request, Tls};
 
-/// Whether `GET {base}/health` answers 200 within `timeout`. `http://` or `https://`; the
-/// latter accepts any server certificate (a liveness check, see `switchyard_httpclient::accept_any_server`).
-pub async fn probe(base: &str, timeout: Duration) -> bool {
-    http_status(base, "GET", "/health", None, timeout).await == Some(200)
+/// What a node's `GET /health` said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// 200: takes rooms.
+    Up,
+    /// Answered something else (503 while overloaded or without its data plane): alive,
+    /// takes no rooms.
+    Down,
+    /// No answer at all within the timeout (refused, unreachable, hung): maybe dead.
+    Silent,
+}
+
+/// `GET {base}/health` within `timeout`. `http://` or `https://`; the latter accepts any
+/// server certificate (a liveness check, see `switchyard_httpclient::accept_any_server`).
+pub async fn probe(base: &str, timeout: Duration) -> Health {
+    match http_status(base, "GET", "/health", None, timeout).await {
+        Some(200) => Health::Up,
+        Some(_) => Health::Down,
+        None => Health::Silent,
+    }
 }
 
 /// Send one request (`body` as JSON) to the server of `base` and read the status code of the

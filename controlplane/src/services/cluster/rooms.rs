@@ -12,6 +12,7 @@ use switchyard_shared::names;
 
 use super::hooks;
 use super::service::{valid_url, Cluster, ClusterError, MAX_PEERS};
+use crate::core::clock::now_ms;
 use crate::core::counters;
 use crate::core::random;
 use crate::core::store::{
@@ -110,9 +111,16 @@ impl Cluster {
             .collect())
     }
 
-    /// Every placed room, each with its node's URL (None when the node is gone).
+    /// Every placed room, each with its node's URL (None when the node is gone). A room
+    /// whose node died is placed again first; one no node has room for is listed unplaced.
     pub async fn rooms(&self) -> Result<Vec<(Room, Option<String>)>, ClusterError> {
-        let rooms = self.store.list_rooms().await?;
+        let mut rooms = self.store.list_rooms().await?;
+        for r in rooms.iter_mut().filter(|r| r.unplaced()) {
+            match self.ensure_placed(r.clone(), now_ms()).await {
+                Ok(placed) => *r = placed,
+                Err(e) => tracing::warn!(room = %r.room_id, error = %e, "room still unplaced"),
+            }
+        }
         let urls = self.node_urls().await?;
         Ok(rooms
             .into_iter()
@@ -123,14 +131,24 @@ impl Cluster {
             .collect())
     }
 
-    /// One room and its node's URL.
+    /// One room and its node's URL; a room whose node died is placed again first (still
+    /// unplaced, without a URL, when no node has room for it).
     pub async fn room(&self, room: &str) -> Result<(Room, Option<String>), ClusterError> {
         names::id("room", room)?;
-        let r = self
+        let mut r = self
             .store
             .get_room(room)
             .await?
             .ok_or_else(|| ClusterError::NoRoom(room.to_owned()))?;
+        if r.unplaced() {
+            match self.ensure_placed(r.clone(), now_ms()).await {
+                Ok(placed) => r = placed,
+                Err(ClusterError::Store(StoreError::NoCapacity { need })) => {
+                    tracing::warn!(%room, need, "room still unplaced: no node has room for it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let url = self.node_urls().await?.remove(&r.node);
         Ok((r, url))
     }

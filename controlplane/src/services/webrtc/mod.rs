@@ -160,16 +160,27 @@ impl Webrtc {
     }
 
     /// Where the cluster says `room` lives: here when the room is not in the store, is on
-    /// this node, or the store cannot answer.
+    /// this node, or the store cannot answer. A room whose node was removed as dead is
+    /// placed again first, so an offer never goes to a dead node.
     async fn placed(&self, room: &str) -> Route {
         let placed = match self.cluster.store.get_room(room).await {
-            Ok(Some(r)) if r.node != self.node_id => r,
-            Ok(_) => return Route::Here,
+            Ok(Some(r)) if r.unplaced() => match self.cluster.ensure_placed(r, now_ms()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "room of a dead node not placed again: serving the offer on this node");
+                    return Route::Here;
+                }
+            },
+            Ok(Some(r)) => r,
+            Ok(None) => return Route::Here,
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
                 return Route::Here;
             }
         };
+        if placed.node == self.node_id {
+            return Route::Here;
+        }
         let url = match self.cluster.store.list_nodes().await {
             Ok(nodes) => nodes
                 .into_iter()
