@@ -218,8 +218,7 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
         return;
     }
-    if !common::Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED cascade browser test: redis-server is not installed !!!!!\n");
+    if !common::Redis::required("cascade browser test") {
         return;
     }
     let _serial = one_chromium_test_at_a_time();
@@ -229,7 +228,7 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
     );
     let dir = std::env::temp_dir().join(format!("swy-browser-cascade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = common::Redis::start(&dir, common::free_tcp_port(), false);
+    let redis = common::Redis::start_free(&dir, false);
     let config = dir.join("switchyard.toml");
     std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
     let extra = || -> Vec<std::ffi::OsString> {

@@ -98,7 +98,7 @@ fn a_dead_node_is_removed_and_its_room_moves() {
     let dir = std::env::temp_dir().join(format!("swy-liveness-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = Redis::start(&dir, common::free_tcp_port(), false);
+    let redis = Redis::start_free(&dir, false);
     let config = dir.join("switchyard.toml");
     std::fs::write(
         &config,

@@ -6,7 +6,6 @@
 //! Needs `redis-server` on the PATH (scripts/test.sh installs it); skipped loudly without.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +17,6 @@ use switchyard_controlplane::cluster::redis::RedisStore;
 use switchyard_controlplane::cluster::{
     consumers_for, Registration, Room, RoomSpec, Store, StoreError, Strategy,
 };
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn reg(id: &str, capacity: u64) -> Registration {
     Registration {
@@ -72,16 +64,15 @@ fn check_consistent(rooms: &[Room], reserved: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_never_over_commit() {
-    if !Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED two_control_planes_never_over_commit: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+    if !Redis::required("two_control_planes_never_over_commit") {
         return;
     }
     let dir: PathBuf =
         std::env::temp_dir().join(format!("switchyard-redis-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = free_port();
-    let mut redis = Redis::start(&dir, port, true);
+    let mut redis = Redis::start_free(&dir, true);
+    let port = redis.port;
 
     let planes = [
         Arc::new(RedisStore::new(&redis.url()).expect("store 1")),
@@ -269,15 +260,14 @@ async fn two_control_planes_never_over_commit() {
 /// whole; a lookup finds every node that has a stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_publish_their_streams() {
-    if !Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED nodes_publish_their_streams: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+    if !Redis::required("nodes_publish_their_streams") {
         return;
     }
     let dir: PathBuf =
         std::env::temp_dir().join(format!("switchyard-redis-streams-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let redis = Redis::start(&dir, free_port(), false);
+    let redis = Redis::start_free(&dir, false);
     let store = RedisStore::new(&redis.url()).expect("store");
     for id in ["a", "b", "c"] {
         store.register_node(reg(id, 10)).await.expect("register");

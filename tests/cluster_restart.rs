@@ -62,14 +62,13 @@ fn rooms(node: &Node) -> Vec<serde_json::Value> {
 
 #[test]
 fn controlplane_restart_loses_nothing() {
-    if !Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED controlplane_restart_loses_nothing: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+    if !Redis::required("controlplane_restart_loses_nothing") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("swy-cluster-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = Redis::start(&dir, common::free_tcp_port(), false);
+    let redis = Redis::start_free(&dir, false);
     let mut node = Node::start_with_args(1, &["--redis", &redis.url()]);
 
     // The node registers itself; two more nodes (bigger, so they take rooms too) register

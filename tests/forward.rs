@@ -439,13 +439,12 @@ fn forwards_deliver_plain_rtp_per_track_and_stop_when_deleted() {
 
 #[test]
 fn api_forwards_survive_a_control_plane_restart_with_redis() {
-    if !common::Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED api_forwards_survive_a_control_plane_restart_with_redis: redis-server is not installed (apt-get install redis-server) !!!!!\n");
+    if !common::Redis::required("api_forwards_survive_a_control_plane_restart_with_redis") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("swy-forward-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = common::Redis::start(&dir, common::free_tcp_port(), false);
+    let redis = common::Redis::start_free(&dir, false);
     let mut node = Node::start_with_args(1, &["--redis", &redis.url()]);
     let rec = Receiver::bind();
     let (mut publisher, _) = Publisher::create(&node);

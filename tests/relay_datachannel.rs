@@ -204,14 +204,13 @@ fn data_channel_messages_reach_whep_subscribers_on_a_b_and_c() {
         eprintln!("SKIPPED relay_datachannel: python3 not found; install python3 to run it");
         return;
     };
-    if !Redis::installed() {
-        eprintln!("\n!!!!! SKIPPED relay_datachannel: redis-server is not installed !!!!!\n");
+    if !Redis::required("relay_datachannel") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("swy-dcrelay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = Redis::start(&dir, common::free_tcp_port(), false);
+    let redis = Redis::start_free(&dir, false);
     let config = dir.join("switchyard.toml");
     std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
     let nodes: Vec<Node> = ["a", "b", "c"]

@@ -32,7 +32,7 @@ pub fn cluster(test: &str, n: usize, extra_config: &str) -> Option<Cluster> {
     let dir = std::env::temp_dir().join(format!("swy-cluster-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let redis = Redis::start(&dir, super::free_tcp_port(), false);
+    let redis = Redis::start_free(&dir, false);
     let key = cli(&["token", "generate"]);
     let token = cli(&[
         "token",

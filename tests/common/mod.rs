@@ -390,6 +390,24 @@ impl Drop for Node {
     }
 }
 
+/// The process id of the redis-server answering on `port` (`INFO server`), if one does.
+fn redis_pid(port: u16) -> Option<u32> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("process_id:") || !text[text.find("process_id:")?..].contains('\n') {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let at = text.find("process_id:")? + "process_id:".len();
+    text[at..].lines().next()?.trim().parse().ok()
+}
+
 /// A real `redis-server` on 127.0.0.1 for cluster tests, killed on drop.
 pub struct Redis {
     child: Child,
@@ -400,6 +418,25 @@ impl Redis {
     /// Start one on `port` with its files in `dir`. `durable`: append-only file fsynced on
     /// every write, so a restart on the same `dir` finds everything again.
     pub fn start(dir: &std::path::Path, port: u16, durable: bool) -> Redis {
+        Redis::try_start(dir, port, durable).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Redis::start`] on a free port. Free ports are picked by binding port 0 and letting it
+    /// go, so two tests of one binary can pick the same one; the loser's server exits at
+    /// once and its test would talk to the winner's. So: check the server answering is ours,
+    /// and try another port when it is not.
+    pub fn start_free(dir: &std::path::Path, durable: bool) -> Redis {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Redis::try_start(dir, free_tcp_port(), durable) {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("no redis-server of our own after 5 ports: {last}");
+    }
+
+    fn try_start(dir: &std::path::Path, port: u16, durable: bool) -> Result<Redis, String> {
         let persistence: &[&str] = if durable {
             &["--appendonly", "yes", "--appendfsync", "always"]
         } else {
@@ -414,12 +451,26 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
+        let mut redis = Redis { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
+        loop {
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+            // The server that answers must be the one we started, not another test's.
+            if let Some(pid) = redis_pid(port) {
+                if pid == redis.child.id() {
+                    return Ok(redis);
+                }
+                redis.kill();
+                return Err(format!("port {port} is another redis-server's (pid {pid})"));
+            }
+            if Instant::now() > deadline {
+                redis.kill();
+                return Err(format!("redis-server did not listen on {port}"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
     }
 
     pub fn url(&self) -> String {
