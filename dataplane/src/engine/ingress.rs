@@ -171,6 +171,16 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);
         };
+        // Every authenticated packet counts for the publisher's bandwidth estimate, forwarded
+        // or not: a browser probes with padding on RTX streams, and probes it hears nothing
+        // about read as lost (a simulcast publisher then never sends its upper layers).
+        if let Some(rec) = p.twcc.as_mut() {
+            let plain = &pkt.data[..len];
+            let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
+            if let Some(&[a, b, ..]) = value {
+                rec.record(u16::from_be_bytes([a, b]), at);
+            }
+        }
         // The one branch a publisher without simulcast pays.
         let found = match p.sim.as_deref_mut() {
             None => p.track_for(hdr.ssrc).map(|t| (t, None)),
@@ -202,13 +212,6 @@ impl Engine {
         // nonsense, so a layered track has none (and no receiver report).
         if let (Some(stats), Some(&rate), None) = (p.recv.get_mut(t), p.clock_rates.get(t), tag) {
             stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
-        }
-        if let Some(rec) = p.twcc.as_mut() {
-            let plain = &pkt.data[..len];
-            let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
-            if let Some(&[a, b, ..]) = value {
-                rec.record(u16::from_be_bytes([a, b]), at);
-            }
         }
         // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
         // on to subscribers like any other.
