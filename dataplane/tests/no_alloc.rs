@@ -133,6 +133,7 @@ fn steady_state_forwarding_allocates_nothing() {
             twcc_ext: None,
             srtp: Some(keys(1, 2)),
             ice: None,
+            simulcast: None,
         },
         start,
         &mut out,
@@ -345,6 +346,7 @@ fn relay_link_steady_state_allocates_nothing() {
             twcc_ext: None,
             srtp: Some(keys(1, 2)),
             ice: None,
+            simulcast: None,
         },
         start,
         &mut out_a,
@@ -452,4 +454,205 @@ fn relay_link_steady_state_allocates_nothing() {
     assert_eq!(allocs, 0, "{allocs} allocations on the relay path");
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&path_b);
+}
+
+/// Simulcast: three VP8 layers (rid extension) fanned out to viewers on two workers, each
+/// switching layers at keyframes (a cap, then the top layer stopping), with their NACKs and
+/// the PLIs the switches send, allocates nothing either.
+#[test]
+fn simulcast_layer_switching_allocates_nothing() {
+    use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
+
+    let path = std::env::temp_dir().join(format!("swy-noalloc-sim-{}", std::process::id()));
+    let stats = Arc::new(Stats::create(&path, 2, 1).expect("stats"));
+    let start = Instant::now();
+    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
+    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);
+    let stream = StreamId(1);
+    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let mut out = FixedOutput {
+        buf: vec![0; 2048],
+        sent: 0,
+        queued: Vec::with_capacity(1024),
+        watch: None,
+        last_seq: 0,
+        rtx_sent: 0,
+    };
+    let simulcast = Simulcast {
+        rid_ext: 10,
+        repaired_rid_ext: 11,
+        mid_ext: 4,
+        tracks: vec![SimulcastTrack {
+            mid: "1".into(),
+            rids: vec!["q".into(), "h".into(), "f".into()],
+            ssrcs: Vec::new(),
+            codec: LayerCodec::Vp8,
+        }],
+    };
+    w0.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream,
+            remote: Some(publisher),
+            ssrcs: Vec::new(),
+            clock_rates: vec![90000],
+            twcc_ext: None,
+            srtp: Some(keys(1, 2)),
+            ice: None,
+            simulcast: Some(simulcast),
+        },
+        start,
+        &mut out,
+    );
+    w0.handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream,
+            workers: [1].into_iter().collect(),
+        },
+        start,
+        &mut out,
+    );
+    w1.handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream,
+            worker: Some(0),
+        },
+        start,
+        &mut out,
+    );
+    for id in 2..8u64 {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        let remote: SocketAddr = format!("127.0.0.1:{}", 6000 + id).parse().expect("addr");
+        w.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(id),
+                stream,
+                remote: Some(remote),
+                ssrcs: [id as u32 * 10, 0, 0, 0],
+                payload_types: Vec::new(),
+                extensions: None,
+                rtx: if id == 2 {
+                    [Some((21, 97)), None, None, None]
+                } else {
+                    [None; MAX_TRACKS]
+                },
+                tracks: switchyard_shared::command::ALL_TRACKS,
+                plain: false,
+                srtp: Some(keys(3, 4)),
+                ice: None,
+            },
+            start,
+            &mut out,
+        );
+    }
+    out.watch = Some("127.0.0.1:6002".parse().expect("addr"));
+    for w in [&mut w0, &mut w1] {
+        while let Some(ev) = w.poll_event() {
+            assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+        }
+    }
+    let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+    let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
+    let mut pkt = vec![0u8; 1400];
+    let mut fb = vec![0u8; 256];
+    let sizes: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
+    // Frame `n`: one packet per layer in `layers`, keyframes every 30 frames.
+    let mut frame = |n: u32,
+                     layers: usize,
+                     at: Instant,
+                     w0: &mut Engine,
+                     w1: &mut Engine,
+                     out: &mut FixedOutput| {
+        for (l, rid) in [b'q', b'h', b'f'].into_iter().enumerate().take(layers) {
+            let seq = (n as u16).wrapping_add(l as u16 * 10_000);
+            pkt[0] = 0x90;
+            pkt[1] = 96;
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&(n * 3000).to_be_bytes());
+            pkt[8..12].copy_from_slice(&(100 + l as u32).to_be_bytes());
+            // One-byte extensions: mid "1", rid.
+            pkt[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'1', 0xa0, rid]);
+            let key = n % 30 == 0;
+            let pid = (n as u16) & 0x7fff;
+            pkt[20..22].copy_from_slice(&[0x90, 0xc0]);
+            pkt[22..24].copy_from_slice(&(0x8000 | pid).to_be_bytes());
+            pkt[24] = n as u8;
+            pkt[25..28].copy_from_slice(&[u8::from(!key), 0, 0]);
+            pkt[28..31].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+            pkt[31..33].copy_from_slice(&sizes[l].0.to_le_bytes());
+            pkt[33..35].copy_from_slice(&sizes[l].1.to_le_bytes());
+            let n = tx.protect_rtp(&mut pkt, 1000).expect("protect");
+            w0.handle_datagram_to(&mut pkt[..n], publisher, None, at, out);
+            while let Some((w, msg)) = out.queued.pop() {
+                let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                e.handle_inbound(msg, at, out);
+            }
+        }
+        if n % 10 == 0 {
+            let lost = out.last_seq;
+            let k = rtcp::write_nack(&mut fb, 7, 20, &[lost]).expect("nack");
+            let k = sub_tx.protect_rtcp(&mut fb, k).expect("protect");
+            let sub: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
+            w0.handle_datagram_to(&mut fb[..k], sub, None, at, out);
+            while let Some((w, msg)) = out.queued.pop() {
+                let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                e.handle_inbound(msg, at, out);
+            }
+        }
+    };
+    let tick = Duration::from_millis(33);
+    let at = |n: u32| start + tick * n;
+    // Warm up on all three layers: every NACK cache fills once.
+    for n in 0..1200 {
+        frame(n, 3, at(n), &mut w0, &mut w1, &mut out);
+    }
+    let switches = stats.worker(0).expect("w0").get(Counter::LayerSwitches)
+        + stats.worker(1).expect("w1").get(Counter::LayerSwitches);
+    let retransmitted = stats.worker(0).expect("w0").get(Counter::Retransmitted);
+    ARMED.with(|a| a.set(true));
+    for n in 1200..1500 {
+        frame(n, 3, at(n), &mut w0, &mut w1, &mut out);
+    }
+    for id in 2..8u64 {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        w.handle_command(
+            WorkerCommand::SetMaxLayer {
+                id: SessionId(id),
+                max_layer: 0,
+            },
+            at(1500),
+            &mut out,
+        );
+    }
+    for n in 1500..1800 {
+        frame(n, 3, at(n), &mut w0, &mut w1, &mut out);
+    }
+    for id in 2..8u64 {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        w.handle_command(
+            WorkerCommand::SetMaxLayer {
+                id: SessionId(id),
+                max_layer: u8::MAX,
+            },
+            at(1800),
+            &mut out,
+        );
+    }
+    // The top layer stops: viewers go from f to h.
+    for n in 1800..2400 {
+        let layers = if n < 1850 { 3 } else { 2 };
+        frame(n, layers, at(n), &mut w0, &mut w1, &mut out);
+    }
+    ARMED.with(|a| a.set(false));
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let switched = stats.worker(0).expect("w0").get(Counter::LayerSwitches)
+        + stats.worker(1).expect("w1").get(Counter::LayerSwitches)
+        - switches;
+    assert_eq!(switched, 18, "6 viewers: down to q, up to f, down to h");
+    assert!(
+        stats.worker(0).expect("w0").get(Counter::Retransmitted) > retransmitted,
+        "NACKs answered"
+    );
+    assert_eq!(allocs, 0, "{allocs} allocations while switching layers");
+    let _ = std::fs::remove_file(&path);
 }

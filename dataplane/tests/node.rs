@@ -182,6 +182,7 @@ fn forwards_across_workers_and_counts_bad_input() {
         role: Role::Publisher {
             ssrcs: vec![],
             clock_rates: vec![],
+            simulcast: None,
         },
         remote: Some(publisher.local_addr().expect("addr")),
         keying: Keying::Static(keys(1, 2)),
@@ -338,6 +339,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
         role: Role::Publisher {
             ssrcs: vec![1],
             clock_rates: vec![],
+            simulcast: None,
         },
         remote: Some(p.local_addr().expect("addr")),
         keying: Keying::Static(keys(1, 2)),
@@ -363,6 +365,7 @@ fn snapshot_lists_live_sessions_and_refuses_bad_commands() {
             role: Role::Publisher {
                 ssrcs: vec![],
                 clock_rates: vec![],
+                simulcast: None,
             },
             remote: None,
             keying: Keying::Static(k),

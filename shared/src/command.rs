@@ -21,6 +21,13 @@ pub const MAX_MESSAGE: usize = 2048;
 /// simulcast layers later. Fixed so per-stream state is a flat array, never a map.
 pub const MAX_TRACKS: usize = 4;
 
+/// Most simulcast layers (RFC 8853 encodings) one track carries: browsers send at most 3.
+pub const MAX_LAYERS: usize = 3;
+
+/// Longest rid the data plane matches (RFC 8851 allows 255; browsers and apps use 1–2
+/// characters). A longer one is left out of the spec and its layer is found by SSRC only.
+pub const MAX_RID: usize = 16;
+
 /// Most payload-type pairs one subscriber's map holds.
 pub const MAX_PT_MAP: usize = 16;
 
@@ -106,6 +113,10 @@ pub enum Role {
         ssrcs: Vec<u32>,
         #[serde(default)]
         clock_rates: Vec<u32>,
+        /// A publisher whose offer had `a=simulcast`: how its packets map to (track,
+        /// layer). `None`: every SSRC is a track of its own, as above.
+        #[serde(default)]
+        simulcast: Option<Simulcast>,
     },
     /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
     /// track `i`; the control plane fills all [`MAX_TRACKS`] entries. `payload_types` maps
@@ -158,6 +169,46 @@ impl Role {
     pub fn is_relay(&self) -> bool {
         matches!(self, Role::RelayIn { .. } | Role::RelayOut)
     }
+}
+
+/// How a simulcast publisher's packets find their track and layer. With it, track `i` is
+/// `tracks[i]` (the offer's m-line order) and `Role::Publisher::ssrcs` is not used for
+/// mapping; each SSRC is mapped once, from the first packet that says where it belongs:
+/// the rid extension (repaired-rid: the RTX stream of a layer, never a layer itself), else
+/// the mid extension for a track without layers, else the SSRCs the offer declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Simulcast {
+    /// One-byte header extension ids from the offer, 0 where not negotiated.
+    pub rid_ext: u8,
+    pub repaired_rid_ext: u8,
+    pub mid_ext: u8,
+    /// One per track, in track order; at most [`MAX_TRACKS`].
+    pub tracks: Vec<SimulcastTrack>,
+}
+
+/// One m-line of a simulcast publisher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimulcastTrack {
+    pub mid: String,
+    /// Layer `i` is `rids[i]`, in the offer's `a=simulcast` order (a preference order, not
+    /// a quality order: the data plane ranks layers by what it sees). Empty: a track
+    /// without layers (audio). At most [`MAX_LAYERS`], each at most [`MAX_RID`] bytes.
+    pub rids: Vec<String>,
+    /// Declared SSRCs: the layers' in `a=ssrc-group:SIM` order (or the track's one media
+    /// SSRC), for publishers that send no rid/mid extensions. Empty: learned from them.
+    pub ssrcs: Vec<u32>,
+    /// What the layers carry: where a layer switch may happen (keyframes) and what else is
+    /// rewritten (VP8 picture ids).
+    pub codec: LayerCodec,
+}
+
+/// The codec of a simulcast track, as far as layer switching cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerCodec {
+    Vp8,
+    H264,
+    /// Keyframes are not recognised: the viewer stays on its first layer.
+    Other,
 }
 
 /// Every track: the [`Role::Subscriber::tracks`] default.
@@ -279,6 +330,10 @@ pub enum Command {
     /// Stream every live session as [`Event::SnapshotSession`], then
     /// [`Event::SnapshotDone`] with the same `request`.
     Snapshot { request: u64 },
+    /// Subscriber `id` receives simulcast layers up to rank `max_layer` (0: the lowest
+    /// quality the publisher sends; [`u8::MAX`]: no cap). Not answered: an unknown session
+    /// or one that is not a subscriber is ignored.
+    SetMaxLayer { id: SessionId, max_layer: u8 },
 }
 
 /// Why a command was refused.

@@ -17,7 +17,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +91,11 @@ pub enum Counter {
     /// Packets dropped because an ICE-TCP connection's output buffer was full (a peer that
     /// does not read fast enough).
     TcpTxDropped,
+    /// Packets of a simulcast layer's RTX stream (repaired-rid) dropped: repair of the
+    /// publisher's uplink is not done yet, and they must not reach viewers as media.
+    SimulcastRtxDropped,
+    /// Simulcast layer switches made for viewers (at a keyframe of the new layer).
+    LayerSwitches,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -142,6 +147,8 @@ impl Counter {
         Counter::TcpRxPackets,
         Counter::TcpTxPackets,
         Counter::TcpTxDropped,
+        Counter::SimulcastRtxDropped,
+        Counter::LayerSwitches,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -191,6 +198,8 @@ impl Counter {
             Counter::TcpRxPackets => "tcp_rx_packets_total",
             Counter::TcpTxPackets => "tcp_tx_packets_total",
             Counter::TcpTxDropped => "tcp_tx_dropped_total",
+            Counter::SimulcastRtxDropped => "simulcast_rtx_dropped_total",
+            Counter::LayerSwitches => "layer_switches_total",
             _ => "drops_total",
         }
     }

@@ -280,6 +280,7 @@ mod tests {
         spec.role = Role::Publisher {
             ssrcs: vec![u32::MAX; 4],
             clock_rates: vec![90_000; 4],
+            simulcast: None,
         };
         spec.keying = Keying::Dtls {
             remote_fingerprint: format!("sha-512 {}", ["AB"; 64].join(":")),

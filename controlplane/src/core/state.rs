@@ -753,6 +753,7 @@ pub(crate) mod tests {
         publisher.role = Role::Publisher {
             ssrcs: vec![1],
             clock_rates: vec![48000],
+            simulcast: None,
         };
         publisher.control = Kept {
             secret: Some(secret),

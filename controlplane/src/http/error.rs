@@ -151,6 +151,7 @@ impl From<SessionError> for ApiError {
             SessionError::Refused(c) => command_status(*c),
             SessionError::AddTimeout | SessionError::RemoveTimeout => StatusCode::GATEWAY_TIMEOUT,
             SessionError::NotFound => StatusCode::NOT_FOUND,
+            SessionError::NotSubscriber => StatusCode::CONFLICT,
         };
         Self::of(status, &e)
     }

@@ -217,6 +217,10 @@ fn help(c: Counter) -> &'static str {
         Counter::TcpTxDropped => {
             "Packets dropped because an ICE-TCP connection's output buffer was full."
         }
+        Counter::SimulcastRtxDropped => {
+            "Packets of a simulcast layer's RTX stream (repaired-rid) dropped, never forwarded."
+        }
+        Counter::LayerSwitches => "Simulcast layer switches made for viewers, at keyframes.",
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -30,6 +30,7 @@ pub(crate) fn routes(sessions: Arc<Sessions>) -> OpenApiRouter {
         .routes(routes!(list_sessions, create_session))
         .routes(routes!(list_streams))
         .routes(routes!(get_session, delete_session))
+        .routes(routes!(set_layers))
         .with_state(sessions)
 }
 
@@ -257,5 +258,44 @@ async fn delete_session(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     sessions.remove(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/sessions/{id}/layers`: which simulcast layers a subscriber takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LayersRequest {
+    /// Highest layer rank the subscriber receives: 0 is the lowest quality the publisher
+    /// sends, 1 the next, 2 the best of three; `null` removes the cap. Ranks count the
+    /// layers the publisher sends now, so a cap above what is sent means the best sent.
+    #[schema(example = 0)]
+    max_layer: Option<u8>,
+}
+
+/// Cap the simulcast layer a subscriber (WHEP or plain) receives of every simulcast track
+/// of its stream. It moves at the next keyframe of the layer picked (the node asks the
+/// publisher for one), with no gap in its numbering. Streams without simulcast ignore it.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/layers",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "Session id of a subscriber")),
+    request_body = LayersRequest,
+    responses(
+        (status = 204, description = "Handed to the data plane"),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "The session is not a subscriber", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+    )
+)]
+async fn set_layers(
+    State(sessions): State<Arc<Sessions>>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let req: LayersRequest = parse_body(body)?;
+    sessions.set_max_layer(id, req.max_layer)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -28,6 +28,11 @@ use serde::{Deserialize, Serialize};
 
 /// The only header extension URIs a [`Track`] holds.
 pub(crate) use offer::EXTENSIONS;
+/// Header extensions a simulcast publisher's packets are mapped by.
+pub(crate) use offer::{
+    MID as MID_URI, REPAIRED_RTP_STREAM_ID as REPAIRED_RTP_STREAM_ID_URI,
+    RTP_STREAM_ID as RTP_STREAM_ID_URI,
+};
 
 /// Largest offer we parse. Browser offers are 4–12 KiB (Chrome with all its codecs and
 /// simulcast is about 8 KiB); anything four times that is not a browser. Larger offers are

@@ -11,16 +11,19 @@ use super::{Codec, SdpError};
 /// RTP header extensions we forward or act on; all others are dropped from the answer.
 /// Stored session state names them by index (`crate::kept`): append, never reorder.
 pub(crate) const EXTENSIONS: [&str; 5] = [
-    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    MID,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     super::TRANSPORT_CC_URI,
     RTP_STREAM_ID,
     REPAIRED_RTP_STREAM_ID,
 ];
 
+/// The m-line a packet belongs to (RFC 8843 §15).
+pub(crate) const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
 /// Simulcast layer ids (RFC 8852): meaningful from a publisher, not towards a subscriber.
-pub(super) const RTP_STREAM_ID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
-pub(super) const REPAIRED_RTP_STREAM_ID: &str =
+pub(crate) const RTP_STREAM_ID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub(crate) const REPAIRED_RTP_STREAM_ID: &str =
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 
 /// RTCP feedback we implement (NACK retransmission, PLI/FIR forwarding, congestion feedback).

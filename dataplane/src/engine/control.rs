@@ -13,6 +13,7 @@ use switchyard_shared::journal;
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
+use super::layers::SimMap;
 use super::session::{self, Publisher, Session, Subscriber};
 use super::timer::Timer;
 use super::{ice, relay, relay_data, twcc, Engine, Output, StreamId, WorkerCommand, WorkerEvent};
@@ -31,12 +32,14 @@ impl Engine {
                 twcc_ext,
                 srtp,
                 ice,
+                simulcast,
             } => {
+                let sim = simulcast.map(|s| Box::new(SimMap::new(&s)));
                 let r = self.add_publisher(
                     id,
                     stream,
                     (remote, Via::Media),
-                    (ssrcs, clock_rates),
+                    (ssrcs, clock_rates, sim),
                     srtp.as_ref(),
                     (ice.as_ref(), now),
                 );
@@ -176,6 +179,18 @@ impl Engine {
             WorkerCommand::RelayData { id, fragments } => {
                 self.send_relay_data(id, &fragments, out);
             }
+            WorkerCommand::SetMaxLayer { id, max_layer } => {
+                if let Some(session::Role::Subscriber(sub)) = self
+                    .by_id
+                    .get(&id)
+                    .and_then(|&i| self.sessions.get_mut(i))
+                    .map(|s| &mut s.role)
+                {
+                    for l in sub.layers.iter_mut() {
+                        l.cap = max_layer;
+                    }
+                }
+            }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
                 Ok(()) => self.events.push_back(WorkerEvent::Removed { id }),
                 Err(error) => self.events.push_back(WorkerEvent::Failed { id, error }),
@@ -307,12 +322,14 @@ impl Engine {
         id: SessionId,
         stream: StreamId,
         (remote, via): (Option<SocketAddr>, Via),
-        (ssrcs, clock_rates): (Vec<u32>, Vec<u32>),
+        (ssrcs, clock_rates, sim): (Vec<u32>, Vec<u32>, Option<Box<SimMap>>),
         keys: Option<&SrtpKeys>,
         (ice, now): (Option<&IceCredentials>, Instant),
     ) -> Result<(), CommandError> {
         self.check_new(id, (remote, via), (keys, false), ice)?;
-        if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
+        // A simulcast publisher's tracks are its map's, with or without SSRCs.
+        let rated = if sim.is_some() { MAX_TRACKS } else { 0 };
+        if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len().max(rated) {
             return Err(CommandError::Invalid);
         }
         if self
@@ -327,11 +344,12 @@ impl Engine {
         for (t, s) in tracks.iter_mut().zip(&ssrcs) {
             *t = Some(*s);
         }
-        let mut publisher = Publisher::new(stream, tracks, self.limits.nack_cache);
+        let simulcast = sim.is_some();
+        let mut publisher = Publisher::new(stream, tracks, self.limits.nack_cache, sim);
         for (c, &r) in publisher.clock_rates.iter_mut().zip(&clock_rates) {
             *c = r;
         }
-        self.pool.reserve(self.pool_share());
+        self.pool.reserve(self.pool_share(simulcast));
         let idx = self.sessions.insert(Session {
             id,
             remote,
@@ -403,6 +421,7 @@ impl Engine {
                 tracks: ALL_TRACKS,
                 relay: false,
                 data: None,
+                layers: Box::default(),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -450,7 +469,7 @@ impl Engine {
             id,
             stream,
             (remote, Via::Relay),
-            (ssrcs, Vec::new()),
+            (ssrcs, Vec::new(), None),
             Some(keys),
             (None, now),
         )?;
@@ -550,7 +569,7 @@ impl Engine {
                 for c in &mut p.caches {
                     c.clear(&mut self.pool);
                 }
-                self.pool.release(self.pool_share());
+                self.pool.release(self.pool_share(p.sim.is_some()));
                 if let Some(st) = self.streams.get_mut(&p.stream) {
                     st.publisher = None;
                 }

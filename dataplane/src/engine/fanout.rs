@@ -3,14 +3,18 @@
 //! subscribers; retransmissions and relay-outs use the same per-subscriber send.
 
 use std::net::SocketAddr;
+use std::time::Instant;
+
+use switchyard_shared::command::MAX_LAYERS;
 
 use switchyard_shared::packet::rtp;
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
+use super::layers::{self, Decision, LayerTag, TrackView};
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
-use super::{Engine, Inbound, Output, SendError, StreamId};
+use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
 use crate::via::Via;
 
 impl Engine {
@@ -33,9 +37,20 @@ impl Engine {
     }
 
     pub(super) fn forward_local(&mut self, stream: StreamId, h: &Handle, out: &mut dyn Output) {
-        let Some(st) = self.streams.get(&stream) else {
+        let Some(st) = self.streams.get_mut(&stream) else {
             return;
         };
+        // A simulcast layer: this worker's view of the track's layers, with this packet.
+        let now = h.at.unwrap_or(self.epoch);
+        let view = match (h.layer, st.view.get_mut(usize::from(h.track))) {
+            (Some(tag), Some(v)) => {
+                v.note(&tag, h.bytes().len(), now);
+                Some((tag, *v))
+            }
+            _ => None,
+        };
+        let mut asks = 0u8;
+        let mut switches = 0u64;
         let mut sent = 0u64;
         let mut relayed = 0u64;
         let mut bytes = 0u64;
@@ -50,12 +65,29 @@ impl Engine {
             if !s.can_send() {
                 continue;
             }
-            if let session::Role::Subscriber(sub) = &s.role {
-                if !sub.wants(h.track) {
-                    continue;
+            let relay = match &s.role {
+                session::Role::Subscriber(sub) if !sub.wants(h.track) => continue,
+                session::Role::Subscriber(sub) => sub.relay,
+                session::Role::Publisher(_) => false,
+            };
+            let r = match &view {
+                // Relay-outs pass every layer on unchanged (see `relay_to`).
+                Some((tag, v)) if !relay => {
+                    let d = forward_layer(s, h, (tag, v), now, out);
+                    if let Some(l) = d.1.ask {
+                        asks |= 1 << l;
+                    }
+                    if d.1.switched {
+                        switches += 1;
+                    }
+                    match d.0 {
+                        Some(r) => r,
+                        None => continue,
+                    }
                 }
-            }
-            match forward_to(s, h, out) {
+                _ => forward_to(s, h, &mut (None, None), out),
+            };
+            match r {
                 Ok(n) => {
                     sent += 1;
                     bytes += n as u64;
@@ -73,7 +105,58 @@ impl Engine {
         if full > 0 {
             self.count(DropReason::QueueFull.counter(), full);
         }
+        self.count(Counter::LayerSwitches, switches);
+        for l in 0..MAX_LAYERS as u8 {
+            if asks & (1 << l) != 0 {
+                self.request_keyframe(stream, layers::slot(h.track, l), now, out);
+            }
+        }
     }
+}
+
+/// A packet of a simulcast layer to one viewer: chosen or not by its [`Select`], sent with
+/// the viewer's offsets and VP8 picture ids. `None` in the result: not this viewer's layer.
+fn forward_layer(
+    s: &mut Session,
+    h: &Handle,
+    (tag, view): (&LayerTag, &TrackView),
+    now: Instant,
+    out: &mut dyn Output,
+) -> (Option<Result<usize, SendError>>, Decision) {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return (None, Decision::default());
+    };
+    let t = usize::from(h.track);
+    let (Some(sel), Some(offsets)) = (sub.layers.get_mut(t), sub.offsets.get_mut(t)) else {
+        return (None, Decision::default());
+    };
+    let src = h.bytes();
+    let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL));
+    if !d.forward {
+        return (None, d);
+    }
+    let mut ids = (None, None);
+    let r = forward_to(s, h, &mut ids, out);
+    if r.is_ok() {
+        if let session::Role::Subscriber(sub) = &mut s.role {
+            if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
+                let seq = be16(src, 2).wrapping_add(so);
+                let ts = be32(src, 4).wrapping_add(to);
+                sel.sent((seq, ts), ids, now);
+            }
+        }
+    }
+    (Some(r), d)
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .map_or(0, |x| u16::from_be_bytes([x[0], x[1]]))
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
 }
 
 /// Resend a cached packet to subscriber `s`: as RTX (RFC 4588 §4) on the track's RTX SSRC
@@ -87,8 +170,22 @@ pub(super) fn retransmit(
         return Err(SendError::Cancelled);
     };
     let track = usize::from(h.track);
+    let layered = match h.layer {
+        Some(tag) if !sub.relay => {
+            let sel = sub.layers.get(track).copied().unwrap_or_default();
+            let seq_off = sub.offsets.get(track).map_or(0, |o| o.0);
+            let seq = be16(h.bytes(), 2).wrapping_add(seq_off);
+            // The viewer's offsets are its current layer's: a packet of another layer, or
+            // of this one from before the switch, is not what the viewer lost under `seq`.
+            if sel.current != Some(tag.layer) || !sel.owns(seq) {
+                return Err(SendError::Cancelled);
+            }
+            Some((tag, sel))
+        }
+        _ => None,
+    };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
-        return forward_to(s, h, out);
+        return forward_to(s, h, &mut (None, None), out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -122,6 +219,9 @@ pub(super) fn retransmit(
         if let Some(map) = exts {
             rtp::remap_extensions(buf, &h, map).ok()?;
         }
+        if let Some((tag, sel)) = &layered {
+            sel.rewrite(buf, tag);
+        }
         // OSN first in the payload; the original payload (and any padding) follows.
         let at = h.payload_offset;
         buf.copy_within(at..n, at + 2);
@@ -134,8 +234,15 @@ pub(super) fn retransmit(
     Ok(sent)
 }
 
-/// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it.
-fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize, SendError> {
+/// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it. A
+/// simulcast layer's VP8 picture id and TL0PICIDX are rewritten too; `ids` gets what they
+/// became.
+fn forward_to(
+    s: &mut Session,
+    h: &Handle,
+    ids: &mut (Option<u16>, Option<u8>),
+    out: &mut dyn Output,
+) -> Result<usize, SendError> {
     let via = s.via;
     let (Some(remote), session::Role::Subscriber(sub)) = (s.remote, &mut s.role) else {
         return Err(SendError::Cancelled);
@@ -162,6 +269,7 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
     }
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
+    let layered = h.layer.and_then(|tag| Some((tag, *sub.layers.get(track)?)));
     // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
     if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
@@ -184,6 +292,9 @@ fn forward_to(s: &mut Session, h: &Handle, out: &mut dyn Output) -> Result<usize
                 let h = rtp::Header::parse(buf.get(..n)?).ok()?;
                 rtp::remap_extensions(buf, &h, map).ok()?;
             }
+        }
+        if let Some((tag, sel)) = &layered {
+            *ids = sel.rewrite(buf, tag);
         }
         let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;

@@ -107,7 +107,8 @@ impl Engine {
         // Collect feedback first: acting on it needs `self` mutably.
         let mut nacks = [(0u8, 0u16); 64];
         let mut n_nacks = 0;
-        let mut plis = [false; MAX_TRACKS];
+        // Per track, the slot its keyframe is asked for (the layer the viewer receives).
+        let mut plis = [None; MAX_TRACKS];
         let mut data_nacks = [0u16; 64];
         let mut n_data = 0;
         for p in rtcp::compound(plain) {
@@ -129,22 +130,24 @@ impl Engine {
                     else {
                         continue;
                     };
+                    // The layer it receives now: its offsets are that layer's.
+                    let slot = sub.slot_of(track);
                     for seq in nack.lost() {
                         if n_nacks < nacks.len() {
-                            nacks[n_nacks] = (track, sub.original_seq(track, seq));
+                            nacks[n_nacks] = (slot, sub.original_seq(track, seq));
                             n_nacks += 1;
                         }
                     }
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
                     if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
-                        plis[usize::from(t)] = true;
+                        plis[usize::from(t)] = Some(sub.slot_of(t));
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     for (ssrc, _) in fir.entries() {
                         if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
-                            plis[usize::from(t)] = true;
+                            plis[usize::from(t)] = Some(sub.slot_of(t));
                         }
                     }
                 }
@@ -159,13 +162,11 @@ impl Engine {
         if n_data > 0 {
             self.resend_relay_data(idx, &data_nacks[..n_data], out);
         }
-        for &(track, seq) in &nacks[..n_nacks] {
-            self.nack(stream, (track, seq), key, at, out);
+        for &(slot, seq) in &nacks[..n_nacks] {
+            self.nack(stream, (slot, seq), key, at, out);
         }
-        for (t, &want) in plis.iter().enumerate() {
-            if want {
-                self.request_keyframe(stream, t as u8, at, out);
-            }
+        for slot in plis.into_iter().flatten() {
+            self.request_keyframe(stream, slot, at, out);
         }
     }
 
@@ -267,12 +268,13 @@ impl Engine {
         self.count(Counter::TxPackets, sent);
     }
 
-    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq` of `track`.
-    /// Served from the publisher's cache; a relay-in that lacks it asks upstream.
+    /// A subscriber (here or, through `Inbound::Nack`, elsewhere) lost `seq` of `slot`
+    /// (a track, or a layer of one: [`slot`](super::layers::slot)). Served from the publisher's cache; a
+    /// relay-in that lacks it asks upstream.
     pub(super) fn nack(
         &mut self,
         stream: StreamId,
-        (track, seq): (u8, u16),
+        (slot, seq): (u8, u16),
         to: SessionKey,
         now: Instant,
         out: &mut dyn Output,
@@ -281,16 +283,16 @@ impl Engine {
             return self.drop_packet(DropReason::NoRoute);
         };
         if let Some(pidx) = st.publisher {
-            match self.cached(pidx, track, seq) {
+            match self.cached(pidx, slot, seq) {
                 Some(h) => self.retransmit_to(to, h, out),
-                None => self.request_upstream(pidx, track, seq, now),
+                None => self.request_upstream(pidx, slot, seq, now),
             }
         } else if let Some(w) = st.publisher_worker {
             let msg = Inbound::Nack {
                 from: self.worker,
                 session: to,
                 stream,
-                track,
+                slot,
                 seq,
             };
             if out.to_worker(w, msg).is_err() {
@@ -299,12 +301,12 @@ impl Engine {
         }
     }
 
-    pub(super) fn cached(&self, publisher: u32, track: u8, seq: u16) -> Option<Handle> {
+    pub(super) fn cached(&self, publisher: u32, slot: u8, seq: u16) -> Option<Handle> {
         let s = self.sessions.get(publisher)?;
         let session::Role::Publisher(p) = &s.role else {
             return None;
         };
-        p.caches.get(usize::from(track))?.get(seq).cloned()
+        p.caches.get(usize::from(slot))?.get(seq).cloned()
     }
 
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
@@ -340,12 +342,13 @@ impl Engine {
         }
     }
 
-    /// Ask the publisher of `stream` for a keyframe of `track` (across workers if it runs
-    /// elsewhere), at most once per [`PLI_INTERVAL`].
+    /// Ask the publisher of `stream` for a keyframe of `slot` (a track, or a simulcast
+    /// layer of one: [`slot`](super::layers::slot); across workers if it runs elsewhere), at most once
+    /// per [`PLI_INTERVAL`] per slot.
     pub(super) fn request_keyframe(
         &mut self,
         stream: StreamId,
-        track: u8,
+        slot: u8,
         now: Instant,
         out: &mut dyn Output,
     ) {
@@ -360,10 +363,19 @@ impl Engine {
             let (Some(remote), session::Role::Publisher(p)) = (s.remote, &mut s.role) else {
                 return;
             };
-            let Some(media) = p.tracks.get(usize::from(track)).copied().flatten() else {
+            let (track, layer) = (slot % MAX_TRACKS as u8, slot / MAX_TRACKS as u8);
+            let declared = p.tracks.get(usize::from(track)).copied().flatten();
+            let media = match (declared, p.sim.as_deref()) {
+                (Some(ssrc), _) if layer == 0 => ssrc,
+                (_, Some(sim)) => match sim.ssrc_of(track, layer) {
+                    Some(ssrc) => ssrc,
+                    None => return,
+                },
+                _ => return,
+            };
+            let Some(t) = p.last_pli.get_mut(usize::from(slot)) else {
                 return;
             };
-            let t = &mut p.last_pli[usize::from(track)];
             if t.is_some_and(|last| now.saturating_duration_since(last) < PLI_INTERVAL) {
                 return self.count(Counter::PliThrottled, 1);
             }
@@ -383,13 +395,14 @@ impl Engine {
                 Err(_) => self.drop_packet(DropReason::QueueFull),
             }
         } else if let Some(w) = st.publisher_worker {
-            if out.to_worker(w, Inbound::Pli { stream, track }).is_err() {
+            if out.to_worker(w, Inbound::Pli { stream, slot }).is_err() {
                 self.drop_packet(DropReason::QueueFull);
             }
         }
     }
 
-    /// A packet of `track` that a subscriber here lost is not in relay-in `pidx`'s cache:
+    /// A packet of `track` (a slot, whose layers a relay-in does not have: only tracks
+    /// are asked for) that a subscriber here lost is not in relay-in `pidx`'s cache:
     /// ask the far node for it (it goes out with the relay-in's next NACK). A publisher that
     /// is not a relay-in has nothing upstream to ask.
     pub(super) fn request_upstream(&mut self, pidx: u32, track: u8, seq: u16, now: Instant) {

@@ -33,14 +33,14 @@ impl Engine {
                 from,
                 session,
                 stream,
-                track,
+                slot,
                 seq,
             } => {
                 let Some(publisher) = self.streams.get(&stream).and_then(|s| s.publisher) else {
                     return;
                 };
-                let Some(h) = self.cached(publisher, track, seq) else {
-                    return self.request_upstream(publisher, track, seq, now);
+                let Some(h) = self.cached(publisher, slot, seq) else {
+                    return self.request_upstream(publisher, slot, seq, now);
                 };
                 if let Err(back) = out.to_worker(from, Inbound::Retransmit { session, packet: h }) {
                     if let Inbound::Retransmit { packet, .. } = back {
@@ -49,7 +49,7 @@ impl Engine {
                     self.drop_packet(DropReason::QueueFull);
                 }
             }
-            Inbound::Pli { stream, track } => self.request_keyframe(stream, track, now, out),
+            Inbound::Pli { stream, slot } => self.request_keyframe(stream, slot, now, out),
             Inbound::SenderReport(sr) => self.report_local(sr, out),
             Inbound::Return(h) => self.pool.put(h),
         }

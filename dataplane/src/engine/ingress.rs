@@ -10,6 +10,7 @@ use switchyard_shared::packet::{self, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
+use super::layers::{self, Dest};
 use super::periodic::note_gaps;
 use super::pool::PACKET_CAP;
 use super::session;
@@ -170,20 +171,47 @@ impl Engine {
             self.pool.put(h);
             return self.drop_packet(DropReason::NoRoute);
         };
-        let Some(track) = p.track_for(hdr.ssrc) else {
-            self.pool.put(h);
-            return self.drop_packet(DropReason::NoRoute);
-        };
-        let t = usize::from(track);
-        if let (Some(stats), Some(&rate)) = (p.recv.get_mut(t), p.clock_rates.get(t)) {
-            stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
-        }
+        // Every authenticated packet counts for the publisher's bandwidth estimate, forwarded
+        // or not: a browser probes with padding on RTX streams, and probes it hears nothing
+        // about read as lost (a simulcast publisher then never sends its upper layers).
         if let Some(rec) = p.twcc.as_mut() {
             let plain = &pkt.data[..len];
             let value = rtp::find_extension(plain, &hdr, rec.ext_id).and_then(|r| plain.get(r));
             if let Some(&[a, b, ..]) = value {
                 rec.record(u16::from_be_bytes([a, b]), at);
             }
+        }
+        // The one branch a publisher without simulcast pays.
+        let found = match p.sim.as_deref_mut() {
+            None => p.track_for(hdr.ssrc).map(|t| (t, None)),
+            Some(sim) => match sim.classify(&pkt.data[..len], &hdr) {
+                Some(Dest::Media { track, layer: None }) => {
+                    // Receiver reports, sender reports and PLI find it like any track.
+                    if let Some(slot @ None) = p.tracks.get_mut(usize::from(track)) {
+                        *slot = Some(hdr.ssrc);
+                    }
+                    Some((track, None))
+                }
+                Some(Dest::Media {
+                    track,
+                    layer: Some(l),
+                }) => Some((track, Some(sim.tag(track, l, &pkt.data[..len], &hdr)))),
+                Some(Dest::Repair) => {
+                    self.pool.put(h);
+                    return self.count(Counter::SimulcastRtxDropped, 1);
+                }
+                None => None,
+            },
+        };
+        let Some((track, tag)) = found else {
+            self.pool.put(h);
+            return self.drop_packet(DropReason::NoRoute);
+        };
+        let t = usize::from(track);
+        // Layers share a track but not a sequence space: their receive statistics would be
+        // nonsense, so a layered track has none (and no receiver report).
+        if let (Some(stats), Some(&rate), None) = (p.recv.get_mut(t), p.clock_rates.get(t), tag) {
+            stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
         }
         // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
         // on to subscribers like any other.
@@ -199,8 +227,12 @@ impl Engine {
         pkt.track = track;
         pkt.len = len as u16;
         pkt.at = Some(at);
+        pkt.layer = tag;
         let stream = p.stream;
-        p.caches[usize::from(track)].insert(hdr.sequence, h.clone(), &mut self.pool);
+        let slot = layers::slot(track, tag.map_or(0, |g| g.layer));
+        if let Some(cache) = p.caches.get_mut(usize::from(slot)) {
+            cache.insert(hdr.sequence, h.clone(), &mut self.pool);
+        }
         if relayed {
             self.count(Counter::RelayRxPackets, 1);
         }

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use switchyard_shared::command::{CommandError, IceCredentials, SessionId, SrtpKeys, MAX_TRACKS};
+use switchyard_shared::command::{
+    CommandError, IceCredentials, SessionId, Simulcast, SrtpKeys, MAX_TRACKS,
+};
 
 use super::pool::Handle;
 use super::session::SessionKey;
@@ -29,6 +31,8 @@ pub enum WorkerCommand {
         /// `None` until DTLS-SRTP delivers them ([`WorkerCommand::SetKeys`]).
         srtp: Option<SrtpKeys>,
         ice: Option<IceCredentials>,
+        /// A simulcast publisher: its (track, layer) map; `ssrcs` is then ignored.
+        simulcast: Option<Simulcast>,
     },
     AddSubscriber {
         id: SessionId,
@@ -70,6 +74,11 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: SocketAddr,
         srtp: SrtpKeys,
+    },
+    /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
+    SetMaxLayer {
+        id: SessionId,
+        max_layer: u8,
     },
     Remove {
         id: SessionId,
@@ -145,16 +154,17 @@ pub enum Inbound {
     Media(Handle),
     /// A cached packet to retransmit to one subscriber here.
     Retransmit { session: SessionKey, packet: Handle },
-    /// A subscriber on worker `from` lost `seq` (publisher numbering) of `stream`/`track`.
+    /// A subscriber on worker `from` lost `seq` (publisher numbering) of `stream`/`slot`
+    /// (the track, or the simulcast layer it receives: `layers::slot`).
     Nack {
         from: u16,
         session: SessionKey,
         stream: StreamId,
-        track: u8,
+        slot: u8,
         seq: u16,
     },
-    /// A subscriber wants a keyframe of `stream`/`track`.
-    Pli { stream: StreamId, track: u8 },
+    /// A subscriber wants a keyframe of `stream`/`slot` (see `Nack`).
+    Pli { stream: StreamId, slot: u8 },
     /// The publisher's sender report for `stream`/`track`, for subscribers here.
     SenderReport(SenderReport),
     /// A handle going home to the worker whose pool owns it.

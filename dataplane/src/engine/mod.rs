@@ -41,6 +41,7 @@ pub mod ice;
 mod inbound;
 mod ingress;
 pub mod latch;
+pub mod layers;
 mod message;
 pub mod nack;
 mod periodic;
@@ -103,6 +104,9 @@ struct LocalStream {
     remote_workers: WorkerSet,
     /// Worker of the publisher, for feedback from subscribers here.
     publisher_worker: Option<u16>,
+    /// Simulcast tracks' layers as seen passing through this worker (untouched for
+    /// streams without layers).
+    view: [layers::TrackView; MAX_TRACKS],
 }
 
 /// Engine sizing, from the config.
@@ -346,8 +350,13 @@ impl Engine {
 
     /// Pooled buffers one publisher is owed: its NACK caches full on every track, plus
     /// packets in flight to other workers.
-    fn pool_share(&self) -> usize {
-        self.limits.nack_cache * MAX_TRACKS + self.limits.in_flight
+    fn pool_share(&self, simulcast: bool) -> usize {
+        let caches = if simulcast {
+            layers::MAX_SLOTS
+        } else {
+            MAX_TRACKS
+        };
+        self.limits.nack_cache * caches + self.limits.in_flight
     }
 
     pub fn pool_stats(&self) -> (usize, usize) {

@@ -26,6 +26,9 @@ pub struct Packet {
     /// When the datagram was received (stamped at the socket); `None` until a packet is
     /// written into the buffer (the pool is filled at control time, with no clock to read).
     pub at: Option<Instant>,
+    /// A packet of a simulcast layer: which one and what viewers' switching needs to know.
+    /// `None` for every other packet, so their path never looks further.
+    pub layer: Option<super::layers::LayerTag>,
     pub data: [u8; PACKET_CAP],
 }
 
@@ -36,6 +39,7 @@ impl Packet {
             track: 0,
             len: 0,
             at: None,
+            layer: None,
             data: [0; PACKET_CAP],
         }
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use switchyard_shared::command::{SessionId, MAX_TRACKS};
 use switchyard_shared::srtp;
 
+use super::layers::{Select, SimMap, MAX_SLOTS};
 use super::nack::Cache;
 use super::relay::GapTracker;
 use super::rr::RecvStats;
@@ -99,8 +100,13 @@ pub struct Publisher {
     pub stream: StreamId,
     /// SSRC of each track, declared or learned in arrival order.
     pub tracks: [Option<u32>; MAX_TRACKS],
+    /// NACK cache per slot ([`layers::slot`]): one per track, or per layer of a simulcast
+    /// publisher's tracks.
     pub caches: Vec<Cache>,
-    pub last_pli: [Option<Instant>; MAX_TRACKS],
+    /// When a keyframe was last asked for, per slot.
+    pub last_pli: [Option<Instant>; MAX_SLOTS],
+    /// A simulcast publisher's SSRC → (track, layer) map; `None`: [`Publisher::track_for`].
+    pub sim: Option<Box<SimMap>>,
     /// Transport-cc arrival recorder, when the publisher negotiated transport-wide-cc.
     pub twcc: Option<Box<super::twcc::Recorder>>,
     /// RTP clock rate of each track (Hz), 0 where unknown (learned SSRCs, REST sessions
@@ -117,12 +123,19 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(stream: StreamId, tracks: [Option<u32>; MAX_TRACKS], nack_cache: usize) -> Self {
+    pub fn new(
+        stream: StreamId,
+        tracks: [Option<u32>; MAX_TRACKS],
+        nack_cache: usize,
+        sim: Option<Box<SimMap>>,
+    ) -> Self {
+        let slots = if sim.is_some() { MAX_SLOTS } else { MAX_TRACKS };
         Self {
             stream,
             tracks,
-            caches: (0..MAX_TRACKS).map(|_| Cache::new(nack_cache)).collect(),
-            last_pli: [None; MAX_TRACKS],
+            caches: (0..slots).map(|_| Cache::new(nack_cache)).collect(),
+            last_pli: [None; MAX_SLOTS],
+            sim,
             twcc: None,
             clock_rates: [0; MAX_TRACKS],
             recv: Box::new([RecvStats::default(); MAX_TRACKS]),
@@ -178,6 +191,10 @@ pub struct Subscriber {
     pub data: Option<Box<super::relay_data::DataOut>>,
     /// Tracks this subscriber receives: bit `i` = publisher track `i`.
     pub tracks: u8,
+    /// Per track: the simulcast layer it gets and the state that keeps its numbering
+    /// continuous across switches (unused for tracks without layers). Boxed: the session
+    /// slab stays compact.
+    pub layers: Box<[Select; MAX_TRACKS]>,
 }
 
 impl Subscriber {
@@ -192,6 +209,17 @@ impl Subscriber {
             return None; // 0 marks a track not seen yet
         }
         self.ssrcs.iter().position(|&s| s == ssrc).map(|i| i as u8)
+    }
+
+    /// The publisher's slot of what this subscriber gets of `track`: the layer it currently
+    /// receives (layer 0 for a track without layers), for its NACKs and keyframe requests.
+    pub fn slot_of(&self, track: u8) -> u8 {
+        let layer = self
+            .layers
+            .get(usize::from(track))
+            .and_then(|l| l.current)
+            .unwrap_or(0);
+        super::layers::slot(track, layer)
     }
 
     /// Undo the sequence rewrite: the publisher's number for this subscriber's `seq`.

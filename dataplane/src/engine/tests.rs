@@ -20,6 +20,7 @@ mod latch;
 mod local_address;
 mod relay;
 mod relay_data;
+mod simulcast;
 mod timers;
 
 /// Records what an engine sends.
@@ -125,6 +126,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -546,6 +548,7 @@ fn ice_lite_validates_answers_and_latches() {
             twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: Some(ice_creds("pubU")),
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -791,6 +794,7 @@ fn publishers_get_transport_cc_feedback() {
             twcc_ext: Some(5),
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -1087,6 +1091,7 @@ fn receiver_report_jitter_is_zero_without_a_clock_rate() {
             twcc_ext: None,
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -1126,6 +1131,7 @@ fn publisher_clock_rates_must_match_its_ssrcs() {
             twcc_ext: None,
             srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
             ice: None,
+            simulcast: None,
         },
         t0(),
         &mut out,

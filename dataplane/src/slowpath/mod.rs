@@ -239,6 +239,18 @@ impl SlowPath {
                 self.pending_remove.insert(id, spec);
                 self.command_worker(w, WorkerCommand::Remove { id });
             }
+            Command::SetMaxLayer { id, max_layer } => {
+                // Not answered (see `Command::SetMaxLayer`): the control plane checked the
+                // session, and one that ended since has nothing to cap.
+                if let Some(w) = self
+                    .sessions
+                    .get(&id)
+                    .filter(|s| matches!(s.role, Role::Subscriber { .. }))
+                    .map(|s| s.worker)
+                {
+                    self.command_worker(w, WorkerCommand::SetMaxLayer { id, max_layer });
+                }
+            }
             Command::Snapshot { request } => {
                 // Whoever asked before asked again (the control plane attached anew): what
                 // is still waiting of the earlier snapshots would be ignored.

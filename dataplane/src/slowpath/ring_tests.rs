@@ -62,6 +62,7 @@ fn publisher(id: u64) -> SessionSpec {
         role: Role::Publisher {
             ssrcs: vec![1],
             clock_rates: vec![],
+            simulcast: None,
         },
         remote: None,
         keying: Keying::Static(SrtpKeys {

@@ -62,12 +62,20 @@ impl SlowPath {
             Role::Publisher { .. } | Role::RelayIn { .. } => {
                 entry.publisher = Some((spec.id, w));
                 let add = match (&spec.role, spec.keying.keys()) {
-                    (Role::Publisher { ssrcs, clock_rates }, _) => WorkerCommand::AddPublisher {
+                    (
+                        Role::Publisher {
+                            ssrcs,
+                            clock_rates,
+                            simulcast,
+                        },
+                        _,
+                    ) => WorkerCommand::AddPublisher {
                         id: spec.id,
                         stream,
                         remote: spec.remote,
                         ssrcs: ssrcs.clone(),
                         clock_rates: clock_rates.clone(),
+                        simulcast: simulcast.clone(),
                         twcc_ext: spec.twcc_ext,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
@@ -347,6 +355,7 @@ mod tests {
         let publisher = Role::Publisher {
             ssrcs: vec![1],
             clock_rates: vec![],
+            simulcast: None,
         };
         let subscriber = Role::Subscriber {
             ssrcs: vec![1; MAX_TRACKS],

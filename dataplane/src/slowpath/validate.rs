@@ -1,7 +1,8 @@
 //! What a session spec must satisfy before any worker hears of it.
 
 use switchyard_shared::command::{
-    CommandError, Keying, Role, SessionSpec, ALL_TRACKS, MAX_PT_MAP, MAX_TRACKS,
+    CommandError, Keying, Role, SessionSpec, SimulcastTrack, ALL_TRACKS, MAX_LAYERS, MAX_PT_MAP,
+    MAX_RID, MAX_TRACKS,
 };
 
 use super::{SlowPath, StreamEntry};
@@ -69,9 +70,32 @@ impl SlowPath {
                     return Err(CommandError::Invalid);
                 }
             }
-            Role::Publisher { ssrcs, clock_rates } => {
-                if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len() {
+            Role::Publisher {
+                ssrcs,
+                clock_rates,
+                simulcast,
+            } => {
+                // A simulcast publisher's tracks are its map's, with or without SSRCs.
+                let rated = if simulcast.is_some() { MAX_TRACKS } else { 0 };
+                if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len().max(rated) {
                     return Err(CommandError::Invalid);
+                }
+                if let Some(sim) = simulcast {
+                    let ext_ok = |id: u8| id <= 14;
+                    let track_ok = |t: &SimulcastTrack| {
+                        t.rids.len() <= MAX_LAYERS
+                            && t.ssrcs.len() <= MAX_LAYERS
+                            && t.mid.len() <= MAX_RID
+                            && t.rids.iter().all(|r| !r.is_empty() && r.len() <= MAX_RID)
+                    };
+                    if sim.tracks.len() > MAX_TRACKS
+                        || !sim.tracks.iter().all(track_ok)
+                        || ![sim.rid_ext, sim.repaired_rid_ext, sim.mid_ext]
+                            .into_iter()
+                            .all(ext_ok)
+                    {
+                        return Err(CommandError::Invalid);
+                    }
                 }
                 if self
                     .streams
@@ -184,6 +208,7 @@ mod tests {
         publisher.role = Role::Publisher {
             ssrcs: vec![1],
             clock_rates: vec![],
+            simulcast: None,
         };
         assert!(!plain_ok(&publisher));
     }

@@ -466,6 +466,7 @@ fn view_reads_publishers_and_plain_sessions() {
             Role::Publisher {
                 ssrcs: vec![],
                 clock_rates: vec![],
+                simulcast: None,
             },
             keys.clone(),
         ),

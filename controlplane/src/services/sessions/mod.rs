@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use switchyard_shared::command::{CommandError, Role, SessionId, SessionSpec};
+use switchyard_shared::command::{Command, CommandError, Role, SessionId, SessionSpec};
 use switchyard_shared::config::MediaSection;
 
 use crate::core::counters::Counters;
@@ -46,6 +46,8 @@ pub enum SessionError {
     RemoveTimeout,
     #[error("no such session")]
     NotFound,
+    #[error("not a subscriber: only what a subscriber receives has layers to choose")]
+    NotSubscriber,
 }
 
 impl SessionError {
@@ -192,6 +194,23 @@ impl Sessions {
                 Err(SessionError::RemoveTimeout)
             }
         }
+    }
+
+    /// Subscriber `id` receives simulcast layers up to rank `max_layer` (0: the lowest
+    /// quality its publisher sends; `None`: no cap, the best the publisher sends). The data
+    /// plane applies it at the next keyframe of the layer it picks; nothing is waited for
+    /// (there is no answer to wait for: a session that ended meanwhile has nothing to cap).
+    /// Not kept across a data plane restart.
+    pub fn set_max_layer(&self, id: SessionId, max_layer: Option<u8>) -> Result<(), SessionError> {
+        let mut g = self.link.lock();
+        g.node.ready()?;
+        let spec = g.node.session(id).ok_or(SessionError::NotFound)?;
+        if !matches!(spec.role, Role::Subscriber { .. }) {
+            return Err(SessionError::NotSubscriber);
+        }
+        let max_layer = max_layer.unwrap_or(u8::MAX);
+        g.send(&Command::SetMaxLayer { id, max_layer })?;
+        Ok(())
     }
 
     /// Streams with a publisher here (a WebRTC or plain publisher, or a relay that feeds this

@@ -202,6 +202,7 @@ impl Sessions {
             RoleName::Publisher => Role::Publisher {
                 clock_rates: clock_rates(req.clock_rates, ssrcs.len())?,
                 ssrcs,
+                simulcast: None,
             },
             RoleName::Subscriber => Role::Subscriber {
                 ssrcs,

@@ -370,17 +370,29 @@ fn session_spec(
     local: &Local,
 ) -> Result<SessionSpec, WebrtcError> {
     let role = match dir {
-        Direction::Publish => {
-            // One SSRC per track: the media one (RTX and simulcast layers come later), with
-            // its codec's clock rate for the receiver reports' jitter.
-            let (ssrcs, clock_rates) = n
-                .tracks
-                .iter()
-                .filter_map(|t| Some((*t.ssrcs.first()?, t.codec.clock_rate)))
-                .take(MAX_TRACKS)
-                .unzip();
-            Role::Publisher { ssrcs, clock_rates }
-        }
+        Direction::Publish => match tracks::simulcast(n) {
+            // Tracks are the m-lines, with or without SSRCs; packets find theirs by rid/mid.
+            Some(simulcast) => Role::Publisher {
+                ssrcs: Vec::new(),
+                clock_rates: tracks::published(n).map(|t| t.codec.clock_rate).collect(),
+                simulcast: Some(simulcast),
+            },
+            None => {
+                // One SSRC per track: the media one (its RTX is not forwarded), with its
+                // codec's clock rate for the receiver reports' jitter.
+                let (ssrcs, clock_rates) = n
+                    .tracks
+                    .iter()
+                    .filter_map(|t| Some((*t.ssrcs.first()?, t.codec.clock_rate)))
+                    .take(MAX_TRACKS)
+                    .unzip();
+                Role::Publisher {
+                    ssrcs,
+                    clock_rates,
+                    simulcast: None,
+                }
+            }
+        },
         Direction::Subscribe => Role::Subscriber {
             ssrcs: tracks::subscriber_ssrcs(publisher, n),
             payload_types: tracks::payload_type_map(n),

@@ -2,7 +2,9 @@
 //! the mapping from its publisher's tracks to what its own answer negotiated (SSRCs, RTX,
 //! payload types, header extensions). Pure: no I/O beyond the random credentials.
 
-use switchyard_shared::command::{MAX_PT_MAP, MAX_TRACKS};
+use switchyard_shared::command::{
+    LayerCodec, Simulcast, SimulcastTrack, MAX_LAYERS, MAX_PT_MAP, MAX_RID, MAX_TRACKS,
+};
 
 use crate::core::random::{self, RngError};
 use crate::sdp;
@@ -20,6 +22,65 @@ pub(super) fn credentials() -> Result<(String, String), RngError> {
     Ok((s(&raw[..8]), s(&raw[8..])))
 }
 
+/// The publisher's tracks as the data plane numbers them: the m-lines it sends on, known by
+/// their SSRCs or, with simulcast, by their rids (Chrome announces no SSRC with rids).
+pub(super) fn published(n: &sdp::Negotiated) -> impl Iterator<Item = &sdp::Track> {
+    n.tracks
+        .iter()
+        .filter(|t| !t.ssrcs.is_empty() || !t.rids.is_empty())
+        .take(MAX_TRACKS)
+}
+
+/// A WHIP publisher's simulcast map for the data plane, when any of its m-lines has rids.
+/// Layer `i` of a track is its `i`-th rid in `a=simulcast` order; which is the better
+/// picture the data plane finds out from what it receives.
+pub(super) fn simulcast(n: &sdp::Negotiated) -> Option<Simulcast> {
+    if !published(n).any(|t| !t.rids.is_empty()) {
+        return None;
+    }
+    let ext = |uri: &str| {
+        n.tracks
+            .iter()
+            .flat_map(|t| &t.extensions)
+            .find(|(_, u)| u == uri)
+            .map_or(0, |&(id, _)| id)
+    };
+    let tracks = published(n)
+        .map(|t| SimulcastTrack {
+            mid: if t.mid.len() <= MAX_RID {
+                t.mid.clone()
+            } else {
+                String::new()
+            },
+            rids: t
+                .rids
+                .iter()
+                .filter(|r| r.len() <= MAX_RID)
+                .take(MAX_LAYERS)
+                .cloned()
+                .collect(),
+            // Only a track without layers has one SSRC we can name; layers are learned
+            // from their rids.
+            ssrcs: if t.rids.is_empty() {
+                t.ssrcs.first().copied().into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            codec: match t.codec.name.to_ascii_uppercase().as_str() {
+                "VP8" => LayerCodec::Vp8,
+                "H264" => LayerCodec::H264,
+                _ => LayerCodec::Other,
+            },
+        })
+        .collect();
+    Some(Simulcast {
+        rid_ext: ext(sdp::RTP_STREAM_ID_URI),
+        repaired_rid_ext: ext(sdp::REPAIRED_RTP_STREAM_ID_URI),
+        mid_ext: ext(sdp::MID_URI),
+        tracks,
+    })
+}
+
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
 /// track order (the order of its WHIP m-lines, which is the order of its session's SSRCs).
 /// A publisher track the subscriber did not accept still gets an SSRC (the data plane fills
@@ -30,7 +91,7 @@ pub(super) fn subscriber_ssrcs(
 ) -> Vec<u32> {
     let mut out = Vec::with_capacity(MAX_TRACKS);
     if let Some(p) = publisher {
-        for pt in p.tracks.iter().filter(|t| !t.ssrcs.is_empty()) {
+        for pt in published(p) {
             let ours = n
                 .tracks
                 .iter()
@@ -61,10 +122,7 @@ pub(super) fn subscriber_rtx(
     let Some(p) = publisher else {
         return Vec::new();
     };
-    p.tracks
-        .iter()
-        .filter(|t| !t.ssrcs.is_empty())
-        .take(MAX_TRACKS)
+    published(p)
         .map(|pt| {
             let ours = n
                 .tracks
@@ -175,5 +233,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chrome_simulcast_publisher_maps_by_rid_and_its_video_reaches_whep() {
+        let cands: [std::net::SocketAddr; 1] = ["192.0.2.10:10001".parse().expect("literal")];
+        let params = |publisher| {
+            AnswerParams {
+            ice_ufrag: "swyU",
+            ice_pwd: "0123456789abcdefABCDEF",
+            fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
+            candidates: &cands,
+            ice_tcp: false,
+            publisher,
+        }
+        };
+        let publisher = sdp::answer(
+            include_str!("../../sdp/fixtures/chrome_publish_simulcast.sdp"),
+            Direction::Publish,
+            &params(None),
+        )
+        .expect("publish answer");
+        let sim = simulcast(&publisher).expect("simulcast");
+        assert_eq!(
+            (sim.rid_ext, sim.repaired_rid_ext, sim.mid_ext),
+            (10, 11, 4)
+        );
+        assert_eq!(sim.tracks.len(), 2);
+        assert_eq!(sim.tracks[0].mid, "0");
+        assert_eq!(
+            sim.tracks[0].ssrcs,
+            vec![649821630],
+            "audio by its one SSRC"
+        );
+        assert!(sim.tracks[0].rids.is_empty());
+        assert_eq!(sim.tracks[1].rids, vec!["h", "m", "l"], "a=simulcast order");
+        assert!(sim.tracks[1].ssrcs.is_empty(), "Chrome names no layer SSRC");
+        assert_eq!(sim.tracks[1].codec, LayerCodec::Vp8);
+        let n = sdp::answer(
+            include_str!("../../sdp/fixtures/chrome_subscribe.sdp"),
+            Direction::Subscribe,
+            &params(Some(&publisher)),
+        )
+        .expect("subscribe answer");
+        // The video track (no SSRC in the offer) still gets the subscriber's video SSRC.
+        let ssrcs = subscriber_ssrcs(Some(&publisher), &n);
+        let video = n
+            .tracks
+            .iter()
+            .find(|t| t.kind == sdp::Kind::Video)
+            .expect("video answered");
+        assert_eq!(ssrcs[1], video.ssrcs[0]);
     }
 }

@@ -22,6 +22,7 @@ fn waiting_publishers(e: &mut Engine) {
                 twcc_ext: None,
                 srtp: Some(keys(PROFILE, id as u8, 0xee)),
                 ice: None,
+                simulcast: None,
             },
             t0(),
             &mut out,

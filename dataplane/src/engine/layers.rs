@@ -1,0 +1,641 @@
+//! Simulcast: a publisher's track may carry up to [`MAX_LAYERS`] encodings of the same
+//! source, each on its own SSRC, and every viewer gets exactly one of them on the one SSRC
+//! its answer announced.
+//!
+//! Three parts, each used once per packet of a layered track and never for the others:
+//! - [`SimMap`] (publisher, ingress): SSRC → (track, layer) by rid / repaired-rid / mid
+//!   header extensions or the SSRCs the offer declared, and the [`LayerTag`] the packet
+//!   carries to every worker (layer, keyframe, picture size, VP8 descriptor offsets), so
+//!   the payload is parsed once whatever the audience.
+//! - [`TrackView`] (per worker and stream): which layers arrived in the last
+//!   [`ACTIVE`] and how they rank, low to high quality.
+//! - [`Select`] (per viewer and track): which layer the viewer gets, the switch at a
+//!   keyframe of the new layer, and the rewrite that keeps sequence numbers, timestamps and
+//!   VP8 picture ids continuous across it.
+
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{LayerCodec, Simulcast, MAX_LAYERS, MAX_RID, MAX_TRACKS};
+use switchyard_shared::packet::rtp;
+
+/// A layer that sent nothing for this long is gone (the publisher's encoder dropped it for
+/// bandwidth, or it was never sent): viewers switch away from it. Browsers send each active
+/// layer at 7 frames/s or more, so a second is several frames of silence.
+pub const ACTIVE: Duration = Duration::from_secs(1);
+
+/// Every simulcast codec we switch (VP8, H.264) runs a 90 kHz RTP clock (RFC 7741 §4.1,
+/// RFC 6184 §8.2.1); used to turn wall-clock time into timestamp ticks across a switch.
+const VIDEO_CLOCK: u128 = 90_000;
+
+/// SSRCs one simulcast publisher can have mapped: 3 layers and their RTX on each of two
+/// video tracks, plus audio, with room to spare. A stream beyond that is dropped (`NoRoute`).
+const MAX_LEARNED: usize = 16;
+
+/// Caches and PLI throttles per publisher are indexed by slot: `track + MAX_TRACKS × layer`,
+/// so a non-simulcast track's slot is its track index.
+pub const MAX_SLOTS: usize = MAX_TRACKS * MAX_LAYERS;
+
+/// The slot of `layer` of `track`.
+pub const fn slot(track: u8, layer: u8) -> u8 {
+    track + (MAX_TRACKS as u8) * layer
+}
+
+/// What ingress found out about a packet of a layered track, carried with the packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerTag {
+    pub layer: u8,
+    /// A viewer may start decoding this layer here.
+    pub keyframe: bool,
+    /// Width × height from a VP8 keyframe header, 0 where not known.
+    pub pixels: u32,
+    /// Byte offset of the VP8 picture id in the packet, 0: none.
+    pub pid_at: u16,
+    /// The picture id is 15 bits (M bit set), else 7.
+    pub pid_wide: bool,
+    /// Byte offset of the VP8 TL0PICIDX, 0: none.
+    pub tl0_at: u16,
+}
+
+/// Where a publisher's SSRC belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Track `track`; `layer` is `None` for a track without layers.
+    Media { track: u8, layer: Option<u8> },
+    /// The RTX stream of a layer (repaired-rid): never a layer, never a track.
+    Repair,
+}
+
+/// A short name (mid or rid) kept inline: no allocation, compared byte for byte.
+#[derive(Clone, Copy, Default)]
+struct Name {
+    len: u8,
+    bytes: [u8; MAX_RID],
+}
+
+impl Name {
+    fn new(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        let mut n = Name::default();
+        n.bytes.get_mut(..b.len())?.copy_from_slice(b);
+        n.len = b.len() as u8;
+        Some(n)
+    }
+
+    fn is(&self, v: &[u8]) -> bool {
+        self.len > 0 && self.bytes.get(..usize::from(self.len)) == Some(v)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TrackDesc {
+    mid: Option<Name>,
+    rids: [Option<Name>; MAX_LAYERS],
+    layered: bool,
+    codec: LayerCodec,
+}
+
+/// A simulcast publisher's SSRC map (see the module doc). Built at control time; the
+/// packet path only scans its small fixed table.
+pub struct SimMap {
+    rid_ext: u8,
+    repaired_rid_ext: u8,
+    mid_ext: u8,
+    tracks: [Option<TrackDesc>; MAX_TRACKS],
+    learned: [(u32, Dest); MAX_LEARNED],
+    n: usize,
+}
+
+impl SimMap {
+    pub fn new(spec: &Simulcast) -> Self {
+        let ext = |id: u8| if (1..=14).contains(&id) { id } else { 0 };
+        let mut m = SimMap {
+            rid_ext: ext(spec.rid_ext),
+            repaired_rid_ext: ext(spec.repaired_rid_ext),
+            mid_ext: ext(spec.mid_ext),
+            tracks: [None; MAX_TRACKS],
+            learned: [(0, Dest::Repair); MAX_LEARNED],
+            n: 0,
+        };
+        for (i, t) in spec.tracks.iter().take(MAX_TRACKS).enumerate() {
+            let mut rids = [None; MAX_LAYERS];
+            for (r, s) in rids.iter_mut().zip(&t.rids) {
+                *r = Name::new(s);
+            }
+            let layered = !t.rids.is_empty();
+            m.tracks[i] = Some(TrackDesc {
+                mid: Name::new(&t.mid),
+                rids,
+                layered,
+                codec: t.codec,
+            });
+            for (l, &ssrc) in t.ssrcs.iter().take(MAX_LAYERS).enumerate() {
+                let layer = layered.then_some(l as u8);
+                m.learn(
+                    ssrc,
+                    Dest::Media {
+                        track: i as u8,
+                        layer,
+                    },
+                );
+                if !layered {
+                    break;
+                }
+            }
+        }
+        m
+    }
+
+    fn learn(&mut self, ssrc: u32, to: Dest) {
+        if let Some(slot) = self.learned.get_mut(self.n) {
+            *slot = (ssrc, to);
+            self.n += 1;
+        }
+    }
+
+    /// Where the packet `plain` (header `h`) belongs, learning its SSRC from its header
+    /// extensions the first time. `None`: nothing says (dropped, and asked again next time).
+    pub fn classify(&mut self, plain: &[u8], h: &rtp::Header) -> Option<Dest> {
+        if let Some(&(_, to)) = self.learned.iter().take(self.n).find(|l| l.0 == h.ssrc) {
+            return Some(to);
+        }
+        let ext = |id: u8| {
+            if id == 0 {
+                return None;
+            }
+            rtp::find_extension(plain, h, id).and_then(|r| plain.get(r))
+        };
+        let mid = ext(self.mid_ext).and_then(|v| {
+            self.tracks
+                .iter()
+                .position(|t| t.is_some_and(|t| t.mid.is_some_and(|m| m.is(v))))
+        });
+        let to = if ext(self.repaired_rid_ext).is_some() {
+            Dest::Repair
+        } else if let Some(rid) = ext(self.rid_ext) {
+            let (track, layer) = self.tracks.iter().enumerate().find_map(|(i, t)| {
+                if mid.is_some_and(|m| m != i) {
+                    return None;
+                }
+                let l = t
+                    .as_ref()?
+                    .rids
+                    .iter()
+                    .position(|r| r.is_some_and(|r| r.is(rid)))?;
+                Some((i as u8, l as u8))
+            })?;
+            Dest::Media {
+                track,
+                layer: Some(layer),
+            }
+        } else {
+            let t = mid?;
+            if self.tracks.get(t).copied().flatten()?.layered {
+                // A layered track's packet without a rid cannot say which layer it is.
+                return None;
+            }
+            Dest::Media {
+                track: t as u8,
+                layer: None,
+            }
+        };
+        self.learn(h.ssrc, to);
+        Some(to)
+    }
+
+    /// The SSRC of `layer` of `track`, once known (for keyframe requests).
+    pub fn ssrc_of(&self, track: u8, layer: u8) -> Option<u32> {
+        self.learned
+            .iter()
+            .take(self.n)
+            .find_map(|&(ssrc, to)| match to {
+                Dest::Media { track: t, layer: l } if t == track && l.unwrap_or(0) == layer => {
+                    Some(ssrc)
+                }
+                _ => None,
+            })
+    }
+
+    /// The tag of a packet of `layer` of `track`: keyframe, picture size, VP8 offsets.
+    pub fn tag(&self, track: u8, layer: u8, plain: &[u8], h: &rtp::Header) -> LayerTag {
+        let mut tag = LayerTag {
+            layer,
+            ..LayerTag::default()
+        };
+        let codec = self
+            .tracks
+            .get(usize::from(track))
+            .copied()
+            .flatten()
+            .map_or(LayerCodec::Other, |t| t.codec);
+        let end = plain.len().saturating_sub(h.padding_len);
+        let Some(payload) = plain.get(h.payload_offset..end) else {
+            return tag;
+        };
+        match codec {
+            LayerCodec::Vp8 => vp8(payload, h.payload_offset, &mut tag),
+            LayerCodec::H264 => tag.keyframe = h264_keyframe(payload),
+            LayerCodec::Other => {}
+        }
+        tag
+    }
+}
+
+/// RFC 7741 §4.2 payload descriptor, and the keyframe header of §4.3 / RFC 6386 §9.1.
+fn vp8(p: &[u8], base: usize, tag: &mut LayerTag) {
+    let Some(&b0) = p.first() else { return };
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let Some(&x) = p.get(1) else { return };
+        i = 2;
+        if x & 0x80 != 0 {
+            let Some(&m) = p.get(i) else { return };
+            tag.pid_at = (base + i) as u16;
+            tag.pid_wide = m & 0x80 != 0;
+            i += if tag.pid_wide { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            tag.tl0_at = (base + i) as u16;
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    if p.len() <= i {
+        // Offsets past the end would be written to: forget them.
+        tag.pid_at = 0;
+        tag.tl0_at = 0;
+        return;
+    }
+    // Start of partition 0 and the VP8 payload header's P bit clear: a keyframe.
+    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+    tag.keyframe = start && p.get(i).is_some_and(|&b| b & 0x01 == 0);
+    if tag.keyframe && p.get(i + 3..i + 6) == Some(&[0x9d, 0x01, 0x2a][..]) {
+        let le = |k: usize| {
+            p.get(k..k + 2)
+                .map_or(0, |b| u32::from(u16::from_le_bytes([b[0], b[1]]) & 0x3fff))
+        };
+        tag.pixels = le(i + 6) * le(i + 8);
+    }
+}
+
+/// RFC 6184: an IDR slice or SPS alone, in a STAP-A, or starting an FU-A.
+fn h264_keyframe(p: &[u8]) -> bool {
+    let key = |nal: u8| matches!(nal & 0x1f, 5 | 7);
+    match p.first().map(|b| b & 0x1f) {
+        Some(5 | 7) => true,
+        Some(24) => {
+            let mut j = 1;
+            while let Some(b) = p.get(j..j + 2) {
+                let size = usize::from(u16::from_be_bytes([b[0], b[1]]));
+                if p.get(j + 2).is_some_and(|&n| key(n)) {
+                    return true;
+                }
+                j += 2 + size;
+            }
+            false
+        }
+        Some(28) => p.get(1).is_some_and(|&fu| fu & 0x80 != 0 && key(fu)),
+        _ => false,
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    at: Option<Instant>,
+    pixels: u32,
+    bytes: u32,
+    /// Bytes in the last whole window: ranks layers whose picture size is not known.
+    rate: u32,
+}
+
+/// The layers of one track as this worker sees them pass (every worker with viewers sees
+/// every packet of the stream, so no worker asks another).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackView {
+    layers: [Seen; MAX_LAYERS],
+    window: Option<Instant>,
+}
+
+impl TrackView {
+    /// A packet of `len` bytes tagged `tag` arrived at `at`.
+    pub fn note(&mut self, tag: &LayerTag, len: usize, at: Instant) {
+        match self.window {
+            Some(w) if at.saturating_duration_since(w) < ACTIVE => {}
+            _ => {
+                for s in &mut self.layers {
+                    s.rate = s.bytes;
+                    s.bytes = 0;
+                }
+                self.window = Some(at);
+            }
+        }
+        if let Some(s) = self.layers.get_mut(usize::from(tag.layer)) {
+            s.at = Some(at);
+            s.bytes = s.bytes.saturating_add(len as u32);
+            if tag.pixels > 0 {
+                s.pixels = tag.pixels;
+            }
+        }
+    }
+
+    fn active(&self, layer: usize, now: Instant) -> bool {
+        self.layers
+            .get(layer)
+            .and_then(|s| s.at)
+            .is_some_and(|a| now.saturating_duration_since(a) < ACTIVE)
+    }
+
+    /// The active layer of rank `cap` (0: lowest quality), or the highest active one when
+    /// fewer are active. Quality is the picture size seen in keyframes (VP8), then the
+    /// bytes per second: the offer's `a=simulcast` order is a preference order, and
+    /// browsers list layers either way round (Chrome keeps the page's `sendEncodings`).
+    pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
+        let mut ranked = [(0u8, (0u32, 0u32)); MAX_LAYERS];
+        let mut n = 0;
+        for (l, s) in self.layers.iter().enumerate() {
+            if self.active(l, now) {
+                ranked[n] = (l as u8, (s.pixels, s.rate));
+                n += 1;
+            }
+        }
+        let ranked = ranked.get_mut(..n)?;
+        ranked.sort_by_key(|&(l, key)| (key, l));
+        let i = usize::from(cap).min(n.checked_sub(1)?);
+        ranked.get(i).map(|r| r.0)
+    }
+}
+
+/// What one packet means for one viewer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Send it (it is of the viewer's layer, or the keyframe it switches at).
+    pub forward: bool,
+    /// This packet switched the viewer to its layer.
+    pub switched: bool,
+    /// Ask the publisher for a keyframe of this layer (throttled per viewer).
+    pub ask: Option<u8>,
+}
+
+/// One viewer's layer of one track and what keeps its numbering continuous.
+#[derive(Clone, Copy, Debug)]
+pub struct Select {
+    /// The layer being forwarded; `None` until the first keyframe.
+    pub current: Option<u8>,
+    /// The layer the viewer should get.
+    target: Option<u8>,
+    /// Highest rank the viewer takes (`u8::MAX`: no cap).
+    pub cap: u8,
+    /// Something was sent: a switch continues from `last_*`.
+    sent: bool,
+    last_seq: u16,
+    last_ts: u32,
+    last_at: Option<Instant>,
+    last_pid: u16,
+    last_tl0: u8,
+    /// Added to the VP8 picture id and TL0PICIDX of the current layer.
+    pid_off: u16,
+    tl0_off: u8,
+    /// The viewer's sequence number of the first packet of the current layer: a NACK below
+    /// it names a packet of an earlier layer, which the current offsets cannot find.
+    first_seq: u16,
+    asked: Option<Instant>,
+}
+
+impl Default for Select {
+    fn default() -> Self {
+        Select {
+            current: None,
+            target: None,
+            cap: u8::MAX,
+            sent: false,
+            last_seq: 0,
+            last_ts: 0,
+            last_at: None,
+            last_pid: 0,
+            last_tl0: 0,
+            pid_off: 0,
+            tl0_off: 0,
+            first_seq: 0,
+            asked: None,
+        }
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .map_or(0, |x| u16::from_be_bytes([x[0], x[1]]))
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+fn read_pid(b: &[u8], tag: &LayerTag) -> Option<u16> {
+    let at = usize::from(tag.pid_at);
+    if at == 0 {
+        return None;
+    }
+    if tag.pid_wide {
+        Some(be16(b, at) & 0x7fff)
+    } else {
+        b.get(at).map(|&v| u16::from(v & 0x7f))
+    }
+}
+
+impl Select {
+    /// Packet `src` (tagged `tag`, received at `now`) of a layered track reached this viewer,
+    /// whose (sequence, timestamp) offsets for the track are `offsets`. A switch to the
+    /// target layer happens only at its keyframe, and re-bases the offsets so the viewer's
+    /// numbering goes on from the last packet sent.
+    pub fn on_packet(
+        &mut self,
+        view: &TrackView,
+        tag: &LayerTag,
+        src: &[u8],
+        offsets: &mut (u16, u32),
+        (now, pli_interval): (Instant, Duration),
+    ) -> Decision {
+        if let Some(want) = view.pick(now, self.cap) {
+            self.target = Some(want);
+        }
+        let mut d = Decision::default();
+        if self.target == Some(tag.layer) && self.current != self.target && tag.keyframe {
+            self.switch_to(tag, src, offsets, now);
+            d.switched = true;
+        }
+        d.forward = self.current == Some(tag.layer);
+        if let Some(t) = self.target.filter(|&t| self.current != Some(t)) {
+            if self
+                .asked
+                .is_none_or(|a| now.saturating_duration_since(a) >= pli_interval)
+            {
+                self.asked = Some(now);
+                d.ask = Some(t);
+            }
+        }
+        d
+    }
+
+    fn switch_to(&mut self, tag: &LayerTag, src: &[u8], offsets: &mut (u16, u32), now: Instant) {
+        if self.sent {
+            offsets.0 = self.last_seq.wrapping_add(1).wrapping_sub(be16(src, 2));
+            let gap = self
+                .last_at
+                .map_or(0, |a| now.saturating_duration_since(a).as_micros());
+            let ticks = (gap * VIDEO_CLOCK / 1_000_000).max(1) as u32;
+            offsets.1 = self.last_ts.wrapping_add(ticks).wrapping_sub(be32(src, 4));
+            if let Some(pid) = read_pid(src, tag) {
+                self.pid_off = self.last_pid.wrapping_add(1).wrapping_sub(pid) & 0x7fff;
+            }
+            if let Some(&tl0) = src.get(usize::from(tag.tl0_at)).filter(|_| tag.tl0_at != 0) {
+                self.tl0_off = self.last_tl0.wrapping_add(1).wrapping_sub(tl0);
+            }
+        }
+        self.first_seq = be16(src, 2).wrapping_add(offsets.0);
+        self.current = Some(tag.layer);
+        self.asked = None;
+    }
+
+    /// Whether a packet of the current layer that the viewer numbers `seq` was sent since
+    /// the switch to it (so a retransmission of it is the packet the viewer lost).
+    pub fn owns(&self, seq: u16) -> bool {
+        self.current.is_some() && (seq.wrapping_sub(self.first_seq) as i16) >= 0
+    }
+
+    /// Rewrite the VP8 picture id and TL0PICIDX of `buf` (a copy of the packet, same
+    /// offsets) for this viewer; returns what they became.
+    pub fn rewrite(&self, buf: &mut [u8], tag: &LayerTag) -> (Option<u16>, Option<u8>) {
+        let mut pid = None;
+        if let Some(p) = read_pid(buf, tag) {
+            let at = usize::from(tag.pid_at);
+            let v = p.wrapping_add(self.pid_off);
+            if tag.pid_wide {
+                let v = v & 0x7fff;
+                if let Some(b) = buf.get_mut(at..at + 2) {
+                    b.copy_from_slice(&(0x8000 | v).to_be_bytes());
+                    pid = Some(v);
+                }
+            } else if let Some(b) = buf.get_mut(at) {
+                *b = (v & 0x7f) as u8;
+                pid = Some(v & 0x7f);
+            }
+        }
+        let mut tl0 = None;
+        if tag.tl0_at != 0 {
+            if let Some(b) = buf.get_mut(usize::from(tag.tl0_at)) {
+                *b = b.wrapping_add(self.tl0_off);
+                tl0 = Some(*b);
+            }
+        }
+        (pid, tl0)
+    }
+
+    /// A packet went out as (`seq`, `ts`) with picture id `pid` and TL0PICIDX `tl0`.
+    pub fn sent(
+        &mut self,
+        (seq, ts): (u16, u32),
+        (pid, tl0): (Option<u16>, Option<u8>),
+        now: Instant,
+    ) {
+        let newer = !self.sent || (seq.wrapping_sub(self.last_seq) as i16) > 0;
+        if !newer {
+            return;
+        }
+        self.sent = true;
+        self.last_seq = seq;
+        self.last_ts = ts;
+        self.last_at = Some(now);
+        if let Some(p) = pid {
+            self.last_pid = p;
+        }
+        if let Some(t) = tl0 {
+            self.last_tl0 = t;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VP8 payload: descriptor with 15-bit picture id and TL0PICIDX, then a keyframe
+    /// header of `w`×`h` when `key`.
+    pub(crate) fn vp8_payload(pid: u16, tl0: u8, key: bool, w: u16, h: u16) -> Vec<u8> {
+        let mut p = vec![0x90, 0xc0];
+        p.extend_from_slice(&(0x8000 | pid).to_be_bytes());
+        p.push(tl0);
+        if key {
+            p.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
+            p.extend_from_slice(&w.to_le_bytes());
+            p.extend_from_slice(&h.to_le_bytes());
+        } else {
+            p.extend_from_slice(&[0x01, 0x00, 0x00]);
+        }
+        p
+    }
+
+    #[test]
+    fn vp8_descriptor_keyframe_and_size() {
+        let mut tag = LayerTag::default();
+        vp8(&vp8_payload(300, 7, true, 1280, 720), 12, &mut tag);
+        assert!(tag.keyframe);
+        assert_eq!(tag.pixels, 1280 * 720);
+        assert_eq!((tag.pid_at, tag.pid_wide, tag.tl0_at), (14, true, 16));
+        let mut tag = LayerTag::default();
+        vp8(&vp8_payload(300, 7, false, 0, 0), 12, &mut tag);
+        assert!(!tag.keyframe);
+        // Not the start of partition 0.
+        let mut p = vp8_payload(300, 7, true, 1280, 720);
+        p[0] = 0x80;
+        let mut tag = LayerTag::default();
+        vp8(&p, 12, &mut tag);
+        assert!(!tag.keyframe);
+        // Truncated descriptors never panic and leave no offsets to write to.
+        for n in 0..5 {
+            let mut tag = LayerTag::default();
+            vp8(&vp8_payload(300, 7, true, 1, 1)[..n], 12, &mut tag);
+            assert_eq!((tag.pid_at, tag.tl0_at, tag.keyframe), (0, 0, false), "{n}");
+        }
+    }
+
+    #[test]
+    fn h264_keyframes() {
+        assert!(h264_keyframe(&[0x65, 0]));
+        assert!(h264_keyframe(&[0x67, 0]));
+        assert!(!h264_keyframe(&[0x41, 0]));
+        // STAP-A with SPS after a 1-byte NAL.
+        assert!(h264_keyframe(&[0x78, 0, 1, 0x06, 0, 2, 0x67, 0]));
+        assert!(!h264_keyframe(&[0x78, 0, 1, 0x06, 0, 2, 0x41, 0]));
+        // FU-A start of an IDR; not the start.
+        assert!(h264_keyframe(&[0x7c, 0x85, 0]));
+        assert!(!h264_keyframe(&[0x7c, 0x05, 0]));
+        assert!(!h264_keyframe(&[]));
+    }
+
+    #[test]
+    fn ranks_by_picture_size_then_rate_and_forgets_silent_layers() {
+        let t = Instant::now();
+        let mut v = TrackView::default();
+        // Layer 0 is the big one, declared first (as Chrome writes `h;m;l`).
+        for (layer, pixels) in [(0u8, 1280 * 720), (1, 640 * 360), (2, 320 * 180)] {
+            let tag = LayerTag {
+                layer,
+                pixels,
+                ..LayerTag::default()
+            };
+            v.note(&tag, 100, t);
+        }
+        assert_eq!(v.pick(t, u8::MAX), Some(0));
+        assert_eq!(v.pick(t, 0), Some(2));
+        assert_eq!(v.pick(t, 1), Some(1));
+        let later = t + Duration::from_millis(1500);
+        let tag = LayerTag {
+            layer: 2,
+            ..LayerTag::default()
+        };
+        v.note(&tag, 100, later);
+        assert_eq!(v.pick(later, u8::MAX), Some(2), "only layer 2 is active");
+    }
+}
