@@ -545,38 +545,53 @@ async fn supervise(opts: Opts) -> anyhow::Result<()> {
     let mut outcome = Ok(());
     loop {
         let [dp, cp] = &mut children;
-        let gave_up = tokio::select! {
+        let stop = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             status = wait(dp) => restart(dp, status, &opts).await,
-            status = wait(cp) => restart(cp, status, &opts).await,
+            status = wait(cp) => {
+                if status.as_ref().is_ok_and(std::process::ExitStatus::success) {
+                    // Only a shutdown asked through the API ends it with 0: the node stops.
+                    tracing::info!("the control plane shut down; stopping the node");
+                    cp.proc = None;
+                    break;
+                }
+                restart(cp, status, &opts).await
+            }
         };
-        if let Some(e) = gave_up {
+        if let Some(e) = stop {
             outcome = Err(e);
             break;
         }
     }
+    // The control plane first: it drains (no new sessions, waits for the ones there are, up
+    // to cluster.shutdown_grace_ms) while the data plane still carries their media.
+    let grace = opts
+        .config()
+        .map(|c| Duration::from_millis(c.cluster.shutdown_grace_ms))
+        .unwrap_or(Duration::from_secs(30));
     tracing::info!("stopping");
-    for c in &mut children {
-        if let Some(p) = &mut c.proc {
-            if let Some(pid) = p.id() {
-                // SAFETY: plain kill(2) on our own child's pid.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-        }
-    }
-    for c in &mut children {
-        if let Some(p) = &mut c.proc {
-            if tokio::time::timeout(Duration::from_secs(5), p.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(role = c.role, "did not stop in 5 s; killing");
-                let _ = p.kill().await;
-            }
-        }
-    }
+    let [dp, cp] = &mut children;
+    stop_child(cp, grace + Duration::from_secs(5)).await;
+    stop_child(dp, Duration::from_secs(5)).await;
     outcome
+}
+
+/// SIGTERM `c` and wait for it at most `within`, then SIGKILL.
+async fn stop_child(c: &mut Child, within: Duration) {
+    let Some(p) = &mut c.proc else { return };
+    if let Some(pid) = p.id() {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(within, p.wait()).await.is_err() {
+        tracing::warn!(
+            role = c.role,
+            "did not stop in {} s; killing",
+            within.as_secs()
+        );
+        let _ = p.kill().await;
+    }
 }
 
 async fn wait(c: &mut Child) -> std::io::Result<std::process::ExitStatus> {

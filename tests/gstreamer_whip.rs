@@ -37,25 +37,6 @@ const SCRIPT: &str = concat!(
 const PUBLISH_S: u32 = 22;
 const SUBSCRIBE_S: u32 = 12;
 
-/// aiortc's python (tests/aiortc/setup.sh installs it on first use).
-fn aiortc_python() -> std::path::PathBuf {
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/aiortc/setup.sh"
-        ))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/aiortc/setup.sh");
-    assert!(out.status.success(), "tests/aiortc/setup.sh failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let py = stdout
-        .lines()
-        .last()
-        .expect("setup.sh prints the python path");
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(py.trim())
-}
-
 /// Why GStreamer's webrtcbin cannot run here with `elements`, if it cannot.
 fn missing(elements: &[&str]) -> Option<String> {
     if !netns::is_root() {
@@ -252,7 +233,7 @@ fn gstreamer_max_bundle_publisher_is_watched_over_whep() {
 
     // An independent WHEP subscriber (aiortc) decodes what GStreamer sends.
     let watched = up.then(|| {
-        let py = aiortc_python();
+        let py = common::aiortc::python().expect("python3 for aiortc");
         let child = Command::new(&py)
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),

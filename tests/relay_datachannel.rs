@@ -16,13 +16,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::aiortc::{python as aiortc_python, summary};
 use common::{http_typed, Node, Redis};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+fn client(py: &Path, script: &str, url: &str, seconds: u32) -> Child {
+    common::aiortc::client(py, script, url, seconds, &["--datachannel"])
+}
+
 const K_FWD: u8 = 0x11;
 const K_BACK: u8 = 0x22;
 
@@ -44,52 +48,6 @@ fn key(k: u8) -> String {
         }
     }
     s
-}
-
-/// The venv's python, installing aiortc on first use; None when python3 is missing.
-fn aiortc_python() -> Option<PathBuf> {
-    if Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        return None;
-    }
-    let out = Command::new("bash")
-        .arg(Path::new(ROOT).join("tests/aiortc/setup.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/aiortc/setup.sh");
-    assert!(out.status.success(), "tests/aiortc/setup.sh failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let py = stdout.lines().last().expect("setup.sh prints the python");
-    Some(Path::new(ROOT).join(py.trim()))
-}
-
-fn client(py: &Path, script: &str, url: &str, seconds: u32) -> Child {
-    let mut c = Command::new(py);
-    c.arg(Path::new(ROOT).join("tests/aiortc").join(script))
-        .arg(url)
-        .args(["--seconds", &seconds.to_string(), "--datachannel"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if std::env::var_os("AIORTC_VERBOSE").is_some() {
-        c.arg("--verbose");
-    }
-    c.spawn().unwrap_or_else(|e| panic!("spawn {script}: {e}"))
-}
-
-/// Wait for a client and parse the JSON summary it prints last.
-fn summary(child: Child, what: &str) -> serde_json::Value {
-    let out = child.wait_with_output().expect("wait for client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{what}: no JSON summary ({e}); stdout: {stdout:?}"));
-    assert!(out.status.success(), "{what} failed: {v}");
-    v
 }
 
 /// The messages a client summary lists for one channel label.

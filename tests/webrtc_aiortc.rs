@@ -13,72 +13,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::aiortc::{client as client_with, python as aiortc_python, summary};
 use common::{http_typed, Http, Node};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// How long the publisher sends; the subscribers join after it connects and stay
-/// [`SUBSCRIBE_S`], which must end before the publisher does.
-const PUBLISH_S: u32 = 12;
-const SUBSCRIBE_S: u32 = 5;
-
-/// The venv's python, installing aiortc on first use; None when python3 is missing.
-fn aiortc_python() -> Option<PathBuf> {
-    if Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        return None;
-    }
-    let setup = Path::new(ROOT).join("tests/aiortc/setup.sh");
-    let out = Command::new("bash")
-        .arg(&setup)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/aiortc/setup.sh");
-    assert!(out.status.success(), "tests/aiortc/setup.sh failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let py = stdout
-        .lines()
-        .last()
-        .expect("setup.sh prints the python path");
-    Some(Path::new(ROOT).join(py.trim()))
-}
 
 fn client(py: &Path, script: &str, url: &str, seconds: u32) -> Child {
     client_with(py, script, url, seconds, &[])
 }
 
-fn client_with(py: &Path, script: &str, url: &str, seconds: u32, extra: &[&str]) -> Child {
-    let mut c = Command::new(py);
-    c.arg(Path::new(ROOT).join("tests/aiortc").join(script))
-        .arg(url)
-        .args(["--seconds", &seconds.to_string()])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if std::env::var_os("AIORTC_VERBOSE").is_some() {
-        c.arg("--verbose");
-    }
-    c.spawn().unwrap_or_else(|e| panic!("spawn {script}: {e}"))
-}
-
-/// Wait for a client and parse the JSON summary it prints last.
-fn summary(child: Child, what: &str) -> serde_json::Value {
-    let out = child.wait_with_output().expect("wait for client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{what}: no JSON summary ({e}); stdout: {stdout:?}"));
-    assert!(out.status.success(), "{what} failed: {v}");
-    v
-}
+/// How long the publisher sends; the subscribers join after it connects and stay
+/// [`SUBSCRIBE_S`], which must end before the publisher does.
+const PUBLISH_S: u32 = 12;
+const SUBSCRIBE_S: u32 = 5;
 
 fn offer(node: &Node, path: &str, sdp: &str) -> Http {
     http_typed(

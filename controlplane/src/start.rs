@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 
 use crate::core::counters::Counters;
 use crate::core::link::{self, Link};
-use crate::core::store::{AnyStore, MemoryStore, RedisStore, Registration};
+use crate::core::store::{AnyStore, MemoryStore, RedisStore, Registration, Store as _};
 use crate::http::{self, server};
 use crate::services::cluster::load::Latest;
-use crate::services::cluster::{events, health, hooks, Cluster};
+use crate::services::cluster::{events, health, hooks, Cluster, ShutdownRequest};
 use crate::services::forward::{self, Forwards};
 use crate::services::relay::{self, Relays};
 use crate::services::sessions::Sessions;
@@ -126,6 +126,13 @@ pub(crate) async fn serve(
              (set media.announce)"
         );
     }
+    let drain_parts = Drain {
+        sessions: sessions.clone(),
+        cluster: cluster.clone(),
+        grace: Duration::from_millis(config.cluster.shutdown_grace_ms),
+    };
+    let shutdown_requested = cluster.shutdown.clone();
+    let (drain_cluster, drain_me) = (cluster.clone(), config.node.id.clone());
     let app = http::router(http::Parts {
         node: Arc::new(http::node::Status {
             node_id: config.node.id.clone(),
@@ -144,9 +151,21 @@ pub(crate) async fn serve(
         limits: config.limits.clone(),
         request_timeout: Duration::from_millis(config.http.request_timeout_ms),
     });
-    server::serve(listener, tls, app, limits, counters, shutdown).await;
+    // The server stops once the node has drained: until then it answers DELETEs of the
+    // sessions that are ending and refuses new ones with 503.
+    let drained = drain_on(shutdown, shutdown_requested, drain_parts);
+    server::serve(listener, tls, app, limits, counters, drained).await;
 
     health.abort();
+    // Let the other control planes move this node's rooms now rather than three intervals
+    // from now: the lease lapses at once, and the next liveness round removes the node.
+    if let Err(e) = drain_cluster
+        .store
+        .renew_lease(&drain_me, 1, crate::core::clock::now_ms())
+        .await
+    {
+        tracing::debug!(error = %e, "could not end this node's lease");
+    }
     relay_task.abort();
     forward_task.abort();
     room_events.abort();
@@ -170,6 +189,7 @@ fn cluster_of(config: &Config, events: hooks::Notifier) -> anyhow::Result<Cluste
         store,
         config: config.cluster.clone(),
         events,
+        shutdown: ShutdownRequest::new(&config.node.id),
     })
 }
 
@@ -197,5 +217,55 @@ fn self_registration(config: &Config, scheme: &str, http: SocketAddr) -> Registr
         workers,
         capacity: u64::from(workers) * u64::from(config.cluster.consumers_per_worker),
         labels: Default::default(),
+    }
+}
+
+/// What a graceful shutdown needs.
+struct Drain {
+    sessions: Arc<Sessions>,
+    cluster: Arc<Cluster>,
+    grace: Duration,
+}
+
+/// Completes when the node may stop serving: after `signal` (SIGTERM) or a shutdown request
+/// through the API, no new sessions are taken and the store marks the node draining (no new
+/// rooms); then it waits for this node's WHIP/WHEP sessions to end, at most `grace`. The HTTP server
+/// keeps answering meanwhile, so clients can still end their sessions (and new ones get a
+/// 503 with `Retry-After`).
+async fn drain_on(
+    signal: impl Future<Output = ()> + Send + 'static,
+    request: ShutdownRequest,
+    d: Drain,
+) {
+    tokio::select! {
+        () = signal => {}
+        () = request.requested() => {}
+    }
+    d.sessions.shut_down();
+    let me = &d.cluster.shutdown.node_id;
+    if let Err(e) = d.cluster.drain(me, true).await {
+        tracing::warn!(error = %e, "could not mark this node draining in the cluster store");
+    }
+    let open = d.sessions.peers();
+    tracing::info!(
+        sessions = open,
+        grace_s = d.grace.as_secs_f64(),
+        "shutting down: no new sessions; waiting for these to end"
+    );
+    let deadline = tokio::time::Instant::now() + d.grace;
+    loop {
+        let open = d.sessions.peers();
+        if open == 0 {
+            tracing::info!("every session ended");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                sessions = open,
+                "shutdown grace over; stopping with sessions open"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

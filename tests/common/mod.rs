@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod aiortc;
 pub mod browser;
 pub mod cluster;
 pub mod netns;

@@ -57,6 +57,19 @@ struct RoomList {
 struct DrainState {
     node_id: String,
     draining: bool,
+    /// The node is shutting down: it exits once its sessions ended (or its grace passed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shutdown: bool,
+}
+
+/// `POST /v1/nodes/{id}/drain` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DrainBody {
+    /// Also shut the node down, as SIGTERM does: no new sessions, wait for the ones it has
+    /// (up to `cluster.shutdown_grace_ms`), exit 0. Only a node's own API can do this.
+    #[serde(default)]
+    shutdown: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -139,22 +152,52 @@ async fn list_nodes(State(cluster): State<Arc<Cluster>>) -> Result<Response, Api
     path = "/v1/nodes/{id}/drain",
     tag = "cluster",
     params(("id" = String, Path, description = "Node id")),
+    request_body(content = Option<DrainBody>, description = "`{\"shutdown\": true}` also shuts this node down"),
     responses(
         (status = 200, description = "Draining: keeps its rooms, takes no new ones", body = DrainState),
+        (status = 202, description = "Shutting down: no new sessions, exits once its sessions ended", body = DrainState),
+        (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "`shutdown` for another node: ask that node's own API", body = ErrorBody),
         (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
     )
 )]
 async fn drain(
     State(cluster): State<Arc<Cluster>>,
     Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body: DrainBody = match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => DrainBody::default(),
+        _ => parse_body(body)?,
+    };
+    if body.shutdown && id != cluster.shutdown.node_id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this is node {:?}: shut down node {id:?} through its own API",
+                cluster.shutdown.node_id
+            ),
+        ));
+    }
     cluster.drain(&id, true).await?;
-    Ok(Json(DrainState {
-        node_id: id,
-        draining: true,
-    })
-    .into_response())
+    if body.shutdown {
+        cluster.shutdown.request();
+    }
+    let status = if body.shutdown {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(DrainState {
+            node_id: id,
+            draining: true,
+            shutdown: body.shutdown,
+        }),
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -176,6 +219,7 @@ async fn undrain(
     Ok(Json(DrainState {
         node_id: id,
         draining: false,
+        shutdown: false,
     })
     .into_response())
 }

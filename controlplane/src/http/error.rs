@@ -33,6 +33,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header (a 503 that will pass).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -65,13 +68,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
@@ -152,6 +160,12 @@ impl From<SessionError> for ApiError {
             SessionError::AddTimeout | SessionError::RemoveTimeout => StatusCode::GATEWAY_TIMEOUT,
             SessionError::NotFound => StatusCode::NOT_FOUND,
             SessionError::NotSubscriber => StatusCode::CONFLICT,
+            SessionError::ShuttingDown => {
+                // Another node (or this one's successor) will take the client soon.
+                let mut a = Self::of(StatusCode::SERVICE_UNAVAILABLE, &e);
+                a.retry_after = Some(5);
+                return a;
+            }
         };
         Self::of(status, &e)
     }

@@ -351,6 +351,10 @@ pub struct ClusterSection {
     /// request to a remote `http://` target, or a remote source's request to this node when
     /// it serves plain HTTP). Off: such a relay is refused; serve the API over HTTPS instead.
     pub allow_plain_http_keys: bool,
+    /// On SIGTERM (or a drain with `"shutdown": true`) the control plane takes no new
+    /// sessions and waits this long at most for the ones it has to end before it exits.
+    /// Keep the systemd unit's `TimeoutStopSec` above it.
+    pub shutdown_grace_ms: u64,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -378,6 +382,7 @@ impl Default for ClusterSection {
             pools: Vec::new(),
             cascade: true,
             relay_grace_ms: 30_000,
+            shutdown_grace_ms: 30_000,
             token: None,
             hook_allow: Vec::new(),
             allow_plain_http_keys: false,

@@ -29,4 +29,4 @@ pub mod probe;
 pub mod rooms;
 pub mod service;
 
-pub use service::{Cluster, ClusterError};
+pub use service::{Cluster, ClusterError, ShutdownRequest};

@@ -1,6 +1,8 @@
 //! [`Cluster`]: the cluster as the control plane holds it (the store and the `[cluster]`
 //! settings), and [`ClusterError`], why a cluster request was refused.
 
+use std::sync::Arc;
+
 use switchyard_shared::config::ClusterSection;
 use switchyard_shared::names::BadName;
 
@@ -21,6 +23,35 @@ pub struct Cluster {
     pub config: ClusterSection,
     /// Room events (`eventNotificationUri`) waiting for delivery.
     pub events: Notifier,
+    /// This node's id, and the request to shut it down through its own API.
+    pub shutdown: ShutdownRequest,
+}
+
+/// A request to shut this node down gracefully (`POST /v1/nodes/{this node}/drain` with
+/// `{"shutdown": true}`), as SIGTERM does: no new sessions, the ones there are finish (up to
+/// `cluster.shutdown_grace_ms`), then the control plane exits 0.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownRequest {
+    pub node_id: String,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl ShutdownRequest {
+    pub fn new(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            notify: Arc::default(),
+        }
+    }
+
+    pub fn request(&self) {
+        // A stored permit: the request counts even before anyone waits for it.
+        self.notify.notify_one();
+    }
+
+    pub async fn requested(&self) {
+        self.notify.notified().await;
+    }
 }
 
 /// Longest URL a node registers or a room hook names.

@@ -48,6 +48,10 @@ pub enum SessionError {
     NotFound,
     #[error("not a subscriber: only what a subscriber receives has layers to choose")]
     NotSubscriber,
+    /// The node is shutting down (SIGTERM or a drain with `shutdown`): it takes no new
+    /// sessions while the ones it has finish.
+    #[error("this node is shutting down and takes no new sessions; try again (another node)")]
+    ShuttingDown,
 }
 
 impl SessionError {
@@ -72,6 +76,8 @@ pub struct Sessions {
     link: Arc<Link>,
     counters: Arc<Counters>,
     media: MediaSection,
+    /// Set once at shutdown: no new sessions from then on.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Sessions {
@@ -80,7 +86,30 @@ impl Sessions {
             link,
             counters,
             media,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Take no new sessions from now on (the ones there are go on until they end).
+    pub fn shut_down(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// WHIP and WHEP sessions this node holds now: what a graceful shutdown waits for.
+    /// Relays and forwards follow the peers (a relay-in ends when its viewers left), and
+    /// plain RTP sessions belong to an API client that may never end them.
+    pub fn peers(&self) -> usize {
+        self.link
+            .lock()
+            .node
+            .sessions()
+            .filter(|s| s.ice.is_some())
+            .count()
     }
 
     /// The session table and the ring, for reading (held briefly, never across an await).
@@ -107,6 +136,9 @@ impl Sessions {
         want: Option<u16>,
         build: impl FnOnce(SessionId, u16, &DataplaneInfo) -> Result<(SessionSpec, T), E>,
     ) -> Result<(SessionSpec, T), E> {
+        if self.shutting_down() {
+            return Err(SessionError::ShuttingDown.into());
+        }
         let (spec, extra, rx) = {
             let mut g = self.link.lock();
             g.node.ready().map_err(SessionError::from)?;

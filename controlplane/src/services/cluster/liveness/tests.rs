@@ -41,6 +41,7 @@ fn cluster() -> (Cluster, mpsc::Receiver<(String, Value)>) {
         store: AnyStore::Memory(MemoryStore::new()),
         config: ClusterSection::default(),
         events,
+        shutdown: Default::default(),
     };
     (c, rx)
 }
