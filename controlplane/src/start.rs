@@ -181,7 +181,16 @@ fn cluster_of(config: &Config, events: hooks::Notifier) -> anyhow::Result<Cluste
     let store = match &config.cluster.redis {
         Some(url) => {
             tracing::info!(redis = %redact(url), "cluster state in redis");
-            AnyStore::Redis(Box::new(RedisStore::new(url).context("cluster.redis")?))
+            let ca = match &config.cluster.redis_ca {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .with_context(|| format!("cluster.redis_ca: reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            AnyStore::Redis(Box::new(
+                RedisStore::connect_to(url, ca).context("cluster.redis")?,
+            ))
         }
         None => AnyStore::Memory(MemoryStore::new()),
     };

@@ -211,6 +211,12 @@ impl From<WebrtcError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Unavailable(_) = e {
+            // Redis restarting or failing over (Sentinel promotes a replica in seconds).
+            let mut a = Self::of(StatusCode::SERVICE_UNAVAILABLE, &e);
+            a.retry_after = Some(2);
+            return a;
+        }
         let status = match e {
             StoreError::Unavailable(_) | StoreError::NoCapacity { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

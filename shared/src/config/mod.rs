@@ -308,9 +308,14 @@ impl std::str::FromStr for PlacementStrategy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Redis URL (`redis://host:6379/0`) where every control plane of the cluster keeps its
-    /// state. None: an in-memory store, for a single node.
+    /// Redis URL where every control plane of the cluster keeps its state: one server
+    /// (`redis://host:6379/0`, `rediss://` for TLS) or a master found through Sentinel
+    /// (`redis+sentinel://host1:26379,host2:26379,host3:26379/mymaster[/db]`, `rediss+sentinel://`).
+    /// None: an in-memory store, for a single node.
     pub redis: Option<String>,
+    /// PEM file of the CA that signs the Redis servers' TLS certificates (`rediss`), when it
+    /// is not among the system's roots.
+    pub redis_ca: Option<PathBuf>,
     /// Consumers (forwarded streams) one worker is sized for: node capacity = workers × this.
     pub consumers_per_worker: u32,
     pub strategy: PlacementStrategy,
@@ -372,6 +377,7 @@ impl Default for ClusterSection {
     fn default() -> Self {
         Self {
             redis: None,
+            redis_ca: None,
             consumers_per_worker: 500,
             strategy: PlacementStrategy::LeastLoaded,
             health_interval_ms: 5000,

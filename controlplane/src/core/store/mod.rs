@@ -16,6 +16,7 @@ pub mod memory;
 pub mod placement;
 pub mod records;
 pub mod redis;
+pub mod redis_target;
 
 pub use any::AnyStore;
 pub use contract::{Store, StoreError};

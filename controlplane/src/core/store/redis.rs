@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{AsyncConnectionConfig, RedisError, Script};
 use tokio::sync::Mutex;
 
 use super::contract::{Store, StoreError};
@@ -53,6 +53,7 @@ use super::placement::{self, PoolFilter, RoomSpec, Strategy};
 use super::records::{
     Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
 };
+use super::redis_target::{Dialer, Target};
 use crate::core::clock::now_ms;
 
 /// Default key prefix (a hash tag: one Redis Cluster slot for the whole cluster state).
@@ -161,7 +162,7 @@ return 1
 type LeaseFields = (Option<String>, Option<String>);
 
 pub struct RedisStore {
-    client: Client,
+    dialer: Dialer,
     prefix: String,
     conn: Mutex<Option<MultiplexedConnection>>,
     reserve: Script,
@@ -193,15 +194,24 @@ impl RedisStore {
     /// A store on `url` (`redis://host:port/db`). Does not connect: the first call does, and
     /// a Redis that is down at start only makes calls answer `Unavailable` until it is up.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        Self::with_prefix(url, DEFAULT_PREFIX)
+        Self::with_prefix(url, DEFAULT_PREFIX, None)
+    }
+
+    /// A store on `url` (any of the forms in [`redis_target`](super::redis_target): one
+    /// server, or a master found through Sentinel; TLS with `rediss`), trusting `ca` (PEM)
+    /// for TLS when given.
+    pub fn connect_to(url: &str, ca: Option<Vec<u8>>) -> Result<Self, StoreError> {
+        Self::with_prefix(url, DEFAULT_PREFIX, ca)
     }
 
     /// As [`new`](Self::new), with every key under `prefix` (several clusters in one Redis).
-    pub fn with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Backend(format!("redis URL {url:?}: {e}")))?;
+    pub fn with_prefix(url: &str, prefix: &str, ca: Option<Vec<u8>>) -> Result<Self, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let dialer = Dialer::new(Target::parse(url)?, ca, config)?;
         Ok(Self {
-            client,
+            dialer,
             prefix: prefix.into(),
             conn: Mutex::new(None),
             reserve: Script::new(RESERVE),
@@ -236,14 +246,9 @@ impl RedisStore {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot reach redis: {e}")))?;
+        // Through Sentinel this finds the current master: after a failover the old
+        // connection failed (`fail` forgot it), and the next call lands here.
+        let c = self.dialer.dial().await?;
         *slot = Some(c.clone());
         Ok(c)
     }
