@@ -198,6 +198,10 @@ struct Opts {
     /// Redis URL shared by the cluster's control planes [default: none, in-memory, one node].
     #[arg(long, env = "SWITCHYARD_REDIS")]
     redis: Option<String>,
+    /// Count the host's CPU, bandwidth and memory in the load verdict (true/false)
+    /// [default: true].
+    #[arg(long, env = "SWITCHYARD_HOST_LOAD")]
+    host_load: Option<bool>,
     /// Serve the API on a non-loopback --http-listen with auth off (open to anyone there).
     #[arg(long, env = "SWITCHYARD_INSECURE")]
     insecure: bool,
@@ -250,6 +254,9 @@ impl Opts {
         }
         if let Some(v) = &self.redis {
             c.cluster.redis = Some(v.clone());
+        }
+        if let Some(v) = self.host_load {
+            c.cluster.host_load = v;
         }
         if self.insecure {
             c.http.insecure = true;
@@ -512,6 +519,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         opts.shm_dir.as_ref().map(|p| p.display().to_string()),
     );
     flag("redis", opts.redis.clone());
+    flag("host-load", opts.host_load.map(|v| v.to_string()));
     if opts.insecure {
         cmd.arg("--insecure");
     }

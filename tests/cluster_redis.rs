@@ -93,7 +93,10 @@ async fn two_control_planes_never_over_commit() {
     }
     planes[1].drain("drained", true).await.expect("drain");
     planes[0].set_health("sick", false).await.expect("health");
-    planes[1].heartbeat("hot", true).await.expect("heartbeat");
+    planes[1]
+        .heartbeat("hot", true, &BTreeMap::from([("cpu".to_owned(), 0.95)]))
+        .await
+        .expect("heartbeat");
     assert_eq!(
         planes[0].drain("nobody", true).await,
         Err(StoreError::NoSuchNode("nobody".into()))

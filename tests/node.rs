@@ -652,6 +652,7 @@ fn up_starts_a_node_and_stops_on_sigterm() {
     let http_addr = format!("127.0.0.1:{}", common::free_tcp_port());
     let port = common::free_udp_ports(1);
     let mut up = std::process::Command::new(BIN)
+        .env("SWITCHYARD_HOST_LOAD", "false")
         .arg("up")
         .arg("--shm-dir")
         .arg(&shm)

@@ -79,6 +79,7 @@ impl NodeProc {
             .args(["--pin", "false"])
             .args(["--redis", redis])
             .args(&self.extra)
+            .env("SWITCHYARD_HOST_LOAD", "false")
             .env(
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -327,6 +327,17 @@ pub struct ClusterSection {
     /// Outgoing packets per second one media worker is sized for (docs/performance.md): the
     /// node's own load heartbeat reports its busiest worker's rate as a share of this.
     pub max_pps_per_worker: u64,
+    /// Every interface's capacity in Mbit/s for the `bandwidth` load share (loopback
+    /// excluded). Unset: each interface's own `/sys/class/net/<if>/speed`, and interfaces
+    /// without one (virtual ones) are not counted.
+    pub nic_mbps: Option<u64>,
+    /// Kernel receive-queue drops per second (all workers) that count as a full `rx_drops`
+    /// load share.
+    pub max_rx_drops_per_s: u64,
+    /// Count the host's own resources (all CPUs, interface bandwidth, memory) in the load
+    /// verdict, not only the node's. Off only where the host is busy with other things on
+    /// purpose (the project's test machine runs the whole test suite beside its nodes).
+    pub host_load: bool,
     /// How long a room created through `/v1/rooms` stays reserved after its last session
     /// ends before it is closed and its capacity given back.
     pub room_close_grace_ms: u64,
@@ -383,6 +394,9 @@ impl Default for ClusterSection {
             health_interval_ms: 5000,
             overload_ratio: 0.8,
             max_pps_per_worker: 200_000,
+            nic_mbps: None,
+            max_rx_drops_per_s: 100,
+            host_load: true,
             room_close_grace_ms: 30_000,
             room_idle_timeout_ms: 300_000,
             pools: Vec::new(),

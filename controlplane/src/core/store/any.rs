@@ -30,8 +30,13 @@ impl Store for AnyStore {
     async fn register_node(&self, reg: Registration) -> Result<Node, StoreError> {
         dispatch!(self, s => s.register_node(reg))
     }
-    async fn heartbeat(&self, node: &str, overloaded: bool) -> Result<(), StoreError> {
-        dispatch!(self, s => s.heartbeat(node, overloaded))
+    async fn heartbeat(
+        &self,
+        node: &str,
+        overloaded: bool,
+        load: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(node, overloaded, load))
     }
     async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_health(node, healthy))

@@ -48,11 +48,12 @@ pub trait Store: Send + Sync {
         &self,
         reg: Registration,
     ) -> impl Future<Output = Result<Node, StoreError>> + Send;
-    /// Record a node's heartbeat and whether it reports itself overloaded.
+    /// Record a node's heartbeat: whether it reports itself overloaded, and its load.
     fn heartbeat(
         &self,
         node: &str,
         overloaded: bool,
+        load: &BTreeMap<String, f64>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Record the result of a health check.
     fn set_health(

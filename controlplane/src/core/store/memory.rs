@@ -82,6 +82,7 @@ impl Store for MemoryStore {
             healthy: true,
             draining: false,
             overloaded: false,
+            load: BTreeMap::new(),
             labels: reg.labels,
             registered_ms: now,
             heartbeat_ms: now,
@@ -93,10 +94,16 @@ impl Store for MemoryStore {
         Ok(node)
     }
 
-    async fn heartbeat(&self, node: &str, overloaded: bool) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        node: &str,
+        overloaded: bool,
+        load: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.update(node, |n| {
             n.overloaded = overloaded;
+            n.load = load.clone();
             n.heartbeat_ms = now;
         })
     }
@@ -409,12 +416,12 @@ mod tests {
             assert_eq!(nodes[1].reserved, 0);
             s.set_health("a", false).await.unwrap();
             s.drain("b", false).await.unwrap();
-            s.heartbeat("b", true).await.unwrap();
+            s.heartbeat("b", true, &BTreeMap::new()).await.unwrap();
             assert!(s
                 .reserve_room(spec("r4", 1), Strategy::LeastLoaded)
                 .await
                 .is_err());
-            s.heartbeat("b", false).await.unwrap();
+            s.heartbeat("b", false, &BTreeMap::new()).await.unwrap();
             let p = s
                 .reserve_room(spec("r4", 1), Strategy::LeastLoaded)
                 .await

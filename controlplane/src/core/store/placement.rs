@@ -184,6 +184,7 @@ mod pool_tests {
             healthy: true,
             draining: false,
             overloaded: false,
+            load: BTreeMap::new(),
             labels: pool
                 .map(|p| BTreeMap::from([("pool".to_owned(), p.to_owned())]))
                 .unwrap_or_default(),
@@ -312,6 +313,7 @@ mod tests {
             healthy: true,
             draining: false,
             overloaded: false,
+            load: BTreeMap::new(),
             labels: BTreeMap::new(),
             registered_ms: 0,
             heartbeat_ms: 0,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A node as the registry holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     pub node_id: String,
@@ -25,6 +25,10 @@ pub struct Node {
     pub draining: bool,
     /// The node's last heartbeat reported a resource at or over the overload ratio.
     pub overloaded: bool,
+    /// What its last heartbeat reported: each resource's share in use (1 = the size the node
+    /// is rated for; docs/cluster.md, "Load"). Empty before the first.
+    #[serde(default)]
+    pub load: BTreeMap<String, f64>,
     pub labels: BTreeMap<String, String>,
     pub registered_ms: u64,
     pub heartbeat_ms: u64,
@@ -134,7 +138,7 @@ pub enum Removal {
 }
 
 /// The answer to [`Store::place_again`](super::Store::place_again).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Replacement {
     pub placement: Placement,
     /// The node the room was on before, when this call moved it (None: someone else
@@ -143,7 +147,7 @@ pub struct Replacement {
 }
 
 /// The answer to a reservation: the room and its node as it was right after.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Placement {
     pub room: Room,
     pub node: Node,

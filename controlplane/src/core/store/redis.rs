@@ -5,7 +5,7 @@
 //!
 //! - `nodes`: SET of node ids.
 //! - `node:<id>`: HASH `url media workers capacity reserved healthy draining overloaded
-//!   labels(JSON) registered heartbeat`; flags are `1`/`0`, times Unix milliseconds.
+//!   load(JSON) labels(JSON) registered heartbeat`; flags are `1`/`0`, times Unix milliseconds.
 //! - `rooms`: SET of room ids.
 //! - `node:<id>` also holds `leased` = `1` once the node's own control plane renewed a lease.
 //! - `lease:<id>`: the node's lease, a string (renewal time) with a TTL (`SET PX`), renewed
@@ -383,6 +383,11 @@ fn node_from(id: String, m: &HashMap<String, String>) -> Result<Node, StoreError
         healthy: flag(m, "healthy"),
         draining: flag(m, "draining"),
         overloaded: flag(m, "overloaded"),
+        // Written by heartbeats since the field was added; unreadable is "not reported".
+        load: m
+            .get("load")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
         labels,
         registered_ms: field(m, &what, "registered")?,
         heartbeat_ms: field(m, &what, "heartbeat")?,
@@ -467,9 +472,16 @@ impl Store for RedisStore {
         node_from(reg.node_id, &m)
     }
 
-    async fn heartbeat(&self, node: &str, overloaded: bool) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        node: &str,
+        overloaded: bool,
+        load: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        let load = serde_json::to_string(load).map_err(|e| StoreError::Backend(e.to_string()))?;
         let fields = [
             ("overloaded", u8::from(overloaded).to_string()),
+            ("load", load),
             ("heartbeat", now_ms().to_string()),
         ];
         self.update_node(node, &fields).await

@@ -49,7 +49,8 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
         cluster.config.consumers_per_worker,
         cluster.config.max_pps_per_worker,
         cluster.config.overload_ratio,
-    );
+    )
+    .with_max_rx_drops(cluster.config.max_rx_drops_per_s);
     // What the store last heard from this node's own heartbeat, and when.
     let mut reported: Option<(bool, std::time::Instant)> = None;
     loop {
@@ -82,7 +83,7 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
             }
         }
         rounds.tick().await;
-        if let Some(report) = measure(&link, &mut meter) {
+        if let Some(report) = measure(&link, &mut meter, &cluster.config) {
             let now = std::time::Instant::now();
             let due = reported.is_none_or(|(o, at)| {
                 o != report.overloaded || now.duration_since(at) >= HEARTBEAT_REFRESH
@@ -93,7 +94,7 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
                 }
                 match cluster
                     .store
-                    .heartbeat(&me.node_id, report.overloaded)
+                    .heartbeat(&me.node_id, report.overloaded, &report.load)
                     .await
                 {
                     Ok(()) => reported = Some((report.overloaded, now)),
@@ -148,7 +149,17 @@ pub async fn run(cluster: Arc<Cluster>, me: Registration, link: Arc<Link>, lates
 
 /// This node's load now, from the data plane's stats file and `/proc`; None while no data
 /// plane has said hello.
-fn measure(link: &Link, meter: &mut Meter) -> Option<load::LoadReport> {
+fn measure(
+    link: &Link,
+    meter: &mut Meter,
+    config: &switchyard_shared::config::ClusterSection,
+) -> Option<load::LoadReport> {
+    // Read /proc before taking the lock.
+    let host = if config.host_load {
+        load::host_reading(config.nic_mbps)
+    } else {
+        Reading::default()
+    };
     let (reading, pid) = {
         let g = link.lock();
         let d = g.node.dataplane()?;
@@ -158,11 +169,18 @@ fn measure(link: &Link, meter: &mut Meter) -> Option<load::LoadReport> {
                 .map(|b| b.get(Counter::TxPackets))
                 .collect()
         });
+        let rx_drops = g.stats.as_ref().map(|s| {
+            (0..s.workers())
+                .filter_map(|w| s.worker(w))
+                .map(|b| b.get(Counter::KernelRxDrops))
+                .sum()
+        });
         let reading = Reading {
             sessions: g.node.session_count() as u64,
             workers: d.workers,
             tx_packets,
-            cpu_ticks: None,
+            rx_drops,
+            ..host
         };
         (reading, d.pid)
     };

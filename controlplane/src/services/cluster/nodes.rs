@@ -62,7 +62,7 @@ impl Cluster {
             return Err(ClusterError::Load);
         }
         let overloaded = load.values().any(|&v| v >= self.config.overload_ratio);
-        self.store.heartbeat(id, overloaded).await?;
+        self.store.heartbeat(id, overloaded, load).await?;
         Ok(overloaded)
     }
 
