@@ -32,8 +32,13 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let boot = random_u64()?;
     let stats_path = config.stats_path();
     let stats = Arc::new(
-        Stats::create(&stats_path, usize::from(workers), boot)
-            .with_context(|| format!("creating {}", stats_path.display()))?,
+        Stats::create(
+            &stats_path,
+            usize::from(workers),
+            config.media.max_sessions_per_worker as usize,
+            boot,
+        )
+        .with_context(|| format!("creating {}", stats_path.display()))?,
     );
     // Static keys must never reuse an SRTP index, across restarts too: their journal
     // outlives this process (docs/crypto.md).
