@@ -101,7 +101,7 @@ async fn health(State(node): State<Arc<Status>>) -> Response {
         sessions: g.node.session_count(),
         ring: g.ring_health().as_str(),
         workers: dp.map(|d| d.workers),
-        engine: dp.map(|d| format!("{:?}", d.engine).to_lowercase()),
+        engine: dp.map(|d| d.engine.name().to_owned()),
         dataplane_pid: dp.map(|d| d.pid),
         media_port: dp.map(|d| d.media_port),
         load: load.as_ref().map(|l| l.load.clone()),
