@@ -14,6 +14,8 @@ if [ "${SWITCHYARD_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null;
 fi
 # tests/cluster_redis.rs runs a real Redis.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# tests/metrics.rs checks /metrics with promtool (Debian's prometheus package).
+command -v promtool >/dev/null || need_apt+=(prometheus)
 # tests/cluster_netns.rs builds network namespaces (as root) with iproute2.
 command -v ip >/dev/null || need_apt+=(iproute2)
 # tests/multihome.rs (and the ICE-TCP test) drop UDP inside a namespace with nftables.

@@ -31,8 +31,56 @@ struct Cli {
     /// units of earlier releases put it here).
     #[arg(long, env = "SWITCHYARD_CONFIG", hide_env = true)]
     config: Option<PathBuf>,
+    /// Log lines as `text` (for people) or `json` (one object per line, fields as keys, for
+    /// log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The log subscriber for the whole process, to stderr (journald keeps it under systemd).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields at the top level, not under "fields", so a collector indexes `id` and
+        // `stream` directly; no ANSI codes inside JSON strings.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_ansi(false)
+            .init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +253,9 @@ struct Opts {
     /// Serve the API on a non-loopback --http-listen with auth off (open to anyone there).
     #[arg(long, env = "SWITCHYARD_INSECURE")]
     insecure: bool,
+    /// The global `--log-format`, kept here so `up` hands it to the planes it starts.
+    #[arg(skip)]
+    log_format: Option<LogFormat>,
 }
 
 impl Opts {
@@ -268,15 +319,7 @@ impl Opts {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logs(cli.log_format);
     if let Cmd::Version = &cli.cmd {
         println!("switchyard {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -299,6 +342,7 @@ fn main() -> ExitCode {
     };
     let opts = Opts {
         config: opts.config.or(cli.config),
+        log_format: Some(cli.log_format),
         ..opts
     };
     let config = match opts.config() {
@@ -520,6 +564,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
     );
     flag("redis", opts.redis.clone());
     flag("host-load", opts.host_load.map(|v| v.to_string()));
+    flag("log-format", opts.log_format.map(|f| f.name().to_owned()));
     if opts.insecure {
         cmd.arg("--insecure");
     }

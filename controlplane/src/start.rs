@@ -88,6 +88,7 @@ pub(crate) async fn serve(
     let health = tokio::spawn(health::run(cluster.clone(), me, link.clone(), load.clone()));
     let relay_task = tokio::spawn(relay::upkeep::run(relays.clone()));
     let forward_task = tokio::spawn(forward::driver::run(forwards.clone()));
+    let traffic_task = tokio::spawn(crate::core::traffic::run(link.clone()));
 
     // HTTP.
     let fds = server::fd_limit();
@@ -140,6 +141,7 @@ pub(crate) async fn serve(
             counters: counters.clone(),
             load,
             forwards: forwards.clone(),
+            max_stream_series: config.metrics.max_stream_series as usize,
         }),
         sessions,
         webrtc,
@@ -157,6 +159,7 @@ pub(crate) async fn serve(
     server::serve(listener, tls, app, limits, counters, drained).await;
 
     health.abort();
+    traffic_task.abort();
     // Let the other control planes move this node's rooms now rather than three intervals
     // from now: the lease lapses at once, and the next liveness round removes the node.
     if let Err(e) = drain_cluster

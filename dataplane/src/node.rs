@@ -32,8 +32,13 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let boot = random_u64()?;
     let stats_path = config.stats_path();
     let stats = Arc::new(
-        Stats::create(&stats_path, usize::from(workers), boot)
-            .with_context(|| format!("creating {}", stats_path.display()))?,
+        Stats::create(
+            &stats_path,
+            usize::from(workers),
+            config.media.max_sessions_per_worker as usize,
+            boot,
+        )
+        .with_context(|| format!("creating {}", stats_path.display()))?,
     );
     // Static keys must never reuse an SRTP index, across restarts too: their journal
     // outlives this process (docs/crypto.md).
@@ -41,7 +46,10 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let capacity = config.media.max_sessions_per_worker as usize * usize::from(workers);
     let (journal, opened) = Journal::open(&journal_path, capacity)
         .with_context(|| format!("opening {}", journal_path.display()))?;
-    tracing::info!(journal = %journal_path.display(), ?opened, capacity, "SRTP index journal");
+    tracing::info!(journal = %journal_path.display(), opened = match opened {
+        switchyard_shared::journal::Opened::Kept => "kept",
+        switchyard_shared::journal::Opened::Created => "created",
+    }, capacity, "SRTP index journal");
     let journal = Arc::new(journal);
     let ring_path = config.ring_path();
     let side = ring::attach_data(&ring_path, ring::DEFAULT_SLOTS)
@@ -109,7 +117,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for (i, rx) in ready.into_iter().enumerate() {
         match rx.recv() {
             Ok(Ok(kind)) => {
-                tracing::info!(worker = i, engine = ?kind, port = config.media.port + i as u16, core = ?core_of(&config, i, cores), "worker started");
+                tracing::info!(worker = i, engine = %kind, port = config.media.port + i as u16, core = core_of(&config, i, cores).map(|c| c as u64), "worker started");
                 engine = kind;
             }
             Ok(Err(e)) => failure = Some(e),
@@ -146,7 +154,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     });
     tracing::info!(
         workers,
-        engine = ?engine,
+        engine = %engine,
         ring = %ring_path.display(),
         "data plane up"
     );

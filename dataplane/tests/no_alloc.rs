@@ -109,7 +109,8 @@ fn keys(a: u8, b: u8) -> SrtpKeys {
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
     let path = std::env::temp_dir().join(format!("swy-noalloc-{}", std::process::id()));
-    let stats = Arc::new(Stats::create(&path, 2, 1).expect("stats"));
+    let stats =
+        Arc::new(Stats::create(&path, 2, Limits::default().max_sessions, 1).expect("stats"));
     let start = Instant::now();
     let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
     let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);
@@ -324,9 +325,11 @@ fn carry(
 #[test]
 fn relay_link_steady_state_allocates_nothing() {
     let path = std::env::temp_dir().join(format!("swy-noalloc-relay-{}", std::process::id()));
-    let stats_a = Arc::new(Stats::create(&path, 1, 1).expect("stats"));
+    let stats_a =
+        Arc::new(Stats::create(&path, 1, Limits::default().max_sessions, 1).expect("stats"));
     let path_b = path.with_extension("b");
-    let stats_b = Arc::new(Stats::create(&path_b, 1, 1).expect("stats"));
+    let stats_b =
+        Arc::new(Stats::create(&path_b, 1, Limits::default().max_sessions, 1).expect("stats"));
     let start = Instant::now();
     let mut a = Engine::new(0, Limits::default(), stats_a.clone(), 1, start);
     let mut b = Engine::new(0, Limits::default(), stats_b.clone(), 2, start);
@@ -464,7 +467,8 @@ fn simulcast_layer_switching_allocates_nothing() {
     use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
 
     let path = std::env::temp_dir().join(format!("swy-noalloc-sim-{}", std::process::id()));
-    let stats = Arc::new(Stats::create(&path, 2, 1).expect("stats"));
+    let stats =
+        Arc::new(Stats::create(&path, 2, Limits::default().max_sessions, 1).expect("stats"));
     let start = Instant::now();
     let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
     let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);

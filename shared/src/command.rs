@@ -165,6 +165,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name in the API and in logs: `publisher`, `subscriber`, `relay-in`,
+    /// `relay-out`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Role::Publisher { .. } => "publisher",
+            Role::Subscriber { .. } => "subscriber",
+            Role::RelayIn { .. } => "relay-in",
+            Role::RelayOut => "relay-out",
+        }
+    }
+
     /// A relay link session: it lives on the worker's relay socket, not its media socket.
     pub fn is_relay(&self) -> bool {
         matches!(self, Role::RelayIn { .. } | Role::RelayOut)

@@ -6,18 +6,26 @@
 //! survive a control-plane restart, and a data-plane restart is visible as a new `boot`.
 //!
 //! Layout (`#[repr(C)]`, little-endian host order): a [`Header`], then `workers` blocks of
-//! [`WorkerCounters`]. The version field changes whenever the layout does.
+//! [`WorkerCounters`], then `workers × slots` [`SessionSlot`]s (worker 0's first). The
+//! version field changes whenever the layout does.
+//!
+//! Session slots: a worker's slot `i` belongs to the session at index `i` of its session
+//! slab, so the hot path finds it by the index it already holds, never by a lookup. The
+//! slot is one cache line written only by the owning worker; it carries the session id, so
+//! a reader that finds another id (or 0) knows the slot was reused (or is free). Sized once
+//! from `media.max_sessions_per_worker` (64 B each: 256 KiB per worker at 4096).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,7 +315,13 @@ struct Header {
     workers: u32,
     /// Random per data-plane start.
     boot: AtomicU64,
-    _pad: [u64; 5],
+    /// Session slots per worker.
+    slots: u32,
+    _pad32: u32,
+    /// CLOCK_MONOTONIC (ns) when the file was made: both processes share that clock, so
+    /// a packet time written by one is an age for the other.
+    anchor_ns: u64,
+    _pad: [u64; 3],
 }
 
 /// One worker's counters; 64-byte aligned so two workers never share a cache line.
@@ -368,6 +382,10 @@ fn check_owner(file: &File, path: &Path) -> Result<(), StatsError> {
 pub struct Stats {
     map: MmapMut,
     workers: usize,
+    slots: usize,
+    /// The `Instant` of the header's `anchor_ns` in this process.
+    anchor: Instant,
+    anchor_ns: u64,
 }
 
 impl std::fmt::Debug for Stats {
@@ -380,6 +398,20 @@ impl std::fmt::Debug for Stats {
 
 const HEADER: usize = std::mem::size_of::<Header>();
 const BLOCK: usize = std::mem::size_of::<WorkerCounters>();
+const SLOT: usize = std::mem::size_of::<SessionSlot>();
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock `Instant` reads on Linux.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
 
 impl Stats {
     /// Create the file for `workers` workers, replacing any earlier one; the data plane
@@ -389,7 +421,13 @@ impl Stats {
     /// still mapping the old inode keeps valid memory until it re-opens (truncating the
     /// file it maps would fault it with SIGBUS). Mode 0600; a symlink at either name is
     /// refused.
-    pub fn create(path: &Path, workers: usize, boot: u64) -> Result<Self, StatsError> {
+    /// `slots`: session slots per worker (the engine's `max_sessions`).
+    pub fn create(
+        path: &Path,
+        workers: usize,
+        slots: usize,
+        boot: u64,
+    ) -> Result<Self, StatsError> {
         let err = |e| StatsError::Io(path.display().to_string(), e);
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".{}.new", std::process::id()));
@@ -403,7 +441,7 @@ impl Stats {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(err)?;
-        let len = HEADER + workers * BLOCK;
+        let len = HEADER + workers * BLOCK + workers * slots * SLOT;
         let made = file.set_len(len as u64).and_then(|()| {
             // SAFETY: the file was just created and sized to `len` and nobody else knows its
             // name yet. Zeroed memory is a valid value for every field.
@@ -416,17 +454,28 @@ impl Stats {
                 return Err(err(e));
             }
         };
+        let anchor = Instant::now();
+        let anchor_ns = monotonic_ns();
         let header = Header {
             magic: MAGIC,
             version: VERSION,
             workers: workers as u32,
             boot: AtomicU64::new(boot),
-            _pad: [0; 5],
+            slots: slots as u32,
+            _pad32: 0,
+            anchor_ns,
+            _pad: [0; 3],
         };
         // SAFETY: the mapping is page-aligned and at least HEADER bytes long; we are the only
         // writer during creation.
         unsafe { std::ptr::write(map.as_mut_ptr().cast::<Header>(), header) };
-        Ok(Self { map, workers })
+        Ok(Self {
+            map,
+            workers,
+            slots,
+            anchor,
+            anchor_ns,
+        })
     }
 
     /// Map an existing file (the control plane).
@@ -450,10 +499,21 @@ impl Stats {
             return Err(StatsError::Incompatible);
         }
         let workers = h.workers as usize;
-        if map.len() < HEADER + workers * BLOCK {
+        let slots = h.slots as usize;
+        if map.len() < HEADER + workers * BLOCK + workers * slots * SLOT {
             return Err(StatsError::Incompatible);
         }
-        Ok(Self { map, workers })
+        let anchor_ns = h.anchor_ns;
+        let ago = Duration::from_nanos(monotonic_ns().saturating_sub(anchor_ns));
+        let now = Instant::now();
+        let anchor = now.checked_sub(ago).unwrap_or(now);
+        Ok(Self {
+            map,
+            workers,
+            slots,
+            anchor,
+            anchor_ns,
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -486,7 +546,181 @@ impl Stats {
     }
 }
 
+impl Stats {
+    /// Session slots per worker.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Slot `idx` of worker `w`, or `None` when out of range (a session beyond the slots
+    /// simply has no counters).
+    #[inline]
+    pub fn session(&self, w: usize, idx: usize) -> Option<&SessionSlot> {
+        if w >= self.workers || idx >= self.slots {
+            return None;
+        }
+        let at = HEADER + self.workers * BLOCK + (w * self.slots + idx) * SLOT;
+        // SAFETY: HEADER and BLOCK are multiples of 64 and SLOT is 64, so the slot is
+        // aligned in the page-aligned mapping; `w` and `idx` are in range and the length
+        // was checked in create/open; AtomicU64 is valid for any bits.
+        Some(unsafe { &*self.map.as_ptr().add(at).cast::<SessionSlot>() })
+    }
+
+    /// `at` as the CLOCK_MONOTONIC nanoseconds a slot stores (see [`SessionSlot::received`]).
+    #[inline]
+    pub fn stamp(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.anchor).as_nanos() as u64;
+        self.anchor_ns.saturating_add(since)
+    }
+
+    /// How long ago a slot's stamp was, on this host's monotonic clock.
+    pub fn age(&self, stamp: u64) -> Duration {
+        Duration::from_nanos(monotonic_ns().saturating_sub(stamp))
+    }
+
+    /// The counters of session `id` on worker `w`: a scan of the worker's slots (a few µs
+    /// for 4096), done at API and scrape time only, so the ring protocol needs no slot
+    /// number. `None`: no slot holds it (ended, or beyond the slots).
+    pub fn find(&self, w: usize, id: u64) -> Option<SessionCounters> {
+        (0..self.slots).find_map(|i| self.session(w, i)?.read(id))
+    }
+
+    /// Every live slot: (worker, session id, counters).
+    pub fn live(&self) -> impl Iterator<Item = (usize, u64, SessionCounters)> + '_ {
+        (0..self.workers).flat_map(move |w| {
+            (0..self.slots).filter_map(move |i| {
+                let slot = self.session(w, i)?;
+                let id = slot.id();
+                Some((w, id, slot.read(id)?))
+            })
+        })
+    }
+}
+
+/// Fields of a [`SessionSlot`], by index.
+#[repr(usize)]
+enum Field {
+    Id,
+    RxPackets,
+    RxBytes,
+    TxPackets,
+    TxBytes,
+    /// Stamp ([`Stats::stamp`]) of the last authenticated datagram from the peer; 0: none.
+    LastRx,
+    NacksReceived,
+    /// PLI/FIR: received in the low 32 bits, sent in the high 32. Packed so the slot stays
+    /// one cache line; 2^32 keyframe requests is beyond any session's life.
+    Plis,
+}
+
+/// One session's counters: one cache line, written only by the owning worker (relaxed
+/// load + store, like [`WorkerCounters::add`]).
+#[repr(C, align(64))]
+pub struct SessionSlot {
+    values: [AtomicU64; 8],
+}
+
+impl SessionSlot {
+    #[inline]
+    fn add(&self, f: Field, n: u64) {
+        let v = &self.values[f as usize];
+        v.store(v.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    fn load(&self, f: Field) -> u64 {
+        self.values[f as usize].load(Ordering::Relaxed)
+    }
+
+    /// Session `id` takes the slot: counters from zero, then the id (release), so a reader
+    /// that sees the new id sees the zeros too.
+    pub fn open(&self, id: u64) {
+        for v in &self.values[1..] {
+            v.store(0, Ordering::Relaxed);
+        }
+        self.values[Field::Id as usize].store(id, Ordering::Release);
+    }
+
+    /// The session ended: the slot is free.
+    pub fn close(&self) {
+        self.values[Field::Id as usize].store(0, Ordering::Release);
+    }
+
+    /// The session id in the slot, 0 when free.
+    pub fn id(&self) -> u64 {
+        self.values[Field::Id as usize].load(Ordering::Acquire)
+    }
+
+    /// An authenticated datagram of `bytes` from the peer, received at `stamp`.
+    #[inline]
+    pub fn received(&self, bytes: usize, stamp: u64) {
+        self.add(Field::RxPackets, 1);
+        self.add(Field::RxBytes, bytes as u64);
+        self.values[Field::LastRx as usize].store(stamp, Ordering::Relaxed);
+    }
+
+    /// A datagram of `bytes` sent to the peer.
+    #[inline]
+    pub fn sent(&self, bytes: usize) {
+        self.add(Field::TxPackets, 1);
+        self.add(Field::TxBytes, bytes as u64);
+    }
+
+    /// Sequence numbers the peer NACKed.
+    pub fn nacked(&self, n: u64) {
+        self.add(Field::NacksReceived, n);
+    }
+
+    /// Keyframe requests (PLI or FIR) from the peer.
+    pub fn pli_received(&self, n: u32) {
+        self.add(Field::Plis, u64::from(n));
+    }
+
+    /// A keyframe request sent to the peer (a publisher).
+    pub fn pli_sent(&self) {
+        self.add(Field::Plis, 1 << 32);
+    }
+
+    /// The counters, if the slot still belongs to `id` before and after reading them (a
+    /// slot reused meanwhile reads as `None`, never as the new session's numbers).
+    pub fn read(&self, id: u64) -> Option<SessionCounters> {
+        if id == 0 || self.id() != id {
+            return None;
+        }
+        let plis = self.load(Field::Plis);
+        let last = self.load(Field::LastRx);
+        let c = SessionCounters {
+            rx_packets: self.load(Field::RxPackets),
+            rx_bytes: self.load(Field::RxBytes),
+            tx_packets: self.load(Field::TxPackets),
+            tx_bytes: self.load(Field::TxBytes),
+            nacks_received: self.load(Field::NacksReceived),
+            plis_received: plis & 0xffff_ffff,
+            plis_sent: plis >> 32,
+            last_rx: (last != 0).then_some(last),
+        };
+        (self.id() == id).then_some(c)
+    }
+}
+
+/// A copy of one session's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Authenticated RTP and RTCP datagrams from the peer.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Datagrams sent to the peer: media, retransmissions, RTCP (SR, PLI).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Sequence numbers the peer NACKed.
+    pub nacks_received: u64,
+    pub plis_received: u64,
+    pub plis_sent: u64,
+    /// Stamp of the last authenticated datagram (see [`Stats::age`]); `None`: none yet.
+    pub last_rx: Option<u64>,
+}
+
 const _: () = assert!(HEADER % 64 == 0);
+const _: () = assert!(SLOT == 64);
 
 #[cfg(test)]
 mod tests {
@@ -495,7 +729,7 @@ mod tests {
     #[test]
     fn create_open_share_counters() {
         let dir = std::env::temp_dir().join(format!("swy-stats-{}", std::process::id()));
-        let s = Stats::create(&dir, 3, 42).expect("create");
+        let s = Stats::create(&dir, 3, 4, 42).expect("create");
         s.worker(1).expect("w1").add(Counter::RxPackets, 5);
         s.worker(2).expect("w2").drop(DropReason::SrtpAuth);
         let r = Stats::open(&dir).expect("open");
@@ -505,6 +739,43 @@ mod tests {
         assert_eq!(r.worker(2).expect("w2").get(Counter::DropSrtpAuth), 1);
         assert!(r.worker(3).is_none());
         std::fs::remove_file(&dir).ok();
+    }
+
+    #[test]
+    fn session_slots_carry_their_id() {
+        let p = std::env::temp_dir().join(format!("swy-stats-slots-{}", std::process::id()));
+        let w = Stats::create(&p, 2, 8, 1).expect("create");
+        let slot = w.session(1, 7).expect("slot");
+        assert!(w.session(1, 8).is_none() && w.session(2, 0).is_none());
+        slot.open(42);
+        let now = Instant::now();
+        slot.received(100, w.stamp(now));
+        slot.sent(60);
+        slot.sent(40);
+        slot.nacked(3);
+        slot.pli_received(1);
+        slot.pli_sent();
+        slot.pli_sent();
+        let r = Stats::open(&p).expect("open");
+        let c = r.find(1, 42).expect("found");
+        assert_eq!(
+            (c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes),
+            (1, 100, 2, 100)
+        );
+        assert_eq!((c.nacks_received, c.plis_received, c.plis_sent), (3, 1, 2));
+        let age = r.age(c.last_rx.expect("stamped"));
+        assert!(age < Duration::from_secs(5), "{age:?}");
+        assert!(r.find(0, 42).is_none());
+        assert_eq!(
+            r.live().map(|(w, id, _)| (w, id)).collect::<Vec<_>>(),
+            [(1, 42)]
+        );
+        // Reused: the old id reads nothing, the new one starts from zero.
+        slot.close();
+        slot.open(43);
+        assert!(r.find(1, 42).is_none());
+        assert_eq!(r.find(1, 43).expect("new").rx_packets, 0);
+        std::fs::remove_file(&p).ok();
     }
 
     #[test]
@@ -527,10 +798,10 @@ mod tests {
     #[test]
     fn recreate_leaves_the_old_mapping_valid_and_is_private() {
         let p = std::env::temp_dir().join(format!("swy-stats-re-{}", std::process::id()));
-        let first = Stats::create(&p, 2, 1).expect("create");
+        let first = Stats::create(&p, 2, 4, 1).expect("create");
         first.worker(1).expect("w1").add(Counter::RxPackets, 3);
         let reader = Stats::open(&p).expect("open");
-        let _second = Stats::create(&p, 1, 2).expect("re-create, smaller");
+        let _second = Stats::create(&p, 1, 4, 2).expect("re-create, smaller");
         // The reader's pages are still the old file's: readable, unchanged.
         assert_eq!(reader.worker(1).expect("w1").get(Counter::RxPackets), 3);
         assert_eq!(reader.boot(), 1);

@@ -25,7 +25,9 @@ use switchyard_shared::stats::Stats;
 use tokio::sync::mpsc;
 
 use super::counters;
+use super::histogram;
 use super::state::{NodeState, SessionChange};
+use super::traffic::Traffic;
 
 const ATTACH_RETRY: Duration = Duration::from_millis(200);
 /// Longest the link sleeps on the event ring; also how often it checks the data plane pid.
@@ -47,6 +49,8 @@ pub struct Inner {
     pub node: NodeState,
     producer: Option<Producer>,
     pub stats: Option<Stats>,
+    /// Bitrates and per-stream totals, sampled from `stats` once a second.
+    pub traffic: Traffic,
     ring: RingHealth,
 }
 
@@ -132,6 +136,7 @@ impl Link {
                 node: NodeState::new(),
                 producer: None,
                 stats: None,
+                traffic: Traffic::default(),
                 ring: RingHealth::Detached,
             }),
             ring_path: config.ring_path(),
@@ -146,6 +151,40 @@ impl Link {
     /// panic itself, so a poisoned lock is used as is.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Join and handshake times, from the events as they arrive (before `apply`, which may
+/// forget the session). The clock read here, not in `NodeState`, keeps that sans-IO.
+fn time_joins(node: &NodeState, ev: &Event) {
+    let l = histogram::latency();
+    match ev {
+        Event::RemoteLatched { id, .. } if node.dtls_pending(*id) => {
+            l.latched(*id, std::time::Instant::now());
+        }
+        Event::DtlsConnected { id, .. } => {
+            l.connected(*id, std::time::Instant::now());
+            if let Some(spec) = node.session(*id) {
+                let since = super::clock::now_ms().saturating_sub(spec.created_ms);
+                let h = if super::traffic::is_publisher(&spec.role) {
+                    &l.whip_join
+                } else {
+                    &l.whep_join
+                };
+                h.observe(Duration::from_millis(since));
+            }
+        }
+        Event::DtlsFailed { id, .. } | Event::SessionRemoved { id, .. } => l.ended(*id),
+        _ => {}
+    }
+}
+
+impl Inner {
+    /// Take a traffic sample (see [`Traffic::sample`]); nothing without a stats file.
+    pub fn sample_traffic(&mut self, now: std::time::Instant) {
+        if let Some(stats) = &self.stats {
+            self.traffic.sample(now, &self.node, stats);
+        }
     }
 }
 
@@ -208,6 +247,7 @@ fn serve(link: &Link, stop: &AtomicBool, side: ControlSide) {
                 Ok(true) => match command::decode::<Event>(&buf) {
                     Ok(ev) => {
                         tracing::debug!(?ev, "event");
+                        time_joins(&g.node, &ev);
                         let fx = g.node.apply(ev);
                         if fx.reopen_stats {
                             g.stats = open_stats(&link.stats_path);

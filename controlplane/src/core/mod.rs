@@ -8,8 +8,11 @@
 
 pub mod clock;
 pub mod counters;
+pub mod histogram;
 pub mod kept;
 pub mod link;
+pub mod procstat;
 pub mod random;
 pub mod state;
 pub mod store;
+pub mod traffic;

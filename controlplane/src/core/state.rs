@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use switchyard_shared::command::{
-    Command, CommandError, Event, SessionId, SessionSpec, SrtpProfile,
+    Command, CommandError, Event, Keying, SessionId, SessionSpec, SrtpProfile,
 };
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
@@ -147,6 +147,42 @@ impl NodeState {
     /// The SRTP profile DTLS-keyed session `id` negotiated, once its handshake completed.
     pub fn dtls_profile(&self, id: SessionId) -> Option<SrtpProfile> {
         self.dtls_profiles.get(&id).copied()
+    }
+
+    /// Whether `id` is a DTLS-keyed session still waiting for its handshake (live or being
+    /// added: ICE can latch before the data plane's `SessionAdded` is read).
+    pub fn dtls_pending(&self, id: SessionId) -> bool {
+        let spec = self
+            .sessions
+            .get(&id)
+            .or_else(|| self.adding.get(&id).map(|(s, _)| s));
+        spec.is_some_and(|s| matches!(s.keying, Keying::Dtls { .. }))
+            && !self.dtls_profiles.contains_key(&id)
+    }
+
+    /// ICE and DTLS state of session `id` as far as the events tell: ICE `checking` until a
+    /// check latched the peer, then `connected`; DTLS `connecting` until
+    /// `DtlsConnected`, then `connected` (a failed handshake ends the session). `None` where
+    /// the session has no ICE, or no DTLS.
+    pub fn transport(&self, id: SessionId) -> (Option<&'static str>, Option<&'static str>) {
+        let Some(s) = self.sessions.get(&id) else {
+            return (None, None);
+        };
+        let ice = s.ice.as_ref().map(|_| {
+            if s.remote.is_some() {
+                "connected"
+            } else {
+                "checking"
+            }
+        });
+        let dtls = matches!(s.keying, Keying::Dtls { .. }).then(|| {
+            if self.dtls_profiles.contains_key(&id) {
+                "connected"
+            } else {
+                "connecting"
+            }
+        });
+        (ice, dtls)
     }
 
     pub fn dataplane(&self) -> Option<&DataplaneInfo> {

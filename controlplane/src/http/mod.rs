@@ -21,6 +21,7 @@ pub mod node;
 pub mod openapi;
 pub mod quota;
 pub mod relays;
+pub mod series;
 pub mod server;
 pub mod sessions;
 pub mod tls;
@@ -163,8 +164,16 @@ async fn count_requests(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The route template, never the path: ids in paths would mint a series per request.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let start = std::time::Instant::now();
     let resp = next.run(req).await;
-    counters.count_status(resp.status().as_u16());
+    let status = resp.status().as_u16();
+    counters.count_status(status);
+    crate::core::histogram::latency().http(&route, status, start.elapsed());
     resp
 }
 

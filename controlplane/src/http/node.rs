@@ -25,6 +25,8 @@ pub struct Status {
     pub counters: Arc<Counters>,
     pub load: Arc<Latest>,
     pub forwards: Arc<Forwards>,
+    /// `[metrics] max_stream_series`.
+    pub max_stream_series: usize,
 }
 
 /// The routes, each documented by its handler's `#[utoipa::path]` (see `super::openapi`).
@@ -99,7 +101,7 @@ async fn health(State(node): State<Arc<Status>>) -> Response {
         sessions: g.node.session_count(),
         ring: g.ring_health().as_str(),
         workers: dp.map(|d| d.workers),
-        engine: dp.map(|d| format!("{:?}", d.engine).to_lowercase()),
+        engine: dp.map(|d| d.engine.name().to_owned()),
         dataplane_pid: dp.map(|d| d.pid),
         media_port: dp.map(|d| d.media_port),
         load: load.as_ref().map(|l| l.load.clone()),
@@ -140,7 +142,9 @@ async fn metrics(State(node): State<Arc<Status>>) -> Response {
         let load = node.load.get();
         let mut text = {
             let g = node.link.lock();
-            super::metrics::render(&g, &node.counters, load.as_ref())
+            let mut text = super::metrics::render(&g, &node.counters, load.as_ref());
+            super::series::render(&mut text, &g, node.max_stream_series);
+            text
         };
         super::metrics::render_forwards(&mut text, &node.forwards.manager());
         text

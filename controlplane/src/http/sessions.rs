@@ -13,6 +13,7 @@ use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use switchyard_shared::command::{Role, SessionId, SessionSpec, SrtpProfile};
+use switchyard_shared::stats::SessionCounters;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +22,8 @@ use super::error::parse_body;
 use super::error::ApiError;
 use super::limits::Created;
 use super::openapi::ErrorBody;
+use crate::core::link::Inner;
+use crate::core::traffic::read_all;
 use crate::services::sessions::rtp::CreateSession;
 use crate::services::sessions::Sessions;
 
@@ -47,10 +50,18 @@ struct StreamsQuery {
 
 /// A stream with a publisher.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct StreamEntry {
     #[schema(example = "room1/cam")]
     stream: String,
     subscribers: usize,
+    /// What the publisher (or relay-in) sent: packets and bytes since the stream's sessions
+    /// started, ended subscribers' shares included (see docs/api.md).
+    packets_in: u64,
+    bytes_in: u64,
+    /// What the node sent the stream's subscribers.
+    packets_out: u64,
+    bytes_out: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,12 +91,26 @@ async fn list_streams(
     query: Result<Query<StreamsQuery>, QueryRejection>,
 ) -> Result<Json<StreamList>, ApiError> {
     let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
-    let streams = sessions
-        .streams(&query.prefix)
+    let listed = sessions.streams(&query.prefix);
+    let totals = {
+        let g = sessions.lock();
+        g.stats
+            .as_ref()
+            .map(|st| g.traffic.streams(&g.node, st))
+            .unwrap_or_default()
+    };
+    let streams = listed
         .into_iter()
-        .map(|(stream, subscribers)| StreamEntry {
-            stream,
-            subscribers,
+        .map(|(stream, subscribers)| {
+            let t = totals.get(&stream).copied().unwrap_or_default();
+            StreamEntry {
+                stream,
+                subscribers,
+                packets_in: t.packets_in,
+                bytes_in: t.bytes_in,
+                packets_out: t.packets_out,
+                bytes_out: t.bytes_out,
+            }
         })
         .collect();
     Ok(Json(StreamList { streams }))
@@ -115,6 +140,80 @@ struct SessionView {
     remote_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     local_key: Option<String>,
+    /// ICE (WebRTC sessions only): `checking` until a connectivity check latched the peer,
+    /// then `connected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "connected")]
+    ice: Option<&'static str>,
+    /// DTLS (DTLS-keyed sessions only): `connecting`, then `connected`. A failed handshake
+    /// ends the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "connected")]
+    dtls: Option<&'static str>,
+    /// Traffic counters from the data plane; absent while the data plane's stats are not
+    /// mapped (and in the answer to the POST that made the session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<SessionStats>,
+}
+
+/// A session's traffic as its worker counted it. "In" is what the peer sent (authenticated
+/// RTP and RTCP), "out" what the node sent it (media, retransmissions, RTCP).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionStats {
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+    /// Sequence numbers the peer NACKed (subscribers).
+    nacks_received: u64,
+    /// Keyframe requests (PLI, FIR) from the peer (subscribers).
+    plis_received: u64,
+    /// Keyframe requests sent to the peer (publishers).
+    plis_sent: u64,
+    /// Bits per second in and out over the last one-second sample (two reads of the
+    /// counters one second apart, by the control plane); absent until sampled once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitrate_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitrate_out: Option<u64>,
+    /// Milliseconds since the last authenticated packet from the peer; absent before the
+    /// first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms_since_last_packet: Option<u64>,
+}
+
+/// What the data plane and the event stream say about a live session, for [`view`].
+#[derive(Default)]
+struct Live {
+    ice: Option<&'static str>,
+    dtls: Option<&'static str>,
+    stats: Option<SessionStats>,
+}
+
+/// `read`: the session's counters if already read (a list reads every slot in one pass).
+fn live(g: &Inner, id: SessionId, read: Option<SessionCounters>) -> Live {
+    let (ice, dtls) = g.node.transport(id);
+    let stats = g.stats.as_ref().and_then(|stats| {
+        let spec = g.node.session(id)?;
+        let c = read.or_else(|| stats.find(usize::from(spec.worker), id.0))?;
+        let rate = g.traffic.bitrate(id);
+        Some(SessionStats {
+            packets_in: c.rx_packets,
+            bytes_in: c.rx_bytes,
+            packets_out: c.tx_packets,
+            bytes_out: c.tx_bytes,
+            nacks_received: c.nacks_received,
+            plis_received: c.plis_received,
+            plis_sent: c.plis_sent,
+            bitrate_in: rate.map(|r| r.0),
+            bitrate_out: rate.map(|r| r.1),
+            ms_since_last_packet: c
+                .last_rx
+                .map(|t| u64::try_from(stats.age(t).as_millis()).unwrap_or(u64::MAX)),
+        })
+    });
+    Live { ice, dtls, stats }
 }
 
 /// `relay`: the relay base port (see [`Sessions::relay_base`]).
@@ -125,6 +224,7 @@ fn view(
     keys: bool,
     relay: u16,
     negotiated: Option<SrtpProfile>,
+    live: Live,
 ) -> SessionView {
     let media = sessions.media();
     let (role, ssrcs) = match &spec.role {
@@ -156,6 +256,9 @@ fn view(
         created_ms: spec.created_ms,
         remote_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.remote)),
         local_key: spec.keying.keys().filter(|_| keys).map(|k| b64(&k.local)),
+        ice: live.ice,
+        dtls: live.dtls,
+        stats: live.stats,
     }
 }
 
@@ -183,7 +286,7 @@ async fn create_session(
     let location = format!("/v1/sessions/{}", spec.id.0);
     let relay = sessions.relay_base(&sessions.lock().node);
     // Static keys: the profile is in the spec.
-    let body = view(&sessions, &spec, true, relay, None);
+    let body = view(&sessions, &spec, true, relay, None, Live::default());
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -202,10 +305,14 @@ async fn create_session(
 async fn list_sessions(State(sessions): State<Arc<Sessions>>) -> Result<Response, ApiError> {
     let g = sessions.lock();
     let relay = sessions.relay_base(&g.node);
+    let read = g.stats.as_ref().map(read_all).unwrap_or_default();
     let list: Vec<SessionView> = g
         .node
         .sessions()
-        .map(|s| view(&sessions, s, false, relay, g.node.dtls_profile(s.id)))
+        .map(|s| {
+            let l = live(&g, s.id, read.get(&s.id).copied());
+            view(&sessions, s, false, relay, g.node.dtls_profile(s.id), l)
+        })
         .collect();
     Ok(Json(SessionList { sessions: list }).into_response())
 }
@@ -237,7 +344,16 @@ async fn get_session(
         .session(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
     let relay = sessions.relay_base(&g.node);
-    Ok(Json(view(&sessions, spec, false, relay, g.node.dtls_profile(id))).into_response())
+    let l = live(&g, id, None);
+    Ok(Json(view(
+        &sessions,
+        spec,
+        false,
+        relay,
+        g.node.dtls_profile(id),
+        l,
+    ))
+    .into_response())
 }
 
 #[utoipa::path(

@@ -365,6 +365,7 @@ impl Engine {
             latch_queued: false,
         });
         self.by_id.insert(id, idx);
+        self.open_slot(id, idx);
         match (remote, ice) {
             (_, Some(c)) => self.add_ice(c, idx, now),
             (Some(r), None) => self.bind_addr(via, r, idx),
@@ -432,6 +433,7 @@ impl Engine {
             latch_queued: false,
         });
         self.by_id.insert(id, idx);
+        self.open_slot(id, idx);
         for r in remote.into_iter().chain(rtcp) {
             self.bind_addr(via, r, idx);
         }
@@ -546,6 +548,9 @@ impl Engine {
         let Some(mut s) = self.sessions.remove(idx) else {
             return Err(CommandError::UnknownSession);
         };
+        if let Some(slot) = self.slot(idx) {
+            slot.close();
+        }
         // Ended for good: its keys are never provisioned again, so its indices may go.
         for ctx in [&mut s.inbound, &mut s.outbound].into_iter().flatten() {
             if let Some(slot) = ctx.take_journal() {
@@ -583,6 +588,13 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Session `id` now lives at `idx`: its stats slot starts from zero under its id.
+    fn open_slot(&self, id: SessionId, idx: u32) {
+        if let Some(slot) = self.slot(idx) {
+            slot.open(id.0);
+        }
     }
 
     fn gc_stream(&mut self, stream: StreamId) {

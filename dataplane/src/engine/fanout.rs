@@ -55,6 +55,7 @@ impl Engine {
         let mut relayed = 0u64;
         let mut bytes = 0u64;
         let mut full = 0u64;
+        let slots = (&*self.stats, usize::from(self.worker));
         for &idx in &st.subscribers {
             let Some(s) = self.sessions.get_mut(idx) else {
                 continue;
@@ -91,6 +92,9 @@ impl Engine {
                 Ok(n) => {
                     sent += 1;
                     bytes += n as u64;
+                    if let Some(slot) = slots.0.session(slots.1, idx as usize) {
+                        slot.sent(n);
+                    }
                     if s.via == Via::Relay {
                         relayed += 1;
                     }

@@ -65,6 +65,9 @@ impl Engine {
             (None, None) if s.plain => data.len(),
             (None, None) => return self.drop_packet(DropReason::NoRoute),
         };
+        if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
+            slot.received(data.len(), self.stats.stamp(at));
+        }
         let plain = &data[..len];
         let sub = match &mut s.role {
             session::Role::Subscriber(sub) => sub,
@@ -111,6 +114,7 @@ impl Engine {
         let mut plis = [None; MAX_TRACKS];
         let mut data_nacks = [0u16; 64];
         let mut n_data = 0;
+        let mut asked = 0u32;
         for p in rtcp::compound(plain) {
             match p {
                 Ok(rtcp::Packet::Nack(nack))
@@ -140,11 +144,13 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
+                    asked += 1;
                     if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
                         plis[usize::from(t)] = Some(sub.slot_of(t));
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
+                    asked += 1;
                     for (ssrc, _) in fir.entries() {
                         if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
                             plis[usize::from(t)] = Some(sub.slot_of(t));
@@ -159,6 +165,10 @@ impl Engine {
             }
         }
         self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
+        if let Some(slot) = self.slot(idx) {
+            slot.nacked((n_nacks + n_data) as u64);
+            slot.pli_received(asked);
+        }
         if n_data > 0 {
             self.resend_relay_data(idx, &data_nacks[..n_data], out);
         }
@@ -248,6 +258,7 @@ impl Engine {
                 continue;
             }
             let mut ctx = s.outbound.as_mut();
+            let mut len = 0;
             let r = out.send_from(via, remote, s.local, &mut |buf| {
                 let n = rtcp::write_sender_report(
                     buf,
@@ -259,10 +270,14 @@ impl Engine {
                     &[],
                 )
                 .ok()?;
-                seal_rtcp(ctx.as_deref_mut(), buf, n)
+                len = seal_rtcp(ctx.as_deref_mut(), buf, n)?;
+                Some(len)
             });
             if r.is_ok() {
                 sent += 1;
+                if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
+                    slot.sent(len);
+                }
             }
         }
         self.count(Counter::TxPackets, sent);
@@ -313,7 +328,10 @@ impl Engine {
     fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
             let relay = s.via == Via::Relay;
-            if retransmit(s, &h, out).is_ok() {
+            if let Ok(n) = retransmit(s, &h, out) {
+                if let Some(slot) = self.slot(to.idx) {
+                    slot.sent(n);
+                }
                 self.count_retransmit(relay);
             }
         }
@@ -383,12 +401,18 @@ impl Engine {
                 return;
             };
             *t = Some(now);
+            let mut len = 0;
             let r = out.send_from(s.via, remote, s.local, &mut |buf| {
                 let n = rtcp::write_pli(buf, sender, media).ok()?;
-                ctx.protect_rtcp(buf, n).ok()
+                len = ctx.protect_rtcp(buf, n).ok()?;
+                Some(len)
             });
             match r {
                 Ok(()) => {
+                    if let Some(slot) = self.slot(pidx) {
+                        slot.sent(len);
+                        slot.pli_sent();
+                    }
                     self.count(Counter::PliForwarded, 1);
                     self.count(Counter::TxPackets, 1);
                 }

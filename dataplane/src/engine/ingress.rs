@@ -162,6 +162,10 @@ impl Engine {
             self.pool.put(h);
             return;
         }
+        // Authenticated: it counts for the session, forwarded or not.
+        if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
+            slot.received(data.len(), self.stats.stamp(at));
+        }
         // Authenticated: the peer talks to `dst` now.
         let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| {
             s.heard_at(dst);

@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{SessionId, MAX_TRACKS};
 use switchyard_shared::journal::Journal;
-use switchyard_shared::stats::{Counter, DropReason, Stats};
+use switchyard_shared::stats::{Counter, DropReason, SessionSlot, Stats};
 
 pub use self::latch::MAX_TRIALS as MAX_LATCH_TRIALS;
 pub use self::message::{
@@ -280,6 +280,12 @@ impl Engine {
         if let Some(w) = self.stats.worker(usize::from(self.worker)) {
             w.add(c, n);
         }
+    }
+
+    /// Session `idx`'s counters in the stats file (`None` beyond its slots).
+    #[inline]
+    fn slot(&self, idx: u32) -> Option<&SessionSlot> {
+        self.stats.session(usize::from(self.worker), idx as usize)
     }
 
     fn drop_packet(&self, r: DropReason) {

@@ -91,7 +91,7 @@ fn fixture(workers: u16) -> Fixture {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("swy-engine-{}-{n}", std::process::id()));
-    let stats = Arc::new(Stats::create(&path, usize::from(workers), 1).expect("stats"));
+    let stats = Arc::new(Stats::create(&path, usize::from(workers), 64, 1).expect("stats"));
     let limits = Limits {
         max_sessions: 64,
         nack_cache: 64,
@@ -1475,4 +1475,52 @@ fn plain_keying_needs_no_keys_and_a_fixed_address() {
             error: CommandError::PlainIngress
         })
     );
+}
+
+/// The per-session slots: packets and bytes each way, NACKs and PLIs, the last packet's
+/// time; a removed session's slot reads as gone.
+#[test]
+fn session_slots_count_each_direction() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut f = fixture(1);
+    let e = &mut f.engines[0];
+    add_pub(e, 1, Some(addr(5000)), profile);
+    add_sub(e, 2, 6002, profile);
+    let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    let mut wire = 0;
+    for seq in 100..110u16 {
+        let mut p = srtp_packet(&mut publisher, seq, 200);
+        wire += p.len() as u64;
+        e.handle_datagram(&mut p, addr(5000), t0(), &mut out);
+    }
+    let media: u64 = out.sent.iter().map(|(_, b)| b.len() as u64).sum();
+    let mut sub_tx = Context::new(profile, &[3; 28]).expect("ctx");
+    let mut fb = vec![0u8; 200];
+    let n = rtcp::write_nack(&mut fb, 0xabc, 2 * 16, &[1, 2]).expect("nack");
+    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    let later = t0() + Duration::from_secs(1);
+    e.handle_datagram(&mut fb, addr(6002), later, &mut out);
+    let mut fb = vec![0u8; 100];
+    let n = rtcp::write_pli(&mut fb, 0xabc, 2 * 16).expect("pli");
+    let n = sub_tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    let mut pli_out = Capture::default();
+    e.handle_datagram(&mut fb, addr(6002), later, &mut pli_out);
+    assert_eq!(pli_out.sent.len(), 1, "the PLI reaches the publisher");
+
+    let p = f.stats.find(0, 1).expect("publisher slot");
+    assert_eq!((p.rx_packets, p.rx_bytes), (10, wire));
+    assert_eq!(p.last_rx, Some(f.stats.stamp(t0())));
+    // The subscriber's join asked for a keyframe, and its PLI a second later for another.
+    assert_eq!(p.plis_sent, 2, "{p:?}");
+    assert_eq!(p.tx_packets, p.plis_sent);
+    let s = f.stats.find(0, 2).expect("subscriber slot");
+    assert_eq!((s.tx_packets, s.tx_bytes), (10, media));
+    assert_eq!((s.rx_packets, s.nacks_received, s.plis_received), (2, 2, 1));
+    assert_eq!(s.last_rx, Some(f.stats.stamp(later)));
+    e.handle_command(WorkerCommand::Remove { id: SessionId(2) }, later, &mut out);
+    assert!(f.stats.find(0, 2).is_none());
+    assert_eq!(f.stats.live().count(), 1);
 }

@@ -40,7 +40,7 @@ fn fixture(slots: u32) -> Fixture {
     let _ = std::fs::remove_file(&path);
     let side = ring::attach_data(&path, slots).expect("ring");
     let control = ring::attach_control(&path).expect("control side");
-    let stats = Arc::new(Stats::create(&stats_path, 1, 1).expect("stats"));
+    let stats = Arc::new(Stats::create(&stats_path, 1, 16, 1).expect("stats"));
     let mailboxes: Arc<[Arc<Mailbox>]> = vec![Arc::new(Mailbox::new(64))].into();
     let handshakes = Handshakes::new(DtlsConfig::generate().expect("dtls"));
     let slow = SlowPath::new(side, path.clone(), mailboxes, handshakes, stats.clone());

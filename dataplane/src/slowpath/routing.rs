@@ -342,7 +342,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("swy-routing-{}", std::process::id()));
         let (ring_path, stats_path) = (base.with_extension("ring"), base.with_extension("stats"));
         let side = ring::attach_data(&ring_path, 16).expect("ring");
-        let stats = Arc::new(Stats::create(&stats_path, 100, 1).expect("stats"));
+        let stats = Arc::new(Stats::create(&stats_path, 100, 0, 1).expect("stats"));
         let mailboxes: Arc<[Arc<Mailbox>]> = (0..100).map(|_| Arc::new(Mailbox::new(4))).collect();
         let handshakes = Handshakes::new(DtlsConfig::generate().expect("dtls"));
         let mut slow = SlowPath::new(

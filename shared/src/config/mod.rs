@@ -21,6 +21,23 @@ pub enum EngineKind {
     Mmsg,
 }
 
+impl EngineKind {
+    /// The name the config and `--engine` use (and logs and `/health` print).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -460,6 +477,25 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[metrics]`: what `GET /metrics` exposes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Streams that get series of their own (`stream="room/cam"`), busiest first by bytes
+    /// in and out; the rest are summed into one `stream="_other"` series. Each stream costs
+    /// five series, and stream names come from clients, so this bounds what a scrape and
+    /// the Prometheus server hold. 0: every stream goes to `_other`.
+    pub max_stream_series: u32,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            max_stream_series: 1000,
+        }
+    }
+}
+
 /// `[[forward]]`: copy every published stream whose name starts with `prefix` (every stream
 /// when empty) to each of `destinations` (see [`Destination`]). The same shape as a
 /// `POST /v1/forwards` body, plus the `id` that names it in the API.
@@ -656,6 +692,7 @@ pub struct Config {
     pub cluster: ClusterSection,
     pub auth: AuthSection,
     pub limits: LimitsSection,
+    pub metrics: MetricsSection,
     /// `[[forward]]` entries, re-created at every control plane start.
     pub forward: Vec<ForwardSection>,
 }

@@ -177,7 +177,7 @@ impl Sessions {
                 self.counters
                     .sessions_created
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(id = spec.id.0, stream = %spec.stream, worker = spec.worker, role = ?spec.role, "session created");
+                tracing::info!(id = spec.id.0, stream = %spec.stream, worker = spec.worker, role = spec.role.name(), "session created");
                 Ok((spec, extra))
             }
             Ok(Ok(Err(e))) => {
