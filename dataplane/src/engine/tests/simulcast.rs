@@ -51,6 +51,7 @@ fn add_sim_pub(e: &mut Engine) {
             srtp: Some(keys(PROFILE, 1, 2)),
             ice: None,
             simulcast: Some(simulcast),
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,
