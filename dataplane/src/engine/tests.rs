@@ -22,6 +22,7 @@ mod relay;
 mod relay_data;
 mod simulcast;
 mod timers;
+mod uplink;
 
 /// Records what an engine sends.
 #[derive(Default)]
