@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod lossy;
 pub mod netns;
 
 use std::io::{Read, Write};

@@ -4,12 +4,15 @@
 //!
 //! Per slot (a track, or a simulcast layer: [`layers::slot`](super::layers::slot)) whose
 //! codec negotiated `nack`, a [`GapTracker`] on [`SCHEDULE`]: a missing number is NACKed at
-//! once, again every 100 ms, 3 times, and given up 300 ms after it went missing, when the
-//! slot gets one PLI through the usual throttle (a decoder that lost a packet for good
-//! needs a keyframe). 300 ms is about what a browser's jitter buffer waits for a
+//! once, then every 50 ms, 5 times in all, and given up 250 ms after it went missing (50 ms
+//! after the last NACK), when the slot gets one PLI through the usual throttle (a decoder
+//! that lost a packet for good needs a keyframe). A quarter of a second is about what a viewer's jitter buffer waits for a
 //! retransmission before it freezes or skips; asking later only brings a packet nobody
-//! plays. The retry interval is longer than a relay link's (30 ms) because a publisher's
-//! round trip is a browser's, not a data centre's.
+//! plays. A retransmission that is itself lost must be asked for again soon: Chromium
+//! counts a freeze once a frame is ~180 ms late, and with a retry every 100 ms (our first
+//! choice) the second RTX of a 40 ms uplink came too late about once per 5 repairs. A
+//! NACK sent before the last one's RTX could arrive costs a few bytes: libwebrtc resends a
+//! packet at most once per round trip, and a copy we already have is dropped here.
 //!
 //! RTX is found by its SSRC (`a=ssrc-group:FID`), its payload type (`apt`), or, for a
 //! simulcast layer, its repaired-rid. [`unwrap`] turns it back into the original in the
@@ -33,9 +36,9 @@ use super::{Engine, Output};
 
 /// Uplink NACK schedule: see the module doc for why these values.
 pub const SCHEDULE: Schedule = Schedule {
-    retry: Duration::from_millis(100),
-    tries: 3,
-    give_up: Duration::from_millis(300),
+    retry: Duration::from_millis(50),
+    tries: 5,
+    give_up: Duration::from_millis(250),
     wake_to_give_up: true,
 };
 

@@ -119,8 +119,8 @@ fn viewer_packets(out: &Capture, rx: &mut Context) -> Vec<(u16, u8, Vec<u8>)> {
     v
 }
 
-/// A gap is NACKed to the publisher's media SSRC at once, then every 100 ms, 3 times; at
-/// 300 ms it is given up and the publisher gets one PLI. Every deadline is the engine's.
+/// A gap is NACKed to the publisher's media SSRC at once, then every 50 ms, 5 times in
+/// all; at 250 ms it is given up and the publisher gets one PLI. Every deadline is the engine's.
 #[test]
 fn a_gap_is_nacked_to_the_publisher_retried_then_given_up_with_a_pli() {
     let mut f = fixture(1);
@@ -153,12 +153,14 @@ fn a_gap_is_nacked_to_the_publisher_retried_then_given_up_with_a_pli() {
         seen,
         [
             (0, nack.clone(), vec![]),
+            (50, nack.clone(), vec![]),
             (100, nack.clone(), vec![]),
+            (150, nack.clone(), vec![]),
             (200, nack, vec![]),
-            (300, vec![], vec![PUB_SSRC]),
+            (250, vec![], vec![PUB_SSRC]),
         ]
     );
-    assert_eq!(get(&f.stats, 0, Counter::UplinkNacksSent), 6);
+    assert_eq!(get(&f.stats, 0, Counter::UplinkNacksSent), 10);
     assert_eq!(get(&f.stats, 0, Counter::UplinkUnrecovered), 2);
     assert_eq!(get(&f.stats, 0, Counter::PliForwarded), 1);
 }
@@ -220,7 +222,7 @@ fn rtx_is_unwrapped_forwarded_once_cached_and_ends_the_nacks() {
 
     // Repaired: no more NACKs, no PLI.
     let mut out = Capture::default();
-    for t in [100, 200, 300, 400] {
+    for t in [50, 100, 150, 200, 250, 300, 400] {
         e.handle_timeout(ms(t), &mut out);
     }
     assert_eq!(feedback(&out, &mut pub_rx), (vec![], vec![]));
@@ -329,7 +331,7 @@ fn a_simulcast_layers_rtx_repairs_that_layer() {
     assert_eq!(get(&r.f.stats, 0, Counter::UplinkRecovered), 1);
     assert_eq!(get(&r.f.stats, 0, Counter::SimulcastRtxDropped), 0);
     let mut out = Capture::default();
-    r.f.engines[0].handle_timeout(now + Duration::from_millis(100), &mut out);
+    r.f.engines[0].handle_timeout(now + Duration::from_millis(50), &mut out);
     assert_eq!(feedback(&out, &mut pub_rx).0, [], "repaired: no more NACKs");
 }
 
