@@ -25,7 +25,8 @@
 //! [`Output`] trait), `control` (session control), `ingress` (datagrams in and the RTP
 //! path), `stun` (ICE-lite glue), `fanout` (to subscribers and other workers), `feedback`
 //! (RTCP from subscribers and publishers), `inbound` (messages from other workers),
-//! `periodic` with [`timer`] (everything that happens because time passed), `relay_data`
+//! `periodic` with [`timer`] (everything that happens because time passed), [`uplink`]
+//! (repair of WebRTC publishers' losses), `relay_data`
 //! (data channel fragments on a relay link).
 //!
 //! Time: every input carries `now` (or the receive time of the datagram), and the engine
