@@ -62,6 +62,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let limits = Limits {
         max_sessions: config.media.max_sessions_per_worker as usize,
         nack_cache: usize::from(config.media.nack_cache),
+        uplink_nack: config.media.uplink_nack,
         ..Limits::default()
     };
     let io = IoConfig {

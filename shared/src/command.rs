@@ -117,6 +117,11 @@ pub enum Role {
         /// layer). `None`: every SSRC is a track of its own, as above.
         #[serde(default)]
         simulcast: Option<Simulcast>,
+        /// Uplink repair per track, in track order (`ssrcs`, or `simulcast.tracks`): what
+        /// the publisher negotiated for NACK and RTX. Empty or shorter: no repair for the
+        /// tracks not listed (their gaps reach every viewer as they are).
+        #[serde(default)]
+        uplink: Vec<UplinkTrack>,
     },
     /// Receives `stream`. `ssrcs[i]` is the SSRC the subscriber sees for the publisher's
     /// track `i`; the control plane fills all [`MAX_TRACKS`] entries. `payload_types` maps
@@ -211,6 +216,28 @@ pub struct SimulcastTrack {
     /// What the layers carry: where a layer switch may happen (keyframes) and what else is
     /// rewritten (VP8 picture ids).
     pub codec: LayerCodec,
+}
+
+/// What a WebRTC publisher negotiated for repairing one track's uplink: the node NACKs its
+/// sequence gaps (RFC 4585 §6.2.1) and takes its RTX (RFC 4588) as the late original.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkTrack {
+    /// `a=rtcp-fb:<pt> nack` for the track's codec: the publisher answers NACKs.
+    pub nack: bool,
+    /// Its RTX stream, when it offered one for the codec.
+    pub rtx: Option<UplinkRtx>,
+}
+
+/// A publisher track's RTX stream (RFC 4588 §8.6): `a=rtpmap:<payload_type> rtx/…` with
+/// `a=fmtp:<payload_type> apt=<apt>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkRtx {
+    pub payload_type: u8,
+    /// The media payload type it repairs (the track's codec).
+    pub apt: u8,
+    /// The RTX SSRC from `a=ssrc-group:FID <media> <rtx>`, when declared. Without it (and
+    /// for simulcast layers, found by repaired-rid) a packet is RTX by its payload type.
+    pub ssrc: Option<u32>,
 }
 
 /// The codec of a simulcast track, as far as layer switching cares.

@@ -99,11 +99,22 @@ pub enum Counter {
     /// Packets dropped because an ICE-TCP connection's output buffer was full (a peer that
     /// does not read fast enough).
     TcpTxDropped,
-    /// Packets of a simulcast layer's RTX stream (repaired-rid) dropped: repair of the
-    /// publisher's uplink is not done yet, and they must not reach viewers as media.
+    /// Packets of a simulcast layer's RTX stream (repaired-rid) dropped: uplink repair is
+    /// off (`media.uplink_nack`) or the rid names no layer, and they must not reach viewers
+    /// as media.
     SimulcastRtxDropped,
     /// Simulcast layer switches made for viewers (at a keyframe of the new layer).
     LayerSwitches,
+    /// Sequence numbers NACKed to WebRTC publishers (uplink repair; each try counts).
+    UplinkNacksSent,
+    /// RTX packets received from publishers whose uplink is repaired (padding-only ones
+    /// included: they are counted for the bandwidth estimate, then dropped).
+    UplinkRtxReceived,
+    /// Publisher packets that filled a gap being NACKed (as RTX or as a late original),
+    /// forwarded once.
+    UplinkRecovered,
+    /// Publisher sequence numbers given up after the last NACK (a PLI follows, throttled).
+    UplinkUnrecovered,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -157,6 +168,10 @@ impl Counter {
         Counter::TcpTxDropped,
         Counter::SimulcastRtxDropped,
         Counter::LayerSwitches,
+        Counter::UplinkNacksSent,
+        Counter::UplinkRtxReceived,
+        Counter::UplinkRecovered,
+        Counter::UplinkUnrecovered,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -208,6 +223,10 @@ impl Counter {
             Counter::TcpTxDropped => "tcp_tx_dropped_total",
             Counter::SimulcastRtxDropped => "simulcast_rtx_dropped_total",
             Counter::LayerSwitches => "layer_switches_total",
+            Counter::UplinkNacksSent => "uplink_nacks_sent_total",
+            Counter::UplinkRtxReceived => "uplink_rtx_received_total",
+            Counter::UplinkRecovered => "uplink_recovered_total",
+            Counter::UplinkUnrecovered => "uplink_unrecovered_total",
             _ => "drops_total",
         }
     }

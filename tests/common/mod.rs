@@ -7,6 +7,7 @@
 pub mod aiortc;
 pub mod browser;
 pub mod cluster;
+pub mod lossy;
 pub mod netns;
 
 use std::io::{Read, Write};

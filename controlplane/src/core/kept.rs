@@ -107,6 +107,7 @@ struct StoredTrack {
     rtx: Option<Codec>,
     extensions: Vec<(u8, u8)>,
     rids: Vec<String>,
+    rtx_ssrc: Option<u32>,
 }
 
 /// Why a [`Kept`] cannot be stored.
@@ -207,6 +208,7 @@ impl StoredTrack {
             rtx: t.rtx.clone(),
             extensions,
             rids: t.rids.clone(),
+            rtx_ssrc: t.rtx_ssrc,
         })
     }
 
@@ -222,6 +224,7 @@ impl StoredTrack {
             codec: self.codec,
             ssrcs: self.ssrcs,
             rtx: self.rtx,
+            rtx_ssrc: self.rtx_ssrc,
             extensions,
             rids: self.rids,
             remap: None,
@@ -281,6 +284,7 @@ mod tests {
             ssrcs: vec![u32::MAX; 4],
             clock_rates: vec![90_000; 4],
             simulcast: None,
+            uplink: Vec::new(),
         };
         spec.keying = Keying::Dtls {
             remote_fingerprint: format!("sha-512 {}", ["AB"; 64].join(":")),

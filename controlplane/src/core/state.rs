@@ -790,6 +790,7 @@ pub(crate) mod tests {
             ssrcs: vec![1],
             clock_rates: vec![48000],
             simulcast: None,
+            uplink: Vec::new(),
         };
         publisher.control = Kept {
             secret: Some(secret),

@@ -218,9 +218,21 @@ fn help(c: Counter) -> &'static str {
             "Packets dropped because an ICE-TCP connection's output buffer was full."
         }
         Counter::SimulcastRtxDropped => {
-            "Packets of a simulcast layer's RTX stream (repaired-rid) dropped, never forwarded."
+            "Packets of a simulcast layer's RTX stream (repaired-rid) dropped: uplink repair off or no such layer."
         }
         Counter::LayerSwitches => "Simulcast layer switches made for viewers, at keyframes.",
+        Counter::UplinkNacksSent => {
+            "Sequence numbers NACKed to WebRTC publishers (uplink repair, each try counts)."
+        }
+        Counter::UplinkRtxReceived => {
+            "RTX packets received from publishers, padding-only probes included."
+        }
+        Counter::UplinkRecovered => {
+            "Publisher packets that filled a NACKed gap (RTX or late original), forwarded once."
+        }
+        Counter::UplinkUnrecovered => {
+            "Publisher sequence numbers given up after the last NACK (a PLI follows)."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -198,6 +198,10 @@ fn track(s: &Section, kind: Kind, chosen: &Offered, dir: Direction) -> Track {
         kind,
         codec,
         ssrcs,
+        rtx_ssrc: match dir {
+            Direction::Publish => s.fid.map(|(_, rtx)| rtx),
+            Direction::Subscribe => None,
+        },
         rtx,
         extensions,
         rids,

@@ -101,6 +101,9 @@ pub struct Track {
     pub ssrcs: Vec<u32>,
     /// Retransmission (RFC 4588) payload type bound to `codec`, when the client offered it.
     pub rtx: Option<Codec>,
+    /// WHIP: the RTX SSRC the client paired with its media SSRC in `a=ssrc-group:FID`.
+    #[serde(default)]
+    pub rtx_ssrc: Option<u32>,
     /// Header extensions (id, URI) with the client's ids, only the URIs we support.
     pub extensions: Vec<(u8, String)>,
     /// WHIP simulcast: the rids the client sends (`a=rid:<id> send`), in its order.

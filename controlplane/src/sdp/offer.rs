@@ -72,6 +72,8 @@ pub(super) struct Section {
     pub send_rids: Vec<String>,
     /// SSRCs from `a=ssrc` and `a=ssrc-group`, first-seen order.
     pub ssrcs: Vec<u32>,
+    /// The first `a=ssrc-group:FID <media> <rtx>` (RFC 5576 §4.3, RFC 4588 §8.6).
+    pub fid: Option<(u32, u32)>,
     /// `a=sctp-port` (RFC 8841), or the port of a legacy
     /// `a=sctpmap:<port> webrtc-datachannel` (draft-ietf-mmusic-sctp-sdp-05, aiortc's offers).
     pub sctp_port: Option<u16>,
@@ -256,6 +258,7 @@ impl Section {
             extensions: extensions(attrs),
             send_rids: send_rids(attrs),
             ssrcs: ssrcs(attrs),
+            fid: fid(attrs),
             sctp_port: value(attrs, "sctp-port")
                 .and_then(|v| v.parse().ok())
                 .or_else(|| legacy_sctpmap(attrs)),
@@ -416,6 +419,19 @@ fn legacy_sctpmap(attrs: &[Attribute]) -> Option<u16> {
     let mut it = v.split_whitespace();
     let port = it.next()?.parse().ok()?;
     (it.next() == Some("webrtc-datachannel")).then_some(port)
+}
+
+fn fid(attrs: &[Attribute]) -> Option<(u32, u32)> {
+    attrs
+        .iter()
+        .filter(|a| a.key == "ssrc-group")
+        .find_map(|a| {
+            let mut it = a.value.as_deref()?.split_whitespace();
+            if it.next()? != "FID" {
+                return None;
+            }
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
 }
 
 fn ssrcs(attrs: &[Attribute]) -> Vec<u32> {

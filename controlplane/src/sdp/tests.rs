@@ -582,6 +582,7 @@ fn subscribe_matches_h264_profile_and_mode() {
             },
             ssrcs: vec![1],
             rtx: None,
+            rtx_ssrc: None,
             extensions: vec![],
             rids: vec![],
             remap: None,

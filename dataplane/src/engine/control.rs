@@ -16,6 +16,7 @@ use switchyard_shared::stats::{Counter, DropReason};
 use super::layers::SimMap;
 use super::session::{self, Publisher, Session, Subscriber};
 use super::timer::Timer;
+use super::uplink::Uplink;
 use super::{ice, relay, relay_data, twcc, Engine, Output, StreamId, WorkerCommand, WorkerEvent};
 use crate::via::Via;
 
@@ -33,7 +34,13 @@ impl Engine {
                 srtp,
                 ice,
                 simulcast,
+                uplink,
             } => {
+                let repair = self
+                    .limits
+                    .uplink_nack
+                    .then(|| Uplink::new(&uplink, simulcast.is_some()))
+                    .flatten();
                 let sim = simulcast.map(|s| Box::new(SimMap::new(&s)));
                 let r = self.add_publisher(
                     id,
@@ -45,6 +52,7 @@ impl Engine {
                 );
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext, now);
+                    self.enable_uplink(id, repair);
                 }
                 self.answer(id, r);
             }
@@ -539,6 +547,17 @@ impl Engine {
         }
     }
 
+    /// Publisher `id`'s uplink is repaired with `repair` (`None`: not at all).
+    fn enable_uplink(&mut self, id: SessionId, repair: Option<Box<Uplink>>) {
+        let (Some(repair), Some(&idx)) = (repair, self.by_id.get(&id)) else {
+            return;
+        };
+        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
+            p.uplink = Some(repair);
+            self.uplink_publishers.push(idx);
+        }
+    }
+
     pub(super) fn remove(
         &mut self,
         id: SessionId,
@@ -569,6 +588,7 @@ impl Engine {
         self.unlatched_mut(s.via).retain(|&i| i != idx);
         self.twcc_publishers.retain(|&i| i != idx);
         self.relay_ins.retain(|&i| i != idx);
+        self.uplink_publishers.retain(|&i| i != idx);
         match s.role {
             session::Role::Publisher(mut p) => {
                 for c in &mut p.caches {

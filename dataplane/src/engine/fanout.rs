@@ -136,7 +136,9 @@ fn forward_layer(
     };
     let src = h.bytes();
     let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL));
-    if !d.forward {
+    // A late packet (a repaired loss) from before the viewer's switch to this layer: the
+    // current offsets would number it among the previous layer's packets.
+    if !d.forward || !sel.owns(be16(src, 2).wrapping_add(offsets.0)) {
         return (None, d);
     }
     let mut ids = (None, None);

@@ -14,6 +14,7 @@ use super::ingress::{on_socket, srtp_drop};
 use super::periodic::note_gaps;
 use super::pool::Handle;
 use super::session::{self, seal_rtcp, SessionKey};
+use super::timer::Timer;
 use super::{
     relay_data_ssrc, Engine, Inbound, Output, SenderReport, StreamId, MAX_DATAGRAM, PLI_INTERVAL,
 };
@@ -425,21 +426,25 @@ impl Engine {
         }
     }
 
-    /// A packet of `track` (a slot, whose layers a relay-in does not have: only tracks
-    /// are asked for) that a subscriber here lost is not in relay-in `pidx`'s cache:
-    /// ask the far node for it (it goes out with the relay-in's next NACK). A publisher that
-    /// is not a relay-in has nothing upstream to ask.
-    pub(super) fn request_upstream(&mut self, pidx: u32, track: u8, seq: u16, now: Instant) {
-        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(pidx).map(|s| &mut s.role)
+    /// A packet of `slot` that a subscriber here lost is not in publisher `pidx`'s cache:
+    /// a relay-in asks the far node for it (a track: a relay-in has no layers), a publisher
+    /// whose uplink is repaired asks the publisher; it goes out with the next NACK. Other
+    /// publishers have nothing upstream to ask.
+    pub(super) fn request_upstream(&mut self, pidx: u32, slot: u8, seq: u16, now: Instant) {
+        let Some(session::Role::Publisher(p)) = self.sessions.get_mut(pidx).map(|s| &mut s.role)
+        else {
+            return;
+        };
+        if let Some(gaps) = p
+            .upstream
+            .as_mut()
+            .and_then(|u| u.get_mut(usize::from(slot)))
         {
-            if let Some(gaps) = p
-                .upstream
-                .as_mut()
-                .and_then(|u| u.get_mut(usize::from(track)))
-            {
-                gaps.request(seq, now);
-                note_gaps(&mut self.timers, gaps);
-            }
+            gaps.request(seq, now);
+            note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
+        } else if let Some(gaps) = p.uplink.as_deref_mut().and_then(|u| u.tracker(slot)) {
+            gaps.request(seq, now);
+            note_gaps(&mut self.timers, Timer::UplinkNacks, gaps);
         }
     }
 }

@@ -14,6 +14,8 @@ use super::layers::{self, Dest};
 use super::periodic::note_gaps;
 use super::pool::PACKET_CAP;
 use super::session;
+use super::timer::Timer;
+use super::uplink;
 use super::{Engine, Output, WorkerEvent, MAX_DATAGRAM, MAX_LATCH_TRIALS, MAX_PENDING_EVENTS};
 use crate::via::Via;
 
@@ -145,14 +147,14 @@ impl Engine {
             },
             None => self.latch(data, src, via, at, &mut pkt.data),
         };
-        let (idx, len) = match decrypted {
+        let (idx, mut len) = match decrypted {
             Ok(found) => found,
             Err(reason) => {
                 self.pool.put(h);
                 return self.drop_packet(on_socket(via, reason));
             }
         };
-        let Ok(hdr) = rtp::Header::parse(&pkt.data[..len]) else {
+        let Ok(mut hdr) = rtp::Header::parse(&pkt.data[..len]) else {
             self.pool.put(h);
             return self.drop_packet(DropReason::Malformed);
         };
@@ -185,9 +187,28 @@ impl Engine {
                 rec.record(u16::from_be_bytes([a, b]), at);
             }
         }
-        // The one branch a publisher without simulcast pays.
+        // A repaired uplink's RTX, unwrapped in place into the packet it carries; `None`:
+        // nothing to forward (a padding probe, a layer or SSRC not known yet).
+        let mut rtx = None;
+        // The one branch a publisher without simulcast pays (two with uplink repair).
         let found = match p.sim.as_deref_mut() {
-            None => p.track_for(hdr.ssrc).map(|t| (t, None)),
+            None => match p
+                .uplink
+                .as_deref()
+                .map(|u| (u, u.rtx_track(hdr.ssrc, hdr.payload_type)))
+            {
+                Some((u, Some(t))) => {
+                    let media = p.tracks.get(usize::from(t)).copied().flatten();
+                    let apt = u.apt(t, hdr.payload_type);
+                    let plain = media.zip(apt).and_then(|(m, apt)| {
+                        uplink::unwrap(&mut pkt.data[..len], len, &mut hdr, m, apt)
+                    });
+                    rtx = Some(plain.is_some());
+                    len = plain.unwrap_or(len);
+                    plain.map(|_| (t, None))
+                }
+                _ => p.track_for(hdr.ssrc).map(|t| (t, None)),
+            },
             Some(sim) => match sim.classify(&pkt.data[..len], &hdr) {
                 Some(Dest::Media { track, layer: None }) => {
                     // Receiver reports, sender reports and PLI find it like any track.
@@ -200,7 +221,20 @@ impl Engine {
                     track,
                     layer: Some(l),
                 }) => Some((track, Some(sim.tag(track, l, &pkt.data[..len], &hdr)))),
-                Some(Dest::Repair) => {
+                Some(Dest::Repair(Some((track, l)))) if p.uplink.is_some() => {
+                    let media = sim.ssrc_of(track, l);
+                    let apt = p
+                        .uplink
+                        .as_deref()
+                        .and_then(|u| u.apt(track, hdr.payload_type));
+                    let plain = media.zip(apt).and_then(|(m, apt)| {
+                        uplink::unwrap(&mut pkt.data[..len], len, &mut hdr, m, apt)
+                    });
+                    rtx = Some(plain.is_some());
+                    len = plain.unwrap_or(len);
+                    plain.map(|n| (track, Some(sim.tag(track, l, &pkt.data[..n], &hdr))))
+                }
+                Some(Dest::Repair(_)) => {
                     self.pool.put(h);
                     return self.count(Counter::SimulcastRtxDropped, 1);
                 }
@@ -209,12 +243,35 @@ impl Engine {
         };
         let Some((track, tag)) = found else {
             self.pool.put(h);
+            if rtx.is_some() {
+                // Padding only (Chromium's bandwidth probes): counted for transport-cc above.
+                return self.count(Counter::UplinkRtxReceived, 1);
+            }
             return self.drop_packet(DropReason::NoRoute);
         };
         let t = usize::from(track);
+        let slot = layers::slot(track, tag.map_or(0, |g| g.layer));
+        // A repaired uplink notes gaps for its NACKs; a packet that fills one (RTX, or the
+        // original arriving late) goes on like any other. A retransmission that fills none
+        // was had already, or was given up: forwarding it would send it twice.
+        let filled = match p.uplink.as_deref_mut().and_then(|u| u.tracker(slot)) {
+            Some(gaps) => {
+                let filled = gaps.on_packet(hdr.sequence, at);
+                note_gaps(&mut self.timers, Timer::UplinkNacks, gaps);
+                filled
+            }
+            None => false,
+        };
+        if rtx.is_some() && !filled {
+            self.pool.put(h);
+            return self.count(Counter::UplinkRtxReceived, 1);
+        }
         // Layers share a track but not a sequence space: their receive statistics would be
-        // nonsense, so a layered track has none (and no receiver report).
-        if let (Some(stats), Some(&rate), None) = (p.recv.get_mut(t), p.clock_rates.get(t), tag) {
+        // nonsense, so a layered track has none (and no receiver report). A retransmission
+        // says nothing about the path's jitter.
+        if let (Some(stats), Some(&rate), None, None) =
+            (p.recv.get_mut(t), p.clock_rates.get(t), tag, rtx)
+        {
             stats.on_packet(hdr.sequence, hdr.timestamp, at, self.epoch, rate);
         }
         // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
@@ -222,7 +279,7 @@ impl Engine {
         let relayed = match p.upstream.as_mut().and_then(|u| u.get_mut(t)) {
             Some(gaps) => {
                 gaps.on_packet(hdr.sequence, at);
-                note_gaps(&mut self.timers, gaps);
+                note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
                 true
             }
             None => false,
@@ -233,12 +290,17 @@ impl Engine {
         pkt.at = Some(at);
         pkt.layer = tag;
         let stream = p.stream;
-        let slot = layers::slot(track, tag.map_or(0, |g| g.layer));
         if let Some(cache) = p.caches.get_mut(usize::from(slot)) {
             cache.insert(hdr.sequence, h.clone(), &mut self.pool);
         }
         if relayed {
             self.count(Counter::RelayRxPackets, 1);
+        }
+        if rtx.is_some() {
+            self.count(Counter::UplinkRtxReceived, 1);
+        }
+        if filled {
+            self.count(Counter::UplinkRecovered, 1);
         }
         self.fan_out(stream, &h, out);
         self.pool.put(h);

@@ -61,8 +61,9 @@ pub struct LayerTag {
 pub enum Dest {
     /// Track `track`; `layer` is `None` for a track without layers.
     Media { track: u8, layer: Option<u8> },
-    /// The RTX stream of a layer (repaired-rid): never a layer, never a track.
-    Repair,
+    /// The RTX stream of a layer (repaired-rid): never a layer, never a track. The
+    /// (track, layer) it repairs, when its repaired-rid names one.
+    Repair(Option<(u8, u8)>),
 }
 
 /// A short name (mid or rid) kept inline: no allocation, compared byte for byte.
@@ -113,7 +114,7 @@ impl SimMap {
             repaired_rid_ext: ext(spec.repaired_rid_ext),
             mid_ext: ext(spec.mid_ext),
             tracks: [None; MAX_TRACKS],
-            learned: [(0, Dest::Repair); MAX_LEARNED],
+            learned: [(0, Dest::Repair(None)); MAX_LEARNED],
             n: 0,
         };
         for (i, t) in spec.tracks.iter().take(MAX_TRACKS).enumerate() {
@@ -169,10 +170,8 @@ impl SimMap {
                 .iter()
                 .position(|t| t.is_some_and(|t| t.mid.is_some_and(|m| m.is(v))))
         });
-        let to = if ext(self.repaired_rid_ext).is_some() {
-            Dest::Repair
-        } else if let Some(rid) = ext(self.rid_ext) {
-            let (track, layer) = self.tracks.iter().enumerate().find_map(|(i, t)| {
+        let find = |rid: &[u8]| {
+            self.tracks.iter().enumerate().find_map(|(i, t)| {
                 if mid.is_some_and(|m| m != i) {
                     return None;
                 }
@@ -182,7 +181,12 @@ impl SimMap {
                     .iter()
                     .position(|r| r.is_some_and(|r| r.is(rid)))?;
                 Some((i as u8, l as u8))
-            })?;
+            })
+        };
+        let to = if let Some(rrid) = ext(self.repaired_rid_ext) {
+            Dest::Repair(find(rrid))
+        } else if let Some(rid) = ext(self.rid_ext) {
+            let (track, layer) = find(rid)?;
             Dest::Media {
                 track,
                 layer: Some(layer),

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use switchyard_shared::command::{
-    CommandError, IceCredentials, SessionId, Simulcast, SrtpKeys, MAX_TRACKS,
+    CommandError, IceCredentials, SessionId, Simulcast, SrtpKeys, UplinkTrack, MAX_TRACKS,
 };
 
 use super::pool::Handle;
@@ -33,6 +33,8 @@ pub enum WorkerCommand {
         ice: Option<IceCredentials>,
         /// A simulcast publisher: its (track, layer) map; `ssrcs` is then ignored.
         simulcast: Option<Simulcast>,
+        /// Uplink repair per track (`Role::Publisher::uplink`); empty: none.
+        uplink: Vec<UplinkTrack>,
     },
     AddSubscriber {
         id: SessionId,

@@ -25,7 +25,8 @@
 //! [`Output`] trait), `control` (session control), `ingress` (datagrams in and the RTP
 //! path), `stun` (ICE-lite glue), `fanout` (to subscribers and other workers), `feedback`
 //! (RTCP from subscribers and publishers), `inbound` (messages from other workers),
-//! `periodic` with [`timer`] (everything that happens because time passed), `relay_data`
+//! `periodic` with [`timer`] (everything that happens because time passed), [`uplink`]
+//! (repair of WebRTC publishers' losses), `relay_data`
 //! (data channel fragments on a relay link).
 //!
 //! Time: every input carries `now` (or the receive time of the datagram), and the engine
@@ -53,6 +54,7 @@ mod session;
 mod stun;
 pub mod timer;
 pub mod twcc;
+pub mod uplink;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -117,6 +119,8 @@ pub struct Limits {
     pub nack_cache: usize,
     /// Extra pooled buffers per publisher for packets in flight to other workers.
     pub in_flight: usize,
+    /// Repair WebRTC publishers' uplinks (`media.uplink_nack`, [`uplink`]).
+    pub uplink_nack: bool,
 }
 
 impl Default for Limits {
@@ -125,6 +129,7 @@ impl Default for Limits {
             max_sessions: 4096,
             nack_cache: 512,
             in_flight: 256,
+            uplink_nack: true,
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct Engine {
     latch_limits: [latch::Limiter; 2],
     /// Relay-in sessions, whose gap trackers `handle_timeout` drains into NACKs upstream.
     relay_ins: Vec<u32>,
+    /// Publishers whose uplink is repaired, whose gap trackers `handle_timeout` drains into
+    /// NACKs to them.
+    uplink_publishers: Vec<u32>,
     /// ICE sessions by their local ufrag, for incoming connectivity checks.
     by_ufrag: HashMap<Box<[u8]>, u32>,
     /// The checks ICE agents sent to verify a new address of their peer, by transaction id:
@@ -197,6 +205,7 @@ impl Engine {
             latch_limits: [latch::Limiter::new(), latch::Limiter::new()],
             relay_shared: Vec::new(),
             relay_ins: Vec::new(),
+            uplink_publishers: Vec::new(),
             by_ufrag: HashMap::new(),
             ice_transactions: HashMap::new(),
             twcc_publishers: Vec::new(),

@@ -25,7 +25,7 @@ impl Engine {
     }
 
     /// Do what is due at `now`: transport-cc feedback, receiver reports, relay NACKs
-    /// upstream, ICE check retransmissions, the consent sweep (a lapsed session comes out of
+    /// upstream, publishers' uplink NACKs (and the PLI when repair gives up), ICE check retransmissions, the consent sweep (a lapsed session comes out of
     /// [`Engine::poll_event`] as `ConsentExpired`). Meant for when `now` reaches
     /// [`Engine::poll_timeout`]; called earlier or more often it does only what is due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut dyn Output) {
@@ -43,6 +43,9 @@ impl Engine {
         }
         if self.timers.is_due(Timer::ConsentSweep, now) {
             self.sweep_consent(now);
+        }
+        if self.timers.is_due(Timer::UplinkNacks, now) {
+            self.send_uplink_nacks(now, out);
         }
     }
 
@@ -204,18 +207,19 @@ impl Engine {
     }
 }
 
-/// A relay link's gap tracker was fed (a packet, or a viewer's NACK to ask upstream for):
-/// bring the NACK timer forward to its earliest due number. Costs nothing while the link
-/// loses nothing (`pending() == 0`); otherwise a scan of at most `relay::MAX_MISSING`.
-pub(super) fn note_gaps(timers: &mut TimerTable, gaps: &relay::GapTracker) {
+/// A gap tracker was fed (a packet, or a viewer's NACK to ask upstream for): bring its
+/// NACK timer (`RelayNacks` for a relay link, `UplinkNacks` for a publisher's uplink)
+/// forward to its earliest due number. Costs nothing while nothing is lost
+/// (`pending() == 0`); otherwise a scan of at most `relay::MAX_MISSING`.
+pub(super) fn note_gaps(timers: &mut TimerTable, timer: Timer, gaps: &relay::GapTracker) {
     if gaps.pending() > 0 {
         if let Some(t) = gaps.next_due() {
-            timers.set_earliest(Timer::RelayNacks, t);
+            timers.set_earliest(timer, t);
         }
     }
 }
 
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

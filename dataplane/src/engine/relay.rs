@@ -29,6 +29,28 @@ pub const MAX_GAP: u16 = 256;
 /// the source's packet cache (`media.nack_cache`, 512 by default) holds no more.
 pub const MAX_AGE: u16 = 1024;
 
+/// When a tracker NACKs a missing packet again and when it gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Time between two NACKs of the same packet.
+    pub retry: Duration,
+    /// NACKs sent for one packet at most.
+    pub tries: u8,
+    /// A packet still missing this long after it was found missing is given up.
+    pub give_up: Duration,
+    /// Whether [`GapTracker::next_due`] also says when a packet is given up (its owner acts
+    /// on it, as the uplink does with a PLI), not only when a NACK is due.
+    pub wake_to_give_up: bool,
+}
+
+/// A relay link's schedule: [`NACK_RETRY`], [`NACK_TRIES`], [`NACK_GIVE_UP`].
+pub const LINK: Schedule = Schedule {
+    retry: NACK_RETRY,
+    tries: NACK_TRIES,
+    give_up: NACK_GIVE_UP,
+    wake_to_give_up: false,
+};
+
 #[derive(Clone, Copy, Debug)]
 struct Missing {
     seq: u16,
@@ -43,6 +65,9 @@ pub struct GapTracker {
     highest: Option<u16>,
     /// Oldest first: the oldest makes room when it is full.
     missing: VecDeque<Missing>,
+    schedule: Schedule,
+    /// Numbers given up since [`GapTracker::take_given_up`] was last called.
+    given_up: u32,
 }
 
 impl Default for GapTracker {
@@ -52,10 +77,17 @@ impl Default for GapTracker {
 }
 
 impl GapTracker {
+    /// A tracker on a relay link's schedule ([`LINK`]).
     pub fn new() -> Self {
+        Self::with_schedule(LINK)
+    }
+
+    pub fn with_schedule(schedule: Schedule) -> Self {
         Self {
             highest: None,
             missing: VecDeque::with_capacity(MAX_MISSING),
+            schedule,
+            given_up: 0,
         }
     }
 
@@ -122,26 +154,35 @@ impl GapTracker {
 
     /// Write the numbers due for a NACK at `now` into `due` (oldest first) and return how
     /// many; each counts as one try. Numbers given up (tries used and the last retry
-    /// interval passed, or older than [`NACK_GIVE_UP`]) are dropped first.
+    /// interval passed, or older than the schedule's `give_up`) are dropped first and
+    /// counted for [`GapTracker::take_given_up`].
     pub fn poll_due(&mut self, now: Instant, due: &mut [u16]) -> usize {
+        let sch = self.schedule;
+        let before = self.missing.len();
         self.missing.retain(|m| {
-            let old = now.saturating_duration_since(m.since) >= NACK_GIVE_UP;
-            let spent = m.tries >= NACK_TRIES && now >= m.next;
+            let old = now.saturating_duration_since(m.since) >= sch.give_up;
+            let spent = m.tries >= sch.tries && now >= m.next;
             !(old || spent)
         });
+        self.given_up += (before - self.missing.len()) as u32;
         let mut n = 0;
         for m in &mut self.missing {
             if n == due.len() {
                 break;
             }
-            if m.tries < NACK_TRIES && now >= m.next {
+            if m.tries < sch.tries && now >= m.next {
                 due[n] = m.seq;
                 n += 1;
                 m.tries += 1;
-                m.next = now + NACK_RETRY;
+                m.next = now + sch.retry;
             }
         }
         n
+    }
+
+    /// How many numbers were given up since the last call (and forget that count).
+    pub fn take_given_up(&mut self) -> u32 {
+        std::mem::take(&mut self.given_up)
     }
 
     /// Numbers still missing.
@@ -149,12 +190,20 @@ impl GapTracker {
         self.missing.len()
     }
 
-    /// When the next NACK is due, if any.
+    /// When the tracker next has work: a NACK due, or (with `wake_to_give_up`, once every
+    /// try is spent) a number to give up, so that a give-up is acted on when it happens.
     pub fn next_due(&self) -> Option<Instant> {
+        let sch = self.schedule;
         self.missing
             .iter()
-            .filter(|m| m.tries < NACK_TRIES)
-            .map(|m| m.next)
+            .filter_map(|m| {
+                if m.tries < sch.tries {
+                    Some(m.next)
+                } else {
+                    sch.wake_to_give_up
+                        .then(|| m.next.min(m.since + sch.give_up))
+                }
+            })
             .min()
     }
 }

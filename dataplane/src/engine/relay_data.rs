@@ -14,6 +14,7 @@ use switchyard_shared::command::SessionId;
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
+use super::timer::Timer;
 use super::{session, Engine, Output, WorkerEvent, MAX_DATAGRAM, MAX_PENDING_EVENTS};
 use crate::datachan::relay::{PAYLOAD_TYPE, SSRC};
 use crate::via::Via;
@@ -182,7 +183,7 @@ impl Engine {
             return self.drop_packet(DropReason::NoRoute);
         };
         gaps.on_packet(seq, at);
-        super::periodic::note_gaps(&mut self.timers, gaps);
+        super::periodic::note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
         let Some(payload) = payload else {
             return self.drop_packet(DropReason::Malformed);
         };

@@ -120,6 +120,8 @@ pub struct Publisher {
     pub upstream: Option<Box<[GapTracker; MAX_TRACKS]>>,
     /// A relay-in: the missing sequence numbers of the link's data channel fragments.
     pub data_in: Option<Box<GapTracker>>,
+    /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
+    pub uplink: Option<Box<super::uplink::Uplink>>,
 }
 
 impl Publisher {
@@ -141,6 +143,7 @@ impl Publisher {
             recv: Box::new([RecvStats::default(); MAX_TRACKS]),
             upstream: None,
             data_in: None,
+            uplink: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod relay;
 mod relay_data;
 mod simulcast;
 mod timers;
+mod uplink;
 
 /// Records what an engine sends.
 #[derive(Default)]
@@ -96,6 +97,7 @@ fn fixture(workers: u16) -> Fixture {
         max_sessions: 64,
         nack_cache: 64,
         in_flight: 16,
+        uplink_nack: true,
     };
     let engines = (0..workers)
         .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w), t0()))
@@ -127,6 +129,7 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
             simulcast: None,
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,
@@ -549,6 +552,7 @@ fn ice_lite_validates_answers_and_latches() {
             srtp: Some(keys(profile, 1, 2)),
             ice: Some(ice_creds("pubU")),
             simulcast: None,
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,
@@ -795,6 +799,7 @@ fn publishers_get_transport_cc_feedback() {
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
             simulcast: None,
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,
@@ -1092,6 +1097,7 @@ fn receiver_report_jitter_is_zero_without_a_clock_rate() {
             srtp: Some(keys(profile, 1, 2)),
             ice: None,
             simulcast: None,
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,
@@ -1132,6 +1138,7 @@ fn publisher_clock_rates_must_match_its_ssrcs() {
             srtp: Some(keys(SrtpProfile::AeadAes128Gcm, 1, 2)),
             ice: None,
             simulcast: None,
+            uplink: Vec::new(),
         },
         t0(),
         &mut out,

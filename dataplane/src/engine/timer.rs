@@ -22,16 +22,20 @@ pub enum Timer {
     IceChecks = 3,
     /// The next look for lapsed ICE consent (`CONSENT_SWEEP`), while there are ICE sessions.
     ConsentSweep = 4,
+    /// The earliest NACK (or give-up) a WebRTC publisher's uplink gap tracker has due
+    /// ([`uplink::SCHEDULE`](super::uplink::SCHEDULE)).
+    UplinkNacks = 5,
 }
 
 impl Timer {
     /// Every timer, in table order.
-    pub const VALUES: [Timer; 5] = [
+    pub const VALUES: [Timer; 6] = [
         Timer::Twcc,
         Timer::ReceiverReports,
         Timer::RelayNacks,
         Timer::IceChecks,
         Timer::ConsentSweep,
+        Timer::UplinkNacks,
     ];
 }
 

@@ -63,6 +63,7 @@ fn publisher(id: u64) -> SessionSpec {
             ssrcs: vec![1],
             clock_rates: vec![],
             simulcast: None,
+            uplink: Vec::new(),
         },
         remote: None,
         keying: Keying::Static(SrtpKeys {

@@ -67,6 +67,7 @@ impl SlowPath {
                             ssrcs,
                             clock_rates,
                             simulcast,
+                            uplink,
                         },
                         _,
                     ) => WorkerCommand::AddPublisher {
@@ -76,6 +77,7 @@ impl SlowPath {
                         ssrcs: ssrcs.clone(),
                         clock_rates: clock_rates.clone(),
                         simulcast: simulcast.clone(),
+                        uplink: uplink.clone(),
                         twcc_ext: spec.twcc_ext,
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
@@ -356,6 +358,7 @@ mod tests {
             ssrcs: vec![1],
             clock_rates: vec![],
             simulcast: None,
+            uplink: Vec::new(),
         };
         let subscriber = Role::Subscriber {
             ssrcs: vec![1; MAX_TRACKS],

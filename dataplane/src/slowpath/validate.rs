@@ -74,10 +74,14 @@ impl SlowPath {
                 ssrcs,
                 clock_rates,
                 simulcast,
+                uplink,
             } => {
                 // A simulcast publisher's tracks are its map's, with or without SSRCs.
                 let rated = if simulcast.is_some() { MAX_TRACKS } else { 0 };
-                if ssrcs.len() > MAX_TRACKS || clock_rates.len() > ssrcs.len().max(rated) {
+                if ssrcs.len() > MAX_TRACKS
+                    || clock_rates.len() > ssrcs.len().max(rated)
+                    || uplink.len() > MAX_TRACKS
+                {
                     return Err(CommandError::Invalid);
                 }
                 if let Some(sim) = simulcast {
@@ -209,6 +213,7 @@ mod tests {
             ssrcs: vec![1],
             clock_rates: vec![],
             simulcast: None,
+            uplink: Vec::new(),
         };
         assert!(!plain_ok(&publisher));
     }

@@ -107,6 +107,10 @@ pub struct MediaSection {
     pub max_sessions_per_worker: u32,
     /// Packets kept per published track for NACK retransmission (a power of two).
     pub nack_cache: u16,
+    /// Repair WebRTC publishers' uplinks: NACK their sequence gaps where they negotiated
+    /// `nack`, take their RTX as the lost packet, PLI when repair gives up (docs/webrtc.md,
+    /// "Uplink repair"). Off: their losses reach every viewer and relay hop as they are.
+    pub uplink_nack: bool,
 }
 
 impl Default for MediaSection {
@@ -127,6 +131,7 @@ impl Default for MediaSection {
             send_buffer: 8 << 20,
             max_sessions_per_worker: 4096,
             nack_cache: 512,
+            uplink_nack: true,
         }
     }
 }

@@ -467,6 +467,7 @@ fn view_reads_publishers_and_plain_sessions() {
                 ssrcs: vec![],
                 clock_rates: vec![],
                 simulcast: None,
+                uplink: Vec::new(),
             },
             keys.clone(),
         ),

@@ -376,10 +376,11 @@ fn session_spec(
                 ssrcs: Vec::new(),
                 clock_rates: tracks::published(n).map(|t| t.codec.clock_rate).collect(),
                 simulcast: Some(simulcast),
+                uplink: tracks::uplink(n),
             },
             None => {
-                // One SSRC per track: the media one (its RTX is not forwarded), with its
-                // codec's clock rate for the receiver reports' jitter.
+                // One SSRC per track: the media one (its RTX is unwrapped into it, see
+                // `uplink`), with its codec's clock rate for the receiver reports' jitter.
                 let (ssrcs, clock_rates) = n
                     .tracks
                     .iter()
@@ -390,6 +391,7 @@ fn session_spec(
                     ssrcs,
                     clock_rates,
                     simulcast: None,
+                    uplink: tracks::uplink(n),
                 }
             }
         },

@@ -3,7 +3,8 @@
 //! payload types, header extensions). Pure: no I/O beyond the random credentials.
 
 use switchyard_shared::command::{
-    LayerCodec, Simulcast, SimulcastTrack, MAX_LAYERS, MAX_PT_MAP, MAX_RID, MAX_TRACKS,
+    LayerCodec, Simulcast, SimulcastTrack, UplinkRtx, UplinkTrack, MAX_LAYERS, MAX_PT_MAP, MAX_RID,
+    MAX_TRACKS,
 };
 
 use crate::core::random::{self, RngError};
@@ -79,6 +80,22 @@ pub(super) fn simulcast(n: &sdp::Negotiated) -> Option<Simulcast> {
         mid_ext: ext(sdp::MID_URI),
         tracks,
     })
+}
+
+/// A WHIP publisher's uplink repair per track, in [`published`] order: NACK where its codec
+/// kept `a=rtcp-fb:<pt> nack` in the answer, its RTX payload type and FID SSRC where it
+/// offered RTX. Simulcast layers' RTX streams are found by repaired-rid instead.
+pub(super) fn uplink(n: &sdp::Negotiated) -> Vec<UplinkTrack> {
+    published(n)
+        .map(|t| UplinkTrack {
+            nack: t.codec.rtcp_fb.iter().any(|f| f == "nack"),
+            rtx: t.rtx.as_ref().map(|r| UplinkRtx {
+                payload_type: r.payload_type,
+                apt: t.codec.payload_type,
+                ssrc: t.rtx_ssrc.filter(|_| t.rids.is_empty()),
+            }),
+        })
+        .collect()
 }
 
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
@@ -233,6 +250,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chrome_publisher_uplink_repair_is_nack_and_rtx_of_its_video() {
+        let cands: [std::net::SocketAddr; 1] = ["192.0.2.10:10001".parse().expect("literal")];
+        let params = AnswerParams {
+            ice_ufrag: "swyU",
+            ice_pwd: "0123456789abcdefABCDEF",
+            fingerprint: "sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9",
+            candidates: &cands,
+            ice_tcp: false,
+            publisher: None,
+        };
+        let n = sdp::answer(
+            include_str!("../../sdp/fixtures/chrome_publish.sdp"),
+            Direction::Publish,
+            &params,
+        )
+        .expect("publish answer");
+        let audio = UplinkTrack {
+            nack: false,
+            rtx: None,
+        };
+        let video = UplinkTrack {
+            nack: true,
+            rtx: Some(UplinkRtx {
+                payload_type: 97,
+                apt: 96,
+                ssrc: Some(1236683273),
+            }),
+        };
+        assert_eq!(uplink(&n), [audio, video], "opus has no nack; VP8 has both");
+        let n = sdp::answer(
+            include_str!("../../sdp/fixtures/chrome_publish_simulcast.sdp"),
+            Direction::Publish,
+            &params,
+        )
+        .expect("simulcast answer");
+        let u = uplink(&n);
+        let rtx = u.get(1).and_then(|t| t.rtx).expect("video rtx");
+        assert!(u[1].nack);
+        assert_eq!(rtx.ssrc, None, "layers' RTX is found by repaired-rid");
     }
 
     #[test]

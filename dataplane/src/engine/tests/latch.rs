@@ -23,6 +23,7 @@ fn waiting_publishers(e: &mut Engine) {
                 srtp: Some(keys(PROFILE, id as u8, 0xee)),
                 ice: None,
                 simulcast: None,
+                uplink: Vec::new(),
             },
             t0(),
             &mut out,

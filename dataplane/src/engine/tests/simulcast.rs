@@ -3,23 +3,23 @@
 //! switch. Layers are declared high first (`f;h;q`, as Chrome writes a page's `h;m;l`), so
 //! the ranking by picture size is exercised too.
 
-use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
+use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack, UplinkTrack};
 
 use super::*;
 
-const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
+pub(super) const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 const MID_EXT: u8 = 4;
 const RID_EXT: u8 = 10;
-const RRID_EXT: u8 = 11;
+pub(super) const RRID_EXT: u8 = 11;
 /// SSRCs of layers f (1280x720), h (640x360), q (320x180), and f's RTX.
-const F: u32 = 0xa0;
+pub(super) const F: u32 = 0xa0;
 const H: u32 = 0xa1;
 const Q: u32 = 0xa2;
-const F_RTX: u32 = 0xb0;
+pub(super) const F_RTX: u32 = 0xb0;
 /// The viewer's SSRC of the video track (track 1): `sub_ssrcs(2 * 16)[1]`.
 const VIEWER: u32 = 33;
 
-fn add_sim_pub(e: &mut Engine) {
+fn add_sim_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
     let mut out = Capture::default();
     let simulcast = Simulcast {
         rid_ext: RID_EXT,
@@ -51,6 +51,7 @@ fn add_sim_pub(e: &mut Engine) {
             srtp: Some(keys(PROFILE, 1, 2)),
             ice: None,
             simulcast: Some(simulcast),
+            uplink,
         },
         t0(),
         &mut out,
@@ -63,11 +64,11 @@ fn add_sim_pub(e: &mut Engine) {
 
 /// One layer's sender: its own sequence numbers, timestamps (random-ish bases, as every
 /// RTP stream has) and VP8 picture ids.
-struct Layer {
+pub(super) struct Layer {
     ssrc: u32,
     rid: &'static str,
     size: (u16, u16),
-    seq: u16,
+    pub(super) seq: u16,
     ts: u32,
     pid: u16,
     tl0: u8,
@@ -88,7 +89,7 @@ impl Layer {
 
     /// The next frame as one packet (a keyframe when `key`); the payload ends with the
     /// layer's SSRC so a viewer's copy says where it came from.
-    fn frame(&mut self, ctx: &mut Context, key: bool) -> Vec<u8> {
+    pub(super) fn frame(&mut self, ctx: &mut Context, key: bool) -> Vec<u8> {
         let mut p = vec![0x90, 0xc0];
         p.extend_from_slice(&(0x8000 | self.pid).to_be_bytes());
         p.push(self.tl0);
@@ -142,16 +143,16 @@ fn rtp_with_rid(
 /// What the viewer on port 6002 got: (sequence, timestamp, picture id, TL0PICIDX, the
 /// layer's SSRC from the payload, keyframe).
 #[derive(Debug, Clone, Copy)]
-struct Got {
-    seq: u16,
+pub(super) struct Got {
+    pub(super) seq: u16,
     ts: u32,
     pid: u16,
     tl0: u8,
-    layer: u32,
+    pub(super) layer: u32,
     key: bool,
 }
 
-fn viewer_packets(out: &Capture, rx: &mut Context) -> Vec<Got> {
+pub(super) fn viewer_packets(out: &Capture, rx: &mut Context) -> Vec<Got> {
     let mut got = Vec::new();
     for (dst, bytes) in &out.sent {
         if *dst != addr(6002) || bytes.get(1).is_some_and(|&b| (200..=206).contains(&b)) {
@@ -193,18 +194,23 @@ fn plis(out: &Capture) -> Vec<u32> {
     v
 }
 
-struct Run {
-    f: Fixture,
-    publisher: Context,
-    layers: [Layer; 3],
-    now: Instant,
-    out: Capture,
+pub(super) struct Run {
+    pub(super) f: Fixture,
+    pub(super) publisher: Context,
+    pub(super) layers: [Layer; 3],
+    pub(super) now: Instant,
+    pub(super) out: Capture,
 }
 
 impl Run {
     fn new() -> Self {
+        Self::with_uplink(Vec::new())
+    }
+
+    /// A run whose publisher's uplink is repaired as `uplink` says.
+    pub(super) fn with_uplink(uplink: Vec<UplinkTrack>) -> Self {
         let mut f = fixture(1);
-        add_sim_pub(&mut f.engines[0]);
+        add_sim_pub(&mut f.engines[0], uplink);
         add_sub(&mut f.engines[0], 2, 6002, PROFILE);
         Run {
             f,
@@ -220,7 +226,7 @@ impl Run {
     }
 
     /// One frame of each layer in `which` (indexes into f, h, q), 33 ms apart.
-    fn frames(&mut self, which: &[usize], key: bool) {
+    pub(super) fn frames(&mut self, which: &[usize], key: bool) {
         for &l in which {
             let mut p = self.layers[l].frame(&mut self.publisher, key);
             self.f.engines[0].handle_datagram(&mut p, addr(5000), self.now, &mut self.out);

@@ -1,0 +1,224 @@
+//! Uplink repair: the node NACKs a WebRTC publisher's lost packets (RFC 4585 §6.2.1) and
+//! takes its RTX (RFC 4588) as the late original, so a loss between the publisher and the
+//! node is repaired once instead of reaching every viewer and relay hop.
+//!
+//! Per slot (a track, or a simulcast layer: [`layers::slot`](super::layers::slot)) whose
+//! codec negotiated `nack`, a [`GapTracker`] on [`SCHEDULE`]: a missing number is NACKed at
+//! once, then every 50 ms, 5 times in all, and given up 250 ms after it went missing (50 ms
+//! after the last NACK), when the slot gets one PLI through the usual throttle (a decoder
+//! that lost a packet for good needs a keyframe). A quarter of a second is about what a viewer's jitter buffer waits for a
+//! retransmission before it freezes or skips; asking later only brings a packet nobody
+//! plays. A retransmission that is itself lost must be asked for again soon: Chromium
+//! counts a freeze once a frame is ~180 ms late, and with a retry every 100 ms (our first
+//! choice) the second RTX of a 40 ms uplink came too late about once per 5 repairs. A
+//! NACK sent before the last one's RTX could arrive costs a few bytes: libwebrtc resends a
+//! packet at most once per round trip, and a copy we already have is dropped here.
+//!
+//! RTX is found by its SSRC (`a=ssrc-group:FID`), its payload type (`apt`), or, for a
+//! simulcast layer, its repaired-rid. [`unwrap`] turns it back into the original in the
+//! pooled buffer (SSRC, sequence number from the OSN, payload type); ingress then forwards it
+//! only if it fills a gap the tracker has, so a spurious retransmission of a packet that did
+//! arrive is never sent twice, and padding-only probes (bandwidth estimation) are counted
+//! for transport-cc and dropped. Nothing here allocates after [`Uplink::new`].
+
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{UplinkRtx, UplinkTrack, MAX_LAYERS, MAX_TRACKS};
+use switchyard_shared::packet::{rtcp, rtp};
+use switchyard_shared::stats::{Counter, DropReason};
+
+use super::layers::{self, MAX_SLOTS};
+use super::periodic::earliest;
+use super::relay::{GapTracker, Schedule};
+use super::session;
+use super::timer::Timer;
+use super::{Engine, Output};
+
+/// Uplink NACK schedule: see the module doc for why these values.
+pub const SCHEDULE: Schedule = Schedule {
+    retry: Duration::from_millis(50),
+    tries: 5,
+    give_up: Duration::from_millis(250),
+    wake_to_give_up: true,
+};
+
+/// Sequence numbers one NACK datagram names at most, over all of a publisher's slots: each
+/// costs at most one 4-byte PID+BLP entry, so the compound stays well under the MTU.
+const NUMBERS_PER_DATAGRAM: usize = 200;
+
+/// One publisher's uplink repair state.
+pub struct Uplink {
+    /// Per slot: the gaps of a track (or layer) that negotiated `nack`; `None`: not NACKed.
+    pub gaps: Vec<Option<GapTracker>>,
+    /// Per track: its RTX stream.
+    pub rtx: [Option<UplinkRtx>; MAX_TRACKS],
+}
+
+impl Uplink {
+    /// The repair state for `spec` (track order), with a tracker for every layer of a
+    /// `simulcast` publisher's tracks; `None` when no track asks for any repair.
+    pub fn new(spec: &[UplinkTrack], simulcast: bool) -> Option<Box<Self>> {
+        if !spec.iter().any(|t| t.nack || t.rtx.is_some()) {
+            return None;
+        }
+        let layers = if simulcast { MAX_LAYERS } else { 1 };
+        let mut gaps: Vec<Option<GapTracker>> = (0..MAX_SLOTS).map(|_| None).collect();
+        gaps.truncate(if simulcast { MAX_SLOTS } else { MAX_TRACKS });
+        let mut rtx = [None; MAX_TRACKS];
+        for (t, u) in spec.iter().enumerate().take(MAX_TRACKS) {
+            rtx[t] = u.rtx;
+            if !u.nack {
+                continue;
+            }
+            for l in 0..layers as u8 {
+                if let Some(g) = gaps.get_mut(usize::from(layers::slot(t as u8, l))) {
+                    *g = Some(GapTracker::with_schedule(SCHEDULE));
+                }
+            }
+        }
+        Some(Box::new(Self { gaps, rtx }))
+    }
+
+    /// The track whose RTX stream a packet with `ssrc` and payload type `pt` belongs to
+    /// (a publisher without simulcast). At most [`MAX_TRACKS`] compares.
+    pub fn rtx_track(&self, ssrc: u32, pt: u8) -> Option<u8> {
+        self.rtx
+            .iter()
+            .position(|r| r.is_some_and(|r| r.ssrc == Some(ssrc) || r.payload_type == pt))
+            .map(|t| t as u8)
+    }
+
+    /// The media payload type RTX of `track` with payload type `pt` repairs.
+    pub fn apt(&self, track: u8, pt: u8) -> Option<u8> {
+        let r = self.rtx.get(usize::from(track))?.as_ref()?;
+        (r.payload_type == pt).then_some(r.apt)
+    }
+
+    /// The tracker of `slot`, if it is NACKed.
+    pub fn tracker(&mut self, slot: u8) -> Option<&mut GapTracker> {
+        self.gaps.get_mut(usize::from(slot))?.as_mut()
+    }
+}
+
+/// Turn the RTX packet `buf[..len]` (header `h`, already parsed) back into the packet it
+/// carries, in place: SSRC `media`, payload type `apt` (marker kept), sequence number from
+/// the OSN, which is taken out of the payload. `h` is updated to match. Returns the new
+/// length; `None` for a packet with no original payload (padding-only probes, a bare OSN)
+/// or one too short to hold an OSN.
+pub fn unwrap(
+    buf: &mut [u8],
+    len: usize,
+    h: &mut rtp::Header,
+    media: u32,
+    apt: u8,
+) -> Option<usize> {
+    let end = len.checked_sub(h.padding_len)?;
+    let at = h.payload_offset;
+    // OSN plus at least one byte of the original payload.
+    if end < at + 3 {
+        return None;
+    }
+    let osn = u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]);
+    buf.copy_within(at + 2..len, at);
+    rtp::set_ssrc(buf, media).ok()?;
+    rtp::set_sequence(buf, osn).ok()?;
+    let b1 = buf.get_mut(1)?;
+    *b1 = (*b1 & 0x80) | (apt & 0x7f);
+    h.ssrc = media;
+    h.sequence = osn;
+    h.payload_type = apt & 0x7f;
+    Some(len - 2)
+}
+
+impl Engine {
+    /// NACKs to every publisher whose uplink trackers have numbers due: one SRTCP compound
+    /// per publisher with a generic NACK per slot (its media SSRC, PID+BLP entries), from the
+    /// session's local address; then one PLI per slot that gave a number up, and the timer
+    /// at the earliest work any tracker has left.
+    pub(super) fn send_uplink_nacks(&mut self, now: Instant, out: &mut dyn Output) {
+        let sender = self.rtcp_ssrc;
+        let (mut nacked, mut sent, mut full, mut lost) = (0u64, 0u64, 0u64, 0u64);
+        let mut next: Option<Instant> = None;
+        for k in 0..self.uplink_publishers.len() {
+            let Some(s) = self
+                .uplink_publishers
+                .get(k)
+                .and_then(|&i| self.sessions.get_mut(i))
+            else {
+                continue;
+            };
+            let (via, local) = (s.via, s.local);
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let stream = p.stream;
+            let Some(up) = p.uplink.as_deref_mut() else {
+                continue;
+            };
+            // (media SSRC, first due number, count) per slot, numbers in `due`.
+            let mut due = [0u16; NUMBERS_PER_DATAGRAM];
+            let mut lists = [(0u32, 0usize, 0usize); MAX_SLOTS];
+            let (mut used, mut n_lists) = (0usize, 0usize);
+            let mut plis = [0u8; MAX_SLOTS];
+            let mut n_plis = 0;
+            for (slot, gaps) in up.gaps.iter_mut().enumerate() {
+                let Some(gaps) = gaps.as_mut() else { continue };
+                let (track, layer) = (slot % MAX_TRACKS, (slot / MAX_TRACKS) as u8);
+                let media = match p.sim.as_deref() {
+                    None => p.tracks.get(track).copied().flatten(),
+                    Some(sim) => sim.ssrc_of(track as u8, layer),
+                };
+                if let (Some(media), Some(room)) = (media, due.get_mut(used..)) {
+                    let n = gaps.poll_due(now, room);
+                    if let (true, Some(l)) = (n > 0, lists.get_mut(n_lists)) {
+                        *l = (media, used, n);
+                        n_lists += 1;
+                        used += n;
+                    }
+                }
+                let gave_up = gaps.take_given_up();
+                if let (true, Some(p)) = (gave_up > 0, plis.get_mut(n_plis)) {
+                    lost += u64::from(gave_up);
+                    *p = slot as u8;
+                    n_plis += 1;
+                }
+                next = earliest(next, gaps.next_due());
+            }
+            if n_lists > 0 {
+                let lists = &lists[..n_lists];
+                let due = &due[..used];
+                let r = out.send_from(via, remote, local, &mut |buf| {
+                    let mut len = 0;
+                    for &(media, from, n) in lists {
+                        let lost = due.get(from..from + n)?;
+                        len += rtcp::write_nack(buf.get_mut(len..)?, sender, media, lost).ok()?;
+                    }
+                    ctx.protect_rtcp(buf, len).ok()
+                });
+                match r {
+                    Ok(()) => {
+                        sent += 1;
+                        nacked += used as u64;
+                    }
+                    Err(_) => full += 1,
+                }
+            }
+            // Given up: the decoder needs a keyframe to go on (throttled per slot).
+            for &slot in &plis[..n_plis] {
+                self.request_keyframe(stream, slot, now, out);
+            }
+        }
+        match next {
+            Some(t) => self.timers.set(Timer::UplinkNacks, t),
+            None => self.timers.stop(Timer::UplinkNacks),
+        }
+        self.count(Counter::UplinkNacksSent, nacked);
+        self.count(Counter::UplinkUnrecovered, lost);
+        self.count(Counter::TxPackets, sent);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
+    }
+}
