@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
