@@ -153,6 +153,12 @@ fn demo_page_and_stream_list() {
         assert_eq!(node.post("/v1/sessions", &sub).status, 201);
     }
     assert_eq!(stream_list(&node), [("plain/cam".to_owned(), 2)]);
+    // A plain RTP publisher: the demo page offers no Watch button for it.
+    assert_eq!(
+        node.get("/v1/streams").json()["streams"][0]["webrtc"],
+        false
+    );
+    assert!(page.body.contains("webrtc"), "the page reads the flag");
 }
 
 /// One request with an SDP body (`common::http` sends JSON).
@@ -207,6 +213,7 @@ fn whep_subscriber_of_a_whip_publisher_is_accepted() {
     assert_eq!(subscribe.status, 201, "{}", subscribe.body);
     assert!(subscribe.body.starts_with("v=0"), "{}", subscribe.body);
     assert_eq!(stream_list(&node), [("sig/cam".to_owned(), 1)]);
+    assert_eq!(node.get("/v1/streams").json()["streams"][0]["webrtc"], true);
     for r in [&subscribe, &publish] {
         assert_eq!(node.delete(&location(r)).status, 200);
     }

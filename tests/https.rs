@@ -111,6 +111,24 @@ fn health_over_https_and_no_plain_http() {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
     assert!(health.is_object(), "{health}");
 
+    // The fingerprints a client may pin: this certificate's, and the DTLS one of the media.
+    let (status, body) =
+        https_get(&node.http_addr, &tls.der, "/certificate.sha256").expect("certificates");
+    assert_eq!(status, 200, "{body}");
+    let certs: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let want: String = ring::digest::digest(&ring::digest::SHA256, tls.der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(certs["https"], want.as_str(), "{certs}");
+    assert!(
+        certs["dtls"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{certs}"
+    );
+
     // Plain HTTP to the TLS port: no HTTP answer.
     let plain = http(&node.http_addr, "GET", "/health", None);
     assert!(

@@ -142,6 +142,10 @@ pub(crate) async fn serve(
             load,
             forwards: forwards.clone(),
             max_stream_series: config.metrics.max_stream_series as usize,
+            https_sha256: match config.http.tls() {
+                Some((cert, _)) => Some(http::tls::certificate_sha256(cert)?),
+                None => None,
+            },
         }),
         sessions,
         webrtc,

@@ -185,7 +185,13 @@ impl Auth {
             Need::Media(_, p) | Need::Room(p) | Need::Discover(p) => Some(p.as_str()),
             Need::Cluster => None,
         };
-        let token = bearer(headers)?;
+        // WHIP/WHEP clients that cannot set a header (moq-relay's convention) may put the
+        // token in the URL instead; the header wins when both are there. Never logged: the
+        // HTTP metrics and logs name the route template, not the URL.
+        let token = match (bearer(headers)?, &need) {
+            (None, Need::Media(..)) => query_token(query),
+            (t, _) => t,
+        };
         if token.is_none() && public_path.is_some_and(|p| self.is_public(p)) {
             return Ok(Caller::Anonymous);
         }
@@ -273,6 +279,15 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     }
 }
 
+/// The `jwt` parameter of a query string (`?jwt=<token>`), if present and not empty. A JWT is
+/// base64url with dots: it needs no percent-decoding.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "jwt" && !v.is_empty()).then_some(v)
+    })
+}
+
 /// What a request needs.
 #[derive(Debug, PartialEq, Eq)]
 enum Need {
@@ -294,7 +309,7 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        [""] | ["health"] | ["metrics"] | ["api"] => Need::Nothing,
+        [""] | ["health"] | ["metrics"] | ["api"] | ["certificate.sha256"] => Need::Nothing,
         ["v1", "streams"] if method == Method::GET => Need::Nothing,
         // Percent-encoded names are not matched against claims (the handlers reject them).
         [kind @ ("whip" | "whep"), room, stream, rest @ ..]
@@ -403,6 +418,50 @@ mod tests {
             ..Claims::default()
         };
         assert!(auth.verify(&sign_hs256(&key, &cluster).unwrap()).is_ok());
+    }
+
+    /// moq-relay's `?jwt=` for clients that cannot set a header: WHIP/WHEP only, and the
+    /// `Authorization` header wins when both are there.
+    #[test]
+    fn a_token_in_the_url_reaches_only_whip_and_whep() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, None);
+        let token = sign_hs256(&key, &claims("room1", &["cam"], &[])).unwrap();
+        let cluster = sign_hs256(
+            &key,
+            &Claims {
+                cluster: true,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
+        let none = HeaderMap::new();
+        let q = format!("jwt={token}");
+        assert!(auth
+            .authorize(&Method::POST, "/whip/room1/cam", Some(&q), &none)
+            .is_ok());
+        let q2 = format!("x=1&jwt={token}");
+        assert!(auth
+            .authorize(&Method::DELETE, "/whip/room1/cam/7-abc", Some(&q2), &none)
+            .is_ok());
+        assert!(matches!(
+            auth.authorize(&Method::POST, "/whip/room1/cam", Some("jwt="), &none),
+            Err(AuthError::Unauthorized(_))
+        ));
+        // Not for the rest of the API, even with a cluster token.
+        let qc = format!("jwt={cluster}");
+        assert!(auth
+            .authorize(&Method::GET, "/v1/sessions", Some(&qc), &none)
+            .is_err());
+        // The header is what counts when there is one.
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nonsense"),
+        );
+        assert!(auth
+            .authorize(&Method::POST, "/whip/room1/cam", Some(&q), &bad)
+            .is_err());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Status {
     pub forwards: Arc<Forwards>,
     /// `[metrics] max_stream_series`.
     pub max_stream_series: usize,
+    /// SHA-256 of the HTTPS certificate (hex), when the API serves HTTPS.
+    pub https_sha256: Option<String>,
 }
 
 /// The routes, each documented by its handler's `#[utoipa::path]` (see `super::openapi`).
@@ -34,6 +36,7 @@ pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(index))
         .routes(routes!(health))
+        .routes(routes!(certificates))
         .routes(routes!(metrics))
         .routes(routes!(super::openapi::document))
         .with_state(status)
@@ -48,6 +51,37 @@ pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
 )]
 async fn index() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../static/index.html"))
+}
+
+/// `GET /certificate.sha256`: SHA-256 fingerprints (lowercase hex, no separators) of the
+/// certificates a client may want to pin.
+#[derive(Debug, Serialize, ToSchema)]
+struct Certificates {
+    /// The API's HTTPS certificate (its leaf); null over plain HTTP.
+    https: Option<String>,
+    /// The data plane's DTLS certificate (what every WebRTC answer's `a=fingerprint` says);
+    /// null until the data plane said hello.
+    dtls: Option<String>,
+}
+
+/// The fingerprints of this node's certificates (moq-relay serves the same path for its TLS
+/// certificate; this one also names the DTLS certificate of its media).
+#[utoipa::path(
+    get,
+    path = "/certificate.sha256",
+    tag = "node",
+    responses((status = 200, description = "Certificate fingerprints", body = Certificates))
+)]
+async fn certificates(State(node): State<Arc<Status>>) -> Json<Certificates> {
+    let dtls = node.link.lock().node.dataplane().map(|d| {
+        // The Hello says `sha-256 AB:CD:...`.
+        let hex = d.fingerprint.rsplit(' ').next().unwrap_or_default();
+        hex.replace(':', "").to_ascii_lowercase()
+    });
+    Json(Certificates {
+        https: node.https_sha256.clone(),
+        dtls,
+    })
 }
 
 /// `GET /health`. Fields after `sessions` appear once the data plane said hello (and `load`

@@ -55,6 +55,9 @@ struct StreamEntry {
     #[schema(example = "room1/cam")]
     stream: String,
     subscribers: usize,
+    /// WHEP can watch it: its publisher negotiated WebRTC codecs (WHIP, or a relay of a WHIP
+    /// publisher). A plain RTP publisher's stream is forwarded and recorded, not watched.
+    webrtc: bool,
     /// What the publisher (or relay-in) sent: packets and bytes since the stream's sessions
     /// started, ended subscribers' shares included (see docs/api.md).
     packets_in: u64,
@@ -92,18 +95,26 @@ async fn list_streams(
 ) -> Result<Json<StreamList>, ApiError> {
     let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
     let listed = sessions.streams(&query.prefix);
-    let totals = {
+    let (totals, webrtc): (_, std::collections::HashSet<String>) = {
         let g = sessions.lock();
-        g.stats
+        let totals = g
+            .stats
             .as_ref()
             .map(|st| g.traffic.streams(&g.node, st))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let webrtc = listed
+            .iter()
+            .filter(|(s, _)| g.node.publisher_media(s).is_some())
+            .map(|(s, _)| s.clone())
+            .collect();
+        (totals, webrtc)
     };
     let streams = listed
         .into_iter()
         .map(|(stream, subscribers)| {
             let t = totals.get(&stream).copied().unwrap_or_default();
             StreamEntry {
+                webrtc: webrtc.contains(&stream),
                 stream,
                 subscribers,
                 packets_in: t.packets_in,

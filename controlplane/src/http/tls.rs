@@ -23,6 +23,24 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A server config from PEM files: `cert` a chain, leaf first; `key` PKCS#8, PKCS#1 or
 /// SEC1. Errors name the file and the reason.
+/// SHA-256 of the first (leaf) certificate in PEM file `cert`, lowercase hex: what
+/// `GET /certificate.sha256` answers, and what a WebTransport client pins with
+/// `serverCertificateHashes`.
+pub fn certificate_sha256(cert: &Path) -> anyhow::Result<String> {
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| anyhow!("http.certificate {}: {e}", cert.display()))?
+        .next()
+        .ok_or_else(|| {
+            anyhow!(
+                "http.certificate {}: no PEM CERTIFICATE in it",
+                cert.display()
+            )
+        })?
+        .map_err(|e| anyhow!("http.certificate {}: {e}", cert.display()))?;
+    let d = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+    Ok(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
