@@ -301,3 +301,74 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 14 item 8: with auth on, the demo page's token (here from `?token=`) goes with its
+/// WHIP and WHEP requests; without one the node refuses it with 401, which the page reports.
+#[test]
+fn the_demo_page_sends_its_token_when_auth_is_on() {
+    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let key = common::cli(&["token", "generate"]);
+    let dir = std::env::temp_dir().join(format!("swy-browser-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, format!("[auth]\nkey = \"{key}\"\n")).expect("config");
+    let node = Node::start_with_args(1, &["--config", config.to_str().expect("path")]);
+    let token = common::cli(&[
+        "token",
+        "sign",
+        "--key",
+        &key,
+        "--root",
+        "secure",
+        "--publish",
+        "cam",
+        "--subscribe",
+        "cam",
+        "--expires",
+        "10m",
+    ]);
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let publisher = Chromium::start(
+        &bin,
+        "auth-publisher",
+        &format!(
+            "{}/?publish=secure/cam&token={token}&report={base}/pub",
+            node.api
+        ),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    // The same page without a token: refused, and the page says why.
+    let refused = Chromium::start(
+        &bin,
+        "auth-refused",
+        &format!("{}/?watch=secure/cam&report={base}/nope", node.api),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        if let Ok((p, v)) = reports.rx.recv_timeout(Duration::from_millis(500)) {
+            if p == "/nope" && v["phase"] == "error" {
+                break v;
+            }
+            reports.seen.entry(p).or_default().push(v);
+        }
+        assert!(Instant::now() < deadline, "no refusal reported");
+    };
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{error}"
+    );
+    drop(refused);
+    drop(publisher);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -175,7 +175,7 @@ impl Drop for Chromium {
 /// [`Reports::start_on`] names).
 pub struct Reports {
     pub base: String,
-    rx: mpsc::Receiver<(String, Value)>,
+    pub rx: mpsc::Receiver<(String, Value)>,
     pub stop: Arc<AtomicBool>,
     pub seen: HashMap<String, Vec<Value>>,
     next: HashMap<String, usize>,
