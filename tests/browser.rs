@@ -372,3 +372,57 @@ fn the_demo_page_sends_its_token_when_auth_is_on() {
     drop(publisher);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 14 item 10: the API explorer at `/api/docs` — Swagger UI built into the binary —
+/// renders this node's OpenAPI document in headless Chromium: one block per operation, WHIP
+/// and the session routes among them, and nothing fetched from elsewhere (every other host
+/// name fails to resolve under the test's resolver rule).
+#[test]
+fn the_api_explorer_renders_the_document() {
+    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let node = Node::start(1);
+    let profile = std::env::temp_dir().join(format!("swy-explorer-{}", std::process::id()));
+    let out = std::process::Command::new(&bin)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-extensions",
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+            // Time for the page to fetch /api and render it before the DOM is printed.
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("{}/api/docs", node.api))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let operations = dom.matches("opblock-summary-path\"").count();
+    eprintln!("the explorer drew {operations} operations");
+    for path in [
+        "data-path=\"/whip/{room}/{stream}\"",
+        "data-path=\"/v1/sessions\"",
+        "data-path=\"/health\"",
+    ] {
+        assert!(
+            dom.contains(path),
+            "{path} not drawn ({} bytes of DOM)",
+            dom.len()
+        );
+    }
+    assert!(operations > 20, "only {operations} operations drawn");
+}

@@ -310,6 +310,8 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
         [""] | ["health"] | ["metrics"] | ["api"] | ["certificate.sha256"] => Need::Nothing,
+        // The API explorer's page and assets (what it then calls needs what each call needs).
+        ["api", "docs", ..] if method == Method::GET => Need::Nothing,
         ["v1", "streams"] if method == Method::GET => Need::Nothing,
         // Percent-encoded names are not matched against claims (the handlers reject them).
         [kind @ ("whip" | "whep"), room, stream, rest @ ..]

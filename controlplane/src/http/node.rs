@@ -39,6 +39,9 @@ pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
         .routes(routes!(certificates))
         .routes(routes!(metrics))
         .routes(routes!(super::openapi::document))
+        .routes(routes!(explorer))
+        .routes(routes!(explorer_script))
+        .routes(routes!(explorer_style))
         .with_state(status)
 }
 
@@ -51,6 +54,65 @@ pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
 )]
 async fn index() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../static/index.html"))
+}
+
+/// The API explorer: Swagger UI (vendored, controlplane/static/swagger-ui) on this node's
+/// OpenAPI document at `/api`. Everything it needs is built into the binary.
+#[utoipa::path(
+    get,
+    path = "/api/docs",
+    tag = "node",
+    responses((status = 200, description = "Swagger UI on /api", content_type = "text/html", body = String))
+)]
+async fn explorer() -> axum::response::Html<&'static str> {
+    axum::response::Html(EXPLORER)
+}
+
+const EXPLORER: &str = r##"<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<title>Switchyard API</title>
+<link rel="stylesheet" href="/api/docs/swagger-ui.css">
+<div id="swagger-ui"></div>
+<script src="/api/docs/swagger-ui-bundle.js"></script>
+<script>
+  window.ui = SwaggerUIBundle({ url: "/api", dom_id: "#swagger-ui", deepLinking: true });
+</script>
+</html>
+"##;
+
+#[utoipa::path(
+    get,
+    path = "/api/docs/swagger-ui-bundle.js",
+    tag = "node",
+    responses((status = 200, description = "Swagger UI's script", content_type = "text/javascript", body = String))
+)]
+async fn explorer_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../static/swagger-ui/swagger-ui-bundle.js"),
+    )
+        .into_response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/docs/swagger-ui.css",
+    tag = "node",
+    responses((status = 200, description = "Swagger UI's style sheet", content_type = "text/css", body = String))
+)]
+async fn explorer_style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../static/swagger-ui/swagger-ui.css"),
+    )
+        .into_response()
 }
 
 /// `GET /certificate.sha256`: SHA-256 fingerprints (lowercase hex, no separators) of the
