@@ -14,6 +14,7 @@ use switchyard_bench::{LoadSpec, RampSpec, Target};
 #[derive(Parser)]
 #[command(
     name = "switchyard-bench",
+    version,
     about = "Load generator for a Switchyard node"
 )]
 struct Cli {
@@ -194,7 +195,7 @@ struct LoadArgs {
     /// Cores for the bench's own threads, comma separated ("" = unpinned).
     #[arg(long, default_value = "0")]
     bench_cores: String,
-    /// Write the JSON report here.
+    /// Write the JSON report here; `-` writes it to stdout (the table then goes to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Subscribers are relay-outs (`fanout` over /v1/sessions only): relay egress instead of
@@ -256,10 +257,20 @@ impl NodeArgs {
     }
 }
 
-fn write_json<T: Serialize>(path: &Option<PathBuf>, value: &T) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        let text = serde_json::to_string_pretty(value)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+/// Print the report: the table on stdout and the JSON into `path`, or with `--json -` the
+/// JSON alone on stdout (so it can be piped) and the table on stderr.
+fn report_out<T: Serialize>(table: &str, path: &Option<PathBuf>, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    match path {
+        Some(p) if p.as_os_str() == "-" => {
+            eprint!("{table}");
+            println!("{text}");
+        }
+        Some(p) => {
+            print!("{table}");
+            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => print!("{table}"),
     }
     Ok(())
 }
@@ -271,8 +282,7 @@ fn main() -> anyhow::Result<()> {
             let mut spec = load.spec()?;
             spec.http = node.http.options();
             let report = switchyard_bench::run(&spec, &node.target())?;
-            print!("{}", report.table());
-            write_json(&load.json, &report)?;
+            report_out(&report.table(), &load.json, &report)?;
         }
         Cmd::Relay {
             api,
@@ -293,14 +303,12 @@ fn main() -> anyhow::Result<()> {
             let mut spec = load.spec()?;
             spec.http = http.options();
             let report = switchyard_bench::run(&spec, &target)?;
-            print!("{}", report.table());
-            write_json(&load.json, &report)?;
+            report_out(&report.table(), &load.json, &report)?;
         }
         Cmd::Reflector { core, load } => {
             let report =
                 switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
-            print!("{}", report.table());
-            write_json(&load.json, &report)?;
+            report_out(&report.table(), &load.json, &report)?;
         }
         Cmd::Ramp {
             node,
@@ -335,8 +343,7 @@ fn main() -> anyhow::Result<()> {
                 grow_publishers,
             };
             let report = switchyard_bench::ramp(&spec, &target, &ramp, true)?;
-            print!("{}", report.table());
-            write_json(&load.json, &report)?;
+            report_out(&report.table(), &load.json, &report)?;
         }
     }
     Ok(())

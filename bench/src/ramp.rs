@@ -66,8 +66,9 @@ pub fn ramp(
         let report = run::run(&spec, target)?;
         let pass = passes(&report, ramp.loss, ramp.p99_us);
         if verbose {
-            print!("{}", report.table());
-            println!("  step {}", if pass { "passed" } else { "FAILED" });
+            // Progress on stderr: stdout may be the JSON report (`--json -`).
+            eprint!("{}", report.table());
+            eprintln!("  step {}", if pass { "passed" } else { "FAILED" });
         }
         if pass {
             best = Some(report.clone());

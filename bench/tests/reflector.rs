@@ -99,3 +99,55 @@ fn reflector_ramp_reports_steps_and_capacity() {
     assert!(v["steps"][0].get("out_pps").is_some());
     assert!(v.get("capacity_pps").is_some());
 }
+
+/// Issue 14 item 6: `--version`, and `--json -` puts the JSON report alone on stdout (the
+/// table goes to stderr), so it pipes into `jq`.
+#[test]
+fn the_cli_writes_json_to_stdout_and_says_its_version() {
+    let bin = env!("CARGO_BIN_EXE_switchyard-bench");
+    let v = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stdout).starts_with("switchyard-bench "),
+        "{v:?}"
+    );
+    let out = std::process::Command::new(bin)
+        .args([
+            "reflector",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--rate",
+            "100",
+            "--bench-cores",
+            "",
+            "--json",
+            "-",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is the JSON report alone");
+    assert!(
+        report["received_packets"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("packets"),
+        "the table went to stderr"
+    );
+    assert!(!std::path::Path::new("-").exists(), "no file named -");
+}
