@@ -123,23 +123,32 @@ pub fn free_tcp_port() -> u16 {
         .expect("free TCP port")
 }
 
-/// `n` consecutive free UDP ports on 127.0.0.1.
+/// `n` consecutive ports on 127.0.0.1 free for UDP and for TCP alike, below the kernel's
+/// ephemeral range (32768 and up by default). A worker binds both on its media port
+/// (ICE-TCP): a port in the ephemeral range could be any test's outgoing TCP connection at
+/// the moment the node starts, and its data plane would refuse to start.
 pub fn free_udp_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let base = probe.local_addr().expect("addr").port();
-        drop(probe);
-        if base > 65000 - n {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Spread the test processes over the range; within one, walk it.
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..500 {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 20_000 + ((seed.wrapping_add(k.wrapping_mul(97))) % 12_000) as u16;
+        if u32::from(base) + u32::from(n) > 32_000 {
             continue;
         }
         let held: Vec<_> = (0..n)
-            .map_while(|i| UdpSocket::bind(("127.0.0.1", base + i)).ok())
+            .map_while(|i| {
+                let u = UdpSocket::bind(("127.0.0.1", base + i)).ok()?;
+                let t = TcpListener::bind(("127.0.0.1", base + i)).ok()?;
+                Some((u, t))
+            })
             .collect();
         if held.len() == usize::from(n) {
             return base;
         }
     }
-    panic!("no {n} consecutive free UDP ports");
+    panic!("no {n} consecutive free UDP and TCP ports");
 }
 
 /// `n` consecutive free UDP ports on 127.0.0.1 that do not overlap `[avoid, avoid + n)`
