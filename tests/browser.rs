@@ -37,17 +37,26 @@ fn stream_list(node: &Node) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
-#[test]
-fn chromium_publishes_with_whip_and_watches_with_whep() {
+/// Chromium and the lock that runs its tests one at a time; None (said loudly) with
+/// `SWITCHYARD_SKIP_BROWSER=1`. A missing browser fails the test.
+fn chromium() -> Option<(std::path::PathBuf, std::sync::MutexGuard<'static, ()>)> {
     if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
-        return;
+        return None;
     }
-    let _serial = one_chromium_test_at_a_time();
+    let serial = one_chromium_test_at_a_time();
     let bin = find_chromium().expect(
         "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
          point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
     );
+    Some((bin, serial))
+}
+
+#[test]
+fn chromium_publishes_with_whip_and_watches_with_whep() {
+    let Some((bin, _serial)) = chromium() else {
+        return;
+    };
     let started = Instant::now();
     let node = Node::start(1);
     let mut reports = Reports::start();
@@ -306,15 +315,9 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
 /// WHIP and WHEP requests; without one the node refuses it with 401, which the page reports.
 #[test]
 fn the_demo_page_sends_its_token_when_auth_is_on() {
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let key = common::cli(&["token", "generate"]);
     let dir = std::env::temp_dir().join(format!("swy-browser-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -379,15 +382,9 @@ fn the_demo_page_sends_its_token_when_auth_is_on() {
 /// name fails to resolve under the test's resolver rule).
 #[test]
 fn the_api_explorer_renders_the_document() {
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let node = Node::start(1);
     let profile = std::env::temp_dir().join(format!("swy-explorer-{}", std::process::id()));
     let out = std::process::Command::new(&bin)

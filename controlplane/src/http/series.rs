@@ -61,41 +61,34 @@ fn process(out: &mut String, inner: &Inner) {
         .into_iter()
         .filter_map(|(p, s)| Some((p, s?)))
         .collect();
-    header(
-        out,
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time of each plane's process.",
-    );
-    for (p, s) in &planes {
-        let _ = writeln!(
-            out,
-            "switchyard_process_cpu_seconds_total{{plane=\"{p}\"}} {}",
-            s.cpu_seconds
-        );
-    }
-    header(
-        out,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory of each plane's process.",
-    );
-    for (p, s) in &planes {
-        let _ = writeln!(
-            out,
-            "switchyard_process_resident_memory_bytes{{plane=\"{p}\"}} {}",
-            s.rss_bytes
-        );
-    }
-    header(
-        out,
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors of each plane's process.",
-    );
-    for (p, s) in &planes {
-        if let Some(n) = s.open_fds {
-            let _ = writeln!(out, "switchyard_process_open_fds{{plane=\"{p}\"}} {n}");
+    // One series per process figure: (name, type, help, value; None leaves the plane out).
+    type Value = fn(&procstat::ProcStat) -> Option<String>;
+    let series: [(&str, &str, &str, Value); 3] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of each plane's process.",
+            |s| Some(s.cpu_seconds.to_string()),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of each plane's process.",
+            |s| Some(s.rss_bytes.to_string()),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors of each plane's process.",
+            |s| s.open_fds.map(|n| n.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        for (p, s) in &planes {
+            if let Some(v) = value(s) {
+                let _ = writeln!(out, "switchyard_{name}{{plane=\"{p}\"}} {v}");
+            }
         }
     }
 }
