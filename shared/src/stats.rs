@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -626,11 +626,21 @@ enum Field {
     TxBytes,
     /// Stamp ([`Stats::stamp`]) of the last authenticated datagram from the peer; 0: none.
     LastRx,
-    NacksReceived,
+    /// Sequence numbers NACKed in the low 40 bits; a relay-out's smoothed round-trip time in
+    /// microseconds in the high 24 (0: none yet; at most 16.7 s). Packed so the slot stays
+    /// one cache line; 2^40 NACKs is beyond any session's life, so the count never carries
+    /// into the time.
+    NacksRtt,
     /// PLI/FIR: received in the low 32 bits, sent in the high 32. Packed so the slot stays
     /// one cache line; 2^32 keyframe requests is beyond any session's life.
     Plis,
 }
+
+/// Bits of [`Field::NacksRtt`] that count NACKs; the round-trip time sits above them.
+const NACKS_BITS: u32 = 40;
+const NACKS_MASK: u64 = (1 << NACKS_BITS) - 1;
+/// Largest round-trip time a slot holds, in microseconds (24 bits).
+const RTT_MAX_US: u64 = (1 << (64 - NACKS_BITS)) - 1;
 
 /// One session's counters: one cache line, written only by the owning worker (relaxed
 /// load + store, like [`WorkerCounters::add`]).
@@ -686,7 +696,15 @@ impl SessionSlot {
 
     /// Sequence numbers the peer NACKed.
     pub fn nacked(&self, n: u64) {
-        self.add(Field::NacksReceived, n);
+        self.add(Field::NacksRtt, n);
+    }
+
+    /// A relay link's smoothed round-trip time, as its relay-out measured it last.
+    pub fn set_rtt(&self, rtt: Duration) {
+        let us = (rtt.as_micros() as u64).clamp(1, RTT_MAX_US);
+        let v = &self.values[Field::NacksRtt as usize];
+        let kept = v.load(Ordering::Relaxed) & NACKS_MASK;
+        v.store(kept | us << NACKS_BITS, Ordering::Relaxed);
     }
 
     /// Keyframe requests (PLI or FIR) from the peer.
@@ -707,12 +725,15 @@ impl SessionSlot {
         }
         let plis = self.load(Field::Plis);
         let last = self.load(Field::LastRx);
+        let nacks_rtt = self.load(Field::NacksRtt);
+        let rtt_us = nacks_rtt >> NACKS_BITS;
         let c = SessionCounters {
             rx_packets: self.load(Field::RxPackets),
             rx_bytes: self.load(Field::RxBytes),
             tx_packets: self.load(Field::TxPackets),
             tx_bytes: self.load(Field::TxBytes),
-            nacks_received: self.load(Field::NacksReceived),
+            nacks_received: nacks_rtt & NACKS_MASK,
+            rtt: (rtt_us != 0).then(|| Duration::from_micros(rtt_us)),
             plis_received: plis & 0xffff_ffff,
             plis_sent: plis >> 32,
             last_rx: (last != 0).then_some(last),
@@ -736,6 +757,9 @@ pub struct SessionCounters {
     pub plis_sent: u64,
     /// Stamp of the last authenticated datagram (see [`Stats::age`]); `None`: none yet.
     pub last_rx: Option<u64>,
+    /// A relay-out's smoothed round-trip time over its link (RTCP SR/RR); `None`: not
+    /// measured (another role, or no sender report echoed yet).
+    pub rtt: Option<Duration>,
 }
 
 const _: () = assert!(HEADER % 64 == 0);
@@ -782,6 +806,20 @@ mod tests {
             (1, 100, 2, 100)
         );
         assert_eq!((c.nacks_received, c.plis_received, c.plis_sent), (3, 1, 2));
+        assert_eq!(c.rtt, None);
+        // A relay-out's RTT shares a word with the NACK count: neither disturbs the other.
+        slot.set_rtt(Duration::from_micros(41_500));
+        slot.nacked(2);
+        slot.set_rtt(Duration::from_micros(42_250));
+        let c = r.find(1, 42).expect("found");
+        assert_eq!(c.nacks_received, 5);
+        assert_eq!(c.rtt, Some(Duration::from_micros(42_250)));
+        slot.set_rtt(Duration::from_secs(60));
+        let c = r.find(1, 42).expect("found");
+        assert_eq!(
+            (c.nacks_received, c.rtt),
+            (5, Some(Duration::from_micros(RTT_MAX_US)))
+        );
         let age = r.age(c.last_rx.expect("stamped"));
         assert!(age < Duration::from_secs(5), "{age:?}");
         assert!(r.find(0, 42).is_none());

@@ -55,6 +55,21 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             "switchyard_relay_setup_failures_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    header(
+        out,
+        "relay_rtt_seconds",
+        "gauge",
+        "Smoothed round-trip time of this node's relay links to each peer node, from RTCP \
+         sender and receiver reports (RFC 3550 6.4.1); kept 10 minutes after the last link.",
+    );
+    for (peer, ms) in &m.relay_rtts() {
+        let _ = writeln!(
+            out,
+            "switchyard_relay_rtt_seconds{{peer=\"{}\"}} {}",
+            escape(peer),
+            ms / 1000.0
+        );
+    }
     let nodes = m.nodes();
     type Gauge = fn(&Node) -> u64;
     let gauges: [(&str, &str, Gauge); 5] = [

@@ -430,6 +430,7 @@ impl Engine {
                 tracks: ALL_TRACKS,
                 relay: false,
                 data: None,
+                rtt: None,
                 layers: Box::default(),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
@@ -524,6 +525,7 @@ impl Engine {
             sub.offsets = [(0, 0); MAX_TRACKS];
             // A random start, like any RTP stream's.
             sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
+            sub.rtt = Some(Box::default());
         }
         Ok(())
     }
