@@ -137,8 +137,12 @@ impl Webrtc {
         }
     }
 
-    /// Where an offer for `room/stream` is served: here, or on the room's node. A WHEP offer
-    /// for a stream published elsewhere is first tried through a cascade relay.
+    /// Where an offer for `room/stream` is served: here, or on the room's node. With the
+    /// cascade on, a WHEP offer for a stream this node has (its publisher, or a relay that
+    /// feeds it) is served here wherever the room is placed: a region's viewers are sent to
+    /// a node of their region (`/v1/resolve?region=`), which holds the stream once the
+    /// first of them pulled it; one for a stream published elsewhere is first tried through
+    /// a cascade relay.
     pub async fn locate(
         &self,
         dir: Direction,
@@ -146,8 +150,10 @@ impl Webrtc {
         stream: &str,
     ) -> Result<Route, WebrtcError> {
         let name = stream_name(room, stream)?;
-        if dir == Direction::Subscribe && self.sessions.lock().node.publisher_media(&name).is_none()
-        {
+        if dir == Direction::Subscribe && self.cluster.config.cascade {
+            if self.sessions.lock().node.publisher_media(&name).is_some() {
+                return Ok(Route::Here);
+            }
             match self.relays.pull(&name).await {
                 Ok(()) => return Ok(Route::Here),
                 Err(PullError::NoSource) => {}
