@@ -362,12 +362,6 @@ pub fn run(setup: &Setup) -> Report {
                         if ratio > report.worst_ratio {
                             report.worst_ratio = ratio;
                             report.share_at_worst = mean;
-                            if std::env::var_os("SIM_DEBUG").is_some() {
-                                let (i, _) = shares.iter().enumerate().fold((0, 0.0), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-                                let n = &nodes[i];
-                                let rs: Vec<u64> = rooms.iter().filter(|(_, (id, _))| *id == n.node_id).map(|(r, (_, c))| *r * 1000 + *c).collect();
-                                eprintln!("t={t} mean={mean:.3} fullest {} cap {} res {} rooms(id*1000+size) {rs:?}", n.node_id, n.capacity, n.reserved);
-                            }
                         }
                         let vs_average = fullest / average.max(f64::MIN_POSITIVE);
                         report.worst_vs_node_average = report.worst_vs_node_average.max(vs_average);
