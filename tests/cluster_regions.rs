@@ -306,6 +306,10 @@ fn rooms_stay_in_the_clients_region_while_it_has_room() {
         spill["region"], "x",
         "still a room of a client in x: {spill}"
     );
+    // As the store keeps it (read back from Redis through another control plane).
+    let read = r.call(3, "GET", "/v1/rooms/spill", None).json();
+    assert_eq!(read["region"], "x", "{read}");
+    assert_eq!(read["nodeRegion"], "y", "{read}");
     let listed = r.call(0, "GET", "/v1/nodes", None).json();
     for n in listed["nodes"].as_array().expect("nodes") {
         if n["region"] == "x" {

@@ -135,16 +135,13 @@ fn order(
             // consumers free (which would fill the big nodes' extra room first and leave
             // small nodes idle). More free consumers, then the id, break ties, so the order
             // is total and repeatable.
-            // (Two choices come after the bound, among the nodes under it.)
-            ok.sort_by(|&a, &b| {
-                let (na, nb) = (&nodes[a], &nodes[b]);
-                let (ua, ub) = (
-                    u128::from(na.reserved + need) * u128::from(nb.capacity),
-                    u128::from(nb.reserved + need) * u128::from(na.capacity),
-                );
-                ua.cmp(&ub)
-                    .then_with(|| nb.free().cmp(&na.free()))
-                    .then_with(|| na.node_id.cmp(&nb.node_id))
+            // (Two choices come after the bound, among the nodes under it.) Keys computed
+            // once per node: a ranking sorts every eligible node, a thousand of them in a
+            // large cluster. A share is never negative, so its bits order like its value.
+            ok.sort_by_cached_key(|&i| {
+                let n = &nodes[i];
+                let share = n.reserved.saturating_add(need) as f64 / n.capacity as f64;
+                (share.to_bits(), Reverse(n.free()), n.node_id.as_str())
             });
         }
         Strategy::RoundRobin => {
