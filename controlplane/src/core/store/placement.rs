@@ -209,7 +209,8 @@ fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize
         let with = n.reserved.saturating_add(need) as f64;
         with <= (LOAD_BOUND * mean * n.capacity as f64).max(need as f64)
     });
-    over.sort_by(|&a, &b| share(a).total_cmp(&share(b)));
+    // Shares are never negative: their bits order like their values.
+    over.sort_by_cached_key(|&i| share(i).to_bits());
     (under, over)
 }
 
@@ -219,23 +220,23 @@ fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize
 /// nodes of equal capacity the order is the plain hash order. Ties (equal scores) go to the
 /// lower node id.
 #[derive(Clone, Debug)]
-struct Affinity(f64, Reverse<String>);
+struct Affinity<'a>(f64, Reverse<&'a str>);
 
-impl PartialEq for Affinity {
+impl PartialEq for Affinity<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other).is_eq()
     }
 }
 
-impl Eq for Affinity {}
+impl Eq for Affinity<'_> {}
 
-impl PartialOrd for Affinity {
+impl PartialOrd for Affinity<'_> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Affinity {
+impl Ord for Affinity<'_> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0
             .total_cmp(&other.0)
@@ -243,13 +244,16 @@ impl Ord for Affinity {
     }
 }
 
-impl Affinity {
-    fn of(room: &str, node: &Node) -> Self {
+impl<'a> Affinity<'a> {
+    fn of(room: &str, node: &'a Node) -> Self {
         // The top 53 bits as a fraction in (0, 1]: never 0, so the logarithm is finite.
         let u = ((score(room, &node.node_id) >> 11) + 1) as f64 / (1u64 << 53) as f64;
         // u = 1 gives −ln(u) = 0: the smallest positive divisor instead, the top score.
         let spread = (-u.ln()).max(f64::MIN_POSITIVE);
-        Affinity(node.capacity as f64 / spread, Reverse(node.node_id.clone()))
+        Affinity(
+            node.capacity as f64 / spread,
+            Reverse(node.node_id.as_str()),
+        )
     }
 }
 
