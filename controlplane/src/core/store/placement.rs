@@ -187,14 +187,17 @@ fn two_choices(sorted: &mut Vec<usize>, entropy: u64) {
     sorted.insert(0, chosen);
 }
 
-/// `order` split by [`LOAD_BOUND`]: the nodes that stay within the bound with the room, in
-/// `order`'s order, and the others by their share in use with the room, lowest first
-/// (stable: equals keep `order`'s order). A node stays within the bound when its
-/// reservations with the room are at most `LOAD_BOUND` × the mean share of `order` (with
-/// the room) × its capacity, or the room alone (an empty node may always take a room, as in
-/// the paper's ceiling: an idle cluster keeps the strategy's order). A room that would pass
-/// the bound everywhere (a large room at a moderate load) goes where it weighs least, not
-/// where the strategy's turn or hash falls (a third of a small node in one room).
+/// `order` split by [`LOAD_BOUND`]: the nodes whose share in use with the room stays within
+/// the bound, in `order`'s order, and the others by that share, lowest first (stable:
+/// equals keep `order`'s order). The bound is `LOAD_BOUND` × the mean share of `order` with
+/// the room, or × the lowest share the room can make on any of them when that is higher:
+/// a room too big to stay under the mean's bound anywhere (a large room at a moderate
+/// load) goes to the nodes it weighs least on, not to where the strategy's turn or hash
+/// falls (a third of a small node in one room), and there are always some to choose
+/// among. An idle cluster of equal nodes keeps the strategy's order; one of mixed nodes
+/// fills its largest first until the shares even out. (The paper's "an empty node takes
+/// any room" ceiling was measured worse: several control planes ranking from views a few
+/// seconds old all saw the same empty small nodes and piled large rooms onto them.)
 fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize>) {
     let (used, capacity) = order.iter().fold((need, 0u64), |(u, c), &i| {
         (
@@ -204,11 +207,13 @@ fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize
     });
     let mean = used as f64 / capacity.max(1) as f64;
     let share = |i: usize| (nodes[i].reserved + need) as f64 / nodes[i].capacity.max(1) as f64;
-    let (under, mut over): (Vec<usize>, Vec<usize>) = order.into_iter().partition(|&i| {
-        let n = &nodes[i];
-        let with = n.reserved.saturating_add(need) as f64;
-        with <= (LOAD_BOUND * mean * n.capacity as f64).max(need as f64)
-    });
+    let least = order
+        .iter()
+        .map(|&i| share(i))
+        .fold(f64::INFINITY, f64::min);
+    let limit = LOAD_BOUND * mean.max(least);
+    let (under, mut over): (Vec<usize>, Vec<usize>) =
+        order.into_iter().partition(|&i| share(i) <= limit);
     // Shares are never negative: their bits order like their values.
     over.sort_by_cached_key(|&i| share(i).to_bits());
     (under, over)
@@ -652,8 +657,8 @@ mod tests {
                 assert_eq!(nodes[r[3]].node_id, "hot", "{s:?}: {r:?}");
             }
         }
-        // An empty node may always take a room, so an idle cluster keeps the strategy's
-        // order; a room over the bound everywhere goes where it weighs least.
+        // An idle cluster of equal nodes keeps the strategy's order; a room over the bound
+        // everywhere goes where it weighs least.
         let idle = vec![node("a", 100, 0), node("b", 100, 0)];
         for counter in 0..4 {
             let r = rank(&idle, "r", 50, &ANY, None, Strategy::RoundRobin, counter);
@@ -673,10 +678,10 @@ mod tests {
 
     #[test]
     fn consistent_hash_weighs_capacity() {
-        // One node of capacity 4000 and four of 1000: the big one hashes first for about
-        // half the rooms, and each room keeps its node from call to call.
-        let mut nodes = vec![node("big", 4000, 0)];
-        nodes.extend((0..4).map(|i| node(&format!("n{i}"), 1000, 0)));
+        // One node of capacity 4000 and four of 1000, all half full: the big one hashes
+        // first for about half the rooms, and each room keeps its node from call to call.
+        let mut nodes = vec![node("big", 4000, 2000)];
+        nodes.extend((0..4).map(|i| node(&format!("n{i}"), 1000, 500)));
         let first = |room: &str| {
             let r = rank(&nodes, room, 1, &ANY, None, Strategy::ConsistentHash, 0);
             nodes[r[0]].node_id.clone()
