@@ -111,7 +111,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "over: checks that found a node over capacity or off its rooms' sum. worst, mean: the \
+        "over: checks that found a node over capacity or off its rooms' sum (or not back to 0 \
+         at the end). worst, mean: the \
          fullest node's share over the cluster's share at each health round of the steady \
          churn (worst, average), at µ: the cluster's share then, vs avg: the worst against \
          the plain average of the nodes' shares. end, after: the ratio at the last round \
