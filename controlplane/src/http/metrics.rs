@@ -233,6 +233,11 @@ fn help(c: Counter) -> &'static str {
         Counter::UplinkUnrecovered => {
             "Publisher sequence numbers given up after the last NACK (a PLI follows)."
         }
+        Counter::BweProbes => "Bandwidth probes sent to viewers (padding on their RTX stream).",
+        Counter::BweProbesCarried => {
+            "Bandwidth probes whose feedback showed the path carrying a rate."
+        }
+        Counter::BweProbesFailed => "Bandwidth probes lost in good part or never answered.",
         _ => "Datagrams dropped, by reason.",
     }
 }

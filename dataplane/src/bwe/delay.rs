@@ -144,7 +144,9 @@ impl Delay {
         if modified > self.threshold {
             self.overuse_ms += send_ms.max(0.0);
             self.overuse_count += 1;
-            if self.overuse_ms > OVERUSE_TIME_MS && self.overuse_count > 1 && trend >= self.prev_trend
+            if self.overuse_ms > OVERUSE_TIME_MS
+                && self.overuse_count > 1
+                && trend >= self.prev_trend
             {
                 self.overuse_ms = 0.0;
                 self.overuse_count = 0;
@@ -170,7 +172,11 @@ impl Delay {
             self.last_threshold_update_ms = Some(now_ms);
             return;
         }
-        let k = if modified.abs() < self.threshold { K_DOWN } else { K_UP };
+        let k = if modified.abs() < self.threshold {
+            K_DOWN
+        } else {
+            K_UP
+        };
         let dt = (now_ms - last).clamp(0.0, 100.0);
         self.threshold += k * (modified.abs() - self.threshold) * dt;
         self.threshold = self.threshold.clamp(6.0, 600.0);
@@ -181,7 +187,9 @@ impl Delay {
 /// Least-squares slope of `y` over `x`.
 fn slope(points: &[(f64, f64)]) -> Option<f64> {
     let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), p| (a + p.0, b + p.1));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), p| (a + p.0, b + p.1));
     let (mx, my) = (sx / n, sy / n);
     let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), &(x, y)| {
         (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))

@@ -151,7 +151,10 @@ impl Bwe {
                 continue;
             };
             self.loss.on_packet(status.arrival_us.is_some(), now_us);
-            let cluster = self.cluster.as_mut().filter(|c| sent.cluster != 0 && c.id == sent.cluster);
+            let cluster = self
+                .cluster
+                .as_mut()
+                .filter(|c| sent.cluster != 0 && c.id == sent.cluster);
             let Some(arrival) = status.arrival_us else {
                 if let Some(c) = cluster {
                     c.lost += 1;
@@ -212,7 +215,9 @@ impl Bwe {
     fn finish_probe(&mut self, now: Instant) {
         let Some(c) = self.cluster else { return };
         let answered = c.acked + c.lost;
-        let timed_out = c.started.is_some_and(|s| now.saturating_duration_since(s) > PROBE_TIMEOUT);
+        let timed_out = c
+            .started
+            .is_some_and(|s| now.saturating_duration_since(s) > PROBE_TIMEOUT);
         // Done when (nearly) all of it is reported, or it is late.
         if c.sent == 0 || (answered < c.sent.saturating_sub(1) && !timed_out) {
             if timed_out {

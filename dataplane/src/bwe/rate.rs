@@ -39,7 +39,9 @@ impl Aimd {
 
     /// Apply `signal` at `now_us` with `acked_bps` getting through (None: not known yet).
     pub fn update(&mut self, signal: Signal, acked_bps: Option<f64>, now_us: i64) {
-        let dt_s = self.last_us.map_or(0.0, |l| ((now_us - l) as f64 / 1e6).clamp(0.0, 1.0));
+        let dt_s = self
+            .last_us
+            .map_or(0.0, |l| ((now_us - l) as f64 / 1e6).clamp(0.0, 1.0));
         self.last_us = Some(now_us);
         self.state = match (signal, self.state) {
             (Signal::Overuse, _) => State::Decrease,
@@ -197,7 +199,11 @@ mod tests {
         for i in 0..=10 {
             a.update(Signal::Normal, Some(1_000_000.0), i * 100_000);
         }
-        assert!(a.bps > 300_000.0 * 1.079 && a.bps < 300_000.0 * 1.081, "{}", a.bps);
+        assert!(
+            a.bps > 300_000.0 * 1.079 && a.bps < 300_000.0 * 1.081,
+            "{}",
+            a.bps
+        );
         a.update(Signal::Overuse, Some(300_000.0), 1_100_000);
         assert!((a.bps - 255_000.0).abs() < 1.0, "{}", a.bps);
         // Held while the queue drains.

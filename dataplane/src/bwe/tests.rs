@@ -40,7 +40,11 @@ fn layer_for(estimate: u64, current: usize) -> usize {
     let mut pick = 0;
     for (i, &rate) in LAYERS.iter().enumerate() {
         // Staying on a layer needs it to fit; moving up needs 15 % headroom.
-        let need = if i <= current { rate } else { rate + rate * 15 / 100 };
+        let need = if i <= current {
+            rate
+        } else {
+            rate + rate * 15 / 100
+        };
         if need <= budget {
             pick = i;
         }
@@ -108,7 +112,9 @@ impl Sim {
         for ms in from_ms..to_ms {
             let now = self.at(ms);
             while self.feedback.front().is_some_and(|f| f.0 <= ms) {
-                let Some((_, wire)) = self.feedback.pop_front() else { break };
+                let Some((_, wire)) = self.feedback.pop_front() else {
+                    break;
+                };
                 for p in rtcp::compound(&wire) {
                     if let Ok(rtcp::Packet::TransportCc { fci, .. }) = p {
                         let fb = twcc::Feedback::parse(fci).expect("our own feedback parses");
@@ -164,8 +170,15 @@ impl Sim {
             return;
         }
         let mut wire = vec![0u8; twcc::MAX_LEN];
-        let n = twcc::write(&mut wire, 1, 2, base, self.count, &arrivals[..cut.min(twcc::MAX_STATUSES)])
-            .expect("feedback");
+        let n = twcc::write(
+            &mut wire,
+            1,
+            2,
+            base,
+            self.count,
+            &arrivals[..cut.min(twcc::MAX_STATUSES)],
+        )
+        .expect("feedback");
         wire.truncate(n);
         self.count = self.count.wrapping_add(1);
         let described = cut.min(twcc::MAX_STATUSES);
@@ -174,11 +187,19 @@ impl Sim {
     }
 
     fn estimate_at(&self, ms: i64) -> u64 {
-        self.trace.iter().rev().find(|t| t.0 <= ms).map_or(0, |t| t.1)
+        self.trace
+            .iter()
+            .rev()
+            .find(|t| t.0 <= ms)
+            .map_or(0, |t| t.1)
     }
 
     fn layer_at(&self, ms: i64) -> usize {
-        self.trace.iter().rev().find(|t| t.0 <= ms).map_or(0, |t| t.2)
+        self.trace
+            .iter()
+            .rev()
+            .find(|t| t.0 <= ms)
+            .map_or(0, |t| t.2)
     }
 }
 
@@ -214,8 +235,14 @@ fn a_400_kbit_path_settles_on_the_low_layer_and_climbs_back_when_it_opens() {
 fn a_2_mbit_path_gets_the_middle_layer_without_standing_loss() {
     let mut s = Sim::new(1_200_000.0);
     s.run(0, 30_000);
-    let layers: Vec<usize> = (20_000..30_000).step_by(100).map(|m| s.layer_at(m)).collect();
-    assert!(layers.iter().filter(|&&l| l == 1).count() * 10 >= layers.len() * 8, "{layers:?}");
+    let layers: Vec<usize> = (20_000..30_000)
+        .step_by(100)
+        .map(|m| s.layer_at(m))
+        .collect();
+    assert!(
+        layers.iter().filter(|&&l| l == 1).count() * 10 >= layers.len() * 8,
+        "{layers:?}"
+    );
     assert!(layers.iter().all(|&l| l < 2));
 }
 

@@ -187,6 +187,7 @@ impl Engine {
             WorkerCommand::RelayData { id, fragments } => {
                 self.send_relay_data(id, &fragments, out);
             }
+            WorkerCommand::EnableBwe { id, twcc_ext } => self.enable_bwe(id, twcc_ext, now),
             WorkerCommand::SetMaxLayer { id, max_layer } => {
                 if let Some(session::Role::Subscriber(sub)) = self
                     .by_id
@@ -431,6 +432,7 @@ impl Engine {
                 relay: false,
                 data: None,
                 layers: Box::default(),
+                bwe: None,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -587,6 +589,7 @@ impl Engine {
         }
         self.unlatched_mut(s.via).retain(|&i| i != idx);
         self.twcc_publishers.retain(|&i| i != idx);
+        self.bwe_viewers.retain(|&i| i != idx);
         self.relay_ins.retain(|&i| i != idx);
         self.uplink_publishers.retain(|&i| i != idx);
         match s.role {

@@ -86,7 +86,7 @@ impl Engine {
                         None => continue,
                     }
                 }
-                _ => forward_to(s, h, &mut (None, None), out),
+                _ => forward_to(s, h, &mut (None, None), now, out),
             };
             match r {
                 Ok(n) => {
@@ -131,18 +131,19 @@ fn forward_layer(
         return (None, Decision::default());
     };
     let t = usize::from(h.track);
+    let budget = sub.budget();
     let (Some(sel), Some(offsets)) = (sub.layers.get_mut(t), sub.offsets.get_mut(t)) else {
         return (None, Decision::default());
     };
     let src = h.bytes();
-    let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL));
+    let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL, budget));
     // A late packet (a repaired loss) from before the viewer's switch to this layer: the
     // current offsets would number it among the previous layer's packets.
     if !d.forward || !sel.owns(be16(src, 2).wrapping_add(offsets.0)) {
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, out);
+    let r = forward_to(s, h, &mut ids, now, out);
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -170,6 +171,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 pub(super) fn retransmit(
     s: &mut Session,
     h: &Handle,
+    now: Instant,
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let session::Role::Subscriber(sub) = &mut s.role else {
@@ -191,7 +193,7 @@ pub(super) fn retransmit(
         _ => None,
     };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
-        return forward_to(s, h, &mut (None, None), out);
+        return forward_to(s, h, &mut (None, None), now, out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -201,6 +203,7 @@ pub(super) fn retransmit(
     };
     let src = h.bytes();
     let exts = sub.extensions.as_deref();
+    let mut bwe = sub.bwe.as_deref_mut();
     if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
     }
@@ -232,7 +235,11 @@ pub(super) fn retransmit(
         let at = h.payload_offset;
         buf.copy_within(at..n, at + 2);
         buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
-        let len = seal_rtp(ctx.as_deref_mut(), buf, n + 2)?;
+        let mut n = n + 2;
+        if let Some(b) = bwe.as_deref_mut() {
+            n = b.stamp(buf, n, now);
+        }
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)
     })?;
@@ -247,6 +254,7 @@ fn forward_to(
     s: &mut Session,
     h: &Handle,
     ids: &mut (Option<u16>, Option<u8>),
+    now: Instant,
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let via = s.via;
@@ -275,6 +283,7 @@ fn forward_to(
     }
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
+    let mut bwe = sub.bwe.as_deref_mut();
     let layered = h.layer.and_then(|tag| Some((tag, *sub.layers.get(track)?)));
     // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
     if s.outbound.is_none() && !s.plain {
@@ -302,6 +311,11 @@ fn forward_to(
         if let Some((tag, sel)) = &layered {
             *ids = sel.rewrite(buf, tag);
         }
+        // Last: the transport-wide number may grow the header and move the payload.
+        let n = match bwe.as_deref_mut() {
+            Some(b) => b.stamp(buf, n, now),
+            None => n,
+        };
         let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchyard_shared::command::MAX_TRACKS;
-use switchyard_shared::packet::rtcp;
+use switchyard_shared::packet::{rtcp, twcc};
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::retransmit;
@@ -116,6 +116,7 @@ impl Engine {
         let mut data_nacks = [0u16; 64];
         let mut n_data = 0;
         let mut asked = 0u32;
+        let mut feedback_malformed = 0u64;
         for p in rtcp::compound(plain) {
             match p {
                 Ok(rtcp::Packet::Nack(nack))
@@ -150,6 +151,19 @@ impl Engine {
                         plis[usize::from(t)] = Some(sub.slot_of(t));
                     }
                 }
+                Ok(rtcp::Packet::TransportCc { fci, .. }) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        match twcc::Feedback::parse(fci) {
+                            Ok(fb) => b.bwe.on_feedback(&fb, at),
+                            Err(_) => feedback_malformed += 1,
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Remb(remb)) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        b.bwe.on_remb(remb.bitrate_bps);
+                    }
+                }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     asked += 1;
                     for (ssrc, _) in fir.entries() {
@@ -164,6 +178,9 @@ impl Engine {
                     break;
                 }
             }
+        }
+        if feedback_malformed > 0 {
+            self.count(DropReason::Malformed.counter(), feedback_malformed);
         }
         self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
         if let Some(slot) = self.slot(idx) {
@@ -300,7 +317,7 @@ impl Engine {
         };
         if let Some(pidx) = st.publisher {
             match self.cached(pidx, slot, seq) {
-                Some(h) => self.retransmit_to(to, h, out),
+                Some(h) => self.retransmit_to(to, h, now, out),
                 None => self.request_upstream(pidx, slot, seq, now),
             }
         } else if let Some(w) = st.publisher_worker {
@@ -326,10 +343,10 @@ impl Engine {
     }
 
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
-    fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
+    fn retransmit_to(&mut self, to: SessionKey, h: Handle, now: Instant, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
             let relay = s.via == Via::Relay;
-            if let Ok(n) = retransmit(s, &h, out) {
+            if let Ok(n) = retransmit(s, &h, now, out) {
                 if let Some(slot) = self.slot(to.idx) {
                     slot.sent(n);
                 }

@@ -355,7 +355,14 @@ impl TrackView {
     /// bytes per second: the offer's `a=simulcast` order is a preference order, and
     /// browsers list layers either way round (Chrome keeps the page's `sendEncodings`).
     pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
-        let mut ranked = [(0u8, (0u32, 0u32)); MAX_LAYERS];
+        let (ranked, n) = self.ranked(now);
+        let i = usize::from(cap).min(n.checked_sub(1)?);
+        ranked.get(i).map(|r| r.0)
+    }
+
+    /// Active layers, low to high quality, and how many there are.
+    fn ranked(&self, now: Instant) -> (Ranked, usize) {
+        let mut ranked: Ranked = [(0u8, (0u32, 0u32)); MAX_LAYERS];
         let mut n = 0;
         for (l, s) in self.layers.iter().enumerate() {
             if self.active(l, now) {
@@ -363,12 +370,63 @@ impl TrackView {
                 n += 1;
             }
         }
-        let ranked = ranked.get_mut(..n)?;
-        ranked.sort_by_key(|&(l, key)| (key, l));
-        let i = usize::from(cap).min(n.checked_sub(1)?);
-        ranked.get(i).map(|r| r.0)
+        if let Some(r) = ranked.get_mut(..n) {
+            r.sort_by_key(|&(l, key)| (key, l));
+        }
+        (ranked, n)
+    }
+
+    /// Bits per second layer `l` sent in the last whole window (0: not known yet).
+    fn bps(&self, l: u8) -> u64 {
+        self.layers.get(usize::from(l)).map_or(0, |s| {
+            u64::from(s.rate) * 8 * 1_000_000 / ACTIVE.as_micros() as u64
+        })
+    }
+
+    /// [`TrackView::pick`] for a viewer whose estimate leaves `budget` bits per second for
+    /// this track: the best layer up to rank `cap` whose rate fits, staying on `current`
+    /// while it fits and moving above it only with [`UP_HEADROOM`] to spare, so the
+    /// choice does not flap at the edge. The lowest layer when none fits (a viewer is
+    /// never cut off: the lowest layer is what the publisher sends for the weakest).
+    pub fn fit(&self, now: Instant, cap: u8, budget: u64, current: Option<u8>) -> Option<u8> {
+        let (ranked, n) = self.ranked(now);
+        let top = usize::from(cap).min(n.checked_sub(1)?);
+        let current_rank = current.and_then(|c| ranked.get(..n)?.iter().position(|r| r.0 == c));
+        let mut pick = 0;
+        for (i, &(l, _)) in ranked.iter().enumerate().take(top + 1) {
+            let bps = self.bps(l);
+            let need = if current_rank.is_some_and(|c| i <= c) {
+                bps
+            } else {
+                bps + bps * UP_HEADROOM_PERCENT / 100
+            };
+            if bps > 0 && need <= budget {
+                pick = i;
+            }
+        }
+        ranked.get(pick).map(|r| r.0)
+    }
+
+    /// The rate of the next better layer than `current` (up to rank `cap`), which a viewer
+    /// on `current` would probe for; `None` at the top or before rates are known.
+    pub fn next_above(&self, current: Option<u8>, cap: u8, now: Instant) -> Option<u64> {
+        let current = current?;
+        let (ranked, n) = self.ranked(now);
+        let at = ranked.get(..n)?.iter().position(|r| r.0 == current)?;
+        let next = at + 1;
+        if next > usize::from(cap) {
+            return None;
+        }
+        let &(l, _) = ranked.get(..n)?.get(next)?;
+        Some(self.bps(l)).filter(|&b| b > 0)
     }
 }
+
+/// Layers with their ranking key (picture size, bytes in the last window), best last.
+type Ranked = [(u8, (u32, u32)); MAX_LAYERS];
+
+/// Headroom a viewer's budget must have over a better layer's rate before it moves up.
+pub const UP_HEADROOM_PERCENT: u64 = 15;
 
 /// What one packet means for one viewer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -459,9 +517,13 @@ impl Select {
         tag: &LayerTag,
         src: &[u8],
         offsets: &mut (u16, u32),
-        (now, pli_interval): (Instant, Duration),
+        (now, pli_interval, budget): (Instant, Duration, Option<u64>),
     ) -> Decision {
-        if let Some(want) = view.pick(now, self.cap) {
+        let want = match budget {
+            Some(b) => view.fit(now, self.cap, b, self.current),
+            None => view.pick(now, self.cap),
+        };
+        if let Some(want) = want {
             self.target = Some(want);
         }
         let mut d = Decision::default();
@@ -500,6 +562,16 @@ impl Select {
         self.first_seq = be16(src, 2).wrapping_add(offsets.0);
         self.current = Some(tag.layer);
         self.asked = None;
+    }
+
+    /// The timestamp of the last packet sent, in the viewer's numbering.
+    pub fn last_ts(&self) -> u32 {
+        self.last_ts
+    }
+
+    /// The layer the viewer should get (it switches at that layer's next keyframe).
+    pub fn target(&self) -> Option<u8> {
+        self.target
     }
 
     /// Whether a packet of the current layer that the viewer numbers `seq` was sent since

@@ -77,6 +77,12 @@ pub enum WorkerCommand {
         remote: SocketAddr,
         srtp: SrtpKeys,
     },
+    /// WebRTC subscriber `id` negotiated transport-cc on header extension `twcc_ext`:
+    /// number what it is sent and estimate its bandwidth from its feedback.
+    EnableBwe {
+        id: SessionId,
+        twcc_ext: u8,
+    },
     /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
     SetMaxLayer {
         id: SessionId,

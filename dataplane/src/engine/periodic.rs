@@ -47,6 +47,9 @@ impl Engine {
         if self.timers.is_due(Timer::UplinkNacks, now) {
             self.send_uplink_nacks(now, out);
         }
+        if self.timers.is_due(Timer::Bwe, now) {
+            self.drive_bwe(now, out);
+        }
     }
 
     /// Lapsed ICE consent (RFC 7675): one `ConsentExpired` per session, the first sweep after

@@ -198,6 +198,9 @@ pub struct Subscriber {
     /// continuous across switches (unused for tracks without layers). Boxed: the session
     /// slab stays compact.
     pub layers: Box<[Select; MAX_TRACKS]>,
+    /// A WebRTC viewer that negotiated transport-cc: its bandwidth estimate, which caps
+    /// its simulcast layers (`viewer_bwe`).
+    pub bwe: Option<Box<super::viewer_bwe::ViewerBwe>>,
 }
 
 impl Subscriber {

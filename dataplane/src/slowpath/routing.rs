@@ -199,6 +199,15 @@ impl SlowPath {
                         ice: spec.ice.clone(),
                     },
                 ));
+                if let Some(twcc_ext) = spec.twcc_ext {
+                    sends.push((
+                        w,
+                        WorkerCommand::EnableBwe {
+                            id: spec.id,
+                            twcc_ext,
+                        },
+                    ));
+                }
                 if let Some((_, pw)) = entry.publisher {
                     sends.push((
                         pw,

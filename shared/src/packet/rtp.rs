@@ -231,7 +231,12 @@ pub fn remap_extensions(b: &mut [u8], h: &Header, map: &[u8; 16]) -> Result<(), 
 /// room (the new length is returned). Two-byte-header packets are refused
 /// ([`ParseError::BadExtension`]): they never reach a viewer whose answer has no
 /// `extmap-allow-mixed`.
-pub fn put_extension(b: &mut [u8], len: usize, id: u8, value: [u8; 2]) -> Result<usize, ParseError> {
+pub fn put_extension(
+    b: &mut [u8],
+    len: usize,
+    id: u8,
+    value: [u8; 2],
+) -> Result<usize, ParseError> {
     if !(1..=14).contains(&id) {
         return Err(ParseError::BadExtension);
     }
@@ -251,7 +256,9 @@ pub fn put_extension(b: &mut [u8], len: usize, id: u8, value: [u8; 2]) -> Result
                     at += 1;
                     if zeros == 3 {
                         let start = at - 3;
-                        b.get_mut(start..at).ok_or(ParseError::BadExtension)?.copy_from_slice(&element);
+                        b.get_mut(start..at)
+                            .ok_or(ParseError::BadExtension)?
+                            .copy_from_slice(&element);
                         return Ok(len);
                     }
                     continue;
@@ -263,7 +270,9 @@ pub fn put_extension(b: &mut [u8], len: usize, id: u8, value: [u8; 2]) -> Result
                 }
                 let el_len = usize::from(byte & 0x0f) + 1;
                 if el_id == id && el_len == 2 {
-                    b.get_mut(at + 1..at + 3).ok_or(ParseError::BadExtension)?.copy_from_slice(&value);
+                    b.get_mut(at + 1..at + 3)
+                        .ok_or(ParseError::BadExtension)?
+                        .copy_from_slice(&value);
                     return Ok(len);
                 }
                 at += 1 + el_len;
@@ -274,9 +283,14 @@ pub fn put_extension(b: &mut [u8], len: usize, id: u8, value: [u8; 2]) -> Result
                 return Err(ParseError::TooShort);
             }
             b.copy_within(e.end..len, e.end + 4);
-            b.get_mut(e.end..e.end + 4).ok_or(ParseError::TooShort)?.copy_from_slice(&[element[0], element[1], element[2], 0]);
-            let words = u16::try_from((e.end + 4 - e.start) / 4).map_err(|_| ParseError::BadExtension)?;
-            b.get_mut(e.start - 2..e.start).ok_or(ParseError::TooShort)?.copy_from_slice(&words.to_be_bytes());
+            b.get_mut(e.end..e.end + 4)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&[element[0], element[1], element[2], 0]);
+            let words =
+                u16::try_from((e.end + 4 - e.start) / 4).map_err(|_| ParseError::BadExtension)?;
+            b.get_mut(e.start - 2..e.start)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&words.to_be_bytes());
             Ok(new_len)
         }
         None => {
@@ -290,7 +304,9 @@ pub fn put_extension(b: &mut [u8], len: usize, id: u8, value: [u8; 2]) -> Result
             block[..2].copy_from_slice(&PROFILE_ONE_BYTE.to_be_bytes());
             block[2..4].copy_from_slice(&1u16.to_be_bytes());
             block[4..7].copy_from_slice(&element);
-            b.get_mut(at..at + 8).ok_or(ParseError::TooShort)?.copy_from_slice(&block);
+            b.get_mut(at..at + 8)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&block);
             b[0] |= 0x10;
             Ok(new_len)
         }
@@ -661,14 +677,20 @@ mod put_extension_tests {
     fn refuses_without_room_or_with_two_byte_headers() {
         let mut b = packet(None);
         let len = b.len();
-        assert_eq!(put_extension(&mut b, len, 5, [0, 0]), Err(ParseError::TooShort));
+        assert_eq!(
+            put_extension(&mut b, len, 5, [0, 0]),
+            Err(ParseError::TooShort)
+        );
         assert_eq!(b, packet(None), "unchanged");
         let mut two = packet(None);
         two[0] |= 0x10;
         two.splice(12..12, [0x10, 0x00, 0, 1, 5, 2, 1, 2]);
         let len = two.len();
         two.resize(len + 8, 0);
-        assert_eq!(put_extension(&mut two, len, 5, [0, 0]), Err(ParseError::BadExtension));
+        assert_eq!(
+            put_extension(&mut two, len, 5, [0, 0]),
+            Err(ParseError::BadExtension)
+        );
         assert!(put_extension(&mut packet(None), 3, 0, [0, 0]).is_err());
     }
 }

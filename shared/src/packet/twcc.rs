@@ -204,7 +204,6 @@ impl Statuses<'_> {
         }
         Ok(at)
     }
-
 }
 
 /// How many statuses a chunk carries.
@@ -370,7 +369,13 @@ mod tests {
     #[test]
     fn our_feedback_parses_back() {
         let t0 = 3 * REFERENCE_US + 750;
-        let arrivals = [Some(t0), None, Some(t0 + 70_000), Some(t0 + 69_000), Some(t0 + 69_250)];
+        let arrivals = [
+            Some(t0),
+            None,
+            Some(t0 + 70_000),
+            Some(t0 + 69_000),
+            Some(t0 + 69_250),
+        ];
         let mut out = [0u8; MAX_LEN];
         let n = write(&mut out, 1, 2, 65_535, 9, &arrivals).expect("write");
         let fb = crate::packet::rtcp::compound(&out[..n])
@@ -438,7 +443,10 @@ mod tests {
         let wire = fb.marshal().expect("oracle writes");
         let fci = &wire[12..];
         let got = Feedback::parse(fci).expect("parse");
-        assert_eq!((got.base_seq, got.count, got.reference_us), (100, 20, 5 * REFERENCE_US));
+        assert_eq!(
+            (got.base_seq, got.count, got.reference_us),
+            (100, 20, 5 * REFERENCE_US)
+        );
         let statuses: Vec<Status> = got.statuses().map(|s| s.expect("status")).collect();
         assert_eq!(statuses.len(), 20);
         let lost: Vec<u16> = statuses
@@ -448,7 +456,11 @@ mod tests {
             .collect();
         assert_eq!(lost, [106, 109, 112, 115, 118]);
         let mut t = 5 * REFERENCE_US;
-        for (s, d) in statuses.iter().filter(|s| s.arrival_us.is_some()).zip(&fb.recv_deltas) {
+        for (s, d) in statuses
+            .iter()
+            .filter(|s| s.arrival_us.is_some())
+            .zip(&fb.recv_deltas)
+        {
             t += d.delta;
             assert_eq!(s.arrival_us, Some(t));
         }
@@ -457,8 +469,15 @@ mod tests {
     #[test]
     fn malformed_feedback_is_refused_not_panicked_on() {
         let mut out = [0u8; MAX_LEN];
-        let n = write(&mut out, 1, 2, 7, 0, &[Some(1_000), Some(2_000), None, Some(9_000)])
-            .expect("write");
+        let n = write(
+            &mut out,
+            1,
+            2,
+            7,
+            0,
+            &[Some(1_000), Some(2_000), None, Some(9_000)],
+        )
+        .expect("write");
         let fci = out[12..n].to_vec();
         for cut in 0..fci.len() {
             let _ = Feedback::parse(&fci[..cut]).map(|f| f.statuses().count());

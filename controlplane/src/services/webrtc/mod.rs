@@ -427,7 +427,17 @@ fn session_spec(
                     .find(|(_, uri)| uri == sdp::TRANSPORT_CC_URI)
                     .map(|&(id, _)| id)
             }),
-            Direction::Subscribe => None,
+            // A viewer that accepted transport-cc feedback: the node numbers what it sends
+            // it on this id and estimates its bandwidth from the feedback.
+            Direction::Subscribe => n.tracks.iter().find_map(|t| {
+                if !t.codec.rtcp_fb.iter().any(|f| f == "transport-cc") {
+                    return None;
+                }
+                t.extensions
+                    .iter()
+                    .find(|(_, uri)| uri == sdp::TRANSPORT_CC_URI)
+                    .map(|&(id, _)| id)
+            }),
         },
         created_ms: now_ms(),
         control: keep(local.secret, dir, n)?,
