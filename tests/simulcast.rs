@@ -51,8 +51,9 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
     eprintln!("publisher connected: {}", first["layers"]);
 
     let watcher = Chromium::start(&bin, "watcher", &url("watch=sim/cam", "/sub"));
+    // The node's estimate for the watcher starts low and probes up to the top layer.
     let top = reports.wait("/sub", Duration::from_secs(40), |r| {
-        num(r, "framesDecoded") > 100.0 && num(r, "frameWidth") > 320.0
+        num(r, "framesDecoded") > 100.0 && num(r, "frameWidth") >= 1280.0
     });
     let layers = reports.seen["/pub"]
         .last()
@@ -120,6 +121,14 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
     );
 }
 
+/// What the publisher (`/pub`) last said of its layers, for messages.
+fn publisher_layers(reports: &Reports) -> Value {
+    reports.seen["/pub"]
+        .last()
+        .map(|r| r["layers"].clone())
+        .unwrap_or_default()
+}
+
 /// The subscriber sessions on `node`, oldest first: (id, remote address as the node sees it).
 fn subscribers(node: &Node) -> Vec<(u64, Option<SocketAddr>, Value)> {
     let sessions = node.get("/v1/sessions").json();
@@ -178,7 +187,7 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
     let _open = Chromium::start(&bin, "open", &url("watch=bwe/cam", "/open"));
     // Both climb to the publisher's top layer (the node probes its way up from the
     // low layer a new estimate allows).
-    let top = |r: &Value| num(r, "frameWidth") >= 1280.0 && num(r, "framesDecoded") > 60.0;
+    let top = |r: &Value| num(r, "frameWidth") > 640.0 && num(r, "framesDecoded") > 60.0;
     let a = reports.wait("/capped", Duration::from_secs(40), top);
     let b = reports.wait("/open", Duration::from_secs(40), top);
     eprintln!("both at the top: {} and {}", a["frameSize"], b["frameSize"]);
@@ -205,10 +214,21 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
         num(r, "t") - num(&low, "t") >= 5000.0
     });
     let d = |k: &str| num(&held, k) - num(&before, k);
+    // Chromium adds a freeze's whole duration when it ends: the largest growth of the
+    // total between two reports (one a second) bounds the longest freeze.
+    let window: Vec<&Value> = reports.seen["/capped"]
+        .iter()
+        .filter(|r| num(r, "t") >= num(&before, "t") && num(r, "t") <= num(&held, "t"))
+        .collect();
+    let longest = window
+        .windows(2)
+        .map(|w| num(w[1], "totalFreezesDuration") - num(w[0], "totalFreezesDuration"))
+        .fold(0.0, f64::max);
     let capped_estimate = estimate(capped_id);
     eprintln!(
-        "capped: {} after {settle_s:.1} s; then {}; {} freezes, {:.2} s frozen, {} frames \
-         decoded under the cap; estimate {capped_estimate:?}; proxy dropped {}",
+        "capped: {} after {settle_s:.1} s; then {}; {} freezes, {:.2} s frozen (the longest \
+         at most {longest:.2} s), {} frames decoded under the cap; estimate \
+         {capped_estimate:?}; proxy dropped {}",
         low["frameSize"],
         held["frameSize"],
         d("freezeCount"),
@@ -220,24 +240,25 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
         num(&held, "frameWidth") <= 320.0,
         "stays on the low layer: {held}"
     );
-    assert!(
-        d("totalFreezesDuration") < 1.0,
-        "no freeze longer than 1 s: {held} vs {before}"
-    );
+    assert!(longest < 1.0, "no freeze longer than 1 s: {window:?}");
     assert!(d("framesDecoded") > 100.0, "kept decoding: {held}");
     assert!(
         capped_estimate.is_some_and(|e| e < 600_000),
         "{capped_estimate:?}"
     );
-    // The other watcher kept the top layer all along.
+    // The other watcher kept the top layer (1280 wide, or less where Chromium scaled its
+    // top layer down for CPU: wider than the middle layer's 640 either way).
+    let on_top = |r: &Value| num(r, "frameWidth") > 640.0;
     let open = reports.seen["/open"].last().cloned().expect("a report");
-    assert!(num(&open, "frameWidth") >= 1280.0, "{open}");
+    assert!(
+        on_top(&open),
+        "{open}; publisher: {}",
+        publisher_layers(&reports)
+    );
 
     proxy.shape(capped_remote, None);
     let lifted_at = Instant::now();
-    let back = reports.wait("/capped", Duration::from_secs(15), |r| {
-        num(r, "frameWidth") >= 1280.0
-    });
+    let back = reports.wait("/capped", Duration::from_secs(15), on_top);
     eprintln!(
         "cap lifted: {} after {:.1} s; estimate {:?}; probes {} ({} carried, {} failed)",
         back["frameSize"],
@@ -248,7 +269,11 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
         node.metric_sum("switchyard_bwe_probes_failed_total"),
     );
     let open = reports.seen["/open"].last().cloned().expect("a report");
-    assert!(num(&open, "frameWidth") >= 1280.0, "{open}");
+    assert!(
+        on_top(&open),
+        "{open}; publisher: {}",
+        publisher_layers(&reports)
+    );
     reports.stop.store(true, Ordering::SeqCst);
     eprintln!(
         "bandwidth estimation browser test took {:.1} s",

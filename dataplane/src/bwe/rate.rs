@@ -103,8 +103,9 @@ pub struct Loss {
     pub fraction: f64,
 }
 
-/// Packets in a loss window: fewer say little about a rate.
-const LOSS_WINDOW: u32 = 40;
+/// Packets in a loss window: fewer say little about a rate (at 1.5 Mbit/s this is about
+/// 130 ms, one or two feedbacks).
+const LOSS_WINDOW: u32 = 20;
 
 impl Loss {
     pub fn new(start_bps: f64) -> Self {
@@ -130,7 +131,7 @@ impl Loss {
         self.lost = 0;
         self.total = 0;
         let since = self.last_change_us.map_or(i64::MAX, |l| now_us - l);
-        if f > 0.10 && since > 300_000 {
+        if f > 0.10 && since > 200_000 {
             self.bps = (self.bps * (1.0 - 0.5 * f)).max(MIN_BPS);
             self.last_change_us = Some(now_us);
         } else if f < 0.02 && since > 1_000_000 {
@@ -152,7 +153,9 @@ pub struct Acked {
     buckets: [(i64, u64); 8],
 }
 
-const BUCKET_US: i64 = 100_000;
+/// Short buckets over a short span: after a drop in capacity the acked rate (which a
+/// decrease goes to 85 % of) must stop counting what got through before it quickly.
+const BUCKET_US: i64 = 50_000;
 const SPAN_US: i64 = BUCKET_US * 8;
 
 impl Default for Acked {
@@ -229,11 +232,11 @@ mod tests {
     #[test]
     fn loss_above_ten_percent_cuts_below_two_grows() {
         let mut l = Loss::new(1_000_000.0);
-        for i in 0..40 {
+        for i in 0..20 {
             l.on_packet(i % 5 != 0, 0);
         }
         assert!((l.bps - 900_000.0).abs() < 1.0, "20 % loss: {}", l.bps);
-        for i in 0..40 {
+        for i in 0..20 {
             l.on_packet(true, 2_000_000 + i);
         }
         assert!(l.bps > 900_000.0);

@@ -139,8 +139,10 @@ impl Sim {
                 self.write_feedback(ms);
                 let est = self.bwe.estimate_bps();
                 self.layer = layer_for(est, self.layer);
-                if let Some(&next) = LAYERS.get(self.layer + 1) {
-                    let want = next + next * 15 / 100 + AUDIO_BPS;
+                // Probes ask for the top layer (as the engine's do).
+                if self.layer + 1 < LAYERS.len() {
+                    let top = LAYERS[LAYERS.len() - 1];
+                    let want = top + top * 15 / 100 + AUDIO_BPS;
                     if self.bwe.probe_due(want, now) {
                         for _ in 0..PROBE_PACKETS {
                             self.send(275, ms, true);

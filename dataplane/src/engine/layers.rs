@@ -376,6 +376,17 @@ impl TrackView {
         (ranked, n)
     }
 
+    /// Whether layer `a` ranks below layer `b` (both active).
+    fn below(&self, a: u8, b: u8, now: Instant) -> bool {
+        let (ranked, n) = self.ranked(now);
+        let rank = |l: u8| {
+            ranked
+                .get(..n)
+                .and_then(|r| r.iter().position(|x| x.0 == l))
+        };
+        matches!((rank(a), rank(b)), (Some(x), Some(y)) if x < y)
+    }
+
     /// Bits per second layer `l` sent in the last whole window (0: not known yet).
     fn bps(&self, l: u8) -> u64 {
         self.layers.get(usize::from(l)).map_or(0, |s| {
@@ -407,23 +418,30 @@ impl TrackView {
         ranked.get(pick).map(|r| r.0)
     }
 
-    /// The rate of the next better layer than `current` (up to rank `cap`), which a viewer
-    /// on `current` would probe for; `None` at the top or before rates are known.
-    pub fn next_above(&self, current: Option<u8>, cap: u8, now: Instant) -> Option<u64> {
+    /// The rate of the best layer above `current` a viewer capped at rank `cap` may get:
+    /// what its probes ask the path for (a probe that shows room for it moves the viewer
+    /// up in one step, or as far as the room goes). `None` at the top or before rates are
+    /// known.
+    pub fn best_above(&self, current: Option<u8>, cap: u8, now: Instant) -> Option<u64> {
         let current = current?;
         let (ranked, n) = self.ranked(now);
-        let at = ranked.get(..n)?.iter().position(|r| r.0 == current)?;
-        let next = at + 1;
-        if next > usize::from(cap) {
+        let ranked = ranked.get(..n)?;
+        let at = ranked.iter().position(|r| r.0 == current)?;
+        let top = usize::from(cap).min(n - 1);
+        if top <= at {
             return None;
         }
-        let &(l, _) = ranked.get(..n)?.get(next)?;
+        let &(l, _) = ranked.get(top)?;
         Some(self.bps(l)).filter(|&b| b > 0)
     }
 }
 
 /// Layers with their ranking key (picture size, bytes in the last window), best last.
 type Ranked = [(u8, (u32, u32)); MAX_LAYERS];
+
+/// How far a layer's rate may exceed a viewer's budget before it stops being sent while
+/// the viewer waits for the lower layer's keyframe.
+const OVERSHOOT: u64 = 2;
 
 /// Headroom a viewer's budget must have over a better layer's rate before it moves up.
 pub const UP_HEADROOM_PERCENT: u64 = 15;
@@ -532,6 +550,14 @@ impl Select {
             d.switched = true;
         }
         d.forward = self.current == Some(tag.layer);
+        // Moving down because the path carries far less than the current layer: its
+        // packets would only fill the queue in front of the new layer's keyframe (and be
+        // lost there), so they stop now rather than at the switch.
+        if let (Some(b), Some(cur), Some(t)) = (budget, self.current, self.target) {
+            if d.forward && view.below(t, cur, now) && view.bps(cur) > OVERSHOOT * b {
+                d.forward = false;
+            }
+        }
         if let Some(t) = self.target.filter(|&t| self.current != Some(t)) {
             if self
                 .asked

@@ -111,12 +111,12 @@ impl Engine {
             let Some(st) = self.streams.get(&sub.stream) else {
                 continue;
             };
-            // The rate the next better layer of any layered track needs, with headroom.
+            // The rate the best layer of any layered track needs, with headroom.
             let mut want = None;
             let mut layers = [None; MAX_TRACKS];
             for ((slot, sel), view) in layers.iter_mut().zip(sub.layers.iter()).zip(&st.view) {
                 *slot = sel.current;
-                if let Some(next) = view.next_above(sel.current, sel.cap, now) {
+                if let Some(next) = view.best_above(sel.current, sel.cap, now) {
                     let need = next + next * UP_HEADROOM_PERCENT / 100 + AUDIO_ALLOWANCE_BPS;
                     want = Some(want.map_or(need, |w: u64| w.min(need)));
                 }

@@ -130,6 +130,11 @@ fn the_estimate_picks_the_layer_that_fits() {
     let mut tx = Context::new(super::simulcast::PROFILE, &[3; 28]).expect("ctx");
     let (b, n) = remb(40_000);
     send_rtcp(&mut r, &mut tx, b, n);
+    // Far over the budget: the current layer stops at once instead of queueing in front
+    // of q's keyframe.
+    r.out = Capture::default();
+    r.frames(&[0, 1, 2], false);
+    assert!(viewer_packets(&r.out, &mut rx).is_empty());
     r.out = Capture::default();
     second(&mut r);
     let got = viewer_packets(&r.out, &mut rx);
