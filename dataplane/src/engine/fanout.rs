@@ -11,7 +11,7 @@ use switchyard_shared::packet::rtp;
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
-use super::layers::{self, Decision, LayerTag, TrackView};
+use super::layers::{self, Decision, LayerTag, Ranking};
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
 use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
@@ -40,12 +40,13 @@ impl Engine {
         let Some(st) = self.streams.get_mut(&stream) else {
             return;
         };
-        // A simulcast layer: this worker's view of the track's layers, with this packet.
+        // A simulcast layer: this worker's view of the track's layers, with this packet,
+        // ranked once for every viewer's choice.
         let now = h.at.unwrap_or(self.epoch);
         let view = match (h.layer, st.view.get_mut(usize::from(h.track))) {
             (Some(tag), Some(v)) => {
                 v.note(&tag, h.bytes().len(), now);
-                Some((tag, *v))
+                Some((tag, v.ranking(now)))
             }
             _ => None,
         };
@@ -123,7 +124,7 @@ impl Engine {
 fn forward_layer(
     s: &mut Session,
     h: &Handle,
-    (tag, view): (&LayerTag, &TrackView),
+    (tag, view): (&LayerTag, &Ranking),
     now: Instant,
     out: &mut dyn Output,
 ) -> (Option<Result<usize, SendError>>, Decision) {

@@ -350,61 +350,84 @@ impl TrackView {
             .is_some_and(|a| now.saturating_duration_since(a) < ACTIVE)
     }
 
-    /// The active layer of rank `cap` (0: lowest quality), or the highest active one when
-    /// fewer are active. Quality is the picture size seen in keyframes (VP8), then the
-    /// bytes per second: the offer's `a=simulcast` order is a preference order, and
-    /// browsers list layers either way round (Chrome keeps the page's `sendEncodings`).
-    pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
-        let (ranked, n) = self.ranked(now);
-        let i = usize::from(cap).min(n.checked_sub(1)?);
-        ranked.get(i).map(|r| r.0)
-    }
-
-    /// Active layers, low to high quality, and how many there are.
-    fn ranked(&self, now: Instant) -> (Ranked, usize) {
-        let mut ranked: Ranked = [(0u8, (0u32, 0u32)); MAX_LAYERS];
+    /// The active layers ranked low to high quality, at `now`: worked out once per packet
+    /// and shared by every viewer's choice. Quality is the picture size seen in keyframes
+    /// (VP8), then the bytes per second: the offer's `a=simulcast` order is a preference
+    /// order, and browsers list layers either way round (Chrome keeps the page's
+    /// `sendEncodings`).
+    pub fn ranking(&self, now: Instant) -> Ranking {
+        let mut order = [(0u8, (0u32, 0u32)); MAX_LAYERS];
         let mut n = 0;
         for (l, s) in self.layers.iter().enumerate() {
             if self.active(l, now) {
-                ranked[n] = (l as u8, (s.pixels, s.rate));
+                order[n] = (l as u8, (s.pixels, s.rate));
                 n += 1;
             }
         }
-        if let Some(r) = ranked.get_mut(..n) {
+        if let Some(r) = order.get_mut(..n) {
             r.sort_by_key(|&(l, key)| (key, l));
         }
-        (ranked, n)
+        let mut bps = [0u64; MAX_LAYERS];
+        for (b, s) in bps.iter_mut().zip(&self.layers) {
+            *b = u64::from(s.rate) * 8 * 1_000_000 / ACTIVE.as_micros() as u64;
+        }
+        Ranking {
+            order: order.map(|(l, _)| l),
+            n,
+            bps,
+        }
+    }
+
+    /// [`Ranking::pick`] of the ranking at `now`.
+    pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
+        self.ranking(now).pick(cap)
+    }
+}
+
+/// A track's active layers ranked low to high quality, and each layer's bit rate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ranking {
+    order: [u8; MAX_LAYERS],
+    n: usize,
+    bps: [u64; MAX_LAYERS],
+}
+
+impl Ranking {
+    fn ranked(&self) -> &[u8] {
+        self.order.get(..self.n).unwrap_or(&[])
+    }
+
+    fn rank(&self, layer: u8) -> Option<usize> {
+        self.ranked().iter().position(|&l| l == layer)
+    }
+
+    /// The active layer of rank `cap` (0: lowest quality), or the highest active one when
+    /// fewer are active.
+    pub fn pick(&self, cap: u8) -> Option<u8> {
+        let i = usize::from(cap).min(self.n.checked_sub(1)?);
+        self.ranked().get(i).copied()
     }
 
     /// Whether layer `a` ranks below layer `b` (both active).
-    fn below(&self, a: u8, b: u8, now: Instant) -> bool {
-        let (ranked, n) = self.ranked(now);
-        let rank = |l: u8| {
-            ranked
-                .get(..n)
-                .and_then(|r| r.iter().position(|x| x.0 == l))
-        };
-        matches!((rank(a), rank(b)), (Some(x), Some(y)) if x < y)
+    fn below(&self, a: u8, b: u8) -> bool {
+        matches!((self.rank(a), self.rank(b)), (Some(x), Some(y)) if x < y)
     }
 
     /// Bits per second layer `l` sent in the last whole window (0: not known yet).
-    fn bps(&self, l: u8) -> u64 {
-        self.layers.get(usize::from(l)).map_or(0, |s| {
-            u64::from(s.rate) * 8 * 1_000_000 / ACTIVE.as_micros() as u64
-        })
+    pub fn bps(&self, l: u8) -> u64 {
+        self.bps.get(usize::from(l)).copied().unwrap_or(0)
     }
 
-    /// [`TrackView::pick`] for a viewer whose estimate leaves `budget` bits per second for
+    /// [`Ranking::pick`] for a viewer whose estimate leaves `budget` bits per second for
     /// this track: the best layer up to rank `cap` whose rate fits, staying on `current`
-    /// while it fits and moving above it only with [`UP_HEADROOM`] to spare, so the
-    /// choice does not flap at the edge. The lowest layer when none fits (a viewer is
+    /// while it fits and moving above it only with [`UP_HEADROOM_PERCENT`] to spare, so
+    /// the choice does not flap at the edge. The lowest layer when none fits (a viewer is
     /// never cut off: the lowest layer is what the publisher sends for the weakest).
-    pub fn fit(&self, now: Instant, cap: u8, budget: u64, current: Option<u8>) -> Option<u8> {
-        let (ranked, n) = self.ranked(now);
-        let top = usize::from(cap).min(n.checked_sub(1)?);
-        let current_rank = current.and_then(|c| ranked.get(..n)?.iter().position(|r| r.0 == c));
+    pub fn fit(&self, cap: u8, budget: u64, current: Option<u8>) -> Option<u8> {
+        let top = usize::from(cap).min(self.n.checked_sub(1)?);
+        let current_rank = current.and_then(|c| self.rank(c));
         let mut pick = 0;
-        for (i, &(l, _)) in ranked.iter().enumerate().take(top + 1) {
+        for (i, &l) in self.ranked().iter().enumerate().take(top + 1) {
             let bps = self.bps(l);
             let need = if current_rank.is_some_and(|c| i <= c) {
                 bps
@@ -415,29 +438,23 @@ impl TrackView {
                 pick = i;
             }
         }
-        ranked.get(pick).map(|r| r.0)
+        self.ranked().get(pick).copied()
     }
 
     /// The rate of the best layer above `current` a viewer capped at rank `cap` may get:
     /// what its probes ask the path for (a probe that shows room for it moves the viewer
     /// up in one step, or as far as the room goes). `None` at the top or before rates are
     /// known.
-    pub fn best_above(&self, current: Option<u8>, cap: u8, now: Instant) -> Option<u64> {
-        let current = current?;
-        let (ranked, n) = self.ranked(now);
-        let ranked = ranked.get(..n)?;
-        let at = ranked.iter().position(|r| r.0 == current)?;
-        let top = usize::from(cap).min(n - 1);
+    pub fn best_above(&self, current: Option<u8>, cap: u8) -> Option<u64> {
+        let at = self.rank(current?)?;
+        let top = usize::from(cap).min(self.n.checked_sub(1)?);
         if top <= at {
             return None;
         }
-        let &(l, _) = ranked.get(top)?;
+        let &l = self.ranked().get(top)?;
         Some(self.bps(l)).filter(|&b| b > 0)
     }
 }
-
-/// Layers with their ranking key (picture size, bytes in the last window), best last.
-type Ranked = [(u8, (u32, u32)); MAX_LAYERS];
 
 /// How far a layer's rate may exceed a viewer's budget before it stops being sent while
 /// the viewer waits for the lower layer's keyframe.
@@ -531,15 +548,15 @@ impl Select {
     /// numbering goes on from the last packet sent.
     pub fn on_packet(
         &mut self,
-        view: &TrackView,
+        view: &Ranking,
         tag: &LayerTag,
         src: &[u8],
         offsets: &mut (u16, u32),
         (now, pli_interval, budget): (Instant, Duration, Option<u64>),
     ) -> Decision {
         let want = match budget {
-            Some(b) => view.fit(now, self.cap, b, self.current),
-            None => view.pick(now, self.cap),
+            Some(b) => view.fit(self.cap, b, self.current),
+            None => view.pick(self.cap),
         };
         if let Some(want) = want {
             self.target = Some(want);
@@ -554,7 +571,7 @@ impl Select {
         // packets would only fill the queue in front of the new layer's keyframe (and be
         // lost there), so they stop now rather than at the switch.
         if let (Some(b), Some(cur), Some(t)) = (budget, self.current, self.target) {
-            if d.forward && view.below(t, cur, now) && view.bps(cur) > OVERSHOOT * b {
+            if d.forward && view.below(t, cur) && view.bps(cur) > OVERSHOOT * b {
                 d.forward = false;
             }
         }

@@ -46,12 +46,15 @@ impl ViewerBwe {
         };
         // A placeholder first: the packet is numbered only once the element fits, so the
         // history holds no packet that went out without it.
-        let Ok(n) = rtp::put_extension(room, len, self.ext, [0, 0]) else {
+        let Ok((n, at)) = rtp::put_extension(room, len, self.ext, [0, 0]) else {
             return len;
         };
         // The size on the wire: the SRTP tag (10 bytes for the usual profile) included.
         let seq = self.bwe.on_send(n + 10, now);
-        rtp::put_extension(room, n, self.ext, seq.to_be_bytes()).unwrap_or(n)
+        if let Some(v) = room.get_mut(at..at + 2) {
+            v.copy_from_slice(&seq.to_be_bytes());
+        }
+        n
     }
 }
 
@@ -116,7 +119,7 @@ impl Engine {
             let mut layers = [None; MAX_TRACKS];
             for ((slot, sel), view) in layers.iter_mut().zip(sub.layers.iter()).zip(&st.view) {
                 *slot = sel.current;
-                if let Some(next) = view.best_above(sel.current, sel.cap, now) {
+                if let Some(next) = view.ranking(now).best_above(sel.current, sel.cap) {
                     let need = next + next * UP_HEADROOM_PERCENT / 100 + AUDIO_ALLOWANCE_BPS;
                     want = Some(want.map_or(need, |w: u64| w.min(need)));
                 }

@@ -228,7 +228,7 @@ pub fn remap_extensions(b: &mut [u8], h: &Header, map: &[u8; 16]) -> Result<(), 
 /// already there, reuse 3 bytes of padding inside the extension block (what
 /// [`remap_extensions`] leaves where it dropped the publisher's own transport-cc element),
 /// grow the block by one word, or add a block. Growing moves the payload: `b` must have the
-/// room (the new length is returned). Two-byte-header packets are refused
+/// room. Returns the new length and where the value is (to write it again in place). Two-byte-header packets are refused
 /// ([`ParseError::BadExtension`]): they never reach a viewer whose answer has no
 /// `extmap-allow-mixed`.
 pub fn put_extension(
@@ -236,7 +236,7 @@ pub fn put_extension(
     len: usize,
     id: u8,
     value: [u8; 2],
-) -> Result<usize, ParseError> {
+) -> Result<(usize, usize), ParseError> {
     if !(1..=14).contains(&id) {
         return Err(ParseError::BadExtension);
     }
@@ -259,7 +259,7 @@ pub fn put_extension(
                         b.get_mut(start..at)
                             .ok_or(ParseError::BadExtension)?
                             .copy_from_slice(&element);
-                        return Ok(len);
+                        return Ok((len, start + 1));
                     }
                     continue;
                 }
@@ -273,7 +273,7 @@ pub fn put_extension(
                     b.get_mut(at + 1..at + 3)
                         .ok_or(ParseError::BadExtension)?
                         .copy_from_slice(&value);
-                    return Ok(len);
+                    return Ok((len, at + 1));
                 }
                 at += 1 + el_len;
             }
@@ -291,7 +291,7 @@ pub fn put_extension(
             b.get_mut(e.start - 2..e.start)
                 .ok_or(ParseError::TooShort)?
                 .copy_from_slice(&words.to_be_bytes());
-            Ok(new_len)
+            Ok((new_len, e.end + 1))
         }
         None => {
             let at = HEADER_LEN + 4 * usize::from(h.csrc_count);
@@ -308,7 +308,7 @@ pub fn put_extension(
                 .ok_or(ParseError::TooShort)?
                 .copy_from_slice(&block);
             b[0] |= 0x10;
-            Ok(new_len)
+            Ok((new_len, at + 5))
         }
     }
 }
@@ -629,7 +629,8 @@ mod put_extension_tests {
     fn put(mut b: Vec<u8>, id: u8, v: [u8; 2]) -> Vec<u8> {
         let len = b.len();
         b.resize(len + 16, 0xEE);
-        let n = put_extension(&mut b, len, id, v).expect("put");
+        let (n, at) = put_extension(&mut b, len, id, v).expect("put");
+        assert_eq!(b[at..at + 2], v, "the value is where it says");
         b.truncate(n);
         b
     }
