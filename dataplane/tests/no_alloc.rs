@@ -389,6 +389,7 @@ fn relay_link_steady_state_allocates_nothing() {
             stream,
             remote: Some(a_relay),
             srtp: keys(4, 5),
+            simulcast: None,
         },
         start,
         &mut out_b,

@@ -161,6 +161,11 @@ pub enum Role {
         /// arrival order.
         #[serde(default)]
         ssrcs: Vec<u32>,
+        /// The source publisher's simulcast map (as in `Role::Publisher::simulcast`): its
+        /// layers cross the link unchanged, each on its own SSRC, and this node chooses a
+        /// layer for each of its own viewers. `None`: no layers.
+        #[serde(default)]
+        simulcast: Option<Simulcast>,
     },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
@@ -541,8 +546,14 @@ mod tests {
     fn relay_roles_round_trip() {
         let mut buf = Vec::new();
         for role in [
-            Role::RelayIn { ssrcs: Vec::new() },
-            Role::RelayIn { ssrcs: vec![1, 2] },
+            Role::RelayIn {
+                ssrcs: Vec::new(),
+                simulcast: None,
+            },
+            Role::RelayIn {
+                ssrcs: vec![1, 2],
+                simulcast: None,
+            },
             Role::RelayOut,
         ] {
             assert!(role.is_relay());

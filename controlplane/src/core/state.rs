@@ -561,6 +561,7 @@ pub(crate) mod tests {
         let mut relay_in = spec(5);
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111, 0x2222],
+            simulcast: None,
         };
         relay_in.remote = None;
         let mut relay_out = spec(6);

@@ -260,7 +260,7 @@ fn view(
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
-        Role::RelayIn { ssrcs } => ("relay-in", ssrcs.clone()),
+        Role::RelayIn { ssrcs, .. } => ("relay-in", ssrcs.clone()),
         Role::RelayOut => ("relay-out", Vec::new()),
     };
     // Relay sessions send and receive on the worker's relay socket.

@@ -130,8 +130,10 @@ impl Engine {
                 remote,
                 ssrcs,
                 srtp,
+                simulcast,
             } => {
-                let r = self.add_relay_in(id, stream, (remote, ssrcs), &srtp, now);
+                let sim = simulcast.map(|s| Box::new(SimMap::new(&s)));
+                let r = self.add_relay_in(id, stream, (remote, ssrcs, sim), &srtp, now);
                 self.answer(id, r);
             }
             WorkerCommand::AddRelayOut {
@@ -433,6 +435,7 @@ impl Engine {
                 data: None,
                 layers: Box::default(),
                 bwe: None,
+                relay_layers: None,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -473,7 +476,7 @@ impl Engine {
         &mut self,
         id: SessionId,
         stream: StreamId,
-        (remote, ssrcs): (Option<SocketAddr>, Vec<u32>),
+        (remote, ssrcs, sim): (Option<SocketAddr>, Vec<u32>, Option<Box<SimMap>>),
         keys: &SrtpKeys,
         now: Instant,
     ) -> Result<(), CommandError> {
@@ -481,7 +484,7 @@ impl Engine {
             id,
             stream,
             (remote, Via::Relay),
-            (ssrcs, Vec::new(), None),
+            (ssrcs, Vec::new(), sim),
             Some(keys),
             (None, now),
         )?;
@@ -524,6 +527,7 @@ impl Engine {
         {
             sub.relay = true;
             sub.offsets = [(0, 0); MAX_TRACKS];
+            sub.relay_layers = Some(Box::default());
             // A random start, like any RTP stream's.
             sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
         }

@@ -341,6 +341,9 @@ fn relay_to(
     if let (Some(slot), Some(ssrc)) = (sub.ssrcs.get_mut(usize::from(h.track)), ssrc) {
         *slot = ssrc;
     }
+    if let (Some(tag), Some(seen), Some(ssrc)) = (h.layer, sub.relay_layers.as_deref_mut(), ssrc) {
+        seen.note(ssrc, layers::slot(h.track, tag.layer));
+    }
     let Some(ctx) = outbound.as_mut() else {
         return Err(SendError::Cancelled);
     };

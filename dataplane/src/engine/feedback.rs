@@ -131,13 +131,12 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Nack(nack)) => {
-                    // Only for a track it receives (a forward's egress gets one track).
-                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
-                    else {
+                    // Only for a track it receives (a forward's egress gets one track), for
+                    // the layer it receives now (its offsets are that layer's), or over a
+                    // relay link for the layer whose SSRC it names.
+                    let Some((track, slot)) = sub.feedback_slot(nack.media_ssrc) else {
                         continue;
                     };
-                    // The layer it receives now: its offsets are that layer's.
-                    let slot = sub.slot_of(track);
                     for seq in nack.lost() {
                         if n_nacks < nacks.len() {
                             nacks[n_nacks] = (slot, sub.original_seq(track, seq));
@@ -147,8 +146,8 @@ impl Engine {
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
                     asked += 1;
-                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
-                        plis[usize::from(t)] = Some(sub.slot_of(t));
+                    if let Some((t, slot)) = sub.feedback_slot(media_ssrc) {
+                        plis[usize::from(t)] = Some(slot);
                     }
                 }
                 Ok(rtcp::Packet::TransportCc { fci, .. }) => {
@@ -167,8 +166,8 @@ impl Engine {
                 Ok(rtcp::Packet::Fir(fir)) => {
                     asked += 1;
                     for (ssrc, _) in fir.entries() {
-                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
-                            plis[usize::from(t)] = Some(sub.slot_of(t));
+                        if let Some((t, slot)) = sub.feedback_slot(ssrc) {
+                            plis[usize::from(t)] = Some(slot);
                         }
                     }
                 }
@@ -444,7 +443,7 @@ impl Engine {
     }
 
     /// A packet of `slot` that a subscriber here lost is not in publisher `pidx`'s cache:
-    /// a relay-in asks the far node for it (a track: a relay-in has no layers), a publisher
+    /// a relay-in asks the far node for it (on the slot's SSRC), a publisher
     /// whose uplink is repaired asks the publisher; it goes out with the next NACK. Other
     /// publishers have nothing upstream to ask.
     pub(super) fn request_upstream(&mut self, pidx: u32, slot: u8, seq: u16, now: Instant) {

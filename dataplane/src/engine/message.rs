@@ -68,6 +68,8 @@ pub enum WorkerCommand {
         /// The per-link key: `remote` unprotects the link's media, `local` protects the
         /// NACK/PLI sent back.
         srtp: SrtpKeys,
+        /// The source publisher's simulcast map: layers are told apart as a publisher's are.
+        simulcast: Option<Simulcast>,
     },
     /// A subscriber of `stream` that forwards it unchanged to another node's relay socket
     /// from this worker's relay socket (see `Role::RelayOut`).

@@ -21,6 +21,7 @@ mod latch;
 mod local_address;
 mod relay;
 mod relay_data;
+mod relay_simulcast;
 mod simulcast;
 mod timers;
 mod uplink;

@@ -82,7 +82,8 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                    (Role::RelayIn { ssrcs }, Some(keys)) => WorkerCommand::AddRelayIn {
+                    (Role::RelayIn { ssrcs, simulcast }, Some(keys)) => WorkerCommand::AddRelayIn {
+                        simulcast: simulcast.clone(),
                         id: spec.id,
                         stream,
                         remote: spec.remote,

@@ -203,7 +203,7 @@ impl Relays {
     fn publisher_ssrcs(&self, stream: &str) -> Vec<u32> {
         let g = self.sessions.lock();
         let ssrcs = g.node.sessions().find_map(|s| match &s.role {
-            Role::Publisher { ssrcs, .. } | Role::RelayIn { ssrcs } if s.stream == stream => {
+            Role::Publisher { ssrcs, .. } | Role::RelayIn { ssrcs, .. } if s.stream == stream => {
                 Some(ssrcs.clone())
             }
             _ => None,
@@ -519,6 +519,12 @@ impl Relays {
                         stream: req.stream.clone(),
                         role: Role::RelayIn {
                             ssrcs: req.ssrcs.clone(),
+                            // The publisher's layers cross the link unchanged; this node
+                            // tells them apart for its own viewers.
+                            simulcast: req
+                                .publisher_media
+                                .as_ref()
+                                .and_then(crate::services::webrtc::simulcast_map),
                         },
                         remote: None,
                         keying: Keying::Static(SrtpKeys {

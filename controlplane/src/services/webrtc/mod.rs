@@ -28,6 +28,9 @@
 
 mod tracks;
 
+/// A publisher's simulcast map from its negotiated media: a relay-in carries its source's.
+pub(crate) use tracks::simulcast as simulcast_map;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

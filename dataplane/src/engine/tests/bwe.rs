@@ -4,13 +4,11 @@
 
 use switchyard_shared::packet::twcc;
 
-use super::simulcast::{viewer_packets, Run, F};
+use super::simulcast::{viewer_packets, Run, F, Q};
 use super::*;
 
 const TWCC_EXT: u8 = 5;
 const VIEWER_SSRC: u32 = 0xabc;
-/// Layer q's SSRC (`simulcast.rs`).
-const Q: u32 = 0xa2;
 
 fn enable(r: &mut Run) {
     r.f.engines[0].handle_command(
