@@ -280,3 +280,111 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A simulcast stream watched on another node: Chromium publishes three layers on node A,
+/// a Chromium viewer watches on node C, which relays the stream from A (the automatic
+/// cascade). Every layer crosses the link once; C's relay-in tells them apart with the
+/// publisher's map and serves its viewer one layer: the top, then (capped on C) the lowest,
+/// asked from A's publisher through the link. Needs Redis and Chromium.
+#[test]
+fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: relayed simulcast browser test skipped");
+        return;
+    }
+    if !common::Redis::required("relayed simulcast browser test") {
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let dir = std::env::temp_dir().join(format!("swy-sim-cascade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = common::Redis::start_free(&dir, false);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
+    let extra = || -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            config.clone().into(),
+            "--redis".into(),
+            redis.url().into(),
+        ]
+    };
+    let a = Node::spawn_named("a", 1, extra());
+    let c = Node::spawn_named("c", 1, extra());
+    a.wait_healthy();
+    c.wait_healthy();
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let _publisher = Chromium::start(
+        &bin,
+        "publisher",
+        &format!(
+            "{}/?publish=simcascade/cam&simulcast=1&report={base}/pub",
+            a.api
+        ),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("/v1/nodes").json()["nodes"]
+        .as_array()
+        .is_none_or(|l| l.len() != 2)
+    {
+        assert!(Instant::now() < deadline, "nodes did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _watcher = Chromium::start(
+        &bin,
+        "watcher",
+        &format!("{}/?watch=simcascade/cam&report={base}/sub", c.api),
+    );
+    let top = reports.wait("/sub", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 60.0 && num(r, "frameWidth") > 640.0
+    });
+    eprintln!(
+        "watcher on c: {} ({} frames); publisher's layers: {}",
+        top["frameSize"],
+        top["framesDecoded"],
+        publisher_layers(&reports)
+    );
+    let relays = c.get("/v1/relays").json();
+    assert_eq!(relays["incoming"][0]["sourceNode"], "a", "{relays}");
+    // Capped on C: the lowest layer, continuously decoded.
+    let subs = c.get("/v1/sessions").json();
+    let id = subs["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["role"] == "subscriber"))
+        .and_then(|s| s["id"].as_u64())
+        .expect("the watcher's session on c");
+    let r = c.post(&format!("/v1/sessions/{id}/layers"), r#"{"maxLayer":0}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let before = reports.seen["/sub"].last().cloned().expect("a report");
+    let low = reports.wait("/sub", Duration::from_secs(15), |r| {
+        num(r, "frameWidth") > 0.0 && num(r, "frameWidth") <= 320.0
+    });
+    let end = reports.wait("/sub", Duration::from_secs(10), |r| {
+        num(r, "t") - num(&low, "t") >= 3000.0
+    });
+    eprintln!(
+        "capped on c: {} then {}; {} frames decoded since the cap, {:.2} s frozen",
+        low["frameSize"],
+        end["frameSize"],
+        num(&end, "framesDecoded") - num(&before, "framesDecoded"),
+        num(&end, "totalFreezesDuration") - num(&before, "totalFreezesDuration"),
+    );
+    assert!(num(&end, "frameWidth") <= 320.0, "{end}");
+    assert!(
+        num(&end, "framesDecoded") - num(&low, "framesDecoded") > 45.0,
+        "kept decoding on the low layer: {end}"
+    );
+    reports.stop.store(true, Ordering::SeqCst);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
