@@ -234,7 +234,11 @@ impl Opts {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e, &args),
+    };
     init_logs(cli.log_format);
     if let Cmd::Version = &cli.cmd {
         println!("switchyard {}", env!("CARGO_PKG_VERSION"));
@@ -284,6 +288,54 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// clap's refusal of the command line (an unknown flag, a bad value, a missing argument)
+/// as one line, exit status 2, like every other error; help and the version as clap prints
+/// them.
+fn usage_error(e: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!(
+        "switchyard: {} (see {} --help)",
+        one_line_usage(&e.render().to_string()),
+        command_path(args)
+    );
+    ExitCode::from(2)
+}
+
+/// `error: what\n  detail\n\nUsage: ...\n\nFor more information...` as `what detail`.
+fn one_line_usage(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut what: Vec<&str> = lines
+        .next()
+        .map(|l| l.trim_start_matches("error:").trim())
+        .into_iter()
+        .collect();
+    // Indented lines right after the first name the arguments it is about.
+    what.extend(lines.take_while(|l| l.starts_with(' ')).map(str::trim));
+    what.join(" ")
+}
+
+/// The subcommands named on the command line, e.g. `switchyard session kick`.
+fn command_path(args: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command();
+    let mut path = vec![cmd.get_name().to_owned()];
+    for a in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = cmd.find_subcommand(a).cloned() {
+            path.push(sub.get_name().to_owned());
+            cmd = sub;
+        }
+    }
+    path.join(" ")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -632,6 +684,35 @@ enum GaveUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let one = |args: &[&str]| {
+            let e = Cli::try_parse_from(args).expect_err("refused");
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            format!(
+                "{} (see {} --help)",
+                one_line_usage(&e.render().to_string()),
+                command_path(&args)
+            )
+        };
+        let line = one(&["switchyard", "session", "kick", "seven"]);
+        assert!(
+            line.starts_with("invalid value 'seven' for '<ID>'")
+                && line.ends_with("(see switchyard session kick --help)"),
+            "{line}"
+        );
+        let line = one(&["switchyard", "drain"]);
+        assert!(
+            line.starts_with("the following required arguments were not provided: <NODE>"),
+            "{line}"
+        );
+        let line = one(&["switchyard", "up", "--nonsense"]);
+        assert!(
+            line.contains("unexpected argument '--nonsense'") && !line.contains('\n'),
+            "{line}"
+        );
+    }
 
     #[test]
     fn up_gives_up_on_permanent_errors_and_repeated_early_exits() {
