@@ -137,12 +137,17 @@ impl Secured {
         .expect("config");
         let node = Node::start_with_args(1, &["--config", config.to_str().expect("path")]);
         let token = cli(&["token", "sign", "--key", &key, "--cluster"]);
-        Secured {
+        let s = Secured {
             node,
             key,
             token,
             config,
-        }
+        };
+        // The control plane registers its node in its first health round, just after start.
+        wait("the node registered and healthy", || {
+            s.get("/v1/nodes")["nodes"][0]["healthy"] == true
+        });
+        s
     }
 
     /// The CLI against this node with the cluster token.
@@ -621,4 +626,43 @@ fn token_verify_takes_what_the_node_takes() {
         &["no [auth] key"],
     );
     let _ = std::fs::remove_file(&no_auth);
+}
+
+#[test]
+fn admin_commands_take_only_their_flags() {
+    let help = |args: &[&str], env: &[(&str, &str)]| ok(&run(args, env));
+    let h = help(&["nodes", "list", "--help"], &[]);
+    for want in [
+        "--api",
+        "[default: http://127.0.0.1:8080]",
+        "--token",
+        "--json",
+    ] {
+        assert!(h.contains(want), "nodes list --help lacks {want}: {h}");
+    }
+    for other in ["--media-port", "--redis", "--prefix", "--shutdown", "--key"] {
+        assert!(!h.contains(other), "nodes list lists {other}: {h}");
+    }
+    let h = help(&["streams", "list", "--help"], &[]);
+    assert!(h.contains("--prefix") && h.contains("--cluster"), "{h}");
+    let h = help(&["drain", "--help"], &[]);
+    assert!(h.contains("--shutdown") && h.contains("--resume"), "{h}");
+    assert!(!h.contains("--prefix"), "{h}");
+    let h = help(&["token", "verify", "--help"], &[]);
+    assert!(
+        h.contains("--key") && h.contains("--public-key") && h.contains("--config"),
+        "{h}"
+    );
+    assert!(!h.contains("--api"), "{h}");
+    let h = help(&["up", "--help"], &[]);
+    assert!(!h.contains("--api") && !h.contains("--token"), "{h}");
+    // A token in the environment is never printed.
+    let h = help(
+        &["sessions", "list", "--help"],
+        &[("SWITCHYARD_TOKEN", "secret-token-value")],
+    );
+    assert!(
+        h.contains("SWITCHYARD_TOKEN") && !h.contains("secret-token-value"),
+        "{h}"
+    );
 }
