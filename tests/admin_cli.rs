@@ -4,6 +4,8 @@
 //! refusing what it refuses; errors one line, exit status 2 for what the command was given,
 //! 1 with the API's own message when the API refuses.
 //!
+//! Over HTTPS too (`--ca-file`, `--insecure-tls`).
+//!
 //! The node publishes a plain SRTP stream (a publisher fed real packets from this test and
 //! a subscriber) and a WHIP publisher (a recorded Chrome offer that never connects, so its
 //! session waits in ICE `checking`).
@@ -665,4 +667,61 @@ fn admin_commands_take_only_their_flags() {
         h.contains("SWITCHYARD_TOKEN") && !h.contains("secret-token-value"),
         "{h}"
     );
+}
+
+/// Over HTTPS (a self-signed certificate for 127.0.0.1): verified with `--ca-file`, taken
+/// as it is with `--insecure-tls`, refused otherwise.
+#[test]
+fn the_admin_cli_speaks_https() {
+    let dir = std::env::temp_dir().join(format!("swy-admin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("rcgen");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
+    let node = Node::spawn_with(
+        1,
+        vec![
+            "--http-certificate".into(),
+            cert.clone().into(),
+            "--http-private-key".into(),
+            key.into(),
+        ],
+    );
+    let api = format!("https://{}", node.http_addr);
+    let cert = cert.to_str().expect("path");
+    wait("the node registered, over HTTPS", || {
+        let out = run(&["nodes", "list", "--api", &api, "--insecure-tls"], &[]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\ntest ")
+    });
+    let rows = table(&ok(&run(
+        &["nodes", "list", "--api", &api, "--ca-file", cert],
+        &[],
+    )));
+    assert_eq!(rows[0]["NODE"], "test");
+    assert_eq!(rows[0]["URL"], api, "the node registers its https:// URL");
+    // Without either: the system's CA bundle does not know this certificate.
+    let out = run(&["nodes", "list", "--api", &api], &[]);
+    if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        failed(&out, 1, &["cannot reach the API", "TLS"]);
+    } else {
+        failed(&out, 2, &["--ca-file"]);
+    }
+    failed(
+        &run(
+            &[
+                "nodes",
+                "list",
+                "--api",
+                &api,
+                "--ca-file",
+                "/nonexistent.pem",
+            ],
+            &[],
+        ),
+        2,
+        &["--ca-file", "/nonexistent.pem"],
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }
