@@ -69,18 +69,18 @@ fn cdf_plot(id: &str, title: &str, hists: &[(String, &Histogram<u64>)]) -> Optio
     Some(p)
 }
 
-fn warmup_band(r: &Report, offset: f64) -> Mark {
+fn warmup_band(r: &Report, offset: f64, label: &str) -> Mark {
     Mark::Band {
         x0: offset,
         x1: offset + r.warmup_s,
-        label: "warm-up".into(),
+        label: label.into(),
     }
 }
 
 fn time_end(r: &Report) -> f64 {
     r.timeline
         .last()
-        .map_or(r.warmup_s + r.duration_s, |s| s.t_s + 1.0)
+        .map_or(r.warmup_s + r.duration_s, |s| s.t_s + s.duration_s)
 }
 
 /// Throughput (in and out packets/s), loss and latency over the time of `runs`, laid one
@@ -110,20 +110,20 @@ fn time_plots(prefix: &str, runs: &[(String, &Report)]) -> Vec<Plot> {
     let (mut max_pps, mut max_loss, mut lat_lo, mut lat_hi) = (0.0f64, 0.0f64, f64::MAX, 0.0f64);
     let mut offset = 0.0;
     for (name, r) in runs {
-        let band = warmup_band(r, offset);
-        thr.marks.push(band.clone());
-        loss.marks.push(band.clone());
-        lat.marks.push(band);
-        if runs.len() > 1 {
-            thr.marks.push(Mark::VLine {
-                x: offset,
-                label: name.clone(),
-            });
+        // One run: a labelled warm-up; several: each labelled by name, warm-ups shaded.
+        let band = warmup_band(r, offset, if runs.len() > 1 { "" } else { "warm-up" });
+        for p in [&mut thr, &mut loss, &mut lat] {
+            p.marks.push(band.clone());
+            if runs.len() > 1 {
+                p.marks.push(Mark::VLine {
+                    x: offset,
+                    label: name.clone(),
+                });
+            }
         }
-        let width = r.timeline.get(1).map_or(1.0, |s| s.t_s - r.timeline[0].t_s);
         for s in &r.timeline {
-            let t = offset + s.t_s + width / 2.0;
-            let exp = s.expected as f64 / width;
+            let t = offset + s.t_s + s.duration_s / 2.0;
+            let exp = s.expected as f64 / s.duration_s;
             expected.push((t, exp));
             out.push((t, s.out_pps));
             max_pps = max_pps.max(exp).max(s.out_pps);
@@ -202,7 +202,7 @@ fn page(title: &str, command: &str, body: &str) -> String {
          h1{{font-size:20px}}h2{{font-size:16px;margin-top:28px}}\
          table{{border-collapse:collapse;margin:8px 0}}\
          td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}\
-         th{{background:#f5f5f5}}td.l,th.l{{text-align:left}}\
+         th{{background:#f5f5f5}}td.l,th.l,table.summary td{{text-align:left}}\
          code{{background:#f5f5f5;padding:2px 4px;word-break:break-all}}\
          .fail{{color:#b00}}.pass{{color:#070}}{css}\
          </style></head><body><h1>{t}</h1><p>Command: <code>{c}</code></p>{body}\
@@ -311,7 +311,12 @@ fn summary(r: &Report) -> String {
             ),
         );
     }
-    if r.errors != crate::report::Errors::default() {
+    // `ignored` (STUN, RTCP, DTLS at a subscriber) is not an error.
+    let errors = crate::report::Errors {
+        ignored: 0,
+        ..r.errors.clone()
+    };
+    if errors != crate::report::Errors::default() {
         row(&mut s, "errors", format!("{:?}", r.errors));
     }
     s.push_str("</table>");

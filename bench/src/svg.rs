@@ -248,21 +248,31 @@ impl Plot {
                     let (a, b) = (self.px(*a), self.px(*b));
                     let _ = write!(
                         s,
-                        r#"<rect class="band" x="{a:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}"><title>{}</title></rect><text class="band-label" x="{:.1}" y="{:.1}">{}</text>"#,
+                        r#"<rect class="band" x="{a:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}"/>"#,
                         (b - a).max(0.0),
                         y0 - y1,
-                        escape(label),
-                        a + 4.0,
-                        y1 + 12.0,
-                        escape(label)
                     );
+                    if !label.is_empty() {
+                        let _ = write!(
+                            s,
+                            r#"<text class="band-label" x="{:.1}" y="{:.1}">{}</text>"#,
+                            a + 4.0,
+                            y1 + 12.0,
+                            escape(label)
+                        );
+                    }
                 }
                 Mark::VLine { x, label } => {
                     let x = self.px(*x);
+                    // Near the right edge the label goes on the line's left.
+                    let (lx, anchor) = if x > WIDTH - RIGHT - 80.0 {
+                        (x - 3.0, "end")
+                    } else {
+                        (x + 3.0, "start")
+                    };
                     let _ = write!(
                         s,
-                        r#"<line class="ref" x1="{x:.1}" y1="{y0:.1}" x2="{x:.1}" y2="{y1:.1}"/><text class="ref-label" x="{:.1}" y="{:.1}">{}</text>"#,
-                        x + 3.0,
+                        r#"<line class="ref" x1="{x:.1}" y1="{y0:.1}" x2="{x:.1}" y2="{y1:.1}"/><text class="ref-label" x="{lx:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
                         y1 + 12.0,
                         escape(label)
                     );
@@ -357,21 +367,42 @@ impl Plot {
                 escape(&m.title)
             );
         }
-        // Legend, top right, one row per named series.
+        // Legend: up to three entries in the top margin, right-aligned; more (a CDF per ramp
+        // step) in a column at the bottom right of the plot, where a CDF leaves room.
         let named: Vec<&Series> = self.series.iter().filter(|s| !s.name.is_empty()).collect();
         if named.len() > 1 {
             s.push_str(r#"<g class="legend">"#);
-            for (row, se) in named.iter().enumerate() {
-                let y = TOP + 8.0 + row as f64 * 15.0;
-                let x = WIDTH - RIGHT - 170.0;
+            let widest = named
+                .iter()
+                .map(|s| s.name.chars().count())
+                .max()
+                .unwrap_or(0);
+            // Widths at about 6 units per character of 11px text, 8 of the 14px title.
+            let row: f64 = named
+                .iter()
+                .map(|s| 30.0 + 6.0 * s.name.chars().count() as f64)
+                .sum();
+            let title = 8.0 * self.title.chars().count() as f64;
+            let column = named.len() > 3 || LEFT + title + 20.0 + row > WIDTH - RIGHT;
+            let mut x = WIDTH - RIGHT;
+            for (row, se) in named.iter().rev().enumerate() {
+                // About 6 units per character at the 11px legend font.
+                let y = if column {
+                    x = WIDTH - RIGHT - 30.0 - 6.0 * widest as f64;
+                    HEIGHT - BOTTOM - 10.0 - row as f64 * 15.0
+                } else {
+                    x -= 30.0 + 6.0 * se.name.chars().count() as f64;
+                    20.0
+                };
                 let _ = write!(
                     s,
-                    r#"<line class="series s{}{}" x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                    r#"<line class="series s{}{}" x1="{x:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
                     se.colour % PALETTE.len(),
                     if se.dashed { " dashed" } else { "" },
+                    y - 4.0,
                     x + 18.0,
-                    x + 24.0,
-                    y + 4.0,
+                    y - 4.0,
+                    x + 22.0,
                     escape(&se.name)
                 );
             }

@@ -196,28 +196,30 @@ impl Timeline {
             .collect()
     }
 
-    /// The report's view: one entry per slot up to the last one anything happened in.
-    pub fn report(&self) -> Vec<Slot> {
+    /// The report's view: one entry per slot that starts before `end_ns` (the end of the
+    /// sending), the last one as long as it lasted. Copies that arrive later (the drain)
+    /// still count as received in their send slot.
+    pub fn report(&self, end_ns: u64) -> Vec<Slot> {
         let fanout = self.fanout();
-        let slot_s = self.slot_s();
         let counts = self.counts();
-        let used = counts
-            .iter()
-            .rposition(|c| c.sent + c.arrived > 0)
-            .map_or(0, |i| i + 1);
+        let span = end_ns.saturating_sub(self.origin_ns);
+        let used = (span.div_ceil(self.slot_ns) as usize).min(counts.len());
         counts[..used]
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                let from = i as u64 * self.slot_ns;
+                let duration_s = (span - from).min(self.slot_ns) as f64 / 1e9;
                 let expected = (c.sent as f64 * fanout).round() as u64;
                 Slot {
-                    t_s: i as f64 * slot_s,
+                    t_s: from as f64 / 1e9,
+                    duration_s,
                     sent: c.sent,
                     expected,
                     received: c.received,
                     loss_ratio: loss(expected, c.received),
-                    in_pps: c.sent as f64 / slot_s,
-                    out_pps: c.arrived as f64 / slot_s,
+                    in_pps: c.sent as f64 / duration_s,
+                    out_pps: c.arrived as f64 / duration_s,
                     latency_us: LatencyBuckets(&c.latency).summary(),
                 }
             })
@@ -275,6 +277,8 @@ impl LatencyBuckets<'_> {
 pub struct Slot {
     /// Start of the slot, seconds after the first packet was due (the warm-up included).
     pub t_s: f64,
+    /// Its length: the slot's, or less for the last one (up to the end of the sending).
+    pub duration_s: f64,
     /// Publisher packets sent in the slot.
     pub sent: u64,
     /// Copies of them the subscribers should get: `sent` × subscribers per publisher.
@@ -341,11 +345,13 @@ mod tests {
             }
         }
         b.received(at(0.95), at(1.05));
-        let r = t.report();
+        let r = t.report(at(1.5));
         assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!((r[0].duration_s, r[1].duration_s), (1.0, 0.5));
         assert_eq!((r[0].sent, r[0].expected, r[0].received), (10, 20, 20));
         assert_eq!(r[0].loss_ratio, Some(0.0));
-        assert_eq!((r[0].out_pps, r[1].out_pps), (19.0, 1.0));
+        assert_eq!((r[0].out_pps, r[1].out_pps), (19.0, 2.0));
+        assert_eq!((r[0].in_pps, r[1].in_pps), (10.0, 2.0));
         assert_eq!((r[1].sent, r[1].expected, r[1].received), (1, 2, 0));
         assert_eq!(r[1].loss_ratio, Some(1.0));
         let l = r[0].latency_us.expect("latency");

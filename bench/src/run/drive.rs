@@ -298,7 +298,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         groups: group_reports,
         relay_link_pps,
         errors,
-        timeline: timeline.report(),
+        timeline: timeline.report(end),
         latency_histogram: Some(hist),
     })
 }
