@@ -34,8 +34,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM ${RUNTIME_IMAGE} AS base
 # A fixed uid/gid, so volumes and Kubernetes' runAsUser can name it.
-RUN groupadd --system --gid 10001 switchyard \
-    && useradd --system --uid 10001 --gid switchyard --no-create-home \
+RUN groupadd --gid 10001 switchyard \
+    && useradd --uid 10001 --gid switchyard --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin switchyard
 COPY deploy/switchyard.toml /etc/switchyard/switchyard.toml
 ENV SWITCHYARD_CONFIG=/etc/switchyard/switchyard.toml \

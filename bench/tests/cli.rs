@@ -90,7 +90,10 @@ fn progress_every_second_json_on_stdout_and_report_files() {
     // Every copy counted in its send second (arrivals may slip into the next one).
     let received: u64 = timeline.iter().filter_map(|s| s["received"].as_u64()).sum();
     assert_eq!(received, 3 * 800, "{timeline:?}");
-    assert!(timeline.iter().all(|s| s["loss_ratio"] == 0.0), "{timeline:?}");
+    assert!(
+        timeline.iter().all(|s| s["loss_ratio"] == 0.0),
+        "{timeline:?}"
+    );
 
     let text = std::fs::read_to_string(&hgrm_path).expect(".hgrm written");
     let points = hgrm::parse(&text);
