@@ -97,12 +97,25 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         })
         .map_err(|e| Error::io("spawning the send thread", e))?;
 
+    // From the first packet on, WebRTC joins included.
+    let progress_stop = Arc::new(AtomicBool::new(false));
+    let progress = if spec.progress {
+        let phases = crate::progress::Phases {
+            warm_slot: timeline.slot_of(warm),
+            total_s: (end - start) as f64 / 1e9,
+        };
+        crate::progress::spawn(timeline.clone(), phases, end, progress_stop.clone()).ok()
+    } else {
+        None
+    };
+
     let (subs, join_ns) = match joiner {
         None => (subs, Vec::new()),
         Some(join) => match join() {
             Ok(v) => v,
             Err(e) => {
                 abort.store(true, Ordering::Relaxed);
+                progress_stop.store(true, Ordering::Relaxed);
                 let _ = sender.join();
                 return Err(e);
             }
@@ -147,17 +160,6 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             .map_err(|e| Error::io("spawning a receive thread", e))?;
         receivers.push(h);
     }
-
-    let progress_stop = Arc::new(AtomicBool::new(false));
-    let progress = if spec.progress {
-        let phases = crate::progress::Phases {
-            warm_slot: timeline.slot_of(warm),
-            total_s: (end - start) as f64 / 1e9,
-        };
-        crate::progress::spawn(timeline.clone(), phases, end, progress_stop.clone()).ok()
-    } else {
-        None
-    };
 
     sleep_until(warm);
     let cpu0 = probe.as_ref().and_then(CpuProbe::cpu_ns);
