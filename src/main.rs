@@ -228,6 +228,14 @@ impl Opts {
         if self.insecure {
             c.http.insecure = true;
         }
+        // The HS256 key from the environment (a Kubernetes Secret, `docker run -e`), the
+        // variable `token sign` reads too. No flag: `ps` would show it.
+        if let Some(v) = std::env::var("SWITCHYARD_AUTH_KEY")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            c.auth.key = Some(v);
+        }
         c.validate()?;
         Ok(c)
     }
