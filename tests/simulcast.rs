@@ -150,6 +150,17 @@ fn subscribers(node: &Node) -> Vec<(u64, Option<SocketAddr>, Value)> {
 
 #[test]
 fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_back() {
+    capped_viewer("vp8");
+}
+
+/// The same with H.264 simulcast (Chromium's OpenH264 encoder, three layers): layers are
+/// ranked by rate (H.264 picture sizes are in the SPS, not parsed), keyframes are IDRs.
+#[test]
+fn chromium_h264_simulcast_viewer_behind_a_400_kbit_cap_settles_low_and_climbs_back() {
+    capped_viewer("h264");
+}
+
+fn capped_viewer(codec: &str) {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: bandwidth estimation browser test skipped");
@@ -174,7 +185,10 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
     let _publisher = Chromium::start(
         &bin,
         "publisher",
-        &url("publish=bwe/cam&simulcast=1", "/pub"),
+        &url(
+            &format!("publish=bwe/cam&simulcast=1&codec={codec}"),
+            "/pub",
+        ),
     );
     reports.wait("/pub", Duration::from_secs(30), |r| {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0
@@ -190,7 +204,15 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
     let top = |r: &Value| num(r, "frameWidth") > 640.0 && num(r, "framesDecoded") > 60.0;
     let a = reports.wait("/capped", Duration::from_secs(40), top);
     let b = reports.wait("/open", Duration::from_secs(40), top);
-    eprintln!("both at the top: {} and {}", a["frameSize"], b["frameSize"]);
+    eprintln!(
+        "{codec}: both at the top: {} and {} ({})",
+        a["frameSize"], b["frameSize"], a["videoCodec"]
+    );
+    assert_eq!(
+        a["videoCodec"].as_str().map(str::to_ascii_lowercase),
+        Some(format!("video/{codec}")),
+        "{a}"
+    );
     let subs = subscribers(&node);
     assert_eq!(subs.len(), 2, "{subs:?}");
     let (capped_id, capped_remote) = (subs[0].0, subs[0].1.expect("the capped viewer's address"));
@@ -276,7 +298,7 @@ fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_bac
     );
     reports.stop.store(true, Ordering::SeqCst);
     eprintln!(
-        "bandwidth estimation browser test took {:.1} s",
+        "{codec} bandwidth estimation browser test took {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
