@@ -14,6 +14,7 @@
 pub mod delay;
 pub mod history;
 pub mod rate;
+pub mod viewer;
 
 use std::time::{Duration, Instant};
 

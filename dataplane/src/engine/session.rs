@@ -200,7 +200,7 @@ pub struct Subscriber {
     pub layers: Box<[Select; MAX_TRACKS]>,
     /// A WebRTC viewer that negotiated transport-cc: its bandwidth estimate, which caps
     /// its simulcast layers (`viewer_bwe`).
-    pub bwe: Option<Box<super::viewer_bwe::ViewerBwe>>,
+    pub bwe: Option<Box<crate::bwe::viewer::ViewerBwe>>,
     /// A relay-out of a simulcast stream: the SSRC of each layer that crossed the link and
     /// its slot, so the far node's NACK and PLI (which name a layer's SSRC) find the layer's
     /// cache and publisher SSRC. Learned as packets pass; `None` for other subscribers.

@@ -14,49 +14,13 @@ use super::layers::UP_HEADROOM_PERCENT;
 use super::session::{self, seal_rtp, Subscriber};
 use super::timer::Timer;
 use super::{Engine, Output};
+use crate::bwe::viewer::{ViewerBwe, AUDIO_ALLOWANCE_BPS};
 use crate::bwe::{Bwe, ProbeResult, PROBE_PACKETS};
 
 /// How often probes are considered and the estimate published to the stats slot.
 pub const TICK: Duration = Duration::from_millis(100);
-/// Room kept for audio and RTCP when the estimate is split into a video budget.
-pub const AUDIO_ALLOWANCE_BPS: u64 = 64_000;
 /// Padding bytes in a probe packet: the most one RTP padding count byte describes.
 const PROBE_PADDING: usize = 255;
-
-/// A viewer's estimator and the header extension id its answer gave transport-cc.
-pub struct ViewerBwe {
-    pub ext: u8,
-    pub bwe: Bwe,
-}
-
-impl ViewerBwe {
-    /// Bits per second the viewer's video may use: the estimate less audio's share.
-    pub fn video_budget(&self) -> u64 {
-        self.bwe.estimate_bps().saturating_sub(AUDIO_ALLOWANCE_BPS)
-    }
-
-    /// Stamp the packet in `buf[..len]` (not yet protected) with the next transport-wide
-    /// sequence number; the new length. A packet that cannot carry it goes out as it is
-    /// (and is not counted in the estimate).
-    pub fn stamp(&mut self, buf: &mut [u8], len: usize, now: Instant) -> usize {
-        // Room for growing the header, and for the SRTP tag after it.
-        let cap = buf.len().saturating_sub(srtp::MAX_OVERHEAD);
-        let Some(room) = buf.get_mut(..cap) else {
-            return len;
-        };
-        // A placeholder first: the packet is numbered only once the element fits, so the
-        // history holds no packet that went out without it.
-        let Ok((n, at)) = rtp::put_extension(room, len, self.ext, [0, 0]) else {
-            return len;
-        };
-        // The size on the wire: the SRTP tag (10 bytes for the usual profile) included.
-        let seq = self.bwe.on_send(n + 10, now);
-        if let Some(v) = room.get_mut(at..at + 2) {
-            v.copy_from_slice(&seq.to_be_bytes());
-        }
-        n
-    }
-}
 
 impl Subscriber {
     /// The video budget from this viewer's estimate, where it has one.
