@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use switchyard_shared::command::{
-    Command, CommandError, Event, Keying, SessionId, SessionSpec, SrtpProfile,
+    Command, CommandError, Event, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile,
 };
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
@@ -195,6 +195,27 @@ impl NodeState {
 
     pub fn session(&self, id: SessionId) -> Option<&SessionSpec> {
         self.sessions.get(&id)
+    }
+
+    /// Relay-in `id` was pointed at a new source (`Command::RetargetRelayIn`): its spec
+    /// takes the new key, SSRCs and layers, and no address (the data plane latches the new
+    /// source's). Nothing for another session.
+    pub fn retarget_relay_in(
+        &mut self,
+        id: SessionId,
+        keys: SrtpKeys,
+        ssrcs: Vec<u32>,
+        simulcast: Option<switchyard_shared::command::Simulcast>,
+    ) {
+        if let Some(spec) = self
+            .sessions
+            .get_mut(&id)
+            .filter(|s| matches!(s.role, Role::RelayIn { .. }))
+        {
+            spec.keying = Keying::Static(keys);
+            spec.remote = None;
+            spec.role = Role::RelayIn { ssrcs, simulcast };
+        }
     }
 
     pub fn session_count(&self) -> usize {

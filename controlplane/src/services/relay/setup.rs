@@ -427,6 +427,27 @@ impl Relays {
             }
         }
         let key = format!("in\n{}", req.stream);
+        // The relay feeding the stream here lost its source: the new source takes the same
+        // relay-in over, so the viewers here keep their sessions.
+        if self.lost_ingress(&req).await.is_some() {
+            let lead = matches!(self.book.lock().join(&key), Join::Lead);
+            if lead {
+                let answer = self
+                    .lead(&key, async {
+                        let old = self.lost_ingress(&req).await.ok_or_else(|| {
+                            RelayError::Conflict(format!(
+                                "stream {} is relayed to this node from another source",
+                                req.stream
+                            ))
+                        })?;
+                        self.retarget_ingress(old, &req).await
+                    })
+                    .await?;
+                self.sync_streams().await;
+                return Ok((answer, true));
+            }
+            // Another set-up or take-over is in flight: answered below from the book.
+        }
         loop {
             if let Some(a) = self.existing_ingress(&req)? {
                 return Ok((a, false));
@@ -449,6 +470,104 @@ impl Relays {
             self.sync_streams().await;
         }
         Ok(made)
+    }
+
+    /// The relay feeding `req.stream` here from another source, when that source is lost:
+    /// the one `req`'s source may take over.
+    async fn lost_ingress(&self, req: &IngressRequest) -> Option<InRelay> {
+        let r = self.book.lock().incoming(&req.stream).cloned()?;
+        if r.source_node == req.source_node {
+            return None;
+        }
+        let nodes = self.cluster.store.list_nodes().await.ok()?;
+        self.source_lost(&r, &nodes).await.then_some(r)
+    }
+
+    /// Whether relay `r`'s source is gone: removed from the registry (dead), or no longer
+    /// listing the stream (its publisher left, or re-published elsewhere). A store that
+    /// cannot answer proves nothing: not lost.
+    pub(super) async fn source_lost(
+        &self,
+        r: &InRelay,
+        nodes: &[crate::core::store::Node],
+    ) -> bool {
+        if !nodes.iter().any(|n| n.node_id == r.source_node) {
+            return true;
+        }
+        match self.cluster.store.stream_sources(&r.stream).await {
+            Ok(sources) => !sources.iter().any(|(n, _)| *n == r.source_node),
+            Err(_) => false,
+        }
+    }
+
+    /// Point relay-in `old` at `req`'s source: a fresh link key, the new source's SSRCs and
+    /// layers, the same session (its viewers keep theirs; the data plane re-bases their
+    /// numbering and asks the new source for a keyframe).
+    async fn retarget_ingress(
+        &self,
+        old: InRelay,
+        req: &IngressRequest,
+    ) -> Result<IngressAnswer, RelayError> {
+        let mut forward = vec![0u8; PROFILE.master_len()];
+        let mut back = vec![0u8; PROFILE.master_len()];
+        random::fill(&mut forward)?;
+        random::fill(&mut back)?;
+        let simulcast = req
+            .publisher_media
+            .as_ref()
+            .and_then(crate::services::webrtc::simulcast_map);
+        self.sessions.retarget_relay_in(
+            old.session,
+            SrtpKeys {
+                profile: PROFILE,
+                remote: forward,
+                local: back,
+            },
+            req.ssrcs.clone(),
+            simulcast,
+        )?;
+        if let Some(n) = &req.publisher_media {
+            self.sessions.lock().node.set_publisher_media(
+                &req.stream,
+                old.session,
+                Arc::new(n.clone()),
+            );
+        }
+        let relay = InRelay {
+            source_node: req.source_node.clone(),
+            hops: req.hops.clone(),
+            publisher_media: req.publisher_media.clone(),
+            ..old.clone()
+        };
+        self.book.lock().add_in(relay);
+        self.book.save();
+        counters::cluster().relay_retargeted();
+        tracing::info!(stream = %req.stream, from = %old.source_node, to = %req.source_node, session = old.session.0, "relay ingress taken over by a new source");
+        let g = self.sessions.lock();
+        let spec = g.node.session(old.session).ok_or(RelayError::NoKeys)?;
+        self.answer_for(&g.node, spec, &req.hops)
+            .ok_or(RelayError::NoKeys)
+    }
+
+    /// A publisher is about to publish `stream` here: a relay feeding it here ends first
+    /// (the node's viewers of it stay, and follow the new publisher). Asks a live source
+    /// to close its end; a lost one is not waited for.
+    pub async fn yield_to_publisher(&self, stream: &str) {
+        let Some(r) = self.book.lock().incoming(stream).cloned() else {
+            return;
+        };
+        let lost = match self.cluster.store.list_nodes().await {
+            Ok(nodes) => self.source_lost(&r, &nodes).await,
+            Err(_) => true,
+        };
+        tracing::info!(%stream, source = %r.source_node, lost, "a publisher here replaces the relay that fed the stream");
+        if lost {
+            if let Err(e) = self.close_ingress(r.session).await {
+                tracing::warn!(%stream, error = %e, "cannot end the relay ingress");
+            }
+        } else {
+            self.end_incoming(&r).await;
+        }
     }
 
     /// The answer for the relay already feeding `req.stream` from the same source; a

@@ -126,6 +126,7 @@ pub async fn run(relays: Arc<Relays>) {
         if !ready {
             continue;
         }
+        relays.repull_lost().await;
         let now = now_ms();
         let users = relays.users();
         let expired = {

@@ -220,6 +220,11 @@ impl Webrtc {
             return Err(SdpError::TooLarge.into());
         }
         let offer = std::str::from_utf8(offer).map_err(|_| WebrtcError::NotUtf8)?;
+        if dir == Direction::Publish {
+            // A publisher that moved here (its node died): it replaces the relay of its
+            // stream, and this node's viewers of the stream follow it.
+            self.relays.yield_to_publisher(&name).await;
+        }
         let publisher = match dir {
             Direction::Publish => None,
             Direction::Subscribe => Some(
