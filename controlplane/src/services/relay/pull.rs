@@ -115,26 +115,30 @@ impl Relays {
     /// relay-in: the source's set-up calls this node's ingress, which hands the session over
     /// to it (`retarget_ingress`), so the viewers here keep their sessions. Sources fed by
     /// the lost node are passed over (they lost the stream too), then the nearest first.
-    /// Called every relay tick; a stream nobody publishes yet is tried again at the next.
-    pub(super) async fn repull_lost(&self) {
+    /// Called every relay tick, and more often while a relay is lost; returns whether one
+    /// still is (nobody publishes its stream yet, or the new source refused).
+    pub(super) async fn repull_lost(&self) -> bool {
         let ins: Vec<InRelay> = self.book.lock().ins().cloned().collect();
         if ins.is_empty() {
-            return;
+            return false;
         }
         let Ok(nodes) = self.cluster.store.list_nodes().await else {
-            return;
+            return false;
         };
+        let mut lost = false;
         for r in ins {
-            if self.source_lost(&r, &nodes).await {
-                self.repull(&r, &nodes).await;
+            if self.source_lost(&r, &nodes).await && !self.repull(&r, &nodes).await {
+                lost = true;
             }
         }
+        lost
     }
 
-    async fn repull(&self, r: &InRelay, nodes: &[Node]) {
+    /// Whether `r` was pulled again from a new source.
+    async fn repull(&self, r: &InRelay, nodes: &[Node]) -> bool {
         let me = &self.node_id;
         let Ok(sources) = self.cluster.store.stream_sources(&r.stream).await else {
-            return;
+            return false;
         };
         let mut candidates: Vec<(usize, String, String)> = sources
             .into_iter()
@@ -166,7 +170,7 @@ impl Relays {
             match answer {
                 Ok(a) if (200..300).contains(&a.status) => {
                     tracing::info!(stream = %r.stream, lost = %r.source_node, source = %node, "relay pulled again from a new source");
-                    return;
+                    return true;
                 }
                 Ok(a) => {
                     counters::cluster().relay_failed("repull");
@@ -178,6 +182,7 @@ impl Relays {
                 }
             }
         }
+        false
     }
 
     /// Whether this node may serve a cascaded subscriber: in sync with its data plane and not

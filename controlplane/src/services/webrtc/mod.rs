@@ -262,6 +262,11 @@ impl Webrtc {
                 .lock()
                 .node
                 .set_publisher_media(&name, spec.id, Arc::new(negotiated));
+            // Listed in the store now rather than at the next relay tick: nodes whose relay
+            // of the stream lost its source are waiting for it (viewer continuity). In the
+            // background, so the answer never waits for the store.
+            let relays = self.relays.clone();
+            tokio::spawn(async move { relays.sync_streams().await });
         }
         Ok(Answered {
             id: spec.id,
