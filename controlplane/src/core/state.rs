@@ -612,6 +612,43 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_retargeted_relay_in_comes_back_with_its_new_source_key() {
+        let mut s = synced();
+        let mut relay_in = spec(5);
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x1111],
+            simulcast: None,
+        };
+        relay_in.remote = None;
+        let _rx = s.begin_add(relay_in.clone());
+        s.apply(Event::SessionAdded { id: relay_in.id });
+        let old_source: SocketAddr = "10.0.0.1:9443".parse().expect("literal");
+        s.apply(Event::RemoteLatched {
+            id: relay_in.id,
+            remote: old_source,
+        });
+        let keys = SrtpKeys {
+            profile: SrtpProfile::AeadAes128Gcm,
+            remote: vec![7; 28],
+            local: vec![8; 28],
+        };
+        s.retarget_relay_in(relay_in.id, keys.clone(), vec![0x3333], None);
+        // Another session is left alone.
+        s.retarget_relay_in(SessionId(99), keys.clone(), Vec::new(), None);
+        let fx = s.apply(hello(2));
+        relay_in.keying = Keying::Static(keys);
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x3333],
+            simulcast: None,
+        };
+        assert_eq!(
+            fx.commands,
+            vec![Command::AddSession(relay_in)],
+            "the new key, the new source's SSRCs, no address: the old source is shut out"
+        );
+    }
+
     /// A clean data-plane stop removes the ring: the control plane detaches, attaches to the
     /// next process's new ring and asks it for a snapshot, but that process's Hello comes
     /// first and the sessions are provisioned again; its (empty) snapshot must not erase them.

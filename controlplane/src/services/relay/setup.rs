@@ -329,7 +329,10 @@ impl Relays {
             Err(e) => {
                 metrics().relay_failed("dataplane");
                 // Do not leave the target waiting for media that will not come.
-                let path = format!("/v1/relays/ingress/{}", a.relay_id);
+                let path = format!(
+                    "/v1/relays/ingress/{}?sourceNode={}",
+                    a.relay_id, self.node_id
+                );
                 let _ = client::request(url, "DELETE", &path, None, token.as_deref(), CALL_TIMEOUT)
                     .await;
                 return Err(e);
@@ -371,7 +374,12 @@ impl Relays {
         }
         self.book.lock().remove_out(stream, target);
         self.book.save();
-        let path = format!("/v1/relays/ingress/{}", relay.remote_relay_id);
+        // Named as the source: a target whose relay-in a new source has taken over since
+        // keeps it.
+        let path = format!(
+            "/v1/relays/ingress/{}?sourceNode={}",
+            relay.remote_relay_id, self.node_id
+        );
         let token = self.cluster_token();
         let answer = client::request(
             &relay.target_url,
@@ -683,6 +691,14 @@ impl Relays {
         let g = self.sessions.lock();
         self.answer_for(&g.node, &spec, &req.hops)
             .ok_or(RelayError::NoKeys)
+    }
+
+    /// Whether relay-in `id` here is fed from `source` now.
+    pub fn fed_from(&self, id: SessionId, source: &str) -> bool {
+        self.book
+            .lock()
+            .ins()
+            .any(|r| r.session == id && r.source_node == source)
     }
 
     /// End the ingress `id` (its `RelayIn` session) here.
