@@ -119,6 +119,10 @@ impl Relays {
     /// still is (nobody publishes its stream yet, or the new source refused).
     pub(super) async fn repull_lost(&self) -> bool {
         let ins: Vec<InRelay> = self.book.lock().ins().cloned().collect();
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| ins.iter().any(|r| r.stream == s));
         if ins.is_empty() {
             return false;
         }

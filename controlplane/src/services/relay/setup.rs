@@ -492,20 +492,28 @@ impl Relays {
     }
 
     /// Whether relay `r`'s source is gone: removed from the registry (dead), or no longer
-    /// listing the stream (its publisher left, or re-published elsewhere). A store that
-    /// cannot answer proves nothing: not lost.
+    /// listing the stream for a while (its publisher left, or re-published elsewhere; see
+    /// `lost`). A store that cannot answer proves nothing: not lost.
     pub(super) async fn source_lost(
         &self,
         r: &InRelay,
         nodes: &[crate::core::store::Node],
     ) -> bool {
-        if !nodes.iter().any(|n| n.node_id == r.source_node) {
-            return true;
-        }
-        match self.cluster.store.stream_sources(&r.stream).await {
-            Ok(sources) => !sources.iter().any(|(n, _)| *n == r.source_node),
-            Err(_) => false,
-        }
+        let registered = nodes.iter().any(|n| n.node_id == r.source_node);
+        let listed = if registered {
+            match self.cluster.store.stream_sources(&r.stream).await {
+                Ok(sources) => sources.iter().any(|(n, _)| *n == r.source_node),
+                Err(_) => return false,
+            }
+        } else {
+            false
+        };
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).judge(
+            &r.stream,
+            &r.source_node,
+            (registered, listed),
+            now_ms(),
+        )
     }
 
     /// Point relay-in `old` at `req`'s source: a fresh link key, the new source's SSRCs and
