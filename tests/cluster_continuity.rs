@@ -7,6 +7,10 @@
 //! again with one SSRC per kind and few packets lost (a restarted numbering would count
 //! thousands lost). The media gap each viewer saw is printed (docs/cluster.md).
 //!
+//! The second test makes a chain instead (relays `a` → `b` → `c`, set up through the REST
+//! API): when the publisher comes back on `b` it replaces `b`'s relay, and `b` opens its
+//! relay to `c` again into `c`'s same relay-in (the new publisher's SSRCs).
+//!
 //! `SWITCHYARD_CONTINUITY_HEALTH_MS` sets the health interval (default 500 ms; the
 //! figures in docs/cluster.md also come from a run with 5000, the default).
 //!
@@ -74,7 +78,19 @@ fn incoming(node: &Node) -> Option<(String, u64)> {
 
 #[test]
 fn viewers_keep_their_sessions_when_the_source_node_dies() {
-    let name = "viewers_keep_their_sessions_when_the_source_node_dies";
+    run(
+        "viewers_keep_their_sessions_when_the_source_node_dies",
+        false,
+    );
+}
+
+#[test]
+fn a_chain_follows_the_publisher_to_its_new_node() {
+    run("a_chain_follows_the_publisher_to_its_new_node", true);
+}
+
+/// `chain`: `c` is fed through `b` (a → b → c) rather than straight from `a`.
+fn run(name: &str, chain: bool) {
     let Some(py) = python() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -87,7 +103,7 @@ fn viewers_keep_their_sessions_when_the_source_node_dies() {
         return;
     }
     let health = health_ms();
-    let dir = std::env::temp_dir().join(format!("swy-continuity-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("swy-continuity-{}-{chain}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let redis = Redis::start_free(&dir, false);
@@ -137,6 +153,16 @@ fn viewers_keep_their_sessions_when_the_source_node_dies() {
         Duration::from_secs(30),
         || a.metric_sum("switchyard_rx_packets_total{") > 100,
     );
+    let c_source = if chain {
+        let path = "/v1/streams/live/cam/relays";
+        let r = a.post(path, r#"{"targetNode": "b"}"#);
+        assert_eq!(r.status, 201, "{}", r.body);
+        let r = b.post(path, r#"{"targetNode": "c"}"#);
+        assert_eq!(r.status, 201, "{}", r.body);
+        "b"
+    } else {
+        "a"
+    };
     // The kill comes after a few seconds of media; the viewers watch on for long enough to
     // see the node removed and the publisher back.
     let view_s = 4 + (3 * health).div_ceil(1000) + EXTRA_VIEW_S;
@@ -152,12 +178,12 @@ fn viewers_keep_their_sessions_when_the_source_node_dies() {
             )
         })
         .collect();
-    for n in [&b, &c] {
+    for (n, source) in [(&b, "a"), (&c, c_source)] {
         wait(
             "a viewer fed through the cascade",
             Duration::from_secs(30),
             || {
-                incoming(n).is_some_and(|(src, _)| src == "a")
+                incoming(n).is_some_and(|(src, _)| src == source)
                     && n.metric_sum("switchyard_tx_packets_total{") > 200
             },
         );
@@ -194,14 +220,16 @@ fn viewers_keep_their_sessions_when_the_source_node_dies() {
         &[],
     );
     wait(
-        "c's relay pulled again from b",
+        "c's relay taken over by b's publisher",
         Duration::from_secs(20),
-        || incoming(&c).is_some_and(|(src, _)| src == "b"),
+        || {
+            incoming(&c).is_some_and(|(src, _)| src == "b")
+                && c.metric_sum("switchyard_relays_retargeted_total") >= 1
+        },
     );
     let (_, relay_after) = incoming(&c).expect("c's relay");
     assert_eq!(relay_after, c_relay, "the same relay-in session on c");
     assert_eq!(viewers(&c), c_viewers, "c's viewer kept its session");
-    assert!(c.metric_sum("switchyard_relays_retargeted_total") >= 1);
 
     let mut gaps = Vec::new();
     for (node, w) in ["b", "c"].into_iter().zip(watchers) {
@@ -238,7 +266,7 @@ fn viewers_keep_their_sessions_when_the_source_node_dies() {
     }
     drop(second);
     eprintln!(
-        "health interval {health} ms: a removed {:.2} s after the kill",
+        "{name}: health interval {health} ms: a removed {:.2} s after the kill",
         removed_after.as_secs_f64()
     );
     for (node, gap, after_republish, before_kill) in gaps {

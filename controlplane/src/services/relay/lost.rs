@@ -8,7 +8,7 @@
 //! publisher (before the listing) is never taken for lost, while one whose publisher left
 //! or moved is, a few seconds later.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// How long a live source may go without listing a stream it relays here.
 pub const UNLISTED_GRACE_MS: u64 = 3_000;
@@ -18,6 +18,9 @@ pub const UNLISTED_GRACE_MS: u64 = 3_000;
 pub struct Lost {
     /// stream → (source, first seen unlisted, Unix ms).
     unlisted: HashMap<String, (String, u64)>,
+    /// Streams whose relay-in here was taken over: their relays onwards are to be opened
+    /// again (they carried the old publisher's SSRCs).
+    reopen: BTreeSet<String>,
 }
 
 impl Lost {
@@ -42,6 +45,16 @@ impl Lost {
             *e = (source.to_owned(), now_ms);
         }
         now_ms.saturating_sub(e.1) >= UNLISTED_GRACE_MS
+    }
+
+    /// The relays onwards of `stream` are to be opened again.
+    pub fn reopen(&mut self, stream: &str) {
+        self.reopen.insert(stream.to_owned());
+    }
+
+    /// The streams whose relays onwards are to be opened again, once.
+    pub fn take_reopen(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.reopen).into_iter().collect()
     }
 
     /// Forget streams no relay here carries any more.

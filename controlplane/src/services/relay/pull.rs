@@ -118,6 +118,7 @@ impl Relays {
     /// Called every relay tick, and more often while a relay is lost; returns whether one
     /// still is (nobody publishes its stream yet, or the new source refused).
     pub(super) async fn repull_lost(&self) -> bool {
+        self.reopen_onwards().await;
         let ins: Vec<InRelay> = self.book.lock().ins().cloned().collect();
         self.lost
             .lock()

@@ -65,6 +65,11 @@ impl Relays {
         self.book.lock()
     }
 
+    /// Whether WHEP offers for streams on other nodes are served here (`[cluster] cascade`).
+    pub fn cascades(&self) -> bool {
+        self.cluster.config.cascade
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id

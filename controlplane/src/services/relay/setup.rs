@@ -480,12 +480,19 @@ impl Relays {
         Ok(made)
     }
 
-    /// The relay feeding `req.stream` here from another source, when that source is lost:
-    /// the one `req`'s source may take over.
+    /// The relay feeding `req.stream` here that `req`'s source may take over: one from
+    /// another source that is lost, or one from the same source whose publisher changed
+    /// under it (its SSRCs differ: the source's own relay was taken over, and it opens its
+    /// relays onwards again, so a chain follows).
     async fn lost_ingress(&self, req: &IngressRequest) -> Option<InRelay> {
         let r = self.book.lock().incoming(&req.stream).cloned()?;
         if r.source_node == req.source_node {
-            return None;
+            let g = self.sessions.lock();
+            let changed = matches!(
+                g.node.session(r.session).map(|s| &s.role),
+                Some(Role::RelayIn { ssrcs, .. }) if !req.ssrcs.is_empty() && *ssrcs != req.ssrcs
+            );
+            return changed.then_some(r);
         }
         let nodes = self.cluster.store.list_nodes().await.ok()?;
         self.source_lost(&r, &nodes).await.then_some(r)
@@ -557,6 +564,12 @@ impl Relays {
         };
         self.book.lock().add_in(relay);
         self.book.save();
+        // Relays of the stream onwards carry the new publisher's SSRCs from now on: their
+        // targets are told (the relay task opens them again, into the same relay-ins).
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reopen(&req.stream);
         counters::cluster().relay_retargeted();
         tracing::info!(stream = %req.stream, from = %old.source_node, to = %req.source_node, session = old.session.0, "relay ingress taken over by a new source");
         let g = self.sessions.lock();
@@ -699,6 +712,71 @@ impl Relays {
         let g = self.sessions.lock();
         self.answer_for(&g.node, &spec, &req.hops)
             .ok_or(RelayError::NoKeys)
+    }
+
+    /// Open again the relays onwards of streams whose relay-in here was taken over by a new
+    /// source: the local relay-out goes (without ending the target's relay-in) and the
+    /// set-up runs again, which the target takes as a change of publisher under the same
+    /// source (`lost_ingress`) and answers with a fresh key into the same relay-in.
+    pub(super) async fn reopen_onwards(&self) {
+        let streams = self
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_reopen();
+        for stream in streams {
+            let outs: Vec<OutRelay> = self
+                .book
+                .lock()
+                .outs()
+                .filter(|o| o.stream == stream)
+                .cloned()
+                .collect();
+            for o in outs {
+                match self.sessions.remove(o.session).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(%stream, target = %o.target_node, error = %e, "relay onwards not reopened");
+                        continue;
+                    }
+                }
+                self.book.lock().remove_out(&stream, &o.target_node);
+                self.book.save();
+                let target = if self
+                    .cluster
+                    .store
+                    .list_nodes()
+                    .await
+                    .is_ok_and(|n| n.iter().any(|n| n.node_id == o.target_node))
+                {
+                    Target::Node(o.target_node.clone())
+                } else {
+                    Target::Url(o.target_url.clone())
+                };
+                match self.open(&stream, target).await {
+                    Ok(_) => {
+                        tracing::info!(%stream, target = %o.target_node, "relay onwards reopened for the new source")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%stream, target = %o.target_node, error = %e, "relay onwards not reopened")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new publisher of `stream` here: relays of the stream onwards (left from a relay
+    /// it replaced) are opened again, so their targets take its SSRCs.
+    pub async fn publisher_changed(&self, stream: &str) {
+        if !self.book.lock().outs().any(|o| o.stream == stream) {
+            return;
+        }
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reopen(stream);
+        self.reopen_onwards().await;
     }
 
     /// Whether relay-in `id` here is fed from `source` now.

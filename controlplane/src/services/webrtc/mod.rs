@@ -149,8 +149,12 @@ impl Webrtc {
         stream: &str,
     ) -> Result<Route, WebrtcError> {
         let name = stream_name(room, stream)?;
-        if dir == Direction::Subscribe && self.sessions.lock().node.publisher_media(&name).is_none()
-        {
+        let here = self.sessions.lock().node.publisher_media(&name).is_some();
+        if dir == Direction::Subscribe && here && self.relays.cascades() {
+            // Published or relayed here already: what a cascade would do, without a pull.
+            return Ok(Route::Here);
+        }
+        if dir == Direction::Subscribe && !here {
             match self.relays.pull(&name).await {
                 Ok(()) => return Ok(Route::Here),
                 Err(PullError::NoSource) => {}
@@ -266,7 +270,12 @@ impl Webrtc {
             // of the stream lost its source are waiting for it (viewer continuity). In the
             // background, so the answer never waits for the store.
             let relays = self.relays.clone();
-            tokio::spawn(async move { relays.sync_streams().await });
+            let stream = name.clone();
+            tokio::spawn(async move {
+                relays.sync_streams().await;
+                // Relays onwards that a replaced relay fed carry this publisher from now on.
+                relays.publisher_changed(&stream).await;
+            });
         }
         Ok(Answered {
             id: spec.id,
