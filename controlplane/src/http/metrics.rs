@@ -55,6 +55,18 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             "switchyard_relay_setup_failures_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    header(
+        out,
+        "relays_retargeted_total",
+        "counter",
+        "Relay-ins on this node taken over by a new source after theirs was lost (their viewers kept their sessions).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_retargeted_total {}",
+        m.relays_retargeted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let nodes = m.nodes();
     type Gauge = fn(&Node) -> u64;
     let gauges: [(&str, &str, Gauge); 5] = [

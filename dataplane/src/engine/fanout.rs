@@ -51,6 +51,8 @@ impl Engine {
             _ => None,
         };
         let mut asks = 0u8;
+        // Tracks whose source changed for some viewer: a keyframe is asked of the new one.
+        let mut rekey = false;
         let mut switches = 0u64;
         let mut sent = 0u64;
         let mut relayed = 0u64;
@@ -72,6 +74,9 @@ impl Engine {
                 session::Role::Subscriber(sub) => sub.relay,
                 session::Role::Publisher(_) => false,
             };
+            if !relay {
+                rekey |= follow_source(s, h, now);
+            }
             let r = match &view {
                 // Relay-outs pass every layer on unchanged (see `relay_to`).
                 Some((tag, v)) if !relay => {
@@ -91,6 +96,9 @@ impl Engine {
             };
             match r {
                 Ok(n) => {
+                    if !relay {
+                        note_sent(s, h, now);
+                    }
                     sent += 1;
                     bytes += n as u64;
                     if let Some(slot) = slots.0.session(slots.1, idx as usize) {
@@ -116,6 +124,57 @@ impl Engine {
                 self.request_keyframe(stream, layers::slot(h.track, l), now, out);
             }
         }
+        // A layered track's viewers ask for their layer's keyframe themselves (above).
+        if rekey && view.is_none() {
+            self.request_keyframe(stream, layers::slot(h.track, 0), now, out);
+        }
+    }
+}
+
+/// Viewer `s` is about to get `h`: if its source changed since the viewer's last packet of
+/// the track, re-base the viewer's numbering so it goes on (`continuity`); a simulcast
+/// track's layer choice starts again and re-bases at the next keyframe, as a layer switch
+/// does. Returns whether the source changed (a keyframe is needed).
+fn follow_source(s: &mut Session, h: &Handle, now: Instant) -> bool {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return false;
+    };
+    let t = usize::from(h.track);
+    let src = h.bytes();
+    let layered = h.layer.is_some();
+    let (Some(c), Some(off)) = (sub.continuity.get_mut(t), sub.offsets.get_mut(t)) else {
+        return false;
+    };
+    let change = c.on_packet(h.epoch, (be16(src, 2), be32(src, 4)), off, now, layered);
+    if !change.changed {
+        return false;
+    }
+    if change.rebased {
+        // The re-based offset is the one to keep, not a resumed key's first number.
+        if let Some(r) = sub.resume_seq.get_mut(t) {
+            *r = None;
+        }
+    }
+    if layered {
+        if let Some(sel) = sub.layers.get_mut(t) {
+            sel.source_changed();
+        }
+    }
+    true
+}
+
+/// `h` went out to viewer `s`: remember how it was numbered, for the next change of source.
+fn note_sent(s: &mut Session, h: &Handle, now: Instant) {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return;
+    };
+    let t = usize::from(h.track);
+    let src = h.bytes();
+    if let (Some(c), Some(&(so, to))) = (sub.continuity.get_mut(t), sub.offsets.get(t)) {
+        c.sent(
+            (be16(src, 2).wrapping_add(so), be32(src, 4).wrapping_add(to)),
+            now,
+        );
     }
 }
 

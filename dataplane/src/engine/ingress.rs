@@ -293,6 +293,7 @@ impl Engine {
         pkt.len = len as u16;
         pkt.at = Some(at);
         pkt.layer = tag;
+        pkt.epoch = p.epoch;
         let stream = p.stream;
         if let Some(cache) = p.caches.get_mut(usize::from(slot)) {
             cache.insert(hdr.sequence, h.clone(), &mut self.pool);

@@ -607,6 +607,14 @@ impl Select {
         self.asked = None;
     }
 
+    /// The stream's source changed (`continuity`): the layers are the new source's, so
+    /// the viewer waits for its target's keyframe and switches there, re-basing its
+    /// numbering on the last packet it was sent.
+    pub fn source_changed(&mut self) {
+        self.current = None;
+        self.asked = None;
+    }
+
     /// The timestamp of the last packet sent, in the viewer's numbering.
     pub fn last_ts(&self) -> u32 {
         self.last_ts

@@ -71,6 +71,14 @@ pub enum WorkerCommand {
         /// The source publisher's simulcast map: layers are told apart as a publisher's are.
         simulcast: Option<Simulcast>,
     },
+    /// Relay-in `id` gets a new source (see `Command::RetargetRelayIn`): new link key and
+    /// the new source publisher's SSRCs and layers; the address is latched again.
+    RetargetRelayIn {
+        id: SessionId,
+        ssrcs: Vec<u32>,
+        srtp: SrtpKeys,
+        simulcast: Option<Simulcast>,
+    },
     /// A subscriber of `stream` that forwards it unchanged to another node's relay socket
     /// from this worker's relay socket (see `Role::RelayOut`).
     AddRelayOut {

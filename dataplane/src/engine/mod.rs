@@ -35,6 +35,7 @@
 //! time: it does only what is due). The engine never reads a clock, so tests drive it on
 //! virtual time.
 
+mod continuity;
 mod control;
 mod fanout;
 mod feedback;

@@ -122,6 +122,9 @@ pub struct Publisher {
     pub data_in: Option<Box<GapTracker>>,
     /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
     pub uplink: Option<Box<super::uplink::Uplink>>,
+    /// Stamped on every packet: changes when the source does (a new publisher of the
+    /// stream, a relay-in retargeted to another node), so viewers re-base their numbering.
+    pub epoch: u32,
 }
 
 impl Publisher {
@@ -144,6 +147,7 @@ impl Publisher {
             upstream: None,
             data_in: None,
             uplink: None,
+            epoch: 0,
         }
     }
 
@@ -205,6 +209,8 @@ pub struct Subscriber {
     /// its slot, so the far node's NACK and PLI (which name a layer's SSRC) find the layer's
     /// cache and publisher SSRC. Learned as packets pass; `None` for other subscribers.
     pub relay_layers: Option<Box<RelayLayers>>,
+    /// Per track: what keeps its numbering continuous when the stream's source changes.
+    pub continuity: [super::continuity::Continuity; MAX_TRACKS],
 }
 
 /// Layer SSRCs a relay-out has seen, with their slots (`layers::slot`).

@@ -22,6 +22,7 @@ mod local_address;
 mod relay;
 mod relay_data;
 mod relay_simulcast;
+mod retarget;
 mod simulcast;
 mod timers;
 mod uplink;

@@ -31,6 +31,7 @@ pub mod book;
 pub mod client;
 pub mod error;
 pub mod file;
+pub mod lost;
 pub mod pull;
 pub mod service;
 pub mod setup;

@@ -2,7 +2,7 @@
 //! holds. Its calls are in `setup` (both ends), `pull` (the cascade), `trust` and `upkeep`.
 
 use std::net::IpAddr;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchyard_shared::config::Config;
 
@@ -24,6 +24,8 @@ pub struct Relays {
     pub(super) auth_key: Option<String>,
     /// This node serves its API over HTTPS.
     pub(super) tls: bool,
+    /// Which relays feeding this node have lost their source (viewer continuity).
+    pub(super) lost: Mutex<super::lost::Lost>,
 }
 
 impl Relays {
@@ -54,12 +56,18 @@ impl Relays {
             announce_ip: config.media.announce_ip(),
             auth_key: config.auth.key.clone(),
             tls: config.http.tls().is_some(),
+            lost: Mutex::default(),
         }
     }
 
     /// The relay book, for reading (never held across an await).
     pub fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock()
+    }
+
+    /// Whether WHEP offers for streams on other nodes are served here (`[cluster] cascade`).
+    pub fn cascades(&self) -> bool {
+        self.cluster.config.cascade
     }
 
     /// This node's id.

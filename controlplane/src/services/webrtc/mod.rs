@@ -149,8 +149,12 @@ impl Webrtc {
         stream: &str,
     ) -> Result<Route, WebrtcError> {
         let name = stream_name(room, stream)?;
-        if dir == Direction::Subscribe && self.sessions.lock().node.publisher_media(&name).is_none()
-        {
+        let here = self.sessions.lock().node.publisher_media(&name).is_some();
+        if dir == Direction::Subscribe && here && self.relays.cascades() {
+            // Published or relayed here already: what a cascade would do, without a pull.
+            return Ok(Route::Here);
+        }
+        if dir == Direction::Subscribe && !here {
             match self.relays.pull(&name).await {
                 Ok(()) => return Ok(Route::Here),
                 Err(PullError::NoSource) => {}
@@ -220,6 +224,11 @@ impl Webrtc {
             return Err(SdpError::TooLarge.into());
         }
         let offer = std::str::from_utf8(offer).map_err(|_| WebrtcError::NotUtf8)?;
+        if dir == Direction::Publish {
+            // A publisher that moved here (its node died): it replaces the relay of its
+            // stream, and this node's viewers of the stream follow it.
+            self.relays.yield_to_publisher(&name).await;
+        }
         let publisher = match dir {
             Direction::Publish => None,
             Direction::Subscribe => Some(
@@ -257,6 +266,16 @@ impl Webrtc {
                 .lock()
                 .node
                 .set_publisher_media(&name, spec.id, Arc::new(negotiated));
+            // Listed in the store now rather than at the next relay tick: nodes whose relay
+            // of the stream lost its source are waiting for it (viewer continuity). In the
+            // background, so the answer never waits for the store.
+            let relays = self.relays.clone();
+            let stream = name.clone();
+            tokio::spawn(async move {
+                relays.sync_streams().await;
+                // Relays onwards that a replaced relay fed carry this publisher from now on.
+                relays.publisher_changed(&stream).await;
+            });
         }
         Ok(Answered {
             id: spec.id,
