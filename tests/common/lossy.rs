@@ -122,17 +122,23 @@ fn back_channel(
     let me = up.local_addr().expect("local address");
     // The bottleneck's departures: in order, each at its time.
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-    let (sock, flag) = (sock.clone(), stop.clone());
+    // Datagrams handed to the departure thread and not sent yet: an uncapped client's
+    // datagram goes out at once from the receiving thread (no extra hop, so no extra
+    // jitter) unless some are still queued ahead of it.
+    let queued = Arc::new(AtomicU64::new(0));
+    let (sock2, flag, queued2) = (sock.clone(), stop.clone(), queued.clone());
     std::thread::spawn(move || {
         while !flag.load(Ordering::Relaxed) {
             let Ok((due, data)) = rx.recv_timeout(Duration::from_millis(100)) else {
                 continue;
             };
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let _ = sock.send_to(&data, client);
+            let _ = sock2.send_to(&data, client);
+            queued2.fetch_sub(1, Ordering::AcqRel);
         }
     });
     let (up2, stop, caps, drops) = (up.clone(), stop.clone(), caps.clone(), drops.clone());
+    let sock = sock.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 2048];
         // When the bottleneck is free again (a token bucket with no burst allowance).
@@ -141,6 +147,11 @@ fn back_channel(
             let Ok(n) = up2.recv(&mut buf) else { continue };
             let now = Instant::now();
             let cap = caps.lock().ok().and_then(|c| c.get(&me).copied());
+            if cap.is_none() && queued.load(Ordering::Acquire) == 0 {
+                let _ = sock.send_to(&buf[..n], client);
+                free_at = now;
+                continue;
+            }
             let start = free_at.max(now);
             let due = match cap {
                 Some(_) if start.duration_since(now) > QUEUE => {
@@ -152,7 +163,10 @@ fn back_channel(
                 None => start,
             };
             free_at = due;
-            let _ = tx.send((due, buf[..n].to_vec()));
+            queued.fetch_add(1, Ordering::AcqRel);
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                queued.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     });
     up
