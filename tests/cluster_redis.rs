@@ -311,6 +311,18 @@ async fn nodes_publish_their_streams() {
         store.stream_sources("r/cam").await.expect("lookup"),
         vec![("a".to_owned(), vec![])]
     );
+    // The whole view: every registered node with streams, as each wrote them last.
+    store
+        .set_node_streams("c", streams(&[("r/cam", &["a", "b"])]))
+        .await
+        .expect("c");
+    assert_eq!(
+        store.all_streams().await.expect("all"),
+        BTreeMap::from([
+            ("a".to_owned(), streams(&[("r/cam", &[])])),
+            ("c".to_owned(), streams(&[("r/cam", &["a", "b"])])),
+        ])
+    );
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,8 @@ use switchyard_bench::pacing::rate_for_bitrate;
 use switchyard_bench::run::WebrtcJoin;
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
+mod output;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard-bench",
@@ -202,6 +204,8 @@ struct LoadArgs {
     /// subscriber egress.
     #[arg(long)]
     relay_out: bool,
+    #[command(flatten)]
+    output: output::OutputArgs,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -238,6 +242,7 @@ impl LoadArgs {
             sockets: self.sockets,
             bench_cores,
             relay_out: self.relay_out,
+            progress: !self.output.quiet,
             ..LoadSpec::default()
         })
     }
@@ -283,6 +288,7 @@ fn main() -> anyhow::Result<()> {
             spec.http = node.http.options();
             let report = switchyard_bench::run(&spec, &node.target())?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Relay {
             api,
@@ -304,11 +310,13 @@ fn main() -> anyhow::Result<()> {
             spec.http = http.options();
             let report = switchyard_bench::run(&spec, &target)?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Reflector { core, load } => {
             let report =
                 switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Ramp {
             node,
@@ -344,6 +352,7 @@ fn main() -> anyhow::Result<()> {
             };
             let report = switchyard_bench::ramp(&spec, &target, &ramp, true)?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.ramp(&report)?;
         }
     }
     Ok(())

@@ -122,6 +122,12 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_link_pps: Option<f64>,
     pub errors: Errors,
+    /// The run slot by slot (one second, longer past an hour), warm-up and drain included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::timeline::Slot>,
+    /// The measured window's latency (µs), all subscribers: `.hgrm` files, the HTML report.
+    #[serde(skip)]
+    pub latency_histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// The subscribers on one node of a relay run.

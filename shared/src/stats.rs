@@ -115,6 +115,13 @@ pub enum Counter {
     UplinkRecovered,
     /// Publisher sequence numbers given up after the last NACK (a PLI follows, throttled).
     UplinkUnrecovered,
+    /// Bandwidth probes sent to viewers (padding bursts on their RTX stream).
+    BweProbes,
+    /// Probes whose feedback showed the path carrying a rate (the estimate rose to it, or
+    /// to what the path showed).
+    BweProbesCarried,
+    /// Probes lost in good part, or answered by no feedback.
+    BweProbesFailed,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -172,6 +179,9 @@ impl Counter {
         Counter::UplinkRtxReceived,
         Counter::UplinkRecovered,
         Counter::UplinkUnrecovered,
+        Counter::BweProbes,
+        Counter::BweProbesCarried,
+        Counter::BweProbesFailed,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -227,6 +237,9 @@ impl Counter {
             Counter::UplinkRtxReceived => "uplink_rtx_received_total",
             Counter::UplinkRecovered => "uplink_recovered_total",
             Counter::UplinkUnrecovered => "uplink_unrecovered_total",
+            Counter::BweProbes => "bwe_probes_total",
+            Counter::BweProbesCarried => "bwe_probes_carried_total",
+            Counter::BweProbesFailed => "bwe_probes_failed_total",
             _ => "drops_total",
         }
     }
@@ -579,7 +592,7 @@ impl Stats {
             return None;
         }
         let at = HEADER + self.workers * BLOCK + (w * self.slots + idx) * SLOT;
-        // SAFETY: HEADER and BLOCK are multiples of 64 and SLOT is 64, so the slot is
+        // SAFETY: HEADER, BLOCK and SLOT are multiples of 64, so the slot is
         // aligned in the page-aligned mapping; `w` and `idx` are in range and the length
         // was checked in create/open; AtomicU64 is valid for any bits.
         Some(unsafe { &*self.map.as_ptr().add(at).cast::<SessionSlot>() })
@@ -626,27 +639,29 @@ enum Field {
     TxBytes,
     /// Stamp ([`Stats::stamp`]) of the last authenticated datagram from the peer; 0: none.
     LastRx,
-    /// Sequence numbers NACKed in the low 40 bits; a relay-out's smoothed round-trip time in
-    /// microseconds in the high 24 (0: none yet; at most 16.7 s). Packed so the slot stays
-    /// one cache line; 2^40 NACKs is beyond any session's life, so the count never carries
-    /// into the time.
-    NacksRtt,
-    /// PLI/FIR: received in the low 32 bits, sent in the high 32. Packed so the slot stays
-    /// one cache line; 2^32 keyframe requests is beyond any session's life.
+    NacksReceived,
+    /// PLI/FIR: received in the low 32 bits, sent in the high 32. 2^32 keyframe requests
+    /// is beyond any session's life.
     Plis,
+    /// A viewer's bandwidth estimate in bits per second; 0: none.
+    Estimate,
+    /// The simulcast layer a viewer receives, per publisher track: 4 bits each (track `i`
+    /// at bits `4i..4i+4`), 0xF where it receives none or the track has no layers.
+    Layers,
+    /// A relay-out's smoothed round-trip time over its link in microseconds; 0: none yet.
+    /// (A field added in the slot's spare room: a file from a data plane without it reads
+    /// 0 here, so the layout version stays.)
+    Rtt,
 }
 
-/// Bits of [`Field::NacksRtt`] that count NACKs; the round-trip time sits above them.
-const NACKS_BITS: u32 = 40;
-const NACKS_MASK: u64 = (1 << NACKS_BITS) - 1;
-/// Largest round-trip time a slot holds, in microseconds (24 bits).
-const RTT_MAX_US: u64 = (1 << (64 - NACKS_BITS)) - 1;
+/// Fields in a slot (two cache lines; the rest is room for later fields).
+const FIELDS: usize = 16;
 
-/// One session's counters: one cache line, written only by the owning worker (relaxed
-/// load + store, like [`WorkerCounters::add`]).
+/// One session's counters: written only by the owning worker (relaxed load + store, like
+/// [`WorkerCounters::add`]).
 #[repr(C, align(64))]
 pub struct SessionSlot {
-    values: [AtomicU64; 8],
+    values: [AtomicU64; FIELDS],
 }
 
 impl SessionSlot {
@@ -666,6 +681,7 @@ impl SessionSlot {
         for v in &self.values[1..] {
             v.store(0, Ordering::Relaxed);
         }
+        self.values[Field::Layers as usize].store(u64::MAX, Ordering::Relaxed);
         self.values[Field::Id as usize].store(id, Ordering::Release);
     }
 
@@ -696,15 +712,27 @@ impl SessionSlot {
 
     /// Sequence numbers the peer NACKed.
     pub fn nacked(&self, n: u64) {
-        self.add(Field::NacksRtt, n);
+        self.add(Field::NacksReceived, n);
+    }
+
+    /// A viewer's bandwidth estimate and the layer it receives of each track (`None`: none,
+    /// or a track without layers).
+    pub fn set_estimate(&self, bps: u64, layers: &[Option<u8>]) {
+        let mut packed = u64::MAX;
+        for (i, l) in layers.iter().enumerate().take(16) {
+            if let Some(l) = l {
+                packed &= !(0xF << (4 * i));
+                packed |= u64::from(*l & 0xF) << (4 * i);
+            }
+        }
+        self.values[Field::Estimate as usize].store(bps, Ordering::Relaxed);
+        self.values[Field::Layers as usize].store(packed, Ordering::Relaxed);
     }
 
     /// A relay link's smoothed round-trip time, as its relay-out measured it last.
     pub fn set_rtt(&self, rtt: Duration) {
-        let us = (rtt.as_micros() as u64).clamp(1, RTT_MAX_US);
-        let v = &self.values[Field::NacksRtt as usize];
-        let kept = v.load(Ordering::Relaxed) & NACKS_MASK;
-        v.store(kept | us << NACKS_BITS, Ordering::Relaxed);
+        let us = (rtt.as_micros() as u64).max(1);
+        self.values[Field::Rtt as usize].store(us, Ordering::Relaxed);
     }
 
     /// Keyframe requests (PLI or FIR) from the peer.
@@ -725,18 +753,28 @@ impl SessionSlot {
         }
         let plis = self.load(Field::Plis);
         let last = self.load(Field::LastRx);
-        let nacks_rtt = self.load(Field::NacksRtt);
-        let rtt_us = nacks_rtt >> NACKS_BITS;
         let c = SessionCounters {
             rx_packets: self.load(Field::RxPackets),
             rx_bytes: self.load(Field::RxBytes),
             tx_packets: self.load(Field::TxPackets),
             tx_bytes: self.load(Field::TxBytes),
-            nacks_received: nacks_rtt & NACKS_MASK,
-            rtt: (rtt_us != 0).then(|| Duration::from_micros(rtt_us)),
+            nacks_received: self.load(Field::NacksReceived),
             plis_received: plis & 0xffff_ffff,
             plis_sent: plis >> 32,
             last_rx: (last != 0).then_some(last),
+            estimate_bps: Some(self.load(Field::Estimate)).filter(|&e| e > 0),
+            rtt: Some(self.load(Field::Rtt))
+                .filter(|&us| us > 0)
+                .map(Duration::from_micros),
+            layers: {
+                let packed = self.load(Field::Layers);
+                let mut l = [None; 8];
+                for (i, v) in l.iter_mut().enumerate() {
+                    let n = ((packed >> (4 * i)) & 0xF) as u8;
+                    *v = (n != 0xF).then_some(n);
+                }
+                l
+            },
         };
         (self.id() == id).then_some(c)
     }
@@ -757,13 +795,17 @@ pub struct SessionCounters {
     pub plis_sent: u64,
     /// Stamp of the last authenticated datagram (see [`Stats::age`]); `None`: none yet.
     pub last_rx: Option<u64>,
+    /// A viewer's bandwidth estimate (bits per second), where it has one.
+    pub estimate_bps: Option<u64>,
+    /// The simulcast layer a viewer receives per publisher track.
+    pub layers: [Option<u8>; 8],
     /// A relay-out's smoothed round-trip time over its link (RTCP SR/RR); `None`: not
     /// measured (another role, or no sender report echoed yet).
     pub rtt: Option<Duration>,
 }
 
 const _: () = assert!(HEADER % 64 == 0);
-const _: () = assert!(SLOT == 64);
+const _: () = assert!(SLOT == 8 * FIELDS);
 
 #[cfg(test)]
 mod tests {
@@ -807,18 +849,10 @@ mod tests {
         );
         assert_eq!((c.nacks_received, c.plis_received, c.plis_sent), (3, 1, 2));
         assert_eq!(c.rtt, None);
-        // A relay-out's RTT shares a word with the NACK count: neither disturbs the other.
-        slot.set_rtt(Duration::from_micros(41_500));
-        slot.nacked(2);
         slot.set_rtt(Duration::from_micros(42_250));
-        let c = r.find(1, 42).expect("found");
-        assert_eq!(c.nacks_received, 5);
-        assert_eq!(c.rtt, Some(Duration::from_micros(42_250)));
-        slot.set_rtt(Duration::from_secs(60));
-        let c = r.find(1, 42).expect("found");
         assert_eq!(
-            (c.nacks_received, c.rtt),
-            (5, Some(Duration::from_micros(RTT_MAX_US)))
+            r.find(1, 42).expect("found").rtt,
+            Some(Duration::from_micros(42_250))
         );
         let age = r.age(c.last_rx.expect("stamped"));
         assert!(age < Duration::from_secs(5), "{age:?}");

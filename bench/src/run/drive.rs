@@ -10,6 +10,8 @@ pub(super) struct SubState {
     /// RTP sequence minus the publisher's, fixed by the first packet: a subscriber's
     /// numbering must follow the publisher's exactly, whatever its starting point.
     pub(super) seq_offset: Option<u16>,
+    /// The receive thread's timeline counters.
+    pub(super) lane: Arc<Lane>,
 }
 
 pub(super) struct RecvOut {
@@ -73,6 +75,12 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         .iter()
         .map(|p| p.count_before(warm)..p.count_before(end))
         .collect();
+    // Until the end of the drain, and a second for the receivers' last turn.
+    let timeline = Timeline::new(
+        start,
+        end - start + spec.drain.as_nanos() as u64 + 1_000_000_000,
+    );
+    let send_lane = timeline.lane();
 
     // Sender. It starts before the receivers so WebRTC subscribers can join while it sends
     // (the first packet is due at `start`, after the receivers of a REST run are running).
@@ -85,9 +93,21 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         .name("bench-send".into())
         .spawn(move || {
             pin(&cores, "the send thread");
-            send(pubs, &pacers, &ranges2, end, size, &abort2)
+            send(pubs, &pacers, &ranges2, end, size, &abort2, &send_lane)
         })
         .map_err(|e| Error::io("spawning the send thread", e))?;
+
+    // From the first packet on, WebRTC joins included.
+    let progress_stop = Arc::new(AtomicBool::new(false));
+    let progress = if spec.progress {
+        let phases = crate::progress::Phases {
+            warm_slot: timeline.slot_of(warm),
+            total_s: (end - start) as f64 / 1e9,
+        };
+        crate::progress::spawn(timeline.clone(), phases, end, progress_stop.clone()).ok()
+    } else {
+        None
+    };
 
     let (subs, join_ns) = match joiner {
         None => (subs, Vec::new()),
@@ -95,6 +115,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             Ok(v) => v,
             Err(e) => {
                 abort.store(true, Ordering::Relaxed);
+                progress_stop.store(true, Ordering::Relaxed);
                 let _ = sender.join();
                 return Err(e);
             }
@@ -113,6 +134,8 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let stop = Arc::new(AtomicBool::new(false));
     let threads = spec.sockets.clamp(1, subs.len().max(1));
     let mut threads_subs: Vec<Vec<SubState>> = (0..threads).map(|_| Vec::new()).collect();
+    timeline.set_fanout(subs.len() as f64 / np.max(1) as f64);
+    let lanes: Vec<Arc<Lane>> = (0..threads).map(|_| timeline.lane()).collect();
     for (i, end_) in subs.into_iter().enumerate() {
         let range = ranges.get(end_.publisher).cloned().unwrap_or(0..0);
         threads_subs[i % threads].push(SubState {
@@ -120,6 +143,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
             seq_offset: None,
+            lane: lanes[i % threads].clone(),
         });
     }
     let ngroups = groups.len().max(1);
@@ -147,6 +171,10 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let link1 = relay_tx(&link_sources);
 
     let sent = sender.join().map_err(|_| Error::Thread)?;
+    progress_stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
     std::thread::sleep(spec.drain);
     stop.store(true, Ordering::Relaxed);
     let mut outs = Vec::new();
@@ -272,6 +300,8 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         groups: group_reports,
         relay_link_pps,
         errors,
+        timeline: timeline.report(end),
+        latency_histogram: Some(hist),
     })
 }
 
@@ -318,6 +348,7 @@ pub(super) fn send(
     end: u64,
     size: usize,
     abort: &AtomicBool,
+    lane: &Lane,
 ) -> SendOut {
     let mut scheds: Vec<Schedule> = pacers.iter().map(|p| Schedule::new(*p)).collect();
     let stop_at: Vec<u64> = pacers.iter().map(|p| p.count_before(end)).collect();
@@ -329,6 +360,7 @@ pub(super) fn send(
     let mut bufs = vec![[0u8; MAX_SIZE + 64]; MAX_BATCH];
     let mut lens = [0usize; MAX_BATCH];
     let mut seqs = [0u64; MAX_BATCH];
+    let mut stamps = [0u64; MAX_BATCH];
     // Random-looking fixed starts, as a real sender's would be; the node must cope.
     let seq_base: u16 = 0x1234;
     let ts_base: u32 = 0x0abc_def0;
@@ -365,6 +397,7 @@ pub(super) fn send(
                     Ok(len) => {
                         lens[n] = len;
                         seqs[n] = seq;
+                        stamps[n] = send_ns;
                         n += 1;
                     }
                     Err(_) => out.errors.protect += 1,
@@ -375,6 +408,9 @@ pub(super) fn send(
                     (0..n).map(|i| (&bufs[i][..lens[i]], pe.dest)).collect();
                 let ok = sys::send_batch(&pe.sock, &msgs).unwrap_or(0);
                 out.errors.send += (n - ok) as u64;
+                for &t in &stamps[..ok] {
+                    lane.sent(t);
+                }
                 out.sent_in_window[p] +=
                     seqs[..ok].iter().filter(|s| ranges[p].contains(s)).count() as u64;
             }
@@ -507,7 +543,11 @@ pub(super) fn account_rtp(
         Some(o) if o != offset => errors.sequence_breaks += 1,
         Some(_) => {}
     }
-    match s.tracker.record(payload.sequence) {
+    let arrival = s.tracker.record(payload.sequence);
+    if arrival != Arrival::Duplicate {
+        s.lane.received(payload.send_ns, recv_ns);
+    }
+    match arrival {
         Arrival::InOrder | Arrival::Reordered => {
             let lat_ns = recv_ns.saturating_sub(payload.send_ns);
             hist.saturating_record(lat_ns / 1000);

@@ -23,6 +23,7 @@ use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
 use crate::report::{Errors, GroupReport, JoinTimes, Latency, Report};
 use crate::sys::{self, RecvBatch, MAX_BATCH};
+use crate::timeline::{Lane, Timeline};
 use crate::webrtc::{self, sdp, Agent, Consent, LocalIce, WebrtcError};
 use crate::Error;
 
@@ -67,6 +68,8 @@ pub struct LoadSpec {
     pub relay_out: bool,
     /// How the node's API is spoken to: token, HTTPS verification.
     pub http: crate::http::HttpOptions,
+    /// Print a progress line to stderr every second ([`crate::progress`]).
+    pub progress: bool,
 }
 
 impl Default for LoadSpec {
@@ -85,6 +88,7 @@ impl Default for LoadSpec {
             drain: Duration::from_millis(500),
             relay_out: false,
             http: crate::http::HttpOptions::default(),
+            progress: false,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct ClusterCounters {
     /// Dead nodes this control plane removed, and rooms it placed again after one.
     pub nodes_removed: AtomicU64,
     pub rooms_moved: AtomicU64,
+    /// Relay-ins here taken over by a new source after theirs was lost.
+    pub relays_retargeted: AtomicU64,
 }
 
 /// The process's cluster counters.
@@ -75,6 +77,11 @@ impl ClusterCounters {
     /// A room placed on `node`.
     pub fn placed(&self, node: &str) {
         *locked(&self.placements).entry(node.to_owned()).or_default() += 1;
+    }
+
+    /// A relay-in here was taken over by a new source (viewer continuity).
+    pub fn relay_retargeted(&self) {
+        self.relays_retargeted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A relay set-up (either end) failed for `reason`.

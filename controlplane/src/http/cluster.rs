@@ -42,6 +42,7 @@ pub(crate) fn routes(cluster: Arc<Cluster>) -> OpenApiRouter {
         .routes(routes!(list_rooms, create_generated))
         .routes(routes!(get_room, create_named, delete_room))
         .routes(routes!(resolve))
+        .routes(routes!(cluster_streams))
         .with_state(cluster)
 }
 
@@ -53,6 +54,28 @@ struct NodeList {
 #[derive(Debug, Serialize, ToSchema)]
 struct RoomList {
     rooms: Vec<RoomView>,
+}
+
+/// `GET /v1/cluster/streams`.
+#[derive(Debug, Serialize, ToSchema)]
+struct ClusterStreams {
+    streams: Vec<NodeStream>,
+}
+
+/// One stream published on one node, as that node last recorded it in the cluster store.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct NodeStream {
+    #[schema(example = "room1/cam")]
+    stream: String,
+    /// The node that publishes it (a publisher there, or a relay link into it).
+    node: String,
+    /// The nodes the stream was relayed through to reach `node`, its source first; empty
+    /// for a publisher on `node` itself.
+    hops: Vec<String>,
+    /// The node whose relay link feeds it to `node` (the last of `hops`); null for a
+    /// publisher on `node` itself.
+    relayed_from: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -540,4 +563,33 @@ async fn resolve(
         v.whep_node = Some(n.node_id);
     }
     Ok(Json(v))
+}
+
+/// Every stream on every node, with the relay links between nodes: what a view of the whole
+/// cluster draws (the cluster page, `GET /cluster`). From the cluster store, where each node
+/// writes its streams every second; `GET /v1/streams` has one node's streams with counters.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/streams",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "Every registered node's streams, by node then stream", body = ClusterStreams),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
+async fn cluster_streams(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
+    let streams = cluster
+        .streams()
+        .await?
+        .into_iter()
+        .flat_map(|(node, streams)| {
+            streams.into_iter().map(move |(stream, hops)| NodeStream {
+                relayed_from: hops.last().cloned(),
+                stream,
+                node: node.clone(),
+                hops,
+            })
+        })
+        .collect();
+    Ok(Json(ClusterStreams { streams }).into_response())
 }

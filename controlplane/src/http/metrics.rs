@@ -70,6 +70,18 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             ms / 1000.0
         );
     }
+    header(
+        out,
+        "relays_retargeted_total",
+        "counter",
+        "Relay-ins on this node taken over by a new source after theirs was lost (their viewers kept their sessions).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_retargeted_total {}",
+        m.relays_retargeted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let nodes = m.nodes();
     type Gauge = fn(&Node) -> u64;
     let gauges: [(&str, &str, Gauge); 5] = [
@@ -248,6 +260,11 @@ fn help(c: Counter) -> &'static str {
         Counter::UplinkUnrecovered => {
             "Publisher sequence numbers given up after the last NACK (a PLI follows)."
         }
+        Counter::BweProbes => "Bandwidth probes sent to viewers (padding on their RTX stream).",
+        Counter::BweProbesCarried => {
+            "Bandwidth probes whose feedback showed the path carrying a rate."
+        }
+        Counter::BweProbesFailed => "Bandwidth probes lost in good part or never answered.",
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -174,6 +174,14 @@ struct Ended {
     target_node: String,
     /// Whether the target confirmed it ended its side too.
     target_ended: bool,
+}
+
+/// `DELETE /v1/relays/ingress/{relayId}?sourceNode=`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndIngressQuery {
+    #[serde(default)]
+    source_node: Option<String>,
 }
 
 /// Every relay of this node.
@@ -370,21 +378,33 @@ async fn open_ingress(
     delete,
     path = "/v1/relays/ingress/{relayId}",
     tag = "relays",
-    params(("relayId" = u64, Path, description = "The `relayId` the ingress answered")),
+    params(
+        ("relayId" = u64, Path, description = "The `relayId` the ingress answered"),
+        ("sourceNode" = Option<String>, Query, description = "The source asking: the ingress ends only while it is still fed from there (a relay-in taken over by a new source is not the old source's to end)"),
+    ),
     responses(
         (status = 204, description = "Ended"),
-        (status = 404, description = "No such relay ingress", body = ErrorBody),
+        (status = 404, description = "No such relay ingress (from `sourceNode`, when given)", body = ErrorBody),
         (status = 503, description = "No data plane", body = ErrorBody),
     )
 )]
 async fn end_ingress(
     State(relays): State<Arc<Relays>>,
     Path(raw): Path<String>,
+    Query(q): Query<EndIngressQuery>,
 ) -> Result<Response, ApiError> {
     let id = raw
         .parse::<u64>()
         .map(SessionId)
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such relay ingress"))?;
+    if let Some(source) = &q.source_node {
+        if !relays.fed_from(id, source) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no relay ingress {} from {source}", id.0),
+            ));
+        }
+    }
     relays.close_ingress(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchyard_shared::command::MAX_TRACKS;
-use switchyard_shared::packet::rtcp;
+use switchyard_shared::packet::{rtcp, twcc};
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::retransmit;
@@ -117,6 +117,7 @@ impl Engine {
         let mut n_data = 0;
         let mut asked = 0u32;
         let mut rtt = None;
+        let mut feedback_malformed = 0u64;
         for p in rtcp::compound(plain) {
             match p {
                 Ok(rtcp::Packet::ReceiverReport(rr)) => {
@@ -141,13 +142,12 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Nack(nack)) => {
-                    // Only for a track it receives (a forward's egress gets one track).
-                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
-                    else {
+                    // Only for a track it receives (a forward's egress gets one track), for
+                    // the layer it receives now (its offsets are that layer's), or over a
+                    // relay link for the layer whose SSRC it names.
+                    let Some((track, slot)) = sub.feedback_slot(nack.media_ssrc) else {
                         continue;
                     };
-                    // The layer it receives now: its offsets are that layer's.
-                    let slot = sub.slot_of(track);
                     for seq in nack.lost() {
                         if n_nacks < nacks.len() {
                             nacks[n_nacks] = (slot, sub.original_seq(track, seq));
@@ -157,15 +157,28 @@ impl Engine {
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
                     asked += 1;
-                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
-                        plis[usize::from(t)] = Some(sub.slot_of(t));
+                    if let Some((t, slot)) = sub.feedback_slot(media_ssrc) {
+                        plis[usize::from(t)] = Some(slot);
+                    }
+                }
+                Ok(rtcp::Packet::TransportCc { fci, .. }) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        match twcc::Feedback::parse(fci) {
+                            Ok(fb) => b.bwe.on_feedback(&fb, at),
+                            Err(_) => feedback_malformed += 1,
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Remb(remb)) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        b.bwe.on_remb(remb.bitrate_bps);
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     asked += 1;
                     for (ssrc, _) in fir.entries() {
-                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
-                            plis[usize::from(t)] = Some(sub.slot_of(t));
+                        if let Some((t, slot)) = sub.feedback_slot(ssrc) {
+                            plis[usize::from(t)] = Some(slot);
                         }
                     }
                 }
@@ -175,6 +188,9 @@ impl Engine {
                     break;
                 }
             }
+        }
+        if feedback_malformed > 0 {
+            self.count(DropReason::Malformed.counter(), feedback_malformed);
         }
         self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
         if let Some(slot) = self.slot(idx) {
@@ -318,7 +334,7 @@ impl Engine {
         };
         if let Some(pidx) = st.publisher {
             match self.cached(pidx, slot, seq) {
-                Some(h) => self.retransmit_to(to, h, out),
+                Some(h) => self.retransmit_to(to, h, now, out),
                 None => self.request_upstream(pidx, slot, seq, now),
             }
         } else if let Some(w) = st.publisher_worker {
@@ -344,10 +360,10 @@ impl Engine {
     }
 
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
-    fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
+    fn retransmit_to(&mut self, to: SessionKey, h: Handle, now: Instant, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
             let relay = s.via == Via::Relay;
-            if let Ok(n) = retransmit(s, &h, out) {
+            if let Ok(n) = retransmit(s, &h, now, out) {
                 if let Some(slot) = self.slot(to.idx) {
                     slot.sent(n);
                 }
@@ -445,7 +461,7 @@ impl Engine {
     }
 
     /// A packet of `slot` that a subscriber here lost is not in publisher `pidx`'s cache:
-    /// a relay-in asks the far node for it (a track: a relay-in has no layers), a publisher
+    /// a relay-in asks the far node for it (on the slot's SSRC), a publisher
     /// whose uplink is repaired asks the publisher; it goes out with the next NACK. Other
     /// publishers have nothing upstream to ask.
     pub(super) fn request_upstream(&mut self, pidx: u32, slot: u8, seq: u16, now: Instant) {

@@ -35,6 +35,7 @@
 //! time: it does only what is due). The engine never reads a clock, so tests drive it on
 //! virtual time.
 
+mod continuity;
 mod control;
 mod fanout;
 mod feedback;
@@ -56,6 +57,7 @@ mod stun;
 pub mod timer;
 pub mod twcc;
 pub mod uplink;
+pub mod viewer_bwe;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -122,6 +124,9 @@ pub struct Limits {
     pub in_flight: usize,
     /// Repair WebRTC publishers' uplinks (`media.uplink_nack`, [`uplink`]).
     pub uplink_nack: bool,
+    /// Estimate viewers' bandwidth and fit their layers to it (`media.viewer_bwe`,
+    /// [`viewer_bwe`]).
+    pub viewer_bwe: bool,
 }
 
 impl Default for Limits {
@@ -131,6 +136,7 @@ impl Default for Limits {
             nack_cache: 512,
             in_flight: 256,
             uplink_nack: true,
+            viewer_bwe: true,
         }
     }
 }
@@ -170,6 +176,8 @@ pub struct Engine {
     ice_transactions: HashMap<[u8; 12], u32>,
     /// Publishers that get transport-cc feedback.
     twcc_publishers: Vec<u32>,
+    /// Viewers with a bandwidth estimate (`viewer_bwe`).
+    bwe_viewers: Vec<u32>,
     /// When each kind of periodic work is next due (see [`Timer`]).
     timers: TimerTable,
     /// Zero point of the arrival times in transport-cc feedback and receive statistics:
@@ -210,6 +218,7 @@ impl Engine {
             by_ufrag: HashMap::new(),
             ice_transactions: HashMap::new(),
             twcc_publishers: Vec::new(),
+            bwe_viewers: Vec::new(),
             timers,
             epoch: now,
             streams: HashMap::with_capacity(limits.max_sessions),

@@ -29,6 +29,9 @@ pub struct Packet {
     /// A packet of a simulcast layer: which one and what viewers' switching needs to know.
     /// `None` for every other packet, so their path never looks further.
     pub layer: Option<super::layers::LayerTag>,
+    /// The publisher's epoch when the packet came (`session::Publisher::epoch`): a viewer
+    /// that sees it change re-bases its numbering (`continuity`).
+    pub epoch: u32,
     pub data: [u8; PACKET_CAP],
 }
 
@@ -40,6 +43,7 @@ impl Packet {
             len: 0,
             at: None,
             layer: None,
+            epoch: 0,
             data: [0; PACKET_CAP],
         }
     }

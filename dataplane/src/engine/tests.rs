@@ -14,12 +14,15 @@ use switchyard_shared::stats::{Counter, Stats};
 use super::*;
 use crate::testing::t0;
 
+mod bwe;
 mod events;
 mod ice_consent;
 mod latch;
 mod local_address;
 mod relay;
 mod relay_data;
+mod relay_simulcast;
+mod retarget;
 mod simulcast;
 mod timers;
 mod uplink;
@@ -98,6 +101,7 @@ fn fixture(workers: u16) -> Fixture {
         nack_cache: 64,
         in_flight: 16,
         uplink_nack: true,
+        viewer_bwe: true,
     };
     let engines = (0..workers)
         .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w), t0()))

@@ -114,6 +114,10 @@ pub struct MediaSection {
     /// `nack`, take their RTX as the lost packet, PLI when repair gives up (docs/webrtc.md,
     /// "Uplink repair"). Off: their losses reach every viewer and relay hop as they are.
     pub uplink_nack: bool,
+    /// Estimate each WebRTC viewer's bandwidth from its transport-cc feedback (or REMB) and
+    /// give it the simulcast layers that fit (docs/webrtc.md, "Bandwidth estimation"). Off:
+    /// every viewer gets the best layer its cap allows.
+    pub viewer_bwe: bool,
 }
 
 impl Default for MediaSection {
@@ -135,6 +139,7 @@ impl Default for MediaSection {
             max_sessions_per_worker: 4096,
             nack_cache: 512,
             uplink_nack: true,
+            viewer_bwe: true,
         }
     }
 }

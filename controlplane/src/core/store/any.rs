@@ -103,6 +103,11 @@ impl Store for AnyStore {
     async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         dispatch!(self, s => s.stream_sources(stream))
     }
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        dispatch!(self, s => s.all_streams())
+    }
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_forward(node, id, body))
     }

@@ -134,6 +134,12 @@ pub trait Store: Send + Sync {
         &self,
         stream: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
+    /// Every node's streams as its control plane last wrote them ([`Store::set_node_streams`]):
+    /// node → stream → hop list, in node id order. Only registered nodes (a removed node's
+    /// streams go with it). For views of the whole cluster (`GET /v1/cluster/streams`).
+    fn all_streams(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError>> + Send;
     /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
     /// (controlplane `forward::http`), opaque here.
     fn put_forward(

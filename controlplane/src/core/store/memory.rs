@@ -384,6 +384,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        let g = self.lock();
+        Ok(g.streams
+            .iter()
+            .filter(|(node, _)| g.nodes.contains_key(*node))
+            .map(|(node, s)| (node.clone(), s.clone()))
+            .collect())
+    }
+
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         self.lock()
             .forwards
@@ -534,6 +545,21 @@ mod tests {
             s.set_node_streams("b", BTreeMap::new()).await.unwrap();
             assert!(s.stream_sources("r/mic").await.unwrap().is_empty());
             assert_eq!(s.stream_sources("r/cam").await.unwrap().len(), 1);
+            // The whole view lists registered nodes only, with what each wrote last.
+            assert!(s.all_streams().await.unwrap().is_empty());
+            s.register_node(reg("a", 10)).await.unwrap();
+            s.register_node(reg("b", 10)).await.unwrap();
+            s.set_node_streams("b", set(&[("r/cam", vec!["a".into()])]))
+                .await
+                .unwrap();
+            let all = s.all_streams().await.unwrap();
+            assert_eq!(
+                all.keys().collect::<Vec<_>>(),
+                ["a", "b"],
+                "every registered node with streams"
+            );
+            assert_eq!(all["a"], set(&[("r/cam", vec![])]));
+            assert_eq!(all["b"], set(&[("r/cam", vec!["a".into()])]));
         });
     }
 

@@ -924,6 +924,41 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&nodes_key).query_async(c).await)
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let found: Vec<BTreeMap<String, String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGETALL").arg(self.key(&format!("streams:{id}")));
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut out = BTreeMap::new();
+        for (id, streams) in ids.into_iter().zip(found) {
+            let mut parsed = BTreeMap::new();
+            for (stream, hops) in streams {
+                let hops: Vec<String> = serde_json::from_str(&hops)
+                    .map_err(|e| StoreError::Backend(format!("streams:{id}: {e}")))?;
+                parsed.insert(stream, hops);
+            }
+            if !parsed.is_empty() {
+                out.insert(id, parsed);
+            }
+        }
+        Ok(out)
+    }
+
     async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         let nodes_key = self.key("nodes");
         let mut ids: Vec<String> = self

@@ -76,6 +76,15 @@ impl Cluster {
         Ok(self.store.list_nodes().await?)
     }
 
+    /// The streams every registered node publishes, node → stream → hop list (the nodes a
+    /// relayed stream came through, its source first; empty for a local publisher), as each
+    /// node last wrote them to the store (at most a second old).
+    pub async fn streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, ClusterError> {
+        Ok(self.store.all_streams().await?)
+    }
+
     /// Stop (or resume) placing rooms on node `id`; its rooms stay.
     pub async fn drain(&self, id: &str, draining: bool) -> Result<(), ClusterError> {
         Ok(self.store.drain(id, draining).await?)

@@ -33,6 +33,7 @@ pub mod book;
 pub mod client;
 pub mod error;
 pub mod file;
+pub mod lost;
 pub mod pull;
 pub mod rtt;
 pub mod service;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::book::Join;
+use super::book::{InRelay, Join};
 use super::client;
 use super::error::RelayError;
 use super::service::Relays;
@@ -150,6 +150,86 @@ impl Relays {
         })
         .await
         .map_err(PullError::Failed)
+    }
+
+    /// Relays feeding this node whose source is lost (the node died, or the stream left
+    /// it) are pulled again from a node that publishes the stream now, into the same
+    /// relay-in: the source's set-up calls this node's ingress, which hands the session over
+    /// to it (`retarget_ingress`), so the viewers here keep their sessions. Sources fed by
+    /// the lost node are passed over (they lost the stream too), then the nearest first.
+    /// Called every relay tick, and more often while a relay is lost; returns whether one
+    /// still is (nobody publishes its stream yet, or the new source refused).
+    pub(super) async fn repull_lost(&self) -> bool {
+        self.reopen_onwards().await;
+        let ins: Vec<InRelay> = self.book.lock().ins().cloned().collect();
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| ins.iter().any(|r| r.stream == s));
+        if ins.is_empty() {
+            return false;
+        }
+        let Ok(nodes) = self.cluster.store.list_nodes().await else {
+            return false;
+        };
+        let mut lost = false;
+        for r in ins {
+            if self.source_lost(&r, &nodes).await && !self.repull(&r, &nodes).await {
+                lost = true;
+            }
+        }
+        lost
+    }
+
+    /// Whether `r` was pulled again from a new source.
+    async fn repull(&self, r: &InRelay, nodes: &[Node]) -> bool {
+        let me = &self.node_id;
+        let Ok(sources) = self.cluster.store.stream_sources(&r.stream).await else {
+            return false;
+        };
+        let mut candidates: Vec<(usize, String, String)> = sources
+            .into_iter()
+            .filter(|(node, hops)| {
+                node != me
+                    && *node != r.source_node
+                    && !hops.contains(me)
+                    && !hops.contains(&r.source_node)
+            })
+            .filter_map(|(node, hops)| {
+                let n = nodes.iter().find(|n| n.node_id == node && n.healthy)?;
+                Some((hops.len(), node, n.url.clone()))
+            })
+            .collect();
+        candidates.sort();
+        let token = self.cluster_token();
+        let body = serde_json::json!({ "targetNode": me }).to_string();
+        for (_, node, url) in candidates.iter().take(2) {
+            let path = client::stream_path(&r.stream);
+            let answer = client::request(
+                url,
+                "POST",
+                &path,
+                Some(body.as_bytes()),
+                token.as_deref(),
+                PULL_TIMEOUT,
+            )
+            .await;
+            match answer {
+                Ok(a) if (200..300).contains(&a.status) => {
+                    tracing::info!(stream = %r.stream, lost = %r.source_node, source = %node, "relay pulled again from a new source");
+                    return true;
+                }
+                Ok(a) => {
+                    counters::cluster().relay_failed("repull");
+                    tracing::warn!(stream = %r.stream, source = %node, status = a.status, error = %a.error_text(), "relay not pulled again");
+                }
+                Err(e) => {
+                    counters::cluster().relay_failed("repull");
+                    tracing::warn!(stream = %r.stream, source = %node, error = %e, "relay not pulled again");
+                }
+            }
+        }
+        false
     }
 
     /// Whether this node may serve a cascaded subscriber: in sync with its data plane and not

@@ -27,6 +27,8 @@ pub struct Relays {
     pub(super) tls: bool,
     /// Round-trip times of its relay links, by peer.
     pub(super) rtts: Mutex<PeerRtts>,
+    /// Which relays feeding this node have lost their source (viewer continuity).
+    pub(super) lost: Mutex<super::lost::Lost>,
 }
 
 impl Relays {
@@ -58,12 +60,18 @@ impl Relays {
             auth_key: config.auth.key.clone(),
             tls: config.http.tls().is_some(),
             rtts: Mutex::default(),
+            lost: Mutex::default(),
         }
     }
 
     /// The relay book, for reading (never held across an await).
     pub fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock()
+    }
+
+    /// Whether WHEP offers for streams on other nodes are served here (`[cluster] cascade`).
+    pub fn cascades(&self) -> bool {
+        self.cluster.config.cascade
     }
 
     /// This node's id.

@@ -17,6 +17,9 @@ use crate::core::store::Store as _;
 
 /// How often the relay task syncs the store, reconciles the book and runs grace timers.
 const TICK: Duration = Duration::from_secs(1);
+/// While a relay here has lost its source, how often the store is asked for a new one: the
+/// time a viewer waits after the stream is published again somewhere is at most this.
+const REPULL_TICK: Duration = Duration::from_millis(200);
 /// Ticks a relay's session must be missing from the data plane before its record goes.
 const FORGET_AFTER_TICKS: u32 = 5;
 /// The store entry of this node's streams is rewritten at least this often, so a store that
@@ -61,7 +64,7 @@ impl Relays {
     }
 
     /// Write this node's streams to the store now.
-    pub(super) async fn sync_streams(&self) {
+    pub async fn sync_streams(&self) {
         let streams = self.published();
         if let Err(e) = self
             .cluster
@@ -109,8 +112,19 @@ pub async fn run(relays: Arc<Relays>) {
     let mut rtt_written: Option<(BTreeMap<String, f64>, Instant)> = None;
     // Ticks each relay's session has been missing from the data plane's table in a row.
     let mut missing: HashMap<SessionId, u32> = HashMap::new();
+    // Whether a relay here lost its source and found no new one at the last look.
+    let mut lost = false;
+    let mut last_tick = Instant::now();
     loop {
-        tokio::time::sleep(TICK).await;
+        tokio::time::sleep(if lost { REPULL_TICK } else { TICK }).await;
+        if last_tick.elapsed() < TICK {
+            // Between two ticks, only the search for the lost relays' new source.
+            if relays.sessions.lock().node.ready().is_ok() {
+                lost = relays.repull_lost().await;
+            }
+            continue;
+        }
+        last_tick = Instant::now();
         let ready = relays.sessions.lock().node.ready().is_ok();
         if ready {
             let live: HashSet<_> = relays
@@ -157,6 +171,7 @@ pub async fn run(relays: Arc<Relays>) {
         if !ready {
             continue;
         }
+        lost = relays.repull_lost().await;
         let now = now_ms();
         sync_rtts(&relays, now, &mut rtt_written).await;
         let users = relays.users();
