@@ -156,7 +156,8 @@ impl Relays {
     /// it) are pulled again from a node that publishes the stream now, into the same
     /// relay-in: the source's set-up calls this node's ingress, which hands the session over
     /// to it (`retarget_ingress`), so the viewers here keep their sessions. Sources fed by
-    /// the lost node are passed over (they lost the stream too), then the nearest first.
+    /// the lost node are passed over (they lost the stream too), then the nearest first
+    /// ([`nearest`]: this node's region, then measured RTT, then hops).
     /// Called every relay tick, and more often while a relay is lost; returns whether one
     /// still is (nobody publishes its stream yet, or the new source refused).
     pub(super) async fn repull_lost(&self) -> bool {
@@ -187,23 +188,21 @@ impl Relays {
         let Ok(sources) = self.cluster.store.stream_sources(&r.stream).await else {
             return false;
         };
-        let mut candidates: Vec<(usize, String, String)> = sources
+        let sources: Vec<(String, Vec<String>)> = sources
             .into_iter()
-            .filter(|(node, hops)| {
-                node != me
-                    && *node != r.source_node
-                    && !hops.contains(me)
-                    && !hops.contains(&r.source_node)
-            })
-            .filter_map(|(node, hops)| {
-                let n = nodes.iter().find(|n| n.node_id == node && n.healthy)?;
-                Some((hops.len(), node, n.url.clone()))
-            })
+            .filter(|(node, hops)| *node != r.source_node && !hops.contains(&r.source_node))
             .collect();
-        candidates.sort();
+        // The nearest as for a first pull: this node's region, measured RTT, hops.
+        let candidates = nearest(
+            me,
+            self.cluster.config.region.as_deref(),
+            sources,
+            nodes,
+            &self.peer_rtts(now_ms()),
+        );
         let token = self.cluster_token();
         let body = serde_json::json!({ "targetNode": me }).to_string();
-        for (_, node, url) in candidates.iter().take(2) {
+        for (node, url) in candidates.iter().take(2) {
             let path = client::stream_path(&r.stream);
             let answer = client::request(
                 url,
