@@ -162,6 +162,10 @@ struct Opts {
     /// Redis URL shared by the cluster's control planes [default: none, in-memory, one node].
     #[arg(long, env = "SWITCHYARD_REDIS")]
     redis: Option<String>,
+    /// This node's region (placement prefers the client's region; the cascade pulls from
+    /// its own first) [default: none].
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: Option<String>,
     /// Count the host's CPU, bandwidth and memory in the load verdict (true/false)
     /// [default: true].
     #[arg(long, env = "SWITCHYARD_HOST_LOAD")]
@@ -221,6 +225,9 @@ impl Opts {
         }
         if let Some(v) = &self.redis {
             c.cluster.redis = Some(v.clone());
+        }
+        if let Some(v) = &self.region {
+            c.cluster.region = Some(v.clone());
         }
         if let Some(v) = self.host_load {
             c.cluster.host_load = v;
@@ -536,6 +543,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         opts.shm_dir.as_ref().map(|p| p.display().to_string()),
     );
     flag("redis", opts.redis.clone());
+    flag("region", opts.region.clone());
     flag("host-load", opts.host_load.map(|v| v.to_string()));
     flag("log-format", opts.log_format.map(|f| f.name().to_owned()));
     if opts.insecure {

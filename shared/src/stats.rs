@@ -648,6 +648,10 @@ enum Field {
     /// The simulcast layer a viewer receives, per publisher track: 4 bits each (track `i`
     /// at bits `4i..4i+4`), 0xF where it receives none or the track has no layers.
     Layers,
+    /// A relay-out's smoothed round-trip time over its link in microseconds; 0: none yet.
+    /// (A field added in the slot's spare room: a file from a data plane without it reads
+    /// 0 here, so the layout version stays.)
+    Rtt,
 }
 
 /// Fields in a slot (two cache lines; the rest is room for later fields).
@@ -725,6 +729,12 @@ impl SessionSlot {
         self.values[Field::Layers as usize].store(packed, Ordering::Relaxed);
     }
 
+    /// A relay link's smoothed round-trip time, as its relay-out measured it last.
+    pub fn set_rtt(&self, rtt: Duration) {
+        let us = (rtt.as_micros() as u64).max(1);
+        self.values[Field::Rtt as usize].store(us, Ordering::Relaxed);
+    }
+
     /// Keyframe requests (PLI or FIR) from the peer.
     pub fn pli_received(&self, n: u32) {
         self.add(Field::Plis, u64::from(n));
@@ -753,6 +763,9 @@ impl SessionSlot {
             plis_sent: plis >> 32,
             last_rx: (last != 0).then_some(last),
             estimate_bps: Some(self.load(Field::Estimate)).filter(|&e| e > 0),
+            rtt: Some(self.load(Field::Rtt))
+                .filter(|&us| us > 0)
+                .map(Duration::from_micros),
             layers: {
                 let packed = self.load(Field::Layers);
                 let mut l = [None; 8];
@@ -786,6 +799,9 @@ pub struct SessionCounters {
     pub estimate_bps: Option<u64>,
     /// The simulcast layer a viewer receives per publisher track.
     pub layers: [Option<u8>; 8],
+    /// A relay-out's smoothed round-trip time over its link (RTCP SR/RR); `None`: not
+    /// measured (another role, or no sender report echoed yet).
+    pub rtt: Option<Duration>,
 }
 
 const _: () = assert!(HEADER % 64 == 0);
@@ -832,6 +848,12 @@ mod tests {
             (1, 100, 2, 100)
         );
         assert_eq!((c.nacks_received, c.plis_received, c.plis_sent), (3, 1, 2));
+        assert_eq!(c.rtt, None);
+        slot.set_rtt(Duration::from_micros(42_250));
+        assert_eq!(
+            r.find(1, 42).expect("found").rtt,
+            Some(Duration::from_micros(42_250))
+        );
         let age = r.age(c.last_rx.expect("stamped"));
         assert!(age < Duration::from_secs(5), "{age:?}");
         assert!(r.find(0, 42).is_none());

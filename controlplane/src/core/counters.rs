@@ -49,6 +49,8 @@ pub struct ClusterCounters {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     relay_failures: Mutex<BTreeMap<&'static str, u64>>,
     nodes: Mutex<Vec<Node>>,
+    /// Round-trip time of this node's relay links by peer, milliseconds.
+    relay_rtts: Mutex<BTreeMap<String, f64>>,
     pub events_sent: AtomicU64,
     pub events_failed: AtomicU64,
     pub events_dropped: AtomicU64,
@@ -90,6 +92,15 @@ impl ClusterCounters {
     /// A room refused: `no_capacity`, `store_unavailable`, `room_exists`, `bad_request`, ...
     pub fn rejected(&self, reason: &'static str) {
         *locked(&self.rejections).entry(reason).or_default() += 1;
+    }
+
+    /// The relay links' round-trip times by peer (ms), as the relay task last read them.
+    pub fn set_relay_rtts(&self, rtts: &BTreeMap<String, f64>) {
+        rtts.clone_into(&mut locked(&self.relay_rtts));
+    }
+
+    pub fn relay_rtts(&self) -> BTreeMap<String, f64> {
+        locked(&self.relay_rtts).clone()
     }
 
     /// The nodes as the last health round listed them.

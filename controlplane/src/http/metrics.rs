@@ -57,6 +57,21 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
     }
     header(
         out,
+        "relay_rtt_seconds",
+        "gauge",
+        "Smoothed round-trip time of this node's relay links to each peer node, from RTCP \
+         sender and receiver reports (RFC 3550 6.4.1); kept 10 minutes after the last link.",
+    );
+    for (peer, ms) in &m.relay_rtts() {
+        let _ = writeln!(
+            out,
+            "switchyard_relay_rtt_seconds{{peer=\"{}\"}} {}",
+            escape(peer),
+            ms / 1000.0
+        );
+    }
+    header(
+        out,
         "relays_retargeted_total",
         "counter",
         "Relay-ins on this node taken over by a new source after theirs was lost (their viewers kept their sessions).",

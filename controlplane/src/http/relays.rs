@@ -75,6 +75,27 @@ struct OutView {
     /// Every node the stream went through before the target, the source last.
     hops: Vec<String>,
     created_ms: u64,
+    /// The link's smoothed round-trip time in milliseconds, measured here from the sender
+    /// reports this node passes on and the target's receiver reports (RFC 3550 §6.4.1);
+    /// absent until the target echoed one (a publisher that sends no sender reports gives
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
+}
+
+impl OutView {
+    /// The views of `outs` with their links' RTT. Takes the book's relays as copies: the
+    /// RTT is read under the session table's lock, which is never taken inside the book's.
+    fn measured(relays: &Relays, outs: Vec<OutRelay>) -> Vec<OutView> {
+        outs.iter()
+            .map(|r| OutView {
+                rtt_ms: relays
+                    .link_rtt(r.session)
+                    .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                ..OutView::from(r)
+            })
+            .collect()
+    }
 }
 
 impl From<&OutRelay> for OutView {
@@ -88,6 +109,7 @@ impl From<&OutRelay> for OutView {
             remote: r.remote,
             hops: r.hops.clone(),
             created_ms: r.created_ms,
+            rtt_ms: None,
         }
     }
 }
@@ -254,16 +276,18 @@ async fn list_stream_relays(
     Path((room, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let stream = stream_of(&room, &name)?;
-    let book = relays.book();
-    let relays: Vec<OutView> = book
-        .outs()
-        .filter(|r| r.stream == stream)
-        .map(OutView::from)
-        .collect();
-    let incoming = book.incoming(&stream).map(InView::from);
+    let (outs, incoming) = {
+        let book = relays.book();
+        let outs: Vec<OutRelay> = book
+            .outs()
+            .filter(|r| r.stream == stream)
+            .cloned()
+            .collect();
+        (outs, book.incoming(&stream).map(InView::from))
+    };
     Ok(Json(StreamRelays {
         stream,
-        relays,
+        relays: OutView::measured(&relays, outs),
         incoming,
     })
     .into_response())
@@ -306,11 +330,15 @@ async fn end_relay(
     responses((status = 200, description = "Every relay of this node, both directions", body = NodeRelays))
 )]
 async fn list_relays(State(relays): State<Arc<Relays>>) -> Response {
-    let book = relays.book();
+    let (outs, incoming) = {
+        let book = relays.book();
+        let outs: Vec<OutRelay> = book.outs().cloned().collect();
+        (outs, book.ins().map(InView::from).collect())
+    };
     Json(NodeRelays {
         node: relays.node_id().to_owned(),
-        outgoing: book.outs().map(OutView::from).collect(),
-        incoming: book.ins().map(InView::from).collect(),
+        outgoing: OutView::measured(&relays, outs),
+        incoming,
     })
     .into_response()
 }

@@ -192,6 +192,10 @@ struct SessionStats {
     /// first.
     #[serde(skip_serializing_if = "Option::is_none")]
     ms_since_last_packet: Option<u64>,
+    /// A relay-out: the link's smoothed round-trip time in milliseconds (RTCP SR/RR);
+    /// absent for other roles and until the far node echoed a sender report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
     /// A WebRTC viewer's bandwidth estimate in bits per second (transport-cc feedback, or
     /// REMB), which picks its simulcast layers; absent for other sessions and before the
     /// first estimate is published.
@@ -232,6 +236,7 @@ fn live(g: &Inner, id: SessionId, read: Option<SessionCounters>) -> Live {
             ms_since_last_packet: c
                 .last_rx
                 .map(|t| u64::try_from(stats.age(t).as_millis()).unwrap_or(u64::MAX)),
+            rtt_ms: c.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
             estimate_bps: c.estimate_bps,
             layers: c.layers.iter().any(Option::is_some).then(|| {
                 let used = c

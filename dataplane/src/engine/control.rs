@@ -447,6 +447,7 @@ impl Engine {
                 tracks: ALL_TRACKS,
                 relay: false,
                 data: None,
+                rtt: None,
                 layers: Box::default(),
                 bwe: None,
                 relay_layers: None,
@@ -628,6 +629,7 @@ impl Engine {
             sub.relay_layers = Some(Box::default());
             // A random start, like any RTP stream's.
             sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
+            sub.rtt = Some(Box::default());
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use super::fanout::retransmit;
 use super::ingress::{on_socket, srtp_drop};
 use super::periodic::note_gaps;
 use super::pool::Handle;
-use super::session::{self, seal_rtcp, SessionKey};
+use super::session::{self, seal_rtcp, SessionKey, Subscriber};
 use super::timer::Timer;
 use super::{
     relay_data_ssrc, Engine, Inbound, Output, SenderReport, StreamId, MAX_DATAGRAM, PLI_INTERVAL,
@@ -102,7 +102,7 @@ impl Engine {
                     }
                 }
                 for sr in reports.into_iter().flatten() {
-                    self.fan_out_report(sr, out);
+                    self.fan_out_report(sr, at, out);
                 }
                 return;
             }
@@ -116,9 +116,20 @@ impl Engine {
         let mut data_nacks = [0u16; 64];
         let mut n_data = 0;
         let mut asked = 0u32;
+        let mut rtt = None;
         let mut feedback_malformed = 0u64;
         for p in rtcp::compound(plain) {
             match p {
+                Ok(rtcp::Packet::ReceiverReport(rr)) => {
+                    // The far node of a relay-out on the sender reports it got from here.
+                    if let Some(link) = sub.rtt.as_mut() {
+                        for b in rr.reports() {
+                            if link.on_report_block(b.lsr, b.dlsr, at).is_some() {
+                                rtt = link.smoothed();
+                            }
+                        }
+                    }
+                }
                 Ok(rtcp::Packet::Nack(nack))
                     if sub.data.is_some() && nack.media_ssrc == relay_data_ssrc() =>
                 {
@@ -185,6 +196,9 @@ impl Engine {
         if let Some(slot) = self.slot(idx) {
             slot.nacked((n_nacks + n_data) as u64);
             slot.pli_received(asked);
+            if let Some(rtt) = rtt {
+                slot.set_rtt(rtt);
+            }
         }
         if n_data > 0 {
             self.resend_relay_data(idx, &data_nacks[..n_data], out);
@@ -232,7 +246,7 @@ impl Engine {
     }
 
     /// A publisher's SR to every subscriber: one message per other worker with some.
-    fn fan_out_report(&mut self, sr: SenderReport, out: &mut dyn Output) {
+    fn fan_out_report(&mut self, sr: SenderReport, now: Instant, out: &mut dyn Output) {
         let Some(st) = self.streams.get(&sr.stream) else {
             return;
         };
@@ -241,12 +255,13 @@ impl Engine {
                 self.drop_packet(DropReason::QueueFull);
             }
         }
-        self.report_local(sr, out);
+        self.report_local(sr, now, out);
     }
 
     /// The SR as each local subscriber of the stream knows the track: its SSRC, its RTP
-    /// timestamp offset, protected with its key.
-    pub(super) fn report_local(&mut self, sr: SenderReport, out: &mut dyn Output) {
+    /// timestamp offset, protected with its key. A relay-out notes when it sent it, for the
+    /// link's round-trip time (`super::rtt`).
+    pub(super) fn report_local(&mut self, sr: SenderReport, now: Instant, out: &mut dyn Output) {
         let Some(st) = self.streams.get(&sr.stream) else {
             return;
         };
@@ -294,6 +309,9 @@ impl Engine {
                 sent += 1;
                 if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
                     slot.sent(len);
+                }
+                if let session::Role::Subscriber(Subscriber { rtt: Some(rtt), .. }) = &mut s.role {
+                    rtt.on_sender_report_sent(sr.ntp, now);
                 }
             }
         }

@@ -50,7 +50,7 @@ impl Engine {
                 }
             }
             Inbound::Pli { stream, slot } => self.request_keyframe(stream, slot, now, out),
-            Inbound::SenderReport(sr) => self.report_local(sr, out),
+            Inbound::SenderReport(sr) => self.report_local(sr, now, out),
             Inbound::Return(h) => self.pool.put(h),
         }
     }

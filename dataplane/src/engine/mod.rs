@@ -51,6 +51,7 @@ pub mod pool;
 pub mod relay;
 mod relay_data;
 pub mod rr;
+pub mod rtt;
 mod session;
 mod stun;
 pub mod timer;

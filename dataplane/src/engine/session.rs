@@ -196,6 +196,9 @@ pub struct Subscriber {
     pub relay: bool,
     /// A relay-out: its data channel fragments' numbering and repair cache.
     pub data: Option<Box<super::relay_data::DataOut>>,
+    /// A relay-out: the link's round-trip time, from the sender reports it passes on and
+    /// the far node's receiver reports.
+    pub rtt: Option<Box<super::rtt::LinkRtt>>,
     /// Tracks this subscriber receives: bit `i` = publisher track `i`.
     pub tracks: u8,
     /// Per track: the simulcast layer it gets and the state that keeps its numbering

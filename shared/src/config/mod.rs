@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::names;
 
+mod region;
+pub use region::{region_of, Cidr, RegionRule};
+
 /// Which receive/send engine the workers run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -317,6 +320,17 @@ pub enum PlacementStrategy {
     ConsistentHash,
 }
 
+impl PlacementStrategy {
+    /// The name the config uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::LeastLoaded => "least_loaded",
+            Self::RoundRobin => "round_robin",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 impl std::str::FromStr for PlacementStrategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -398,6 +412,14 @@ pub struct ClusterSection {
     /// sessions and waits this long at most for the ones it has to end before it exits.
     /// Keep the systemd unit's `TimeoutStopSec` above it.
     pub shutdown_grace_ms: u64,
+    /// This node's region (an id: `eu-west`, `us-east-1`): rooms go to nodes in the
+    /// client's region while one has room, and the cascade pulls from a source in its own
+    /// region first. None: the node is in no region.
+    pub region: Option<String>,
+    /// Where a client is by its address, for placement and `/v1/resolve`, when no trusted
+    /// `X-Switchyard-Region` header says it: `[[cluster.region_map]] cidr = "10.1.0.0/16"`,
+    /// `region = "eu-west"`; the longest matching prefix wins.
+    pub region_map: Vec<RegionRule>,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -433,6 +455,8 @@ impl Default for ClusterSection {
             token: None,
             hook_allow: Vec::new(),
             allow_plain_http_keys: false,
+            region: None,
+            region_map: Vec::new(),
         }
     }
 }
@@ -858,6 +882,16 @@ impl Config {
             .any(|p| p.prefix.is_empty() || p.pool.is_empty())
         {
             return bad("cluster.pools: prefix and pool must be non-empty");
+        }
+        for region in self
+            .cluster
+            .region
+            .iter()
+            .chain(self.cluster.region_map.iter().map(|r| &r.region))
+        {
+            if let Err(e) = names::id("cluster.region", region) {
+                return bad(&e.to_string());
+            }
         }
         if let Some(url) = &self.cluster.redis {
             // rediss:// (TLS) would need the redis crate's TLS features, not built in.

@@ -41,6 +41,13 @@ impl Store for AnyStore {
     async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_health(node, healthy))
     }
+    async fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_relay_rtt(node, rtt_ms))
+    }
     async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.drain(node, draining))
     }

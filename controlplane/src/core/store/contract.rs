@@ -55,6 +55,12 @@ pub trait Store: Send + Sync {
         overloaded: bool,
         load: &BTreeMap<String, f64>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Replace the relay round-trip times `node` measured (peer node id → milliseconds).
+    fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Record the result of a health check.
     fn set_health(
         &self,

@@ -8,6 +8,7 @@ use switchyard_shared::config::Config;
 
 use super::book::Book;
 use super::file::BookFile;
+use super::rtt::PeerRtts;
 use crate::services::cluster::load::Latest;
 use crate::services::cluster::Cluster;
 use crate::services::sessions::Sessions;
@@ -24,6 +25,8 @@ pub struct Relays {
     pub(super) auth_key: Option<String>,
     /// This node serves its API over HTTPS.
     pub(super) tls: bool,
+    /// Round-trip times of its relay links, by peer.
+    pub(super) rtts: Mutex<PeerRtts>,
     /// Which relays feeding this node have lost their source (viewer continuity).
     pub(super) lost: Mutex<super::lost::Lost>,
 }
@@ -56,6 +59,7 @@ impl Relays {
             announce_ip: config.media.announce_ip(),
             auth_key: config.auth.key.clone(),
             tls: config.http.tls().is_some(),
+            rtts: Mutex::default(),
             lost: Mutex::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! The relay task: every [`TICK`] it writes this node's streams to the cluster store (where
 //! other nodes' cascades look for them), forgets relays whose session the data plane no
-//! longer has, and ends cascade relays nobody has used for the grace period.
+//! longer has, ends cascade relays nobody has used for the grace period, and reads its relay
+//! links' round-trip times (written to its store record when they move).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -8,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{Role, SessionId};
 
+use super::rtt;
 use super::service::Relays;
 use crate::core::clock::now_ms;
+use crate::core::counters;
 use crate::core::store::Store as _;
 
 /// How often the relay task syncs the store, reconciles the book and runs grace timers.
@@ -74,11 +77,39 @@ impl Relays {
     }
 }
 
+/// Measure the relay links' RTTs; write them to this node's store record when they moved
+/// ([`rtt::changed`]) or [`STORE_REFRESH`] passed, and to the metrics each tick.
+async fn sync_rtts(
+    relays: &Relays,
+    now: u64,
+    written: &mut Option<(BTreeMap<String, f64>, Instant)>,
+) {
+    let rtts = relays.measure_rtts(now);
+    counters::cluster().set_relay_rtts(&rtts);
+    let due = match written {
+        None => !rtts.is_empty(),
+        Some((w, at)) => rtt::changed(&rtts, w) || at.elapsed() >= STORE_REFRESH,
+    };
+    if !due {
+        return;
+    }
+    match relays
+        .cluster
+        .store
+        .set_relay_rtt(&relays.node_id, &rtts)
+        .await
+    {
+        Ok(()) => *written = Some((rtts, Instant::now())),
+        Err(e) => tracing::warn!(error = %e, "cannot record this node's relay RTTs"),
+    }
+}
+
 /// The relay task: store sync, reconciliation with the data plane, grace timers. Runs until
 /// aborted.
 pub async fn run(relays: Arc<Relays>) {
     let grace = relays.cluster.config.relay_grace_ms;
     let mut written: Option<(BTreeMap<String, Vec<String>>, Instant)> = None;
+    let mut rtt_written: Option<(BTreeMap<String, f64>, Instant)> = None;
     // Ticks each relay's session has been missing from the data plane's table in a row.
     let mut missing: HashMap<SessionId, u32> = HashMap::new();
     // Whether a relay here lost its source and found no new one at the last look.
@@ -142,6 +173,7 @@ pub async fn run(relays: Arc<Relays>) {
         }
         lost = relays.repull_lost().await;
         let now = now_ms();
+        sync_rtts(&relays, now, &mut rtt_written).await;
         let users = relays.users();
         let expired = {
             let mut book = relays.book.lock();

@@ -140,8 +140,12 @@ impl Webrtc {
         }
     }
 
-    /// Where an offer for `room/stream` is served: here, or on the room's node. A WHEP offer
-    /// for a stream published elsewhere is first tried through a cascade relay.
+    /// Where an offer for `room/stream` is served: here, or on the room's node. With the
+    /// cascade on, a WHEP offer for a stream this node has (its publisher, or a relay that
+    /// feeds it) is served here wherever the room is placed: a region's viewers are sent to
+    /// a node of their region (`/v1/resolve?region=`), which holds the stream once the
+    /// first of them pulled it; one for a stream published elsewhere is first tried through
+    /// a cascade relay.
     pub async fn locate(
         &self,
         dir: Direction,
