@@ -894,9 +894,18 @@ impl Config {
             }
         }
         if let Some(url) = &self.cluster.redis {
-            // rediss:// (TLS) would need the redis crate's TLS features, not built in.
-            if !url.starts_with("redis://") {
-                return bad("cluster.redis must be a redis:// URL (TLS is not supported yet)");
+            // The schemes the Redis store understands (controlplane's `redis_target`): one
+            // server, plain or TLS, or a Sentinel-watched master, plain or TLS.
+            const SCHEMES: [&str; 4] = [
+                "redis://",
+                "rediss://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ];
+            if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+                return bad(
+                    "cluster.redis must be a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL",
+                );
             }
         }
         if let Some(key) = &self.auth.key {
