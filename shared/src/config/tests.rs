@@ -84,7 +84,6 @@ fn invalid_values_are_caught() {
         c.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
     }
     let mut c = Config::default();
-    let mut c = Config::default();
     c.auth.key = Some("not base64!".into());
     assert!(c.validate().is_err());
     let mut c = Config::default();
