@@ -6,14 +6,15 @@
 //! (`target/tmp/bench-report*.png`).
 //!
 //! Needs Debian's `chromium` (`scripts/test.sh` installs it) for the browser half, as
-//! tests/browser.rs: missing, it fails unless `SWITCHYARD_SKIP_BROWSER=1`.
+//! tests/browser.rs: missing, it fails unless `SWITCHYARD_SKIP_BROWSER=1` (ignored under
+//! `CI=true`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::browser::{find_chromium, one_chromium_test_at_a_time};
+use common::browser::chromium;
 use common::cdp::Page;
 use common::{cli, Node};
 use switchyard_bench::crypto::Profile;
@@ -199,15 +200,9 @@ fn bench_with_token_and_https_and_its_html_report() {
     )
     .expect("write");
 
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: the reports were not checked in a browser");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let mut page = Page::launch(&bin, 1100, 900);
 
     let plots = drawn(&mut page, &run_html, &out.join("bench-report.png"));

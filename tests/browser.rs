@@ -6,8 +6,8 @@
 //! watcher through the node.
 //!
 //! Needs Debian's `chromium` (`scripts/test.sh` installs it). Without it the test fails,
-//! unless `SWITCHYARD_SKIP_BROWSER=1`. Chromium's flags keep all traffic on the machine
-//! (docs/webrtc.md, "Browser test").
+//! unless `SWITCHYARD_SKIP_BROWSER=1` (ignored under `CI=true`). Chromium's flags keep all
+//! traffic on the machine (docs/webrtc.md, "Browser test").
 
 mod common;
 
@@ -16,9 +16,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::browser::{
-    chromium, find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports,
-};
+use common::browser::{chromium, num, Chromium, Reports};
 use common::Node;
 
 /// `/v1/streams` as (stream, subscribers) pairs: the per-stream counters beside them change
@@ -225,18 +223,12 @@ fn whep_subscriber_of_a_whip_publisher_is_accepted() {
 /// relays the stream to itself (the automatic cascade). Needs Redis and Chromium.
 #[test]
 fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
+    };
     if !common::Redis::required("cascade browser test") {
         return;
     }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
     let dir = std::env::temp_dir().join(format!("swy-browser-cascade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let redis = common::Redis::start_free(&dir, false);

@@ -17,23 +17,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::browser::{find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports};
+use common::browser::{chromium, num, Chromium, Reports};
 use common::lossy::Lossy;
 use common::Node;
 use serde_json::Value;
 
 #[test]
 fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_gap() {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: simulcast browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let started = Instant::now();
     let node = Node::start(1);
     let mut reports = Reports::start();
@@ -161,16 +154,9 @@ fn chromium_h264_simulcast_viewer_behind_a_400_kbit_cap_settles_low_and_climbs_b
 }
 
 fn capped_viewer(codec: &str) {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: bandwidth estimation browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let started = Instant::now();
     // Every client reaches the node through the proxy: the node announces its address.
     let node = Node::start_with_args(1, &["--media-announce", "127.0.0.2"]);
@@ -310,19 +296,12 @@ fn capped_viewer(codec: &str) {
 /// asked from A's publisher through the link. Needs Redis and Chromium.
 #[test]
 fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: relayed simulcast browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
+    };
     if !common::Redis::required("relayed simulcast browser test") {
         return;
     }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
     let dir = std::env::temp_dir().join(format!("swy-sim-cascade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let redis = common::Redis::start_free(&dir, false);

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::browser::{find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports};
+use common::browser::{chromium, num, Chromium, Reports};
 use common::lossy::Lossy;
 use common::Node;
 use serde_json::Value;
@@ -130,16 +130,9 @@ fn show(name: &str, o: &Outcome) {
 
 #[test]
 fn chromium_publisher_on_a_lossy_uplink_is_repaired_for_its_viewer() {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: uplink repair browser test skipped");
+    let Some((bin, _serial)) = chromium() else {
         return;
-    }
-    let _serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
+    };
     let started = Instant::now();
     let mut reports = Reports::start();
     let repaired = run(&bin, &mut reports, true, "repaired");

@@ -23,9 +23,11 @@ pub fn one_chromium_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Chromium and the lock that runs its tests one at a time; None (said loudly) with
-/// `SWITCHYARD_SKIP_BROWSER=1`. A missing browser fails the test.
+/// `SWITCHYARD_SKIP_BROWSER=1`, which `CI=true` overrides: there a missing browser must fail.
+/// A missing browser fails the test.
 pub fn chromium() -> Option<(PathBuf, std::sync::MutexGuard<'static, ()>)> {
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
         return None;
     }

@@ -52,8 +52,6 @@ pub struct Delay {
     overuse_count: u32,
     prev_trend: f64,
     signal: Signal,
-    /// The last modified trend, for the API and tests.
-    pub trend: f64,
 }
 
 impl Default for Delay {
@@ -73,7 +71,6 @@ impl Default for Delay {
             overuse_count: 0,
             prev_trend: 0.0,
             signal: Signal::Normal,
-            trend: 0.0,
         }
     }
 }
@@ -140,7 +137,6 @@ impl Delay {
 
     fn detect(&mut self, trend: f64, send_ms: f64, now_ms: f64) {
         let modified = f64::from(self.deltas.min(60)) * trend * THRESHOLD_GAIN;
-        self.trend = modified;
         if modified > self.threshold {
             self.overuse_ms += send_ms.max(0.0);
             self.overuse_count += 1;

@@ -112,11 +112,6 @@ impl Bwe {
         bps as u64
     }
 
-    /// The loss fraction of the last full window, and the delay trend (for the API).
-    pub fn loss_fraction(&self) -> f64 {
-        self.loss.fraction
-    }
-
     /// A media packet of `size` bytes goes out now: the transport-wide sequence number to
     /// put on it.
     pub fn on_send(&mut self, size: usize, now: Instant) -> u16 {

@@ -620,11 +620,6 @@ impl Select {
         self.last_ts
     }
 
-    /// The layer the viewer should get (it switches at that layer's next keyframe).
-    pub fn target(&self) -> Option<u8> {
-        self.target
-    }
-
     /// Whether a packet of the current layer that the viewer numbers `seq` was sent since
     /// the switch to it (so a retransmission of it is the packet the viewer lost).
     pub fn owns(&self, seq: u16) -> bool {
