@@ -71,6 +71,8 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         rx_batch: 32,
         tx_slots: 16384,
         uring_sendmmsg: config.media.uring_sendmmsg,
+        gso: config.media.gso.on(),
+        relay_gro: config.media.gro.on(),
     };
 
     let mut threads = Vec::new();

@@ -50,6 +50,23 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
+/// Whether a kernel offload is used where the kernel has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// Probed per socket at start; used where the kernel accepts it.
+    #[default]
+    Auto,
+    /// Never used (to measure without it, or to rule it out).
+    Off,
+}
+
+impl Offload {
+    pub const fn on(self) -> bool {
+        matches!(self, Self::Auto)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSection {
@@ -99,6 +116,14 @@ pub struct MediaSection {
     /// io_uring engine: send each loop turn's datagrams with one sendmmsg and queue only
     /// what the socket cannot take as SQEs (true), or one SENDMSG SQE per datagram (false).
     pub uring_sendmmsg: bool,
+    /// Send each destination's datagrams queued in one loop turn as `UDP_SEGMENT` messages
+    /// (GSO: one trip through the kernel's UDP path for a run of equal-size datagrams) where
+    /// the kernel supports it; a destination whose route refuses it falls back to one
+    /// datagram per message. `off` sends one datagram per message everywhere.
+    pub gso: Offload,
+    /// Let relay sockets receive coalesced datagrams (`UDP_GRO`); the worker walks the
+    /// segments. `off` receives one datagram per read.
+    pub gro: Offload,
     /// SO_RCVBUF / SO_SNDBUF per worker socket, bytes. A deep receive queue rides out the
     /// bursts of a keyframe fanned out to many subscribers.
     pub recv_buffer: usize,
@@ -127,6 +152,8 @@ impl Default for MediaSection {
             first_core: 1,
             engine: EngineKind::Auto,
             uring_sendmmsg: true,
+            gso: Offload::Auto,
+            gro: Offload::Auto,
             recv_buffer: 8 << 20,
             send_buffer: 8 << 20,
             max_sessions_per_worker: 4096,
