@@ -71,6 +71,8 @@ pub struct Tx {
     free: Vec<u32>,
     /// Queued sends per socket ([`Via::index`]); each socket's queue keeps its order.
     queued: [VecDeque<u32>; 2],
+    /// Per socket: in-flight sends to go again, in order (`requeue`).
+    requeued: [Vec<u32>; 2],
     in_flight: usize,
     v6: bool,
     /// Handed out by `buf_mut` for a buffer the caller no longer owns (a caller bug), so
@@ -181,6 +183,7 @@ impl Tx {
                 VecDeque::with_capacity(slots),
                 VecDeque::with_capacity(slots),
             ],
+            requeued: [Vec::with_capacity(slots), Vec::with_capacity(slots)],
             in_flight: 0,
             v6,
             scratch: Box::new([0; TX_BUF]),
@@ -469,8 +472,10 @@ impl Tx {
         self.seg.counters.gso_refused += 1;
     }
 
-    /// Put in-flight slot `i` back at the end of the queue on `via` (its segmented message
-    /// was refused; it goes again on its own).
+    /// In-flight slot `i` goes again (its segmented message was refused, or its send was
+    /// cancelled behind one): collected in call order, and put back at the front of the
+    /// queue on `via` by [`Tx::restore_requeued`], ahead of anything queued since it was
+    /// taken.
     pub(crate) fn requeue(&mut self, i: u32, via: Via) {
         if self.state.get(i as usize) != Some(&State::InFlight) {
             debug_assert!(false, "requeue of slot {i} not in flight");
@@ -478,7 +483,18 @@ impl Tx {
         }
         self.state[i as usize] = State::Queued;
         self.in_flight -= 1;
-        self.queued[via.index()].push_back(i);
+        // Cannot reallocate: a slot is in one of the queue and this list, never both.
+        self.requeued[via.index()].push(i);
+    }
+
+    /// Put the slots given to [`Tx::requeue`] back at the front of their queues, in the
+    /// order they were given.
+    pub(crate) fn restore_requeued(&mut self) {
+        for v in 0..2 {
+            while let Some(i) = self.requeued[v].pop() {
+                self.queued[v].push_front(i);
+            }
+        }
     }
 
     /// The kernel is done with slot `i` (sent or refused): free it.

@@ -31,7 +31,7 @@ use super::gso;
 use super::raw::RawArray;
 use super::segment::MAX_SEGMENTS;
 use super::tcp::{Received, Tcp};
-use super::tx::Tx;
+use super::tx::{Built, Tx};
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
 use crate::via::Via;
@@ -60,6 +60,8 @@ const UD_SEND: u64 = 3 << 62;
 const UD_TAG: u64 = 3 << 62;
 /// On a send: the low 16 bits name a segmented message's record, not a Tx slot.
 const UD_RECORD: u64 = 1 << 40;
+/// On a single-slot send: it left from the relay socket (where it goes again if cancelled).
+const UD_VIA_RELAY: u64 = 1 << 41;
 
 type OnRx<'a> = &'a mut dyn FnMut(RxEvent<'_>, &mut Tx);
 
@@ -480,54 +482,71 @@ impl Uring {
 
     /// One SENDMSG SQE per planned message queued on `via` (a `UDP_SEGMENT` message per
     /// destination run where the socket segments, `segment.rs`), as far as the submission
-    /// queue allows.
+    /// queue allows. A destination's SQEs are linked (`IOSQE_IO_LINK`): if one fails (a
+    /// segmented message the route refuses), the kernel cancels the ones behind it, and all
+    /// of them go again in their order (`finish`), so nothing overtakes a refused message.
     fn submit_sends(&mut self, via: Via, fd: Fd) -> Result<(), IoError> {
         while self.tx.queued_len(via) > 0 {
             let msgs = self.tx.plan(via);
             for k in 0..msgs {
                 let Some(msg) = self.tx.planned(k) else {
-                    break;
+                    return Ok(());
                 };
+                // A destination's chain is submitted whole: room for its worst case (one
+                // SQE per datagram) before its first message.
+                if msg.batch > 0 && !self.sq_room(usize::from(msg.batch))? {
+                    return Ok(());
+                }
                 self.tx.offload_mut().batch(msg.batch);
+                let more = self.tx.planned(k + 1).is_some_and(|m| m.batch == 0);
                 if msg.count > 1 && self.tx.record_available() {
-                    if !self.sq_room()? {
+                    let Some(Built {
+                        hdr,
+                        record: Some(r),
+                        ..
+                    }) = self.tx.build(via, 0, msg)
+                    else {
                         return Ok(());
-                    }
-                    let Some(b) = self.tx.build(via, 0, msg) else {
-                        break;
                     };
-                    let Some(r) = b.record else { break };
                     for _ in 0..msg.count {
                         let _ = self.tx.pop_queued(via);
                     }
-                    let e = opcode::SendMsg::new(fd, b.hdr)
+                    let e = opcode::SendMsg::new(fd, hdr)
                         .build()
+                        .flags(link(more))
                         .user_data(UD_SEND | UD_RECORD | u64::from(r));
                     // SAFETY: the record and its slots stay untouched until the CQE (the
                     // slots are InFlight, the record is freed only by its completion); the
-                    // queue has room (checked above).
+                    // queue has room (checked for the whole chain).
                     if unsafe { self.ring.submission().push(&e) }.is_err() {
-                        // Not reachable (room checked); complete rather than leak.
-                        finish_record(&mut self.tx, &mut self.send_errors, r, -libc::ENOBUFS);
+                        // Not reachable (room checked): queue them again rather than leak.
+                        finish(
+                            &mut self.tx,
+                            &mut self.send_errors,
+                            Sent::Record(r),
+                            -libc::ECANCELED,
+                        );
                     }
                     continue;
                 }
                 // One datagram (or a run with no record free): an SQE per slot.
-                for _ in 0..msg.count {
-                    if !self.sq_room()? {
-                        return Ok(());
-                    }
+                for j in 0..msg.count {
                     let Some(i) = self.tx.pop_queued(via) else {
-                        break;
+                        return Ok(());
                     };
                     let e = opcode::SendMsg::new(fd, self.tx.hdr_ptr(i))
                         .build()
-                        .user_data(UD_SEND | u64::from(i));
+                        .flags(link(more || j + 1 < msg.count))
+                        .user_data(UD_SEND | via_bit(via) | u64::from(i));
                     // SAFETY: slot i is InFlight until its CQE, so its header, iovec,
                     // address and data stay valid and untouched; the queue has room.
                     if unsafe { self.ring.submission().push(&e) }.is_err() {
-                        self.send_errors += 1;
-                        self.tx.complete(i);
+                        finish(
+                            &mut self.tx,
+                            &mut self.send_errors,
+                            Sent::Slot(i, via),
+                            -libc::ECANCELED,
+                        );
                     }
                 }
             }
@@ -535,14 +554,19 @@ impl Uring {
         Ok(())
     }
 
-    /// Room for one more SQE, submitting what is queued if needed. False: the ring takes
+    /// Room for `n` more SQEs, submitting what is queued if needed. False: the ring takes
     /// no more this turn.
-    fn sq_room(&mut self) -> Result<bool, IoError> {
-        if !self.ring.submission().is_full() {
+    fn sq_room(&mut self, n: usize) -> Result<bool, IoError> {
+        let free = |r: &mut IoUring| {
+            let sq = r.submission();
+            sq.capacity() - sq.len()
+        };
+        let n = n.min(SQ_ENTRIES as usize);
+        if free(&mut self.ring) >= n {
             return Ok(true);
         }
         match self.ring.submit() {
-            Ok(_) => Ok(!self.ring.submission().is_full()),
+            Ok(_) => Ok(free(&mut self.ring) >= n),
             Err(e) if transient(&e) => Ok(false),
             Err(e) => Err(IoError::sys("io_uring_enter", e)),
         }
@@ -651,26 +675,24 @@ impl Uring {
                         self.waker.consume();
                     }
                 }
-                UD_SEND if ud & UD_RECORD != 0 => {
-                    finish_record(
-                        &mut self.tx,
-                        &mut self.send_errors,
-                        (ud & 0xffff) as u16,
-                        res,
-                    );
-                }
                 UD_SEND => {
-                    if res < 0 {
-                        self.send_errors += 1;
+                    let sent = if ud & UD_RECORD != 0 {
+                        Sent::Record((ud & 0xffff) as u16)
                     } else {
-                        self.tx.offload_mut().sent(1);
-                    }
-                    self.tx.complete((ud & !UD_TAG) as u32);
+                        let via = if ud & UD_VIA_RELAY != 0 {
+                            Via::Relay
+                        } else {
+                            Via::Media
+                        };
+                        Sent::Slot((ud & 0xf_ffff) as u32, via)
+                    };
+                    finish(&mut self.tx, &mut self.send_errors, sent, res);
                 }
                 _ => {} // UD_CANCEL
             }
         }
         drop(cq);
+        self.tx.restore_requeued();
         self.pool.ring.publish();
         if let Some(p) = &self.gro_pool {
             p.ring.publish();
@@ -727,35 +749,72 @@ impl Uring {
     }
 }
 
-/// A segmented message's send completed with `res`: free its slots (or queue them
-/// again one by one if the kernel refused the segmentation) and its record.
-fn finish_record(tx: &mut Tx, send_errors: &mut u64, r: u16, res: i32) {
-    let mut slots = [0u32; MAX_SEGMENTS];
-    let (n, via) = {
-        let (s, via) = tx.record_slots(r);
-        let n = s.len().min(MAX_SEGMENTS);
-        slots[..n].copy_from_slice(&s[..n]);
-        (n, via)
-    };
-    if res < 0 && gso::is_refusal(-res) {
-        // Rare (a route whose device cannot segment): the datagrams go again at the
-        // back of the queue, so they may follow later ones to the same destination
-        // queued this turn; never again after, as the destination is not segmented.
-        tx.refuse_record(r);
-        for &i in &slots[..n] {
-            tx.requeue(i, via);
-        }
+/// What a send CQE completes: one transmit slot, or a segmented message's record.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    Slot(u32, Via),
+    Record(u16),
+}
+
+fn via_bit(via: Via) -> u64 {
+    match via {
+        Via::Media => 0,
+        Via::Relay => UD_VIA_RELAY,
+    }
+}
+
+/// `IOSQE_IO_LINK` when another SQE of the same destination follows.
+fn link(more: bool) -> squeue::Flags {
+    if more {
+        squeue::Flags::IO_LINK
     } else {
+        squeue::Flags::empty()
+    }
+}
+
+/// A send completed with `res`. Sent (or refused for good): its slots are free. A
+/// segmented message the route refused: the destination is no longer segmented and its
+/// datagrams go again one by one; cancelled behind a failed link: they go again too. Both
+/// are put back at the front of the queue, in completion order, which is their order.
+fn finish(tx: &mut Tx, send_errors: &mut u64, sent: Sent, res: i32) {
+    let mut slots = [0u32; MAX_SEGMENTS];
+    let (n, via) = match sent {
+        Sent::Slot(i, via) => {
+            slots[0] = i;
+            (1, via)
+        }
+        Sent::Record(r) => {
+            let (s, via) = tx.record_slots(r);
+            let n = s.len().min(MAX_SEGMENTS);
+            slots[..n].copy_from_slice(&s[..n]);
+            (n, via)
+        }
+    };
+    let again = match (sent, res) {
+        (_, r) if r == -libc::ECANCELED => true,
+        (Sent::Record(r), e) if e < 0 && gso::is_refusal(-e) => {
+            tx.refuse_record(r);
+            true
+        }
+        _ => false,
+    };
+    for &i in &slots[..n] {
+        if again {
+            tx.requeue(i, via);
+        } else {
+            tx.complete(i);
+        }
+    }
+    if !again {
         if res < 0 {
             *send_errors += n as u64;
         } else {
             tx.offload_mut().sent(n);
         }
-        for &i in &slots[..n] {
-            tx.complete(i);
-        }
     }
-    tx.free_record(r);
+    if let Sent::Record(r) = sent {
+        tx.free_record(r);
+    }
 }
 
 /// Hand the datagram in buffer `bid` of `pool` (`len` bytes filled) to `on_rx`; a buffer
