@@ -100,7 +100,7 @@ impl Capture {
                     )
                 };
                 // Loopback shows each packet leaving and arriving: keep the arrival only.
-                if n <= 0 || from.sll_pkttype != libc::PACKET_HOST as u8 {
+                if n <= 0 || from.sll_pkttype != libc::PACKET_HOST {
                     continue;
                 }
                 if let Some(s) = parse(&buf[..n as usize], port) {
