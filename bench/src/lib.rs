@@ -18,12 +18,14 @@ pub mod api;
 pub mod cpu;
 pub mod crypto;
 pub mod http;
+pub mod offload;
 pub mod pacing;
 pub mod packet;
 pub mod ramp;
 pub mod reflector;
 pub mod report;
 pub mod run;
+pub mod shape;
 pub mod sys;
 pub mod webrtc;
 
