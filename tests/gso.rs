@@ -96,3 +96,54 @@ fn frames_and_audio_arrive_intact_and_in_order_with_segmentation_on_and_off() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Datagrams per message the node's single worker sent so far (its histogram's sum over
+/// its count).
+fn per_message(node: &Node) -> f64 {
+    let sum = node.metric_sum("switchyard_tx_segments_per_message_sum{");
+    let count = node.metric_sum("switchyard_tx_segments_per_message_count{");
+    sum as f64 / count.max(1) as f64
+}
+
+/// libwebrtc-shaped frames (9 packets of 1,157 and 1,158 bytes, the larger last) leave as
+/// two messages per viewer; with `media.pad_video_to = 16` the first eight are padded to
+/// 1,168 bytes and the frame is one message. The viewers read the same media either way.
+#[test]
+fn padding_video_to_one_size_joins_a_frame_into_one_message() {
+    let mut spec = load(false);
+    spec.audio = false;
+    spec.video = spec.video.map(|v| VideoSpec {
+        packetize: Packetize::Even,
+        keyframe_every: 0.0,
+        ..v
+    });
+    let target = |node: &Node| Target::Node {
+        api: node.api.clone(),
+        profile: Profile::AeadAes128Gcm,
+        cpu_pid: None,
+        worker: None,
+        webrtc: None,
+    };
+    let dir = std::env::temp_dir().join(format!("swy-gso-pad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[media]\npad_video_to = 16\n").expect("config");
+    let mut ratio = Vec::new();
+    for padded in [false, true] {
+        let node = match padded {
+            false => Node::start(1),
+            true => Node::start_with_args(1, &["--config", config.to_str().expect("utf-8")]),
+        };
+        let r = run(&spec, &target(&node)).expect("bench run");
+        print!("{}", r.table());
+        assert_eq!(r.received_packets, r.expected_packets);
+        assert_eq!(r.errors, Default::default(), "padding is transparent");
+        ratio.push(per_message(&node));
+    }
+    eprintln!(
+        "datagrams per message: {:.2} unpadded, {:.2} padded",
+        ratio[0], ratio[1]
+    );
+    assert!(ratio[1] > ratio[0] * 1.3, "padding joins runs: {ratio:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

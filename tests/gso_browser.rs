@@ -158,6 +158,7 @@ fn frame_report(seen: &[Seen]) -> String {
         (m, cost)
     };
     let (m8, c8) = round(8);
+    let (m16, c16) = round(16);
     let (m32, c32) = round(32);
     let mut per_frame: Vec<usize> = frames.iter().map(Vec::len).collect();
     per_frame.sort_unstable();
@@ -168,8 +169,8 @@ fn frame_report(seen: &[Seen]) -> String {
          median {}, max {}; frames of 2+ packets: {} ({} of them one equal-size run as sent); \
          messages per frame under the segment rule: {:.2} as sent ({msgs} for {packets} \
          packets), {:.2} with every packet padded to its frame's largest (+{pad_max} bytes, \
-         {:.2} %), {:.2} rounded up to 8 bytes (+{c8}, {:.2} %), {:.2} rounded up to 32 \
-         (+{c32}, {:.2} %); first multi-packet frames' sizes: {}",
+         {:.2} %), {:.2} rounded up to 8 bytes (+{c8}, {:.2} %), {:.2} to 16 (+{c16}, \
+         {:.2} %), {:.2} to 32 (+{c32}, {:.2} %); first multi-packet frames' sizes: {}",
         frames.len(),
         per_frame.get(per_frame.len() / 2).copied().unwrap_or(0),
         per_frame.last().copied().unwrap_or(0),
@@ -180,6 +181,8 @@ fn frame_report(seen: &[Seen]) -> String {
         pct(pad_max),
         m8 as f64 / frames.len().max(1) as f64,
         pct(c8),
+        m16 as f64 / frames.len().max(1) as f64,
+        pct(c16),
         m32 as f64 / frames.len().max(1) as f64,
         pct(c32),
         examples.join(" "),

@@ -66,6 +66,10 @@ pub struct SessionRequest {
     /// the first packets when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssrcs: Option<Vec<u32>>,
+    /// A publisher's RTP clock rates, one per `ssrcs` entry (90 kHz video, 48 kHz audio):
+    /// what lets the node treat its video as video (`media.pad_video_to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_rates: Option<Vec<u32>>,
 }
 
 /// The 201 answer to `POST /v1/sessions` (fields the bench reads).
@@ -249,6 +253,7 @@ mod tests {
             remote_key: None,
             local_key: None,
             ssrcs: None,
+            clock_rates: None,
         };
         let v: serde_json::Value = serde_json::to_value(&req).expect("json");
         assert_eq!(
@@ -279,6 +284,7 @@ mod tests {
             remote_key: Some("AAEC".into()),
             local_key: Some("AwQF".into()),
             ssrcs: None,
+            clock_rates: None,
         };
         let v: serde_json::Value = serde_json::to_value(&req).expect("json");
         assert_eq!(

@@ -117,7 +117,9 @@ pub(super) fn setup_node(
     for p in 0..spec.publishers {
         let stream = format!("bench/s{p}");
         let sock = bind()?;
-        // With audio the tracks' order must be known: declare both SSRCs.
+        // Frame-shaped media declares its tracks (video, audio) and their clock rates: with
+        // audio their order must be known, and the node pads only what it knows is video.
+        let framed = spec.video.is_some() || spec.audio;
         let video_ssrc = 0x5357_0000 + p as u32;
         let s = node.create_session(&SessionRequest {
             role: "publisher",
@@ -127,15 +129,14 @@ pub(super) fn setup_node(
             worker,
             remote_key: None,
             local_key: None,
-            ssrcs: spec
-                .audio
-                .then(|| vec![video_ssrc, crate::shape::audio_ssrc(video_ssrc)]),
+            ssrcs: framed.then(|| vec![video_ssrc, crate::shape::audio_ssrc(video_ssrc)]),
+            clock_rates: framed.then(|| vec![90_000, 48_000]),
         })?;
         track(s.id);
         pubs.push(PubEnd {
             sock,
             dest: s.media_address,
-            ssrc: if spec.audio { video_ssrc } else { s.ssrc() },
+            ssrc: if framed { video_ssrc } else { s.ssrc() },
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
         });
         // A relay-out passes the publisher's SSRC through; a subscriber gets its own.
@@ -154,6 +155,7 @@ pub(super) fn setup_node(
                 remote_key: None,
                 local_key: None,
                 ssrcs: None,
+                clock_rates: None,
             })?;
             track(s.id);
             subs.push(SubEnd {
@@ -224,6 +226,7 @@ pub(super) fn rest_subscribers(
             remote_key: None,
             local_key: None,
             ssrcs: None,
+            clock_rates: None,
         })?;
         guard.ids.push(s.id);
         subs.push(SubEnd {
@@ -285,6 +288,7 @@ pub(super) fn setup_relay(
             remote_key: None,
             local_key: None,
             ssrcs: None,
+            clock_rates: None,
         })?;
         guards[0].ids.push(s.id);
         pubs.push(PubEnd {
@@ -316,6 +320,7 @@ pub(super) fn setup_relay(
                 remote_key: None,
                 local_key: None,
                 ssrcs: None,
+                clock_rates: None,
             })?;
             guards[t].ids.push(ingress.id);
             let egress = nodes[src].create_session(&SessionRequest {
@@ -328,6 +333,7 @@ pub(super) fn setup_relay(
                 remote_key: Some(b64(&ingress.local_key_bytes()?)),
                 local_key: Some(b64(&ingress.remote_key_bytes()?)),
                 ssrcs: None,
+                clock_rates: None,
             })?;
             guards[src].ids.push(egress.id);
             rest_subscribers(

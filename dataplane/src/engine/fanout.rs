@@ -12,6 +12,7 @@ use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::layers::{self, Decision, LayerTag, TrackView};
+use super::padding;
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
 use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
@@ -37,6 +38,7 @@ impl Engine {
     }
 
     pub(super) fn forward_local(&mut self, stream: StreamId, h: &Handle, out: &mut dyn Output) {
+        let pad = if h.video { self.limits.pad_video_to } else { 0 };
         let Some(st) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -74,7 +76,7 @@ impl Engine {
             let r = match &view {
                 // Relay-outs pass every layer on unchanged (see `relay_to`).
                 Some((tag, v)) if !relay => {
-                    let d = forward_layer(s, h, (tag, v), now, out);
+                    let d = forward_layer(s, h, (tag, v), (now, pad), out);
                     if let Some(l) = d.1.ask {
                         asks |= 1 << l;
                     }
@@ -86,7 +88,7 @@ impl Engine {
                         None => continue,
                     }
                 }
-                _ => forward_to(s, h, &mut (None, None), out),
+                _ => forward_to(s, h, &mut (None, None), pad, out),
             };
             match r {
                 Ok(n) => {
@@ -124,7 +126,7 @@ fn forward_layer(
     s: &mut Session,
     h: &Handle,
     (tag, view): (&LayerTag, &TrackView),
-    now: Instant,
+    (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> (Option<Result<usize, SendError>>, Decision) {
     let session::Role::Subscriber(sub) = &mut s.role else {
@@ -142,7 +144,7 @@ fn forward_layer(
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, out);
+    let r = forward_to(s, h, &mut ids, pad, out);
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -191,7 +193,8 @@ pub(super) fn retransmit(
         _ => None,
     };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
-        return forward_to(s, h, &mut (None, None), out);
+        // A retransmission goes alone: nothing to equalize it with.
+        return forward_to(s, h, &mut (None, None), 0, out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -242,11 +245,13 @@ pub(super) fn retransmit(
 
 /// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it. A
 /// simulcast layer's VP8 picture id and TL0PICIDX are rewritten too; `ids` gets what they
-/// became.
+/// became. With `pad` (> 0), a packet that does not end its frame is padded to a multiple
+/// of `pad` bytes ([`padding`]).
 fn forward_to(
     s: &mut Session,
     h: &Handle,
     ids: &mut (Option<u16>, Option<u8>),
+    pad: u16,
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let via = s.via;
@@ -302,6 +307,8 @@ fn forward_to(
         if let Some((tag, sel)) = &layered {
             *ids = sel.rewrite(buf, tag);
         }
+        let tag = ctx.as_deref().map_or(0, srtp::Context::tag_len);
+        let n = padding::equalize(buf, n, tag, usize::from(pad));
         let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)
