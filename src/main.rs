@@ -6,7 +6,9 @@
 //! - `dataplane`, `controlplane`: one plane each (what the systemd units in deploy/ run).
 //! - `version`.
 //! - `token generate` (a fresh HS256 key for `[auth] key`), `token sign` (a JWT for clients
-//!   and nodes; see docs/operations.md).
+//!   and nodes; see docs/operations.md), `token verify` (`token`).
+//! - `nodes list`, `rooms list`, `streams list`, `sessions list`, `session kick`, `drain`:
+//!   admin commands over a node's REST API (`admin`, docs/operations.md, "Admin CLI").
 //!
 //! Configuration: embedded defaults, then `--config FILE` (TOML), then `SWITCHYARD_*`
 //! environment variables, then flags.
@@ -15,6 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod admin;
+mod token;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -95,101 +100,12 @@ enum Cmd {
     Version,
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(Opts),
-    /// Make auth keys and tokens (JWT) for `[auth]`.
+    /// Make auth keys and tokens (JWT) for `[auth]`, or check one.
     #[command(subcommand)]
-    Token(TokenCmd),
-}
-
-#[derive(Debug, Subcommand)]
-enum TokenCmd {
-    /// Print a fresh random HS256 key (base64) for `[auth] key`.
-    Generate,
-    /// Print a signed token (JWT).
-    Sign(SignArgs),
-}
-
-#[derive(Debug, Args)]
-struct SignArgs {
-    /// HS256 key, base64 (as in `[auth] key`).
-    #[arg(
-        long,
-        env = "SWITCHYARD_AUTH_KEY",
-        required_unless_present = "private_key"
-    )]
-    key: Option<String>,
-    /// ES256 private key (PKCS#8 PEM file) instead of --key.
-    #[arg(long, conflicts_with = "key")]
-    private_key: Option<PathBuf>,
-    /// Path prefix every --publish/--subscribe suffix is relative to ("" = everything).
-    #[arg(long, default_value = "")]
-    root: String,
-    /// Suffix under --root the bearer may publish to ("" = anything under root); repeatable.
-    #[arg(long)]
-    publish: Vec<String>,
-    /// Suffix under --root the bearer may watch ("" = anything under root); repeatable.
-    #[arg(long)]
-    subscribe: Vec<String>,
-    /// Lifetime: 90s, 30m, 1h, 7d; `never` only with --cluster.
-    #[arg(long, default_value = "1h")]
-    expires: String,
-    /// Node-to-node token: every endpoint and path (registration, sessions, drain, ...).
-    #[arg(long)]
-    cluster: bool,
-}
-
-/// Seconds in `90s`, `30m`, `1h`, `7d` (a bare number is seconds); None for `never`.
-fn lifetime(text: &str) -> anyhow::Result<Option<u64>> {
-    if text == "never" {
-        return Ok(None);
-    }
-    let (n, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("bad lifetime {text:?}"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => anyhow::bail!("bad lifetime {text:?} (use s, m, h or d, e.g. 1h)"),
-    };
-    n.checked_mul(unit)
-        .filter(|s| *s > 0)
-        .map(Some)
-        .with_context(|| format!("bad lifetime {text:?}"))
-}
-
-fn token(cmd: &TokenCmd) -> anyhow::Result<()> {
-    use switchyard_controlplane::auth;
-    match cmd {
-        TokenCmd::Generate => println!("{}", auth::generate_key()?),
-        TokenCmd::Sign(a) => {
-            let ttl = lifetime(&a.expires)?;
-            anyhow::ensure!(
-                ttl.is_some() || a.cluster,
-                "--expires never is for --cluster tokens only: user tokens must expire"
-            );
-            let now = auth::now_s();
-            let claims = auth::Claims {
-                root: a.root.trim_matches('/').to_owned(),
-                publish: a.publish.clone(),
-                subscribe: a.subscribe.clone(),
-                cluster: a.cluster,
-                exp: ttl.map(|t| now + t),
-                iat: Some(now),
-            };
-            let jwt = match (&a.key, &a.private_key) {
-                (Some(key), _) => auth::sign_hs256(key, &claims)?,
-                (None, Some(pem)) => auth::sign_es256(&pem.to_string_lossy(), &claims)?,
-                (None, None) => anyhow::bail!("--key or --private-key is required"),
-            };
-            println!("{jwt}");
-        }
-    }
-    Ok(())
+    Token(token::TokenCmd),
+    /// Admin commands over a node's REST API: nodes, rooms, streams, sessions, drain.
+    #[command(flatten)]
+    Admin(admin::AdminCmd),
 }
 
 /// Overrides, each also settable as an environment variable.
@@ -246,6 +162,10 @@ struct Opts {
     /// Redis URL shared by the cluster's control planes [default: none, in-memory, one node].
     #[arg(long, env = "SWITCHYARD_REDIS")]
     redis: Option<String>,
+    /// This node's region (placement prefers the client's region; the cascade pulls from
+    /// its own first) [default: none].
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: Option<String>,
     /// Count the host's CPU, bandwidth and memory in the load verdict (true/false)
     /// [default: true].
     #[arg(long, env = "SWITCHYARD_HOST_LOAD")]
@@ -306,11 +226,22 @@ impl Opts {
         if let Some(v) = &self.redis {
             c.cluster.redis = Some(v.clone());
         }
+        if let Some(v) = &self.region {
+            c.cluster.region = Some(v.clone());
+        }
         if let Some(v) = self.host_load {
             c.cluster.host_load = v;
         }
         if self.insecure {
             c.http.insecure = true;
+        }
+        // The HS256 key from the environment (a Kubernetes Secret, `docker run -e`), the
+        // variable `token sign` reads too. No flag: `ps` would show it.
+        if let Some(v) = std::env::var("SWITCHYARD_AUTH_KEY")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            c.auth.key = Some(v);
         }
         c.validate()?;
         Ok(c)
@@ -318,27 +249,28 @@ impl Opts {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e, &args),
+    };
     init_logs(cli.log_format);
     if let Cmd::Version = &cli.cmd {
         println!("switchyard {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     if let Cmd::Token(cmd) = &cli.cmd {
-        return match token(cmd) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("switchyard: {e:#}");
-                ExitCode::from(2)
-            }
-        };
+        return token::run(cmd, cli.config.as_ref());
+    }
+    if let Cmd::Admin(cmd) = &cli.cmd {
+        return admin::run(cmd);
     }
     let (role, opts) = match cli.cmd {
         Cmd::Up(o) => (Role::Up, o),
         Cmd::Dataplane(o) => (Role::Dataplane, o),
         Cmd::Controlplane(o) => (Role::Controlplane, o),
         Cmd::Config(o) => (Role::Config, o),
-        Cmd::Version | Cmd::Token(_) => return ExitCode::SUCCESS,
+        Cmd::Version | Cmd::Token(_) | Cmd::Admin(_) => return ExitCode::SUCCESS,
     };
     let opts = Opts {
         config: opts.config.or(cli.config),
@@ -371,6 +303,54 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// clap's refusal of the command line (an unknown flag, a bad value, a missing argument)
+/// as one line, exit status 2, like every other error; help and the version as clap prints
+/// them.
+fn usage_error(e: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!(
+        "switchyard: {} (see {} --help)",
+        one_line_usage(&e.render().to_string()),
+        command_path(args)
+    );
+    ExitCode::from(2)
+}
+
+/// `error: what\n  detail\n\nUsage: ...\n\nFor more information...` as `what detail`.
+fn one_line_usage(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut what: Vec<&str> = lines
+        .next()
+        .map(|l| l.trim_start_matches("error:").trim())
+        .into_iter()
+        .collect();
+    // Indented lines right after the first name the arguments it is about.
+    what.extend(lines.take_while(|l| l.starts_with(' ')).map(str::trim));
+    what.join(" ")
+}
+
+/// The subcommands named on the command line, e.g. `switchyard session kick`.
+fn command_path(args: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command();
+    let mut path = vec![cmd.get_name().to_owned()];
+    for a in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = cmd.find_subcommand(a).cloned() {
+            path.push(sub.get_name().to_owned());
+            cmd = sub;
+        }
+    }
+    path.join(" ")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -563,6 +543,7 @@ fn spawn(role: &'static str, opts: &Opts) -> anyhow::Result<tokio::process::Chil
         opts.shm_dir.as_ref().map(|p| p.display().to_string()),
     );
     flag("redis", opts.redis.clone());
+    flag("region", opts.region.clone());
     flag("host-load", opts.host_load.map(|v| v.to_string()));
     flag("log-format", opts.log_format.map(|f| f.name().to_owned()));
     if opts.insecure {
@@ -719,6 +700,35 @@ enum GaveUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let one = |args: &[&str]| {
+            let e = Cli::try_parse_from(args).expect_err("refused");
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            format!(
+                "{} (see {} --help)",
+                one_line_usage(&e.render().to_string()),
+                command_path(&args)
+            )
+        };
+        let line = one(&["switchyard", "session", "kick", "seven"]);
+        assert!(
+            line.starts_with("invalid value 'seven' for '<ID>'")
+                && line.ends_with("(see switchyard session kick --help)"),
+            "{line}"
+        );
+        let line = one(&["switchyard", "drain"]);
+        assert!(
+            line.starts_with("the following required arguments were not provided: <NODE>"),
+            "{line}"
+        );
+        let line = one(&["switchyard", "up", "--nonsense"]);
+        assert!(
+            line.contains("unexpected argument '--nonsense'") && !line.contains('\n'),
+            "{line}"
+        );
+    }
 
     #[test]
     fn up_gives_up_on_permanent_errors_and_repeated_early_exits() {

@@ -16,7 +16,9 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::browser::{find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports};
+use common::browser::{
+    chromium, find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports,
+};
 use common::Node;
 
 /// `/v1/streams` as (stream, subscribers) pairs: the per-stream counters beside them change
@@ -35,21 +37,6 @@ fn stream_list(node: &Node) -> Vec<(String, u64)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Chromium and the lock that runs its tests one at a time; None (said loudly) with
-/// `SWITCHYARD_SKIP_BROWSER=1`. A missing browser fails the test.
-fn chromium() -> Option<(std::path::PathBuf, std::sync::MutexGuard<'static, ()>)> {
-    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
-        return None;
-    }
-    let serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
-    Some((bin, serial))
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn reg(id: &str, capacity: u64) -> Registration {
         workers: 4,
         capacity,
         labels: BTreeMap::from([("pool".into(), "default".into())]),
+        region: None,
     }
 }
 
@@ -115,6 +116,7 @@ async fn two_control_planes_never_over_commit() {
                 let peers = 2 + (i % 3) as u32;
                 let spec = RoomSpec {
                     pool: Default::default(),
+                    region: None,
                     room_id: format!("room-{i:04}"),
                     consumers: consumers_for(peers),
                     max_peer_count: peers,
@@ -172,6 +174,7 @@ async fn two_control_planes_never_over_commit() {
     // A room id is placed once, whichever control plane asks.
     let again = RoomSpec {
         pool: Default::default(),
+        region: None,
         room_id: placed[0].room_id.clone(),
         consumers: 1,
         max_peer_count: 1,
@@ -208,6 +211,7 @@ async fn two_control_planes_never_over_commit() {
     redis.kill();
     let spec = RoomSpec {
         pool: Default::default(),
+        region: None,
         room_id: "while-down".into(),
         consumers: 1,
         max_peer_count: 1,
@@ -306,6 +310,18 @@ async fn nodes_publish_their_streams() {
     assert_eq!(
         store.stream_sources("r/cam").await.expect("lookup"),
         vec![("a".to_owned(), vec![])]
+    );
+    // The whole view: every registered node with streams, as each wrote them last.
+    store
+        .set_node_streams("c", streams(&[("r/cam", &["a", "b"])]))
+        .await
+        .expect("c");
+    assert_eq!(
+        store.all_streams().await.expect("all"),
+        BTreeMap::from([
+            ("a".to_owned(), streams(&[("r/cam", &[])])),
+            ("c".to_owned(), streams(&[("r/cam", &["a", "b"])])),
+        ])
     );
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);

@@ -86,6 +86,7 @@ fn reg(id: &str, capacity: u64) -> Registration {
         workers: 4,
         capacity,
         labels: BTreeMap::from([("pool".into(), "default".into())]),
+        region: None,
     }
 }
 
@@ -186,6 +187,7 @@ async fn placements_continue_after_a_sentinel_failover_without_over_commit() {
                 let peers = 2 + (i % 3) as u32;
                 let spec = RoomSpec {
                     pool: Default::default(),
+                    region: None,
                     room_id: format!("room-{i:04}"),
                     consumers: consumers_for(peers),
                     max_peer_count: peers,

@@ -3,16 +3,24 @@
 //! watches with WHEP. The watcher must decode the best layer the publisher sends, and after
 //! `POST /v1/sessions/{id}/layers {"maxLayer":0}` the lowest one, with no gap in decoding.
 //!
+//! The second test shapes one of two watchers' downlink (`common::lossy`: 400 kbit/s, a
+//! drop-tail queue): the node's bandwidth estimate for that watcher must move it to the
+//! lowest layer within 10 s with no freeze longer than a second, while the other keeps the
+//! top layer; when the cap is lifted the first must climb back within 15 s.
+//!
 //! Needs Debian's `chromium`, like tests/browser.rs: without it the test fails, unless
 //! `SWITCHYARD_SKIP_BROWSER=1` (ignored under `CI=true`, where a missing browser must fail).
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::browser::{find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports};
+use common::lossy::Lossy;
 use common::Node;
+use serde_json::Value;
 
 #[test]
 fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_gap() {
@@ -43,8 +51,9 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
     eprintln!("publisher connected: {}", first["layers"]);
 
     let watcher = Chromium::start(&bin, "watcher", &url("watch=sim/cam", "/sub"));
+    // The node's estimate for the watcher starts low and probes up to the top layer.
     let top = reports.wait("/sub", Duration::from_secs(40), |r| {
-        num(r, "framesDecoded") > 100.0 && num(r, "frameWidth") > 320.0
+        num(r, "framesDecoded") > 100.0 && num(r, "frameWidth") >= 1280.0
     });
     let layers = reports.seen["/pub"]
         .last()
@@ -110,4 +119,294 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
         "simulcast browser test took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// What the publisher (`/pub`) last said of its layers, for messages.
+fn publisher_layers(reports: &Reports) -> Value {
+    reports.seen["/pub"]
+        .last()
+        .map(|r| r["layers"].clone())
+        .unwrap_or_default()
+}
+
+/// The subscriber sessions on `node`, oldest first: (id, remote address as the node sees it).
+fn subscribers(node: &Node) -> Vec<(u64, Option<SocketAddr>, Value)> {
+    let sessions = node.get("/v1/sessions").json();
+    let mut v: Vec<(u64, Option<SocketAddr>, Value)> = sessions["sessions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["role"] == "subscriber")
+                .map(|s| {
+                    let remote = s["remote"].as_str().and_then(|r| r.parse().ok());
+                    (s["id"].as_u64().unwrap_or(0), remote, s.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|s| s.2["createdMs"].as_u64().unwrap_or(0));
+    v
+}
+
+#[test]
+fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_back() {
+    capped_viewer("vp8");
+}
+
+/// The same with H.264 simulcast (Chromium's OpenH264 encoder, three layers): layers are
+/// ranked by rate (H.264 picture sizes are in the SPS, not parsed), keyframes are IDRs.
+#[test]
+fn chromium_h264_simulcast_viewer_behind_a_400_kbit_cap_settles_low_and_climbs_back() {
+    capped_viewer("h264");
+}
+
+fn capped_viewer(codec: &str) {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: bandwidth estimation browser test skipped");
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let started = Instant::now();
+    // Every client reaches the node through the proxy: the node announces its address.
+    let node = Node::start_with_args(1, &["--media-announce", "127.0.0.2"]);
+    let port = node.media_port;
+    let listen: SocketAddr = format!("127.0.0.2:{port}").parse().expect("addr");
+    let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let proxy = Lossy::start(listen, upstream, 0.0, Duration::ZERO);
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
+
+    let _publisher = Chromium::start(
+        &bin,
+        "publisher",
+        &url(
+            &format!("publish=bwe/cam&simulcast=1&codec={codec}"),
+            "/pub",
+        ),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    // The capped watcher first, so its session is the older one.
+    let _capped = Chromium::start(&bin, "capped", &url("watch=bwe/cam", "/capped"));
+    reports.wait("/capped", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 30.0
+    });
+    let _open = Chromium::start(&bin, "open", &url("watch=bwe/cam", "/open"));
+    // Both climb to the publisher's top layer (the node probes its way up from the
+    // low layer a new estimate allows).
+    let top = |r: &Value| num(r, "frameWidth") > 640.0 && num(r, "framesDecoded") > 60.0;
+    let a = reports.wait("/capped", Duration::from_secs(40), top);
+    let b = reports.wait("/open", Duration::from_secs(40), top);
+    eprintln!(
+        "{codec}: both at the top: {} and {} ({})",
+        a["frameSize"], b["frameSize"], a["videoCodec"]
+    );
+    assert_eq!(
+        a["videoCodec"].as_str().map(str::to_ascii_lowercase),
+        Some(format!("video/{codec}")),
+        "{a}"
+    );
+    let subs = subscribers(&node);
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    let (capped_id, capped_remote) = (subs[0].0, subs[0].1.expect("the capped viewer's address"));
+    let estimate =
+        |id: u64| node.get(&format!("/v1/sessions/{id}")).json()["stats"]["estimateBps"].as_u64();
+    eprintln!(
+        "estimates before the cap: {:?} {:?}",
+        estimate(capped_id),
+        estimate(subs[1].0)
+    );
+
+    proxy.shape(capped_remote, Some(400_000));
+    let capped_at = Instant::now();
+    let before = reports.seen["/capped"].last().cloned().expect("a report");
+    let low = reports.wait("/capped", Duration::from_secs(10), |r| {
+        num(r, "frameWidth") > 0.0 && num(r, "frameWidth") <= 320.0
+    });
+    let settle_s = capped_at.elapsed().as_secs_f64();
+    // It stays there: five more seconds under the cap.
+    let held = reports.wait("/capped", Duration::from_secs(10), |r| {
+        num(r, "t") - num(&low, "t") >= 5000.0
+    });
+    let d = |k: &str| num(&held, k) - num(&before, k);
+    // Chromium adds a freeze's whole duration when it ends: the largest growth of the
+    // total between two reports (one a second) bounds the longest freeze.
+    let window: Vec<&Value> = reports.seen["/capped"]
+        .iter()
+        .filter(|r| num(r, "t") >= num(&before, "t") && num(r, "t") <= num(&held, "t"))
+        .collect();
+    let longest = window
+        .windows(2)
+        .map(|w| num(w[1], "totalFreezesDuration") - num(w[0], "totalFreezesDuration"))
+        .fold(0.0, f64::max);
+    let capped_estimate = estimate(capped_id);
+    eprintln!(
+        "capped: {} after {settle_s:.1} s; then {}; {} freezes, {:.2} s frozen (the longest \
+         at most {longest:.2} s), {} frames decoded under the cap; estimate \
+         {capped_estimate:?}; proxy dropped {}",
+        low["frameSize"],
+        held["frameSize"],
+        d("freezeCount"),
+        d("totalFreezesDuration"),
+        d("framesDecoded"),
+        proxy.shaped_drops.load(Ordering::Relaxed)
+    );
+    assert!(
+        num(&held, "frameWidth") <= 320.0,
+        "stays on the low layer: {held}"
+    );
+    assert!(longest < 1.0, "no freeze longer than 1 s: {window:?}");
+    assert!(d("framesDecoded") > 100.0, "kept decoding: {held}");
+    assert!(
+        capped_estimate.is_some_and(|e| e < 600_000),
+        "{capped_estimate:?}"
+    );
+    // The other watcher kept the top layer (1280 wide, or less where Chromium scaled its
+    // top layer down for CPU: wider than the middle layer's 640 either way).
+    let on_top = |r: &Value| num(r, "frameWidth") > 640.0;
+    let open = reports.seen["/open"].last().cloned().expect("a report");
+    assert!(
+        on_top(&open),
+        "{open}; publisher: {}",
+        publisher_layers(&reports)
+    );
+
+    proxy.shape(capped_remote, None);
+    let lifted_at = Instant::now();
+    let back = reports.wait("/capped", Duration::from_secs(15), on_top);
+    eprintln!(
+        "cap lifted: {} after {:.1} s; estimate {:?}; probes {} ({} carried, {} failed)",
+        back["frameSize"],
+        lifted_at.elapsed().as_secs_f64(),
+        estimate(capped_id),
+        node.metric_sum("switchyard_bwe_probes_total"),
+        node.metric_sum("switchyard_bwe_probes_carried_total"),
+        node.metric_sum("switchyard_bwe_probes_failed_total"),
+    );
+    let open = reports.seen["/open"].last().cloned().expect("a report");
+    assert!(
+        on_top(&open),
+        "{open}; publisher: {}",
+        publisher_layers(&reports)
+    );
+    reports.stop.store(true, Ordering::SeqCst);
+    eprintln!(
+        "{codec} bandwidth estimation browser test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A simulcast stream watched on another node: Chromium publishes three layers on node A,
+/// a Chromium viewer watches on node C, which relays the stream from A (the automatic
+/// cascade). Every layer crosses the link once; C's relay-in tells them apart with the
+/// publisher's map and serves its viewer one layer: the top, then (capped on C) the lowest,
+/// asked from A's publisher through the link. Needs Redis and Chromium.
+#[test]
+fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: relayed simulcast browser test skipped");
+        return;
+    }
+    if !common::Redis::required("relayed simulcast browser test") {
+        return;
+    }
+    let _serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    let dir = std::env::temp_dir().join(format!("swy-sim-cascade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = common::Redis::start_free(&dir, false);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
+    let extra = || -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            config.clone().into(),
+            "--redis".into(),
+            redis.url().into(),
+        ]
+    };
+    let a = Node::spawn_named("a", 1, extra());
+    let c = Node::spawn_named("c", 1, extra());
+    a.wait_healthy();
+    c.wait_healthy();
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let _publisher = Chromium::start(
+        &bin,
+        "publisher",
+        &format!(
+            "{}/?publish=simcascade/cam&simulcast=1&report={base}/pub",
+            a.api
+        ),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("/v1/nodes").json()["nodes"]
+        .as_array()
+        .is_none_or(|l| l.len() != 2)
+    {
+        assert!(Instant::now() < deadline, "nodes did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _watcher = Chromium::start(
+        &bin,
+        "watcher",
+        &format!("{}/?watch=simcascade/cam&report={base}/sub", c.api),
+    );
+    let top = reports.wait("/sub", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 60.0 && num(r, "frameWidth") > 640.0
+    });
+    eprintln!(
+        "watcher on c: {} ({} frames); publisher's layers: {}",
+        top["frameSize"],
+        top["framesDecoded"],
+        publisher_layers(&reports)
+    );
+    let relays = c.get("/v1/relays").json();
+    assert_eq!(relays["incoming"][0]["sourceNode"], "a", "{relays}");
+    // Capped on C: the lowest layer, continuously decoded.
+    let subs = c.get("/v1/sessions").json();
+    let id = subs["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["role"] == "subscriber"))
+        .and_then(|s| s["id"].as_u64())
+        .expect("the watcher's session on c");
+    let r = c.post(&format!("/v1/sessions/{id}/layers"), r#"{"maxLayer":0}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let before = reports.seen["/sub"].last().cloned().expect("a report");
+    let low = reports.wait("/sub", Duration::from_secs(15), |r| {
+        num(r, "frameWidth") > 0.0 && num(r, "frameWidth") <= 320.0
+    });
+    let end = reports.wait("/sub", Duration::from_secs(10), |r| {
+        num(r, "t") - num(&low, "t") >= 3000.0
+    });
+    eprintln!(
+        "capped on c: {} then {}; {} frames decoded since the cap, {:.2} s frozen",
+        low["frameSize"],
+        end["frameSize"],
+        num(&end, "framesDecoded") - num(&before, "framesDecoded"),
+        num(&end, "totalFreezesDuration") - num(&before, "totalFreezesDuration"),
+    );
+    assert!(num(&end, "frameWidth") <= 320.0, "{end}");
+    assert!(
+        num(&end, "framesDecoded") - num(&low, "framesDecoded") > 45.0,
+        "kept decoding on the low layer: {end}"
+    );
+    reports.stop.store(true, Ordering::SeqCst);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
 }

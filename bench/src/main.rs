@@ -12,6 +12,8 @@ use switchyard_bench::run::WebrtcJoin;
 use switchyard_bench::shape::{Packetize, VideoSpec};
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
+mod output;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard-bench",
@@ -231,6 +233,8 @@ struct LoadArgs {
     /// Subscribers read with UDP_GRO (the report counts reads and datagrams).
     #[arg(long)]
     gro: bool,
+    #[command(flatten)]
+    output: output::OutputArgs,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -276,6 +280,7 @@ impl LoadArgs {
             }),
             audio: self.audio,
             gro: self.gro,
+            progress: !self.output.quiet,
             ..LoadSpec::default()
         })
     }
@@ -321,6 +326,7 @@ fn main() -> anyhow::Result<()> {
             spec.http = node.http.options();
             let report = switchyard_bench::run(&spec, &node.target())?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Relay {
             api,
@@ -342,6 +348,7 @@ fn main() -> anyhow::Result<()> {
             spec.http = http.options();
             let report = switchyard_bench::run(&spec, &target)?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Reflector { core, gso, load } => {
             let target = Target::Reflector {
@@ -350,6 +357,7 @@ fn main() -> anyhow::Result<()> {
             };
             let report = switchyard_bench::run(&load.spec()?, &target)?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.run(&report)?;
         }
         Cmd::Ramp {
             node,
@@ -389,6 +397,7 @@ fn main() -> anyhow::Result<()> {
             };
             let report = switchyard_bench::ramp(&spec, &target, &ramp, true)?;
             report_out(&report.table(), &load.json, &report)?;
+            load.output.ramp(&report)?;
         }
     }
     Ok(())

@@ -127,6 +127,12 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gro: Option<GroReport>,
     pub errors: Errors,
+    /// The run slot by slot (one second, longer past an hour), warm-up and drain included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::timeline::Slot>,
+    /// The measured window's latency (µs), all subscribers: `.hgrm` files, the HTML report.
+    #[serde(skip)]
+    pub latency_histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Subscribers that read with UDP_GRO: how many reads, and the datagrams they carried

@@ -43,6 +43,7 @@ pub mod auth {
 pub mod cluster {
     pub use crate::core::store::placement;
     pub use crate::core::store::redis;
+    pub use crate::core::store::sim;
     pub use crate::core::store::{
         consumers_for, AnyStore, Death, Incarnation, MemoryStore, Node, Placement, PoolFilter,
         Registration, Removal, Replacement, Room, RoomSpec, Store, StoreError, Strategy,

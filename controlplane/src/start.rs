@@ -233,6 +233,7 @@ fn self_registration(config: &Config, scheme: &str, http: SocketAddr) -> Registr
         workers,
         capacity: u64::from(workers) * u64::from(config.cluster.consumers_per_worker),
         labels: Default::default(),
+        region: config.cluster.region.clone(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`worker_set`]: sets of workers (who has subscribers of a stream), correct for every
 //!   worker count a config accepts.
 
+pub mod bwe;
 pub mod datachan;
 pub mod dtls;
 pub mod engine;

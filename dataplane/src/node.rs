@@ -64,6 +64,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         nack_cache: usize::from(config.media.nack_cache),
         uplink_nack: config.media.uplink_nack,
         pad_video_to: config.media.pad_video_to,
+        viewer_bwe: config.media.viewer_bwe,
         ..Limits::default()
     };
     let io = IoConfig {

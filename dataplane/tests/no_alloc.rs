@@ -12,7 +12,7 @@ use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand, WorkerEvent,
 };
 use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
-use switchyard_shared::packet::rtcp;
+use switchyard_shared::packet::{rtcp, rtp, twcc};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
 
@@ -67,7 +67,12 @@ struct FixedOutput {
     last_seq: u16,
     /// Packets sent with SSRC 21: RTX to the watched subscriber.
     rtx_sent: u64,
+    /// The last transport-wide number (header extension id [`TWCC_EXT`]) on what went to
+    /// `watch`, for the bandwidth estimation test's feedback.
+    twcc: Option<u16>,
 }
+
+const TWCC_EXT: u8 = 5;
 
 impl Output for FixedOutput {
     fn send_from(
@@ -83,6 +88,16 @@ impl Output for FixedOutput {
         }
         if self.buf[1] < 192 && self.buf[8..12] == 21u32.to_be_bytes() {
             self.rtx_sent += 1;
+        }
+        if self.watch == Some(dst) && self.buf[1] < 192 {
+            if let Ok(h) = rtp::Header::parse(&self.buf[..64]) {
+                if let Some(r) = rtp::find_extension(&self.buf, &h, TWCC_EXT) {
+                    self.twcc = Some(u16::from_be_bytes([
+                        self.buf[r.start],
+                        self.buf[r.start + 1],
+                    ]));
+                }
+            }
         }
         self.sent += 1;
         Ok(())
@@ -123,6 +138,7 @@ fn steady_state_forwarding_allocates_nothing() {
         watch: None,
         last_seq: 0,
         rtx_sent: 0,
+        twcc: None,
     };
     w0.handle_command(
         WorkerCommand::AddPublisher {
@@ -373,6 +389,7 @@ fn relay_link_steady_state_allocates_nothing() {
             stream,
             remote: Some(a_relay),
             srtp: keys(4, 5),
+            simulcast: None,
         },
         start,
         &mut out_b,
@@ -483,6 +500,7 @@ fn simulcast_layer_switching_allocates_nothing() {
         watch: None,
         last_seq: 0,
         rtx_sent: 0,
+        twcc: None,
     };
     let simulcast = Simulcast {
         rid_ext: 10,
@@ -843,4 +861,177 @@ fn segmented_egress_and_relay_gro_allocate_nothing() {
         );
         let _ = std::fs::remove_file(&path);
     }
+}
+
+/// Per-viewer bandwidth estimation in steady state: transport-wide numbers stamped on every
+/// packet, transport-cc feedback read, the estimate fitting layers, probes sent, REMB read.
+#[test]
+fn viewer_bandwidth_estimation_allocates_nothing() {
+    use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
+
+    let path = std::env::temp_dir().join(format!("swy-noalloc-bwe-{}", std::process::id()));
+    let stats =
+        Arc::new(Stats::create(&path, 1, Limits::default().max_sessions, 1).expect("stats"));
+    let start = Instant::now();
+    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
+    let stream = StreamId(1);
+    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
+    let mut out = FixedOutput {
+        buf: vec![0; 2048],
+        sent: 0,
+        queued: Vec::with_capacity(1024),
+        watch: Some(viewer),
+        last_seq: 0,
+        rtx_sent: 0,
+        twcc: None,
+    };
+    let simulcast = Simulcast {
+        rid_ext: 10,
+        repaired_rid_ext: 11,
+        mid_ext: 4,
+        tracks: vec![SimulcastTrack {
+            mid: "1".into(),
+            rids: vec!["q".into(), "h".into(), "f".into()],
+            ssrcs: Vec::new(),
+            codec: LayerCodec::Vp8,
+        }],
+    };
+    w0.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream,
+            remote: Some(publisher),
+            ssrcs: Vec::new(),
+            clock_rates: vec![90000],
+            twcc_ext: None,
+            srtp: Some(keys(1, 2)),
+            ice: None,
+            simulcast: Some(simulcast),
+            uplink: Vec::new(),
+        },
+        start,
+        &mut out,
+    );
+    w0.handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(2),
+            stream,
+            remote: Some(viewer),
+            ssrcs: [20, 0, 0, 0],
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [Some((21, 97)), None, None, None],
+            tracks: switchyard_shared::command::ALL_TRACKS,
+            plain: false,
+            srtp: Some(keys(3, 4)),
+            ice: None,
+        },
+        start,
+        &mut out,
+    );
+    w0.handle_command(
+        WorkerCommand::EnableBwe {
+            id: SessionId(2),
+            twcc_ext: TWCC_EXT,
+        },
+        start,
+        &mut out,
+    );
+    while let Some(ev) = w0.poll_event() {
+        assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+    }
+    let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+    let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
+    let mut pkt = vec![0u8; 1400];
+    let mut fb = vec![0u8; twcc::MAX_LEN + 64];
+    let mut arrivals = [None; twcc::MAX_STATUSES];
+    let mut reported: Option<u16> = None;
+    let mut feedbacks = 0u8;
+    let sizes: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
+    // Layers of 250, 500 and 1,000 bytes a frame: 60, 120 and 240 kbit/s at 30 frames/s.
+    let lens = [250usize, 500, 1000];
+    let mut frame = |n: u32, at: Instant, w0: &mut Engine, out: &mut FixedOutput| {
+        for (l, rid) in [b'q', b'h', b'f'].into_iter().enumerate() {
+            let seq = (n as u16).wrapping_add(l as u16 * 10_000);
+            pkt[0] = 0x90;
+            pkt[1] = 96;
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&(n * 3000).to_be_bytes());
+            pkt[8..12].copy_from_slice(&(100 + l as u32).to_be_bytes());
+            pkt[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'1', 0xa0, rid]);
+            let key = n % 30 == 0;
+            let pid = (n as u16) & 0x7fff;
+            pkt[20..22].copy_from_slice(&[0x90, 0xc0]);
+            pkt[22..24].copy_from_slice(&(0x8000 | pid).to_be_bytes());
+            pkt[24] = n as u8;
+            pkt[25..28].copy_from_slice(&[u8::from(!key), 0, 0]);
+            pkt[28..31].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+            pkt[31..33].copy_from_slice(&sizes[l].0.to_le_bytes());
+            pkt[33..35].copy_from_slice(&sizes[l].1.to_le_bytes());
+            let k = tx.protect_rtp(&mut pkt, lens[l]).expect("protect");
+            w0.handle_datagram_to(&mut pkt[..k], publisher, None, at, out);
+        }
+        // Every 3 frames (100 ms) the viewer reports everything since its last feedback,
+        // received 1 ms apart; every 30 frames it also sends a REMB.
+        if n % 3 == 0 {
+            if let Some(last) = out.twcc {
+                let first = reported.map_or(last, |r| r.wrapping_add(1));
+                let count = usize::from(last.wrapping_sub(first)) + 1;
+                if count <= arrivals.len() && last != first.wrapping_sub(1) {
+                    let base = i64::from(n) * 33_000;
+                    // Half of it lost for a while in the measured part: the estimate
+                    // falls, and probes follow when the loss ends.
+                    let lossy = (1200..1400).contains(&n);
+                    for (i, a) in arrivals[..count].iter_mut().enumerate() {
+                        *a = (!lossy || i % 2 == 0).then_some(base + i as i64 * 1_000);
+                    }
+                    let k = twcc::write(&mut fb, 7, 20, first, feedbacks, &arrivals[..count])
+                        .expect("feedback");
+                    feedbacks = feedbacks.wrapping_add(1);
+                    reported = Some(last);
+                    let k = sub_tx.protect_rtcp(&mut fb, k).expect("protect");
+                    w0.handle_datagram_to(&mut fb[..k], viewer, None, at, out);
+                }
+            }
+        }
+        if n % 30 == 15 {
+            // REMB: 1 Mbit/s (exponent 2, mantissa 250,000).
+            let remb = [
+                0x8f, 206, 0, 5, 0, 0, 0, 7, 0, 0, 0, 0, b'R', b'E', b'M', b'B', 1, 0x0b, 0xd0,
+                0x90, 0, 0, 0, 20,
+            ];
+            fb[..remb.len()].copy_from_slice(&remb);
+            let k = sub_tx.protect_rtcp(&mut fb, remb.len()).expect("protect");
+            w0.handle_datagram_to(&mut fb[..k], viewer, None, at, out);
+        }
+        if w0.poll_timeout().is_some_and(|t| t <= at) {
+            w0.handle_timeout(at, out);
+        }
+    };
+    let tick = Duration::from_millis(33);
+    let at = |n: u32| start + tick * n;
+    for n in 0..900 {
+        frame(n, at(n), &mut w0, &mut out);
+    }
+    let probes = stats.worker(0).expect("w0").get(Counter::BweProbes);
+    let sent = out.sent;
+    ARMED.with(|a| a.set(true));
+    for n in 900..1800 {
+        frame(n, at(n), &mut w0, &mut out);
+    }
+    ARMED.with(|a| a.set(false));
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    assert!(out.sent > sent, "media flowed");
+    assert!(
+        stats.worker(0).expect("w0").get(Counter::BweProbes) > probes,
+        "probes were sent while measured"
+    );
+    let c = stats.find(0, 2).expect("the viewer's slot");
+    assert!(c.estimate_bps.is_some(), "{c:?}");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations with bandwidth estimation on"
+    );
+    let _ = std::fs::remove_file(&path);
 }

@@ -161,6 +161,11 @@ pub enum Role {
         /// arrival order.
         #[serde(default)]
         ssrcs: Vec<u32>,
+        /// The source publisher's simulcast map (as in `Role::Publisher::simulcast`): its
+        /// layers cross the link unchanged, each on its own SSRC, and this node chooses a
+        /// layer for each of its own viewers. `None`: no layers.
+        #[serde(default)]
+        simulcast: Option<Simulcast>,
     },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
@@ -372,6 +377,20 @@ pub enum Command {
     /// quality the publisher sends; [`u8::MAX`]: no cap). Not answered: an unknown session
     /// or one that is not a subscriber is ignored.
     SetMaxLayer { id: SessionId, max_layer: u8 },
+    /// Relay-in `id` is fed from now on by another source node (the old one died, or the
+    /// publisher re-published elsewhere): a new link key (`keys`, as in the session's
+    /// `Keying::Static`), the new source publisher's SSRCs and simulcast map (as in
+    /// `Role::RelayIn`), and the address latched again from the first packet that
+    /// authenticates with the new key. The session, its id and its subscribers stay: each
+    /// viewer's numbering continues across the switch and a keyframe is asked for. Not
+    /// answered: an unknown session, or one that is not a relay-in, is ignored (the control
+    /// plane checked it and keeps the spec in step itself).
+    RetargetRelayIn {
+        id: SessionId,
+        keys: SrtpKeys,
+        ssrcs: Vec<u32>,
+        simulcast: Option<Simulcast>,
+    },
 }
 
 /// Why a command was refused.
@@ -541,8 +560,14 @@ mod tests {
     fn relay_roles_round_trip() {
         let mut buf = Vec::new();
         for role in [
-            Role::RelayIn { ssrcs: Vec::new() },
-            Role::RelayIn { ssrcs: vec![1, 2] },
+            Role::RelayIn {
+                ssrcs: Vec::new(),
+                simulcast: None,
+            },
+            Role::RelayIn {
+                ssrcs: vec![1, 2],
+                simulcast: None,
+            },
             Role::RelayOut,
         ] {
             assert!(role.is_relay());

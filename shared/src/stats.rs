@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +150,13 @@ pub enum Counter {
     TxBatch64,
     TxBatchInf,
     TxBatchDatagrams,
+    /// Bandwidth probes sent to viewers (padding bursts on their RTX stream).
+    BweProbes,
+    /// Probes whose feedback showed the path carrying a rate (the estimate rose to it, or
+    /// to what the path showed).
+    BweProbesCarried,
+    /// Probes lost in good part, or answered by no feedback.
+    BweProbesFailed,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -230,6 +237,9 @@ impl Counter {
         Counter::TxBatch64,
         Counter::TxBatchInf,
         Counter::TxBatchDatagrams,
+        Counter::BweProbes,
+        Counter::BweProbesCarried,
+        Counter::BweProbesFailed,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -308,6 +318,9 @@ impl Counter {
             | Counter::TxBatch64
             | Counter::TxBatchInf
             | Counter::TxBatchDatagrams => "tx_destination_batch",
+            Counter::BweProbes => "bwe_probes_total",
+            Counter::BweProbesCarried => "bwe_probes_carried_total",
+            Counter::BweProbesFailed => "bwe_probes_failed_total",
             _ => "drops_total",
         }
     }
@@ -716,7 +729,7 @@ impl Stats {
             return None;
         }
         let at = HEADER + self.workers * BLOCK + (w * self.slots + idx) * SLOT;
-        // SAFETY: HEADER and BLOCK are multiples of 64 and SLOT is 64, so the slot is
+        // SAFETY: HEADER, BLOCK and SLOT are multiples of 64, so the slot is
         // aligned in the page-aligned mapping; `w` and `idx` are in range and the length
         // was checked in create/open; AtomicU64 is valid for any bits.
         Some(unsafe { &*self.map.as_ptr().add(at).cast::<SessionSlot>() })
@@ -764,16 +777,28 @@ enum Field {
     /// Stamp ([`Stats::stamp`]) of the last authenticated datagram from the peer; 0: none.
     LastRx,
     NacksReceived,
-    /// PLI/FIR: received in the low 32 bits, sent in the high 32. Packed so the slot stays
-    /// one cache line; 2^32 keyframe requests is beyond any session's life.
+    /// PLI/FIR: received in the low 32 bits, sent in the high 32. 2^32 keyframe requests
+    /// is beyond any session's life.
     Plis,
+    /// A viewer's bandwidth estimate in bits per second; 0: none.
+    Estimate,
+    /// The simulcast layer a viewer receives, per publisher track: 4 bits each (track `i`
+    /// at bits `4i..4i+4`), 0xF where it receives none or the track has no layers.
+    Layers,
+    /// A relay-out's smoothed round-trip time over its link in microseconds; 0: none yet.
+    /// (A field added in the slot's spare room: a file from a data plane without it reads
+    /// 0 here, so the layout version stays.)
+    Rtt,
 }
 
-/// One session's counters: one cache line, written only by the owning worker (relaxed
-/// load + store, like [`WorkerCounters::add`]).
+/// Fields in a slot (two cache lines; the rest is room for later fields).
+const FIELDS: usize = 16;
+
+/// One session's counters: written only by the owning worker (relaxed load + store, like
+/// [`WorkerCounters::add`]).
 #[repr(C, align(64))]
 pub struct SessionSlot {
-    values: [AtomicU64; 8],
+    values: [AtomicU64; FIELDS],
 }
 
 impl SessionSlot {
@@ -793,6 +818,7 @@ impl SessionSlot {
         for v in &self.values[1..] {
             v.store(0, Ordering::Relaxed);
         }
+        self.values[Field::Layers as usize].store(u64::MAX, Ordering::Relaxed);
         self.values[Field::Id as usize].store(id, Ordering::Release);
     }
 
@@ -826,6 +852,26 @@ impl SessionSlot {
         self.add(Field::NacksReceived, n);
     }
 
+    /// A viewer's bandwidth estimate and the layer it receives of each track (`None`: none,
+    /// or a track without layers).
+    pub fn set_estimate(&self, bps: u64, layers: &[Option<u8>]) {
+        let mut packed = u64::MAX;
+        for (i, l) in layers.iter().enumerate().take(16) {
+            if let Some(l) = l {
+                packed &= !(0xF << (4 * i));
+                packed |= u64::from(*l & 0xF) << (4 * i);
+            }
+        }
+        self.values[Field::Estimate as usize].store(bps, Ordering::Relaxed);
+        self.values[Field::Layers as usize].store(packed, Ordering::Relaxed);
+    }
+
+    /// A relay link's smoothed round-trip time, as its relay-out measured it last.
+    pub fn set_rtt(&self, rtt: Duration) {
+        let us = (rtt.as_micros() as u64).max(1);
+        self.values[Field::Rtt as usize].store(us, Ordering::Relaxed);
+    }
+
     /// Keyframe requests (PLI or FIR) from the peer.
     pub fn pli_received(&self, n: u32) {
         self.add(Field::Plis, u64::from(n));
@@ -853,6 +899,19 @@ impl SessionSlot {
             plis_received: plis & 0xffff_ffff,
             plis_sent: plis >> 32,
             last_rx: (last != 0).then_some(last),
+            estimate_bps: Some(self.load(Field::Estimate)).filter(|&e| e > 0),
+            rtt: Some(self.load(Field::Rtt))
+                .filter(|&us| us > 0)
+                .map(Duration::from_micros),
+            layers: {
+                let packed = self.load(Field::Layers);
+                let mut l = [None; 8];
+                for (i, v) in l.iter_mut().enumerate() {
+                    let n = ((packed >> (4 * i)) & 0xF) as u8;
+                    *v = (n != 0xF).then_some(n);
+                }
+                l
+            },
         };
         (self.id() == id).then_some(c)
     }
@@ -873,10 +932,17 @@ pub struct SessionCounters {
     pub plis_sent: u64,
     /// Stamp of the last authenticated datagram (see [`Stats::age`]); `None`: none yet.
     pub last_rx: Option<u64>,
+    /// A viewer's bandwidth estimate (bits per second), where it has one.
+    pub estimate_bps: Option<u64>,
+    /// The simulcast layer a viewer receives per publisher track.
+    pub layers: [Option<u8>; 8],
+    /// A relay-out's smoothed round-trip time over its link (RTCP SR/RR); `None`: not
+    /// measured (another role, or no sender report echoed yet).
+    pub rtt: Option<Duration>,
 }
 
 const _: () = assert!(HEADER % 64 == 0);
-const _: () = assert!(SLOT == 64);
+const _: () = assert!(SLOT == 8 * FIELDS);
 
 #[cfg(test)]
 mod tests {
@@ -919,6 +985,12 @@ mod tests {
             (1, 100, 2, 100)
         );
         assert_eq!((c.nacks_received, c.plis_received, c.plis_sent), (3, 1, 2));
+        assert_eq!(c.rtt, None);
+        slot.set_rtt(Duration::from_micros(42_250));
+        assert_eq!(
+            r.find(1, 42).expect("found").rtt,
+            Some(Duration::from_micros(42_250))
+        );
         let age = r.age(c.last_rx.expect("stamped"));
         assert!(age < Duration::from_secs(5), "{age:?}");
         assert!(r.find(0, 42).is_none());

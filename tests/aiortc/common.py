@@ -22,7 +22,7 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def _post_offer(url: str, sdp: str) -> tuple[int, str, str]:
+def _post_offer(url: str, sdp: str, redirects: int = 3) -> tuple[int, str, str]:
     req = urllib.request.Request(
         url, data=sdp.encode(), method="POST", headers={"Content-Type": "application/sdp"}
     )
@@ -31,6 +31,11 @@ def _post_offer(url: str, sdp: str) -> tuple[int, str, str]:
             location = urllib.parse.urljoin(url, r.headers.get("Location", ""))
             return r.status, r.read().decode(), location
     except urllib.error.HTTPError as e:
+        # A 307/308 (the room lives on another node) keeps the method and body, as WHIP and
+        # WHEP clients do (RFC 9725 §4.6); urllib follows redirects of GET only.
+        target = e.headers.get("Location") if e.code in (307, 308) else None
+        if target and redirects > 0:
+            return _post_offer(urllib.parse.urljoin(url, target), sdp, redirects - 1)
         return e.code, e.read().decode(errors="replace"), ""
 
 

@@ -7,7 +7,13 @@ its own ("upstream") and sends one message on it (the node drops subscribers' me
 records every message on the channels the node opens towards it, per label, in the summary
 (`common.encode_message`).
 
-    whep_client.py URL --seconds N [--datachannel] [--verbose]
+With --gaps it also reports every pause longer than 0.25 s between two received frames of
+a kind (`gaps`: [kind, last frame before, first frame after], Unix seconds) and, from the
+receivers' statistics, each inbound RTP stream's SSRC, packets received and packets lost
+(`inbound`): a viewer whose node switched sources under it keeps one SSRC per kind and loses
+few packets, where a restarted numbering would count thousands lost.
+
+    whep_client.py URL --seconds N [--datachannel] [--gaps] [--verbose]
 """
 
 import argparse
@@ -20,12 +26,20 @@ from aiortc.mediastreams import MediaStreamError
 import common
 
 
-async def consume(track, counts: dict) -> None:
+GAP_S = 0.25
+
+
+async def consume(track, counts: dict, gaps: list) -> None:
     """Pull frames until the track ends; aiortc hands out only decoded frames."""
     kind = track.kind
+    last = None
     try:
         while True:
             frame = await track.recv()
+            now = time.time()
+            if last is not None and now - last > GAP_S:
+                gaps.append([kind, round(last, 3), round(now, 3)])
+            last = now
             counts[kind] += 1
             if kind == "video":
                 counts["video_size"] = [frame.width, frame.height]
@@ -56,11 +70,12 @@ async def main(args) -> int:
     else:
         pc.addTransceiver("video", direction="recvonly")
     counts = {"audio": 0, "video": 0}
+    gaps = []
     consumers = []
 
     @pc.on("track")
     def on_track(track):
-        consumers.append(asyncio.ensure_future(consume(track, counts)))
+        consumers.append(asyncio.ensure_future(consume(track, counts, gaps)))
 
     summary = {"role": "whep"}
     try:
@@ -82,6 +97,8 @@ async def main(args) -> int:
         summary["connect_s"] = round(time.monotonic() - t0, 3)
         if pc.connectionState == "connected":
             await asyncio.sleep(args.seconds)
+        if args.gaps:
+            summary["inbound"] = await inbound(pc)
         summary["delete_status"] = await common.delete(location)
     finally:
         await pc.close()
@@ -89,6 +106,8 @@ async def main(args) -> int:
             c.cancel()
     if args.datachannel:
         summary["received"] = received
+    if args.gaps:
+        summary["gaps"] = gaps
     summary["video_frames"] = counts["video"]
     summary["audio_frames"] = counts["audio"]
     if "video_size" in counts:
@@ -97,12 +116,31 @@ async def main(args) -> int:
     return 0 if summary.get("connection") == "connected" else 1
 
 
+async def inbound(pc) -> list:
+    """Each inbound RTP stream the receivers saw: kind, SSRC, packets received and lost."""
+    out = []
+    for r in pc.getReceivers():
+        stats = await r.getStats()
+        for s in stats.values():
+            if getattr(s, "type", None) == "inbound-rtp":
+                out.append(
+                    {
+                        "kind": s.kind,
+                        "ssrc": s.ssrc,
+                        "packetsReceived": s.packetsReceived,
+                        "packetsLost": s.packetsLost,
+                    }
+                )
+    return out
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--connect-timeout", type=float, default=10)
     p.add_argument("--datachannel", action="store_true")
+    p.add_argument("--gaps", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     common.setup_logging(args.verbose)

@@ -22,6 +22,21 @@ pub fn one_chromium_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Chromium and the lock that runs its tests one at a time; None (said loudly) with
+/// `SWITCHYARD_SKIP_BROWSER=1`. A missing browser fails the test.
+pub fn chromium() -> Option<(PathBuf, std::sync::MutexGuard<'static, ()>)> {
+    if std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
+        return None;
+    }
+    let serial = one_chromium_test_at_a_time();
+    let bin = find_chromium().expect(
+        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
+         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
+    );
+    Some((bin, serial))
+}
+
 pub fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SWITCHYARD_CHROMIUM") {
         return Some(PathBuf::from(p));

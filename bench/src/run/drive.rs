@@ -11,6 +11,8 @@ pub(super) struct SubState {
     /// Per track: RTP sequence minus the publisher's, fixed by the first packet: a
     /// subscriber's numbering must follow the publisher's exactly, whatever its start.
     pub(super) seq_offset: [Option<u16>; 2],
+    /// The receive thread's timeline counters.
+    pub(super) lane: Arc<Lane>,
 }
 
 pub(super) struct RecvOut {
@@ -68,6 +70,12 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         .iter()
         .map(|p| p.count_before(warm)..p.count_before(end))
         .collect();
+    // Until the end of the drain, and a second for the receivers' last turn.
+    let timeline = Timeline::new(
+        start,
+        end - start + spec.drain.as_nanos() as u64 + 1_000_000_000,
+    );
+    let send_lane = timeline.lane();
 
     // Sender. It starts before the receivers so WebRTC subscribers can join while it sends
     // (the first packet is due at `start`, after the receivers of a REST run are running).
@@ -79,9 +87,21 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         .name("bench-send".into())
         .spawn(move || {
             pin(&cores, "the send thread");
-            send(pubs, &sources, &ranges2, end, &abort2)
+            send(pubs, &sources, &ranges2, end, &abort2, &send_lane)
         })
         .map_err(|e| Error::io("spawning the send thread", e))?;
+
+    // From the first packet on, WebRTC joins included.
+    let progress_stop = Arc::new(AtomicBool::new(false));
+    let progress = if spec.progress {
+        let phases = crate::progress::Phases {
+            warm_slot: timeline.slot_of(warm),
+            total_s: (end - start) as f64 / 1e9,
+        };
+        crate::progress::spawn(timeline.clone(), phases, end, progress_stop.clone()).ok()
+    } else {
+        None
+    };
 
     let (subs, join_ns) = match joiner {
         None => (subs, Vec::new()),
@@ -89,6 +109,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             Ok(v) => v,
             Err(e) => {
                 abort.store(true, Ordering::Relaxed);
+                progress_stop.store(true, Ordering::Relaxed);
                 let _ = sender.join();
                 return Err(e);
             }
@@ -107,6 +128,8 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let stop = Arc::new(AtomicBool::new(false));
     let threads = spec.sockets.clamp(1, subs.len().max(1));
     let mut threads_subs: Vec<Vec<SubState>> = (0..threads).map(|_| Vec::new()).collect();
+    timeline.set_fanout(subs.len() as f64 / np.max(1) as f64);
+    let lanes: Vec<Arc<Lane>> = (0..threads).map(|_| timeline.lane()).collect();
     for (i, end_) in subs.into_iter().enumerate() {
         let range = ranges.get(end_.publisher).cloned().unwrap_or(0..0);
         threads_subs[i % threads].push(SubState {
@@ -114,6 +137,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
             seq_offset: [None; 2],
+            lane: lanes[i % threads].clone(),
         });
     }
     let ngroups = groups.len().max(1);
@@ -142,6 +166,10 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let link1 = relay_tx(&link_sources);
 
     let sent = sender.join().map_err(|_| Error::Thread)?;
+    progress_stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
     std::thread::sleep(spec.drain);
     stop.store(true, Ordering::Relaxed);
     let mut outs = Vec::new();
@@ -278,6 +306,8 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             datagrams: gro.1,
         }),
         errors,
+        timeline: timeline.report(end),
+        latency_histogram: Some(hist),
     })
 }
 
@@ -323,6 +353,7 @@ pub(super) fn send(
     ranges: &[std::ops::Range<u64>],
     end: u64,
     abort: &AtomicBool,
+    lane: &Lane,
 ) -> SendOut {
     let mut scheds: Vec<Sched> = sources.iter().map(Source::schedule).collect();
     let stop_at: Vec<u64> = sources.iter().map(|p| p.count_before(end)).collect();
@@ -334,6 +365,7 @@ pub(super) fn send(
     let mut bufs = vec![[0u8; MAX_SIZE + 64]; MAX_BATCH];
     let mut lens = [0usize; MAX_BATCH];
     let mut seqs = [0u64; MAX_BATCH];
+    let mut stamps = [0u64; MAX_BATCH];
     // Random-looking fixed starts, as a real sender's would be; the node must cope.
     let seq_base: u16 = 0x1234;
     let ts_base: u32 = 0x0abc_def0;
@@ -384,6 +416,7 @@ pub(super) fn send(
                     Ok(len) => {
                         lens[n] = len;
                         seqs[n] = seq;
+                        stamps[n] = send_ns;
                         n += 1;
                     }
                     Err(_) => out.errors.protect += 1,
@@ -394,6 +427,9 @@ pub(super) fn send(
                     (0..n).map(|i| (&bufs[i][..lens[i]], pe.dest)).collect();
                 let ok = sys::send_batch(&pe.sock, &msgs).unwrap_or(0);
                 out.errors.send += (n - ok) as u64;
+                for &t in &stamps[..ok] {
+                    lane.sent(t);
+                }
                 out.sent_in_window[p] +=
                     seqs[..ok].iter().filter(|s| ranges[p].contains(s)).count() as u64;
             }
@@ -575,7 +611,11 @@ pub(super) fn account_rtp(
         Some(o) if o != offset => errors.sequence_breaks += 1,
         Some(_) => {}
     }
-    match s.tracker.record(payload.sequence) {
+    let arrival = s.tracker.record(payload.sequence);
+    if arrival != Arrival::Duplicate {
+        s.lane.received(payload.send_ns, recv_ns);
+    }
+    match arrival {
         Arrival::InOrder | Arrival::Reordered => {
             let lat_ns = recv_ns.saturating_sub(payload.send_ns);
             hist.saturating_record(lat_ns / 1000);

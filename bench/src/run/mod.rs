@@ -22,6 +22,7 @@ use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
 use crate::report::{Errors, GroupReport, JoinTimes, Latency, Report};
 use crate::sys::{self, RecvBatch, MAX_BATCH};
+use crate::timeline::{Lane, Timeline};
 use crate::webrtc::{self, sdp, Agent, Consent, LocalIce, WebrtcError};
 use crate::Error;
 
@@ -72,6 +73,8 @@ pub struct LoadSpec {
     pub audio: bool,
     /// Subscribers read with UDP_GRO (coalesced runs, split at the segment size).
     pub gro: bool,
+    /// Print a progress line to stderr every second ([`crate::progress`]).
+    pub progress: bool,
 }
 
 impl Default for LoadSpec {
@@ -93,6 +96,7 @@ impl Default for LoadSpec {
             video: None,
             audio: false,
             gro: false,
+            progress: false,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct ClusterCounters {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     relay_failures: Mutex<BTreeMap<&'static str, u64>>,
     nodes: Mutex<Vec<Node>>,
+    /// Round-trip time of this node's relay links by peer, milliseconds.
+    relay_rtts: Mutex<BTreeMap<String, f64>>,
     pub events_sent: AtomicU64,
     pub events_failed: AtomicU64,
     pub events_dropped: AtomicU64,
@@ -56,6 +58,8 @@ pub struct ClusterCounters {
     /// Dead nodes this control plane removed, and rooms it placed again after one.
     pub nodes_removed: AtomicU64,
     pub rooms_moved: AtomicU64,
+    /// Relay-ins here taken over by a new source after theirs was lost.
+    pub relays_retargeted: AtomicU64,
 }
 
 /// The process's cluster counters.
@@ -75,6 +79,11 @@ impl ClusterCounters {
         *locked(&self.placements).entry(node.to_owned()).or_default() += 1;
     }
 
+    /// A relay-in here was taken over by a new source (viewer continuity).
+    pub fn relay_retargeted(&self) {
+        self.relays_retargeted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A relay set-up (either end) failed for `reason`.
     pub fn relay_failed(&self, reason: &'static str) {
         *locked(&self.relay_failures).entry(reason).or_default() += 1;
@@ -83,6 +92,15 @@ impl ClusterCounters {
     /// A room refused: `no_capacity`, `store_unavailable`, `room_exists`, `bad_request`, ...
     pub fn rejected(&self, reason: &'static str) {
         *locked(&self.rejections).entry(reason).or_default() += 1;
+    }
+
+    /// The relay links' round-trip times by peer (ms), as the relay task last read them.
+    pub fn set_relay_rtts(&self, rtts: &BTreeMap<String, f64>) {
+        rtts.clone_into(&mut locked(&self.relay_rtts));
+    }
+
+    pub fn relay_rtts(&self) -> BTreeMap<String, f64> {
+        locked(&self.relay_rtts).clone()
     }
 
     /// The nodes as the last health round listed them.

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use switchyard_shared::command::{
-    Command, CommandError, Event, Keying, SessionId, SessionSpec, SrtpProfile,
+    Command, CommandError, Event, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile,
 };
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
@@ -195,6 +195,27 @@ impl NodeState {
 
     pub fn session(&self, id: SessionId) -> Option<&SessionSpec> {
         self.sessions.get(&id)
+    }
+
+    /// Relay-in `id` was pointed at a new source (`Command::RetargetRelayIn`): its spec
+    /// takes the new key, SSRCs and layers, and no address (the data plane latches the new
+    /// source's). Nothing for another session.
+    pub fn retarget_relay_in(
+        &mut self,
+        id: SessionId,
+        keys: SrtpKeys,
+        ssrcs: Vec<u32>,
+        simulcast: Option<switchyard_shared::command::Simulcast>,
+    ) {
+        if let Some(spec) = self
+            .sessions
+            .get_mut(&id)
+            .filter(|s| matches!(s.role, Role::RelayIn { .. }))
+        {
+            spec.keying = Keying::Static(keys);
+            spec.remote = None;
+            spec.role = Role::RelayIn { ssrcs, simulcast };
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -561,6 +582,7 @@ pub(crate) mod tests {
         let mut relay_in = spec(5);
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111, 0x2222],
+            simulcast: None,
         };
         relay_in.remote = None;
         let mut relay_out = spec(6);
@@ -587,6 +609,43 @@ pub(crate) mod tests {
                 Command::AddSession(relay_out.clone())
             ],
             "same ids, workers and keys: the other node keeps sending untouched"
+        );
+    }
+
+    #[test]
+    fn a_retargeted_relay_in_comes_back_with_its_new_source_key() {
+        let mut s = synced();
+        let mut relay_in = spec(5);
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x1111],
+            simulcast: None,
+        };
+        relay_in.remote = None;
+        let _rx = s.begin_add(relay_in.clone());
+        s.apply(Event::SessionAdded { id: relay_in.id });
+        let old_source: SocketAddr = "10.0.0.1:9443".parse().expect("literal");
+        s.apply(Event::RemoteLatched {
+            id: relay_in.id,
+            remote: old_source,
+        });
+        let keys = SrtpKeys {
+            profile: SrtpProfile::AeadAes128Gcm,
+            remote: vec![7; 28],
+            local: vec![8; 28],
+        };
+        s.retarget_relay_in(relay_in.id, keys.clone(), vec![0x3333], None);
+        // Another session is left alone.
+        s.retarget_relay_in(SessionId(99), keys.clone(), Vec::new(), None);
+        let fx = s.apply(hello(2));
+        relay_in.keying = Keying::Static(keys);
+        relay_in.role = Role::RelayIn {
+            ssrcs: vec![0x3333],
+            simulcast: None,
+        };
+        assert_eq!(
+            fx.commands,
+            vec![Command::AddSession(relay_in)],
+            "the new key, the new source's SSRCs, no address: the old source is shut out"
         );
     }
 

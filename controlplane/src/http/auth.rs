@@ -312,6 +312,8 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
         [""] | ["health"] | ["metrics"] | ["api"] | ["certificate.sha256"] => Need::Nothing,
         // The API explorer's page and assets (what it then calls needs what each call needs).
         ["api", "docs", ..] if method == Method::GET => Need::Nothing,
+        // The cluster page; the data it then fetches (/v1/nodes, ...) needs a cluster token.
+        ["cluster"] if method == Method::GET => Need::Nothing,
         ["v1", "streams"] if method == Method::GET => Need::Nothing,
         // Percent-encoded names are not matched against claims (the handlers reject them).
         [kind @ ("whip" | "whep"), room, stream, rest @ ..]
@@ -616,6 +618,11 @@ mod tests {
         assert!(ok(Method::GET, "/metrics", None, &none).is_ok());
         assert!(ok(Method::GET, "/api", None, &none).is_ok());
         assert!(ok(Method::GET, "/", None, &none).is_ok());
+        assert!(ok(Method::GET, "/cluster", None, &none).is_ok());
+        assert!(matches!(
+            ok(Method::GET, "/v1/cluster/streams", None, &none),
+            Err(AuthError::Unauthorized(_))
+        ));
         assert!(ok(Method::GET, "/v1/streams", Some("prefix=a"), &none).is_ok());
         assert!(ok(Method::OPTIONS, "/whip/a/b", None, &none).is_ok());
         assert!(ok(Method::POST, "/whip/anon/cam", None, &none).is_ok());

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use super::error::ApiError;
 use super::openapi::ErrorBody;
 use crate::core::store::{Node, Room};
 use crate::services::cluster::nodes::Announced;
+use crate::services::cluster::regions::{self, ClientHint};
 use crate::services::cluster::rooms::RoomRequest;
 use crate::services::cluster::Cluster;
 
@@ -39,6 +42,7 @@ pub(crate) fn routes(cluster: Arc<Cluster>) -> OpenApiRouter {
         .routes(routes!(list_rooms, create_generated))
         .routes(routes!(get_room, create_named, delete_room))
         .routes(routes!(resolve))
+        .routes(routes!(cluster_streams))
         .with_state(cluster)
 }
 
@@ -50,6 +54,28 @@ struct NodeList {
 #[derive(Debug, Serialize, ToSchema)]
 struct RoomList {
     rooms: Vec<RoomView>,
+}
+
+/// `GET /v1/cluster/streams`.
+#[derive(Debug, Serialize, ToSchema)]
+struct ClusterStreams {
+    streams: Vec<NodeStream>,
+}
+
+/// One stream published on one node, as that node last recorded it in the cluster store.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct NodeStream {
+    #[schema(example = "room1/cam")]
+    stream: String,
+    /// The node that publishes it (a publisher there, or a relay link into it).
+    node: String,
+    /// The nodes the stream was relayed through to reach `node`, its source first; empty
+    /// for a publisher on `node` itself.
+    hops: Vec<String>,
+    /// The node whose relay link feeds it to `node` (the last of `hops`); null for a
+    /// publisher on `node` itself.
+    relayed_from: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,13 +106,18 @@ struct HeartbeatAnswer {
     overloaded: bool,
 }
 
-/// `GET /v1/resolve?room=`.
+/// `GET /v1/resolve?room=&region=`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documents the query; the handler reads it as a map (unknown keys ignored).
 struct ResolveQuery {
     /// The room to look up.
     room: String,
+    /// The viewer's region: `whepUrl` then names a node of that region when the room's node
+    /// is elsewhere (the cascade brings the stream there). Default: the trusted
+    /// `X-Switchyard-Region` header, else the `cluster.region_map` rule for the caller's
+    /// address.
+    region: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -103,6 +134,9 @@ struct RegisterBody {
     /// Up to 32; the label `pool` binds the node to a pool (docs/cluster.md).
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// The node's region (an id); absent: in no region.
+    #[serde(default)]
+    region: Option<String>,
 }
 
 #[utoipa::path(
@@ -128,6 +162,7 @@ async fn register(
             media_address: b.media_address,
             workers: b.workers,
             labels: b.labels,
+            region: b.region,
         })
         .await?;
     Ok(Json(node))
@@ -283,10 +318,21 @@ struct RoomView {
     /// for it yet; docs/cluster.md, "When a node dies").
     node: String,
     node_url: Option<String>,
+    /// The region of the room's node, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_region: Option<String>,
+    /// The client's region the room was placed for, if one was known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
     /// `POST {whipUrl}/{stream}` publishes a stream into the room (WHIP).
     whip_url: Option<String>,
-    /// `POST {whepUrl}/{stream}` watches one (WHEP).
+    /// `POST {whepUrl}/{stream}` watches one (WHEP). From `/v1/resolve` with a region, on
+    /// a node of that region when the room's node is elsewhere (`whepNode`).
     whep_url: Option<String>,
+    /// The node `whepUrl` names when it is not the room's node: one of the viewer's region,
+    /// which pulls the room's streams from the nearest node holding them (the cascade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whep_node: Option<String>,
     max_peer_count: u32,
     consumers: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -294,11 +340,15 @@ struct RoomView {
     created_ms: u64,
 }
 
-fn view(room: Room, node_url: Option<&str>) -> RoomView {
+fn view(room: Room, node: Option<&Node>) -> RoomView {
+    let node_url = node.map(|n| n.url.as_str());
     RoomView {
         whip_url: node_url.map(|u| format!("{u}/whip/{}", room.room_id)),
         whep_url: node_url.map(|u| format!("{u}/whep/{}", room.room_id)),
         node_url: node_url.map(str::to_owned),
+        node_region: node.and_then(|n| n.region.clone()),
+        region: room.region,
+        whep_node: None,
         room_id: room.room_id,
         node: room.node,
         max_peer_count: room.max_peer_count,
@@ -308,18 +358,40 @@ fn view(room: Room, node_url: Option<&str>) -> RoomView {
     }
 }
 
+/// Where the request's client is, as far as it may say ([`Cluster::client_region`]).
+fn client_region(
+    cluster: &Cluster,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+) -> Result<Option<String>, ApiError> {
+    let header = match headers.get(regions::HEADER) {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request("X-Switchyard-Region: a region id (A-Z a-z 0-9 _ . -)")
+        })?),
+        None => None,
+    };
+    Ok(cluster.client_region(ClientHint {
+        header,
+        trusted: Caller::trusted(caller),
+        peer: peer.map(|p| p.0.ip()),
+    })?)
+}
+
 /// Place `room_id`: 201 with the room and where to publish and watch. Every refusal is
 /// counted, a malformed request too.
 async fn create(
     cluster: &Cluster,
     caller: Option<Caller>,
+    region: Result<Option<String>, ApiError>,
     room_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let parsed = names::id("room", &room_id)
         .map_err(ApiError::from)
-        .and_then(|()| parse_body::<CreateRoom>(body));
-    let b = match parsed {
+        .and_then(|()| parse_body::<CreateRoom>(body))
+        .and_then(|b| Ok((b, region?)));
+    let (b, region) = match parsed {
         Ok(b) => b,
         Err(e) => {
             cluster.rejected_malformed();
@@ -329,11 +401,12 @@ async fn create(
     let req = RoomRequest {
         max_peer_count: b.max_peer_count,
         event_notification_uri: b.event_notification_uri,
+        region,
     };
     let p = cluster
         .place(Caller::trusted(caller.as_ref()), room_id, req)
         .await?;
-    let v = view(p.room, Some(&p.node.url));
+    let v = view(p.room, Some(&p.node));
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -354,10 +427,14 @@ async fn create(
 async fn create_named(
     State(cluster): State<Arc<Cluster>>,
     caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    create(&cluster, caller.map(|c| c.0), room, body).await
+    let caller = caller.map(|c| c.0);
+    let region = client_region(&cluster, caller.as_ref(), &headers, peer.as_deref());
+    create(&cluster, caller, region, room, body).await
 }
 
 #[utoipa::path(
@@ -375,10 +452,14 @@ async fn create_named(
 async fn create_generated(
     State(cluster): State<Arc<Cluster>>,
     caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let room = Cluster::generated_room_id()?;
-    create(&cluster, caller.map(|c| c.0), room, body).await
+    let caller = caller.map(|c| c.0);
+    let region = client_region(&cluster, caller.as_ref(), &headers, peer.as_deref());
+    create(&cluster, caller, region, room, body).await
 }
 
 #[utoipa::path(
@@ -395,7 +476,7 @@ async fn list_rooms(State(cluster): State<Arc<Cluster>>) -> Result<Response, Api
         .rooms()
         .await?
         .into_iter()
-        .map(|(r, url)| view(r, url.as_deref()))
+        .map(|(r, node)| view(r, node.as_ref()))
         .collect();
     Ok(Json(RoomList { rooms: views }).into_response())
 }
@@ -415,8 +496,8 @@ async fn get_room(
     State(cluster): State<Arc<Cluster>>,
     Path(room): Path<String>,
 ) -> Result<Json<RoomView>, ApiError> {
-    let (r, url) = cluster.room(&room).await?;
-    Ok(Json(view(r, url.as_deref())))
+    let (r, node) = cluster.room(&room).await?;
+    Ok(Json(view(r, node.as_ref())))
 }
 
 #[utoipa::path(
@@ -438,7 +519,8 @@ async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// HTTP-DNS style: which node serves `room`.
+/// HTTP-DNS style: which node serves `room`, and with a region where its viewers there
+/// should watch.
 #[utoipa::path(
     get,
     path = "/v1/resolve",
@@ -446,18 +528,68 @@ async fn delete_room(
     params(ResolveQuery),
     responses(
         (status = 200, description = "The room, its node and where to publish and watch", body = RoomView),
-        (status = 400, description = "No `room` parameter", body = ErrorBody),
+        (status = 400, description = "No `room` parameter, or a malformed region", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
     )
 )]
 async fn resolve(
     State(cluster): State<Arc<Cluster>>,
+    caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RoomView>, ApiError> {
     let room = q
         .get("room")
         .ok_or_else(|| ApiError::bad_request("query parameter room is required"))?;
-    let (r, url) = cluster.room(room).await?;
-    Ok(Json(view(r, url.as_deref())))
+    // A region asked for outright only picks the URLs this caller gets: anyone may.
+    let region = match q.get("region") {
+        Some(r) => {
+            names::id("region", r)?;
+            Some(r.clone())
+        }
+        None => client_region(
+            &cluster,
+            caller.map(|c| c.0).as_ref(),
+            &headers,
+            peer.as_deref(),
+        )?,
+    };
+    let found = cluster.resolve(room, region.as_deref()).await?;
+    let mut v = view(found.room, found.node.as_ref());
+    if let Some(n) = found.viewer {
+        v.whep_url = Some(format!("{}/whep/{}", n.url, v.room_id));
+        v.whep_node = Some(n.node_id);
+    }
+    Ok(Json(v))
+}
+
+/// Every stream on every node, with the relay links between nodes: what a view of the whole
+/// cluster draws (the cluster page, `GET /cluster`). From the cluster store, where each node
+/// writes its streams every second; `GET /v1/streams` has one node's streams with counters.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/streams",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "Every registered node's streams, by node then stream", body = ClusterStreams),
+        (status = 503, description = "The cluster store is unreachable", body = ErrorBody),
+    )
+)]
+async fn cluster_streams(State(cluster): State<Arc<Cluster>>) -> Result<Response, ApiError> {
+    let streams = cluster
+        .streams()
+        .await?
+        .into_iter()
+        .flat_map(|(node, streams)| {
+            streams.into_iter().map(move |(stream, hops)| NodeStream {
+                relayed_from: hops.last().cloned(),
+                stream,
+                node: node.clone(),
+                hops,
+            })
+        })
+        .collect();
+    Ok(Json(ClusterStreams { streams }).into_response())
 }

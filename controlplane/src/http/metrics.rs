@@ -55,6 +55,33 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             "switchyard_relay_setup_failures_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    header(
+        out,
+        "relay_rtt_seconds",
+        "gauge",
+        "Smoothed round-trip time of this node's relay links to each peer node, from RTCP \
+         sender and receiver reports (RFC 3550 6.4.1); kept 10 minutes after the last link.",
+    );
+    for (peer, ms) in &m.relay_rtts() {
+        let _ = writeln!(
+            out,
+            "switchyard_relay_rtt_seconds{{peer=\"{}\"}} {}",
+            escape(peer),
+            ms / 1000.0
+        );
+    }
+    header(
+        out,
+        "relays_retargeted_total",
+        "counter",
+        "Relay-ins on this node taken over by a new source after theirs was lost (their viewers kept their sessions).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_relays_retargeted_total {}",
+        m.relays_retargeted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let nodes = m.nodes();
     type Gauge = fn(&Node) -> u64;
     let gauges: [(&str, &str, Gauge); 5] = [
@@ -242,6 +269,11 @@ fn help(c: Counter) -> &'static str {
             "Coalesced buffers received on the relay socket (UDP_GRO, two datagrams or more)."
         }
         Counter::GroSegments => "Datagrams walked out of coalesced relay buffers.",
+        Counter::BweProbes => "Bandwidth probes sent to viewers (padding on their RTX stream).",
+        Counter::BweProbesCarried => {
+            "Bandwidth probes whose feedback showed the path carrying a rate."
+        }
+        Counter::BweProbesFailed => "Bandwidth probes lost in good part or never answered.",
         _ => "Datagrams dropped, by reason.",
     }
 }

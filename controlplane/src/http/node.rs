@@ -1,4 +1,4 @@
-//! This node's own routes: the demo page, `GET /health`, `GET /metrics` and `GET /api` (the
+//! This node's own routes: the demo page, the cluster page, `GET /health`, `GET /metrics` and `GET /api` (the
 //! OpenAPI document, [`super::openapi`]).
 
 use std::collections::BTreeMap;
@@ -35,6 +35,7 @@ pub struct Status {
 pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(index))
+        .routes(routes!(cluster_page))
         .routes(routes!(health))
         .routes(routes!(certificates))
         .routes(routes!(metrics))
@@ -54,6 +55,20 @@ pub(crate) fn routes(status: Arc<Status>) -> OpenApiRouter {
 )]
 async fn index() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../static/index.html"))
+}
+
+/// The cluster page: nodes with their load and health, rooms, streams and the relay links
+/// between nodes, drawn as a graph (SVG) and refreshed every second from `/v1/nodes`,
+/// `/v1/rooms` and `/v1/cluster/streams` (docs/operations.md, "Cluster page"). One file, no
+/// script from anywhere else.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "node",
+    responses((status = 200, description = "The cluster page", content_type = "text/html", body = String))
+)]
+async fn cluster_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../static/cluster.html"))
 }
 
 /// The API explorer: Swagger UI (vendored, controlplane/static/swagger-ui) on this node's

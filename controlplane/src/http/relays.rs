@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -75,6 +75,27 @@ struct OutView {
     /// Every node the stream went through before the target, the source last.
     hops: Vec<String>,
     created_ms: u64,
+    /// The link's smoothed round-trip time in milliseconds, measured here from the sender
+    /// reports this node passes on and the target's receiver reports (RFC 3550 §6.4.1);
+    /// absent until the target echoed one (a publisher that sends no sender reports gives
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
+}
+
+impl OutView {
+    /// The views of `outs` with their links' RTT. Takes the book's relays as copies: the
+    /// RTT is read under the session table's lock, which is never taken inside the book's.
+    fn measured(relays: &Relays, outs: Vec<OutRelay>) -> Vec<OutView> {
+        outs.iter()
+            .map(|r| OutView {
+                rtt_ms: relays
+                    .link_rtt(r.session)
+                    .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                ..OutView::from(r)
+            })
+            .collect()
+    }
 }
 
 impl From<&OutRelay> for OutView {
@@ -88,6 +109,7 @@ impl From<&OutRelay> for OutView {
             remote: r.remote,
             hops: r.hops.clone(),
             created_ms: r.created_ms,
+            rtt_ms: None,
         }
     }
 }
@@ -152,6 +174,14 @@ struct Ended {
     target_node: String,
     /// Whether the target confirmed it ended its side too.
     target_ended: bool,
+}
+
+/// `DELETE /v1/relays/ingress/{relayId}?sourceNode=`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndIngressQuery {
+    #[serde(default)]
+    source_node: Option<String>,
 }
 
 /// Every relay of this node.
@@ -246,16 +276,18 @@ async fn list_stream_relays(
     Path((room, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let stream = stream_of(&room, &name)?;
-    let book = relays.book();
-    let relays: Vec<OutView> = book
-        .outs()
-        .filter(|r| r.stream == stream)
-        .map(OutView::from)
-        .collect();
-    let incoming = book.incoming(&stream).map(InView::from);
+    let (outs, incoming) = {
+        let book = relays.book();
+        let outs: Vec<OutRelay> = book
+            .outs()
+            .filter(|r| r.stream == stream)
+            .cloned()
+            .collect();
+        (outs, book.incoming(&stream).map(InView::from))
+    };
     Ok(Json(StreamRelays {
         stream,
-        relays,
+        relays: OutView::measured(&relays, outs),
         incoming,
     })
     .into_response())
@@ -298,11 +330,15 @@ async fn end_relay(
     responses((status = 200, description = "Every relay of this node, both directions", body = NodeRelays))
 )]
 async fn list_relays(State(relays): State<Arc<Relays>>) -> Response {
-    let book = relays.book();
+    let (outs, incoming) = {
+        let book = relays.book();
+        let outs: Vec<OutRelay> = book.outs().cloned().collect();
+        (outs, book.ins().map(InView::from).collect())
+    };
     Json(NodeRelays {
         node: relays.node_id().to_owned(),
-        outgoing: book.outs().map(OutView::from).collect(),
-        incoming: book.ins().map(InView::from).collect(),
+        outgoing: OutView::measured(&relays, outs),
+        incoming,
     })
     .into_response()
 }
@@ -342,21 +378,33 @@ async fn open_ingress(
     delete,
     path = "/v1/relays/ingress/{relayId}",
     tag = "relays",
-    params(("relayId" = u64, Path, description = "The `relayId` the ingress answered")),
+    params(
+        ("relayId" = u64, Path, description = "The `relayId` the ingress answered"),
+        ("sourceNode" = Option<String>, Query, description = "The source asking: the ingress ends only while it is still fed from there (a relay-in taken over by a new source is not the old source's to end)"),
+    ),
     responses(
         (status = 204, description = "Ended"),
-        (status = 404, description = "No such relay ingress", body = ErrorBody),
+        (status = 404, description = "No such relay ingress (from `sourceNode`, when given)", body = ErrorBody),
         (status = 503, description = "No data plane", body = ErrorBody),
     )
 )]
 async fn end_ingress(
     State(relays): State<Arc<Relays>>,
     Path(raw): Path<String>,
+    Query(q): Query<EndIngressQuery>,
 ) -> Result<Response, ApiError> {
     let id = raw
         .parse::<u64>()
         .map(SessionId)
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such relay ingress"))?;
+    if let Some(source) = &q.source_node {
+        if !relays.fed_from(id, source) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no relay ingress {} from {source}", id.0),
+            ));
+        }
+    }
     relays.close_ingress(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -192,6 +192,20 @@ struct SessionStats {
     /// first.
     #[serde(skip_serializing_if = "Option::is_none")]
     ms_since_last_packet: Option<u64>,
+    /// A relay-out: the link's smoothed round-trip time in milliseconds (RTCP SR/RR);
+    /// absent for other roles and until the far node echoed a sender report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
+    /// A WebRTC viewer's bandwidth estimate in bits per second (transport-cc feedback, or
+    /// REMB), which picks its simulcast layers; absent for other sessions and before the
+    /// first estimate is published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimate_bps: Option<u64>,
+    /// The simulcast layer (0-based index in the publisher's `a=simulcast` order) a viewer
+    /// receives of each publisher track, `null` for a track it receives without layers;
+    /// absent when nothing is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<Vec<Option<u8>>>,
 }
 
 /// What the data plane and the event stream say about a live session, for [`view`].
@@ -222,6 +236,16 @@ fn live(g: &Inner, id: SessionId, read: Option<SessionCounters>) -> Live {
             ms_since_last_packet: c
                 .last_rx
                 .map(|t| u64::try_from(stats.age(t).as_millis()).unwrap_or(u64::MAX)),
+            rtt_ms: c.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+            estimate_bps: c.estimate_bps,
+            layers: c.layers.iter().any(Option::is_some).then(|| {
+                let used = c
+                    .layers
+                    .iter()
+                    .rposition(Option::is_some)
+                    .map_or(0, |i| i + 1);
+                c.layers[..used].to_vec()
+            }),
         })
     });
     Live { ice, dtls, stats }
@@ -241,7 +265,7 @@ fn view(
     let (role, ssrcs) = match &spec.role {
         Role::Publisher { ssrcs, .. } => ("publisher", ssrcs.clone()),
         Role::Subscriber { ssrcs, .. } => ("subscriber", ssrcs.clone()),
-        Role::RelayIn { ssrcs } => ("relay-in", ssrcs.clone()),
+        Role::RelayIn { ssrcs, .. } => ("relay-in", ssrcs.clone()),
         Role::RelayOut => ("relay-out", Vec::new()),
     };
     // Relay sessions send and receive on the worker's relay socket.

@@ -130,9 +130,22 @@ impl Engine {
                 remote,
                 ssrcs,
                 srtp,
+                simulcast,
             } => {
-                let r = self.add_relay_in(id, stream, (remote, ssrcs), &srtp, now);
+                let sim = simulcast.map(|s| Box::new(SimMap::new(&s)));
+                let r = self.add_relay_in(id, stream, (remote, ssrcs, sim), &srtp, now);
                 self.answer(id, r);
+            }
+            WorkerCommand::RetargetRelayIn {
+                id,
+                ssrcs,
+                srtp,
+                simulcast,
+            } => {
+                let sim = simulcast.map(|s| Box::new(SimMap::new(&s)));
+                if let Err(e) = self.retarget_relay_in(id, (ssrcs, sim), &srtp) {
+                    tracing::warn!(id = id.0, error = %e, "relay-in not retargeted");
+                }
             }
             WorkerCommand::AddRelayOut {
                 id,
@@ -187,6 +200,7 @@ impl Engine {
             WorkerCommand::RelayData { id, fragments } => {
                 self.send_relay_data(id, &fragments, out);
             }
+            WorkerCommand::EnableBwe { id, twcc_ext } => self.enable_bwe(id, twcc_ext, now),
             WorkerCommand::SetMaxLayer { id, max_layer } => {
                 if let Some(session::Role::Subscriber(sub)) = self
                     .by_id
@@ -354,6 +368,9 @@ impl Engine {
         }
         let simulcast = sim.is_some();
         let mut publisher = Publisher::new(stream, tracks, self.limits.nack_cache, sim);
+        // A new publisher of a stream whose viewers stayed (one that left and came back, a
+        // relay-in replaced by a publisher here): they re-base at its first packet.
+        publisher.epoch = self.next_epoch();
         for (c, &r) in publisher.clock_rates.iter_mut().zip(&clock_rates) {
             *c = r;
         }
@@ -430,7 +447,11 @@ impl Engine {
                 tracks: ALL_TRACKS,
                 relay: false,
                 data: None,
+                rtt: None,
                 layers: Box::default(),
+                bwe: None,
+                relay_layers: None,
+                continuity: Default::default(),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -471,7 +492,7 @@ impl Engine {
         &mut self,
         id: SessionId,
         stream: StreamId,
-        (remote, ssrcs): (Option<SocketAddr>, Vec<u32>),
+        (remote, ssrcs, sim): (Option<SocketAddr>, Vec<u32>, Option<Box<SimMap>>),
         keys: &SrtpKeys,
         now: Instant,
     ) -> Result<(), CommandError> {
@@ -479,7 +500,7 @@ impl Engine {
             id,
             stream,
             (remote, Via::Relay),
-            (ssrcs, Vec::new(), None),
+            (ssrcs, Vec::new(), sim),
             Some(keys),
             (None, now),
         )?;
@@ -493,6 +514,89 @@ impl Engine {
         }
         self.relay_ins.extend(idx);
         Ok(())
+    }
+
+    /// Relay-in `id` is fed by another source from now on: the new link key, the new
+    /// source publisher's SSRCs and layers, no address until a packet authenticates with
+    /// the new key. Everything learned from the old source goes (its gaps, its cached
+    /// packets, its receive statistics, its last keyframe requests), and the publisher's
+    /// epoch changes, so every viewer of the stream, on any worker, re-bases its numbering
+    /// at the first packet from the new source and asks for a keyframe (see
+    /// `continuity`).
+    pub(super) fn retarget_relay_in(
+        &mut self,
+        id: SessionId,
+        (ssrcs, sim): (Vec<u32>, Option<Box<SimMap>>),
+        keys: &SrtpKeys,
+    ) -> Result<(), CommandError> {
+        let idx = *self.by_id.get(&id).ok_or(CommandError::UnknownSession)?;
+        if ssrcs.len() > MAX_TRACKS || !self.relay_ins.contains(&idx) {
+            return Err(CommandError::Invalid);
+        }
+        // Refused before anything changes: a bad key leaves the old source in place.
+        Self::contexts(Some(keys))?;
+        // The old key is never used again: its journal slots go, and the new key's
+        // contexts are journaled like any static key's (a restarted data plane resumes
+        // above their last index).
+        if let Some(s) = self.sessions.get_mut(idx) {
+            for ctx in [&mut s.inbound, &mut s.outbound].into_iter().flatten() {
+                if let Some(slot) = ctx.take_journal() {
+                    slot.release();
+                }
+            }
+        }
+        let (inbound, outbound) = self.static_contexts(id, Some(keys))?;
+        let epoch = self.next_epoch();
+        let nack_cache = self.limits.nack_cache;
+        let Some(s) = self.sessions.get_mut(idx) else {
+            return Err(CommandError::UnknownSession);
+        };
+        let session::Role::Publisher(p) = &mut s.role else {
+            return Err(CommandError::Invalid);
+        };
+        let was_layered = p.sim.is_some();
+        for c in &mut p.caches {
+            c.clear(&mut self.pool);
+        }
+        let mut tracks = [None; MAX_TRACKS];
+        for (t, s) in tracks.iter_mut().zip(&ssrcs) {
+            *t = Some(*s);
+        }
+        let stream = p.stream;
+        let mut fresh = Publisher::new(stream, tracks, nack_cache, sim);
+        fresh.upstream = Some(Box::new(std::array::from_fn(|_| relay::GapTracker::new())));
+        fresh.data_in = Some(Box::new(relay::GapTracker::new()));
+        fresh.epoch = epoch;
+        let layered = fresh.sim.is_some();
+        *p = fresh;
+        s.inbound = inbound;
+        s.outbound = outbound;
+        s.local = None;
+        let old = s.remote.take();
+        if was_layered != layered {
+            self.pool.release(self.pool_share(was_layered));
+            self.pool.reserve(self.pool_share(layered));
+        }
+        if let Some(r) = old {
+            self.unbind_addr(Via::Relay, r, idx);
+        }
+        let unlatched = self.unlatched_mut(Via::Relay);
+        if !unlatched.contains(&idx) {
+            unlatched.push(idx);
+        }
+        // This worker's view of the old source's layers means nothing for the new one's.
+        if let Some(st) = self.streams.get_mut(&stream) {
+            st.view = Default::default();
+        }
+        tracing::info!(id = id.0, "relay-in retargeted to a new source");
+        Ok(())
+    }
+
+    /// A publisher epoch: never 0 (what a viewer that saw nothing yet holds), and
+    /// different from any other publisher's or source's with overwhelming odds, also across
+    /// workers (viewers only compare it for equality).
+    pub(super) fn next_epoch(&mut self) -> u32 {
+        (self.next_rand() >> 32) as u32 | 1
     }
 
     /// A relay-out: a subscriber on the relay socket that rewrites nothing.
@@ -522,8 +626,10 @@ impl Engine {
         {
             sub.relay = true;
             sub.offsets = [(0, 0); MAX_TRACKS];
+            sub.relay_layers = Some(Box::default());
             // A random start, like any RTP stream's.
             sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
+            sub.rtt = Some(Box::default());
         }
         Ok(())
     }
@@ -587,6 +693,7 @@ impl Engine {
         }
         self.unlatched_mut(s.via).retain(|&i| i != idx);
         self.twcc_publishers.retain(|&i| i != idx);
+        self.bwe_viewers.retain(|&i| i != idx);
         self.relay_ins.retain(|&i| i != idx);
         self.uplink_publishers.retain(|&i| i != idx);
         match s.role {

@@ -11,7 +11,7 @@ use switchyard_shared::packet::rtp;
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
-use super::layers::{self, Decision, LayerTag, TrackView};
+use super::layers::{self, Decision, LayerTag, Ranking};
 use super::padding;
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
@@ -42,16 +42,19 @@ impl Engine {
         let Some(st) = self.streams.get_mut(&stream) else {
             return;
         };
-        // A simulcast layer: this worker's view of the track's layers, with this packet.
+        // A simulcast layer: this worker's view of the track's layers, with this packet,
+        // ranked once for every viewer's choice.
         let now = h.at.unwrap_or(self.epoch);
         let view = match (h.layer, st.view.get_mut(usize::from(h.track))) {
             (Some(tag), Some(v)) => {
                 v.note(&tag, h.bytes().len(), now);
-                Some((tag, *v))
+                Some((tag, v.ranking(now)))
             }
             _ => None,
         };
         let mut asks = 0u8;
+        // Tracks whose source changed for some viewer: a keyframe is asked of the new one.
+        let mut rekey = false;
         let mut switches = 0u64;
         let mut sent = 0u64;
         let mut relayed = 0u64;
@@ -73,6 +76,9 @@ impl Engine {
                 session::Role::Subscriber(sub) => sub.relay,
                 session::Role::Publisher(_) => false,
             };
+            if !relay {
+                rekey |= follow_source(s, h, now);
+            }
             let r = match &view {
                 // Relay-outs pass every layer on unchanged (see `relay_to`).
                 Some((tag, v)) if !relay => {
@@ -88,10 +94,13 @@ impl Engine {
                         None => continue,
                     }
                 }
-                _ => forward_to(s, h, &mut (None, None), pad, out),
+                _ => forward_to(s, h, &mut (None, None), (now, pad), out),
             };
             match r {
                 Ok(n) => {
+                    if !relay {
+                        note_sent(s, h, now);
+                    }
                     sent += 1;
                     bytes += n as u64;
                     if let Some(slot) = slots.0.session(slots.1, idx as usize) {
@@ -117,6 +126,57 @@ impl Engine {
                 self.request_keyframe(stream, layers::slot(h.track, l), now, out);
             }
         }
+        // A layered track's viewers ask for their layer's keyframe themselves (above).
+        if rekey && view.is_none() {
+            self.request_keyframe(stream, layers::slot(h.track, 0), now, out);
+        }
+    }
+}
+
+/// Viewer `s` is about to get `h`: if its source changed since the viewer's last packet of
+/// the track, re-base the viewer's numbering so it goes on (`continuity`); a simulcast
+/// track's layer choice starts again and re-bases at the next keyframe, as a layer switch
+/// does. Returns whether the source changed (a keyframe is needed).
+fn follow_source(s: &mut Session, h: &Handle, now: Instant) -> bool {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return false;
+    };
+    let t = usize::from(h.track);
+    let src = h.bytes();
+    let layered = h.layer.is_some();
+    let (Some(c), Some(off)) = (sub.continuity.get_mut(t), sub.offsets.get_mut(t)) else {
+        return false;
+    };
+    let change = c.on_packet(h.epoch, (be16(src, 2), be32(src, 4)), off, now, layered);
+    if !change.changed {
+        return false;
+    }
+    if change.rebased {
+        // The re-based offset is the one to keep, not a resumed key's first number.
+        if let Some(r) = sub.resume_seq.get_mut(t) {
+            *r = None;
+        }
+    }
+    if layered {
+        if let Some(sel) = sub.layers.get_mut(t) {
+            sel.source_changed();
+        }
+    }
+    true
+}
+
+/// `h` went out to viewer `s`: remember how it was numbered, for the next change of source.
+fn note_sent(s: &mut Session, h: &Handle, now: Instant) {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return;
+    };
+    let t = usize::from(h.track);
+    let src = h.bytes();
+    if let (Some(c), Some(&(so, to))) = (sub.continuity.get_mut(t), sub.offsets.get(t)) {
+        c.sent(
+            (be16(src, 2).wrapping_add(so), be32(src, 4).wrapping_add(to)),
+            now,
+        );
     }
 }
 
@@ -125,7 +185,7 @@ impl Engine {
 fn forward_layer(
     s: &mut Session,
     h: &Handle,
-    (tag, view): (&LayerTag, &TrackView),
+    (tag, view): (&LayerTag, &Ranking),
     (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> (Option<Result<usize, SendError>>, Decision) {
@@ -133,18 +193,19 @@ fn forward_layer(
         return (None, Decision::default());
     };
     let t = usize::from(h.track);
+    let budget = sub.budget();
     let (Some(sel), Some(offsets)) = (sub.layers.get_mut(t), sub.offsets.get_mut(t)) else {
         return (None, Decision::default());
     };
     let src = h.bytes();
-    let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL));
+    let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL, budget));
     // A late packet (a repaired loss) from before the viewer's switch to this layer: the
     // current offsets would number it among the previous layer's packets.
     if !d.forward || !sel.owns(be16(src, 2).wrapping_add(offsets.0)) {
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, pad, out);
+    let r = forward_to(s, h, &mut ids, (now, pad), out);
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -172,6 +233,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 pub(super) fn retransmit(
     s: &mut Session,
     h: &Handle,
+    now: Instant,
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let session::Role::Subscriber(sub) = &mut s.role else {
@@ -194,7 +256,7 @@ pub(super) fn retransmit(
     };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
         // A retransmission goes alone: nothing to equalize it with.
-        return forward_to(s, h, &mut (None, None), 0, out);
+        return forward_to(s, h, &mut (None, None), (now, 0), out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -204,6 +266,7 @@ pub(super) fn retransmit(
     };
     let src = h.bytes();
     let exts = sub.extensions.as_deref();
+    let mut bwe = sub.bwe.as_deref_mut();
     if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
     }
@@ -235,7 +298,11 @@ pub(super) fn retransmit(
         let at = h.payload_offset;
         buf.copy_within(at..n, at + 2);
         buf.get_mut(at..at + 2)?.copy_from_slice(&osn.to_be_bytes());
-        let len = seal_rtp(ctx.as_deref_mut(), buf, n + 2)?;
+        let mut n = n + 2;
+        if let Some(b) = bwe.as_deref_mut() {
+            n = b.stamp(buf, n, now);
+        }
+        let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)
     })?;
@@ -251,7 +318,7 @@ fn forward_to(
     s: &mut Session,
     h: &Handle,
     ids: &mut (Option<u16>, Option<u8>),
-    pad: u16,
+    (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let via = s.via;
@@ -280,6 +347,7 @@ fn forward_to(
     }
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
+    let mut bwe = sub.bwe.as_deref_mut();
     let layered = h.layer.and_then(|tag| Some((tag, *sub.layers.get(track)?)));
     // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
     if s.outbound.is_none() && !s.plain {
@@ -307,6 +375,12 @@ fn forward_to(
         if let Some((tag, sel)) = &layered {
             *ids = sel.rewrite(buf, tag);
         }
+        // The transport-wide number may grow the header and move the payload; the padding
+        // goes after it so the datagram is the multiple of `pad` that segmentation wants.
+        let n = match bwe.as_deref_mut() {
+            Some(b) => b.stamp(buf, n, now),
+            None => n,
+        };
         let tag = ctx.as_deref().map_or(0, srtp::Context::tag_len);
         let n = padding::equalize(buf, n, tag, usize::from(pad));
         let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
@@ -332,6 +406,9 @@ fn relay_to(
         .map(u32::from_be_bytes);
     if let (Some(slot), Some(ssrc)) = (sub.ssrcs.get_mut(usize::from(h.track)), ssrc) {
         *slot = ssrc;
+    }
+    if let (Some(tag), Some(seen), Some(ssrc)) = (h.layer, sub.relay_layers.as_deref_mut(), ssrc) {
+        seen.note(ssrc, layers::slot(h.track, tag.layer));
     }
     let Some(ctx) = outbound.as_mut() else {
         return Err(SendError::Cancelled);

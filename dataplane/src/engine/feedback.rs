@@ -6,14 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchyard_shared::command::MAX_TRACKS;
-use switchyard_shared::packet::rtcp;
+use switchyard_shared::packet::{rtcp, twcc};
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::retransmit;
 use super::ingress::{on_socket, srtp_drop};
 use super::periodic::note_gaps;
 use super::pool::Handle;
-use super::session::{self, seal_rtcp, SessionKey};
+use super::session::{self, seal_rtcp, SessionKey, Subscriber};
 use super::timer::Timer;
 use super::{
     relay_data_ssrc, Engine, Inbound, Output, SenderReport, StreamId, MAX_DATAGRAM, PLI_INTERVAL,
@@ -102,7 +102,7 @@ impl Engine {
                     }
                 }
                 for sr in reports.into_iter().flatten() {
-                    self.fan_out_report(sr, out);
+                    self.fan_out_report(sr, at, out);
                 }
                 return;
             }
@@ -116,8 +116,20 @@ impl Engine {
         let mut data_nacks = [0u16; 64];
         let mut n_data = 0;
         let mut asked = 0u32;
+        let mut rtt = None;
+        let mut feedback_malformed = 0u64;
         for p in rtcp::compound(plain) {
             match p {
+                Ok(rtcp::Packet::ReceiverReport(rr)) => {
+                    // The far node of a relay-out on the sender reports it got from here.
+                    if let Some(link) = sub.rtt.as_mut() {
+                        for b in rr.reports() {
+                            if link.on_report_block(b.lsr, b.dlsr, at).is_some() {
+                                rtt = link.smoothed();
+                            }
+                        }
+                    }
+                }
                 Ok(rtcp::Packet::Nack(nack))
                     if sub.data.is_some() && nack.media_ssrc == relay_data_ssrc() =>
                 {
@@ -130,13 +142,12 @@ impl Engine {
                     }
                 }
                 Ok(rtcp::Packet::Nack(nack)) => {
-                    // Only for a track it receives (a forward's egress gets one track).
-                    let Some(track) = sub.track_of(nack.media_ssrc).filter(|&t| sub.wants(t))
-                    else {
+                    // Only for a track it receives (a forward's egress gets one track), for
+                    // the layer it receives now (its offsets are that layer's), or over a
+                    // relay link for the layer whose SSRC it names.
+                    let Some((track, slot)) = sub.feedback_slot(nack.media_ssrc) else {
                         continue;
                     };
-                    // The layer it receives now: its offsets are that layer's.
-                    let slot = sub.slot_of(track);
                     for seq in nack.lost() {
                         if n_nacks < nacks.len() {
                             nacks[n_nacks] = (slot, sub.original_seq(track, seq));
@@ -146,15 +157,28 @@ impl Engine {
                 }
                 Ok(rtcp::Packet::Pli { media_ssrc, .. }) => {
                     asked += 1;
-                    if let Some(t) = sub.track_of(media_ssrc).filter(|&t| sub.wants(t)) {
-                        plis[usize::from(t)] = Some(sub.slot_of(t));
+                    if let Some((t, slot)) = sub.feedback_slot(media_ssrc) {
+                        plis[usize::from(t)] = Some(slot);
+                    }
+                }
+                Ok(rtcp::Packet::TransportCc { fci, .. }) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        match twcc::Feedback::parse(fci) {
+                            Ok(fb) => b.bwe.on_feedback(&fb, at),
+                            Err(_) => feedback_malformed += 1,
+                        }
+                    }
+                }
+                Ok(rtcp::Packet::Remb(remb)) => {
+                    if let Some(b) = sub.bwe.as_deref_mut() {
+                        b.bwe.on_remb(remb.bitrate_bps);
                     }
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     asked += 1;
                     for (ssrc, _) in fir.entries() {
-                        if let Some(t) = sub.track_of(ssrc).filter(|&t| sub.wants(t)) {
-                            plis[usize::from(t)] = Some(sub.slot_of(t));
+                        if let Some((t, slot)) = sub.feedback_slot(ssrc) {
+                            plis[usize::from(t)] = Some(slot);
                         }
                     }
                 }
@@ -165,10 +189,16 @@ impl Engine {
                 }
             }
         }
+        if feedback_malformed > 0 {
+            self.count(DropReason::Malformed.counter(), feedback_malformed);
+        }
         self.count(Counter::NacksReceived, (n_nacks + n_data) as u64);
         if let Some(slot) = self.slot(idx) {
             slot.nacked((n_nacks + n_data) as u64);
             slot.pli_received(asked);
+            if let Some(rtt) = rtt {
+                slot.set_rtt(rtt);
+            }
         }
         if n_data > 0 {
             self.resend_relay_data(idx, &data_nacks[..n_data], out);
@@ -216,7 +246,7 @@ impl Engine {
     }
 
     /// A publisher's SR to every subscriber: one message per other worker with some.
-    fn fan_out_report(&mut self, sr: SenderReport, out: &mut dyn Output) {
+    fn fan_out_report(&mut self, sr: SenderReport, now: Instant, out: &mut dyn Output) {
         let Some(st) = self.streams.get(&sr.stream) else {
             return;
         };
@@ -225,12 +255,13 @@ impl Engine {
                 self.drop_packet(DropReason::QueueFull);
             }
         }
-        self.report_local(sr, out);
+        self.report_local(sr, now, out);
     }
 
     /// The SR as each local subscriber of the stream knows the track: its SSRC, its RTP
-    /// timestamp offset, protected with its key.
-    pub(super) fn report_local(&mut self, sr: SenderReport, out: &mut dyn Output) {
+    /// timestamp offset, protected with its key. A relay-out notes when it sent it, for the
+    /// link's round-trip time (`super::rtt`).
+    pub(super) fn report_local(&mut self, sr: SenderReport, now: Instant, out: &mut dyn Output) {
         let Some(st) = self.streams.get(&sr.stream) else {
             return;
         };
@@ -279,6 +310,9 @@ impl Engine {
                 if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
                     slot.sent(len);
                 }
+                if let session::Role::Subscriber(Subscriber { rtt: Some(rtt), .. }) = &mut s.role {
+                    rtt.on_sender_report_sent(sr.ntp, now);
+                }
             }
         }
         self.count(Counter::TxPackets, sent);
@@ -300,7 +334,7 @@ impl Engine {
         };
         if let Some(pidx) = st.publisher {
             match self.cached(pidx, slot, seq) {
-                Some(h) => self.retransmit_to(to, h, out),
+                Some(h) => self.retransmit_to(to, h, now, out),
                 None => self.request_upstream(pidx, slot, seq, now),
             }
         } else if let Some(w) = st.publisher_worker {
@@ -326,10 +360,10 @@ impl Engine {
     }
 
     /// Resend a cached packet to local subscriber `to` (gone subscribers are skipped).
-    fn retransmit_to(&mut self, to: SessionKey, h: Handle, out: &mut dyn Output) {
+    fn retransmit_to(&mut self, to: SessionKey, h: Handle, now: Instant, out: &mut dyn Output) {
         if let Some(s) = self.sessions.get_key_mut(to) {
             let relay = s.via == Via::Relay;
-            if let Ok(n) = retransmit(s, &h, out) {
+            if let Ok(n) = retransmit(s, &h, now, out) {
                 if let Some(slot) = self.slot(to.idx) {
                     slot.sent(n);
                 }
@@ -427,7 +461,7 @@ impl Engine {
     }
 
     /// A packet of `slot` that a subscriber here lost is not in publisher `pidx`'s cache:
-    /// a relay-in asks the far node for it (a track: a relay-in has no layers), a publisher
+    /// a relay-in asks the far node for it (on the slot's SSRC), a publisher
     /// whose uplink is repaired asks the publisher; it goes out with the next NACK. Other
     /// publishers have nothing upstream to ask.
     pub(super) fn request_upstream(&mut self, pidx: u32, slot: u8, seq: u16, now: Instant) {

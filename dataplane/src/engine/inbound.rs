@@ -23,7 +23,7 @@ impl Engine {
             Inbound::Retransmit { session, packet } => {
                 if let Some(s) = self.sessions.get_key_mut(session) {
                     let relay = s.via == Via::Relay;
-                    if retransmit(s, &packet, out).is_ok() {
+                    if retransmit(s, &packet, now, out).is_ok() {
                         self.count_retransmit(relay);
                     }
                 }
@@ -50,7 +50,7 @@ impl Engine {
                 }
             }
             Inbound::Pli { stream, slot } => self.request_keyframe(stream, slot, now, out),
-            Inbound::SenderReport(sr) => self.report_local(sr, out),
+            Inbound::SenderReport(sr) => self.report_local(sr, now, out),
             Inbound::Return(h) => self.pool.put(h),
         }
     }

@@ -276,7 +276,11 @@ impl Engine {
         }
         // A relay-in notes gaps for the NACKs upstream; a late packet that fills one goes
         // on to subscribers like any other.
-        let relayed = match p.upstream.as_mut().and_then(|u| u.get_mut(t)) {
+        let relayed = match p
+            .upstream
+            .as_mut()
+            .and_then(|u| u.get_mut(usize::from(slot)))
+        {
             Some(gaps) => {
                 gaps.on_packet(hdr.sequence, at);
                 note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
@@ -290,6 +294,7 @@ impl Engine {
         pkt.at = Some(at);
         pkt.layer = tag;
         pkt.video = p.clock_rates.get(t) == Some(&90_000);
+        pkt.epoch = p.epoch;
         let stream = p.stream;
         if let Some(cache) = p.caches.get_mut(usize::from(slot)) {
             cache.insert(hdr.sequence, h.clone(), &mut self.pool);

@@ -350,25 +350,118 @@ impl TrackView {
             .is_some_and(|a| now.saturating_duration_since(a) < ACTIVE)
     }
 
-    /// The active layer of rank `cap` (0: lowest quality), or the highest active one when
-    /// fewer are active. Quality is the picture size seen in keyframes (VP8), then the
-    /// bytes per second: the offer's `a=simulcast` order is a preference order, and
-    /// browsers list layers either way round (Chrome keeps the page's `sendEncodings`).
-    pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
-        let mut ranked = [(0u8, (0u32, 0u32)); MAX_LAYERS];
+    /// The active layers ranked low to high quality, at `now`: worked out once per packet
+    /// and shared by every viewer's choice. Quality is the picture size seen in keyframes
+    /// (VP8), then the bytes per second: the offer's `a=simulcast` order is a preference
+    /// order, and browsers list layers either way round (Chrome keeps the page's
+    /// `sendEncodings`).
+    pub fn ranking(&self, now: Instant) -> Ranking {
+        let mut order = [(0u8, (0u32, 0u32)); MAX_LAYERS];
         let mut n = 0;
         for (l, s) in self.layers.iter().enumerate() {
             if self.active(l, now) {
-                ranked[n] = (l as u8, (s.pixels, s.rate));
+                order[n] = (l as u8, (s.pixels, s.rate));
                 n += 1;
             }
         }
-        let ranked = ranked.get_mut(..n)?;
-        ranked.sort_by_key(|&(l, key)| (key, l));
-        let i = usize::from(cap).min(n.checked_sub(1)?);
-        ranked.get(i).map(|r| r.0)
+        if let Some(r) = order.get_mut(..n) {
+            r.sort_by_key(|&(l, key)| (key, l));
+        }
+        let mut bps = [0u64; MAX_LAYERS];
+        for (b, s) in bps.iter_mut().zip(&self.layers) {
+            *b = u64::from(s.rate) * 8 * 1_000_000 / ACTIVE.as_micros() as u64;
+        }
+        Ranking {
+            order: order.map(|(l, _)| l),
+            n,
+            bps,
+        }
+    }
+
+    /// [`Ranking::pick`] of the ranking at `now`.
+    pub fn pick(&self, now: Instant, cap: u8) -> Option<u8> {
+        self.ranking(now).pick(cap)
     }
 }
+
+/// A track's active layers ranked low to high quality, and each layer's bit rate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ranking {
+    order: [u8; MAX_LAYERS],
+    n: usize,
+    bps: [u64; MAX_LAYERS],
+}
+
+impl Ranking {
+    fn ranked(&self) -> &[u8] {
+        self.order.get(..self.n).unwrap_or(&[])
+    }
+
+    fn rank(&self, layer: u8) -> Option<usize> {
+        self.ranked().iter().position(|&l| l == layer)
+    }
+
+    /// The active layer of rank `cap` (0: lowest quality), or the highest active one when
+    /// fewer are active.
+    pub fn pick(&self, cap: u8) -> Option<u8> {
+        let i = usize::from(cap).min(self.n.checked_sub(1)?);
+        self.ranked().get(i).copied()
+    }
+
+    /// Whether layer `a` ranks below layer `b` (both active).
+    fn below(&self, a: u8, b: u8) -> bool {
+        matches!((self.rank(a), self.rank(b)), (Some(x), Some(y)) if x < y)
+    }
+
+    /// Bits per second layer `l` sent in the last whole window (0: not known yet).
+    pub fn bps(&self, l: u8) -> u64 {
+        self.bps.get(usize::from(l)).copied().unwrap_or(0)
+    }
+
+    /// [`Ranking::pick`] for a viewer whose estimate leaves `budget` bits per second for
+    /// this track: the best layer up to rank `cap` whose rate fits, staying on `current`
+    /// while it fits and moving above it only with [`UP_HEADROOM_PERCENT`] to spare, so
+    /// the choice does not flap at the edge. The lowest layer when none fits (a viewer is
+    /// never cut off: the lowest layer is what the publisher sends for the weakest).
+    pub fn fit(&self, cap: u8, budget: u64, current: Option<u8>) -> Option<u8> {
+        let top = usize::from(cap).min(self.n.checked_sub(1)?);
+        let current_rank = current.and_then(|c| self.rank(c));
+        let mut pick = 0;
+        for (i, &l) in self.ranked().iter().enumerate().take(top + 1) {
+            let bps = self.bps(l);
+            let need = if current_rank.is_some_and(|c| i <= c) {
+                bps
+            } else {
+                bps + bps * UP_HEADROOM_PERCENT / 100
+            };
+            if bps > 0 && need <= budget {
+                pick = i;
+            }
+        }
+        self.ranked().get(pick).copied()
+    }
+
+    /// The rate of the best layer above `current` a viewer capped at rank `cap` may get:
+    /// what its probes ask the path for (a probe that shows room for it moves the viewer
+    /// up in one step, or as far as the room goes). `None` at the top or before rates are
+    /// known.
+    pub fn best_above(&self, current: Option<u8>, cap: u8) -> Option<u64> {
+        let at = self.rank(current?)?;
+        let top = usize::from(cap).min(self.n.checked_sub(1)?);
+        if top <= at {
+            return None;
+        }
+        let &l = self.ranked().get(top)?;
+        Some(self.bps(l)).filter(|&b| b > 0)
+    }
+}
+
+/// How far a layer's rate may exceed a viewer's budget before it stops being sent while
+/// the viewer waits for the lower layer's keyframe.
+const OVERSHOOT: u64 = 2;
+
+/// Headroom a viewer's budget must have over a better layer's rate before it moves up.
+pub const UP_HEADROOM_PERCENT: u64 = 15;
 
 /// What one packet means for one viewer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -455,13 +548,17 @@ impl Select {
     /// numbering goes on from the last packet sent.
     pub fn on_packet(
         &mut self,
-        view: &TrackView,
+        view: &Ranking,
         tag: &LayerTag,
         src: &[u8],
         offsets: &mut (u16, u32),
-        (now, pli_interval): (Instant, Duration),
+        (now, pli_interval, budget): (Instant, Duration, Option<u64>),
     ) -> Decision {
-        if let Some(want) = view.pick(now, self.cap) {
+        let want = match budget {
+            Some(b) => view.fit(self.cap, b, self.current),
+            None => view.pick(self.cap),
+        };
+        if let Some(want) = want {
             self.target = Some(want);
         }
         let mut d = Decision::default();
@@ -470,6 +567,14 @@ impl Select {
             d.switched = true;
         }
         d.forward = self.current == Some(tag.layer);
+        // Moving down because the path carries far less than the current layer: its
+        // packets would only fill the queue in front of the new layer's keyframe (and be
+        // lost there), so they stop now rather than at the switch.
+        if let (Some(b), Some(cur), Some(t)) = (budget, self.current, self.target) {
+            if d.forward && view.below(t, cur) && view.bps(cur) > OVERSHOOT * b {
+                d.forward = false;
+            }
+        }
         if let Some(t) = self.target.filter(|&t| self.current != Some(t)) {
             if self
                 .asked
@@ -500,6 +605,24 @@ impl Select {
         self.first_seq = be16(src, 2).wrapping_add(offsets.0);
         self.current = Some(tag.layer);
         self.asked = None;
+    }
+
+    /// The stream's source changed (`continuity`): the layers are the new source's, so
+    /// the viewer waits for its target's keyframe and switches there, re-basing its
+    /// numbering on the last packet it was sent.
+    pub fn source_changed(&mut self) {
+        self.current = None;
+        self.asked = None;
+    }
+
+    /// The timestamp of the last packet sent, in the viewer's numbering.
+    pub fn last_ts(&self) -> u32 {
+        self.last_ts
+    }
+
+    /// The layer the viewer should get (it switches at that layer's next keyframe).
+    pub fn target(&self) -> Option<u8> {
+        self.target
     }
 
     /// Whether a packet of the current layer that the viewer numbers `seq` was sent since

@@ -68,6 +68,16 @@ pub enum WorkerCommand {
         /// The per-link key: `remote` unprotects the link's media, `local` protects the
         /// NACK/PLI sent back.
         srtp: SrtpKeys,
+        /// The source publisher's simulcast map: layers are told apart as a publisher's are.
+        simulcast: Option<Simulcast>,
+    },
+    /// Relay-in `id` gets a new source (see `Command::RetargetRelayIn`): new link key and
+    /// the new source publisher's SSRCs and layers; the address is latched again.
+    RetargetRelayIn {
+        id: SessionId,
+        ssrcs: Vec<u32>,
+        srtp: SrtpKeys,
+        simulcast: Option<Simulcast>,
     },
     /// A subscriber of `stream` that forwards it unchanged to another node's relay socket
     /// from this worker's relay socket (see `Role::RelayOut`).
@@ -76,6 +86,12 @@ pub enum WorkerCommand {
         stream: StreamId,
         remote: SocketAddr,
         srtp: SrtpKeys,
+    },
+    /// WebRTC subscriber `id` negotiated transport-cc on header extension `twcc_ext`:
+    /// number what it is sent and estimate its bandwidth from its feedback.
+    EnableBwe {
+        id: SessionId,
+        twcc_ext: u8,
     },
     /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
     SetMaxLayer {

@@ -35,6 +35,7 @@
 //! time: it does only what is due). The engine never reads a clock, so tests drive it on
 //! virtual time.
 
+mod continuity;
 mod control;
 mod fanout;
 mod feedback;
@@ -51,11 +52,13 @@ pub mod pool;
 pub mod relay;
 mod relay_data;
 pub mod rr;
+pub mod rtt;
 mod session;
 mod stun;
 pub mod timer;
 pub mod twcc;
 pub mod uplink;
+pub mod viewer_bwe;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -125,6 +128,9 @@ pub struct Limits {
     /// Pad video packets that do not end a frame to a multiple of this many bytes
     /// (`media.pad_video_to`, [`padding`]); 0: never.
     pub pad_video_to: u16,
+    /// Estimate viewers' bandwidth and fit their layers to it (`media.viewer_bwe`,
+    /// [`viewer_bwe`]).
+    pub viewer_bwe: bool,
 }
 
 impl Default for Limits {
@@ -135,6 +141,7 @@ impl Default for Limits {
             in_flight: 256,
             uplink_nack: true,
             pad_video_to: 0,
+            viewer_bwe: true,
         }
     }
 }
@@ -174,6 +181,8 @@ pub struct Engine {
     ice_transactions: HashMap<[u8; 12], u32>,
     /// Publishers that get transport-cc feedback.
     twcc_publishers: Vec<u32>,
+    /// Viewers with a bandwidth estimate (`viewer_bwe`).
+    bwe_viewers: Vec<u32>,
     /// When each kind of periodic work is next due (see [`Timer`]).
     timers: TimerTable,
     /// Zero point of the arrival times in transport-cc feedback and receive statistics:
@@ -214,6 +223,7 @@ impl Engine {
             by_ufrag: HashMap::new(),
             ice_transactions: HashMap::new(),
             twcc_publishers: Vec::new(),
+            bwe_viewers: Vec::new(),
             timers,
             epoch: now,
             streams: HashMap::with_capacity(limits.max_sessions),

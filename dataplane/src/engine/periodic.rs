@@ -47,6 +47,9 @@ impl Engine {
         if self.timers.is_due(Timer::UplinkNacks, now) {
             self.send_uplink_nacks(now, out);
         }
+        if self.timers.is_due(Timer::Bwe, now) {
+            self.drive_bwe(now, out);
+        }
     }
 
     /// Lapsed ICE consent (RFC 7675): one `ConsentExpired` per session, the first sweep after
@@ -171,7 +174,17 @@ impl Engine {
                 .data_in
                 .as_deref_mut()
                 .map(|g| (g, Some(relay_data_ssrc())));
-            let media = up.iter_mut().zip(p.tracks);
+            // Per slot: a track, or a simulcast layer of one on its own SSRC.
+            let (tracks, sim) = (p.tracks, p.sim.as_deref());
+            let media = up.iter_mut().enumerate().map(|(slot, gaps)| {
+                let (track, layer) = (slot % MAX_TRACKS, slot / MAX_TRACKS);
+                let ssrc = match (tracks.get(track).copied().flatten(), sim) {
+                    (Some(ssrc), _) if layer == 0 => Some(ssrc),
+                    (_, Some(sim)) => sim.ssrc_of(track as u8, layer as u8),
+                    _ => None,
+                };
+                (gaps, ssrc)
+            });
             for (gaps, media) in media.chain(data) {
                 let Some(media) = media else { continue };
                 // One NACK packet's worth; the rest stays due, so the timer fires again.

@@ -32,6 +32,9 @@ pub struct Packet {
     /// A packet of a video (90 kHz) track: subscribers may get it padded to an equal size
     /// (`padding.rs`).
     pub video: bool,
+    /// The publisher's epoch when the packet came (`session::Publisher::epoch`): a viewer
+    /// that sees it change re-bases its numbering (`continuity`).
+    pub epoch: u32,
     pub data: [u8; PACKET_CAP],
 }
 
@@ -44,6 +47,7 @@ impl Packet {
             at: None,
             layer: None,
             video: false,
+            epoch: 0,
             data: [0; PACKET_CAP],
         }
     }

@@ -115,13 +115,16 @@ pub struct Publisher {
     /// RFC 3550 receive statistics per track, for the receiver reports. Boxed: the session
     /// slab stays compact.
     pub recv: Box<[RecvStats; MAX_TRACKS]>,
-    /// A relay-in: the missing sequence numbers of each track, NACKed upstream over the
-    /// link. `None` for a publisher that is a peer (its subscribers' NACKs end here).
-    pub upstream: Option<Box<[GapTracker; MAX_TRACKS]>>,
+    /// A relay-in: the missing sequence numbers of each slot (a track, or a simulcast layer
+    /// of one), NACKed upstream over the link. `None` for a publisher that is a peer (its subscribers' NACKs end here).
+    pub upstream: Option<Box<[GapTracker; super::layers::MAX_SLOTS]>>,
     /// A relay-in: the missing sequence numbers of the link's data channel fragments.
     pub data_in: Option<Box<GapTracker>>,
     /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
     pub uplink: Option<Box<super::uplink::Uplink>>,
+    /// Stamped on every packet: changes when the source does (a new publisher of the
+    /// stream, a relay-in retargeted to another node), so viewers re-base their numbering.
+    pub epoch: u32,
 }
 
 impl Publisher {
@@ -144,6 +147,7 @@ impl Publisher {
             upstream: None,
             data_in: None,
             uplink: None,
+            epoch: 0,
         }
     }
 
@@ -192,12 +196,56 @@ pub struct Subscriber {
     pub relay: bool,
     /// A relay-out: its data channel fragments' numbering and repair cache.
     pub data: Option<Box<super::relay_data::DataOut>>,
+    /// A relay-out: the link's round-trip time, from the sender reports it passes on and
+    /// the far node's receiver reports.
+    pub rtt: Option<Box<super::rtt::LinkRtt>>,
     /// Tracks this subscriber receives: bit `i` = publisher track `i`.
     pub tracks: u8,
     /// Per track: the simulcast layer it gets and the state that keeps its numbering
     /// continuous across switches (unused for tracks without layers). Boxed: the session
     /// slab stays compact.
     pub layers: Box<[Select; MAX_TRACKS]>,
+    /// A WebRTC viewer that negotiated transport-cc: its bandwidth estimate, which caps
+    /// its simulcast layers (`viewer_bwe`).
+    pub bwe: Option<Box<crate::bwe::viewer::ViewerBwe>>,
+    /// A relay-out of a simulcast stream: the SSRC of each layer that crossed the link and
+    /// its slot, so the far node's NACK and PLI (which name a layer's SSRC) find the layer's
+    /// cache and publisher SSRC. Learned as packets pass; `None` for other subscribers.
+    pub relay_layers: Option<Box<RelayLayers>>,
+    /// Per track: what keeps its numbering continuous when the stream's source changes.
+    pub continuity: [super::continuity::Continuity; MAX_TRACKS],
+}
+
+/// Layer SSRCs a relay-out has seen, with their slots (`layers::slot`).
+#[derive(Default)]
+pub struct RelayLayers {
+    seen: [(u32, u8); 2 * super::layers::MAX_SLOTS],
+    n: usize,
+}
+
+impl RelayLayers {
+    /// A packet of slot `slot` went out with `ssrc`.
+    pub fn note(&mut self, ssrc: u32, slot: u8) {
+        let known = self
+            .seen
+            .get(..self.n)
+            .is_some_and(|s| s.iter().any(|&(x, _)| x == ssrc));
+        if known {
+            return;
+        }
+        if let Some(e) = self.seen.get_mut(self.n) {
+            *e = (ssrc, slot);
+            self.n += 1;
+        }
+    }
+
+    fn slot(&self, ssrc: u32) -> Option<u8> {
+        self.seen
+            .get(..self.n)?
+            .iter()
+            .find(|&&(x, _)| x == ssrc)
+            .map(|&(_, s)| s)
+    }
 }
 
 impl Subscriber {
@@ -223,6 +271,17 @@ impl Subscriber {
             .and_then(|l| l.current)
             .unwrap_or(0);
         super::layers::slot(track, layer)
+    }
+
+    /// The track and the publisher's slot a NACK or PLI naming `ssrc` is about: a layer of a
+    /// simulcast stream over a relay link, or a track by its SSRC and the layer this
+    /// subscriber receives.
+    pub fn feedback_slot(&self, ssrc: u32) -> Option<(u8, u8)> {
+        if let Some(slot) = self.relay_layers.as_deref().and_then(|l| l.slot(ssrc)) {
+            return Some((slot % MAX_TRACKS as u8, slot));
+        }
+        let track = self.track_of(ssrc).filter(|&t| self.wants(t))?;
+        Some((track, self.slot_of(track)))
     }
 
     /// Undo the sequence rewrite: the publisher's number for this subscriber's `seq`.

@@ -14,6 +14,7 @@ use switchyard_shared::stats::{Counter, Stats};
 use super::*;
 use crate::testing::t0;
 
+mod bwe;
 mod events;
 mod ice_consent;
 mod latch;
@@ -21,6 +22,8 @@ mod local_address;
 mod padding;
 mod relay;
 mod relay_data;
+mod relay_simulcast;
+mod retarget;
 mod simulcast;
 mod timers;
 mod uplink;
@@ -105,6 +108,7 @@ fn fixture_with(workers: u16, pad_video_to: u16) -> Fixture {
         in_flight: 16,
         uplink_nack: true,
         pad_video_to,
+        viewer_bwe: true,
     };
     let engines = (0..workers)
         .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w), t0()))

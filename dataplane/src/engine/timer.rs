@@ -25,17 +25,21 @@ pub enum Timer {
     /// The earliest NACK (or give-up) a WebRTC publisher's uplink gap tracker has due
     /// ([`uplink::SCHEDULE`](super::uplink::SCHEDULE)).
     UplinkNacks = 5,
+    /// Viewers' bandwidth estimates published and probes sent, every
+    /// [`viewer_bwe::TICK`](super::viewer_bwe::TICK) while there are any.
+    Bwe = 6,
 }
 
 impl Timer {
     /// Every timer, in table order.
-    pub const VALUES: [Timer; 6] = [
+    pub const VALUES: [Timer; 7] = [
         Timer::Twcc,
         Timer::ReceiverReports,
         Timer::RelayNacks,
         Timer::IceChecks,
         Timer::ConsentSweep,
         Timer::UplinkNacks,
+        Timer::Bwe,
     ];
 }
 

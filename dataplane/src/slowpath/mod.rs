@@ -251,6 +251,38 @@ impl SlowPath {
                     self.command_worker(w, WorkerCommand::SetMaxLayer { id, max_layer });
                 }
             }
+            Command::RetargetRelayIn {
+                id,
+                keys,
+                ssrcs,
+                simulcast,
+            } => {
+                // Not answered (see `Command::RetargetRelayIn`). The stored spec follows, so
+                // a snapshot (and a restart) carries the new key and an unlatched address.
+                let Some(spec) = self
+                    .sessions
+                    .get_mut(&id)
+                    .filter(|s| matches!(s.role, Role::RelayIn { .. }))
+                else {
+                    return;
+                };
+                spec.keying = Keying::Static(keys.clone());
+                spec.remote = None;
+                spec.role = Role::RelayIn {
+                    ssrcs: ssrcs.clone(),
+                    simulcast: simulcast.clone(),
+                };
+                let w = spec.worker;
+                self.command_worker(
+                    w,
+                    WorkerCommand::RetargetRelayIn {
+                        id,
+                        ssrcs,
+                        srtp: keys,
+                        simulcast,
+                    },
+                );
+            }
             Command::Snapshot { request } => {
                 // Whoever asked before asked again (the control plane attached anew): what
                 // is still waiting of the earlier snapshots would be ignored.

@@ -82,7 +82,8 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                    (Role::RelayIn { ssrcs }, Some(keys)) => WorkerCommand::AddRelayIn {
+                    (Role::RelayIn { ssrcs, simulcast }, Some(keys)) => WorkerCommand::AddRelayIn {
+                        simulcast: simulcast.clone(),
                         id: spec.id,
                         stream,
                         remote: spec.remote,
@@ -199,6 +200,15 @@ impl SlowPath {
                         ice: spec.ice.clone(),
                     },
                 ));
+                if let Some(twcc_ext) = spec.twcc_ext {
+                    sends.push((
+                        w,
+                        WorkerCommand::EnableBwe {
+                            id: spec.id,
+                            twcc_ext,
+                        },
+                    ));
+                }
                 if let Some((_, pw)) = entry.publisher {
                     sends.push((
                         pw,

@@ -53,7 +53,7 @@ impl SlowPath {
             }
         }
         match &spec.role {
-            Role::RelayIn { ssrcs } => {
+            Role::RelayIn { ssrcs, .. } => {
                 if ssrcs.len() > MAX_TRACKS {
                     return Err(CommandError::Invalid);
                 }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::names;
 
+mod region;
+pub use region::{region_of, Cidr, RegionRule};
+
 /// Which receive/send engine the workers run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,6 +145,10 @@ pub struct MediaSection {
     /// `nack`, take their RTX as the lost packet, PLI when repair gives up (docs/webrtc.md,
     /// "Uplink repair"). Off: their losses reach every viewer and relay hop as they are.
     pub uplink_nack: bool,
+    /// Estimate each WebRTC viewer's bandwidth from its transport-cc feedback (or REMB) and
+    /// give it the simulcast layers that fit (docs/webrtc.md, "Bandwidth estimation"). Off:
+    /// every viewer gets the best layer its cap allows.
+    pub viewer_bwe: bool,
 }
 
 impl Default for MediaSection {
@@ -166,6 +173,7 @@ impl Default for MediaSection {
             max_sessions_per_worker: 4096,
             nack_cache: 512,
             uplink_nack: true,
+            viewer_bwe: true,
         }
     }
 }
@@ -346,6 +354,17 @@ pub enum PlacementStrategy {
     ConsistentHash,
 }
 
+impl PlacementStrategy {
+    /// The name the config uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::LeastLoaded => "least_loaded",
+            Self::RoundRobin => "round_robin",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 impl std::str::FromStr for PlacementStrategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -427,6 +446,14 @@ pub struct ClusterSection {
     /// sessions and waits this long at most for the ones it has to end before it exits.
     /// Keep the systemd unit's `TimeoutStopSec` above it.
     pub shutdown_grace_ms: u64,
+    /// This node's region (an id: `eu-west`, `us-east-1`): rooms go to nodes in the
+    /// client's region while one has room, and the cascade pulls from a source in its own
+    /// region first. None: the node is in no region.
+    pub region: Option<String>,
+    /// Where a client is by its address, for placement and `/v1/resolve`, when no trusted
+    /// `X-Switchyard-Region` header says it: `[[cluster.region_map]] cidr = "10.1.0.0/16"`,
+    /// `region = "eu-west"`; the longest matching prefix wins.
+    pub region_map: Vec<RegionRule>,
 }
 
 /// `[[cluster.pools]] prefix = "acme/", pool = "acme"`.
@@ -462,6 +489,8 @@ impl Default for ClusterSection {
             token: None,
             hook_allow: Vec::new(),
             allow_plain_http_keys: false,
+            region: None,
+            region_map: Vec::new(),
         }
     }
 }
@@ -891,10 +920,29 @@ impl Config {
         {
             return bad("cluster.pools: prefix and pool must be non-empty");
         }
+        for region in self
+            .cluster
+            .region
+            .iter()
+            .chain(self.cluster.region_map.iter().map(|r| &r.region))
+        {
+            if let Err(e) = names::id("cluster.region", region) {
+                return bad(&e.to_string());
+            }
+        }
         if let Some(url) = &self.cluster.redis {
-            // rediss:// (TLS) would need the redis crate's TLS features, not built in.
-            if !url.starts_with("redis://") {
-                return bad("cluster.redis must be a redis:// URL (TLS is not supported yet)");
+            // The schemes the Redis store understands (controlplane's `redis_target`): one
+            // server, plain or TLS, or a Sentinel-watched master, plain or TLS.
+            const SCHEMES: [&str; 4] = [
+                "redis://",
+                "rediss://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ];
+            if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+                return bad(
+                    "cluster.redis must be a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL",
+                );
             }
         }
         if let Some(key) = &self.auth.key {

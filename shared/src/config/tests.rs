@@ -74,6 +74,15 @@ fn invalid_values_are_caught() {
     let mut c = Config::default();
     c.cluster.redis = Some("localhost:6379".into());
     assert!(c.validate().is_err());
+    for url in [
+        "redis://10.0.0.5:6379/0",
+        "rediss://redis.internal:6380",
+        "redis+sentinel://s1:26379,s2:26379/switchyard",
+        "rediss+sentinel://s1:26379/switchyard",
+    ] {
+        c.cluster.redis = Some(url.into());
+        c.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
     let mut c = Config::default();
     c.auth.key = Some("not base64!".into());
     assert!(c.validate().is_err());

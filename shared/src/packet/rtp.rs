@@ -222,6 +222,97 @@ pub fn remap_extensions(b: &mut [u8], h: &Header, map: &[u8; 16]) -> Result<(), 
     Ok(())
 }
 
+/// Put a one-byte header extension element `id` with the 2-byte `value` into the packet in
+/// `b[..len]` (RFC 8285 §4.2), for the transport-wide sequence number a viewer's feedback
+/// refers to. In order of preference, and without allocating: overwrite an element `id`
+/// already there, reuse 3 bytes of padding inside the extension block (what
+/// [`remap_extensions`] leaves where it dropped the publisher's own transport-cc element),
+/// grow the block by one word, or add a block. Growing moves the payload: `b` must have the
+/// room. Returns the new length and where the value is (to write it again in place). Two-byte-header packets are refused
+/// ([`ParseError::BadExtension`]): they never reach a viewer whose answer has no
+/// `extmap-allow-mixed`.
+pub fn put_extension(
+    b: &mut [u8],
+    len: usize,
+    id: u8,
+    value: [u8; 2],
+) -> Result<(usize, usize), ParseError> {
+    if !(1..=14).contains(&id) {
+        return Err(ParseError::BadExtension);
+    }
+    let pkt = b.get(..len).ok_or(ParseError::TooShort)?;
+    let h = Header::parse(pkt)?;
+    let element = [(id << 4) | 1, value[0], value[1]];
+    match h.extension {
+        Some(e) if e.profile != PROFILE_ONE_BYTE => Err(ParseError::BadExtension),
+        Some(e) => {
+            // An element with this id, or a run of 3 padding bytes.
+            let mut zeros = 0usize;
+            let mut at = e.start;
+            while at < e.end {
+                let byte = *b.get(at).ok_or(ParseError::BadExtension)?;
+                if byte == 0 {
+                    zeros += 1;
+                    at += 1;
+                    if zeros == 3 {
+                        let start = at - 3;
+                        b.get_mut(start..at)
+                            .ok_or(ParseError::BadExtension)?
+                            .copy_from_slice(&element);
+                        return Ok((len, start + 1));
+                    }
+                    continue;
+                }
+                zeros = 0;
+                let el_id = byte >> 4;
+                if el_id == 15 {
+                    break; // RFC 8285 §4.2: stop parsing
+                }
+                let el_len = usize::from(byte & 0x0f) + 1;
+                if el_id == id && el_len == 2 {
+                    b.get_mut(at + 1..at + 3)
+                        .ok_or(ParseError::BadExtension)?
+                        .copy_from_slice(&value);
+                    return Ok((len, at + 1));
+                }
+                at += 1 + el_len;
+            }
+            // Grow the block by one word: the element and one byte of padding.
+            let new_len = len + 4;
+            if new_len > b.len() {
+                return Err(ParseError::TooShort);
+            }
+            b.copy_within(e.end..len, e.end + 4);
+            b.get_mut(e.end..e.end + 4)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&[element[0], element[1], element[2], 0]);
+            let words =
+                u16::try_from((e.end + 4 - e.start) / 4).map_err(|_| ParseError::BadExtension)?;
+            b.get_mut(e.start - 2..e.start)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&words.to_be_bytes());
+            Ok((new_len, e.end + 1))
+        }
+        None => {
+            let at = HEADER_LEN + 4 * usize::from(h.csrc_count);
+            let new_len = len + 8;
+            if new_len > b.len() {
+                return Err(ParseError::TooShort);
+            }
+            b.copy_within(at..len, at + 8);
+            let mut block = [0u8; 8];
+            block[..2].copy_from_slice(&PROFILE_ONE_BYTE.to_be_bytes());
+            block[2..4].copy_from_slice(&1u16.to_be_bytes());
+            block[4..7].copy_from_slice(&element);
+            b.get_mut(at..at + 8)
+                .ok_or(ParseError::TooShort)?
+                .copy_from_slice(&block);
+            b[0] |= 0x10;
+            Ok((new_len, at + 5))
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Form {
     OneByte,
@@ -506,5 +597,101 @@ mod remap_tests {
         let before = two.clone();
         remap_extensions(&mut two, &h, &[0; 16]).expect("ok");
         assert_eq!(two, before);
+    }
+}
+
+#[cfg(test)]
+mod put_extension_tests {
+    use super::*;
+
+    fn elements(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let h = Header::parse(b).expect("parses");
+        let mut it = extensions(b, &h);
+        let mut v = Vec::new();
+        while let Some(r) = it.next_range() {
+            let (id, range) = r.expect("element");
+            v.push((id, b[range].to_vec()));
+        }
+        v
+    }
+
+    fn packet(ext: Option<&[u8]>) -> Vec<u8> {
+        let mut b = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        if let Some(e) = ext {
+            b[0] |= 0x10;
+            b.extend_from_slice(&[0xBE, 0xDE, 0, (e.len() / 4) as u8]);
+            b.extend_from_slice(e);
+        }
+        b.extend_from_slice(b"payload");
+        b
+    }
+
+    fn put(mut b: Vec<u8>, id: u8, v: [u8; 2]) -> Vec<u8> {
+        let len = b.len();
+        b.resize(len + 16, 0xEE);
+        let (n, at) = put_extension(&mut b, len, id, v).expect("put");
+        assert_eq!(b[at..at + 2], v, "the value is where it says");
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn overwrites_an_element_with_the_id() {
+        let b = put(packet(Some(&[0x31, 9, 9, 0x10, 7, 0, 0, 0])), 3, [1, 2]);
+        assert_eq!(b.len(), packet(Some(&[0; 8])).len());
+        assert_eq!(elements(&b), [(3, vec![1, 2]), (1, vec![7])]);
+        assert!(b.ends_with(b"payload"));
+    }
+
+    #[test]
+    fn reuses_padding_that_a_dropped_element_left() {
+        // What remap_extensions leaves of a dropped 2-byte element: 3 zeros.
+        let b = put(packet(Some(&[0x10, 7, 0, 0, 0, 0x20, 5, 0])), 3, [1, 2]);
+        assert_eq!(b.len(), packet(Some(&[0; 8])).len());
+        assert_eq!(elements(&b), [(1, vec![7]), (3, vec![1, 2]), (2, vec![5])]);
+    }
+
+    #[test]
+    fn grows_a_full_block_by_one_word() {
+        let b = put(packet(Some(&[0x10, 7, 0x20, 5])), 3, [1, 2]);
+        assert_eq!(b.len(), packet(Some(&[0; 8])).len());
+        assert_eq!(elements(&b), [(1, vec![7]), (2, vec![5]), (3, vec![1, 2])]);
+        assert!(b.ends_with(b"payload"));
+    }
+
+    #[test]
+    fn adds_a_block_to_a_packet_without_one() {
+        let mut b = put(packet(None), 5, [0xAB, 0xCD]);
+        assert_eq!(b.len(), packet(None).len() + 8);
+        assert_eq!(elements(&b), [(5, vec![0xAB, 0xCD])]);
+        assert_eq!(Header::parse(&b).expect("parses").payload(&b), b"payload");
+        // With RTP padding and a CSRC, the payload and padding move together.
+        b = vec![0xA1, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 1, 2, 3, 4];
+        b.extend_from_slice(b"xy\x00\x02");
+        let b = put(b, 5, [1, 1]);
+        let h = Header::parse(&b).expect("parses");
+        assert_eq!(h.csrcs(&b).collect::<Vec<_>>(), [0x0102_0304]);
+        assert_eq!(h.payload(&b), b"xy");
+    }
+
+    #[test]
+    fn refuses_without_room_or_with_two_byte_headers() {
+        let mut b = packet(None);
+        let len = b.len();
+        assert_eq!(
+            put_extension(&mut b, len, 5, [0, 0]),
+            Err(ParseError::TooShort)
+        );
+        assert_eq!(b, packet(None), "unchanged");
+        let mut two = packet(None);
+        two[0] |= 0x10;
+        two.splice(12..12, [0x10, 0x00, 0, 1, 5, 2, 1, 2]);
+        let len = two.len();
+        two.resize(len + 8, 0);
+        assert_eq!(
+            put_extension(&mut two, len, 5, [0, 0]),
+            Err(ParseError::BadExtension)
+        );
+        assert!(put_extension(&mut packet(None), 3, 0, [0, 0]).is_err());
     }
 }

@@ -41,6 +41,13 @@ impl Store for AnyStore {
     async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_health(node, healthy))
     }
+    async fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_relay_rtt(node, rtt_ms))
+    }
     async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.drain(node, draining))
     }
@@ -95,6 +102,11 @@ impl Store for AnyStore {
     }
     async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         dispatch!(self, s => s.stream_sources(stream))
+    }
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        dispatch!(self, s => s.all_streams())
     }
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_forward(node, id, body))

@@ -55,6 +55,12 @@ pub trait Store: Send + Sync {
         overloaded: bool,
         load: &BTreeMap<String, f64>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Replace the relay round-trip times `node` measured (peer node id → milliseconds).
+    fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Record the result of a health check.
     fn set_health(
         &self,
@@ -128,6 +134,12 @@ pub trait Store: Send + Sync {
         &self,
         stream: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<String>)>, StoreError>> + Send;
+    /// Every node's streams as its control plane last wrote them ([`Store::set_node_streams`]):
+    /// node → stream → hop list, in node id order. Only registered nodes (a removed node's
+    /// streams go with it). For views of the whole cluster (`GET /v1/cluster/streams`).
+    fn all_streams(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError>> + Send;
     /// Save (or replace) forward `id` made through the API on `node`; `body` is its JSON
     /// (controlplane `forward::http`), opaque here.
     fn put_forward(

@@ -15,6 +15,11 @@ impl Entropy {
         Self(AtomicU64::new(mix(seed ^ now_ms())))
     }
 
+    /// The sequence `seed` starts, the same every run (simulations).
+    pub(crate) fn fixed(seed: u64) -> Self {
+        Self(AtomicU64::new(mix(seed)))
+    }
+
     pub(crate) fn next(&self) -> u64 {
         mix(self.0.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed))
     }

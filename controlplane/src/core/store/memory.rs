@@ -28,6 +28,49 @@ struct Memory {
     leases: BTreeMap<String, u64>,
 }
 
+impl Memory {
+    /// `random` for the strategies that draw, the next turn for round robin.
+    fn entropy_for(&mut self, strategy: Strategy, random: u64) -> u64 {
+        match strategy {
+            Strategy::RoundRobin => {
+                self.round_robin += 1;
+                self.round_robin
+            }
+            _ => random,
+        }
+    }
+
+    /// Reserve `spec.consumers` on the first node of `preference` that accepts them now,
+    /// and write the room: the atomic commit every placement ends with.
+    fn place(&mut self, spec: RoomSpec, preference: &[&str]) -> Result<Placement, StoreError> {
+        let need = spec.consumers;
+        let id = preference
+            .iter()
+            .find(|id| self.nodes.get(**id).is_some_and(|n| n.accepts(need)))
+            .ok_or(StoreError::NoCapacity { need })?;
+        let node = self
+            .nodes
+            .get_mut(*id)
+            .ok_or(StoreError::NoCapacity { need })?;
+        node.reserved += need;
+        let node = node.clone();
+        let created = now_ms();
+        let room = Room {
+            room_id: spec.room_id.clone(),
+            node: node.node_id.clone(),
+            consumers: need,
+            max_peer_count: spec.max_peer_count,
+            event_notification_uri: spec.event_notification_uri,
+            created_ms: created,
+            placed_ms: created,
+            last_node: None,
+            region: spec.region,
+        };
+        self.rooms.insert(spec.room_id, room.clone());
+        Ok(Placement { room, node })
+    }
+}
+
 /// The cluster in this process's memory: one node, or tests. Lost when the process exits.
 pub struct MemoryStore {
     inner: Mutex<Memory>,
@@ -48,6 +91,48 @@ impl MemoryStore {
             inner,
             entropy: Entropy::new(seed),
         }
+    }
+
+    /// A store whose placement entropy is the sequence `seed` starts (not the clock's), so a
+    /// simulation of placements runs the same every time.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            inner: Mutex::new(Memory::default()),
+            entropy: Entropy::fixed(seed),
+        }
+    }
+
+    /// Reserve a room on a node ranked from `view`, a control plane's picture of the nodes
+    /// (read earlier, possibly stale): the strategy ranks `view`, then the store reserves
+    /// on the first ranked node that still accepts the room as the store holds it now.
+    /// This is what [`RedisStore`](super::RedisStore) does with the snapshot it read and
+    /// its `RESERVE` script, so a simulation of many control planes placing from stale
+    /// views runs the real placement path. A stale view costs balance, never capacity: no
+    /// node is over-committed. `NoCapacity` when no ranked node still accepts the room
+    /// (the caller may read again and retry, as the Redis store does).
+    pub fn reserve_from_view(
+        &self,
+        spec: RoomSpec,
+        strategy: Strategy,
+        view: &[Node],
+    ) -> Result<Placement, StoreError> {
+        let entropy = self.entropy.next();
+        let mut g = self.lock();
+        if g.rooms.contains_key(&spec.room_id) {
+            return Err(StoreError::RoomExists(spec.room_id));
+        }
+        let e = g.entropy_for(strategy, entropy);
+        let order = placement::rank(
+            view,
+            &spec.room_id,
+            spec.consumers,
+            &spec.pool,
+            spec.region.as_deref(),
+            strategy,
+            e,
+        );
+        let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
+        g.place(spec, &ids)
     }
 
     fn lock(&self) -> MutexGuard<'_, Memory> {
@@ -84,6 +169,8 @@ impl Store for MemoryStore {
             overloaded: false,
             load: BTreeMap::new(),
             labels: reg.labels,
+            region: reg.region,
+            relay_rtt_ms: BTreeMap::new(),
             registered_ms: now,
             heartbeat_ms: now,
         };
@@ -110,6 +197,14 @@ impl Store for MemoryStore {
 
     async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
         self.update(node, |n| n.healthy = healthy)
+    }
+
+    async fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        self.update(node, |n| n.relay_rtt_ms = rtt_ms.clone())
     }
 
     async fn drain(&self, node: &str, draining: bool) -> Result<(), StoreError> {
@@ -193,14 +288,16 @@ impl Store for MemoryStore {
             });
         }
         let mut nodes: Vec<Node> = g.nodes.values().cloned().collect();
-        let e = match strategy {
-            Strategy::RoundRobin => {
-                g.round_robin += 1;
-                g.round_robin
-            }
-            _ => entropy,
-        };
-        let order = placement::rank(&nodes, room, r.consumers, pool, strategy, e);
+        let e = g.entropy_for(strategy, entropy);
+        let order = placement::rank(
+            &nodes,
+            room,
+            r.consumers,
+            pool,
+            r.region.as_deref(),
+            strategy,
+            e,
+        );
         let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let i = placement::commit(&mut nodes, &refs, r.consumers)
@@ -228,43 +325,20 @@ impl Store for MemoryStore {
         if g.rooms.contains_key(&spec.room_id) {
             return Err(StoreError::RoomExists(spec.room_id));
         }
-        let mut nodes: Vec<Node> = g.nodes.values().cloned().collect();
-        let e = match strategy {
-            Strategy::RoundRobin => {
-                g.round_robin += 1;
-                g.round_robin
-            }
-            _ => entropy,
-        };
+        // Ranked and committed under one lock: this view is never stale.
+        let nodes: Vec<Node> = g.nodes.values().cloned().collect();
+        let e = g.entropy_for(strategy, entropy);
         let order = placement::rank(
             &nodes,
             &spec.room_id,
             spec.consumers,
             &spec.pool,
+            spec.region.as_deref(),
             strategy,
             e,
         );
-        let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let i =
-            placement::commit(&mut nodes, &refs, spec.consumers).ok_or(StoreError::NoCapacity {
-                need: spec.consumers,
-            })?;
-        let node = nodes.swap_remove(i);
-        let created = now_ms();
-        let room = Room {
-            room_id: spec.room_id.clone(),
-            node: node.node_id.clone(),
-            consumers: spec.consumers,
-            max_peer_count: spec.max_peer_count,
-            event_notification_uri: spec.event_notification_uri,
-            created_ms: created,
-            placed_ms: created,
-            last_node: None,
-        };
-        g.nodes.insert(node.node_id.clone(), node.clone());
-        g.rooms.insert(spec.room_id, room.clone());
-        Ok(Placement { room, node })
+        let ids: Vec<&str> = order.iter().map(|&i| nodes[i].node_id.as_str()).collect();
+        g.place(spec, &ids)
     }
 
     async fn release_room(&self, room: &str) -> Result<Room, StoreError> {
@@ -310,6 +384,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        let g = self.lock();
+        Ok(g.streams
+            .iter()
+            .filter(|(node, _)| g.nodes.contains_key(*node))
+            .map(|(node, s)| (node.clone(), s.clone()))
+            .collect())
+    }
+
     async fn put_forward(&self, node: &str, id: &str, body: &str) -> Result<(), StoreError> {
         self.lock()
             .forwards
@@ -347,6 +432,7 @@ mod tests {
             workers: 1,
             capacity,
             labels: BTreeMap::new(),
+            region: None,
         }
     }
 
@@ -357,6 +443,7 @@ mod tests {
             max_peer_count: 2,
             event_notification_uri: None,
             pool: Default::default(),
+            region: None,
         }
     }
 
@@ -458,6 +545,21 @@ mod tests {
             s.set_node_streams("b", BTreeMap::new()).await.unwrap();
             assert!(s.stream_sources("r/mic").await.unwrap().is_empty());
             assert_eq!(s.stream_sources("r/cam").await.unwrap().len(), 1);
+            // The whole view lists registered nodes only, with what each wrote last.
+            assert!(s.all_streams().await.unwrap().is_empty());
+            s.register_node(reg("a", 10)).await.unwrap();
+            s.register_node(reg("b", 10)).await.unwrap();
+            s.set_node_streams("b", set(&[("r/cam", vec!["a".into()])]))
+                .await
+                .unwrap();
+            let all = s.all_streams().await.unwrap();
+            assert_eq!(
+                all.keys().collect::<Vec<_>>(),
+                ["a", "b"],
+                "every registered node with streams"
+            );
+            assert_eq!(all["a"], set(&[("r/cam", vec![])]));
+            assert_eq!(all["b"], set(&[("r/cam", vec!["a".into()])]));
         });
     }
 

@@ -6,6 +6,8 @@
 //! - [`contract`]: the [`Store`] trait every store implements, and [`StoreError`].
 //! - [`placement`]: the pure choice of a node for a room (no I/O, unit tested), which every
 //!   store runs against its own nodes; [`entropy`] feeds its power of two choices.
+//! - [`sim`]: placement at scale on virtual time, against the real placement code and the
+//!   memory store (`examples/placement_sim.rs`).
 //!
 //! This module only declares and re-exports; the files above define.
 
@@ -17,6 +19,7 @@ pub mod placement;
 pub mod records;
 pub mod redis;
 pub mod redis_target;
+pub mod sim;
 
 pub use any::AnyStore;
 pub use contract::{Store, StoreError};

@@ -7,6 +7,8 @@
 //! control plane placed a room since it was read), the commit never is, so no node is ever
 //! over-committed.
 
+use std::cmp::Reverse;
+
 pub use switchyard_shared::config::PlacementStrategy as Strategy;
 use switchyard_shared::config::PoolBinding;
 
@@ -22,6 +24,8 @@ pub struct RoomSpec {
     pub event_notification_uri: Option<String>,
     /// The nodes it may go to by pool.
     pub pool: PoolFilter,
+    /// The client's region: nodes there first while one has room, then the others.
+    pub region: Option<String>,
 }
 
 /// Consumers a room of `max_peer_count` peers reserves when everyone subscribes to everyone:
@@ -77,6 +81,10 @@ impl PoolFilter {
 /// finished ranking would let p2c's pair fall outside the pool and hand the room to whatever
 /// pool node happened to rank next, not the freer of two pool nodes).
 ///
+/// With a `region`, the eligible nodes of that region come first, each group ranked by the
+/// strategy on its own: the room stays in the client's region while a node there has room,
+/// and goes to the best of the others only then. Nodes without a region are "others".
+///
 /// `entropy` is a fresh random number for `LeastLoaded`, and the round-robin counter (any
 /// value that grows by one per placement) for `RoundRobin`; `ConsistentHash` ignores it.
 /// Nodes that are unhealthy, draining, overloaded or without room are never in the answer.
@@ -85,54 +93,183 @@ pub fn rank(
     room: &str,
     need: u64,
     pool: &PoolFilter,
+    region: Option<&str>,
     strategy: Strategy,
     entropy: u64,
 ) -> Vec<usize> {
-    let mut ok: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i]))
-        .collect();
+    let ok = (0..nodes.len()).filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i]));
+    let (near, far): (Vec<usize>, Vec<usize>) = match region {
+        Some(r) => ok.partition(|&i| nodes[i].region.as_deref() == Some(r)),
+        None => (ok.collect(), Vec::new()),
+    };
+    let mut ranked = order(nodes, near, room, need, strategy, entropy);
+    ranked.extend(order(nodes, far, room, need, strategy, entropy));
+    ranked
+}
+
+/// A node whose share in use, with the room, would pass this multiple of the mean share of
+/// the nodes ranked with it goes after every node that stays under it, whatever the
+/// strategy: "consistent hashing with bounded loads" (Mirrokni, Thorup, Zadimoghaddam,
+/// SODA 2018), applied to every strategy. Without it round robin and rendezvous hashing give
+/// every node the same number of rooms, not the same share of its capacity, so the smallest
+/// nodes of a mixed cluster fill first, and even equal nodes drift apart as rooms of very
+/// different sizes come and go (`examples/placement_sim.rs` measured the fullest node at
+/// 1.3 to 3 times the mean without it; docs/cluster.md, "Placement at scale"). A preference,
+/// never a refusal: nodes over the bound remain in the list, after the others.
+pub const LOAD_BOUND: f64 = 1.1;
+
+/// `ok` (eligible nodes) most preferred first by `strategy`, then nodes over
+/// [`LOAD_BOUND`] moved behind the others (in that order).
+fn order(
+    nodes: &[Node],
+    mut ok: Vec<usize>,
+    room: &str,
+    need: u64,
+    strategy: Strategy,
+    entropy: u64,
+) -> Vec<usize> {
     match strategy {
         Strategy::LeastLoaded => {
-            // Most free first; the id breaks ties so the order is total and repeatable.
-            ok.sort_by(|&a, &b| {
-                (nodes[b].free(), &nodes[a].node_id).cmp(&(nodes[a].free(), &nodes[b].node_id))
+            // Lowest share in use with the room first: on nodes of mixed capacity the
+            // "freest" node is the least used in proportion, not the one with the most
+            // consumers free (which would fill the big nodes' extra room first and leave
+            // small nodes idle). More free consumers, then the id, break ties, so the order
+            // is total and repeatable.
+            // (Two choices come after the bound, among the nodes under it.) Keys computed
+            // once per node: a ranking sorts every eligible node, a thousand of them in a
+            // large cluster. A share is never negative, so its bits order like its value.
+            ok.sort_by_cached_key(|&i| {
+                let n = &nodes[i];
+                let share = n.reserved.saturating_add(need) as f64 / n.capacity as f64;
+                (share.to_bits(), Reverse(n.free()), n.node_id.as_str())
             });
-            let k = ok.len();
-            if k >= 2 {
-                // Power of two choices: two distinct nodes at random, the freer one first.
-                // The emptiest node is still favoured, but a burst placed from the same view
-                // spreads instead of all landing on it.
-                let a = (entropy % k as u64) as usize;
-                let mut b = ((entropy / k as u64) % (k as u64 - 1)) as usize;
-                if b >= a {
-                    b += 1;
-                }
-                let first = a.min(b); // `ok` is sorted, so the lower index is the freer node.
-                let chosen = ok.remove(first);
-                ok.insert(0, chosen);
-            }
         }
         Strategy::RoundRobin => {
+            // (The turn is taken after the bound, among the nodes under it.)
             ok.sort_by(|&a, &b| nodes[a].node_id.cmp(&nodes[b].node_id));
-            if !ok.is_empty() {
-                let start = (entropy % ok.len() as u64) as usize;
-                ok.rotate_left(start);
-            }
         }
         Strategy::ConsistentHash => {
             // Rendezvous (highest random weight) hashing: adding or removing a node moves only
             // the rooms that score highest on it, and the fallbacks are the next scores.
-            ok.sort_by(|&a, &b| {
-                let (sa, sb) = (
-                    score(room, &nodes[a].node_id),
-                    score(room, &nodes[b].node_id),
-                );
-                sb.cmp(&sa)
-                    .then_with(|| nodes[a].node_id.cmp(&nodes[b].node_id))
-            });
+            ok.sort_by_cached_key(|&i| Reverse(Affinity::of(room, &nodes[i])));
         }
     }
-    ok
+    let (mut under, over) = bound(nodes, ok, need);
+    match strategy {
+        Strategy::LeastLoaded => two_choices(&mut under, entropy),
+        // The turn among the nodes under the bound: taking it among all nodes and then
+        // skipping those over it would hand every turn that falls on a run of full nodes
+        // to the same next one.
+        Strategy::RoundRobin if !under.is_empty() => {
+            let start = (entropy % under.len() as u64) as usize;
+            under.rotate_left(start);
+        }
+        _ => {}
+    }
+    under.extend(over);
+    under
+}
+
+/// Power of two choices on `sorted` (best first): two distinct entries at random, the better
+/// one moved to the front. The best is still favoured, but a burst placed from the same
+/// (stale) view spreads instead of all landing on it.
+fn two_choices(sorted: &mut Vec<usize>, entropy: u64) {
+    let k = sorted.len();
+    if k < 2 {
+        return;
+    }
+    let a = (entropy % k as u64) as usize;
+    let mut b = ((entropy / k as u64) % (k as u64 - 1)) as usize;
+    if b >= a {
+        b += 1;
+    }
+    let chosen = sorted.remove(a.min(b)); // The lower index is the better one.
+    sorted.insert(0, chosen);
+}
+
+/// `order` split by [`LOAD_BOUND`]: the nodes whose share in use with the room stays within
+/// the bound, in `order`'s order, and the others by that share, lowest first (stable:
+/// equals keep `order`'s order). The bound is `LOAD_BOUND` × the mean share of `order` with
+/// the room, or × the lowest share the room can make on any of them when that is higher:
+/// a room too big to stay under the mean's bound anywhere (a large room at a moderate
+/// load) goes to the nodes it weighs least on, not to where the strategy's turn or hash
+/// falls (a third of a small node in one room), and there are always some to choose
+/// among. An idle cluster of equal nodes keeps the strategy's order; one of mixed nodes
+/// fills its largest first until the shares even out. (The paper's "an empty node takes
+/// any room" ceiling was measured worse: several control planes ranking from views a few
+/// seconds old all saw the same empty small nodes and piled large rooms onto them.)
+fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize>) {
+    let (used, capacity) = order.iter().fold((need, 0u64), |(u, c), &i| {
+        (
+            u.saturating_add(nodes[i].reserved),
+            c.saturating_add(nodes[i].capacity),
+        )
+    });
+    let mean = used as f64 / capacity.max(1) as f64;
+    let share = |i: usize| (nodes[i].reserved + need) as f64 / nodes[i].capacity.max(1) as f64;
+    let least = order
+        .iter()
+        .map(|&i| share(i))
+        .fold(f64::INFINITY, f64::min);
+    let limit = LOAD_BOUND * mean.max(least);
+    let (under, mut over): (Vec<usize>, Vec<usize>) =
+        order.into_iter().partition(|&i| share(i) <= limit);
+    // Shares are never negative: their bits order like their values.
+    over.sort_by_cached_key(|&i| share(i).to_bits());
+    (under, over)
+}
+
+/// How much `room` wants a node in rendezvous hashing, weighted by the node's capacity
+/// (Schindelhauer and Schomaker's weighted rendezvous: `capacity / −ln(u)`, `u` the node's
+/// hash with the room in (0, 1]): a node gets rooms in proportion to its capacity, and on
+/// nodes of equal capacity the order is the plain hash order. Ties (equal scores) go to the
+/// lower node id.
+#[derive(Clone, Debug)]
+struct Affinity<'a>(f64, Reverse<&'a str>);
+
+impl PartialEq for Affinity<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Affinity<'_> {}
+
+impl PartialOrd for Affinity<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Affinity<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| self.1.cmp(&other.1))
+    }
+}
+
+impl<'a> Affinity<'a> {
+    fn of(room: &str, node: &'a Node) -> Self {
+        // The top 53 bits as a fraction in (0, 1]: never 0, so the logarithm is finite.
+        let u = ((score(room, &node.node_id) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        // u = 1 gives −ln(u) = 0: the smallest positive divisor instead, the top score.
+        let spread = (-u.ln()).max(f64::MIN_POSITIVE);
+        Affinity(
+            node.capacity as f64 / spread,
+            Reverse(node.node_id.as_str()),
+        )
+    }
+}
+
+/// The node of `candidates` that `room` hashes to first (weighted rendezvous, as
+/// `consistent_hash` ranks, without the load bound): stable for a room while its node is
+/// among the candidates. None when there are none.
+pub fn rendezvous<'a>(
+    room: &str,
+    candidates: impl IntoIterator<Item = &'a Node>,
+) -> Option<&'a Node> {
+    candidates.into_iter().max_by_key(|n| Affinity::of(room, n))
 }
 
 /// Reserve `need` consumers on the first node of `preference` (node ids) that still accepts
@@ -188,6 +325,8 @@ mod pool_tests {
             labels: pool
                 .map(|p| BTreeMap::from([("pool".to_owned(), p.to_owned())]))
                 .unwrap_or_default(),
+            region: None,
+            relay_rtt_ms: BTreeMap::new(),
             registered_ms: 0,
             heartbeat_ms: 0,
         }
@@ -244,7 +383,7 @@ mod pool_tests {
             for e in 0..500u64 {
                 let room = format!("acme-{e}");
                 let filter = PoolFilter::for_room(&room, &pools);
-                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                let r = rank(&nodes, &room, 5, &filter, None, s, mix(e));
                 assert_eq!(r.len(), 3, "{s:?}: every acme node, nothing else");
                 assert!(
                     r.iter().all(|&i| nodes[i].labels["pool"] == "acme"),
@@ -253,7 +392,7 @@ mod pool_tests {
                 // And the other rooms never land in the bound pool.
                 let room = format!("meet-{e}");
                 let filter = PoolFilter::for_room(&room, &pools);
-                let r = rank(&nodes, &room, 5, &filter, s, mix(e));
+                let r = rank(&nodes, &room, 5, &filter, None, s, mix(e));
                 let ids: Vec<&str> = r.iter().map(|&i| nodes[i].node_id.as_str()).collect();
                 assert_eq!(ids.len(), 2, "{s:?}: {ids:?}");
                 assert!(ids.contains(&"o1") && ids.contains(&"f1"), "{s:?}: {ids:?}");
@@ -261,20 +400,41 @@ mod pool_tests {
         }
         // A pool with no room left refuses rather than spilling over.
         let filter = PoolFilter::for_room("acme-big", &pools);
-        assert!(rank(&nodes, "acme-big", 95, &filter, Strategy::LeastLoaded, 1).is_empty());
+        assert!(rank(
+            &nodes,
+            "acme-big",
+            95,
+            &filter,
+            None,
+            Strategy::LeastLoaded,
+            1
+        )
+        .is_empty());
     }
 
     #[test]
     fn power_of_two_choices_draws_among_the_pool() {
-        let (nodes, pools) = mixed();
+        let (mut nodes, pools) = mixed();
+        // Pool nodes a little apart, all within the load bound: the freest acme node wins
+        // 2/3 of the draws, the middle one 1/3, the fullest never; the free nodes outside
+        // the pool never. (Filtering after ranking gave a2 only ~1/10.)
+        nodes[1].reserved = 48; // a1, the pool's fullest
+        nodes[3].reserved = 46; // a2
+        nodes[4].reserved = 44; // a3, the pool's freest
         let filter = PoolFilter::for_room("acme-x", &pools);
         let mut first = BTreeMap::<&str, u32>::new();
         for e in 0..3000u64 {
-            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::LeastLoaded, mix(e));
+            let r = rank(
+                &nodes,
+                "acme-x",
+                1,
+                &filter,
+                None,
+                Strategy::LeastLoaded,
+                mix(e),
+            );
             *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
         }
-        // Two nodes of the three drawn: the freest acme node wins 2/3 of the draws, the
-        // middle one 1/3, the fullest never. (Filtering after ranking gave a2 only ~1/10.)
         assert!(first["a3"] > 1800 && first["a3"] < 2200, "{first:?}");
         assert!(first["a2"] > 800, "{first:?}");
         assert!(!first.contains_key("a1"), "{first:?}");
@@ -283,11 +443,23 @@ mod pool_tests {
 
     #[test]
     fn round_robin_takes_turns_within_the_pool() {
-        let (nodes, pools) = mixed();
+        let (mut nodes, pools) = mixed();
+        // Equally used, so the load bound keeps out of the turns.
+        for n in &mut nodes {
+            n.reserved = 50;
+        }
         let filter = PoolFilter::for_room("acme-x", &pools);
         let mut first = BTreeMap::<&str, u32>::new();
         for counter in 0..300u64 {
-            let r = rank(&nodes, "acme-x", 1, &filter, Strategy::RoundRobin, counter);
+            let r = rank(
+                &nodes,
+                "acme-x",
+                1,
+                &filter,
+                None,
+                Strategy::RoundRobin,
+                counter,
+            );
             *first.entry(nodes[r[0]].node_id.as_str()).or_default() += 1;
         }
         assert_eq!(
@@ -315,6 +487,8 @@ mod tests {
             overloaded: false,
             load: BTreeMap::new(),
             labels: BTreeMap::new(),
+            region: None,
+            relay_rtt_ms: BTreeMap::new(),
             registered_ms: 0,
             heartbeat_ms: 0,
         }
@@ -342,13 +516,13 @@ mod tests {
         nodes[2].overloaded = true;
         for s in ALL {
             for e in 0..200 {
-                let r = rank(&nodes, &format!("room{e}"), 10, &ANY, s, mix(e));
+                let r = rank(&nodes, &format!("room{e}"), 10, &ANY, None, s, mix(e));
                 assert_eq!(r, vec![4], "{s:?}");
             }
         }
         nodes[4].healthy = false;
         for s in ALL {
-            assert!(rank(&nodes, "r", 10, &ANY, s, 7).is_empty());
+            assert!(rank(&nodes, "r", 10, &ANY, None, s, 7).is_empty());
         }
     }
 
@@ -357,25 +531,29 @@ mod tests {
         let nodes = vec![
             node("a", 1000, 900),
             node("b", 1000, 0),
-            node("c", 1000, 500),
+            node("c", 1000, 300),
+            node("d", 1000, 400),
         ];
         let mut first = BTreeMap::new();
         for e in 0..3000u64 {
-            let r = rank(&nodes, "r", 1, &ANY, Strategy::LeastLoaded, mix(e));
-            assert_eq!(r.len(), 3);
+            let r = rank(&nodes, "r", 1, &ANY, None, Strategy::LeastLoaded, mix(e));
+            assert_eq!(r.len(), 4);
+            assert_eq!(nodes[r[3]].node_id, "a", "over the load bound: last");
             *first.entry(nodes[r[0]].node_id.clone()).or_insert(0) += 1;
         }
-        // Two of three picks hold b, the freest; c wins the rest; a, the fullest, never.
+        // Two choices among b, c and d (a is far over the mean): two of three picks hold
+        // b, the freest; c wins the rest; d, the fullest of them, never; a never.
         assert!(first["b"] > 1800 && first["b"] < 2200, "{first:?}");
         assert!(first["c"] > 800, "{first:?}");
         assert!(!first.contains_key("a"), "{first:?}");
+        assert!(!first.contains_key("d"), "{first:?}");
     }
 
     #[test]
     fn round_robin_rotates_in_id_order() {
         let nodes = vec![node("c", 10, 0), node("a", 10, 0), node("b", 10, 0)];
         let ids = |e| -> Vec<&str> {
-            rank(&nodes, "r", 1, &ANY, Strategy::RoundRobin, e)
+            rank(&nodes, "r", 1, &ANY, None, Strategy::RoundRobin, e)
                 .into_iter()
                 .map(|i| nodes[i].node_id.as_str())
                 .collect()
@@ -389,7 +567,7 @@ mod tests {
     fn consistent_hash_is_stable_and_moves_little() {
         let nodes: Vec<Node> = (0..5).map(|i| node(&format!("n{i}"), 1000, 0)).collect();
         let pick = |nodes: &[Node], room: &str| -> String {
-            let r = rank(nodes, room, 1, &ANY, Strategy::ConsistentHash, 0);
+            let r = rank(nodes, room, 1, &ANY, None, Strategy::ConsistentHash, 0);
             nodes[r[0]].node_id.clone()
         };
         let before: Vec<String> = (0..1000)
@@ -433,7 +611,7 @@ mod tests {
                 let need = 1 + (mix(e) % 13);
                 let room = format!("room{round}-{e}");
                 let strategy = ALL[(e % 3) as usize];
-                let order = rank(view, &room, need, &ANY, strategy, mix(e));
+                let order = rank(view, &room, need, &ANY, None, strategy, mix(e));
                 let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
                 match commit(&mut truth, &ids, need) {
                     Some(_) => placed += need,
@@ -448,6 +626,110 @@ mod tests {
         assert_eq!(reserved, placed);
         assert!(refused > 0, "the test must run the cluster full");
         assert!(reserved > 1900, "capacity left unused: {reserved}");
+    }
+
+    #[test]
+    fn least_loaded_compares_shares_not_free_consumers() {
+        // A small node a quarter used and a big one half used: the big one has more
+        // consumers free, the small one the lower share. The small one wins every draw.
+        let nodes = vec![node("small", 400, 100), node("big", 4000, 2000)];
+        for e in 0..200u64 {
+            let r = rank(&nodes, "r", 10, &ANY, None, Strategy::LeastLoaded, mix(e));
+            assert_eq!(nodes[r[0]].node_id, "small");
+        }
+    }
+
+    #[test]
+    fn nodes_far_over_the_mean_go_last() {
+        // "hot" is at 0.9 while the others are at 0.2: whatever the strategy ranks first,
+        // hot only comes after the others (never refused: it still has room).
+        let nodes = vec![
+            node("a", 1000, 200),
+            node("hot", 1000, 900),
+            node("c", 1000, 200),
+            node("d", 1000, 200),
+        ];
+        for s in ALL {
+            for e in 0..300u64 {
+                let room = format!("room{e}");
+                let r = rank(&nodes, &room, 5, &ANY, None, s, mix(e));
+                assert_eq!(r.len(), 4, "{s:?}");
+                assert_eq!(nodes[r[3]].node_id, "hot", "{s:?}: {r:?}");
+            }
+        }
+        // An idle cluster of equal nodes keeps the strategy's order; a room over the bound
+        // everywhere goes where it weighs least.
+        let idle = vec![node("a", 100, 0), node("b", 100, 0)];
+        for counter in 0..4 {
+            let r = rank(&idle, "r", 50, &ANY, None, Strategy::RoundRobin, counter);
+            assert_eq!(r[0], (counter % 2) as usize);
+        }
+        let mixed = vec![node("small", 100, 10), node("big", 1000, 300)];
+        for s in ALL {
+            for e in 0..20 {
+                let r = rank(&mixed, "r", 80, &ANY, None, s, mix(e));
+                assert_eq!(
+                    mixed[r[0]].node_id, "big",
+                    "{s:?}: 0.38 of big, not 0.9 of small"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn consistent_hash_weighs_capacity() {
+        // One node of capacity 4000 and four of 1000, all half full: the big one hashes
+        // first for about half the rooms, and each room keeps its node from call to call.
+        let mut nodes = vec![node("big", 4000, 2000)];
+        nodes.extend((0..4).map(|i| node(&format!("n{i}"), 1000, 500)));
+        let first = |room: &str| {
+            let r = rank(&nodes, room, 1, &ANY, None, Strategy::ConsistentHash, 0);
+            nodes[r[0]].node_id.clone()
+        };
+        let big = (0..4000)
+            .filter(|i| first(&format!("room{i}")) == "big")
+            .count();
+        assert!((1800..2200).contains(&big), "{big}");
+        assert_eq!(first("room7"), first("room7"));
+        assert_eq!(
+            rendezvous("room7", &nodes).map(|n| n.node_id.clone()),
+            Some(first("room7"))
+        );
+    }
+
+    #[test]
+    fn the_client_region_comes_first() {
+        let mut nodes = vec![
+            node("x1", 1000, 0),
+            node("x2", 1000, 0),
+            node("y1", 1000, 900),
+            node("none", 1000, 0),
+        ];
+        nodes[0].region = Some("x".into());
+        nodes[1].region = Some("x".into());
+        nodes[2].region = Some("y".into());
+        for s in ALL {
+            for e in 0..100u64 {
+                // y1 is far fuller than the rest, and still first for a client in y.
+                let r = rank(&nodes, &format!("r{e}"), 10, &ANY, Some("y"), s, mix(e));
+                assert_eq!(nodes[r[0]].node_id, "y1", "{s:?}");
+                assert_eq!(r.len(), 4);
+                let r = rank(&nodes, &format!("r{e}"), 10, &ANY, Some("x"), s, mix(e));
+                let ids: Vec<&str> = r.iter().map(|&i| nodes[i].node_id.as_str()).collect();
+                assert!(
+                    ids[..2].contains(&"x1") && ids[..2].contains(&"x2"),
+                    "{ids:?}"
+                );
+            }
+            // A region without room (or unknown): the others, as without a region.
+            let r = rank(&nodes, "big", 200, &ANY, Some("y"), s, 3);
+            assert!(r.iter().all(|&i| nodes[i].node_id != "y1"));
+            assert_eq!(r.len(), 3);
+            assert_eq!(
+                rank(&nodes, "r", 10, &ANY, Some("zz"), s, 5),
+                rank(&nodes, "r", 10, &ANY, None, s, 5)
+            );
+        }
     }
 
     #[test]

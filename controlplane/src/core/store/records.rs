@@ -30,6 +30,17 @@ pub struct Node {
     #[serde(default)]
     pub load: BTreeMap<String, f64>,
     pub labels: BTreeMap<String, String>,
+    /// The node's region (`cluster.region`): placement prefers nodes in the client's region,
+    /// the cascade sources in its own (docs/cluster.md, "Regions"). None: a node registered
+    /// without one (or by a version before regions), in no region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Smoothed round-trip time in milliseconds of the relay links between this node and
+    /// each peer (by node id), as this node's control plane measured them from RTCP
+    /// (RFC 3550 §6.4.1) on its relay-outs. The cascade's source choice reads it. Empty
+    /// before any relay link carried sender and receiver reports.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relay_rtt_ms: BTreeMap<String, f64>,
     pub registered_ms: u64,
     pub heartbeat_ms: u64,
 }
@@ -55,6 +66,7 @@ pub struct Registration {
     pub workers: u16,
     pub capacity: u64,
     pub labels: BTreeMap<String, String>,
+    pub region: Option<String>,
 }
 
 /// A placed room.
@@ -79,6 +91,10 @@ pub struct Room {
     /// unplaced, so whoever places it again can say where it came from (`room-moved`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_node: Option<String>,
+    /// The client's region it was placed for: placed in that region while it has room, and
+    /// placed there again when its node dies. None: no preference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl Room {

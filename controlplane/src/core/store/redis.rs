@@ -5,13 +5,15 @@
 //!
 //! - `nodes`: SET of node ids.
 //! - `node:<id>`: HASH `url media workers capacity reserved healthy draining overloaded
-//!   load(JSON) labels(JSON) registered heartbeat`; flags are `1`/`0`, times Unix milliseconds.
+//!   load(JSON) labels(JSON) region registered heartbeat rtt(JSON)`; flags are `1`/`0`,
+//!   times Unix milliseconds; `region` empty or absent for a node in no region, `rtt` the
+//!   node's measured relay round-trip times (peer → ms), absent until it measured one.
 //! - `rooms`: SET of room ids.
 //! - `node:<id>` also holds `leased` = `1` once the node's own control plane renewed a lease.
 //! - `lease:<id>`: the node's lease, a string (renewal time) with a TTL (`SET PX`), renewed
 //!   every health interval by the node's control plane (`RENEW`). A node with `leased` and no
 //!   `lease:<id>` is dead by lapse.
-//! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created placed lastNode`;
+//! - `room:<id>`: HASH `node consumers maxPeerCount eventUri created placed lastNode region`;
 //!   `node` is empty while the room is unplaced (its node was removed as dead), `lastNode`
 //!   then names that node; `placed` is when it went to its current node.
 //! - `rr`: the round-robin counter (INCR).
@@ -66,7 +68,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const RESERVE_ATTEMPTS: usize = 4;
 
 /// KEYS: rooms set, room key, node keys in order of preference.
-/// ARGV: consumers, maxPeerCount, eventUri ('' = none), created ms, room id, node ids.
+/// ARGV: consumers, maxPeerCount, eventUri ('' = none), created ms, room id, the client's
+/// region ('' = none), node ids.
 /// Returns {'ok', node id} | {'exists'} | {'full'}.
 const RESERVE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
@@ -75,10 +78,11 @@ for i = 3, #KEYS do
   local f = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
   if f[1] and f[3] == '1' and f[4] ~= '1' and f[5] ~= '1'
      and tonumber(f[1]) - tonumber(f[2] or '0') >= need then
-    local node = ARGV[i + 3]
+    local node = ARGV[i + 4]
     redis.call('HINCRBY', KEYS[i], 'reserved', need)
     redis.call('HSET', KEYS[2], 'node', node, 'consumers', need, 'maxPeerCount', ARGV[2],
       'eventUri', ARGV[3], 'created', ARGV[4], 'placed', ARGV[4])
+    if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'region', ARGV[6]) end
     redis.call('SADD', KEYS[1], ARGV[5])
     return {'ok', node}
   end
@@ -389,6 +393,12 @@ fn node_from(id: String, m: &HashMap<String, String>) -> Result<Node, StoreError
             .and_then(|j| serde_json::from_str(j).ok())
             .unwrap_or_default(),
         labels,
+        // Nodes registered before regions have neither field.
+        region: m.get("region").filter(|r| !r.is_empty()).cloned(),
+        relay_rtt_ms: m
+            .get("rtt")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
         registered_ms: field(m, &what, "registered")?,
         heartbeat_ms: field(m, &what, "heartbeat")?,
         node_id: id,
@@ -409,6 +419,7 @@ fn room_from(id: String, m: &HashMap<String, String>) -> Result<Room, StoreError
         consumers: field(m, &what, "consumers")?,
         max_peer_count: field(m, &what, "maxPeerCount")?,
         event_notification_uri: m.get("eventUri").filter(|u| !u.is_empty()).cloned(),
+        region: m.get("region").filter(|r| !r.is_empty()).cloned(),
         created_ms,
         room_id: id,
     })
@@ -447,10 +458,17 @@ impl Store for RedisStore {
                     .arg(0)
                     .arg("labels")
                     .arg(&labels)
+                    .arg("region")
+                    .arg(reg.region.as_deref().unwrap_or(""))
                     .arg("registered")
                     .arg(&now)
                     .arg("heartbeat")
                     .arg(&now)
+                    .ignore()
+                    // Measured again by the new incarnation's control plane.
+                    .cmd("HDEL")
+                    .arg(&key)
+                    .arg("rtt")
                     .ignore()
                     .cmd("HSETNX")
                     .arg(&key)
@@ -485,6 +503,15 @@ impl Store for RedisStore {
             ("heartbeat", now_ms().to_string()),
         ];
         self.update_node(node, &fields).await
+    }
+
+    async fn set_relay_rtt(
+        &self,
+        node: &str,
+        rtt_ms: &BTreeMap<String, f64>,
+    ) -> Result<(), StoreError> {
+        let rtt = serde_json::to_string(rtt_ms).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.update_node(node, &[("rtt", rtt)]).await
     }
 
     async fn set_health(&self, node: &str, healthy: bool) -> Result<(), StoreError> {
@@ -639,7 +666,15 @@ impl Store for RedisStore {
                 Strategy::RoundRobin => rr,
                 _ => self.entropy.next(),
             };
-            let order = placement::rank(&nodes, room, r.consumers, pool, strategy, entropy);
+            let order = placement::rank(
+                &nodes,
+                room,
+                r.consumers,
+                pool,
+                r.region.as_deref(),
+                strategy,
+                entropy,
+            );
             if order.is_empty() {
                 return Err(StoreError::NoCapacity { need: r.consumers });
             }
@@ -707,6 +742,7 @@ impl Store for RedisStore {
                 &spec.room_id,
                 spec.consumers,
                 &spec.pool,
+                spec.region.as_deref(),
                 strategy,
                 entropy,
             );
@@ -730,7 +766,8 @@ impl Store for RedisStore {
                         .arg(spec.max_peer_count)
                         .arg(spec.event_notification_uri.as_deref().unwrap_or(""))
                         .arg(created)
-                        .arg(&spec.room_id);
+                        .arg(&spec.room_id)
+                        .arg(spec.region.as_deref().unwrap_or(""));
                     for &i in &order {
                         inv.arg(&nodes[i].node_id);
                     }
@@ -755,6 +792,7 @@ impl Store for RedisStore {
                         created_ms: created,
                         placed_ms: created,
                         last_node: None,
+                        region: spec.region,
                     };
                     return Ok(Placement { room, node });
                 }
@@ -884,6 +922,41 @@ impl Store for RedisStore {
             p.query_async::<()>(c).await
         })
         .await
+    }
+
+    async fn all_streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, StoreError> {
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&nodes_key).query_async(c).await)
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let found: Vec<BTreeMap<String, String>> = self
+            .run(async |c| {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGETALL").arg(self.key(&format!("streams:{id}")));
+                }
+                p.query_async(c).await
+            })
+            .await?;
+        let mut out = BTreeMap::new();
+        for (id, streams) in ids.into_iter().zip(found) {
+            let mut parsed = BTreeMap::new();
+            for (stream, hops) in streams {
+                let hops: Vec<String> = serde_json::from_str(&hops)
+                    .map_err(|e| StoreError::Backend(format!("streams:{id}: {e}")))?;
+                parsed.insert(stream, hops);
+            }
+            if !parsed.is_empty() {
+                out.insert(id, parsed);
+            }
+        }
+        Ok(out)
     }
 
     async fn stream_sources(&self, stream: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {

@@ -12,6 +12,8 @@
 //! - [`liveness`]: when a node is dead (lease lapsed, or silent checks), its removal and
 //!   its rooms moving to live nodes.
 //! - [`probe`]: one HTTP request to another node or a hook, for its status.
+//! - [`regions`]: where a client is (trusted header or address map), and which node of a
+//!   region serves a room's viewers.
 //!
 //! Security: `http::auth` decides who reaches each route (docs/api.md, "Auth"). A room's
 //! `eventNotificationUri` is a URL the node will POST to from inside the cluster's network,
@@ -26,6 +28,7 @@ pub mod liveness;
 pub mod load;
 pub mod nodes;
 pub mod probe;
+pub mod regions;
 pub mod rooms;
 pub mod service;
 

@@ -19,6 +19,7 @@ pub struct Announced {
     pub media_address: String,
     pub workers: u16,
     pub labels: BTreeMap<String, String>,
+    pub region: Option<String>,
 }
 
 impl Cluster {
@@ -40,6 +41,9 @@ impl Cluster {
         {
             return Err(ClusterError::Labels);
         }
+        if let Some(r) = &b.region {
+            names::id("region", r)?;
+        }
         let reg = Registration {
             capacity: u64::from(b.workers) * u64::from(self.config.consumers_per_worker),
             node_id: b.node_id,
@@ -47,6 +51,7 @@ impl Cluster {
             media_address: b.media_address,
             workers: b.workers,
             labels: b.labels,
+            region: b.region,
         };
         Ok(self.store.register_node(reg).await?)
     }
@@ -69,6 +74,15 @@ impl Cluster {
     /// Every registered node, in id order.
     pub async fn nodes(&self) -> Result<Vec<Node>, ClusterError> {
         Ok(self.store.list_nodes().await?)
+    }
+
+    /// The streams every registered node publishes, node → stream → hop list (the nodes a
+    /// relayed stream came through, its source first; empty for a local publisher), as each
+    /// node last wrote them to the store (at most a second old).
+    pub async fn streams(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, ClusterError> {
+        Ok(self.store.all_streams().await?)
     }
 
     /// Stop (or resume) placing rooms on node `id`; its rooms stay.

@@ -11,19 +11,33 @@ use std::collections::HashMap;
 use switchyard_shared::names;
 
 use super::hooks;
+use super::regions;
 use super::service::{valid_url, Cluster, ClusterError, MAX_PEERS};
 use crate::core::clock::now_ms;
 use crate::core::counters;
 use crate::core::random;
 use crate::core::store::{
-    consumers_for, Placement, PoolFilter, Room, RoomSpec, Store as _, StoreError,
+    consumers_for, Node, Placement, PoolFilter, Room, RoomSpec, Store as _, StoreError,
 };
+
+/// A room as `/v1/resolve` finds it.
+#[derive(Debug)]
+pub struct Resolved {
+    pub room: Room,
+    /// The room's node; None while the room is unplaced.
+    pub node: Option<Node>,
+    /// Where a viewer in the asked region should watch, when not on the room's node.
+    pub viewer: Option<Node>,
+}
 
 /// A room to place, as asked.
 #[derive(Debug)]
 pub struct RoomRequest {
     pub max_peer_count: u32,
     pub event_notification_uri: Option<String>,
+    /// The client's region ([`Cluster::client_region`]): placed there while a node there
+    /// has room.
+    pub region: Option<String>,
 }
 
 impl ClusterError {
@@ -95,25 +109,33 @@ impl Cluster {
             consumers: consumers_for(req.max_peer_count),
             max_peer_count: req.max_peer_count,
             event_notification_uri: req.event_notification_uri,
+            region: req.region,
         };
         let p = self.store.reserve_room(spec, self.config.strategy).await?;
-        tracing::info!(room = %p.room.room_id, node = %p.node.node_id, consumers = p.room.consumers, "room placed");
+        tracing::info!(
+            room = %p.room.room_id,
+            node = %p.node.node_id,
+            consumers = p.room.consumers,
+            region = p.room.region.as_deref().unwrap_or(""),
+            node_region = p.node.region.as_deref().unwrap_or(""),
+            "room placed"
+        );
         Ok(p)
     }
 
-    async fn node_urls(&self) -> Result<HashMap<String, String>, ClusterError> {
+    async fn nodes_by_id(&self) -> Result<HashMap<String, Node>, ClusterError> {
         Ok(self
             .store
             .list_nodes()
             .await?
             .into_iter()
-            .map(|n| (n.node_id, n.url))
+            .map(|n| (n.node_id.clone(), n))
             .collect())
     }
 
-    /// Every placed room, each with its node's URL (None when the node is gone). A room
-    /// whose node died is placed again first; one no node has room for is listed unplaced.
-    pub async fn rooms(&self) -> Result<Vec<(Room, Option<String>)>, ClusterError> {
+    /// Every placed room, each with its node (None when the node is gone). A room whose
+    /// node died is placed again first; one no node has room for is listed unplaced.
+    pub async fn rooms(&self) -> Result<Vec<(Room, Option<Node>)>, ClusterError> {
         let mut rooms = self.store.list_rooms().await?;
         for r in rooms.iter_mut().filter(|r| r.unplaced()) {
             match self.ensure_placed(r.clone(), now_ms()).await {
@@ -121,19 +143,49 @@ impl Cluster {
                 Err(e) => tracing::warn!(room = %r.room_id, error = %e, "room still unplaced"),
             }
         }
-        let urls = self.node_urls().await?;
+        let nodes = self.nodes_by_id().await?;
         Ok(rooms
             .into_iter()
             .map(|r| {
-                let url = urls.get(&r.node).cloned();
-                (r, url)
+                let node = nodes.get(&r.node).cloned();
+                (r, node)
             })
             .collect())
     }
 
-    /// One room and its node's URL; a room whose node died is placed again first (still
-    /// unplaced, without a URL, when no node has room for it).
-    pub async fn room(&self, room: &str) -> Result<(Room, Option<String>), ClusterError> {
+    /// One room and its node; a room whose node died is placed again first (still
+    /// unplaced, without a node, when no node has room for it).
+    pub async fn room(&self, room: &str) -> Result<(Room, Option<Node>), ClusterError> {
+        let (r, nodes) = self.room_and_nodes(room).await?;
+        let node = nodes.into_iter().find(|n| n.node_id == r.node);
+        Ok((r, node))
+    }
+
+    /// `/v1/resolve`: the room and its node, and for a viewer in `region` the node of that
+    /// region its WHEP offer should go to, when that is another node than the room's and
+    /// the cascade is on ([`regions::viewer_node`]).
+    pub async fn resolve(
+        &self,
+        room: &str,
+        region: Option<&str>,
+    ) -> Result<Resolved, ClusterError> {
+        let (r, nodes) = self.room_and_nodes(room).await?;
+        let viewer = match region {
+            Some(region) if self.config.cascade && !r.unplaced() => {
+                let pool = PoolFilter::for_room(&r.room_id, &self.config.pools);
+                regions::viewer_node(&r.room_id, region, &r.node, &nodes, &pool).cloned()
+            }
+            _ => None,
+        };
+        let node = nodes.into_iter().find(|n| n.node_id == r.node);
+        Ok(Resolved {
+            room: r,
+            node,
+            viewer,
+        })
+    }
+
+    async fn room_and_nodes(&self, room: &str) -> Result<(Room, Vec<Node>), ClusterError> {
         names::id("room", room)?;
         let mut r = self
             .store
@@ -149,8 +201,7 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         }
-        let url = self.node_urls().await?.remove(&r.node);
-        Ok((r, url))
+        Ok((r, self.store.list_nodes().await?))
     }
 
     /// Close a room: its reservation is released (capacity back) and its hook told.

@@ -11,6 +11,8 @@
 //! - [`trust`]: who may receive link keys, and the token this node calls others with;
 //!   [`client`]: the HTTP client one control plane calls another with.
 //! - [`upkeep`]: the relay task (store sync, reconciliation with the data plane, grace timers).
+//! - [`rtt`]: round-trip times of the relay links by peer node, measured by the data plane
+//!   from RTCP, written to this node's store record for every cascade to read.
 //!
 //! Durability: the data plane's snapshot holds the relay sessions themselves (with their
 //! keys), and the control plane re-provisions them when the data plane restarts, so the
@@ -31,7 +33,9 @@ pub mod book;
 pub mod client;
 pub mod error;
 pub mod file;
+pub mod lost;
 pub mod pull;
+pub mod rtt;
 pub mod service;
 pub mod setup;
 pub mod trust;

@@ -1,18 +1,63 @@
 //! The WHEP cascade: make a stream published on another node available here through a relay
-//! from that node, so a WHEP offer can be served here instead of redirected.
+//! from that node, so a WHEP offer can be served here instead of redirected. The source is
+//! the nearest node holding the stream ([`nearest`]): in this node's region first, then by
+//! measured relay round-trip time, then by hops.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::book::Join;
+use super::book::{InRelay, Join};
 use super::client;
 use super::error::RelayError;
 use super::service::Relays;
 use super::setup::follow;
+use crate::core::clock::now_ms;
 use crate::core::counters;
-use crate::core::store::Store as _;
+use crate::core::store::{Node, Store as _};
 
 /// A cascade's pull: the source's set-up includes its call back to this node.
 const PULL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The healthy nodes of `sources` (node, hop list) that may relay a stream to node `me`,
+/// nearest first, each with its URL: those in `my_region` first (when this node has one),
+/// then by the measured round-trip time of relay links between `me` and them (this node's
+/// own measurements `my_rtts`, else the ones either node recorded in the store; unmeasured
+/// after measured), then by fewest hops from the publisher, then by node id. Never `me`,
+/// nor a node whose stream came through `me` (a loop).
+pub fn nearest(
+    me: &str,
+    my_region: Option<&str>,
+    sources: Vec<(String, Vec<String>)>,
+    nodes: &[Node],
+    my_rtts: &BTreeMap<String, f64>,
+) -> Vec<(String, String)> {
+    let mine = nodes.iter().find(|n| n.node_id == me);
+    let rtt = |n: &Node| -> Option<f64> {
+        my_rtts
+            .get(&n.node_id)
+            .or_else(|| mine.and_then(|m| m.relay_rtt_ms.get(&n.node_id)))
+            .or_else(|| n.relay_rtt_ms.get(me))
+            .copied()
+            .filter(|v| v.is_finite())
+    };
+    let mut ranked: Vec<(bool, f64, usize, String, String)> = sources
+        .into_iter()
+        .filter(|(node, hops)| node != me && !hops.iter().any(|h| h == me))
+        .filter_map(|(node, hops)| {
+            let n = nodes.iter().find(|n| n.node_id == node && n.healthy)?;
+            let elsewhere = my_region.is_some() && n.region.as_deref() != my_region;
+            let ms = rtt(n).unwrap_or(f64::INFINITY);
+            Some((elsewhere, ms, hops.len(), node, n.url.clone()))
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1.total_cmp(&b.1))
+            .then_with(|| a.2.cmp(&b.2))
+            .then_with(|| a.3.cmp(&b.3))
+    });
+    ranked.into_iter().map(|(_, _, _, n, u)| (n, u)).collect()
+}
 
 /// Why a cascade did not happen.
 #[derive(Debug)]
@@ -48,16 +93,13 @@ impl Relays {
             .list_nodes()
             .await
             .map_err(|_| PullError::NoSource)?;
-        // Nearest first: the fewest hops from the publisher, then node id.
-        let mut candidates: Vec<(usize, String, String)> = sources
-            .into_iter()
-            .filter(|(node, hops)| *node != me && !hops.contains(&me))
-            .filter_map(|(node, hops)| {
-                let n = nodes.iter().find(|n| n.node_id == node && n.healthy)?;
-                Some((hops.len(), node, n.url.clone()))
-            })
-            .collect();
-        candidates.sort();
+        let candidates = nearest(
+            &me,
+            self.cluster.config.region.as_deref(),
+            sources,
+            &nodes,
+            &self.peer_rtts(now_ms()),
+        );
         if candidates.is_empty() {
             return Err(PullError::NoSource);
         }
@@ -79,7 +121,7 @@ impl Relays {
             let token = self.cluster_token();
             let body = serde_json::json!({ "targetNode": me }).to_string();
             let mut last = RelayError::NoSourceAnswered;
-            for (_, node, url) in candidates.iter().take(2) {
+            for (node, url) in candidates.iter().take(2) {
                 let path = client::stream_path(stream);
                 match client::request(url, "POST", &path, Some(body.as_bytes()), token.as_deref(), PULL_TIMEOUT).await {
                     Ok(a) if (200..300).contains(&a.status) => {
@@ -110,10 +152,184 @@ impl Relays {
         .map_err(PullError::Failed)
     }
 
+    /// Relays feeding this node whose source is lost (the node died, or the stream left
+    /// it) are pulled again from a node that publishes the stream now, into the same
+    /// relay-in: the source's set-up calls this node's ingress, which hands the session over
+    /// to it (`retarget_ingress`), so the viewers here keep their sessions. Sources fed by
+    /// the lost node are passed over (they lost the stream too), then the nearest first
+    /// ([`nearest`]: this node's region, then measured RTT, then hops).
+    /// Called every relay tick, and more often while a relay is lost; returns whether one
+    /// still is (nobody publishes its stream yet, or the new source refused).
+    pub(super) async fn repull_lost(&self) -> bool {
+        self.reopen_onwards().await;
+        let ins: Vec<InRelay> = self.book.lock().ins().cloned().collect();
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| ins.iter().any(|r| r.stream == s));
+        if ins.is_empty() {
+            return false;
+        }
+        let Ok(nodes) = self.cluster.store.list_nodes().await else {
+            return false;
+        };
+        let mut lost = false;
+        for r in ins {
+            if self.source_lost(&r, &nodes).await && !self.repull(&r, &nodes).await {
+                lost = true;
+            }
+        }
+        lost
+    }
+
+    /// Whether `r` was pulled again from a new source.
+    async fn repull(&self, r: &InRelay, nodes: &[Node]) -> bool {
+        let me = &self.node_id;
+        let Ok(sources) = self.cluster.store.stream_sources(&r.stream).await else {
+            return false;
+        };
+        let sources: Vec<(String, Vec<String>)> = sources
+            .into_iter()
+            .filter(|(node, hops)| *node != r.source_node && !hops.contains(&r.source_node))
+            .collect();
+        // The nearest as for a first pull: this node's region, measured RTT, hops.
+        let candidates = nearest(
+            me,
+            self.cluster.config.region.as_deref(),
+            sources,
+            nodes,
+            &self.peer_rtts(now_ms()),
+        );
+        let token = self.cluster_token();
+        let body = serde_json::json!({ "targetNode": me }).to_string();
+        for (node, url) in candidates.iter().take(2) {
+            let path = client::stream_path(&r.stream);
+            let answer = client::request(
+                url,
+                "POST",
+                &path,
+                Some(body.as_bytes()),
+                token.as_deref(),
+                PULL_TIMEOUT,
+            )
+            .await;
+            match answer {
+                Ok(a) if (200..300).contains(&a.status) => {
+                    tracing::info!(stream = %r.stream, lost = %r.source_node, source = %node, "relay pulled again from a new source");
+                    return true;
+                }
+                Ok(a) => {
+                    counters::cluster().relay_failed("repull");
+                    tracing::warn!(stream = %r.stream, source = %node, status = a.status, error = %a.error_text(), "relay not pulled again");
+                }
+                Err(e) => {
+                    counters::cluster().relay_failed("repull");
+                    tracing::warn!(stream = %r.stream, source = %node, error = %e, "relay not pulled again");
+                }
+            }
+        }
+        false
+    }
+
     /// Whether this node may serve a cascaded subscriber: in sync with its data plane and not
     /// overloaded.
     fn fit(&self) -> bool {
         let overloaded = self.load.get().is_some_and(|l| l.reason.is_some());
         !overloaded && self.sessions.lock().node.ready().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, region: Option<&str>, rtts: &[(&str, f64)]) -> Node {
+        Node {
+            node_id: id.into(),
+            url: format!("http://{id}"),
+            media_address: "127.0.0.1".into(),
+            workers: 1,
+            capacity: 100,
+            reserved: 0,
+            healthy: true,
+            draining: false,
+            overloaded: false,
+            load: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            region: region.map(str::to_owned),
+            relay_rtt_ms: rtts.iter().map(|(p, v)| ((*p).to_owned(), *v)).collect(),
+            registered_ms: 0,
+            heartbeat_ms: 0,
+        }
+    }
+
+    fn ids(v: &[(String, String)]) -> Vec<&str> {
+        v.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn src(list: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        list.iter()
+            .map(|(n, h)| ((*n).to_owned(), h.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn the_same_region_wins_over_fewer_hops() {
+        // Published on x1; y1 got it from x1. For y2, y1 is nearer than the publisher.
+        let nodes = [
+            node("x1", Some("x"), &[]),
+            node("y1", Some("y"), &[]),
+            node("y2", Some("y"), &[]),
+        ];
+        let sources = src(&[("x1", &[]), ("y1", &["x1"])]);
+        let none = BTreeMap::new();
+        let got = nearest("y2", Some("y"), sources.clone(), &nodes, &none);
+        assert_eq!(ids(&got), ["y1", "x1"]);
+        assert_eq!(got[0].1, "http://y1");
+        // Without a region, hops decide as before.
+        assert_eq!(
+            ids(&nearest("y2", None, sources, &nodes, &none)),
+            ["x1", "y1"]
+        );
+    }
+
+    #[test]
+    fn measured_rtt_orders_sources_of_one_region() {
+        let nodes = [
+            node("me", Some("y"), &[("b", 40.0)]),
+            node("a", Some("x"), &[]),
+            node("b", Some("x"), &[]),
+            node("c", Some("x"), &[("me", 12.0)]),
+            node("d", Some("x"), &[]),
+            node("sick", Some("y"), &[]),
+        ];
+        let mut sick = nodes.clone();
+        sick[5].healthy = false;
+        let sources = src(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["a"]),
+            ("sick", &[]),
+        ]);
+        // c measured 12 ms to me (its record), b 40 ms (mine); a and d unmeasured: hops.
+        let got = nearest("me", Some("y"), sources.clone(), &sick, &BTreeMap::new());
+        assert_eq!(ids(&got), ["c", "b", "a", "d"]);
+        // This node's own fresh measurement beats what the records say.
+        let mine = BTreeMap::from([("b".to_owned(), 5.0)]);
+        let got = nearest("me", Some("y"), sources, &sick, &mine);
+        assert_eq!(ids(&got), ["b", "c", "a", "d"]);
+    }
+
+    #[test]
+    fn never_itself_nor_a_loop() {
+        let nodes = [
+            node("a", None, &[]),
+            node("b", None, &[]),
+            node("c", None, &[]),
+        ];
+        let sources = src(&[("a", &[]), ("b", &["a", "c"]), ("c", &["a"])]);
+        let got = nearest("c", None, sources, &nodes, &BTreeMap::new());
+        assert_eq!(ids(&got), ["a"]);
     }
 }

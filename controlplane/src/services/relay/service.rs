@@ -2,12 +2,13 @@
 //! holds. Its calls are in `setup` (both ends), `pull` (the cascade), `trust` and `upkeep`.
 
 use std::net::IpAddr;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchyard_shared::config::Config;
 
 use super::book::Book;
 use super::file::BookFile;
+use super::rtt::PeerRtts;
 use crate::services::cluster::load::Latest;
 use crate::services::cluster::Cluster;
 use crate::services::sessions::Sessions;
@@ -24,6 +25,10 @@ pub struct Relays {
     pub(super) auth_key: Option<String>,
     /// This node serves its API over HTTPS.
     pub(super) tls: bool,
+    /// Round-trip times of its relay links, by peer.
+    pub(super) rtts: Mutex<PeerRtts>,
+    /// Which relays feeding this node have lost their source (viewer continuity).
+    pub(super) lost: Mutex<super::lost::Lost>,
 }
 
 impl Relays {
@@ -54,12 +59,19 @@ impl Relays {
             announce_ip: config.media.announce_ip(),
             auth_key: config.auth.key.clone(),
             tls: config.http.tls().is_some(),
+            rtts: Mutex::default(),
+            lost: Mutex::default(),
         }
     }
 
     /// The relay book, for reading (never held across an await).
     pub fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock()
+    }
+
+    /// Whether WHEP offers for streams on other nodes are served here (`[cluster] cascade`).
+    pub fn cascades(&self) -> bool {
+        self.cluster.config.cascade
     }
 
     /// This node's id.

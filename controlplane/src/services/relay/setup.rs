@@ -203,7 +203,7 @@ impl Relays {
     fn publisher_ssrcs(&self, stream: &str) -> Vec<u32> {
         let g = self.sessions.lock();
         let ssrcs = g.node.sessions().find_map(|s| match &s.role {
-            Role::Publisher { ssrcs, .. } | Role::RelayIn { ssrcs } if s.stream == stream => {
+            Role::Publisher { ssrcs, .. } | Role::RelayIn { ssrcs, .. } if s.stream == stream => {
                 Some(ssrcs.clone())
             }
             _ => None,
@@ -329,7 +329,10 @@ impl Relays {
             Err(e) => {
                 metrics().relay_failed("dataplane");
                 // Do not leave the target waiting for media that will not come.
-                let path = format!("/v1/relays/ingress/{}", a.relay_id);
+                let path = format!(
+                    "/v1/relays/ingress/{}?sourceNode={}",
+                    a.relay_id, self.node_id
+                );
                 let _ = client::request(url, "DELETE", &path, None, token.as_deref(), CALL_TIMEOUT)
                     .await;
                 return Err(e);
@@ -371,7 +374,12 @@ impl Relays {
         }
         self.book.lock().remove_out(stream, target);
         self.book.save();
-        let path = format!("/v1/relays/ingress/{}", relay.remote_relay_id);
+        // Named as the source: a target whose relay-in a new source has taken over since
+        // keeps it.
+        let path = format!(
+            "/v1/relays/ingress/{}?sourceNode={}",
+            relay.remote_relay_id, self.node_id
+        );
         let token = self.cluster_token();
         let answer = client::request(
             &relay.target_url,
@@ -427,6 +435,27 @@ impl Relays {
             }
         }
         let key = format!("in\n{}", req.stream);
+        // The relay feeding the stream here lost its source: the new source takes the same
+        // relay-in over, so the viewers here keep their sessions.
+        if self.lost_ingress(&req).await.is_some() {
+            let lead = matches!(self.book.lock().join(&key), Join::Lead);
+            if lead {
+                let answer = self
+                    .lead(&key, async {
+                        let old = self.lost_ingress(&req).await.ok_or_else(|| {
+                            RelayError::Conflict(format!(
+                                "stream {} is relayed to this node from another source",
+                                req.stream
+                            ))
+                        })?;
+                        self.retarget_ingress(old, &req).await
+                    })
+                    .await?;
+                self.sync_streams().await;
+                return Ok((answer, true));
+            }
+            // Another set-up or take-over is in flight: answered below from the book.
+        }
         loop {
             if let Some(a) = self.existing_ingress(&req)? {
                 return Ok((a, false));
@@ -449,6 +478,125 @@ impl Relays {
             self.sync_streams().await;
         }
         Ok(made)
+    }
+
+    /// The relay feeding `req.stream` here that `req`'s source may take over: one from
+    /// another source that is lost, or one from the same source whose publisher changed
+    /// under it (its SSRCs differ: the source's own relay was taken over, and it opens its
+    /// relays onwards again, so a chain follows).
+    async fn lost_ingress(&self, req: &IngressRequest) -> Option<InRelay> {
+        let r = self.book.lock().incoming(&req.stream).cloned()?;
+        if r.source_node == req.source_node {
+            let g = self.sessions.lock();
+            let changed = matches!(
+                g.node.session(r.session).map(|s| &s.role),
+                Some(Role::RelayIn { ssrcs, .. }) if !req.ssrcs.is_empty() && *ssrcs != req.ssrcs
+            );
+            return changed.then_some(r);
+        }
+        let nodes = self.cluster.store.list_nodes().await.ok()?;
+        self.source_lost(&r, &nodes).await.then_some(r)
+    }
+
+    /// Whether relay `r`'s source is gone: removed from the registry (dead), or no longer
+    /// listing the stream for a while (its publisher left, or re-published elsewhere; see
+    /// `lost`). A store that cannot answer proves nothing: not lost.
+    pub(super) async fn source_lost(
+        &self,
+        r: &InRelay,
+        nodes: &[crate::core::store::Node],
+    ) -> bool {
+        let registered = nodes.iter().any(|n| n.node_id == r.source_node);
+        let listed = if registered {
+            match self.cluster.store.stream_sources(&r.stream).await {
+                Ok(sources) => sources.iter().any(|(n, _)| *n == r.source_node),
+                Err(_) => return false,
+            }
+        } else {
+            false
+        };
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).judge(
+            &r.stream,
+            &r.source_node,
+            (registered, listed),
+            now_ms(),
+        )
+    }
+
+    /// Point relay-in `old` at `req`'s source: a fresh link key, the new source's SSRCs and
+    /// layers, the same session (its viewers keep theirs; the data plane re-bases their
+    /// numbering and asks the new source for a keyframe).
+    async fn retarget_ingress(
+        &self,
+        old: InRelay,
+        req: &IngressRequest,
+    ) -> Result<IngressAnswer, RelayError> {
+        let mut forward = vec![0u8; PROFILE.master_len()];
+        let mut back = vec![0u8; PROFILE.master_len()];
+        random::fill(&mut forward)?;
+        random::fill(&mut back)?;
+        let simulcast = req
+            .publisher_media
+            .as_ref()
+            .and_then(crate::services::webrtc::simulcast_map);
+        self.sessions.retarget_relay_in(
+            old.session,
+            SrtpKeys {
+                profile: PROFILE,
+                remote: forward,
+                local: back,
+            },
+            req.ssrcs.clone(),
+            simulcast,
+        )?;
+        if let Some(n) = &req.publisher_media {
+            self.sessions.lock().node.set_publisher_media(
+                &req.stream,
+                old.session,
+                Arc::new(n.clone()),
+            );
+        }
+        let relay = InRelay {
+            source_node: req.source_node.clone(),
+            hops: req.hops.clone(),
+            publisher_media: req.publisher_media.clone(),
+            ..old.clone()
+        };
+        self.book.lock().add_in(relay);
+        self.book.save();
+        // Relays of the stream onwards carry the new publisher's SSRCs from now on: their
+        // targets are told (the relay task opens them again, into the same relay-ins).
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reopen(&req.stream);
+        counters::cluster().relay_retargeted();
+        tracing::info!(stream = %req.stream, from = %old.source_node, to = %req.source_node, session = old.session.0, "relay ingress taken over by a new source");
+        let g = self.sessions.lock();
+        let spec = g.node.session(old.session).ok_or(RelayError::NoKeys)?;
+        self.answer_for(&g.node, spec, &req.hops)
+            .ok_or(RelayError::NoKeys)
+    }
+
+    /// A publisher is about to publish `stream` here: a relay feeding it here ends first
+    /// (the node's viewers of it stay, and follow the new publisher). Asks a live source
+    /// to close its end; a lost one is not waited for.
+    pub async fn yield_to_publisher(&self, stream: &str) {
+        let Some(r) = self.book.lock().incoming(stream).cloned() else {
+            return;
+        };
+        let lost = match self.cluster.store.list_nodes().await {
+            Ok(nodes) => self.source_lost(&r, &nodes).await,
+            Err(_) => true,
+        };
+        tracing::info!(%stream, source = %r.source_node, lost, "a publisher here replaces the relay that fed the stream");
+        if lost {
+            if let Err(e) = self.close_ingress(r.session).await {
+                tracing::warn!(%stream, error = %e, "cannot end the relay ingress");
+            }
+        } else {
+            self.end_incoming(&r).await;
+        }
     }
 
     /// The answer for the relay already feeding `req.stream` from the same source; a
@@ -519,6 +667,12 @@ impl Relays {
                         stream: req.stream.clone(),
                         role: Role::RelayIn {
                             ssrcs: req.ssrcs.clone(),
+                            // The publisher's layers cross the link unchanged; this node
+                            // tells them apart for its own viewers.
+                            simulcast: req
+                                .publisher_media
+                                .as_ref()
+                                .and_then(crate::services::webrtc::simulcast_map),
                         },
                         remote: None,
                         keying: Keying::Static(SrtpKeys {
@@ -558,6 +712,79 @@ impl Relays {
         let g = self.sessions.lock();
         self.answer_for(&g.node, &spec, &req.hops)
             .ok_or(RelayError::NoKeys)
+    }
+
+    /// Open again the relays onwards of streams whose relay-in here was taken over by a new
+    /// source: the local relay-out goes (without ending the target's relay-in) and the
+    /// set-up runs again, which the target takes as a change of publisher under the same
+    /// source (`lost_ingress`) and answers with a fresh key into the same relay-in.
+    pub(super) async fn reopen_onwards(&self) {
+        let streams = self
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_reopen();
+        for stream in streams {
+            let outs: Vec<OutRelay> = self
+                .book
+                .lock()
+                .outs()
+                .filter(|o| o.stream == stream)
+                .cloned()
+                .collect();
+            for o in outs {
+                match self.sessions.remove(o.session).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(%stream, target = %o.target_node, error = %e, "relay onwards not reopened");
+                        continue;
+                    }
+                }
+                self.book.lock().remove_out(&stream, &o.target_node);
+                self.book.save();
+                let target = if self
+                    .cluster
+                    .store
+                    .list_nodes()
+                    .await
+                    .is_ok_and(|n| n.iter().any(|n| n.node_id == o.target_node))
+                {
+                    Target::Node(o.target_node.clone())
+                } else {
+                    Target::Url(o.target_url.clone())
+                };
+                match self.open(&stream, target).await {
+                    Ok(_) => {
+                        tracing::info!(%stream, target = %o.target_node, "relay onwards reopened for the new source")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%stream, target = %o.target_node, error = %e, "relay onwards not reopened")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new publisher of `stream` here: relays of the stream onwards (left from a relay
+    /// it replaced) are opened again, so their targets take its SSRCs.
+    pub async fn publisher_changed(&self, stream: &str) {
+        if !self.book.lock().outs().any(|o| o.stream == stream) {
+            return;
+        }
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reopen(stream);
+        self.reopen_onwards().await;
+    }
+
+    /// Whether relay-in `id` here is fed from `source` now.
+    pub fn fed_from(&self, id: SessionId, source: &str) -> bool {
+        self.book
+            .lock()
+            .ins()
+            .any(|r| r.session == id && r.source_node == source)
     }
 
     /// End the ingress `id` (its `RelayIn` session) here.

@@ -1,6 +1,7 @@
 //! The relay task: every [`TICK`] it writes this node's streams to the cluster store (where
 //! other nodes' cascades look for them), forgets relays whose session the data plane no
-//! longer has, and ends cascade relays nobody has used for the grace period.
+//! longer has, ends cascade relays nobody has used for the grace period, and reads its relay
+//! links' round-trip times (written to its store record when they move).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -8,12 +9,17 @@ use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{Role, SessionId};
 
+use super::rtt;
 use super::service::Relays;
 use crate::core::clock::now_ms;
+use crate::core::counters;
 use crate::core::store::Store as _;
 
 /// How often the relay task syncs the store, reconciles the book and runs grace timers.
 const TICK: Duration = Duration::from_secs(1);
+/// While a relay here has lost its source, how often the store is asked for a new one: the
+/// time a viewer waits after the stream is published again somewhere is at most this.
+const REPULL_TICK: Duration = Duration::from_millis(200);
 /// Ticks a relay's session must be missing from the data plane before its record goes.
 const FORGET_AFTER_TICKS: u32 = 5;
 /// The store entry of this node's streams is rewritten at least this often, so a store that
@@ -58,7 +64,7 @@ impl Relays {
     }
 
     /// Write this node's streams to the store now.
-    pub(super) async fn sync_streams(&self) {
+    pub async fn sync_streams(&self) {
         let streams = self.published();
         if let Err(e) = self
             .cluster
@@ -71,15 +77,54 @@ impl Relays {
     }
 }
 
+/// Measure the relay links' RTTs; write them to this node's store record when they moved
+/// ([`rtt::changed`]) or [`STORE_REFRESH`] passed, and to the metrics each tick.
+async fn sync_rtts(
+    relays: &Relays,
+    now: u64,
+    written: &mut Option<(BTreeMap<String, f64>, Instant)>,
+) {
+    let rtts = relays.measure_rtts(now);
+    counters::cluster().set_relay_rtts(&rtts);
+    let due = match written {
+        None => !rtts.is_empty(),
+        Some((w, at)) => rtt::changed(&rtts, w) || at.elapsed() >= STORE_REFRESH,
+    };
+    if !due {
+        return;
+    }
+    match relays
+        .cluster
+        .store
+        .set_relay_rtt(&relays.node_id, &rtts)
+        .await
+    {
+        Ok(()) => *written = Some((rtts, Instant::now())),
+        Err(e) => tracing::warn!(error = %e, "cannot record this node's relay RTTs"),
+    }
+}
+
 /// The relay task: store sync, reconciliation with the data plane, grace timers. Runs until
 /// aborted.
 pub async fn run(relays: Arc<Relays>) {
     let grace = relays.cluster.config.relay_grace_ms;
     let mut written: Option<(BTreeMap<String, Vec<String>>, Instant)> = None;
+    let mut rtt_written: Option<(BTreeMap<String, f64>, Instant)> = None;
     // Ticks each relay's session has been missing from the data plane's table in a row.
     let mut missing: HashMap<SessionId, u32> = HashMap::new();
+    // Whether a relay here lost its source and found no new one at the last look.
+    let mut lost = false;
+    let mut last_tick = Instant::now();
     loop {
-        tokio::time::sleep(TICK).await;
+        tokio::time::sleep(if lost { REPULL_TICK } else { TICK }).await;
+        if last_tick.elapsed() < TICK {
+            // Between two ticks, only the search for the lost relays' new source.
+            if relays.sessions.lock().node.ready().is_ok() {
+                lost = relays.repull_lost().await;
+            }
+            continue;
+        }
+        last_tick = Instant::now();
         let ready = relays.sessions.lock().node.ready().is_ok();
         if ready {
             let live: HashSet<_> = relays
@@ -126,7 +171,9 @@ pub async fn run(relays: Arc<Relays>) {
         if !ready {
             continue;
         }
+        lost = relays.repull_lost().await;
         let now = now_ms();
+        sync_rtts(&relays, now, &mut rtt_written).await;
         let users = relays.users();
         let expired = {
             let mut book = relays.book.lock();

@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use switchyard_shared::command::{Command, CommandError, Role, SessionId, SessionSpec};
+use switchyard_shared::command::{
+    Command, CommandError, Role, SessionId, SessionSpec, Simulcast, SrtpKeys,
+};
 use switchyard_shared::config::MediaSection;
 
 use crate::core::counters::Counters;
@@ -242,6 +244,33 @@ impl Sessions {
         }
         let max_layer = max_layer.unwrap_or(u8::MAX);
         g.send(&Command::SetMaxLayer { id, max_layer })?;
+        Ok(())
+    }
+
+    /// Relay-in `id` is fed by another source from now on (`Command::RetargetRelayIn`):
+    /// the new link key and the new source publisher's SSRCs and layers. The session and
+    /// its viewers stay; the spec kept here follows, so a restarted data plane gets the new
+    /// key. Not answered by the data plane (it was checked here).
+    pub fn retarget_relay_in(
+        &self,
+        id: SessionId,
+        keys: SrtpKeys,
+        ssrcs: Vec<u32>,
+        simulcast: Option<Simulcast>,
+    ) -> Result<(), SessionError> {
+        let mut g = self.link.lock();
+        g.node.ready()?;
+        let spec = g.node.session(id).ok_or(SessionError::NotFound)?;
+        if !matches!(spec.role, Role::RelayIn { .. }) {
+            return Err(SessionError::NotFound);
+        }
+        g.send(&Command::RetargetRelayIn {
+            id,
+            keys: keys.clone(),
+            ssrcs: ssrcs.clone(),
+            simulcast: simulcast.clone(),
+        })?;
+        g.node.retarget_relay_in(id, keys, ssrcs, simulcast);
         Ok(())
     }
 

@@ -212,7 +212,10 @@ impl Sessions {
                 rtx: Vec::new(),
                 tracks: ALL_TRACKS,
             },
-            RoleName::RelayIn => Role::RelayIn { ssrcs: Vec::new() },
+            RoleName::RelayIn => Role::RelayIn {
+                ssrcs: Vec::new(),
+                simulcast: None,
+            },
             RoleName::RelayOut => Role::RelayOut,
         };
         let stream = req.stream;

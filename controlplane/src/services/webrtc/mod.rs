@@ -28,6 +28,9 @@
 
 mod tracks;
 
+/// A publisher's simulcast map from its negotiated media: a relay-in carries its source's.
+pub(crate) use tracks::simulcast as simulcast_map;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -137,8 +140,12 @@ impl Webrtc {
         }
     }
 
-    /// Where an offer for `room/stream` is served: here, or on the room's node. A WHEP offer
-    /// for a stream published elsewhere is first tried through a cascade relay.
+    /// Where an offer for `room/stream` is served: here, or on the room's node. With the
+    /// cascade on, a WHEP offer for a stream this node has (its publisher, or a relay that
+    /// feeds it) is served here wherever the room is placed: a region's viewers are sent to
+    /// a node of their region (`/v1/resolve?region=`), which holds the stream once the
+    /// first of them pulled it; one for a stream published elsewhere is first tried through
+    /// a cascade relay.
     pub async fn locate(
         &self,
         dir: Direction,
@@ -146,8 +153,12 @@ impl Webrtc {
         stream: &str,
     ) -> Result<Route, WebrtcError> {
         let name = stream_name(room, stream)?;
-        if dir == Direction::Subscribe && self.sessions.lock().node.publisher_media(&name).is_none()
-        {
+        let here = self.sessions.lock().node.publisher_media(&name).is_some();
+        if dir == Direction::Subscribe && here && self.relays.cascades() {
+            // Published or relayed here already: what a cascade would do, without a pull.
+            return Ok(Route::Here);
+        }
+        if dir == Direction::Subscribe && !here {
             match self.relays.pull(&name).await {
                 Ok(()) => return Ok(Route::Here),
                 Err(PullError::NoSource) => {}
@@ -217,6 +228,11 @@ impl Webrtc {
             return Err(SdpError::TooLarge.into());
         }
         let offer = std::str::from_utf8(offer).map_err(|_| WebrtcError::NotUtf8)?;
+        if dir == Direction::Publish {
+            // A publisher that moved here (its node died): it replaces the relay of its
+            // stream, and this node's viewers of the stream follow it.
+            self.relays.yield_to_publisher(&name).await;
+        }
         let publisher = match dir {
             Direction::Publish => None,
             Direction::Subscribe => Some(
@@ -254,6 +270,16 @@ impl Webrtc {
                 .lock()
                 .node
                 .set_publisher_media(&name, spec.id, Arc::new(negotiated));
+            // Listed in the store now rather than at the next relay tick: nodes whose relay
+            // of the stream lost its source are waiting for it (viewer continuity). In the
+            // background, so the answer never waits for the store.
+            let relays = self.relays.clone();
+            let stream = name.clone();
+            tokio::spawn(async move {
+                relays.sync_streams().await;
+                // Relays onwards that a replaced relay fed carry this publisher from now on.
+                relays.publisher_changed(&stream).await;
+            });
         }
         Ok(Answered {
             id: spec.id,
@@ -427,7 +453,17 @@ fn session_spec(
                     .find(|(_, uri)| uri == sdp::TRANSPORT_CC_URI)
                     .map(|&(id, _)| id)
             }),
-            Direction::Subscribe => None,
+            // A viewer that accepted transport-cc feedback: the node numbers what it sends
+            // it on this id and estimates its bandwidth from the feedback.
+            Direction::Subscribe => n.tracks.iter().find_map(|t| {
+                if !t.codec.rtcp_fb.iter().any(|f| f == "transport-cc") {
+                    return None;
+                }
+                t.extensions
+                    .iter()
+                    .find(|(_, uri)| uri == sdp::TRANSPORT_CC_URI)
+                    .map(|&(id, _)| id)
+            }),
         },
         created_ms: now_ms(),
         control: keep(local.secret, dir, n)?,

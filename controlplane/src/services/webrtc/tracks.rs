@@ -35,7 +35,7 @@ pub(super) fn published(n: &sdp::Negotiated) -> impl Iterator<Item = &sdp::Track
 /// A WHIP publisher's simulcast map for the data plane, when any of its m-lines has rids.
 /// Layer `i` of a track is its `i`-th rid in `a=simulcast` order; which is the better
 /// picture the data plane finds out from what it receives.
-pub(super) fn simulcast(n: &sdp::Negotiated) -> Option<Simulcast> {
+pub(crate) fn simulcast(n: &sdp::Negotiated) -> Option<Simulcast> {
     if !published(n).any(|t| !t.rids.is_empty()) {
         return None;
     }

@@ -25,6 +25,7 @@ pub(super) fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) 
             remote,
             ssrcs: Vec::new(),
             srtp: keys(LINK, K_FWD, K_BACK),
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -560,6 +561,7 @@ fn links_of_several_streams_share_one_address_pair() {
             remote: None,
             ssrcs: Vec::new(),
             srtp: keys(LINK, fwd2, back2),
+            simulcast: None,
         },
         t0(),
         &mut out,
@@ -638,6 +640,7 @@ fn given_ssrcs_fix_the_relay_ins_track_order() {
                 remote: None,
                 ssrcs: given.clone(),
                 srtp: keys(LINK, K_FWD, K_BACK),
+                simulcast: None,
             },
             t0(),
             &mut out,
@@ -657,4 +660,77 @@ fn given_ssrcs_fix_the_relay_ins_track_order() {
         let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
         assert_eq!(ssrc, sub_ssrcs(2 * 16)[track as usize], "given {given:?}");
     }
+}
+
+/// The source measures the link's round trip (RFC 3550 §6.4.1): the publisher's sender
+/// report leaves on the link, the target's receiver report echoes it with the time it held
+/// it, and the relay-out's session slot carries the difference. Virtual time: 10 ms to the
+/// target, 15 ms back, however long the target held the report.
+#[test]
+fn the_relay_out_measures_the_links_round_trip() {
+    let t0 = t0();
+    let ms = |m: u64| t0 + Duration::from_millis(m);
+    let mut a = fixture(1);
+    add_pub(&mut a.engines[0], 1, Some(addr(5000)), LINK);
+    add_relay_out(&mut a.engines[0], 2, addr(TARGET));
+    let mut b = fixture(1);
+    add_relay_in(&mut b.engines[0], 1, Some(addr(SOURCE)));
+    let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
+
+    // Media, then the publisher's SR at 100 ms: both cross the link, 10 ms on the way.
+    let mut out = Capture::default();
+    for seq in 1..=3u16 {
+        let mut p = srtp_packet(&mut publisher, seq, 100);
+        a.engines[0].handle_datagram(&mut p, addr(5000), ms(u64::from(seq)), &mut out);
+    }
+    let mut sr = [0u8; 128];
+    let len = rtcp::write_sender_report(&mut sr, PUB_SSRC, 0xAABB_CCDD_0011_2233, 0, 3, 300, &[])
+        .expect("sr");
+    let n = publisher.protect_rtcp(&mut sr, len).expect("protect");
+    a.engines[0].handle_datagram(&mut sr[..n], addr(5000), ms(100), &mut out);
+    let crossing: Vec<Vec<u8>> = out
+        .sent
+        .iter()
+        .filter(|(d, _)| *d == addr(TARGET))
+        .map(|(_, bytes)| bytes.clone())
+        .collect();
+    assert_eq!(crossing.len(), 4, "three packets and the SR");
+    let mut out = Capture::default();
+    for (k, mut bytes) in crossing.into_iter().enumerate() {
+        let at = if k < 3 { ms(11 + k as u64) } else { ms(110) };
+        b.engines[0].handle_relay_datagram(&mut bytes, addr(SOURCE), at, &mut out);
+    }
+    let id = SessionId(2).0;
+    assert_eq!(a.stats.find(0, id).expect("slot").rtt, None, "no echo yet");
+
+    // The target's receiver report at 1,040 ms (held 930 ms), back at the source 15 ms later.
+    let mut out = Capture::default();
+    b.engines[0].handle_timeout(ms(1040), &mut out);
+    let rr: Vec<Vec<u8>> = out
+        .sent
+        .iter()
+        .filter(|(d, _)| *d == addr(SOURCE))
+        .map(|(_, bytes)| bytes.clone())
+        .collect();
+    assert_eq!(rr.len(), 1, "one receiver report upstream");
+    let mut out = Capture::default();
+    let mut back = rr[0].clone();
+    a.engines[0].handle_relay_datagram(&mut back, addr(TARGET), ms(1055), &mut out);
+    let rtt = a.stats.find(0, id).expect("slot").rtt.expect("measured");
+    // 25 ms, to the DLSR's resolution (1/65536 s).
+    assert!(
+        rtt.abs_diff(Duration::from_millis(25)) < Duration::from_micros(40),
+        "{rtt:?}"
+    );
+    // A forged echo (an LSR never sent) changes nothing.
+    let mut forged = rtcp_out(&mut link(K_BACK), |buf| {
+        let block = rtcp::ReportBlock {
+            ssrc: PUB_SSRC,
+            lsr: 0x1234_5678,
+            ..rtcp::ReportBlock::default()
+        };
+        rtcp::write_receiver_report(buf, 77, &[block]).expect("rr")
+    });
+    a.engines[0].handle_relay_datagram(&mut forged, addr(TARGET), ms(1200), &mut out);
+    assert_eq!(a.stats.find(0, id).expect("slot").rtt, Some(rtt));
 }

@@ -13,15 +13,15 @@ const RID_EXT: u8 = 10;
 pub(super) const RRID_EXT: u8 = 11;
 /// SSRCs of layers f (1280x720), h (640x360), q (320x180), and f's RTX.
 pub(super) const F: u32 = 0xa0;
-const H: u32 = 0xa1;
-const Q: u32 = 0xa2;
+pub(super) const H: u32 = 0xa1;
+pub(super) const Q: u32 = 0xa2;
 pub(super) const F_RTX: u32 = 0xb0;
 /// The viewer's SSRC of the video track (track 1): `sub_ssrcs(2 * 16)[1]`.
 const VIEWER: u32 = 33;
 
-fn add_sim_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
-    let mut out = Capture::default();
-    let simulcast = Simulcast {
+/// The publisher's map: audio on mid 0, video on mid 1 with rids f, h, q.
+pub(super) fn sim_spec() -> Simulcast {
+    Simulcast {
         rid_ext: RID_EXT,
         repaired_rid_ext: RRID_EXT,
         mid_ext: MID_EXT,
@@ -39,7 +39,12 @@ fn add_sim_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
                 codec: LayerCodec::Vp8,
             },
         ],
-    };
+    }
+}
+
+fn add_sim_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
+    let mut out = Capture::default();
+    let simulcast = sim_spec();
     e.handle_command(
         WorkerCommand::AddPublisher {
             id: SessionId(1),

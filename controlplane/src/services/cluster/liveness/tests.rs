@@ -22,6 +22,7 @@ fn reg(id: &str, capacity: u64) -> Registration {
         workers: 1,
         capacity,
         labels: BTreeMap::new(),
+        region: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn spec(id: &str, consumers: u64, hook: bool) -> RoomSpec {
         max_peer_count: 2,
         event_notification_uri: hook.then(|| format!("http://hooks.test/{id}")),
         pool: Default::default(),
+        region: None,
     }
 }
 
@@ -117,9 +119,8 @@ fn three_silent_checks_in_a_row_make_a_node_dead() {
 async fn a_dead_nodes_rooms_move_and_its_reservations_go() {
     let (c, mut rx) = cluster();
     let a = c.store.register_node(reg("a", 100)).await.expect("a");
-    c.store.register_node(reg("b", 50)).await.expect("b");
     c.store.renew_lease("a", TTL, 0).await.expect("lease");
-    // a is the freer node: both rooms go there.
+    // Both rooms on a, the only node yet; then b comes.
     for (id, hook) in [("r1", true), ("r2", false)] {
         let p = c
             .store
@@ -128,6 +129,7 @@ async fn a_dead_nodes_rooms_move_and_its_reservations_go() {
             .expect("placed");
         assert_eq!(p.node.node_id, "a");
     }
+    c.store.register_node(reg("b", 50)).await.expect("b");
     assert_eq!(reserved(&c).await["a"], 20);
 
     assert!(c.bury_lapsed("b", TTL - 1).await.expect("sweep").is_empty());
@@ -208,15 +210,15 @@ async fn a_room_no_node_fits_stays_unplaced_until_one_does() {
         .expect("bury");
     assert!(matches!(removal, Removal::Removed { rooms } if rooms.len() == 1));
     // Not lost: listed, unplaced, with no URL.
-    let (r, url) = c.room("big").await.expect("room");
-    assert!(r.unplaced() && url.is_none(), "{r:?}");
+    let (r, node) = c.room("big").await.expect("room");
+    assert!(r.unplaced() && node.is_none(), "{r:?}");
     assert_eq!(r.last_node.as_deref(), Some("a"));
     assert_eq!(reserved(&c).await["b"], 0);
     // A node with room arrives: the next lookup places it there.
     c.store.register_node(reg("c", 100)).await.expect("c");
-    let (r, url) = c.room("big").await.expect("room");
+    let (r, node) = c.room("big").await.expect("room");
     assert_eq!(
-        (r.node.as_str(), url.as_deref()),
+        (r.node.as_str(), node.as_ref().map(|n| n.url.as_str())),
         ("c", Some("http://c:8080"))
     );
     assert_eq!(reserved(&c).await["c"], 60);
