@@ -62,6 +62,14 @@ pub struct SessionRequest {
     /// Base64 key || salt the node protects with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_key: Option<String>,
+    /// A publisher's SSRCs in track order (`--audio`: video, then audio); learned from
+    /// the first packets when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssrcs: Option<Vec<u32>>,
+    /// A publisher's RTP clock rates, one per `ssrcs` entry (90 kHz video, 48 kHz audio):
+    /// what lets the node treat its video as video (`media.pad_video_to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_rates: Option<Vec<u32>>,
 }
 
 /// The 201 answer to `POST /v1/sessions` (fields the bench reads).
@@ -244,6 +252,8 @@ mod tests {
             worker: None,
             remote_key: None,
             local_key: None,
+            ssrcs: None,
+            clock_rates: None,
         };
         let v: serde_json::Value = serde_json::to_value(&req).expect("json");
         assert_eq!(
@@ -273,6 +283,8 @@ mod tests {
             worker: Some(0),
             remote_key: Some("AAEC".into()),
             local_key: Some("AwQF".into()),
+            ssrcs: None,
+            clock_rates: None,
         };
         let v: serde_json::Value = serde_json::to_value(&req).expect("json");
         assert_eq!(

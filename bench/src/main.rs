@@ -9,6 +9,7 @@ use serde::Serialize;
 use switchyard_bench::crypto::Profile;
 use switchyard_bench::pacing::rate_for_bitrate;
 use switchyard_bench::run::WebrtcJoin;
+use switchyard_bench::shape::{Packetize, VideoSpec};
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
 mod output;
@@ -60,6 +61,9 @@ enum Cmd {
         /// Core the reflector thread is pinned to.
         #[arg(long, default_value_t = 1)]
         core: usize,
+        /// Send each subscriber a receive batch's datagrams as UDP_SEGMENT messages.
+        #[arg(long)]
+        gso: bool,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -73,6 +77,9 @@ enum Cmd {
         /// Core of the reflector thread (with --reflector).
         #[arg(long, default_value_t = 1)]
         core: usize,
+        /// With --reflector: segmented sends (see `reflector --gso`).
+        #[arg(long, requires = "reflector")]
+        gso: bool,
         /// Subscribers per publisher (or publishers, with --grow-publishers) at step 1.
         #[arg(long, default_value_t = 10)]
         start: usize,
@@ -204,6 +211,28 @@ struct LoadArgs {
     /// subscriber egress.
     #[arg(long)]
     relay_out: bool,
+    /// Frame-shaped video instead of --rate: this many bits/s per publisher (datagram bytes),
+    /// --fps frames a second, each a burst of packets of at most --size bytes; a keyframe
+    /// every --keyframe-every seconds, --keyframe-factor times larger.
+    #[arg(long, conflicts_with = "bitrate")]
+    video: Option<u64>,
+    /// With --video: frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u64,
+    /// With --video: a keyframe's size over a delta frame's.
+    #[arg(long, default_value_t = 5)]
+    keyframe_factor: u64,
+    /// With --video: how a frame is cut into packets (even: as libwebrtc does, sizes within
+    /// one byte; max: full packets and a shorter last one).
+    #[arg(long, value_enum, default_value_t = Packetize::Even)]
+    packetize: Packetize,
+    /// An audio track per publisher: 50 packets/s of 100–160 bytes, in the same stream as
+    /// --video (alone without it).
+    #[arg(long)]
+    audio: bool,
+    /// Subscribers read with UDP_GRO (the report counts reads and datagrams).
+    #[arg(long)]
+    gro: bool,
     #[command(flatten)]
     output: output::OutputArgs,
 }
@@ -242,6 +271,15 @@ impl LoadArgs {
             sockets: self.sockets,
             bench_cores,
             relay_out: self.relay_out,
+            video: self.video.map(|bitrate| VideoSpec {
+                bitrate,
+                fps: self.fps.max(1),
+                keyframe_every: self.keyframe_every,
+                keyframe_factor: self.keyframe_factor.max(1),
+                packetize: self.packetize,
+            }),
+            audio: self.audio,
+            gro: self.gro,
             progress: !self.output.quiet,
             ..LoadSpec::default()
         })
@@ -312,9 +350,12 @@ fn main() -> anyhow::Result<()> {
             report_out(&report.table(), &load.json, &report)?;
             load.output.run(&report)?;
         }
-        Cmd::Reflector { core, load } => {
-            let report =
-                switchyard_bench::run(&load.spec()?, &Target::Reflector { core: Some(core) })?;
+        Cmd::Reflector { core, gso, load } => {
+            let target = Target::Reflector {
+                core: Some(core),
+                gso,
+            };
+            let report = switchyard_bench::run(&load.spec()?, &target)?;
             report_out(&report.table(), &load.json, &report)?;
             load.output.run(&report)?;
         }
@@ -322,6 +363,7 @@ fn main() -> anyhow::Result<()> {
             node,
             reflector,
             core,
+            gso,
             start,
             step,
             max,
@@ -338,7 +380,10 @@ fn main() -> anyhow::Result<()> {
             spec.duration = secs(step_duration, "step-duration")?;
             spec.http = node.http.options();
             let target = if reflector {
-                Target::Reflector { core: Some(core) }
+                Target::Reflector {
+                    core: Some(core),
+                    gso,
+                }
             } else {
                 node.target()
             };

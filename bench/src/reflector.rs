@@ -32,6 +32,17 @@ impl Reflector {
         routes: HashMap<SocketAddr, Vec<SocketAddr>>,
         core: Option<usize>,
     ) -> io::Result<Reflector> {
+        Self::start_with(routes, core, false)
+    }
+
+    /// [`Reflector::start`]; with `gso`, each receive batch's datagrams from one publisher
+    /// go to each of its subscribers as `UDP_SEGMENT` messages (runs of equal size), the
+    /// shape the node's segmented egress sends (`crate::offload::send_segmented`).
+    pub fn start_with(
+        routes: HashMap<SocketAddr, Vec<SocketAddr>>,
+        core: Option<usize>,
+        gso: bool,
+    ) -> io::Result<Reflector> {
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sys::set_socket_buffers(&sock, 4 << 20);
         sock.set_read_timeout(Some(POLL))?;
@@ -48,7 +59,11 @@ impl Reflector {
                         eprintln!("reflector: cannot pin to core {c}: {e}");
                     }
                 }
-                serve(&sock, &routes, &stop2)
+                if gso {
+                    serve_segmented(&sock, &routes, &stop2)
+                } else {
+                    serve(&sock, &routes, &stop2)
+                }
             })?;
         let tid = tid_rx
             .recv()
@@ -114,6 +129,41 @@ fn serve(
     Ok(sent)
 }
 
+/// [`serve`] with each batch grouped by publisher and sent per subscriber as segments.
+fn serve_segmented(
+    sock: &UdpSocket,
+    routes: &HashMap<SocketAddr, Vec<SocketAddr>>,
+    stop: &AtomicBool,
+) -> io::Result<u64> {
+    let mut batch = RecvBatch::default();
+    let mut sent = 0u64;
+    let mut by_source: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let n = batch.recv(sock, true)?;
+        for (_, v) in &mut by_source {
+            v.clear();
+        }
+        for i in 0..n {
+            let src = batch.source(i);
+            if !routes.contains_key(&src) {
+                continue;
+            }
+            match by_source.iter_mut().find(|(s, _)| *s == src) {
+                Some((_, v)) => v.push(i),
+                None => by_source.push((src, vec![i])),
+            }
+        }
+        for (src, idx) in &by_source {
+            let (Some(dests), false) = (routes.get(src), idx.is_empty()) else {
+                continue;
+            };
+            let datagrams: Vec<&[u8]> = idx.iter().map(|&i| batch.datagram(i)).collect();
+            sent += crate::offload::send_segmented(sock, &datagrams, dests).unwrap_or(0) as u64;
+        }
+    }
+    Ok(sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +190,31 @@ mod tests {
             assert_eq!((&buf[..n], from), (&b"hello"[..], r.addr()));
         }
         assert_eq!(r.stop().expect("stop"), 3);
+    }
+
+    #[test]
+    fn segmented_reflector_delivers_every_datagram_in_order() {
+        let publisher = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let subs: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let routes = HashMap::from([(
+            publisher.local_addr().expect("addr"),
+            subs.iter().map(|s| s.local_addr().expect("addr")).collect(),
+        )]);
+        let r = Reflector::start_with(routes, None, true).expect("start");
+        let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 500]).collect();
+        let batch: Vec<(&[u8], SocketAddr)> = msgs.iter().map(|m| (&m[..], r.addr())).collect();
+        assert_eq!(sys::send_batch(&publisher, &batch).expect("send"), 20);
+        for s in &subs {
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            for m in &msgs {
+                let mut buf = [0u8; 1024];
+                let n = s.recv(&mut buf).expect("reflected");
+                assert_eq!(&buf[..n], &m[..]);
+            }
+        }
+        assert_eq!(r.stop().expect("stop"), 40);
     }
 }

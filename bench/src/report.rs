@@ -121,6 +121,11 @@ pub struct Report {
     /// measured window (the `relay_tx_packets_total` counter's rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_link_pps: Option<f64>,
+    /// What each publisher sent: the steady stream or frame-shaped video/audio.
+    pub load: crate::shape::LoadShape,
+    /// `--gro`: the subscribers' coalesced reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gro: Option<GroReport>,
     pub errors: Errors,
     /// The run slot by slot (one second, longer past an hour), warm-up and drain included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -128,6 +133,14 @@ pub struct Report {
     /// The measured window's latency (µs), all subscribers: `.hgrm` files, the HTML report.
     #[serde(skip)]
     pub latency_histogram: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Subscribers that read with UDP_GRO: how many reads, and the datagrams they carried
+/// (each accounted on its own).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroReport {
+    pub reads: u64,
+    pub datagrams: u64,
 }
 
 /// The subscribers on one node of a relay run.
@@ -240,6 +253,35 @@ impl Report {
                 l.p99,
                 opt(g.added_p50_us_per_hop, 0),
                 opt(g.added_p99_us_per_hop, 0)
+            );
+        }
+        if self.load.shape != "steady" {
+            let _ = writeln!(
+                s,
+                "  load     frames: {}{}, {:.0} pps, {:.0} kbit/s per publisher",
+                self.load.video.map_or_else(
+                    || "no video".into(),
+                    |v| format!(
+                        "video {} kbit/s at {} fps, keyframes every {} s x{}, packetized {:?}",
+                        v.bitrate / 1000,
+                        v.fps,
+                        v.keyframe_every,
+                        v.keyframe_factor,
+                        v.packetize
+                    )
+                ),
+                if self.load.audio { " + audio" } else { "" },
+                self.load.pps,
+                self.load.bps / 1000.0
+            );
+        }
+        if let Some(g) = &self.gro {
+            let _ = writeln!(
+                s,
+                "  gro      subscribers coalesce: {} reads carried {} datagrams ({:.2} per read)",
+                g.reads,
+                g.datagrams,
+                g.datagrams as f64 / g.reads.max(1) as f64
             );
         }
         if let Some(pps) = self.relay_link_pps {

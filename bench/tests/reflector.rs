@@ -26,7 +26,14 @@ fn spec() -> LoadSpec {
 
 #[test]
 fn reflector_fanout_has_no_loss_and_reports_every_field() {
-    let r = run(&spec(), &Target::Reflector { core: None }).expect("run");
+    let r = run(
+        &spec(),
+        &Target::Reflector {
+            core: None,
+            gso: false,
+        },
+    )
+    .expect("run");
     print!("{}", r.table());
     // 2 s at 200 pps + 4 bursts of 5 packets, per publisher; shown to each of 3 subscribers.
     let per_pub = 2 * 200 + 4 * 5;
@@ -88,8 +95,16 @@ fn reflector_ramp_reports_steps_and_capacity() {
         p99_us: 1_000_000,
         grow_publishers: false,
     };
-    let r = switchyard_bench::ramp(&base, &Target::Reflector { core: None }, &ramp, false)
-        .expect("ramp");
+    let r = switchyard_bench::ramp(
+        &base,
+        &Target::Reflector {
+            core: None,
+            gso: false,
+        },
+        &ramp,
+        false,
+    )
+    .expect("ramp");
     print!("{}", r.table());
     assert_eq!(r.steps.len(), 3, "1, 2, 4 subscribers all pass at 200 pps");
     assert!(r.steps.iter().all(|s| s.pass));
@@ -98,6 +113,54 @@ fn reflector_ramp_reports_steps_and_capacity() {
     let v = serde_json::to_value(&r).expect("json");
     assert!(v["steps"][0].get("out_pps").is_some());
     assert!(v.get("capacity_pps").is_some());
+}
+
+/// Frame-shaped video with audio, through the reflector sending segmented messages, to
+/// subscribers that coalesce their reads: every packet arrives once, in order, and the
+/// numbering of both tracks checks out.
+#[test]
+fn frame_shaped_load_through_the_segmented_reflector_to_gro_subscribers() {
+    use switchyard_bench::shape::{Packetize, VideoSpec};
+    for packetize in [Packetize::Even, Packetize::Max] {
+        let spec = LoadSpec {
+            rate: 0,
+            size: 1200,
+            keyframe_every: Duration::ZERO,
+            keyframe_packets: 0,
+            video: Some(VideoSpec {
+                bitrate: 2_000_000,
+                fps: 30,
+                keyframe_every: 1.0,
+                keyframe_factor: 4,
+                packetize,
+            }),
+            audio: true,
+            gro: true,
+            ..spec()
+        };
+        let r = run(
+            &spec,
+            &Target::Reflector {
+                core: None,
+                gso: true,
+            },
+        )
+        .expect("run");
+        print!("{}", r.table());
+        assert!(r.received_packets > 0);
+        assert_eq!(r.received_packets, r.expected_packets, "loss on loopback");
+        assert_eq!(r.reorder, 0);
+        assert_eq!(r.errors, Default::default());
+        let gro = r.gro.as_ref().expect("gro report");
+        assert!(gro.datagrams >= r.received_packets);
+        assert!(gro.reads < gro.datagrams, "some reads coalesced: {gro:?}");
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["load"]["shape"], "frames");
+        assert_eq!(v["load"]["audio"], true);
+        // 2 s of 2 Mbit/s at 30 fps (8,333-byte frames: 7 packets, keyframes 28) and 50 pps
+        // of audio, per publisher.
+        assert_eq!(r.sent_packets, 2 * (58 * 7 + 2 * 28 + 100));
+    }
 }
 
 /// Issue 14 item 6: `--version`, and `--json -` puts the JSON report alone on stdout (the

@@ -9,8 +9,10 @@
 //! one `write` and UDP sends as 8 datagrams. UDP and TCP rounds alternate so both see the
 //! same machine; the medians of all rounds are printed.
 //!
-//! `cargo bench -p switchyard-dataplane --bench tcp_egress -- [PEERS] [ROUNDS] [ENGINE]`
-//! (defaults 100, 7, auto). Receivers run on another thread and only drain their sockets.
+//! `cargo bench -p switchyard-dataplane --bench tcp_egress -- [PEERS] [ROUNDS] [ENGINE] [GSO]`
+//! (defaults 100, 7, auto, off). Receivers run on another thread and only drain their
+//! sockets. GSO `auto` sends a UDP peer's burst as one `UDP_SEGMENT` message (off, the
+//! default, keeps the figures in docs/performance.md comparable: one datagram per message).
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -56,11 +58,12 @@ fn drain(mut udp: Vec<UdpSocket>, mut tcp: Vec<TcpStream>, stop: Arc<AtomicBool>
     }
 }
 
-fn io(kind: EngineKind) -> (Io, SocketAddr) {
+fn io(kind: EngineKind, gso: bool) -> (Io, SocketAddr) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let a = s.local_addr().expect("addr");
     let cfg = IoConfig {
         tx_slots: 16384,
+        gso,
         ..IoConfig::default()
     };
     (Io::new(kind, s, &cfg).expect("engine"), a)
@@ -106,9 +109,10 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(EngineKind::Auto);
+    let gso = args.get(3).is_some_and(|s| s == "auto");
 
     // UDP peers.
-    let (mut udp_io, udp_addr) = io(kind);
+    let (mut udp_io, udp_addr) = io(kind, gso);
     let udp_socks: Vec<UdpSocket> = (0..peers)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -137,7 +141,7 @@ fn main() {
 
     // ICE-TCP peers: connections to the engine's listener, each announced by one framed
     // packet so the engine knows it.
-    let (mut tcp_io, _) = io(kind);
+    let (mut tcp_io, _) = io(kind, gso);
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let tcp_addr = listener.local_addr().expect("addr");
     tcp_io.add_tcp(listener, Default::default()).expect("tcp");
@@ -176,8 +180,9 @@ fn main() {
         std::thread::spawn(move || drain(udp_socks, tcp_socks, stop))
     };
     println!(
-        "engine {:?}, {peers} peers, {PER_PEER} packets of {PACKET} bytes per peer per round, {rounds} rounds",
-        udp_io.kind()
+        "engine {:?}, UDP_SEGMENT {}, {peers} peers, {PER_PEER} packets of {PACKET} bytes per peer per round, {rounds} rounds",
+        udp_io.kind(),
+        if gso { "on" } else { "off" }
     );
     for burst in [1usize, 8] {
         let (mut u, mut t) = (Vec::new(), Vec::new());

@@ -63,6 +63,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         max_sessions: config.media.max_sessions_per_worker as usize,
         nack_cache: usize::from(config.media.nack_cache),
         uplink_nack: config.media.uplink_nack,
+        pad_video_to: config.media.pad_video_to,
         viewer_bwe: config.media.viewer_bwe,
         ..Limits::default()
     };
@@ -72,6 +73,8 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         rx_batch: 32,
         tx_slots: 16384,
         uring_sendmmsg: config.media.uring_sendmmsg,
+        gso: config.media.gso.on(),
+        relay_gro: config.media.gro.on(),
     };
 
     let mut threads = Vec::new();

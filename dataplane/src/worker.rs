@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use switchyard_shared::config::EngineKind;
 use switchyard_shared::journal::Journal;
-use switchyard_shared::stats::{Counter, Stats};
+use switchyard_shared::stats::{Counter, Stats, HISTOGRAMS};
 
 use crate::engine::{Engine, Inbound, Limits, Output, SendError, WorkerCommand, WorkerEvent};
 use crate::io::{Io, IoConfig, RxEvent, Tx, Waker};
@@ -262,6 +262,21 @@ pub fn run(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<EngineKind,
             c.set(Counter::TcpRxPackets, t.packets_in);
             c.set(Counter::TcpTxPackets, t.packets_out);
             c.set(Counter::TcpTxDropped, t.out_dropped);
+            let o = io.offload();
+            c.set(Counter::GsoMessages, o.gso_messages);
+            c.set(Counter::GsoSegments, o.gso_segments);
+            c.set(Counter::GsoRefused, o.gso_refused);
+            c.set(Counter::GroBuffers, o.gro_buffers);
+            c.set(Counter::GroSegments, o.gro_segments);
+            let [seg, batch] = HISTOGRAMS;
+            for (b, v) in seg.buckets.iter().zip(o.segments_per_message) {
+                c.set(*b, v);
+            }
+            c.set(seg.sum, o.datagrams);
+            for (b, v) in batch.buckets.iter().zip(o.datagrams_per_destination) {
+                c.set(*b, v);
+            }
+            c.set(batch.sum, o.batched);
         }
     }
     if let Err(e) = io.flush() {

@@ -33,6 +33,8 @@ fn cfg() -> IoConfig {
         rx_batch: 64,
         tx_slots: 1024,
         uring_sendmmsg: true,
+        gso: true,
+        relay_gro: true,
     }
 }
 

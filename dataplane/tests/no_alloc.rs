@@ -682,6 +682,187 @@ fn simulcast_layer_switching_allocates_nothing() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// The engine's sends through the real I/O layer, as the worker wires them.
+struct TxOutput<'a> {
+    tx: &'a mut switchyard_dataplane::io::Tx,
+}
+
+impl Output for TxOutput<'_> {
+    fn send_from(
+        &mut self,
+        via: Via,
+        dst: SocketAddr,
+        from: Option<IpAddr>,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), SendError> {
+        let b = self.tx.alloc().ok_or(SendError::Full)?;
+        match fill(&mut self.tx.buf_mut(b)[..]) {
+            Some(len) => {
+                self.tx.queue_from(b, len, dst, via, from);
+                Ok(())
+            }
+            None => {
+                self.tx.release(b);
+                Err(SendError::Cancelled)
+            }
+        }
+    }
+
+    fn to_worker(&mut self, _worker: u16, msg: Inbound) -> Result<(), Inbound> {
+        Err(msg)
+    }
+}
+
+/// Segmented egress and relay receive offload allocate nothing either: frames of eight
+/// packets fanned out to 16 subscribers on loopback through a real [`Io`] (planning, message
+/// records, `sendmmsg` or io_uring SQEs), and segmented relay sends walked out of coalesced
+/// buffers by a second `Io` whose relay socket has UDP_GRO; every engine and send mode.
+#[test]
+fn segmented_egress_and_relay_gro_allocate_nothing() {
+    use std::net::UdpSocket;
+    use switchyard_dataplane::io::{probe_uring, EngineKind, Io, IoConfig, RxEvent};
+
+    let mut modes = vec![(EngineKind::Mmsg, true)];
+    if probe_uring().is_ok() {
+        modes.push((EngineKind::Uring, true));
+        modes.push((EngineKind::Uring, false));
+    } else {
+        println!("io_uring engine skipped: the kernel refuses it");
+    }
+    for (kind, sendmmsg) in modes {
+        let path =
+            std::env::temp_dir().join(format!("swy-noalloc-gso-{}-{kind:?}", std::process::id()));
+        let stats =
+            Arc::new(Stats::create(&path, 1, Limits::default().max_sessions, 1).expect("stats"));
+        let start = Instant::now();
+        let mut engine = Engine::new(0, Limits::default(), stats.clone(), 1, start);
+        let cfg = IoConfig {
+            uring_sendmmsg: sendmmsg,
+            tx_slots: 4096,
+            ..IoConfig::default()
+        };
+        let bind = || UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut a = Io::with_relay(kind, bind(), Some(bind()), &cfg).expect("engine a");
+        let b_relay = bind();
+        let b_relay_addr = b_relay.local_addr().expect("addr");
+        let mut b = Io::with_relay(kind, bind(), Some(b_relay), &cfg).expect("engine b");
+        let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let stream = StreamId(1);
+        let mut out = TxOutput { tx: a.tx() };
+        engine.handle_command(
+            WorkerCommand::AddPublisher {
+                id: SessionId(1),
+                stream,
+                remote: Some(publisher),
+                ssrcs: vec![42],
+                clock_rates: vec![90000],
+                twcc_ext: None,
+                srtp: Some(keys(1, 2)),
+                ice: None,
+                simulcast: None,
+                uplink: Vec::new(),
+            },
+            start,
+            &mut out,
+        );
+        let receivers: Vec<UdpSocket> = (0..16)
+            .map(|_| {
+                let s = bind();
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        for (k, r) in receivers.iter().enumerate() {
+            engine.handle_command(
+                WorkerCommand::AddSubscriber {
+                    id: SessionId(10 + k as u64),
+                    stream,
+                    remote: Some(r.local_addr().expect("addr")),
+                    ssrcs: [100 + k as u32, 0, 0, 0],
+                    payload_types: Vec::new(),
+                    extensions: None,
+                    rtx: [None; MAX_TRACKS],
+                    tracks: switchyard_shared::command::ALL_TRACKS,
+                    plain: false,
+                    srtp: Some(keys(3, 4)),
+                    ice: None,
+                },
+                start,
+                &mut out,
+            );
+        }
+        while engine.poll_event().is_some() {}
+        let mut ctx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+        let mut pkt = vec![0u8; 1400];
+        let mut rbuf = [0u8; 2048];
+        let mut received = 0u64;
+        let mut relayed = 0u64;
+        let mut seq = 1u16;
+        let mut turn = |engine: &mut Engine, a: &mut Io, b: &mut Io, received: &mut u64| {
+            let now = Instant::now();
+            // A frame: eight packets of one size, as a publisher's burst in one receive batch.
+            for _ in 0..8 {
+                pkt[0] = 0x80;
+                pkt[1] = 96;
+                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(u32::from(seq / 8) * 3000).to_be_bytes());
+                pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+                seq = seq.wrapping_add(1);
+                let n = ctx.protect_rtp(&mut pkt, 1100).expect("protect");
+                let mut out = TxOutput { tx: a.tx() };
+                engine.handle_datagram_to(&mut pkt[..n], publisher, None, now, &mut out);
+                // And the same bytes down a relay link, to b's coalescing relay socket.
+                let tx = a.tx();
+                let buf = tx.alloc().expect("slot");
+                tx.buf_mut(buf)[..n].copy_from_slice(&pkt[..n]);
+                tx.queue_via(buf, n, b_relay_addr, Via::Relay);
+            }
+            a.poll(Duration::ZERO, &mut |_: RxEvent<'_>, _| {})
+                .expect("poll a");
+            for r in &receivers {
+                while r.recv(&mut rbuf).is_ok() {
+                    *received += 1;
+                }
+            }
+            b.poll(Duration::ZERO, &mut |ev, _| {
+                if let RxEvent::Datagram {
+                    via: Via::Relay, ..
+                } = ev
+                {
+                    relayed += 1;
+                }
+            })
+            .expect("poll b");
+        };
+        for _ in 0..50 {
+            turn(&mut engine, &mut a, &mut b, &mut received);
+        }
+        let before = a.offload();
+        ARMED.with(|x| x.set(true));
+        for _ in 0..400 {
+            turn(&mut engine, &mut a, &mut b, &mut received);
+        }
+        ARMED.with(|x| x.set(false));
+        let allocs = ALLOCS.swap(0, Ordering::SeqCst);
+        let after = a.offload();
+        let gro = b.offload();
+        assert!(
+            after.gso_messages - before.gso_messages >= 400 * 16,
+            "{kind:?}/{sendmmsg}: the fan-out went segmented: {after:?}"
+        );
+        assert!(
+            gro.gro_segments > 0,
+            "{kind:?}/{sendmmsg}: relay GRO: {gro:?}"
+        );
+        assert!(received > 0 && relayed > 0);
+        assert_eq!(
+            allocs, 0,
+            "{kind:?} (sendmmsg {sendmmsg}): {allocs} allocations in 400 segmented turns"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// Per-viewer bandwidth estimation in steady state: transport-wide numbers stamped on every
 /// packet, transport-cc feedback read, the estimate fitting layers, probes sent, REMB read.
 #[test]

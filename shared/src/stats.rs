@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +115,41 @@ pub enum Counter {
     UplinkRecovered,
     /// Publisher sequence numbers given up after the last NACK (a PLI follows, throttled).
     UplinkUnrecovered,
+    /// `UDP_SEGMENT` messages sent (two datagrams or more each).
+    GsoMessages,
+    /// Datagrams sent inside `UDP_SEGMENT` messages.
+    GsoSegments,
+    /// Segmented messages the kernel refused (sent again one datagram each; the destination
+    /// is not segmented again).
+    GsoRefused,
+    /// Coalesced buffers received on the relay socket (`UDP_GRO`, two datagrams or more).
+    GroBuffers,
+    /// Datagrams walked out of them.
+    GroSegments,
+    /// Histogram `tx_segments_per_message`: messages sent by the datagrams they carried,
+    /// ≤ 1, 2, 4, 8, 16, 32, 64, more ([`SEGMENT_BUCKETS`]); the sum is `TxDatagrams`.
+    TxSegments1,
+    TxSegments2,
+    TxSegments4,
+    TxSegments8,
+    TxSegments16,
+    TxSegments32,
+    TxSegments64,
+    TxSegmentsInf,
+    /// Datagrams sent on the UDP sockets (the histogram's sum).
+    TxDatagrams,
+    /// Histogram `tx_destination_batch`: per destination and send plan, the datagrams it had
+    /// queued (what segmentation could at best join), same buckets; the sum is
+    /// `TxBatchDatagrams`.
+    TxBatch1,
+    TxBatch2,
+    TxBatch4,
+    TxBatch8,
+    TxBatch16,
+    TxBatch32,
+    TxBatch64,
+    TxBatchInf,
+    TxBatchDatagrams,
     /// Bandwidth probes sent to viewers (padding bursts on their RTX stream).
     BweProbes,
     /// Probes whose feedback showed the path carrying a rate (the estimate rose to it, or
@@ -179,6 +214,29 @@ impl Counter {
         Counter::UplinkRtxReceived,
         Counter::UplinkRecovered,
         Counter::UplinkUnrecovered,
+        Counter::GsoMessages,
+        Counter::GsoSegments,
+        Counter::GsoRefused,
+        Counter::GroBuffers,
+        Counter::GroSegments,
+        Counter::TxSegments1,
+        Counter::TxSegments2,
+        Counter::TxSegments4,
+        Counter::TxSegments8,
+        Counter::TxSegments16,
+        Counter::TxSegments32,
+        Counter::TxSegments64,
+        Counter::TxSegmentsInf,
+        Counter::TxDatagrams,
+        Counter::TxBatch1,
+        Counter::TxBatch2,
+        Counter::TxBatch4,
+        Counter::TxBatch8,
+        Counter::TxBatch16,
+        Counter::TxBatch32,
+        Counter::TxBatch64,
+        Counter::TxBatchInf,
+        Counter::TxBatchDatagrams,
         Counter::BweProbes,
         Counter::BweProbesCarried,
         Counter::BweProbesFailed,
@@ -237,6 +295,29 @@ impl Counter {
             Counter::UplinkRtxReceived => "uplink_rtx_received_total",
             Counter::UplinkRecovered => "uplink_recovered_total",
             Counter::UplinkUnrecovered => "uplink_unrecovered_total",
+            Counter::GsoMessages => "gso_messages_total",
+            Counter::GsoSegments => "gso_segments_total",
+            Counter::GsoRefused => "gso_refused_total",
+            Counter::GroBuffers => "gro_buffers_total",
+            Counter::GroSegments => "gro_segments_total",
+            Counter::TxSegments1
+            | Counter::TxSegments2
+            | Counter::TxSegments4
+            | Counter::TxSegments8
+            | Counter::TxSegments16
+            | Counter::TxSegments32
+            | Counter::TxSegments64
+            | Counter::TxSegmentsInf
+            | Counter::TxDatagrams => "tx_segments_per_message",
+            Counter::TxBatch1
+            | Counter::TxBatch2
+            | Counter::TxBatch4
+            | Counter::TxBatch8
+            | Counter::TxBatch16
+            | Counter::TxBatch32
+            | Counter::TxBatch64
+            | Counter::TxBatchInf
+            | Counter::TxBatchDatagrams => "tx_destination_batch",
             Counter::BweProbes => "bwe_probes_total",
             Counter::BweProbesCarried => "bwe_probes_carried_total",
             Counter::BweProbesFailed => "bwe_probes_failed_total",
@@ -248,6 +329,14 @@ impl Counter {
         matches!(self, Counter::Sessions | Counter::TcpConnections)
     }
 
+    /// Whether this counter is a bucket or the sum of one of the [`HISTOGRAMS`] (rendered
+    /// as a histogram, not on its own).
+    pub fn in_histogram(self) -> bool {
+        HISTOGRAMS
+            .iter()
+            .any(|h| h.sum == self || h.buckets.contains(&self))
+    }
+
     /// The drop reason label, for the drop counters.
     pub fn drop_reason(self) -> Option<DropReason> {
         DropReason::ALL
@@ -256,6 +345,54 @@ impl Counter {
             .find(|r| r.counter() as usize == self as usize)
     }
 }
+
+/// Upper bounds of the send offload histograms' buckets (datagrams), `+Inf` after them.
+pub const SEGMENT_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// A histogram kept as one counter per bucket (not cumulative) and one for the sum; the
+/// count is the buckets' total.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterHistogram {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// One per [`SEGMENT_BUCKETS`] bound, then `+Inf`.
+    pub buckets: [Counter; 8],
+    pub sum: Counter,
+}
+
+/// The per-worker histograms of the stats block.
+pub const HISTOGRAMS: [CounterHistogram; 2] = [
+    CounterHistogram {
+        name: "tx_segments_per_message",
+        help: "Messages sent on the UDP sockets by the datagrams they carried (more than 1: a UDP_SEGMENT message).",
+        buckets: [
+            Counter::TxSegments1,
+            Counter::TxSegments2,
+            Counter::TxSegments4,
+            Counter::TxSegments8,
+            Counter::TxSegments16,
+            Counter::TxSegments32,
+            Counter::TxSegments64,
+            Counter::TxSegmentsInf,
+        ],
+        sum: Counter::TxDatagrams,
+    },
+    CounterHistogram {
+        name: "tx_destination_batch",
+        help: "Datagrams one destination had queued when a send was planned: what segmentation could at best join.",
+        buckets: [
+            Counter::TxBatch1,
+            Counter::TxBatch2,
+            Counter::TxBatch4,
+            Counter::TxBatch8,
+            Counter::TxBatch16,
+            Counter::TxBatch32,
+            Counter::TxBatch64,
+            Counter::TxBatchInf,
+        ],
+        sum: Counter::TxBatchDatagrams,
+    },
+];
 
 /// Why a worker dropped a datagram. Small and `Copy`: the hot path counts these, it never
 /// formats them.

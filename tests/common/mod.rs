@@ -6,6 +6,7 @@
 
 pub mod aiortc;
 pub mod browser;
+pub mod capture;
 pub mod cdp;
 pub mod cluster;
 pub mod lossy;

@@ -1,15 +1,16 @@
 //! Driving a run: the paced sender, the receivers, and the accounting of what arrived.
 
 use super::*;
+use crate::shape::{Sched, Source};
 
 /// Per-subscriber receive state.
 pub(super) struct SubState {
     pub(super) end: SubEnd,
     pub(super) tracker: SeqTracker,
     pub(super) jitter: Jitter,
-    /// RTP sequence minus the publisher's, fixed by the first packet: a subscriber's
-    /// numbering must follow the publisher's exactly, whatever its starting point.
-    pub(super) seq_offset: Option<u16>,
+    /// Per track: RTP sequence minus the publisher's, fixed by the first packet: a
+    /// subscriber's numbering must follow the publisher's exactly, whatever its start.
+    pub(super) seq_offset: [Option<u16>; 2],
     /// The receive thread's timeline counters.
     pub(super) lane: Arc<Lane>,
 }
@@ -20,6 +21,8 @@ pub(super) struct RecvOut {
     /// Latency per group.
     pub(super) hists: Vec<Histogram<u64>>,
     pub(super) errors: Errors,
+    /// `--gro`: reads, and the datagrams they carried.
+    pub(super) gro: (u64, u64),
 }
 
 pub(super) struct SendOut {
@@ -59,19 +62,11 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let start = sys::monotonic_ns() + START_DELAY.as_nanos() as u64;
     let warm = start + spec.warmup.as_nanos() as u64;
     let end = warm + spec.duration.as_nanos() as u64;
-    let interval = 1_000_000_000 / spec.rate.max(1);
-    let kf = spec.keyframe_every.as_nanos() as u64;
-    let pacers: Vec<Pacer> = (0..np)
-        .map(|p| Pacer {
-            // Stagger publishers so their packets interleave instead of colliding.
-            start_ns: start + interval * p / np,
-            rate: spec.rate,
-            burst_interval_ns: kf,
-            burst_offset_ns: kf * p / np,
-            burst_packets: spec.keyframe_packets,
-        })
+    let overhead = pubs.first().map_or(0, |p| p.cipher.overhead());
+    let sources: Vec<Source> = (0..np)
+        .map(|p| crate::shape::source(spec, start, (p, np), overhead))
         .collect();
-    let ranges: Vec<_> = pacers
+    let ranges: Vec<_> = sources
         .iter()
         .map(|p| p.count_before(warm)..p.count_before(end))
         .collect();
@@ -85,7 +80,6 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     // Sender. It starts before the receivers so WebRTC subscribers can join while it sends
     // (the first packet is due at `start`, after the receivers of a REST run are running).
     let cores = spec.bench_cores.clone();
-    let size = spec.size;
     let ranges2 = ranges.clone();
     let abort = Arc::new(AtomicBool::new(false));
     let abort2 = abort.clone();
@@ -93,7 +87,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         .name("bench-send".into())
         .spawn(move || {
             pin(&cores, "the send thread");
-            send(pubs, &pacers, &ranges2, end, size, &abort2, &send_lane)
+            send(pubs, &sources, &ranges2, end, &abort2, &send_lane)
         })
         .map_err(|e| Error::io("spawning the send thread", e))?;
 
@@ -142,7 +136,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             end: end_,
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
-            seq_offset: None,
+            seq_offset: [None; 2],
             lane: lanes[i % threads].clone(),
         });
     }
@@ -151,11 +145,12 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     for (t, group) in threads_subs.into_iter().enumerate() {
         let stop = stop.clone();
         let cores = spec.bench_cores.clone();
+        let gro = spec.gro;
         let h = std::thread::Builder::new()
             .name(format!("bench-recv{t}"))
             .spawn(move || {
                 pin(&cores, "a receive thread");
-                receive(group, ngroups, &stop)
+                receive(group, ngroups, gro, &stop)
             })
             .map_err(|e| Error::io("spawning a receive thread", e))?;
         receivers.push(h);
@@ -191,7 +186,10 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let (mut expected, mut received, mut reorder, mut dups) = (0u64, 0u64, 0u64, 0u64);
     let mut jitter_sum = 0.0;
     let mut nsubs = 0usize;
+    let mut gro = (0u64, 0u64);
     for o in &outs {
+        gro.0 += o.gro.0;
+        gro.1 += o.gro.1;
         for (g, h) in o.hists.iter().enumerate() {
             let _ = hist.add(h);
             if let Some(gh) = group_hists.get_mut(g) {
@@ -269,7 +267,10 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         publishers: spec.publishers,
         subscribers: spec.subscribers,
         subscribers_total: nsubs,
-        rate_pps: spec.rate,
+        rate_pps: match spec.video.is_some() || spec.audio {
+            true => crate::shape::describe(spec).pps.round() as u64,
+            false => spec.rate,
+        },
         size: spec.size,
         warmup_s: spec.warmup.as_secs_f64(),
         duration_s,
@@ -299,6 +300,11 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         cpu_ns_per_packet,
         groups: group_reports,
         relay_link_pps,
+        load: crate::shape::describe(spec),
+        gro: spec.gro.then_some(crate::report::GroReport {
+            reads: gro.0,
+            datagrams: gro.1,
+        }),
         errors,
         timeline: timeline.report(end),
         latency_histogram: Some(hist),
@@ -343,15 +349,14 @@ pub(super) fn new_hist() -> Histogram<u64> {
 /// now due (up to a batch) with one sendmmsg, then sleep to the earliest next deadline.
 pub(super) fn send(
     mut pubs: Vec<PubEnd>,
-    pacers: &[Pacer],
+    sources: &[Source],
     ranges: &[std::ops::Range<u64>],
     end: u64,
-    size: usize,
     abort: &AtomicBool,
     lane: &Lane,
 ) -> SendOut {
-    let mut scheds: Vec<Schedule> = pacers.iter().map(|p| Schedule::new(*p)).collect();
-    let stop_at: Vec<u64> = pacers.iter().map(|p| p.count_before(end)).collect();
+    let mut scheds: Vec<Sched> = sources.iter().map(Source::schedule).collect();
+    let stop_at: Vec<u64> = sources.iter().map(|p| p.count_before(end)).collect();
     let mut out = SendOut {
         sent_in_window: vec![0; pubs.len()],
         late_max_ns: 0,
@@ -364,11 +369,12 @@ pub(super) fn send(
     // Random-looking fixed starts, as a real sender's would be; the node must cope.
     let seq_base: u16 = 0x1234;
     let ts_base: u32 = 0x0abc_def0;
+    // Per publisher and track: RTP sequence numbers sent so far.
+    let mut track_seq = vec![[0u16; 2]; pubs.len()];
     while !abort.load(Ordering::Relaxed) {
         let mut next_wake = u64::MAX;
         for (p, pe) in pubs.iter_mut().enumerate() {
             let sched = &mut scheds[p];
-            let rtp_len = size - pe.cipher.overhead();
             let now = sys::monotonic_ns();
             let mut n = 0;
             while n < MAX_BATCH && sched.sent() < stop_at[p] {
@@ -376,23 +382,36 @@ pub(super) fn send(
                 let Some(due) = sched.next_due(now) else {
                     break;
                 };
+                let rtp_len = due.len.min(MAX_SIZE) - pe.cipher.overhead();
+                let track = usize::from(due.track.min(1));
                 out.late_max_ns = out.late_max_ns.max(now.saturating_sub(due.deadline_ns));
                 let buf = &mut bufs[n];
                 let send_ns = sys::monotonic_ns();
-                let ts = ts_base.wrapping_add((u128::from(send_ns) * 90 / 1_000_000) as u32);
-                packet::write_rtp_header(
-                    buf,
-                    seq_base.wrapping_add(seq as u16),
-                    ts,
-                    pe.ssrc,
-                    due.marker,
-                );
+                // 90 kHz video (and the steady stream), 48 kHz audio.
+                let clock = if track == 1 { 48 } else { 90 };
+                let ts = ts_base.wrapping_add((u128::from(send_ns) * clock / 1_000_000) as u32);
+                let kind = crate::shape::Kind::for_packet(&sources[p], track);
+                let (ssrc, rtp_seq) = match kind {
+                    // The steady stream numbers RTP by the publisher sequence, as it always did.
+                    crate::shape::Kind::Steady => (pe.ssrc, seq as u16),
+                    crate::shape::Kind::Video => (pe.ssrc, track_seq[p][0]),
+                    crate::shape::Kind::Audio => {
+                        (crate::shape::audio_ssrc(pe.ssrc), track_seq[p][1])
+                    }
+                };
+                track_seq[p][track] = rtp_seq.wrapping_add(1);
+                packet::write_rtp_header(buf, seq_base.wrapping_add(rtp_seq), ts, ssrc, due.marker);
                 Payload {
-                    publisher: p as u32,
+                    publisher: p as u32 | kind.bits(),
                     sequence: seq,
                     send_ns,
                 }
                 .encode(&mut buf[RTP_HEADER..rtp_len]);
+                crate::shape::write_track_seq(
+                    &mut buf[RTP_HEADER..rtp_len],
+                    kind,
+                    seq_base.wrapping_add(rtp_seq),
+                );
                 match pe.cipher.protect(buf, rtp_len) {
                     Ok(len) => {
                         lens[n] = len;
@@ -434,6 +453,7 @@ pub(super) fn send(
 pub(super) fn receive(
     mut subs: Vec<SubState>,
     ngroups: usize,
+    gro: bool,
     stop: &AtomicBool,
 ) -> Result<RecvOut, Error> {
     let ep = sys::Epoll::new().map_err(|e| Error::io("epoll_create", e))?;
@@ -442,6 +462,9 @@ pub(super) fn receive(
             .sock
             .set_nonblocking(true)
             .map_err(|e| Error::io("set_nonblocking", e))?;
+        if gro {
+            crate::offload::enable_gro(&s.end.sock).map_err(|e| Error::io("UDP_GRO", e))?;
+        }
         ep.add(s.end.sock.as_raw_fd(), i as u64)
             .map_err(|e| Error::io("epoll_ctl", e))?;
     }
@@ -454,6 +477,8 @@ pub(super) fn receive(
         }
     }
     let mut batch = RecvBatch::default();
+    let mut gro_batch = gro.then(crate::offload::GroBatch::default);
+    let mut gro_counts = (0u64, 0u64);
     let mut ready = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
         ep.wait(&mut ready, 20)
@@ -462,6 +487,28 @@ pub(super) fn receive(
             let Some(s) = subs.get_mut(tok as usize) else {
                 continue;
             };
+            if let Some(b) = gro_batch.as_mut() {
+                let g = s.end.group.min(ngroups - 1);
+                loop {
+                    let n = b
+                        .recv(&s.end.sock)
+                        .map_err(|e| Error::io("recvmmsg (UDP_GRO)", e))?;
+                    let recv_ns = sys::monotonic_ns();
+                    for i in 0..n {
+                        let (read, seg) = b.read_mut(i);
+                        gro_counts.0 += 1;
+                        let seg = if seg == 0 { read.len() } else { seg };
+                        for pkt in read.chunks_mut(seg.max(1)) {
+                            gro_counts.1 += 1;
+                            account(s, pkt, recv_ns, &mut hists[g], &mut errors);
+                        }
+                    }
+                    if n < crate::offload::GRO_BATCH {
+                        break;
+                    }
+                }
+                continue;
+            }
             loop {
                 let n = batch
                     .recv(&s.end.sock, false)
@@ -490,6 +537,7 @@ pub(super) fn receive(
             .collect(),
         hists,
         errors,
+        gro: gro_counts,
     })
 }
 
@@ -525,21 +573,41 @@ pub(super) fn account_rtp(
         errors.bad_payload += 1;
         return;
     };
-    if info.ssrc != s.end.ssrc {
-        errors.ssrc_mismatch += 1;
-        return;
-    }
     let Ok(payload) = Payload::decode(&rtp[info.payload_offset..]) else {
         errors.bad_payload += 1;
         return;
     };
-    if payload.publisher as usize != s.end.publisher {
+    // The publisher index; the top byte says which stream (`crate::shape::Kind`).
+    let kind = crate::shape::Kind::of(payload.publisher);
+    let track = usize::from(kind == crate::shape::Kind::Audio);
+    let ssrc = if track == 1 {
+        s.end.audio_ssrc
+    } else {
+        s.end.ssrc
+    };
+    if info.ssrc != ssrc {
+        errors.ssrc_mismatch += 1;
+        return;
+    }
+    if (payload.publisher & 0x00ff_ffff) as usize != s.end.publisher {
         errors.misrouted += 1;
         return;
     }
-    let offset = info.sequence.wrapping_sub(payload.sequence as u16);
-    match s.seq_offset {
-        None => s.seq_offset = Some(offset),
+    // The publisher's RTP sequence: the publisher sequence for the steady stream, the
+    // track's own (carried after the payload header) for frame-shaped tracks.
+    let sent_seq = match kind {
+        crate::shape::Kind::Steady => payload.sequence as u16,
+        _ => match crate::shape::track_seq(&rtp[info.payload_offset..]) {
+            Some(q) => q,
+            None => {
+                errors.bad_payload += 1;
+                return;
+            }
+        },
+    };
+    let offset = info.sequence.wrapping_sub(sent_seq);
+    match s.seq_offset[track] {
+        None => s.seq_offset[track] = Some(offset),
         Some(o) if o != offset => errors.sequence_breaks += 1,
         Some(_) => {}
     }

@@ -18,7 +18,6 @@ use crate::accounting::{Arrival, Jitter, SeqTracker};
 use crate::api::{Node, SessionRequest};
 use crate::cpu::CpuProbe;
 use crate::crypto::{tag_len, Cipher, Profile};
-use crate::pacing::{Pacer, Schedule};
 use crate::packet::{self, Payload, PAYLOAD_HEADER, RTP_HEADER};
 use crate::reflector::Reflector;
 use crate::report::{Errors, GroupReport, JoinTimes, Latency, Report};
@@ -68,6 +67,12 @@ pub struct LoadSpec {
     pub relay_out: bool,
     /// How the node's API is spoken to: token, HTTPS verification.
     pub http: crate::http::HttpOptions,
+    /// Frame-shaped video instead of the steady `rate` (`crate::shape`).
+    pub video: Option<crate::shape::VideoSpec>,
+    /// An audio track (50 packets/s of 100–160 bytes) beside the video, or alone.
+    pub audio: bool,
+    /// Subscribers read with UDP_GRO (coalesced runs, split at the segment size).
+    pub gro: bool,
     /// Print a progress line to stderr every second ([`crate::progress`]).
     pub progress: bool,
 }
@@ -88,6 +93,9 @@ impl Default for LoadSpec {
             drain: Duration::from_millis(500),
             relay_out: false,
             http: crate::http::HttpOptions::default(),
+            video: None,
+            audio: false,
+            gro: false,
             progress: false,
         }
     }
@@ -107,8 +115,9 @@ pub enum Target {
         /// Join over WHIP/WHEP, ICE and DTLS instead of `POST /v1/sessions` with keys.
         webrtc: Option<WebrtcJoin>,
     },
-    /// The in-process plain fan-out reference, its thread pinned to `core`.
-    Reflector { core: Option<usize> },
+    /// The in-process plain fan-out reference, its thread pinned to `core`; with `gso` it
+    /// sends each subscriber a batch's datagrams as `UDP_SEGMENT` messages.
+    Reflector { core: Option<usize>, gso: bool },
     /// Relays between nodes: the publishers and `subscribers` on `api` (hop 0); each stream
     /// relayed to every node of `via` (from `api`, or with `chain` from the node before it,
     /// so node `i` is `i + 1` hops away) and `subscribers` more on each. The relays are
@@ -147,7 +156,8 @@ fn validate(spec: &LoadSpec, overhead: usize) -> Result<(), Error> {
             "--size must be in {min}..={MAX_SIZE} for this profile"
         )));
     }
-    if spec.publishers == 0 || spec.subscribers == 0 || spec.rate == 0 {
+    let steady = spec.video.is_none() && !spec.audio;
+    if spec.publishers == 0 || spec.subscribers == 0 || (steady && spec.rate == 0) {
         return Err(Error::Config(
             "publishers, subscribers and rate must be > 0".into(),
         ));
@@ -167,6 +177,16 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
         Target::Reflector { .. } => ("reflector", 0),
     };
     validate(spec, overhead)?;
+    if spec.audio
+        && !matches!(
+            target,
+            Target::Node { webrtc: None, .. } | Target::Reflector { .. }
+        )
+    {
+        return Err(Error::Config(
+            "--audio needs a node over /v1/sessions or the reflector (a second track)".into(),
+        ));
+    }
     if spec.relay_out && !matches!(target, Target::Node { webrtc: None, .. }) {
         return Err(Error::Config(
             "--relay-out needs a node over /v1/sessions (not --webrtc, not the reflector)".into(),
@@ -191,7 +211,7 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
             }
             None => setup_node(spec, api, *profile, *cpu_pid, *worker)?,
         },
-        Target::Reflector { core } => setup_reflector(spec, *core)?,
+        Target::Reflector { core, gso } => setup_reflector(spec, *core, *gso)?,
         Target::Relay {
             api,
             via,

@@ -16,6 +16,8 @@ pub(super) struct SubEnd {
     /// Index into `Setup::groups` (0 unless the run has several, as a relay run does).
     pub(super) group: usize,
     pub(super) ssrc: u32,
+    /// The SSRC it receives the audio track on (`--audio`; 0 without).
+    pub(super) audio_ssrc: u32,
     pub(super) cipher: Cipher,
     /// WebRTC: the first media packet, already decrypted while joining, and its receive
     /// time; accounted like any other when the receive loop starts.
@@ -115,6 +117,10 @@ pub(super) fn setup_node(
     for p in 0..spec.publishers {
         let stream = format!("bench/s{p}");
         let sock = bind()?;
+        // Frame-shaped media declares its tracks (video, audio) and their clock rates: with
+        // audio their order must be known, and the node pads only what it knows is video.
+        let framed = spec.video.is_some() || spec.audio;
+        let video_ssrc = 0x5357_0000 + p as u32;
         let s = node.create_session(&SessionRequest {
             role: "publisher",
             stream: stream.clone(),
@@ -123,12 +129,14 @@ pub(super) fn setup_node(
             worker,
             remote_key: None,
             local_key: None,
+            ssrcs: framed.then(|| vec![video_ssrc, crate::shape::audio_ssrc(video_ssrc)]),
+            clock_rates: framed.then(|| vec![90_000, 48_000]),
         })?;
         track(s.id);
         pubs.push(PubEnd {
             sock,
             dest: s.media_address,
-            ssrc: s.ssrc(),
+            ssrc: if framed { video_ssrc } else { s.ssrc() },
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
         });
         // A relay-out passes the publisher's SSRC through; a subscriber gets its own.
@@ -146,6 +154,8 @@ pub(super) fn setup_node(
                 worker,
                 remote_key: None,
                 local_key: None,
+                ssrcs: None,
+                clock_rates: None,
             })?;
             track(s.id);
             subs.push(SubEnd {
@@ -153,6 +163,10 @@ pub(super) fn setup_node(
                 publisher: p,
                 group: 0,
                 ssrc: pub_ssrc.unwrap_or(s.ssrc()),
+                audio_ssrc: match pub_ssrc {
+                    Some(v) => crate::shape::audio_ssrc(v),
+                    None => s.ssrcs.get(1).copied().unwrap_or(0),
+                },
                 cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
                 first: None,
             });
@@ -211,6 +225,8 @@ pub(super) fn rest_subscribers(
             worker: None,
             remote_key: None,
             local_key: None,
+            ssrcs: None,
+            clock_rates: None,
         })?;
         guard.ids.push(s.id);
         subs.push(SubEnd {
@@ -218,6 +234,7 @@ pub(super) fn rest_subscribers(
             publisher: p,
             group,
             ssrc: s.ssrc(),
+            audio_ssrc: 0,
             cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
             first: None,
         });
@@ -270,6 +287,8 @@ pub(super) fn setup_relay(
             worker: None,
             remote_key: None,
             local_key: None,
+            ssrcs: None,
+            clock_rates: None,
         })?;
         guards[0].ids.push(s.id);
         pubs.push(PubEnd {
@@ -300,6 +319,8 @@ pub(super) fn setup_relay(
                 worker: None,
                 remote_key: None,
                 local_key: None,
+                ssrcs: None,
+                clock_rates: None,
             })?;
             guards[t].ids.push(ingress.id);
             let egress = nodes[src].create_session(&SessionRequest {
@@ -311,6 +332,8 @@ pub(super) fn setup_relay(
                 // Mirrored: what the target protects with, the source unprotects with.
                 remote_key: Some(b64(&ingress.local_key_bytes()?)),
                 local_key: Some(b64(&ingress.remote_key_bytes()?)),
+                ssrcs: None,
+                clock_rates: None,
             })?;
             guards[src].ids.push(egress.id);
             rest_subscribers(
@@ -417,6 +440,7 @@ impl Rtc {
                 publisher: p,
                 group: 0,
                 ssrc,
+                audio_ssrc: 0,
                 cipher,
                 first: Some((rtp, recv_ns)),
             },
@@ -522,7 +546,11 @@ pub(super) fn setup_node_webrtc(
     })
 }
 
-pub(super) fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Setup, Error> {
+pub(super) fn setup_reflector(
+    spec: &LoadSpec,
+    core: Option<usize>,
+    gso: bool,
+) -> Result<Setup, Error> {
     let mut pubs = Vec::new();
     let mut subs = Vec::new();
     let mut routes = HashMap::new();
@@ -539,6 +567,7 @@ pub(super) fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Se
                 publisher: p,
                 group: 0,
                 ssrc,
+                audio_ssrc: crate::shape::audio_ssrc(ssrc),
                 cipher: Cipher::Plain,
                 first: None,
             });
@@ -551,8 +580,8 @@ pub(super) fn setup_reflector(spec: &LoadSpec, core: Option<usize>) -> Result<Se
             cipher: Cipher::Plain,
         });
     }
-    let reflector =
-        Reflector::start(routes, core).map_err(|e| Error::io("starting the reflector", e))?;
+    let reflector = Reflector::start_with(routes, core, gso)
+        .map_err(|e| Error::io("starting the reflector", e))?;
     for p in &mut pubs {
         p.dest = reflector.addr();
     }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use switchyard_shared::command::Role;
-use switchyard_shared::stats::{Counter, DropReason, Stats};
+use switchyard_shared::stats::{Counter, DropReason, Stats, HISTOGRAMS, SEGMENT_BUCKETS};
 
 use crate::core::counters::{self, ClusterCounters, Counters};
 use crate::core::link::Inner;
@@ -260,6 +260,15 @@ fn help(c: Counter) -> &'static str {
         Counter::UplinkUnrecovered => {
             "Publisher sequence numbers given up after the last NACK (a PLI follows)."
         }
+        Counter::GsoMessages => "UDP_SEGMENT messages sent (two datagrams or more each).",
+        Counter::GsoSegments => "Datagrams sent inside UDP_SEGMENT messages.",
+        Counter::GsoRefused => {
+            "Segmented messages the kernel refused for their route (sent again one datagram each; the destination is no longer segmented)."
+        }
+        Counter::GroBuffers => {
+            "Coalesced buffers received on the relay socket (UDP_GRO, two datagrams or more)."
+        }
+        Counter::GroSegments => "Datagrams walked out of coalesced relay buffers.",
         Counter::BweProbes => "Bandwidth probes sent to viewers (padding on their RTX stream).",
         Counter::BweProbesCarried => {
             "Bandwidth probes whose feedback showed the path carrying a rate."
@@ -448,7 +457,7 @@ fn workers(out: &mut String, stats: &Stats) {
         .filter_map(|w| stats.worker(w))
         .collect();
     for c in Counter::ALL {
-        if c.drop_reason().is_some() {
+        if c.drop_reason().is_some() || c.in_histogram() {
             continue;
         }
         let kind = if c.is_gauge() { "gauge" } else { "counter" };
@@ -460,6 +469,30 @@ fn workers(out: &mut String, stats: &Stats) {
                 c.name(),
                 block.get(c)
             );
+        }
+    }
+    for h in HISTOGRAMS {
+        header(out, h.name, "histogram", h.help);
+        for (w, block) in blocks.iter().enumerate() {
+            let mut total = 0;
+            for (i, b) in h.buckets.iter().enumerate() {
+                total += block.get(*b);
+                let le = SEGMENT_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |v| v.to_string());
+                let _ = writeln!(
+                    out,
+                    "switchyard_{}_bucket{{worker=\"{w}\",le=\"{le}\"}} {total}",
+                    h.name
+                );
+            }
+            let _ = writeln!(
+                out,
+                "switchyard_{}_sum{{worker=\"{w}\"}} {}",
+                h.name,
+                block.get(h.sum)
+            );
+            let _ = writeln!(out, "switchyard_{}_count{{worker=\"{w}\"}} {total}", h.name);
         }
     }
     header(

@@ -12,6 +12,7 @@ use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::layers::{self, Decision, LayerTag, Ranking};
+use super::padding;
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
 use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
@@ -37,6 +38,7 @@ impl Engine {
     }
 
     pub(super) fn forward_local(&mut self, stream: StreamId, h: &Handle, out: &mut dyn Output) {
+        let pad = if h.video { self.limits.pad_video_to } else { 0 };
         let Some(st) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -80,7 +82,7 @@ impl Engine {
             let r = match &view {
                 // Relay-outs pass every layer on unchanged (see `relay_to`).
                 Some((tag, v)) if !relay => {
-                    let d = forward_layer(s, h, (tag, v), now, out);
+                    let d = forward_layer(s, h, (tag, v), (now, pad), out);
                     if let Some(l) = d.1.ask {
                         asks |= 1 << l;
                     }
@@ -92,7 +94,7 @@ impl Engine {
                         None => continue,
                     }
                 }
-                _ => forward_to(s, h, &mut (None, None), now, out),
+                _ => forward_to(s, h, &mut (None, None), (now, pad), out),
             };
             match r {
                 Ok(n) => {
@@ -184,7 +186,7 @@ fn forward_layer(
     s: &mut Session,
     h: &Handle,
     (tag, view): (&LayerTag, &Ranking),
-    now: Instant,
+    (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> (Option<Result<usize, SendError>>, Decision) {
     let session::Role::Subscriber(sub) = &mut s.role else {
@@ -203,7 +205,7 @@ fn forward_layer(
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, now, out);
+    let r = forward_to(s, h, &mut ids, (now, pad), out);
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -253,7 +255,8 @@ pub(super) fn retransmit(
         _ => None,
     };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
-        return forward_to(s, h, &mut (None, None), now, out);
+        // A retransmission goes alone: nothing to equalize it with.
+        return forward_to(s, h, &mut (None, None), (now, 0), out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -309,12 +312,13 @@ pub(super) fn retransmit(
 
 /// Copy `h` into a transmit buffer, rewrite it for subscriber `s` and protect it. A
 /// simulcast layer's VP8 picture id and TL0PICIDX are rewritten too; `ids` gets what they
-/// became.
+/// became. With `pad` (> 0), a packet that does not end its frame is padded to a multiple
+/// of `pad` bytes ([`padding`]).
 fn forward_to(
     s: &mut Session,
     h: &Handle,
     ids: &mut (Option<u16>, Option<u8>),
-    now: Instant,
+    (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let via = s.via;
@@ -371,11 +375,14 @@ fn forward_to(
         if let Some((tag, sel)) = &layered {
             *ids = sel.rewrite(buf, tag);
         }
-        // Last: the transport-wide number may grow the header and move the payload.
+        // The transport-wide number may grow the header and move the payload; the padding
+        // goes after it so the datagram is the multiple of `pad` that segmentation wants.
         let n = match bwe.as_deref_mut() {
             Some(b) => b.stamp(buf, n, now),
             None => n,
         };
+        let tag = ctx.as_deref().map_or(0, srtp::Context::tag_len);
+        let n = padding::equalize(buf, n, tag, usize::from(pad));
         let len = seal_rtp(ctx.as_deref_mut(), buf, n)?;
         sent = len;
         Some(len)

@@ -293,6 +293,7 @@ impl Engine {
         pkt.len = len as u16;
         pkt.at = Some(at);
         pkt.layer = tag;
+        pkt.video = p.clock_rates.get(t) == Some(&90_000);
         pkt.epoch = p.epoch;
         let stream = p.stream;
         if let Some(cache) = p.caches.get_mut(usize::from(slot)) {

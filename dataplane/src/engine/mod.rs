@@ -46,6 +46,7 @@ pub mod latch;
 pub mod layers;
 mod message;
 pub mod nack;
+mod padding;
 mod periodic;
 pub mod pool;
 pub mod relay;
@@ -124,6 +125,9 @@ pub struct Limits {
     pub in_flight: usize,
     /// Repair WebRTC publishers' uplinks (`media.uplink_nack`, [`uplink`]).
     pub uplink_nack: bool,
+    /// Pad video packets that do not end a frame to a multiple of this many bytes
+    /// (`media.pad_video_to`, [`padding`]); 0: never.
+    pub pad_video_to: u16,
     /// Estimate viewers' bandwidth and fit their layers to it (`media.viewer_bwe`,
     /// [`viewer_bwe`]).
     pub viewer_bwe: bool,
@@ -136,6 +140,7 @@ impl Default for Limits {
             nack_cache: 512,
             in_flight: 256,
             uplink_nack: true,
+            pad_video_to: 0,
             viewer_bwe: true,
         }
     }

@@ -29,6 +29,9 @@ pub struct Packet {
     /// A packet of a simulcast layer: which one and what viewers' switching needs to know.
     /// `None` for every other packet, so their path never looks further.
     pub layer: Option<super::layers::LayerTag>,
+    /// A packet of a video (90 kHz) track: subscribers may get it padded to an equal size
+    /// (`padding.rs`).
+    pub video: bool,
     /// The publisher's epoch when the packet came (`session::Publisher::epoch`): a viewer
     /// that sees it change re-bases its numbering (`continuity`).
     pub epoch: u32,
@@ -43,6 +46,7 @@ impl Packet {
             len: 0,
             at: None,
             layer: None,
+            video: false,
             epoch: 0,
             data: [0; PACKET_CAP],
         }

@@ -19,6 +19,7 @@ mod events;
 mod ice_consent;
 mod latch;
 mod local_address;
+mod padding;
 mod relay;
 mod relay_data;
 mod relay_simulcast;
@@ -92,6 +93,11 @@ impl Drop for TempPath {
 }
 
 fn fixture(workers: u16) -> Fixture {
+    fixture_with(workers, 0)
+}
+
+/// [`fixture`] with `media.pad_video_to`.
+fn fixture_with(workers: u16, pad_video_to: u16) -> Fixture {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("swy-engine-{}-{n}", std::process::id()));
@@ -101,6 +107,7 @@ fn fixture(workers: u16) -> Fixture {
         nack_cache: 64,
         in_flight: 16,
         uplink_nack: true,
+        pad_video_to,
         viewer_bwe: true,
     };
     let engines = (0..workers)

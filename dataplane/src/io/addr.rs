@@ -81,11 +81,13 @@ pub(crate) const fn cmsg_space(data: usize) -> usize {
 const IN_PKTINFO: usize = std::mem::size_of::<libc::in_pktinfo>();
 const IN6_PKTINFO: usize = std::mem::size_of::<libc::in6_pktinfo>();
 
-/// Bytes of receive control buffer: the SO_RXQ_OVFL counter, and the destination address
-/// both as IPV6_PKTINFO and IP_PKTINFO, since a dual-stack socket that enabled both gets
-/// both for an IPv4 datagram. Too small and the kernel drops the ones that do not fit
-/// (MSG_CTRUNC), which would cost the drop counter or the destination.
-pub(crate) const CMSG_LEN: usize = cmsg_space(4) + cmsg_space(IN6_PKTINFO) + cmsg_space(IN_PKTINFO);
+/// Bytes of receive control buffer: the SO_RXQ_OVFL counter, the destination address both
+/// as IPV6_PKTINFO and IP_PKTINFO, since a dual-stack socket that enabled both gets both
+/// for an IPv4 datagram, and a UDP_GRO segment size (relay sockets). Too small and the
+/// kernel drops the ones that do not fit (MSG_CTRUNC), which would cost the drop counter,
+/// the destination or the segment boundaries.
+pub(crate) const CMSG_LEN: usize =
+    cmsg_space(4) + cmsg_space(IN6_PKTINFO) + cmsg_space(IN_PKTINFO) + cmsg_space(4);
 
 /// Receive control buffer, aligned for `cmsghdr`.
 #[derive(Clone, Copy)]
@@ -155,6 +157,9 @@ pub(crate) struct RxControl {
     /// The local address the datagram was sent to (IP_PKTINFO `ipi_addr`, IPV6_PKTINFO
     /// `ipi6_addr`; v4-mapped reported as IPv4).
     pub(crate) dst: Option<IpAddr>,
+    /// UDP_GRO: the buffer holds datagrams of this many bytes back to back (the last may
+    /// be shorter). 0 or absent: one datagram.
+    pub(crate) segment: usize,
 }
 
 /// Walk a control buffer the kernel filled (`buf` = the valid `msg_controllen` bytes). A
@@ -185,6 +190,10 @@ fn walk(buf: &[u8], c: &mut RxControl) -> Option<()> {
                 let ip: [u8; 4] = d.get(8..12)?.try_into().ok()?;
                 c.dst = Some(IpAddr::V4(Ipv4Addr::from(ip)));
             }
+            (libc::SOL_UDP, libc::UDP_GRO, Some(d)) => {
+                let v = i32::from_ne_bytes(d.get(0..4)?.try_into().ok()?);
+                c.segment = usize::try_from(v).unwrap_or(0);
+            }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, Some(d)) => {
                 let ip: [u8; 16] = d.get(0..16)?.try_into().ok()?;
                 c.dst = Some(IpAddr::V6(Ipv6Addr::from(ip)).to_canonical());
@@ -205,7 +214,7 @@ mod tests {
     fn cmsg_lens_match_libc() {
         // SAFETY: CMSG_SPACE is pure arithmetic.
         let space = |n: usize| unsafe { libc::CMSG_SPACE(n as u32) } as usize;
-        assert_eq!(CMSG_LEN, space(4) + space(20) + space(12));
+        assert_eq!(CMSG_LEN, space(4) + space(20) + space(12) + space(4));
         assert_eq!(TX_CMSG_LEN, space(20));
     }
 
@@ -273,6 +282,16 @@ mod tests {
         let c = parse_control(&b);
         assert_eq!(c.drops, Some(77));
         assert_eq!(c.dst, Some("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn finds_the_gro_segment_size() {
+        let mut b = Vec::new();
+        push_cmsg(&mut b, libc::SOL_UDP, libc::UDP_GRO, &1200i32.to_ne_bytes());
+        assert_eq!(parse_control(&b).segment, 1200);
+        let mut b = Vec::new();
+        push_cmsg(&mut b, libc::SOL_UDP, libc::UDP_GRO, &(-5i32).to_ne_bytes());
+        assert_eq!(parse_control(&b).segment, 0, "nonsense is one datagram");
     }
 
     #[test]

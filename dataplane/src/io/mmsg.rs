@@ -16,7 +16,7 @@ use super::raw::RawArray;
 use super::tcp::{Received, Tcp};
 use super::tx::Tx;
 use super::waker::Waker;
-use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
+use super::{gso, sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
 use crate::via::Via;
 
 const TOKEN_SOCKET: u64 = 1;
@@ -31,12 +31,10 @@ pub(crate) struct Mmsg {
     epoll: OwnedFd,
     waker: Waker,
     tx: Tx,
-    /// Receive side, one entry per batch slot; headers point at buffer/name/cmsg slot i.
-    rx_bufs: RawArray<[u8; MAX_DATAGRAM]>,
-    rx_names: RawArray<RawAddr>,
-    rx_cmsgs: RawArray<CmsgBuf>,
-    rx_iovs: RawArray<libc::iovec>,
-    rx_hdrs: RawArray<MsgHdr>,
+    /// Receive batches: the media socket's, and the relay socket's (larger buffers when
+    /// it coalesces with UDP_GRO).
+    rx: RxSet,
+    relay_rx: Option<RxSet>,
     /// Send batch: copies of queued slots' headers.
     tx_hdrs: RawArray<MsgHdr>,
     /// EPOLLOUT is registered per socket ([`Via::index`]): sends wait for socket space.
@@ -47,8 +45,60 @@ pub(crate) struct Mmsg {
     tcp_rx: Received,
 }
 
-// SAFETY: the raw iovecs point into rx_bufs of the same Mmsg and move with it.
+// SAFETY: the raw iovecs point into the receive sets of the same Mmsg and move with it.
 unsafe impl Send for Mmsg {}
+
+/// One recvmmsg batch: per entry a buffer of `stride` bytes, a name and a control buffer,
+/// and the header pointing at them.
+struct RxSet {
+    bufs: RawArray<u8>,
+    stride: usize,
+    names: RawArray<RawAddr>,
+    cmsgs: RawArray<CmsgBuf>,
+    iovs: RawArray<libc::iovec>,
+    hdrs: RawArray<MsgHdr>,
+    /// The socket coalesces (UDP_GRO): walk each buffer's segments.
+    gro: bool,
+}
+
+impl RxSet {
+    fn new(n: usize, stride: usize, gro: bool) -> Self {
+        // SAFETY: iovec/mmsghdr are plain C structs; all-zero is valid.
+        let zero_iov: libc::iovec = unsafe { std::mem::zeroed() };
+        let mut r = Self {
+            bufs: RawArray::new(n * stride, 0u8),
+            stride,
+            names: RawArray::new(n, RawAddr::ZERO),
+            cmsgs: RawArray::new(n, CmsgBuf([0; CMSG_LEN])),
+            iovs: RawArray::new(n, zero_iov),
+            hdrs: RawArray::new(n, MsgHdr::zeroed()),
+            gro,
+        };
+        for i in 0..n {
+            let iov = libc::iovec {
+                iov_base: r.bufs.ptr(i * stride).cast(),
+                iov_len: stride,
+            };
+            // SAFETY: nothing is in flight yet; single reference.
+            unsafe { *r.iovs.get_mut(i) = iov };
+            // SAFETY: nothing is in flight yet; single reference.
+            let h = unsafe { r.hdrs.get_mut(i) };
+            h.0.msg_hdr.msg_iov = r.iovs.ptr(i);
+            h.0.msg_hdr.msg_iovlen = 1;
+            h.0.msg_hdr.msg_name = r.names.ptr(i).cast();
+            h.0.msg_hdr.msg_control = r.cmsgs.ptr(i).cast();
+        }
+        r
+    }
+
+    fn len(&self) -> usize {
+        self.hdrs.len()
+    }
+}
+
+/// Buffers in a relay socket's receive batch when it coalesces: each holds up to
+/// [`gso::GRO_BUF`] bytes, so 16 are 1 MiB.
+const GRO_BATCH: usize = 16;
 
 impl Mmsg {
     pub(crate) fn new(
@@ -94,41 +144,36 @@ impl Mmsg {
         )?;
 
         let n = cfg.rx_batch.max(1);
-        // SAFETY: iovec/mmsghdr are plain C structs; all-zero is valid.
-        let zero_iov: libc::iovec = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let zero_hdr = MsgHdr(unsafe { std::mem::zeroed() });
-        let mut m = Self {
+        let relay_gro = match &relay {
+            Some(r) if cfg.relay_gro => match gso::enable_gro(r.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(error = %e, "relay socket: UDP_GRO unavailable");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let relay_rx = relay.as_ref().map(|_| match relay_gro {
+            true => RxSet::new(GRO_BATCH, gso::GRO_BUF, true),
+            false => RxSet::new(n, MAX_DATAGRAM, false),
+        });
+        let mut tx = Tx::new(cfg.tx_slots, v6);
+        super::probe_gso(&mut tx, &socket, relay.as_ref(), cfg);
+        let m = Self {
             socket,
             relay,
             epoll,
             waker,
-            tx: Tx::new(cfg.tx_slots, v6),
-            rx_bufs: RawArray::new(n, [0; MAX_DATAGRAM]),
-            rx_names: RawArray::new(n, RawAddr::ZERO),
-            rx_cmsgs: RawArray::new(n, CmsgBuf([0; CMSG_LEN])),
-            rx_iovs: RawArray::new(n, zero_iov),
-            rx_hdrs: RawArray::new(n, zero_hdr),
+            tx,
+            rx: RxSet::new(n, MAX_DATAGRAM, false),
+            relay_rx,
             tx_hdrs: super::batch::headers(cfg.tx_slots),
             want_out: [false; 2],
             drops: DropCounter::default(),
             send_errors: 0,
             tcp_rx: Received::default(),
         };
-        for i in 0..n {
-            let iov = libc::iovec {
-                iov_base: m.rx_bufs.ptr(i).cast(),
-                iov_len: MAX_DATAGRAM,
-            };
-            // SAFETY: nothing is in flight yet; single reference.
-            unsafe { *m.rx_iovs.get_mut(i) = iov };
-            // SAFETY: nothing is in flight yet; single reference.
-            let h = unsafe { m.rx_hdrs.get_mut(i) };
-            h.0.msg_hdr.msg_iov = m.rx_iovs.ptr(i);
-            h.0.msg_hdr.msg_iovlen = 1;
-            h.0.msg_hdr.msg_name = m.rx_names.ptr(i).cast();
-            h.0.msg_hdr.msg_control = m.rx_cmsgs.ptr(i).cast();
-        }
         Ok(m)
     }
 
@@ -266,8 +311,8 @@ impl Mmsg {
         Ok(got)
     }
 
-    /// One recvmmsg of up to rx_batch datagrams from the socket `via` names, handed to
-    /// `on_rx`.
+    /// One recvmmsg of up to a batch of datagrams from the socket `via` names, handed to
+    /// `on_rx` (a coalesced buffer as its segments). Returns the datagrams handed over.
     fn recv_batch(
         &mut self,
         via: Via,
@@ -276,22 +321,29 @@ impl Mmsg {
         let Some((fd, _)) = self.socket(via) else {
             return Ok(0);
         };
-        let n = self.rx_hdrs.len();
+        let set = match via {
+            Via::Media => &mut self.rx,
+            Via::Relay => match self.relay_rx.as_mut() {
+                Some(r) => r,
+                None => return Ok(0),
+            },
+        };
+        let n = set.len();
         for i in 0..n {
             // SAFETY: no receive is in flight outside recvmmsg below; single reference.
-            let h = unsafe { self.rx_hdrs.get_mut(i) };
+            let h = unsafe { set.hdrs.get_mut(i) };
             h.0.msg_hdr.msg_namelen = RAW_ADDR_LEN as u32;
             h.0.msg_hdr.msg_controllen = CMSG_LEN as _;
             h.0.msg_hdr.msg_flags = 0;
             h.0.msg_len = 0;
         }
         let rc = loop {
-            // SAFETY: rx_hdrs[0..n] point at this engine's buffers, names and control
-            // buffers with the lengths set above; all live and unborrowed during the call.
+            // SAFETY: the headers point at this set's buffers, names and control buffers
+            // with the lengths set above; all live and unborrowed during the call.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
-                    self.rx_hdrs.ptr(0).cast(),
+                    set.hdrs.ptr(0).cast(),
                     n as u32,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
@@ -312,11 +364,12 @@ impl Mmsg {
             }
         };
         let at = Instant::now();
+        let mut handed = 0;
         for i in 0..rc {
-            // SAFETY: recvmmsg returned; the kernel no longer writes slot i.
-            let h = unsafe { *self.rx_hdrs.get(i) }.0;
+            // SAFETY: recvmmsg returned; the kernel no longer writes entry i.
+            let h = unsafe { *set.hdrs.get(i) }.0;
             // SAFETY: as above.
-            let cmsg = unsafe { self.rx_cmsgs.get(i) };
+            let cmsg = unsafe { set.cmsgs.get(i) };
             #[allow(clippy::unnecessary_cast)] // size_t on glibc, u32 on musl
             let clen = (h.msg_hdr.msg_controllen as usize).min(CMSG_LEN);
             let control = parse_control(&cmsg.0[..clen]);
@@ -324,31 +377,43 @@ impl Mmsg {
                 self.drops.observe(d);
             }
             // SAFETY: as above.
-            let name = unsafe { self.rx_names.get(i) };
+            let name = unsafe { set.names.get(i) };
             let nlen = (h.msg_hdr.msg_namelen as usize).min(RAW_ADDR_LEN);
             let Some(src) = parse_sockaddr(&name.0[..nlen]) else {
                 continue;
             };
-            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            let len = (h.msg_len as usize).min(set.stride);
+            let segment = if set.gro { control.segment } else { 0 };
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+                || segment > MAX_DATAGRAM
+                || (segment == 0 && len > MAX_DATAGRAM)
+            {
                 on_rx(RxEvent::Oversize { src }, &mut self.tx);
+                handed += 1;
                 continue;
             }
-            let len = (h.msg_len as usize).min(MAX_DATAGRAM);
-            // SAFETY: the kernel is done with buffer i and no other reference to it exists
-            // (the borrow ends with on_rx).
-            let buf = unsafe { self.rx_bufs.get_mut(i) };
-            on_rx(
-                RxEvent::Datagram {
-                    data: &mut buf[..len],
-                    src,
-                    dst: control.dst,
-                    at,
-                    via,
-                },
-                &mut self.tx,
-            );
+            let base = set.bufs.ptr(i * set.stride);
+            // SAFETY: the kernel is done with entry i's `stride` bytes at `base`, inside the
+            // allocation; no other reference to them exists while this slice lives (it ends
+            // with the walk below).
+            let buf = unsafe { std::slice::from_raw_parts_mut(base, len) };
+            let tx = &mut self.tx;
+            let segments = gso::walk_segments(buf, segment, |data| {
+                on_rx(
+                    RxEvent::Datagram {
+                        data,
+                        src,
+                        dst: control.dst,
+                        at,
+                        via,
+                    },
+                    tx,
+                );
+            });
+            self.tx.offload_mut().received(segments);
+            handed += segments;
         }
-        Ok(rc)
+        Ok(handed)
     }
 }
 

@@ -64,8 +64,10 @@
 mod addr;
 mod batch;
 mod framing;
+mod gso;
 mod mmsg;
 mod raw;
+mod segment;
 mod sockopt;
 mod tcp;
 mod tx;
@@ -75,6 +77,7 @@ mod waker;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+pub use gso::OffloadCounters;
 pub use switchyard_shared::config::EngineKind;
 pub use tcp::{TcpCounters, TcpLimits};
 pub use tx::{Tx, TxBuf};
@@ -136,6 +139,12 @@ pub struct IoConfig {
     /// only what the socket cannot take at once (true), or one SENDMSG SQE per datagram
     /// (false). See `batch.rs` for the measurement behind the default.
     pub uring_sendmmsg: bool,
+    /// Send each destination's queued datagrams as `UDP_SEGMENT` messages where the kernel
+    /// allows it (probed per socket at start; `gso.rs`).
+    pub gso: bool,
+    /// Let the relay socket coalesce received datagrams (`UDP_GRO`); the engine walks the
+    /// segments.
+    pub relay_gro: bool,
 }
 
 impl Default for IoConfig {
@@ -146,6 +155,8 @@ impl Default for IoConfig {
             rx_batch: 64,
             tx_slots: 1024,
             uring_sendmmsg: true,
+            gso: true,
+            relay_gro: true,
         }
     }
 }
@@ -325,12 +336,41 @@ impl Io {
             })
     }
 
+    /// Whether sends from the socket `via` names are segmented (configured, and the kernel
+    /// passed the probe).
+    pub fn gso(&mut self, via: Via) -> bool {
+        self.tx().gso_enabled(via)
+    }
+
+    /// What segmentation and receive offload did so far.
+    pub fn offload(&mut self) -> OffloadCounters {
+        self.tx().offload()
+    }
+
     /// Sends the kernel refused so far (counted, never retried).
     pub fn send_errors(&self) -> u64 {
         match &self.engine {
             Engine::Uring(u) => u.send_errors(),
             Engine::Mmsg(m) => m.send_errors(),
         }
+    }
+}
+
+/// Turn segmentation on for each socket whose kernel accepts `UDP_SEGMENT` (when `cfg.gso`),
+/// logging a refusal once.
+pub(crate) fn probe_gso(tx: &mut Tx, media: &UdpSocket, relay: Option<&UdpSocket>, cfg: &IoConfig) {
+    use std::os::fd::AsRawFd;
+    for (via, s) in [(Via::Media, Some(media)), (Via::Relay, relay)] {
+        let Some(s) = s else { continue };
+        let on = cfg.gso
+            && match gso::probe_segment(s.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(socket = ?via, error = %e, "UDP_SEGMENT unavailable: one datagram per message");
+                    false
+                }
+            };
+        tx.set_gso(via, on);
     }
 }
 

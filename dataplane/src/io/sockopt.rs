@@ -1,7 +1,7 @@
 //! Socket options both engines need.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::{IoConfig, IoError};
 
@@ -56,11 +56,16 @@ fn set_int(socket: &UdpSocket, opt: i32, v: i32) -> std::io::Result<()> {
 }
 
 fn set_opt(socket: &UdpSocket, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
-    // SAFETY: the fd is a live socket owned by `socket`; the option value points at a local
-    // i32 whose size is passed alongside.
+    set_raw(socket.as_raw_fd(), level, opt, v)
+}
+
+/// An int socket option on a descriptor the caller keeps open for the call.
+pub(crate) fn set_raw(fd: RawFd, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
+    // SAFETY: the option value points at a local i32 whose size is passed alongside; a
+    // descriptor that is not a socket only makes the call fail.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             level,
             opt,
             (&v as *const i32).cast(),

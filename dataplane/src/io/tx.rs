@@ -13,10 +13,17 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::addr::{RawAddr, TxCmsg};
+use super::gso::{self, OffloadCounters, Records, Refused};
 use super::raw::RawArray;
+use super::segment::{Msg, Planner, Queued, MAX_SEGMENTS};
 use super::tcp::{Sent, Tcp};
 use super::TX_BUF;
 use crate::via::Via;
+
+/// Queued datagrams one plan covers (see `segment.rs`): far more than one turn's fan-out of
+/// a frame usually queues, and bounded so the planner's scratch stays small whatever
+/// `tx_slots` is.
+const PLAN_WINDOW: usize = 4096;
 
 /// Upper bound on `tx_slots`: slot indices are packed into io_uring user_data.
 pub(crate) const MAX_SLOTS: usize = 1 << 20;
@@ -64,6 +71,8 @@ pub struct Tx {
     free: Vec<u32>,
     /// Queued sends per socket ([`Via::index`]); each socket's queue keeps its order.
     queued: [VecDeque<u32>; 2],
+    /// Per socket: in-flight sends to go again, in order (`requeue`).
+    requeued: [Vec<u32>; 2],
     in_flight: usize,
     v6: bool,
     /// Handed out by `buf_mut` for a buffer the caller no longer owns (a caller bug), so
@@ -71,6 +80,76 @@ pub struct Tx {
     scratch: Box<[u8; TX_BUF]>,
     /// The worker's ICE-TCP connections: a media send to a connection's peer goes there.
     pub(crate) tcp: Option<Box<Tcp>>,
+    /// Segmentation: planner, message records, refused destinations, counters.
+    seg: Segmenter,
+}
+
+/// What `Tx` keeps for segmented sends (`gso.rs`, `segment.rs`).
+struct Segmenter {
+    planner: Planner,
+    records: Records,
+    /// Per socket ([`Via::index`]): segmentation on (configured and probed).
+    enabled: [bool; 2],
+    /// Per socket: destinations the kernel refused a segmented message for.
+    refused: [Refused; 2],
+    counters: OffloadCounters,
+}
+
+/// The queued slots as the planner sees them.
+struct SlotView<'a> {
+    addrs: &'a RawArray<RawAddr>,
+    ctrls: &'a RawArray<TxCmsg>,
+    iovs: &'a RawArray<Iov>,
+    hdrs: &'a RawArray<Hdr>,
+    enabled: bool,
+    refused: &'a Refused,
+}
+
+// Every method reads slots that are Queued: written by `queue_from`, not handed to the
+// kernel yet, and not written again until sent.
+impl Queued for SlotView<'_> {
+    fn len(&self, slot: u32) -> usize {
+        // SAFETY: see above.
+        unsafe { self.iovs.get(slot as usize) }.0.iov_len
+    }
+
+    fn route_hash(&self, slot: u32) -> u64 {
+        // SAFETY: see above.
+        gso::hash_addr(unsafe { self.addrs.get(slot as usize) })
+    }
+
+    fn same_route(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (a as usize, b as usize);
+        // SAFETY: see above.
+        let (ha, hb) = unsafe { (&self.hdrs.get(a).0, &self.hdrs.get(b).0) };
+        // SAFETY: see above.
+        let (aa, ab) = unsafe { (self.addrs.get(a), self.addrs.get(b)) };
+        if ha.msg_namelen != hb.msg_namelen || aa.0 != ab.0 {
+            return false;
+        }
+        if ha.msg_controllen != hb.msg_controllen {
+            return false;
+        }
+        // SAFETY: see above.
+        ha.msg_controllen == 0 || unsafe { self.ctrls.get(a).0 == self.ctrls.get(b).0 }
+    }
+
+    fn may_segment(&self, slot: u32) -> bool {
+        // SAFETY: see above.
+        self.enabled
+            && !self
+                .refused
+                .contains(unsafe { self.addrs.get(slot as usize) })
+    }
+}
+
+/// One message of a plan, ready for the kernel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Built {
+    pub(crate) hdr: *const libc::msghdr,
+    /// The segmented message's record (free it, or let its completion free it).
+    pub(crate) record: Option<u16>,
+    pub(crate) msg: Msg,
 }
 
 impl std::fmt::Debug for Tx {
@@ -104,10 +183,18 @@ impl Tx {
                 VecDeque::with_capacity(slots),
                 VecDeque::with_capacity(slots),
             ],
+            requeued: [Vec::with_capacity(slots), Vec::with_capacity(slots)],
             in_flight: 0,
             v6,
             scratch: Box::new([0; TX_BUF]),
             tcp: None,
+            seg: Segmenter {
+                planner: Planner::new(slots.min(PLAN_WINDOW)),
+                records: Records::new(),
+                enabled: [false; 2],
+                refused: [Refused::new(), Refused::new()],
+                counters: OffloadCounters::default(),
+            },
         }
     }
 
@@ -257,6 +344,7 @@ impl Tx {
     }
 
     /// The `n`-th send queued on `via` (not taken).
+    #[cfg(test)]
     pub(crate) fn peek_queued(&self, via: Via, n: usize) -> Option<u32> {
         self.queued[via.index()].get(n).copied()
     }
@@ -264,6 +352,149 @@ impl Tx {
     /// Pointer to slot `i`'s send header, valid while the slot is Queued or InFlight.
     pub(crate) fn hdr_ptr(&self, i: u32) -> *const libc::msghdr {
         self.hdrs.ptr(i as usize).cast()
+    }
+
+    /// Segment sends on the socket `via` names (its kernel passed the probe).
+    pub(crate) fn set_gso(&mut self, via: Via, on: bool) {
+        self.seg.enabled[via.index()] = on;
+    }
+
+    pub(crate) fn gso_enabled(&self, via: Via) -> bool {
+        self.seg.enabled[via.index()]
+    }
+
+    pub(crate) fn offload(&self) -> OffloadCounters {
+        self.seg.counters
+    }
+
+    pub(crate) fn offload_mut(&mut self) -> &mut OffloadCounters {
+        &mut self.seg.counters
+    }
+
+    /// Plan the front of the queue on `via` into messages (`segment.rs`): the queue's first
+    /// slots are reordered by destination in place. Returns the number of messages;
+    /// [`Tx::planned`] gives each. Sends queued later are not covered until the next plan.
+    pub(crate) fn plan(&mut self, via: Via) -> usize {
+        let v = via.index();
+        let view = SlotView {
+            addrs: &self.addrs,
+            ctrls: &self.ctrls,
+            iovs: &self.iovs,
+            hdrs: &self.hdrs,
+            enabled: self.seg.enabled[v],
+            refused: &self.seg.refused[v],
+        };
+        self.seg.planner.plan(self.queued[v].iter().copied(), &view);
+        for (q, &slot) in self.queued[v].iter_mut().zip(self.seg.planner.order()) {
+            *q = slot;
+        }
+        self.seg.planner.msgs().len()
+    }
+
+    /// Message `k` of the last plan.
+    pub(crate) fn planned(&self, k: usize) -> Option<Msg> {
+        self.seg.planner.msgs().get(k).copied()
+    }
+
+    /// The header for message `msg`, whose slots are the queue's (on `via`) from position
+    /// `at`: the slot's own for a single datagram, a filled record for a segmented one.
+    /// `None` when no record is free (send it later, or one by one).
+    pub(crate) fn build(&mut self, via: Via, at: usize, msg: Msg) -> Option<Built> {
+        let q = &self.queued[via.index()];
+        let first = *q.get(at)?;
+        if msg.count <= 1 {
+            return Some(Built {
+                hdr: self.hdr_ptr(first),
+                record: None,
+                msg,
+            });
+        }
+        let n = usize::from(msg.count).min(MAX_SEGMENTS);
+        let mut slots = [0u32; MAX_SEGMENTS];
+        for (k, s) in slots.iter_mut().enumerate().take(n) {
+            *s = *q.get(at + k)?;
+        }
+        let iovs = &self.iovs;
+        // SAFETY: every slot is Queued: its header, address, control bytes, iovec and
+        // buffer are initialised and stay untouched until it completes (the record is freed
+        // before or at that point).
+        let r = unsafe {
+            self.seg.records.fill(
+                self.hdr_ptr(first),
+                slots[..n].iter().map(|&s| iovs.get(s as usize).0),
+                &slots[..n],
+                msg.segment,
+                via,
+            )
+        }?;
+        Some(Built {
+            hdr: self.seg.records.hdr_ptr(r),
+            record: Some(r),
+            msg,
+        })
+    }
+
+    /// Whether a segmented message could be built now.
+    pub(crate) fn record_available(&self) -> bool {
+        self.seg.records.available()
+    }
+
+    /// A record's message is done with (sent, or dropped before sending).
+    pub(crate) fn free_record(&mut self, r: u16) {
+        self.seg.records.free(r);
+    }
+
+    /// The slots of record `r` and its socket.
+    pub(crate) fn record_slots(&self, r: u16) -> (&[u32], Via) {
+        self.seg.records.slots(r)
+    }
+
+    /// The kernel refused record `r`'s segmented message: never segment to its destination
+    /// again on that socket.
+    pub(crate) fn refuse_record(&mut self, r: u16) {
+        let (_, via) = self.seg.records.slots(r);
+        if let Some(a) = self.seg.records.name(r) {
+            self.seg.refused[via.index()].insert(a);
+        }
+        self.seg.counters.gso_refused += 1;
+    }
+
+    /// The message at the queue's front on `via` was refused as a segmented message: never
+    /// segment to its destination again on that socket (the next plan sends it one datagram
+    /// per message).
+    pub(crate) fn refuse_front(&mut self, via: Via) {
+        let Some(&i) = self.queued[via.index()].front() else {
+            return;
+        };
+        // SAFETY: the slot is Queued: written, and not in the kernel's hands.
+        let a = *unsafe { self.addrs.get(i as usize) };
+        self.seg.refused[via.index()].insert(a);
+        self.seg.counters.gso_refused += 1;
+    }
+
+    /// In-flight slot `i` goes again (its segmented message was refused, or its send was
+    /// cancelled behind one): collected in call order, and put back at the front of the
+    /// queue on `via` by [`Tx::restore_requeued`], ahead of anything queued since it was
+    /// taken.
+    pub(crate) fn requeue(&mut self, i: u32, via: Via) {
+        if self.state.get(i as usize) != Some(&State::InFlight) {
+            debug_assert!(false, "requeue of slot {i} not in flight");
+            return;
+        }
+        self.state[i as usize] = State::Queued;
+        self.in_flight -= 1;
+        // Cannot reallocate: a slot is in one of the queue and this list, never both.
+        self.requeued[via.index()].push(i);
+    }
+
+    /// Put the slots given to [`Tx::requeue`] back at the front of their queues, in the
+    /// order they were given.
+    pub(crate) fn restore_requeued(&mut self) {
+        for v in 0..2 {
+            while let Some(i) = self.requeued[v].pop() {
+                self.queued[v].push_front(i);
+            }
+        }
     }
 
     /// The kernel is done with slot `i` (sent or refused): free it.

@@ -27,9 +27,11 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::addr::{parse_control, parse_sockaddr, CMSG_LEN, RAW_ADDR_LEN};
 use super::batch::{self, MsgHdr};
+use super::gso;
 use super::raw::RawArray;
+use super::segment::MAX_SEGMENTS;
 use super::tcp::{Received, Tcp};
-use super::tx::Tx;
+use super::tx::{Built, Tx};
 use super::waker::Waker;
 use super::{sockopt, DropCounter, IoConfig, IoError, RxEvent, MAX_DATAGRAM};
 use crate::via::Via;
@@ -43,6 +45,11 @@ const BUF_SIZE: usize = 2048;
 /// a burst while the worker processes the previous batch.
 const BUF_COUNT: u16 = 1024;
 const BUF_GROUP: u16 = 0;
+/// The relay socket's own buffer group when it coalesces (UDP_GRO): fewer, larger buffers
+/// (a coalesced datagram is up to 64 KiB), 32 × ~64 KiB = 2 MiB.
+const GRO_BUF_COUNT: u16 = 32;
+const GRO_BUF_SIZE: usize = PAYLOAD_OFF + gso::GRO_BUF;
+const GRO_BUF_GROUP: u16 = 1;
 
 /// user_data tags (top two bits); sends carry their Tx slot in the low bits, receives the
 /// [`Via::index`] of their socket.
@@ -51,6 +58,10 @@ const UD_RECV: u64 = 1 << 62;
 const UD_WAKER: u64 = 2 << 62;
 const UD_SEND: u64 = 3 << 62;
 const UD_TAG: u64 = 3 << 62;
+/// On a send: the low 16 bits name a segmented message's record, not a Tx slot.
+const UD_RECORD: u64 = 1 << 40;
+/// On a single-slot send: it left from the relay socket (where it goes again if cancelled).
+const UD_VIA_RELAY: u64 = 1 << 41;
 
 type OnRx<'a> = &'a mut dyn FnMut(RxEvent<'_>, &mut Tx);
 
@@ -65,6 +76,9 @@ const _: () = assert!(PAYLOAD_OFF + MAX_DATAGRAM <= BUF_SIZE);
 struct BufRing {
     base: NonNull<u8>,
     layout: Layout,
+    /// Entries (a power of two) and the length of each buffer.
+    count: u16,
+    size: usize,
     /// Our copy of the tail; published with a release store.
     tail: u16,
 }
@@ -80,8 +94,8 @@ struct BufEntry {
 const BUF_ENTRY_TAIL_OFF: usize = 14;
 
 impl BufRing {
-    fn new() -> Result<Self, IoError> {
-        let size = std::mem::size_of::<BufEntry>() * usize::from(BUF_COUNT);
+    fn new(count: u16, buf_size: usize) -> Result<Self, IoError> {
+        let size = std::mem::size_of::<BufEntry>() * usize::from(count);
         let layout = Layout::from_size_align(size, 4096)
             .map_err(|e| IoError::Unsupported(format!("buffer ring layout: {e}")))?;
         // SAFETY: layout has non-zero size.
@@ -91,20 +105,22 @@ impl BufRing {
         Ok(Self {
             base,
             layout,
+            count,
+            size: buf_size,
             tail: 0,
         })
     }
 
     /// Append buffer `bid` at `addr` (not yet visible to the kernel: see `publish`).
     fn push(&mut self, bid: u16, addr: *mut u8) {
-        let idx = usize::from(self.tail & (BUF_COUNT - 1));
-        // SAFETY: idx < BUF_COUNT, inside the allocation; we write only addr/len/bid, never
+        let idx = usize::from(self.tail & (self.count - 1));
+        // SAFETY: idx < count, inside the allocation; we write only addr/len/bid, never
         // the tail aliasing entry 0's resv, and the kernel does not read entries past the
         // published tail, so nothing reads these fields concurrently.
         unsafe {
             let e = self.base.as_ptr().cast::<BufEntry>().add(idx);
             std::ptr::addr_of_mut!((*e).addr).write(addr as u64);
-            std::ptr::addr_of_mut!((*e).len).write(BUF_SIZE as u32);
+            std::ptr::addr_of_mut!((*e).len).write(self.size as u32);
             std::ptr::addr_of_mut!((*e).bid).write(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -129,6 +145,52 @@ impl Drop for BufRing {
     }
 }
 
+/// A provided-buffer group: the buffers (`count` × `size` bytes, one allocation) and the
+/// ring that hands them to the kernel.
+struct Pool {
+    bufs: RawArray<u8>,
+    ring: BufRing,
+    group: u16,
+}
+
+impl Pool {
+    fn new(count: u16, size: usize, group: u16) -> Result<Self, IoError> {
+        let bufs = RawArray::new(usize::from(count) * size, 0u8);
+        let mut ring = BufRing::new(count, size)?;
+        for bid in 0..count {
+            ring.push(bid, bufs.ptr(usize::from(bid) * size));
+        }
+        ring.publish();
+        Ok(Self { bufs, ring, group })
+    }
+
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        self.bufs.ptr(usize::from(bid) * self.ring.size)
+    }
+
+    /// Put buffer `bid` back in the ring (visible at the next `publish`).
+    fn recycle(&mut self, bid: u16) {
+        let p = self.buf_ptr(bid);
+        self.ring.push(bid, p);
+    }
+
+    /// Register the ring with `ring`'s kernel side.
+    fn register(&self, ring: &IoUring) -> Result<(), IoError> {
+        // SAFETY: the ring memory is page aligned, `count` entries long and lives (in
+        // ManuallyDrop, only freed after the kernel is done or leaked) until we unregister
+        // or the ring is closed; the buffers it points at likewise.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.ring.base.as_ptr() as u64,
+                self.ring.count,
+                self.group,
+                0,
+            )
+        }
+        .map_err(|e| unsupported("IORING_REGISTER_PBUF_RING", e))
+    }
+}
+
 /// The msghdr given to the multishot recvmsg: only its name/control lengths matter.
 struct RecvTemplate(libc::msghdr);
 
@@ -147,8 +209,10 @@ pub(crate) struct Uring {
     recv_armed: [bool; 2],
     waker_armed: bool,
     msghdr: Box<RecvTemplate>,
-    bufs: ManuallyDrop<RawArray<[u8; BUF_SIZE]>>,
-    buf_ring: ManuallyDrop<BufRing>,
+    /// Receive buffers: the media socket's (and the relay socket's, unless it coalesces
+    /// and has its own).
+    pool: ManuallyDrop<Pool>,
+    gro_pool: Option<ManuallyDrop<Pool>>,
     tx: ManuallyDrop<Tx>,
     /// Scratch headers for the sendmmsg fast path; `None` when sends go as SQEs only.
     tx_hdrs: Option<RawArray<MsgHdr>>,
@@ -239,24 +303,34 @@ impl Uring {
             }
         }
 
-        let bufs = RawArray::new(usize::from(BUF_COUNT), [0u8; BUF_SIZE]);
-        let mut buf_ring = BufRing::new()?;
-        for bid in 0..BUF_COUNT {
-            buf_ring.push(bid, bufs.ptr(usize::from(bid)).cast());
-        }
-        buf_ring.publish();
-        // SAFETY: the ring memory is page aligned, BUF_COUNT entries long and lives (in
-        // ManuallyDrop, only freed after the kernel is done or leaked) until we unregister
-        // or the ring is closed; the buffers it points at likewise.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                buf_ring.base.as_ptr() as u64,
-                BUF_COUNT,
-                BUF_GROUP,
-                0,
-            )
-        }
-        .map_err(|e| unsupported("IORING_REGISTER_PBUF_RING", e))?;
+        let pool = Pool::new(BUF_COUNT, BUF_SIZE, BUF_GROUP)?;
+        let gro_pool = match &relay {
+            Some(_) if cfg.relay_gro => {
+                Some(Pool::new(GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_BUF_GROUP)?)
+            }
+            _ => None,
+        };
+        // Nothing fallible after a registration but the next registration, which leaves the
+        // earlier one for the ring's close to undo (no operation was ever submitted).
+        pool.register(&ring)?;
+        let gro_pool = match (gro_pool, &relay) {
+            (Some(p), Some(r)) => match p
+                .register(&ring)
+                .and_then(|()| gso::enable_gro(r.as_raw_fd()).map_err(IoError::from))
+            {
+                Ok(()) => Some(ManuallyDrop::new(p)),
+                Err(e) => {
+                    tracing::info!(error = %e, "relay socket: UDP_GRO unavailable");
+                    // Registered but never used: the ring's close unregisters it, so the
+                    // memory must outlive the ring.
+                    std::mem::forget(p);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut tx = Tx::new(cfg.tx_slots, v6);
+        super::probe_gso(&mut tx, &socket, relay.as_ref(), cfg);
 
         // SAFETY: msghdr is a plain C struct; all-zero is valid.
         let mut tpl: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -272,9 +346,9 @@ impl Uring {
             recv_armed: [false; 2],
             waker_armed: false,
             msghdr: Box::new(RecvTemplate(tpl)),
-            bufs: ManuallyDrop::new(bufs),
-            buf_ring: ManuallyDrop::new(buf_ring),
-            tx: ManuallyDrop::new(Tx::new(cfg.tx_slots, v6)),
+            pool: ManuallyDrop::new(pool),
+            gro_pool,
+            tx: ManuallyDrop::new(tx),
             tx_hdrs: cfg.uring_sendmmsg.then(|| batch::headers(cfg.tx_slots)),
             drops: DropCounter::default(),
             send_errors: 0,
@@ -350,13 +424,14 @@ impl Uring {
         for via in Via::ALL {
             let Some(fd) = self.fd(via) else { continue };
             if !self.recv_armed[via.index()] {
-                let e = opcode::RecvMsgMulti::new(
-                    Fd(fd),
-                    &self.msghdr.0 as *const libc::msghdr,
-                    BUF_GROUP,
-                )
-                .build()
-                .user_data(UD_RECV | via.index() as u64);
+                let group = match (via, &self.gro_pool) {
+                    (Via::Relay, Some(p)) => p.group,
+                    _ => BUF_GROUP,
+                };
+                let e =
+                    opcode::RecvMsgMulti::new(Fd(fd), &self.msghdr.0 as *const libc::msghdr, group)
+                        .build()
+                        .user_data(UD_RECV | via.index() as u64);
                 self.recv_armed[via.index()] = self.push(&e)?;
             }
         }
@@ -405,32 +480,96 @@ impl Uring {
         Ok(())
     }
 
-    /// One SENDMSG SQE per send queued on `via`, as far as the submission queue allows.
+    /// One SENDMSG SQE per planned message queued on `via` (a `UDP_SEGMENT` message per
+    /// destination run where the socket segments, `segment.rs`), as far as the submission
+    /// queue allows. A destination's SQEs are linked (`IOSQE_IO_LINK`): if one fails (a
+    /// segmented message the route refuses), the kernel cancels the ones behind it, and all
+    /// of them go again in their order (`finish`), so nothing overtakes a refused message.
     fn submit_sends(&mut self, via: Via, fd: Fd) -> Result<(), IoError> {
         while self.tx.queued_len(via) > 0 {
-            if self.ring.submission().is_full() {
-                match self.ring.submit() {
-                    Ok(_) if !self.ring.submission().is_full() => {}
-                    Ok(_) => break,
-                    Err(e) if transient(&e) => break,
-                    Err(e) => return Err(IoError::sys("io_uring_enter", e)),
+            let msgs = self.tx.plan(via);
+            for k in 0..msgs {
+                let Some(msg) = self.tx.planned(k) else {
+                    return Ok(());
+                };
+                // A destination's chain is submitted whole: room for its worst case (one
+                // SQE per datagram) before its first message.
+                if msg.batch > 0 && !self.sq_room(usize::from(msg.batch))? {
+                    return Ok(());
                 }
-            }
-            let Some(i) = self.tx.pop_queued(via) else {
-                break;
-            };
-            let e = opcode::SendMsg::new(fd, self.tx.hdr_ptr(i))
-                .build()
-                .user_data(UD_SEND | u64::from(i));
-            // SAFETY: slot i is InFlight until its CQE, so its header, iovec, address and
-            // data stay valid and untouched; the queue has room (checked above).
-            if unsafe { self.ring.submission().push(&e) }.is_err() {
-                // Not reachable (room checked); complete the slot rather than leak it.
-                self.send_errors += 1;
-                self.tx.complete(i);
+                self.tx.offload_mut().batch(msg.batch);
+                let more = self.tx.planned(k + 1).is_some_and(|m| m.batch == 0);
+                if msg.count > 1 && self.tx.record_available() {
+                    let Some(Built {
+                        hdr,
+                        record: Some(r),
+                        ..
+                    }) = self.tx.build(via, 0, msg)
+                    else {
+                        return Ok(());
+                    };
+                    for _ in 0..msg.count {
+                        let _ = self.tx.pop_queued(via);
+                    }
+                    let e = opcode::SendMsg::new(fd, hdr)
+                        .build()
+                        .flags(link(more))
+                        .user_data(UD_SEND | UD_RECORD | u64::from(r));
+                    // SAFETY: the record and its slots stay untouched until the CQE (the
+                    // slots are InFlight, the record is freed only by its completion); the
+                    // queue has room (checked for the whole chain).
+                    if unsafe { self.ring.submission().push(&e) }.is_err() {
+                        // Not reachable (room checked): queue them again rather than leak.
+                        finish(
+                            &mut self.tx,
+                            &mut self.send_errors,
+                            Sent::Record(r),
+                            -libc::ECANCELED,
+                        );
+                    }
+                    continue;
+                }
+                // One datagram (or a run with no record free): an SQE per slot.
+                for j in 0..msg.count {
+                    let Some(i) = self.tx.pop_queued(via) else {
+                        return Ok(());
+                    };
+                    let e = opcode::SendMsg::new(fd, self.tx.hdr_ptr(i))
+                        .build()
+                        .flags(link(more || j + 1 < msg.count))
+                        .user_data(UD_SEND | via_bit(via) | u64::from(i));
+                    // SAFETY: slot i is InFlight until its CQE, so its header, iovec,
+                    // address and data stay valid and untouched; the queue has room.
+                    if unsafe { self.ring.submission().push(&e) }.is_err() {
+                        finish(
+                            &mut self.tx,
+                            &mut self.send_errors,
+                            Sent::Slot(i, via),
+                            -libc::ECANCELED,
+                        );
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Room for `n` more SQEs, submitting what is queued if needed. False: the ring takes
+    /// no more this turn.
+    fn sq_room(&mut self, n: usize) -> Result<bool, IoError> {
+        let free = |r: &mut IoUring| {
+            let sq = r.submission();
+            sq.capacity() - sq.len()
+        };
+        let n = n.min(SQ_ENTRIES as usize);
+        if free(&mut self.ring) >= n {
+            return Ok(true);
+        }
+        match self.ring.submit() {
+            Ok(_) => Ok(free(&mut self.ring) >= n),
+            Err(e) if transient(&e) => Ok(false),
+            Err(e) => Err(IoError::sys("io_uring_enter", e)),
+        }
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
@@ -500,13 +639,17 @@ impl Uring {
                     let Some(bid) = cqueue::buffer_select(flags) else {
                         continue;
                     };
-                    if bid >= BUF_COUNT {
+                    let pool: &mut Pool = match (via, self.gro_pool.as_mut()) {
+                        (Via::Relay, Some(p)) => p,
+                        _ => &mut self.pool,
+                    };
+                    if bid >= pool.ring.count {
                         continue; // not a buffer we registered: cannot happen, never panic
                     }
-                    let len = (res as usize).min(BUF_SIZE);
+                    let len = (res as usize).min(pool.ring.size);
                     if let Some(f) = on_rx.as_mut() {
-                        if deliver(
-                            &mut self.bufs,
+                        handed += deliver(
+                            pool,
                             &mut self.tx,
                             &mut self.drops,
                             &self.msghdr.0,
@@ -514,12 +657,9 @@ impl Uring {
                             len,
                             (at, via),
                             f,
-                        ) {
-                            handed += 1;
-                        }
+                        );
                     }
-                    self.buf_ring
-                        .push(bid, self.bufs.ptr(usize::from(bid)).cast());
+                    pool.recycle(bid);
                 }
                 UD_WAKER if ud & 1 == 1 => {
                     self.tcp_armed = false;
@@ -536,16 +676,27 @@ impl Uring {
                     }
                 }
                 UD_SEND => {
-                    if res < 0 {
-                        self.send_errors += 1;
-                    }
-                    self.tx.complete((ud & !UD_TAG) as u32);
+                    let sent = if ud & UD_RECORD != 0 {
+                        Sent::Record((ud & 0xffff) as u16)
+                    } else {
+                        let via = if ud & UD_VIA_RELAY != 0 {
+                            Via::Relay
+                        } else {
+                            Via::Media
+                        };
+                        Sent::Slot((ud & 0xf_ffff) as u32, via)
+                    };
+                    finish(&mut self.tx, &mut self.send_errors, sent, res);
                 }
                 _ => {} // UD_CANCEL
             }
         }
         drop(cq);
-        self.buf_ring.publish();
+        self.tx.restore_requeued();
+        self.pool.ring.publish();
+        if let Some(p) = &self.gro_pool {
+            p.ring.publish();
+        }
         match fatal {
             Some(e) => Err(IoError::sys("recvmsg (io_uring)", e)),
             None => Ok(handed),
@@ -590,14 +741,87 @@ impl Uring {
                 return false;
             }
         }
-        self.ring.submitter().unregister_buf_ring(BUF_GROUP).is_ok()
+        let gro = match &self.gro_pool {
+            Some(p) => self.ring.submitter().unregister_buf_ring(p.group).is_ok(),
+            None => true,
+        };
+        self.ring.submitter().unregister_buf_ring(BUF_GROUP).is_ok() && gro
     }
 }
 
-/// Hand the datagram in buffer `bid` (`len` bytes filled) to `on_rx`. True if handed over.
+/// What a send CQE completes: one transmit slot, or a segmented message's record.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    Slot(u32, Via),
+    Record(u16),
+}
+
+fn via_bit(via: Via) -> u64 {
+    match via {
+        Via::Media => 0,
+        Via::Relay => UD_VIA_RELAY,
+    }
+}
+
+/// `IOSQE_IO_LINK` when another SQE of the same destination follows.
+fn link(more: bool) -> squeue::Flags {
+    if more {
+        squeue::Flags::IO_LINK
+    } else {
+        squeue::Flags::empty()
+    }
+}
+
+/// A send completed with `res`. Sent (or refused for good): its slots are free. A
+/// segmented message the route refused: the destination is no longer segmented and its
+/// datagrams go again one by one; cancelled behind a failed link: they go again too. Both
+/// are put back at the front of the queue, in completion order, which is their order.
+fn finish(tx: &mut Tx, send_errors: &mut u64, sent: Sent, res: i32) {
+    let mut slots = [0u32; MAX_SEGMENTS];
+    let (n, via) = match sent {
+        Sent::Slot(i, via) => {
+            slots[0] = i;
+            (1, via)
+        }
+        Sent::Record(r) => {
+            let (s, via) = tx.record_slots(r);
+            let n = s.len().min(MAX_SEGMENTS);
+            slots[..n].copy_from_slice(&s[..n]);
+            (n, via)
+        }
+    };
+    let again = match (sent, res) {
+        (_, r) if r == -libc::ECANCELED => true,
+        (Sent::Record(r), e) if e < 0 && gso::is_refusal(-e) => {
+            tx.refuse_record(r);
+            true
+        }
+        _ => false,
+    };
+    for &i in &slots[..n] {
+        if again {
+            tx.requeue(i, via);
+        } else {
+            tx.complete(i);
+        }
+    }
+    if !again {
+        if res < 0 {
+            *send_errors += n as u64;
+        } else {
+            tx.offload_mut().sent(n);
+        }
+    }
+    if let Sent::Record(r) = sent {
+        tx.free_record(r);
+    }
+}
+
+/// Hand the datagram in buffer `bid` of `pool` (`len` bytes filled) to `on_rx`; a buffer
+/// the relay socket coalesced (UDP_GRO) as its segments. Returns the datagrams handed over.
 #[allow(clippy::too_many_arguments)]
 fn deliver(
-    bufs: &mut RawArray<[u8; BUF_SIZE]>,
+    pool: &mut Pool,
     tx: &mut Tx,
     drops: &mut DropCounter,
     tpl: &libc::msghdr,
@@ -605,45 +829,64 @@ fn deliver(
     len: usize,
     (at, via): (Instant, Via),
     on_rx: &mut dyn FnMut(RxEvent<'_>, &mut Tx),
-) -> bool {
-    let (src, dst, oversize, payload_len) = {
-        // SAFETY: the CQE handed buffer bid to us; the kernel will not write it until we
-        // recycle it, and no mutable reference exists during this block.
-        let buf = unsafe { bufs.get(usize::from(bid)) };
-        let Ok(out) = RecvMsgOut::parse(&buf[..len], tpl) else {
-            return false;
+) -> usize {
+    let size = pool.ring.size;
+    let base = pool.buf_ptr(bid);
+    let (src, dst, segment, oversize, payload_len) = {
+        // SAFETY: the CQE handed buffer bid (`size` bytes at `base`) to us; the kernel will
+        // not write it until we recycle it, and no mutable reference exists in this block.
+        let buf = unsafe { std::slice::from_raw_parts(base, size) };
+        let Ok(out) = RecvMsgOut::parse(&buf[..len.min(size)], tpl) else {
+            return 0;
         };
         let control = parse_control(out.control_data());
         if let Some(d) = control.drops {
             drops.observe(d);
         }
         let Some(src) = parse_sockaddr(out.name_data()) else {
-            return false;
+            return 0;
         };
-        let oversize =
-            out.is_payload_truncated() || out.incoming_payload_len() as usize > MAX_DATAGRAM;
-        (src, control.dst, oversize, out.payload_data().len())
+        // Only the relay's own pool coalesces; a segment size elsewhere is not trusted.
+        let segment = if pool.group == GRO_BUF_GROUP {
+            control.segment
+        } else {
+            0
+        };
+        let incoming = out.incoming_payload_len() as usize;
+        let oversize = out.is_payload_truncated()
+            || segment > MAX_DATAGRAM
+            || (segment == 0 && incoming > MAX_DATAGRAM);
+        (
+            src,
+            control.dst,
+            segment,
+            oversize,
+            out.payload_data().len(),
+        )
     };
     if oversize {
         on_rx(RxEvent::Oversize { src }, tx);
-        return true;
+        return 1;
     }
-    // SAFETY: as above; the shared borrow ended, this is the only reference until on_rx
+    let end = (PAYLOAD_OFF + payload_len).min(size);
+    let start = PAYLOAD_OFF.min(end);
+    // SAFETY: as above; the shared borrow ended, this is the only reference until the walk
     // returns, and the buffer is recycled only after that.
-    let buf = unsafe { bufs.get_mut(usize::from(bid)) };
-    let end = (PAYLOAD_OFF + payload_len).min(BUF_SIZE);
-    let data = &mut buf[PAYLOAD_OFF.min(end)..end];
-    on_rx(
-        RxEvent::Datagram {
-            data,
-            src,
-            dst,
-            at,
-            via,
-        },
-        tx,
-    );
-    true
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(start), end - start) };
+    let n = gso::walk_segments(data, segment, |data| {
+        on_rx(
+            RxEvent::Datagram {
+                data,
+                src,
+                dst,
+                at,
+                via,
+            },
+            tx,
+        );
+    });
+    tx.offload_mut().received(n);
+    n
 }
 
 /// Errors of io_uring_enter that mean "try again next turn", not a broken ring.
@@ -661,8 +904,10 @@ impl Drop for Uring {
             // unregistered; these fields are dropped exactly once, here.
             unsafe {
                 ManuallyDrop::drop(&mut self.tx);
-                ManuallyDrop::drop(&mut self.buf_ring);
-                ManuallyDrop::drop(&mut self.bufs);
+                ManuallyDrop::drop(&mut self.pool);
+                if let Some(p) = self.gro_pool.as_mut() {
+                    ManuallyDrop::drop(p);
+                }
             }
         } else {
             tracing::warn!("io_uring: could not quiesce the ring on drop; leaking its buffers");

@@ -53,6 +53,23 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
+/// Whether a kernel offload is used where the kernel has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// Probed per socket at start; used where the kernel accepts it.
+    #[default]
+    Auto,
+    /// Never used (to measure without it, or to rule it out).
+    Off,
+}
+
+impl Offload {
+    pub const fn on(self) -> bool {
+        matches!(self, Self::Auto)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSection {
@@ -102,6 +119,20 @@ pub struct MediaSection {
     /// io_uring engine: send each loop turn's datagrams with one sendmmsg and queue only
     /// what the socket cannot take as SQEs (true), or one SENDMSG SQE per datagram (false).
     pub uring_sendmmsg: bool,
+    /// Send each destination's datagrams queued in one loop turn as `UDP_SEGMENT` messages
+    /// (GSO: one trip through the kernel's UDP path for a run of equal-size datagrams) where
+    /// the kernel supports it; a destination whose route refuses it falls back to one
+    /// datagram per message. `off` sends one datagram per message everywhere.
+    pub gso: Offload,
+    /// Let relay sockets receive coalesced datagrams (`UDP_GRO`); the worker walks the
+    /// segments. `off` receives one datagram per read.
+    pub gro: Offload,
+    /// RTP padding (RFC 3550 §5.1, the P bit) for equal-size runs: each video packet (a
+    /// 90 kHz track) sent to a subscriber that does not end its frame is padded up to a
+    /// multiple of this many bytes (datagram size), so a frame's packets, which libwebrtc
+    /// cuts to within one byte of each other, leave as one `UDP_SEGMENT` message instead
+    /// of two. 0 (the default) pads nothing; 2..=256 (docs/performance.md measured 8 to 32).
+    pub pad_video_to: u16,
     /// SO_RCVBUF / SO_SNDBUF per worker socket, bytes. A deep receive queue rides out the
     /// bursts of a keyframe fanned out to many subscribers.
     pub recv_buffer: usize,
@@ -134,6 +165,9 @@ impl Default for MediaSection {
             first_core: 1,
             engine: EngineKind::Auto,
             uring_sendmmsg: true,
+            gso: Offload::Auto,
+            gro: Offload::Auto,
+            pad_video_to: 0,
             recv_buffer: 8 << 20,
             send_buffer: 8 << 20,
             max_sessions_per_worker: 4096,
@@ -813,6 +847,9 @@ impl Config {
         }
         if !self.media.nack_cache.is_power_of_two() {
             return bad("media.nack_cache must be a power of two");
+        }
+        if self.media.pad_video_to == 1 || self.media.pad_video_to > 256 {
+            return bad("media.pad_video_to is 0 (off) or 2..=256 bytes");
         }
         if self.media.max_sessions_per_worker == 0 {
             return bad("media.max_sessions_per_worker must be at least 1");

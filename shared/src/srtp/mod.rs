@@ -189,7 +189,8 @@ impl Context {
         self.profile
     }
 
-    fn tag_len(&self) -> usize {
+    /// Bytes protect appends to an RTP packet (the authentication tag: 10 or 16).
+    pub fn tag_len(&self) -> usize {
         match self.cipher {
             Cipher::Cm(_) => cm::TAG_LEN,
             Cipher::Gcm(_) => gcm::TAG_LEN,
