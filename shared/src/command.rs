@@ -231,6 +231,10 @@ pub struct UplinkTrack {
     pub nack: bool,
     /// Its RTX stream, when it offered one for the codec.
     pub rtx: Option<UplinkRtx>,
+    /// The track's VP9 payload type, when VP9 is its codec: its spatial layers (SVC) are
+    /// chosen per viewer. Not repair, but per track and negotiated like it.
+    #[serde(default)]
+    pub svc_payload_type: Option<u8>,
 }
 
 /// A publisher track's RTX stream (RFC 4588 §8.6): `a=rtpmap:<payload_type> rtx/…` with

@@ -53,6 +53,7 @@ impl Engine {
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext, now);
                     self.enable_uplink(id, repair);
+                    self.enable_svc(id, &uplink);
                 }
                 self.answer(id, r);
             }
@@ -452,6 +453,7 @@ impl Engine {
                 bwe: None,
                 relay_layers: None,
                 continuity: Default::default(),
+                svc: Box::default(),
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -649,6 +651,19 @@ impl Engine {
             self.twcc_publishers.push(idx);
             if self.timers.get(Timer::Twcc).is_none() {
                 self.timers.set(Timer::Twcc, now);
+            }
+        }
+    }
+
+    /// Publisher `id`'s VP9 tracks, where `uplink` names them: their spatial layers are
+    /// chosen per viewer (`svc`).
+    fn enable_svc(&mut self, id: SessionId, uplink: &[switchyard_shared::command::UplinkTrack]) {
+        let Some(&idx) = self.by_id.get(&id) else {
+            return;
+        };
+        if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
+            for (slot, t) in p.svc.iter_mut().zip(uplink) {
+                *slot = t.svc_payload_type;
             }
         }
     }

@@ -15,6 +15,7 @@ use super::layers::{self, Decision, LayerTag, Ranking};
 use super::padding;
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
+use super::svc::SvcTag;
 use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
 use crate::via::Via;
 
@@ -52,6 +53,14 @@ impl Engine {
             }
             _ => None,
         };
+        let svc = match (h.svc, st.svc.get_mut(usize::from(h.track))) {
+            (Some(tag), Some(v)) => {
+                v.note(&tag, h.bytes().len(), now);
+                Some((tag, v.ranking(now)))
+            }
+            _ => None,
+        };
+        let mut svc_ask = false;
         let mut asks = 0u8;
         // Tracks whose source changed for some viewer: a keyframe is asked of the new one.
         let mut rekey = false;
@@ -94,7 +103,17 @@ impl Engine {
                         None => continue,
                     }
                 }
-                _ => forward_to(s, h, &mut (None, None), (now, pad), out),
+                _ => match &svc {
+                    Some((tag, v)) if !relay => {
+                        let (r, ask) = forward_svc(s, h, (tag, v), (now, pad), out);
+                        svc_ask |= ask;
+                        match r {
+                            Some(r) => r,
+                            None => continue,
+                        }
+                    }
+                    _ => forward_to(s, h, &mut (None, None), (now, pad, false), out),
+                },
             };
             match r {
                 Ok(n) => {
@@ -127,6 +146,9 @@ impl Engine {
             }
         }
         // A layered track's viewers ask for their layer's keyframe themselves (above).
+        if svc_ask && !rekey {
+            self.request_keyframe(stream, layers::slot(h.track, 0), now, out);
+        }
         if rekey && view.is_none() {
             self.request_keyframe(stream, layers::slot(h.track, 0), now, out);
         }
@@ -162,6 +184,9 @@ fn follow_source(s: &mut Session, h: &Handle, now: Instant) -> bool {
             sel.source_changed();
         }
     }
+    if let Some(sel) = sub.svc.get_mut(t) {
+        sel.source_changed();
+    }
     true
 }
 
@@ -178,6 +203,60 @@ fn note_sent(s: &mut Session, h: &Handle, now: Instant) {
             now,
         );
     }
+}
+
+/// A packet of a VP9 track with spatial layers to one viewer: sent or not by its
+/// [`SvcSelect`](super::svc::SvcSelect), numbered with the packets it did not get taken
+/// out, the marker bit on the end of its top layer. `None` in the result: not for this
+/// viewer. The `bool`: ask the publisher for a keyframe (the viewer waits to move up).
+fn forward_svc(
+    s: &mut Session,
+    h: &Handle,
+    (tag, view): (&SvcTag, &Ranking),
+    (now, pad): (Instant, u16),
+    out: &mut dyn Output,
+) -> (Option<Result<usize, SendError>>, bool) {
+    let session::Role::Subscriber(sub) = &mut s.role else {
+        return (None, false);
+    };
+    let t = usize::from(h.track);
+    let budget = sub.budget();
+    let cap = sub.layers.get(t).map_or(u8::MAX, |l| l.cap);
+    let (Some(sel), Some(offsets)) = (sub.svc.get_mut(t), sub.offsets.get_mut(t)) else {
+        return (None, false);
+    };
+    let seq = be16(h.bytes(), 2);
+    let d = sel.on_packet(
+        view,
+        (tag, seq),
+        &mut offsets.0,
+        (now, PLI_INTERVAL, cap, budget),
+    );
+    let Some(off) = d.forward else {
+        return (None, d.ask);
+    };
+    let r = with_seq_offset(s, t, off, |s| {
+        forward_to(s, h, &mut (None, None), (now, pad, d.marker), out)
+    });
+    (Some(r), d.ask)
+}
+
+/// Run `f` with track `t`'s sequence offset set to `off` (a late VP9 packet goes out under
+/// the offset it was due under, `svc`), then put the offset back.
+fn with_seq_offset<R>(s: &mut Session, t: usize, off: u16, f: impl FnOnce(&mut Session) -> R) -> R {
+    let swap = |s: &mut Session, v: u16| -> Option<u16> {
+        let session::Role::Subscriber(sub) = &mut s.role else {
+            return None;
+        };
+        let o = sub.offsets.get_mut(t)?;
+        Some(std::mem::replace(&mut o.0, v))
+    };
+    let before = swap(s, off);
+    let r = f(s);
+    if let Some(b) = before {
+        swap(s, b);
+    }
+    r
 }
 
 /// A packet of a simulcast layer to one viewer: chosen or not by its [`Select`], sent with
@@ -205,7 +284,7 @@ fn forward_layer(
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, (now, pad), out);
+    let r = forward_to(s, h, &mut ids, (now, pad, false), out);
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -230,7 +309,33 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// Resend a cached packet to subscriber `s`: as RTX (RFC 4588 §4) on the track's RTX SSRC
 /// where the subscriber negotiated it, else as a copy of the original on the media SSRC.
+/// A VP9 packet with spatial layers goes under the numbering it was sent with (`svc`),
+/// and only of a layer the viewer gets.
 pub(super) fn retransmit(
+    s: &mut Session,
+    h: &Handle,
+    now: Instant,
+    out: &mut dyn Output,
+) -> Result<usize, SendError> {
+    let session::Role::Subscriber(sub) = &s.role else {
+        return Err(SendError::Cancelled);
+    };
+    let t = usize::from(h.track);
+    match (h.svc, sub.svc.get(t), sub.offsets.get(t)) {
+        (Some(tag), Some(sel), Some(&(off, _))) if !sub.relay && sel.in_use() => {
+            if sel.current.is_none_or(|c| tag.sid > c) {
+                return Err(SendError::Cancelled);
+            }
+            let Some(off) = sel.offset_at(be16(h.bytes(), 2), off) else {
+                return Err(SendError::Cancelled);
+            };
+            with_seq_offset(s, t, off, |s| resend(s, h, now, out))
+        }
+        _ => resend(s, h, now, out),
+    }
+}
+
+fn resend(
     s: &mut Session,
     h: &Handle,
     now: Instant,
@@ -256,7 +361,7 @@ pub(super) fn retransmit(
     };
     let Some((rtx_ssrc, rtx_pt)) = sub.rtx.get(track).copied().flatten() else {
         // A retransmission goes alone: nothing to equalize it with.
-        return forward_to(s, h, &mut (None, None), (now, 0), out);
+        return forward_to(s, h, &mut (None, None), (now, 0, false), out);
     };
     let via = s.via;
     let (Some(remote), Some(&(seq_off, ts_off)), Some(rtx_seq)) =
@@ -318,7 +423,7 @@ fn forward_to(
     s: &mut Session,
     h: &Handle,
     ids: &mut (Option<u16>, Option<u8>),
-    (now, pad): (Instant, u16),
+    (now, pad, marker): (Instant, u16, bool),
     out: &mut dyn Output,
 ) -> Result<usize, SendError> {
     let via = s.via;
@@ -366,6 +471,9 @@ fn forward_to(
         // Payload type in the subscriber's numbering (marker bit kept).
         let b1 = buf.get_mut(1)?;
         *b1 = (*b1 & 0x80) | pts[usize::from(*b1 & 0x7f)];
+        if marker {
+            *b1 |= 0x80;
+        }
         if let Some(map) = exts {
             if buf[0] & 0x10 != 0 {
                 let h = rtp::Header::parse(buf.get(..n)?).ok()?;

@@ -149,8 +149,11 @@ impl Engine {
                         continue;
                     };
                     for seq in nack.lost() {
+                        let Some(theirs) = sub.original_seq(track, seq) else {
+                            continue;
+                        };
                         if n_nacks < nacks.len() {
-                            nacks[n_nacks] = (slot, sub.original_seq(track, seq));
+                            nacks[n_nacks] = (slot, theirs);
                             n_nacks += 1;
                         }
                     }

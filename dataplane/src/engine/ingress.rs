@@ -293,6 +293,15 @@ impl Engine {
         pkt.len = len as u16;
         pkt.at = Some(at);
         pkt.layer = tag;
+        pkt.svc = match p.svc.get(t).copied().flatten() {
+            Some(pt) if tag.is_none() && hdr.payload_type == pt => {
+                let end = len.saturating_sub(hdr.padding_len);
+                pkt.data
+                    .get(hdr.payload_offset..end)
+                    .and_then(super::svc::vp9)
+            }
+            _ => None,
+        };
         pkt.video = p.clock_rates.get(t) == Some(&90_000);
         pkt.epoch = p.epoch;
         let stream = p.stream;

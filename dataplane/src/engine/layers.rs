@@ -393,6 +393,18 @@ pub struct Ranking {
 }
 
 impl Ranking {
+    /// Layers that rank by their index (spatial layers of one SVC stream, `svc`): the
+    /// active ones low to high, each viewer of layer `l` needing `bps[l]`.
+    pub fn ascending(active: [bool; MAX_LAYERS], bps: [u64; MAX_LAYERS]) -> Ranking {
+        let mut order = [0u8; MAX_LAYERS];
+        let mut n = 0;
+        for (l, _) in active.iter().enumerate().filter(|(_, &a)| a) {
+            order[n] = l as u8;
+            n += 1;
+        }
+        Ranking { order, n, bps }
+    }
+
     fn ranked(&self) -> &[u8] {
         self.order.get(..self.n).unwrap_or(&[])
     }

@@ -55,6 +55,7 @@ pub mod rr;
 pub mod rtt;
 mod session;
 mod stun;
+pub mod svc;
 pub mod timer;
 pub mod twcc;
 pub mod uplink;
@@ -113,6 +114,8 @@ struct LocalStream {
     /// Simulcast tracks' layers as seen passing through this worker (untouched for
     /// streams without layers).
     view: [layers::TrackView; MAX_TRACKS],
+    /// VP9 tracks' spatial layers as seen passing through this worker (`svc`).
+    svc: [svc::SvcView; MAX_TRACKS],
 }
 
 /// Engine sizing, from the config.

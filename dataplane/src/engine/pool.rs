@@ -29,6 +29,9 @@ pub struct Packet {
     /// A packet of a simulcast layer: which one and what viewers' switching needs to know.
     /// `None` for every other packet, so their path never looks further.
     pub layer: Option<super::layers::LayerTag>,
+    /// A packet of a VP9 track of a publisher that sends spatial layers (`svc`): its
+    /// layer and frame bits. `None` for every other packet.
+    pub svc: Option<super::svc::SvcTag>,
     /// A packet of a video (90 kHz) track: subscribers may get it padded to an equal size
     /// (`padding.rs`).
     pub video: bool,
@@ -46,6 +49,7 @@ impl Packet {
             len: 0,
             at: None,
             layer: None,
+            svc: None,
             video: false,
             epoch: 0,
             data: [0; PACKET_CAP],

@@ -122,6 +122,9 @@ pub struct Publisher {
     pub data_in: Option<Box<GapTracker>>,
     /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
     pub uplink: Option<Box<super::uplink::Uplink>>,
+    /// Per track: the payload type of VP9 whose spatial layers viewers get selectively
+    /// (`svc`); `None` for every other track.
+    pub svc: [Option<u8>; MAX_TRACKS],
     /// Stamped on every packet: changes when the source does (a new publisher of the
     /// stream, a relay-in retargeted to another node), so viewers re-base their numbering.
     pub epoch: u32,
@@ -148,6 +151,7 @@ impl Publisher {
             data_in: None,
             uplink: None,
             epoch: 0,
+            svc: [None; MAX_TRACKS],
         }
     }
 
@@ -214,6 +218,9 @@ pub struct Subscriber {
     pub relay_layers: Option<Box<RelayLayers>>,
     /// Per track: what keeps its numbering continuous when the stream's source changes.
     pub continuity: [super::continuity::Continuity; MAX_TRACKS],
+    /// Per track: the VP9 spatial layer it gets and the numbering with the rest taken out
+    /// (unused for other tracks). Boxed: the session slab stays compact.
+    pub svc: Box<[super::svc::SvcSelect; MAX_TRACKS]>,
 }
 
 /// Layer SSRCs a relay-out has seen, with their slots (`layers::slot`).
@@ -285,9 +292,14 @@ impl Subscriber {
     }
 
     /// Undo the sequence rewrite: the publisher's number for this subscriber's `seq`.
-    pub fn original_seq(&self, track: u8, seq: u16) -> u16 {
+    /// `None`: a number the viewer was never sent, or too old to find (a VP9 track whose
+    /// dropped layers moved its numbering, `svc`).
+    pub fn original_seq(&self, track: u8, seq: u16) -> Option<u16> {
         let off = self.offsets.get(usize::from(track)).map_or(0, |o| o.0);
-        seq.wrapping_sub(off)
+        match self.svc.get(usize::from(track)) {
+            Some(s) if s.in_use() => s.original(seq, off),
+            _ => Some(seq.wrapping_sub(off)),
+        }
     }
 }
 

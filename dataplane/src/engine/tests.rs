@@ -25,6 +25,7 @@ mod relay_data;
 mod relay_simulcast;
 mod retarget;
 mod simulcast;
+mod svc;
 mod timers;
 mod uplink;
 

@@ -94,6 +94,10 @@ pub(super) fn uplink(n: &sdp::Negotiated) -> Vec<UplinkTrack> {
                 apt: t.codec.payload_type,
                 ssrc: t.rtx_ssrc.filter(|_| t.rids.is_empty()),
             }),
+            // Simulcast layers of VP9 are chosen as layers; spatial layers inside one
+            // VP9 stream as SVC.
+            svc_payload_type: (t.codec.name.eq_ignore_ascii_case("VP9") && t.rids.is_empty())
+                .then_some(t.codec.payload_type),
         })
         .collect()
 }
@@ -272,6 +276,7 @@ mod tests {
         let audio = UplinkTrack {
             nack: false,
             rtx: None,
+            svc_payload_type: None,
         };
         let video = UplinkTrack {
             nack: true,
@@ -280,6 +285,7 @@ mod tests {
                 apt: 96,
                 ssrc: Some(1236683273),
             }),
+            svc_payload_type: None,
         };
         assert_eq!(uplink(&n), [audio, video], "opus has no nack; VP8 has both");
         let n = sdp::answer(
