@@ -143,17 +143,28 @@ fn subscribers(node: &Node) -> Vec<(u64, Option<SocketAddr>, Value)> {
 
 #[test]
 fn chromium_viewer_behind_a_400_kbit_cap_settles_on_the_low_layer_and_climbs_back() {
-    capped_viewer("vp8");
+    capped_viewer("vp8", "simulcast=1", 320.0);
 }
 
 /// The same with H.264 simulcast (Chromium's OpenH264 encoder, three layers): layers are
 /// ranked by rate (H.264 picture sizes are in the SPS, not parsed), keyframes are IDRs.
 #[test]
 fn chromium_h264_simulcast_viewer_behind_a_400_kbit_cap_settles_low_and_climbs_back() {
-    capped_viewer("h264");
+    capped_viewer("h264", "simulcast=1", 320.0);
 }
 
-fn capped_viewer(codec: &str) {
+/// Issue #12's SVC case: Chromium publishes VP9 with `scalabilityMode` L3T3 (three spatial
+/// layers, 1280x720 on top, in one stream); the capped viewer gets a lower spatial layer
+/// (the node drops the upper layers' packets for it) and keeps decoding; the other keeps
+/// the top.
+#[test]
+fn chromium_vp9_svc_viewer_behind_a_400_kbit_cap_gets_a_lower_spatial_layer() {
+    capped_viewer("vp9", "svc=L3T3", 640.0);
+}
+
+/// `layering`: the publisher page's query for its layers; `low_width`: the widest picture
+/// the capped viewer may decode under the cap.
+fn capped_viewer(codec: &str, layering: &str, low_width: f64) {
     let Some((bin, _serial)) = chromium() else {
         return;
     };
@@ -171,10 +182,7 @@ fn capped_viewer(codec: &str) {
     let _publisher = Chromium::start(
         &bin,
         "publisher",
-        &url(
-            &format!("publish=bwe/cam&simulcast=1&codec={codec}"),
-            "/pub",
-        ),
+        &url(&format!("publish=bwe/cam&{layering}&codec={codec}"), "/pub"),
     );
     reports.wait("/pub", Duration::from_secs(30), |r| {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0
@@ -214,7 +222,7 @@ fn capped_viewer(codec: &str) {
     let capped_at = Instant::now();
     let before = reports.seen["/capped"].last().cloned().expect("a report");
     let low = reports.wait("/capped", Duration::from_secs(10), |r| {
-        num(r, "frameWidth") > 0.0 && num(r, "frameWidth") <= 320.0
+        num(r, "frameWidth") > 0.0 && num(r, "frameWidth") <= low_width
     });
     let settle_s = capped_at.elapsed().as_secs_f64();
     // It stays there: five more seconds under the cap.
@@ -232,6 +240,26 @@ fn capped_viewer(codec: &str) {
         .windows(2)
         .map(|w| num(w[1], "totalFreezesDuration") - num(w[0], "totalFreezesDuration"))
         .fold(0.0, f64::max);
+    for r in &window {
+        eprintln!(
+            "  t {:>6.1} s  {:>9}  decoded {:>5}  received {:>5}  lost {:>4}  nacks {:>4}  frozen {:>5.2} s  {:>5} kbit/s  pli {}",
+            (num(r, "t") - num(&before, "t")) / 1000.0,
+            r["frameSize"].as_str().unwrap_or("-"),
+            num(r, "framesDecoded"),
+            num(r, "framesReceived"),
+            num(r, "videoPacketsLost"),
+            num(r, "videoNacksSent"),
+            num(r, "totalFreezesDuration"),
+            num(r, "recvKbps"),
+            num(r, "pliSent"),
+        );
+    }
+    eprintln!(
+        "node: {} keyframe requests forwarded to the publisher ({} throttled), {} retransmitted",
+        node.metric_sum("switchyard_pli_forwarded_total"),
+        node.metric_sum("switchyard_pli_throttled_total"),
+        node.metric_sum("switchyard_retransmitted_packets_total"),
+    );
     let capped_estimate = estimate(capped_id);
     eprintln!(
         "capped: {} after {settle_s:.1} s; then {}; {} freezes, {:.2} s frozen (the longest \
@@ -245,7 +273,7 @@ fn capped_viewer(codec: &str) {
         proxy.shaped_drops.load(Ordering::Relaxed)
     );
     assert!(
-        num(&held, "frameWidth") <= 320.0,
+        num(&held, "frameWidth") <= low_width,
         "stays on the low layer: {held}"
     );
     assert!(longest < 1.0, "no freeze longer than 1 s: {window:?}");

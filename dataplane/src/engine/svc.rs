@@ -14,7 +14,10 @@
 //!
 //! Switching: down at any picture (lower layers never depend on upper ones), up only at a
 //! picture whose base layer is not predicted from an earlier picture (a keyframe: the
-//! upper layers' earlier frames were never sent, so nothing else may be decoded). Every
+//! upper layers' earlier frames were never sent, so nothing else may be decoded). Going
+//! down also asks for a keyframe: a viewer moves down because its path is losing packets,
+//! and Chromium's decoder holds every later picture behind one whose top layer frame is
+//! incomplete (measured: a 3 s freeze until its own PLI, without the keyframe). Every
 //! packet keeps its SSRC, timestamp and picture id; sequence numbers close up over the
 //! dropped packets, and the marker bit (end of picture) goes on the last packet of the top
 //! layer the viewer gets. Temporal layers all pass.
@@ -151,6 +154,8 @@ pub struct SvcSelect {
     /// than `.0` is too late to number.
     base: (Option<u16>, u16),
     asked: Option<Instant>,
+    /// Moved down since the last keyframe: one is asked for until it comes.
+    need_key: bool,
 }
 
 impl Default for SvcSelect {
@@ -165,6 +170,7 @@ impl Default for SvcSelect {
             n: 0,
             base: (None, 0),
             asked: None,
+            need_key: false,
         }
     }
 }
@@ -198,10 +204,18 @@ impl SvcSelect {
             self.target = want;
         }
         let newest = self.highest.is_none_or(|h| !at_or_after(h, seq));
+        let mut down = false;
         if newest && tag.sid == 0 && tag.begin {
+            if !tag.inter {
+                self.need_key = false;
+            }
             // A new picture: where the viewer's layer may change.
             match (self.current, self.target) {
-                (Some(c), Some(t)) if t < c => self.current = Some(t),
+                (Some(c), Some(t)) if t < c => {
+                    self.current = Some(t);
+                    self.need_key = true;
+                    down = true;
+                }
                 (c, Some(t)) if !tag.inter && c != Some(t) => {
                     self.current = Some(t);
                     self.asked = None;
@@ -229,10 +243,11 @@ impl SvcSelect {
             (Some(c), Some(t)) => c < t,
             _ => false,
         };
-        if below
-            && self
-                .asked
-                .is_none_or(|a| now.saturating_duration_since(a) >= pli_interval)
+        if down
+            || (below || self.need_key)
+                && self
+                    .asked
+                    .is_none_or(|a| now.saturating_duration_since(a) >= pli_interval)
         {
             self.asked = Some(now);
             d.ask = true;

@@ -81,9 +81,20 @@ impl Engine {
             // The rate the best layer of any layered track needs, with headroom.
             let mut want = None;
             let mut layers = [None; MAX_TRACKS];
-            for ((slot, sel), view) in layers.iter_mut().zip(sub.layers.iter()).zip(&st.view) {
-                *slot = sel.current;
-                if let Some(next) = view.ranking(now).best_above(sel.current, sel.cap) {
+            for (t, slot) in layers.iter_mut().enumerate() {
+                let (Some(sel), Some(svc)) = (sub.layers.get(t), sub.svc.get(t)) else {
+                    continue;
+                };
+                // A VP9 track's spatial layers (`svc`) or a simulcast track's layers.
+                let (current, ranking) = match st.svc.get(t) {
+                    Some(v) if svc.in_use() => (svc.current, v.ranking(now)),
+                    _ => match st.view.get(t) {
+                        Some(v) => (sel.current, v.ranking(now)),
+                        None => continue,
+                    },
+                };
+                *slot = current;
+                if let Some(next) = ranking.best_above(current, sel.cap) {
                     let need = next + next * UP_HEADROOM_PERCENT / 100 + AUDIO_ALLOWANCE_BPS;
                     want = Some(want.map_or(need, |w: u64| w.min(need)));
                 }
