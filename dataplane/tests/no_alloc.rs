@@ -1035,3 +1035,184 @@ fn viewer_bandwidth_estimation_allocates_nothing() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+/// VP9 SVC allocates nothing either: three spatial layers a picture on one SSRC, fanned out
+/// locally and to another worker to viewers capped to the base layer and not, caps moved
+/// both ways (down at once, up at a keyframe), NACKs mapped back through the dropped-layer
+/// numbering.
+#[test]
+fn svc_layer_selection_allocates_nothing() {
+    use switchyard_shared::command::UplinkTrack;
+
+    let path = std::env::temp_dir().join(format!("swy-noalloc-svc-{}", std::process::id()));
+    let stats =
+        Arc::new(Stats::create(&path, 2, Limits::default().max_sessions, 1).expect("stats"));
+    let start = Instant::now();
+    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
+    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);
+    let stream = StreamId(1);
+    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
+    let mut out = FixedOutput {
+        buf: vec![0; 2048],
+        sent: 0,
+        queued: Vec::with_capacity(1024),
+        watch: Some(viewer),
+        last_seq: 0,
+        rtx_sent: 0,
+        twcc: None,
+    };
+    w0.handle_command(
+        WorkerCommand::AddPublisher {
+            id: SessionId(1),
+            stream,
+            remote: Some(publisher),
+            ssrcs: vec![100],
+            clock_rates: vec![90000],
+            twcc_ext: None,
+            srtp: Some(keys(1, 2)),
+            ice: None,
+            simulcast: None,
+            uplink: vec![UplinkTrack {
+                nack: true,
+                rtx: None,
+                svc_payload_type: Some(98),
+            }],
+        },
+        start,
+        &mut out,
+    );
+    w0.handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream,
+            workers: [1].into_iter().collect(),
+        },
+        start,
+        &mut out,
+    );
+    w1.handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream,
+            worker: Some(0),
+        },
+        start,
+        &mut out,
+    );
+    for id in 2..8u64 {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        let remote: SocketAddr = format!("127.0.0.1:{}", 6000 + id).parse().expect("addr");
+        w.handle_command(
+            WorkerCommand::AddSubscriber {
+                id: SessionId(id),
+                stream,
+                remote: Some(remote),
+                ssrcs: [id as u32 * 10, 0, 0, 0],
+                payload_types: Vec::new(),
+                extensions: None,
+                rtx: [None; MAX_TRACKS],
+                tracks: switchyard_shared::command::ALL_TRACKS,
+                plain: false,
+                srtp: Some(keys(3, 4)),
+                ice: None,
+            },
+            start,
+            &mut out,
+        );
+        if id % 3 == 0 {
+            w.handle_command(
+                WorkerCommand::SetMaxLayer {
+                    id: SessionId(id),
+                    max_layer: 0,
+                },
+                start,
+                &mut out,
+            );
+        }
+    }
+    for w in [&mut w0, &mut w1] {
+        while let Some(ev) = w.poll_event() {
+            assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
+        }
+    }
+    let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
+    let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
+    let mut pkt = vec![0u8; 1400];
+    let mut fb = vec![0u8; 256];
+    let mut seq = 0u16;
+    // Picture `n`: two packets per spatial layer, a keyframe every 30 pictures.
+    let mut picture =
+        |n: u32, at: Instant, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
+            let key = n % 30 == 0;
+            for sid in 0..3u8 {
+                for k in 0..2 {
+                    pkt[0] = 0x80;
+                    pkt[1] = 98 | if sid == 2 && k == 1 { 0x80 } else { 0 };
+                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                    pkt[4..8].copy_from_slice(&(n * 3000).to_be_bytes());
+                    pkt[8..12].copy_from_slice(&100u32.to_be_bytes());
+                    let b0 = 0xa0
+                        | if key { 0 } else { 0x40 }
+                        | if k == 0 { 0x08 } else { 0 }
+                        | if k == 1 { 0x04 } else { 0 };
+                    pkt[12..17].copy_from_slice(&[b0, 0x80 | (n >> 8) as u8, n as u8, sid << 1, 0]);
+                    seq = seq.wrapping_add(1);
+                    let len = tx.protect_rtp(&mut pkt, 600).expect("protect");
+                    w0.handle_datagram_to(&mut pkt[..len], publisher, None, at, out);
+                    while let Some((w, msg)) = out.queued.pop() {
+                        let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                        e.handle_inbound(msg, at, out);
+                    }
+                }
+            }
+            if n % 10 == 5 {
+                let lost = out.last_seq;
+                let k = rtcp::write_nack(&mut fb, 7, 20, &[lost]).expect("nack");
+                let k = sub_tx.protect_rtcp(&mut fb, k).expect("protect");
+                w0.handle_datagram_to(&mut fb[..k], viewer, None, at, out);
+                while let Some((w, msg)) = out.queued.pop() {
+                    let e = if w == 0 { &mut *w0 } else { &mut *w1 };
+                    e.handle_inbound(msg, at, out);
+                }
+            }
+            if w0.poll_timeout().is_some_and(|t| t <= at) {
+                w0.handle_timeout(at, out);
+            }
+        };
+    let tick = Duration::from_millis(33);
+    let at = |n: u32| start + tick * n;
+    for n in 0..900 {
+        picture(n, at(n), &mut w0, &mut w1, &mut out);
+    }
+    let retransmitted = stats.worker(0).expect("w0").get(Counter::Retransmitted);
+    let sent = out.sent;
+    ARMED.with(|a| a.set(true));
+    for n in 900..1200 {
+        picture(n, at(n), &mut w0, &mut w1, &mut out);
+    }
+    for (id, cap) in [(2u64, 0u8), (3, u8::MAX), (4, 1), (6, u8::MAX)] {
+        let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+        w.handle_command(
+            WorkerCommand::SetMaxLayer {
+                id: SessionId(id),
+                max_layer: cap,
+            },
+            at(1200),
+            &mut out,
+        );
+    }
+    for n in 1200..1800 {
+        picture(n, at(n), &mut w0, &mut w1, &mut out);
+    }
+    ARMED.with(|a| a.set(false));
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    assert!(out.sent > sent, "media flowed");
+    assert!(
+        stats.worker(0).expect("w0").get(Counter::Retransmitted) > retransmitted,
+        "NACKs answered through the SVC numbering"
+    );
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations while choosing spatial layers"
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -119,9 +119,10 @@ impl SvcView {
     }
 }
 
-/// Numbering changes a late packet may still need: one per run of dropped packets, so a
-/// picture or two per entry; 32 cover a second or more of 30 frame/s video.
-const MARKS: usize = 32;
+/// Numbering changes a late packet may still need: one per run of dropped packets, so one
+/// per picture; 128 cover four seconds of 30 frame/s video, longer than a viewer goes on
+/// asking for a lost packet (a NACK for something older finds nothing).
+const MARKS: usize = 128;
 
 /// What one packet means for one viewer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
