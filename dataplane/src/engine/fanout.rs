@@ -309,7 +309,8 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// Resend a cached packet to subscriber `s`: as RTX (RFC 4588 §4) on the track's RTX SSRC
 /// where the subscriber negotiated it, else as a copy of the original on the media SSRC.
-/// A VP9 packet with spatial layers goes under the numbering it was sent with (`svc`).
+/// A VP9 packet with spatial layers goes under the numbering it was sent with (`svc`),
+/// and only of a layer the viewer gets now.
 pub(super) fn retransmit(
     s: &mut Session,
     h: &Handle,
@@ -321,10 +322,13 @@ pub(super) fn retransmit(
     };
     let t = usize::from(h.track);
     match (h.svc, sub.svc.get(t), sub.offsets.get(t)) {
-        (Some(_), Some(sel), Some(&(off, _))) if !sub.relay && sel.in_use() => {
-            // Of a layer the viewer got when it was sent, even if it gets fewer now: the
-            // picture it belongs to stays undecodable without it (`original_seq` maps
-            // only numbers the viewer was given).
+        (Some(tag), Some(sel), Some(&(off, _))) if !sub.relay && sel.in_use() => {
+            // Only of a layer the viewer gets now: after moving down it waits for a
+            // keyframe (`SvcSelect`), and resending the upper layers of the pictures before
+            // it would only fill the path that made it move down.
+            if sel.current.is_none_or(|c| tag.sid > c) {
+                return Err(SendError::Cancelled);
+            }
             let Some(off) = sel.offset_at(be16(h.bytes(), 2), off) else {
                 return Err(SendError::Cancelled);
             };

@@ -15,9 +15,10 @@
 //! Switching: down at any picture (lower layers never depend on upper ones), up only at a
 //! picture whose base layer is not predicted from an earlier picture (a keyframe: the
 //! upper layers' earlier frames were never sent, so nothing else may be decoded). Going
-//! down also asks for a keyframe: a viewer moves down because its path is losing packets,
-//! and Chromium's decoder holds every later picture behind one whose top layer frame is
-//! incomplete (measured: a 3 s freeze until its own PLI, without the keyframe). Every
+//! down also asks for a keyframe, until one comes: a viewer moves down because its path is
+//! losing packets, and Chromium's decoder holds every later picture behind one whose top
+//! layer frame is incomplete (measured: a 3 s freeze until its own PLI, without it). For
+//! the same reason only packets of the layers a viewer gets now are resent to it. Every
 //! packet keeps its SSRC, timestamp and picture id; sequence numbers close up over the
 //! dropped packets, and the marker bit (end of picture) goes on the last packet of the top
 //! layer the viewer gets. Temporal layers all pass.
