@@ -328,13 +328,26 @@ fn capped_viewer(codec: &str, layering: &str, low_width: f64, max_freeze: f64) {
 /// asked from A's publisher through the link. Needs Redis and Chromium.
 #[test]
 fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
+    relayed_layers("simcascade", "simulcast=1&codec=vp8");
+}
+
+/// The same with VP9 SVC (L3T3): the spatial layers cross the link in one stream and C,
+/// told the source's VP9 payload type with the relay, drops the upper ones for its capped
+/// viewer.
+#[test]
+fn chromium_viewer_on_another_node_gets_spatial_layers_of_a_relayed_vp9_svc_stream() {
+    relayed_layers("svccascade", "svc=L3T3&codec=vp9");
+}
+
+/// `layering`: the publisher page's query for its layers and codec.
+fn relayed_layers(room: &str, layering: &str) {
     let Some((bin, _serial)) = chromium() else {
         return;
     };
     if !common::Redis::required("relayed simulcast browser test") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("swy-sim-cascade-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("swy-{room}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let redis = common::Redis::start_free(&dir, false);
     let config = dir.join("switchyard.toml");
@@ -356,10 +369,7 @@ fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
     let _publisher = Chromium::start(
         &bin,
         "publisher",
-        &format!(
-            "{}/?publish=simcascade/cam&simulcast=1&report={base}/pub",
-            a.api
-        ),
+        &format!("{}/?publish={room}/cam&{layering}&report={base}/pub", a.api),
     );
     reports.wait("/pub", Duration::from_secs(30), |r| {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0
@@ -376,7 +386,7 @@ fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
     let _watcher = Chromium::start(
         &bin,
         "watcher",
-        &format!("{}/?watch=simcascade/cam&report={base}/sub", c.api),
+        &format!("{}/?watch={room}/cam&report={base}/sub", c.api),
     );
     let top = reports.wait("/sub", Duration::from_secs(40), |r| {
         num(r, "framesDecoded") > 60.0 && num(r, "frameWidth") > 640.0
@@ -386,6 +396,12 @@ fn chromium_viewer_on_another_node_gets_layers_of_a_relayed_simulcast_stream() {
         top["frameSize"],
         top["framesDecoded"],
         publisher_layers(&reports)
+    );
+    let codec = layering.rsplit("codec=").next().unwrap_or_default();
+    assert_eq!(
+        top["videoCodec"].as_str().map(str::to_ascii_lowercase),
+        Some(format!("video/{codec}")),
+        "{top}"
     );
     let relays = c.get("/v1/relays").json();
     assert_eq!(relays["incoming"][0]["sourceNode"], "a", "{relays}");

@@ -166,6 +166,11 @@ pub enum Role {
         /// layer for each of its own viewers. `None`: no layers.
         #[serde(default)]
         simulcast: Option<Simulcast>,
+        /// Per track: the source publisher's VP9 payload type where that track sends
+        /// spatial layers (as `UplinkTrack::svc_payload_type`): this node chooses them for
+        /// its own viewers. Empty: none.
+        #[serde(default)]
+        svc: Vec<Option<u8>>,
     },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
@@ -394,6 +399,8 @@ pub enum Command {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
+        /// As in `Role::RelayIn::svc`.
+        svc: Vec<Option<u8>>,
     },
 }
 
@@ -567,10 +574,12 @@ mod tests {
             Role::RelayIn {
                 ssrcs: Vec::new(),
                 simulcast: None,
+                svc: Vec::new(),
             },
             Role::RelayIn {
                 ssrcs: vec![1, 2],
                 simulcast: None,
+                svc: vec![None, Some(98)],
             },
             Role::RelayOut,
         ] {

@@ -206,6 +206,7 @@ impl NodeState {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<switchyard_shared::command::Simulcast>,
+        svc: Vec<Option<u8>>,
     ) {
         if let Some(spec) = self
             .sessions
@@ -214,7 +215,11 @@ impl NodeState {
         {
             spec.keying = Keying::Static(keys);
             spec.remote = None;
-            spec.role = Role::RelayIn { ssrcs, simulcast };
+            spec.role = Role::RelayIn {
+                ssrcs,
+                simulcast,
+                svc,
+            };
         }
     }
 
@@ -583,6 +588,7 @@ pub(crate) mod tests {
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111, 0x2222],
             simulcast: None,
+            svc: Vec::new(),
         };
         relay_in.remote = None;
         let mut relay_out = spec(6);
@@ -619,6 +625,7 @@ pub(crate) mod tests {
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111],
             simulcast: None,
+            svc: Vec::new(),
         };
         relay_in.remote = None;
         let _rx = s.begin_add(relay_in.clone());
@@ -633,14 +640,15 @@ pub(crate) mod tests {
             remote: vec![7; 28],
             local: vec![8; 28],
         };
-        s.retarget_relay_in(relay_in.id, keys.clone(), vec![0x3333], None);
+        s.retarget_relay_in(relay_in.id, keys.clone(), vec![0x3333], None, Vec::new());
         // Another session is left alone.
-        s.retarget_relay_in(SessionId(99), keys.clone(), Vec::new(), None);
+        s.retarget_relay_in(SessionId(99), keys.clone(), Vec::new(), None, Vec::new());
         let fx = s.apply(hello(2));
         relay_in.keying = Keying::Static(keys);
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x3333],
             simulcast: None,
+            svc: Vec::new(),
         };
         assert_eq!(
             fx.commands,

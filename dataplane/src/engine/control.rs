@@ -53,7 +53,11 @@ impl Engine {
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext, now);
                     self.enable_uplink(id, repair);
-                    self.enable_svc(id, &uplink);
+                    let mut svc = [None; MAX_TRACKS];
+                    for (slot, t) in svc.iter_mut().zip(&uplink) {
+                        *slot = t.svc_payload_type;
+                    }
+                    self.set_svc(id, svc);
                 }
                 self.answer(id, r);
             }
@@ -137,6 +141,7 @@ impl Engine {
                 let r = self.add_relay_in(id, stream, (remote, ssrcs, sim), &srtp, now);
                 self.answer(id, r);
             }
+            WorkerCommand::SetSvc { id, payload_types } => self.set_svc(id, payload_types),
             WorkerCommand::RetargetRelayIn {
                 id,
                 ssrcs,
@@ -655,16 +660,14 @@ impl Engine {
         }
     }
 
-    /// Publisher `id`'s VP9 tracks, where `uplink` names them: their spatial layers are
-    /// chosen per viewer (`svc`).
-    fn enable_svc(&mut self, id: SessionId, uplink: &[switchyard_shared::command::UplinkTrack]) {
+    /// Publisher (or relay-in) `id`'s VP9 tracks: their spatial layers are chosen per
+    /// viewer (`svc`).
+    fn set_svc(&mut self, id: SessionId, payload_types: [Option<u8>; MAX_TRACKS]) {
         let Some(&idx) = self.by_id.get(&id) else {
             return;
         };
         if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
-            for (slot, t) in p.svc.iter_mut().zip(uplink) {
-                *slot = t.svc_payload_type;
-            }
+            p.svc = payload_types;
         }
     }
 

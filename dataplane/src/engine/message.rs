@@ -93,6 +93,12 @@ pub enum WorkerCommand {
         id: SessionId,
         twcc_ext: u8,
     },
+    /// Publisher or relay-in `id`: per track, the VP9 payload type whose spatial layers
+    /// viewers get selectively (`svc`); `None` for other tracks.
+    SetSvc {
+        id: SessionId,
+        payload_types: [Option<u8>; switchyard_shared::command::MAX_TRACKS],
+    },
     /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
     SetMaxLayer {
         id: SessionId,

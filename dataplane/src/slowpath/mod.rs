@@ -256,6 +256,7 @@ impl SlowPath {
                 keys,
                 ssrcs,
                 simulcast,
+                svc,
             } => {
                 // Not answered (see `Command::RetargetRelayIn`). The stored spec follows, so
                 // a snapshot (and a restart) carries the new key and an unlatched address.
@@ -271,6 +272,7 @@ impl SlowPath {
                 spec.role = Role::RelayIn {
                     ssrcs: ssrcs.clone(),
                     simulcast: simulcast.clone(),
+                    svc: svc.clone(),
                 };
                 let w = spec.worker;
                 self.command_worker(
@@ -280,6 +282,14 @@ impl SlowPath {
                         ssrcs,
                         srtp: keys,
                         simulcast,
+                    },
+                );
+                // Always: a new source without layers clears the old one's.
+                self.command_worker(
+                    w,
+                    WorkerCommand::SetSvc {
+                        id,
+                        payload_types: routing::svc_table(&svc),
                     },
                 );
             }

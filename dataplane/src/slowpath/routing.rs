@@ -82,7 +82,12 @@ impl SlowPath {
                         srtp: spec.keying.keys().cloned(),
                         ice: spec.ice.clone(),
                     },
-                    (Role::RelayIn { ssrcs, simulcast }, Some(keys)) => WorkerCommand::AddRelayIn {
+                    (
+                        Role::RelayIn {
+                            ssrcs, simulcast, ..
+                        },
+                        Some(keys),
+                    ) => WorkerCommand::AddRelayIn {
                         simulcast: simulcast.clone(),
                         id: spec.id,
                         stream,
@@ -98,6 +103,18 @@ impl SlowPath {
                     }
                 };
                 sends.push((w, add));
+                if let Role::RelayIn { svc, .. } = &spec.role {
+                    if svc.iter().any(Option::is_some) {
+                        let payload_types = svc_table(svc);
+                        sends.push((
+                            w,
+                            WorkerCommand::SetSvc {
+                                id: spec.id,
+                                payload_types,
+                            },
+                        ));
+                    }
+                }
                 sends.push((
                     w,
                     WorkerCommand::SetRemoteWorkers {
@@ -405,4 +422,13 @@ mod tests {
         let _ = std::fs::remove_file(&ring_path);
         let _ = std::fs::remove_file(&stats_path);
     }
+}
+
+/// A relay-in's VP9 payload types per track (`Role::RelayIn::svc`) as the engine takes them.
+pub(super) fn svc_table(svc: &[Option<u8>]) -> [Option<u8>; MAX_TRACKS] {
+    let mut t = [None; MAX_TRACKS];
+    for (slot, pt) in t.iter_mut().zip(svc) {
+        *slot = *pt;
+    }
+    t
 }

@@ -548,6 +548,10 @@ impl Relays {
             },
             req.ssrcs.clone(),
             simulcast,
+            req.publisher_media
+                .as_ref()
+                .map(crate::services::webrtc::svc_payload_types)
+                .unwrap_or_default(),
         )?;
         if let Some(n) = &req.publisher_media {
             self.sessions.lock().node.set_publisher_media(
@@ -673,6 +677,12 @@ impl Relays {
                                 .publisher_media
                                 .as_ref()
                                 .and_then(crate::services::webrtc::simulcast_map),
+                            // And its VP9 spatial layers, likewise.
+                            svc: req
+                                .publisher_media
+                                .as_ref()
+                                .map(crate::services::webrtc::svc_payload_types)
+                                .unwrap_or_default(),
                         },
                         remote: None,
                         keying: Keying::Static(SrtpKeys {

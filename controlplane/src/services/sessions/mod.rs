@@ -257,6 +257,7 @@ impl Sessions {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
+        svc: Vec<Option<u8>>,
     ) -> Result<(), SessionError> {
         let mut g = self.link.lock();
         g.node.ready()?;
@@ -269,8 +270,9 @@ impl Sessions {
             keys: keys.clone(),
             ssrcs: ssrcs.clone(),
             simulcast: simulcast.clone(),
+            svc: svc.clone(),
         })?;
-        g.node.retarget_relay_in(id, keys, ssrcs, simulcast);
+        g.node.retarget_relay_in(id, keys, ssrcs, simulcast, svc);
         Ok(())
     }
 

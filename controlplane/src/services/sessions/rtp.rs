@@ -215,6 +215,7 @@ impl Sessions {
             RoleName::RelayIn => Role::RelayIn {
                 ssrcs: Vec::new(),
                 simulcast: None,
+                svc: Vec::new(),
             },
             RoleName::RelayOut => Role::RelayOut,
         };

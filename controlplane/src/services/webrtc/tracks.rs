@@ -94,12 +94,21 @@ pub(super) fn uplink(n: &sdp::Negotiated) -> Vec<UplinkTrack> {
                 apt: t.codec.payload_type,
                 ssrc: t.rtx_ssrc.filter(|_| t.rids.is_empty()),
             }),
-            // Simulcast layers of VP9 are chosen as layers; spatial layers inside one
-            // VP9 stream as SVC.
-            svc_payload_type: (t.codec.name.eq_ignore_ascii_case("VP9") && t.rids.is_empty())
-                .then_some(t.codec.payload_type),
+            svc_payload_type: svc_payload_type(t),
         })
         .collect()
+}
+
+/// A published track's VP9 payload type: its spatial layers are chosen per viewer (SVC).
+/// Simulcast layers of VP9 are chosen as layers instead.
+fn svc_payload_type(t: &sdp::Track) -> Option<u8> {
+    (t.codec.name.eq_ignore_ascii_case("VP9") && t.rids.is_empty()).then_some(t.codec.payload_type)
+}
+
+/// [`svc_payload_type`] of each of a publisher's tracks, in [`published`] order: what a
+/// relay-in of its stream on another node needs to choose its viewers' spatial layers.
+pub(crate) fn svc(n: &sdp::Negotiated) -> Vec<Option<u8>> {
+    published(n).map(svc_payload_type).collect()
 }
 
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
