@@ -58,6 +58,8 @@ pub struct ClusterCounters {
     /// Dead nodes this control plane removed, and rooms it placed again after one.
     pub nodes_removed: AtomicU64,
     pub rooms_moved: AtomicU64,
+    /// Suspected nodes found dead by refused connections (`Cluster::confirm_dead`).
+    pub fast_verdicts: AtomicU64,
     /// Relay-ins here taken over by a new source after theirs was lost.
     pub relays_retargeted: AtomicU64,
 }

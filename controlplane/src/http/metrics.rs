@@ -149,6 +149,11 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
             &m.nodes_removed,
         ),
         (
+            "cluster_fast_verdicts_total",
+            "Nodes found dead as soon as a relay from them went quiet: their host refused connections to their API three times in a row.",
+            &m.fast_verdicts,
+        ),
+        (
             "cluster_rooms_moved_total",
             "Rooms of removed nodes this control plane placed again on a live node.",
             &m.rooms_moved,

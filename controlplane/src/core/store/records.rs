@@ -130,6 +130,9 @@ pub enum Death {
     /// Health checks got no answer at all (no connection, or a timeout) this many times in
     /// a row. A 503 is an answer: an overloaded node is alive.
     Silent,
+    /// Its host refused connections to its API several times in a row, checked when a
+    /// relay from it went quiet: the process is gone.
+    Refused,
 }
 
 impl Death {
@@ -137,6 +140,7 @@ impl Death {
         match self {
             Death::LeaseLapsed => "lease",
             Death::Silent => "checks",
+            Death::Refused => "refused",
         }
     }
 }

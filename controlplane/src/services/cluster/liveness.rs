@@ -32,6 +32,14 @@ pub const LEASE_INTERVALS: u64 = 3;
 /// is not enough.
 pub const SILENT_CHECKS: u32 = 3;
 
+/// A suspected node ([`Cluster::confirm_dead`]) is dead when this many connections to its
+/// API in a row, [`REFUSAL_SPACING`] apart, are refused.
+pub const REFUSALS: u32 = 3;
+/// Time between those connections.
+pub const REFUSAL_SPACING: std::time::Duration = std::time::Duration::from_millis(150);
+/// How long each may take to be refused.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Consecutive unanswered health checks, per node incarnation. Sans-IO: fed each check's
 /// outcome, it says when a node has been silent long enough.
 #[derive(Debug)]
@@ -105,6 +113,44 @@ impl Cluster {
             }
         }
         Ok(removal)
+    }
+
+    /// A node something here suspects of being dead (a relay from it went quiet): if its
+    /// host refuses [`REFUSALS`] connections to its API in a row, its process is gone
+    /// (a live one listens; a restarting one registers again as a new incarnation), and it
+    /// is removed now rather than after three silent health rounds. Anything but a
+    /// refusal (an answer, a timeout, an unreachable host) leaves it to the health rounds:
+    /// a path that drops packets is not proof of death. True when it was removed.
+    pub async fn confirm_dead(&self, node: &Node, me: &str) -> bool {
+        if node.node_id == me {
+            return false;
+        }
+        for i in 0..REFUSALS {
+            if i > 0 {
+                tokio::time::sleep(REFUSAL_SPACING).await;
+            }
+            if !super::probe::refused(&node.url, REFUSAL_TIMEOUT).await {
+                return false;
+            }
+        }
+        counters::cluster()
+            .fast_verdicts
+            .fetch_add(1, Ordering::Relaxed);
+        match self
+            .bury(
+                &node.incarnation(),
+                Death::Refused,
+                crate::core::clock::now_ms(),
+            )
+            .await
+        {
+            Ok(Removal::Removed { .. }) => true,
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(node = %node.node_id, error = %e, "cannot remove a node that refuses connections");
+                false
+            }
+        }
     }
 
     /// Remove every node whose lease lapsed by `now_ms`, but `me` (this node is running this

@@ -28,6 +28,19 @@ pub async fn probe(base: &str, timeout: Duration) -> Health {
     }
 }
 
+/// Whether a TCP connection to the server of `base` is refused (the host answered that
+/// nothing listens there) within `timeout`. A timeout or an unreachable host is not a
+/// refusal: it says nothing about the process, only about the path.
+pub async fn refused(base: &str, timeout: Duration) -> bool {
+    let Some((_, hostport)) = authority(base) else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(hostport.as_str())).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
 /// Send one request (`body` as JSON) to the server of `base` and read the status code of the
 /// answer; None on any failure or after `timeout`. Over TLS any certificate is accepted.
 /// Redirects are not followed, and the answer body is read only up to a few KiB.
@@ -83,6 +96,22 @@ pub fn authority(url: &str) -> Option<(bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_and_a_listening_one_does_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        assert!(
+            !refused(&url, Duration::from_millis(500)).await,
+            "listening"
+        );
+        drop(listener);
+        assert!(refused(&url, Duration::from_millis(500)).await, "closed");
+        assert!(
+            !refused("ftp://x", Duration::from_millis(500)).await,
+            "not a node URL"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -31,6 +31,10 @@ use crate::core::state::NodeState;
 use crate::core::store::Store as _;
 use crate::sdp::Negotiated;
 
+/// A relay-in that received nothing for this long makes its source node suspect: a live
+/// stream sends audio every 20 ms and video every frame, and the link's RTCP every second.
+const QUIET_SOURCE: Duration = Duration::from_millis(500);
+
 /// The per-link SRTP profile.
 pub const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 /// One control plane call (the target provisions a session while the source waits).
@@ -506,7 +510,18 @@ impl Relays {
         r: &InRelay,
         nodes: &[crate::core::store::Node],
     ) -> bool {
-        let registered = nodes.iter().any(|n| n.node_id == r.source_node);
+        let mut registered = nodes.iter().any(|n| n.node_id == r.source_node);
+        // A relay that went quiet makes its source suspect: a source whose host refuses
+        // connections is dead and removed now, not three health rounds from now.
+        if let Some(source) = nodes.iter().find(|n| n.node_id == r.source_node) {
+            let quiet = self
+                .sessions
+                .quiet_for(r.session)
+                .is_some_and(|q| q >= QUIET_SOURCE);
+            if quiet && self.cluster.confirm_dead(source, &self.node_id).await {
+                registered = false;
+            }
+        }
         let listed = if registered {
             match self.cluster.store.stream_sources(&r.stream).await {
                 Ok(sources) => sources.iter().any(|(n, _)| *n == r.source_node),

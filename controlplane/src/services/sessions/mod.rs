@@ -115,6 +115,16 @@ impl Sessions {
     }
 
     /// The session table and the ring, for reading (held briefly, never across an await).
+    /// How long session `id` has received nothing from its peer (a relay-in: from its
+    /// source node). `None`: no data plane, no such session, or nothing received yet.
+    pub fn quiet_for(&self, id: SessionId) -> Option<std::time::Duration> {
+        let g = self.lock();
+        let stats = g.stats.as_ref()?;
+        let spec = g.node.session(id)?;
+        let last = stats.find(usize::from(spec.worker), id.0)?.last_rx?;
+        Some(stats.age(last))
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.link.lock()
     }
