@@ -150,7 +150,7 @@ fn render_cluster(out: &mut String, m: &ClusterCounters) {
         ),
         (
             "cluster_fast_verdicts_total",
-            "Nodes found dead as soon as a relay from them went quiet: their host refused connections to their API three times in a row.",
+            "Nodes found dead without waiting for health rounds (a relay from them went quiet, or a client was about to be sent to them): their host refused connections to their API three times in a row.",
             &m.fast_verdicts,
         ),
         (

@@ -115,7 +115,8 @@ impl Cluster {
         Ok(removal)
     }
 
-    /// A node something here suspects of being dead (a relay from it went quiet): if its
+    /// A node something here suspects of being dead (a relay from it went quiet, or a
+    /// client is about to be sent to it: an offer's 307, `/v1/resolve`): if its
     /// host refuses [`REFUSALS`] connections to its API in a row, its process is gone
     /// (a live one listens; a restarting one registers again as a new incarnation), and it
     /// is removed now rather than after three silent health rounds. Anything but a

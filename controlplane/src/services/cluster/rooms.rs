@@ -163,13 +163,20 @@ impl Cluster {
 
     /// `/v1/resolve`: the room and its node, and for a viewer in `region` the node of that
     /// region its WHEP offer should go to, when that is another node than the room's and
-    /// the cascade is on ([`regions::viewer_node`]).
+    /// the cascade is on ([`regions::viewer_node`]). A room's node that refuses connections
+    /// is found dead first (`Cluster::confirm_dead`), so a client is not sent to it.
     pub async fn resolve(
         &self,
         room: &str,
         region: Option<&str>,
     ) -> Result<Resolved, ClusterError> {
-        let (r, nodes) = self.room_and_nodes(room).await?;
+        let (mut r, mut nodes) = self.room_and_nodes(room).await?;
+        let me = self.shutdown.node_id.as_str();
+        if let Some(n) = nodes.iter().find(|n| n.node_id == r.node) {
+            if self.confirm_dead(n, me).await {
+                (r, nodes) = self.room_and_nodes(room).await?;
+            }
+        }
         let viewer = match region {
             Some(region) if self.config.cascade && !r.unplaced() => {
                 let pool = PoolFilter::for_room(&r.room_id, &self.config.pools);

@@ -173,47 +173,54 @@ impl Webrtc {
 
     /// Where the cluster says `room` lives: here when the room is not in the store, is on
     /// this node, or the store cannot answer. A room whose node was removed as dead is
-    /// placed again first, so an offer never goes to a dead node.
+    /// placed again first, so an offer never goes to a dead node; and a node that refuses
+    /// connections to its API is found dead and removed before a client is sent there
+    /// (`Cluster::confirm_dead`: a publisher re-POSTing after its node died is not sent
+    /// back to it for the three health rounds the verdict would otherwise take).
     async fn placed(&self, room: &str) -> Route {
-        let placed = match self.cluster.store.get_room(room).await {
-            Ok(Some(r)) if r.unplaced() => match self.cluster.ensure_placed(r, now_ms()).await {
-                Ok(r) => r,
+        // Twice at most: once more after the room's node was found dead here.
+        for _ in 0..2 {
+            let placed = match self.cluster.store.get_room(room).await {
+                Ok(Some(r)) if r.unplaced() => {
+                    match self.cluster.ensure_placed(r, now_ms()).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(%room, error = %e, "room of a dead node not placed again: serving the offer on this node");
+                            return Route::Here;
+                        }
+                    }
+                }
+                Ok(Some(r)) => r,
+                Ok(None) => return Route::Here,
                 Err(e) => {
-                    tracing::warn!(%room, error = %e, "room of a dead node not placed again: serving the offer on this node");
+                    tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
                     return Route::Here;
                 }
-            },
-            Ok(Some(r)) => r,
-            Ok(None) => return Route::Here,
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
+            };
+            if placed.node == self.node_id {
                 return Route::Here;
             }
-        };
-        if placed.node == self.node_id {
-            return Route::Here;
-        }
-        let url = match self.cluster.store.list_nodes().await {
-            Ok(nodes) => nodes
-                .into_iter()
-                .find(|n| n.node_id == placed.node)
-                .map(|n| n.url),
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
-                return Route::Here;
-            }
-        };
-        match url {
-            Some(url) => Route::Elsewhere {
-                node: placed.node,
-                url,
-            },
-            None => {
+            let node = match self.cluster.store.list_nodes().await {
+                Ok(nodes) => nodes.into_iter().find(|n| n.node_id == placed.node),
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cluster store unavailable: serving the offer on this node");
+                    return Route::Here;
+                }
+            };
+            let Some(node) = node else {
                 // The room names a node the registry no longer has: nowhere better to send it.
                 tracing::warn!(%room, node = %placed.node, "room placed on an unknown node: serving the offer here");
-                Route::Here
+                return Route::Here;
+            };
+            if self.cluster.confirm_dead(&node, &self.node_id).await {
+                continue;
             }
+            return Route::Elsewhere {
+                node: placed.node,
+                url: node.url,
+            };
         }
+        Route::Here
     }
 
     /// Answer `offer` (the request body) with a new session on this node.
