@@ -12,6 +12,10 @@
 //!   building it is the viewer's work and is not measured), and the engine's 100 ms tick
 //!   runs. Reading the feedback is most of what this mode adds: one SRTCP packet per
 //!   viewer per 100 ms, spread here over the 12 packets that viewer got meanwhile.
+//! - `svc`: one VP9 stream with three spatial layers (1, 2 and 4 packets a picture), every
+//!   viewer gets all of them: the descriptor read at ingress and each viewer's layer check;
+//! - `svc capped`: the same, every viewer capped to the middle layer (3 of 7 packets a
+//!   picture): the numbering closed up over the 4 it does not get, whose ingress counts.
 //!
 //! The time is the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) around the engine calls
 //! (one reading per batch of datagrams), divided by the packets sent to viewers. The ingress of the layers a viewer does not get
@@ -28,13 +32,15 @@ use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand,
 };
 use switchyard_shared::command::{
-    LayerCodec, SessionId, Simulcast, SimulcastTrack, SrtpKeys, SrtpProfile, ALL_TRACKS,
+    LayerCodec, SessionId, Simulcast, SimulcastTrack, SrtpKeys, SrtpProfile, UplinkTrack,
+    ALL_TRACKS,
 };
 use switchyard_shared::packet::{rtp, twcc};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::Stats;
 
 const TWCC_EXT: u8 = 5;
+const VP9: u8 = 98;
 const FRAMES: u32 = 300;
 /// Frames before the measured ones: layer rates become known and the estimates climb.
 const WARM_UP: u32 = 150;
@@ -105,6 +111,8 @@ enum Mode {
     Plain,
     Simulcast,
     Bwe,
+    Svc,
+    SvcCapped,
 }
 
 /// One round: a fresh engine, `viewers` viewers, [`FRAMES`] frames at 30 frames/s of
@@ -123,7 +131,8 @@ fn round(mode: Mode, viewers: usize) -> f64 {
         now_us: 0,
         sent_at: vec![[0; 1024]; viewers],
     };
-    let layered = mode != Mode::Plain;
+    let svc = matches!(mode, Mode::Svc | Mode::SvcCapped);
+    let layered = matches!(mode, Mode::Simulcast | Mode::Bwe);
     let simulcast = layered.then(|| Simulcast {
         rid_ext: 10,
         repaired_rid_ext: 11,
@@ -146,7 +155,15 @@ fn round(mode: Mode, viewers: usize) -> f64 {
             srtp: Some(keys(1, 2)),
             ice: None,
             simulcast,
-            uplink: Vec::new(),
+            uplink: if svc {
+                vec![UplinkTrack {
+                    nack: false,
+                    rtx: None,
+                    svc_payload_type: Some(VP9),
+                }]
+            } else {
+                Vec::new()
+            },
         },
         start,
         &mut out,
@@ -172,6 +189,13 @@ fn round(mode: Mode, viewers: usize) -> f64 {
             start,
             &mut out,
         );
+        if mode == Mode::SvcCapped {
+            e.handle_command(
+                WorkerCommand::SetMaxLayer { id, max_layer: 1 },
+                start,
+                &mut out,
+            );
+        }
         if mode == Mode::Bwe {
             e.handle_command(
                 WorkerCommand::EnableBwe {
@@ -213,7 +237,7 @@ fn round(mode: Mode, viewers: usize) -> f64 {
             busy = Duration::ZERO;
             counted = out.to_viewers;
         }
-        let per_layer: &[(u8, u32)] = if layered {
+        let per_layer: &[(u8, u32)] = if layered || svc {
             &[(b'q', 1), (b'h', 2), (b'f', 4)]
         } else {
             &[(b'f', 4)]
@@ -221,7 +245,8 @@ fn round(mode: Mode, viewers: usize) -> f64 {
         let mut packets = 0;
         for (l, &(rid, count)) in per_layer.iter().enumerate() {
             for k in 0..count {
-                let seq = &mut seqs[l];
+                // A VP9 stream numbers all its layers in one sequence.
+                let seq = &mut seqs[if svc { 0 } else { l }];
                 *seq = seq.wrapping_add(1);
                 pkt[0] = 0x90;
                 pkt[1] = 96 | if k + 1 == count { 0x80 } else { 0 };
@@ -243,6 +268,22 @@ fn round(mode: Mode, viewers: usize) -> f64 {
                 let size = [(320u16, 180u16), (640, 360), (1280, 720)][if layered { l } else { 2 }];
                 pkt[35..37].copy_from_slice(&size.0.to_le_bytes());
                 pkt[37..39].copy_from_slice(&size.1.to_le_bytes());
+                if svc {
+                    // One SSRC; the VP9 descriptor (I, L, non-flexible) names the layer.
+                    pkt[1] = VP9 | if l == 2 && k + 1 == count { 0x80 } else { 0 };
+                    pkt[8..12].copy_from_slice(&102u32.to_be_bytes());
+                    let b0 = 0xa0
+                        | if key { 0 } else { 0x40 }
+                        | if k == 0 { 0x08 } else { 0 }
+                        | if k + 1 == count { 0x04 } else { 0 };
+                    pkt[24..29].copy_from_slice(&[
+                        b0,
+                        0x80 | (pid >> 8) as u8,
+                        pid as u8,
+                        (l as u8) << 1,
+                        n as u8,
+                    ]);
+                }
                 let len = tx.protect_rtp(&mut pkt, 1200).expect("protect");
                 let (buf, n) = &mut frame[packets];
                 buf[..len].copy_from_slice(&pkt[..len]);
@@ -320,17 +361,24 @@ fn main() {
         .collect();
     let viewers: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(50);
     let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
-    let mut results = [Vec::new(), Vec::new(), Vec::new()];
+    let mut results = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..rounds {
-        for (i, mode) in [Mode::Plain, Mode::Simulcast, Mode::Bwe]
-            .into_iter()
-            .enumerate()
+        for (i, mode) in [
+            Mode::Plain,
+            Mode::Simulcast,
+            Mode::Bwe,
+            Mode::Svc,
+            Mode::SvcCapped,
+        ]
+        .into_iter()
+        .enumerate()
         {
             results[i].push(round(mode, viewers));
         }
     }
-    let [mut plain, mut sim, mut bwe] = results;
+    let [mut plain, mut sim, mut bwe, mut svc, mut capped] = results;
     let (p, s, b) = (median(&mut plain), median(&mut sim), median(&mut bwe));
+    let (v, c) = (median(&mut svc), median(&mut capped));
     println!("{viewers} viewers, {rounds} rounds, CPU ns per packet sent to a viewer (median):");
     println!("  plain            {p:8.0}");
     println!("  simulcast        {s:8.0}   {:.3}x plain", s / p);
@@ -339,4 +387,6 @@ fn main() {
         b / p,
         b / s
     );
+    println!("  svc              {v:8.0}   {:.3}x plain", v / p);
+    println!("  svc capped       {c:8.0}   {:.3}x plain", c / p);
 }
