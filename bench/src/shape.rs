@@ -22,7 +22,6 @@ use serde::Serialize;
 
 use crate::pacing::{Due, Pacer, Schedule};
 use crate::packet::{PAYLOAD_HEADER, RTP_HEADER};
-use crate::run::LoadSpec;
 
 const NS: u128 = 1_000_000_000;
 
@@ -403,10 +402,24 @@ pub fn audio_ssrc(ssrc: u32) -> u32 {
 /// the track sequence.
 pub const TRACK_SEQ: usize = 2;
 
+/// What shapes a run's load (the part of `run::LoadSpec` this module reads).
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Steady packets per second per publisher (without `video` and `audio`).
+    pub rate: u64,
+    /// Datagram bytes (steady), or the largest (frames).
+    pub size: usize,
+    /// A burst of `keyframe_packets` every this long (steady).
+    pub keyframe_every: std::time::Duration,
+    pub keyframe_packets: u64,
+    pub video: Option<VideoSpec>,
+    pub audio: bool,
+}
+
 /// Publisher `p` of `np`'s source for `spec`, its first deadline at `start` (publishers
 /// staggered by a fraction of the interval so their packets interleave); `overhead` is the
 /// SRTP tag the datagram sizes include.
-pub fn source(spec: &LoadSpec, start: u64, (p, np): (u64, u64), overhead: usize) -> Source {
+pub fn source(spec: &Load, start: u64, (p, np): (u64, u64), overhead: usize) -> Source {
     if spec.video.is_none() && !spec.audio {
         let interval = 1_000_000_000 / spec.rate.max(1);
         let kf = spec.keyframe_every.as_nanos() as u64;
@@ -456,7 +469,7 @@ pub struct LoadShape {
 }
 
 /// The report's description of `spec`'s load (per publisher).
-pub fn describe(spec: &LoadSpec) -> LoadShape {
+pub fn describe(spec: &Load) -> LoadShape {
     let src = source(spec, 0, (0, 1), 16);
     let t = 60_000_000_000u64;
     let pps = src.count_before(t) as f64 / 60.0;

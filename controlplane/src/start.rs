@@ -88,7 +88,7 @@ pub(crate) async fn serve(
     let health = tokio::spawn(health::run(cluster.clone(), me, link.clone(), load.clone()));
     let relay_task = tokio::spawn(relay::upkeep::run(relays.clone()));
     let forward_task = tokio::spawn(forward::driver::run(forwards.clone()));
-    let traffic_task = tokio::spawn(crate::core::traffic::run(link.clone()));
+    let traffic_task = tokio::spawn(crate::core::link::sample_traffic(link.clone()));
 
     // HTTP.
     let fds = server::fd_limit();

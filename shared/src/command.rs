@@ -17,19 +17,7 @@ use serde::{Deserialize, Serialize};
 /// about 200 bytes; a WebRTC publisher's with its kept media (`control`) up to ~700.
 pub const MAX_MESSAGE: usize = 2048;
 
-/// Most tracks (SSRCs) one published stream carries: audio, video, and room for RTX or
-/// simulcast layers later. Fixed so per-stream state is a flat array, never a map.
-pub const MAX_TRACKS: usize = 4;
-
-/// Most simulcast layers (RFC 8853 encodings) one track carries: browsers send at most 3.
-pub const MAX_LAYERS: usize = 3;
-
-/// Longest rid the data plane matches (RFC 8851 allows 255; browsers and apps use 1–2
-/// characters). A longer one is left out of the spec and its layer is found by SSRC only.
-pub const MAX_RID: usize = 16;
-
-/// Most payload-type pairs one subscriber's map holds.
-pub const MAX_PT_MAP: usize = 16;
+pub use crate::sizes::{MAX_LAYERS, MAX_PT_MAP, MAX_RID, MAX_TRACKS};
 
 /// Largest data channel message a node receives: the SDP answer's `a=max-message-size`
 /// (control plane) and the size of every channel's receive buffer (data plane), one value so

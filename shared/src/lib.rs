@@ -20,5 +20,6 @@ pub mod names;
 pub mod netif;
 pub mod packet;
 pub mod ring;
+pub mod sizes;
 pub mod srtp;
 pub mod stats;

@@ -64,7 +64,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let end = warm + spec.duration.as_nanos() as u64;
     let overhead = pubs.first().map_or(0, |p| p.cipher.overhead());
     let sources: Vec<Source> = (0..np)
-        .map(|p| crate::shape::source(spec, start, (p, np), overhead))
+        .map(|p| crate::shape::source(&spec.load(), start, (p, np), overhead))
         .collect();
     let ranges: Vec<_> = sources
         .iter()
@@ -268,7 +268,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         subscribers: spec.subscribers,
         subscribers_total: nsubs,
         rate_pps: match spec.video.is_some() || spec.audio {
-            true => crate::shape::describe(spec).pps.round() as u64,
+            true => crate::shape::describe(&spec.load()).pps.round() as u64,
             false => spec.rate,
         },
         size: spec.size,
@@ -300,7 +300,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         cpu_ns_per_packet,
         groups: group_reports,
         relay_link_pps,
-        load: crate::shape::describe(spec),
+        load: crate::shape::describe(&spec.load()),
         gro: spec.gro.then_some(crate::report::GroReport {
             reads: gro.0,
             datagrams: gro.1,

@@ -77,6 +77,20 @@ pub struct LoadSpec {
     pub progress: bool,
 }
 
+impl LoadSpec {
+    /// What shapes the publishers' traffic ([`crate::shape`]).
+    pub fn load(&self) -> crate::shape::Load {
+        crate::shape::Load {
+            rate: self.rate,
+            size: self.size,
+            keyframe_every: self.keyframe_every,
+            keyframe_packets: self.keyframe_packets,
+            video: self.video,
+            audio: self.audio,
+        }
+    }
+}
+
 impl Default for LoadSpec {
     fn default() -> Self {
         LoadSpec {

@@ -29,6 +29,17 @@ use super::histogram;
 use super::state::{NodeState, SessionChange};
 use super::traffic::Traffic;
 
+/// The traffic sampling task (spawned by `start.rs`): a sample of every session each
+/// [`SAMPLE_INTERVAL`](super::traffic::SAMPLE_INTERVAL), until aborted.
+pub async fn sample_traffic(link: Arc<Link>) {
+    let mut tick = tokio::time::interval(super::traffic::SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        link.lock().sample_traffic(std::time::Instant::now());
+    }
+}
+
 const ATTACH_RETRY: Duration = Duration::from_millis(200);
 /// Longest the link sleeps on the event ring; also how often it checks the data plane pid.
 const POLL: Duration = Duration::from_millis(50);

@@ -13,27 +13,15 @@
 //! new publisher starts from zero: a counter reset to Prometheus).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{Role, SessionId};
 use switchyard_shared::stats::{SessionCounters, Stats};
 
-use super::link::Link;
 use super::state::NodeState;
 
 /// How often sessions are sampled: the window of every bitrate.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The sampling task (spawned by `start.rs`): runs until aborted.
-pub async fn run(link: Arc<Link>) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        link.lock().sample_traffic(Instant::now());
-    }
-}
 
 /// One stream's counters: media in from its publisher (or relay-in), out to its subscribers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

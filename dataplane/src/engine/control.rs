@@ -17,7 +17,7 @@ use super::layers::SimMap;
 use super::session::{self, Publisher, Session, Subscriber};
 use super::timer::Timer;
 use super::uplink::Uplink;
-use super::{ice, relay, relay_data, twcc, Engine, Output, StreamId, WorkerCommand, WorkerEvent};
+use super::{ice, relay, twcc, Engine, Output, StreamId, WorkerCommand, WorkerEvent};
 use crate::via::Via;
 
 impl Engine {
@@ -635,7 +635,7 @@ impl Engine {
             sub.offsets = [(0, 0); MAX_TRACKS];
             sub.relay_layers = Some(Box::default());
             // A random start, like any RTP stream's.
-            sub.data = Some(Box::new(relay_data::DataOut::new(self.rng as u16)));
+            sub.data = Some(Box::new(relay::DataOut::new(self.rng as u16)));
             sub.rtt = Some(Box::default());
         }
         Ok(())

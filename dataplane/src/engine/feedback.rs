@@ -11,7 +11,6 @@ use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::retransmit;
 use super::ingress::{on_socket, srtp_drop};
-use super::periodic::note_gaps;
 use super::pool::Handle;
 use super::session::{self, seal_rtcp, SessionKey, Subscriber};
 use super::timer::Timer;
@@ -478,10 +477,10 @@ impl Engine {
             .and_then(|u| u.get_mut(usize::from(slot)))
         {
             gaps.request(seq, now);
-            note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
+            self.timers.note_gaps(Timer::RelayNacks, gaps);
         } else if let Some(gaps) = p.uplink.as_deref_mut().and_then(|u| u.tracker(slot)) {
             gaps.request(seq, now);
-            note_gaps(&mut self.timers, Timer::UplinkNacks, gaps);
+            self.timers.note_gaps(Timer::UplinkNacks, gaps);
         }
     }
 }

@@ -11,7 +11,6 @@ use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::layers::{self, Dest};
-use super::periodic::note_gaps;
 use super::pool::PACKET_CAP;
 use super::session;
 use super::timer::Timer;
@@ -257,7 +256,7 @@ impl Engine {
         let filled = match p.uplink.as_deref_mut().and_then(|u| u.tracker(slot)) {
             Some(gaps) => {
                 let filled = gaps.on_packet(hdr.sequence, at);
-                note_gaps(&mut self.timers, Timer::UplinkNacks, gaps);
+                self.timers.note_gaps(Timer::UplinkNacks, gaps);
                 filled
             }
             None => false,
@@ -283,7 +282,7 @@ impl Engine {
         {
             Some(gaps) => {
                 gaps.on_packet(hdr.sequence, at);
-                note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
+                self.timers.note_gaps(Timer::RelayNacks, gaps);
                 true
             }
             None => false,

@@ -1,5 +1,6 @@
 //! Work that time makes due rather than input: transport-cc feedback and receiver reports
-//! to publishers, relay-ins' NACKs upstream, ICE check retransmissions, the consent sweep.
+//! to publishers, relay-ins' NACKs upstream, publishers' uplink NACKs (`uplink` keeps their
+//! gaps), ICE check retransmissions, the consent sweep.
 //! Each kind has one deadline in the engine's [`TimerTable`]; each is re-armed here when it
 //! runs, and armed by the input that creates work for it (a publisher with transport-cc,
 //! a gap on a relay link, an ICE session, a check sent).
@@ -10,10 +11,10 @@ use switchyard_shared::command::MAX_TRACKS;
 use switchyard_shared::packet::rtcp;
 use switchyard_shared::stats::{Counter, DropReason};
 
-use super::timer::{Timer, TimerTable};
-use super::{
-    relay, relay_data_ssrc, rr, session, twcc, Engine, Output, WorkerEvent, CONSENT_SWEEP,
-};
+use super::layers::MAX_SLOTS;
+use super::timer::{earliest, Timer};
+use super::uplink::NUMBERS_PER_DATAGRAM;
+use super::{relay_data_ssrc, rr, session, twcc, Engine, Output, WorkerEvent, CONSENT_SWEEP};
 use crate::via::Via;
 
 impl Engine {
@@ -220,21 +221,95 @@ impl Engine {
     }
 }
 
-/// A gap tracker was fed (a packet, or a viewer's NACK to ask upstream for): bring its
-/// NACK timer (`RelayNacks` for a relay link, `UplinkNacks` for a publisher's uplink)
-/// forward to its earliest due number. Costs nothing while nothing is lost
-/// (`pending() == 0`); otherwise a scan of at most `relay::MAX_MISSING`.
-pub(super) fn note_gaps(timers: &mut TimerTable, timer: Timer, gaps: &relay::GapTracker) {
-    if gaps.pending() > 0 {
-        if let Some(t) = gaps.next_due() {
-            timers.set_earliest(timer, t);
+impl Engine {
+    /// NACKs to every publisher whose uplink trackers have numbers due: one SRTCP compound
+    /// per publisher with a generic NACK per slot (its media SSRC, PID+BLP entries), from the
+    /// session's local address; then one PLI per slot that gave a number up, and the timer
+    /// at the earliest work any tracker has left.
+    pub(super) fn send_uplink_nacks(&mut self, now: Instant, out: &mut dyn Output) {
+        let sender = self.rtcp_ssrc;
+        let (mut nacked, mut sent, mut full, mut lost) = (0u64, 0u64, 0u64, 0u64);
+        let mut next: Option<Instant> = None;
+        for k in 0..self.uplink_publishers.len() {
+            let Some(s) = self
+                .uplink_publishers
+                .get(k)
+                .and_then(|&i| self.sessions.get_mut(i))
+            else {
+                continue;
+            };
+            let (via, local) = (s.via, s.local);
+            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
+                (s.remote, s.outbound.as_mut(), &mut s.role)
+            else {
+                continue;
+            };
+            let stream = p.stream;
+            let Some(up) = p.uplink.as_deref_mut() else {
+                continue;
+            };
+            // (media SSRC, first due number, count) per slot, numbers in `due`.
+            let mut due = [0u16; NUMBERS_PER_DATAGRAM];
+            let mut lists = [(0u32, 0usize, 0usize); MAX_SLOTS];
+            let (mut used, mut n_lists) = (0usize, 0usize);
+            let mut plis = [0u8; MAX_SLOTS];
+            let mut n_plis = 0;
+            for (slot, gaps) in up.gaps.iter_mut().enumerate() {
+                let Some(gaps) = gaps.as_mut() else { continue };
+                let (track, layer) = (slot % MAX_TRACKS, (slot / MAX_TRACKS) as u8);
+                let media = match p.sim.as_deref() {
+                    None => p.tracks.get(track).copied().flatten(),
+                    Some(sim) => sim.ssrc_of(track as u8, layer),
+                };
+                if let (Some(media), Some(room)) = (media, due.get_mut(used..)) {
+                    let n = gaps.poll_due(now, room);
+                    if let (true, Some(l)) = (n > 0, lists.get_mut(n_lists)) {
+                        *l = (media, used, n);
+                        n_lists += 1;
+                        used += n;
+                    }
+                }
+                let gave_up = gaps.take_given_up();
+                if let (true, Some(p)) = (gave_up > 0, plis.get_mut(n_plis)) {
+                    lost += u64::from(gave_up);
+                    *p = slot as u8;
+                    n_plis += 1;
+                }
+                next = earliest(next, gaps.next_due());
+            }
+            if n_lists > 0 {
+                let lists = &lists[..n_lists];
+                let due = &due[..used];
+                let r = out.send_from(via, remote, local, &mut |buf| {
+                    let mut len = 0;
+                    for &(media, from, n) in lists {
+                        let lost = due.get(from..from + n)?;
+                        len += rtcp::write_nack(buf.get_mut(len..)?, sender, media, lost).ok()?;
+                    }
+                    ctx.protect_rtcp(buf, len).ok()
+                });
+                match r {
+                    Ok(()) => {
+                        sent += 1;
+                        nacked += used as u64;
+                    }
+                    Err(_) => full += 1,
+                }
+            }
+            // Given up: the decoder needs a keyframe to go on (throttled per slot).
+            for &slot in &plis[..n_plis] {
+                self.request_keyframe(stream, slot, now, out);
+            }
         }
-    }
-}
-
-pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+        match next {
+            Some(t) => self.timers.set(Timer::UplinkNacks, t),
+            None => self.timers.stop(Timer::UplinkNacks),
+        }
+        self.count(Counter::UplinkNacksSent, nacked);
+        self.count(Counter::UplinkUnrecovered, lost);
+        self.count(Counter::TxPackets, sent);
+        if full > 0 {
+            self.count(DropReason::QueueFull.counter(), full);
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Loss repair on a relay link, receiving side: which sequence numbers of a relayed track
-//! are missing, and when to NACK them upstream again.
+//! Loss repair on a relay link. Receiving side ([`GapTracker`]): which sequence numbers of
+//! a relayed track are missing, and when to NACK them upstream again. Sending side
+//! ([`DataOut`]): a relay-out's data channel fragments, numbered and kept for the far
+//! node's NACKs (sent by `relay_data`).
 //!
 //! Sans-IO: fed the sequence number of every authenticated packet with its receive time,
 //! asked which numbers are due for a NACK when the engine's `RelayNacks` timer comes (set
@@ -14,6 +16,8 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::datachan::relay::{PAYLOAD_TYPE, SSRC};
 
 /// Time between two NACKs of the same packet.
 pub const NACK_RETRY: Duration = Duration::from_millis(30);
@@ -205,6 +209,49 @@ impl GapTracker {
                 }
             })
             .min()
+    }
+}
+
+/// Fragments a relay-out keeps for NACK repair: the relay-in gives a gap up after
+/// `relay::NACK_GIVE_UP` (300 ms), and 256 fragments are four maximum-size messages.
+pub const DATA_CACHE: usize = 256;
+
+/// A relay-out's outgoing data fragments: their own sequence numbers on the reserved SSRC
+/// and the last [`DATA_CACHE`] of them as sent (plain RTP), for the far node's NACKs.
+pub struct DataOut {
+    next_seq: u16,
+    cache: Vec<Option<(u16, Vec<u8>)>>,
+}
+
+impl DataOut {
+    pub fn new(first_seq: u16) -> Self {
+        Self {
+            next_seq: first_seq,
+            cache: vec![None; DATA_CACHE],
+        }
+    }
+
+    /// Build the RTP packet of the next fragment in the cache and return it.
+    pub fn push(&mut self, payload: &[u8]) -> &[u8] {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        let slot = &mut self.cache[usize::from(seq) % DATA_CACHE];
+        // Reuse the evicted entry's buffer.
+        let mut pkt = slot.take().map(|(_, v)| v).unwrap_or_default();
+        pkt.clear();
+        pkt.extend_from_slice(&[0x80, PAYLOAD_TYPE]);
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(&0u32.to_be_bytes());
+        pkt.extend_from_slice(&SSRC.to_be_bytes());
+        pkt.extend_from_slice(payload);
+        &slot.insert((seq, pkt)).1
+    }
+
+    pub fn get(&self, seq: u16) -> Option<&[u8]> {
+        match &self.cache[usize::from(seq) % DATA_CACHE] {
+            Some((s, pkt)) if *s == seq => Some(pkt),
+            _ => None,
+        }
     }
 }
 

@@ -19,54 +19,11 @@ use super::{session, Engine, Output, WorkerEvent, MAX_DATAGRAM, MAX_PENDING_EVEN
 use crate::datachan::relay::{PAYLOAD_TYPE, SSRC};
 use crate::via::Via;
 
-/// Fragments a relay-out keeps for NACK repair: the relay-in gives a gap up after
-/// `relay::NACK_GIVE_UP` (300 ms), and 256 fragments are four maximum-size messages.
-pub const DATA_CACHE: usize = 256;
-
 /// Bytes of the RTP header a data fragment goes out with (no CSRCs, no extension).
 const RTP_HEADER: usize = 12;
 
 /// Largest fragment payload the engine sends: it must fit a datagram once protected.
 pub const MAX_FRAGMENT_PAYLOAD: usize = MAX_DATAGRAM - RTP_HEADER - srtp::MAX_OVERHEAD;
-
-/// A relay-out's outgoing data fragments: their own sequence numbers on the reserved SSRC
-/// and the last [`DATA_CACHE`] of them as sent (plain RTP), for the far node's NACKs.
-pub struct DataOut {
-    next_seq: u16,
-    cache: Vec<Option<(u16, Vec<u8>)>>,
-}
-
-impl DataOut {
-    pub fn new(first_seq: u16) -> Self {
-        Self {
-            next_seq: first_seq,
-            cache: vec![None; DATA_CACHE],
-        }
-    }
-
-    /// Build the RTP packet of the next fragment in the cache and return it.
-    fn push(&mut self, payload: &[u8]) -> &[u8] {
-        let seq = self.next_seq;
-        self.next_seq = seq.wrapping_add(1);
-        let slot = &mut self.cache[usize::from(seq) % DATA_CACHE];
-        // Reuse the evicted entry's buffer.
-        let mut pkt = slot.take().map(|(_, v)| v).unwrap_or_default();
-        pkt.clear();
-        pkt.extend_from_slice(&[0x80, PAYLOAD_TYPE]);
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(&0u32.to_be_bytes());
-        pkt.extend_from_slice(&SSRC.to_be_bytes());
-        pkt.extend_from_slice(payload);
-        &slot.insert((seq, pkt)).1
-    }
-
-    fn get(&self, seq: u16) -> Option<&[u8]> {
-        match &self.cache[usize::from(seq) % DATA_CACHE] {
-            Some((s, pkt)) if *s == seq => Some(pkt),
-            _ => None,
-        }
-    }
-}
 
 /// Send the plain RTP packet `pkt` to a relay-out's far node, protected with the link key.
 fn send_protected(
@@ -183,7 +140,7 @@ impl Engine {
             return self.drop_packet(DropReason::NoRoute);
         };
         gaps.on_packet(seq, at);
-        super::periodic::note_gaps(&mut self.timers, Timer::RelayNacks, gaps);
+        self.timers.note_gaps(Timer::RelayNacks, gaps);
         let Some(payload) = payload else {
             return self.drop_packet(DropReason::Malformed);
         };

@@ -199,7 +199,7 @@ pub struct Subscriber {
     /// the far node (which name the original SSRCs) map back to tracks.
     pub relay: bool,
     /// A relay-out: its data channel fragments' numbering and repair cache.
-    pub data: Option<Box<super::relay_data::DataOut>>,
+    pub data: Option<Box<super::relay::DataOut>>,
     /// A relay-out: the link's round-trip time, from the sender reports it passes on and
     /// the far node's receiver reports.
     pub rtt: Option<Box<super::rtt::LinkRtt>>,

@@ -80,6 +80,28 @@ impl TimerTable {
     }
 }
 
+/// The earlier of two optional deadlines.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl TimerTable {
+    /// A gap tracker was fed (a packet, or a viewer's NACK to ask upstream for): bring its
+    /// NACK timer (`RelayNacks` for a relay link, `UplinkNacks` for a publisher's uplink)
+    /// forward to its earliest due number. Costs nothing while nothing is lost
+    /// (`pending() == 0`); otherwise a scan of at most `relay::MAX_MISSING`.
+    pub fn note_gaps(&mut self, timer: Timer, gaps: &super::relay::GapTracker) {
+        if gaps.pending() > 0 {
+            if let Some(t) = gaps.next_due() {
+                self.set_earliest(timer, t);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

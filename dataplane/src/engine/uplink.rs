@@ -21,18 +21,13 @@
 //! arrive is never sent twice, and padding-only probes (bandwidth estimation) are counted
 //! for transport-cc and dropped. Nothing here allocates after [`Uplink::new`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_shared::command::{UplinkRtx, UplinkTrack, MAX_LAYERS, MAX_TRACKS};
-use switchyard_shared::packet::{rtcp, rtp};
-use switchyard_shared::stats::{Counter, DropReason};
+use switchyard_shared::packet::rtp;
 
 use super::layers::{self, MAX_SLOTS};
-use super::periodic::earliest;
 use super::relay::{GapTracker, Schedule};
-use super::session;
-use super::timer::Timer;
-use super::{Engine, Output};
 
 /// Uplink NACK schedule: see the module doc for why these values.
 pub const SCHEDULE: Schedule = Schedule {
@@ -44,7 +39,7 @@ pub const SCHEDULE: Schedule = Schedule {
 
 /// Sequence numbers one NACK datagram names at most, over all of a publisher's slots: each
 /// costs at most one 4-byte PID+BLP entry, so the compound stays well under the MTU.
-const NUMBERS_PER_DATAGRAM: usize = 200;
+pub const NUMBERS_PER_DATAGRAM: usize = 200;
 
 /// One publisher's uplink repair state.
 pub struct Uplink {
@@ -128,97 +123,4 @@ pub fn unwrap(
     h.sequence = osn;
     h.payload_type = apt & 0x7f;
     Some(len - 2)
-}
-
-impl Engine {
-    /// NACKs to every publisher whose uplink trackers have numbers due: one SRTCP compound
-    /// per publisher with a generic NACK per slot (its media SSRC, PID+BLP entries), from the
-    /// session's local address; then one PLI per slot that gave a number up, and the timer
-    /// at the earliest work any tracker has left.
-    pub(super) fn send_uplink_nacks(&mut self, now: Instant, out: &mut dyn Output) {
-        let sender = self.rtcp_ssrc;
-        let (mut nacked, mut sent, mut full, mut lost) = (0u64, 0u64, 0u64, 0u64);
-        let mut next: Option<Instant> = None;
-        for k in 0..self.uplink_publishers.len() {
-            let Some(s) = self
-                .uplink_publishers
-                .get(k)
-                .and_then(|&i| self.sessions.get_mut(i))
-            else {
-                continue;
-            };
-            let (via, local) = (s.via, s.local);
-            let (Some(remote), Some(ctx), session::Role::Publisher(p)) =
-                (s.remote, s.outbound.as_mut(), &mut s.role)
-            else {
-                continue;
-            };
-            let stream = p.stream;
-            let Some(up) = p.uplink.as_deref_mut() else {
-                continue;
-            };
-            // (media SSRC, first due number, count) per slot, numbers in `due`.
-            let mut due = [0u16; NUMBERS_PER_DATAGRAM];
-            let mut lists = [(0u32, 0usize, 0usize); MAX_SLOTS];
-            let (mut used, mut n_lists) = (0usize, 0usize);
-            let mut plis = [0u8; MAX_SLOTS];
-            let mut n_plis = 0;
-            for (slot, gaps) in up.gaps.iter_mut().enumerate() {
-                let Some(gaps) = gaps.as_mut() else { continue };
-                let (track, layer) = (slot % MAX_TRACKS, (slot / MAX_TRACKS) as u8);
-                let media = match p.sim.as_deref() {
-                    None => p.tracks.get(track).copied().flatten(),
-                    Some(sim) => sim.ssrc_of(track as u8, layer),
-                };
-                if let (Some(media), Some(room)) = (media, due.get_mut(used..)) {
-                    let n = gaps.poll_due(now, room);
-                    if let (true, Some(l)) = (n > 0, lists.get_mut(n_lists)) {
-                        *l = (media, used, n);
-                        n_lists += 1;
-                        used += n;
-                    }
-                }
-                let gave_up = gaps.take_given_up();
-                if let (true, Some(p)) = (gave_up > 0, plis.get_mut(n_plis)) {
-                    lost += u64::from(gave_up);
-                    *p = slot as u8;
-                    n_plis += 1;
-                }
-                next = earliest(next, gaps.next_due());
-            }
-            if n_lists > 0 {
-                let lists = &lists[..n_lists];
-                let due = &due[..used];
-                let r = out.send_from(via, remote, local, &mut |buf| {
-                    let mut len = 0;
-                    for &(media, from, n) in lists {
-                        let lost = due.get(from..from + n)?;
-                        len += rtcp::write_nack(buf.get_mut(len..)?, sender, media, lost).ok()?;
-                    }
-                    ctx.protect_rtcp(buf, len).ok()
-                });
-                match r {
-                    Ok(()) => {
-                        sent += 1;
-                        nacked += used as u64;
-                    }
-                    Err(_) => full += 1,
-                }
-            }
-            // Given up: the decoder needs a keyframe to go on (throttled per slot).
-            for &slot in &plis[..n_plis] {
-                self.request_keyframe(stream, slot, now, out);
-            }
-        }
-        match next {
-            Some(t) => self.timers.set(Timer::UplinkNacks, t),
-            None => self.timers.stop(Timer::UplinkNacks),
-        }
-        self.count(Counter::UplinkNacksSent, nacked);
-        self.count(Counter::UplinkUnrecovered, lost);
-        self.count(Counter::TxPackets, sent);
-        if full > 0 {
-            self.count(DropReason::QueueFull.counter(), full);
-        }
-    }
 }

@@ -632,7 +632,7 @@ impl Destination {
                     );
                 }
                 // Every track's RTP and RTCP port must exist.
-                if usize::from(addr.port()) + 2 * crate::command::MAX_TRACKS - 1 > 65535 {
+                if usize::from(addr.port()) + 2 * crate::sizes::MAX_TRACKS - 1 > 65535 {
                     return bad("the port leaves no room for every track's RTP and RTCP ports");
                 }
                 Ok(Self::Rtp(addr))

@@ -8,10 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use switchyard_shared::command::SessionId;
-
-use super::service::Relays;
-
 /// A peer's RTT is forgotten this long after it was last measured: paths change.
 pub const KEEP_MS: u64 = 10 * 60_000;
 
@@ -55,45 +51,6 @@ pub fn changed(now: &BTreeMap<String, f64>, written: &BTreeMap<String, f64>) -> 
                 .get(peer)
                 .is_none_or(|&w| (ms - w).abs() > (w * 0.1).max(1.0))
         })
-}
-
-impl Relays {
-    /// The smoothed RTT of the relay-out `session`, as its worker measured it last; None
-    /// before the far node echoed a sender report (or without the stats file).
-    pub fn link_rtt(&self, session: SessionId) -> Option<Duration> {
-        let g = self.sessions.lock();
-        let worker = g.node.session(session)?.worker;
-        g.stats.as_ref()?.find(usize::from(worker), session.0)?.rtt
-    }
-
-    /// Read every relay-out's RTT into the per-peer table; the table as of `now_ms`.
-    pub fn measure_rtts(&self, now_ms: u64) -> BTreeMap<String, f64> {
-        let links: Vec<(String, SessionId)> = self
-            .book
-            .lock()
-            .outs()
-            .map(|r| (r.target_node.clone(), r.session))
-            .collect();
-        let mut by_peer: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
-        for (peer, session) in links {
-            if let Some(rtt) = self.link_rtt(session) {
-                by_peer.entry(peer).or_default().push(rtt);
-            }
-        }
-        let mut table = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        for (peer, rtts) in &by_peer {
-            table.observe(peer, rtts, now_ms);
-        }
-        table.current(now_ms)
-    }
-
-    /// RTTs to peers as this node measured them (ms), without reading the data plane.
-    pub fn peer_rtts(&self, now_ms: u64) -> BTreeMap<String, f64> {
-        self.rtts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .current(now_ms)
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! [`Relays`]: the relay service of this node, the handle the rest of the control plane
 //! holds. Its calls are in `setup` (both ends), `pull` (the cascade), `trust` and `upkeep`.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use switchyard_shared::command::SessionId;
 use switchyard_shared::config::Config;
 
 use super::book::Book;
@@ -77,5 +80,45 @@ impl Relays {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+}
+
+/// Round-trip times of this node's relay links (the per-peer table is `rtt::PeerRtts`).
+impl Relays {
+    /// The smoothed RTT of the relay-out `session`, as its worker measured it last; None
+    /// before the far node echoed a sender report (or without the stats file).
+    pub fn link_rtt(&self, session: SessionId) -> Option<Duration> {
+        let g = self.sessions.lock();
+        let worker = g.node.session(session)?.worker;
+        g.stats.as_ref()?.find(usize::from(worker), session.0)?.rtt
+    }
+
+    /// Read every relay-out's RTT into the per-peer table; the table as of `now_ms`.
+    pub fn measure_rtts(&self, now_ms: u64) -> BTreeMap<String, f64> {
+        let links: Vec<(String, SessionId)> = self
+            .book
+            .lock()
+            .outs()
+            .map(|r| (r.target_node.clone(), r.session))
+            .collect();
+        let mut by_peer: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        for (peer, session) in links {
+            if let Some(rtt) = self.link_rtt(session) {
+                by_peer.entry(peer).or_default().push(rtt);
+            }
+        }
+        let mut table = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, rtts) in &by_peer {
+            table.observe(peer, rtts, now_ms);
+        }
+        table.current(now_ms)
+    }
+
+    /// RTTs to peers as this node measured them (ms), without reading the data plane.
+    pub fn peer_rtts(&self, now_ms: u64) -> BTreeMap<String, f64> {
+        self.rtts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current(now_ms)
     }
 }
