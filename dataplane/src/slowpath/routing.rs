@@ -331,6 +331,15 @@ impl SlowPath {
     }
 }
 
+/// A relay-in's VP9 payload types per track (`Role::RelayIn::svc`) as the engine takes them.
+pub(super) fn svc_table(svc: &[Option<u8>]) -> [Option<u8>; MAX_TRACKS] {
+    let mut t = [None; MAX_TRACKS];
+    for (slot, pt) in t.iter_mut().zip(svc) {
+        *slot = *pt;
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -422,13 +431,4 @@ mod tests {
         let _ = std::fs::remove_file(&ring_path);
         let _ = std::fs::remove_file(&stats_path);
     }
-}
-
-/// A relay-in's VP9 payload types per track (`Role::RelayIn::svc`) as the engine takes them.
-pub(super) fn svc_table(svc: &[Option<u8>]) -> [Option<u8>; MAX_TRACKS] {
-    let mut t = [None; MAX_TRACKS];
-    for (slot, pt) in t.iter_mut().zip(svc) {
-        *slot = *pt;
-    }
-    t
 }
