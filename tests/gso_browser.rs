@@ -22,7 +22,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::browser::{find_chromium, num, one_chromium_test_at_a_time, Chromium, Reports};
+use common::browser::{chromium, num, Chromium, Reports};
 use common::capture::{Capture, Seen};
 use common::Node;
 
@@ -187,22 +187,6 @@ fn frame_report(seen: &[Seen]) -> String {
         pct(c32),
         examples.join(" "),
     )
-}
-
-/// Chromium and the lock that runs its tests one at a time; None (said loudly) with
-/// `SWITCHYARD_SKIP_BROWSER=1` outside CI. A missing browser fails the test.
-fn chromium() -> Option<(std::path::PathBuf, std::sync::MutexGuard<'static, ()>)> {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if !ci && std::env::var("SWITCHYARD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("SWITCHYARD_SKIP_BROWSER=1: browser test skipped");
-        return None;
-    }
-    let serial = one_chromium_test_at_a_time();
-    let bin = find_chromium().expect(
-        "chromium not found: install it (apt-get install -y chromium; scripts/test.sh does), \
-         point SWITCHYARD_CHROMIUM at it, or set SWITCHYARD_SKIP_BROWSER=1 to skip this test",
-    );
-    Some((bin, serial))
 }
 
 /// One publisher page (`publish` query), two watchers; measure for `window` once both

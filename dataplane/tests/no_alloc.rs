@@ -478,14 +478,21 @@ fn relay_link_steady_state_allocates_nothing() {
     let _ = std::fs::remove_file(&path_b);
 }
 
-/// Simulcast: three VP8 layers (rid extension) fanned out to viewers on two workers, each
-/// switching layers at keyframes (a cap, then the top layer stopping), with their NACKs and
-/// the PLIs the switches send, allocates nothing either.
-#[test]
-fn simulcast_layer_switching_allocates_nothing() {
-    use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
+/// Two workers sharing a stream: the publisher `add` makes on worker 0 (at 127.0.0.1:5000),
+/// viewers 2 to 7 alternating between the workers (viewer 2, watched by the output, with
+/// RTX), every answer drained.
+struct TwoWorkers {
+    stats: Arc<Stats>,
+    w0: Engine,
+    w1: Engine,
+    out: FixedOutput,
+    start: Instant,
+    publisher: SocketAddr,
+    path: std::path::PathBuf,
+}
 
-    let path = std::env::temp_dir().join(format!("swy-noalloc-sim-{}", std::process::id()));
+fn two_workers(tag: &str, add: impl FnOnce(StreamId, SocketAddr) -> WorkerCommand) -> TwoWorkers {
+    let path = std::env::temp_dir().join(format!("swy-noalloc-{tag}-{}", std::process::id()));
     let stats =
         Arc::new(Stats::create(&path, 2, Limits::default().max_sessions, 1).expect("stats"));
     let start = Instant::now();
@@ -497,38 +504,12 @@ fn simulcast_layer_switching_allocates_nothing() {
         buf: vec![0; 2048],
         sent: 0,
         queued: Vec::with_capacity(1024),
-        watch: None,
+        watch: Some("127.0.0.1:6002".parse().expect("addr")),
         last_seq: 0,
         rtx_sent: 0,
         twcc: None,
     };
-    let simulcast = Simulcast {
-        rid_ext: 10,
-        repaired_rid_ext: 11,
-        mid_ext: 4,
-        tracks: vec![SimulcastTrack {
-            mid: "1".into(),
-            rids: vec!["q".into(), "h".into(), "f".into()],
-            ssrcs: Vec::new(),
-            codec: LayerCodec::Vp8,
-        }],
-    };
-    w0.handle_command(
-        WorkerCommand::AddPublisher {
-            id: SessionId(1),
-            stream,
-            remote: Some(publisher),
-            ssrcs: Vec::new(),
-            clock_rates: vec![90000],
-            twcc_ext: None,
-            srtp: Some(keys(1, 2)),
-            ice: None,
-            simulcast: Some(simulcast),
-            uplink: Vec::new(),
-        },
-        start,
-        &mut out,
-    );
+    w0.handle_command(add(stream, publisher), start, &mut out);
     w0.handle_command(
         WorkerCommand::SetRemoteWorkers {
             stream,
@@ -570,12 +551,60 @@ fn simulcast_layer_switching_allocates_nothing() {
             &mut out,
         );
     }
-    out.watch = Some("127.0.0.1:6002".parse().expect("addr"));
     for w in [&mut w0, &mut w1] {
         while let Some(ev) = w.poll_event() {
             assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
         }
     }
+    TwoWorkers {
+        stats,
+        w0,
+        w1,
+        out,
+        start,
+        publisher,
+        path,
+    }
+}
+
+/// Simulcast: three VP8 layers (rid extension) fanned out to viewers on two workers, each
+/// switching layers at keyframes (a cap, then the top layer stopping), with their NACKs and
+/// the PLIs the switches send, allocates nothing either.
+#[test]
+fn simulcast_layer_switching_allocates_nothing() {
+    use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
+
+    let simulcast = Simulcast {
+        rid_ext: 10,
+        repaired_rid_ext: 11,
+        mid_ext: 4,
+        tracks: vec![SimulcastTrack {
+            mid: "1".into(),
+            rids: vec!["q".into(), "h".into(), "f".into()],
+            ssrcs: Vec::new(),
+            codec: LayerCodec::Vp8,
+        }],
+    };
+    let TwoWorkers {
+        stats,
+        mut w0,
+        mut w1,
+        mut out,
+        start,
+        publisher,
+        path,
+    } = two_workers("sim", |stream, publisher| WorkerCommand::AddPublisher {
+        id: SessionId(1),
+        stream,
+        remote: Some(publisher),
+        ssrcs: Vec::new(),
+        clock_rates: vec![90000],
+        twcc_ext: None,
+        srtp: Some(keys(1, 2)),
+        ice: None,
+        simulcast: Some(simulcast),
+        uplink: Vec::new(),
+    });
     let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
     let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
     let mut pkt = vec![0u8; 1400];
@@ -1044,95 +1073,41 @@ fn viewer_bandwidth_estimation_allocates_nothing() {
 fn svc_layer_selection_allocates_nothing() {
     use switchyard_shared::command::UplinkTrack;
 
-    let path = std::env::temp_dir().join(format!("swy-noalloc-svc-{}", std::process::id()));
-    let stats =
-        Arc::new(Stats::create(&path, 2, Limits::default().max_sessions, 1).expect("stats"));
-    let start = Instant::now();
-    let mut w0 = Engine::new(0, Limits::default(), stats.clone(), 1, start);
-    let mut w1 = Engine::new(1, Limits::default(), stats.clone(), 2, start);
-    let stream = StreamId(1);
-    let publisher: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+    let TwoWorkers {
+        stats,
+        mut w0,
+        mut w1,
+        mut out,
+        start,
+        publisher,
+        path,
+    } = two_workers("svc", |stream, publisher| WorkerCommand::AddPublisher {
+        id: SessionId(1),
+        stream,
+        remote: Some(publisher),
+        ssrcs: vec![100],
+        clock_rates: vec![90000],
+        twcc_ext: None,
+        srtp: Some(keys(1, 2)),
+        ice: None,
+        simulcast: None,
+        uplink: vec![UplinkTrack {
+            nack: true,
+            rtx: None,
+            svc_payload_type: Some(98),
+        }],
+    });
     let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
-    let mut out = FixedOutput {
-        buf: vec![0; 2048],
-        sent: 0,
-        queued: Vec::with_capacity(1024),
-        watch: Some(viewer),
-        last_seq: 0,
-        rtx_sent: 0,
-        twcc: None,
-    };
-    w0.handle_command(
-        WorkerCommand::AddPublisher {
-            id: SessionId(1),
-            stream,
-            remote: Some(publisher),
-            ssrcs: vec![100],
-            clock_rates: vec![90000],
-            twcc_ext: None,
-            srtp: Some(keys(1, 2)),
-            ice: None,
-            simulcast: None,
-            uplink: vec![UplinkTrack {
-                nack: true,
-                rtx: None,
-                svc_payload_type: Some(98),
-            }],
-        },
-        start,
-        &mut out,
-    );
-    w0.handle_command(
-        WorkerCommand::SetRemoteWorkers {
-            stream,
-            workers: [1].into_iter().collect(),
-        },
-        start,
-        &mut out,
-    );
-    w1.handle_command(
-        WorkerCommand::SetPublisherWorker {
-            stream,
-            worker: Some(0),
-        },
-        start,
-        &mut out,
-    );
-    for id in 2..8u64 {
+    for id in [3u64, 6] {
         let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
-        let remote: SocketAddr = format!("127.0.0.1:{}", 6000 + id).parse().expect("addr");
         w.handle_command(
-            WorkerCommand::AddSubscriber {
+            WorkerCommand::SetMaxLayer {
                 id: SessionId(id),
-                stream,
-                remote: Some(remote),
-                ssrcs: [id as u32 * 10, 0, 0, 0],
-                payload_types: Vec::new(),
-                extensions: None,
-                rtx: [None; MAX_TRACKS],
-                tracks: switchyard_shared::command::ALL_TRACKS,
-                plain: false,
-                srtp: Some(keys(3, 4)),
-                ice: None,
+                max_layer: 0,
             },
             start,
             &mut out,
         );
-        if id % 3 == 0 {
-            w.handle_command(
-                WorkerCommand::SetMaxLayer {
-                    id: SessionId(id),
-                    max_layer: 0,
-                },
-                start,
-                &mut out,
-            );
-        }
-    }
-    for w in [&mut w0, &mut w1] {
-        while let Some(ev) = w.poll_event() {
-            assert!(matches!(ev, WorkerEvent::Added { .. }), "{ev:?}");
-        }
     }
     let mut tx = Context::new(SrtpProfile::AeadAes128Gcm, &[1; 28]).expect("ctx");
     let mut sub_tx = Context::new(SrtpProfile::AeadAes128Gcm, &[3; 28]).expect("ctx");
