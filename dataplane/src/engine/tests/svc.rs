@@ -5,6 +5,7 @@
 
 use switchyard_shared::command::UplinkTrack;
 
+use super::uplink::add_uplink_pub;
 use super::*;
 
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
@@ -51,31 +52,16 @@ impl Run {
     fn new() -> Run {
         let mut f = fixture(1);
         let e = &mut f.engines[0];
+        // Publisher 1 at PUBLISHER with PUB_SSRC, its one track VP9.
+        add_uplink_pub(
+            e,
+            vec![UplinkTrack {
+                nack: true,
+                rtx: None,
+                svc_payload_type: Some(VP9),
+            }],
+        );
         let mut out = Capture::default();
-        e.handle_command(
-            WorkerCommand::AddPublisher {
-                id: SessionId(1),
-                stream: STREAM,
-                remote: Some(addr(PUBLISHER)),
-                ssrcs: vec![PUB_SSRC],
-                clock_rates: vec![90000],
-                twcc_ext: None,
-                srtp: Some(keys(PROFILE, 1, 2)),
-                ice: None,
-                simulcast: None,
-                uplink: vec![UplinkTrack {
-                    nack: true,
-                    rtx: None,
-                    svc_payload_type: Some(VP9),
-                }],
-            },
-            t0(),
-            &mut out,
-        );
-        assert_eq!(
-            e.poll_event(),
-            Some(WorkerEvent::Added { id: SessionId(1) })
-        );
         add_sub(e, 2, ALL, PROFILE);
         add_sub(e, 3, BASE, PROFILE);
         e.handle_command(
@@ -93,6 +79,21 @@ impl Run {
             pictures: 0,
             now: t0(),
         }
+    }
+
+    /// Two keyframes, then what four more pictures sent. Layers are learned as they pass:
+    /// the first keyframe starts every viewer on the base layer (the only one seen yet); the
+    /// uncapped one moves up at the second.
+    fn settled() -> (Run, Capture) {
+        let mut r = Run::new();
+        let mut out = Capture::default();
+        r.picture(true, &mut out);
+        r.picture(true, &mut out);
+        let mut out = Capture::default();
+        for _ in 0..4 {
+            r.picture(false, &mut out);
+        }
+        (r, out)
     }
 
     /// One picture of three spatial layers, two packets each.
@@ -132,16 +133,7 @@ fn continuous(v: &[(u16, bool, u8)]) -> bool {
 
 #[test]
 fn a_capped_viewer_gets_the_base_layer_with_unbroken_numbering() {
-    let mut r = Run::new();
-    let mut out = Capture::default();
-    // Layers are learned as they pass: the first keyframe starts every viewer on the base
-    // layer (the only one seen yet); the uncapped one moves up at the next keyframe.
-    r.picture(true, &mut out);
-    r.picture(true, &mut out);
-    let mut out = Capture::default();
-    for _ in 0..4 {
-        r.picture(false, &mut out);
-    }
+    let (_, out) = Run::settled();
     let all = got(&out, ALL, 2);
     assert_eq!(all.len(), 24, "every layer: {all:?}");
     assert!(continuous(&all));
@@ -164,14 +156,7 @@ fn a_capped_viewer_gets_the_base_layer_with_unbroken_numbering() {
 
 #[test]
 fn a_nack_from_the_capped_viewer_finds_its_packet() {
-    let mut r = Run::new();
-    let mut out = Capture::default();
-    r.picture(true, &mut out);
-    r.picture(true, &mut out);
-    let mut out = Capture::default();
-    for _ in 0..4 {
-        r.picture(false, &mut out);
-    }
+    let (mut r, out) = Run::settled();
     let base = got(&out, BASE, 3);
     // The first packet of the third picture the viewer got.
     let lost = base[4].0;

@@ -25,7 +25,7 @@ fn video(nack: bool, fid: Option<u32>) -> UplinkTrack {
     }
 }
 
-fn add_uplink_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
+pub(super) fn add_uplink_pub(e: &mut Engine, uplink: Vec<UplinkTrack>) {
     let mut out = Capture::default();
     e.handle_command(
         WorkerCommand::AddPublisher {
