@@ -229,23 +229,8 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
     if !common::Redis::required("cascade browser test") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("swy-browser-cascade-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let redis = common::Redis::start_free(&dir, false);
-    let config = dir.join("switchyard.toml");
-    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
-    let extra = || -> Vec<std::ffi::OsString> {
-        vec![
-            "--config".into(),
-            config.clone().into(),
-            "--redis".into(),
-            redis.url().into(),
-        ]
-    };
-    let a = Node::spawn_named("a", 1, extra());
-    let c = Node::spawn_named("c", 1, extra());
-    a.wait_healthy();
-    c.wait_healthy();
+    let pair = common::cluster::cascade_pair("browser-cascade");
+    let (a, c) = (&pair.a, &pair.c);
     let mut reports = Reports::start();
     let base = reports.base.clone();
     let publisher = Chromium::start(
@@ -257,17 +242,7 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0
     });
     // C learns of A's stream from the store within a second or two.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let registered = |n: &Node| {
-        n.get("/v1/nodes").json()["nodes"]
-            .as_array()
-            .is_some_and(|l| l.len() == 2)
-    };
-    while !registered(&c) {
-        assert!(Instant::now() < deadline, "nodes did not register");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    pair.wait_cascade();
     let watcher = Chromium::start(
         &bin,
         "watcher",
@@ -286,8 +261,6 @@ fn chromium_on_c_plays_a_stream_published_on_a_through_the_cascade() {
     }
     drop(watcher);
     drop(publisher);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 14 item 8: with auth on, the demo page's token (here from `?token=`) goes with its

@@ -347,23 +347,8 @@ fn relayed_layers(room: &str, layering: &str) {
     if !common::Redis::required("relayed simulcast browser test") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("swy-{room}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let redis = common::Redis::start_free(&dir, false);
-    let config = dir.join("switchyard.toml");
-    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
-    let extra = || -> Vec<std::ffi::OsString> {
-        vec![
-            "--config".into(),
-            config.clone().into(),
-            "--redis".into(),
-            redis.url().into(),
-        ]
-    };
-    let a = Node::spawn_named("a", 1, extra());
-    let c = Node::spawn_named("c", 1, extra());
-    a.wait_healthy();
-    c.wait_healthy();
+    let pair = common::cluster::cascade_pair(room);
+    let (a, c) = (&pair.a, &pair.c);
     let mut reports = Reports::start();
     let base = reports.base.clone();
     let _publisher = Chromium::start(
@@ -374,15 +359,7 @@ fn relayed_layers(room: &str, layering: &str) {
     reports.wait("/pub", Duration::from_secs(30), |r| {
         r["state"] == "connected" && num(r, "framesEncoded") > 0.0
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.get("/v1/nodes").json()["nodes"]
-        .as_array()
-        .is_none_or(|l| l.len() != 2)
-    {
-        assert!(Instant::now() < deadline, "nodes did not register");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    pair.wait_cascade();
     let _watcher = Chromium::start(
         &bin,
         "watcher",
@@ -434,6 +411,4 @@ fn relayed_layers(room: &str, layering: &str) {
         "kept decoding on the low layer: {end}"
     );
     reports.stop.store(true, Ordering::SeqCst);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -146,3 +146,61 @@ pub fn wait(what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Nodes `a` and `c` without auth on one fresh Redis, health checks every 300 ms, both
+/// healthy: the browser cascade tests publish on `a` and watch on `c`.
+pub struct CascadePair {
+    pub a: Node,
+    pub c: Node,
+    _redis: Redis,
+    dir: PathBuf,
+}
+
+impl Drop for CascadePair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// [`CascadePair`] under a temporary folder named for `tag`.
+pub fn cascade_pair(tag: &str) -> CascadePair {
+    let dir = std::env::temp_dir().join(format!("swy-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = Redis::start_free(&dir, false);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, "[cluster]\nhealth_interval_ms = 300\n").expect("config");
+    let extra = || -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            config.clone().into(),
+            "--redis".into(),
+            redis.url().into(),
+        ]
+    };
+    let a = Node::spawn_named("a", 1, extra());
+    let c = Node::spawn_named("c", 1, extra());
+    a.wait_healthy();
+    c.wait_healthy();
+    CascadePair {
+        a,
+        c,
+        _redis: redis,
+        dir,
+    }
+}
+
+impl CascadePair {
+    /// Wait (up to 10 s) until `c` lists both nodes, then two seconds more: by then `c`
+    /// has read `a`'s streams from the store and a WHEP offer on `c` cascades.
+    pub fn wait_cascade(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.c.get("/v1/nodes").json()["nodes"]
+            .as_array()
+            .is_none_or(|l| l.len() != 2)
+        {
+            assert!(Instant::now() < deadline, "nodes did not register");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
