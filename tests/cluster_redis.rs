@@ -15,7 +15,8 @@ mod common;
 use common::Redis;
 use switchyard_controlplane::cluster::redis::RedisStore;
 use switchyard_controlplane::cluster::{
-    consumers_for, Registration, Room, RoomSpec, Store, StoreError, Strategy,
+    consumers_for, placement, MemoryStore, Node, Registration, Room, RoomSpec, Store, StoreError,
+    Strategy,
 };
 
 fn reg(id: &str, capacity: u64) -> Registration {
@@ -322,6 +323,119 @@ async fn nodes_publish_their_streams() {
             ("a".to_owned(), streams(&[("r/cam", &[])])),
             ("c".to_owned(), streams(&[("r/cam", &["a", "b"])])),
         ])
+    );
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Redis store's `RESERVE` script and the memory store's commit make the same walk
+/// (`placement::Ranking::choose`): given the same stale view, they put each room on the same
+/// node. The view is read once and never refreshed, as a control plane that cached it would,
+/// so the load bound is only kept because the commit checks it against the nodes as they
+/// are; rooms from region `x` stay in `x` while a node there accepts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_commit_walks_as_the_rust_one_does() {
+    if !Redis::required("the_redis_commit_walks_as_the_rust_one_does") {
+        return;
+    }
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("switchyard-redis-walk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let redis = Redis::start_free(&dir, false);
+    let remote = RedisStore::new(&redis.url()).expect("store");
+    let local = MemoryStore::new();
+    let nodes = [
+        ("x1", 400, "x"),
+        ("x2", 200, "x"),
+        ("y1", 800, "y"),
+        ("y2", 300, "y"),
+    ];
+    for (id, capacity, region) in nodes {
+        let r = Registration {
+            region: Some(region.into()),
+            ..reg(id, capacity)
+        };
+        remote.register_node(r.clone()).await.expect("register");
+        local.register_node(r).await.expect("register");
+    }
+    let sorted = |mut v: Vec<Node>| {
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    };
+    let view = sorted(remote.list_nodes().await.expect("nodes"));
+    let facts = |v: &[Node]| {
+        v.iter()
+            .map(|n| (n.node_id.clone(), n.capacity, n.reserved, n.region.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        facts(&view),
+        facts(&sorted(local.list_nodes().await.expect("nodes")))
+    );
+
+    let mut first_choice_passed_over = 0;
+    let mut placed = BTreeMap::<String, u64>::new();
+    for i in 0..60u64 {
+        let consumers = 5 + (i * 7) % 31;
+        let region = (i % 3 != 0).then(|| "x".to_owned());
+        let spec = RoomSpec {
+            room_id: format!("walk-{i}"),
+            consumers,
+            max_peer_count: 4,
+            event_notification_uri: None,
+            pool: Default::default(),
+            region: region.clone(),
+        };
+        let ranking = placement::rank(
+            &view,
+            &spec.room_id,
+            consumers,
+            &spec.pool,
+            placement::Near::region(region.as_deref()),
+            Strategy::ConsistentHash,
+            0,
+        );
+        let before = local.list_nodes().await.expect("nodes");
+        let r = remote.reserve_from_view(spec.clone(), Strategy::ConsistentHash, &view);
+        let l = local.reserve_from_view(spec, Strategy::ConsistentHash, &view);
+        match (r.await, l) {
+            (Ok(r), Ok(l)) => {
+                assert_eq!(r.node.node_id, l.node.node_id, "room {i}");
+                // Passed over for the bound: the view's first choice still had room.
+                let first = ranking.order.first().map(|&f| view[f].node_id.as_str());
+                let still_accepts = before
+                    .iter()
+                    .any(|n| Some(n.node_id.as_str()) == first && n.accepts(consumers));
+                if still_accepts && first != Some(r.node.node_id.as_str()) {
+                    first_choice_passed_over += 1;
+                }
+                if region.is_some() && !r.node.node_id.starts_with('x') {
+                    // Only once no x node accepts the room any more.
+                    let now = local.list_nodes().await.expect("nodes");
+                    assert!(
+                        now.iter()
+                            .filter(|n| n.node_id.starts_with('x'))
+                            .all(|n| !n.accepts(consumers)),
+                        "room {i} left region x while it had room"
+                    );
+                }
+                *placed.entry(r.node.node_id).or_default() += consumers;
+            }
+            (Err(StoreError::NoCapacity { .. }), Err(StoreError::NoCapacity { .. })) => {}
+            (r, l) => panic!("room {i}: redis {r:?}, memory {l:?}"),
+        }
+    }
+    let remote_now = sorted(remote.list_nodes().await.expect("nodes"));
+    let local_now = sorted(local.list_nodes().await.expect("nodes"));
+    for (r, l) in remote_now.iter().zip(&local_now) {
+        assert_eq!((&r.node_id, r.reserved), (&l.node_id, l.reserved));
+        assert!(r.reserved <= r.capacity, "{} over-committed", r.node_id);
+        assert_eq!(placed.get(&r.node_id).copied().unwrap_or(0), r.reserved);
+    }
+    assert!(
+        first_choice_passed_over >= 10,
+        "the stale view's first choice was passed over only {first_choice_passed_over} times"
     );
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);

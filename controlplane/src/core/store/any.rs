@@ -70,9 +70,10 @@ impl Store for AnyStore {
         room: &str,
         pool: &PoolFilter,
         strategy: Strategy,
+        holders: &[String],
         now_ms: u64,
     ) -> Result<Replacement, StoreError> {
-        dispatch!(self, s => s.place_again(room, pool, strategy, now_ms))
+        dispatch!(self, s => s.place_again(room, pool, strategy, holders, now_ms))
     }
     async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
         dispatch!(self, s => s.list_nodes())

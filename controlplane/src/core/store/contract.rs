@@ -97,13 +97,15 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> impl Future<Output = Result<Removal, StoreError>> + Send;
     /// Put an unplaced room on a node with `strategy` (reserving its consumers there),
-    /// atomically; `pool` as for `reserve_room`, `now_ms` its new `placed_ms`. A room placed
+    /// atomically; `pool` as for `reserve_room`, `holders` the nodes that hold the room's
+    /// streams (tried first: `placement::Near`), `now_ms` its new `placed_ms`. A room placed
     /// meanwhile is left where it is (`from` is None).
     fn place_again(
         &self,
         room: &str,
         pool: &PoolFilter,
         strategy: Strategy,
+        holders: &[String],
         now_ms: u64,
     ) -> impl Future<Output = Result<Replacement, StoreError>> + Send;
     /// Every node, in id order.

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::contract::{Store, StoreError};
 use super::entropy::Entropy;
-use super::placement::{self, PoolFilter, RoomSpec, Strategy};
+use super::placement::{self, Near, PoolFilter, Ranking, RoomSpec, Strategy};
 use super::records::{
     Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
 };
@@ -40,17 +40,22 @@ impl Memory {
         }
     }
 
-    /// Reserve `spec.consumers` on the first node of `preference` that accepts them now,
-    /// and write the room: the atomic commit every placement ends with.
-    fn place(&mut self, spec: RoomSpec, preference: &[&str]) -> Result<Placement, StoreError> {
+    /// Reserve `spec.consumers` on the node `ranking` (ranked from `view`) chooses among the
+    /// nodes as they are now, and write the room: the atomic commit every placement ends
+    /// with.
+    fn place(
+        &mut self,
+        spec: RoomSpec,
+        view: &[Node],
+        ranking: &Ranking,
+    ) -> Result<Placement, StoreError> {
         let need = spec.consumers;
-        let id = preference
-            .iter()
-            .find(|id| self.nodes.get(**id).is_some_and(|n| n.accepts(need)))
+        let chosen = ranking
+            .choose(need, |i| self.nodes.get(&view.get(i)?.node_id))
             .ok_or(StoreError::NoCapacity { need })?;
         let node = self
             .nodes
-            .get_mut(*id)
+            .get_mut(&view[chosen].node_id)
             .ok_or(StoreError::NoCapacity { need })?;
         node.reserved += need;
         let node = node.clone();
@@ -122,17 +127,16 @@ impl MemoryStore {
             return Err(StoreError::RoomExists(spec.room_id));
         }
         let e = g.entropy_for(strategy, entropy);
-        let order = placement::rank(
+        let ranking = placement::rank(
             view,
             &spec.room_id,
             spec.consumers,
             &spec.pool,
-            spec.region.as_deref(),
+            Near::region(spec.region.as_deref()),
             strategy,
             e,
         );
-        let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
-        g.place(spec, &ids)
+        g.place(spec, view, &ranking)
     }
 
     fn lock(&self) -> MutexGuard<'_, Memory> {
@@ -267,6 +271,7 @@ impl Store for MemoryStore {
         room: &str,
         pool: &PoolFilter,
         strategy: Strategy,
+        holders: &[String],
         now_ms: u64,
     ) -> Result<Replacement, StoreError> {
         let entropy = self.entropy.next();
@@ -289,19 +294,23 @@ impl Store for MemoryStore {
         }
         let mut nodes: Vec<Node> = g.nodes.values().cloned().collect();
         let e = g.entropy_for(strategy, entropy);
-        let order = placement::rank(
+        let ranking = placement::rank(
             &nodes,
             room,
             r.consumers,
             pool,
-            r.region.as_deref(),
+            Near {
+                holders,
+                region: r.region.as_deref(),
+            },
             strategy,
             e,
         );
-        let ids: Vec<String> = order.iter().map(|&i| nodes[i].node_id.clone()).collect();
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let i = placement::commit(&mut nodes, &refs, r.consumers)
+        // Ranked and chosen under one lock: the view is the nodes as they are.
+        let i = ranking
+            .choose(r.consumers, |i| nodes.get(i))
             .ok_or(StoreError::NoCapacity { need: r.consumers })?;
+        nodes[i].reserved += r.consumers;
         let node = nodes.swap_remove(i);
         let mut moved = r;
         let from = moved.last_node.take().unwrap_or_default();
@@ -328,17 +337,16 @@ impl Store for MemoryStore {
         // Ranked and committed under one lock: this view is never stale.
         let nodes: Vec<Node> = g.nodes.values().cloned().collect();
         let e = g.entropy_for(strategy, entropy);
-        let order = placement::rank(
+        let ranking = placement::rank(
             &nodes,
             &spec.room_id,
             spec.consumers,
             &spec.pool,
-            spec.region.as_deref(),
+            Near::region(spec.region.as_deref()),
             strategy,
             e,
         );
-        let ids: Vec<&str> = order.iter().map(|&i| nodes[i].node_id.as_str()).collect();
-        g.place(spec, &ids)
+        g.place(spec, &nodes, &ranking)
     }
 
     async fn release_room(&self, room: &str) -> Result<Room, StoreError> {

@@ -2,10 +2,11 @@
 //! some entropy (or a round-robin counter), it answers the nodes that can take the room, most
 //! preferred first. It never reads a clock, a random source or a store.
 //!
-//! A store then walks that list and reserves on the first node that still accepts the room
-//! ([`commit`]), under its lock or inside one Lua script: the list may be stale (another
-//! control plane placed a room since it was read), the commit never is, so no node is ever
-//! over-committed.
+//! A store then walks that list ([`Ranking::choose`]) under its lock or inside one Lua script,
+//! against the nodes as they are at that moment: the list may be stale (another control plane
+//! placed a room since it was read), the commit never is. It takes the first node that still
+//! accepts the room and stays within the load bound ([`LOAD_BOUND`]) with it, so no node is
+//! ever over-committed and none is filled past the bound by placements its ranker did not see.
 
 use std::cmp::Reverse;
 
@@ -81,9 +82,11 @@ impl PoolFilter {
 /// finished ranking would let p2c's pair fall outside the pool and hand the room to whatever
 /// pool node happened to rank next, not the freer of two pool nodes).
 ///
-/// With a `region`, the eligible nodes of that region come first, each group ranked by the
-/// strategy on its own: the room stays in the client's region while a node there has room,
-/// and goes to the best of the others only then. Nodes without a region are "others".
+/// The eligible nodes come in tiers ([`Near`]), each ranked by the strategy on its own and
+/// used up before the next: the nodes that already hold the room's streams (a room moved off
+/// a dead node goes to its hot standby), then those of the client's region (the room stays
+/// there while a node there has room), then the others. Nodes without a region are
+/// "others".
 ///
 /// `entropy` is a fresh random number for `LeastLoaded`, and the round-robin counter (any
 /// value that grows by one per placement) for `RoundRobin`; `ConsistentHash` ignores it.
@@ -93,18 +96,125 @@ pub fn rank(
     room: &str,
     need: u64,
     pool: &PoolFilter,
-    region: Option<&str>,
+    near: Near<'_>,
     strategy: Strategy,
     entropy: u64,
-) -> Vec<usize> {
-    let ok = (0..nodes.len()).filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i]));
-    let (near, far): (Vec<usize>, Vec<usize>) = match region {
-        Some(r) => ok.partition(|&i| nodes[i].region.as_deref() == Some(r)),
-        None => (ok.collect(), Vec::new()),
-    };
-    let mut ranked = order(nodes, near, room, need, strategy, entropy);
-    ranked.extend(order(nodes, far, room, need, strategy, entropy));
-    ranked
+) -> Ranking {
+    let mut tiers: [Vec<usize>; 3] = Default::default();
+    for i in (0..nodes.len()).filter(|&i| nodes[i].accepts(need) && pool.allows(&nodes[i])) {
+        tiers[near.tier(&nodes[i])].push(i);
+    }
+    let mut ranking = Ranking::default();
+    for tier in tiers.into_iter().filter(|t| !t.is_empty()) {
+        let (ranked, limit) = order(nodes, tier, room, need, strategy, entropy);
+        ranking.groups.push(Group {
+            len: ranked.len(),
+            limit,
+        });
+        ranking.order.extend(ranked);
+    }
+    ranking
+}
+
+/// Which nodes a room goes to before the others.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Near<'a> {
+    /// Nodes that already hold the room's streams: a hot standby fed by the room's dead
+    /// node, or a node whose relays carried them to its viewers. A room placed again goes
+    /// there first, so its publisher returns to where its streams' viewers are.
+    pub holders: &'a [String],
+    /// The client's region.
+    pub region: Option<&'a str>,
+}
+
+impl<'a> Near<'a> {
+    /// Nearness by region alone.
+    pub fn region(region: Option<&'a str>) -> Self {
+        Self {
+            holders: &[],
+            region,
+        }
+    }
+
+    /// 0 for a holder, 1 for a node of the region, 2 for the others.
+    fn tier(&self, n: &Node) -> usize {
+        if self.holders.contains(&n.node_id) {
+            0
+        } else if self.region.is_some() && n.region.as_deref() == self.region {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// What [`rank`] answers and a store commits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ranking {
+    /// Indices into the ranked nodes: those that accept the room, most preferred first.
+    pub order: Vec<usize>,
+    /// `order` cut into its tiers, in order: the commit uses one up before the next.
+    pub groups: Vec<Group>,
+}
+
+/// One tier of a [`Ranking`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Group {
+    /// How many entries of `order` it has.
+    pub len: usize,
+    /// The share of its capacity a node of the tier may have in use with the room before
+    /// the commit passes it over for the next: [`LOAD_BOUND`] × the tier's mean share, as
+    /// the ranker saw the nodes. Finite, so a store can pass it on.
+    pub limit: f64,
+}
+
+impl Ranking {
+    /// The entry of `order` (an index into the nodes it was ranked from) that gets the room,
+    /// judged on the nodes as they are now (`now` answers ranked node `i` as it is now, or
+    /// None for a node gone since, which is skipped): tier by tier, the first node that
+    /// accepts the room and stays within the tier's limit with it, or else the one of the
+    /// tier that accepts it at the lowest share. None when no node accepts it any more.
+    ///
+    /// Why the bound is checked here and not only in [`rank`]: a ranker's view may be a
+    /// health interval old, and control planes ranking from views that old all see the
+    /// same few nodes with room for a large room; two such rooms a moment apart land on
+    /// one of them (`examples/placement_sim.rs`: the fullest node at 1.39 to 1.53 × the
+    /// mean). The commit sees what the others placed since. The limit itself comes from
+    /// the view: a mean over the cluster moves far more slowly than one node.
+    ///
+    /// The Redis store's scripts make the same walk (`PICK` in `redis.rs`).
+    pub fn choose<'n>(&self, need: u64, now: impl Fn(usize) -> Option<&'n Node>) -> Option<usize> {
+        let mut rest = self.order.as_slice();
+        for g in &self.groups {
+            let (tier, next) = rest.split_at(g.len.min(rest.len()));
+            rest = next;
+            let mut least: Option<(f64, usize)> = None;
+            for &i in tier {
+                let Some(n) = now(i) else {
+                    continue;
+                };
+                if !n.accepts(need) {
+                    continue;
+                }
+                let s = share(n, need);
+                if s <= g.limit {
+                    return Some(i);
+                }
+                if least.is_none_or(|(l, _)| s < l) {
+                    least = Some((s, i));
+                }
+            }
+            if let Some((_, i)) = least {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// The share of `n`'s capacity in use once a room of `need` consumers is on it.
+fn share(n: &Node, need: u64) -> f64 {
+    n.reserved.saturating_add(need) as f64 / n.capacity.max(1) as f64
 }
 
 /// A node whose share in use, with the room, would pass this multiple of the mean share of
@@ -119,7 +229,7 @@ pub fn rank(
 pub const LOAD_BOUND: f64 = 1.1;
 
 /// `ok` (eligible nodes) most preferred first by `strategy`, then nodes over
-/// [`LOAD_BOUND`] moved behind the others (in that order).
+/// [`LOAD_BOUND`] moved behind the others (in that order); and the bound's share.
 fn order(
     nodes: &[Node],
     mut ok: Vec<usize>,
@@ -127,7 +237,7 @@ fn order(
     need: u64,
     strategy: Strategy,
     entropy: u64,
-) -> Vec<usize> {
+) -> (Vec<usize>, f64) {
     match strategy {
         Strategy::LeastLoaded => {
             // Lowest share in use with the room first: on nodes of mixed capacity the
@@ -140,8 +250,11 @@ fn order(
             // large cluster. A share is never negative, so its bits order like its value.
             ok.sort_by_cached_key(|&i| {
                 let n = &nodes[i];
-                let share = n.reserved.saturating_add(need) as f64 / n.capacity as f64;
-                (share.to_bits(), Reverse(n.free()), n.node_id.as_str())
+                (
+                    share(n, need).to_bits(),
+                    Reverse(n.free()),
+                    n.node_id.as_str(),
+                )
             });
         }
         Strategy::RoundRobin => {
@@ -154,7 +267,7 @@ fn order(
             ok.sort_by_cached_key(|&i| Reverse(Affinity::of(room, &nodes[i])));
         }
     }
-    let (mut under, over) = bound(nodes, ok, need);
+    let (mut under, over, limit) = bound(nodes, ok, need);
     match strategy {
         Strategy::LeastLoaded => two_choices(&mut under, entropy),
         // The turn among the nodes under the bound: taking it among all nodes and then
@@ -167,7 +280,7 @@ fn order(
         _ => {}
     }
     under.extend(over);
-    under
+    (under, limit)
 }
 
 /// Power of two choices on `sorted` (best first): two distinct entries at random, the better
@@ -189,7 +302,7 @@ fn two_choices(sorted: &mut Vec<usize>, entropy: u64) {
 
 /// `order` split by [`LOAD_BOUND`]: the nodes whose share in use with the room stays within
 /// the bound, in `order`'s order, and the others by that share, lowest first (stable:
-/// equals keep `order`'s order). The bound is `LOAD_BOUND` × the mean share of `order` with
+/// equals keep `order`'s order); and the bound (`f64::MAX` when `order` is empty). The bound is `LOAD_BOUND` × the mean share of `order` with
 /// the room, or × the lowest share the room can make on any of them when that is higher:
 /// a room too big to stay under the mean's bound anywhere (a large room at a moderate
 /// load) goes to the nodes it weighs least on, not to where the strategy's turn or hash
@@ -198,7 +311,7 @@ fn two_choices(sorted: &mut Vec<usize>, entropy: u64) {
 /// fills its largest first until the shares even out. (The paper's "an empty node takes
 /// any room" ceiling was measured worse: several control planes ranking from views a few
 /// seconds old all saw the same empty small nodes and piled large rooms onto them.)
-fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize>) {
+fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize>, f64) {
     let (used, capacity) = order.iter().fold((need, 0u64), |(u, c), &i| {
         (
             u.saturating_add(nodes[i].reserved),
@@ -206,17 +319,18 @@ fn bound(nodes: &[Node], order: Vec<usize>, need: u64) -> (Vec<usize>, Vec<usize
         )
     });
     let mean = used as f64 / capacity.max(1) as f64;
-    let share = |i: usize| (nodes[i].reserved + need) as f64 / nodes[i].capacity.max(1) as f64;
+    let share = |i: usize| share(&nodes[i], need);
     let least = order
         .iter()
         .map(|&i| share(i))
         .fold(f64::INFINITY, f64::min);
     let limit = LOAD_BOUND * mean.max(least);
+    let limit = if limit.is_finite() { limit } else { f64::MAX };
     let (under, mut over): (Vec<usize>, Vec<usize>) =
         order.into_iter().partition(|&i| share(i) <= limit);
     // Shares are never negative: their bits order like their values.
     over.sort_by_cached_key(|&i| share(i).to_bits());
-    (under, over)
+    (under, over, limit)
 }
 
 /// How much `room` wants a node in rendezvous hashing, weighted by the node's capacity
@@ -272,19 +386,19 @@ pub fn rendezvous<'a>(
     candidates.into_iter().max_by_key(|n| Affinity::of(room, n))
 }
 
-/// Reserve `need` consumers on the first node of `preference` (node ids) that still accepts
-/// them, in `nodes` as they are now. Returns its index, or None when none does. This is the
-/// step a store must run atomically; the Redis store's Lua script is the same loop.
-pub fn commit(nodes: &mut [Node], preference: &[&str], need: u64) -> Option<usize> {
-    for id in preference {
-        if let Some(i) = nodes.iter().position(|n| n.node_id == *id) {
-            if nodes[i].accepts(need) {
-                nodes[i].reserved += need;
-                return Some(i);
-            }
-        }
-    }
-    None
+/// Reserve `need` consumers on the node `ranking` chooses (ranked from `view`) in `nodes`
+/// as they are now. Returns its index in `nodes`, or None when none accepts the room. This
+/// is the step a store runs atomically.
+pub fn commit(nodes: &mut [Node], view: &[Node], ranking: &Ranking, need: u64) -> Option<usize> {
+    let chosen = ranking.choose(need, |i| {
+        let id = &view.get(i)?.node_id;
+        nodes.iter().find(|n| n.node_id == *id)
+    })?;
+    let i = nodes
+        .iter()
+        .position(|n| n.node_id == view[chosen].node_id)?;
+    nodes[i].reserved += need;
+    Some(i)
 }
 
 /// A stable 64-bit score of (room, node): FNV-1a over both, then the SplitMix64 finalizer
@@ -309,6 +423,28 @@ pub fn mix(mut z: u64) -> u64 {
 mod pool_tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// The order alone, which most tests look at.
+    fn rank(
+        nodes: &[Node],
+        room: &str,
+        need: u64,
+        pool: &PoolFilter,
+        region: Option<&str>,
+        strategy: Strategy,
+        entropy: u64,
+    ) -> Vec<usize> {
+        super::rank(
+            nodes,
+            room,
+            need,
+            pool,
+            Near::region(region),
+            strategy,
+            entropy,
+        )
+        .order
+    }
 
     fn node(id: &str, pool: Option<&str>) -> Node {
         Node {
@@ -474,6 +610,28 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// The order alone, which most tests look at.
+    fn rank(
+        nodes: &[Node],
+        room: &str,
+        need: u64,
+        pool: &PoolFilter,
+        region: Option<&str>,
+        strategy: Strategy,
+        entropy: u64,
+    ) -> Vec<usize> {
+        super::rank(
+            nodes,
+            room,
+            need,
+            pool,
+            Near::region(region),
+            strategy,
+            entropy,
+        )
+        .order
+    }
+
     fn node(id: &str, capacity: u64, reserved: u64) -> Node {
         Node {
             node_id: id.into(),
@@ -611,9 +769,9 @@ mod tests {
                 let need = 1 + (mix(e) % 13);
                 let room = format!("room{round}-{e}");
                 let strategy = ALL[(e % 3) as usize];
-                let order = rank(view, &room, need, &ANY, None, strategy, mix(e));
-                let ids: Vec<&str> = order.iter().map(|&i| view[i].node_id.as_str()).collect();
-                match commit(&mut truth, &ids, need) {
+                let ranking =
+                    super::rank(view, &room, need, &ANY, Near::default(), strategy, mix(e));
+                match commit(&mut truth, view, &ranking, need) {
                     Some(_) => placed += need,
                     None => refused += 1,
                 }
@@ -732,14 +890,109 @@ mod tests {
         }
     }
 
+    /// A room moved off a dead node goes to the node that holds its streams (a hot standby)
+    /// before the client's region and before emptier nodes; a holder without room is passed
+    /// over like any node.
+    #[test]
+    fn the_holders_of_the_rooms_streams_come_first() {
+        let mut nodes = vec![
+            node("x1", 1000, 0),
+            node("standby", 1000, 700),
+            node("y1", 1000, 0),
+        ];
+        nodes[0].region = Some("x".into());
+        nodes[1].region = Some("y".into());
+        let holders = ["standby".to_owned()];
+        let near = Near {
+            holders: &holders,
+            region: Some("x"),
+        };
+        for s in ALL {
+            for e in 0..50u64 {
+                let r = super::rank(&nodes, &format!("r{e}"), 10, &ANY, near, s, mix(e));
+                let ids: Vec<&str> = r.order.iter().map(|&i| nodes[i].node_id.as_str()).collect();
+                assert_eq!(ids, ["standby", "x1", "y1"], "{s:?}");
+                assert_eq!(r.groups.len(), 3);
+                let mut truth = nodes.clone();
+                assert_eq!(commit(&mut truth, &nodes, &r, 10), Some(1), "{s:?}");
+            }
+            let r = super::rank(&nodes, "big", 400, &ANY, near, s, 1);
+            assert_eq!(
+                nodes[r.order[0]].node_id, "x1",
+                "{s:?}: the standby is full"
+            );
+        }
+    }
+
     #[test]
     fn commit_skips_nodes_that_changed() {
+        let view = vec![node("a", 10, 0), node("gone", 10, 0), node("b", 10, 0)];
+        let ranking = Ranking {
+            order: vec![0, 1, 2],
+            groups: vec![Group { len: 3, limit: 1.0 }],
+        };
         let mut nodes = vec![node("a", 10, 0), node("b", 10, 0)];
         nodes[0].draining = true;
-        assert_eq!(commit(&mut nodes, &["a", "gone", "b"], 10), Some(1));
-        assert_eq!(commit(&mut nodes, &["a", "b"], 1), None);
+        assert_eq!(commit(&mut nodes, &view, &ranking, 10), Some(1));
+        assert_eq!(commit(&mut nodes, &view, &ranking, 1), None);
         assert_eq!(nodes[1].reserved, 10);
         assert_eq!(nodes[0].reserved, 0);
+    }
+
+    /// Two planes rank from the same view, in which `a` is the freest node; the first
+    /// commit fills `a` to the bound, so the second passes it over for the next node that
+    /// stays within the bound, though `a` still has room.
+    #[test]
+    fn the_commit_keeps_the_load_bound_that_a_stale_view_missed() {
+        let view = vec![node("a", 100, 10), node("b", 100, 30), node("c", 100, 40)];
+        let ranking = super::rank(
+            &view,
+            "r",
+            30,
+            &ANY,
+            Near::default(),
+            Strategy::LeastLoaded,
+            0,
+        );
+        assert_eq!(view[ranking.order[0]].node_id, "a");
+        // The mean share with the room, (80 + 30) / 300, is below the least the room makes
+        // anywhere (a: 0.4): the bound is 1.1 × that.
+        assert!((ranking.groups[0].limit - 1.1 * 0.4).abs() < 1e-12);
+        let mut truth = view.clone();
+        assert_eq!(commit(&mut truth, &view, &ranking, 30), Some(0));
+        // `a` at 40 + 30 = 0.7 is over the bound (0.44); `b` at 0.6 too; `c` at 0.7 as
+        // well: none within, so the lowest share wins, not the first in the ranking.
+        assert_eq!(commit(&mut truth, &view, &ranking, 30), Some(1));
+        // With every node over the bound and `a` and `c` equal, the first of them.
+        assert_eq!(commit(&mut truth, &view, &ranking, 30), Some(0));
+        let reserved: Vec<u64> = truth.iter().map(|n| n.reserved).collect();
+        assert_eq!(reserved, [70, 60, 40]);
+
+        // Within the bound, the ranking's order wins even when another node is emptier.
+        let mut truth = vec![node("a", 100, 20), node("b", 100, 0), node("c", 100, 0)];
+        let ranking = Ranking {
+            order: vec![0, 1, 2],
+            groups: vec![Group { len: 3, limit: 0.5 }],
+        };
+        assert_eq!(commit(&mut truth, &view, &ranking, 30), Some(0));
+    }
+
+    /// A tier (here the client's region) is used up before the next is looked at, even
+    /// when a node of the next would stay within the bound and those of the first would not.
+    #[test]
+    fn the_commit_keeps_the_tiers_before_the_bound() {
+        let view = vec![node("x1", 100, 60), node("y1", 100, 0)];
+        let ranking = Ranking {
+            order: vec![0, 1],
+            groups: vec![Group { len: 1, limit: 0.5 }, Group { len: 1, limit: 0.5 }],
+        };
+        let mut truth = view.clone();
+        assert_eq!(commit(&mut truth, &view, &ranking, 30), Some(0));
+        assert_eq!(
+            commit(&mut truth, &view, &ranking, 30),
+            Some(1),
+            "x1 is full"
+        );
     }
 }
 

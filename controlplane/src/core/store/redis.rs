@@ -24,8 +24,9 @@
 //!
 //! A reservation is one Lua script (`RESERVE`): the control plane ranks the nodes from a
 //! snapshot (`placement::rank`), and the script walks that ranking inside Redis, re-reading
-//! each node's capacity, reservations and flags, and on the first that still accepts the room
-//! increments `reserved` and writes the room. Redis runs a script alone, so no two control
+//! each node's capacity, reservations and flags, and on the node the commit's walk chooses
+//! (`placement::Ranking::choose`: the first that still accepts the room within the load
+//! bound, else the one it weighs least on) increments `reserved` and writes the room. Redis runs a script alone, so no two control
 //! planes can both take the last free consumers of a node. When the snapshot was so stale
 //! that no ranked node still fits, the control plane re-reads and tries again (a few times).
 //!
@@ -51,7 +52,7 @@ use tokio::sync::Mutex;
 
 use super::contract::{Store, StoreError};
 use super::entropy::Entropy;
-use super::placement::{self, PoolFilter, RoomSpec, Strategy};
+use super::placement::{self, Near, PoolFilter, Ranking, RoomSpec, Strategy};
 use super::records::{
     Death, Incarnation, Node, Placement, Registration, Removal, Replacement, Room,
 };
@@ -67,27 +68,59 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Snapshots re-read when the ranked nodes all filled up between read and script.
 const RESERVE_ATTEMPTS: usize = 4;
 
+/// The commit's walk ([`placement::Ranking::choose`]), the start of both placing scripts.
+/// `pick(first, last, limit, need)`: of the node keys `KEYS[first..=last]`, the first whose
+/// node accepts `need` consumers (healthy, not draining or overloaded, with room) and stays
+/// within `limit` (a share of its capacity) with them, or else the one that accepts them
+/// at the lowest share; nil when none does. `walk(key, arg, need)`: the tiers, whose count
+/// is `ARGV[arg]` and whose (length, limit) pairs follow it, over the node keys from
+/// `KEYS[key]` on, each used up before the next: the key index chosen, or nil. Lua's
+/// numbers are doubles, as the Rust walk's shares are, and a limit travels as Rust's
+/// shortest round-trip decimal.
+const PICK: &str = r"
+local function pick(first, last, limit, need)
+  local best, least = nil, nil
+  for i = first, last do
+    local f = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
+    if f[1] and f[3] == '1' and f[4] ~= '1' and f[5] ~= '1' then
+      local capacity = tonumber(f[1])
+      local used = tonumber(f[2] or '0') + need
+      if used <= capacity then
+        local share = used / math.max(capacity, 1)
+        if share <= limit then return i end
+        if not least or share < least then best, least = i, share end
+      end
+    end
+  end
+  return best
+end
+local function walk(key, arg, need)
+  for t = 1, tonumber(ARGV[arg]) do
+    local len = tonumber(ARGV[arg + 2 * t - 1])
+    local i = pick(key, key + len - 1, tonumber(ARGV[arg + 2 * t]), need)
+    if i then return i end
+    key = key + len
+  end
+  return nil
+end
+";
+
 /// KEYS: rooms set, room key, node keys in order of preference.
 /// ARGV: consumers, maxPeerCount, eventUri ('' = none), created ms, room id, the client's
-/// region ('' = none), node ids.
+/// region ('' = none), the tier count and each tier's (length, limit), node ids.
 /// Returns {'ok', node id} | {'exists'} | {'full'}.
 const RESERVE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
 local need = tonumber(ARGV[1])
-for i = 3, #KEYS do
-  local f = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
-  if f[1] and f[3] == '1' and f[4] ~= '1' and f[5] ~= '1'
-     and tonumber(f[1]) - tonumber(f[2] or '0') >= need then
-    local node = ARGV[i + 4]
-    redis.call('HINCRBY', KEYS[i], 'reserved', need)
-    redis.call('HSET', KEYS[2], 'node', node, 'consumers', need, 'maxPeerCount', ARGV[2],
-      'eventUri', ARGV[3], 'created', ARGV[4], 'placed', ARGV[4])
-    if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'region', ARGV[6]) end
-    redis.call('SADD', KEYS[1], ARGV[5])
-    return {'ok', node}
-  end
-end
-return {'full'}
+local i = walk(3, 7, need)
+if not i then return {'full'} end
+local node = ARGV[i + 5 + 2 * tonumber(ARGV[7])]
+redis.call('HINCRBY', KEYS[i], 'reserved', need)
+redis.call('HSET', KEYS[2], 'node', node, 'consumers', need, 'maxPeerCount', ARGV[2],
+  'eventUri', ARGV[3], 'created', ARGV[4], 'placed', ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'region', ARGV[6]) end
+redis.call('SADD', KEYS[1], ARGV[5])
+return {'ok', node}
 ";
 
 /// KEYS: rooms set, room key, key of the node the caller read from the room.
@@ -134,26 +167,31 @@ redis.call('SREM', KEYS[1], ARGV[1])
 return out
 ";
 
-/// KEYS: room key, node keys in order of preference. ARGV: placed ms, node ids.
+/// KEYS: room key, node keys in order of preference. ARGV: placed ms, the tier count and
+/// each tier's (length, limit), node ids.
 /// Returns {'ok', node id} | {'placed', node id} | {'gone'} | {'full'}.
 const PLACE_AGAIN: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'node', 'consumers')
 if not f[1] then return {'gone'} end
 if f[1] ~= '' then return {'placed', f[1]} end
 local need = tonumber(f[2])
-for i = 2, #KEYS do
-  local n = redis.call('HMGET', KEYS[i], 'capacity', 'reserved', 'healthy', 'draining', 'overloaded')
-  if n[1] and n[3] == '1' and n[4] ~= '1' and n[5] ~= '1'
-     and tonumber(n[1]) - tonumber(n[2] or '0') >= need then
-    local node = ARGV[i]
-    redis.call('HINCRBY', KEYS[i], 'reserved', need)
-    redis.call('HSET', KEYS[1], 'node', node, 'placed', ARGV[1])
-    redis.call('HDEL', KEYS[1], 'lastNode')
-    return {'ok', node}
-  end
-end
-return {'full'}
+local i = walk(2, 2, need)
+if not i then return {'full'} end
+local node = ARGV[i + 1 + 2 * tonumber(ARGV[2])]
+redis.call('HINCRBY', KEYS[i], 'reserved', need)
+redis.call('HSET', KEYS[1], 'node', node, 'placed', ARGV[1])
+redis.call('HDEL', KEYS[1], 'lastNode')
+return {'ok', node}
 ";
+
+/// A ranking's tiers as the placing scripts read them: their count, then each one's length
+/// and limit.
+fn tiers(inv: &mut redis::ScriptInvocation<'_>, ranking: &Ranking) {
+    inv.arg(ranking.groups.len());
+    for g in &ranking.groups {
+        inv.arg(g.len).arg(g.limit.to_string());
+    }
+}
 
 /// KEYS: node key. ARGV: field, value pairs. Sets them only on a registered node.
 const UPDATE_NODE: &str = r"
@@ -218,12 +256,12 @@ impl RedisStore {
             dialer,
             prefix: prefix.into(),
             conn: Mutex::new(None),
-            reserve: Script::new(RESERVE),
+            reserve: Script::new(&[PICK, RESERVE].concat()),
             release: Script::new(RELEASE),
             update: Script::new(UPDATE_NODE),
             renew: Script::new(RENEW),
             remove: Script::new(REMOVE),
-            place_again: Script::new(PLACE_AGAIN),
+            place_again: Script::new(&[PICK, PLACE_AGAIN].concat()),
             entropy: Entropy::new(prefix.len() as u64 ^ (std::process::id() as u64) << 32),
         })
     }
@@ -255,6 +293,96 @@ impl RedisStore {
         let c = self.dialer.dial().await?;
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// Place `spec` by `ranking` (ranked from `nodes`) in one `RESERVE` script: the room,
+    /// or None when no ranked node still accepts it (the ranking was stale).
+    async fn commit(
+        &self,
+        spec: &RoomSpec,
+        nodes: &[Node],
+        ranking: &Ranking,
+        created: u64,
+    ) -> Result<Option<Placement>, StoreError> {
+        let rooms_key = self.key("rooms");
+        let room_key = self.room_key(&spec.room_id);
+        let answer: Vec<String> = self
+            .run(async |c| {
+                let mut inv = self.reserve.key(&rooms_key);
+                inv.key(&room_key);
+                for &i in &ranking.order {
+                    inv.key(self.node_key(&nodes[i].node_id));
+                }
+                inv.arg(spec.consumers)
+                    .arg(spec.max_peer_count)
+                    .arg(spec.event_notification_uri.as_deref().unwrap_or(""))
+                    .arg(created)
+                    .arg(&spec.room_id)
+                    .arg(spec.region.as_deref().unwrap_or(""));
+                tiers(&mut inv, ranking);
+                for &i in &ranking.order {
+                    inv.arg(&nodes[i].node_id);
+                }
+                inv.invoke_async(c).await
+            })
+            .await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => {
+                let id = answer.get(1).cloned().unwrap_or_default();
+                let mut node =
+                    nodes
+                        .iter()
+                        .find(|n| n.node_id == id)
+                        .cloned()
+                        .ok_or_else(|| {
+                            StoreError::Backend(format!("reserved on unknown node {id:?}"))
+                        })?;
+                // What the script did; a concurrent placement may have added more since.
+                node.reserved += spec.consumers;
+                let room = Room {
+                    room_id: spec.room_id.clone(),
+                    node: id,
+                    consumers: spec.consumers,
+                    max_peer_count: spec.max_peer_count,
+                    event_notification_uri: spec.event_notification_uri.clone(),
+                    created_ms: created,
+                    placed_ms: created,
+                    last_node: None,
+                    region: spec.region.clone(),
+                };
+                Ok(Some(Placement { room, node }))
+            }
+            Some("exists") => Err(StoreError::RoomExists(spec.room_id.clone())),
+            Some("full") => Ok(None),
+            other => Err(StoreError::Backend(format!(
+                "reserve script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Place `spec` ranked from `view` (nodes read earlier, perhaps stale) in one commit, as
+    /// [`super::memory::MemoryStore::reserve_from_view`] does: for tests that hold both
+    /// stores' commits to the same walk. `NoCapacity` when no ranked node accepts it now.
+    pub async fn reserve_from_view(
+        &self,
+        spec: RoomSpec,
+        strategy: Strategy,
+        view: &[Node],
+    ) -> Result<Placement, StoreError> {
+        let ranking = placement::rank(
+            view,
+            &spec.room_id,
+            spec.consumers,
+            &spec.pool,
+            Near::region(spec.region.as_deref()),
+            strategy,
+            self.entropy.next(),
+        );
+        self.commit(&spec, view, &ranking, now_ms())
+            .await?
+            .ok_or(StoreError::NoCapacity {
+                need: spec.consumers,
+            })
     }
 
     /// Turn a Redis error into a store error, forgetting the connection when it is broken.
@@ -643,6 +771,7 @@ impl Store for RedisStore {
         room: &str,
         pool: &PoolFilter,
         strategy: Strategy,
+        holders: &[String],
         now_ms: u64,
     ) -> Result<Replacement, StoreError> {
         let room_key = self.room_key(room);
@@ -666,26 +795,30 @@ impl Store for RedisStore {
                 Strategy::RoundRobin => rr,
                 _ => self.entropy.next(),
             };
-            let order = placement::rank(
+            let ranking = placement::rank(
                 &nodes,
                 room,
                 r.consumers,
                 pool,
-                r.region.as_deref(),
+                Near {
+                    holders,
+                    region: r.region.as_deref(),
+                },
                 strategy,
                 entropy,
             );
-            if order.is_empty() {
+            if ranking.order.is_empty() {
                 return Err(StoreError::NoCapacity { need: r.consumers });
             }
             let answer: Vec<String> = self
                 .run(async |c| {
                     let mut inv = self.place_again.key(&room_key);
-                    for &i in &order {
+                    for &i in &ranking.order {
                         inv.key(self.node_key(&nodes[i].node_id));
                     }
                     inv.arg(now_ms);
-                    for &i in &order {
+                    tiers(&mut inv, &ranking);
+                    for &i in &ranking.order {
                         inv.arg(&nodes[i].node_id);
                     }
                     inv.invoke_async(c).await
@@ -728,8 +861,6 @@ impl Store for RedisStore {
         spec: RoomSpec,
         strategy: Strategy,
     ) -> Result<Placement, StoreError> {
-        let rooms_key = self.key("rooms");
-        let room_key = self.room_key(&spec.room_id);
         let created = now_ms();
         for _ in 0..RESERVE_ATTEMPTS {
             let (nodes, rr) = self.read_nodes(strategy == Strategy::RoundRobin).await?;
@@ -737,16 +868,16 @@ impl Store for RedisStore {
                 Strategy::RoundRobin => rr,
                 _ => self.entropy.next(),
             };
-            let order = placement::rank(
+            let ranking = placement::rank(
                 &nodes,
                 &spec.room_id,
                 spec.consumers,
                 &spec.pool,
-                spec.region.as_deref(),
+                Near::region(spec.region.as_deref()),
                 strategy,
                 entropy,
             );
-            if order.is_empty() {
+            if ranking.order.is_empty() {
                 // Still refuse a duplicate room id first, as the script would.
                 if self.get_room(&spec.room_id).await?.is_some() {
                     return Err(StoreError::RoomExists(spec.room_id));
@@ -755,54 +886,8 @@ impl Store for RedisStore {
                     need: spec.consumers,
                 });
             }
-            let answer: Vec<String> = self
-                .run(async |c| {
-                    let mut inv = self.reserve.key(&rooms_key);
-                    inv.key(&room_key);
-                    for &i in &order {
-                        inv.key(self.node_key(&nodes[i].node_id));
-                    }
-                    inv.arg(spec.consumers)
-                        .arg(spec.max_peer_count)
-                        .arg(spec.event_notification_uri.as_deref().unwrap_or(""))
-                        .arg(created)
-                        .arg(&spec.room_id)
-                        .arg(spec.region.as_deref().unwrap_or(""));
-                    for &i in &order {
-                        inv.arg(&nodes[i].node_id);
-                    }
-                    inv.invoke_async(c).await
-                })
-                .await?;
-            match answer.first().map(String::as_str) {
-                Some("ok") => {
-                    let id = answer.get(1).cloned().unwrap_or_default();
-                    let mut node =
-                        nodes.into_iter().find(|n| n.node_id == id).ok_or_else(|| {
-                            StoreError::Backend(format!("reserved on unknown node {id:?}"))
-                        })?;
-                    // What the script did; a concurrent placement may have added more since.
-                    node.reserved += spec.consumers;
-                    let room = Room {
-                        room_id: spec.room_id,
-                        node: id,
-                        consumers: spec.consumers,
-                        max_peer_count: spec.max_peer_count,
-                        event_notification_uri: spec.event_notification_uri,
-                        created_ms: created,
-                        placed_ms: created,
-                        last_node: None,
-                        region: spec.region,
-                    };
-                    return Ok(Placement { room, node });
-                }
-                Some("exists") => return Err(StoreError::RoomExists(spec.room_id)),
-                Some("full") => continue,
-                other => {
-                    return Err(StoreError::Backend(format!(
-                        "reserve script answered {other:?}"
-                    )))
-                }
+            if let Some(placed) = self.commit(&spec, &nodes, &ranking, created).await? {
+                return Ok(placed);
             }
         }
         Err(StoreError::NoCapacity {

@@ -170,15 +170,18 @@ impl Cluster {
     }
 
     /// `room` on a live node: as it is when placed, or placed again now (and its hook told
-    /// `room-moved`) when its node was removed. `NoCapacity` leaves it unplaced.
+    /// `room-moved`) when its node was removed, on a node that holds its streams first (a
+    /// hot standby the dead node forwarded them to: its publisher comes back where the
+    /// viewers already are). `NoCapacity` leaves it unplaced.
     pub async fn ensure_placed(&self, room: Room, now_ms: u64) -> Result<Room, ClusterError> {
         if !room.unplaced() {
             return Ok(room);
         }
         let pool = PoolFilter::for_room(&room.room_id, &self.config.pools);
+        let holders = self.holders(&room.room_id).await;
         let moved = match self
             .store
-            .place_again(&room.room_id, &pool, self.config.strategy, now_ms)
+            .place_again(&room.room_id, &pool, self.config.strategy, &holders, now_ms)
             .await
         {
             Ok(m) => m,
@@ -198,6 +201,23 @@ impl Cluster {
             }
         }
         Ok(placed)
+    }
+
+    /// The nodes that list a stream of `room` (`room/…`), in id order; none when the store
+    /// cannot say (the room is then placed as a new one would be).
+    async fn holders(&self, room: &str) -> Vec<String> {
+        let prefix = format!("{room}/");
+        match self.store.all_streams().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(_, streams)| streams.keys().any(|s| s.starts_with(&prefix)))
+                .map(|(node, _)| node)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "streams unreadable: the room is placed again without its holders");
+                Vec::new()
+            }
+        }
     }
 }
 
