@@ -76,17 +76,54 @@ fn incoming(node: &Node) -> Option<(String, u64)> {
     Some((i["sourceNode"].as_str()?.to_owned(), i["relayId"].as_u64()?))
 }
 
+/// How the stream reaches `b` and `c`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// Both pull from `a` through the WHEP cascade.
+    Cascade,
+    /// Relays `a` → `b` → `c`, set up through the REST API.
+    Chain,
+    /// A `node://b` forward on `a` (a hot standby), then the cascade: `c` pulls from `a`.
+    /// The publisher is running when `a` dies and re-POSTs at once, not after the removal.
+    Standby,
+}
+
 #[test]
 fn viewers_keep_their_sessions_when_the_source_node_dies() {
     run(
         "viewers_keep_their_sessions_when_the_source_node_dies",
-        false,
+        Shape::Cascade,
     );
 }
 
 #[test]
 fn a_chain_follows_the_publisher_to_its_new_node() {
-    run("a_chain_follows_the_publisher_to_its_new_node", true);
+    run(
+        "a_chain_follows_the_publisher_to_its_new_node",
+        Shape::Chain,
+    );
+}
+
+/// Issue 13's hot standby: with a `node://b` forward of the stream and a publisher that
+/// re-POSTs to the room's URL as soon as its node dies, the viewers on `b` and `c` see a
+/// gap under a second with the default health interval. The node the POST reaches finds
+/// `a` refusing connections and removes it (the room goes to `b`, which holds the
+/// stream); `c`, which removed `a` itself, re-pulls from `b` at once; `b`'s publisher
+/// replaces the standby relay and reopens `b`'s relay to `c`.
+#[test]
+fn with_a_hot_standby_the_viewers_gap_stays_under_a_second() {
+    let (removed, gaps) = run_with(
+        "with_a_hot_standby_the_viewers_gap_stays_under_a_second",
+        Shape::Standby,
+        5000,
+    );
+    assert!(
+        removed < Duration::from_secs(3),
+        "removed after {removed:?}"
+    );
+    for (node, gap) in gaps {
+        assert!(gap < 1.0, "viewer on {node}: a {gap:.2} s gap");
+    }
 }
 
 /// The default health interval (5 s): three silent rounds would take 10 to 15 s, but the
@@ -97,7 +134,7 @@ fn a_chain_follows_the_publisher_to_its_new_node() {
 fn with_the_default_interval_a_dead_source_is_found_by_its_quiet_relays() {
     let (removed, gaps) = run_with(
         "with_the_default_interval_a_dead_source_is_found_by_its_quiet_relays",
-        false,
+        Shape::Cascade,
         5000,
     );
     assert!(
@@ -109,14 +146,14 @@ fn with_the_default_interval_a_dead_source_is_found_by_its_quiet_relays() {
     }
 }
 
-/// `chain`: `c` is fed through `b` (a → b → c) rather than straight from `a`.
-fn run(name: &str, chain: bool) {
-    run_with(name, chain, health_ms());
+/// `shape`: how `b` and `c` get the stream.
+fn run(name: &str, shape: Shape) {
+    run_with(name, shape, health_ms());
 }
 
 /// [`run`] with health interval `health` (ms): how long after the kill `a` was removed,
 /// and each viewer's video gap (node, seconds).
-fn run_with(name: &str, chain: bool, health: u64) -> (Duration, Vec<(&'static str, f64)>) {
+fn run_with(name: &str, shape: Shape, health: u64) -> (Duration, Vec<(&'static str, f64)>) {
     let Some(py) = python() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -178,15 +215,27 @@ fn run_with(name: &str, chain: bool, health: u64) -> (Duration, Vec<(&'static st
         Duration::from_secs(30),
         || a.metric_sum("switchyard_rx_packets_total{") > 100,
     );
-    let c_source = if chain {
-        let path = "/v1/streams/live/cam/relays";
-        let r = a.post(path, r#"{"targetNode": "b"}"#);
-        assert_eq!(r.status, 201, "{}", r.body);
-        let r = b.post(path, r#"{"targetNode": "c"}"#);
-        assert_eq!(r.status, 201, "{}", r.body);
-        "b"
-    } else {
-        "a"
+    let c_source = match shape {
+        Shape::Chain => {
+            let path = "/v1/streams/live/cam/relays";
+            let r = a.post(path, r#"{"targetNode": "b"}"#);
+            assert_eq!(r.status, 201, "{}", r.body);
+            let r = b.post(path, r#"{"targetNode": "c"}"#);
+            assert_eq!(r.status, 201, "{}", r.body);
+            "b"
+        }
+        Shape::Standby => {
+            let r = a.post(
+                "/v1/forwards",
+                r#"{"prefix": "live/", "destinations": ["node://b"]}"#,
+            );
+            assert_eq!(r.status, 201, "{}", r.body);
+            wait("the standby relay on b", Duration::from_secs(20), || {
+                incoming(&b).is_some_and(|(src, _)| src == "a")
+            });
+            "a"
+        }
+        Shape::Cascade => "a",
     };
     // The kill comes after a few seconds of media; the viewers watch on for long enough to
     // see the node removed and the publisher back.
@@ -216,6 +265,21 @@ fn run_with(name: &str, chain: bool, health: u64) -> (Duration, Vec<(&'static st
     let c_viewers = viewers(&c);
     let (_, c_relay) = incoming(&c).expect("c's relay");
     assert_eq!(c_viewers.len(), 1, "{c_viewers:?}");
+    // The returning publisher through the room's URL on any node: c answers with a 307 to
+    // the room's new node, b, which the client follows. With the standby it is already
+    // running (its offer made) and POSTs the moment the trigger file appears.
+    let trigger = dir.join("republish");
+    let republish = |extra: &[&str]| {
+        client(
+            &py,
+            "whip_client.py",
+            &format!("{}/whip/live/cam", c.api),
+            (EXTRA_VIEW_S + 10) as u32,
+            extra,
+        )
+    };
+    let ready = (shape == Shape::Standby)
+        .then(|| republish(&["--start-when", trigger.to_str().expect("utf-8 path")]));
     std::thread::sleep(Duration::from_secs(2));
 
     // Both of a's processes die at once; its publisher's connection dies with them.
@@ -225,25 +289,30 @@ fn run_with(name: &str, chain: bool, health: u64) -> (Duration, Vec<(&'static st
     a.kill_dataplane();
     let _ = first.kill();
     let _ = first.wait();
-    wait(
-        "a removed",
-        Duration::from_millis(10 * health + 5000),
-        || {
-            let r = b.get("/v1/resolve?room=live");
-            r.status == 200 && r.json()["node"] == "b"
-        },
-    );
-    let removed_after = killed.elapsed();
-    // The publisher publishes again through the room's URL on any node: c answers with a
-    // 307 to b, the room's new node, which the client follows.
-    let republished_wall = wall();
-    let second = client(
-        &py,
-        "whip_client.py",
-        &format!("{}/whip/live/cam", c.api),
-        (EXTRA_VIEW_S + 10) as u32,
-        &[],
-    );
+    if ready.is_some() {
+        std::fs::write(&trigger, b"").expect("trigger");
+    }
+    // Watched on the node list, which suspects nobody: `/v1/resolve` would find `a` dead
+    // itself (a client about to be sent there), and the removal measured would be the
+    // test's own doing, not the relays'.
+    let removed_by = |within| {
+        wait("a removed", within, || {
+            let l = nodes(&b);
+            !l.is_empty() && l.iter().all(|n| n["nodeId"] != "a")
+        });
+        let removed = killed.elapsed();
+        let r = b.get("/v1/resolve?room=live");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["node"], "b", "the room moved with the removal");
+        removed
+    };
+    let (removed_after, republished_wall, second) = match ready {
+        Some(second) => (removed_by(Duration::from_secs(10)), killed_wall, second),
+        None => {
+            let removed = removed_by(Duration::from_millis(10 * health + 5000));
+            (removed, wall(), republish(&[]))
+        }
+    };
     wait(
         "c's relay taken over by b's publisher",
         Duration::from_secs(20),

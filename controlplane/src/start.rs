@@ -206,6 +206,7 @@ fn cluster_of(config: &Config, events: hooks::Notifier) -> anyhow::Result<Cluste
         config: config.cluster.clone(),
         events,
         shutdown: ShutdownRequest::new(&config.node.id),
+        removed: Default::default(),
     })
 }
 

@@ -7,13 +7,20 @@ from the start, carrying a numbered mix of text and binary messages (empty ones 
 a text message every 200 ms. The summary lists every message sent per channel
 (`common.encode_message`).
 
-    whip_client.py URL --seconds N [--datachannel] [--verbose]
+With --start-when PATH it prepares everything (tracks, the gathered offer) and POSTs only
+once PATH exists: a publisher that is already running when it reconnects, as OBS or a
+browser re-POSTing to the room's URL after their node died, without the seconds a fresh
+Python process takes to import aiortc. The summary's `posted_at` is the wall time of the
+POST.
+
+    whip_client.py URL --seconds N [--datachannel] [--start-when PATH] [--verbose]
 """
 
 import argparse
 import asyncio
 import fractions
 import math
+import os
 import time
 
 from array import array
@@ -149,6 +156,10 @@ async def main(args) -> int:
     try:
         await pc.setLocalDescription(await pc.createOffer())
         await common.wait_gathered(pc)
+        if args.start_when:
+            while not os.path.exists(args.start_when):
+                await asyncio.sleep(0.005)
+        summary["posted_at"] = time.time()
         status, body, location = await common.post_offer(args.url, pc.localDescription.sdp)
         summary.update(status=status, location=location)
         if status != 201:
@@ -184,7 +195,9 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--connect-timeout", type=float, default=10)
     p.add_argument("--datachannel", action="store_true")
+    p.add_argument("--start-when", default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     common.setup_logging(args.verbose)
-    common.run(lambda: main(args), deadline_s=args.seconds + args.connect_timeout + 30)
+    waiting = 300 if args.start_when else 0
+    common.run(lambda: main(args), deadline_s=args.seconds + args.connect_timeout + 30 + waiting)

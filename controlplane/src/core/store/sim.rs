@@ -418,8 +418,9 @@ mod tests {
     use super::*;
 
     /// The commit never over-books a node, whatever the strategy and however stale the
-    /// views: a reduced run (60 nodes, 4 planes, 6,000 rooms) whose surge fills the cluster.
-    /// (Balance is a benchmark figure, `examples/placement_sim.rs`, not asserted here.)
+    /// views, and the fullest node stays within 1.2 × the cluster's share: a reduced run
+    /// (60 nodes, 4 planes, 6,000 rooms) whose surge fills the cluster. (The full-scale
+    /// figures are `examples/placement_sim.rs`'s, in docs/cluster.md.)
     #[test]
     fn no_node_is_ever_over_committed() {
         for stale_views in [true, false] {
@@ -446,6 +447,11 @@ mod tests {
                     "the surge must fill the cluster: {what}"
                 );
                 assert!(r.samples > 0, "{what}");
+                // Issue 13's bar, on a deterministic model (not a timing): measured 1.11 to
+                // 1.16 here. (What the commit's bound fixed, stale views piling large rooms
+                // onto one node, shows only at the full scale of the example: a unit test
+                // in `placement` and a Redis test cover that walk.)
+                assert!(r.worst_ratio <= 1.2, "fullest node: {what}");
             }
         }
     }

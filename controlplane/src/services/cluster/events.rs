@@ -25,7 +25,7 @@ use crate::core::state::SessionChange;
 use crate::core::store::{Store as _, StoreError};
 
 /// The room a stream belongs to: `room/stream` → `room`.
-fn room_of(stream: &str) -> Option<&str> {
+pub fn room_of(stream: &str) -> Option<&str> {
     stream
         .split_once('/')
         .map(|(r, _)| r)

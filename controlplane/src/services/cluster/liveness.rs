@@ -100,6 +100,8 @@ impl Cluster {
             .nodes_removed
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node = %node.node_id, cause = death.as_str(), rooms = rooms.len(), "node dead: removed, its rooms move");
+        // A stored permit: the relay task sees it even when it is busy right now.
+        self.removed.notify_one();
         for r in rooms {
             if let Some(uri) = &r.event_notification_uri {
                 self.events
@@ -121,7 +123,8 @@ impl Cluster {
     /// (a live one listens; a restarting one registers again as a new incarnation), and it
     /// is removed now rather than after three silent health rounds. Anything but a
     /// refusal (an answer, a timeout, an unreachable host) leaves it to the health rounds:
-    /// a path that drops packets is not proof of death. True when it was removed.
+    /// a path that drops packets is not proof of death. True when it is removed (by this
+    /// call or, meanwhile, by another).
     pub async fn confirm_dead(&self, node: &Node, me: &str) -> bool {
         if node.node_id == me {
             return false;
@@ -146,7 +149,13 @@ impl Cluster {
             .await
         {
             Ok(Removal::Removed { .. }) => true,
-            Ok(_) => false,
+            // Removed by someone else meanwhile (another suspicion here, or another control
+            // plane): just as dead. Not sending a client to it is the point.
+            Ok(Removal::Gone) => {
+                self.removed.notify_one();
+                true
+            }
+            Ok(Removal::Alive) => false,
             Err(e) => {
                 tracing::warn!(node = %node.node_id, error = %e, "cannot remove a node that refuses connections");
                 false

@@ -25,6 +25,9 @@ pub struct Cluster {
     pub events: Notifier,
     /// This node's id, and the request to shut it down through its own API.
     pub shutdown: ShutdownRequest,
+    /// Told when this control plane removed a dead node ([`Cluster::bury`]): the relay
+    /// task looks for new sources of the relays it fed at once, not at its next tick.
+    pub removed: tokio::sync::Notify,
 }
 
 /// A request to shut this node down gracefully (`POST /v1/nodes/{this node}/drain` with

@@ -14,6 +14,7 @@ use super::setup::follow;
 use crate::core::clock::now_ms;
 use crate::core::counters;
 use crate::core::store::{Node, Store as _};
+use crate::services::cluster::events::room_of;
 
 /// A cascade's pull: the source's set-up includes its call back to this node.
 const PULL_TIMEOUT: Duration = Duration::from_secs(8);
@@ -188,9 +189,23 @@ impl Relays {
         let Ok(sources) = self.cluster.store.stream_sources(&r.stream).await else {
             return false;
         };
+        // Sources fed through the lost node lost the stream too, but for the node the
+        // stream's room is placed on now: its publisher comes back there (a hot standby
+        // that holds the stream: `Cluster::ensure_placed`), and its relays onwards follow
+        // it when it does, so pulling from it at once is what saves the time.
+        let home = match room_of(&r.stream) {
+            Some(room) => match self.cluster.store.get_room(room).await {
+                Ok(Some(placed)) if !placed.unplaced() => Some(placed.node),
+                _ => None,
+            },
+            None => None,
+        };
         let sources: Vec<(String, Vec<String>)> = sources
             .into_iter()
-            .filter(|(node, hops)| *node != r.source_node && !hops.contains(&r.source_node))
+            .filter(|(node, hops)| {
+                *node != r.source_node
+                    && (!hops.contains(&r.source_node) || home.as_ref() == Some(node))
+            })
             .collect();
         // The nearest as for a first pull: this node's region, measured RTT, hops.
         let candidates = nearest(

@@ -502,6 +502,21 @@ impl Relays {
         self.source_lost(&r, &nodes).await.then_some(r)
     }
 
+    /// Whether a relay feeding this node went quiet lately: it has received nothing for
+    /// [`QUIET_SOURCE`], and not yet for a second more. Its source is worth a look
+    /// ([`Self::source_lost`]) before the next full relay tick; one that stays quiet (a
+    /// paused publisher) is looked at once a full tick after that, as before, so a live
+    /// but silent source costs a few probes, not five a second.
+    pub(super) fn any_newly_quiet(&self) -> bool {
+        let ins: Vec<SessionId> = self.book.lock().ins().map(|r| r.session).collect();
+        let lately = QUIET_SOURCE..QUIET_SOURCE + Duration::from_secs(1);
+        ins.into_iter().any(|s| {
+            self.sessions
+                .quiet_for(s)
+                .is_some_and(|q| lately.contains(&q))
+        })
+    }
+
     /// Whether relay `r`'s source is gone: removed from the registry (dead), or no longer
     /// listing the stream for a while (its publisher left, or re-published elsewhere; see
     /// `lost`). A store that cannot answer proves nothing: not lost.

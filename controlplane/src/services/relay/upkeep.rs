@@ -1,5 +1,6 @@
-//! The relay task: every [`TICK`] it writes this node's streams to the cluster store (where
-//! other nodes' cascades look for them), forgets relays whose session the data plane no
+//! The relay task: it writes this node's streams to the cluster store when they change
+//! (where other nodes' cascades look for them), looks for a new source of relays that lost
+//! theirs or went quiet, and every [`TICK`] forgets relays whose session the data plane no
 //! longer has, ends cascade relays nobody has used for the grace period, and reads its relay
 //! links' round-trip times (written to its store record when they move).
 
@@ -17,8 +18,10 @@ use crate::core::store::Store as _;
 
 /// How often the relay task syncs the store, reconciles the book and runs grace timers.
 const TICK: Duration = Duration::from_secs(1);
-/// While a relay here has lost its source, how often the store is asked for a new one: the
-/// time a viewer waits after the stream is published again somewhere is at most this.
+/// The short tick: how often this node's streams are written when they changed, and, while
+/// a relay here has lost its source or gone quiet, how often the store is asked for a new
+/// one (the time a viewer waits after the stream is published again somewhere is at most
+/// this). Both are local checks until something changed.
 const REPULL_TICK: Duration = Duration::from_millis(200);
 /// Ticks a relay's session must be missing from the data plane before its record goes.
 const FORGET_AFTER_TICKS: u32 = 5;
@@ -104,6 +107,30 @@ async fn sync_rtts(
     }
 }
 
+/// Write this node's streams to the store when they changed since `written` (or
+/// [`STORE_REFRESH`] passed).
+async fn write_streams(
+    relays: &Relays,
+    written: &mut Option<(BTreeMap<String, Vec<String>>, Instant)>,
+) {
+    let streams = relays.published();
+    let due = written
+        .as_ref()
+        .is_none_or(|(w, at)| *w != streams || at.elapsed() >= STORE_REFRESH);
+    if !due {
+        return;
+    }
+    match relays
+        .cluster
+        .store
+        .set_node_streams(&relays.node_id, streams.clone())
+        .await
+    {
+        Ok(()) => *written = Some((streams, Instant::now())),
+        Err(e) => tracing::warn!(error = %e, "cannot record this node's streams"),
+    }
+}
+
 /// The relay task: store sync, reconciliation with the data plane, grace timers. Runs until
 /// aborted.
 pub async fn run(relays: Arc<Relays>) {
@@ -116,10 +143,21 @@ pub async fn run(relays: Arc<Relays>) {
     let mut lost = false;
     let mut last_tick = Instant::now();
     loop {
-        tokio::time::sleep(if lost { REPULL_TICK } else { TICK }).await;
+        // A dead node removed here wakes the task early: relays it fed look for their
+        // stream's new home now (the room was placed again in the same step).
+        let removed = tokio::select! {
+            () = tokio::time::sleep(REPULL_TICK) => false,
+            () = relays.cluster.removed.notified() => true,
+        };
+        // Every short tick: this node's streams when they changed (a publisher that just
+        // arrived is found by the others' cascades within one), and the search for a new
+        // source while a relay here is lost or has gone quiet (a dead source is suspected
+        // half a second after its last packet, not at the next full tick).
+        write_streams(&relays, &mut written).await;
         if last_tick.elapsed() < TICK {
-            // Between two ticks, only the search for the lost relays' new source.
-            if relays.sessions.lock().node.ready().is_ok() {
+            if (lost || removed || relays.any_newly_quiet())
+                && relays.sessions.lock().node.ready().is_ok()
+            {
                 lost = relays.repull_lost().await;
             }
             continue;
@@ -151,21 +189,6 @@ pub async fn run(relays: Arc<Relays>) {
             if relays.book.lock().retain_live(|id| !gone(id)) {
                 tracing::warn!("relays whose session the data plane no longer has were forgotten");
                 relays.book.save();
-            }
-        }
-        let streams = relays.published();
-        let due = written
-            .as_ref()
-            .is_none_or(|(w, at)| *w != streams || at.elapsed() >= STORE_REFRESH);
-        if due {
-            match relays
-                .cluster
-                .store
-                .set_node_streams(&relays.node_id, streams.clone())
-                .await
-            {
-                Ok(()) => written = Some((streams, Instant::now())),
-                Err(e) => tracing::warn!(error = %e, "cannot record this node's streams"),
             }
         }
         if !ready {

@@ -44,6 +44,7 @@ fn cluster() -> (Cluster, mpsc::Receiver<(String, Value)>) {
         config: ClusterSection::default(),
         events,
         shutdown: Default::default(),
+        removed: Default::default(),
     };
     (c, rx)
 }
