@@ -163,6 +163,116 @@ fn chromium_vp9_svc_viewer_behind_a_400_kbit_cap_gets_a_lower_spatial_layer() {
     capped_viewer("vp9", "svc=L3T3", 640.0, 2.0);
 }
 
+/// AV1 with temporal layers (issue 12's "AV1 L1T3"): Chromium publishes one 1280x720 AV1
+/// stream with `scalabilityMode` L1T3 (frames of temporal layers 0, 2, 1, 2, ...). Two
+/// viewers; one is capped to the base layer (`POST /v1/sessions/{id}/layers`,
+/// `{"maxLayer": 0}`) and gets only the frames of temporal layer 0, a quarter of them, and
+/// keeps decoding without a keyframe; the other keeps every frame; the cap lifted, the first
+/// is back to the full rate at the next layer-0 frame.
+#[test]
+fn chromium_av1_l1t3_viewer_capped_to_the_base_layer_gets_a_quarter_of_the_frames() {
+    let Some((bin, _serial)) = chromium() else {
+        return;
+    };
+    let started = Instant::now();
+    let node = Node::start(1);
+    let mut reports = Reports::start();
+    let base = reports.base.clone();
+    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
+    let _publisher = Chromium::start(
+        &bin,
+        "publisher",
+        &url("publish=av1/cam&svc=L1T3&codec=av1", "/pub"),
+    );
+    reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    let _capped = Chromium::start(&bin, "capped", &url("watch=av1/cam", "/capped"));
+    reports.wait("/capped", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 60.0
+    });
+    let _open = Chromium::start(&bin, "open", &url("watch=av1/cam", "/open"));
+    let warm = reports.wait("/open", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") > 60.0
+    });
+    assert_eq!(
+        warm["videoCodec"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("video/av1"),
+        "{warm}"
+    );
+    // Frames decoded per second by each viewer over the next `secs` seconds of reports.
+    let rate = |reports: &mut Reports, path: &str, secs: f64| -> f64 {
+        let from = reports.seen[path].last().cloned().expect("a report");
+        let to = reports.wait(path, Duration::from_secs(30), |r| {
+            num(r, "t") - num(&from, "t") >= secs * 1000.0
+        });
+        (num(&to, "framesDecoded") - num(&from, "framesDecoded"))
+            / ((num(&to, "t") - num(&from, "t")) / 1000.0)
+    };
+    let (capped_before, open_before) = (
+        rate(&mut reports, "/capped", 4.0),
+        rate(&mut reports, "/open", 1.0),
+    );
+    eprintln!(
+        "before the cap: capped viewer {capped_before:.1} frames/s, the other {open_before:.1}"
+    );
+    assert!(
+        capped_before > 8.0,
+        "both decode every frame first: {capped_before:.1}"
+    );
+
+    let subs = subscribers(&node);
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    let capped_id = subs[0].0;
+    let layers = |body: &str| {
+        let r = node.post(&format!("/v1/sessions/{capped_id}/layers"), body);
+        assert_eq!(r.status, 204, "{}", r.body);
+    };
+    layers(r#"{"maxLayer":0}"#);
+    let freezes = reports.seen["/capped"]
+        .last()
+        .map_or(0.0, |r| num(r, "freezeCount"));
+    std::thread::sleep(Duration::from_secs(2));
+    let capped = rate(&mut reports, "/capped", 5.0);
+    let open = rate(&mut reports, "/open", 1.0);
+    let held = reports.seen["/capped"].last().cloned().expect("a report");
+    eprintln!(
+        "capped to layer 0: {capped:.1} frames/s (the other {open:.1}), {}; freezes since the cap: {}",
+        held["frameSize"],
+        num(&held, "freezeCount") - freezes
+    );
+    assert!(
+        capped > 0.5,
+        "the capped viewer kept decoding: {capped:.1} frames/s"
+    );
+    assert!(
+        capped < 0.4 * open,
+        "layer 0 alone is a quarter of the frames: {capped:.1} against {open:.1} frames/s"
+    );
+    assert!(
+        open > 0.6 * open_before,
+        "the other viewer kept every frame: {open:.1}"
+    );
+
+    layers(r#"{"maxLayer":null}"#);
+    std::thread::sleep(Duration::from_secs(2));
+    let back = rate(&mut reports, "/capped", 4.0);
+    let open = rate(&mut reports, "/open", 1.0);
+    eprintln!("cap lifted: {back:.1} frames/s (the other {open:.1})");
+    assert!(
+        back > 0.7 * open,
+        "every frame again: {back:.1} against {open:.1}"
+    );
+    reports.stop.store(true, Ordering::SeqCst);
+    eprintln!(
+        "AV1 L1T3 browser test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// `layering`: the publisher page's query for its layers; `low_width`: the widest picture
 /// the capped viewer may decode under the cap; `max_freeze`: its longest freeze, seconds.
 fn capped_viewer(codec: &str, layering: &str, low_width: f64, max_freeze: f64) {

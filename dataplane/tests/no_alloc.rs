@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand, WorkerEvent,
 };
-use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, MAX_TRACKS};
+use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, SvcCodec, MAX_TRACKS};
 use switchyard_shared::packet::{rtcp, rtp, twcc};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
@@ -1071,7 +1071,51 @@ fn viewer_bandwidth_estimation_allocates_nothing() {
 /// numbering.
 #[test]
 fn svc_layer_selection_allocates_nothing() {
+    svc_allocates_nothing(SvcCodec::Vp9(98));
+}
+
+/// The same for AV1 L1T3: frames of temporal layers 0, 2, 1, 2 in two packets each (the
+/// second a continuation that takes its layer from the frame), chosen on the temporal axis.
+#[test]
+fn av1_temporal_layer_selection_allocates_nothing() {
+    svc_allocates_nothing(SvcCodec::Av1 { av1: 98 });
+}
+
+/// The payload descriptor of packet `k` (of two) of picture `n`'s layer frame `sid`, for
+/// `codec`; whether the packet ends the picture (the marker).
+fn svc_payload(codec: SvcCodec, n: u32, sid: u8, k: u8, key: bool) -> ([u8; 5], bool) {
+    match codec {
+        SvcCodec::Vp9(_) => {
+            let b0 = 0xa0
+                | if key { 0 } else { 0x40 }
+                | if k == 0 { 0x08 } else { 0 }
+                | if k == 1 { 0x04 } else { 0 };
+            (
+                [b0, 0x80 | (n >> 8) as u8, n as u8, sid << 1, 0],
+                sid == 2 && k == 1,
+            )
+        }
+        SvcCodec::Av1 { .. } => {
+            // One frame a picture (sid 0 only); its layer cycles 0, 2, 1, 2.
+            let tid = [0u8, 2, 1, 2][(n % 4) as usize];
+            let n_bit = if key && k == 0 { 0x08 } else { 0 };
+            if k == 0 {
+                // W = 1; an OBU_FRAME header with its extension, then payload.
+                ([0x10 | n_bit, (6 << 3) | 0x04, tid << 5, 0x55, 0x55], false)
+            } else {
+                // Z = 1, W = 1: the rest of the frame OBU.
+                ([0x90, 0x55, 0x55, 0x55, 0x55], true)
+            }
+        }
+    }
+}
+
+fn svc_allocates_nothing(codec: SvcCodec) {
     use switchyard_shared::command::UplinkTrack;
+    let layers: u8 = match codec {
+        SvcCodec::Vp9(_) => 3,
+        SvcCodec::Av1 { .. } => 1,
+    };
 
     let TwoWorkers {
         stats,
@@ -1094,7 +1138,7 @@ fn svc_layer_selection_allocates_nothing() {
         uplink: vec![UplinkTrack {
             nack: true,
             rtx: None,
-            svc_payload_type: Some(98),
+            svc: Some(codec),
         }],
     });
     let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");
@@ -1118,18 +1162,15 @@ fn svc_layer_selection_allocates_nothing() {
     let mut picture =
         |n: u32, at: Instant, w0: &mut Engine, w1: &mut Engine, out: &mut FixedOutput| {
             let key = n % 30 == 0;
-            for sid in 0..3u8 {
+            for sid in 0..layers {
                 for k in 0..2 {
+                    let (descriptor, marker) = svc_payload(codec, n, sid, k, key);
                     pkt[0] = 0x80;
-                    pkt[1] = 98 | if sid == 2 && k == 1 { 0x80 } else { 0 };
+                    pkt[1] = 98 | if marker { 0x80 } else { 0 };
                     pkt[2..4].copy_from_slice(&seq.to_be_bytes());
                     pkt[4..8].copy_from_slice(&(n * 3000).to_be_bytes());
                     pkt[8..12].copy_from_slice(&100u32.to_be_bytes());
-                    let b0 = 0xa0
-                        | if key { 0 } else { 0x40 }
-                        | if k == 0 { 0x08 } else { 0 }
-                        | if k == 1 { 0x04 } else { 0 };
-                    pkt[12..17].copy_from_slice(&[b0, 0x80 | (n >> 8) as u8, n as u8, sid << 1, 0]);
+                    pkt[12..17].copy_from_slice(&descriptor);
                     seq = seq.wrapping_add(1);
                     let len = tx.protect_rtp(&mut pkt, 600).expect("protect");
                     w0.handle_datagram_to(&mut pkt[..len], publisher, None, at, out);
@@ -1187,7 +1228,7 @@ fn svc_layer_selection_allocates_nothing() {
     );
     assert_eq!(
         allocs, 0,
-        "{allocs} allocations while choosing spatial layers"
+        "{allocs} allocations while choosing layers ({codec:?})"
     );
     let _ = std::fs::remove_file(&path);
 }

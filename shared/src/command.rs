@@ -154,11 +154,11 @@ pub enum Role {
         /// layer for each of its own viewers. `None`: no layers.
         #[serde(default)]
         simulcast: Option<Simulcast>,
-        /// Per track: the source publisher's VP9 payload type where that track sends
-        /// spatial layers (as `UplinkTrack::svc_payload_type`): this node chooses them for
-        /// its own viewers. Empty: none.
+        /// Per track: the source publisher's scalable codec where that track sends layers
+        /// in one stream (as `UplinkTrack::svc`): this node chooses them for its own
+        /// viewers. Empty: none.
         #[serde(default)]
-        svc: Vec<Option<u8>>,
+        svc: Vec<Option<SvcCodec>>,
     },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
@@ -224,10 +224,29 @@ pub struct UplinkTrack {
     pub nack: bool,
     /// Its RTX stream, when it offered one for the codec.
     pub rtx: Option<UplinkRtx>,
-    /// The track's VP9 payload type, when VP9 is its codec: its spatial layers (SVC) are
+    /// The track's scalable codec (VP9, AV1) and its payload type: its layers (SVC) are
     /// chosen per viewer. Not repair, but per track and negotiated like it.
     #[serde(default)]
-    pub svc_payload_type: Option<u8>,
+    pub svc: Option<SvcCodec>,
+}
+
+/// A track that carries several layers in one RTP stream, and how its packets say which
+/// layer they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SvcCodec {
+    /// VP9 with this payload type: the VP9 payload descriptor (RFC 9628 §4.2) names each
+    /// packet's spatial and temporal layer.
+    Vp9(u8),
+    /// AV1 with this payload type: the OBU extension headers (AV1 §5.3.3) name them.
+    Av1 { av1: u8 },
+}
+
+impl SvcCodec {
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Self::Vp9(pt) | Self::Av1 { av1: pt } => pt,
+        }
+    }
 }
 
 /// A publisher track's RTX stream (RFC 4588 §8.6): `a=rtpmap:<payload_type> rtx/…` with
@@ -388,7 +407,7 @@ pub enum Command {
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
         /// As in `Role::RelayIn::svc`.
-        svc: Vec<Option<u8>>,
+        svc: Vec<Option<SvcCodec>>,
     },
 }
 
@@ -567,7 +586,11 @@ mod tests {
             Role::RelayIn {
                 ssrcs: vec![1, 2],
                 simulcast: None,
-                svc: vec![None, Some(98)],
+                svc: vec![
+                    None,
+                    Some(SvcCodec::Vp9(98)),
+                    Some(SvcCodec::Av1 { av1: 45 }),
+                ],
             },
             Role::RelayOut,
         ] {

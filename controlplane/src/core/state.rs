@@ -206,7 +206,7 @@ impl NodeState {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<switchyard_shared::command::Simulcast>,
-        svc: Vec<Option<u8>>,
+        svc: Vec<Option<switchyard_shared::command::SvcCodec>>,
     ) {
         if let Some(spec) = self
             .sessions

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ring::rand::SystemRandom;
 use switchyard_shared::command::{
-    CommandError, IceCredentials, SessionId, SrtpKeys, ALL_TRACKS, MAX_TRACKS,
+    CommandError, IceCredentials, SessionId, SrtpKeys, SvcCodec, ALL_TRACKS, MAX_TRACKS,
 };
 use switchyard_shared::journal;
 use switchyard_shared::srtp;
@@ -55,7 +55,7 @@ impl Engine {
                     self.enable_uplink(id, repair);
                     let mut svc = [None; MAX_TRACKS];
                     for (slot, t) in svc.iter_mut().zip(&uplink) {
-                        *slot = t.svc_payload_type;
+                        *slot = t.svc;
                     }
                     self.set_svc(id, svc);
                 }
@@ -141,7 +141,7 @@ impl Engine {
                 let r = self.add_relay_in(id, stream, (remote, ssrcs, sim), &srtp, now);
                 self.answer(id, r);
             }
-            WorkerCommand::SetSvc { id, payload_types } => self.set_svc(id, payload_types),
+            WorkerCommand::SetSvc { id, codecs } => self.set_svc(id, codecs),
             WorkerCommand::RetargetRelayIn {
                 id,
                 ssrcs,
@@ -660,14 +660,14 @@ impl Engine {
         }
     }
 
-    /// Publisher (or relay-in) `id`'s VP9 tracks: their spatial layers are chosen per
-    /// viewer (`svc`).
-    fn set_svc(&mut self, id: SessionId, payload_types: [Option<u8>; MAX_TRACKS]) {
+    /// Publisher (or relay-in) `id`'s scalable (VP9, AV1) tracks: their layers are chosen
+    /// per viewer (`svc`).
+    fn set_svc(&mut self, id: SessionId, codecs: [Option<SvcCodec>; MAX_TRACKS]) {
         let Some(&idx) = self.by_id.get(&id) else {
             return;
         };
         if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
-            p.svc = payload_types;
+            p.svc = codecs;
         }
     }
 

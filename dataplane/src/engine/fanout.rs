@@ -15,7 +15,7 @@ use super::layers::{self, Decision, LayerTag, Ranking};
 use super::padding;
 use super::pool::Handle;
 use super::session::{self, seal_rtp, Session, Subscriber};
-use super::svc::SvcTag;
+use super::svc::{SvcLayers, SvcTag};
 use super::{Engine, Inbound, Output, SendError, StreamId, PLI_INTERVAL};
 use crate::via::Via;
 
@@ -56,7 +56,7 @@ impl Engine {
         let svc = match (h.svc, st.svc.get_mut(usize::from(h.track))) {
             (Some(tag), Some(v)) => {
                 v.note(&tag, h.bytes().len(), now);
-                Some((tag, v.ranking(now)))
+                Some((tag, v.layers(now)))
             }
             _ => None,
         };
@@ -205,14 +205,14 @@ fn note_sent(s: &mut Session, h: &Handle, now: Instant) {
     }
 }
 
-/// A packet of a VP9 track with spatial layers to one viewer: sent or not by its
+/// A packet of a scalable (VP9, AV1) track to one viewer: sent or not by its
 /// [`SvcSelect`](super::svc::SvcSelect), numbered with the packets it did not get taken
 /// out, the marker bit on the end of its top layer. `None` in the result: not for this
 /// viewer. The `bool`: ask the publisher for a keyframe (the viewer waits to move up).
 fn forward_svc(
     s: &mut Session,
     h: &Handle,
-    (tag, view): (&SvcTag, &Ranking),
+    (tag, view): (&SvcTag, &SvcLayers),
     (now, pad): (Instant, u16),
     out: &mut dyn Output,
 ) -> (Option<Result<usize, SendError>>, bool) {

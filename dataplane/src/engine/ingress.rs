@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use switchyard_shared::command::SvcCodec;
 use switchyard_shared::packet::{self, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
@@ -292,12 +293,18 @@ impl Engine {
         pkt.len = len as u16;
         pkt.at = Some(at);
         pkt.layer = tag;
-        pkt.svc = match p.svc.get(t).copied().flatten() {
-            Some(pt) if tag.is_none() && hdr.payload_type == pt => {
+        let codec = p.svc.get(t).copied().flatten();
+        pkt.svc = match codec {
+            Some(c) if tag.is_none() && hdr.payload_type == c.payload_type() => {
                 let end = len.saturating_sub(hdr.padding_len);
-                pkt.data
-                    .get(hdr.payload_offset..end)
-                    .and_then(super::svc::vp9)
+                let payload = pkt.data.get(hdr.payload_offset..end);
+                match (c, p.av1.get_mut(t)) {
+                    (SvcCodec::Vp9(_), _) => payload.and_then(super::svc::vp9),
+                    (SvcCodec::Av1 { .. }, Some(frames)) => {
+                        payload.and_then(|b| super::svc::av1(b, hdr.timestamp, hdr.marker, frames))
+                    }
+                    (SvcCodec::Av1 { .. }, None) => None,
+                }
             }
             _ => None,
         };

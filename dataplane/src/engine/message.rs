@@ -97,7 +97,8 @@ pub enum WorkerCommand {
     /// viewers get selectively (`svc`); `None` for other tracks.
     SetSvc {
         id: SessionId,
-        payload_types: [Option<u8>; switchyard_shared::command::MAX_TRACKS],
+        codecs:
+            [Option<switchyard_shared::command::SvcCodec>; switchyard_shared::command::MAX_TRACKS],
     },
     /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
     SetMaxLayer {

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use switchyard_shared::command::{SessionId, MAX_TRACKS};
+use switchyard_shared::command::{SessionId, SvcCodec, MAX_TRACKS};
 use switchyard_shared::srtp;
 
 use super::layers::{Select, SimMap, MAX_SLOTS};
@@ -122,9 +122,11 @@ pub struct Publisher {
     pub data_in: Option<Box<GapTracker>>,
     /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
     pub uplink: Option<Box<super::uplink::Uplink>>,
-    /// Per track: the payload type of VP9 whose spatial layers viewers get selectively
+    /// Per track: the scalable codec (VP9, AV1) whose layers viewers get selectively
     /// (`svc`); `None` for every other track.
-    pub svc: [Option<u8>; MAX_TRACKS],
+    pub svc: [Option<SvcCodec>; MAX_TRACKS],
+    /// Per track: the temporal layers of its last AV1 frames (`svc::av1`).
+    pub av1: [super::svc::Av1Frames; MAX_TRACKS],
     /// Stamped on every packet: changes when the source does (a new publisher of the
     /// stream, a relay-in retargeted to another node), so viewers re-base their numbering.
     pub epoch: u32,
@@ -152,6 +154,7 @@ impl Publisher {
             uplink: None,
             epoch: 0,
             svc: [None; MAX_TRACKS],
+            av1: Default::default(),
         }
     }
 

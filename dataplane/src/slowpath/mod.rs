@@ -289,7 +289,7 @@ impl SlowPath {
                     w,
                     WorkerCommand::SetSvc {
                         id,
-                        payload_types: routing::svc_table(&svc),
+                        codecs: routing::svc_table(&svc),
                     },
                 );
             }

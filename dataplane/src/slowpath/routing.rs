@@ -3,7 +3,7 @@
 //! workers concerned get `SetRemoteWorkers` / `SetPublisherWorker`.
 
 use switchyard_shared::command::{
-    CloseReason, CommandError, Keying, Role, SessionId, SessionSpec, MAX_TRACKS,
+    CloseReason, CommandError, Keying, Role, SessionId, SessionSpec, SvcCodec, MAX_TRACKS,
 };
 
 use super::validate::subscriber_addressable;
@@ -105,12 +105,12 @@ impl SlowPath {
                 sends.push((w, add));
                 if let Role::RelayIn { svc, .. } = &spec.role {
                     if svc.iter().any(Option::is_some) {
-                        let payload_types = svc_table(svc);
+                        let codecs = svc_table(svc);
                         sends.push((
                             w,
                             WorkerCommand::SetSvc {
                                 id: spec.id,
-                                payload_types,
+                                codecs,
                             },
                         ));
                     }
@@ -331,8 +331,8 @@ impl SlowPath {
     }
 }
 
-/// A relay-in's VP9 payload types per track (`Role::RelayIn::svc`) as the engine takes them.
-pub(super) fn svc_table(svc: &[Option<u8>]) -> [Option<u8>; MAX_TRACKS] {
+/// A relay-in's scalable codecs per track (`Role::RelayIn::svc`) as the engine takes them.
+pub(super) fn svc_table(svc: &[Option<SvcCodec>]) -> [Option<SvcCodec>; MAX_TRACKS] {
     let mut t = [None; MAX_TRACKS];
     for (slot, pt) in t.iter_mut().zip(svc) {
         *slot = *pt;

@@ -580,7 +580,7 @@ impl Relays {
             simulcast,
             req.publisher_media
                 .as_ref()
-                .map(crate::services::webrtc::svc_payload_types)
+                .map(crate::services::webrtc::svc_codecs)
                 .unwrap_or_default(),
         )?;
         if let Some(n) = &req.publisher_media {
@@ -711,7 +711,7 @@ impl Relays {
                             svc: req
                                 .publisher_media
                                 .as_ref()
-                                .map(crate::services::webrtc::svc_payload_types)
+                                .map(crate::services::webrtc::svc_codecs)
                                 .unwrap_or_default(),
                         },
                         remote: None,

@@ -267,7 +267,7 @@ impl Sessions {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
-        svc: Vec<Option<u8>>,
+        svc: Vec<Option<switchyard_shared::command::SvcCodec>>,
     ) -> Result<(), SessionError> {
         let mut g = self.link.lock();
         g.node.ready()?;

@@ -3,8 +3,8 @@
 //! payload types, header extensions). Pure: no I/O beyond the random credentials.
 
 use switchyard_shared::command::{
-    LayerCodec, Simulcast, SimulcastTrack, UplinkRtx, UplinkTrack, MAX_LAYERS, MAX_PT_MAP, MAX_RID,
-    MAX_TRACKS,
+    LayerCodec, Simulcast, SimulcastTrack, SvcCodec, UplinkRtx, UplinkTrack, MAX_LAYERS,
+    MAX_PT_MAP, MAX_RID, MAX_TRACKS,
 };
 
 use crate::core::random::{self, RngError};
@@ -94,21 +94,33 @@ pub(super) fn uplink(n: &sdp::Negotiated) -> Vec<UplinkTrack> {
                 apt: t.codec.payload_type,
                 ssrc: t.rtx_ssrc.filter(|_| t.rids.is_empty()),
             }),
-            svc_payload_type: svc_payload_type(t),
+            svc: svc_codec(t),
         })
         .collect()
 }
 
-/// A published track's VP9 payload type: its spatial layers are chosen per viewer (SVC).
-/// Simulcast layers of VP9 are chosen as layers instead.
-fn svc_payload_type(t: &sdp::Track) -> Option<u8> {
-    (t.codec.name.eq_ignore_ascii_case("VP9") && t.rids.is_empty()).then_some(t.codec.payload_type)
+/// A published track's scalable codec: VP9 (spatial and temporal layers) or AV1 (temporal
+/// layers), whose layers are chosen per viewer (SVC). Simulcast layers are chosen as
+/// layers instead.
+fn svc_codec(t: &sdp::Track) -> Option<SvcCodec> {
+    if !t.rids.is_empty() {
+        return None;
+    }
+    let pt = t.codec.payload_type;
+    let name = &t.codec.name;
+    if name.eq_ignore_ascii_case("VP9") {
+        Some(SvcCodec::Vp9(pt))
+    } else if name.eq_ignore_ascii_case("AV1") {
+        Some(SvcCodec::Av1 { av1: pt })
+    } else {
+        None
+    }
 }
 
-/// [`svc_payload_type`] of each of a publisher's tracks, in [`published`] order: what a
-/// relay-in of its stream on another node needs to choose its viewers' spatial layers.
-pub(crate) fn svc(n: &sdp::Negotiated) -> Vec<Option<u8>> {
-    published(n).map(svc_payload_type).collect()
+/// [`svc_codec`] of each of a publisher's tracks, in [`published`] order: what a relay-in
+/// of its stream on another node needs to choose its viewers' layers.
+pub(crate) fn svc(n: &sdp::Negotiated) -> Vec<Option<SvcCodec>> {
+    published(n).map(svc_codec).collect()
 }
 
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
@@ -285,7 +297,7 @@ mod tests {
         let audio = UplinkTrack {
             nack: false,
             rtx: None,
-            svc_payload_type: None,
+            svc: None,
         };
         let video = UplinkTrack {
             nack: true,
@@ -294,7 +306,7 @@ mod tests {
                 apt: 96,
                 ssrc: Some(1236683273),
             }),
-            svc_payload_type: None,
+            svc: None,
         };
         assert_eq!(uplink(&n), [audio, video], "opus has no nack; VP8 has both");
         let n = sdp::answer(
