@@ -14,6 +14,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -30,17 +31,10 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
     let started = Instant::now();
     let node = Node::start(1);
     let mut reports = Reports::start();
+    let (publisher, first) =
+        publishing(&bin, &node.api, &mut reports, "publish=sim/cam&simulcast=1");
     let base = reports.base.clone();
-    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
-
-    let publisher = Chromium::start(
-        &bin,
-        "publisher",
-        &url("publish=sim/cam&simulcast=1", "/pub"),
-    );
-    let first = reports.wait("/pub", Duration::from_secs(30), |r| {
-        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
-    });
+    let url = |q: &str, path: &str| page(&node.api, &base, q, path);
     eprintln!("publisher connected: {}", first["layers"]);
 
     let watcher = Chromium::start(&bin, "watcher", &url("watch=sim/cam", "/sub"));
@@ -114,6 +108,22 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
     );
 }
 
+/// The demo page on `api` with query `q`, reporting to `base` (`Reports::base`) under
+/// `path`.
+fn page(api: &str, base: &str, q: &str, path: &str) -> String {
+    format!("{api}/?{q}&report={base}{path}")
+}
+
+/// Chromium publishing from the demo page on `api` with query `q` (`publish=…`), reporting
+/// to `/pub`; returned once it is connected and encoding, with that report.
+fn publishing(bin: &PathBuf, api: &str, reports: &mut Reports, q: &str) -> (Chromium, Value) {
+    let c = Chromium::start(bin, "publisher", &page(api, &reports.base, q, "/pub"));
+    let first = reports.wait("/pub", Duration::from_secs(30), |r| {
+        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
+    });
+    (c, first)
+}
+
 /// What the publisher (`/pub`) last said of its layers, for messages.
 fn publisher_layers(reports: &Reports) -> Value {
     reports.seen["/pub"]
@@ -177,16 +187,14 @@ fn chromium_av1_l1t3_viewer_capped_to_the_base_layer_gets_a_quarter_of_the_frame
     let started = Instant::now();
     let node = Node::start(1);
     let mut reports = Reports::start();
-    let base = reports.base.clone();
-    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
-    let _publisher = Chromium::start(
+    let _publisher = publishing(
         &bin,
-        "publisher",
-        &url("publish=av1/cam&svc=L1T3&codec=av1", "/pub"),
+        &node.api,
+        &mut reports,
+        "publish=av1/cam&svc=L1T3&codec=av1",
     );
-    reports.wait("/pub", Duration::from_secs(30), |r| {
-        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
-    });
+    let base = reports.base.clone();
+    let url = |q: &str, path: &str| page(&node.api, &base, q, path);
     let _capped = Chromium::start(&bin, "capped", &url("watch=av1/cam", "/capped"));
     reports.wait("/capped", Duration::from_secs(40), |r| {
         num(r, "framesDecoded") > 60.0
@@ -287,17 +295,14 @@ fn capped_viewer(codec: &str, layering: &str, low_width: f64, max_freeze: f64) {
     let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let proxy = Lossy::start(listen, upstream, 0.0, Duration::ZERO);
     let mut reports = Reports::start();
-    let base = reports.base.clone();
-    let url = |q: &str, path: &str| format!("{}/?{q}&report={base}{path}", node.api);
-
-    let _publisher = Chromium::start(
+    let _publisher = publishing(
         &bin,
-        "publisher",
-        &url(&format!("publish=bwe/cam&{layering}&codec={codec}"), "/pub"),
+        &node.api,
+        &mut reports,
+        &format!("publish=bwe/cam&{layering}&codec={codec}"),
     );
-    reports.wait("/pub", Duration::from_secs(30), |r| {
-        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
-    });
+    let base = reports.base.clone();
+    let url = |q: &str, path: &str| page(&node.api, &base, q, path);
     // The capped watcher first, so its session is the older one.
     let _capped = Chromium::start(&bin, "capped", &url("watch=bwe/cam", "/capped"));
     reports.wait("/capped", Duration::from_secs(40), |r| {
@@ -461,14 +466,12 @@ fn relayed_layers(room: &str, layering: &str) {
     let (a, c) = (&pair.a, &pair.c);
     let mut reports = Reports::start();
     let base = reports.base.clone();
-    let _publisher = Chromium::start(
+    let _publisher = publishing(
         &bin,
-        "publisher",
-        &format!("{}/?publish={room}/cam&{layering}&report={base}/pub", a.api),
+        &a.api,
+        &mut reports,
+        &format!("publish={room}/cam&{layering}"),
     );
-    reports.wait("/pub", Duration::from_secs(30), |r| {
-        r["state"] == "connected" && num(r, "framesEncoded") > 0.0
-    });
     pair.wait_cascade();
     let _watcher = Chromium::start(
         &bin,

@@ -419,32 +419,35 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// [`rank`]'s order alone, with nearness by region: what most tests look at.
+#[cfg(test)]
+fn rank_order(
+    nodes: &[Node],
+    room: &str,
+    need: u64,
+    pool: &PoolFilter,
+    region: Option<&str>,
+    strategy: Strategy,
+    entropy: u64,
+) -> Vec<usize> {
+    rank(
+        nodes,
+        room,
+        need,
+        pool,
+        Near::region(region),
+        strategy,
+        entropy,
+    )
+    .order
+}
+
 #[cfg(test)]
 mod pool_tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// The order alone, which most tests look at.
-    fn rank(
-        nodes: &[Node],
-        room: &str,
-        need: u64,
-        pool: &PoolFilter,
-        region: Option<&str>,
-        strategy: Strategy,
-        entropy: u64,
-    ) -> Vec<usize> {
-        super::rank(
-            nodes,
-            room,
-            need,
-            pool,
-            Near::region(region),
-            strategy,
-            entropy,
-        )
-        .order
-    }
+    use super::rank_order as rank;
 
     fn node(id: &str, pool: Option<&str>) -> Node {
         Node {
@@ -610,27 +613,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// The order alone, which most tests look at.
-    fn rank(
-        nodes: &[Node],
-        room: &str,
-        need: u64,
-        pool: &PoolFilter,
-        region: Option<&str>,
-        strategy: Strategy,
-        entropy: u64,
-    ) -> Vec<usize> {
-        super::rank(
-            nodes,
-            room,
-            need,
-            pool,
-            Near::region(region),
-            strategy,
-            entropy,
-        )
-        .order
-    }
+    use super::rank_order as rank;
 
     fn node(id: &str, capacity: u64, reserved: u64) -> Node {
         Node {
