@@ -159,7 +159,7 @@ fn round(mode: Mode, viewers: usize) -> f64 {
                 vec![UplinkTrack {
                     nack: false,
                     rtx: None,
-                    svc: Some(switchyard_shared::command::SvcCodec::Vp9(VP9)),
+                    video: Some(switchyard_shared::command::VideoCodec::Vp9(VP9)),
                 }]
             } else {
                 Vec::new()

@@ -63,6 +63,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         max_sessions: config.media.max_sessions_per_worker as usize,
         nack_cache: usize::from(config.media.nack_cache),
         uplink_nack: config.media.uplink_nack,
+        late_join: config.media.late_join,
         pad_video_to: config.media.pad_video_to,
         viewer_bwe: config.media.viewer_bwe,
         ..Limits::default()

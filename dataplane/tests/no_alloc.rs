@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::engine::{
     Engine, Inbound, Limits, Output, SendError, StreamId, Via, WorkerCommand, WorkerEvent,
 };
-use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, SvcCodec, MAX_TRACKS};
+use switchyard_shared::command::{SessionId, SrtpKeys, SrtpProfile, VideoCodec, MAX_TRACKS};
 use switchyard_shared::packet::{rtcp, rtp, twcc};
 use switchyard_shared::srtp::Context;
 use switchyard_shared::stats::{Counter, Stats};
@@ -1071,21 +1071,21 @@ fn viewer_bandwidth_estimation_allocates_nothing() {
 /// numbering.
 #[test]
 fn svc_layer_selection_allocates_nothing() {
-    svc_allocates_nothing(SvcCodec::Vp9(98));
+    svc_allocates_nothing(VideoCodec::Vp9(98));
 }
 
 /// The same for AV1 L1T3: frames of temporal layers 0, 2, 1, 2 in two packets each (the
 /// second a continuation that takes its layer from the frame), chosen on the temporal axis.
 #[test]
 fn av1_temporal_layer_selection_allocates_nothing() {
-    svc_allocates_nothing(SvcCodec::Av1 { av1: 98 });
+    svc_allocates_nothing(VideoCodec::Av1(98));
 }
 
 /// The payload descriptor of packet `k` (of two) of picture `n`'s layer frame `sid`, for
 /// `codec`; whether the packet ends the picture (the marker).
-fn svc_payload(codec: SvcCodec, n: u32, sid: u8, k: u8, key: bool) -> ([u8; 5], bool) {
+fn svc_payload(codec: VideoCodec, n: u32, sid: u8, k: u8, key: bool) -> ([u8; 5], bool) {
     match codec {
-        SvcCodec::Vp9(_) => {
+        VideoCodec::Vp9(_) | VideoCodec::Vp8(_) | VideoCodec::H264(_) => {
             let b0 = 0xa0
                 | if key { 0 } else { 0x40 }
                 | if k == 0 { 0x08 } else { 0 }
@@ -1095,7 +1095,7 @@ fn svc_payload(codec: SvcCodec, n: u32, sid: u8, k: u8, key: bool) -> ([u8; 5], 
                 sid == 2 && k == 1,
             )
         }
-        SvcCodec::Av1 { .. } => {
+        VideoCodec::Av1(_) => {
             // One frame a picture (sid 0 only); its layer cycles 0, 2, 1, 2.
             let tid = [0u8, 2, 1, 2][(n % 4) as usize];
             let n_bit = if key && k == 0 { 0x08 } else { 0 };
@@ -1110,11 +1110,11 @@ fn svc_payload(codec: SvcCodec, n: u32, sid: u8, k: u8, key: bool) -> ([u8; 5], 
     }
 }
 
-fn svc_allocates_nothing(codec: SvcCodec) {
+fn svc_allocates_nothing(codec: VideoCodec) {
     use switchyard_shared::command::UplinkTrack;
     let layers: u8 = match codec {
-        SvcCodec::Vp9(_) => 3,
-        SvcCodec::Av1 { .. } => 1,
+        VideoCodec::Vp9(_) | VideoCodec::Vp8(_) | VideoCodec::H264(_) => 3,
+        VideoCodec::Av1(_) => 1,
     };
 
     let TwoWorkers {
@@ -1138,7 +1138,7 @@ fn svc_allocates_nothing(codec: SvcCodec) {
         uplink: vec![UplinkTrack {
             nack: true,
             rtx: None,
-            svc: Some(codec),
+            video: Some(codec),
         }],
     });
     let viewer: SocketAddr = "127.0.0.1:6002".parse().expect("addr");

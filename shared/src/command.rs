@@ -154,11 +154,10 @@ pub enum Role {
         /// layer for each of its own viewers. `None`: no layers.
         #[serde(default)]
         simulcast: Option<Simulcast>,
-        /// Per track: the source publisher's scalable codec where that track sends layers
-        /// in one stream (as `UplinkTrack::svc`): this node chooses them for its own
-        /// viewers. Empty: none.
+        /// Per track: the source publisher's video codec (as `UplinkTrack::video`): this
+        /// node finds its keyframes and chooses SVC layers for its own viewers. Empty: none.
         #[serde(default)]
-        svc: Vec<Option<SvcCodec>>,
+        video: Vec<Option<VideoCodec>>,
     },
     /// Sends every track of `stream` unchanged (SSRC, payload type, sequence number, timestamp,
     /// header extensions) to `remote` (another node's relay socket), SRTP-protected with the
@@ -224,28 +223,38 @@ pub struct UplinkTrack {
     pub nack: bool,
     /// Its RTX stream, when it offered one for the codec.
     pub rtx: Option<UplinkRtx>,
-    /// The track's scalable codec (VP9, AV1) and its payload type: its layers (SVC) are
-    /// chosen per viewer. Not repair, but per track and negotiated like it.
+    /// The track's video codec and payload type, where the node reads it (keyframes; SVC
+    /// layers, chosen per viewer). Not repair, but per track and negotiated like it.
     #[serde(default)]
-    pub svc: Option<SvcCodec>,
+    pub video: Option<VideoCodec>,
 }
 
-/// A track that carries several layers in one RTP stream, and how its packets say which
-/// layer they are.
+/// A video track's codec and payload type, where the data plane reads the payload: its
+/// keyframes (where a late joiner's cached group starts) and, for VP9 and AV1, the layers
+/// of one stream (SVC) chosen per viewer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SvcCodec {
-    /// VP9 with this payload type: the VP9 payload descriptor (RFC 9628 §4.2) names each
-    /// packet's spatial and temporal layer.
+pub enum VideoCodec {
+    /// VP8: keyframes from the payload descriptor and header (RFC 7741).
+    Vp8(u8),
+    /// H.264: IDR slices and SPS (RFC 6184).
+    H264(u8),
+    /// VP9: the payload descriptor (RFC 9628 §4.2) names each packet's spatial and temporal
+    /// layer.
     Vp9(u8),
-    /// AV1 with this payload type: the OBU extension headers (AV1 §5.3.3) name them.
-    Av1 { av1: u8 },
+    /// AV1: the OBU extension headers (AV1 §5.3.3) name them.
+    Av1(u8),
 }
 
-impl SvcCodec {
+impl VideoCodec {
     pub fn payload_type(self) -> u8 {
         match self {
-            Self::Vp9(pt) | Self::Av1 { av1: pt } => pt,
+            Self::Vp8(pt) | Self::H264(pt) | Self::Vp9(pt) | Self::Av1(pt) => pt,
         }
+    }
+
+    /// Whether its layers travel in one stream (SVC), chosen per viewer.
+    pub fn scalable(self) -> bool {
+        matches!(self, Self::Vp9(_) | Self::Av1(_))
     }
 }
 
@@ -406,8 +415,8 @@ pub enum Command {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
-        /// As in `Role::RelayIn::svc`.
-        svc: Vec<Option<SvcCodec>>,
+        /// As in `Role::RelayIn::video`.
+        video: Vec<Option<VideoCodec>>,
     },
 }
 
@@ -581,16 +590,12 @@ mod tests {
             Role::RelayIn {
                 ssrcs: Vec::new(),
                 simulcast: None,
-                svc: Vec::new(),
+                video: Vec::new(),
             },
             Role::RelayIn {
                 ssrcs: vec![1, 2],
                 simulcast: None,
-                svc: vec![
-                    None,
-                    Some(SvcCodec::Vp9(98)),
-                    Some(SvcCodec::Av1 { av1: 45 }),
-                ],
+                video: vec![None, Some(VideoCodec::Vp9(98)), Some(VideoCodec::Av1(45))],
             },
             Role::RelayOut,
         ] {

@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +157,11 @@ pub enum Counter {
     BweProbesCarried,
     /// Probes lost in good part, or answered by no feedback.
     BweProbesFailed,
+    /// Tracks a new subscriber was started on from the cached group (the packets since the
+    /// publisher's last keyframe), not from a keyframe request.
+    LateJoinStarts,
+    /// Packets of those groups sent.
+    LateJoinPackets,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -240,6 +245,8 @@ impl Counter {
         Counter::BweProbes,
         Counter::BweProbesCarried,
         Counter::BweProbesFailed,
+        Counter::LateJoinStarts,
+        Counter::LateJoinPackets,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -321,6 +328,8 @@ impl Counter {
             Counter::BweProbes => "bwe_probes_total",
             Counter::BweProbesCarried => "bwe_probes_carried_total",
             Counter::BweProbesFailed => "bwe_probes_failed_total",
+            Counter::LateJoinStarts => "late_join_starts_total",
+            Counter::LateJoinPackets => "late_join_packets_total",
             _ => "drops_total",
         }
     }

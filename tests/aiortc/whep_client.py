@@ -43,6 +43,7 @@ async def consume(track, counts: dict, gaps: list) -> None:
             counts[kind] += 1
             if kind == "video":
                 counts["video_size"] = [frame.width, frame.height]
+                counts.setdefault("first_video_at", now)
     except MediaStreamError:
         pass
 
@@ -81,6 +82,7 @@ async def main(args) -> int:
     try:
         await pc.setLocalDescription(await pc.createOffer())
         await common.wait_gathered(pc)
+        posted_at = time.time()
         status, body, location = await common.post_offer(args.url, pc.localDescription.sdp)
         summary.update(status=status, location=location)
         if status != 201:
@@ -109,6 +111,9 @@ async def main(args) -> int:
     if args.gaps:
         summary["gaps"] = gaps
     summary["video_frames"] = counts["video"]
+    if "first_video_at" in counts:
+        # Time to the first decoded video frame, from the offer's POST.
+        summary["first_frame_s"] = round(counts["first_video_at"] - posted_at, 3)
     summary["audio_frames"] = counts["audio"]
     if "video_size" in counts:
         summary["video_size"] = counts["video_size"]

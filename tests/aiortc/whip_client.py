@@ -7,13 +7,17 @@ from the start, carrying a numbered mix of text and binary messages (empty ones 
 a text message every 200 ms. The summary lists every message sent per channel
 (`common.encode_message`).
 
+With --keyframe-every S it publishes as OBS does: a keyframe every S seconds, keyframe
+requests (PLI, FIR) ignored.
+
 With --start-when PATH it prepares everything (tracks, the gathered offer) and POSTs only
 once PATH exists: a publisher that is already running when it reconnects, as OBS or a
 browser re-POSTing to the room's URL after their node died, without the seconds a fresh
 Python process takes to import aiortc. The summary's `posted_at` is the wall time of the
 POST.
 
-    whip_client.py URL --seconds N [--datachannel] [--start-when PATH] [--verbose]
+    whip_client.py URL --seconds N [--datachannel] [--keyframe-every S] [--start-when PATH]
+                   [--verbose]
 """
 
 import argparse
@@ -27,6 +31,7 @@ from array import array
 from av import AudioFrame, VideoFrame
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
 
 import common
 
@@ -141,7 +146,21 @@ async def send_channels(pc, chat, seconds: float, sent: dict) -> None:
         await asyncio.sleep(0.05)
 
 
+def own_keyframes(every: float):
+    """Keyframe requests ignored; the returned coroutine forces one every `every` s."""
+    force = RTCRtpSender._send_keyframe
+    RTCRtpSender._send_keyframe = lambda self: None
+
+    async def periodic(sender):
+        while True:
+            await asyncio.sleep(every)
+            force(sender)
+
+    return periodic
+
+
 async def main(args) -> int:
+    periodic = own_keyframes(args.keyframe_every) if args.keyframe_every else None
     # No STUN server: the node is on loopback and gathering must not wait for the internet.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     video, audio = PatternVideo(), SineAudio()
@@ -150,7 +169,9 @@ async def main(args) -> int:
     if args.datachannel:
         chat = pc.createDataChannel("chat")
     else:
-        pc.addTransceiver(video, direction="sendonly")
+        video_sender = pc.addTransceiver(video, direction="sendonly").sender
+        if periodic:
+            asyncio.ensure_future(periodic(video_sender))
     sent = {"chat": [], "late": []}
     summary = {"role": "whip"}
     try:
@@ -196,6 +217,7 @@ if __name__ == "__main__":
     p.add_argument("--connect-timeout", type=float, default=10)
     p.add_argument("--datachannel", action="store_true")
     p.add_argument("--start-when", default=None)
+    p.add_argument("--keyframe-every", type=float, default=0)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     common.setup_logging(args.verbose)

@@ -206,7 +206,7 @@ impl NodeState {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<switchyard_shared::command::Simulcast>,
-        svc: Vec<Option<switchyard_shared::command::SvcCodec>>,
+        video: Vec<Option<switchyard_shared::command::VideoCodec>>,
     ) {
         if let Some(spec) = self
             .sessions
@@ -218,7 +218,7 @@ impl NodeState {
             spec.role = Role::RelayIn {
                 ssrcs,
                 simulcast,
-                svc,
+                video,
             };
         }
     }
@@ -588,7 +588,7 @@ pub(crate) mod tests {
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111, 0x2222],
             simulcast: None,
-            svc: Vec::new(),
+            video: Vec::new(),
         };
         relay_in.remote = None;
         let mut relay_out = spec(6);
@@ -625,7 +625,7 @@ pub(crate) mod tests {
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x1111],
             simulcast: None,
-            svc: Vec::new(),
+            video: Vec::new(),
         };
         relay_in.remote = None;
         let _rx = s.begin_add(relay_in.clone());
@@ -648,7 +648,7 @@ pub(crate) mod tests {
         relay_in.role = Role::RelayIn {
             ssrcs: vec![0x3333],
             simulcast: None,
-            svc: Vec::new(),
+            video: Vec::new(),
         };
         assert_eq!(
             fx.commands,

@@ -279,6 +279,10 @@ fn help(c: Counter) -> &'static str {
             "Bandwidth probes whose feedback showed the path carrying a rate."
         }
         Counter::BweProbesFailed => "Bandwidth probes lost in good part or never answered.",
+        Counter::LateJoinStarts => {
+            "Tracks a new subscriber started on from the cached group since the last keyframe, not from a keyframe request."
+        }
+        Counter::LateJoinPackets => "Packets of cached groups sent to new subscribers.",
         _ => "Datagrams dropped, by reason.",
     }
 }

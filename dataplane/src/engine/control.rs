@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ring::rand::SystemRandom;
 use switchyard_shared::command::{
-    CommandError, IceCredentials, SessionId, SrtpKeys, SvcCodec, ALL_TRACKS, MAX_TRACKS,
+    CommandError, IceCredentials, SessionId, SrtpKeys, VideoCodec, ALL_TRACKS, MAX_TRACKS,
 };
 use switchyard_shared::journal;
 use switchyard_shared::srtp;
@@ -53,11 +53,11 @@ impl Engine {
                 if r.is_ok() {
                     self.enable_twcc(id, twcc_ext, now);
                     self.enable_uplink(id, repair);
-                    let mut svc = [None; MAX_TRACKS];
-                    for (slot, t) in svc.iter_mut().zip(&uplink) {
-                        *slot = t.svc;
+                    let mut video = [None; MAX_TRACKS];
+                    for (slot, t) in video.iter_mut().zip(&uplink) {
+                        *slot = t.video;
                     }
-                    self.set_svc(id, svc);
+                    self.set_video(id, video);
                 }
                 self.answer(id, r);
             }
@@ -125,7 +125,7 @@ impl Engine {
                     }
                 }
                 if r.is_ok() && ready {
-                    self.keyframe_for_new_subscriber(stream, now, out);
+                    self.subscriber_ready_id(stream, id, now, out);
                 }
                 self.answer(id, r);
             }
@@ -141,7 +141,7 @@ impl Engine {
                 let r = self.add_relay_in(id, stream, (remote, ssrcs, sim), &srtp, now);
                 self.answer(id, r);
             }
-            WorkerCommand::SetSvc { id, codecs } => self.set_svc(id, codecs),
+            WorkerCommand::SetVideo { id, codecs } => self.set_video(id, codecs),
             WorkerCommand::RetargetRelayIn {
                 id,
                 ssrcs,
@@ -161,7 +161,7 @@ impl Engine {
             } => {
                 let r = self.add_relay_out(id, stream, remote, &srtp, now);
                 if r.is_ok() {
-                    self.keyframe_for_new_subscriber(stream, now, out);
+                    self.subscriber_ready_id(stream, id, now, out);
                 }
                 self.answer(id, r);
             }
@@ -175,7 +175,7 @@ impl Engine {
                         s.outbound = outbound;
                         if let session::Role::Subscriber(sub) = &s.role {
                             let stream = sub.stream;
-                            self.keyframe_for_new_subscriber(stream, now, out);
+                            self.subscriber_ready_id(stream, id, now, out);
                         }
                     }
                     Err(_) => tracing::error!(id = id.0, "negotiated SRTP keys rejected"),
@@ -459,6 +459,7 @@ impl Engine {
                 relay_layers: None,
                 continuity: Default::default(),
                 svc: Box::default(),
+                priming: None,
             }),
             ice: ice.map(|c| ice::IceAgent::new(c, now, &SystemRandom::new())),
             dtls: keys.is_none() && !plain,
@@ -660,14 +661,13 @@ impl Engine {
         }
     }
 
-    /// Publisher (or relay-in) `id`'s scalable (VP9, AV1) tracks: their layers are chosen
-    /// per viewer (`svc`).
-    fn set_svc(&mut self, id: SessionId, codecs: [Option<SvcCodec>; MAX_TRACKS]) {
+    /// Publisher (or relay-in) `id`'s video codecs per track: keyframes and SVC layers.
+    fn set_video(&mut self, id: SessionId, codecs: [Option<VideoCodec>; MAX_TRACKS]) {
         let Some(&idx) = self.by_id.get(&id) else {
             return;
         };
         if let Some(session::Role::Publisher(p)) = self.sessions.get_mut(idx).map(|s| &mut s.role) {
-            p.svc = codecs;
+            p.video = codecs;
         }
     }
 

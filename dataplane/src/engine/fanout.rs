@@ -76,60 +76,40 @@ impl Engine {
             };
             // A WebRTC subscriber gets media once ICE has latched its address and DTLS has
             // given its keys; until then skipping it is not a drop (counting it as
-            // `queue_full` made every WHEP handshake look like a full send queue).
-            if !s.can_send() {
+            // `queue_full` made every WHEP handshake look like a full send queue). One being
+            // started from the cached group elsewhere (`prime`) gets that first.
+            if !s.can_send() || s.priming(now) {
                 continue;
             }
-            let relay = match &s.role {
-                session::Role::Subscriber(sub) if !sub.wants(h.track) => continue,
-                session::Role::Subscriber(sub) => sub.relay,
-                session::Role::Publisher(_) => false,
-            };
-            if !relay {
-                rekey |= follow_source(s, h, now);
-            }
-            let r = match &view {
-                // Relay-outs pass every layer on unchanged (see `relay_to`).
-                Some((tag, v)) if !relay => {
-                    let d = forward_layer(s, h, (tag, v), (now, pad), out);
-                    if let Some(l) = d.1.ask {
-                        asks |= 1 << l;
-                    }
-                    if d.1.switched {
-                        switches += 1;
-                    }
-                    match d.0 {
-                        Some(r) => r,
-                        None => continue,
-                    }
+            if let session::Role::Subscriber(sub) = &mut s.role {
+                if sub.priming.take().is_some() {
+                    // The publisher's worker never answered (a full queue lost the
+                    // message): a keyframe is asked for, as without a cached group.
+                    rekey = true;
                 }
-                _ => match &svc {
-                    Some((tag, v)) if !relay => {
-                        let (r, ask) = forward_svc(s, h, (tag, v), (now, pad), out);
-                        svc_ask |= ask;
-                        match r {
-                            Some(r) => r,
-                            None => continue,
-                        }
-                    }
-                    _ => forward_to(s, h, &mut (None, None), (now, pad, false), out),
-                },
-            };
-            match r {
-                Ok(n) => {
-                    if !relay {
-                        note_sent(s, h, now);
-                    }
+            }
+            let d = deliver(s, h, (view.as_ref(), svc.as_ref()), (now, pad), out);
+            rekey |= d.rekey;
+            svc_ask |= d.svc_ask;
+            if let Some(l) = d.ask {
+                asks |= 1 << l;
+            }
+            if d.switched {
+                switches += 1;
+            }
+            match d.sent {
+                Some(Ok(n)) => {
                     sent += 1;
                     bytes += n as u64;
                     if let Some(slot) = slots.0.session(slots.1, idx as usize) {
                         slot.sent(n);
                     }
-                    if s.via == Via::Relay {
+                    if d.relayed {
                         relayed += 1;
                     }
                 }
-                Err(_) => full += 1,
+                Some(Err(_)) => full += 1,
+                None => {}
             }
         }
         self.count(Counter::RelayTxPackets, relayed);
@@ -153,6 +133,78 @@ impl Engine {
             self.request_keyframe(stream, layers::slot(h.track, 0), now, out);
         }
     }
+}
+
+/// What [`deliver`] did with one packet for one subscriber.
+#[derive(Default)]
+pub(super) struct Delivered {
+    /// `None`: not for this subscriber (another layer, a track it does not take).
+    pub sent: Option<Result<usize, SendError>>,
+    /// It went over a relay link.
+    pub relayed: bool,
+    /// A simulcast viewer waits for a keyframe of this layer.
+    pub ask: Option<u8>,
+    /// A simulcast viewer switched layers.
+    pub switched: bool,
+    /// An SVC viewer waits for a keyframe.
+    pub svc_ask: bool,
+    /// The viewer's source changed: the new one is asked for a keyframe.
+    pub rekey: bool,
+}
+
+/// A packet's simulcast layer and this worker's ranking of the track's layers, or its SVC
+/// layer and the track's SVC layers: what a viewer's choice of layer goes by.
+type Views<'a> = (
+    Option<&'a (LayerTag, Ranking)>,
+    Option<&'a (SvcTag, SvcLayers)>,
+);
+
+/// `h` to subscriber `s`, as fan-out does for each one: its source followed, its simulcast
+/// layer (`view`: this worker's ranking of the track's layers with this packet) or SVC
+/// layers (`svc`) chosen, rewritten and protected, and how it was numbered remembered.
+pub(super) fn deliver(
+    s: &mut Session,
+    h: &Handle,
+    (view, svc): Views<'_>,
+    (now, pad): (Instant, u16),
+    out: &mut dyn Output,
+) -> Delivered {
+    let mut d = Delivered::default();
+    let relay = match &s.role {
+        session::Role::Subscriber(sub) if !sub.wants(h.track) => return d,
+        session::Role::Subscriber(sub) => sub.relay,
+        session::Role::Publisher(_) => false,
+    };
+    if !relay {
+        d.rekey = follow_source(s, h, now);
+    }
+    let r = match (view, svc) {
+        // Relay-outs pass every layer on unchanged (see `relay_to`).
+        (Some((tag, v)), _) if !relay => {
+            let (r, decision) = forward_layer(s, h, (tag, v), (now, pad), out);
+            d.ask = decision.ask;
+            d.switched = decision.switched;
+            match r {
+                Some(r) => r,
+                None => return d,
+            }
+        }
+        (_, Some((tag, v))) if !relay => {
+            let (r, ask) = forward_svc(s, h, (tag, v), (now, pad), out);
+            d.svc_ask = ask;
+            match r {
+                Some(r) => r,
+                None => return d,
+            }
+        }
+        _ => forward_to(s, h, &mut (None, None), (now, pad, false), out),
+    };
+    if r.is_ok() && !relay {
+        note_sent(s, h, now);
+    }
+    d.relayed = r.is_ok() && s.via == Via::Relay;
+    d.sent = Some(r);
+    d
 }
 
 /// Viewer `s` is about to get `h`: if its source changed since the viewer's last packet of

@@ -383,20 +383,6 @@ impl Engine {
         }
     }
 
-    /// A subscriber can decode only from a keyframe: ask the publisher for one as soon as
-    /// the subscriber can receive (throttled per track like any PLI), so a new viewer sees
-    /// video within a round trip instead of at the publisher's next periodic keyframe.
-    pub(super) fn keyframe_for_new_subscriber(
-        &mut self,
-        stream: StreamId,
-        now: Instant,
-        out: &mut dyn Output,
-    ) {
-        for t in 0..MAX_TRACKS as u8 {
-            self.request_keyframe(stream, t, now, out);
-        }
-    }
-
     /// Ask the publisher of `stream` for a keyframe of `slot` (a track, or a simulcast
     /// layer of one: [`slot`](super::layers::slot); across workers if it runs elsewhere), at most once
     /// per [`PLI_INTERVAL`] per slot.

@@ -52,6 +52,16 @@ impl Engine {
             Inbound::Pli { stream, slot } => self.request_keyframe(stream, slot, now, out),
             Inbound::SenderReport(sr) => self.report_local(sr, now, out),
             Inbound::Return(h) => self.pool.put(h),
+            Inbound::Prime {
+                from,
+                session,
+                stream,
+            } => self.prime_remote((from, session), stream, now, out),
+            Inbound::Replay { session, packet } => {
+                self.replayed(session, &packet, now, out);
+                self.send_home(packet, out);
+            }
+            Inbound::PrimeDone { session } => self.prime_done(session),
         }
     }
 

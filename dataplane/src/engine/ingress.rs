@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_shared::command::SvcCodec;
+use switchyard_shared::command::VideoCodec;
 use switchyard_shared::packet::{self, rtp, Kind};
 use switchyard_shared::srtp;
 use switchyard_shared::stats::{Counter, DropReason};
@@ -293,21 +293,24 @@ impl Engine {
         pkt.len = len as u16;
         pkt.at = Some(at);
         pkt.layer = tag;
-        let codec = p.svc.get(t).copied().flatten();
-        pkt.svc = match codec {
-            Some(c) if tag.is_none() && hdr.payload_type == c.payload_type() => {
-                let end = len.saturating_sub(hdr.padding_len);
-                let payload = pkt.data.get(hdr.payload_offset..end);
-                match (c, p.av1.get_mut(t)) {
-                    (SvcCodec::Vp9(_), _) => payload.and_then(super::svc::vp9),
-                    (SvcCodec::Av1 { .. }, Some(frames)) => {
-                        payload.and_then(|b| super::svc::av1(b, hdr.timestamp, hdr.marker, frames))
-                    }
-                    (SvcCodec::Av1 { .. }, None) => None,
+        // A video track's SVC layers (VP9, AV1), and where its latest group starts.
+        let codec = p.video.get(t).copied().flatten();
+        pkt.svc = None;
+        if let Some(c) = codec.filter(|c| tag.is_none() && hdr.payload_type == c.payload_type()) {
+            let end = len.saturating_sub(hdr.padding_len);
+            let payload = pkt.data.get(hdr.payload_offset..end).unwrap_or_default();
+            pkt.svc = match (c, p.av1.get_mut(t)) {
+                (VideoCodec::Vp9(_), _) => super::svc::vp9(payload),
+                (VideoCodec::Av1(_), Some(frames)) => {
+                    super::svc::av1(payload, hdr.timestamp, hdr.marker, frames)
                 }
+                _ => None,
+            };
+            let key = super::prime::starts_keyframe(c, payload, pkt.svc.as_ref());
+            if let Some(g) = p.groups.get_mut(t) {
+                g.on_packet(hdr.sequence, hdr.timestamp, key);
             }
-            _ => None,
-        };
+        }
         pkt.video = p.clock_rates.get(t) == Some(&90_000);
         pkt.epoch = p.epoch;
         let stream = p.stream;

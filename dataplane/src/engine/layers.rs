@@ -283,8 +283,15 @@ fn vp8(p: &[u8], base: usize, tag: &mut LayerTag) {
     }
 }
 
+/// Whether VP8 payload `p` starts a keyframe (its first partition, the P bit clear).
+pub fn vp8_keyframe(p: &[u8]) -> bool {
+    let mut tag = LayerTag::default();
+    vp8(p, 0, &mut tag);
+    tag.keyframe
+}
+
 /// RFC 6184: an IDR slice or SPS alone, in a STAP-A, or starting an FU-A.
-fn h264_keyframe(p: &[u8]) -> bool {
+pub fn h264_keyframe(p: &[u8]) -> bool {
     let key = |nal: u8| matches!(nal & 0x1f, 5 | 7);
     match p.first().map(|b| b & 0x1f) {
         Some(5 | 7) => true,

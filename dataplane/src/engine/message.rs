@@ -93,12 +93,13 @@ pub enum WorkerCommand {
         id: SessionId,
         twcc_ext: u8,
     },
-    /// Publisher or relay-in `id`: per track, the VP9 payload type whose spatial layers
-    /// viewers get selectively (`svc`); `None` for other tracks.
-    SetSvc {
+    /// Publisher or relay-in `id`: per track, its video codec (keyframes for the late
+    /// joiners' cache; VP9 and AV1 layers viewers get selectively, `svc`); `None` for other
+    /// tracks.
+    SetVideo {
         id: SessionId,
-        codecs:
-            [Option<switchyard_shared::command::SvcCodec>; switchyard_shared::command::MAX_TRACKS],
+        codecs: [Option<switchyard_shared::command::VideoCodec>;
+            switchyard_shared::command::MAX_TRACKS],
     },
     /// Subscriber `id` takes simulcast layers up to rank `max_layer` (`u8::MAX`: no cap).
     SetMaxLayer {
@@ -194,6 +195,17 @@ pub enum Inbound {
     SenderReport(SenderReport),
     /// A handle going home to the worker whose pool owns it.
     Return(Handle),
+    /// Subscriber `session` on worker `from` can receive: the publisher's worker sends it
+    /// the cached groups of `stream` (`prime`).
+    Prime {
+        from: u16,
+        session: SessionKey,
+        stream: StreamId,
+    },
+    /// A packet of a cached group for subscriber `session` here.
+    Replay { session: SessionKey, packet: Handle },
+    /// The replay for `session` is over: its live packets flow again.
+    PrimeDone { session: SessionKey },
 }
 
 /// A publisher's sender report, as each subscriber gets it under its own SSRC and timestamp

@@ -49,6 +49,7 @@ pub mod nack;
 mod padding;
 mod periodic;
 pub mod pool;
+mod prime;
 pub mod relay;
 mod relay_data;
 pub mod rr;
@@ -128,6 +129,8 @@ pub struct Limits {
     pub in_flight: usize,
     /// Repair WebRTC publishers' uplinks (`media.uplink_nack`, [`uplink`]).
     pub uplink_nack: bool,
+    /// Start new subscribers from the cached group (`media.late_join`, [`prime`]).
+    pub late_join: bool,
     /// Pad video packets that do not end a frame to a multiple of this many bytes
     /// (`media.pad_video_to`, [`padding`]); 0: never.
     pub pad_video_to: u16,
@@ -143,6 +146,7 @@ impl Default for Limits {
             nack_cache: 512,
             in_flight: 256,
             uplink_nack: true,
+            late_join: true,
             pad_video_to: 0,
             viewer_bwe: true,
         }

@@ -34,6 +34,11 @@ impl Cache {
         }
     }
 
+    /// How many packets it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Give every cached packet back (the track ended).
     pub fn clear(&mut self, pool: &mut Pool) {
         for slot in &mut self.slots {

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use switchyard_shared::command::{SessionId, SvcCodec, MAX_TRACKS};
+use switchyard_shared::command::{SessionId, VideoCodec, MAX_TRACKS};
 use switchyard_shared::srtp;
 
 use super::layers::{Select, SimMap, MAX_SLOTS};
@@ -72,6 +72,11 @@ impl Session {
     pub fn can_send(&self) -> bool {
         self.remote.is_some() && (self.outbound.is_some() || self.plain)
     }
+
+    /// A subscriber waiting at `now` for its start from the cached groups (`prime`).
+    pub fn priming(&self, now: Instant) -> bool {
+        matches!(&self.role, Role::Subscriber(sub) if sub.priming.is_some_and(|until| now < until))
+    }
 }
 
 /// Protect an outgoing RTP packet of `len` bytes in `buf` with `ctx`; without a context
@@ -122,9 +127,12 @@ pub struct Publisher {
     pub data_in: Option<Box<GapTracker>>,
     /// A WebRTC publisher whose uplink is repaired: its gaps NACKed, its RTX unwrapped.
     pub uplink: Option<Box<super::uplink::Uplink>>,
-    /// Per track: the scalable codec (VP9, AV1) whose layers viewers get selectively
-    /// (`svc`); `None` for every other track.
-    pub svc: [Option<SvcCodec>; MAX_TRACKS],
+    /// Per track: the video codec, whose keyframes start the late joiners' group (`prime`)
+    /// and, for VP9 and AV1, whose layers viewers get selectively (`svc`); `None` for every
+    /// other track.
+    pub video: [Option<VideoCodec>; MAX_TRACKS],
+    /// Per track: where its latest keyframe's group starts in `caches` (`prime`).
+    pub groups: [super::prime::Group; MAX_TRACKS],
     /// Per track: the temporal layers of its last AV1 frames (`svc::av1`).
     pub av1: [super::svc::Av1Frames; MAX_TRACKS],
     /// Stamped on every packet: changes when the source does (a new publisher of the
@@ -153,7 +161,8 @@ impl Publisher {
             data_in: None,
             uplink: None,
             epoch: 0,
-            svc: [None; MAX_TRACKS],
+            video: [None; MAX_TRACKS],
+            groups: Default::default(),
             av1: Default::default(),
         }
     }
@@ -224,6 +233,9 @@ pub struct Subscriber {
     /// Per track: the VP9 spatial layer it gets and the numbering with the rest taken out
     /// (unused for other tracks). Boxed: the session slab stays compact.
     pub svc: Box<[super::svc::SvcSelect; MAX_TRACKS]>,
+    /// Being started from the cached groups on the publisher's worker (`prime`) until this
+    /// instant at the latest: live packets wait for the replay, which holds them too.
+    pub priming: Option<Instant>,
 }
 
 /// Layer SSRCs a relay-out has seen, with their slots (`layers::slot`).

@@ -20,6 +20,7 @@ mod ice_consent;
 mod latch;
 mod local_address;
 mod padding;
+mod prime;
 mod relay;
 mod relay_data;
 mod relay_simulcast;
@@ -93,6 +94,21 @@ impl Drop for TempPath {
     }
 }
 
+impl Fixture {
+    /// Deliver worker messages until none are left, as the workers' queues do (a new
+    /// subscriber on another worker than the publisher's asks it for the cached groups,
+    /// `prime`, and waits for the answer).
+    fn pump(&mut self, mut msgs: Vec<(u16, Inbound)>) {
+        while !msgs.is_empty() {
+            let mut next = Capture::default();
+            for (w, m) in msgs {
+                self.engines[usize::from(w)].handle_inbound(m, t0(), &mut next);
+            }
+            msgs = next.to_workers;
+        }
+    }
+}
+
 fn fixture(workers: u16) -> Fixture {
     fixture_with(workers, 0)
 }
@@ -108,6 +124,7 @@ fn fixture_with(workers: u16, pad_video_to: u16) -> Fixture {
         nack_cache: 64,
         in_flight: 16,
         uplink_nack: true,
+        late_join: true,
         pad_video_to,
         viewer_bwe: true,
     };
@@ -152,7 +169,8 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
     );
 }
 
-fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
+/// Subscriber `id` on `e`; the messages it sent other workers (`Fixture::pump`).
+fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) -> Vec<(u16, Inbound)> {
     let mut out = Capture::default();
     e.handle_command(
         WorkerCommand::AddSubscriber {
@@ -175,6 +193,7 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) {
         e.poll_event(),
         Some(WorkerEvent::Added { id: SessionId(id) })
     );
+    out.to_workers
 }
 
 /// A publisher-side SRTP packet with sequence `seq` and a recognisable payload.
@@ -264,7 +283,8 @@ fn hands_one_packet_per_remote_worker() {
             t0(),
             &mut out,
         );
-        add_sub(e, id, 6000 + id as u16, profile);
+        let msgs = add_sub(e, id, 6000 + id as u16, profile);
+        f.pump(msgs);
     }
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 500);
@@ -1301,6 +1321,8 @@ fn nack_across_workers_comes_back_as_rtx() {
         e1.poll_event(),
         Some(WorkerEvent::Added { id: SessionId(2) })
     );
+    let msgs = std::mem::take(&mut out.to_workers);
+    f.pump(msgs);
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 42, 300);
     let mut out = Capture::default();

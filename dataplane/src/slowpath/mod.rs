@@ -256,7 +256,7 @@ impl SlowPath {
                 keys,
                 ssrcs,
                 simulcast,
-                svc,
+                video,
             } => {
                 // Not answered (see `Command::RetargetRelayIn`). The stored spec follows, so
                 // a snapshot (and a restart) carries the new key and an unlatched address.
@@ -272,7 +272,7 @@ impl SlowPath {
                 spec.role = Role::RelayIn {
                     ssrcs: ssrcs.clone(),
                     simulcast: simulcast.clone(),
-                    svc: svc.clone(),
+                    video: video.clone(),
                 };
                 let w = spec.worker;
                 self.command_worker(
@@ -284,12 +284,12 @@ impl SlowPath {
                         simulcast,
                     },
                 );
-                // Always: a new source without layers clears the old one's.
+                // Always: a new source without codecs clears the old one's.
                 self.command_worker(
                     w,
-                    WorkerCommand::SetSvc {
+                    WorkerCommand::SetVideo {
                         id,
-                        codecs: routing::svc_table(&svc),
+                        codecs: routing::video_table(&video),
                     },
                 );
             }

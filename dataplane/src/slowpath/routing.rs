@@ -3,7 +3,7 @@
 //! workers concerned get `SetRemoteWorkers` / `SetPublisherWorker`.
 
 use switchyard_shared::command::{
-    CloseReason, CommandError, Keying, Role, SessionId, SessionSpec, SvcCodec, MAX_TRACKS,
+    CloseReason, CommandError, Keying, Role, SessionId, SessionSpec, VideoCodec, MAX_TRACKS,
 };
 
 use super::validate::subscriber_addressable;
@@ -103,12 +103,12 @@ impl SlowPath {
                     }
                 };
                 sends.push((w, add));
-                if let Role::RelayIn { svc, .. } = &spec.role {
-                    if svc.iter().any(Option::is_some) {
-                        let codecs = svc_table(svc);
+                if let Role::RelayIn { video, .. } = &spec.role {
+                    if video.iter().any(Option::is_some) {
+                        let codecs = video_table(video);
                         sends.push((
                             w,
-                            WorkerCommand::SetSvc {
+                            WorkerCommand::SetVideo {
                                 id: spec.id,
                                 codecs,
                             },
@@ -331,10 +331,10 @@ impl SlowPath {
     }
 }
 
-/// A relay-in's scalable codecs per track (`Role::RelayIn::svc`) as the engine takes them.
-pub(super) fn svc_table(svc: &[Option<SvcCodec>]) -> [Option<SvcCodec>; MAX_TRACKS] {
+/// A relay-in's video codecs per track (`Role::RelayIn::video`) as the engine takes them.
+pub(super) fn video_table(video: &[Option<VideoCodec>]) -> [Option<VideoCodec>; MAX_TRACKS] {
     let mut t = [None; MAX_TRACKS];
-    for (slot, pt) in t.iter_mut().zip(svc) {
+    for (slot, pt) in t.iter_mut().zip(video) {
         *slot = *pt;
     }
     t

@@ -139,8 +139,15 @@ pub struct MediaSection {
     pub send_buffer: usize,
     /// Sessions one worker holds at most; its tables are sized once from this.
     pub max_sessions_per_worker: u32,
-    /// Packets kept per published track for NACK retransmission (a power of two).
+    /// Packets kept per published track for NACK retransmission (a power of two). The
+    /// late joiners' group (`late_join`) is served from it while the group fits.
     pub nack_cache: u16,
+    /// Start a new viewer (or relay) of a video track from the packets since the
+    /// publisher's last keyframe, held in the NACK cache, instead of asking the publisher
+    /// for a keyframe and waiting for it (docs/webrtc.md, "Late joiners"). Off: every new
+    /// viewer asks for a keyframe, as publishers that honour requests answer in a round
+    /// trip, and ones that do not (OBS) at their next periodic keyframe.
+    pub late_join: bool,
     /// Repair WebRTC publishers' uplinks: NACK their sequence gaps where they negotiated
     /// `nack`, take their RTX as the lost packet, PLI when repair gives up (docs/webrtc.md,
     /// "Uplink repair"). Off: their losses reach every viewer and relay hop as they are.
@@ -172,6 +179,7 @@ impl Default for MediaSection {
             send_buffer: 8 << 20,
             max_sessions_per_worker: 4096,
             nack_cache: 512,
+            late_join: true,
             uplink_nack: true,
             viewer_bwe: true,
         }

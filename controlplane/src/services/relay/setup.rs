@@ -580,7 +580,7 @@ impl Relays {
             simulcast,
             req.publisher_media
                 .as_ref()
-                .map(crate::services::webrtc::svc_codecs)
+                .map(crate::services::webrtc::video_codecs)
                 .unwrap_or_default(),
         )?;
         if let Some(n) = &req.publisher_media {
@@ -708,10 +708,10 @@ impl Relays {
                                 .as_ref()
                                 .and_then(crate::services::webrtc::simulcast_map),
                             // And its VP9 spatial layers, likewise.
-                            svc: req
+                            video: req
                                 .publisher_media
                                 .as_ref()
-                                .map(crate::services::webrtc::svc_codecs)
+                                .map(crate::services::webrtc::video_codecs)
                                 .unwrap_or_default(),
                         },
                         remote: None,

@@ -267,7 +267,7 @@ impl Sessions {
         keys: SrtpKeys,
         ssrcs: Vec<u32>,
         simulcast: Option<Simulcast>,
-        svc: Vec<Option<switchyard_shared::command::SvcCodec>>,
+        video: Vec<Option<switchyard_shared::command::VideoCodec>>,
     ) -> Result<(), SessionError> {
         let mut g = self.link.lock();
         g.node.ready()?;
@@ -280,9 +280,9 @@ impl Sessions {
             keys: keys.clone(),
             ssrcs: ssrcs.clone(),
             simulcast: simulcast.clone(),
-            svc: svc.clone(),
+            video: video.clone(),
         })?;
-        g.node.retarget_relay_in(id, keys, ssrcs, simulcast, svc);
+        g.node.retarget_relay_in(id, keys, ssrcs, simulcast, video);
         Ok(())
     }
 

@@ -215,7 +215,7 @@ impl Sessions {
             RoleName::RelayIn => Role::RelayIn {
                 ssrcs: Vec::new(),
                 simulcast: None,
-                svc: Vec::new(),
+                video: Vec::new(),
             },
             RoleName::RelayOut => Role::RelayOut,
         };

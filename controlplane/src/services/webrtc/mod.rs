@@ -30,7 +30,7 @@ mod tracks;
 
 /// A publisher's simulcast map from its negotiated media: a relay-in carries its source's.
 pub(crate) use tracks::simulcast as simulcast_map;
-pub(crate) use tracks::svc as svc_codecs;
+pub(crate) use tracks::video as video_codecs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

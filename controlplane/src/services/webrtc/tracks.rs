@@ -3,7 +3,7 @@
 //! payload types, header extensions). Pure: no I/O beyond the random credentials.
 
 use switchyard_shared::command::{
-    LayerCodec, Simulcast, SimulcastTrack, SvcCodec, UplinkRtx, UplinkTrack, MAX_LAYERS,
+    LayerCodec, Simulcast, SimulcastTrack, UplinkRtx, UplinkTrack, VideoCodec, MAX_LAYERS,
     MAX_PT_MAP, MAX_RID, MAX_TRACKS,
 };
 
@@ -94,33 +94,38 @@ pub(super) fn uplink(n: &sdp::Negotiated) -> Vec<UplinkTrack> {
                 apt: t.codec.payload_type,
                 ssrc: t.rtx_ssrc.filter(|_| t.rids.is_empty()),
             }),
-            svc: svc_codec(t),
+            video: video_codec(t),
         })
         .collect()
 }
 
-/// A published track's scalable codec: VP9 (spatial and temporal layers) or AV1 (temporal
-/// layers), whose layers are chosen per viewer (SVC). Simulcast layers are chosen as
-/// layers instead.
-fn svc_codec(t: &sdp::Track) -> Option<SvcCodec> {
+/// A published video track's codec as the data plane reads it: its keyframes (where a
+/// late joiner starts: `engine::prime`) and, for VP9 and AV1, its layers in one stream
+/// (SVC), chosen per viewer. Simulcast tracks have none (their layers are chosen as
+/// layers), nor do codecs the data plane does not read.
+fn video_codec(t: &sdp::Track) -> Option<VideoCodec> {
     if !t.rids.is_empty() {
         return None;
     }
     let pt = t.codec.payload_type;
-    let name = &t.codec.name;
-    if name.eq_ignore_ascii_case("VP9") {
-        Some(SvcCodec::Vp9(pt))
-    } else if name.eq_ignore_ascii_case("AV1") {
-        Some(SvcCodec::Av1 { av1: pt })
+    let is = |n: &str| t.codec.name.eq_ignore_ascii_case(n);
+    if is("VP8") {
+        Some(VideoCodec::Vp8(pt))
+    } else if is("H264") {
+        Some(VideoCodec::H264(pt))
+    } else if is("VP9") {
+        Some(VideoCodec::Vp9(pt))
+    } else if is("AV1") {
+        Some(VideoCodec::Av1(pt))
     } else {
         None
     }
 }
 
-/// [`svc_codec`] of each of a publisher's tracks, in [`published`] order: what a relay-in
-/// of its stream on another node needs to choose its viewers' layers.
-pub(crate) fn svc(n: &sdp::Negotiated) -> Vec<Option<SvcCodec>> {
-    published(n).map(svc_codec).collect()
+/// [`video_codec`] of each of a publisher's tracks, in [`published`] order: what a relay-in
+/// of its stream on another node needs to start its late joiners and choose SVC layers.
+pub(crate) fn video(n: &sdp::Negotiated) -> Vec<Option<VideoCodec>> {
+    published(n).map(video_codec).collect()
 }
 
 /// The SSRC the subscriber sees for each of the publisher's tracks, in the publisher's
@@ -297,7 +302,7 @@ mod tests {
         let audio = UplinkTrack {
             nack: false,
             rtx: None,
-            svc: None,
+            video: None,
         };
         let video = UplinkTrack {
             nack: true,
@@ -306,7 +311,7 @@ mod tests {
                 apt: 96,
                 ssrc: Some(1236683273),
             }),
-            svc: None,
+            video: None,
         };
         assert_eq!(uplink(&n), [audio, video], "opus has no nack; VP8 has both");
         let n = sdp::answer(

@@ -36,7 +36,12 @@ pub(super) fn add_relay_in(e: &mut Engine, id: u64, remote: Option<SocketAddr>) 
     );
 }
 
-pub(super) fn add_relay_out(e: &mut Engine, id: u64, remote: SocketAddr) {
+/// Relay-out `id` on `e`; the messages it sent other workers (`Fixture::pump`).
+pub(super) fn add_relay_out(
+    e: &mut Engine,
+    id: u64,
+    remote: SocketAddr,
+) -> Vec<(u16, super::Inbound)> {
     let mut out = Capture::default();
     e.handle_command(
         WorkerCommand::AddRelayOut {
@@ -52,6 +57,7 @@ pub(super) fn add_relay_out(e: &mut Engine, id: u64, remote: SocketAddr) {
         e.poll_event(),
         Some(WorkerEvent::Added { id: SessionId(id) })
     );
+    out.to_workers
 }
 
 /// The plaintext `srtp_packet` protects for `seq`.
@@ -290,7 +296,8 @@ fn link_nack_is_served_from_the_cache_across_workers() {
         t0(),
         &mut out,
     );
-    add_relay_out(&mut f.engines[1], 2, addr(TARGET));
+    let msgs = add_relay_out(&mut f.engines[1], 2, addr(TARGET));
+    f.pump(msgs);
     let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
     let now = t0();
     let mut out = Capture::default();
@@ -420,7 +427,8 @@ fn relay_in_fans_out_to_local_and_other_workers_subscribers() {
         add_sub(&mut f.engines[0], id, 6000 + id as u16, LINK);
     }
     for id in 5..8u64 {
-        add_sub(&mut f.engines[1], id, 6000 + id as u16, LINK);
+        let msgs = add_sub(&mut f.engines[1], id, 6000 + id as u16, LINK);
+        f.pump(msgs);
     }
     let mut fwd = link(K_FWD);
     let now = t0();

@@ -3,7 +3,7 @@
 //! end of its layer) while another gets every layer unchanged, a NACK from the capped one
 //! finds the packet it lost, and moving up waits for a keyframe.
 
-use switchyard_shared::command::{SvcCodec, UplinkTrack};
+use switchyard_shared::command::{UplinkTrack, VideoCodec};
 
 use super::uplink::add_uplink_pub;
 use super::*;
@@ -58,7 +58,7 @@ impl Run {
             vec![UplinkTrack {
                 nack: true,
                 rtx: None,
-                svc: Some(SvcCodec::Vp9(VP9)),
+                video: Some(VideoCodec::Vp9(VP9)),
             }],
         );
         let mut out = Capture::default();

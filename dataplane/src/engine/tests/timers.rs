@@ -139,7 +139,8 @@ fn media_reaches_worker_64_of_100() {
         t0(),
         &mut out,
     );
-    add_sub(&mut f.engines[64], 2, 6002, profile);
+    let msgs = add_sub(&mut f.engines[64], 2, 6002, profile);
+    f.pump(msgs);
     let mut publisher = Context::new(profile, &[1; 28]).expect("ctx");
     let mut p = srtp_packet(&mut publisher, 1, 200);
     f.engines[0].handle_datagram(&mut p, addr(5000), t0(), &mut out);

@@ -21,7 +21,7 @@ fn video(nack: bool, fid: Option<u32>) -> UplinkTrack {
             apt: 96,
             ssrc: fid,
         }),
-        svc: None,
+        video: None,
     }
 }
 

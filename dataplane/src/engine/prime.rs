@@ -1,0 +1,340 @@
+//! Late joiners (moq-relay's caching, SRS's GOP cache): a new subscriber starts from the
+//! publisher's latest group, the packets of each video track since its last keyframe, at
+//! once, instead of from the keyframe it would otherwise ask for: a round trip to the
+//! publisher and its encoder's next keyframe, or, with a publisher that ignores keyframe
+//! requests (OBS), its next periodic one, seconds away.
+//!
+//! The group lives in what the publisher's worker keeps anyway: its retransmission cache
+//! (`nack::Cache`, `media.nack_cache` packets per track, 512 by default), which holds the
+//! group whole while the group is shorter than the cache (a 2 s group of 2 Mbit/s video is
+//! about 430 packets). [`Group`] only remembers where the latest keyframe began. Nothing
+//! is allocated or copied: the replay hands out the cached packets' refcounted handles.
+//!
+//! When a subscriber can first receive (ICE and DTLS done, or keys given), the subscriber
+//! gets, for each video track with a whole group, every cached packet from the keyframe to
+//! the newest, through the same per-subscriber path as live packets (`fanout::deliver`:
+//! its numbering starts at the keyframe, its SVC layers are chosen from it), and tracks
+//! without one get a keyframe request as before. A subscriber on another worker asks the
+//! publisher's worker (`Inbound::Prime`), which sends the packets back (`Inbound::Replay`)
+//! and then `Inbound::PrimeDone`; meanwhile the subscriber's worker holds back the live
+//! packets from it (they are in the replay, which the publisher's worker sends after them
+//! on the same queue), for [`PRIME_WAIT`] at most. Simulcast tracks are not replayed (a
+//! viewer's first layer is chosen at a keyframe of that layer, asked for as before).
+
+use std::time::{Duration, Instant};
+
+use switchyard_shared::command::{VideoCodec, MAX_TRACKS};
+use switchyard_shared::stats::{Counter, DropReason};
+
+use super::fanout::deliver;
+use super::layers;
+use super::pool::Handle;
+use super::session::{self, SessionKey};
+use super::svc::SvcTag;
+use super::{Engine, Inbound, Output, StreamId};
+
+/// The longest a subscriber's live packets wait for the replay from the publisher's worker:
+/// a queue that dropped a message must not hold it back for good.
+pub const PRIME_WAIT: Duration = Duration::from_millis(250);
+
+/// Where one track's latest group starts, by publisher sequence number and RTP timestamp,
+/// and the newest sequence number seen since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Group {
+    start: Option<(u16, u32)>,
+    newest: Option<u16>,
+}
+
+/// `a` comes after `b` (RFC 1982 on 16 bits).
+fn after(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+impl Group {
+    /// Packet `seq` (timestamp `ts`) of the track arrived; `key`: it starts a keyframe. A
+    /// second keyframe start with the same timestamp (another slice of one IDR picture) is
+    /// the same group.
+    pub fn on_packet(&mut self, seq: u16, ts: u32, key: bool) {
+        if key && self.start.is_none_or(|(_, t)| t != ts) {
+            self.start = Some((seq, ts));
+        }
+        if self.newest.is_none_or(|n| after(seq, n)) {
+            self.newest = Some(seq);
+        }
+    }
+
+    /// The group as (first sequence number, packets), while a cache of `len` packets still
+    /// holds all of it.
+    pub fn span(&self, len: usize) -> Option<(u16, u16)> {
+        let ((start, _), newest) = (self.start?, self.newest?);
+        let n = newest.wrapping_sub(start);
+        if n as i16 <= -1 || usize::from(n) >= len {
+            return None;
+        }
+        Some((start, n + 1))
+    }
+}
+
+/// Whether the packet whose payload is `payload` starts a keyframe of `codec`; `svc`: its
+/// SVC tag (VP9, AV1), read at ingress already.
+pub fn starts_keyframe(codec: VideoCodec, payload: &[u8], svc: Option<&SvcTag>) -> bool {
+    match codec {
+        VideoCodec::Vp8(_) => layers::vp8_keyframe(payload),
+        VideoCodec::H264(_) => layers::h264_keyframe(payload),
+        VideoCodec::Vp9(_) | VideoCodec::Av1(_) => {
+            svc.is_some_and(|t| t.begin && !t.inter && t.sid == 0)
+        }
+    }
+}
+
+impl Engine {
+    /// Subscriber `key` of `stream` can receive now: start it from the cached groups (here,
+    /// or through the publisher's worker), and ask for keyframes of the tracks without one.
+    pub(super) fn subscriber_ready(
+        &mut self,
+        stream: StreamId,
+        key: SessionKey,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        if !self.limits.late_join {
+            return self.keyframes_but(stream, 0, now, out);
+        }
+        match (st.publisher, st.publisher_worker) {
+            (Some(publisher), _) => {
+                let primed = self.replay_here(publisher, key, now, out);
+                self.keyframes_but(stream, primed, now, out);
+            }
+            (None, Some(w)) if w != self.worker => {
+                let msg = Inbound::Prime {
+                    from: self.worker,
+                    session: key,
+                    stream,
+                };
+                if out.to_worker(w, msg).is_ok() {
+                    if let Some(session::Role::Subscriber(sub)) =
+                        self.sessions.get_key_mut(key).map(|s| &mut s.role)
+                    {
+                        sub.priming = Some(now + PRIME_WAIT);
+                    }
+                } else {
+                    self.keyframes_but(stream, 0, now, out);
+                }
+            }
+            _ => self.keyframes_but(stream, 0, now, out),
+        }
+    }
+
+    /// [`Engine::subscriber_ready`] for session `id`.
+    pub(super) fn subscriber_ready_id(
+        &mut self,
+        stream: StreamId,
+        id: switchyard_shared::command::SessionId,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        if let Some(&idx) = self.by_id.get(&id) {
+            let key = SessionKey {
+                idx,
+                gen: self.sessions.generation(idx),
+            };
+            self.subscriber_ready(stream, key, now, out);
+        }
+    }
+
+    /// A keyframe request for every track of `stream` but those in mask `primed`.
+    fn keyframes_but(&mut self, stream: StreamId, primed: u8, now: Instant, out: &mut dyn Output) {
+        for t in (0..MAX_TRACKS as u8).filter(|t| primed & (1 << t) == 0) {
+            self.request_keyframe(stream, t, now, out);
+        }
+    }
+
+    /// The cached groups of publisher `publisher` (here), their packets in order: each
+    /// track's (track, first sequence number, packets). Simulcast publishers have none.
+    fn groups(&self, publisher: u32) -> [Option<(u8, u16, u16)>; MAX_TRACKS] {
+        let mut g = [None; MAX_TRACKS];
+        let Some(session::Role::Publisher(p)) = self.sessions.get(publisher).map(|s| &s.role)
+        else {
+            return g;
+        };
+        if p.sim.is_some() {
+            return g;
+        }
+        for (t, slot) in g.iter_mut().enumerate() {
+            let len = p.caches.get(t).map_or(0, |c| c.capacity());
+            if p.video.get(t).copied().flatten().is_some() {
+                *slot = p.groups[t].span(len).map(|(s, n)| (t as u8, s, n));
+            }
+        }
+        g
+    }
+
+    /// Replay the cached groups of `publisher` to subscriber `to`, both here. The tracks
+    /// replayed, as a mask.
+    fn replay_here(
+        &mut self,
+        publisher: u32,
+        to: SessionKey,
+        now: Instant,
+        out: &mut dyn Output,
+    ) -> u8 {
+        let mut primed = 0u8;
+        for (t, start, n) in self.groups(publisher).into_iter().flatten() {
+            let mut sent = false;
+            for k in 0..n {
+                if let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) {
+                    sent |= self.replay_to(to, &h, now, out);
+                    self.pool.put(h);
+                }
+            }
+            if sent {
+                primed |= 1 << t;
+                self.count(Counter::LateJoinStarts, 1);
+            }
+        }
+        primed
+    }
+
+    /// At the publisher's worker: subscriber `session` on worker `from` asks for the
+    /// cached groups of `stream`. Sent back one packet a message, then `PrimeDone`; tracks
+    /// without a group get a keyframe request.
+    pub(super) fn prime_remote(
+        &mut self,
+        (from, session): (u16, SessionKey),
+        stream: StreamId,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        let Some(publisher) = self.streams.get(&stream).and_then(|s| s.publisher) else {
+            // Nothing to replay (the publisher left, or has not come): the subscriber's
+            // live packets flow at once.
+            let _ = out.to_worker(from, Inbound::PrimeDone { session });
+            return;
+        };
+        let mut primed = 0u8;
+        'tracks: for (t, start, n) in self.groups(publisher).into_iter().flatten() {
+            for k in 0..n {
+                let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) else {
+                    continue;
+                };
+                if let Err(back) = out.to_worker(from, Inbound::Replay { session, packet: h }) {
+                    if let Inbound::Replay { packet, .. } = back {
+                        self.pool.put(packet);
+                    }
+                    self.drop_packet(DropReason::QueueFull);
+                    break 'tracks;
+                }
+            }
+            primed |= 1 << t;
+            self.count(Counter::LateJoinStarts, 1);
+        }
+        // Lost, the subscriber's worker lets the live packets through after PRIME_WAIT.
+        let _ = out.to_worker(from, Inbound::PrimeDone { session });
+        self.keyframes_but(stream, primed, now, out);
+    }
+
+    /// At the subscriber's worker: a packet of the replay for subscriber `to`.
+    pub(super) fn replayed(
+        &mut self,
+        to: SessionKey,
+        h: &Handle,
+        now: Instant,
+        out: &mut dyn Output,
+    ) {
+        self.replay_to(to, h, now, out);
+    }
+
+    /// At the subscriber's worker: the replay for `to` is over.
+    pub(super) fn prime_done(&mut self, to: SessionKey) {
+        if let Some(session::Role::Subscriber(sub)) =
+            self.sessions.get_key_mut(to).map(|s| &mut s.role)
+        {
+            sub.priming = None;
+        }
+    }
+
+    /// One cached packet to subscriber `to` here, as fan-out would send it (without
+    /// counting it in this worker's view of the track's layer rates). Whether it went.
+    fn replay_to(
+        &mut self,
+        to: SessionKey,
+        h: &Handle,
+        now: Instant,
+        out: &mut dyn Output,
+    ) -> bool {
+        let t = usize::from(h.track);
+        let svc = match (
+            h.svc,
+            self.streams.get(&h.stream).and_then(|st| st.svc.get(t)),
+        ) {
+            (Some(tag), Some(v)) => Some((tag, v.layers(now))),
+            _ => None,
+        };
+        let pad = if h.video { self.limits.pad_video_to } else { 0 };
+        let Some(s) = self.sessions.get_key_mut(to) else {
+            return false;
+        };
+        if !s.can_send() {
+            return false;
+        }
+        let d = deliver(s, h, (None, svc.as_ref()), (now, pad), out);
+        match d.sent {
+            Some(Ok(n)) => {
+                if let Some(slot) = self.slot(to.idx) {
+                    slot.sent(n);
+                }
+                self.count(Counter::LateJoinPackets, 1);
+                self.count(Counter::Forwarded, 1);
+                self.count(Counter::TxPackets, 1);
+                self.count(Counter::TxBytes, n as u64);
+                if d.relayed {
+                    self.count(Counter::RelayTxPackets, 1);
+                }
+                true
+            }
+            Some(Err(_)) => {
+                self.count(DropReason::QueueFull.counter(), 1);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_runs_from_the_latest_keyframe_to_the_newest_packet() {
+        let mut g = Group::default();
+        assert_eq!(g.span(512), None, "no keyframe yet");
+        g.on_packet(65_530, 100, false);
+        assert_eq!(g.span(512), None);
+        g.on_packet(65_531, 200, true);
+        for seq in 65_532..=65_535 {
+            g.on_packet(seq, 200, false);
+        }
+        // Another slice of the same picture is the same group.
+        g.on_packet(0, 200, true);
+        g.on_packet(1, 300, false);
+        assert_eq!(g.span(512), Some((65_531, 7)));
+        // A late packet from before changes nothing.
+        g.on_packet(65_529, 100, false);
+        assert_eq!(g.span(512), Some((65_531, 7)));
+        // The next keyframe starts a new group.
+        g.on_packet(2, 400, true);
+        assert_eq!(g.span(512), Some((2, 1)));
+        // Longer than the cache: gone until the next keyframe.
+        for seq in 3..600u16 {
+            g.on_packet(seq, 500, false);
+        }
+        assert_eq!(g.span(512), None);
+        assert_eq!(g.span(1024), Some((2, 598)));
+        g.on_packet(600, 600, true);
+        assert_eq!(g.span(512), Some((600, 1)));
+    }
+}

@@ -1,0 +1,202 @@
+//! Late joiners through the engine (`prime`): a VP8 publisher on worker 0 has sent a
+//! keyframe and a few delta frames; a subscriber that joins then, on the publisher's worker
+//! or on another one, gets that group at once, from the keyframe, numbered continuously
+//! into the live packets that follow, and no keyframe is asked of the publisher. Before any
+//! keyframe, a new subscriber gets the keyframe request as it always did.
+
+use switchyard_shared::command::{UplinkTrack, VideoCodec};
+
+use super::uplink::add_uplink_pub;
+use super::*;
+
+const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
+const VP8: u8 = 96;
+const PUBLISHER: u16 = 5000;
+
+/// A VP8 packet of frame `ts`: the first of its frame (`first`) carries the start of
+/// partition 0, and a keyframe's has the payload header's P bit clear.
+fn vp8_packet(ctx: &mut Context, seq: u16, ts: u32, (first, key): (bool, bool)) -> Vec<u8> {
+    let mut buf = vec![0u8; 12 + 60 + 32];
+    buf[0] = 0x80;
+    buf[1] = VP8;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+    buf[12] = if first { 0x10 } else { 0x00 };
+    buf[13] = if key { 0x00 } else { 0x01 };
+    for (i, b) in buf[14..72].iter_mut().enumerate() {
+        *b = (i as u8) ^ (seq as u8);
+    }
+    let n = ctx.protect_rtp(&mut buf, 72).expect("protect");
+    buf.truncate(n);
+    buf
+}
+
+/// A publisher on worker 0 of two (worker 1 has its subscribers too), its one track VP8.
+fn two_workers() -> Fixture {
+    let mut f = fixture(2);
+    add_uplink_pub(
+        &mut f.engines[0],
+        vec![UplinkTrack {
+            nack: true,
+            rtx: None,
+            video: Some(VideoCodec::Vp8(VP8)),
+        }],
+    );
+    let mut out = Capture::default();
+    f.engines[0].handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream: STREAM,
+            workers: [1].into_iter().collect(),
+        },
+        t0(),
+        &mut out,
+    );
+    f.engines[1].handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream: STREAM,
+            worker: Some(0),
+        },
+        t0(),
+        &mut out,
+    );
+    f
+}
+
+/// Frames `from..to` (three packets each; frame 0 and every 100th a keyframe), sent to
+/// worker 0, what went to other workers delivered there. Sequence numbers 1000 + 3 × frame.
+fn frames(f: &mut Fixture, tx: &mut Context, range: std::ops::Range<u32>) -> Capture {
+    let mut out = Capture::default();
+    for frame in range {
+        for k in 0..3u32 {
+            let seq = (1000 + frame * 3 + k) as u16;
+            let mut p = vp8_packet(tx, seq, frame * 3000, (k == 0, frame % 100 == 0));
+            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), t0(), &mut out);
+            // Handles go home as they would, or the publisher's pool runs dry.
+            deliver_all(f, &mut out);
+        }
+    }
+    out
+}
+
+/// Deliver what the workers sent each other (media, handles going home, the cached groups)
+/// until none is left, what they sent outside added to `out`.
+fn deliver_all(f: &mut Fixture, out: &mut Capture) {
+    let mut msgs = std::mem::take(&mut out.to_workers);
+    while !msgs.is_empty() {
+        let mut next = Capture::default();
+        for (to, m) in msgs {
+            f.engines[usize::from(to)].handle_inbound(m, t0(), &mut next);
+        }
+        msgs = std::mem::take(&mut next.to_workers);
+        out.sent.extend(next.sent);
+    }
+}
+
+/// Subscriber `id` (port 6000 + id, keys as `add_sub`'s) joins on worker `w`; what the
+/// workers sent, their messages to each other delivered until none are left.
+fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
+    let mut out = Capture::default();
+    f.engines[w].handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(id),
+            stream: STREAM,
+            remote: Some(addr(6000 + id as u16)),
+            ssrcs: sub_ssrcs(id as u32 * 16),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
+            srtp: Some(keys(PROFILE, 3, id as u8)),
+            ice: None,
+        },
+        t0(),
+        &mut out,
+    );
+    deliver_all(f, &mut out);
+    out
+}
+
+/// What viewer `id` got: (its sequence number, the publisher's sequence number's low
+/// byte, whether the packet starts a keyframe).
+fn got(out: &Capture, id: u8) -> Vec<(u16, u8, bool)> {
+    let mut rx = Context::new(PROFILE, &[id; 28]).expect("ctx");
+    let mut v = Vec::new();
+    for (dst, bytes) in &out.sent {
+        if *dst != addr(6000 + u16::from(id))
+            || bytes.get(1).is_some_and(|&b| (200..=206).contains(&b))
+        {
+            continue;
+        }
+        let mut b = bytes.clone();
+        let n = rx.unprotect_rtp(&mut b).expect("viewer decrypts");
+        let h = rtp::Header::parse(&b[..n]).expect("rtp");
+        let p = &b[h.payload_offset..n];
+        // `vp8_packet`'s pattern starts with the publisher's sequence number's low byte.
+        v.push((h.sequence, p[2], p[0] & 0x10 != 0 && p[1] & 0x01 == 0));
+    }
+    v
+}
+
+fn continuous(v: &[(u16, u8, bool)]) -> bool {
+    v.windows(2)
+        .all(|w| w[1].0 == w[0].0.wrapping_add(1) && w[1].1 == w[0].1.wrapping_add(1))
+}
+
+#[test]
+fn a_late_joiner_gets_the_group_since_the_keyframe_at_once() {
+    let mut f = two_workers();
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    // Frames 0..=104: keyframes at 0 and 100, so the group is frames 100..=104: 15
+    // packets from 1300.
+    frames(&mut f, &mut tx, 0..105);
+    let plis = |f: &Fixture| get(&f.stats, 0, Counter::PliForwarded);
+    let before = plis(&f);
+    // The second joiner comes a frame later: its group has grown by that frame.
+    for (w, id, len) in [(0usize, 2u64, 15usize), (1, 3, 18)] {
+        let out = join(&mut f, w, id);
+        let v = got(&out, id as u8);
+        assert_eq!(v.len(), len, "worker {w}: the whole group at once: {v:?}");
+        assert!(v[0].2, "from the keyframe: {v:?}");
+        assert_eq!(v[0].1, (1300u16 & 0xff) as u8);
+        assert!(continuous(&v), "{v:?}");
+        // The live packets go on from there, numbered on.
+        let frame = 105 + w as u32;
+        let live = frames(&mut f, &mut tx, frame..frame + 1);
+        let mut all = v;
+        all.extend(got(&live, id as u8));
+        assert_eq!(all.len(), len + 3, "{all:?}");
+        assert!(continuous(&all), "{all:?}");
+    }
+    assert_eq!(
+        plis(&f),
+        before,
+        "nobody asked the publisher for a keyframe"
+    );
+    assert_eq!(get(&f.stats, 0, Counter::LateJoinStarts), 2);
+    assert_eq!(
+        get(&f.stats, 0, Counter::LateJoinPackets) + get(&f.stats, 1, Counter::LateJoinPackets),
+        33
+    );
+}
+
+/// Before the first keyframe there is no group: the new subscriber gets what comes live
+/// and a keyframe is asked for, as before.
+#[test]
+fn without_a_keyframe_a_joiner_asks_for_one() {
+    let mut f = two_workers();
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    for k in 0..3u16 {
+        let mut p = vp8_packet(&mut tx, 500 + k, 9000, (k == 0, false));
+        f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), t0(), &mut out);
+    }
+    let before = get(&f.stats, 0, Counter::PliForwarded);
+    for (w, id) in [(0usize, 2u64), (1, 3)] {
+        let out = join(&mut f, w, id);
+        assert!(got(&out, id as u8).is_empty());
+    }
+    assert!(get(&f.stats, 0, Counter::PliForwarded) > before);
+    assert_eq!(get(&f.stats, 0, Counter::LateJoinStarts), 0);
+}
