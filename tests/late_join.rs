@@ -107,3 +107,73 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Chromium viewer of the same publisher (one worker): it starts from the cached group
+/// too, decodes the whole group at once, and does not lag behind for it: its jitter buffer
+/// holds frames for tens of milliseconds on average, and it decodes live at 30 frames/s
+/// with no freeze.
+#[test]
+fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
+    let Some(py) = python() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is required under CI"
+        );
+        eprintln!("SKIPPED late_join: python3 not found");
+        return;
+    };
+    let Some((bin, _serial)) = common::browser::chromium() else {
+        return;
+    };
+    let node = Node::start(1);
+    let _publisher = client(
+        &py,
+        "whip_client.py",
+        &format!("{}/whip/live/cam", node.api),
+        40,
+        &["--keyframe-every", &KEYFRAME_EVERY.to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let mut reports = common::browser::Reports::start();
+    let base = reports.base.clone();
+    let started = std::time::Instant::now();
+    let _viewer = common::browser::Chromium::start(
+        &bin,
+        "viewer",
+        &format!("{}/?watch=live/cam&report={base}/sub", node.api),
+    );
+    let num = common::browser::num;
+    let first = reports.wait("/sub", Duration::from_secs(30), |r| {
+        num(r, "framesDecoded") > 0.0
+    });
+    let first_s = started.elapsed().as_secs_f64();
+    let later = reports.wait("/sub", Duration::from_secs(30), |r| {
+        num(r, "t") - num(&first, "t") >= 8000.0
+    });
+    let fps = (num(&later, "framesDecoded") - num(&first, "framesDecoded"))
+        / ((num(&later, "t") - num(&first, "t")) / 1000.0);
+    eprintln!(
+        "Chromium: first report with video {first_s:.2} s after its start (page load \
+         included), {} frames decoded then (the group), {} ms in the jitter buffer on \
+         average; 8 s later {fps:.1} frames/s, {} ms, {} freezes",
+        first["framesDecoded"],
+        first["jitterBufferMs"],
+        later["jitterBufferMs"],
+        later["freezeCount"]
+    );
+    assert!(
+        node.metric_sum("switchyard_late_join_starts_total") >= 1,
+        "started from the cached group"
+    );
+    // The next keyframe is up to 6 s away: decoding this early is the cached group.
+    assert!(first_s < 5.0, "first frame after {first_s:.2} s");
+    assert_eq!(num(&later, "freezeCount"), 0.0, "{later}");
+    assert!(fps > 20.0, "live at the publisher's 30 frames/s: {fps:.1}");
+    assert!(
+        num(&later, "jitterBufferMs") < 250.0,
+        "the replayed group left no lag behind: {later}"
+    );
+    reports
+        .stop
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+}
