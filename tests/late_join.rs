@@ -51,7 +51,7 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
         let node = Node::spawn_named(name, 2, args);
         node.wait_healthy();
         let url = |p: &str| format!("{}/{p}/live/cam", node.api);
-        let publisher = client(
+        let mut publisher = client(
             &py,
             "whip_client.py",
             &url("whip"),
@@ -80,7 +80,8 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
             "{name}: time to first video frame {ttff:?} s; groups replayed {starts}, \
              {packets} packets"
         );
-        drop(publisher);
+        let _ = publisher.kill();
+        let _ = publisher.wait();
         results.push((name, ttff, starts));
     }
     let (_, cached, starts) = &results[0];
@@ -126,7 +127,7 @@ fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
         return;
     };
     let node = Node::start(1);
-    let _publisher = client(
+    let mut publisher = client(
         &py,
         "whip_client.py",
         &format!("{}/whip/live/cam", node.api),
