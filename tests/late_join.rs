@@ -177,4 +177,6 @@ fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
     reports
         .stop
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
 }
