@@ -281,6 +281,11 @@ impl Engine {
             return false;
         }
         let d = deliver(s, h, (None, svc.as_ref()), (now, pad), out);
+        if d.svc_ask {
+            // An SVC viewer on a worker that has not seen the track's layers yet chose
+            // none: it waits for a keyframe, as without a group.
+            self.request_keyframe(h.stream, h.track, now, out);
+        }
         match d.sent {
             Some(Ok(n)) => {
                 if let Some(slot) = self.slot(to.idx) {
