@@ -9,11 +9,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::{is_root, skip, Net, NodeProc};
+use common::netns::{is_root, skip, which, Net, NodeProc};
 use common::{http, http_typed, Http};
 
 const OFFER: &str = include_str!("../controlplane/src/sdp/fixtures/chrome_publish.sdp");
@@ -242,14 +241,4 @@ fn three_nodes_in_namespaces() {
             r.body
         );
     }
-}
-
-fn which(bin: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(bin))
-                .find(|f| f.is_file())
-        })
-        .ok_or(())
 }

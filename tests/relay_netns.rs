@@ -11,13 +11,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::netns::{is_root, skip, Net, NodeProc};
+use common::netns::{is_root, skip, which, Net, NodeProc};
 use common::{http, Http};
 use switchyard_shared::command::SrtpProfile;
 use switchyard_shared::srtp::Context;
@@ -313,14 +312,4 @@ fn redis_up(addr: &str) -> bool {
     s.write_all(b"PING\r\n").is_ok()
         && s.read(&mut buf)
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-}
-
-fn which(bin: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(bin))
-                .find(|f| f.is_file())
-        })
-        .ok_or(())
 }

@@ -364,7 +364,19 @@ fn a_refused_destination_falls_back_to_single_datagrams() {
         });
         check(&rx, ROUNDS, &what);
         assert_eq!(c.gso_messages, 0, "{what}: nothing went segmented");
-        assert_eq!(c.gso_refused, DESTS as u64, "{what}: once per destination");
+        match kind {
+            EngineKind::Mmsg => {
+                assert_eq!(c.gso_refused, DESTS as u64, "{what}: once per destination")
+            }
+            // io_uring completes sends later: a loaded machine may have put a destination's
+            // next segmented sends in flight before its first refusal came back. Each is
+            // refused, and sent again unsegmented (`check` saw every datagram once, in order).
+            _ => assert!(
+                (DESTS as u64..=DESTS as u64 * u64::from(ROUNDS)).contains(&c.gso_refused),
+                "{what}: every destination refused, then left unsegmented: {}",
+                c.gso_refused
+            ),
+        }
     }
 }
 

@@ -35,6 +35,17 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
 }
 
+/// `bin` on the PATH.
+pub fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(bin))
+                .find(|f| f.is_file())
+        })
+        .ok_or(())
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -78,10 +78,16 @@ impl Engine {
             // given its keys; until then skipping it is not a drop (counting it as
             // `queue_full` made every WHEP handshake look like a full send queue). One being
             // started from the cached group elsewhere (`prime`) gets that first.
-            if !s.can_send() || s.priming(now) {
+            if !s.can_send() {
                 continue;
             }
-            if let session::Role::Subscriber(sub) = &mut s.role {
+            if s.priming(now) {
+                // The publisher's worker sends a packet of a track with a group again with
+                // that group, after this one: the subscriber's numbering starts there.
+                if h.grouped {
+                    continue;
+                }
+            } else if let session::Role::Subscriber(sub) = &mut s.role {
                 if sub.priming.take().is_some() {
                     // The publisher's worker never answered (a full queue lost the
                     // message): a keyframe is asked for, as without a cached group.

@@ -296,6 +296,7 @@ impl Engine {
         // A video track's SVC layers (VP9, AV1), and where its latest group starts.
         let codec = p.video.get(t).copied().flatten();
         pkt.svc = None;
+        let mut grouped = false;
         if let Some(c) = codec.filter(|c| tag.is_none() && hdr.payload_type == c.payload_type()) {
             let end = len.saturating_sub(hdr.padding_len);
             let payload = pkt.data.get(hdr.payload_offset..end).unwrap_or_default();
@@ -307,10 +308,13 @@ impl Engine {
                 _ => None,
             };
             let key = super::prime::starts_keyframe(c, payload, pkt.svc.as_ref());
+            let cached = p.caches.get(t).map_or(0, |c| c.capacity());
             if let Some(g) = p.groups.get_mut(t) {
                 g.on_packet(hdr.sequence, hdr.timestamp, key);
+                grouped = p.sim.is_none() && g.span(cached).is_some();
             }
         }
+        pkt.grouped = grouped;
         pkt.video = p.clock_rates.get(t) == Some(&90_000);
         pkt.epoch = p.epoch;
         let stream = p.stream;

@@ -35,6 +35,9 @@ pub struct Packet {
     /// A packet of a video (90 kHz) track: subscribers may get it padded to an equal size
     /// (`padding.rs`).
     pub video: bool,
+    /// Its track had a whole group in the publisher's cache when it came (`prime`): a
+    /// subscriber being started from that group elsewhere gets it with the replay.
+    pub grouped: bool,
     /// The publisher's epoch when the packet came (`session::Publisher::epoch`): a viewer
     /// that sees it change re-bases its numbering (`continuity`).
     pub epoch: u32,
@@ -51,6 +54,7 @@ impl Packet {
             layer: None,
             svc: None,
             video: false,
+            grouped: false,
             epoch: 0,
             data: [0; PACKET_CAP],
         }

@@ -16,9 +16,10 @@
 //! its numbering starts at the keyframe, its SVC layers are chosen from it), and tracks
 //! without one get a keyframe request as before. A subscriber on another worker asks the
 //! publisher's worker (`Inbound::Prime`), which sends the packets back (`Inbound::Replay`)
-//! and then `Inbound::PrimeDone`; meanwhile the subscriber's worker holds back the live
-//! packets from it (they are in the replay, which the publisher's worker sends after them
-//! on the same queue), for [`PRIME_WAIT`] at most. Simulcast tracks are not replayed (a
+//! and then `Inbound::PrimeDone`; meanwhile the subscriber's worker holds back from it the
+//! live packets of tracks that had a group when they came (`Packet::grouped`: they are in
+//! the replay, which the publisher's worker sends after them on the same queue), for
+//! [`PRIME_WAIT`] at most; packets of other tracks go to it live, as nothing replays them. Simulcast tracks are not replayed (a
 //! viewer's first layer is chosen at a keyframe of that layer, asked for as before).
 
 use std::time::{Duration, Instant};
