@@ -98,13 +98,26 @@ impl Fixture {
     /// Deliver worker messages until none are left, as the workers' queues do (a new
     /// subscriber on another worker than the publisher's asks it for the cached groups,
     /// `prime`, and waits for the answer).
-    fn pump(&mut self, mut msgs: Vec<(u16, Inbound)>) {
+    fn pump(&mut self, msgs: Vec<(u16, Inbound)>) {
+        let mut out = Capture {
+            to_workers: msgs,
+            ..Capture::default()
+        };
+        self.pump_into(&mut out);
+    }
+
+    /// [`Fixture::pump`] of `out`'s messages, what the workers send outside added to it.
+    fn pump_into(&mut self, out: &mut Capture) {
+        let mut msgs = std::mem::take(&mut out.to_workers);
         while !msgs.is_empty() {
             let mut next = Capture::default();
             for (w, m) in msgs {
                 self.engines[usize::from(w)].handle_inbound(m, t0(), &mut next);
             }
-            msgs = next.to_workers;
+            msgs = std::mem::take(&mut next.to_workers);
+            out.sent.extend(next.sent);
+            out.vias.extend(next.vias);
+            out.froms.extend(next.froms);
         }
     }
 }

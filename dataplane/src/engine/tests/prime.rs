@@ -73,24 +73,10 @@ fn frames(f: &mut Fixture, tx: &mut Context, range: std::ops::Range<u32>) -> Cap
             let mut p = vp8_packet(tx, seq, frame * 3000, (k == 0, frame % 100 == 0));
             f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), t0(), &mut out);
             // Handles go home as they would, or the publisher's pool runs dry.
-            deliver_all(f, &mut out);
+            f.pump_into(&mut out);
         }
     }
     out
-}
-
-/// Deliver what the workers sent each other (media, handles going home, the cached groups)
-/// until none is left, what they sent outside added to `out`.
-fn deliver_all(f: &mut Fixture, out: &mut Capture) {
-    let mut msgs = std::mem::take(&mut out.to_workers);
-    while !msgs.is_empty() {
-        let mut next = Capture::default();
-        for (to, m) in msgs {
-            f.engines[usize::from(to)].handle_inbound(m, t0(), &mut next);
-        }
-        msgs = std::mem::take(&mut next.to_workers);
-        out.sent.extend(next.sent);
-    }
 }
 
 /// Subscriber `id` (port 6000 + id, keys as `add_sub`'s) joins on worker `w`; what the
@@ -114,7 +100,7 @@ fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
         t0(),
         &mut out,
     );
-    deliver_all(f, &mut out);
+    f.pump_into(&mut out);
     out
 }
 
