@@ -180,3 +180,61 @@ fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
     let _ = publisher.kill();
     let _ = publisher.wait();
 }
+
+/// Across a relay: the same publisher on node `a`, viewers on node `c` through the WHEP
+/// cascade. The relay-out `a` opens to `c` is started from `a`'s cached group, `c`'s
+/// relay-in keeps its own group from it, and `c`'s viewers start from that, on a stream
+/// whose publisher ignores keyframe requests. Needs Redis.
+#[test]
+fn a_viewer_on_another_node_starts_from_the_relayed_group() {
+    let Some(py) = python() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is required under CI"
+        );
+        eprintln!("SKIPPED late_join: python3 not found");
+        return;
+    };
+    if !common::Redis::required("a_viewer_on_another_node_starts_from_the_relayed_group") {
+        return;
+    }
+    let pair = common::cluster::cascade_pair("late-join");
+    let mut publisher = client(
+        &py,
+        "whip_client.py",
+        &format!("{}/whip/relayed/cam", pair.a.api),
+        40,
+        &["--keyframe-every", &KEYFRAME_EVERY.to_string()],
+    );
+    pair.wait_cascade();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut ttff = Vec::new();
+    for _ in 0..2 {
+        let v = client(
+            &py,
+            "whep_client.py",
+            &format!("{}/whep/relayed/cam", pair.c.api),
+            4,
+            &[],
+        );
+        let s = summary(v, "whep_client");
+        let t = s["first_frame_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("a viewer on c decoded no video: {s}"));
+        ttff.push(t);
+        std::thread::sleep(APART);
+    }
+    let on_a = pair.a.metric_sum("switchyard_late_join_starts_total");
+    let on_c = pair.c.metric_sum("switchyard_late_join_starts_total");
+    eprintln!(
+        "viewers on c: time to first video frame {ttff:?} s; groups replayed on a {on_a} \
+         (the relay-out), on c {on_c}"
+    );
+    assert!(on_a >= 1, "the relay-out started from a's group");
+    assert!(on_c >= 1, "a viewer on c started from c's group");
+    for t in &ttff {
+        assert!(*t < 3.0, "a start on c took {t:.2} s: {ttff:?}");
+    }
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+}
