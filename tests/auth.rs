@@ -25,8 +25,12 @@ impl Drop for TempDir {
 }
 
 fn secured_node() -> Secured {
+    // One folder per node: the tests run in parallel, and a shared config file let one
+    // test's node start with another's key ("bad signature" now and then).
+    static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = cli(&["token", "generate"]);
-    let dir = std::env::temp_dir().join(format!("swy-auth-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("swy-auth-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("switchyard.toml");
     std::fs::write(

@@ -198,7 +198,7 @@ fn a_viewer_on_another_node_starts_from_the_relayed_group() {
     if !common::Redis::required("a_viewer_on_another_node_starts_from_the_relayed_group") {
         return;
     }
-    let pair = common::cluster::cascade_pair("late-join");
+    let pair = common::cluster::cascade_pair("late-join-relay");
     let mut publisher = client(
         &py,
         "whip_client.py",
