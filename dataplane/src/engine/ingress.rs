@@ -310,8 +310,8 @@ impl Engine {
             let key = super::prime::starts_keyframe(c, payload, pkt.svc.as_ref());
             let cached = p.caches.get(t).map_or(0, |c| c.capacity());
             if let Some(g) = p.groups.get_mut(t) {
-                g.on_packet(hdr.sequence, hdr.timestamp, key);
-                grouped = p.sim.is_none() && g.span(cached).is_some();
+                g.on_packet((hdr.sequence, hdr.timestamp), key, at);
+                grouped = p.sim.is_none() && g.span(cached, at).is_some();
             }
         }
         pkt.grouped = grouped;

@@ -38,12 +38,19 @@ use super::{Engine, Inbound, Output, StreamId};
 /// a queue that dropped a message must not hold it back for good.
 pub const PRIME_WAIT: Duration = Duration::from_millis(250);
 
+/// A group whose newest packet is older than this is not replayed: its source went quiet
+/// (a relay whose source died, a paused publisher), and a new viewer would be shown the
+/// past, or, after a failover, viewers would see the seconds before it again.
+pub const STALE: Duration = Duration::from_millis(500);
+
 /// Where one track's latest group starts, by publisher sequence number and RTP timestamp,
 /// and the newest sequence number seen since.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Group {
     start: Option<(u16, u32)>,
     newest: Option<u16>,
+    /// When the last packet of the track came.
+    last: Option<Instant>,
 }
 
 /// `a` comes after `b` (RFC 1982 on 16 bits).
@@ -52,10 +59,11 @@ fn after(a: u16, b: u16) -> bool {
 }
 
 impl Group {
-    /// Packet `seq` (timestamp `ts`) of the track arrived; `key`: it starts a keyframe. A
-    /// second keyframe start with the same timestamp (another slice of one IDR picture) is
-    /// the same group.
-    pub fn on_packet(&mut self, seq: u16, ts: u32, key: bool) {
+    /// Packet `seq` (timestamp `ts`) of the track arrived at `at`; `key`: it starts a
+    /// keyframe. A second keyframe start with the same timestamp (another slice of one IDR
+    /// picture) is the same group.
+    pub fn on_packet(&mut self, (seq, ts): (u16, u32), key: bool, at: Instant) {
+        self.last = Some(at);
         if key && self.start.is_none_or(|(_, t)| t != ts) {
             self.start = Some((seq, ts));
         }
@@ -65,8 +73,14 @@ impl Group {
     }
 
     /// The group as (first sequence number, packets), while a cache of `len` packets still
-    /// holds all of it.
-    pub fn span(&self, len: usize) -> Option<(u16, u16)> {
+    /// holds all of it and its track has sent something within [`STALE`] of `now`.
+    pub fn span(&self, len: usize, now: Instant) -> Option<(u16, u16)> {
+        if self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) > STALE)
+        {
+            return None;
+        }
         let ((start, _), newest) = (self.start?, self.newest?);
         let n = newest.wrapping_sub(start);
         if n as i16 <= -1 || usize::from(n) >= len {
@@ -155,7 +169,7 @@ impl Engine {
 
     /// The cached groups of publisher `publisher` (here), their packets in order: each
     /// track's (track, first sequence number, packets). Simulcast publishers have none.
-    fn groups(&self, publisher: u32) -> [Option<(u8, u16, u16)>; MAX_TRACKS] {
+    fn groups(&self, publisher: u32, now: Instant) -> [Option<(u8, u16, u16)>; MAX_TRACKS] {
         let mut g = [None; MAX_TRACKS];
         let Some(session::Role::Publisher(p)) = self.sessions.get(publisher).map(|s| &s.role)
         else {
@@ -167,7 +181,7 @@ impl Engine {
         for (t, slot) in g.iter_mut().enumerate() {
             let len = p.caches.get(t).map_or(0, |c| c.capacity());
             if p.video.get(t).copied().flatten().is_some() {
-                *slot = p.groups[t].span(len).map(|(s, n)| (t as u8, s, n));
+                *slot = p.groups[t].span(len, now).map(|(s, n)| (t as u8, s, n));
             }
         }
         g
@@ -183,7 +197,7 @@ impl Engine {
         out: &mut dyn Output,
     ) -> u8 {
         let mut primed = 0u8;
-        for (t, start, n) in self.groups(publisher).into_iter().flatten() {
+        for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
             let mut sent = false;
             for k in 0..n {
                 if let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) {
@@ -216,7 +230,7 @@ impl Engine {
             return;
         };
         let mut primed = 0u8;
-        'tracks: for (t, start, n) in self.groups(publisher).into_iter().flatten() {
+        'tracks: for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
             for k in 0..n {
                 let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) else {
                     continue;
@@ -316,31 +330,36 @@ mod tests {
 
     #[test]
     fn a_group_runs_from_the_latest_keyframe_to_the_newest_packet() {
+        let t0 = Instant::now();
         let mut g = Group::default();
-        assert_eq!(g.span(512), None, "no keyframe yet");
-        g.on_packet(65_530, 100, false);
-        assert_eq!(g.span(512), None);
-        g.on_packet(65_531, 200, true);
+        let on = |g: &mut Group, seq: u16, ts: u32, key: bool| g.on_packet((seq, ts), key, t0);
+        assert_eq!(g.span(512, t0), None, "no keyframe yet");
+        on(&mut g, 65_530, 100, false);
+        assert_eq!(g.span(512, t0), None);
+        on(&mut g, 65_531, 200, true);
         for seq in 65_532..=65_535 {
-            g.on_packet(seq, 200, false);
+            on(&mut g, seq, 200, false);
         }
         // Another slice of the same picture is the same group.
-        g.on_packet(0, 200, true);
-        g.on_packet(1, 300, false);
-        assert_eq!(g.span(512), Some((65_531, 7)));
+        on(&mut g, 0, 200, true);
+        on(&mut g, 1, 300, false);
+        assert_eq!(g.span(512, t0), Some((65_531, 7)));
         // A late packet from before changes nothing.
-        g.on_packet(65_529, 100, false);
-        assert_eq!(g.span(512), Some((65_531, 7)));
+        on(&mut g, 65_529, 100, false);
+        assert_eq!(g.span(512, t0), Some((65_531, 7)));
         // The next keyframe starts a new group.
-        g.on_packet(2, 400, true);
-        assert_eq!(g.span(512), Some((2, 1)));
+        on(&mut g, 2, 400, true);
+        assert_eq!(g.span(512, t0), Some((2, 1)));
         // Longer than the cache: gone until the next keyframe.
         for seq in 3..600u16 {
-            g.on_packet(seq, 500, false);
+            on(&mut g, seq, 500, false);
         }
-        assert_eq!(g.span(512), None);
-        assert_eq!(g.span(1024), Some((2, 598)));
-        g.on_packet(600, 600, true);
-        assert_eq!(g.span(512), Some((600, 1)));
+        assert_eq!(g.span(512, t0), None);
+        assert_eq!(g.span(1024, t0), Some((2, 598)));
+        on(&mut g, 600, 600, true);
+        assert_eq!(g.span(512, t0), Some((600, 1)));
+        // A track that went quiet (its source died) has nothing worth replaying.
+        assert_eq!(g.span(512, t0 + STALE), Some((600, 1)));
+        assert_eq!(g.span(512, t0 + STALE + Duration::from_millis(1)), None);
     }
 }
