@@ -311,7 +311,8 @@ mod tests {
                 apt: 96,
                 ssrc: Some(1236683273),
             }),
-            video: None,
+            // Named for its keyframes (late joiners), though it has no SVC layers.
+            video: Some(VideoCodec::Vp8(96)),
         };
         assert_eq!(uplink(&n), [audio, video], "opus has no nack; VP8 has both");
         let n = sdp::answer(
