@@ -82,12 +82,7 @@ impl Host {
 
     /// The sum over workers of a metric line's values.
     fn metric_sum(&self, prefix: &str) -> u64 {
-        self.get("/metrics")
-            .body
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        common::metric_sum(&self.get("/metrics").body, prefix)
     }
 }
 

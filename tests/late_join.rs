@@ -17,6 +17,19 @@ use std::time::Duration;
 use common::aiortc::{client, python, summary};
 use common::Node;
 
+/// The aiortc venv's python: None (skipped loudly) without python3, a failure under CI.
+fn aiortc() -> Option<std::path::PathBuf> {
+    let py = python();
+    if py.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is required under CI"
+        );
+        eprintln!("SKIPPED late_join: python3 not found");
+    }
+    py
+}
+
 /// The publisher's keyframe interval, seconds.
 const KEYFRAME_EVERY: f64 = 6.0;
 /// Viewers per node, joining this far apart (not a divisor of the keyframe interval, so
@@ -26,12 +39,7 @@ const APART: Duration = Duration::from_millis(1700);
 
 #[test]
 fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 is required under CI"
-        );
-        eprintln!("SKIPPED late_join: python3 not found");
+    let Some(py) = aiortc() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("swy-late-join-{}", std::process::id()));
@@ -115,12 +123,7 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
 /// with no freeze.
 #[test]
 fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 is required under CI"
-        );
-        eprintln!("SKIPPED late_join: python3 not found");
+    let Some(py) = aiortc() else {
         return;
     };
     let Some((bin, _serial)) = common::browser::chromium() else {
@@ -187,12 +190,7 @@ fn a_chromium_late_joiner_decodes_at_once_and_keeps_up() {
 /// whose publisher ignores keyframe requests. Needs Redis.
 #[test]
 fn a_viewer_on_another_node_starts_from_the_relayed_group() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 is required under CI"
-        );
-        eprintln!("SKIPPED late_join: python3 not found");
+    let Some(py) = aiortc() else {
         return;
     };
     if !common::Redis::required("a_viewer_on_another_node_starts_from_the_relayed_group") {

@@ -63,6 +63,15 @@ pub fn cli(args: &[&str]) -> String {
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
+/// The sum of the values of the lines of a `/metrics` page that start with `prefix`.
+pub fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Http> {
     http_typed(addr, method, path, "application/json", body)
 }
@@ -374,12 +383,7 @@ impl Node {
 
     /// The sum over workers of a metric line's values, e.g. `switchyard_sessions{`.
     pub fn metric_sum(&self, prefix: &str) -> u64 {
-        self.get("/metrics")
-            .body
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        metric_sum(&self.get("/metrics").body, prefix)
     }
 }
 
