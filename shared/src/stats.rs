@@ -25,7 +25,7 @@ use memmap2::MmapMut;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SWYSTATS");
 /// Bump when [`Counter`] or the layout changes.
-pub const VERSION: u32 = 11;
+pub const VERSION: u32 = 12;
 
 /// Every counter a worker keeps. Counters ending in `Drop*` are per-reason packet drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +162,9 @@ pub enum Counter {
     LateJoinStarts,
     /// Packets of those groups sent.
     LateJoinPackets,
+    /// Replays that could not finish (the live edge outran the cache, a queue was full,
+    /// the publisher left): the subscriber was asked a keyframe for instead.
+    LateJoinAborted,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -247,6 +250,7 @@ impl Counter {
         Counter::BweProbesFailed,
         Counter::LateJoinStarts,
         Counter::LateJoinPackets,
+        Counter::LateJoinAborted,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -330,6 +334,7 @@ impl Counter {
             Counter::BweProbesFailed => "bwe_probes_failed_total",
             Counter::LateJoinStarts => "late_join_starts_total",
             Counter::LateJoinPackets => "late_join_packets_total",
+            Counter::LateJoinAborted => "late_join_aborted_total",
             _ => "drops_total",
         }
     }

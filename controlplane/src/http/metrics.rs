@@ -283,6 +283,9 @@ fn help(c: Counter) -> &'static str {
             "Tracks a new subscriber started on from the cached group since the last keyframe, not from a keyframe request."
         }
         Counter::LateJoinPackets => "Packets of cached groups sent to new subscribers.",
+        Counter::LateJoinAborted => {
+            "Replays of cached groups that could not finish (a keyframe was asked for instead)."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

@@ -46,6 +46,7 @@ pub mod latch;
 pub mod layers;
 mod message;
 pub mod nack;
+mod pace;
 mod padding;
 mod periodic;
 pub mod pool;
@@ -190,6 +191,8 @@ pub struct Engine {
     twcc_publishers: Vec<u32>,
     /// Viewers with a bandwidth estimate (`viewer_bwe`).
     bwe_viewers: Vec<u32>,
+    /// Late joiners' replays from this worker's publishers' caches, under way (`prime`).
+    replays: Vec<prime::Replay>,
     /// When each kind of periodic work is next due (see [`Timer`]).
     timers: TimerTable,
     /// Zero point of the arrival times in transport-cc feedback and receive statistics:
@@ -231,6 +234,7 @@ impl Engine {
             ice_transactions: HashMap::new(),
             twcc_publishers: Vec::new(),
             bwe_viewers: Vec::new(),
+            replays: Vec::new(),
             timers,
             epoch: now,
             streams: HashMap::with_capacity(limits.max_sessions),

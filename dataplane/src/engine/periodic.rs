@@ -51,6 +51,9 @@ impl Engine {
         if self.timers.is_due(Timer::Bwe, now) {
             self.drive_bwe(now, out);
         }
+        if self.timers.is_due(Timer::Replay, now) {
+            self.drive_replays(now, out);
+        }
     }
 
     /// Lapsed ICE consent (RFC 7675): one `ConsentExpired` per session, the first sweep after

@@ -11,16 +11,17 @@
 //! is allocated or copied: the replay hands out the cached packets' refcounted handles.
 //!
 //! When a subscriber can first receive (ICE and DTLS done, or keys given), the subscriber
-//! gets, for each video track with a whole group, every cached packet from the keyframe to
-//! the newest, through the same per-subscriber path as live packets (`fanout::deliver`:
-//! its numbering starts at the keyframe, its SVC layers are chosen from it), and tracks
-//! without one get a keyframe request as before. A subscriber on another worker asks the
+//! gets, for each video track with a whole group, every cached packet from the keyframe on
+//! up to the live edge, paced ([`Replay`]), through the same per-subscriber path as live
+//! packets (`fanout::deliver`: its numbering starts at the keyframe, its SVC layers are
+//! chosen from it), and tracks without one get a keyframe request as before. A subscriber on another worker asks the
 //! publisher's worker (`Inbound::Prime`), which sends the packets back (`Inbound::Replay`)
 //! and then `Inbound::PrimeDone`; meanwhile the subscriber's worker holds back from it the
 //! live packets of tracks that had a group when they came (`Packet::grouped`: they are in
 //! the replay, which the publisher's worker sends after them on the same queue), for
-//! [`PRIME_WAIT`] at most; packets of other tracks go to it live, as nothing replays them. Simulcast tracks are not replayed (a
-//! viewer's first layer is chosen at a keyframe of that layer, asked for as before).
+//! [`PRIME_WAIT`] after the last replayed packet at most; packets of other tracks go to
+//! it live, as nothing replays them. Simulcast tracks are not replayed (a viewer's first
+//! layer is chosen at a keyframe of that layer, asked for as before).
 
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,11 @@ use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::deliver;
 use super::layers;
+use super::pace::Pacer;
 use super::pool::Handle;
 use super::session::{self, SessionKey};
 use super::svc::SvcTag;
+use super::timer::Timer;
 use super::{Engine, Inbound, Output, StreamId};
 
 /// The longest a subscriber's live packets wait for the replay from the publisher's worker:
@@ -42,6 +45,51 @@ pub const PRIME_WAIT: Duration = Duration::from_millis(250);
 /// (a relay whose source died, a paused publisher), and a new viewer would be shown the
 /// past, or, after a failover, viewers would see the seconds before it again.
 pub const STALE: Duration = Duration::from_millis(500);
+
+/// A replay goes this many times as fast as its group came: a viewer reaches the live edge
+/// after a third of the group's length (0.7 s for a 2 s group), and its path gets four times
+/// the stream's rate for that long instead of the whole group in one burst.
+pub const CATCH_UP: u64 = 4;
+
+/// The group's rate is taken over this long at least: a group of one keyframe (which came
+/// in one burst) is not replayed as one.
+pub const MIN_SPAN: Duration = Duration::from_millis(500);
+
+/// Bounds on a replay's rate, in bytes per second: 1 and 50 Mbit/s.
+pub const MIN_RATE: u64 = 125_000;
+pub const MAX_RATE: u64 = 6_250_000;
+
+/// Where a replay goes: a subscriber on this worker, or one on another worker (through
+/// `Inbound::Replay`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Target {
+    Here(SessionKey),
+    Worker(u16, SessionKey),
+}
+
+/// One subscriber's start from the cached groups, on the publisher's worker: per replayed
+/// track the next sequence number to send, up to the track's newest packet (the replay
+/// follows the live edge until it reaches it; the subscriber holds back the live packets
+/// of those tracks meanwhile), paced at [`CATCH_UP`] times the group's rate.
+pub(super) struct Replay {
+    to: Target,
+    publisher: SessionKey,
+    stream: StreamId,
+    next: [Option<u16>; MAX_TRACKS],
+    /// The track to look at first next time (round robin).
+    turn: u8,
+    pacer: Pacer,
+}
+
+/// What one turn of a replay came to.
+enum Step {
+    /// Its pacer has room again at this instant.
+    Wait(Instant),
+    /// Every track reached its live edge.
+    Done,
+    /// It cannot go on.
+    Abort,
+}
 
 /// Where one track's latest group starts, by publisher sequence number and RTP timestamp,
 /// and the newest sequence number seen since.
@@ -70,6 +118,11 @@ impl Group {
         if self.newest.is_none_or(|n| after(seq, n)) {
             self.newest = Some(seq);
         }
+    }
+
+    /// The newest sequence number of the track.
+    pub fn newest(&self) -> Option<u16> {
+        self.newest
     }
 
     /// The group as (first sequence number, packets), while a cache of `len` packets still
@@ -187,6 +240,218 @@ impl Engine {
         g
     }
 
+    /// Start replaying the cached groups of `publisher` (here) to `to`, paced (see
+    /// [`Replay`]). The tracks it replays, as a mask (0: nothing to replay, nothing started).
+    fn start_replay(
+        &mut self,
+        publisher: u32,
+        to: Target,
+        now: Instant,
+        out: &mut dyn Output,
+    ) -> u8 {
+        let stream = match self.sessions.get(publisher).map(|s| &s.role) {
+            Some(session::Role::Publisher(p)) => p.stream,
+            _ => return 0,
+        };
+        let mut next = [None; MAX_TRACKS];
+        let (mut bytes, mut span) = (0u64, Duration::ZERO);
+        let mut primed = 0u8;
+        for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
+            let (b, d) = self.group_size(publisher, t, (start, n));
+            bytes += b;
+            span = span.max(d);
+            next[usize::from(t)] = Some(start);
+            primed |= 1 << t;
+        }
+        if primed == 0 {
+            return 0;
+        }
+        let rate = (CATCH_UP * bytes * 1_000_000 / span.max(MIN_SPAN).as_micros() as u64)
+            .clamp(MIN_RATE, MAX_RATE);
+        if let Target::Here(key) = to {
+            self.hold(key, now);
+        }
+        let publisher = SessionKey {
+            idx: publisher,
+            gen: self.sessions.generation(publisher),
+        };
+        self.count(Counter::LateJoinStarts, u64::from(primed.count_ones()));
+        self.replays.push(Replay {
+            to,
+            publisher,
+            stream,
+            next,
+            turn: 0,
+            pacer: Pacer::new(rate, now),
+        });
+        self.drive_replays(now, out);
+        primed
+    }
+
+    /// A cached group's bytes, and how long it took to come (by its RTP timestamps).
+    fn group_size(&self, publisher: u32, t: u8, (start, n): (u16, u16)) -> (u64, Duration) {
+        let Some(session::Role::Publisher(p)) = self.sessions.get(publisher).map(|s| &s.role)
+        else {
+            return (0, Duration::ZERO);
+        };
+        let Some(cache) = p.caches.get(usize::from(t)) else {
+            return (0, Duration::ZERO);
+        };
+        let mut bytes = 0u64;
+        let mut ts: Option<(u32, u32)> = None;
+        for h in (0..n).filter_map(|k| cache.get(start.wrapping_add(k))) {
+            bytes += h.bytes().len() as u64;
+            if let Some(&[a, b, c, d]) = h.bytes().get(4..8) {
+                let stamp = u32::from_be_bytes([a, b, c, d]);
+                ts = Some(ts.map_or((stamp, stamp), |(first, _)| (first, stamp)));
+            }
+        }
+        let ticks = ts.map_or(0, |(a, b)| b.wrapping_sub(a));
+        // Video is on the 90 kHz clock; a group that would be longer than a minute is a
+        // timestamp jump, not a group.
+        let d = Duration::from_micros(u64::from(ticks.min(90_000 * 60)) * 1_000 / 90);
+        (bytes, d)
+    }
+
+    /// Subscriber `key` here waits for its replay: live packets of its replayed tracks are
+    /// held back for [`PRIME_WAIT`] more (each replayed packet renews it).
+    fn hold(&mut self, key: SessionKey, now: Instant) {
+        if let Some(session::Role::Subscriber(sub)) =
+            self.sessions.get_key_mut(key).map(|s| &mut s.role)
+        {
+            sub.priming = Some(now + PRIME_WAIT);
+        }
+    }
+
+    /// Send what the replays' pacers allow at `now`; finished ones end, and the replay
+    /// timer is set for the next that will have room.
+    pub(super) fn drive_replays(&mut self, now: Instant, out: &mut dyn Output) {
+        let mut next_due: Option<Instant> = None;
+        let mut i = 0;
+        while i < self.replays.len() {
+            match self.step_replay(i, now, out) {
+                Step::Wait(at) => {
+                    next_due = Some(next_due.map_or(at, |t| t.min(at)));
+                    i += 1;
+                }
+                Step::Done => {
+                    let r = self.replays.swap_remove(i);
+                    self.end_replay(&r, false, now, out);
+                }
+                Step::Abort => {
+                    let r = self.replays.swap_remove(i);
+                    self.end_replay(&r, true, now, out);
+                }
+            }
+        }
+        match next_due {
+            Some(t) => self.timers.set(Timer::Replay, t),
+            None => self.timers.stop(Timer::Replay),
+        }
+    }
+
+    /// Replay `i` as far as its pacer lets it at `now`.
+    fn step_replay(&mut self, i: usize, now: Instant, out: &mut dyn Output) -> Step {
+        loop {
+            let Some(r) = self.replays.get(i) else {
+                return Step::Done;
+            };
+            let (to, publisher, turn) = (r.to, r.publisher, r.turn);
+            let Some(session::Role::Publisher(p)) =
+                self.sessions.get_key(publisher).map(|s| &s.role)
+            else {
+                return Step::Abort;
+            };
+            // The next track behind its newest packet, round robin: every replayed track
+            // follows its live edge until all have caught up, as the subscriber holds
+            // back the live packets of all of them meanwhile.
+            let mut pick = None;
+            for k in 0..MAX_TRACKS {
+                let t = (usize::from(turn) + k) % MAX_TRACKS;
+                let (Some(seq), Some(newest)) = (r.next[t], p.groups[t].newest()) else {
+                    continue;
+                };
+                if after(seq, newest) {
+                    continue;
+                }
+                let len = p.caches.get(t).map_or(0, |c| c.capacity());
+                if usize::from(newest.wrapping_sub(seq)) >= len {
+                    // The live edge ran further ahead than the cache holds: what the
+                    // replay has not sent yet is gone.
+                    return Step::Abort;
+                }
+                pick = Some((t, seq));
+                break;
+            }
+            let Some((t, seq)) = pick else {
+                return Step::Done;
+            };
+            let advance = |e: &mut Engine| {
+                if let Some(r) = e.replays.get_mut(i) {
+                    r.next[t] = Some(seq.wrapping_add(1));
+                    r.turn = (t as u8 + 1) % MAX_TRACKS as u8;
+                }
+            };
+            let Some(h) = self.cached(publisher.idx, t as u8, seq) else {
+                // Never came (lost upstream and not repaired yet): the live path lost it
+                // too, and the subscriber's NACK can still ask for it.
+                advance(self);
+                continue;
+            };
+            let n = h.bytes().len();
+            let Some(r) = self.replays.get_mut(i) else {
+                self.pool.put(h);
+                return Step::Done;
+            };
+            if !r.pacer.take(n, now) {
+                let at = r.pacer.ready_at(n, now);
+                self.pool.put(h);
+                return Step::Wait(at);
+            }
+            advance(self);
+            match to {
+                Target::Here(key) => {
+                    if self.sessions.get_key_mut(key).is_none() {
+                        self.pool.put(h);
+                        return Step::Abort;
+                    }
+                    self.hold(key, now);
+                    self.replay_to(key, &h, now, out);
+                    self.pool.put(h);
+                }
+                Target::Worker(w, session) => {
+                    if let Err(back) = out.to_worker(w, Inbound::Replay { session, packet: h }) {
+                        if let Inbound::Replay { packet, .. } = back {
+                            self.pool.put(packet);
+                        }
+                        self.drop_packet(DropReason::QueueFull);
+                        return Step::Abort;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replay `r` is over: its subscriber's live packets flow again. `aborted`: it could
+    /// not finish (the cache ran out, a queue was full, the publisher left), so the
+    /// subscriber's tracks get a keyframe request, as without a group.
+    fn end_replay(&mut self, r: &Replay, aborted: bool, now: Instant, out: &mut dyn Output) {
+        match r.to {
+            Target::Here(key) => self.prime_done(key),
+            Target::Worker(w, session) => {
+                // Lost, the subscriber's worker lets the live packets through after
+                // PRIME_WAIT.
+                let _ = out.to_worker(w, Inbound::PrimeDone { session });
+            }
+        }
+        if aborted {
+            self.count(Counter::LateJoinAborted, 1);
+            for t in (0..MAX_TRACKS).filter(|&t| r.next[t].is_some()) {
+                self.request_keyframe(r.stream, t as u8, now, out);
+            }
+        }
+    }
+
     /// Replay the cached groups of `publisher` to subscriber `to`, both here. The tracks
     /// replayed, as a mask.
     fn replay_here(
@@ -196,26 +461,12 @@ impl Engine {
         now: Instant,
         out: &mut dyn Output,
     ) -> u8 {
-        let mut primed = 0u8;
-        for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
-            let mut sent = false;
-            for k in 0..n {
-                if let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) {
-                    sent |= self.replay_to(to, &h, now, out);
-                    self.pool.put(h);
-                }
-            }
-            if sent {
-                primed |= 1 << t;
-                self.count(Counter::LateJoinStarts, 1);
-            }
-        }
-        primed
+        self.start_replay(publisher, Target::Here(to), now, out)
     }
 
     /// At the publisher's worker: subscriber `session` on worker `from` asks for the
-    /// cached groups of `stream`. Sent back one packet a message, then `PrimeDone`; tracks
-    /// without a group get a keyframe request.
+    /// cached groups of `stream`. Sent back one packet a message, paced, then `PrimeDone`;
+    /// tracks without a group get a keyframe request.
     pub(super) fn prime_remote(
         &mut self,
         (from, session): (u16, SessionKey),
@@ -223,31 +474,17 @@ impl Engine {
         now: Instant,
         out: &mut dyn Output,
     ) {
-        let Some(publisher) = self.streams.get(&stream).and_then(|s| s.publisher) else {
-            // Nothing to replay (the publisher left, or has not come): the subscriber's
-            // live packets flow at once.
-            let _ = out.to_worker(from, Inbound::PrimeDone { session });
-            return;
-        };
-        let mut primed = 0u8;
-        'tracks: for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
-            for k in 0..n {
-                let Some(h) = self.cached(publisher, t, start.wrapping_add(k)) else {
-                    continue;
-                };
-                if let Err(back) = out.to_worker(from, Inbound::Replay { session, packet: h }) {
-                    if let Inbound::Replay { packet, .. } = back {
-                        self.pool.put(packet);
-                    }
-                    self.drop_packet(DropReason::QueueFull);
-                    break 'tracks;
-                }
+        let primed = match self.streams.get(&stream).and_then(|s| s.publisher) {
+            Some(publisher) => {
+                self.start_replay(publisher, Target::Worker(from, session), now, out)
             }
-            primed |= 1 << t;
-            self.count(Counter::LateJoinStarts, 1);
+            None => 0,
+        };
+        if primed == 0 {
+            // Nothing to replay (the publisher left, has not come, or has no group): the
+            // subscriber's live packets flow at once.
+            let _ = out.to_worker(from, Inbound::PrimeDone { session });
         }
-        // Lost, the subscriber's worker lets the live packets through after PRIME_WAIT.
-        let _ = out.to_worker(from, Inbound::PrimeDone { session });
         self.keyframes_but(stream, primed, now, out);
     }
 
@@ -259,7 +496,16 @@ impl Engine {
         now: Instant,
         out: &mut dyn Output,
     ) {
-        self.replay_to(to, h, now, out);
+        // One that comes after the subscriber stopped waiting (PRIME_WAIT ran out) would
+        // go back in time: the live packets went on meanwhile.
+        if self
+            .sessions
+            .get_key_mut(to)
+            .is_some_and(|s| s.priming(now))
+        {
+            self.hold(to, now);
+            self.replay_to(to, h, now, out);
+        }
     }
 
     /// At the subscriber's worker: the replay for `to` is over.

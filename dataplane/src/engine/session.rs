@@ -363,6 +363,12 @@ impl Slab {
     }
 
     /// The session `key` names, if its slot was not reused since.
+    pub fn get_key(&self, key: SessionKey) -> Option<&Session> {
+        self.get(key.idx)
+            .filter(|_| self.generation(key.idx) == key.gen)
+    }
+
+    /// [`Slab::get_key`], to change.
     pub fn get_key_mut(&mut self, key: SessionKey) -> Option<&mut Session> {
         let slot = self.slots.get_mut(key.idx as usize)?;
         if slot.0 != key.gen {

@@ -108,11 +108,16 @@ impl Fixture {
 
     /// [`Fixture::pump`] of `out`'s messages, what the workers send outside added to it.
     fn pump_into(&mut self, out: &mut Capture) {
+        self.pump_at(out, t0());
+    }
+
+    /// [`Fixture::pump_into`] at `now`.
+    fn pump_at(&mut self, out: &mut Capture, now: Instant) {
         let mut msgs = std::mem::take(&mut out.to_workers);
         while !msgs.is_empty() {
             let mut next = Capture::default();
             for (w, m) in msgs {
-                self.engines[usize::from(w)].handle_inbound(m, t0(), &mut next);
+                self.engines[usize::from(w)].handle_inbound(m, now, &mut next);
             }
             msgs = std::mem::take(&mut next.to_workers);
             out.sent.extend(next.sent);
@@ -126,21 +131,36 @@ fn fixture(workers: u16) -> Fixture {
     fixture_with(workers, 0)
 }
 
-/// [`fixture`] with `media.pad_video_to`.
-fn fixture_with(workers: u16, pad_video_to: u16) -> Fixture {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("swy-engine-{}-{n}", std::process::id()));
-    let stats = Arc::new(Stats::create(&path, usize::from(workers), 64, 1).expect("stats"));
-    let limits = Limits {
+/// The limits of [`fixture`]'s engines.
+fn test_limits() -> Limits {
+    Limits {
         max_sessions: 64,
         nack_cache: 64,
         in_flight: 16,
         uplink_nack: true,
         late_join: true,
-        pad_video_to,
+        pad_video_to: 0,
         viewer_bwe: true,
-    };
+    }
+}
+
+/// [`fixture`] with `media.pad_video_to`.
+fn fixture_with(workers: u16, pad_video_to: u16) -> Fixture {
+    fixture_limited(
+        workers,
+        Limits {
+            pad_video_to,
+            ..test_limits()
+        },
+    )
+}
+
+/// [`fixture`] with these limits.
+fn fixture_limited(workers: u16, limits: Limits) -> Fixture {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("swy-engine-{}-{n}", std::process::id()));
+    let stats = Arc::new(Stats::create(&path, usize::from(workers), 64, 1).expect("stats"));
     let engines = (0..workers)
         .map(|w| Engine::new(w, limits, stats.clone(), 7 + u64::from(w), t0()))
         .collect();

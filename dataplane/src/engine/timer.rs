@@ -28,11 +28,13 @@ pub enum Timer {
     /// Viewers' bandwidth estimates published and probes sent, every
     /// [`viewer_bwe::TICK`](super::viewer_bwe::TICK) while there are any.
     Bwe = 6,
+    /// The next packets of late joiners' replays their pacers let through (`prime`).
+    Replay = 7,
 }
 
 impl Timer {
     /// Every timer, in table order.
-    pub const VALUES: [Timer; 7] = [
+    pub const VALUES: [Timer; 8] = [
         Timer::Twcc,
         Timer::ReceiverReports,
         Timer::RelayNacks,
@@ -40,6 +42,7 @@ impl Timer {
         Timer::ConsentSweep,
         Timer::UplinkNacks,
         Timer::Bwe,
+        Timer::Replay,
     ];
 }
 

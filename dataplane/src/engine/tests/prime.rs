@@ -16,7 +16,18 @@ const PUBLISHER: u16 = 5000;
 /// A VP8 packet of frame `ts`: the first of its frame (`first`) carries the start of
 /// partition 0, and a keyframe's has the payload header's P bit clear.
 fn vp8_packet(ctx: &mut Context, seq: u16, ts: u32, (first, key): (bool, bool)) -> Vec<u8> {
-    let mut buf = vec![0u8; 12 + 60 + 32];
+    vp8_sized(ctx, seq, ts, (first, key), 72)
+}
+
+/// [`vp8_packet`] of `len` bytes of RTP.
+fn vp8_sized(
+    ctx: &mut Context,
+    seq: u16,
+    ts: u32,
+    (first, key): (bool, bool),
+    len: usize,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; len + 32];
     buf[0] = 0x80;
     buf[1] = VP8;
     buf[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -24,17 +35,21 @@ fn vp8_packet(ctx: &mut Context, seq: u16, ts: u32, (first, key): (bool, bool)) 
     buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
     buf[12] = if first { 0x10 } else { 0x00 };
     buf[13] = if key { 0x00 } else { 0x01 };
-    for (i, b) in buf[14..72].iter_mut().enumerate() {
+    for (i, b) in buf[14..len].iter_mut().enumerate() {
         *b = (i as u8) ^ (seq as u8);
     }
-    let n = ctx.protect_rtp(&mut buf, 72).expect("protect");
+    let n = ctx.protect_rtp(&mut buf, len).expect("protect");
     buf.truncate(n);
     buf
 }
 
 /// A publisher on worker 0 of two (worker 1 has its subscribers too), its one track VP8.
 fn two_workers() -> Fixture {
-    let mut f = fixture(2);
+    set_up(fixture(2))
+}
+
+/// [`two_workers`] on `f`.
+fn set_up(mut f: Fixture) -> Fixture {
     add_uplink_pub(
         &mut f.engines[0],
         vec![UplinkTrack {
@@ -82,6 +97,11 @@ fn frames(f: &mut Fixture, tx: &mut Context, range: std::ops::Range<u32>) -> Cap
 /// Subscriber `id` (port 6000 + id, keys as `add_sub`'s) joins on worker `w`; what the
 /// workers sent, their messages to each other delivered until none are left.
 fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
+    join_at(f, w, id, t0())
+}
+
+/// [`join`] at `now`.
+fn join_at(f: &mut Fixture, w: usize, id: u64, now: Instant) -> Capture {
     let mut out = Capture::default();
     f.engines[w].handle_command(
         WorkerCommand::AddSubscriber {
@@ -97,10 +117,10 @@ fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
             srtp: Some(keys(PROFILE, 3, id as u8)),
             ice: None,
         },
-        t0(),
+        now,
         &mut out,
     );
-    f.pump_into(&mut out);
+    f.pump_at(&mut out, now);
     out
 }
 
@@ -108,8 +128,13 @@ fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
 /// byte, whether the packet starts a keyframe).
 fn got(out: &Capture, id: u8) -> Vec<(u16, u8, bool)> {
     let mut rx = Context::new(PROFILE, &[id; 28]).expect("ctx");
+    got_with(&mut rx, &out.sent, id)
+}
+
+/// [`got`] of datagrams `sent`, decrypted with the viewer's context `rx`.
+fn got_with(rx: &mut Context, sent: &[(SocketAddr, Vec<u8>)], id: u8) -> Vec<(u16, u8, bool)> {
     let mut v = Vec::new();
-    for (dst, bytes) in &out.sent {
+    for (dst, bytes) in sent {
         if *dst != addr(6000 + u16::from(id))
             || bytes.get(1).is_some_and(|&b| (200..=206).contains(&b))
         {
@@ -185,4 +210,149 @@ fn without_a_keyframe_a_joiner_asks_for_one() {
     }
     assert!(get(&f.stats, 0, Counter::PliForwarded) > before);
     assert_eq!(get(&f.stats, 0, Counter::LateJoinStarts), 0);
+}
+
+/// A 2 s group is not handed to a new viewer in one burst: the replay is paced at four
+/// times the rate the group came at, the live packets that come meanwhile join its queue,
+/// and the viewer reaches the live edge about a third of the group's length later, its
+/// numbering continuous throughout. The same on the publisher's worker and on another.
+#[test]
+fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
+    for w in [0usize, 1] {
+        let mut f = set_up(fixture_limited(
+            2,
+            Limits {
+                nack_cache: 1024,
+                in_flight: 64,
+                ..test_limits()
+            },
+        ));
+        let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+        let frame_at = |frame: u32| t0() + Duration::from_micros(u64::from(frame) * 33_333);
+        // 30 frames/s of ten 1,100-byte packets (2.6 Mbit/s); one keyframe, at frame 0.
+        let mut sent_at = std::collections::HashMap::new();
+        let mut send = |f: &mut Fixture, frame: u32, out: &mut Capture| {
+            let now = frame_at(frame);
+            for k in 0..10u32 {
+                let seq = (1000 + frame * 10 + k) as u16;
+                let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
+                f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), now, out);
+                f.pump_at(out, now);
+                sent_at.insert(seq as u8, now);
+            }
+        };
+        let mut sink = Capture::default();
+        for frame in 0..60 {
+            send(&mut f, frame, &mut sink);
+        }
+        let plis = get(&f.stats, 0, Counter::PliForwarded);
+        // Joins as frame 60 is due: 600 packets (660 kB, 2 s) of group.
+        let id = 2u8;
+        let joined = frame_at(60) - Duration::from_millis(1);
+        let first = join_at(&mut f, w, u64::from(id), joined);
+        let mut rx = Context::new(PROFILE, &[id; 28]).expect("ctx");
+        let burst = got_with(&mut rx, &first.sent, id);
+        assert!(
+            (1..=8).contains(&burst.len()),
+            "worker {w}: a few packets at once, not the group: {}",
+            burst.len()
+        );
+        assert!(burst[0].2, "from the keyframe");
+        // Then live frames and the replay's timer, in time order, for 1.5 s.
+        let mut viewer: Vec<(Instant, (u16, u8, bool))> =
+            burst.into_iter().map(|p| (joined, p)).collect();
+        let mut frame = 60;
+        loop {
+            let due = f.engines[0].poll_timeout();
+            let next_frame = frame_at(frame);
+            let mut out = Capture::default();
+            let now = match due {
+                Some(t) if t < next_frame => {
+                    f.engines[0].handle_timeout(t, &mut out);
+                    f.pump_at(&mut out, t);
+                    t
+                }
+                _ => {
+                    if frame == 105 {
+                        break;
+                    }
+                    send(&mut f, frame, &mut out);
+                    frame += 1;
+                    next_frame
+                }
+            };
+            for p in got_with(&mut rx, &out.sent, id) {
+                viewer.push((now, p));
+            }
+        }
+        let seqs: Vec<_> = viewer.iter().map(|(_, p)| *p).collect();
+        assert!(continuous(&seqs), "worker {w}: no gap, no repeat");
+        assert_eq!(seqs.first().map(|p| p.1), Some((1000u16 & 0xff) as u8));
+        assert_eq!(seqs.len(), 1050, "the group and every live packet since");
+        // The rate: any 100 ms of the replay carries at most 4 × 2.6 Mbit/s of it and one
+        // burst (140 kB), where unpaced the whole group went at once.
+        for (i, (t, _)) in viewer.iter().enumerate() {
+            let n = viewer[i..]
+                .iter()
+                .take_while(|(u, _)| *u < *t + Duration::from_millis(100))
+                .count();
+            assert!(n * 1100 <= 140_000, "worker {w}: {n} packets in 100 ms");
+        }
+        // Caught up: from some point on every packet goes as it comes.
+        let live_from = viewer
+            .iter()
+            .rposition(|(t, p)| sent_at.get(&p.1) != Some(t))
+            .map_or(0, |i| i + 1);
+        let caught_up = viewer[live_from].0 - joined;
+        assert!(
+            caught_up > Duration::from_millis(450) && caught_up < Duration::from_millis(900),
+            "worker {w}: live after {caught_up:?} (a third of 2 s at 4 × the rate: ~0.67 s)"
+        );
+        assert_eq!(
+            get(&f.stats, 0, Counter::PliForwarded),
+            plis,
+            "no keyframe asked"
+        );
+        assert_eq!(get(&f.stats, 0, Counter::LateJoinAborted), 0);
+    }
+}
+
+/// A replay that cannot go on (here: the subscriber's worker's queue is full) ends, and
+/// the subscriber is asked a keyframe for, as without a group.
+#[test]
+fn a_replay_that_cannot_finish_asks_for_a_keyframe() {
+    let mut f = two_workers();
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    frames(&mut f, &mut tx, 0..105);
+    let before = get(&f.stats, 0, Counter::PliForwarded);
+    let mut out = Capture::default();
+    f.engines[1].handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(3),
+            stream: STREAM,
+            remote: Some(addr(6003)),
+            ssrcs: sub_ssrcs(48),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
+            srtp: Some(keys(PROFILE, 3, 3)),
+            ice: None,
+        },
+        t0(),
+        &mut out,
+    );
+    let [(0, prime @ Inbound::Prime { .. })] = <[_; 1]>::try_from(out.to_workers).expect("one")
+    else {
+        panic!("the subscriber's worker asks the publisher's for the group");
+    };
+    let mut full = Capture {
+        refuse: true,
+        ..Capture::default()
+    };
+    f.engines[0].handle_inbound(prime, t0(), &mut full);
+    assert_eq!(get(&f.stats, 0, Counter::LateJoinAborted), 1);
+    assert!(get(&f.stats, 0, Counter::PliForwarded) > before);
+    assert!(f.engines[0].replays.is_empty(), "nothing left under way");
 }
