@@ -212,6 +212,18 @@ impl Node {
         Ok(metric_value(&text, name))
     }
 
+    /// `POST /v1/sessions/{id}/layers`: subscriber `id` receives simulcast layers up to rank
+    /// `max_layer` (0: the lowest).
+    pub fn cap_layers(&self, id: u64, max_layer: u8) -> Result<(), ApiError> {
+        let body = format!("{{\"maxLayer\":{max_layer}}}");
+        self.http.request(
+            "POST",
+            &format!("{}/v1/sessions/{id}/layers", self.base),
+            Some(body.as_bytes()),
+        )?;
+        Ok(())
+    }
+
     pub fn delete_session(&self, id: u64) -> Result<(), ApiError> {
         self.http
             .request("DELETE", &format!("{}/v1/sessions/{id}", self.base), None)?;

@@ -29,6 +29,7 @@ pub mod reflector;
 pub mod report;
 pub mod run;
 pub mod shape;
+pub mod simulcast;
 pub mod svg;
 pub mod sys;
 pub mod timeline;

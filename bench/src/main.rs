@@ -10,6 +10,7 @@ use switchyard_bench::crypto::Profile;
 use switchyard_bench::pacing::rate_for_bitrate;
 use switchyard_bench::run::WebrtcJoin;
 use switchyard_bench::shape::{Packetize, VideoSpec};
+use switchyard_bench::simulcast::SimulcastSpec;
 use switchyard_bench::{LoadSpec, RampSpec, Target};
 
 mod output;
@@ -233,6 +234,24 @@ struct LoadArgs {
     /// Subscribers read with UDP_GRO (the report counts reads and datagrams).
     #[arg(long)]
     gro: bool,
+    /// Simulcast publishers (`fanout` only): each joins over WHIP and sends three VP8 layers
+    /// (320x180, 640x360, 1280x720) at --layer-bitrates, --fps frames a second with a
+    /// keyframe every --keyframe-every seconds (2 when 0) --keyframe-factor times larger;
+    /// subscribers over /v1/sessions.
+    #[arg(long, conflicts_with_all = ["video", "audio", "bitrate", "relay_out"])]
+    simulcast: bool,
+    /// With --simulcast: bits/s of the three layers, lowest first (datagram bytes).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "simulcast",
+          default_values_t = [150_000u64, 500_000, 1_800_000])]
+    layer_bitrates: Vec<u64>,
+    /// With --simulcast: the fraction of each publisher's subscribers capped at --cap-layer
+    /// (`POST /v1/sessions/{id}/layers`); the rest receive the top layer.
+    #[arg(long, default_value_t = 0.0, requires = "simulcast")]
+    capped: f64,
+    /// With --simulcast: the rank capped subscribers get (0: the lowest layer).
+    #[arg(long, default_value_t = 0, requires = "simulcast",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    cap_layer: u8,
     #[command(flatten)]
     output: output::OutputArgs,
 }
@@ -252,6 +271,27 @@ impl LoadArgs {
             .collect::<Result<Vec<_>, _>>()
             .context("--bench-cores wants a comma-separated list of core numbers")?;
         let keyframe_every = secs(self.keyframe_every, "keyframe-every")?;
+        if !(0.0..=1.0).contains(&self.capped) {
+            bail!("--capped is a fraction of the subscribers, 0 to 1");
+        }
+        let simulcast = self.simulcast.then(|| SimulcastSpec {
+            bitrates: [
+                self.layer_bitrates.first().copied().unwrap_or(150_000),
+                self.layer_bitrates.get(1).copied().unwrap_or(500_000),
+                self.layer_bitrates.get(2).copied().unwrap_or(1_800_000),
+            ],
+            capped: SimulcastSpec::capped_of(self.capped, self.subscribers),
+            cap_layer: self.cap_layer,
+        });
+        // A simulcast subscriber moves to a layer at its next keyframe, so they recur.
+        let video_keyframes = match (self.simulcast, self.keyframe_every) {
+            (true, k) if k <= 0.0 => 2.0,
+            (_, k) => k,
+        };
+        let video = match (&simulcast, self.video) {
+            (Some(sim), _) => Some(sim.bitrates[2]),
+            (None, v) => v,
+        };
         Ok(LoadSpec {
             publishers: self.publishers,
             subscribers: self.subscribers,
@@ -271,16 +311,17 @@ impl LoadArgs {
             sockets: self.sockets,
             bench_cores,
             relay_out: self.relay_out,
-            video: self.video.map(|bitrate| VideoSpec {
+            video: video.map(|bitrate| VideoSpec {
                 bitrate,
                 fps: self.fps.max(1),
-                keyframe_every: self.keyframe_every,
+                keyframe_every: video_keyframes,
                 keyframe_factor: self.keyframe_factor.max(1),
                 packetize: self.packetize,
             }),
             audio: self.audio,
             gro: self.gro,
             progress: !self.output.quiet,
+            simulcast,
             ..LoadSpec::default()
         })
     }
@@ -375,6 +416,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             if step.is_nan() || step <= 1.0 {
                 bail!("--step must be > 1");
+            }
+            if load.simulcast {
+                bail!("--simulcast is for fanout (its capped count is fixed per run)");
             }
             let mut spec = load.spec()?;
             spec.duration = secs(step_duration, "step-duration")?;

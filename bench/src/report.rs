@@ -127,6 +127,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gro: Option<GroReport>,
     pub errors: Errors,
+    /// `--simulcast`: per layer (lowest first) what a publisher sends on it and how the
+    /// subscribers expecting it fared. `load` then describes the top layer's shape.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<crate::simulcast::LayerReport>,
     /// The run slot by slot (one second, longer past an hour), warm-up and drain included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<crate::timeline::Slot>,
@@ -273,6 +277,23 @@ impl Report {
                 if self.load.audio { " + audio" } else { "" },
                 self.load.pps,
                 self.load.bps / 1000.0
+            );
+        }
+        for l in &self.layers {
+            let _ = writeln!(
+                s,
+                "  layer {} {} {}x{}: {:.0} pps, {:.0} kbit/s per publisher; {} sub  received {} of {}  loss {:.4}%  other layers {}",
+                l.layer,
+                l.rid,
+                l.width,
+                l.height,
+                l.pps,
+                l.bps / 1000.0,
+                l.subscribers,
+                l.received_packets,
+                l.expected_packets,
+                l.loss_ratio * 100.0,
+                l.other_layer
             );
         }
         if let Some(g) = &self.gro {

@@ -91,9 +91,13 @@ pub struct Video {
 }
 
 impl Video {
+    /// Frame 0 and every `key_interval`-th after it.
+    fn is_key(&self, frame: u64) -> bool {
+        frame == 0 || (self.key_interval > 0 && frame % self.key_interval == 0)
+    }
+
     fn frame_bytes(&self, frame: u64) -> usize {
-        let key = frame == 0 || (self.key_interval > 0 && frame % self.key_interval == 0);
-        if key {
+        if self.is_key(frame) {
             self.key_bytes
         } else {
             self.delta_bytes
@@ -172,6 +176,10 @@ pub struct Packet {
     pub marker: bool,
     pub len: usize,
     pub track: u8,
+    /// Video: the frame's first packet, and whether the frame is a keyframe (what a
+    /// simulcast packet's VP8 descriptor says, `crate::simulcast`). False otherwise.
+    pub frame_start: bool,
+    pub keyframe: bool,
 }
 
 impl Source {
@@ -246,6 +254,8 @@ impl FrameSchedule {
             let bytes = v.frame_bytes(self.frame);
             let n = v.packets(bytes);
             let len = v.packet_len(bytes, self.in_frame).max(self.f.min);
+            let frame_start = self.in_frame == 0;
+            let keyframe = v.is_key(self.frame);
             self.in_frame += 1;
             let marker = self.in_frame == n;
             if marker {
@@ -258,6 +268,8 @@ impl FrameSchedule {
                 marker,
                 len,
                 track: 0,
+                frame_start,
+                keyframe,
             });
         }
         if ad <= now {
@@ -269,6 +281,8 @@ impl FrameSchedule {
                 marker: false,
                 len,
                 track: 1,
+                frame_start: false,
+                keyframe: false,
             });
         }
         None
@@ -305,6 +319,8 @@ impl Sched {
                     marker,
                     len: *size,
                     track: 0,
+                    frame_start: false,
+                    keyframe: false,
                 },
             ),
             Sched::Frames(f) => f.next_due(now),
@@ -577,6 +593,34 @@ mod tests {
         assert_eq!(n, 42);
         assert!(s.next_due(33_333_332).is_none());
         assert_eq!(s.next_due(33_333_333).map(|p| p.len), Some(1111));
+    }
+
+    #[test]
+    fn frame_starts_and_keyframes_are_marked() {
+        let f = Frames {
+            start_ns: 0,
+            video: Some(video(Packetize::Even)),
+            audio_start_ns: Some(5_000_000),
+            min: 52,
+        };
+        let mut s = Source::Frames(f).schedule();
+        let (mut starts, mut key_starts, mut key_packets, mut prev_marker) = (0, 0, 0, true);
+        while s.next_deadline() < 3_000_000_000 {
+            let p = s.next_due(s.next_deadline()).expect("due");
+            if p.track == 1 {
+                assert!(!p.frame_start && !p.keyframe, "audio has no frames");
+                continue;
+            }
+            // A frame starts right after the previous one's marker.
+            assert_eq!(p.frame_start, prev_marker);
+            prev_marker = p.marker;
+            starts += u64::from(p.frame_start);
+            key_starts += u64::from(p.frame_start && p.keyframe);
+            key_packets += u64::from(p.keyframe);
+        }
+        assert_eq!(starts, 90);
+        // Frames 0 and 60, 42 packets each.
+        assert_eq!((key_starts, key_packets), (2, 84));
     }
 
     #[test]

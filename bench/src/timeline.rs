@@ -93,6 +93,13 @@ impl Lane {
         bump(&self.sent[self.slot(send_ns)], 1);
     }
 
+    /// A publisher packet stamped `send_ns` left that `copies` subscribers expect: a
+    /// simulcast layer's, with [`Timeline::set_fanout`] at 1 (each layer has its own
+    /// audience).
+    pub fn sent_copies(&self, send_ns: u64, copies: u64) {
+        bump(&self.sent[self.slot(send_ns)], copies);
+    }
+
     /// A subscriber received (and verified) a copy of the packet stamped `send_ns`.
     pub fn received(&self, send_ns: u64, recv_ns: u64) {
         bump(&self.received[self.slot(send_ns)], 1);

@@ -10,14 +10,19 @@ pub(super) struct SubState {
     pub(super) jitter: Jitter,
     /// Per track: RTP sequence minus the publisher's, fixed by the first packet: a
     /// subscriber's numbering must follow the publisher's exactly, whatever its start.
+    /// A simulcast subscriber's is learned again after a packet of another layer (the
+    /// node renumbers across a switch, so the offset to the new layer's numbers changes).
     pub(super) seq_offset: [Option<u16>; 2],
+    /// `--simulcast`: packets of another layer of its publisher (whole run).
+    pub(super) other_layer: u64,
     /// The receive thread's timeline counters.
     pub(super) lane: Arc<Lane>,
 }
 
 pub(super) struct RecvOut {
-    /// Per subscriber: its group, sequence tracker and jitter.
-    pub(super) subs: Vec<(usize, SeqTracker, Jitter)>,
+    /// Per subscriber: its group, sequence tracker, jitter, the sender it expects and its
+    /// packets of other simulcast layers.
+    pub(super) subs: Vec<(usize, SeqTracker, Jitter, usize, u64)>,
     /// Latency per group.
     pub(super) hists: Vec<Histogram<u64>>,
     pub(super) errors: Errors,
@@ -63,9 +68,23 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let warm = start + spec.warmup.as_nanos() as u64;
     let end = warm + spec.duration.as_nanos() as u64;
     let overhead = pubs.first().map_or(0, |p| p.cipher.overhead());
-    let sources: Vec<Source> = (0..np)
-        .map(|p| crate::shape::source(&spec.load(), start, (p, np), overhead))
+    let sources: Vec<Source> = pubs
+        .iter()
+        .enumerate()
+        .map(|(p, pe)| match &pe.layer {
+            // A publisher's layers share its frame instants, as a browser's encodings of
+            // one captured frame do; publishers are staggered as usual.
+            Some(l) => crate::shape::source(
+                &layer_load(spec, &l.layer),
+                start,
+                (l.publisher as u64, spec.publishers.max(1) as u64),
+                overhead + crate::simulcast::OVERHEAD,
+            ),
+            None => crate::shape::source(&spec.load(), start, (p as u64, np), overhead),
+        })
         .collect();
+    let simulcast = pubs.iter().any(|p| p.layer.is_some());
+    let layer_info: Vec<Option<LayerOut>> = pubs.iter().map(|p| p.layer).collect();
     let ranges: Vec<_> = sources
         .iter()
         .map(|p| p.count_before(warm)..p.count_before(end))
@@ -128,7 +147,11 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
     let stop = Arc::new(AtomicBool::new(false));
     let threads = spec.sockets.clamp(1, subs.len().max(1));
     let mut threads_subs: Vec<Vec<SubState>> = (0..threads).map(|_| Vec::new()).collect();
-    timeline.set_fanout(subs.len() as f64 / np.max(1) as f64);
+    // A simulcast sender counts its copies itself (`Lane::sent_copies`).
+    timeline.set_fanout(match simulcast {
+        true => 1.0,
+        false => subs.len() as f64 / np.max(1) as f64,
+    });
     let lanes: Vec<Arc<Lane>> = (0..threads).map(|_| timeline.lane()).collect();
     for (i, end_) in subs.into_iter().enumerate() {
         let range = ranges.get(end_.publisher).cloned().unwrap_or(0..0);
@@ -137,6 +160,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             tracker: SeqTracker::new(range),
             jitter: Jitter::default(),
             seq_offset: [None; 2],
+            other_layer: 0,
             lane: lanes[i % threads].clone(),
         });
     }
@@ -202,7 +226,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         errors.misrouted += o.errors.misrouted;
         errors.sequence_breaks += o.errors.sequence_breaks;
         errors.ignored += o.errors.ignored;
-        for (g, t, j) in &o.subs {
+        for (g, t, j, _, _) in &o.subs {
             if let Some(c) = group_counts.get_mut(*g) {
                 c.0 += t.expected();
                 c.1 += t.received;
@@ -217,6 +241,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         }
     }
     let sent_packets: u64 = sent.sent_in_window.iter().sum();
+    let layers = layer_reports(spec, &layer_info, &outs);
     let lost = expected.saturating_sub(received);
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) if wall1 > wall0 => Some(b.saturating_sub(a)),
@@ -267,9 +292,10 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
         publishers: spec.publishers,
         subscribers: spec.subscribers,
         subscribers_total: nsubs,
-        rate_pps: match spec.video.is_some() || spec.audio {
-            true => crate::shape::describe(&spec.load()).pps.round() as u64,
-            false => spec.rate,
+        rate_pps: match (layers.is_empty(), spec.video.is_some() || spec.audio) {
+            (false, _) => layers.iter().map(|l| l.pps).sum::<f64>().round() as u64,
+            (true, true) => crate::shape::describe(&spec.load()).pps.round() as u64,
+            (true, false) => spec.rate,
         },
         size: spec.size,
         warmup_s: spec.warmup.as_secs_f64(),
@@ -306,6 +332,7 @@ pub(super) fn drive(spec: &LoadSpec, setup: Setup, scenario: &str) -> Result<Rep
             datagrams: gro.1,
         }),
         errors,
+        layers,
         timeline: timeline.report(end),
         latency_histogram: Some(hist),
     })
@@ -371,6 +398,9 @@ pub(super) fn send(
     let ts_base: u32 = 0x0abc_def0;
     // Per publisher and track: RTP sequence numbers sent so far.
     let mut track_seq = vec![[0u16; 2]; pubs.len()];
+    // Per simulcast layer: its current VP8 picture id and TL0PICIDX, and whether a frame
+    // was started (the first frame keeps the initial values).
+    let mut pictures = vec![(0x2000u16, 0u8, false); pubs.len()];
     while !abort.load(Ordering::Relaxed) {
         let mut next_wake = u64::MAX;
         for (p, pe) in pubs.iter_mut().enumerate() {
@@ -401,14 +431,36 @@ pub(super) fn send(
                 };
                 track_seq[p][track] = rtp_seq.wrapping_add(1);
                 packet::write_rtp_header(buf, seq_base.wrapping_add(rtp_seq), ts, ssrc, due.marker);
+                // The bench payload's offset: after the simulcast extensions and VP8 prefix
+                // (the source's minimum size leaves room for them).
+                let mut at = RTP_HEADER;
+                if let Some(l) = &pe.layer {
+                    buf[0] |= 0x10; // X: header extensions follow
+                    at += crate::simulcast::write_extensions(&mut buf[at..], l.layer.rid);
+                    let pic = &mut pictures[p];
+                    if due.frame_start {
+                        if pic.2 {
+                            pic.0 = pic.0.wrapping_add(1) & 0x7fff;
+                            pic.1 = pic.1.wrapping_add(1);
+                        }
+                        pic.2 = true;
+                    }
+                    let pos = crate::simulcast::FramePos {
+                        start: due.frame_start,
+                        keyframe: due.keyframe,
+                        picture_id: pic.0,
+                        tl0: pic.1,
+                    };
+                    at += crate::simulcast::write_vp8(&mut buf[at..], &l.layer, pos);
+                }
                 Payload {
                     publisher: p as u32 | kind.bits(),
                     sequence: seq,
                     send_ns,
                 }
-                .encode(&mut buf[RTP_HEADER..rtp_len]);
+                .encode(&mut buf[at..rtp_len]);
                 crate::shape::write_track_seq(
-                    &mut buf[RTP_HEADER..rtp_len],
+                    &mut buf[at..rtp_len],
                     kind,
                     seq_base.wrapping_add(rtp_seq),
                 );
@@ -428,7 +480,10 @@ pub(super) fn send(
                 let ok = sys::send_batch(&pe.sock, &msgs).unwrap_or(0);
                 out.errors.send += (n - ok) as u64;
                 for &t in &stamps[..ok] {
-                    lane.sent(t);
+                    match &pe.layer {
+                        Some(l) => lane.sent_copies(t, l.copies),
+                        None => lane.sent(t),
+                    }
                 }
                 out.sent_in_window[p] +=
                     seqs[..ok].iter().filter(|s| ranges[p].contains(s)).count() as u64;
@@ -533,7 +588,15 @@ pub(super) fn receive(
     Ok(RecvOut {
         subs: subs
             .into_iter()
-            .map(|s| (s.end.group, s.tracker, s.jitter))
+            .map(|s| {
+                (
+                    s.end.group,
+                    s.tracker,
+                    s.jitter,
+                    s.end.publisher,
+                    s.other_layer,
+                )
+            })
             .collect(),
         hists,
         errors,
@@ -573,7 +636,11 @@ pub(super) fn account_rtp(
         errors.bad_payload += 1;
         return;
     };
-    let Ok(payload) = Payload::decode(&rtp[info.payload_offset..]) else {
+    // After the simulcast VP8 prefix, if any (a packet too short for it is no bench packet).
+    let media = rtp
+        .get(info.payload_offset + s.end.media_offset..)
+        .unwrap_or(&[]);
+    let Ok(payload) = Payload::decode(media) else {
         errors.bad_payload += 1;
         return;
     };
@@ -589,15 +656,23 @@ pub(super) fn account_rtp(
         errors.ssrc_mismatch += 1;
         return;
     }
-    if (payload.publisher & 0x00ff_ffff) as usize != s.end.publisher {
-        errors.misrouted += 1;
+    let from = (payload.publisher & 0x00ff_ffff) as usize;
+    if from != s.end.publisher {
+        if s.end.siblings.contains(&from) {
+            // Another layer of its publisher: before the node switched it to the expected
+            // one. Numbering continues across the switch under a new offset.
+            s.other_layer += 1;
+            s.seq_offset[track] = None;
+        } else {
+            errors.misrouted += 1;
+        }
         return;
     }
     // The publisher's RTP sequence: the publisher sequence for the steady stream, the
     // track's own (carried after the payload header) for frame-shaped tracks.
     let sent_seq = match kind {
         crate::shape::Kind::Steady => payload.sequence as u16,
-        _ => match crate::shape::track_seq(&rtp[info.payload_offset..]) {
+        _ => match crate::shape::track_seq(media) {
             Some(q) => q,
             None => {
                 errors.bad_payload += 1;
@@ -623,4 +698,65 @@ pub(super) fn account_rtp(
         }
         Arrival::Duplicate | Arrival::OutOfRange => {}
     }
+}
+
+/// The load of one simulcast layer: the run's video shape at the layer's rate.
+fn layer_load(spec: &LoadSpec, layer: &crate::simulcast::Layer) -> crate::shape::Load {
+    let mut load = spec.load();
+    load.video = load.video.map(|v| crate::shape::VideoSpec {
+        bitrate: layer.bitrate,
+        ..v
+    });
+    load
+}
+
+/// Per simulcast layer (rank order): what a publisher sends on it and how its subscribers
+/// fared. Empty without simulcast.
+fn layer_reports(
+    spec: &LoadSpec,
+    layers: &[Option<LayerOut>],
+    outs: &[RecvOut],
+) -> Vec<crate::simulcast::LayerReport> {
+    let mut reports: Vec<crate::simulcast::LayerReport> = Vec::new();
+    for (sender, l) in layers.iter().enumerate() {
+        let Some(l) = l else { continue };
+        let rank = sender % crate::simulcast::LAYERS.len();
+        if reports.len() <= rank {
+            let shape = crate::shape::describe(&layer_load(spec, &l.layer));
+            reports.push(crate::simulcast::LayerReport {
+                layer: rank,
+                rid: l.layer.rid,
+                width: l.layer.width,
+                height: l.layer.height,
+                pps: shape.pps,
+                bps: shape.bps,
+                subscribers: 0,
+                expected_packets: 0,
+                received_packets: 0,
+                loss_ratio: 0.0,
+                other_layer: 0,
+            });
+        }
+    }
+    for o in outs {
+        for (_, t, _, sender, other) in &o.subs {
+            if layers.get(*sender).copied().flatten().is_none() {
+                continue;
+            }
+            let rank = sender % crate::simulcast::LAYERS.len();
+            if let Some(r) = reports.get_mut(rank) {
+                r.subscribers += 1;
+                r.expected_packets += t.expected();
+                r.received_packets += t.received;
+                r.other_layer += other;
+            }
+        }
+    }
+    for r in &mut reports {
+        if r.expected_packets > 0 {
+            r.loss_ratio = r.expected_packets.saturating_sub(r.received_packets) as f64
+                / r.expected_packets as f64;
+        }
+    }
+    reports
 }

@@ -75,6 +75,9 @@ pub struct LoadSpec {
     pub gro: bool,
     /// Print a progress line to stderr every second ([`crate::progress`]).
     pub progress: bool,
+    /// Simulcast publishers (three layers over WHIP) and capped subscribers
+    /// ([`crate::simulcast`]); the layers take `video`'s frame rate and keyframe shape.
+    pub simulcast: Option<crate::simulcast::SimulcastSpec>,
 }
 
 impl LoadSpec {
@@ -111,6 +114,7 @@ impl Default for LoadSpec {
             audio: false,
             gro: false,
             progress: false,
+            simulcast: None,
         }
     }
 }
@@ -159,9 +163,11 @@ const ROOM: &str = "bench";
 
 mod drive;
 mod setup;
+mod simulcast;
 
 use drive::*;
 use setup::*;
+use simulcast::*;
 
 fn validate(spec: &LoadSpec, overhead: usize) -> Result<(), Error> {
     let min = RTP_HEADER + PAYLOAD_HEADER + overhead;
@@ -205,6 +211,29 @@ pub fn run(spec: &LoadSpec, target: &Target) -> Result<Report, Error> {
         return Err(Error::Config(
             "--relay-out needs a node over /v1/sessions (not --webrtc, not the reflector)".into(),
         ));
+    }
+    if let Some(sim) = &spec.simulcast {
+        let Target::Node {
+            api,
+            profile,
+            cpu_pid,
+            worker: None,
+            webrtc: None,
+        } = target
+        else {
+            return Err(Error::Config(
+                "--simulcast needs a node, without --webrtc or --worker (publishers join over \
+                 WHIP, subscribers over /v1/sessions)"
+                    .into(),
+            ));
+        };
+        if spec.video.is_none() || spec.audio || spec.relay_out {
+            return Err(Error::Config(
+                "--simulcast sends video only (not with --audio or --relay-out)".into(),
+            ));
+        }
+        let setup = setup_node_simulcast(spec, sim, api, *profile, *cpu_pid)?;
+        return drive(spec, setup, scenario);
     }
     let setup = match target {
         Target::Node {

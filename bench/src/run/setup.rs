@@ -8,6 +8,19 @@ pub(super) struct PubEnd {
     pub(super) dest: SocketAddr,
     pub(super) ssrc: u32,
     pub(super) cipher: Cipher,
+    /// `--simulcast`: this sender is one layer of a publisher (each layer is paced as its
+    /// own frame-shaped source, on the publisher's socket and keys).
+    pub(super) layer: Option<LayerOut>,
+}
+
+/// One simulcast layer of publisher `publisher` (the stream's index, not the sender's).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LayerOut {
+    pub(super) layer: crate::simulcast::Layer,
+    pub(super) publisher: usize,
+    /// Subscribers expecting this layer: the copies of each of its packets the timeline
+    /// expects.
+    pub(super) copies: u64,
 }
 
 pub(super) struct SubEnd {
@@ -22,6 +35,12 @@ pub(super) struct SubEnd {
     /// WebRTC: the first media packet, already decrypted while joining, and its receive
     /// time; accounted like any other when the receive loop starts.
     pub(super) first: Option<(Vec<u8>, u64)>,
+    /// Bytes between the RTP header and the bench payload (the VP8 prefix of a simulcast
+    /// layer, `crate::simulcast::VP8_PREFIX`; 0 otherwise).
+    pub(super) media_offset: usize,
+    /// `--simulcast`: the senders (`publisher` is one of them) carrying the other layers of
+    /// the same publisher; their packets count as `other_layer`, not as misrouted.
+    pub(super) siblings: std::ops::Range<usize>,
 }
 
 /// Keeps the system under test set up for the run; deletes sessions or stops the
@@ -138,6 +157,7 @@ pub(super) fn setup_node(
             dest: s.media_address,
             ssrc: if framed { video_ssrc } else { s.ssrc() },
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
+            layer: None,
         });
         // A relay-out passes the publisher's SSRC through; a subscriber gets its own.
         let (role, pub_ssrc) = match spec.relay_out {
@@ -169,6 +189,8 @@ pub(super) fn setup_node(
                 },
                 cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
                 first: None,
+                media_offset: 0,
+                siblings: 0..0,
             });
         }
     }
@@ -237,6 +259,8 @@ pub(super) fn rest_subscribers(
             audio_ssrc: 0,
             cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
             first: None,
+            media_offset: 0,
+            siblings: 0..0,
         });
     }
     Ok(())
@@ -296,6 +320,7 @@ pub(super) fn setup_relay(
             dest: s.media_address,
             ssrc: s.ssrc(),
             cipher: Cipher::srtp(profile, &s.remote_key_bytes()?)?,
+            layer: None,
         });
         rest_subscribers(
             &nodes[0],
@@ -375,7 +400,7 @@ pub(super) struct Rtc {
 
 impl Rtc {
     /// Offer, POST, record the Location, parse the answer.
-    fn signal(
+    pub(super) fn signal(
         &self,
         kind: &'static str,
         p: usize,
@@ -415,6 +440,7 @@ impl Rtc {
             dest: c.candidate,
             ssrc,
             cipher: Cipher::srtp(c.keys.profile, &c.keys.local)?,
+            layer: None,
         })
     }
 
@@ -443,6 +469,8 @@ impl Rtc {
                 audio_ssrc: 0,
                 cipher,
                 first: Some((rtp, recv_ns)),
+                media_offset: 0,
+                siblings: 0..0,
             },
             recv_ns.saturating_sub(t0),
         ))
@@ -570,6 +598,8 @@ pub(super) fn setup_reflector(
                 audio_ssrc: crate::shape::audio_ssrc(ssrc),
                 cipher: Cipher::Plain,
                 first: None,
+                media_offset: 0,
+                siblings: 0..0,
             });
         }
         routes.insert(local(&sock)?, dests);
@@ -578,6 +608,7 @@ pub(super) fn setup_reflector(
             dest: SocketAddr::from(([127, 0, 0, 1], 0)), // set below
             ssrc,
             cipher: Cipher::Plain,
+            layer: None,
         });
     }
     let reflector = Reflector::start_with(routes, core, gso)

@@ -14,6 +14,9 @@ pub enum Role {
     Publisher { ssrc: u32 },
     /// WHEP: `a=recvonly`.
     Subscriber,
+    /// WHIP with three simulcast layers (`crate::simulcast`): rids and the MID/RID header
+    /// extensions, no SSRC (the node learns the layers' SSRCs from the rids, as with Chrome).
+    Simulcast,
 }
 
 /// The bench's side of the transport: ICE credentials and its certificate's fingerprint.
@@ -57,6 +60,10 @@ pub fn offer(role: Role, local: &Local<'_>, session_id: u64) -> String {
             format!("a=msid:bench v0\r\na=ssrc:{ssrc} cname:switchyard-bench\r\na=ssrc:{ssrc} msid:bench v0\r\n"),
         ),
         Role::Subscriber => ("recvonly", String::new()),
+        Role::Simulcast => (
+            "sendonly",
+            format!("a=msid:bench v0\r\n{}", crate::simulcast::offer_lines()),
+        ),
     };
     let pt = PAYLOAD_TYPE;
     format!(
@@ -178,7 +185,11 @@ mod tests {
             pwd: "p".repeat(24).leak(),
             fingerprint: "sha-256 AB:CD",
         };
-        for role in [Role::Publisher { ssrc: 77 }, Role::Subscriber] {
+        for role in [
+            Role::Publisher { ssrc: 77 },
+            Role::Subscriber,
+            Role::Simulcast,
+        ] {
             let text = offer(role, &local, 42);
             let sd = sdp::SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
                 .expect("offer parses");
@@ -193,7 +204,11 @@ mod tests {
             assert_eq!(m.attribute(dir), Some(None));
             assert_eq!(
                 m.attributes.iter().any(|a| a.key == "ssrc"),
-                role != Role::Subscriber
+                matches!(role, Role::Publisher { .. })
+            );
+            assert_eq!(
+                m.attribute("simulcast"),
+                (role == Role::Simulcast).then_some(Some("send h;m;l"))
             );
         }
     }
