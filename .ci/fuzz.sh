@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-30}"
-targets=(fuzz_rtp fuzz_rtcp fuzz_stun fuzz_demux fuzz_sdp)
+targets=(fuzz_rtp fuzz_rtcp fuzz_stun fuzz_demux fuzz_sdp fuzz_depay)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
@@ -22,6 +22,7 @@ seeds_for() {
         fuzz_stun) echo stun ;;
         fuzz_demux) echo rtp rtcp stun crashes-rtp crashes-rtcp ;;
         fuzz_sdp) echo sdp ;;
+        fuzz_depay) ;;
     esac
 }
 

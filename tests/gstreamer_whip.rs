@@ -342,6 +342,28 @@ fn h264_is_decoded_by_chromium(test: &str, tag: &str, octet: u8, codec: &str, pr
         "Chromium decodes it as profile {profile}: {got}"
     );
     assert_eq!(got["frameSize"], "320x240", "{got}");
+    // The cached group, downloaded as an Annex B stream, decodes with FFmpeg's H.264
+    // decoder: every access unit of it, from the IDR on.
+    let py = common::aiortc::python().expect("python3 (checked with the GStreamer bindings)");
+    let fetched =
+        common::aiortc::fetch_group(&py, &format!("{}/v1/streams/{stream}/fetch", node.api));
+    eprintln!("fetch {codec}: {fetched}");
+    assert_eq!(fetched["status"], 200, "{fetched}");
+    assert_eq!(fetched["content_type"], "video/h264", "{fetched}");
+    assert_eq!(fetched["codec"], "h264", "{fetched}");
+    let frames = fetched["frames"].as_u64().unwrap_or(0);
+    assert!(frames >= 1, "{fetched}");
+    assert_eq!(
+        fetched["frames_decoded"].as_u64(),
+        Some(frames),
+        "{fetched}"
+    );
+    assert_eq!(fetched["first_key_frame"], true, "{fetched}");
+    assert_eq!(
+        (fetched["width"].as_u64(), fetched["height"].as_u64()),
+        (Some(320), Some(240)),
+        "{fetched}"
+    );
     drop(watcher);
     drop(publisher);
     assert_eq!(

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::aiortc::{client, python, summary};
+use common::aiortc::{client, fetch_group, python, summary};
 use common::Node;
 
 /// The aiortc venv's python: None (skipped loudly) without python3, a failure under CI.
@@ -82,6 +82,9 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
                 .unwrap_or_else(|| panic!("{name}: a viewer decoded no video: {s}"));
             ttff.push(t);
         }
+        if name == "cached" {
+            fetch_decodes(&py, &node.api);
+        }
         let starts = node.metric_sum("switchyard_late_join_starts_total");
         let packets = node.metric_sum("switchyard_late_join_packets_total");
         eprintln!(
@@ -115,6 +118,42 @@ fn late_joiners_start_from_the_cached_group_not_the_next_keyframe() {
         median(baseline)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The group a viewer is started from, downloaded as a file (`GET .../fetch`), decodes
+/// with FFmpeg's VP8 decoder: every frame written, from a keyframe, at the publisher's
+/// 320x240. What is not there is a 404 with a reason.
+fn fetch_decodes(py: &std::path::Path, api: &str) {
+    let url = format!("{api}/v1/streams/live/cam/fetch");
+    let got = fetch_group(py, &url);
+    eprintln!("fetch: {got}");
+    assert_eq!(got["status"], 200, "{got}");
+    assert_eq!(got["content_type"], "video/x-ivf", "{got}");
+    assert_eq!(got["codec"], "vp8", "{got}");
+    let frames = got["frames"].as_u64().unwrap_or(0);
+    assert!(frames >= 1, "{got}");
+    assert_eq!(
+        got["frames_decoded"].as_u64(),
+        Some(frames),
+        "every frame decodes: {got}"
+    );
+    assert_eq!(got["first_key_frame"], true, "{got}");
+    assert_eq!(
+        (got["width"].as_u64(), got["height"].as_u64()),
+        (Some(320), Some(240))
+    );
+    assert_eq!(got["errors"], serde_json::json!([]), "{got}");
+    for (path, why) in [
+        ("live/cam/fetch?track=0", "not a video track"),
+        ("live/nobody/fetch", "no publisher"),
+    ] {
+        let got = fetch_group(py, &format!("{api}/v1/streams/{path}"));
+        assert_eq!(got["status"], 404, "{path}: {got}");
+        assert!(
+            got["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{got}"
+        );
+    }
 }
 
 /// A Chromium viewer of the same publisher (one worker): it starts from the cached group

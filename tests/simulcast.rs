@@ -281,6 +281,65 @@ fn chromium_av1_l1t3_viewer_capped_to_the_base_layer_gets_a_quarter_of_the_frame
     );
 }
 
+/// Chromium publishes VP9 L3T3, then AV1 L1T3: each stream's cached group, downloaded as
+/// IVF (`GET /v1/streams/{room}/{stream}/fetch`), decodes with FFmpeg's decoders (VP9
+/// pictures of several spatial layers as superframes; AV1 temporal units in the
+/// low-overhead format, for dav1d), every frame of it, from a keyframe. Early in the
+/// stream, while the group since the publisher's first keyframe still fits the cache.
+#[test]
+fn chromium_vp9_and_av1_groups_download_as_ivf_that_ffmpeg_decodes() {
+    let Some((bin, _serial)) = chromium() else {
+        return;
+    };
+    let Some(py) = common::aiortc::python() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is required under CI"
+        );
+        eprintln!("SKIPPED: python3 not found");
+        return;
+    };
+    let node = Node::start(1);
+    for codec in ["vp9", "av1"] {
+        let mut reports = Reports::start();
+        let layers = if codec == "vp9" { "L3T3" } else { "L1T3" };
+        let q = format!("publish=fetch/{codec}&svc={layers}&codec={codec}");
+        let publisher = publishing(&bin, &node.api, &mut reports, &q);
+        let url = format!("{}/v1/streams/fetch/{codec}/fetch", node.api);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            let got = common::aiortc::fetch_group(&py, &url);
+            if got["status"] == 200 && got["frames"].as_u64().unwrap_or(0) >= 10 {
+                break got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{codec}: no group of 10 frames: {got}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!("fetch {codec} {layers}: {got}");
+        assert_eq!(got["content_type"], "video/x-ivf", "{got}");
+        assert_eq!(got["codec"], codec, "{got}");
+        let (frames, decoded) = (
+            got["frames"].as_u64().unwrap_or(0),
+            got["frames_decoded"].as_u64().unwrap_or(0),
+        );
+        // A VP9 picture of three spatial layers is one IVF frame (a superframe) and
+        // decodes as three, each shown.
+        let per_picture = if codec == "vp9" { 1..=3 } else { 1..=1 };
+        assert!(
+            decoded >= frames * per_picture.start() && decoded <= frames * per_picture.end(),
+            "every frame decodes: {got}"
+        );
+        assert_eq!(got["first_key_frame"], true, "{got}");
+        assert_eq!(got["errors"], serde_json::json!([]), "{got}");
+        assert!(got["max_width"].as_u64().unwrap_or(0) >= 320, "{got}");
+        drop(publisher);
+        reports.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// `layering`: the publisher page's query for its layers; `low_width`: the widest picture
 /// the capped viewer may decode under the cap; `max_freeze`: its longest freeze, seconds.
 fn capped_viewer(codec: &str, layering: &str, low_width: f64, max_freeze: f64) {

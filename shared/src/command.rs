@@ -418,6 +418,31 @@ pub enum Command {
         /// As in `Role::RelayIn::video`.
         video: Vec<Option<VideoCodec>>,
     },
+    /// The cached group of track `track` of publisher (or relay-in) `id`: the packets since
+    /// its latest keyframe (`prime`), for `GET /v1/streams/{room}/{stream}/fetch`. Answered
+    /// by one [`Event::GroupPacket`] per packet, in order, then [`Event::GroupDone`] with
+    /// the same `request`.
+    FetchGroup {
+        request: u64,
+        id: SessionId,
+        track: u8,
+    },
+}
+
+/// Why a [`Command::FetchGroup`] has no group to give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NoGroup {
+    #[error("no such publisher on this node")]
+    UnknownSession,
+    #[error("not a video track whose codec the node knows")]
+    NotVideo,
+    #[error("simulcast tracks keep no group yet")]
+    Simulcast,
+    #[error(
+        "no whole group cached: no keyframe yet, a group longer than the NACK cache \
+         (media.nack_cache), or the track quiet for over 500 ms"
+    )]
+    NotCached,
 }
 
 /// Why a command was refused.
@@ -516,6 +541,18 @@ pub enum Event {
         /// processes starts again at 1, when no session of before is left (and the
         /// Location of one of them still ends nothing: its secret is not the new one's).
         highest_id: SessionId,
+    },
+    /// One packet of the group a [`Command::FetchGroup`] asked for: the whole RTP packet,
+    /// decrypted, as the publisher sent it.
+    GroupPacket {
+        request: u64,
+        packet: Vec<u8>,
+    },
+    /// The end of a [`Command::FetchGroup`]'s answer: the track's codec and how many
+    /// packets came, or why there is no group.
+    GroupDone {
+        request: u64,
+        result: Result<(VideoCodec, u32), NoGroup>,
     },
 }
 

@@ -15,6 +15,7 @@
 
 pub mod command;
 pub mod config;
+pub mod depay;
 pub mod journal;
 pub mod names;
 pub mod netif;

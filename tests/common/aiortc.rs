@@ -59,3 +59,18 @@ pub fn summary(child: Child, what: &str) -> serde_json::Value {
     assert!(out.status.success(), "{what} failed: {v}");
     v
 }
+
+/// `GET url` (a stream's `/fetch`) with `tests/aiortc/fetch_group.py`: the status, the
+/// `X-Switchyard-*` headers and what FFmpeg's decoders made of the file, as JSON.
+pub fn fetch_group(py: &Path, url: &str) -> serde_json::Value {
+    let out = Command::new(py)
+        .arg(Path::new(ROOT).join("tests/aiortc/fetch_group.py"))
+        .arg(url)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run fetch_group.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fetch_group.py failed: {stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("fetch_group.py: no JSON ({e}): {stdout:?}"))
+}

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use switchyard_shared::command::{
-    Command, CommandError, Event, Keying, Role, SessionId, SessionSpec, SrtpKeys, SrtpProfile,
+    Command, CommandError, Event, Keying, NoGroup, Role, SessionId, SessionSpec, SrtpKeys,
+    SrtpProfile, VideoCodec,
 };
 use switchyard_shared::config::EngineKind;
 use tokio::sync::oneshot;
@@ -101,6 +102,25 @@ pub struct NodeState {
     /// The SRTP profile each DTLS-keyed session negotiated (`Event::DtlsConnected`): its spec
     /// says only "DTLS", and is what a restarted data plane would be sent again.
     dtls_profiles: HashMap<SessionId, SrtpProfile>,
+    /// Group fetches sent (`Command::FetchGroup`), by request: the packets so far and who
+    /// waits for them. At most [`MAX_FETCHES`].
+    fetching: HashMap<u64, Fetching>,
+}
+
+/// Group fetches in flight at once: each is up to `media.nack_cache` packets through the
+/// event ring, so a client looping on `/fetch` gets 429s instead of filling it.
+pub const MAX_FETCHES: usize = 2;
+
+/// Packets kept of one fetch at most (the largest `media.nack_cache`).
+const MAX_FETCH_PACKETS: usize = 1 << 16;
+
+/// What a fetch's caller gets: the track's codec and the group's packets, in order.
+pub type Fetched = Result<(VideoCodec, Vec<Vec<u8>>), NoGroup>;
+
+#[derive(Debug)]
+struct Fetching {
+    packets: Vec<Vec<u8>>,
+    tx: oneshot::Sender<Fetched>,
 }
 
 impl NodeState {
@@ -125,6 +145,8 @@ impl NodeState {
     pub fn detached(&mut self) {
         self.attached = false;
         self.snapshot = None;
+        // Their answers went with the ring: the callers get an error now.
+        self.fetching.clear();
     }
 
     /// Whether the data plane process is alive, as the link last checked.
@@ -299,6 +321,41 @@ impl NodeState {
         self.sessions.contains_key(id).then(|| n.clone())
     }
 
+    /// The session that publishes `stream` here: a publisher or a relay-in.
+    pub fn publisher_of(&self, stream: &str) -> Option<&SessionSpec> {
+        self.sessions.values().find(|s| {
+            s.stream == stream && matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. })
+        })
+    }
+
+    /// Start fetching the group of track `track` of publisher `id`; `None` while
+    /// [`MAX_FETCHES`] are in flight already.
+    pub fn begin_fetch(
+        &mut self,
+        id: SessionId,
+        track: u8,
+    ) -> Option<(u64, Command, oneshot::Receiver<Fetched>)> {
+        if self.fetching.len() >= MAX_FETCHES {
+            return None;
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        self.fetching.insert(
+            request,
+            Fetching {
+                packets: Vec::new(),
+                tx,
+            },
+        );
+        Some((request, Command::FetchGroup { request, id, track }, rx))
+    }
+
+    /// The fetch could not be sent, or its caller stopped waiting.
+    pub fn end_fetch(&mut self, request: u64) {
+        self.fetching.remove(&request);
+    }
+
     /// Start adding `spec`; the reply arrives on the returned receiver.
     pub fn begin_add(&mut self, spec: SessionSpec) -> (Command, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
@@ -459,6 +516,18 @@ impl NodeState {
             }
             Event::DtlsFailed { id, reason } => {
                 tracing::warn!(id = id.0, %reason, "DTLS handshake failed; the data plane ends the session");
+            }
+            Event::GroupPacket { request, packet } => {
+                if let Some(f) = self.fetching.get_mut(&request) {
+                    if f.packets.len() < MAX_FETCH_PACKETS {
+                        f.packets.push(packet);
+                    }
+                }
+            }
+            Event::GroupDone { request, result } => {
+                if let Some(f) = self.fetching.remove(&request) {
+                    let _ = f.tx.send(result.map(|(codec, _)| (codec, f.packets)));
+                }
             }
             Event::SnapshotSession { request, spec } => {
                 if let Some((r, specs)) = &mut self.snapshot {
@@ -655,6 +724,54 @@ pub(crate) mod tests {
             vec![Command::AddSession(relay_in)],
             "the new key, the new source's SSRCs, no address: the old source is shut out"
         );
+    }
+
+    /// A group fetch collects its packets until `GroupDone`; no more than `MAX_FETCHES` at
+    /// once; a lost ring fails the ones in flight.
+    #[test]
+    fn a_fetch_collects_its_packets_until_done() {
+        let mut s = synced();
+        let (request, cmd, mut rx) = s.begin_fetch(SessionId(5), 1).expect("room");
+        assert_eq!(
+            cmd,
+            Command::FetchGroup {
+                request,
+                id: SessionId(5),
+                track: 1
+            }
+        );
+        for p in [vec![1u8], vec![2]] {
+            s.apply(Event::GroupPacket { request, packet: p });
+        }
+        // Another request's packet is not this one's.
+        s.apply(Event::GroupPacket {
+            request: request + 100,
+            packet: vec![9],
+        });
+        assert!(rx.try_recv().is_err(), "not done yet");
+        s.apply(Event::GroupDone {
+            request,
+            result: Ok((VideoCodec::Vp8(96), 2)),
+        });
+        assert_eq!(
+            rx.try_recv().expect("answered"),
+            Ok((VideoCodec::Vp8(96), vec![vec![1], vec![2]]))
+        );
+
+        let (r1, _, mut rx1) = s.begin_fetch(SessionId(5), 1).expect("room");
+        let (_, _, mut rx2) = s.begin_fetch(SessionId(5), 1).expect("room");
+        assert!(s.begin_fetch(SessionId(5), 1).is_none(), "busy");
+        s.apply(Event::GroupDone {
+            request: r1,
+            result: Err(NoGroup::NotCached),
+        });
+        assert_eq!(rx1.try_recv().expect("answered"), Err(NoGroup::NotCached));
+        s.detached();
+        assert!(matches!(
+            rx2.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(s.begin_fetch(SessionId(5), 1).is_some(), "room again");
     }
 
     /// A clean data-plane stop removes the ring: the control plane detaches, attaches to the

@@ -326,6 +326,12 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Need {
             };
             Need::Media(action, format!("{room}/{stream}"))
         }
+        // A stream's cached group: what a viewer of the stream could watch anyway.
+        ["v1", "streams", room, stream, "fetch"]
+            if method == Method::GET && !room.contains('%') && !stream.contains('%') =>
+        {
+            Need::Media(Action::Subscribe, format!("{room}/{stream}"))
+        }
         ["v1", "rooms", room] if !room.is_empty() && !room.contains('%') => {
             Need::Room((*room).to_owned())
         }
@@ -579,6 +585,29 @@ mod tests {
         assert_eq!(
             auth.authorize(&Method::GET, "/v1/streams", None, &none),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_streams_group_is_for_whoever_may_watch_it() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key, Some("anon"));
+        let none = HeaderMap::new();
+        let viewer = with_token(&sign_hs256(&key, &claims("", &[], &["room1/"])).unwrap());
+        let fetch = |p: &str, h: &HeaderMap| auth.authorize(&Method::GET, p, None, h);
+        assert_eq!(fetch("/v1/streams/room1/cam/fetch", &viewer), Ok(()));
+        assert_eq!(
+            fetch("/v1/streams/room2/cam/fetch", &viewer),
+            Err(forbidden("token does not allow subscribe to room2/cam"))
+        );
+        assert!(matches!(
+            fetch("/v1/streams/room1/cam/fetch", &none),
+            Err(AuthError::Unauthorized(_))
+        ));
+        assert_eq!(fetch("/v1/streams/anon/cam/fetch", &none), Ok(()), "public");
+        assert_eq!(
+            fetch("/v1/streams/room1%2Fx/cam/fetch", &viewer),
+            Err(forbidden("this endpoint needs a cluster token"))
         );
     }
 

@@ -21,6 +21,7 @@ use crate::sdp::SdpError;
 use crate::services::cluster::ClusterError;
 use crate::services::forward::ForwardError;
 use crate::services::relay::RelayError;
+use crate::services::sessions::fetch::FetchError;
 use crate::services::sessions::rtp::RtpError;
 use crate::services::sessions::SessionError;
 use crate::services::webrtc::WebrtcError;
@@ -168,6 +169,23 @@ impl From<SessionError> for ApiError {
             }
         };
         Self::of(status, &e)
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        let status = match &e {
+            FetchError::NotReady(_) | FetchError::Ring(_) | FetchError::Gone => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            FetchError::NoPublisher
+            | FetchError::NoVideoTrack
+            | FetchError::NoGroup { .. }
+            | FetchError::Depay { .. } => StatusCode::NOT_FOUND,
+            FetchError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            FetchError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use switchyard_shared::command::{Role, SessionId, SessionSpec, SrtpProfile};
+use switchyard_shared::command::{Role, SessionId, SessionSpec, SrtpProfile, VideoCodec};
 use switchyard_shared::stats::SessionCounters;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -32,6 +32,7 @@ pub(crate) fn routes(sessions: Arc<Sessions>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list_sessions, create_session))
         .routes(routes!(list_streams))
+        .routes(routes!(fetch_group))
         .routes(routes!(get_session, delete_session))
         .routes(routes!(set_layers))
         .with_state(sessions)
@@ -125,6 +126,87 @@ async fn list_streams(
         })
         .collect();
     Ok(Json(StreamList { streams }))
+}
+
+/// `GET /v1/streams/{room}/{stream}/fetch?track=1`: which track's group.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct FetchQuery {
+    /// The publisher's track (0-based, in the order of its offer's m-lines); default: its
+    /// first video track.
+    #[serde(default)]
+    #[param(required = false)]
+    track: Option<u8>,
+}
+
+/// The cached group of a stream's video track (the packets since its latest keyframe, what
+/// a late joiner is started from) as a file a player opens: IVF for VP8, VP9 and AV1, an
+/// Annex B byte stream for H.264. For debugging what a publisher sends. Frames with a
+/// missing packet are left out. Headers: `X-Switchyard-Codec`, `X-Switchyard-Track`,
+/// `X-Switchyard-Frames`, `X-Switchyard-Skipped-Frames`, `X-Switchyard-Packets`.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{room}/{stream}/fetch",
+    tag = "sessions",
+    params(
+        ("room" = String, Path, description = "The stream name's first segment"),
+        ("stream" = String, Path, description = "The rest of the stream name (further `/` percent-encoded)"),
+        FetchQuery,
+    ),
+    responses(
+        (status = 200, description = "The group as IVF (`video/x-ivf`) or H.264 Annex B (`video/h264`)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Bad stream name or query", body = ErrorBody),
+        (status = 404, description = "No publisher of the stream here, no such video track, or no whole group cached (no keyframe yet, a group longer than `media.nack_cache`, a quiet track, a simulcast track)", body = ErrorBody),
+        (status = 429, description = "Two fetches are in flight already", body = ErrorBody),
+        (status = 503, description = "No data plane", body = ErrorBody),
+        (status = 504, description = "The data plane did not answer in time", body = ErrorBody),
+    )
+)]
+async fn fetch_group(
+    State(sessions): State<Arc<Sessions>>,
+    Path((room, name)): Path<(String, String)>,
+    query: Result<Query<FetchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let stream = format!("{room}/{name}");
+    switchyard_shared::names::stream("stream", &stream)?;
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0;
+    let got = sessions.fetch_group(&stream, query.track).await?;
+    let file = got.file;
+    let filename = format!(
+        "{}-track{}.{}",
+        stream.replace('/', "-"),
+        got.track,
+        file.container.extension()
+    );
+    let codec = match got.codec {
+        VideoCodec::Vp8(_) => "vp8",
+        VideoCodec::Vp9(_) => "vp9",
+        VideoCodec::Av1(_) => "av1",
+        VideoCodec::H264(_) => "h264",
+    };
+    let headers = [
+        (header::CONTENT_TYPE, file.container.media_type().to_owned()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        ),
+        (header::CACHE_CONTROL, "no-store".to_owned()),
+    ];
+    let mut response = (StatusCode::OK, headers, file.bytes).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-switchyard-codec", codec.to_owned()),
+        ("x-switchyard-track", got.track.to_string()),
+        ("x-switchyard-frames", file.frames.to_string()),
+        ("x-switchyard-skipped-frames", file.skipped.to_string()),
+        ("x-switchyard-packets", got.packets.to_string()),
+    ] {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(response)
 }
 
 /// A session as the API shows it. Keys appear only in the answer to the POST that made it.

@@ -207,6 +207,11 @@ impl Engine {
                 self.send_relay_data(id, &fragments, out);
             }
             WorkerCommand::EnableBwe { id, twcc_ext } => self.enable_bwe(id, twcc_ext, now),
+            WorkerCommand::FetchGroup { request, id, track } => {
+                let result = self.copy_group(id, track, now);
+                self.events
+                    .push_back(WorkerEvent::Group { request, result });
+            }
             WorkerCommand::SetMaxLayer { id, max_layer } => {
                 if let Some(session::Role::Subscriber(sub)) = self
                     .by_id

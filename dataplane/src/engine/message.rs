@@ -136,6 +136,13 @@ pub enum WorkerCommand {
         id: SessionId,
         fragments: Vec<Vec<u8>>,
     },
+    /// Copy out the cached group of track `track` of publisher (or relay-in) `id`
+    /// (`Command::FetchGroup`); answered by [`WorkerEvent::Group`].
+    FetchGroup {
+        request: u64,
+        id: SessionId,
+        track: u8,
+    },
 }
 
 /// Worker → slow path.
@@ -170,6 +177,15 @@ pub enum WorkerEvent {
         id: SessionId,
         seq: u16,
         payload: Vec<u8>,
+    },
+    /// The answer to a [`WorkerCommand::FetchGroup`]: the track's codec and its group's
+    /// packets (whole RTP, decrypted, in order), or why there is none.
+    Group {
+        request: u64,
+        result: Result<
+            (switchyard_shared::command::VideoCodec, Vec<Vec<u8>>),
+            switchyard_shared::command::NoGroup,
+        >,
     },
 }
 

@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{VideoCodec, MAX_TRACKS};
+use switchyard_shared::command::{NoGroup, VideoCodec, MAX_TRACKS};
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::deliver;
@@ -486,6 +486,35 @@ impl Engine {
             let _ = out.to_worker(from, Inbound::PrimeDone { session });
         }
         self.keyframes_but(stream, primed, now, out);
+    }
+
+    /// A copy of the cached group of track `track` of publisher (or relay-in) `id`, for
+    /// `Command::FetchGroup`: control-time work (one allocation per packet), never on the
+    /// media path.
+    pub(super) fn copy_group(
+        &self,
+        id: switchyard_shared::command::SessionId,
+        track: u8,
+        now: Instant,
+    ) -> Result<(VideoCodec, Vec<Vec<u8>>), NoGroup> {
+        let idx = *self.by_id.get(&id).ok_or(NoGroup::UnknownSession)?;
+        let Some(session::Role::Publisher(p)) = self.sessions.get(idx).map(|s| &s.role) else {
+            return Err(NoGroup::UnknownSession);
+        };
+        let t = usize::from(track);
+        let codec = p.video.get(t).copied().flatten().ok_or(NoGroup::NotVideo)?;
+        if p.sim.is_some() {
+            return Err(NoGroup::Simulcast);
+        }
+        let cache = p.caches.get(t).ok_or(NoGroup::NotVideo)?;
+        let (start, n) = p.groups[t]
+            .span(cache.capacity(), now)
+            .ok_or(NoGroup::NotCached)?;
+        let packets = (0..n)
+            .filter_map(|k| cache.get(start.wrapping_add(k)))
+            .map(|h| h.bytes().to_vec())
+            .collect();
+        Ok((codec, packets))
     }
 
     /// At the subscriber's worker: a packet of the replay for subscriber `to`.

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_shared::command::{
-    self, CloseReason, Command, CommandError, Event, Keying, Role, SessionId, SessionSpec,
+    self, CloseReason, Command, CommandError, Event, Keying, NoGroup, Role, SessionId, SessionSpec,
 };
 use switchyard_shared::ring::{DataSide, RingError};
 use switchyard_shared::stats::{Counter, Stats};
@@ -293,6 +293,22 @@ impl SlowPath {
                     },
                 );
             }
+            Command::FetchGroup { request, id, track } => {
+                match self
+                    .sessions
+                    .get(&id)
+                    .filter(|s| matches!(s.role, Role::Publisher { .. } | Role::RelayIn { .. }))
+                {
+                    Some(spec) => {
+                        let w = spec.worker;
+                        self.command_worker(w, WorkerCommand::FetchGroup { request, id, track });
+                    }
+                    None => self.emit(&Event::GroupDone {
+                        request,
+                        result: Err(NoGroup::UnknownSession),
+                    }),
+                }
+            }
             Command::Snapshot { request } => {
                 // Whoever asked before asked again (the control plane attached anew): what
                 // is still waiting of the earlier snapshots would be ignored.
@@ -420,6 +436,16 @@ impl SlowPath {
                     spec.remote = Some(remote);
                 }
                 self.emit(&Event::RemoteLatched { id, remote });
+            }
+            WorkerEvent::Group { request, result } => {
+                let result = result.map(|(codec, packets)| {
+                    let n = packets.len() as u32;
+                    for packet in packets {
+                        self.emit(&Event::GroupPacket { request, packet });
+                    }
+                    (codec, n)
+                });
+                self.emit(&Event::GroupDone { request, result });
             }
         }
     }

@@ -25,8 +25,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SWYRING\0");
 /// messages in the slots does (postcard is not self-describing: a field added to
 /// `SessionSpec` makes every spec unreadable to the other build). 2: `IceCredentials::
 /// remote_pwd`, `SessionSpec::control`, `SnapshotDone::highest_id`. 3: `Role::Publisher::simulcast`,
-/// `Command::SetMaxLayer`. 4: `Command::RetargetRelayIn`.
-pub(crate) const VERSION: u32 = 4;
+/// `Command::SetMaxLayer`. 4: `Command::RetargetRelayIn`. 5: `VideoCodec` in
+/// `UplinkTrack::video`, `Role::RelayIn::video` and `Command::RetargetRelayIn::video`;
+/// `Command::FetchGroup`, `Event::GroupPacket` and `Event::GroupDone`.
+pub(crate) const VERSION: u32 = 5;
 /// Bytes before a slot's payload: the `u32` length and 4 reserved bytes (keeps slots 8-aligned).
 pub(crate) const SLOT_HEADER: usize = 8;
 pub(crate) const SLOT_SIZE: usize = SLOT_HEADER + MAX_MESSAGE;

@@ -6,7 +6,9 @@
 //!
 //! - [`rtp`]: `POST /v1/sessions`' request (plain RTP with static SRTP keys), checked and made
 //!   into a spec.
+//! - [`fetch`]: a stream's cached group as a file (`GET /v1/streams/{room}/{stream}/fetch`).
 
+pub mod fetch;
 pub mod rtp;
 
 use std::collections::BTreeMap;
