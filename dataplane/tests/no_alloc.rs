@@ -567,9 +567,10 @@ fn two_workers(tag: &str, add: impl FnOnce(StreamId, SocketAddr) -> WorkerComman
     }
 }
 
-/// Simulcast: three VP8 layers (rid extension) fanned out to viewers on two workers, each
-/// switching layers at keyframes (a cap, then the top layer stopping), with their NACKs and
-/// the PLIs the switches send, allocates nothing either.
+/// Simulcast: three VP8 layers (rid extension, temporal layers 0, 2, 1, 2) fanned out to
+/// viewers on two workers, each capped to temporal layer 0 and back, then switching layers
+/// at keyframes (a cap, then the top layer stopping), with their NACKs and the PLIs the
+/// switches send, allocates nothing either.
 #[test]
 fn simulcast_layer_switching_allocates_nothing() {
     use switchyard_shared::command::{LayerCodec, Simulcast, SimulcastTrack};
@@ -628,13 +629,15 @@ fn simulcast_layer_switching_allocates_nothing() {
             pkt[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'1', 0xa0, rid]);
             let key = n % 30 == 0;
             let pid = (n as u16) & 0x7fff;
-            pkt[20..22].copy_from_slice(&[0x90, 0xc0]);
+            // X with I, L and T: VP8 temporal layers 0, 2, 1, 2 as Chromium sends them.
+            pkt[20..22].copy_from_slice(&[0x90, 0xe0]);
             pkt[22..24].copy_from_slice(&(0x8000 | pid).to_be_bytes());
             pkt[24] = n as u8;
-            pkt[25..28].copy_from_slice(&[u8::from(!key), 0, 0]);
-            pkt[28..31].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-            pkt[31..33].copy_from_slice(&sizes[l].0.to_le_bytes());
-            pkt[33..35].copy_from_slice(&sizes[l].1.to_le_bytes());
+            pkt[25] = [0u8, 2, 1, 2][n as usize % 4] << 6;
+            pkt[26..29].copy_from_slice(&[u8::from(!key), 0, 0]);
+            pkt[29..32].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+            pkt[32..34].copy_from_slice(&sizes[l].0.to_le_bytes());
+            pkt[34..36].copy_from_slice(&sizes[l].1.to_le_bytes());
             let n = tx.protect_rtp(&mut pkt, 1000).expect("protect");
             w0.handle_datagram_to(&mut pkt[..n], publisher, None, at, out);
             while let Some((w, msg)) = out.queued.pop() {
@@ -664,8 +667,26 @@ fn simulcast_layer_switching_allocates_nothing() {
         + stats.worker(1).expect("w1").get(Counter::LayerSwitches);
     let retransmitted = stats.worker(0).expect("w0").get(Counter::Retransmitted);
     ARMED.with(|a| a.set(true));
-    for n in 1200..1500 {
+    for n in 1200..1300 {
         frame(n, 3, at(n), &mut w0, &mut w1, &mut out);
+    }
+    // Temporal layer 0 only, then every layer again: frames dropped, numbering closed up,
+    // runs kept, NACKs mapped through them.
+    for (from, cap) in [(1300u32, 0u8), (1400, u8::MAX)] {
+        for id in 2..8u64 {
+            let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
+            w.handle_command(
+                WorkerCommand::SetMaxTemporal {
+                    id: SessionId(id),
+                    max_temporal: cap,
+                },
+                at(from),
+                &mut out,
+            );
+        }
+        for n in from..from + 100 {
+            frame(n, 3, at(n), &mut w0, &mut w1, &mut out);
+        }
     }
     for id in 2..8u64 {
         let w = if id % 2 == 0 { &mut w0 } else { &mut w1 };
@@ -991,13 +1012,15 @@ fn viewer_bandwidth_estimation_allocates_nothing() {
             pkt[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'1', 0xa0, rid]);
             let key = n % 30 == 0;
             let pid = (n as u16) & 0x7fff;
-            pkt[20..22].copy_from_slice(&[0x90, 0xc0]);
+            // X with I, L and T: VP8 temporal layers 0, 2, 1, 2 as Chromium sends them.
+            pkt[20..22].copy_from_slice(&[0x90, 0xe0]);
             pkt[22..24].copy_from_slice(&(0x8000 | pid).to_be_bytes());
             pkt[24] = n as u8;
-            pkt[25..28].copy_from_slice(&[u8::from(!key), 0, 0]);
-            pkt[28..31].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-            pkt[31..33].copy_from_slice(&sizes[l].0.to_le_bytes());
-            pkt[33..35].copy_from_slice(&sizes[l].1.to_le_bytes());
+            pkt[25] = [0u8, 2, 1, 2][n as usize % 4] << 6;
+            pkt[26..29].copy_from_slice(&[u8::from(!key), 0, 0]);
+            pkt[29..32].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+            pkt[32..34].copy_from_slice(&sizes[l].0.to_le_bytes());
+            pkt[34..36].copy_from_slice(&sizes[l].1.to_le_bytes());
             let k = tx.protect_rtp(&mut pkt, lens[l]).expect("protect");
             w0.handle_datagram_to(&mut pkt[..k], publisher, None, at, out);
         }

@@ -402,6 +402,10 @@ pub enum Command {
     /// quality the publisher sends; [`u8::MAX`]: no cap). Not answered: an unknown session
     /// or one that is not a subscriber is ignored.
     SetMaxLayer { id: SessionId, max_layer: u8 },
+    /// Subscriber `id` receives VP8 temporal layers of its simulcast layers up to
+    /// `max_temporal` (0: the base frame rate; [`u8::MAX`]: no cap). Not answered, as
+    /// `SetMaxLayer`.
+    SetMaxTemporal { id: SessionId, max_temporal: u8 },
     /// Relay-in `id` is fed from now on by another source node (the old one died, or the
     /// publisher re-published elsewhere): a new link key (`keys`, as in the session's
     /// `Keying::Static`), the new source publisher's SSRCs and simulcast map (as in

@@ -503,11 +503,18 @@ struct LayersRequest {
     /// layers the publisher sends now, so a cap above what is sent means the best sent.
     #[schema(example = 0)]
     max_layer: Option<u8>,
+    /// Highest VP8 temporal layer the subscriber receives of a simulcast layer that has
+    /// them (Chromium sends three: 0 is a quarter of the frames, 1 half); absent or `null`:
+    /// every one.
+    #[serde(default)]
+    #[schema(example = 1)]
+    max_temporal_layer: Option<u8>,
 }
 
 /// Cap the simulcast layer a subscriber (WHEP or plain) receives of every simulcast track
-/// of its stream. It moves at the next keyframe of the layer picked (the node asks the
-/// publisher for one), with no gap in its numbering. Streams without simulcast ignore it.
+/// of its stream, and the VP8 temporal layers of it. It moves at the next keyframe of the
+/// layer picked (the node asks the publisher for one), with no gap in its numbering;
+/// temporal layers at the next frame. Streams without simulcast ignore it.
 #[utoipa::path(
     post,
     path = "/v1/sessions/{id}/layers",
@@ -530,5 +537,6 @@ async fn set_layers(
     let id = parse_id(&raw)?;
     let req: LayersRequest = parse_body(body)?;
     sessions.set_max_layer(id, req.max_layer)?;
+    sessions.set_max_temporal(id, req.max_temporal_layer)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

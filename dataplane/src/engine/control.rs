@@ -224,6 +224,18 @@ impl Engine {
                     }
                 }
             }
+            WorkerCommand::SetMaxTemporal { id, max_temporal } => {
+                if let Some(session::Role::Subscriber(sub)) = self
+                    .by_id
+                    .get(&id)
+                    .and_then(|&i| self.sessions.get_mut(i))
+                    .map(|s| &mut s.role)
+                {
+                    for l in sub.layers.iter_mut() {
+                        l.tcap = max_temporal;
+                    }
+                }
+            }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
                 Ok(()) => self.events.push_back(WorkerEvent::Removed { id }),
                 Err(error) => self.events.push_back(WorkerEvent::Failed { id, error }),

@@ -317,6 +317,29 @@ fn with_seq_offset<R>(s: &mut Session, t: usize, off: u16, f: impl FnOnce(&mut S
     r
 }
 
+/// Run `f` with track `t`'s sequence offset and VP8 picture id offset set to `numbering`
+/// (a late packet of a simulcast layer goes out as its run numbered it, `layers`), then
+/// put them back.
+fn with_numbering<R>(
+    s: &mut Session,
+    t: usize,
+    (seq_off, pid_off): (u16, u16),
+    f: impl FnOnce(&mut Session) -> R,
+) -> R {
+    let swap = |s: &mut Session, pid: u16| -> Option<u16> {
+        let session::Role::Subscriber(sub) = &mut s.role else {
+            return None;
+        };
+        Some(sub.layers.get_mut(t)?.swap_pid_off(pid))
+    };
+    let before = swap(s, pid_off);
+    let r = with_seq_offset(s, t, seq_off, f);
+    if let Some(b) = before {
+        swap(s, b);
+    }
+    r
+}
+
 /// A packet of a simulcast layer to one viewer: chosen or not by its [`Select`], sent with
 /// the viewer's offsets and VP8 picture ids. `None` in the result: not this viewer's layer.
 fn forward_layer(
@@ -338,11 +361,17 @@ fn forward_layer(
     let d = sel.on_packet(view, tag, src, offsets, (now, PLI_INTERVAL, budget));
     // A late packet (a repaired loss) from before the viewer's switch to this layer: the
     // current offsets would number it among the previous layer's packets.
-    if !d.forward || !sel.owns(be16(src, 2).wrapping_add(offsets.0)) {
+    let seq_off = d.numbering.map_or(offsets.0, |n| n.0);
+    if !d.forward || !sel.owns(be16(src, 2).wrapping_add(seq_off)) {
         return (None, d);
     }
     let mut ids = (None, None);
-    let r = forward_to(s, h, &mut ids, (now, pad, false), out);
+    let r = match d.numbering {
+        Some(n) => with_numbering(s, t, n, |s| {
+            forward_to(s, h, &mut ids, (now, pad, false), out)
+        }),
+        None => forward_to(s, h, &mut ids, (now, pad, false), out),
+    };
     if r.is_ok() {
         if let session::Role::Subscriber(sub) = &mut s.role {
             if let (Some(sel), Some(&(so, to))) = (sub.layers.get_mut(t), sub.offsets.get(t)) {
@@ -408,15 +437,28 @@ fn resend(
     let track = usize::from(h.track);
     let layered = match h.layer {
         Some(tag) if !sub.relay => {
-            let sel = sub.layers.get(track).copied().unwrap_or_default();
-            let seq_off = sub.offsets.get(track).map_or(0, |o| o.0);
-            let seq = be16(h.bytes(), 2).wrapping_add(seq_off);
-            // The viewer's offsets are its current layer's: a packet of another layer, or
-            // of this one from before the switch, is not what the viewer lost under `seq`.
-            if sel.current != Some(tag.layer) || !sel.owns(seq) {
+            let Some(sel) = sub.layers.get(track) else {
                 return Err(SendError::Cancelled);
+            };
+            let seq_off = sub.offsets.get(track).map_or(0, |o| o.0);
+            // The viewer's offsets are its current layer's: a packet of another layer, or
+            // of this one from before the switch, or of a temporal layer it was not sent,
+            // is not what the viewer lost under any number.
+            let tid = tag.temporal.then_some(tag.tid);
+            let numbering = match sel.current == Some(tag.layer) {
+                true => sel.numbering_of(be16(h.bytes(), 2), tid),
+                false => None,
+            };
+            let Some((seq_off_then, pid_off_then)) = numbering else {
+                return Err(SendError::Cancelled);
+            };
+            if (seq_off_then, pid_off_then) != (seq_off, sel.ids().pid_off()) {
+                // Numbered as when it first went: the offsets of its run, for this send.
+                return with_numbering(s, track, (seq_off_then, pid_off_then), |s| {
+                    resend(s, h, now, out)
+                });
             }
-            Some((tag, sel))
+            Some((tag, sel.ids()))
         }
         _ => None,
     };
@@ -457,8 +499,8 @@ fn resend(
         if let Some(map) = exts {
             rtp::remap_extensions(buf, &h, map).ok()?;
         }
-        if let Some((tag, sel)) = &layered {
-            sel.rewrite(buf, tag);
+        if let Some((tag, ids)) = &layered {
+            ids.rewrite(buf, tag);
         }
         // OSN first in the payload; the original payload (and any padding) follows.
         let at = h.payload_offset;
@@ -514,7 +556,9 @@ fn forward_to(
     let pts = &sub.payload_types;
     let exts = sub.extensions.as_deref();
     let mut bwe = sub.bwe.as_deref_mut();
-    let layered = h.layer.and_then(|tag| Some((tag, *sub.layers.get(track)?)));
+    let layered = h
+        .layer
+        .and_then(|tag| Some((tag, sub.layers.get(track)?.ids())));
     // A subscriber still in its DTLS handshake gets nothing yet; a plain one needs no keys.
     if s.outbound.is_none() && !s.plain {
         return Err(SendError::Cancelled);
@@ -541,8 +585,8 @@ fn forward_to(
                 rtp::remap_extensions(buf, &h, map).ok()?;
             }
         }
-        if let Some((tag, sel)) = &layered {
-            *ids = sel.rewrite(buf, tag);
+        if let Some((tag, ids_off)) = &layered {
+            *ids = ids_off.rewrite(buf, tag);
         }
         // The transport-wide number may grow the header and move the payload; the padding
         // goes after it so the datagram is the multiple of `pad` that segmentation wants.

@@ -54,6 +54,14 @@ pub struct LayerTag {
     pub pid_wide: bool,
     /// Byte offset of the VP8 TL0PICIDX, 0: none.
     pub tl0_at: u16,
+    /// The VP8 descriptor names a temporal layer (its T bit): `tid` is it.
+    pub temporal: bool,
+    pub tid: u8,
+    /// Y, layer sync: the frame depends only on temporal layer 0 (a viewer may move up to
+    /// its layer here).
+    pub sync: bool,
+    /// The first packet of a frame (S set, partition 0).
+    pub start: bool,
 }
 
 /// Where a publisher's SSRC belongs.
@@ -262,6 +270,12 @@ fn vp8(p: &[u8], base: usize, tag: &mut LayerTag) {
             i += 1;
         }
         if x & 0x30 != 0 {
+            if x & 0x20 != 0 {
+                let Some(&t) = p.get(i) else { return };
+                tag.temporal = true;
+                tag.tid = t >> 6;
+                tag.sync = t & 0x20 != 0;
+            }
             i += 1;
         }
     }
@@ -269,10 +283,12 @@ fn vp8(p: &[u8], base: usize, tag: &mut LayerTag) {
         // Offsets past the end would be written to: forget them.
         tag.pid_at = 0;
         tag.tl0_at = 0;
+        tag.temporal = false;
         return;
     }
     // Start of partition 0 and the VP8 payload header's P bit clear: a keyframe.
     let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+    tag.start = start;
     tag.keyframe = start && p.get(i).is_some_and(|&b| b & 0x01 == 0);
     if tag.keyframe && p.get(i + 3..i + 6) == Some(&[0x9d, 0x01, 0x2a][..]) {
         let le = |k: usize| {
@@ -311,6 +327,9 @@ pub fn h264_keyframe(p: &[u8]) -> bool {
     }
 }
 
+/// VP8 temporal layer ids are two bits.
+pub const MAX_TEMPORAL: usize = 4;
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Seen {
     at: Option<Instant>,
@@ -318,6 +337,9 @@ struct Seen {
     bytes: u32,
     /// Bytes in the last whole window: ranks layers whose picture size is not known.
     rate: u32,
+    /// The same per VP8 temporal layer (all in 0 for packets without one).
+    tbytes: [u32; MAX_TEMPORAL],
+    trate: [u32; MAX_TEMPORAL],
 }
 
 /// The layers of one track as this worker sees them pass (every worker with viewers sees
@@ -337,6 +359,8 @@ impl TrackView {
                 for s in &mut self.layers {
                     s.rate = s.bytes;
                     s.bytes = 0;
+                    s.trate = s.tbytes;
+                    s.tbytes = [0; MAX_TEMPORAL];
                 }
                 self.window = Some(at);
             }
@@ -344,6 +368,9 @@ impl TrackView {
         if let Some(s) = self.layers.get_mut(usize::from(tag.layer)) {
             s.at = Some(at);
             s.bytes = s.bytes.saturating_add(len as u32);
+            if let Some(t) = s.tbytes.get_mut(usize::from(tag.tid)) {
+                *t = t.saturating_add(len as u32);
+            }
             if tag.pixels > 0 {
                 s.pixels = tag.pixels;
             }
@@ -374,14 +401,18 @@ impl TrackView {
         if let Some(r) = order.get_mut(..n) {
             r.sort_by_key(|&(l, key)| (key, l));
         }
+        let per_s = |bytes: u32| u64::from(bytes) * 8 * 1_000_000 / ACTIVE.as_micros() as u64;
         let mut bps = [0u64; MAX_LAYERS];
-        for (b, s) in bps.iter_mut().zip(&self.layers) {
-            *b = u64::from(s.rate) * 8 * 1_000_000 / ACTIVE.as_micros() as u64;
+        let mut tbps = [[0u64; MAX_TEMPORAL]; MAX_LAYERS];
+        for ((b, t), s) in bps.iter_mut().zip(tbps.iter_mut()).zip(&self.layers) {
+            *b = per_s(s.rate);
+            *t = s.trate.map(per_s);
         }
         Ranking {
             order: order.map(|(l, _)| l),
             n,
             bps,
+            tbps,
         }
     }
 
@@ -397,6 +428,8 @@ pub struct Ranking {
     order: [u8; MAX_LAYERS],
     n: usize,
     bps: [u64; MAX_LAYERS],
+    /// Each layer's rate per VP8 temporal layer.
+    tbps: [[u64; MAX_TEMPORAL]; MAX_LAYERS],
 }
 
 impl Ranking {
@@ -409,7 +442,12 @@ impl Ranking {
             order[n] = l as u8;
             n += 1;
         }
-        Ranking { order, n, bps }
+        Ranking {
+            order,
+            n,
+            bps,
+            tbps: [[0; MAX_TEMPORAL]; MAX_LAYERS],
+        }
     }
 
     fn ranked(&self) -> &[u8] {
@@ -460,6 +498,35 @@ impl Ranking {
         self.ranked().get(pick).copied()
     }
 
+    /// The highest VP8 temporal layer of `layer` whose frames, with every temporal layer
+    /// below, fit `budget`, moving above `current` only with [`UP_HEADROOM_PERCENT`] to
+    /// spare; at least 0. `u8::MAX` when every one fits, or the layer has none measured.
+    pub fn temporal_fit(&self, layer: u8, budget: u64, current: u8) -> u8 {
+        let Some(rates) = self.tbps.get(usize::from(layer)) else {
+            return u8::MAX;
+        };
+        let Some(top) = rates.iter().rposition(|&r| r > 0).filter(|&t| t > 0) else {
+            return u8::MAX;
+        };
+        let (mut sum, mut pick) = (0u64, 0usize);
+        for (k, &r) in rates.iter().enumerate().take(top + 1) {
+            sum += r;
+            let need = if k <= usize::from(current) {
+                sum
+            } else {
+                sum + sum * UP_HEADROOM_PERCENT / 100
+            };
+            if need <= budget {
+                pick = k;
+            }
+        }
+        if pick == top {
+            u8::MAX
+        } else {
+            pick as u8
+        }
+    }
+
     /// The rate of the best layer above `current` a viewer capped at rank `cap` may get:
     /// what its probes ask the path for (a probe that shows room for it moves the viewer
     /// up in one step, or as far as the room goes). `None` at the top or before rates are
@@ -491,6 +558,58 @@ pub struct Decision {
     pub switched: bool,
     /// Ask the publisher for a keyframe of this layer (throttled per viewer).
     pub ask: Option<u8>,
+    /// A late packet (a repaired loss) from before the viewer's numbering last closed up
+    /// over dropped temporal layer frames: its (sequence offset, picture id offset).
+    pub numbering: Option<(u16, u16)>,
+}
+
+/// Runs of the viewer's numbering kept for late packets and retransmissions: a run
+/// starts at each packet forwarded after some were dropped (a frame of a temporal layer
+/// the viewer does not take). With temporal layer 0 of three, 7.5 runs a second, so 32
+/// reach back four seconds; further back a packet is not resent.
+const RUNS: usize = 32;
+
+/// From source sequence number `src` on (until the next run), the viewer's sequence
+/// number is `src + seq_off`, its picture ids `+ pid_off`, and temporal layers up to
+/// `tmax` were forwarded.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    src: u16,
+    seq_off: u16,
+    pid_off: u16,
+    tmax: u8,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Runs {
+    runs: [Run; RUNS],
+    next: usize,
+    n: usize,
+}
+
+impl Runs {
+    fn clear(&mut self) {
+        self.n = 0;
+    }
+
+    fn push(&mut self, r: Run) {
+        self.runs[self.next] = r;
+        self.next = (self.next + 1) % RUNS;
+        self.n = (self.n + 1).min(RUNS);
+    }
+
+    /// The run `src` falls in.
+    fn find(&self, src: u16) -> Option<Run> {
+        (0..self.n).find_map(|k| {
+            let r = self.runs[(self.next + RUNS - 1 - k) % RUNS];
+            (src.wrapping_sub(r.src) as i16 >= 0).then_some(r)
+        })
+    }
+}
+
+/// `a` comes after `b` (RFC 1982 on 16 bits).
+fn after(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 /// One viewer's layer of one track and what keeps its numbering continuous.
@@ -516,6 +635,16 @@ pub struct Select {
     /// it names a packet of an earlier layer, which the current offsets cannot find.
     first_seq: u16,
     asked: Option<Instant>,
+    /// Highest VP8 temporal layer the viewer takes (`u8::MAX`: every one), set by the API.
+    pub tcap: u8,
+    /// The highest temporal layer forwarded now: lowered at any frame, raised at a frame
+    /// of temporal layer 0 or a layer sync frame.
+    tmax: u8,
+    /// The newest source sequence number of the current layer seen (sent or dropped).
+    last_src: Option<u16>,
+    /// Packets were dropped since the last one forwarded: the next one starts a run.
+    closed_up: bool,
+    runs: Runs,
 }
 
 impl Default for Select {
@@ -534,8 +663,21 @@ impl Default for Select {
             tl0_off: 0,
             first_seq: 0,
             asked: None,
+            tcap: u8::MAX,
+            tmax: u8::MAX,
+            last_src: None,
+            closed_up: false,
+            runs: Runs::default(),
         }
     }
+}
+
+/// What a viewer's VP8 picture ids and TL0PICIDX get added, copied out of its [`Select`]
+/// for the send (the whole `Select` is too big to copy per packet).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ids {
+    pid_off: u16,
+    tl0_off: u8,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -603,7 +745,125 @@ impl Select {
                 d.ask = Some(t);
             }
         }
+        if d.forward && !d.switched {
+            self.temporal(view, tag, src, offsets, budget, &mut d);
+        }
         d
+    }
+
+    /// The temporal layer the viewer should get: its cap, and on the lowest layer, when
+    /// even that does not fit its budget, the temporal layers that do (fewer frames
+    /// rather than a path that loses them).
+    fn temporal_target(&self, view: &Ranking, budget: Option<u64>) -> u8 {
+        let mut want = self.tcap;
+        if let (Some(b), Some(cur)) = (budget, self.current) {
+            if view.rank(cur) == Some(0) {
+                want = want.min(view.temporal_fit(cur, b, self.tmax));
+            }
+        }
+        want
+    }
+
+    /// Packet `src` of the current layer, which the layer choice forwards: dropped if its
+    /// VP8 temporal layer is above what the viewer gets (its numbering closes up over it),
+    /// or numbered as its run says when it comes late.
+    fn temporal(
+        &mut self,
+        view: &Ranking,
+        tag: &LayerTag,
+        src: &[u8],
+        offsets: &mut (u16, u32),
+        budget: Option<u64>,
+        d: &mut Decision,
+    ) {
+        let seq = be16(src, 2);
+        if self.last_src.is_some_and(|l| !after(seq, l)) {
+            // Late: numbered as when its neighbours went, and only if its layer went.
+            match self.runs.find(seq) {
+                Some(r) if !tag.temporal || tag.tid <= r.tmax => {
+                    if (r.seq_off, r.pid_off) != (offsets.0, self.pid_off) {
+                        d.numbering = Some((r.seq_off, r.pid_off));
+                    }
+                }
+                _ => d.forward = false,
+            }
+            return;
+        }
+        self.last_src = Some(seq);
+        if !tag.temporal {
+            return;
+        }
+        if tag.start {
+            let want = self.temporal_target(view, budget);
+            if want < self.tmax {
+                self.tmax = want;
+            } else if want > self.tmax {
+                if tag.tid == 0 {
+                    self.tmax = want;
+                } else if tag.sync && tag.tid <= want {
+                    self.tmax = self.tmax.max(tag.tid);
+                }
+            }
+        }
+        if tag.tid > self.tmax {
+            offsets.0 = offsets.0.wrapping_sub(1);
+            if tag.start && tag.pid_at != 0 {
+                self.pid_off = self.pid_off.wrapping_sub(1) & 0x7fff;
+            }
+            self.closed_up = true;
+            d.forward = false;
+        } else if self.closed_up {
+            self.closed_up = false;
+            self.runs.push(Run {
+                src: seq,
+                seq_off: offsets.0,
+                pid_off: self.pid_off,
+                tmax: self.tmax,
+            });
+        }
+    }
+
+    /// How the viewer numbers packet `src` (source sequence number) of the current layer,
+    /// of temporal layer `tid` if it has one, for a retransmission: (sequence offset,
+    /// picture id offset), or `None` when it was not sent to the viewer (another layer's
+    /// numbering, a dropped temporal layer, too long ago).
+    pub fn numbering_of(&self, src: u16, tid: Option<u8>) -> Option<(u16, u16)> {
+        let r = self.runs.find(src)?;
+        if tid.is_some_and(|t| t > r.tmax) {
+            return None;
+        }
+        let n = (r.seq_off, r.pid_off);
+        self.owns(src.wrapping_add(n.0)).then_some(n)
+    }
+
+    /// The source sequence number of the packet the viewer numbers `seq` (a NACK's): found
+    /// in the run whose numbers it falls in. Without runs (no switch yet), the current
+    /// offset `seq_off` says.
+    pub fn original(&self, seq: u16, seq_off: u16) -> Option<u16> {
+        if self.runs.n == 0 {
+            return Some(seq.wrapping_sub(seq_off));
+        }
+        let mut later: Option<u16> = None;
+        for k in 0..self.runs.n {
+            let i = (self.runs.next + RUNS - 1 - k) % RUNS;
+            let r = self.runs.runs[i];
+            let src = seq.wrapping_sub(r.seq_off);
+            let inside =
+                src.wrapping_sub(r.src) as i16 >= 0 && later.is_none_or(|next| after(next, src));
+            if inside {
+                return Some(src);
+            }
+            later = Some(r.src);
+        }
+        None
+    }
+
+    /// What the send adds to picture ids and TL0PICIDX now.
+    pub fn ids(&self) -> Ids {
+        Ids {
+            pid_off: self.pid_off,
+            tl0_off: self.tl0_off,
+        }
     }
 
     fn switch_to(&mut self, tag: &LayerTag, src: &[u8], offsets: &mut (u16, u32), now: Instant) {
@@ -624,6 +884,17 @@ impl Select {
         self.first_seq = be16(src, 2).wrapping_add(offsets.0);
         self.current = Some(tag.layer);
         self.asked = None;
+        // A keyframe: every temporal layer may start here.
+        self.tmax = self.tcap;
+        self.last_src = Some(be16(src, 2));
+        self.closed_up = false;
+        self.runs.clear();
+        self.runs.push(Run {
+            src: be16(src, 2),
+            seq_off: offsets.0,
+            pid_off: self.pid_off,
+            tmax: self.tmax,
+        });
     }
 
     /// The stream's source changed (`continuity`): the layers are the new source's, so
@@ -643,6 +914,18 @@ impl Select {
     /// the switch to it (so a retransmission of it is the packet the viewer lost).
     pub fn owns(&self, seq: u16) -> bool {
         self.current.is_some() && (seq.wrapping_sub(self.first_seq) as i16) >= 0
+    }
+
+    /// The picture id offset to use for a while (a late packet's, `Decision::numbering`);
+    /// returns the one it replaces.
+    pub fn swap_pid_off(&mut self, v: u16) -> u16 {
+        std::mem::replace(&mut self.pid_off, v)
+    }
+}
+
+impl Ids {
+    pub fn pid_off(&self) -> u16 {
+        self.pid_off
     }
 
     /// Rewrite the VP8 picture id and TL0PICIDX of `buf` (a copy of the packet, same
@@ -672,7 +955,9 @@ impl Select {
         }
         (pid, tl0)
     }
+}
 
+impl Select {
     /// A packet went out as (`seq`, `ts`) with picture id `pid` and TL0PICIDX `tl0`.
     pub fn sent(
         &mut self,
@@ -778,5 +1063,195 @@ mod tests {
         };
         v.note(&tag, 100, later);
         assert_eq!(v.pick(later, u8::MAX), Some(2), "only layer 2 is active");
+    }
+
+    /// An RTP packet of a VP8 frame: sequence number `seq`, picture id `pid`, temporal
+    /// layer `tid` (layer sync `y`), the frame's first packet when `start`.
+    fn temporal_packet(
+        seq: u16,
+        pid: u16,
+        (tid, y): (u8, bool),
+        start: bool,
+        key: bool,
+    ) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(pid) * 3000).to_be_bytes());
+        p.extend_from_slice(&1u32.to_be_bytes());
+        // X; I, L, T; 15-bit picture id; TL0PICIDX; TID and Y.
+        p.push(if start { 0x90 } else { 0x80 });
+        p.push(0xe0);
+        p.extend_from_slice(&(0x8000 | pid).to_be_bytes());
+        p.push(0);
+        p.push((tid << 6) | if y { 0x20 } else { 0 });
+        p.push(if key { 0x00 } else { 0x01 });
+        p.extend_from_slice(&[0, 0, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        p
+    }
+
+    fn tag_of(p: &[u8]) -> LayerTag {
+        let mut tag = LayerTag::default();
+        vp8(&p[12..], 12, &mut tag);
+        tag
+    }
+
+    #[test]
+    fn vp8_temporal_layer_and_sync_bit_are_read() {
+        let t = tag_of(&temporal_packet(1, 5, (2, true), true, false));
+        assert!(t.temporal && t.sync && t.start);
+        assert_eq!(t.tid, 2);
+        let t = tag_of(&temporal_packet(1, 5, (1, false), false, false));
+        assert!(t.temporal && !t.sync && !t.start);
+        assert_eq!(t.tid, 1);
+        let t = tag_of(
+            &vp8_payload(300, 7, false, 0, 0)
+                .iter()
+                .fold(vec![0u8; 12], |mut v, b| {
+                    v.push(*b);
+                    v
+                }),
+        );
+        assert!(!t.temporal, "no T bit");
+    }
+
+    /// One layer of frames in the pattern Chromium's L1T3 sends (0, 2, 1, 2, ...), two
+    /// packets each; a viewer capped to temporal layer 0 gets every fourth frame, numbered
+    /// with no gap in sequence numbers or picture ids; a late retransmission goes under the
+    /// numbering of its own run, one of a dropped frame not at all; lifting the cap takes
+    /// effect at the next layer-0 frame.
+    #[test]
+    fn a_viewer_capped_to_temporal_layer_0_gets_every_fourth_frame_continuously() {
+        let t0 = Instant::now();
+        let mut view = TrackView::default();
+        let mut sel = Select {
+            tcap: 0,
+            ..Select::default()
+        };
+        let mut offsets = (0u16, 0u32);
+        let pattern = [0u8, 2, 1, 2];
+        let mut sent: Vec<(u16, u16, u8)> = Vec::new();
+        let mut seq = 1000u16;
+        let mut packets = Vec::new();
+        for frame in 0..16u16 {
+            let tid = pattern[usize::from(frame % 4)];
+            for k in 0..2 {
+                let p = temporal_packet(seq, 100 + frame, (tid, tid == 1), k == 0, frame == 0);
+                let tag = tag_of(&p);
+                view.note(&tag, p.len(), t0);
+                let d = sel.on_packet(
+                    &view.ranking(t0),
+                    &tag,
+                    &p,
+                    &mut offsets,
+                    (t0, Duration::from_millis(500), None),
+                );
+                if d.forward {
+                    assert_eq!(d.numbering, None, "in order");
+                    let mut out = p.clone();
+                    let (pid, _) = sel.ids().rewrite(&mut out, &tag);
+                    let s = be16(&p, 2).wrapping_add(offsets.0);
+                    sel.sent((s, 0), (pid, None), t0);
+                    sent.push((s, pid.unwrap_or(0), tid));
+                }
+                packets.push((p, tag));
+                seq += 1;
+            }
+        }
+        assert_eq!(sent.len(), 8, "4 of 16 frames, 2 packets each: {sent:?}");
+        assert!(sent.iter().all(|&(_, _, tid)| tid == 0));
+        assert!(
+            sent.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1)),
+            "{sent:?}"
+        );
+        let pids: Vec<u16> = sent.iter().map(|s| s.1).step_by(2).collect();
+        assert!(pids.windows(2).all(|w| w[1] == w[0] + 1), "{pids:?}");
+        // A retransmission of frame 4's first packet (tid 0, an older run): its own numbers.
+        let (p4, tag4) = &packets[8];
+        let n = sel.numbering_of(be16(p4, 2), Some(tag4.tid));
+        assert_eq!(
+            n.map(|(so, _)| be16(p4, 2).wrapping_add(so)),
+            Some(sent[2].0)
+        );
+        // Frame 5 (tid 2) was never sent: nothing to resend.
+        let (p5, tag5) = &packets[10];
+        assert_eq!(sel.numbering_of(be16(p5, 2), Some(tag5.tid)), None);
+        // The same packet arriving late on the live path is not sent either.
+        let d = sel.on_packet(
+            &view.ranking(t0),
+            tag5,
+            p5,
+            &mut offsets,
+            (t0, Duration::from_millis(500), None),
+        );
+        assert!(!d.forward);
+        let d = sel.on_packet(
+            &view.ranking(t0),
+            tag4,
+            p4,
+            &mut offsets,
+            (t0, Duration::from_millis(500), None),
+        );
+        assert!(
+            d.forward && d.numbering.is_some(),
+            "a late layer-0 packet goes, numbered as then"
+        );
+
+        // The cap lifted after frame 16: not at the next frame of layer 2, at the next one
+        // of layer 0.
+        let mut got = Vec::new();
+        for frame in 16..24u16 {
+            if frame == 17 {
+                sel.tcap = u8::MAX;
+            }
+            let tid = pattern[usize::from(frame % 4)];
+            let p = temporal_packet(seq, 100 + frame, (tid, false), true, false);
+            seq += 1;
+            let tag = tag_of(&p);
+            let d = sel.on_packet(
+                &view.ranking(t0),
+                &tag,
+                &p,
+                &mut offsets,
+                (t0, Duration::from_millis(500), None),
+            );
+            if d.forward {
+                let s = be16(&p, 2).wrapping_add(offsets.0);
+                sel.sent((s, 0), (None, None), t0);
+                got.push((s, tid));
+            }
+        }
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            vec![0, 0, 2, 1, 2]
+        );
+        assert!(
+            got.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1)),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn temporal_layers_that_fit_a_budget() {
+        let t0 = Instant::now();
+        let mut view = TrackView::default();
+        // One second of one layer: 100 kbit/s of layer 0, 50 of 1, 50 of 2.
+        for (tid, bytes) in [(0u8, 12_500usize), (1, 6_250), (2, 6_250)] {
+            let tag = LayerTag {
+                temporal: true,
+                tid,
+                ..LayerTag::default()
+            };
+            view.note(&tag, bytes, t0);
+        }
+        let later = t0 + ACTIVE;
+        view.note(&LayerTag::default(), 1, later);
+        let r = view.ranking(later);
+        assert_eq!(r.temporal_fit(0, 300_000, u8::MAX), u8::MAX, "all fit");
+        assert_eq!(r.temporal_fit(0, 190_000, u8::MAX), 1, "200 kbit/s do not");
+        assert_eq!(r.temporal_fit(0, 120_000, u8::MAX), 0);
+        assert_eq!(r.temporal_fit(0, 50_000, u8::MAX), 0, "never below layer 0");
+        // Up only with headroom: 150 kbit/s for layers 0 and 1 needs 172.5.
+        assert_eq!(r.temporal_fit(0, 160_000, 0), 0);
+        assert_eq!(r.temporal_fit(0, 175_000, 0), 1);
     }
 }

@@ -106,6 +106,11 @@ pub enum WorkerCommand {
         id: SessionId,
         max_layer: u8,
     },
+    /// Subscriber `id` takes VP8 temporal layers up to `max_temporal` (`u8::MAX`: no cap).
+    SetMaxTemporal {
+        id: SessionId,
+        max_temporal: u8,
+    },
     Remove {
         id: SessionId,
     },

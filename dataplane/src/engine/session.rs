@@ -313,7 +313,11 @@ impl Subscriber {
         let off = self.offsets.get(usize::from(track)).map_or(0, |o| o.0);
         match self.svc.get(usize::from(track)) {
             Some(s) if s.in_use() => s.original(seq, off),
-            _ => Some(seq.wrapping_sub(off)),
+            // A simulcast layer whose numbering closed up over dropped temporal layers.
+            _ => match self.layers.get(usize::from(track)) {
+                Some(l) if l.current.is_some() => l.original(seq, off),
+                _ => Some(seq.wrapping_sub(off)),
+            },
         }
     }
 }

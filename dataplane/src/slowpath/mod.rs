@@ -251,6 +251,16 @@ impl SlowPath {
                     self.command_worker(w, WorkerCommand::SetMaxLayer { id, max_layer });
                 }
             }
+            Command::SetMaxTemporal { id, max_temporal } => {
+                if let Some(w) = self
+                    .sessions
+                    .get(&id)
+                    .filter(|s| matches!(s.role, Role::Subscriber { .. }))
+                    .map(|s| s.worker)
+                {
+                    self.command_worker(w, WorkerCommand::SetMaxTemporal { id, max_temporal });
+                }
+            }
             Command::RetargetRelayIn {
                 id,
                 keys,

@@ -27,7 +27,8 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SWYRING\0");
 /// remote_pwd`, `SessionSpec::control`, `SnapshotDone::highest_id`. 3: `Role::Publisher::simulcast`,
 /// `Command::SetMaxLayer`. 4: `Command::RetargetRelayIn`. 5: `VideoCodec` in
 /// `UplinkTrack::video`, `Role::RelayIn::video` and `Command::RetargetRelayIn::video`;
-/// `Command::FetchGroup`, `Event::GroupPacket` and `Event::GroupDone`.
+/// `Command::FetchGroup`, `Event::GroupPacket` and `Event::GroupDone`;
+/// `Command::SetMaxTemporal`.
 pub(crate) const VERSION: u32 = 5;
 /// Bytes before a slot's payload: the `u32` length and 4 reserved bytes (keeps slots 8-aligned).
 pub(crate) const SLOT_HEADER: usize = 8;

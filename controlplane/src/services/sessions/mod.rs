@@ -259,6 +259,24 @@ impl Sessions {
         Ok(())
     }
 
+    /// Cap the VP8 temporal layers subscriber `id` takes of simulcast layers (`None`: no
+    /// cap).
+    pub fn set_max_temporal(
+        &self,
+        id: SessionId,
+        max_temporal: Option<u8>,
+    ) -> Result<(), SessionError> {
+        let mut g = self.link.lock();
+        g.node.ready()?;
+        let spec = g.node.session(id).ok_or(SessionError::NotFound)?;
+        if !matches!(spec.role, Role::Subscriber { .. }) {
+            return Err(SessionError::NotSubscriber);
+        }
+        let max_temporal = max_temporal.unwrap_or(u8::MAX);
+        g.send(&Command::SetMaxTemporal { id, max_temporal })?;
+        Ok(())
+    }
+
     /// Relay-in `id` is fed by another source from now on (`Command::RetargetRelayIn`):
     /// the new link key and the new source publisher's SSRCs and layers. The session and
     /// its viewers stay; the spec kept here follows, so a restarted data plane gets the new

@@ -77,6 +77,9 @@ pub(super) struct Layer {
     ts: u32,
     pid: u16,
     tl0: u8,
+    /// VP8 temporal layers, frame by frame in a cycle (`None`: no T bit).
+    temporal: Option<[u8; 4]>,
+    frames: usize,
 }
 
 impl Layer {
@@ -89,15 +92,26 @@ impl Layer {
             ts: u32::from(base) * 1000,
             pid: base & 0x7fff,
             tl0: base as u8,
+            temporal: None,
+            frames: 0,
         }
     }
 
     /// The next frame as one packet (a keyframe when `key`); the payload ends with the
     /// layer's SSRC so a viewer's copy says where it came from.
     pub(super) fn frame(&mut self, ctx: &mut Context, key: bool) -> Vec<u8> {
-        let mut p = vec![0x90, 0xc0];
+        let tid = self.temporal.map(|c| c[self.frames % 4]);
+        self.frames += 1;
+        if tid.is_some_and(|t| t > 0) {
+            // TL0PICIDX counts frames of temporal layer 0 only.
+            self.tl0 = self.tl0.wrapping_sub(1);
+        }
+        let mut p = vec![0x90, if tid.is_some() { 0xe0 } else { 0xc0 }];
         p.extend_from_slice(&(0x8000 | self.pid).to_be_bytes());
         p.push(self.tl0);
+        if let Some(t) = tid {
+            p.push(t << 6);
+        }
         if key {
             p.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
             p.extend_from_slice(&self.size.0.to_le_bytes());
@@ -168,13 +182,15 @@ pub(super) fn viewer_packets(out: &Capture, rx: &mut Context) -> Vec<Got> {
         let h = rtp::Header::parse(&b[..n]).expect("rtp");
         assert_eq!(h.ssrc, VIEWER, "one SSRC whatever the layer");
         let p = &b[h.payload_offset..n];
+        // After a TID byte when the descriptor has the T bit.
+        let header = if p[1] & 0x20 != 0 { 6 } else { 5 };
         got.push(Got {
             seq: h.sequence,
             ts: h.timestamp,
             pid: u16::from_be_bytes([p[2], p[3]]) & 0x7fff,
             tl0: p[4],
             layer: u32::from_be_bytes(p[p.len() - 4..].try_into().expect("4 bytes")),
-            key: p[5] & 1 == 0,
+            key: p[header] & 1 == 0,
         });
     }
     got
@@ -406,4 +422,52 @@ fn nack_after_a_switch_resends_the_packet_of_the_current_layer() {
     );
     // A number from before the switch was f's: q's packets cannot stand in for it.
     assert!(nack(&mut r, &mut tx, got[1].seq).is_empty());
+}
+
+/// The top layer sends VP8 temporal layers (0, 2, 1, 2, ...); a viewer capped to temporal
+/// layer 0 gets every fourth frame with its sequence numbers, picture ids and TL0PICIDX
+/// continuous, and a NACK for one of them brings back that packet as it was sent, after
+/// frames were dropped since.
+#[test]
+fn a_viewer_capped_to_temporal_layer_0_gets_every_fourth_frame_and_its_repairs() {
+    let mut r = Run::new();
+    r.layers[0].temporal = Some([0, 2, 1, 2]);
+    r.command(WorkerCommand::SetMaxTemporal {
+        id: SessionId(2),
+        max_temporal: 0,
+    });
+    r.frames(&[0, 1, 2], true);
+    for _ in 1..10 {
+        r.frames(&[0, 1, 2], false);
+    }
+    let mut rx = Context::new(PROFILE, &[2; 28]).expect("ctx");
+    let got = viewer_packets(&r.out, &mut rx);
+    assert_eq!(got.len(), 3, "frames 0, 4 and 8 of ten: {got:?}");
+    assert!(got.iter().all(|g| g.layer == F));
+    assert!(got[0].key);
+    for w in got.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "{got:?}");
+        assert_eq!(w[1].pid, (w[0].pid + 1) & 0x7fff, "{got:?}");
+        assert_eq!(w[1].tl0, w[0].tl0.wrapping_add(1), "{got:?}");
+        assert_eq!(w[1].ts.wrapping_sub(w[0].ts), 4 * 3000, "{got:?}");
+    }
+    let mut tx = Context::new(PROFILE, &[3; 28]).expect("ctx");
+    let nack = |r: &mut Run, tx: &mut Context, seq: u16| {
+        let mut fb = vec![0u8; 200];
+        let n = rtcp::write_nack(&mut fb, 0xabc, VIEWER, &[seq]).expect("nack");
+        let n = tx.protect_rtcp(&mut fb, n).expect("protect");
+        fb.truncate(n);
+        r.out = Capture::default();
+        r.f.engines[0].handle_datagram(&mut fb, addr(6002), r.now, &mut r.out);
+        let mut fresh = Context::new(PROFILE, &[2; 28]).expect("ctx");
+        viewer_packets(&r.out, &mut fresh)
+    };
+    let again = nack(&mut r, &mut tx, got[1].seq);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0].seq, again[0].ts, again[0].pid, again[0].tl0),
+        (got[1].seq, got[1].ts, got[1].pid, got[1].tl0)
+    );
+    // The number after the last one was never used: nothing stands in for it.
+    assert!(nack(&mut r, &mut tx, got[2].seq.wrapping_add(1)).is_empty());
 }
