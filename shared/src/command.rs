@@ -440,8 +440,6 @@ pub enum NoGroup {
     UnknownSession,
     #[error("not a video track whose codec the node knows")]
     NotVideo,
-    #[error("simulcast tracks keep no group yet")]
-    Simulcast,
     #[error(
         "no whole group cached: no keyframe yet, a group longer than the NACK cache \
          (media.nack_cache), or the track quiet for over 500 ms"

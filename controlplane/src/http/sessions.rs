@@ -157,7 +157,7 @@ struct FetchQuery {
     responses(
         (status = 200, description = "The group as IVF (`video/x-ivf`) or H.264 Annex B (`video/h264`)", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "Bad stream name or query", body = ErrorBody),
-        (status = 404, description = "No publisher of the stream here, no such video track, or no whole group cached (no keyframe yet, a group longer than `media.nack_cache`, a quiet track, a simulcast track)", body = ErrorBody),
+        (status = 404, description = "No publisher of the stream here, no such video track, or no whole group cached (no keyframe yet, a group longer than `media.nack_cache`, a quiet track)", body = ErrorBody),
         (status = 429, description = "Two fetches are in flight already", body = ErrorBody),
         (status = 503, description = "No data plane", body = ErrorBody),
         (status = 504, description = "The data plane did not answer in time", body = ErrorBody),

@@ -56,7 +56,8 @@ impl Engine {
                 from,
                 session,
                 stream,
-            } => self.prime_remote((from, session), stream, now, out),
+                choice,
+            } => self.prime_remote((from, session), (stream, choice), now, out),
             Inbound::Replay { session, packet } => {
                 self.replayed(session, &packet, now, out);
                 self.send_home(packet, out);

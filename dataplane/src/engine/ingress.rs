@@ -311,7 +311,15 @@ impl Engine {
             let cached = p.caches.get(t).map_or(0, |c| c.capacity());
             if let Some(g) = p.groups.get_mut(t) {
                 g.on_packet((hdr.sequence, hdr.timestamp), key, at);
-                grouped = p.sim.is_none() && g.span(cached, at).is_some();
+                grouped = g.span(cached, at).is_some();
+            }
+        } else if let Some(tag) = tag {
+            // A simulcast layer keeps its own group, found by the keyframes its tag says.
+            let s = usize::from(slot);
+            let cached = p.caches.get(s).map_or(0, |c| c.capacity());
+            if let Some(g) = p.groups.get_mut(s) {
+                g.on_packet((hdr.sequence, hdr.timestamp), tag.keyframe, at);
+                grouped = g.span(cached, at).is_some();
             }
         }
         pkt.grouped = grouped;

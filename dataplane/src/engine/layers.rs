@@ -214,6 +214,15 @@ impl SimMap {
         Some(to)
     }
 
+    /// Whether `track` has layers (its `a=simulcast` named rids).
+    pub fn layered(&self, track: u8) -> bool {
+        self.tracks
+            .get(usize::from(track))
+            .copied()
+            .flatten()
+            .is_some_and(|t| t.layered)
+    }
+
     /// The SSRC of `layer` of `track`, once known (for keyframe requests).
     pub fn ssrc_of(&self, track: u8, layer: u8) -> Option<u32> {
         self.learned
@@ -645,6 +654,9 @@ pub struct Select {
     /// Packets were dropped since the last one forwarded: the next one starts a run.
     closed_up: bool,
     runs: Runs,
+    /// A late joiner's replayed layer (`prime`): its keyframe is the first switch,
+    /// whatever the target.
+    start: Option<u8>,
 }
 
 impl Default for Select {
@@ -668,6 +680,7 @@ impl Default for Select {
             last_src: None,
             closed_up: false,
             runs: Runs::default(),
+            start: None,
         }
     }
 }
@@ -723,7 +736,11 @@ impl Select {
             self.target = Some(want);
         }
         let mut d = Decision::default();
-        if self.target == Some(tag.layer) && self.current != self.target && tag.keyframe {
+        let replayed =
+            self.current.is_none() && tag.keyframe && self.start.take() == Some(tag.layer);
+        if replayed
+            || (self.target == Some(tag.layer) && self.current != self.target && tag.keyframe)
+        {
             self.switch_to(tag, src, offsets, now);
             d.switched = true;
         }
@@ -895,6 +912,14 @@ impl Select {
             pid_off: self.pid_off,
             tmax: self.tmax,
         });
+    }
+
+    /// A late joiner starts on `layer` (its replayed group, `prime`): the keyframe of
+    /// that layer about to come is its first switch. Only before its first layer.
+    pub fn start_at(&mut self, layer: u8) {
+        if self.current.is_none() {
+            self.start = Some(layer);
+        }
     }
 
     /// The stream's source changed (`continuity`): the layers are the new source's, so

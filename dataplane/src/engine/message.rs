@@ -222,6 +222,8 @@ pub enum Inbound {
         from: u16,
         session: SessionKey,
         stream: StreamId,
+        /// What the subscriber takes of simulcast tracks.
+        choice: super::prime::Choice,
     },
     /// A packet of a cached group for subscriber `session` here.
     Replay { session: SessionKey, packet: Handle },

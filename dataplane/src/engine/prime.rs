@@ -20,16 +20,21 @@
 //! live packets of tracks that had a group when they came (`Packet::grouped`: they are in
 //! the replay, which the publisher's worker sends after them on the same queue), for
 //! [`PRIME_WAIT`] after the last replayed packet at most; packets of other tracks go to
-//! it live, as nothing replays them. Simulcast tracks are not replayed (a viewer's first
-//! layer is chosen at a keyframe of that layer, asked for as before).
+//! it live, as nothing replays them.
+//!
+//! Simulcast: each layer keeps its own group (per slot, `layers::slot`). A viewer is
+//! replayed the group of the layer it would start on (its cap and estimate, `Choice`, told
+//! the publisher's worker in `Inbound::Prime`), and its [`Select`](super::layers::Select)
+//! takes the replayed keyframe as its first switch; a relay-out gets every layer's group,
+//! so the far node's relay-in keeps one per layer for its own late joiners.
 
 use std::time::{Duration, Instant};
 
-use switchyard_shared::command::{NoGroup, VideoCodec, MAX_TRACKS};
+use switchyard_shared::command::{NoGroup, VideoCodec, MAX_LAYERS, MAX_TRACKS};
 use switchyard_shared::stats::{Counter, DropReason};
 
 use super::fanout::deliver;
-use super::layers;
+use super::layers::{self, MAX_SLOTS};
 use super::pace::Pacer;
 use super::pool::Handle;
 use super::session::{self, SessionKey};
@@ -75,10 +80,33 @@ pub(super) struct Replay {
     to: Target,
     publisher: SessionKey,
     stream: StreamId,
-    next: [Option<u16>; MAX_TRACKS],
+    /// Per slot (`layers::slot`).
+    next: [Option<u16>; MAX_SLOTS],
     /// The track to look at first next time (round robin).
     turn: u8,
     pacer: Pacer,
+}
+
+/// What a joining subscriber takes of simulcast tracks, told the publisher's worker so it
+/// replays the group of the layer the subscriber will start on (`Inbound::Prime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// A relay-out: every layer.
+    pub relay: bool,
+    /// The subscriber's layer cap (`Select::cap`).
+    pub cap: u8,
+    /// Its bandwidth estimate's budget for video, when it has one.
+    pub budget: Option<u64>,
+}
+
+impl Default for Choice {
+    fn default() -> Self {
+        Choice {
+            relay: false,
+            cap: u8::MAX,
+            budget: None,
+        }
+    }
 }
 
 /// What one turn of a replay came to.
@@ -171,9 +199,10 @@ impl Engine {
         if !self.limits.late_join {
             return self.keyframes_but(stream, 0, now, out);
         }
+        let choice = self.choice(key);
         match (st.publisher, st.publisher_worker) {
             (Some(publisher), _) => {
-                let primed = self.replay_here(publisher, key, now, out);
+                let primed = self.start_replay(publisher, Target::Here(key), choice, now, out);
                 self.keyframes_but(stream, primed, now, out);
             }
             (None, Some(w)) if w != self.worker => {
@@ -181,6 +210,7 @@ impl Engine {
                     from: self.worker,
                     session: key,
                     stream,
+                    choice,
                 };
                 if out.to_worker(w, msg).is_ok() {
                     if let Some(session::Role::Subscriber(sub)) =
@@ -220,21 +250,65 @@ impl Engine {
         }
     }
 
-    /// The cached groups of publisher `publisher` (here), their packets in order: each
-    /// track's (track, first sequence number, packets). Simulcast publishers have none.
-    fn groups(&self, publisher: u32, now: Instant) -> [Option<(u8, u16, u16)>; MAX_TRACKS] {
-        let mut g = [None; MAX_TRACKS];
+    /// What subscriber `key` (here) takes of layered tracks: a relay-out every layer, a
+    /// viewer the layer its cap and estimate pick.
+    fn choice(&self, key: SessionKey) -> Choice {
+        match self.sessions.get_key(key).map(|s| &s.role) {
+            Some(session::Role::Subscriber(sub)) => Choice {
+                relay: sub.relay,
+                cap: sub.layers.first().map_or(u8::MAX, |l| l.cap),
+                budget: sub.budget(),
+            },
+            _ => Choice::default(),
+        }
+    }
+
+    /// The cached groups of publisher `publisher` (here) a subscriber that takes `choice`
+    /// starts from, their packets in order: per slot (a track, or a simulcast layer:
+    /// `layers::slot`) its first sequence number and packet count. A simulcast track gives
+    /// a viewer the group of the layer it would pick now (by this worker's view of the
+    /// layers), a relay-out every layer's.
+    fn groups(
+        &self,
+        publisher: u32,
+        choice: Choice,
+        now: Instant,
+    ) -> [Option<(u16, u16)>; MAX_SLOTS] {
+        let mut g = [None; MAX_SLOTS];
         let Some(session::Role::Publisher(p)) = self.sessions.get(publisher).map(|s| &s.role)
         else {
             return g;
         };
-        if p.sim.is_some() {
-            return g;
-        }
-        for (t, slot) in g.iter_mut().enumerate() {
-            let len = p.caches.get(t).map_or(0, |c| c.capacity());
-            if p.video.get(t).copied().flatten().is_some() {
-                *slot = p.groups[t].span(len, now).map(|(s, n)| (t as u8, s, n));
+        let span = |slot: usize| {
+            let len = p.caches.get(slot).map_or(0, |c| c.capacity());
+            p.groups.get(slot).and_then(|g| g.span(len, now))
+        };
+        for t in 0..MAX_TRACKS {
+            let layered = p.sim.as_deref().is_some_and(|m| m.layered(t as u8));
+            if !layered {
+                if p.video.get(t).copied().flatten().is_some() {
+                    g[t] = span(t);
+                }
+                continue;
+            }
+            if choice.relay {
+                for l in 0..MAX_LAYERS as u8 {
+                    let slot = usize::from(layers::slot(t as u8, l));
+                    g[slot] = span(slot);
+                }
+                continue;
+            }
+            let Some(view) = self.streams.get(&p.stream).and_then(|st| st.view.get(t)) else {
+                continue;
+            };
+            let ranking = view.ranking(now);
+            let layer = match choice.budget {
+                Some(b) => ranking.fit(choice.cap, b, None),
+                None => ranking.pick(choice.cap),
+            };
+            if let Some(l) = layer {
+                let slot = usize::from(layers::slot(t as u8, l));
+                g[slot] = span(slot);
             }
         }
         g
@@ -246,6 +320,7 @@ impl Engine {
         &mut self,
         publisher: u32,
         to: Target,
+        choice: Choice,
         now: Instant,
         out: &mut dyn Output,
     ) -> u8 {
@@ -253,15 +328,18 @@ impl Engine {
             Some(session::Role::Publisher(p)) => p.stream,
             _ => return 0,
         };
-        let mut next = [None; MAX_TRACKS];
+        let mut next = [None; MAX_SLOTS];
         let (mut bytes, mut span) = (0u64, Duration::ZERO);
         let mut primed = 0u8;
-        for (t, start, n) in self.groups(publisher, now).into_iter().flatten() {
-            let (b, d) = self.group_size(publisher, t, (start, n));
+        for (slot, group) in self.groups(publisher, choice, now).into_iter().enumerate() {
+            let Some((start, n)) = group else {
+                continue;
+            };
+            let (b, d) = self.group_size(publisher, slot as u8, (start, n));
             bytes += b;
             span = span.max(d);
-            next[usize::from(t)] = Some(start);
-            primed |= 1 << t;
+            next[slot] = Some(start);
+            primed |= 1 << (slot % MAX_TRACKS);
         }
         if primed == 0 {
             return 0;
@@ -275,7 +353,8 @@ impl Engine {
             idx: publisher,
             gen: self.sessions.generation(publisher),
         };
-        self.count(Counter::LateJoinStarts, u64::from(primed.count_ones()));
+        let started = next.iter().filter(|n| n.is_some()).count();
+        self.count(Counter::LateJoinStarts, started as u64);
         self.replays.push(Replay {
             to,
             publisher,
@@ -366,8 +445,8 @@ impl Engine {
             // follows its live edge until all have caught up, as the subscriber holds
             // back the live packets of all of them meanwhile.
             let mut pick = None;
-            for k in 0..MAX_TRACKS {
-                let t = (usize::from(turn) + k) % MAX_TRACKS;
+            for k in 0..MAX_SLOTS {
+                let t = (usize::from(turn) + k) % MAX_SLOTS;
                 let (Some(seq), Some(newest)) = (r.next[t], p.groups[t].newest()) else {
                     continue;
                 };
@@ -389,7 +468,7 @@ impl Engine {
             let advance = |e: &mut Engine| {
                 if let Some(r) = e.replays.get_mut(i) {
                     r.next[t] = Some(seq.wrapping_add(1));
-                    r.turn = (t as u8 + 1) % MAX_TRACKS as u8;
+                    r.turn = (t as u8 + 1) % MAX_SLOTS as u8;
                 }
             };
             let Some(h) = self.cached(publisher.idx, t as u8, seq) else {
@@ -446,22 +525,10 @@ impl Engine {
         }
         if aborted {
             self.count(Counter::LateJoinAborted, 1);
-            for t in (0..MAX_TRACKS).filter(|&t| r.next[t].is_some()) {
-                self.request_keyframe(r.stream, t as u8, now, out);
+            for slot in (0..MAX_SLOTS).filter(|&t| r.next[t].is_some()) {
+                self.request_keyframe(r.stream, slot as u8, now, out);
             }
         }
-    }
-
-    /// Replay the cached groups of `publisher` to subscriber `to`, both here. The tracks
-    /// replayed, as a mask.
-    fn replay_here(
-        &mut self,
-        publisher: u32,
-        to: SessionKey,
-        now: Instant,
-        out: &mut dyn Output,
-    ) -> u8 {
-        self.start_replay(publisher, Target::Here(to), now, out)
     }
 
     /// At the publisher's worker: subscriber `session` on worker `from` asks for the
@@ -470,13 +537,13 @@ impl Engine {
     pub(super) fn prime_remote(
         &mut self,
         (from, session): (u16, SessionKey),
-        stream: StreamId,
+        (stream, choice): (StreamId, Choice),
         now: Instant,
         out: &mut dyn Output,
     ) {
         let primed = match self.streams.get(&stream).and_then(|s| s.publisher) {
             Some(publisher) => {
-                self.start_replay(publisher, Target::Worker(from, session), now, out)
+                self.start_replay(publisher, Target::Worker(from, session), choice, now, out)
             }
             None => 0,
         };
@@ -503,12 +570,23 @@ impl Engine {
         };
         let t = usize::from(track);
         let codec = p.video.get(t).copied().flatten().ok_or(NoGroup::NotVideo)?;
-        if p.sim.is_some() {
-            return Err(NoGroup::Simulcast);
-        }
-        let cache = p.caches.get(t).ok_or(NoGroup::NotVideo)?;
-        let (start, n) = p.groups[t]
-            .span(cache.capacity(), now)
+        // A simulcast track: its best layer now.
+        let slot = if p.sim.as_deref().is_some_and(|m| m.layered(track)) {
+            let top = self
+                .streams
+                .get(&p.stream)
+                .and_then(|st| st.view.get(t))
+                .and_then(|v| v.pick(now, u8::MAX))
+                .ok_or(NoGroup::NotCached)?;
+            usize::from(layers::slot(track, top))
+        } else {
+            t
+        };
+        let cache = p.caches.get(slot).ok_or(NoGroup::NotVideo)?;
+        let (start, n) = p
+            .groups
+            .get(slot)
+            .and_then(|g| g.span(cache.capacity(), now))
             .ok_or(NoGroup::NotCached)?;
         let packets = (0..n)
             .filter_map(|k| cache.get(start.wrapping_add(k)))
@@ -556,11 +634,13 @@ impl Engine {
         out: &mut dyn Output,
     ) -> bool {
         let t = usize::from(h.track);
-        let svc = match (
-            h.svc,
-            self.streams.get(&h.stream).and_then(|st| st.svc.get(t)),
-        ) {
+        let st = self.streams.get(&h.stream);
+        let svc = match (h.svc, st.and_then(|st| st.svc.get(t))) {
             (Some(tag), Some(v)) => Some((tag, v.layers(now))),
+            _ => None,
+        };
+        let view = match (h.layer, st.and_then(|st| st.view.get(t))) {
+            (Some(tag), Some(v)) => Some((tag, v.ranking(now))),
             _ => None,
         };
         let pad = if h.video { self.limits.pad_video_to } else { 0 };
@@ -570,7 +650,14 @@ impl Engine {
         if !s.can_send() {
             return false;
         }
-        let d = deliver(s, h, (None, svc.as_ref()), (now, pad), out);
+        if let (Some(tag), session::Role::Subscriber(sub)) = (h.layer, &mut s.role) {
+            // The replayed layer is where a viewer starts, whatever its own view of the
+            // layers would pick this instant (the publisher's worker chose it).
+            if let Some(sel) = sub.layers.get_mut(t).filter(|_| tag.keyframe) {
+                sel.start_at(tag.layer);
+            }
+        }
+        let d = deliver(s, h, (view.as_ref(), svc.as_ref()), (now, pad), out);
         if d.svc_ask {
             // An SVC viewer on a worker that has not seen the track's layers yet chose
             // none: it waits for a keyframe, as without a group.

@@ -131,8 +131,10 @@ pub struct Publisher {
     /// and, for VP9 and AV1, whose layers viewers get selectively (`svc`); `None` for every
     /// other track.
     pub video: [Option<VideoCodec>; MAX_TRACKS],
-    /// Per track: where its latest keyframe's group starts in `caches` (`prime`).
-    pub groups: [super::prime::Group; MAX_TRACKS],
+    /// Per slot ([`layers::slot`]: a track, or a simulcast layer): where its latest
+    /// keyframe's group starts in `caches` (`prime`).
+    /// Boxed: the session slab stays compact.
+    pub groups: Box<[super::prime::Group; MAX_SLOTS]>,
     /// Per track: the temporal layers of its last AV1 frames (`svc::av1`).
     pub av1: [super::svc::Av1Frames; MAX_TRACKS],
     /// Stamped on every packet: changes when the source does (a new publisher of the

@@ -172,15 +172,20 @@ pub(super) struct Got {
 }
 
 pub(super) fn viewer_packets(out: &Capture, rx: &mut Context) -> Vec<Got> {
+    packets_to(out, rx, (6002, VIEWER))
+}
+
+/// What the viewer on `port` got, on its video SSRC `ssrc` (see [`viewer_packets`]).
+fn packets_to(out: &Capture, rx: &mut Context, (port, ssrc): (u16, u32)) -> Vec<Got> {
     let mut got = Vec::new();
     for (dst, bytes) in &out.sent {
-        if *dst != addr(6002) || bytes.get(1).is_some_and(|&b| (200..=206).contains(&b)) {
+        if *dst != addr(port) || bytes.get(1).is_some_and(|&b| (200..=206).contains(&b)) {
             continue;
         }
         let mut b = bytes.clone();
         let n = rx.unprotect_rtp(&mut b).expect("viewer decrypts");
         let h = rtp::Header::parse(&b[..n]).expect("rtp");
-        assert_eq!(h.ssrc, VIEWER, "one SSRC whatever the layer");
+        assert_eq!(h.ssrc, ssrc, "one SSRC whatever the layer");
         let p = &b[h.payload_offset..n];
         // After a TID byte when the descriptor has the T bit.
         let header = if p[1] & 0x20 != 0 { 6 } else { 5 };
@@ -470,4 +475,52 @@ fn a_viewer_capped_to_temporal_layer_0_gets_every_fourth_frame_and_its_repairs()
     );
     // The number after the last one was never used: nothing stands in for it.
     assert!(nack(&mut r, &mut tx, got[2].seq.wrapping_add(1)).is_empty());
+}
+
+/// A viewer joining a simulcast stream starts from the cached group of the layer it
+/// picks (the top one, uncapped), at once: that layer's keyframe first, its numbering
+/// continuous into the live packets, no keyframe asked of the publisher.
+#[test]
+fn a_late_joiner_starts_from_the_group_of_its_layer() {
+    let mut r = Run::new();
+    r.frames(&[0, 1, 2], true);
+    for _ in 0..5 {
+        r.frames(&[0, 1, 2], false);
+    }
+    let mut out = Capture::default();
+    r.f.engines[0].handle_command(
+        WorkerCommand::AddSubscriber {
+            id: SessionId(3),
+            stream: STREAM,
+            remote: Some(addr(6003)),
+            ssrcs: sub_ssrcs(48),
+            payload_types: Vec::new(),
+            extensions: None,
+            rtx: [None; MAX_TRACKS],
+            tracks: ALL_TRACKS,
+            plain: false,
+            srtp: Some(keys(PROFILE, 3, 3)),
+            ice: None,
+        },
+        r.now,
+        &mut out,
+    );
+    let mut rx = Context::new(PROFILE, &[3; 28]).expect("ctx");
+    let got = packets_to(&out, &mut rx, (6003, 49));
+    assert_eq!(got.len(), 6, "f's keyframe and five frames since: {got:?}");
+    assert!(got[0].key && got.iter().all(|g| g.layer == F), "{got:?}");
+    r.out = Capture::default();
+    r.frames(&[0, 1, 2], false);
+    let live = packets_to(&r.out, &mut rx, (6003, 49));
+    assert_eq!(live.len(), 1);
+    let all: Vec<Got> = got.into_iter().chain(live).collect();
+    for w in all.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "{all:?}");
+        assert_eq!(w[1].pid, (w[0].pid + 1) & 0x7fff, "{all:?}");
+    }
+    assert!(
+        plis(&out).is_empty() && plis(&r.out).is_empty(),
+        "no keyframe asked"
+    );
+    assert_eq!(get(&r.f.stats, 0, Counter::LateJoinStarts), 1);
 }
