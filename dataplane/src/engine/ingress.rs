@@ -311,7 +311,7 @@ impl Engine {
             let cached = p.caches.get(t).map_or(0, |c| c.capacity());
             if let Some(g) = p.groups.get_mut(t) {
                 g.on_packet((hdr.sequence, hdr.timestamp), key, at);
-                grouped = g.span(cached, at).is_some();
+                grouped = g.span(cached, at).is_some() || p.replaying[t] > 0;
             }
         } else if let Some(tag) = tag {
             // A simulcast layer keeps its own group, found by the keyframes its tag says.
@@ -319,7 +319,7 @@ impl Engine {
             let cached = p.caches.get(s).map_or(0, |c| c.capacity());
             if let Some(g) = p.groups.get_mut(s) {
                 g.on_packet((hdr.sequence, hdr.timestamp), tag.keyframe, at);
-                grouped = g.span(cached, at).is_some();
+                grouped = g.span(cached, at).is_some() || p.replaying[s] > 0;
             }
         }
         pkt.grouped = grouped;

@@ -355,6 +355,7 @@ impl Engine {
         };
         let started = next.iter().filter(|n| n.is_some()).count();
         self.count(Counter::LateJoinStarts, started as u64);
+        self.note_replaying(publisher, &next, true);
         self.replays.push(Replay {
             to,
             publisher,
@@ -365,6 +366,23 @@ impl Engine {
         });
         self.drive_replays(now, out);
         primed
+    }
+
+    /// A replay of the slots in `next` of `publisher` started (`on`) or ended.
+    fn note_replaying(&mut self, publisher: SessionKey, next: &[Option<u16>; MAX_SLOTS], on: bool) {
+        if let Some(session::Role::Publisher(p)) =
+            self.sessions.get_key_mut(publisher).map(|s| &mut s.role)
+        {
+            for (n, slot) in p.replaying.iter_mut().zip(next) {
+                if slot.is_some() {
+                    *n = if on {
+                        n.saturating_add(1)
+                    } else {
+                        n.saturating_sub(1)
+                    };
+                }
+            }
+        }
     }
 
     /// A cached group's bytes, and how long it took to come (by its RTP timestamps).
@@ -515,6 +533,7 @@ impl Engine {
     /// not finish (the cache ran out, a queue was full, the publisher left), so the
     /// subscriber's tracks get a keyframe request, as without a group.
     fn end_replay(&mut self, r: &Replay, aborted: bool, now: Instant, out: &mut dyn Output) {
+        self.note_replaying(r.publisher, &r.next, false);
         match r.to {
             Target::Here(key) => self.prime_done(key),
             Target::Worker(w, session) => {

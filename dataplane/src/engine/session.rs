@@ -135,6 +135,10 @@ pub struct Publisher {
     /// keyframe's group starts in `caches` (`prime`).
     /// Boxed: the session slab stays compact.
     pub groups: Box<[super::prime::Group; MAX_SLOTS]>,
+    /// Per slot: replays of it under way (`prime::Replay`). While there are, every packet
+    /// of the slot is marked `grouped`, so a subscriber being started holds it back for
+    /// its replay even once the group has grown past what a new start could use.
+    pub replaying: [u16; MAX_SLOTS],
     /// Per track: the temporal layers of its last AV1 frames (`svc::av1`).
     pub av1: [super::svc::Av1Frames; MAX_TRACKS],
     /// Stamped on every packet: changes when the source does (a new publisher of the
@@ -165,6 +169,7 @@ impl Publisher {
             epoch: 0,
             video: [None; MAX_TRACKS],
             groups: Default::default(),
+            replaying: [0; MAX_SLOTS],
             av1: Default::default(),
         }
     }

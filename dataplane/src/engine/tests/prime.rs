@@ -215,10 +215,20 @@ fn without_a_keyframe_a_joiner_asks_for_one() {
 /// A 2 s group is not handed to a new viewer in one burst: the replay is paced at four
 /// times the rate the group came at, the live packets that come meanwhile join its queue,
 /// and the viewer reaches the live edge about a third of the group's length later, its
-/// numbering continuous throughout. The same on the publisher's worker and on another.
+/// numbering continuous throughout. The same on the publisher's worker and on another,
+/// and for a group that outgrows the cache while it is replayed.
 #[test]
 fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
-    for w in [0usize, 1] {
+    // (worker, frames of group, last frame, caught up between .. ms): a 2 s group, and a
+    // 3 s one that grows past the cache's 1,024 packets while it is replayed (its live
+    // packets must still wait for the replay: the group is no use to a new start by then,
+    // but this one is under way).
+    for (w, group, end, (lo, hi)) in [
+        (0usize, 60u32, 105u32, (450u64, 900u64)),
+        (1, 60, 105, (450, 900)),
+        (0, 90, 150, (700, 1300)),
+        (1, 90, 150, (700, 1300)),
+    ] {
         let mut f = set_up(fixture_limited(
             2,
             Limits {
@@ -242,13 +252,13 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
             }
         };
         let mut sink = Capture::default();
-        for frame in 0..60 {
+        for frame in 0..group {
             send(&mut f, frame, &mut sink);
         }
         let plis = get(&f.stats, 0, Counter::PliForwarded);
-        // Joins as frame 60 is due: 600 packets (660 kB, 2 s) of group.
+        // Joins as frame `group` is due: 600 packets (660 kB, 2 s) of group, or 900.
         let id = 2u8;
-        let joined = frame_at(60) - Duration::from_millis(1);
+        let joined = frame_at(group) - Duration::from_millis(1);
         let first = join_at(&mut f, w, u64::from(id), joined);
         let mut rx = Context::new(PROFILE, &[id; 28]).expect("ctx");
         let burst = got_with(&mut rx, &first.sent, id);
@@ -261,7 +271,7 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
         // Then live frames and the replay's timer, in time order, for 1.5 s.
         let mut viewer: Vec<(Instant, (u16, u8, bool))> =
             burst.into_iter().map(|p| (joined, p)).collect();
-        let mut frame = 60;
+        let mut frame = group;
         loop {
             let due = f.engines[0].poll_timeout();
             let next_frame = frame_at(frame);
@@ -273,7 +283,7 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
                     t
                 }
                 _ => {
-                    if frame == 105 {
+                    if frame == end {
                         break;
                     }
                     send(&mut f, frame, &mut out);
@@ -288,7 +298,11 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
         let seqs: Vec<_> = viewer.iter().map(|(_, p)| *p).collect();
         assert!(continuous(&seqs), "worker {w}: no gap, no repeat");
         assert_eq!(seqs.first().map(|p| p.1), Some((1000u16 & 0xff) as u8));
-        assert_eq!(seqs.len(), 1050, "the group and every live packet since");
+        assert_eq!(
+            seqs.len(),
+            end as usize * 10,
+            "the group and every live packet since"
+        );
         // The rate: any 100 ms of the replay carries at most 4 × 2.6 Mbit/s of it and one
         // burst (140 kB), where unpaced the whole group went at once.
         for (i, (t, _)) in viewer.iter().enumerate() {
@@ -296,7 +310,7 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
                 .iter()
                 .take_while(|(u, _)| *u < *t + Duration::from_millis(100))
                 .count();
-            assert!(n * 1100 <= 140_000, "worker {w}: {n} packets in 100 ms");
+            assert!(n * 1100 <= 150_000, "worker {w}: {n} packets in 100 ms");
         }
         // Caught up: from some point on every packet goes as it comes.
         let live_from = viewer
@@ -305,8 +319,9 @@ fn a_late_joiners_replay_is_paced_and_catches_up_with_the_live_edge() {
             .map_or(0, |i| i + 1);
         let caught_up = viewer[live_from].0 - joined;
         assert!(
-            caught_up > Duration::from_millis(450) && caught_up < Duration::from_millis(900),
-            "worker {w}: live after {caught_up:?} (a third of 2 s at 4 × the rate: ~0.67 s)"
+            caught_up > Duration::from_millis(lo) && caught_up < Duration::from_millis(hi),
+            "worker {w}, {group} frames: live after {caught_up:?} (a third of the group at \
+             4 times its rate)"
         );
         assert_eq!(
             get(&f.stats, 0, Counter::PliForwarded),
