@@ -3,10 +3,11 @@
 //! so what is measured is the engine's own work: SRTP, rewrite, layer selection, the
 //! transport-wide number and the estimator).
 //!
-//! Three modes, rounds alternating so each sees the same machine:
+//! Six modes, rounds alternating so each sees the same machine:
 //! - `plain`: one video track, every viewer gets it;
 //! - `simulcast`: three layers (1,200-byte packets, 1, 2 and 4 per frame for q, h and f),
-//!   every viewer gets one (the top);
+//!   each with VP8 temporal layers 0, 2, 1, 2 as Chromium sends them, every viewer gets
+//!   one (the top) whole;
 //! - `simulcast+bwe`: the same, each viewer with transport-cc: every packet it is sent is
 //!   numbered, and it sends a feedback every 100 ms (which the engine decrypts and reads;
 //!   building it is the viewer's work and is not measured), and the engine's 100 ms tick
@@ -16,6 +17,9 @@
 //!   viewer gets all of them: the descriptor read at ingress and each viewer's layer check;
 //! - `svc capped`: the same, every viewer capped to the middle layer (3 of 7 packets a
 //!   picture): the numbering closed up over the 4 it does not get, whose ingress counts.
+//! - `simulcast tl0`: `simulcast` with every viewer capped to temporal layer 0 (a quarter
+//!   of the top layer's frames): the temporal check per packet, the numbering and picture
+//!   ids closed up over the dropped frames, a run per forwarded frame.
 //!
 //! The time is the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) around the engine calls
 //! (one reading per batch of datagrams), divided by the packets sent to viewers. The ingress of the layers a viewer does not get
@@ -113,6 +117,8 @@ enum Mode {
     Bwe,
     Svc,
     SvcCapped,
+    /// Simulcast with every viewer capped to VP8 temporal layer 0 (of 0, 2, 1, 2).
+    SimTemporal,
 }
 
 /// One round: a fresh engine, `viewers` viewers, [`FRAMES`] frames at 30 frames/s of
@@ -132,7 +138,7 @@ fn round(mode: Mode, viewers: usize) -> f64 {
         sent_at: vec![[0; 1024]; viewers],
     };
     let svc = matches!(mode, Mode::Svc | Mode::SvcCapped);
-    let layered = matches!(mode, Mode::Simulcast | Mode::Bwe);
+    let layered = matches!(mode, Mode::Simulcast | Mode::Bwe | Mode::SimTemporal);
     let simulcast = layered.then(|| Simulcast {
         rid_ext: 10,
         repaired_rid_ext: 11,
@@ -192,6 +198,16 @@ fn round(mode: Mode, viewers: usize) -> f64 {
         if mode == Mode::SvcCapped {
             e.handle_command(
                 WorkerCommand::SetMaxLayer { id, max_layer: 1 },
+                start,
+                &mut out,
+            );
+        }
+        if mode == Mode::SimTemporal {
+            e.handle_command(
+                WorkerCommand::SetMaxTemporal {
+                    id,
+                    max_temporal: 0,
+                },
                 start,
                 &mut out,
             );
@@ -260,14 +276,23 @@ fn round(mode: Mode, viewers: usize) -> f64 {
                 ]);
                 let key = n % 60 == 0 && k == 0;
                 let pid = (n as u16) & 0x7fff;
-                pkt[24..26].copy_from_slice(&[if k == 0 { 0x90 } else { 0x80 }, 0xc0]);
+                // Simulcast layers carry VP8 temporal layers 0, 2, 1, 2 (T and a TID byte),
+                // as Chromium's L1T3 layers do.
+                let x = if layered { 0xe0 } else { 0xc0 };
+                pkt[24..26].copy_from_slice(&[if k == 0 { 0x90 } else { 0x80 }, x]);
                 pkt[26..28].copy_from_slice(&(0x8000 | pid).to_be_bytes());
                 pkt[28] = n as u8;
-                pkt[29..32].copy_from_slice(&[u8::from(!key), 0, 0]);
-                pkt[32..35].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                let at = if layered {
+                    pkt[29] = [0u8, 2, 1, 2][n as usize % 4] << 6;
+                    30
+                } else {
+                    29
+                };
+                pkt[at..at + 3].copy_from_slice(&[u8::from(!key), 0, 0]);
+                pkt[at + 3..at + 6].copy_from_slice(&[0x9d, 0x01, 0x2a]);
                 let size = [(320u16, 180u16), (640, 360), (1280, 720)][if layered { l } else { 2 }];
-                pkt[35..37].copy_from_slice(&size.0.to_le_bytes());
-                pkt[37..39].copy_from_slice(&size.1.to_le_bytes());
+                pkt[at + 6..at + 8].copy_from_slice(&size.0.to_le_bytes());
+                pkt[at + 8..at + 10].copy_from_slice(&size.1.to_le_bytes());
                 if svc {
                     // One SSRC; the VP9 descriptor (I, L, non-flexible) names the layer.
                     pkt[1] = VP9 | if l == 2 && k + 1 == count { 0x80 } else { 0 };
@@ -361,7 +386,7 @@ fn main() {
         .collect();
     let viewers: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(50);
     let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
-    let mut results = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut results: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         for (i, mode) in [
             Mode::Plain,
@@ -369,6 +394,7 @@ fn main() {
             Mode::Bwe,
             Mode::Svc,
             Mode::SvcCapped,
+            Mode::SimTemporal,
         ]
         .into_iter()
         .enumerate()
@@ -376,9 +402,10 @@ fn main() {
             results[i].push(round(mode, viewers));
         }
     }
-    let [mut plain, mut sim, mut bwe, mut svc, mut capped] = results;
+    let [mut plain, mut sim, mut bwe, mut svc, mut capped, mut temporal] = results;
     let (p, s, b) = (median(&mut plain), median(&mut sim), median(&mut bwe));
     let (v, c) = (median(&mut svc), median(&mut capped));
+    let t = median(&mut temporal);
     println!("{viewers} viewers, {rounds} rounds, CPU ns per packet sent to a viewer (median):");
     println!("  plain            {p:8.0}");
     println!("  simulcast        {s:8.0}   {:.3}x plain", s / p);
@@ -389,4 +416,9 @@ fn main() {
     );
     println!("  svc              {v:8.0}   {:.3}x plain", v / p);
     println!("  svc capped       {c:8.0}   {:.3}x plain", c / p);
+    println!(
+        "  simulcast tl0    {t:8.0}   {:.3}x plain, {:.3}x simulcast",
+        t / p,
+        t / s
+    );
 }

@@ -157,8 +157,8 @@ pub enum Counter {
     BweProbesCarried,
     /// Probes lost in good part, or answered by no feedback.
     BweProbesFailed,
-    /// Tracks a new subscriber was started on from the cached group (the packets since the
-    /// publisher's last keyframe), not from a keyframe request.
+    /// Groups (tracks, or simulcast layers) a new subscriber was started from (the packets
+    /// since the publisher's last keyframe), not from a keyframe request.
     LateJoinStarts,
     /// Packets of those groups sent.
     LateJoinPackets,

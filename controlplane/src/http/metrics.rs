@@ -280,7 +280,7 @@ fn help(c: Counter) -> &'static str {
         }
         Counter::BweProbesFailed => "Bandwidth probes lost in good part or never answered.",
         Counter::LateJoinStarts => {
-            "Tracks a new subscriber started on from the cached group since the last keyframe, not from a keyframe request."
+            "Groups (tracks, or simulcast layers) a new subscriber started from: the packets since the last keyframe, not a keyframe request."
         }
         Counter::LateJoinPackets => "Packets of cached groups sent to new subscribers.",
         Counter::LateJoinAborted => {
