@@ -238,32 +238,49 @@ pub(super) fn rest_subscribers(
     subs: &mut Vec<SubEnd>,
 ) -> Result<(), Error> {
     for _ in 0..n {
-        let sock = bind()?;
-        let s = node.create_session(&SessionRequest {
-            role: "subscriber",
-            stream: stream.to_owned(),
-            remote: Some(local(&sock)?),
-            profile,
-            worker: None,
-            remote_key: None,
-            local_key: None,
-            ssrcs: None,
-            clock_rates: None,
-        })?;
-        guard.ids.push(s.id);
+        let (sub, _) = rest_subscriber(node, guard, stream, profile)?;
         subs.push(SubEnd {
-            sock,
             publisher: p,
             group,
-            ssrc: s.ssrc(),
-            audio_ssrc: 0,
-            cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
-            first: None,
-            media_offset: 0,
-            siblings: 0..0,
+            ..sub
         });
     }
     Ok(())
+}
+
+/// One REST subscriber of `stream` on `node` (its session id too), as the receiving end of
+/// publisher 0 in group 0: the caller says whose packets it expects.
+pub(super) fn rest_subscriber(
+    node: &Node,
+    guard: &mut NodeGuard,
+    stream: &str,
+    profile: Profile,
+) -> Result<(SubEnd, u64), Error> {
+    let sock = bind()?;
+    let s = node.create_session(&SessionRequest {
+        role: "subscriber",
+        stream: stream.to_owned(),
+        remote: Some(local(&sock)?),
+        profile,
+        worker: None,
+        remote_key: None,
+        local_key: None,
+        ssrcs: None,
+        clock_rates: None,
+    })?;
+    guard.ids.push(s.id);
+    let sub = SubEnd {
+        sock,
+        publisher: 0,
+        group: 0,
+        ssrc: s.ssrc(),
+        audio_ssrc: 0,
+        cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
+        first: None,
+        media_offset: 0,
+        siblings: 0..0,
+    };
+    Ok((sub, s.id))
 }
 
 pub(super) fn setup_relay(

@@ -69,33 +69,16 @@ pub(super) fn setup_node_simulcast(
         }
         let stream = format!("{ROOM}/s{p}");
         for i in 0..spec.subscribers {
-            let sock = bind()?;
-            let s = node.create_session(&SessionRequest {
-                role: "subscriber",
-                stream: stream.clone(),
-                remote: Some(local(&sock)?),
-                profile,
-                worker: None,
-                remote_key: None,
-                local_key: None,
-                ssrcs: None,
-                clock_rates: None,
-            })?;
-            guard.ids.push(s.id);
+            let (sub, id) = setup::rest_subscriber(&node, &mut guard, &stream, profile)?;
             let layer = sim.expected_layer(i);
             if i < sim.capped {
-                node.cap_layers(s.id, sim.cap_layer)?;
+                node.cap_layers(id, sim.cap_layer)?;
             }
             subs.push(SubEnd {
-                sock,
                 publisher: n * p + layer,
-                group: 0,
-                ssrc: s.ssrc(),
-                audio_ssrc: 0,
-                cipher: Cipher::srtp(profile, &s.local_key_bytes()?)?,
-                first: None,
                 media_offset: crate::simulcast::VP8_PREFIX,
                 siblings: n * p..n * (p + 1),
+                ..sub
             });
         }
     }

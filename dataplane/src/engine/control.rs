@@ -213,28 +213,10 @@ impl Engine {
                     .push_back(WorkerEvent::Group { request, result });
             }
             WorkerCommand::SetMaxLayer { id, max_layer } => {
-                if let Some(session::Role::Subscriber(sub)) = self
-                    .by_id
-                    .get(&id)
-                    .and_then(|&i| self.sessions.get_mut(i))
-                    .map(|s| &mut s.role)
-                {
-                    for l in sub.layers.iter_mut() {
-                        l.cap = max_layer;
-                    }
-                }
+                self.each_select(id, |l| l.cap = max_layer);
             }
             WorkerCommand::SetMaxTemporal { id, max_temporal } => {
-                if let Some(session::Role::Subscriber(sub)) = self
-                    .by_id
-                    .get(&id)
-                    .and_then(|&i| self.sessions.get_mut(i))
-                    .map(|s| &mut s.role)
-                {
-                    for l in sub.layers.iter_mut() {
-                        l.tcap = max_temporal;
-                    }
-                }
+                self.each_select(id, |l| l.tcap = max_temporal);
             }
             WorkerCommand::Remove { id } => match self.remove(id, out) {
                 Ok(()) => self.events.push_back(WorkerEvent::Removed { id }),
@@ -252,6 +234,19 @@ impl Engine {
             }
         }
         self.count_sessions();
+    }
+
+    /// Apply `f` to every track's layer choice of subscriber `id` (none if it is gone or
+    /// not a subscriber: such commands are not answered).
+    fn each_select(&mut self, id: SessionId, f: impl Fn(&mut super::layers::Select)) {
+        if let Some(session::Role::Subscriber(sub)) = self
+            .by_id
+            .get(&id)
+            .and_then(|&i| self.sessions.get_mut(i))
+            .map(|s| &mut s.role)
+        {
+            sub.layers.iter_mut().for_each(f);
+        }
     }
 
     pub(super) fn answer(&mut self, id: SessionId, r: Result<(), CommandError>) {

@@ -205,28 +205,30 @@ fn add_pub(e: &mut Engine, id: u64, remote: Option<SocketAddr>, profile: SrtpPro
 /// Subscriber `id` on `e`; the messages it sent other workers (`Fixture::pump`).
 fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) -> Vec<(u16, Inbound)> {
     let mut out = Capture::default();
-    e.handle_command(
-        WorkerCommand::AddSubscriber {
-            id: SessionId(id),
-            stream: STREAM,
-            remote: Some(addr(port)),
-            ssrcs: sub_ssrcs(id as u32 * 16),
-            payload_types: Vec::new(),
-            extensions: None,
-            rtx: [None; MAX_TRACKS],
-            tracks: ALL_TRACKS,
-            plain: false,
-            srtp: Some(keys(profile, 3, id as u8)),
-            ice: None,
-        },
-        t0(),
-        &mut out,
-    );
+    e.handle_command(sub_command(id, port, profile), t0(), &mut out);
     assert_eq!(
         e.poll_event(),
         Some(WorkerEvent::Added { id: SessionId(id) })
     );
     out.to_workers
+}
+
+/// The command that adds subscriber `id` of [`STREAM`] on `port`: SSRCs from `id × 16`,
+/// keys `keys(profile, 3, id)` (the viewer decrypts with `[id; 28]`).
+fn sub_command(id: u64, port: u16, profile: SrtpProfile) -> WorkerCommand {
+    WorkerCommand::AddSubscriber {
+        id: SessionId(id),
+        stream: STREAM,
+        remote: Some(addr(port)),
+        ssrcs: sub_ssrcs(id as u32 * 16),
+        payload_types: Vec::new(),
+        extensions: None,
+        rtx: [None; MAX_TRACKS],
+        tracks: ALL_TRACKS,
+        plain: false,
+        srtp: Some(keys(profile, 3, id as u8)),
+        ice: None,
+    }
 }
 
 /// A publisher-side SRTP packet with sequence `seq` and a recognisable payload.

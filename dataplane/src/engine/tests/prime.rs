@@ -103,23 +103,7 @@ fn join(f: &mut Fixture, w: usize, id: u64) -> Capture {
 /// [`join`] at `now`.
 fn join_at(f: &mut Fixture, w: usize, id: u64, now: Instant) -> Capture {
     let mut out = Capture::default();
-    f.engines[w].handle_command(
-        WorkerCommand::AddSubscriber {
-            id: SessionId(id),
-            stream: STREAM,
-            remote: Some(addr(6000 + id as u16)),
-            ssrcs: sub_ssrcs(id as u32 * 16),
-            payload_types: Vec::new(),
-            extensions: None,
-            rtx: [None; MAX_TRACKS],
-            tracks: ALL_TRACKS,
-            plain: false,
-            srtp: Some(keys(PROFILE, 3, id as u8)),
-            ice: None,
-        },
-        now,
-        &mut out,
-    );
+    f.engines[w].handle_command(sub_command(id, 6000 + id as u16, PROFILE), now, &mut out);
     f.pump_at(&mut out, now);
     out
 }
@@ -341,23 +325,7 @@ fn a_replay_that_cannot_finish_asks_for_a_keyframe() {
     frames(&mut f, &mut tx, 0..105);
     let before = get(&f.stats, 0, Counter::PliForwarded);
     let mut out = Capture::default();
-    f.engines[1].handle_command(
-        WorkerCommand::AddSubscriber {
-            id: SessionId(3),
-            stream: STREAM,
-            remote: Some(addr(6003)),
-            ssrcs: sub_ssrcs(48),
-            payload_types: Vec::new(),
-            extensions: None,
-            rtx: [None; MAX_TRACKS],
-            tracks: ALL_TRACKS,
-            plain: false,
-            srtp: Some(keys(PROFILE, 3, 3)),
-            ice: None,
-        },
-        t0(),
-        &mut out,
-    );
+    f.engines[1].handle_command(sub_command(3, 6003, PROFILE), t0(), &mut out);
     let [(0, prime @ Inbound::Prime { .. })] = <[_; 1]>::try_from(out.to_workers).expect("one")
     else {
         panic!("the subscriber's worker asks the publisher's for the group");

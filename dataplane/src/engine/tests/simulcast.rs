@@ -201,6 +201,19 @@ fn packets_to(out: &Capture, rx: &mut Context, (port, ssrc): (u16, u32)) -> Vec<
     got
 }
 
+/// The viewer on port 6002 NACKs `seq` (its numbering), protected with `tx`: what it got
+/// back.
+fn nack(r: &mut Run, tx: &mut Context, seq: u16) -> Vec<Got> {
+    let mut fb = vec![0u8; 200];
+    let n = rtcp::write_nack(&mut fb, 0xabc, VIEWER, &[seq]).expect("nack");
+    let n = tx.protect_rtcp(&mut fb, n).expect("protect");
+    fb.truncate(n);
+    r.out = Capture::default();
+    r.f.engines[0].handle_datagram(&mut fb, addr(6002), r.now, &mut r.out);
+    let mut fresh = Context::new(PROFILE, &[2; 28]).expect("ctx");
+    viewer_packets(&r.out, &mut fresh)
+}
+
 /// PLIs the node sent the publisher, by media SSRC.
 fn plis(out: &Capture) -> Vec<u32> {
     let mut pub_rx = Context::new(PROFILE, &[2; 28]).expect("ctx");
@@ -406,16 +419,6 @@ fn nack_after_a_switch_resends_the_packet_of_the_current_layer() {
         got.iter().map(|g| g.layer).collect::<Vec<_>>(),
         [F, F, F, Q, Q]
     );
-    let nack = |r: &mut Run, tx: &mut Context, seq: u16| {
-        let mut fb = vec![0u8; 200];
-        let n = rtcp::write_nack(&mut fb, 0xabc, VIEWER, &[seq]).expect("nack");
-        let n = tx.protect_rtcp(&mut fb, n).expect("protect");
-        fb.truncate(n);
-        r.out = Capture::default();
-        r.f.engines[0].handle_datagram(&mut fb, addr(6002), r.now, &mut r.out);
-        let mut fresh = Context::new(PROFILE, &[2; 28]).expect("ctx");
-        viewer_packets(&r.out, &mut fresh)
-    };
     let mut tx = Context::new(PROFILE, &[3; 28]).expect("ctx");
     // The viewer lost q's keyframe: it comes back as it was sent.
     let again = nack(&mut r, &mut tx, got[3].seq);
@@ -457,16 +460,6 @@ fn a_viewer_capped_to_temporal_layer_0_gets_every_fourth_frame_and_its_repairs()
         assert_eq!(w[1].ts.wrapping_sub(w[0].ts), 4 * 3000, "{got:?}");
     }
     let mut tx = Context::new(PROFILE, &[3; 28]).expect("ctx");
-    let nack = |r: &mut Run, tx: &mut Context, seq: u16| {
-        let mut fb = vec![0u8; 200];
-        let n = rtcp::write_nack(&mut fb, 0xabc, VIEWER, &[seq]).expect("nack");
-        let n = tx.protect_rtcp(&mut fb, n).expect("protect");
-        fb.truncate(n);
-        r.out = Capture::default();
-        r.f.engines[0].handle_datagram(&mut fb, addr(6002), r.now, &mut r.out);
-        let mut fresh = Context::new(PROFILE, &[2; 28]).expect("ctx");
-        viewer_packets(&r.out, &mut fresh)
-    };
     let again = nack(&mut r, &mut tx, got[1].seq);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(
@@ -488,23 +481,7 @@ fn a_late_joiner_starts_from_the_group_of_its_layer() {
         r.frames(&[0, 1, 2], false);
     }
     let mut out = Capture::default();
-    r.f.engines[0].handle_command(
-        WorkerCommand::AddSubscriber {
-            id: SessionId(3),
-            stream: STREAM,
-            remote: Some(addr(6003)),
-            ssrcs: sub_ssrcs(48),
-            payload_types: Vec::new(),
-            extensions: None,
-            rtx: [None; MAX_TRACKS],
-            tracks: ALL_TRACKS,
-            plain: false,
-            srtp: Some(keys(PROFILE, 3, 3)),
-            ice: None,
-        },
-        r.now,
-        &mut out,
-    );
+    r.f.engines[0].handle_command(sub_command(3, 6003, PROFILE), r.now, &mut out);
     let mut rx = Context::new(PROFILE, &[3; 28]).expect("ctx");
     let got = packets_to(&out, &mut rx, (6003, 49));
     assert_eq!(got.len(), 6, "f's keyframe and five frames since: {got:?}");
