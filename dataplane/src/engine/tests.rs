@@ -213,6 +213,28 @@ fn add_sub(e: &mut Engine, id: u64, port: u16, profile: SrtpProfile) -> Vec<(u16
     out.to_workers
 }
 
+/// Wire [`STREAM`] across `f`'s first two workers: the publisher on worker 0, which sends
+/// worker 1 its packets, and worker 1 told where the publisher is.
+fn publisher_on_0_viewers_on_1(f: &mut Fixture) {
+    let mut out = Capture::default();
+    f.engines[0].handle_command(
+        WorkerCommand::SetRemoteWorkers {
+            stream: STREAM,
+            workers: [1].into_iter().collect(),
+        },
+        t0(),
+        &mut out,
+    );
+    f.engines[1].handle_command(
+        WorkerCommand::SetPublisherWorker {
+            stream: STREAM,
+            worker: Some(0),
+        },
+        t0(),
+        &mut out,
+    );
+}
+
 /// The command that adds subscriber `id` of [`STREAM`] on `port`: SSRCs from `id × 16`,
 /// keys `keys(profile, 3, id)` (the viewer decrypts with `[id; 28]`).
 fn sub_command(id: u64, port: u16, profile: SrtpProfile) -> WorkerCommand {

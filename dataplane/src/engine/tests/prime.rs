@@ -58,23 +58,7 @@ fn set_up(mut f: Fixture) -> Fixture {
             video: Some(VideoCodec::Vp8(VP8)),
         }],
     );
-    let mut out = Capture::default();
-    f.engines[0].handle_command(
-        WorkerCommand::SetRemoteWorkers {
-            stream: STREAM,
-            workers: [1].into_iter().collect(),
-        },
-        t0(),
-        &mut out,
-    );
-    f.engines[1].handle_command(
-        WorkerCommand::SetPublisherWorker {
-            stream: STREAM,
-            worker: Some(0),
-        },
-        t0(),
-        &mut out,
-    );
+    publisher_on_0_viewers_on_1(&mut f);
     f
 }
 

@@ -279,23 +279,7 @@ fn gaps_are_nacked_upstream_with_retries_then_given_up() {
 fn link_nack_is_served_from_the_cache_across_workers() {
     let mut f = fixture(2);
     add_pub(&mut f.engines[0], 1, Some(addr(5000)), LINK);
-    let mut out = Capture::default();
-    f.engines[0].handle_command(
-        WorkerCommand::SetRemoteWorkers {
-            stream: STREAM,
-            workers: [1].into_iter().collect(),
-        },
-        t0(),
-        &mut out,
-    );
-    f.engines[1].handle_command(
-        WorkerCommand::SetPublisherWorker {
-            stream: STREAM,
-            worker: Some(0),
-        },
-        t0(),
-        &mut out,
-    );
+    publisher_on_0_viewers_on_1(&mut f);
     let msgs = add_relay_out(&mut f.engines[1], 2, addr(TARGET));
     f.pump(msgs);
     let mut publisher = Context::new(LINK, &[1; 28]).expect("ctx");
@@ -406,23 +390,7 @@ fn keyframe_requests_go_upstream_as_pli_and_on_to_the_publisher() {
 fn relay_in_fans_out_to_local_and_other_workers_subscribers() {
     let mut f = fixture(2);
     add_relay_in(&mut f.engines[0], 1, Some(addr(SOURCE)));
-    let mut out = Capture::default();
-    f.engines[0].handle_command(
-        WorkerCommand::SetRemoteWorkers {
-            stream: STREAM,
-            workers: [1].into_iter().collect(),
-        },
-        t0(),
-        &mut out,
-    );
-    f.engines[1].handle_command(
-        WorkerCommand::SetPublisherWorker {
-            stream: STREAM,
-            worker: Some(0),
-        },
-        t0(),
-        &mut out,
-    );
+    publisher_on_0_viewers_on_1(&mut f);
     for id in 2..5u64 {
         add_sub(&mut f.engines[0], id, 6000 + id as u16, LINK);
     }
