@@ -162,8 +162,8 @@ pub enum Counter {
     LateJoinStarts,
     /// Packets of those groups sent.
     LateJoinPackets,
-    /// Replays that could not finish (the live edge outran the cache, a queue was full,
-    /// the publisher left): the subscriber was asked a keyframe for instead.
+    /// Replays that could not finish (the live edge outran the cache, a queue was full):
+    /// the subscriber was asked a keyframe for instead.
     LateJoinAborted,
     // Drop reasons, in DropReason order.
     DropOversize,

@@ -113,7 +113,7 @@ impl Default for Choice {
 enum Step {
     /// Its pacer has room again at this instant.
     Wait(Instant),
-    /// Every track reached its live edge.
+    /// Every track reached its live edge (or the subscriber or the publisher left).
     Done,
     /// It cannot go on.
     Abort,
@@ -457,7 +457,8 @@ impl Engine {
             let Some(session::Role::Publisher(p)) =
                 self.sessions.get_key(publisher).map(|s| &s.role)
             else {
-                return Step::Abort;
+                // The publisher left: nothing to ask a keyframe of.
+                return Step::Done;
             };
             // The next track behind its newest packet, round robin: every replayed track
             // follows its live edge until all have caught up, as the subscriber holds
@@ -509,8 +510,9 @@ impl Engine {
             match to {
                 Target::Here(key) => {
                     if self.sessions.get_key_mut(key).is_none() {
+                        // The subscriber left: nobody waits for the rest.
                         self.pool.put(h);
-                        return Step::Abort;
+                        return Step::Done;
                     }
                     self.hold(key, now);
                     self.replay_to(key, &h, now, out);
@@ -530,8 +532,8 @@ impl Engine {
     }
 
     /// Replay `r` is over: its subscriber's live packets flow again. `aborted`: it could
-    /// not finish (the cache ran out, a queue was full, the publisher left), so the
-    /// subscriber's tracks get a keyframe request, as without a group.
+    /// not finish (the cache ran out, a queue was full), so the subscriber's tracks get a
+    /// keyframe request, as without a group.
     fn end_replay(&mut self, r: &Replay, aborted: bool, now: Instant, out: &mut dyn Output) {
         self.note_replaying(r.publisher, &r.next, false);
         match r.to {

@@ -323,3 +323,45 @@ fn a_replay_that_cannot_finish_asks_for_a_keyframe() {
     assert!(get(&f.stats, 0, Counter::PliForwarded) > before);
     assert!(f.engines[0].replays.is_empty(), "nothing left under way");
 }
+
+/// A subscriber that leaves while its replay is under way ends the replay quietly: no
+/// keyframe is asked for it, and it does not count as a replay that could not finish.
+#[test]
+fn a_subscriber_that_leaves_mid_replay_ends_it_quietly() {
+    let mut f = set_up(fixture_limited(
+        2,
+        Limits {
+            nack_cache: 1024,
+            in_flight: 64,
+            ..test_limits()
+        },
+    ));
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    let at = |frame: u32| t0() + Duration::from_micros(u64::from(frame) * 33_333);
+    let mut out = Capture::default();
+    for frame in 0..60u32 {
+        for k in 0..10u32 {
+            let seq = (1000 + frame * 10 + k) as u16;
+            let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
+            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), at(frame), &mut out);
+            f.pump_at(&mut out, at(frame));
+        }
+    }
+    let plis = get(&f.stats, 0, Counter::PliForwarded);
+    join_at(&mut f, 0, 2, at(60));
+    assert!(
+        !f.engines[0].replays.is_empty(),
+        "a 2 s group takes a while"
+    );
+    let mut out = Capture::default();
+    f.engines[0].handle_command(WorkerCommand::Remove { id: SessionId(2) }, at(60), &mut out);
+    let due = f.engines[0].poll_timeout().expect("the replay's timer");
+    f.engines[0].handle_timeout(due.max(at(61)), &mut out);
+    assert!(f.engines[0].replays.is_empty());
+    assert_eq!(get(&f.stats, 0, Counter::LateJoinAborted), 0);
+    assert_eq!(
+        get(&f.stats, 0, Counter::PliForwarded),
+        plis,
+        "no keyframe asked"
+    );
+}
