@@ -50,6 +50,11 @@ fn chromium_simulcast_viewer_gets_the_best_layer_then_the_capped_one_without_a_g
         "watcher at the top: {} frames decoded, {}; publisher's layers: {layers}",
         top["framesDecoded"], top["frameSize"]
     );
+    // It started from the cached group of the layer its first estimate picked, not from a
+    // keyframe asked of the publisher (docs/webrtc.md, "Late joiners", simulcast).
+    let starts = node.metric_sum("switchyard_late_join_starts_total");
+    eprintln!("late join starts: {starts}");
+    assert!(starts >= 1, "the watcher started from a layer's group");
     let widths: Vec<f64> = ["q", "h", "f"]
         .iter()
         .map(|rid| num(&layers[rid], "frameWidth"))
