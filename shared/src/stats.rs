@@ -165,6 +165,10 @@ pub enum Counter {
     /// Replays that could not finish (the live edge outran the cache, a queue was full):
     /// the subscriber was asked a keyframe for instead.
     LateJoinAborted,
+    /// New subscribers not started from the cached group because the worker had its most
+    /// replays under way (the data plane's `prime::MAX_REPLAYS`); they ask for a keyframe
+    /// instead.
+    LateJoinBusy,
     // Drop reasons, in DropReason order.
     DropOversize,
     DropMalformed,
@@ -251,6 +255,7 @@ impl Counter {
         Counter::LateJoinStarts,
         Counter::LateJoinPackets,
         Counter::LateJoinAborted,
+        Counter::LateJoinBusy,
         Counter::DropOversize,
         Counter::DropMalformed,
         Counter::DropUnknownSource,
@@ -335,6 +340,7 @@ impl Counter {
             Counter::LateJoinStarts => "late_join_starts_total",
             Counter::LateJoinPackets => "late_join_packets_total",
             Counter::LateJoinAborted => "late_join_aborted_total",
+            Counter::LateJoinBusy => "late_join_busy_total",
             _ => "drops_total",
         }
     }

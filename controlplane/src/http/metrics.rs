@@ -286,6 +286,9 @@ fn help(c: Counter) -> &'static str {
         Counter::LateJoinAborted => {
             "Replays of cached groups that could not finish (a keyframe was asked for instead)."
         }
+        Counter::LateJoinBusy => {
+            "New subscribers not started from the cached group: the worker had 64 replays under way."
+        }
         _ => "Datagrams dropped, by reason.",
     }
 }

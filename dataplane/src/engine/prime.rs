@@ -51,6 +51,12 @@ pub const PRIME_WAIT: Duration = Duration::from_millis(250);
 /// past, or, after a failover, viewers would see the seconds before it again.
 pub const STALE: Duration = Duration::from_millis(500);
 
+/// Replays under way on one worker at most. Each sends up to [`CATCH_UP`] times its
+/// stream's rate for a while: 64 of a 2.5 Mbit/s stream are 640 Mbit/s for a third of a
+/// group. A crowd joining at once (a webinar's start) beyond that starts as without the
+/// cache, from one keyframe asked for all of them, which costs the link 1 × the rate.
+pub const MAX_REPLAYS: usize = 64;
+
 /// A replay goes this many times as fast as its group came: a viewer reaches the live edge
 /// after a third of the group's length (0.7 s for a 2 s group), and its path gets four times
 /// the stream's rate for that long instead of the whole group in one burst.
@@ -328,6 +334,11 @@ impl Engine {
             Some(session::Role::Publisher(p)) => p.stream,
             _ => return 0,
         };
+        if self.replays.len() >= MAX_REPLAYS {
+            // A crowd joining at once: the ones beyond start from a keyframe, one for all.
+            self.count(Counter::LateJoinBusy, 1);
+            return 0;
+        }
         let mut next = [None; MAX_SLOTS];
         let (mut bytes, mut span) = (0u64, Duration::ZERO);
         let mut primed = 0u8;

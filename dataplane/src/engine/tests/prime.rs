@@ -365,3 +365,44 @@ fn a_subscriber_that_leaves_mid_replay_ends_it_quietly() {
         "no keyframe asked"
     );
 }
+
+/// A crowd joining at once: the first `MAX_REPLAYS` start from the group, the rest from a
+/// keyframe (counted), so the worker never sends more than that many replays together.
+#[test]
+fn a_crowd_beyond_max_replays_starts_from_a_keyframe() {
+    use super::super::prime::MAX_REPLAYS;
+    let mut f = set_up(fixture_limited(
+        2,
+        Limits {
+            nack_cache: 1024,
+            in_flight: 64,
+            max_sessions: 128,
+            ..test_limits()
+        },
+    ));
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    let at = |frame: u32| t0() + Duration::from_micros(u64::from(frame) * 33_333);
+    let mut out = Capture::default();
+    for frame in 0..60u32 {
+        for k in 0..10u32 {
+            let seq = (1000 + frame * 10 + k) as u16;
+            let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
+            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), at(frame), &mut out);
+            f.pump_at(&mut out, at(frame));
+        }
+    }
+    let plis = get(&f.stats, 0, Counter::PliForwarded);
+    for id in 2..(2 + MAX_REPLAYS as u64 + 3) {
+        join_at(&mut f, 0, id, at(60));
+    }
+    assert_eq!(f.engines[0].replays.len(), MAX_REPLAYS);
+    assert_eq!(
+        get(&f.stats, 0, Counter::LateJoinStarts),
+        MAX_REPLAYS as u64
+    );
+    assert_eq!(get(&f.stats, 0, Counter::LateJoinBusy), 3);
+    assert!(
+        get(&f.stats, 0, Counter::PliForwarded) > plis,
+        "the rest ask a keyframe"
+    );
+}
