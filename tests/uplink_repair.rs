@@ -48,13 +48,8 @@ fn run(bin: &PathBuf, reports: &mut Reports, repair: bool, tag: &str) -> Outcome
     let dir = std::env::temp_dir().join(format!("swy-uplink-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("switchyard.toml");
-    // Late joiners off: the viewer starts from a keyframe it asks for, as the repair was
-    // measured; a replayed group at its start is not what this test is about.
-    std::fs::write(
-        &config,
-        format!("[media]\nuplink_nack = {repair}\nlate_join = false\n"),
-    )
-    .expect("config");
+    // The default configuration otherwise: the viewer starts from the cached group, paced.
+    std::fs::write(&config, format!("[media]\nuplink_nack = {repair}\n")).expect("config");
     let config = config.display().to_string();
     let node = Node::start_with_args(1, &["--media-announce", "127.0.0.2", "--config", &config]);
     let port = node.media_port;
