@@ -285,9 +285,12 @@ fn temporal_cap(room: &str, publish: &str, codec: &str, cap: &str) {
         capped > 0.5,
         "the capped viewer kept decoding: {capped:.1} frames/s"
     );
+    // Layer 0 is a quarter of the frames in the 0, 2, 1, 2 pattern; Chromium's measured
+    // 9.2–11 of 30 here. Below 0.45 of the other viewer's rate tells it from layers 0 and
+    // 1 (half the frames) with room for a loaded machine's noise.
     assert!(
-        capped < 0.4 * open,
-        "layer 0 alone is a quarter of the frames: {capped:.1} against {open:.1} frames/s"
+        capped < 0.45 * open,
+        "layer 0 alone is about a quarter of the frames: {capped:.1} against {open:.1} frames/s"
     );
     assert!(
         open > 0.6 * open_before,
