@@ -214,6 +214,8 @@ fn chromium_vp8_simulcast_viewer_capped_to_temporal_layer_0_gets_a_quarter_of_th
 /// `codec`; the first capped with the layers body `cap`: a quarter of the other's frame
 /// rate, no freeze, then every frame again once the cap is lifted (`{}`).
 fn temporal_cap(room: &str, publish: &str, codec: &str, cap: &str) {
+    // A VP8 viewer capped with maxTemporalLayer shows it in its session's stats.
+    let shows_temporal = cap.contains("maxTemporalLayer");
     let Some((bin, _serial)) = chromium() else {
         return;
     };
@@ -276,6 +278,16 @@ fn temporal_cap(room: &str, publish: &str, codec: &str, cap: &str) {
     let capped = rate(&mut reports, "/capped", 5.0);
     let open = rate(&mut reports, "/open", 1.0);
     let held = reports.seen["/capped"].last().cloned().expect("a report");
+    if shows_temporal {
+        let view = node.get(&format!("/v1/sessions/{capped_id}")).json();
+        let temporal = &view["stats"]["temporalLayers"];
+        assert!(
+            temporal
+                .as_array()
+                .is_some_and(|a| a.contains(&serde_json::json!(0))),
+            "GET /v1/sessions/{capped_id} shows temporal layer 0: {view}"
+        );
+    }
     eprintln!(
         "{codec} capped with {cap}: {capped:.1} frames/s (the other {open:.1}), {}; freezes since the cap: {}",
         held["frameSize"],

@@ -809,6 +809,9 @@ enum Field {
     /// (A field added in the slot's spare room: a file from a data plane without it reads
     /// 0 here, so the layout version stays.)
     Rtt,
+    /// The highest VP8 temporal layer a viewer receives of each track's simulcast layer,
+    /// packed as `Layers`; 0xF where it receives every one or the layer has none.
+    Temporal,
 }
 
 /// Fields in a slot (two cache lines; the rest is room for later fields).
@@ -839,6 +842,7 @@ impl SessionSlot {
             v.store(0, Ordering::Relaxed);
         }
         self.values[Field::Layers as usize].store(u64::MAX, Ordering::Relaxed);
+        self.values[Field::Temporal as usize].store(u64::MAX, Ordering::Relaxed);
         self.values[Field::Id as usize].store(id, Ordering::Release);
     }
 
@@ -875,15 +879,14 @@ impl SessionSlot {
     /// A viewer's bandwidth estimate and the layer it receives of each track (`None`: none,
     /// or a track without layers).
     pub fn set_estimate(&self, bps: u64, layers: &[Option<u8>]) {
-        let mut packed = u64::MAX;
-        for (i, l) in layers.iter().enumerate().take(16) {
-            if let Some(l) = l {
-                packed &= !(0xF << (4 * i));
-                packed |= u64::from(*l & 0xF) << (4 * i);
-            }
-        }
         self.values[Field::Estimate as usize].store(bps, Ordering::Relaxed);
-        self.values[Field::Layers as usize].store(packed, Ordering::Relaxed);
+        self.values[Field::Layers as usize].store(pack(layers), Ordering::Relaxed);
+    }
+
+    /// The highest VP8 temporal layer a viewer receives of each track (`None`: every one,
+    /// or a track without temporal layers).
+    pub fn set_temporal(&self, tids: &[Option<u8>]) {
+        self.values[Field::Temporal as usize].store(pack(tids), Ordering::Relaxed);
     }
 
     /// A relay link's smoothed round-trip time, as its relay-out measured it last.
@@ -923,18 +926,33 @@ impl SessionSlot {
             rtt: Some(self.load(Field::Rtt))
                 .filter(|&us| us > 0)
                 .map(Duration::from_micros),
-            layers: {
-                let packed = self.load(Field::Layers);
-                let mut l = [None; 8];
-                for (i, v) in l.iter_mut().enumerate() {
-                    let n = ((packed >> (4 * i)) & 0xF) as u8;
-                    *v = (n != 0xF).then_some(n);
-                }
-                l
-            },
+            layers: unpack(self.load(Field::Layers)),
+            temporal: unpack(self.load(Field::Temporal)),
         };
         (self.id() == id).then_some(c)
     }
+}
+
+/// Small per-track values, 4 bits each (track `i` at bits `4i..4i+4`), 0xF for `None`.
+fn pack(values: &[Option<u8>]) -> u64 {
+    let mut packed = u64::MAX;
+    for (i, v) in values.iter().enumerate().take(16) {
+        if let Some(v) = v {
+            packed &= !(0xF << (4 * i));
+            packed |= u64::from(*v & 0xF) << (4 * i);
+        }
+    }
+    packed
+}
+
+/// [`pack`]'s first eight values back.
+fn unpack(packed: u64) -> [Option<u8>; 8] {
+    let mut l = [None; 8];
+    for (i, v) in l.iter_mut().enumerate() {
+        let n = ((packed >> (4 * i)) & 0xF) as u8;
+        *v = (n != 0xF).then_some(n);
+    }
+    l
 }
 
 /// A copy of one session's counters.
@@ -956,6 +974,8 @@ pub struct SessionCounters {
     pub estimate_bps: Option<u64>,
     /// The simulcast layer a viewer receives per publisher track.
     pub layers: [Option<u8>; 8],
+    /// The highest VP8 temporal layer it receives of each, where that is not every one.
+    pub temporal: [Option<u8>; 8],
     /// A relay-out's smoothed round-trip time over its link (RTCP SR/RR); `None`: not
     /// measured (another role, or no sender report echoed yet).
     pub rtt: Option<Duration>,
@@ -1023,6 +1043,26 @@ mod tests {
         slot.open(43);
         assert!(r.find(1, 42).is_none());
         assert_eq!(r.find(1, 43).expect("new").rx_packets, 0);
+        std::fs::remove_file(&p).ok();
+    }
+    #[test]
+    fn a_viewers_layers_and_temporal_layers_read_back_per_track() {
+        let p = std::env::temp_dir().join(format!("swy-stats-tl-{}", std::process::id()));
+        let w = Stats::create(&p, 1, 4, 1).expect("create");
+        let slot = w.session(0, 2).expect("slot");
+        slot.open(9);
+        let c = slot.read(9).expect("counters");
+        assert_eq!(
+            (c.layers, c.temporal),
+            ([None; 8], [None; 8]),
+            "none until set"
+        );
+        slot.set_estimate(800_000, &[None, Some(2)]);
+        slot.set_temporal(&[None, Some(0)]);
+        let c = slot.read(9).expect("counters");
+        assert_eq!(c.estimate_bps, Some(800_000));
+        assert_eq!(&c.layers[..3], &[None, Some(2), None]);
+        assert_eq!(&c.temporal[..3], &[None, Some(0), None]);
         std::fs::remove_file(&p).ok();
     }
 

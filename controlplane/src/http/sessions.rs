@@ -288,6 +288,17 @@ struct SessionStats {
     /// absent when nothing is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<Option<u8>>>,
+    /// The highest VP8 temporal layer a viewer receives of each track's simulcast layer,
+    /// where that is not every one (a `maxTemporalLayer` cap, or an estimate below the
+    /// lowest layer), `null` for the other tracks; absent when it receives every frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temporal_layers: Option<Vec<Option<u8>>>,
+}
+
+/// The per-track values of a session slot up to the last one set; `None` when none is.
+fn per_track(values: &[Option<u8>]) -> Option<Vec<Option<u8>>> {
+    let used = values.iter().rposition(Option::is_some)? + 1;
+    Some(values[..used].to_vec())
 }
 
 /// What the data plane and the event stream say about a live session, for [`view`].
@@ -320,14 +331,8 @@ fn live(g: &Inner, id: SessionId, read: Option<SessionCounters>) -> Live {
                 .map(|t| u64::try_from(stats.age(t).as_millis()).unwrap_or(u64::MAX)),
             rtt_ms: c.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
             estimate_bps: c.estimate_bps,
-            layers: c.layers.iter().any(Option::is_some).then(|| {
-                let used = c
-                    .layers
-                    .iter()
-                    .rposition(Option::is_some)
-                    .map_or(0, |i| i + 1);
-                c.layers[..used].to_vec()
-            }),
+            layers: per_track(&c.layers),
+            temporal_layers: per_track(&c.temporal),
         })
     });
     Live { ice, dtls, stats }

@@ -507,6 +507,13 @@ impl Ranking {
         self.ranked().get(pick).copied()
     }
 
+    /// Whether `layer` was seen sending VP8 temporal layers above 0 in the last window.
+    pub fn has_temporal(&self, layer: u8) -> bool {
+        self.tbps
+            .get(usize::from(layer))
+            .is_some_and(|r| r.iter().skip(1).any(|&b| b > 0))
+    }
+
     /// The highest VP8 temporal layer of `layer` whose frames, with every temporal layer
     /// below, fit `budget`, moving above `current` only with [`UP_HEADROOM_PERCENT`] to
     /// spare; at least 0. `u8::MAX` when every one fits, or the layer has none measured.
@@ -873,6 +880,11 @@ impl Select {
             later = Some(r.src);
         }
         None
+    }
+
+    /// The highest VP8 temporal layer the viewer gets now, when that is not every one.
+    pub fn temporal_now(&self) -> Option<u8> {
+        (self.tmax != u8::MAX).then_some(self.tmax)
     }
 
     /// What the send adds to picture ids and TL0PICIDX now.

@@ -81,6 +81,7 @@ impl Engine {
             // The rate the best layer of any layered track needs, with headroom.
             let mut want = None;
             let mut layers = [None; MAX_TRACKS];
+            let mut temporal = [None; MAX_TRACKS];
             for (t, slot) in layers.iter_mut().enumerate() {
                 let (Some(sel), Some(svc)) = (sub.layers.get(t), sub.svc.get(t)) else {
                     continue;
@@ -94,6 +95,9 @@ impl Engine {
                     },
                 };
                 *slot = current;
+                if current.is_some_and(|l| ranking.has_temporal(l)) && !svc.in_use() {
+                    temporal[t] = sel.temporal_now();
+                }
                 if let Some(next) = ranking.best_above(current, sel.cap) {
                     let need = next + next * UP_HEADROOM_PERCENT / 100 + AUDIO_ALLOWANCE_BPS;
                     want = Some(want.map_or(need, |w: u64| w.min(need)));
@@ -115,6 +119,7 @@ impl Engine {
             let estimate = vb.bwe.estimate_bps();
             if let Some(slot) = self.stats.session(usize::from(self.worker), idx as usize) {
                 slot.set_estimate(estimate, &layers);
+                slot.set_temporal(&temporal);
             }
             let (Some(want), Some((track, rtx))) = (want, rtx) else {
                 continue;
