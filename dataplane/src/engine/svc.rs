@@ -43,6 +43,7 @@
 use std::time::Instant;
 
 use switchyard_shared::command::MAX_LAYERS;
+use switchyard_shared::depay::av1::leb128;
 
 use super::layers::{Ranking, ACTIVE};
 
@@ -167,20 +168,6 @@ pub fn av1(p: &[u8], ts: u32, marker: bool, frames: &mut Av1Frames) -> Option<Sv
         end: marker,
         inter: !n,
     })
-}
-
-/// An unsigned LEB128 at `p[*at..]` (AV1 §4.10.5: at most 8 bytes), moving `at` past it.
-fn leb128(p: &[u8], at: &mut usize) -> Option<usize> {
-    let mut v: u64 = 0;
-    for i in 0..8 {
-        let &b = p.get(*at)?;
-        *at += 1;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return usize::try_from(v).ok();
-        }
-    }
-    None
 }
 
 /// The layers of one track as this worker sees them pass: spatial and temporal, each

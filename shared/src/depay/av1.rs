@@ -99,7 +99,7 @@ fn write(obu: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 /// An unsigned LEB128 at `p[*at..]` (AV1 §4.10.5: at most 8 bytes), moving `at` past it.
-fn leb128(p: &[u8], at: &mut usize) -> Option<usize> {
+pub fn leb128(p: &[u8], at: &mut usize) -> Option<usize> {
     let mut v: u64 = 0;
     for i in 0..8 {
         let &b = p.get(*at)?;

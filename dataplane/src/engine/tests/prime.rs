@@ -328,25 +328,11 @@ fn a_replay_that_cannot_finish_asks_for_a_keyframe() {
 /// keyframe is asked for it, and it does not count as a replay that could not finish.
 #[test]
 fn a_subscriber_that_leaves_mid_replay_ends_it_quietly() {
-    let mut f = set_up(fixture_limited(
-        2,
-        Limits {
-            nack_cache: 1024,
-            in_flight: 64,
-            ..test_limits()
-        },
-    ));
-    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
-    let at = |frame: u32| t0() + Duration::from_micros(u64::from(frame) * 33_333);
-    let mut out = Capture::default();
-    for frame in 0..60u32 {
-        for k in 0..10u32 {
-            let seq = (1000 + frame * 10 + k) as u16;
-            let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
-            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), at(frame), &mut out);
-            f.pump_at(&mut out, at(frame));
-        }
-    }
+    let mut f = two_second_group(Limits {
+        nack_cache: 1024,
+        in_flight: 64,
+        ..test_limits()
+    });
     let plis = get(&f.stats, 0, Counter::PliForwarded);
     join_at(&mut f, 0, 2, at(60));
     assert!(
@@ -371,26 +357,12 @@ fn a_subscriber_that_leaves_mid_replay_ends_it_quietly() {
 #[test]
 fn a_crowd_beyond_max_replays_starts_from_a_keyframe() {
     use super::super::prime::MAX_REPLAYS;
-    let mut f = set_up(fixture_limited(
-        2,
-        Limits {
-            nack_cache: 1024,
-            in_flight: 64,
-            max_sessions: 128,
-            ..test_limits()
-        },
-    ));
-    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
-    let at = |frame: u32| t0() + Duration::from_micros(u64::from(frame) * 33_333);
-    let mut out = Capture::default();
-    for frame in 0..60u32 {
-        for k in 0..10u32 {
-            let seq = (1000 + frame * 10 + k) as u16;
-            let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
-            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), at(frame), &mut out);
-            f.pump_at(&mut out, at(frame));
-        }
-    }
+    let mut f = two_second_group(Limits {
+        nack_cache: 1024,
+        in_flight: 64,
+        max_sessions: 128,
+        ..test_limits()
+    });
     let plis = get(&f.stats, 0, Counter::PliForwarded);
     for id in 2..(2 + MAX_REPLAYS as u64 + 3) {
         join_at(&mut f, 0, id, at(60));
@@ -405,4 +377,26 @@ fn a_crowd_beyond_max_replays_starts_from_a_keyframe() {
         get(&f.stats, 0, Counter::PliForwarded) > plis,
         "the rest ask a keyframe"
     );
+}
+
+/// The frame at 30 frames/s with index `frame`.
+fn at(frame: u32) -> Instant {
+    t0() + Duration::from_micros(u64::from(frame) * 33_333)
+}
+
+/// Two workers with `limits`, the publisher on worker 0 having sent 2 s of 30 frames/s of
+/// ten 1,100-byte packets each (one keyframe, at frame 0): a 600-packet group, at frame 60.
+fn two_second_group(limits: Limits) -> Fixture {
+    let mut f = set_up(fixture_limited(2, limits));
+    let mut tx = Context::new(PROFILE, &[1; 28]).expect("ctx");
+    let mut out = Capture::default();
+    for frame in 0..60u32 {
+        for k in 0..10u32 {
+            let seq = (1000 + frame * 10 + k) as u16;
+            let mut p = vp8_sized(&mut tx, seq, frame * 3000, (k == 0, frame == 0), 1100);
+            f.engines[0].handle_datagram(&mut p, addr(PUBLISHER), at(frame), &mut out);
+            f.pump_at(&mut out, at(frame));
+        }
+    }
+    f
 }
